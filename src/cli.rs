@@ -1,0 +1,153 @@
+//! The command line. Flags override the config file and environment; they are
+//! turned into a partial config ([`CrawlArgs::overrides`]) so that one code
+//! path (figment + validation) checks every value whatever its source.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value, json};
+
+use crate::config::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "trawler", version, about = "A polite, durable crawler that records every fetch in SQLite")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Crawl the URLs in a file (one per line, `-` for stdin) into a database.
+    /// Run the same command again to resume: finished URLs are not fetched again.
+    Crawl(CrawlArgs),
+    /// Print the effective configuration (defaults, file, environment, flags) as TOML.
+    Config(CommonArgs),
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// TOML config file (see config/trawler.toml for every key).
+    #[arg(long, short = 'c', env = "TRAWLER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// SQLite database file [config: store.path, default trawler.db].
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Log format [config: log.format]; the filter comes from RUST_LOG (default info).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Args)]
+pub struct CrawlArgs {
+    /// File of URLs, one per line (`#` starts a comment); `-` reads stdin.
+    /// Without it, the URLs already queued in the database are crawled.
+    #[arg(value_name = "URLS")]
+    pub input: Option<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Worker tasks, i.e. fetches in flight at once [config: crawl.concurrency, default 32].
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+    /// Global cap in requests/s, fractions allowed [config: crawl.rate, default none].
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate: Option<f64>,
+    /// Total time per attempt, e.g. 30s or 1500ms [config: fetch.timeout].
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Attempts per URL, the first included [config: retry.max_attempts, default 4].
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// After SIGINT/SIGTERM, how long fetches in flight may finish [config: shutdown.grace, default 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub grace: Option<String>,
+}
+
+impl CommonArgs {
+    /// The flags as a partial config; absent flags are absent keys.
+    pub fn overrides(&self) -> Map<String, Value> {
+        let mut out = Map::new();
+        if let Some(db) = &self.db {
+            set(&mut out, "store", "path", json!(db));
+        }
+        if let Some(format) = self.log_format {
+            set(&mut out, "log", "format", json!(format));
+        }
+        out
+    }
+}
+
+impl CrawlArgs {
+    /// The flags as a partial config; absent flags are absent keys.
+    pub fn overrides(&self) -> Map<String, Value> {
+        let mut out = self.common.overrides();
+        if let Some(n) = self.concurrency {
+            set(&mut out, "crawl", "concurrency", json!(n));
+        }
+        if let Some(rate) = self.rate {
+            set(&mut out, "crawl", "rate", json!(rate));
+        }
+        if let Some(timeout) = &self.timeout {
+            set(&mut out, "fetch", "timeout", json!(timeout));
+        }
+        if let Some(n) = self.max_attempts {
+            set(&mut out, "retry", "max_attempts", json!(n));
+        }
+        if let Some(grace) = &self.grace {
+            set(&mut out, "shutdown", "grace", json!(grace));
+        }
+        out
+    }
+}
+
+fn set(out: &mut Map<String, Value>, section: &str, key: &str, value: Value) {
+    let table = out.entry(section).or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(table) = table {
+        table.insert(key.to_owned(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::time::Duration;
+
+    #[test]
+    fn flags_override_the_config() {
+        let cli = Cli::parse_from([
+            "trawler",
+            "crawl",
+            "urls.txt",
+            "--db",
+            "x.db",
+            "--timeout",
+            "1500ms",
+            "--rate",
+            "2.5",
+            "--max-attempts",
+            "2",
+            "--grace",
+            "3s",
+            "--concurrency",
+            "5",
+        ]);
+        let Command::Crawl(args) = cli.command else { panic!("crawl expected") };
+        let config = Config::load(None, args.overrides()).unwrap();
+        assert_eq!(config.store.path, PathBuf::from("x.db"));
+        assert_eq!(config.fetch.timeout, Duration::from_millis(1500));
+        assert_eq!(config.crawl.rate, Some(2.5));
+        assert_eq!(config.crawl.concurrency, 5);
+        assert_eq!(config.retry.max_attempts, 2);
+        assert_eq!(config.shutdown.grace, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_bad_flag_value_names_its_key() {
+        let cli = Cli::parse_from(["trawler", "crawl", "--timeout", "later"]);
+        let Command::Crawl(args) = cli.command else { panic!("crawl expected") };
+        let err = Config::load(None, args.overrides()).unwrap_err().to_string();
+        assert!(err.contains("timeout"), "{err}");
+    }
+}

@@ -1,0 +1,314 @@
+//! Settings: defaults, then a TOML file, then `TRAWLER_*` environment variables,
+//! then command-line flags (each layer overrides the one before), merged with
+//! `figment` and checked once at start-up.
+//!
+//! Each component receives only its own section (`FetchConfig`, `RetryConfig`,
+//! ...), never the whole [`Config`]. Durations are written the `humantime` way
+//! (`"10s"`, `"500ms"`, `"2m"`). `config/trawler.toml` documents every key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The default `User-Agent`: names the crawler and its version, as RFC 9309
+/// §2.2.1 expects of a crawler's product token.
+pub const DEFAULT_USER_AGENT: &str = concat!("trawler/", env!("CARGO_PKG_VERSION"));
+
+/// A setting that could not be loaded or is out of range.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, an environment variable or a flag could not be parsed; figment's
+    /// message names the key and where its value came from.
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value parsed but is not allowed.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub crawl: CrawlConfig,
+    pub fetch: FetchConfig,
+    pub retry: RetryConfig,
+    pub store: StoreConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+}
+
+/// The worker pool and the global rate limit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrawlConfig {
+    /// Worker tasks, i.e. the most fetches in flight at once.
+    pub concurrency: u32,
+    /// Global cap on request starts, in requests/s; `None` (or absent) = no cap
+    /// beyond `concurrency`. Fractions are allowed (`0.5` = one every 2 s).
+    pub rate: Option<f64>,
+}
+
+impl Default for CrawlConfig {
+    fn default() -> Self {
+        Self { concurrency: 32, rate: None }
+    }
+}
+
+/// How one attempt is made (see `fetch.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchConfig {
+    /// Total time for one attempt: connect, redirects, headers and body.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Time to establish one TCP (and TLS) connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Sent as `User-Agent` on every request.
+    pub user_agent: String,
+    /// Redirects followed per attempt; one more is a `redirect_limit` failure.
+    pub max_redirects: u32,
+    /// Largest decoded body read, in bytes; a larger one fails as `body_too_large`.
+    pub max_body_bytes: u64,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            user_agent: DEFAULT_USER_AGENT.to_owned(),
+            max_redirects: 10,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// When a failed attempt is tried again (see `retry.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts per URL in all, the first one included.
+    pub max_attempts: u32,
+    /// Backoff before the first retry; it doubles for each further retry.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// Upper bound of the backoff before jitter.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Upper bound on a server's `Retry-After` that is honoured.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_max: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            retry_after_max: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The SQLite database (see `store/sqlite.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The database file; created if missing.
+    pub path: PathBuf,
+    /// SQLite `synchronous` in WAL mode: `"normal"` survives a process crash,
+    /// `"full"` also survives a power cut (sqlite.org/pragma.html#pragma_synchronous).
+    pub synchronous: Synchronous,
+    /// Store each response's headers (JSON) with its attempt.
+    pub save_headers: bool,
+    /// Store each response's body with its attempt (at most `fetch.max_body_bytes`).
+    pub save_body: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("trawler.db"),
+            synchronous: Synchronous::Full,
+            save_headers: false,
+            save_body: false,
+        }
+    }
+}
+
+/// SQLite's `synchronous` setting, limited to the two that are safe in WAL mode.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Normal,
+    Full,
+}
+
+/// Graceful stop.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After the first SIGINT/SIGTERM, how long fetches in flight may take to
+    /// finish before they are cancelled.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace: Duration::from_secs(10) }
+    }
+}
+
+/// Log output; the filter itself comes from `RUST_LOG` (default `info`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// `text` for people, `json` (one object per line) for log shippers.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Layers defaults, the TOML file at `file` (if any), `TRAWLER_SECTION__KEY`
+    /// environment variables and `overrides` (the flags, as a partial config
+    /// whose absent fields are skipped), then validates the result.
+    ///
+    /// Errors: [`ConfigError::Load`] for a missing file, bad syntax, an unknown
+    /// key or a value of the wrong type; [`ConfigError::Invalid`] for a value out
+    /// of range. Both name the key.
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    reason: format!("{} is not a readable file", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let config: Config = figment
+            // Only `SECTION__KEY` variables are settings: TRAWLER_CONFIG and
+            // the like are read by clap instead.
+            .merge(Env::prefixed("TRAWLER_").filter(|key| key.as_str().contains("__")).split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_owned() });
+        if self.crawl.concurrency == 0 || self.crawl.concurrency > 10_000 {
+            return invalid("crawl.concurrency", "must be between 1 and 10000");
+        }
+        if let Some(rate) = self.crawl.rate {
+            if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
+                return invalid("crawl.rate", "must be a number of requests/s above 0 and at most 1000000");
+            }
+        }
+        if self.fetch.timeout.is_zero() {
+            return invalid("fetch.timeout", "must be above zero");
+        }
+        if self.fetch.connect_timeout.is_zero() {
+            return invalid("fetch.connect_timeout", "must be above zero");
+        }
+        if self.fetch.user_agent.trim().is_empty() {
+            return invalid("fetch.user_agent", "must not be empty");
+        }
+        if reqwest_safe_header(&self.fetch.user_agent).is_err() {
+            return invalid("fetch.user_agent", "must be visible ASCII (an HTTP header value)");
+        }
+        if self.fetch.max_body_bytes == 0 {
+            return invalid("fetch.max_body_bytes", "must be above zero");
+        }
+        if self.retry.max_attempts == 0 || self.retry.max_attempts > 100 {
+            return invalid("retry.max_attempts", "must be between 1 and 100");
+        }
+        if self.retry.backoff_base.is_zero() {
+            return invalid("retry.backoff_base", "must be above zero");
+        }
+        if self.retry.backoff_max < self.retry.backoff_base {
+            return invalid("retry.backoff_max", "must not be below retry.backoff_base");
+        }
+        if self.store.path.as_os_str().is_empty() {
+            return invalid("store.path", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `trawler config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("every config value has a TOML form")
+    }
+}
+
+fn reqwest_safe_header(value: &str) -> Result<(), ()> {
+    value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)).then_some(()).ok_or(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Default)]
+    struct NoOverrides {}
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_overrides_win_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "[fetch]\ntimeout = \"1500ms\"\n[crawl]\nconcurrency = 7\n").unwrap();
+        let overrides = serde_json::json!({ "crawl": { "concurrency": 9 } });
+        let config = Config::load(Some(&file), overrides).unwrap();
+        assert_eq!(config.fetch.timeout, Duration::from_millis(1500));
+        assert_eq!(config.crawl.concurrency, 9);
+        assert_eq!(config.retry.max_attempts, 4);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "[crawl]\nconcurrency = 0\n").unwrap();
+        let err = Config::load(Some(&file), NoOverrides::default()).unwrap_err().to_string();
+        assert!(err.contains("crawl.concurrency"), "{err}");
+
+        std::fs::write(&file, "[fetch]\ntimeout = \"soon\"\n").unwrap();
+        let err = Config::load(Some(&file), NoOverrides::default()).unwrap_err().to_string();
+        assert!(err.contains("timeout"), "{err}");
+
+        std::fs::write(&file, "[fetch]\ntimeoutt = \"1s\"\n").unwrap();
+        let err = Config::load(Some(&file), NoOverrides::default()).unwrap_err().to_string();
+        assert!(err.contains("timeoutt"), "{err}");
+    }
+
+    #[test]
+    fn effective_config_prints_every_section() {
+        let text = Config::default().to_toml();
+        for section in ["[crawl]", "[fetch]", "[retry]", "[store]", "[shutdown]", "[log]"] {
+            assert!(text.contains(section), "{text}");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! One crawl from start to summary: open the store, recover, start the tasks,
+//! wait for them in order, requeue what did not finish.
+//!
+//! ```text
+//! seeds ─▶ store ─▶ producer ─▶ async_channel<Job> (bounded) ─▶ N workers
+//!                                                                  │
+//!           store ◀── writer (one transaction per batch) ◀── mpsc<Completion>
+//! ```
+//!
+//! Teardown order is what makes a stop lose nothing: the producer ends (and
+//! drops the job sender), the workers end (finishing or, on abort, dropping
+//! their fetch), their completion senders drop, the writer drains and commits
+//! the rest, and only then are URLs still in flight put back in the queue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::fetch::Fetcher;
+use crate::frontier::Producer;
+use crate::seeds::{IngestError, IngestReport, SeedSource, ingest};
+use crate::shutdown::Shutdown;
+use crate::stats::{CrawlStats, Summary};
+use crate::store::{SqliteStore, Store, StoreError};
+use crate::worker::{WorkerContext, rate_limiter};
+use crate::{progress, worker, writer};
+
+/// Completions buffered between workers and the writer.
+const RESULTS_CAPACITY: usize = 8_192;
+
+/// An operational failure: the crawl could not run or could not record.
+/// (Failed fetches are not errors: they are rows in `attempts`.)
+#[derive(Debug, thiserror::Error)]
+pub enum CrawlError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Input(#[from] IngestError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("setting up the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Runs a crawl of the store at `config.store.path`, first adding the URLs in
+/// `seeds` (if any), until every URL is finished (returns the summary) or
+/// `shutdown` stops it (the summary says `stopped`; unfinished URLs are queued
+/// again for the next run).
+///
+/// Errors: [`CrawlError`] when the input cannot be read, the database cannot
+/// be opened or written, or the HTTP client cannot be built.
+pub async fn crawl(
+    config: &Config,
+    seeds: Option<SeedSource>,
+    shutdown: &Shutdown,
+) -> Result<Summary, CrawlError> {
+    let started = Instant::now();
+    let input = match &seeds {
+        Some(source) => Some(source.open().await?),
+        None => None,
+    };
+    let store = Arc::new(SqliteStore::open(&config.store).await?);
+    let result = run_tasks(config, &store, seeds.zip(input), shutdown, started).await;
+    // Whatever happened, claims that did not finish go back to the queue.
+    match store.requeue_in_flight().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(urls = n, "returned unfinished URLs to the frontier"),
+        Err(e) => tracing::error!("could not requeue unfinished URLs: {e}"),
+    }
+    let mut summary = result?;
+    summary.counts = store.counts().await?;
+    store.close().await;
+    Ok(summary)
+}
+
+type Input = (SeedSource, Box<dyn tokio::io::AsyncRead + Send + Unpin>);
+
+async fn run_tasks(
+    config: &Config,
+    store: &Arc<SqliteStore>,
+    input: Option<Input>,
+    shutdown: &Shutdown,
+    started: Instant,
+) -> Result<Summary, CrawlError> {
+    let recovered = store.requeue_in_flight().await?;
+    if recovered > 0 {
+        tracing::info!(urls = recovered, "requeued URLs left in flight by an earlier run");
+    }
+    let counts = store.counts().await?;
+    let stats = Arc::new(CrawlStats::default());
+    stats.known.store(counts.total(), Ordering::Relaxed);
+    stats.finished.store(counts.finished(), Ordering::Relaxed);
+
+    let concurrency = config.crawl.concurrency as usize;
+    let fetcher =
+        Fetcher::new(&config.fetch, config.store.save_headers, config.store.save_body, concurrency)?;
+    let wake = Arc::new(Notify::new());
+    let input_done = Arc::new(AtomicBool::new(input.is_none()));
+    let stop = shutdown.stop_token().clone();
+    let abort = shutdown.abort_token().clone();
+
+    let (job_tx, job_rx) = async_channel::bounded(concurrency * 2);
+    let (result_tx, result_rx) = mpsc::channel(RESULTS_CAPACITY);
+
+    let writer = tokio::spawn(writer::run(store.clone(), result_rx, stats.clone(), wake.clone()));
+
+    let ctx = Arc::new(WorkerContext {
+        fetcher,
+        retry: config.retry.clone(),
+        limiter: config.crawl.rate.map(rate_limiter),
+        stop: stop.clone(),
+        abort: abort.clone(),
+    });
+    let workers = TaskTracker::new();
+    for _ in 0..concurrency {
+        workers.spawn(worker::run(ctx.clone(), job_rx.clone(), result_tx.clone()));
+    }
+    workers.close();
+    drop((job_rx, result_tx));
+
+    let ingest_task = input.map(|(source, reader)| {
+        let (store, stop, wake, stats, done) =
+            (store.clone(), stop.clone(), wake.clone(), stats.clone(), input_done.clone());
+        tokio::spawn(async move {
+            let report = ingest(&*store, &source, reader, &stop, &wake, &stats).await;
+            done.store(true, Ordering::SeqCst);
+            wake.notify_one();
+            report
+        })
+    });
+
+    let progress_done = CancellationToken::new();
+    let progress = tokio::spawn(progress::report(stats.clone(), progress_done.clone()));
+
+    // After the first stop, fetches in flight get `grace`, then are dropped.
+    let grace = config.shutdown.grace;
+    let grace_timer = {
+        let (shutdown, stop) = (shutdown.clone(), stop.clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            tokio::time::sleep(grace).await;
+            shutdown.abort(false);
+        })
+    };
+
+    let producer = Producer {
+        store: store.clone(),
+        jobs: job_tx,
+        stop: stop.clone(),
+        wake: wake.clone(),
+        input_done: input_done.clone(),
+        stats: stats.clone(),
+        batch: (concurrency as u32).clamp(64, 1024),
+        exit_when_idle: true,
+    };
+    let produced = producer.run().await;
+    // A fatal error in any task stops the others the graceful way.
+    if produced.is_err() {
+        shutdown.stop();
+    }
+
+    // The ingest task first: a failure there must stop the workers too.
+    let ingested = match ingest_task {
+        Some(task) => Some(task.await.expect("ingest task panicked")),
+        None => None,
+    };
+    if matches!(ingested, Some(Err(_))) {
+        shutdown.stop();
+    }
+    workers.wait().await;
+    let written = writer.await.expect("writer task panicked");
+    grace_timer.abort();
+    progress_done.cancel();
+    let _ = progress.await;
+
+    produced?;
+    let report: IngestReport = ingested.transpose()?.unwrap_or_default();
+    let latency = written?;
+    let get = CrawlStats::get;
+    Ok(Summary {
+        elapsed: started.elapsed(),
+        counts,
+        done: get(&stats.done),
+        failed: get(&stats.failed),
+        attempts: get(&stats.attempts),
+        retries: get(&stats.retries),
+        bytes: get(&stats.bytes),
+        input_lines: report.lines,
+        input_invalid: report.invalid,
+        latency_p50_us: if latency.is_empty() { 0 } else { latency.value_at_quantile(0.50) },
+        latency_p95_us: if latency.is_empty() { 0 } else { latency.value_at_quantile(0.95) },
+        latency_max_us: latency.max(),
+        stopped: shutdown.is_stopping(),
+        forced: shutdown.is_forced(),
+    })
+}

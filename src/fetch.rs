@@ -1,0 +1,356 @@
+//! One fetch attempt over HTTP: the only code that knows reqwest.
+//!
+//! A [`Fetcher`] holds one shared `reqwest::Client` (connection pool, gzip /
+//! brotli / deflate decoding, rustls). Redirects are followed here rather than
+//! by reqwest so that every hop is recorded and loops are named as such. The
+//! whole attempt (connect, every redirect, headers and body) is bounded by
+//! `fetch.timeout`, and the decoded body by `fetch.max_body_bytes`, so a
+//! hostile server can neither hang a worker nor bloat the process. Failures
+//! come back as data ([`Fetched::error`]), never as a Rust error.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::config::FetchConfig;
+use crate::store::AttemptRecord;
+
+/// Why an attempt produced no final HTTP response: the fixed set stored in
+/// `attempts.error_kind` (besides `http_status`, which the retry policy sets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// `fetch.timeout` (the whole attempt) or `fetch.connect_timeout` ran out.
+    Timeout,
+    /// The TCP connection was refused, reset or closed before a response.
+    Connect,
+    /// The host name did not resolve.
+    Dns,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// The connection failed while the body was being read.
+    Read,
+    /// The server's response was not valid HTTP or its encoding was corrupt.
+    Protocol,
+    /// More than `fetch.max_redirects` redirects.
+    RedirectLimit,
+    /// A redirect led back to a URL already visited in this attempt.
+    RedirectLoop,
+    /// The body (decoded) exceeded `fetch.max_body_bytes`.
+    BodyTooLarge,
+    /// The URL, or a redirect's `Location`, is not an absolute http(s) URL.
+    InvalidUrl,
+}
+
+impl ErrorKind {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Dns => "dns",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Read => "read",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::RedirectLimit => "redirect_limit",
+            ErrorKind::RedirectLoop => "redirect_loop",
+            ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::InvalidUrl => "invalid_url",
+        }
+    }
+
+    /// Whether another attempt may succeed: network conditions, not the
+    /// content. DNS failures count, as in Scrapy's default `RETRY_EXCEPTIONS`,
+    /// because resolvers fail transiently under load.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Dns | ErrorKind::Read)
+    }
+}
+
+/// The result of one attempt.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Everything observed, ready to store (its `error_kind` mirrors `error`).
+    pub record: AttemptRecord,
+    /// Set when no final response was received.
+    pub error: Option<ErrorKind>,
+    /// The server's `Retry-After`, when the final response carried a valid one.
+    pub retry_after: Option<Duration>,
+}
+
+/// What stays true across redirects and survives a timeout mid-attempt.
+#[derive(Default)]
+struct Progress {
+    record: AttemptRecord,
+    retry_after: Option<Duration>,
+}
+
+struct Failure(ErrorKind, String);
+
+/// Makes attempts with one shared client. Cheap to share behind an `Arc`.
+pub struct Fetcher {
+    client: reqwest::Client,
+    config: FetchConfig,
+    save_headers: bool,
+    save_body: bool,
+}
+
+impl Fetcher {
+    /// Builds the shared client: user agent, connect timeout, no automatic
+    /// redirects, no proxy from the environment, up to `pool_size` idle
+    /// connections per host.
+    ///
+    /// Errors: reqwest's, when the TLS backend cannot initialise.
+    pub fn new(
+        config: &FetchConfig,
+        save_headers: bool,
+        save_body: bool,
+        pool_size: usize,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .user_agent(&config.user_agent)
+            .connect_timeout(config.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_max_idle_per_host(pool_size)
+            .build()?;
+        Ok(Self { client, config: config.clone(), save_headers, save_body })
+    }
+
+    /// Makes one attempt at `url`, following redirects, within
+    /// `fetch.timeout`. Cancel safe: dropping it abandons the attempt and
+    /// records nothing.
+    pub async fn fetch(&self, url: &str) -> Fetched {
+        let started_at = SystemTime::now();
+        let start = Instant::now();
+        let mut progress = Progress::default();
+        let outcome = tokio::time::timeout(self.config.timeout, self.attempt(url, &mut progress))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure(
+                    ErrorKind::Timeout,
+                    format!("attempt took longer than {}", humantime::format_duration(self.config.timeout)),
+                ))
+            });
+        let mut record = progress.record;
+        record.started_at = Some(started_at);
+        record.fetched_at = Some(SystemTime::now());
+        let elapsed = start.elapsed();
+        record.elapsed_ms = elapsed.as_millis() as u64;
+        record.elapsed_us = elapsed.as_micros() as u64;
+        let error = match outcome {
+            Ok(()) => None,
+            Err(Failure(kind, message)) => {
+                record.error_kind = Some(kind.as_str());
+                record.error_message = Some(message);
+                Some(kind)
+            }
+        };
+        Fetched { record, error, retry_after: progress.retry_after }
+    }
+
+    async fn attempt(&self, url: &str, progress: &mut Progress) -> Result<(), Failure> {
+        let mut current = parse_http_url(url).map_err(|why| Failure(ErrorKind::InvalidUrl, why))?;
+        loop {
+            let response = self.client.get(current.clone()).send().await.map_err(classify)?;
+            let status = response.status();
+            progress.record.http_status = Some(status.as_u16());
+            progress.record.final_url = Some(current.to_string());
+            if status.is_redirection() {
+                if let Some(location) = response.headers().get(LOCATION) {
+                    current = self.next_hop(&current, location.as_bytes(), &mut progress.record)?;
+                    continue;
+                }
+            }
+            return self.read_final(response, progress).await;
+        }
+    }
+
+    /// Resolves a redirect's `Location` against the current URL (RFC 9110
+    /// §10.2.2 allows relative references) and checks the hop is allowed.
+    fn next_hop(&self, current: &Url, location: &[u8], record: &mut AttemptRecord) -> Result<Url, Failure> {
+        if record.redirect_chain.len() >= self.config.max_redirects as usize {
+            return Err(Failure(
+                ErrorKind::RedirectLimit,
+                format!("more than {} redirects", self.config.max_redirects),
+            ));
+        }
+        let location = String::from_utf8_lossy(location);
+        let next = current
+            .join(location.trim())
+            .map_err(|e| Failure(ErrorKind::InvalidUrl, format!("redirect to {location:?}: {e}")))
+            .and_then(|u| {
+                check_http(&u)
+                    .map_err(|why| Failure(ErrorKind::InvalidUrl, format!("redirect to {u}: {why}")))?;
+                Ok(u)
+            })?;
+        let mut next = next;
+        next.set_fragment(None);
+        record.redirect_chain.push(current.to_string());
+        if record.redirect_chain.iter().any(|seen| seen == next.as_str()) {
+            return Err(Failure(ErrorKind::RedirectLoop, format!("redirect back to {next}")));
+        }
+        Ok(next)
+    }
+
+    async fn read_final(
+        &self,
+        mut response: reqwest::Response,
+        progress: &mut Progress,
+    ) -> Result<(), Failure> {
+        let headers = response.headers();
+        let record = &mut progress.record;
+        record.content_type = header_text(headers, CONTENT_TYPE.as_str());
+        progress.retry_after = headers.get(RETRY_AFTER).and_then(|v| parse_retry_after(v.as_bytes()));
+        if self.save_headers {
+            record.headers = Some(headers_json(headers));
+        }
+        let max = self.config.max_body_bytes;
+        let declared = header_text(headers, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+        // A compressed body's Content-Length is the encoded size: only a
+        // declared size already over the cap can be refused before reading.
+        if declared.is_some_and(|n| n > max) {
+            return Err(body_too_large(max));
+        }
+        let mut hasher = Sha256::new();
+        let mut len: u64 = 0;
+        let mut kept = self.save_body.then(Vec::new);
+        while let Some(chunk) = response.chunk().await.map_err(classify)? {
+            len += chunk.len() as u64;
+            if len > max {
+                record.body_bytes = Some(len);
+                return Err(body_too_large(max));
+            }
+            hasher.update(&chunk);
+            if let Some(kept) = kept.as_mut() {
+                kept.extend_from_slice(&chunk);
+            }
+        }
+        record.body_bytes = Some(len);
+        record.body_sha256 = Some(format!("{:x}", hasher.finalize()));
+        record.body = kept;
+        Ok(())
+    }
+}
+
+fn body_too_large(max: u64) -> Failure {
+    Failure(ErrorKind::BodyTooLarge, format!("body larger than {max} bytes"))
+}
+
+/// Parses `text` as an absolute http(s) URL with a host, fragment removed.
+///
+/// Errors: a sentence saying why, for input reports.
+pub fn parse_http_url(text: &str) -> Result<Url, String> {
+    let mut url = Url::parse(text).map_err(|e| e.to_string())?;
+    check_http(&url)?;
+    url.set_fragment(None);
+    Ok(url)
+}
+
+fn check_http(url: &Url) -> Result<(), String> {
+    match url.scheme() {
+        "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        "http" | "https" => Err("no host".to_owned()),
+        other => Err(format!("scheme {other:?} is not http or https")),
+    }
+}
+
+/// `Retry-After` is delay-seconds or an HTTP-date (RFC 9110 §10.2.3); a date
+/// in the past means "now".
+pub fn parse_retry_after(value: &[u8]) -> Option<Duration> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(text).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+fn headers_json(headers: &HeaderMap) -> String {
+    let pairs: Vec<(&str, String)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .collect();
+    serde_json::to_string(&pairs).unwrap_or_default()
+}
+
+/// Maps reqwest's error to our kind. reqwest exposes timeouts, connect errors
+/// and body errors as predicates; DNS and TLS failures are only told apart by
+/// the messages of hyper-util's and rustls's errors in the source chain.
+fn classify(error: reqwest::Error) -> Failure {
+    let message = error_chain(&error);
+    let lower = message.to_ascii_lowercase();
+    let kind = if error.is_timeout() {
+        ErrorKind::Timeout
+    } else if error.is_connect() {
+        if lower.contains("dns error") || lower.contains("failed to lookup address") {
+            ErrorKind::Dns
+        } else if ["certificate", "tls", "handshake", "rustls"].iter().any(|w| lower.contains(w)) {
+            ErrorKind::Tls
+        } else {
+            ErrorKind::Connect
+        }
+    } else if error.is_decode() {
+        ErrorKind::Protocol
+    } else if error.is_body() {
+        ErrorKind::Read
+    } else if lower.contains("connection closed before message completed")
+        || lower.contains("connection reset")
+        || lower.contains("broken pipe")
+    {
+        // hyper's IncompleteMessage: the server closed a (pooled) connection
+        // before answering. Transient.
+        ErrorKind::Connect
+    } else {
+        ErrorKind::Protocol
+    };
+    Failure(kind, message)
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(parse_retry_after(b"120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(b" 3 "), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(90));
+        let parsed = parse_retry_after(later.as_bytes()).unwrap();
+        assert!(parsed > Duration::from_secs(85) && parsed <= Duration::from_secs(90), "{parsed:?}");
+        assert_eq!(parse_retry_after(b"soon"), None);
+        assert_eq!(parse_retry_after(b"-5"), None);
+    }
+
+    #[test]
+    fn only_absolute_http_urls_are_accepted() {
+        assert_eq!(
+            parse_http_url("HTTP://Example.COM:80/a/../b#frag").unwrap().as_str(),
+            "http://example.com/b"
+        );
+        assert!(parse_http_url("/relative").unwrap_err().contains("relative URL"));
+        assert!(parse_http_url("ftp://example.com/").unwrap_err().contains("ftp"));
+        assert!(parse_http_url("mailto:someone@example.com").is_err());
+        assert!(parse_http_url("http://").is_err());
+    }
+}

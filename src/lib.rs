@@ -1,0 +1,43 @@
+//! trawler: a polite, durable, queue-based crawler that records every fetch
+//! in SQLite.
+//!
+//! ```text
+//! seeds (file/stdin) ─▶ frontier (SQLite: urls) ─▶ producer ─▶ bounded async_channel<Job> ─▶ N workers
+//! worker: rate limit ─▶ fetch (reqwest) ─▶ retry decision ─▶ writer task ─▶ SQLite (attempts, urls)
+//! signals ─▶ cancellation tokens ─▶ producer stops, workers drain, writer flushes, leftovers requeued
+//! ```
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | [`cli`] | the command line (clap) |
+//! | [`config`] | layered settings: defaults, TOML, `TRAWLER_*` env, flags |
+//! | [`telemetry`] | `tracing` set-up (text or JSON, `RUST_LOG` filter) |
+//! | [`shutdown`] | SIGINT/SIGTERM → stop, then abort |
+//! | [`crawl`] | one crawl: start the tasks, tear them down in order, summarise |
+//! | [`seeds`] | streaming the input list into the frontier |
+//! | [`frontier`] | the producer: claims due URLs into the job channel |
+//! | [`worker`] | rate limit, fetch, decide, hand to the writer |
+//! | [`fetch`] | one HTTP attempt; the only module that knows reqwest |
+//! | [`retry`] | the pure retry/backoff decision |
+//! | [`writer`] | batching completions into transactions |
+//! | [`store`] | the frontier interface with lease semantics; [`store::sqlite`] knows sqlx |
+//! | [`stats`], [`progress`] | counters, summary, progress bar / progress lines |
+
+pub mod cli;
+pub mod config;
+pub mod crawl;
+pub mod fetch;
+pub mod frontier;
+pub mod progress;
+pub mod retry;
+pub mod seeds;
+pub mod shutdown;
+pub mod stats;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+pub mod writer;
+
+pub use crawl::{CrawlError, crawl};
+pub use shutdown::Shutdown;
+pub use stats::Summary;

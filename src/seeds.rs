@@ -1,0 +1,299 @@
+//! Reading seed URLs from a file or stdin into the frontier, streaming.
+//!
+//! One URL per line; blank lines and lines starting with `#` are skipped. A
+//! line that is not an absolute http(s) URL is reported (line number, text,
+//! why) in the log and in `input_errors`, and reading goes on. Memory stays
+//! bounded whatever the input's size: lines are read into one reused buffer
+//! capped at [`MAX_LINE_BYTES`], and URLs go to the store in batches of
+//! [`BATCH`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::fetch::parse_http_url;
+use crate::stats::CrawlStats;
+use crate::store::{InputError, NewUrl, Store, StoreError};
+
+/// The longest line accepted, in bytes. Longer lines are rejected as a whole;
+/// 8 KiB is the request-line limit of common servers (nginx's
+/// `large_client_header_buffers`), so a longer URL could not be fetched anyway.
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
+
+/// URLs per store transaction.
+const BATCH: usize = 1_000;
+
+/// Invalid lines logged one by one; after that they go to the database only.
+const MAX_LOGGED_ERRORS: u64 = 100;
+
+/// Where seed URLs come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedSource {
+    File(PathBuf),
+    Stdin,
+}
+
+impl SeedSource {
+    /// `-` means stdin, anything else a path.
+    pub fn from_arg(arg: &str) -> Self {
+        if arg == "-" { SeedSource::Stdin } else { SeedSource::File(PathBuf::from(arg)) }
+    }
+
+    /// The name recorded in `input_errors.source`.
+    pub fn name(&self) -> String {
+        match self {
+            SeedSource::File(path) => path.display().to_string(),
+            SeedSource::Stdin => "-".to_owned(),
+        }
+    }
+
+    /// Opens the input. Errors: the file cannot be opened (reported before any
+    /// crawling starts).
+    pub async fn open(&self) -> std::io::Result<Box<dyn AsyncRead + Send + Unpin>> {
+        Ok(match self {
+            SeedSource::File(path) => Box::new(tokio::fs::File::open(path).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+            })?),
+            SeedSource::Stdin => Box::new(tokio::io::stdin()),
+        })
+    }
+}
+
+/// What reading the input found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Lines read, blank and comment lines included.
+    pub lines: u64,
+    /// Lines that named a URL (valid ones).
+    pub urls: u64,
+    /// URLs not in the database before.
+    pub new_urls: u64,
+    /// Lines rejected.
+    pub invalid: u64,
+}
+
+/// A failure that stops ingestion: the input could not be read, or the store
+/// failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("reading {source_name}: {error}")]
+    Read { source_name: String, error: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Reads `input` to its end (or until `stop`), enqueueing valid URLs and
+/// recording invalid lines. Adds each batch's new URLs to `stats.known` and
+/// wakes the producer through `wake`.
+pub async fn ingest<S: Store>(
+    store: &S,
+    source: &SeedSource,
+    input: impl AsyncRead + Unpin,
+    stop: &CancellationToken,
+    wake: &Notify,
+    stats: &Arc<CrawlStats>,
+) -> Result<IngestReport, IngestError> {
+    let source_name = source.name();
+    let mut lines = LineReader::new(BufReader::with_capacity(64 * 1024, input));
+    let mut report = IngestReport::default();
+    let mut urls = Vec::with_capacity(BATCH);
+    let mut errors = Vec::new();
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .map_err(|error| IngestError::Read { source_name: source_name.clone(), error })?;
+        let Some(line) = line else { break };
+        report.lines += 1;
+        match classify_line(line) {
+            Line::Skip => {}
+            Line::Url(url) => {
+                report.urls += 1;
+                urls.push(url);
+            }
+            Line::Invalid { text, reason } => {
+                report.invalid += 1;
+                if report.invalid <= MAX_LOGGED_ERRORS {
+                    tracing::warn!(source = %source_name, line = report.lines, text = %text, "skipping input line: {reason}");
+                }
+                if report.invalid == MAX_LOGGED_ERRORS {
+                    tracing::warn!("further invalid lines are recorded in the input_errors table only");
+                }
+                errors.push(InputError { source: source_name.clone(), line: report.lines, text, reason });
+            }
+        }
+        if urls.len() >= BATCH || errors.len() >= BATCH {
+            flush(store, &mut urls, &mut errors, &mut report, wake, stats).await?;
+            if stop.is_cancelled() {
+                return Ok(report);
+            }
+        }
+    }
+    flush(store, &mut urls, &mut errors, &mut report, wake, stats).await?;
+    Ok(report)
+}
+
+async fn flush<S: Store>(
+    store: &S,
+    urls: &mut Vec<NewUrl>,
+    errors: &mut Vec<InputError>,
+    report: &mut IngestReport,
+    wake: &Notify,
+    stats: &CrawlStats,
+) -> Result<(), StoreError> {
+    if !errors.is_empty() {
+        store.record_input_errors(errors).await?;
+        errors.clear();
+    }
+    if !urls.is_empty() {
+        let new = store.enqueue(urls).await?;
+        urls.clear();
+        report.new_urls += new;
+        stats.known.fetch_add(new, Ordering::Relaxed);
+        if new > 0 {
+            wake.notify_one();
+        }
+    }
+    Ok(())
+}
+
+enum Line {
+    Skip,
+    Url(NewUrl),
+    Invalid { text: String, reason: String },
+}
+
+/// The longest excerpt of a rejected line kept in the report.
+const MAX_REPORTED_CHARS: usize = 300;
+
+fn classify_line(line: RawLine<'_>) -> Line {
+    let (bytes, too_long) = match line {
+        RawLine::Complete(bytes) => (bytes, false),
+        RawLine::TooLong(prefix) => (prefix, true),
+    };
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if !too_long && (text.is_empty() || text.starts_with('#')) {
+        return Line::Skip;
+    }
+    let excerpt = || text.chars().take(MAX_REPORTED_CHARS).collect::<String>();
+    if too_long {
+        return Line::Invalid { text: excerpt(), reason: format!("line longer than {MAX_LINE_BYTES} bytes") };
+    }
+    match parse_http_url(text) {
+        Ok(url) => {
+            let host = url.host_str().unwrap_or_default().to_owned();
+            Line::Url(NewUrl { url: url.into(), host })
+        }
+        Err(reason) => Line::Invalid { text: excerpt(), reason },
+    }
+}
+
+enum RawLine<'a> {
+    Complete(&'a [u8]),
+    /// The first [`MAX_LINE_BYTES`] of a longer line; the rest was discarded.
+    TooLong(&'a [u8]),
+}
+
+/// Splits a byte stream at `\n` into lines of at most [`MAX_LINE_BYTES`],
+/// discarding the rest of a longer line instead of buffering it (tokio's
+/// `read_line` would grow its buffer without bound).
+struct LineReader<R> {
+    inner: R,
+    line: Vec<u8>,
+}
+
+impl<R: AsyncBufRead + Unpin> LineReader<R> {
+    fn new(inner: R) -> Self {
+        Self { inner, line: Vec::with_capacity(256) }
+    }
+
+    async fn next_line(&mut self) -> std::io::Result<Option<RawLine<'_>>> {
+        self.line.clear();
+        let mut overflow = false;
+        let mut read_any = false;
+        loop {
+            let buf = self.inner.fill_buf().await?;
+            if buf.is_empty() {
+                if !read_any {
+                    return Ok(None);
+                }
+                break;
+            }
+            read_any = true;
+            let (chunk, consumed, end) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..i], i + 1, true),
+                None => (buf, buf.len(), false),
+            };
+            let room = MAX_LINE_BYTES.saturating_sub(self.line.len());
+            if chunk.len() > room {
+                overflow = true;
+            }
+            self.line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            self.inner.consume(consumed);
+            if end {
+                break;
+            }
+        }
+        if self.line.last() == Some(&b'\r') && !overflow {
+            self.line.pop();
+        }
+        Ok(Some(if overflow { RawLine::TooLong(&self.line) } else { RawLine::Complete(&self.line) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines_of(input: &[u8]) -> Vec<(bool, String)> {
+        let mut reader = LineReader::new(BufReader::with_capacity(16, input));
+        let mut out = Vec::new();
+        while let Some(line) = reader.next_line().await.unwrap() {
+            out.push(match line {
+                RawLine::Complete(b) => (true, String::from_utf8_lossy(b).into_owned()),
+                RawLine::TooLong(b) => (false, String::from_utf8_lossy(b).len().to_string()),
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn splits_lines_across_buffer_boundaries() {
+        let got = lines_of(b"http://a.example/\r\n\n# c\nhttp://b.example/no-newline").await;
+        let want = ["http://a.example/", "", "# c", "http://b.example/no-newline"];
+        assert_eq!(got, want.iter().map(|s| (true, s.to_string())).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn overlong_lines_are_cut_and_the_next_line_survives() {
+        let mut input = vec![b'x'; MAX_LINE_BYTES * 3];
+        input.extend_from_slice(b"\nhttp://ok.example/\n");
+        let got = lines_of(&input).await;
+        assert_eq!(got, vec![(false, MAX_LINE_BYTES.to_string()), (true, "http://ok.example/".into())]);
+    }
+
+    #[test]
+    fn classifies_lines() {
+        assert!(matches!(classify_line(RawLine::Complete(b"  ")), Line::Skip));
+        assert!(matches!(classify_line(RawLine::Complete(b"# note")), Line::Skip));
+        match classify_line(RawLine::Complete(b" http://Example.org/a#x ")) {
+            Line::Url(u) => {
+                assert_eq!(u.url, "http://example.org/a");
+                assert_eq!(u.host, "example.org");
+            }
+            _ => panic!("expected a URL"),
+        }
+        match classify_line(RawLine::Complete(b"example.org/page")) {
+            Line::Invalid { text, reason } => {
+                assert_eq!(text, "example.org/page");
+                assert!(reason.contains("relative URL"), "{reason}");
+            }
+            _ => panic!("expected an invalid line"),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Counters shared by the crawl's tasks, and the end-of-run [`Summary`].
+//!
+//! The writer task updates the counters after each commit, so they count
+//! only what is durable; the progress reporter and the producer read them.
+//! Latency percentiles come from an HDR histogram the writer owns.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::store::StateCounts;
+
+/// Live counters. All are monotonic except `outstanding`.
+#[derive(Debug, Default)]
+pub struct CrawlStats {
+    /// URLs in the store (any state): the progress bar's length.
+    pub known: AtomicU64,
+    /// URLs in the store that are `done` or `failed`: the bar's position.
+    pub finished: AtomicU64,
+    /// URLs this run finished as `done`.
+    pub done: AtomicU64,
+    /// URLs this run finished as `failed`.
+    pub failed: AtomicU64,
+    /// Attempts this run recorded.
+    pub attempts: AtomicU64,
+    /// Attempts this run recorded that scheduled a retry.
+    pub retries: AtomicU64,
+    /// Body bytes this run read (decoded).
+    pub bytes: AtomicU64,
+    /// URLs claimed but not yet completed (claimed by the producer, decremented
+    /// by the writer after commit). Zero with nothing queued means idle.
+    pub outstanding: AtomicU64,
+}
+
+impl CrawlStats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Fetch latency in microseconds, 1 µs to 1 h, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// What a run did, printed at its end.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// The store's URLs by state at the end.
+    pub counts: StateCounts,
+    /// URLs this run finished, as `done` and as `failed`.
+    pub done: u64,
+    pub failed: u64,
+    pub attempts: u64,
+    pub retries: u64,
+    pub bytes: u64,
+    /// Input lines read and rejected by this run.
+    pub input_lines: u64,
+    pub input_invalid: u64,
+    /// Attempt latency percentiles, in µs (0 when nothing was fetched).
+    pub latency_p50_us: u64,
+    pub latency_p95_us: u64,
+    pub latency_max_us: u64,
+    /// The run was stopped by a signal before the frontier was empty.
+    pub stopped: bool,
+    /// A second signal cancelled fetches in flight (exit status 130).
+    pub forced: bool,
+}
+
+impl Summary {
+    /// URLs finished per second of wall time.
+    pub fn pages_per_second(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 { (self.done + self.failed) as f64 / secs } else { 0.0 }
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.counts;
+        let verb = if self.stopped { "stopped" } else { "finished" };
+        writeln!(f, "crawl {verb} after {:.1} s", self.elapsed.as_secs_f64())?;
+        writeln!(
+            f,
+            "  this run   {} URLs: {} succeeded, {} failed; {} attempts, {} retries",
+            self.done + self.failed,
+            self.done,
+            self.failed,
+            self.attempts,
+            self.retries
+        )?;
+        writeln!(f, "  speed      {:.1} pages/s, {} read", self.pages_per_second(), bytes(self.bytes))?;
+        writeln!(
+            f,
+            "  latency    p50 {}, p95 {}, max {}",
+            ms(self.latency_p50_us),
+            ms(self.latency_p95_us),
+            ms(self.latency_max_us)
+        )?;
+        if self.input_lines > 0 {
+            writeln!(
+                f,
+                "  input      {} lines, {} rejected (see input_errors)",
+                self.input_lines, self.input_invalid
+            )?;
+        }
+        writeln!(
+            f,
+            "  database   {} URLs: {} done, {} failed, {} queued",
+            c.total(),
+            c.done,
+            c.failed,
+            c.queued + c.in_flight
+        )?;
+        if c.queued + c.in_flight > 0 {
+            writeln!(
+                f,
+                "  resume     run the same command again to crawl the {} queued URLs",
+                c.queued + c.in_flight
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_sizes_and_rates() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
+        let summary = Summary {
+            elapsed: Duration::from_secs(2),
+            counts: StateCounts { done: 9, failed: 1, queued: 2, ..Default::default() },
+            done: 9,
+            failed: 1,
+            attempts: 12,
+            retries: 2,
+            bytes: 2048,
+            input_lines: 13,
+            input_invalid: 1,
+            latency_p50_us: 1500,
+            latency_p95_us: 9000,
+            latency_max_us: 12000,
+            stopped: true,
+            forced: false,
+        };
+        assert_eq!(summary.pages_per_second(), 5.0);
+        let text = summary.to_string();
+        assert!(text.contains("10 URLs: 9 succeeded, 1 failed; 12 attempts, 2 retries"), "{text}");
+        assert!(text.contains("p50 1.5 ms, p95 9.0 ms, max 12.0 ms"), "{text}");
+        assert!(text.contains("run the same command again"), "{text}");
+    }
+}

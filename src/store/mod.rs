@@ -1,0 +1,191 @@
+//! The durable frontier and result log, behind one interface with lease
+//! semantics so that another backend (PostgreSQL shared by several daemons) is
+//! an added module, not a rewrite.
+//!
+//! A URL moves `queued` → (claim, with a lease token) `in_flight` → `done` |
+//! `failed` | back to `queued` with a not-before time (retry). Every transition
+//! out of `in_flight` is a [`Completion`] that carries the claim's lease token;
+//! a completion whose token no longer matches the row is stale and changes
+//! nothing. Only `sqlite.rs` knows sqlx: no sqlx type crosses this boundary.
+
+pub mod sqlite;
+
+use std::future::Future;
+use std::time::SystemTime;
+
+pub use sqlite::SqliteStore;
+
+/// A store operation that failed. Any of these stops the crawl: results could
+/// no longer be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the database's lock file.
+    #[error(
+        "{path} is in use by another trawler process (lock file {lock}); \
+         readers such as sqlite3 may still open it"
+    )]
+    Locked { path: String, lock: String },
+    /// The database was written by a newer trawler whose schema this binary
+    /// does not know.
+    #[error(
+        "{path} has schema version {found}, newer than this trawler knows ({known}); \
+         use a newer trawler or another database"
+    )]
+    NewerSchema { path: String, found: i64, known: i64 },
+    /// Opening, migrating, reading or writing failed.
+    #[error("database {context}: {source}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A URL to enqueue: already parsed and checked to be absolute http(s).
+#[derive(Debug, Clone)]
+pub struct NewUrl {
+    /// The URL's serialization (`url::Url::as_str`), the de-duplication key.
+    pub url: String,
+    /// Its host (lower-case), kept for per-host queries and scheduling.
+    pub host: String,
+}
+
+/// An input line that was not a crawlable URL.
+#[derive(Debug, Clone)]
+pub struct InputError {
+    /// The input's name: its path as given, or `-` for stdin.
+    pub source: String,
+    /// 1-based line number.
+    pub line: u64,
+    /// The line as read (trimmed, at most a few KiB).
+    pub text: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// A claimed URL, handed from the producer to a worker.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub url_id: i64,
+    pub url: String,
+    /// The number of the attempt about to be made (1 = first).
+    pub attempt: u32,
+    /// The claim's lease token, returned with the completion.
+    pub lease: i64,
+}
+
+/// How an attempt ended, as the worker decided (see `retry.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// A final HTTP response: the URL is `done`.
+    Done,
+    /// A final error, or attempts ran out: the URL is `failed`.
+    Failed,
+    /// Try again once the wall clock reaches this time, in Unix ms.
+    RetryAt(i64),
+}
+
+impl Next {
+    /// The attempt's `outcome` column.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Next::Done => "done",
+            Next::Failed => "failed",
+            Next::RetryAt(_) => "retry",
+        }
+    }
+}
+
+/// What one attempt observed; becomes one row of `attempts`.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptRecord {
+    pub started_at: Option<SystemTime>,
+    pub fetched_at: Option<SystemTime>,
+    pub elapsed_ms: u64,
+    /// The same duration in µs, for latency percentiles (not stored).
+    pub elapsed_us: u64,
+    pub http_status: Option<u16>,
+    /// One of the fixed kinds in `fetch::ErrorKind::as_str`, or `http_status`.
+    pub error_kind: Option<&'static str>,
+    pub error_message: Option<String>,
+    pub final_url: Option<String>,
+    /// URLs visited before `final_url`, in order.
+    pub redirect_chain: Vec<String>,
+    pub content_type: Option<String>,
+    pub body_bytes: Option<u64>,
+    /// Lower-case hex SHA-256 of the decoded body.
+    pub body_sha256: Option<String>,
+    /// JSON array of `[name, value]` pairs, when configured.
+    pub headers: Option<String>,
+    /// The body, when configured.
+    pub body: Option<Vec<u8>>,
+}
+
+/// The end of one claim: the attempt made and the URL's next state.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub url_id: i64,
+    pub lease: i64,
+    /// The attempt's number (1 = first); becomes the URL's `attempts`.
+    pub attempt: u32,
+    pub record: AttemptRecord,
+    pub next: Next,
+}
+
+/// URLs by state, as counted in the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub queued: u64,
+    pub in_flight: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Rejected input lines recorded so far.
+    pub invalid_lines: u64,
+}
+
+impl StateCounts {
+    pub fn total(&self) -> u64 {
+        self.queued + self.in_flight + self.done + self.failed
+    }
+
+    pub fn finished(&self) -> u64 {
+        self.done + self.failed
+    }
+}
+
+/// The frontier's operations. Every method is one atomic store transaction;
+/// none is cancel safe in the sense that a dropped call may or may not have
+/// committed (callers never race them against a token).
+pub trait Store: Send + Sync + 'static {
+    /// Adds URLs that are not known yet; known ones (in any state) are left as
+    /// they are. Returns how many were new.
+    fn enqueue(&self, urls: &[NewUrl]) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Records rejected input lines (an identical line at the same place is
+    /// recorded once).
+    fn record_input_errors(
+        &self,
+        errors: &[InputError],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Claims up to `limit` queued URLs due at `now_ms` (Unix ms), oldest due
+    /// first, marking them in flight under a fresh lease token.
+    fn claim(&self, now_ms: i64, limit: u32) -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
+
+    /// Records each completion's attempt and moves its URL to the next state,
+    /// all in one transaction; stale completions (lease mismatch) are skipped.
+    /// Returns how many were applied.
+    fn complete(&self, completions: &[Completion]) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Puts every in-flight URL back in the queue, due at once. Used at start-up
+    /// (a crashed run's claims) and after a stop (claims never fetched).
+    /// Returns how many were requeued.
+    fn requeue_in_flight(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The earliest `not_before` (Unix ms) among queued URLs, `None` when none
+    /// is queued.
+    fn next_due(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// URLs by state.
+    fn counts(&self) -> impl Future<Output = Result<StateCounts, StoreError>> + Send;
+}

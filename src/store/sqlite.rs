@@ -1,0 +1,351 @@
+//! The SQLite backend of [`Store`]: the only code that knows sqlx.
+//!
+//! One write connection (a pool of one, so writes never contend inside the
+//! process) and a small read-only pool. WAL mode lets `sqlite3` and other
+//! readers query while a crawl writes; `busy_timeout` makes writers from other
+//! processes (e.g. `trawler enqueue`) wait instead of failing. Transactions of
+//! more than one statement start with `BEGIN IMMEDIATE`: sqlx's `begin()` is
+//! deferred, and a deferred transaction that reads before it writes fails with
+//! `SQLITE_BUSY_SNAPSHOT` when another connection committed in between, whatever
+//! the busy timeout (sqlite.org/wal.html, "Sometimes Queries Return SQLITE_BUSY
+//! In WAL Mode"). Single statements take the write lock when they start.
+//!
+//! Batches are written as multi-row statements (`WITH v(...) AS (VALUES ...)`),
+//! so committing N results costs two statements, not 2N round trips to sqlx's
+//! connection thread.
+//!
+//! A process holds an advisory lock on `<database>.lock` for as long as the
+//! store is open, so a second crawler on the same file is refused; the lock is
+//! released by the kernel when the process dies, even by `kill -9`.
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{Completion, InputError, Job, NewUrl, StateCounts, Store, StoreError};
+use crate::config::{StoreConfig, Synchronous};
+
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Rows per multi-row statement: the `attempts` insert binds 19 values a row,
+/// and SQLite allows 32,766 bound values per statement (SQLITE_MAX_VARIABLE_NUMBER
+/// since 3.32.0).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// How long a writer waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A trawler database opened for crawling. See the module docs.
+pub struct SqliteStore {
+    /// The single write connection.
+    write: SqlitePool,
+    /// Read-only connections for counts and queries.
+    read: SqlitePool,
+    path: PathBuf,
+    /// Held open for the store's lifetime: dropping it releases the lock.
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `config.path`, takes its
+    /// lock file and applies pending migrations. URLs a crashed run left in
+    /// flight stay so until the caller runs [`Store::requeue_in_flight`].
+    ///
+    /// Errors: [`StoreError::Locked`] when another process holds the lock;
+    /// [`StoreError::NewerSchema`] when the file holds migrations this binary
+    /// does not know; [`StoreError::Database`] when the file cannot be
+    /// created, opened or migrated.
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let path = config.path.clone();
+        let lock = take_lock(&path)?;
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(db("parse options"))?
+            .filename(&path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match config.synchronous {
+                Synchronous::Normal => SqliteSynchronous::Normal,
+                Synchronous::Full => SqliteSynchronous::Full,
+            })
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone().create_if_missing(true))
+            .await
+            .map_err(db_at("open", &path))?;
+        migrate(&write, &path).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(db_at("open read-only", &path))?;
+        Ok(Self { write, read, path, _lock: lock })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes both pools; the last connection to close checkpoints the WAL.
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}
+
+fn take_lock(path: &Path) -> Result<File, StoreError> {
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let file = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| {
+        StoreError::Database {
+            context: "create lock file",
+            source: format!("{}: {e}", lock_path.display()).into(),
+        }
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: path.display().to_string(),
+            lock: lock_path.display().to_string(),
+        }),
+        Err(TryLockError::Error(e)) => Err(StoreError::Database {
+            context: "lock",
+            source: format!("{}: {e}", lock_path.display()).into(),
+        }),
+    }
+}
+
+async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
+    match MIGRATOR.run(pool).await {
+        Ok(()) => Ok(()),
+        Err(MigrateError::VersionMissing(found)) => Err(StoreError::NewerSchema {
+            path: path.display().to_string(),
+            found,
+            known: MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0),
+        }),
+        Err(e) => Err(StoreError::Database {
+            context: "migrate",
+            source: format!("{}: {e}", path.display()).into(),
+        }),
+    }
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| StoreError::Database { context, source: Box::new(e) }
+}
+
+fn db_at(context: &'static str, path: &Path) -> impl FnOnce(sqlx::Error) -> StoreError {
+    let path = path.display().to_string();
+    move |e| StoreError::Database { context, source: format!("{path}: {e}").into() }
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T03:57:54.123Z`.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn rfc3339_from_ms(ms: i64) -> String {
+    rfc3339(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Store for SqliteStore {
+    async fn enqueue(&self, urls: &[NewUrl]) -> Result<u64, StoreError> {
+        let added_at = rfc3339(SystemTime::now());
+        let mut new = 0;
+        for chunk in urls.chunks(ROWS_PER_STATEMENT * 2) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO urls (url, host, added_at) ");
+            q.push_values(chunk, |mut row, u| {
+                row.push_bind(&u.url).push_bind(&u.host).push_bind(&added_at);
+            });
+            q.push(" ON CONFLICT (url) DO NOTHING");
+            new += q.build().execute(&self.write).await.map_err(db("enqueue"))?.rows_affected();
+        }
+        Ok(new)
+    }
+
+    async fn record_input_errors(&self, errors: &[InputError]) -> Result<(), StoreError> {
+        let recorded_at = rfc3339(SystemTime::now());
+        for chunk in errors.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO input_errors (source, line, text, reason, recorded_at) ",
+            );
+            q.push_values(chunk, |mut row, e| {
+                row.push_bind(&e.source)
+                    .push_bind(to_i64(e.line))
+                    .push_bind(&e.text)
+                    .push_bind(&e.reason)
+                    .push_bind(&recorded_at);
+            });
+            q.push(" ON CONFLICT (source, line, text) DO NOTHING");
+            q.build().execute(&self.write).await.map_err(db("record input errors"))?;
+        }
+        Ok(())
+    }
+
+    async fn claim(&self, now_ms: i64, limit: u32) -> Result<Vec<Job>, StoreError> {
+        let lease: i64 = rand::random();
+        let rows = sqlx::query(
+            "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2
+             WHERE id IN (SELECT id FROM urls
+                          WHERE state = 'queued' AND not_before_ms <= ?2
+                          ORDER BY not_before_ms, id LIMIT ?3)
+             RETURNING id, url, attempts",
+        )
+        .bind(lease)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.write)
+        .await
+        .map_err(db("claim"))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Job { url_id: row.get(0), url: row.get(1), attempt: row.get::<u32, _>(2) + 1, lease })
+            .collect())
+    }
+
+    async fn complete(&self, completions: &[Completion]) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
+        let mut applied = 0;
+        for chunk in completions.chunks(ROWS_PER_STATEMENT) {
+            insert_attempts(&mut tx, chunk).await?;
+            applied += update_urls(&mut tx, chunk).await?;
+        }
+        tx.commit().await.map_err(db("commit results"))?;
+        Ok(applied)
+    }
+
+    async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
+             WHERE state = 'in_flight'",
+        )
+        .execute(&self.write)
+        .await
+        .map_err(db("requeue in-flight URLs"))?;
+        Ok(result.rows_affected())
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        // On the write connection: the answer must include what this process
+        // just committed, and a read-only connection could lag a checkpoint.
+        sqlx::query_scalar("SELECT min(not_before_ms) FROM urls WHERE state = 'queued'")
+            .fetch_one(&self.write)
+            .await
+            .map_err(db("next due"))
+    }
+
+    async fn counts(&self) -> Result<StateCounts, StoreError> {
+        let rows = sqlx::query("SELECT state, count(*) FROM urls GROUP BY state")
+            .fetch_all(&self.read)
+            .await
+            .map_err(db("count URLs"))?;
+        let mut counts = StateCounts::default();
+        for row in rows {
+            let n = row.get::<i64, _>(1) as u64;
+            match row.get::<&str, _>(0) {
+                "queued" => counts.queued = n,
+                "in_flight" => counts.in_flight = n,
+                "done" => counts.done = n,
+                "failed" => counts.failed = n,
+                _ => {}
+            }
+        }
+        let invalid: i64 = sqlx::query_scalar("SELECT count(*) FROM input_errors")
+            .fetch_one(&self.read)
+            .await
+            .map_err(db("count input errors"))?;
+        counts.invalid_lines = invalid as u64;
+        Ok(counts)
+    }
+}
+
+async fn insert_attempts(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    chunk: &[Completion],
+) -> Result<(), StoreError> {
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "WITH v(url_id, lease, attempt, started_at, fetched_at, elapsed_ms, outcome, http_status,
+                error_kind, error_message, retry_at, final_url, redirects, redirect_chain,
+                content_type, body_bytes, body_sha256, headers, body) AS (",
+    );
+    q.push_values(chunk, |mut row, c| {
+        let r = &c.record;
+        let now = SystemTime::now();
+        row.push_bind(c.url_id)
+            .push_bind(c.lease)
+            .push_bind(c.attempt)
+            .push_bind(rfc3339(r.started_at.unwrap_or(now)))
+            .push_bind(rfc3339(r.fetched_at.unwrap_or(now)))
+            .push_bind(to_i64(r.elapsed_ms))
+            .push_bind(c.next.outcome())
+            .push_bind(r.http_status)
+            .push_bind(r.error_kind)
+            .push_bind(r.error_message.as_deref())
+            .push_bind(match c.next {
+                super::Next::RetryAt(ms) => Some(rfc3339_from_ms(ms)),
+                _ => None,
+            })
+            .push_bind(r.final_url.as_deref())
+            .push_bind(r.redirect_chain.len() as i64)
+            .push_bind(
+                (!r.redirect_chain.is_empty())
+                    .then(|| serde_json::to_string(&r.redirect_chain).unwrap_or_default()),
+            )
+            .push_bind(r.content_type.as_deref())
+            .push_bind(r.body_bytes.map(to_i64))
+            .push_bind(r.body_sha256.as_deref())
+            .push_bind(r.headers.as_deref())
+            .push_bind(r.body.as_deref());
+    });
+    q.push(
+        ") INSERT INTO attempts (url_id, attempt, started_at, fetched_at, elapsed_ms, outcome,
+                http_status, error_kind, error_message, retry_at, final_url, redirects,
+                redirect_chain, content_type, body_bytes, body_sha256, headers, body)
+          SELECT v.url_id, v.attempt, v.started_at, v.fetched_at, v.elapsed_ms, v.outcome,
+                v.http_status, v.error_kind, v.error_message, v.retry_at, v.final_url, v.redirects,
+                v.redirect_chain, v.content_type, v.body_bytes, v.body_sha256, v.headers, v.body
+          FROM v JOIN urls AS u ON u.id = v.url_id AND u.lease = v.lease",
+    );
+    q.build().execute(&mut **tx).await.map_err(db("record attempts"))?;
+    Ok(())
+}
+
+async fn update_urls(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    chunk: &[Completion],
+) -> Result<u64, StoreError> {
+    let mut q = QueryBuilder::<Sqlite>::new("WITH v(url_id, lease, state, attempts, not_before_ms) AS (");
+    q.push_values(chunk, |mut row, c| {
+        let (state, not_before_ms) = match c.next {
+            super::Next::Done => ("done", 0),
+            super::Next::Failed => ("failed", 0),
+            super::Next::RetryAt(ms) => ("queued", ms),
+        };
+        row.push_bind(c.url_id)
+            .push_bind(c.lease)
+            .push_bind(state)
+            .push_bind(c.attempt)
+            .push_bind(not_before_ms);
+    });
+    q.push(
+        ") UPDATE urls SET state = v.state, attempts = v.attempts, not_before_ms = v.not_before_ms,
+                lease = NULL, leased_at_ms = NULL
+          FROM v WHERE urls.id = v.url_id AND urls.lease = v.lease",
+    );
+    let result = q.build().execute(&mut **tx).await.map_err(db("update URLs"))?;
+    Ok(result.rows_affected())
+}

@@ -1,0 +1,110 @@
+//! A worker: receive a job, wait for the rate limiter, fetch, decide, hand the
+//! completion to the writer. A fixed pool of these drains the job channel.
+//!
+//! Only waiting (for a job, for the limiter) races the stop token: a fetch
+//! that started runs to its end (bounded by `fetch.timeout`) unless `abort`
+//! is cancelled, and handing its completion to the writer is never raced, so
+//! a finished fetch is always committed. A retry does not occupy the worker:
+//! the URL goes back to the frontier with its not-before time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RetryConfig;
+use crate::fetch::Fetcher;
+use crate::frontier::now_ms;
+use crate::retry::{Decision, decide};
+use crate::store::{Completion, Job, Next};
+
+/// What every worker shares.
+pub struct WorkerContext {
+    pub fetcher: Fetcher,
+    pub retry: RetryConfig,
+    /// The global request-rate limit, if one is configured.
+    pub limiter: Option<DefaultDirectRateLimiter>,
+    /// Take no new job.
+    pub stop: CancellationToken,
+    /// Drop the fetch in flight.
+    pub abort: CancellationToken,
+}
+
+/// A `governor` limiter allowing `rate` request starts per second. The burst
+/// is 10 ms worth of requests (at least one), so a high rate is not throttled
+/// by timer granularity while a low one stays evenly spaced.
+pub fn rate_limiter(rate: f64) -> DefaultDirectRateLimiter {
+    let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+    let burst = ((rate / 100.0).ceil() as u32).max(1);
+    let quota = Quota::with_period(period)
+        .expect("period is above zero")
+        .allow_burst(std::num::NonZeroU32::new(burst).expect("burst is at least one"));
+    RateLimiter::direct(quota)
+}
+
+/// Runs one worker until the channel closes, `stop` is cancelled between
+/// jobs, `abort` is cancelled mid-fetch, or the writer is gone.
+pub async fn run(
+    ctx: Arc<WorkerContext>,
+    jobs: async_channel::Receiver<Job>,
+    results: mpsc::Sender<Completion>,
+) {
+    loop {
+        let job = tokio::select! {
+            biased;
+            _ = ctx.stop.cancelled() => return,
+            job = jobs.recv() => match job {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        if let Some(limiter) = &ctx.limiter {
+            tokio::select! {
+                biased;
+                _ = ctx.stop.cancelled() => return,
+                _ = limiter.until_ready() => {}
+            }
+        }
+        let fetched = tokio::select! {
+            biased;
+            _ = ctx.abort.cancelled() => return,
+            fetched = ctx.fetcher.fetch(&job.url) => fetched,
+        };
+        let decision = decide(
+            &ctx.retry,
+            job.attempt,
+            fetched.record.http_status,
+            fetched.error,
+            fetched.retry_after,
+            rand::random(),
+        );
+        let mut record = fetched.record;
+        if fetched.error.is_none() && decision != Decision::Done {
+            // A response arrived, but with a status worth retrying.
+            record.error_kind = Some("http_status");
+            record.error_message = record.http_status.map(|s| format!("HTTP {s}"));
+        }
+        let next = match decision {
+            Decision::Done => Next::Done,
+            Decision::Failed => Next::Failed,
+            Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
+        };
+        tracing::debug!(
+            url = %job.url,
+            url_id = job.url_id,
+            attempt = job.attempt,
+            status = record.http_status,
+            error = record.error_kind,
+            elapsed_ms = record.elapsed_ms,
+            outcome = next.outcome(),
+            "fetched"
+        );
+        let completion =
+            Completion { url_id: job.url_id, lease: job.lease, attempt: job.attempt, record, next };
+        if results.send(completion).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The writer task: the one place results are committed.
+//!
+//! Workers send completions over a bounded mpsc channel and never wait on the
+//! database themselves. The writer takes everything waiting (up to
+//! [`MAX_BATCH`]) and commits it in one transaction, so batches grow with
+//! load: one commit per result at a trickle, hundreds per commit at full
+//! speed. Counters are updated only after the commit, so they count what is
+//! durable.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hdrhistogram::Histogram;
+use tokio::sync::{Notify, mpsc};
+
+use crate::stats::{CrawlStats, latency_histogram};
+use crate::store::{Completion, Next, Store, StoreError};
+
+/// The most completions committed in one transaction.
+pub const MAX_BATCH: usize = 2_048;
+
+/// Commits completions until every sender is dropped, then returns the
+/// latency histogram (µs) of what it committed.
+///
+/// Errors: the first store failure; completions not yet committed are lost
+/// from memory, and their URLs stay in flight, to be requeued.
+pub async fn run<S: Store>(
+    store: Arc<S>,
+    mut results: mpsc::Receiver<Completion>,
+    stats: Arc<CrawlStats>,
+    wake: Arc<Notify>,
+) -> Result<Histogram<u64>, StoreError> {
+    let mut latency = latency_histogram();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while results.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        store.complete(&batch).await?;
+        let mut retried = false;
+        for c in &batch {
+            latency.saturating_record(c.record.elapsed_us.max(1));
+            stats.attempts.fetch_add(1, Ordering::Relaxed);
+            stats.bytes.fetch_add(c.record.body_bytes.unwrap_or(0), Ordering::Relaxed);
+            match c.next {
+                Next::Done => {
+                    stats.done.fetch_add(1, Ordering::Relaxed);
+                    stats.finished.fetch_add(1, Ordering::Relaxed);
+                }
+                Next::Failed => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    stats.finished.fetch_add(1, Ordering::Relaxed);
+                }
+                Next::RetryAt(_) => {
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    retried = true;
+                }
+            }
+        }
+        let before = stats.outstanding.fetch_sub(batch.len() as u64, Ordering::SeqCst);
+        if retried || before == batch.len() as u64 {
+            // A retry may be due before the producer's next look, or the
+            // frontier may just have become idle.
+            wake.notify_one();
+        }
+        batch.clear();
+    }
+    Ok(latency)
+}
