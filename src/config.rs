@@ -218,10 +218,10 @@ impl Config {
         if self.crawl.concurrency == 0 || self.crawl.concurrency > 10_000 {
             return invalid("crawl.concurrency", "must be between 1 and 10000");
         }
-        if let Some(rate) = self.crawl.rate {
-            if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
-                return invalid("crawl.rate", "must be a number of requests/s above 0 and at most 1000000");
-            }
+        if let Some(rate) = self.crawl.rate
+            && !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0)
+        {
+            return invalid("crawl.rate", "must be a number of requests/s above 0 and at most 1000000");
         }
         if self.fetch.timeout.is_zero() {
             return invalid("fetch.timeout", "must be above zero");

@@ -157,11 +157,11 @@ impl Fetcher {
             let status = response.status();
             progress.record.http_status = Some(status.as_u16());
             progress.record.final_url = Some(current.to_string());
-            if status.is_redirection() {
-                if let Some(location) = response.headers().get(LOCATION) {
-                    current = self.next_hop(&current, location.as_bytes(), &mut progress.record)?;
-                    continue;
-                }
+            if status.is_redirection()
+                && let Some(location) = response.headers().get(LOCATION)
+            {
+                current = self.next_hop(&current, location.as_bytes(), &mut progress.record)?;
+                continue;
             }
             return self.read_final(response, progress).await;
         }

@@ -1,0 +1,217 @@
+//! What one crawl records for each kind of server behaviour.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::server::TestServer;
+use crate::util::{crawl_lines, result_for, scalar, test_config};
+
+#[tokio::test]
+async fn a_200_is_done_with_its_body_described() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let url = server.url("/ok/one");
+    let summary = crawl_lines(&config, std::slice::from_ref(&url)).await;
+
+    let body = b"<!doctype html><title>ok</title><p>hello";
+    let row = result_for(&config.store.path, &url).await;
+    assert_eq!(row.state, "done");
+    assert_eq!(row.http_status, Some(200));
+    assert_eq!(row.error_kind, None);
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.final_url.as_deref(), Some(url.as_str()));
+    assert_eq!(row.redirects, Some(0));
+    assert_eq!(row.content_type.as_deref(), Some("text/html; charset=utf-8"));
+    assert_eq!(row.body_bytes, Some(body.len() as i64));
+    assert_eq!(row.body_sha256, Some(format!("{:x}", Sha256::digest(body))));
+    let fetched_at = row.fetched_at.expect("fetched_at");
+    assert!(fetched_at.ends_with('Z'), "{fetched_at}");
+    humantime::parse_rfc3339(&fetched_at).expect("fetched_at is RFC 3339");
+    assert!(row.elapsed_ms.unwrap() < 5_000);
+
+    assert_eq!((summary.done, summary.failed, summary.attempts, summary.retries), (1, 0, 1, 0));
+    assert_eq!(summary.bytes, body.len() as u64);
+    assert!(!summary.stopped);
+}
+
+#[tokio::test]
+async fn a_404_is_final_at_once() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let url = server.url("/status/404/gone");
+    crawl_lines(&config, std::slice::from_ref(&url)).await;
+
+    let row = result_for(&config.store.path, &url).await;
+    assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(404), 1));
+    assert_eq!(row.error_kind, None);
+    assert_eq!(server.hits_of("/status/404/gone").len(), 1);
+}
+
+#[tokio::test]
+async fn a_503_is_retried_after_a_backoff_then_done() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.retry.backoff_base = Duration::from_millis(300);
+    config.retry.backoff_max = Duration::from_secs(1);
+    let url = server.url("/flaky/1/a");
+    let summary = crawl_lines(&config, std::slice::from_ref(&url)).await;
+
+    let row = result_for(&config.store.path, &url).await;
+    assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(200), 2));
+    let hits = server.hits_of("/flaky/1/a");
+    assert_eq!(hits.len(), 2);
+    // Equal jitter keeps at least half the 300 ms base.
+    let gap = hits[1] - hits[0];
+    assert!(gap >= Duration::from_millis(150), "retried after only {gap:?}");
+    assert_eq!((summary.attempts, summary.retries), (2, 1));
+
+    // The first attempt is on record with why it was retried.
+    let first = scalar(
+        &config.store.path,
+        "SELECT count(*) FROM attempts WHERE attempt = 1 AND outcome = 'retry'
+           AND http_status = 503 AND error_kind = 'http_status' AND retry_at IS NOT NULL",
+    )
+    .await;
+    assert_eq!(first, 1);
+}
+
+#[tokio::test]
+async fn a_429_waits_for_its_retry_after() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // A backoff this long would fail the upper bound: Retry-After must win.
+    config.retry.backoff_base = Duration::from_secs(8);
+    config.retry.backoff_max = Duration::from_secs(8);
+    let url = server.url("/retry-after/1/a");
+    crawl_lines(&config, std::slice::from_ref(&url)).await;
+
+    let row = result_for(&config.store.path, &url).await;
+    assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(200), 2));
+    let hits = server.hits_of("/retry-after/1/a");
+    let gap = hits[1] - hits[0];
+    assert!(gap >= Duration::from_millis(950) && gap < Duration::from_secs(3), "gap {gap:?}");
+}
+
+#[tokio::test]
+async fn a_response_slower_than_the_timeout_fails_as_timeout_after_retries() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.fetch.timeout = Duration::from_millis(200);
+    config.retry.max_attempts = 2;
+    let url = server.url("/slow/3000/a");
+    let summary = crawl_lines(&config, std::slice::from_ref(&url)).await;
+
+    let row = result_for(&config.store.path, &url).await;
+    assert_eq!((row.state.as_str(), row.error_kind.as_deref(), row.attempts), ("failed", Some("timeout"), 2));
+    assert!(row.elapsed_ms.unwrap() >= 200 && row.elapsed_ms.unwrap() < 1_000, "{row:?}");
+    assert_eq!(server.hits_of("/slow/3000/a").len(), 2);
+    assert_eq!((summary.done, summary.failed), (0, 1));
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_then_failed_as_connect() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let url = format!("http://127.0.0.1:{port}/nobody-home");
+    crawl_lines(&config, std::slice::from_ref(&url)).await;
+
+    let row = result_for(&config.store.path, &url).await;
+    assert_eq!((row.state.as_str(), row.error_kind.as_deref(), row.attempts), ("failed", Some("connect"), 3));
+    assert_eq!(row.http_status, None);
+    assert!(row.error_message.unwrap().contains("refused"));
+}
+
+#[tokio::test]
+async fn redirects_are_followed_recorded_and_bounded() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.fetch.max_redirects = 5;
+    let chain = server.url("/redirect/3");
+    let looping = server.url("/loop/a");
+    let too_long = server.url("/redirect/9");
+    crawl_lines(&config, &[chain.clone(), looping.clone(), too_long.clone()]).await;
+
+    let row = result_for(&config.store.path, &chain).await;
+    assert_eq!((row.state.as_str(), row.http_status), ("done", Some(200)));
+    assert_eq!(row.final_url, Some(server.url("/ok/end")));
+    assert_eq!(row.redirects, Some(4));
+    let recorded: String = {
+        let pool = crate::util::reader(&config.store.path).await;
+        sqlx::query_scalar("SELECT redirect_chain FROM attempts WHERE redirects = 4")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let expected: Vec<String> =
+        ["/redirect/3", "/redirect/2", "/redirect/1", "/redirect/0"].iter().map(|p| server.url(p)).collect();
+    assert_eq!(serde_json::from_str::<Vec<String>>(&recorded).unwrap(), expected);
+
+    let row = result_for(&config.store.path, &looping).await;
+    assert_eq!(
+        (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+        ("failed", Some("redirect_loop"), 1)
+    );
+
+    let row = result_for(&config.store.path, &too_long).await;
+    assert_eq!((row.state.as_str(), row.error_kind.as_deref()), ("failed", Some("redirect_limit")));
+    assert_eq!(row.http_status, Some(302));
+}
+
+#[tokio::test]
+async fn a_body_over_the_cap_fails_without_being_read_whole() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.fetch.max_body_bytes = 64 * 1024;
+    let url = server.url("/big/1000000");
+    crawl_lines(&config, std::slice::from_ref(&url)).await;
+
+    let row = result_for(&config.store.path, &url).await;
+    assert_eq!(
+        (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+        ("failed", Some("body_too_large"), 1)
+    );
+    assert_eq!(row.http_status, Some(200));
+}
+
+#[tokio::test]
+async fn headers_and_bodies_are_stored_only_when_asked() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    let plain = server.url("/ok/plain");
+    crawl_lines(&config, std::slice::from_ref(&plain)).await;
+    let stored = scalar(
+        &config.store.path,
+        "SELECT count(*) FROM attempts WHERE headers IS NOT NULL OR body IS NOT NULL",
+    )
+    .await;
+    assert_eq!(stored, 0);
+
+    config.store.save_headers = true;
+    config.store.save_body = true;
+    let kept = server.url("/ok/kept");
+    crawl_lines(&config, std::slice::from_ref(&kept)).await;
+    let pool = crate::util::reader(&config.store.path).await;
+    let (headers, body): (String, Vec<u8>) = sqlx::query_as(
+        "SELECT a.headers, a.body FROM attempts a JOIN urls u ON u.id = a.url_id WHERE u.url = ?",
+    )
+    .bind(&kept)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap();
+    assert!(headers.contains(&("content-type".into(), "text/html; charset=utf-8".into())), "{headers:?}");
+    assert_eq!(body, b"<!doctype html><title>ok</title><p>hello");
+}

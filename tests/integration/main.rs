@@ -1,0 +1,14 @@
+//! trawler's integration tests: one test crate, every test against local
+//! servers on 127.0.0.1 that the tests start themselves.
+//!
+//! - `crawl`: outcomes of fetches as the `results` view shows them
+//! - `resume`: stopping and resuming, duplicates, input errors
+//! - `store`: lease semantics, locking, schema versions
+//! - `process`: the real binary under signals, `kill -9` and a second instance
+
+mod crawl;
+mod process;
+mod resume;
+mod server;
+mod store;
+mod util;

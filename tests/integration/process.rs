@@ -1,0 +1,214 @@
+//! The real `trawler` binary as an operator runs it: signals, crashes, a
+//! second instance, bad settings.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::server::TestServer;
+use crate::util::{output_of, scalar, signal, spawn_trawler, wait_until, wait_within, write_input};
+
+fn slow_urls(server: &TestServer, n: usize, ms: u64) -> Vec<String> {
+    (0..n).map(|i| server.url(&format!("/slow/{ms}/{i}"))).collect()
+}
+
+fn fetches_per_path(server: &TestServer) -> HashMap<String, usize> {
+    let mut per_path = HashMap::new();
+    for hit in server.hits() {
+        *per_path.entry(hit.path).or_default() += 1;
+    }
+    per_path
+}
+
+#[tokio::test]
+async fn sigterm_mid_crawl_exits_0_loses_nothing_and_a_rerun_completes() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), &slow_urls(&server, 150, 40));
+    let db = dir.path().join("crawl.db");
+    let args = [input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "4", "--grace", "3s"];
+
+    let mut child = spawn_trawler(&[&["crawl"], &args[..]].concat());
+    wait_until(Duration::from_secs(20), "20 fetches", || server.hits().len() >= 20);
+    signal(&child, libc::SIGTERM);
+    let (status, took) = wait_within(&mut child, Duration::from_secs(4));
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    let (stdout, _) = output_of(child);
+    assert!(stdout.contains("crawl stopped"), "{stdout}");
+
+    let done = scalar(&db, "SELECT count(*) FROM urls WHERE state = 'done'").await;
+    assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'in_flight'").await, 0);
+    // Every fetch the server answered before the stop was committed.
+    assert_eq!(done, server.hits().len() as i64);
+    assert!(done < 150);
+
+    let mut rerun = spawn_trawler(&[&["crawl"], &args[..]].concat());
+    let (status, _) = wait_within(&mut rerun, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 150);
+    let per_path = fetches_per_path(&server);
+    assert_eq!(per_path.len(), 150);
+    assert!(per_path.values().all(|&n| n == 1), "a finished URL was fetched again");
+}
+
+#[tokio::test]
+async fn a_second_signal_cancels_fetches_and_exits_130() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), &slow_urls(&server, 10, 20_000));
+    let db = dir.path().join("crawl.db");
+    let mut child = spawn_trawler(&[
+        "crawl",
+        input.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--concurrency",
+        "3",
+        "--timeout",
+        "60s",
+        "--grace",
+        "60s",
+    ]);
+    wait_until(Duration::from_secs(20), "3 fetches in flight", || server.hits().len() >= 3);
+    signal(&child, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, libc::SIGTERM);
+    let (status, took) = wait_within(&mut child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130));
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // Nothing finished, nothing stranded: all ten are queued for the next run.
+    assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'queued'").await, 10);
+    assert_eq!(scalar(&db, "SELECT count(*) FROM attempts").await, 0);
+}
+
+#[tokio::test]
+async fn after_kill_9_a_rerun_crawls_every_url() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), &slow_urls(&server, 100, 30));
+    let db = dir.path().join("crawl.db");
+    let args = ["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "4"];
+    let mut child = spawn_trawler(&args);
+    wait_until(Duration::from_secs(20), "30 fetches", || server.hits().len() >= 30);
+    signal(&child, libc::SIGKILL);
+    wait_within(&mut child, Duration::from_secs(5));
+    let committed = scalar(&db, "SELECT count(*) FROM urls WHERE state = 'done'").await;
+    assert!(committed > 0);
+
+    let mut rerun = spawn_trawler(&args);
+    let (status, _) = wait_within(&mut rerun, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    let (_, stderr) = output_of(rerun);
+    assert!(stderr.contains("requeued URLs left in flight"), "{stderr}");
+    assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'done'").await, 100);
+    // Only URLs in flight at the kill may have been fetched twice.
+    let per_path = fetches_per_path(&server);
+    assert_eq!(per_path.len(), 100);
+    let twice = per_path.values().filter(|&&n| n > 1).count();
+    assert!(twice <= 4 * 2 + 4, "{twice} URLs fetched twice");
+}
+
+#[tokio::test]
+async fn a_second_trawler_on_the_same_database_is_refused() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), &slow_urls(&server, 20, 200));
+    let db = dir.path().join("crawl.db");
+    let args = ["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "2"];
+    let mut first = spawn_trawler(&args);
+    wait_until(Duration::from_secs(20), "the first crawler to fetch", || !server.hits().is_empty());
+
+    let mut second = spawn_trawler(&args);
+    let (status, _) = wait_within(&mut second, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let (_, stderr) = output_of(second);
+    assert!(stderr.contains("in use by another trawler"), "{stderr}");
+    // Readers are not locked out while the crawl writes.
+    assert_eq!(scalar(&db, "SELECT count(*) FROM urls").await, 20);
+
+    signal(&first, libc::SIGTERM);
+    let (status, _) = wait_within(&mut first, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn bad_settings_exit_1_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), &["http://127.0.0.1:9/".to_owned()]);
+    let db = dir.path().join("crawl.db");
+    let child = spawn_trawler(&[
+        "crawl",
+        input.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--concurrency",
+        "0",
+    ]);
+    let (_, stderr) = output_of(child);
+    assert!(stderr.contains("crawl.concurrency"), "{stderr}");
+    assert!(!db.exists(), "nothing is created for a refused config");
+
+    let config = dir.path().join("trawler.toml");
+    std::fs::write(&config, "[fetch]\ntimeout = \"fast\"\n").unwrap();
+    let mut child = spawn_trawler(&["crawl", input.to_str().unwrap(), "--config", config.to_str().unwrap()]);
+    let (status, _) = wait_within(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let (_, stderr) = output_of(child);
+    assert!(stderr.contains("fetch.timeout") || stderr.contains("timeout"), "{stderr}");
+
+    let mut child = spawn_trawler(&[
+        "crawl",
+        dir.path().join("missing.txt").to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    let (status, _) = wait_within(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let (_, stderr) = output_of(child);
+    assert!(stderr.contains("missing.txt"), "{stderr}");
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), &[server.url("/ok/1"), "bogus".to_owned()]);
+    let db = dir.path().join("crawl.db");
+    let mut child = spawn_trawler(&[
+        "crawl",
+        input.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
+    let (status, _) = wait_within(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    let (stdout, stderr) = output_of(child);
+    assert!(stdout.contains("1 succeeded, 0 failed"), "{stdout}");
+    let lines: Vec<serde_json::Value> =
+        stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert!(lines.iter().any(|l| l["level"] == "WARN" && l["line"] == 2), "{stderr}");
+}
+
+#[tokio::test]
+async fn urls_can_come_from_stdin() {
+    use std::io::Write;
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crawl.db");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trawler"))
+        .args(["crawl", "-", "--db", db.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}\n{}\nnope", server.url("/ok/a"), server.url("/ok/b")).unwrap();
+    drop(stdin);
+    let (status, _) = wait_within(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 2);
+    assert_eq!(scalar(&db, "SELECT count(*) FROM input_errors WHERE source = '-' AND line = 3").await, 1);
+}

@@ -1,0 +1,205 @@
+//! A local HTTP server on 127.0.0.1 for tests and the benchmark. It runs on a
+//! thread with its own tokio runtime, so a test can block on a child process
+//! while it serves, and it records every request (path, arrival time).
+//!
+//! Routes (every `{*rest}` lets a test make many distinct URLs):
+//! - `/ok/{*rest}`: 200, a small HTML page
+//! - `/page/{*rest}`: 200, `page_bytes` of body after the server's `latency`
+//! - `/status/{code}/{*rest}`: that status
+//! - `/flaky/{n}/{*rest}`: 503 for the first `n` requests of the path, then 200
+//! - `/retry-after/{secs}/{*rest}`: 429 with `Retry-After: secs` the first time, then 200
+//! - `/slow/{ms}/{*rest}`: 200 after `ms` milliseconds
+//! - `/redirect/{n}`: 302 to `/redirect/{n-1}`, and `/redirect/0` to `/ok/end`
+//! - `/loop/a`, `/loop/b`: 302 to each other
+//! - `/big/{bytes}`: a body of that many bytes
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub path: String,
+    pub at: Instant,
+}
+
+/// Server-wide behaviour.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Delay before answering `/page/...`.
+    pub latency: Duration,
+    /// Body size of `/page/...`.
+    pub page_bytes: usize,
+    /// Record hits (the benchmark turns this off).
+    pub record: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { latency: Duration::ZERO, page_bytes: 1024, record: true }
+    }
+}
+
+struct Shared {
+    options: Options,
+    hits: Mutex<Vec<Hit>>,
+    counts: Mutex<HashMap<String, u32>>,
+    page: Vec<u8>,
+}
+
+/// A running server; stops when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        Self::with_options(Options::default())
+    }
+
+    pub fn with_options(options: Options) -> Self {
+        let page = {
+            let mut page = b"<!doctype html><title>page</title><p>".to_vec();
+            page.resize(options.page_bytes.max(page.len()), b'x');
+            page
+        };
+        let shared = Arc::new(Shared { options, hits: Mutex::default(), counts: Mutex::default(), page });
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = router(shared.clone());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("server runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .expect("serve");
+            });
+        });
+        let addr = addr_rx.recv().expect("server address");
+        Self { addr, shared, stop: Some(stop_tx), thread: Some(thread) }
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn hits(&self) -> Vec<Hit> {
+        self.shared.hits.lock().unwrap().clone()
+    }
+
+    /// Requests so far for exactly `path`.
+    pub fn hits_of(&self, path: &str) -> Vec<Instant> {
+        self.hits().into_iter().filter(|h| h.path == path).map(|h| h.at).collect()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Do not join: graceful shutdown waits for idle keep-alive clients.
+        drop(self.thread.take());
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ok/{*rest}", get(|| async { html("<!doctype html><title>ok</title><p>hello") }))
+        .route("/page/{*rest}", get(page))
+        .route("/status/{code}/{*rest}", get(status))
+        .route("/flaky/{n}/{*rest}", get(flaky))
+        .route("/retry-after/{secs}/{*rest}", get(retry_after))
+        .route("/slow/{ms}/{*rest}", get(slow))
+        .route("/redirect/{n}", get(redirect))
+        .route("/loop/a", get(|| async { found("/loop/b") }))
+        .route("/loop/b", get(|| async { found("/loop/a") }))
+        .route("/big/{bytes}", get(|Path(bytes): Path<usize>| async move { vec![b'y'; bytes] }))
+        .layer(middleware::from_fn_with_state(shared.clone(), record))
+        .with_state(shared)
+}
+
+async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    if shared.options.record {
+        let path = request.uri().path().to_owned();
+        shared.hits.lock().unwrap().push(Hit { path, at: Instant::now() });
+    }
+    next.run(request).await
+}
+
+fn html(body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+fn found(location: &str) -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, HeaderValue::from_str(location).unwrap())]).into_response()
+}
+
+/// How many times `path` was requested before this request.
+fn count(shared: &Shared, path: &str) -> u32 {
+    let mut counts = shared.counts.lock().unwrap();
+    let n = counts.entry(path.to_owned()).or_default();
+    *n += 1;
+    *n - 1
+}
+
+async fn page(State(shared): State<Arc<Shared>>) -> Response {
+    if !shared.options.latency.is_zero() {
+        tokio::time::sleep(shared.options.latency).await;
+    }
+    ([(header::CONTENT_TYPE, "text/html")], shared.page.clone()).into_response()
+}
+
+async fn status(Path((code, _)): Path<(u16, String)>) -> Response {
+    StatusCode::from_u16(code).unwrap().into_response()
+}
+
+async fn flaky(State(shared): State<Arc<Shared>>, Path((n, rest)): Path<(u32, String)>) -> Response {
+    if count(&shared, &format!("flaky/{n}/{rest}")) < n {
+        StatusCode::SERVICE_UNAVAILABLE.into_response()
+    } else {
+        html("recovered")
+    }
+}
+
+async fn retry_after(State(shared): State<Arc<Shared>>, Path((secs, rest)): Path<(u64, String)>) -> Response {
+    if count(&shared, &format!("retry-after/{secs}/{rest}")) == 0 {
+        (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, secs.to_string())]).into_response()
+    } else {
+        html("thanks for waiting")
+    }
+}
+
+async fn slow(Path((ms, _)): Path<(u64, String)>) -> Response {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    html("finally")
+}
+
+async fn redirect(Path(n): Path<u32>) -> Response {
+    if n == 0 { found("/ok/end") } else { found(&format!("/redirect/{}", n - 1)) }
+}

@@ -1,0 +1,100 @@
+//! The SQLite store's contract: leases, exclusive ownership, schema versions.
+
+use trawler::store::{AttemptRecord, Completion, NewUrl, Next, SqliteStore, Store, StoreError};
+
+use crate::util::test_config;
+
+fn new_url(path: &str) -> NewUrl {
+    NewUrl { url: format!("http://127.0.0.1/{path}"), host: "127.0.0.1".into() }
+}
+
+fn done(job: &trawler::store::Job, lease: i64) -> Completion {
+    Completion {
+        url_id: job.url_id,
+        lease,
+        attempt: job.attempt,
+        record: AttemptRecord { http_status: Some(200), ..Default::default() },
+        next: Next::Done,
+    }
+}
+
+#[tokio::test]
+async fn a_completion_with_a_stale_lease_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let store = SqliteStore::open(&config.store).await.unwrap();
+    assert_eq!(store.enqueue(&[new_url("a"), new_url("a"), new_url("b")]).await.unwrap(), 2);
+
+    let first = store.claim(i64::MAX, 1).await.unwrap().remove(0);
+    assert_eq!(first.attempt, 1);
+    assert_eq!(store.requeue_in_flight().await.unwrap(), 1);
+    let second = store.claim(i64::MAX, 1).await.unwrap().remove(0);
+    assert_eq!(second.url_id, first.url_id);
+    assert_ne!(second.lease, first.lease);
+
+    // The first claim's completion arrives late: ignored.
+    assert_eq!(store.complete(&[done(&first, first.lease)]).await.unwrap(), 0);
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.in_flight, counts.done, counts.queued), (1, 0, 1));
+
+    assert_eq!(store.complete(&[done(&second, second.lease)]).await.unwrap(), 1);
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.in_flight, counts.done, counts.queued), (0, 1, 1));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_retry_waits_for_its_not_before_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&test_config(dir.path()).store).await.unwrap();
+    store.enqueue(&[new_url("later")]).await.unwrap();
+    let job = store.claim(1_000, 10).await.unwrap().remove(0);
+    let retry = Completion { next: Next::RetryAt(5_000), ..done(&job, job.lease) };
+    store.complete(&[retry]).await.unwrap();
+
+    assert!(store.claim(4_999, 10).await.unwrap().is_empty());
+    assert_eq!(store.next_due().await.unwrap(), Some(5_000));
+    let again = store.claim(5_000, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_second_owner_is_refused_while_readers_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let owner = SqliteStore::open(&config.store).await.unwrap();
+    owner.enqueue(&[new_url("x")]).await.unwrap();
+
+    let err = SqliteStore::open(&config.store).await.err().expect("second open refused");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("in use by another trawler"), "{err}");
+    assert_eq!(crate::util::scalar(&config.store.path, "SELECT count(*) FROM urls").await, 1);
+
+    owner.close().await;
+    drop(owner);
+    SqliteStore::open(&config.store).await.expect("free again once the owner is gone").close().await;
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_trawler_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    SqliteStore::open(&config.store).await.unwrap().close().await;
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&config.store.path);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (999999, 'from the future', 1, x'00', 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let err = SqliteStore::open(&config.store).await.err().expect("refused");
+    assert!(matches!(err, StoreError::NewerSchema { found: 999999, .. }), "{err}");
+    assert!(err.to_string().contains("newer than this trawler knows"), "{err}");
+}

@@ -1,0 +1,134 @@
+//! Helpers shared by the integration tests: a fast test config, running a
+//! crawl in-process or as the real binary, and reading the database back.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use trawler::config::{Config, Synchronous};
+use trawler::seeds::SeedSource;
+use trawler::{Shutdown, Summary};
+
+/// A config for tests: a database in `dir`, short timeouts and backoffs.
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.store.path = dir.join("crawl.db");
+    config.store.synchronous = Synchronous::Normal;
+    config.crawl.concurrency = 8;
+    config.fetch.timeout = Duration::from_secs(5);
+    config.retry.max_attempts = 3;
+    config.retry.backoff_base = Duration::from_millis(20);
+    config.retry.backoff_max = Duration::from_millis(100);
+    config.shutdown.grace = Duration::from_secs(5);
+    config
+}
+
+/// Writes `lines` to `dir/urls.txt` and returns its path.
+pub fn write_input(dir: &Path, lines: &[String]) -> PathBuf {
+    let path = dir.join("urls.txt");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// Crawls `lines` in-process with `config` to the end.
+pub async fn crawl_lines(config: &Config, lines: &[String]) -> Summary {
+    let dir = config.store.path.parent().unwrap();
+    let input = write_input(dir, lines);
+    trawler::crawl(config, Some(SeedSource::File(input)), &Shutdown::new()).await.expect("crawl runs")
+}
+
+/// A read-only pool on the database, as an analyst's `sqlite3` would open it.
+pub async fn reader(db: &Path) -> SqlitePool {
+    let options = SqliteConnectOptions::new().filename(db).read_only(true);
+    SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("open database read-only")
+}
+
+/// One row of the public `results` view.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ResultRow {
+    pub url: String,
+    pub state: String,
+    pub http_status: Option<i64>,
+    pub error_kind: Option<String>,
+    pub attempts: i64,
+    pub elapsed_ms: Option<i64>,
+    pub fetched_at: Option<String>,
+    pub final_url: Option<String>,
+    pub redirects: Option<i64>,
+    pub content_type: Option<String>,
+    pub body_bytes: Option<i64>,
+    pub body_sha256: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// Every row of `results`.
+pub async fn results(db: &Path) -> Vec<ResultRow> {
+    let pool = reader(db).await;
+    let rows = sqlx::query_as("SELECT * FROM results ORDER BY url").fetch_all(&pool).await.unwrap();
+    pool.close().await;
+    rows
+}
+
+/// The `results` row of `url`.
+pub async fn result_for(db: &Path, url: &str) -> ResultRow {
+    results(db).await.into_iter().find(|r| r.url == url).unwrap_or_else(|| panic!("no result for {url}"))
+}
+
+/// One integer from a query.
+pub async fn scalar(db: &Path, sql: &str) -> i64 {
+    let pool = reader(db).await;
+    let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    n
+}
+
+/// Starts the real `trawler` binary with `args`, stdout and stderr captured.
+pub fn spawn_trawler(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_trawler"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start trawler")
+}
+
+/// Waits for `child` at most `limit`; panics (after killing it) past that.
+pub fn wait_within(child: &mut Child, limit: Duration) -> (ExitStatus, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, start.elapsed());
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("trawler did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Output of a finished child.
+pub fn output_of(child: Child) -> (String, String) {
+    let out = child.wait_with_output().unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Polls `condition` every 10 ms until it holds; panics after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends `signal` to `child`.
+pub fn signal(child: &Child, signal: i32) {
+    let rc = unsafe { libc::kill(child.id() as i32, signal) };
+    assert_eq!(rc, 0, "kill failed");
+}
