@@ -135,7 +135,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("trawler.db"),
-            synchronous: Synchronous::Full,
+            synchronous: Synchronous::Normal,
             save_headers: false,
             save_body: false,
         }

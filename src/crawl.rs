@@ -33,6 +33,9 @@ use crate::{progress, worker, writer};
 /// Completions buffered between workers and the writer.
 const RESULTS_CAPACITY: usize = 8_192;
 
+/// URLs claimed per store call: one statement hands out this many.
+const CLAIM_BATCH: u32 = 512;
+
 /// An operational failure: the crawl could not run or could not record.
 /// (Failed fetches are not errors: they are rows in `attempts`.)
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +107,9 @@ async fn run_tasks(
     let stop = shutdown.stop_token().clone();
     let abort = shutdown.abort_token().clone();
 
-    let (job_tx, job_rx) = async_channel::bounded(concurrency * 2);
+    // The channel holds enough claimed jobs to keep every worker busy while the
+    // producer's next claim waits behind a commit on the one write connection.
+    let (job_tx, job_rx) = async_channel::bounded((concurrency * 4).max(CLAIM_BATCH as usize));
     let (result_tx, result_rx) = mpsc::channel(RESULTS_CAPACITY);
 
     let writer = tokio::spawn(writer::run(store.clone(), result_rx, stats.clone(), wake.clone()));
@@ -155,7 +160,7 @@ async fn run_tasks(
         wake: wake.clone(),
         input_done: input_done.clone(),
         stats: stats.clone(),
-        batch: (concurrency as u32).clamp(64, 1024),
+        batch: CLAIM_BATCH,
         exit_when_idle: true,
     };
     let produced = producer.run().await;
