@@ -304,6 +304,27 @@ mod tests {
         assert!(err.contains("timeoutt"), "{err}");
     }
 
+    /// config/trawler.toml documents the defaults: it must parse to exactly
+    /// them, and name every key (commented out where the default is unset).
+    #[test]
+    fn the_shipped_example_is_the_defaults_with_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/trawler.toml");
+        let example = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(Config::load(Some(&path), NoOverrides::default()).unwrap(), Config::default());
+        let mut defaults: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+        defaults.get_mut("crawl").unwrap().as_table_mut().unwrap().insert("rate".into(), 0.into());
+        for (section, keys) in defaults {
+            assert!(example.contains(&format!("[{section}]")), "section {section} undocumented");
+            for key in keys.as_table().unwrap().keys() {
+                let documented = example.lines().any(|l| {
+                    let l = l.trim_start_matches(['#', ' ']);
+                    l.starts_with(&format!("{key} ="))
+                });
+                assert!(documented, "{section}.{key} is not in config/trawler.toml");
+            }
+        }
+    }
+
     #[test]
     fn effective_config_prints_every_section() {
         let text = Config::default().to_toml();
