@@ -85,6 +85,10 @@ fn main() {
         args.urls, args.workers, args.latency_ms, args.page_bytes
     );
     let start = Instant::now();
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped by wait4 in wait_with_usage, which also reads its rusage"
+    )]
     let child = Command::new(env!("CARGO_BIN_EXE_trawler"))
         .args(["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap()])
         .args(["--concurrency", &args.workers.to_string()])

@@ -33,7 +33,12 @@ fn main() -> ExitCode {
         Command::Crawl(args) => {
             telemetry::init(config.log.format);
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            runtime.block_on(run_crawl(config, args.input.as_deref().map(SeedSource::from_arg)))
+            let status = runtime.block_on(run_crawl(config, args.input.as_deref().map(SeedSource::from_arg)));
+            // Everything is committed and the store closed by now. Do not wait
+            // for the blocking pool: tokio reads stdin on it, and a read from a
+            // pipe that stays open would never return.
+            runtime.shutdown_background();
+            status
         }
     }
 }

@@ -86,8 +86,8 @@ pub enum IngestError {
     Store(#[from] StoreError),
 }
 
-/// Reads `input` to its end (or until `stop`), enqueueing valid URLs and
-/// recording invalid lines. Adds each batch's new URLs to `stats.known` and
+/// Reads `input` to its end (or until `stop`, committing what was read so
+/// far), enqueueing valid URLs and recording invalid lines. Adds each batch's new URLs to `stats.known` and
 /// wakes the producer through `wake`.
 pub async fn ingest<S: Store>(
     store: &S,
@@ -103,10 +103,15 @@ pub async fn ingest<S: Store>(
     let mut urls = Vec::with_capacity(BATCH);
     let mut errors = Vec::new();
     loop {
-        let line = lines
-            .next_line()
-            .await
-            .map_err(|error| IngestError::Read { source_name: source_name.clone(), error })?;
+        // Racing the stop token matters for a pipe that never closes: a stop
+        // must not wait for the next line. A line cut off here is not lost:
+        // the next run reads the input again.
+        let line = tokio::select! {
+            biased;
+            _ = stop.cancelled() => None,
+            line = lines.next_line() => line
+                .map_err(|error| IngestError::Read { source_name: source_name.clone(), error })?,
+        };
         let Some(line) = line else { break };
         report.lines += 1;
         match classify_line(line) {
@@ -212,6 +217,8 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
         Self { inner, line: Vec::with_capacity(256) }
     }
 
+    /// The next line, `None` at the end of input. Not cancel safe: a line
+    /// partly read when the future is dropped is lost.
     async fn next_line(&mut self) -> std::io::Result<Option<RawLine<'_>>> {
         self.line.clear();
         let mut overflow = false;

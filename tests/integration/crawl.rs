@@ -215,3 +215,22 @@ async fn headers_and_bodies_are_stored_only_when_asked() {
     assert!(headers.contains(&("content-type".into(), "text/html; charset=utf-8".into())), "{headers:?}");
     assert_eq!(body, b"<!doctype html><title>ok</title><p>hello");
 }
+
+#[tokio::test]
+async fn the_global_rate_limit_spaces_request_starts() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.crawl.rate = Some(20.0);
+    let urls: Vec<String> = (0..11).map(|i| server.url(&format!("/ok/{i}"))).collect();
+    crawl_lines(&config, &urls).await;
+
+    let hits = server.hits();
+    assert_eq!(hits.len(), 11);
+    // 20 requests/s with a burst of one: ten gaps of 50 ms at least.
+    let span = hits.last().unwrap().at - hits[0].at;
+    assert!(span >= Duration::from_millis(480), "11 requests in {span:?}");
+    for pair in hits.windows(2) {
+        assert!(pair[1].at - pair[0].at >= Duration::from_millis(35), "gap {:?}", pair[1].at - pair[0].at);
+    }
+}

@@ -212,3 +212,30 @@ async fn urls_can_come_from_stdin() {
     assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 2);
     assert_eq!(scalar(&db, "SELECT count(*) FROM input_errors WHERE source = '-' AND line = 3").await, 1);
 }
+
+#[tokio::test]
+async fn sigterm_stops_a_crawl_fed_by_a_pipe_that_stays_open() {
+    use std::io::Write;
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crawl.db");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trawler"))
+        .args(["crawl", "-", "--db", db.to_str().unwrap(), "--grace", "2s"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", server.url("/ok/fed")).unwrap();
+    stdin.flush().unwrap();
+    // URLs are enqueued in batches of 1,000 or at the end of input, so this
+    // one waits in memory; the stop must end the crawl promptly and keep it.
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGTERM);
+    let (status, took) = wait_within(&mut child, Duration::from_secs(3));
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    drop(stdin);
+    assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'queued'").await, 1);
+}
