@@ -234,3 +234,52 @@ async fn the_global_rate_limit_spaces_request_starts() {
         assert!(pair[1].at - pair[0].at >= Duration::from_millis(35), "gap {:?}", pair[1].at - pair[0].at);
     }
 }
+
+#[tokio::test]
+async fn gzip_bodies_are_decoded_before_they_are_measured() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let url = server.url("/gzip/a");
+    crawl_lines(&config, std::slice::from_ref(&url)).await;
+
+    let row = result_for(&config.store.path, &url).await;
+    assert_eq!((row.state.as_str(), row.http_status), ("done", Some(200)));
+    assert_eq!(row.body_bytes, Some(crate::server::GZIP_PLAIN.len() as i64));
+    assert_eq!(row.body_sha256, Some(format!("{:x}", Sha256::digest(crate::server::GZIP_PLAIN))));
+}
+
+#[tokio::test]
+async fn a_server_that_stalls_mid_body_cannot_hang_a_worker() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.fetch.timeout = Duration::from_millis(300);
+    config.retry.max_attempts = 2;
+    let stall = server.url("/stall/a");
+    let started = std::time::Instant::now();
+    crawl_lines(&config, std::slice::from_ref(&stall)).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let row = result_for(&config.store.path, &stall).await;
+    assert_eq!((row.state.as_str(), row.error_kind.as_deref(), row.attempts), ("failed", Some("timeout"), 2));
+    assert_eq!(row.http_status, Some(200), "the status that did arrive is kept: {row:?}");
+}
+
+#[tokio::test]
+async fn a_decompression_bomb_is_stopped_at_the_decoded_size_cap() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.fetch.max_body_bytes = 1024 * 1024;
+    // 8 MiB of zeros in a few KiB of gzip: only a cap on decoded bytes sees it.
+    let bomb = server.url("/bomb/8");
+    crawl_lines(&config, std::slice::from_ref(&bomb)).await;
+
+    let row = result_for(&config.store.path, &bomb).await;
+    assert_eq!(
+        (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+        ("failed", Some("body_too_large"), 1)
+    );
+    assert_eq!(row.http_status, Some(200));
+}

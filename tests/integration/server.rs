@@ -12,6 +12,9 @@
 //! - `/redirect/{n}`: 302 to `/redirect/{n-1}`, and `/redirect/0` to `/ok/end`
 //! - `/loop/a`, `/loop/b`: 302 to each other
 //! - `/big/{bytes}`: a body of that many bytes
+//! - `/gzip/{*rest}`: [`GZIP_PLAIN`], sent gzip-encoded
+//! - `/bomb/{mib}`: that many MiB of zeros, gzip-encoded (a few KiB on the wire)
+//! - `/stall/{*rest}`: 200, one chunk of body, then nothing, forever
 
 #![allow(dead_code)]
 
@@ -26,6 +29,21 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+
+/// The decoded body of `/gzip/...`.
+pub const GZIP_PLAIN: &[u8] = b"trawler decodes gzip so that lengths and hashes describe the content. ";
+
+fn gzip(plain: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
+    std::io::Write::write_all(&mut encoder, plain).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn gzipped(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_ENCODING, "gzip"), (header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
@@ -140,6 +158,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/loop/a", get(|| async { found("/loop/b") }))
         .route("/loop/b", get(|| async { found("/loop/a") }))
         .route("/big/{bytes}", get(|Path(bytes): Path<usize>| async move { vec![b'y'; bytes] }))
+        .route("/gzip/{*rest}", get(|| async { gzipped(gzip(GZIP_PLAIN)) }))
+        .route("/bomb/{mib}", get(bomb))
+        .route("/stall/{*rest}", get(stall))
         .layer(middleware::from_fn_with_state(shared.clone(), record))
         .with_state(shared)
 }
@@ -202,4 +223,18 @@ async fn slow(Path((ms, _)): Path<(u64, String)>) -> Response {
 
 async fn redirect(Path(n): Path<u32>) -> Response {
     if n == 0 { found("/ok/end") } else { found(&format!("/redirect/{}", n - 1)) }
+}
+
+async fn stall() -> Response {
+    let first = futures::stream::once(async {
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from("partial"))
+    });
+    let body = axum::body::Body::from_stream(futures::StreamExt::chain(first, futures::stream::pending()));
+    ([(header::CONTENT_TYPE, "text/html")], body).into_response()
+}
+
+async fn bomb(Path(mib): Path<usize>) -> Response {
+    // Compressing takes a while: off the server's only runtime thread.
+    let body = tokio::task::spawn_blocking(move || gzip(&vec![0; mib << 20])).await.unwrap();
+    gzipped(body)
 }
