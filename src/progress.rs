@@ -24,9 +24,12 @@ pub async fn report(stats: Arc<CrawlStats>, done: CancellationToken) {
         let bar = ProgressBar::new(get(&stats.known));
         bar.set_style(
             ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} URLs, {per_sec}, ETA {eta} {msg}",
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} URLs, {rate}, ETA {eta} {msg}",
             )
-            .expect("valid template"),
+            .expect("valid template")
+            .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} pages/s", state.per_sec());
+            }),
         );
         *ACTIVE_BAR.lock().expect("bar lock") = Some(bar.clone());
         let mut tick = tokio::time::interval(Duration::from_millis(200));
