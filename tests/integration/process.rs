@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::server::TestServer;
-use crate::util::{output_of, scalar, signal, spawn_trawler, wait_until, wait_within, write_input};
+use crate::util::{output_of, scalar, signal, spawn_crawl, wait_until, wait_within, write_input};
 
 fn slow_urls(server: &TestServer, n: usize, ms: u64) -> Vec<String> {
     (0..n).map(|i| server.url(&format!("/slow/{ms}/{i}"))).collect()
@@ -25,9 +25,9 @@ async fn sigterm_mid_crawl_exits_0_loses_nothing_and_a_rerun_completes() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), &slow_urls(&server, 150, 40));
     let db = dir.path().join("crawl.db");
-    let args = [input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "4", "--grace", "3s"];
+    let (input, flags) = (input.to_str().unwrap(), ["--concurrency", "4", "--grace", "3s"]);
 
-    let mut child = spawn_trawler(&[&["crawl"], &args[..]].concat());
+    let mut child = spawn_crawl(input, &db, &flags);
     wait_until(Duration::from_secs(20), "20 fetches", || server.hits().len() >= 20);
     signal(&child, libc::SIGTERM);
     let (status, took) = wait_within(&mut child, Duration::from_secs(4));
@@ -42,7 +42,7 @@ async fn sigterm_mid_crawl_exits_0_loses_nothing_and_a_rerun_completes() {
     assert_eq!(done, server.hits().len() as i64);
     assert!(done < 150);
 
-    let mut rerun = spawn_trawler(&[&["crawl"], &args[..]].concat());
+    let mut rerun = spawn_crawl(input, &db, &flags);
     let (status, _) = wait_within(&mut rerun, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0));
     assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 150);
@@ -57,18 +57,8 @@ async fn a_second_signal_cancels_fetches_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), &slow_urls(&server, 10, 20_000));
     let db = dir.path().join("crawl.db");
-    let mut child = spawn_trawler(&[
-        "crawl",
-        input.to_str().unwrap(),
-        "--db",
-        db.to_str().unwrap(),
-        "--concurrency",
-        "3",
-        "--timeout",
-        "60s",
-        "--grace",
-        "60s",
-    ]);
+    let flags = ["--concurrency", "3", "--timeout", "60s", "--grace", "60s"];
+    let mut child = spawn_crawl(input.to_str().unwrap(), &db, &flags);
     wait_until(Duration::from_secs(20), "3 fetches in flight", || server.hits().len() >= 3);
     signal(&child, libc::SIGINT);
     std::thread::sleep(Duration::from_millis(200));
@@ -87,15 +77,15 @@ async fn after_kill_9_a_rerun_crawls_every_url() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), &slow_urls(&server, 100, 30));
     let db = dir.path().join("crawl.db");
-    let args = ["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "4"];
-    let mut child = spawn_trawler(&args);
+    let input = input.to_str().unwrap();
+    let mut child = spawn_crawl(input, &db, &["--concurrency", "4"]);
     wait_until(Duration::from_secs(20), "30 fetches", || server.hits().len() >= 30);
     signal(&child, libc::SIGKILL);
     wait_within(&mut child, Duration::from_secs(5));
     let committed = scalar(&db, "SELECT count(*) FROM urls WHERE state = 'done'").await;
     assert!(committed > 0);
 
-    let mut rerun = spawn_trawler(&args);
+    let mut rerun = spawn_crawl(input, &db, &["--concurrency", "4"]);
     let (status, _) = wait_within(&mut rerun, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0));
     let (_, stderr) = output_of(rerun);
@@ -114,11 +104,11 @@ async fn a_second_trawler_on_the_same_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), &slow_urls(&server, 20, 200));
     let db = dir.path().join("crawl.db");
-    let args = ["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "2"];
-    let mut first = spawn_trawler(&args);
+    let input = input.to_str().unwrap();
+    let mut first = spawn_crawl(input, &db, &["--concurrency", "2"]);
     wait_until(Duration::from_secs(20), "the first crawler to fetch", || !server.hits().is_empty());
 
-    let mut second = spawn_trawler(&args);
+    let mut second = spawn_crawl(input, &db, &["--concurrency", "2"]);
     let (status, _) = wait_within(&mut second, Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
     let (_, stderr) = output_of(second);
@@ -136,32 +126,21 @@ fn bad_settings_exit_1_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), &["http://127.0.0.1:9/".to_owned()]);
     let db = dir.path().join("crawl.db");
-    let child = spawn_trawler(&[
-        "crawl",
-        input.to_str().unwrap(),
-        "--db",
-        db.to_str().unwrap(),
-        "--concurrency",
-        "0",
-    ]);
+    let child = spawn_crawl(input.to_str().unwrap(), &db, &["--concurrency", "0"]);
     let (_, stderr) = output_of(child);
     assert!(stderr.contains("crawl.concurrency"), "{stderr}");
     assert!(!db.exists(), "nothing is created for a refused config");
 
     let config = dir.path().join("trawler.toml");
     std::fs::write(&config, "[fetch]\ntimeout = \"fast\"\n").unwrap();
-    let mut child = spawn_trawler(&["crawl", input.to_str().unwrap(), "--config", config.to_str().unwrap()]);
+    let mut child =
+        crate::util::spawn_trawler(&["crawl", input.to_str().unwrap(), "--config", config.to_str().unwrap()]);
     let (status, _) = wait_within(&mut child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
     let (_, stderr) = output_of(child);
     assert!(stderr.contains("fetch.timeout") || stderr.contains("timeout"), "{stderr}");
 
-    let mut child = spawn_trawler(&[
-        "crawl",
-        dir.path().join("missing.txt").to_str().unwrap(),
-        "--db",
-        db.to_str().unwrap(),
-    ]);
+    let mut child = spawn_crawl(dir.path().join("missing.txt").to_str().unwrap(), &db, &[]);
     let (status, _) = wait_within(&mut child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
     let (_, stderr) = output_of(child);
@@ -174,14 +153,7 @@ async fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), &[server.url("/ok/1"), "bogus".to_owned()]);
     let db = dir.path().join("crawl.db");
-    let mut child = spawn_trawler(&[
-        "crawl",
-        input.to_str().unwrap(),
-        "--db",
-        db.to_str().unwrap(),
-        "--log-format",
-        "json",
-    ]);
+    let mut child = spawn_crawl(input.to_str().unwrap(), &db, &["--log-format", "json"]);
     let (status, _) = wait_within(&mut child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));
     let (stdout, stderr) = output_of(child);
@@ -197,13 +169,7 @@ async fn urls_can_come_from_stdin() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crawl.db");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trawler"))
-        .args(["crawl", "-", "--db", db.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_crawl("-", &db, &[]);
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "{}\n{}\nnope", server.url("/ok/a"), server.url("/ok/b")).unwrap();
     drop(stdin);
@@ -219,13 +185,7 @@ async fn sigterm_stops_a_crawl_fed_by_a_pipe_that_stays_open() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crawl.db");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trawler"))
-        .args(["crawl", "-", "--db", db.to_str().unwrap(), "--grace", "2s"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_crawl("-", &db, &["--grace", "2s"]);
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "{}", server.url("/ok/fed")).unwrap();
     stdin.flush().unwrap();

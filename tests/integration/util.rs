@@ -85,16 +85,24 @@ pub async fn scalar(db: &Path, sql: &str) -> i64 {
     n
 }
 
-/// Starts the real `trawler` binary with `args`, stdout and stderr captured.
+/// Starts the real `trawler` binary with `args`; stdin, stdout and stderr
+/// are pipes (take `child.stdin` to feed `crawl -`).
 pub fn spawn_trawler(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_trawler"))
         .args(args)
         .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start trawler")
+}
+
+/// Starts `trawler crawl INPUT --db DB EXTRA...`.
+pub fn spawn_crawl(input: &str, db: &Path, extra: &[&str]) -> Child {
+    let mut args = vec!["crawl", input, "--db", db.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    spawn_trawler(&args)
 }
 
 /// Waits for `child` at most `limit`; panics (after killing it) past that.
