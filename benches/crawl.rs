@@ -93,6 +93,10 @@ fn main() {
         .args(["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap()])
         .args(["--concurrency", &args.workers.to_string()])
         .env("RUST_LOG", "warn")
+        // One local host stands in for many: lift the per-host limits so the
+        // crawl is bound by the workers, as the targets assume.
+        .env("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "100000")
+        .env("TRAWLER_POLITENESS__PER_HOST_DELAY", "0s")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()

@@ -6,6 +6,7 @@
 //! ...), never the whole [`Config`]. Durations are written the `humantime` way
 //! (`"10s"`, `"500ms"`, `"2m"`). `config/trawler.toml` documents every key.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,11 +35,61 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub crawl: CrawlConfig,
+    pub politeness: PolitenessConfig,
+    /// Per-host overrides of the politeness limits, keyed by host name as it
+    /// appears in URLs (lower-case, no port): `[hosts."example.org"]`.
+    pub hosts: BTreeMap<String, HostOverride>,
     pub fetch: FetchConfig,
     pub retry: RetryConfig,
     pub store: StoreConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+}
+
+/// How hard one host may be hit (see `politeness.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolitenessConfig {
+    /// Requests in flight to one host at once.
+    pub per_host_concurrency: u32,
+    /// Least time between two request starts to one host.
+    #[serde(with = "humantime_serde")]
+    pub per_host_delay: Duration,
+    /// Host-level backoff after a 429 or 503, or after
+    /// `connect_failures_before_backoff` connection failures in a row: the
+    /// whole host waits `backoff_base * 2^(n-1)` (n = times in a row, capped at
+    /// `backoff_max`, equal jitter), or its `Retry-After` (capped by
+    /// `retry.retry_after_max`) when it sent one.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Timeouts and connection or DNS failures in a row that put a host in
+    /// backoff.
+    pub connect_failures_before_backoff: u32,
+}
+
+impl Default for PolitenessConfig {
+    fn default() -> Self {
+        Self {
+            per_host_concurrency: 2,
+            per_host_delay: Duration::from_millis(250),
+            backoff_base: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(600),
+            connect_failures_before_backoff: 3,
+        }
+    }
+}
+
+/// Limits for one host that differ from `[politeness]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostOverride {
+    /// Replaces `politeness.per_host_delay` for this host.
+    #[serde(with = "humantime_serde")]
+    pub delay: Option<Duration>,
+    /// Replaces `politeness.per_host_concurrency` for this host.
+    pub concurrency: Option<u32>,
 }
 
 /// The worker pool and the global rate limit.
@@ -223,6 +274,23 @@ impl Config {
         {
             return invalid("crawl.rate", "must be a number of requests/s above 0 and at most 1000000");
         }
+        if self.politeness.per_host_concurrency == 0 {
+            return invalid("politeness.per_host_concurrency", "must be at least 1");
+        }
+        if self.politeness.backoff_base.is_zero()
+            || self.politeness.backoff_max < self.politeness.backoff_base
+        {
+            return invalid(
+                "politeness.backoff_max",
+                "backoff_base must be above zero and backoff_max not below it",
+            );
+        }
+        if self.politeness.connect_failures_before_backoff == 0 {
+            return invalid("politeness.connect_failures_before_backoff", "must be at least 1");
+        }
+        if self.hosts.values().any(|h| h.concurrency == Some(0)) {
+            return invalid("hosts.<host>.concurrency", "must be at least 1");
+        }
         if self.fetch.timeout.is_zero() {
             return invalid("fetch.timeout", "must be above zero");
         }
@@ -313,7 +381,13 @@ mod tests {
         assert_eq!(Config::load(Some(&path), NoOverrides::default()).unwrap(), Config::default());
         let mut defaults: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
         defaults.get_mut("crawl").unwrap().as_table_mut().unwrap().insert("rate".into(), 0.into());
+        let hosts = example.lines().skip_while(|l| !l.starts_with("# [hosts.")).take(3).collect::<Vec<_>>();
+        assert_eq!(hosts.len(), 3, "a commented [hosts.\"...\"] example with delay and concurrency");
+        assert!(hosts[1].starts_with("# delay =") && hosts[2].starts_with("# concurrency ="), "{hosts:?}");
         for (section, keys) in defaults {
+            if section == "hosts" {
+                continue;
+            }
             assert!(example.contains(&format!("[{section}]")), "section {section} undocumented");
             for key in keys.as_table().unwrap().keys() {
                 let documented = example.lines().any(|l| {
@@ -328,7 +402,7 @@ mod tests {
     #[test]
     fn effective_config_prints_every_section() {
         let text = Config::default().to_toml();
-        for section in ["[crawl]", "[fetch]", "[retry]", "[store]", "[shutdown]", "[log]"] {
+        for section in ["[crawl]", "[politeness]", "[fetch]", "[retry]", "[store]", "[shutdown]", "[log]"] {
             assert!(text.contains(section), "{text}");
         }
     }

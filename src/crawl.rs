@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::frontier::Producer;
+use crate::politeness::Politeness;
 use crate::seeds::{IngestError, IngestReport, SeedSource, ingest};
 use crate::shutdown::Shutdown;
 use crate::stats::{CrawlStats, Summary};
@@ -33,8 +34,9 @@ use crate::{progress, worker, writer};
 /// Completions buffered between workers and the writer.
 const RESULTS_CAPACITY: usize = 8_192;
 
-/// URLs claimed per store call: one statement hands out this many.
-const CLAIM_BATCH: u32 = 512;
+/// The least room in the job channel: with one fast host (no delay), the
+/// producer claims up to this many per round.
+const CHANNEL_MIN: usize = 512;
 
 /// An operational failure: the crawl could not run or could not record.
 /// (Failed fetches are not errors: they are rows in `attempts`.)
@@ -109,15 +111,23 @@ async fn run_tasks(
 
     // The channel holds enough claimed jobs to keep every worker busy while the
     // producer's next claim waits behind a commit on the one write connection.
-    let (job_tx, job_rx) = async_channel::bounded((concurrency * 4).max(CLAIM_BATCH as usize));
+    // Politeness lets at most one job per host with a delay wait in it.
+    let (job_tx, job_rx) = async_channel::bounded((concurrency * 4).max(CHANNEL_MIN));
     let (result_tx, result_rx) = mpsc::channel(RESULTS_CAPACITY);
 
     let writer = tokio::spawn(writer::run(store.clone(), result_rx, stats.clone(), wake.clone()));
 
+    let politeness = Arc::new(Politeness::new(
+        config.politeness.clone(),
+        config.hosts.clone(),
+        config.retry.retry_after_max,
+    ));
     let ctx = Arc::new(WorkerContext {
         fetcher,
         retry: config.retry.clone(),
         limiter: config.crawl.rate.map(rate_limiter),
+        politeness: politeness.clone(),
+        wake: wake.clone(),
         stop: stop.clone(),
         abort: abort.clone(),
     });
@@ -160,7 +170,7 @@ async fn run_tasks(
         wake: wake.clone(),
         input_done: input_done.clone(),
         stats: stats.clone(),
-        batch: CLAIM_BATCH,
+        politeness,
         exit_when_idle: true,
     };
     let produced = producer.run().await;

@@ -1,20 +1,26 @@
-//! The producer: claims due URLs from the store and sends them into the
-//! bounded job channel that the workers drain.
+//! The producer: hands workers URLs whose host may be fetched now.
 //!
-//! It claims in batches, so the store sees one statement per batch, and it
-//! blocks on the channel when workers are busy (the channel's bound is the
-//! backpressure). When nothing is due it sleeps until the earliest
-//! not-before time, at most [`MAX_IDLE`], or until woken by new work (ingest)
-//! or by a committed retry (writer). In batch mode it ends once the input is
-//! read, nothing is in flight and nothing is queued.
+//! Each round it asks [`Politeness`] which hosts are busy (at their
+//! concurrency, within their delay, in backoff), asks the store for other
+//! hosts with due URLs, claims up to each host's free slots in one
+//! transaction, and sends the jobs into the bounded job channel. It never
+//! claims more than the channel has room for, so claimed jobs do not pile up
+//! behind a busy host and workers are never held by one (no head-of-line
+//! blocking). When nothing can be handed out it sleeps until the earliest of:
+//! a host's delay or backoff ending, a queued URL becoming due, at most
+//! [`MAX_IDLE`], or a wake-up (a fetch finished, URLs were enqueued, a retry
+//! was committed). In batch mode it ends once the input is read, nothing is in
+//! flight and nothing is queued.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::politeness::Politeness;
 use crate::stats::CrawlStats;
 use crate::store::{Job, Store, StoreError};
 
@@ -27,6 +33,9 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Hosts asked for per round.
+const HOSTS_PER_ROUND: usize = 256;
+
 /// Everything the producer needs.
 pub struct Producer<S> {
     pub store: Arc<S>,
@@ -35,13 +44,14 @@ pub struct Producer<S> {
     pub jobs: async_channel::Sender<Job>,
     /// Stop claiming and return.
     pub stop: CancellationToken,
-    /// Woken when new work may be due: URLs enqueued, retries committed.
+    /// Woken when work may be possible: a fetch finished, URLs were enqueued,
+    /// a retry was committed.
     pub wake: Arc<Notify>,
     /// Set once the input has been read completely.
     pub input_done: Arc<AtomicBool>,
     pub stats: Arc<CrawlStats>,
-    /// URLs claimed per store call.
-    pub batch: u32,
+    /// Per-host limits, shared with the workers.
+    pub politeness: Arc<Politeness>,
     /// End when the frontier is empty (batch crawl) instead of waiting for
     /// more work (daemon).
     pub exit_when_idle: bool,
@@ -54,37 +64,40 @@ impl<S: Store> Producer<S> {
     ///
     /// Errors: a store failure while claiming.
     pub async fn run(self) -> Result<(), StoreError> {
+        let capacity = self.jobs.capacity().unwrap_or(1024);
+        let mut last_prune = Instant::now();
         loop {
             if self.stop.is_cancelled() {
                 return Ok(());
             }
-            let jobs = self.store.claim(now_ms(), self.batch).await?;
-            if !jobs.is_empty() {
-                self.stats.outstanding.fetch_add(jobs.len() as u64, Ordering::SeqCst);
-                for job in jobs {
-                    tokio::select! {
-                        biased;
-                        _ = self.stop.cancelled() => return Ok(()),
-                        sent = self.jobs.send(job) => if sent.is_err() { return Ok(()) },
-                    }
+            let now = Instant::now();
+            if now - last_prune >= PRUNE_EVERY {
+                self.politeness.prune(now);
+                last_prune = now;
+            }
+            // Refill only below half full: claims then come in large batches
+            // instead of one per finished fetch, each a transaction competing
+            // with the writer for the one write connection.
+            let queued = self.jobs.len();
+            if queued > capacity / 2 {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return Ok(()),
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(MAX_IDLE) => {}
                 }
                 continue;
             }
+            if self.hand_out(capacity - queued, now).await? {
+                continue;
+            }
             // Read the flags before the store: if both say "idle", every
-            // enqueue and completion is already committed, so `next_due`
-            // sees the final state.
+            // enqueue and completion is already committed.
             let idle =
                 self.input_done.load(Ordering::SeqCst) && self.stats.outstanding.load(Ordering::SeqCst) == 0;
-            let next_due = self.store.next_due().await?;
-            if idle && next_due.is_none() && self.exit_when_idle {
+            if idle && self.exit_when_idle && !self.store.has_queued().await? {
                 return Ok(());
             }
-            let wait = match next_due {
-                Some(due) => {
-                    Duration::from_millis((due - now_ms()).clamp(1, MAX_IDLE.as_millis() as i64) as u64)
-                }
-                None => MAX_IDLE,
-            };
+            let wait = self.idle_wait(now).await?;
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
                 _ = self.wake.notified() => {}
@@ -92,4 +105,52 @@ impl<S: Store> Producer<S> {
             }
         }
     }
+
+    /// Claims and sends up to `room` jobs for hosts that may be fetched now.
+    /// Returns whether any job was sent.
+    async fn hand_out(&self, room: usize, now: Instant) -> Result<bool, StoreError> {
+        let busy = self.politeness.busy_hosts(now);
+        let hosts = self.store.ready_hosts(now_ms(), &busy, room.min(HOSTS_PER_ROUND) as u32).await?;
+        let mut budget = room as u32;
+        let mut picks = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            let n = self.politeness.slots(&host, now).min(budget);
+            if n > 0 {
+                budget -= n;
+                picks.push((host, n));
+            }
+        }
+        if picks.is_empty() {
+            return Ok(false);
+        }
+        let jobs = self.store.claim(now_ms(), &picks).await?;
+        let sent = !jobs.is_empty();
+        self.stats.outstanding.fetch_add(jobs.len() as u64, Ordering::SeqCst);
+        for job in jobs {
+            self.politeness.dispatched(&job.host);
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return Ok(sent),
+                result = self.jobs.send(job) => if result.is_err() { return Ok(sent) },
+            }
+        }
+        Ok(sent)
+    }
+
+    /// How long to sleep when nothing could be handed out.
+    async fn idle_wait(&self, now: Instant) -> Result<Duration, StoreError> {
+        let politeness = self.politeness.next_free_in(now);
+        let store = self.store.next_ready().await?.map(|at| at - now_ms());
+        let wait = match store {
+            // The store has a host ready now, so it is busy here: its delay
+            // or backoff ending (or a fetch finishing) is what to wait for.
+            Some(ms) if ms <= 0 => politeness.unwrap_or(MAX_IDLE),
+            Some(ms) => politeness.unwrap_or(MAX_IDLE).min(Duration::from_millis(ms as u64)),
+            None => politeness.unwrap_or(MAX_IDLE),
+        };
+        Ok(wait.clamp(Duration::from_millis(1), MAX_IDLE))
+    }
 }
+
+/// How often idle hosts are dropped from the politeness state.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);

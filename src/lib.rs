@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! seeds (file/stdin) ─▶ frontier (SQLite: urls) ─▶ producer ─▶ bounded async_channel<Job> ─▶ N workers
-//! worker: rate limit ─▶ fetch (reqwest) ─▶ retry decision ─▶ writer task ─▶ SQLite (attempts, urls)
+//! worker: host turn + rate limit ─▶ fetch (reqwest) ─▶ retry decision ─▶ writer task ─▶ SQLite (attempts, urls)
 //! signals ─▶ cancellation tokens ─▶ producer stops, workers drain, writer flushes, leftovers requeued
 //! ```
 //!
@@ -15,7 +15,8 @@
 //! | [`shutdown`] | SIGINT/SIGTERM → stop, then abort |
 //! | [`crawl`] | one crawl: start the tasks, tear them down in order, summarise |
 //! | [`seeds`] | streaming the input list into the frontier |
-//! | [`frontier`] | the producer: claims due URLs into the job channel |
+//! | [`frontier`] | the producer: claims due URLs of hosts that may be fetched now |
+//! | [`politeness`] | per-host concurrency, delay and backoff |
 //! | [`worker`] | rate limit, fetch, decide, hand to the writer |
 //! | [`fetch`] | one HTTP attempt; the only module that knows reqwest |
 //! | [`retry`] | the pure retry/backoff decision |
@@ -28,6 +29,7 @@ pub mod config;
 pub mod crawl;
 pub mod fetch;
 pub mod frontier;
+pub mod politeness;
 pub mod progress;
 pub mod retry;
 pub mod seeds;

@@ -61,8 +61,14 @@ pub fn decide(
 /// Half of `d` is guaranteed, so a struggling server always gets a pause, and
 /// the other half spreads retries that failed together.
 pub fn backoff(config: &RetryConfig, attempt: u32, jitter: f64) -> Duration {
-    let doublings = attempt.saturating_sub(1).min(30);
-    let exp = config.backoff_base.saturating_mul(1 << doublings).min(config.backoff_max);
+    exponential(config.backoff_base, config.backoff_max, attempt, jitter)
+}
+
+/// `min(max, base * 2^(n-1))`, then equal jitter: uniform in `[d/2, d)` for
+/// `jitter` uniform in [0, 1). Shared by URL retries and host backoff.
+pub fn exponential(base: Duration, max: Duration, n: u32, jitter: f64) -> Duration {
+    let doublings = n.saturating_sub(1).min(30);
+    let exp = base.saturating_mul(1 << doublings).min(max);
     let half = exp / 2;
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }

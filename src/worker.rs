@@ -1,4 +1,5 @@
-//! A worker: receive a job, wait for the rate limiter, fetch, decide, hand the
+//! A worker: receive a job, wait for its host's turn and the global rate
+//! limiter, fetch, decide, tell politeness how the host behaved, hand the
 //! completion to the writer. A fixed pool of these drains the job channel.
 //!
 //! Only waiting (for a job, for the limiter) races the stop token: a fetch
@@ -11,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetryConfig;
-use crate::fetch::Fetcher;
+use crate::fetch::{ErrorKind, Fetched, Fetcher};
 use crate::frontier::now_ms;
+use crate::politeness::{HostSignal, Politeness};
 use crate::retry::{Decision, decide};
 use crate::store::{Completion, Job, Next};
 
@@ -26,6 +28,10 @@ pub struct WorkerContext {
     pub retry: RetryConfig,
     /// The global request-rate limit, if one is configured.
     pub limiter: Option<DefaultDirectRateLimiter>,
+    /// Per-host limits, shared with the producer.
+    pub politeness: Arc<Politeness>,
+    /// Wakes the producer when a fetch finishes (its host has a free slot).
+    pub wake: Arc<Notify>,
     /// Take no new job.
     pub stop: CancellationToken,
     /// Drop the fetch in flight.
@@ -60,6 +66,11 @@ pub async fn run(
                 Err(_) => return,
             },
         };
+        tokio::select! {
+            biased;
+            _ = ctx.stop.cancelled() => return,
+            _ = ctx.politeness.wait_turn(&job.host) => {}
+        }
         if let Some(limiter) = &ctx.limiter {
             tokio::select! {
                 biased;
@@ -80,6 +91,16 @@ pub async fn run(
             fetched.retry_after,
             rand::random(),
         );
+        let host_backoff = ctx.politeness.finished(
+            &job.host,
+            host_signal(&fetched),
+            tokio::time::Instant::now(),
+            rand::random(),
+        );
+        ctx.wake.notify_one();
+        if let Some(backoff) = host_backoff {
+            tracing::info!(host = %job.host, backoff_ms = backoff.as_millis() as u64, "host backs off");
+        }
         let mut record = fetched.record;
         if fetched.error.is_none() && decision != Decision::Done {
             // A response arrived, but with a status worth retrying.
@@ -101,10 +122,31 @@ pub async fn run(
             outcome = next.outcome(),
             "fetched"
         );
-        let completion =
-            Completion { url_id: job.url_id, lease: job.lease, attempt: job.attempt, record, next };
+        let completion = Completion {
+            url_id: job.url_id,
+            lease: job.lease,
+            host: job.host,
+            host_backoff_until_ms: host_backoff.map(|d| now_ms() + d.as_millis() as i64),
+            attempt: job.attempt,
+            record,
+            next,
+        };
         if results.send(completion).await.is_err() {
             return;
         }
+    }
+}
+
+/// What an attempt says about its host: 429 and 503 ask the whole host to slow
+/// down (RFC 6585 §4, RFC 9110 §15.6.4); failing to reach it at all counts
+/// towards a host backoff; any other response shows it is healthy.
+fn host_signal(fetched: &Fetched) -> HostSignal {
+    match (fetched.error, fetched.record.http_status) {
+        (None, Some(429 | 503)) => HostSignal::Throttled { retry_after: fetched.retry_after },
+        (None, _) => HostSignal::Healthy,
+        (Some(ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Dns | ErrorKind::Read), _) => {
+            HostSignal::Unreachable
+        }
+        (Some(_), _) => HostSignal::Neutral,
     }
 }

@@ -68,6 +68,8 @@ pub struct InputError {
 pub struct Job {
     pub url_id: i64,
     pub url: String,
+    /// The URL's host, the key of per-host politeness.
+    pub host: String,
     /// The number of the attempt about to be made (1 = first).
     pub attempt: u32,
     /// The claim's lease token, returned with the completion.
@@ -126,6 +128,10 @@ pub struct AttemptRecord {
 pub struct Completion {
     pub url_id: i64,
     pub lease: i64,
+    pub host: String,
+    /// A host-level backoff this attempt started: the host is not fetched
+    /// again before this time (Unix ms).
+    pub host_backoff_until_ms: Option<i64>,
     /// The attempt's number (1 = first); becomes the URL's `attempts`.
     pub attempt: u32,
     pub record: AttemptRecord,
@@ -168,9 +174,23 @@ pub trait Store: Send + Sync + 'static {
         errors: &[InputError],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Claims up to `limit` queued URLs due at `now_ms` (Unix ms), oldest due
-    /// first, marking them in flight under a fresh lease token.
-    fn claim(&self, now_ms: i64, limit: u32) -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
+    /// Hosts that have a queued URL due at `now_ms` and are not in backoff,
+    /// longest-waiting first, leaving out `busy` ones; at most `limit`.
+    fn ready_hosts(
+        &self,
+        now_ms: i64,
+        busy: &[String],
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Claims, for each `(host, n)` in `picks`, up to `n` of the host's queued
+    /// URLs due at `now_ms` (oldest due first), marking them in flight under a
+    /// fresh lease token.
+    fn claim(
+        &self,
+        now_ms: i64,
+        picks: &[(String, u32)],
+    ) -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
 
     /// Records each completion's attempt and moves its URL to the next state,
     /// all in one transaction; stale completions (lease mismatch) are skipped.
@@ -182,9 +202,12 @@ pub trait Store: Send + Sync + 'static {
     /// Returns how many were requeued.
     fn requeue_in_flight(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// The earliest `not_before` (Unix ms) among queued URLs, `None` when none
-    /// is queued.
-    fn next_due(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+    /// The earliest time (Unix ms) a host with queued URLs may be fetched,
+    /// `None` when no host has queued URLs. May be early, never late.
+    fn next_ready(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Whether any URL is queued.
+    fn has_queued(&self) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// URLs by state.
     fn counts(&self) -> impl Future<Output = Result<StateCounts, StoreError>> + Send;

@@ -18,6 +18,7 @@
 //! store is open, so a second crawler on the same file is refused; the lock is
 //! released by the kernel when the process dies, even by `kill -9`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -29,16 +30,19 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{Completion, InputError, Job, NewUrl, StateCounts, Store, StoreError};
+use super::{Completion, InputError, Job, NewUrl, Next, StateCounts, Store, StoreError};
 use crate::config::{StoreConfig, Synchronous};
 
 static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// "No queued URL" in `hosts.work_at_ms`.
+const NEVER: i64 = i64::MAX;
 
 /// Rows per multi-row statement. A batch is cut greedily into these sizes so
 /// that only a handful of distinct statements exist, each prepared once and
 /// then reused from sqlx's per-connection statement cache: preparing a fresh
 /// 500-row statement for every batch size cost a sixth of the write thread's
-/// time. The largest binds 256 × 19 values, under SQLite's 32,766 per
+/// time. The largest binds 256 × 20 values, under SQLite's 32,766 per
 /// statement (SQLITE_MAX_VARIABLE_NUMBER since 3.32.0).
 const STATEMENT_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
 
@@ -167,6 +171,10 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 fn rfc3339_from_ms(ms: i64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
 }
@@ -178,15 +186,32 @@ fn to_i64(n: u64) -> i64 {
 impl Store for SqliteStore {
     async fn enqueue(&self, urls: &[NewUrl]) -> Result<u64, StoreError> {
         let added_at = rfc3339(SystemTime::now());
+        // URLs and their hosts' rows in one transaction: a URL whose host row
+        // says "no work" would never be claimed.
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
+        let mut new_hosts = BTreeSet::new();
         let mut new = 0;
         for chunk in statement_chunks(urls) {
             let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO urls (url, host, added_at) ");
             q.push_values(chunk, |mut row, u| {
                 row.push_bind(&u.url).push_bind(&u.host).push_bind(&added_at);
             });
-            q.push(" ON CONFLICT (url) DO NOTHING");
-            new += q.build().execute(&self.write).await.map_err(db("enqueue"))?.rows_affected();
+            q.push(" ON CONFLICT (url) DO NOTHING RETURNING host");
+            let hosts: Vec<String> =
+                q.build_query_scalar().fetch_all(&mut *tx).await.map_err(db("enqueue"))?;
+            new += hosts.len() as u64;
+            new_hosts.extend(hosts);
         }
+        let new_hosts: Vec<String> = new_hosts.into_iter().collect();
+        for chunk in statement_chunks(&new_hosts) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO hosts (host, work_at_ms) ");
+            q.push_values(chunk, |mut row, host| {
+                row.push_bind(host).push_bind(0);
+            });
+            q.push(" ON CONFLICT (host) DO UPDATE SET work_at_ms = 0");
+            q.build().execute(&mut *tx).await.map_err(db("enqueue hosts"))?;
+        }
+        tx.commit().await.map_err(db("commit enqueue"))?;
         Ok(new)
     }
 
@@ -209,25 +234,60 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn claim(&self, now_ms: i64, limit: u32) -> Result<Vec<Job>, StoreError> {
-        let lease: i64 = rand::random();
-        let rows = sqlx::query(
-            "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2
-             WHERE id IN (SELECT id FROM urls
-                          WHERE state = 'queued' AND not_before_ms <= ?2
-                          ORDER BY not_before_ms, id LIMIT ?3)
-             RETURNING id, url, attempts",
+    async fn ready_hosts(&self, now_ms: i64, busy: &[String], limit: u32) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT host FROM hosts
+             WHERE ready_at_ms <= ?1 AND host NOT IN (SELECT value FROM json_each(?2))
+             ORDER BY ready_at_ms LIMIT ?3",
         )
-        .bind(lease)
         .bind(now_ms)
+        .bind(serde_json::to_string(busy).expect("strings serialize"))
         .bind(limit)
-        .fetch_all(&self.write)
+        .fetch_all(&self.read)
         .await
-        .map_err(db("claim"))?;
-        Ok(rows
-            .into_iter()
-            .map(|row| Job { url_id: row.get(0), url: row.get(1), attempt: row.get::<u32, _>(2) + 1, lease })
-            .collect())
+        .map_err(db("ready hosts"))
+    }
+
+    async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Vec<Job>, StoreError> {
+        let lease: i64 = rand::random();
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
+        let mut jobs = Vec::new();
+        for (host, limit) in picks {
+            let rows = sqlx::query(
+                "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2
+                 WHERE id IN (SELECT id FROM urls
+                              WHERE host = ?3 AND state = 'queued' AND not_before_ms <= ?2
+                              ORDER BY not_before_ms, id LIMIT ?4)
+                 RETURNING id, url, attempts",
+            )
+            .bind(lease)
+            .bind(now_ms)
+            .bind(host)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("claim"))?;
+            jobs.extend(rows.into_iter().map(|row| Job {
+                url_id: row.get(0),
+                url: row.get(1),
+                host: host.clone(),
+                attempt: row.get::<u32, _>(2) + 1,
+                lease,
+            }));
+        }
+        let hosts: Vec<&String> = picks.iter().map(|(host, _)| host).collect();
+        sqlx::query(
+            "UPDATE hosts SET work_at_ms = coalesce(
+                 (SELECT min(not_before_ms) FROM urls WHERE urls.host = hosts.host AND urls.state = 'queued'),
+                 9223372036854775807)
+             WHERE host IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(serde_json::to_string(&hosts).expect("strings serialize"))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("update hosts after claim"))?;
+        tx.commit().await.map_err(db("commit claim"))?;
+        Ok(jobs)
     }
 
     async fn complete(&self, completions: &[Completion]) -> Result<u64, StoreError> {
@@ -237,28 +297,48 @@ impl Store for SqliteStore {
             insert_attempts(&mut tx, chunk).await?;
             applied += update_urls(&mut tx, chunk).await?;
         }
+        update_hosts(&mut tx, completions).await?;
         tx.commit().await.map_err(db("commit results"))?;
         Ok(applied)
     }
 
     async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
+        sqlx::query(
+            "UPDATE hosts SET work_at_ms = 0
+             WHERE host IN (SELECT DISTINCT host FROM urls WHERE state = 'in_flight')",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db("requeue hosts"))?;
         let result = sqlx::query(
             "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
              WHERE state = 'in_flight'",
         )
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await
         .map_err(db("requeue in-flight URLs"))?;
+        tx.commit().await.map_err(db("commit requeue"))?;
         Ok(result.rows_affected())
     }
 
-    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
-        // On the write connection: the answer must include what this process
-        // just committed, and a read-only connection could lag a checkpoint.
-        sqlx::query_scalar("SELECT min(not_before_ms) FROM urls WHERE state = 'queued'")
-            .fetch_one(&self.write)
+    async fn next_ready(&self) -> Result<Option<i64>, StoreError> {
+        // Hosts with no queued URL sort last (ready_at_ms is the maximum), so
+        // the first row in index order answers.
+        sqlx::query_scalar(
+            "SELECT ready_at_ms FROM hosts WHERE work_at_ms < 9223372036854775807
+             ORDER BY ready_at_ms LIMIT 1",
+        )
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db("next ready host"))
+    }
+
+    async fn has_queued(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'queued')")
+            .fetch_one(&self.read)
             .await
-            .map_err(db("next due"))
+            .map_err(db("look for queued URLs"))
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
@@ -291,7 +371,7 @@ async fn insert_attempts(
     chunk: &[Completion],
 ) -> Result<(), StoreError> {
     let mut q = QueryBuilder::<Sqlite>::new(
-        "WITH v(url_id, lease, attempt, started_at, fetched_at, elapsed_ms, outcome, http_status,
+        "WITH v(url_id, lease, attempt, started_at, started_ms, fetched_at, elapsed_ms, outcome, http_status,
                 error_kind, error_message, retry_at, final_url, redirects, redirect_chain,
                 content_type, body_bytes, body_sha256, headers, body) AS (",
     );
@@ -302,6 +382,7 @@ async fn insert_attempts(
             .push_bind(c.lease)
             .push_bind(c.attempt)
             .push_bind(rfc3339(r.started_at.unwrap_or(now)))
+            .push_bind(unix_ms(r.started_at.unwrap_or(now)))
             .push_bind(rfc3339(r.fetched_at.unwrap_or(now)))
             .push_bind(to_i64(r.elapsed_ms))
             .push_bind(c.next.outcome())
@@ -309,7 +390,7 @@ async fn insert_attempts(
             .push_bind(r.error_kind)
             .push_bind(r.error_message.as_deref())
             .push_bind(match c.next {
-                super::Next::RetryAt(ms) => Some(rfc3339_from_ms(ms)),
+                Next::RetryAt(ms) => Some(rfc3339_from_ms(ms)),
                 _ => None,
             })
             .push_bind(r.final_url.as_deref())
@@ -325,10 +406,10 @@ async fn insert_attempts(
             .push_bind(r.body.as_deref());
     });
     q.push(
-        ") INSERT INTO attempts (url_id, attempt, started_at, fetched_at, elapsed_ms, outcome,
+        ") INSERT INTO attempts (url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, outcome,
                 http_status, error_kind, error_message, retry_at, final_url, redirects,
                 redirect_chain, content_type, body_bytes, body_sha256, headers, body)
-          SELECT v.url_id, v.attempt, v.started_at, v.fetched_at, v.elapsed_ms, v.outcome,
+          SELECT v.url_id, v.attempt, v.started_at, v.started_ms, v.fetched_at, v.elapsed_ms, v.outcome,
                 v.http_status, v.error_kind, v.error_message, v.retry_at, v.final_url, v.redirects,
                 v.redirect_chain, v.content_type, v.body_bytes, v.body_sha256, v.headers, v.body
           FROM v JOIN urls AS u ON u.id = v.url_id AND u.lease = v.lease",
@@ -344,9 +425,9 @@ async fn update_urls(
     let mut q = QueryBuilder::<Sqlite>::new("WITH v(url_id, lease, state, attempts, not_before_ms) AS (");
     q.push_values(chunk, |mut row, c| {
         let (state, not_before_ms) = match c.next {
-            super::Next::Done => ("done", 0),
-            super::Next::Failed => ("failed", 0),
-            super::Next::RetryAt(ms) => ("queued", ms),
+            Next::Done => ("done", 0),
+            Next::Failed => ("failed", 0),
+            Next::RetryAt(ms) => ("queued", ms),
         };
         row.push_bind(c.url_id)
             .push_bind(c.lease)
@@ -361,6 +442,43 @@ async fn update_urls(
     );
     let result = q.build().execute(&mut **tx).await.map_err(db("update URLs"))?;
     Ok(result.rows_affected())
+}
+
+/// Moves hosts' `work_at_ms` earlier for retries and records host backoffs.
+/// Completions are folded per host first: `UPDATE … FROM` applies only one
+/// joined row per target row.
+async fn update_hosts(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    completions: &[Completion],
+) -> Result<(), StoreError> {
+    let mut per_host: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for c in completions {
+        let retry_at = match c.next {
+            Next::RetryAt(ms) => ms,
+            _ => NEVER,
+        };
+        let backoff_until = c.host_backoff_until_ms.unwrap_or(0);
+        if retry_at == NEVER && backoff_until == 0 {
+            continue;
+        }
+        let entry = per_host.entry(&c.host).or_insert((NEVER, 0));
+        entry.0 = entry.0.min(retry_at);
+        entry.1 = entry.1.max(backoff_until);
+    }
+    let rows: Vec<(&str, (i64, i64))> = per_host.into_iter().collect();
+    for chunk in statement_chunks(&rows) {
+        let mut q = QueryBuilder::<Sqlite>::new("WITH v(host, work_at_ms, backoff_until_ms) AS (");
+        q.push_values(chunk, |mut row, (host, (work_at, backoff_until))| {
+            row.push_bind(*host).push_bind(*work_at).push_bind(*backoff_until);
+        });
+        q.push(
+            ") UPDATE hosts SET work_at_ms = min(hosts.work_at_ms, v.work_at_ms),
+                    backoff_until_ms = max(hosts.backoff_until_ms, v.backoff_until_ms)
+              FROM v WHERE hosts.host = v.host",
+        );
+        q.build().execute(&mut **tx).await.map_err(db("update hosts"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,11 +2,13 @@
 //! servers on 127.0.0.1 that the tests start themselves.
 //!
 //! - `crawl`: outcomes of fetches as the `results` view shows them
+//! - `politeness`: per-host gaps, concurrency and backoff, one host per loopback address
 //! - `resume`: stopping and resuming, duplicates, input errors
 //! - `store`: lease semantics, locking, schema versions
 //! - `process`: the real binary under signals, `kill -9` and a second instance
 
 mod crawl;
+mod politeness;
 mod process;
 mod resume;
 mod server;

@@ -15,6 +15,7 @@
 //! - `/gzip/{*rest}`: [`GZIP_PLAIN`], sent gzip-encoded
 //! - `/bomb/{mib}`: that many MiB of zeros, gzip-encoded (a few KiB on the wire)
 //! - `/stall/{*rest}`: 200, one chunk of body, then nothing, forever
+//! - `/throttle/{secs}/{*rest}`: always 503 with `Retry-After: secs`
 
 #![allow(dead_code)]
 
@@ -71,6 +72,9 @@ impl Default for Options {
 
 struct Shared {
     options: Options,
+    /// Requests being handled now, and the most at once.
+    active: std::sync::atomic::AtomicUsize,
+    max_active: std::sync::atomic::AtomicUsize,
     hits: Mutex<Vec<Hit>>,
     counts: Mutex<HashMap<String, u32>>,
     page: Vec<u8>,
@@ -89,13 +93,30 @@ impl TestServer {
         Self::with_options(Options::default())
     }
 
+    /// A server on another loopback address (e.g. `127.0.0.2`), so that it is
+    /// a host of its own.
+    pub fn start_on(ip: &'static str) -> Self {
+        Self::bind(ip, Options::default())
+    }
+
     pub fn with_options(options: Options) -> Self {
+        Self::bind("127.0.0.1", options)
+    }
+
+    fn bind(ip: &'static str, options: Options) -> Self {
         let page = {
             let mut page = b"<!doctype html><title>page</title><p>".to_vec();
             page.resize(options.page_bytes.max(page.len()), b'x');
             page
         };
-        let shared = Arc::new(Shared { options, hits: Mutex::default(), counts: Mutex::default(), page });
+        let shared = Arc::new(Shared {
+            options,
+            active: Default::default(),
+            max_active: Default::default(),
+            hits: Mutex::default(),
+            counts: Mutex::default(),
+            page,
+        });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(shared.clone());
@@ -106,7 +127,7 @@ impl TestServer {
                 .build()
                 .expect("server runtime");
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+                let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind a loopback port");
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
@@ -128,6 +149,11 @@ impl TestServer {
     /// Every request so far, in arrival order.
     pub fn hits(&self) -> Vec<Hit> {
         self.shared.hits.lock().unwrap().clone()
+    }
+
+    /// The most requests this server handled at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.shared.max_active.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Requests so far for exactly `path`.
@@ -161,16 +187,28 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/gzip/{*rest}", get(|| async { gzipped(gzip(GZIP_PLAIN)) }))
         .route("/bomb/{mib}", get(bomb))
         .route("/stall/{*rest}", get(stall))
+        .route(
+            "/throttle/{secs}/{*rest}",
+            get(|Path((secs, _)): Path<(u64, String)>| async move {
+                (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, secs.to_string())]).into_response()
+            }),
+        )
         .layer(middleware::from_fn_with_state(shared.clone(), record))
         .with_state(shared)
 }
 
 async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
-    if shared.options.record {
-        let path = request.uri().path().to_owned();
-        shared.hits.lock().unwrap().push(Hit { path, at: Instant::now() });
+    if !shared.options.record {
+        return next.run(request).await;
     }
-    next.run(request).await
+    use std::sync::atomic::Ordering::SeqCst;
+    let path = request.uri().path().to_owned();
+    shared.hits.lock().unwrap().push(Hit { path, at: Instant::now() });
+    let now = shared.active.fetch_add(1, SeqCst) + 1;
+    shared.max_active.fetch_max(now, SeqCst);
+    let response = next.run(request).await;
+    shared.active.fetch_sub(1, SeqCst);
+    response
 }
 
 fn html(body: &'static str) -> Response {

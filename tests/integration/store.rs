@@ -8,10 +8,17 @@ fn new_url(path: &str) -> NewUrl {
     NewUrl { url: format!("http://127.0.0.1/{path}"), host: "127.0.0.1".into() }
 }
 
+/// Claims up to `n` URLs of 127.0.0.1 due at `now_ms`.
+async fn claim(store: &SqliteStore, now_ms: i64, n: u32) -> Vec<trawler::store::Job> {
+    store.claim(now_ms, &[("127.0.0.1".to_owned(), n)]).await.unwrap()
+}
+
 fn done(job: &trawler::store::Job, lease: i64) -> Completion {
     Completion {
         url_id: job.url_id,
         lease,
+        host: job.host.clone(),
+        host_backoff_until_ms: None,
         attempt: job.attempt,
         record: AttemptRecord { http_status: Some(200), ..Default::default() },
         next: Next::Done,
@@ -25,10 +32,10 @@ async fn a_completion_with_a_stale_lease_changes_nothing() {
     let store = SqliteStore::open(&config.store).await.unwrap();
     assert_eq!(store.enqueue(&[new_url("a"), new_url("a"), new_url("b")]).await.unwrap(), 2);
 
-    let first = store.claim(i64::MAX, 1).await.unwrap().remove(0);
+    let first = claim(&store, i64::MAX, 1).await.remove(0);
     assert_eq!(first.attempt, 1);
     assert_eq!(store.requeue_in_flight().await.unwrap(), 1);
-    let second = store.claim(i64::MAX, 1).await.unwrap().remove(0);
+    let second = claim(&store, i64::MAX, 1).await.remove(0);
     assert_eq!(second.url_id, first.url_id);
     assert_ne!(second.lease, first.lease);
 
@@ -48,13 +55,15 @@ async fn a_retry_waits_for_its_not_before_time() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&test_config(dir.path()).store).await.unwrap();
     store.enqueue(&[new_url("later")]).await.unwrap();
-    let job = store.claim(1_000, 10).await.unwrap().remove(0);
+    let job = claim(&store, 1_000, 10).await.remove(0);
     let retry = Completion { next: Next::RetryAt(5_000), ..done(&job, job.lease) };
     store.complete(&[retry]).await.unwrap();
 
-    assert!(store.claim(4_999, 10).await.unwrap().is_empty());
-    assert_eq!(store.next_due().await.unwrap(), Some(5_000));
-    let again = store.claim(5_000, 10).await.unwrap();
+    assert!(claim(&store, 4_999, 10).await.is_empty());
+    assert_eq!(store.next_ready().await.unwrap(), Some(5_000));
+    assert!(store.ready_hosts(4_999, &[], 10).await.unwrap().is_empty());
+    assert_eq!(store.ready_hosts(5_000, &[], 10).await.unwrap(), ["127.0.0.1"]);
+    let again = claim(&store, 5_000, 10).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt, 2);
     store.close().await;

@@ -18,6 +18,10 @@ pub fn test_config(dir: &Path) -> Config {
     config.store.path = dir.join("crawl.db");
     config.store.synchronous = Synchronous::Normal;
     config.crawl.concurrency = 8;
+    // Most tests crawl one host (127.0.0.1) and are about other things;
+    // politeness tests set their own limits.
+    config.politeness.per_host_concurrency = 8;
+    config.politeness.per_host_delay = Duration::ZERO;
     config.fetch.timeout = Duration::from_secs(5);
     config.retry.max_attempts = 3;
     config.retry.backoff_base = Duration::from_millis(20);
@@ -91,6 +95,9 @@ pub fn spawn_trawler(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_trawler"))
         .args(args)
         .env("RUST_LOG", "info")
+        // As in test_config: one host, no politeness delay.
+        .env("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "8")
+        .env("TRAWLER_POLITENESS__PER_HOST_DELAY", "0s")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,0 +1,350 @@
+//! Per-host politeness: at most `per_host_concurrency` requests in flight to a
+//! host, at least `per_host_delay` between two request starts to it, and
+//! host-level backoff when it throttles (429/503) or keeps failing to connect.
+//!
+//! Two parties share one [`Politeness`]:
+//! - the producer asks which hosts may take a job now ([`Politeness::busy_hosts`],
+//!   [`Politeness::slots`]) and only claims URLs of the others, so a slow or
+//!   throttled host never holds a worker while other hosts have work;
+//! - a worker, just before it fetches, reserves the host's next start time
+//!   ([`Politeness::wait_turn`]); reservations are spaced by the delay, so the
+//!   gap holds even if the job channel reordered jobs of one host.
+//!
+//! Only hosts active right now are in memory (in flight, within their delay,
+//! or in backoff); the set of hosts with queued work lives in the store, so
+//! memory does not grow with the frontier. Host backoff is also persisted by
+//! the writer (`hosts.backoff_until_ms`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{HostOverride, PolitenessConfig};
+use crate::retry::exponential;
+
+/// What an attempt's outcome says about its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostSignal {
+    /// A response that is not a throttle: the host is healthy.
+    Healthy,
+    /// 429 or 503, with the server's `Retry-After` if it sent one.
+    Throttled { retry_after: Option<Duration> },
+    /// A timeout, connection or DNS failure.
+    Unreachable,
+    /// Nothing about the host (e.g. a body over the cap).
+    Neutral,
+}
+
+#[derive(Debug, Default)]
+struct HostState {
+    /// Jobs handed out and not finished (in the channel or fetching).
+    in_flight: u32,
+    /// Of those, jobs not yet past [`Politeness::wait_turn`].
+    unstarted: u32,
+    /// Earliest start of the host's next request.
+    next_start: Option<Instant>,
+    /// Host-level backoff end.
+    blocked_until: Option<Instant>,
+    /// Unreachable outcomes in a row.
+    failures_in_a_row: u32,
+    /// Backoffs in a row (the exponent of the next one).
+    backoffs_in_a_row: u32,
+}
+
+impl HostState {
+    fn is_idle(&self, now: Instant) -> bool {
+        self.in_flight == 0
+            && self.failures_in_a_row == 0
+            && self.backoffs_in_a_row == 0
+            && self.next_start.is_none_or(|t| t <= now)
+            && self.blocked_until.is_none_or(|t| t <= now)
+    }
+}
+
+/// The shared per-host state. See the module docs.
+pub struct Politeness {
+    config: PolitenessConfig,
+    overrides: BTreeMap<String, HostOverride>,
+    /// Cap on a `Retry-After` that is honoured (`retry.retry_after_max`).
+    retry_after_max: Duration,
+    hosts: Mutex<HashMap<String, HostState>>,
+}
+
+/// One host's limits after overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    pub concurrency: u32,
+    pub delay: Duration,
+}
+
+impl Politeness {
+    pub fn new(
+        config: PolitenessConfig,
+        overrides: BTreeMap<String, HostOverride>,
+        retry_after_max: Duration,
+    ) -> Self {
+        Self { config, overrides, retry_after_max, hosts: Mutex::default() }
+    }
+
+    /// The limits for `host`: its `[hosts."..."]` override, else `[politeness]`.
+    pub fn limits(&self, host: &str) -> HostLimits {
+        let o = self.overrides.get(host);
+        HostLimits {
+            concurrency: o.and_then(|o| o.concurrency).unwrap_or(self.config.per_host_concurrency),
+            delay: o.and_then(|o| o.delay).unwrap_or(self.config.per_host_delay),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HostState>> {
+        self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How many more jobs `host` may be handed at `now`: 0 while it is at its
+    /// concurrency, within its delay (or has a job waiting to start), or in
+    /// backoff; 1 when a delay applies (the next start must wait for this
+    /// one); otherwise its free concurrency.
+    pub fn slots(&self, host: &str, now: Instant) -> u32 {
+        let limits = self.limits(host);
+        let hosts = self.lock();
+        match hosts.get(host) {
+            None => {
+                if limits.delay.is_zero() {
+                    limits.concurrency
+                } else {
+                    1
+                }
+            }
+            Some(state) => slots_of(state, limits, now),
+        }
+    }
+
+    /// Hosts that may not be handed a job at `now`, for the producer to skip.
+    pub fn busy_hosts(&self, now: Instant) -> Vec<String> {
+        let hosts = self.lock();
+        hosts
+            .iter()
+            .filter(|(host, state)| slots_of(state, self.limits(host), now) == 0)
+            .map(|(host, _)| host.clone())
+            .collect()
+    }
+
+    /// The soonest a busy host frees up by time alone (its delay or backoff
+    /// ends), for the producer's sleep. Hosts at their concurrency free up
+    /// when a fetch finishes, which wakes the producer anyway.
+    pub fn next_free_in(&self, now: Instant) -> Option<Duration> {
+        let hosts = self.lock();
+        hosts
+            .values()
+            .flat_map(|s| [s.next_start, s.blocked_until])
+            .flatten()
+            .filter(|&t| t > now)
+            .min()
+            .map(|t| t - now)
+    }
+
+    /// Records that a job for `host` was handed to the workers.
+    pub fn dispatched(&self, host: &str) {
+        let mut hosts = self.lock();
+        let state = hosts.entry(host.to_owned()).or_default();
+        state.in_flight += 1;
+        state.unstarted += 1;
+    }
+
+    /// Reserves the next request start to `host` at or after `now` and
+    /// returns it; the reservation after it is `delay` later.
+    pub fn reserve(&self, host: &str, now: Instant) -> Instant {
+        let delay = self.limits(host).delay;
+        let mut hosts = self.lock();
+        let state = hosts.entry(host.to_owned()).or_default();
+        state.unstarted = state.unstarted.saturating_sub(1);
+        let at = state.next_start.map_or(now, |t| t.max(now));
+        state.next_start = Some(at + delay);
+        at
+    }
+
+    /// Waits until this job may start its request to `host`. Cancel safe
+    /// (the reservation stays taken, which only spaces later requests more).
+    pub async fn wait_turn(&self, host: &str) {
+        let at = self.reserve(host, Instant::now());
+        tokio::time::sleep_until(at).await;
+    }
+
+    /// Records that a job for `host` finished with `signal`. Returns the
+    /// host-level backoff that starts now, if this outcome started one.
+    pub fn finished(&self, host: &str, signal: HostSignal, now: Instant, jitter: f64) -> Option<Duration> {
+        let mut hosts = self.lock();
+        let state = hosts.entry(host.to_owned()).or_default();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        let backoff = match signal {
+            HostSignal::Healthy => {
+                state.failures_in_a_row = 0;
+                state.backoffs_in_a_row = 0;
+                None
+            }
+            HostSignal::Neutral => None,
+            HostSignal::Throttled { retry_after } => {
+                state.failures_in_a_row = 0;
+                state.backoffs_in_a_row += 1;
+                Some(retry_after.map(|d| d.min(self.retry_after_max)).unwrap_or_else(|| {
+                    exponential(
+                        self.config.backoff_base,
+                        self.config.backoff_max,
+                        state.backoffs_in_a_row,
+                        jitter,
+                    )
+                }))
+            }
+            HostSignal::Unreachable => {
+                state.failures_in_a_row += 1;
+                (state.failures_in_a_row >= self.config.connect_failures_before_backoff).then(|| {
+                    state.failures_in_a_row = 0;
+                    state.backoffs_in_a_row += 1;
+                    exponential(
+                        self.config.backoff_base,
+                        self.config.backoff_max,
+                        state.backoffs_in_a_row,
+                        jitter,
+                    )
+                })
+            }
+        };
+        if let Some(backoff) = backoff {
+            let until = now + backoff;
+            state.blocked_until = Some(state.blocked_until.map_or(until, |t| t.max(until)));
+            state.next_start = Some(state.next_start.map_or(until, |t| t.max(until)));
+        }
+        backoff
+    }
+
+    /// Forgets hosts with nothing in flight, no pending delay or backoff and
+    /// no failure streak, keeping memory proportional to active hosts.
+    pub fn prune(&self, now: Instant) {
+        self.lock().retain(|_, state| !state.is_idle(now));
+    }
+
+    /// Hosts currently tracked (for tests and metrics).
+    pub fn tracked_hosts(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+fn slots_of(state: &HostState, limits: HostLimits, now: Instant) -> u32 {
+    let free = limits.concurrency.saturating_sub(state.in_flight);
+    let blocked = state.blocked_until.is_some_and(|t| t > now);
+    let waiting =
+        !limits.delay.is_zero() && (state.unstarted > 0 || state.next_start.is_some_and(|t| t > now));
+    if free == 0 || blocked || waiting {
+        0
+    } else if limits.delay.is_zero() {
+        free
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn politeness(concurrency: u32, delay_ms: u64) -> Politeness {
+        let config = PolitenessConfig {
+            per_host_concurrency: concurrency,
+            per_host_delay: Duration::from_millis(delay_ms),
+            backoff_base: Duration::from_secs(4),
+            backoff_max: Duration::from_secs(60),
+            connect_failures_before_backoff: 2,
+        };
+        let mut overrides = BTreeMap::new();
+        overrides.insert(
+            "slow.example".to_owned(),
+            HostOverride { delay: Some(Duration::from_secs(2)), concurrency: Some(1) },
+        );
+        Politeness::new(config, overrides, Duration::from_secs(30))
+    }
+
+    #[test]
+    fn overrides_replace_the_defaults_per_host() {
+        let p = politeness(2, 250);
+        assert_eq!(p.limits("a.example"), HostLimits { concurrency: 2, delay: Duration::from_millis(250) });
+        assert_eq!(p.limits("slow.example"), HostLimits { concurrency: 1, delay: Duration::from_secs(2) });
+    }
+
+    #[test]
+    fn starts_are_spaced_by_the_delay_and_one_job_waits_at_a_time() {
+        let p = politeness(2, 250);
+        let t0 = Instant::now();
+        assert_eq!(p.slots("a", t0), 1);
+        p.dispatched("a");
+        assert_eq!(p.slots("a", t0), 0, "a job is waiting to start");
+        assert_eq!(p.busy_hosts(t0), ["a"]);
+        assert_eq!(p.reserve("a", t0), t0);
+        assert_eq!(p.slots("a", t0), 0, "within the delay");
+        assert_eq!(p.next_free_in(t0), Some(Duration::from_millis(250)));
+        let t1 = t0 + Duration::from_millis(250);
+        assert_eq!(p.slots("a", t1), 1);
+        p.dispatched("a");
+        // A start reserved early is still pushed to the delay's end.
+        assert_eq!(p.reserve("a", t0 + Duration::from_millis(100)), t1);
+        assert_eq!(p.slots("a", t1 + Duration::from_millis(250)), 0, "at its concurrency of 2");
+        p.finished("a", HostSignal::Healthy, t1, 0.0);
+        assert_eq!(p.slots("a", t1 + Duration::from_millis(250)), 1);
+    }
+
+    #[test]
+    fn without_a_delay_the_free_concurrency_is_handed_out() {
+        let p = politeness(8, 0);
+        let t0 = Instant::now();
+        assert_eq!(p.slots("a", t0), 8);
+        for _ in 0..3 {
+            p.dispatched("a");
+        }
+        assert_eq!(p.slots("a", t0), 5);
+    }
+
+    #[test]
+    fn a_throttle_backs_the_host_off_honouring_retry_after() {
+        let p = politeness(2, 0);
+        let t0 = Instant::now();
+        p.dispatched("a");
+        let backoff =
+            p.finished("a", HostSignal::Throttled { retry_after: Some(Duration::from_secs(7)) }, t0, 0.0);
+        assert_eq!(backoff, Some(Duration::from_secs(7)));
+        assert_eq!(p.slots("a", t0 + Duration::from_secs(6)), 0);
+        assert_eq!(p.slots("b", t0), 2, "other hosts are unaffected");
+        assert_eq!(p.slots("a", t0 + Duration::from_secs(7)), 2);
+        // Without Retry-After: exponential from backoff_base, doubling.
+        assert_eq!(
+            p.finished("a", HostSignal::Throttled { retry_after: None }, t0, 0.0),
+            Some(Duration::from_secs(4))
+        );
+        // A huge Retry-After is capped.
+        let capped =
+            p.finished("a", HostSignal::Throttled { retry_after: Some(Duration::from_secs(3600)) }, t0, 0.0);
+        assert_eq!(capped, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn repeated_connection_failures_back_the_host_off() {
+        let p = politeness(2, 0);
+        let t0 = Instant::now();
+        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, 0.0), None);
+        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, 0.0), Some(Duration::from_secs(2)));
+        assert_eq!(p.finished("a", HostSignal::Healthy, t0, 0.0), None);
+        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, 0.0), None, "a success resets the streak");
+    }
+
+    #[test]
+    fn idle_hosts_are_forgotten() {
+        let p = politeness(2, 100);
+        let t0 = Instant::now();
+        p.dispatched("a");
+        p.reserve("a", t0);
+        p.finished("a", HostSignal::Healthy, t0, 0.0);
+        p.prune(t0);
+        assert_eq!(p.tracked_hosts(), 1, "still within its delay");
+        p.prune(t0 + Duration::from_millis(100));
+        assert_eq!(p.tracked_hosts(), 0);
+    }
+}

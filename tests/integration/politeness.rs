@@ -1,0 +1,134 @@
+//! Per-host politeness, observed at the servers and in `host_politeness`.
+//! Each server listens on its own loopback address, so each is its own host.
+
+use std::time::{Duration, Instant};
+
+use trawler::config::{Config, HostOverride};
+
+use crate::server::TestServer;
+use crate::util::{crawl_lines, reader, result_for, scalar, test_config};
+
+fn polite(config: &mut Config, concurrency: u32, delay_ms: u64) {
+    config.politeness.per_host_concurrency = concurrency;
+    config.politeness.per_host_delay = Duration::from_millis(delay_ms);
+}
+
+fn hit_times(server: &TestServer) -> Vec<Instant> {
+    server.hits().into_iter().map(|h| h.at).collect()
+}
+
+fn min_gap(times: &[Instant]) -> Duration {
+    times.windows(2).map(|w| w[1] - w[0]).min().expect("two requests at least")
+}
+
+/// The server records arrival times; the client reserves start times. Allow
+/// a little scheduling jitter between the two.
+const JITTER: Duration = Duration::from_millis(10);
+
+#[tokio::test]
+async fn the_per_host_gap_and_concurrency_are_never_exceeded() {
+    let a = TestServer::start_on("127.0.0.2");
+    let b = TestServer::start_on("127.0.0.3");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    polite(&mut config, 2, 50);
+    config.hosts.insert(
+        "127.0.0.3".into(),
+        HostOverride { delay: Some(Duration::from_millis(120)), concurrency: Some(1) },
+    );
+    // Responses (150 ms) outlast the delay (50 ms), so requests to a overlap
+    // up to its concurrency.
+    let mut urls: Vec<String> = (0..8).map(|i| a.url(&format!("/slow/150/{i}"))).collect();
+    urls.extend((0..5).map(|i| b.url(&format!("/slow/150/{i}"))));
+    let summary = crawl_lines(&config, &urls).await;
+    assert_eq!(summary.done, 13);
+
+    assert_eq!(a.max_concurrent(), 2, "127.0.0.2 allows 2 at once, and the crawl used them");
+    assert!(min_gap(&hit_times(&a)) + JITTER >= Duration::from_millis(50), "{:?}", min_gap(&hit_times(&a)));
+    assert_eq!(b.max_concurrent(), 1, "127.0.0.3's override allows 1");
+    assert!(min_gap(&hit_times(&b)) + JITTER >= Duration::from_millis(150), "one at a time, each 150 ms");
+
+    // The database says the same, from the crawler's own start times.
+    let pool = reader(&config.store.path).await;
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT host, requests, min_gap_ms FROM host_politeness ORDER BY host")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, vec![("127.0.0.2".into(), 8, rows[0].2), ("127.0.0.3".into(), 5, rows[1].2)]);
+    assert!(rows[0].2 >= 50, "min gap {} ms on 127.0.0.2", rows[0].2);
+    assert!(rows[1].2 >= 120, "min gap {} ms on 127.0.0.3", rows[1].2);
+}
+
+#[tokio::test]
+async fn a_throttling_host_backs_off_without_slowing_the_others() {
+    let throttled = TestServer::start_on("127.0.0.4");
+    let healthy = TestServer::start_on("127.0.0.5");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.crawl.concurrency = 4;
+    polite(&mut config, 4, 0);
+    config.retry.max_attempts = 1;
+    config.hosts.insert("127.0.0.4".into(), HostOverride { delay: None, concurrency: Some(1) });
+    // The first URL of 127.0.0.4 answers 503 with Retry-After: 1; the second
+    // is fine, but must wait for the host's backoff.
+    let first = throttled.url("/throttle/1/a");
+    let second = throttled.url("/ok/b");
+    let mut urls = vec![first.clone(), second.clone()];
+    urls.extend((0..30).map(|i| healthy.url(&format!("/ok/{i}"))));
+    crawl_lines(&config, &urls).await;
+
+    let t_first = throttled.hits_of("/throttle/1/a")[0];
+    let t_second = throttled.hits_of("/ok/b")[0];
+    assert!(
+        t_second - t_first >= Duration::from_millis(950),
+        "host backoff ignored: {:?}",
+        t_second - t_first
+    );
+    let healthy_done = hit_times(&healthy).into_iter().max().unwrap();
+    assert!(healthy_done < t_second, "the healthy host waited for the throttled one");
+    assert!(healthy_done - t_first < Duration::from_millis(800));
+
+    let row = result_for(&config.store.path, &first).await;
+    assert_eq!((row.state.as_str(), row.http_status), ("failed", Some(503)));
+    assert_eq!(result_for(&config.store.path, &second).await.state, "done");
+    let throttles =
+        scalar(&config.store.path, "SELECT responses_503 FROM host_politeness WHERE host = '127.0.0.4'")
+            .await;
+    assert_eq!(throttles, 1);
+    let backoff =
+        scalar(&config.store.path, "SELECT backoff_until_ms FROM hosts WHERE host = '127.0.0.4'").await;
+    assert!(backoff > 0, "the host backoff is persisted");
+}
+
+#[tokio::test]
+async fn a_slow_host_holds_no_worker_while_other_hosts_have_work() {
+    let slow = TestServer::start_on("127.0.0.6");
+    let fast = [TestServer::start_on("127.0.0.7"), TestServer::start_on("127.0.0.8")];
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // Two workers only: one held by the slow host would halve the others.
+    config.crawl.concurrency = 2;
+    polite(&mut config, 2, 0);
+    config.hosts.insert(
+        "127.0.0.6".into(),
+        HostOverride { delay: Some(Duration::from_millis(400)), concurrency: None },
+    );
+    let mut urls: Vec<String> = (0..3).map(|i| slow.url(&format!("/ok/{i}"))).collect();
+    for server in &fast {
+        urls.extend((0..15).map(|i| server.url(&format!("/ok/{i}"))));
+    }
+    crawl_lines(&config, &urls).await;
+
+    let slow_hits = hit_times(&slow);
+    assert_eq!(slow_hits.len(), 3);
+    assert!(min_gap(&slow_hits) + JITTER >= Duration::from_millis(400));
+    for server in &fast {
+        let hits = hit_times(server);
+        assert_eq!(hits.len(), 15);
+        assert!(
+            hits.iter().all(|&t| t < slow_hits[1]),
+            "a fast host's URL waited behind the slow host's delay"
+        );
+    }
+}
