@@ -70,6 +70,7 @@ fn main() {
         latency: Duration::from_millis(args.latency_ms),
         page_bytes: args.page_bytes,
         record: false,
+        ..Options::default()
     });
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("urls.txt");

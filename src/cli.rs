@@ -62,6 +62,9 @@ pub struct CrawlArgs {
     /// After SIGINT/SIGTERM, how long fetches in flight may finish [config: shutdown.grace, default 10s].
     #[arg(long, value_name = "DURATION")]
     pub grace: Option<String>,
+    /// Do not fetch or obey robots.txt [config: robots.obey = false]. Only for sites you run.
+    #[arg(long)]
+    pub ignore_robots: bool,
 }
 
 impl CommonArgs {
@@ -96,6 +99,9 @@ impl CrawlArgs {
         }
         if let Some(grace) = &self.grace {
             set(&mut out, "shutdown", "grace", json!(grace));
+        }
+        if self.ignore_robots {
+            set(&mut out, "robots", "obey", json!(false));
         }
         out
     }

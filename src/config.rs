@@ -36,6 +36,7 @@ pub enum ConfigError {
 pub struct Config {
     pub crawl: CrawlConfig,
     pub politeness: PolitenessConfig,
+    pub robots: RobotsConfig,
     /// Per-host overrides of the politeness limits, keyed by host name as it
     /// appears in URLs (lower-case, no port): `[hosts."example.org"]`.
     pub hosts: BTreeMap<String, HostOverride>,
@@ -77,6 +78,39 @@ impl Default for PolitenessConfig {
             backoff_base: Duration::from_secs(5),
             backoff_max: Duration::from_secs(600),
             connect_failures_before_backoff: 3,
+        }
+    }
+}
+
+/// robots.txt handling (RFC 9309; see `robots.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RobotsConfig {
+    /// Obey robots.txt. `--ignore-robots` turns this off (and says so loudly).
+    pub obey: bool,
+    /// The product token matched against `User-agent:` lines (RFC 9309
+    /// §2.2.1), case-insensitively; groups for `*` apply when none matches.
+    pub user_agent_token: String,
+    /// How long a fetched robots.txt is used before it is fetched again.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// After a 5xx or an unreachable robots.txt the host counts as disallowed
+    /// (RFC 9309 §2.3.1.4) and its robots.txt is fetched again after this long.
+    #[serde(with = "humantime_serde")]
+    pub unreachable_retry: Duration,
+    /// The largest `Crawl-delay` honoured; a larger one is clamped (and logged).
+    #[serde(with = "humantime_serde")]
+    pub max_crawl_delay: Duration,
+}
+
+impl Default for RobotsConfig {
+    fn default() -> Self {
+        Self {
+            obey: true,
+            user_agent_token: "trawler".to_owned(),
+            cache_ttl: Duration::from_secs(24 * 3600),
+            unreachable_retry: Duration::from_secs(600),
+            max_crawl_delay: Duration::from_secs(30),
         }
     }
 }
@@ -291,6 +325,15 @@ impl Config {
         if self.hosts.values().any(|h| h.concurrency == Some(0)) {
             return invalid("hosts.<host>.concurrency", "must be at least 1");
         }
+        if self.robots.user_agent_token.trim().is_empty()
+            || !self
+                .robots
+                .user_agent_token
+                .bytes()
+                .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_')
+        {
+            return invalid("robots.user_agent_token", "must be letters, '-' and '_' only (RFC 9309 §2.2.1)");
+        }
         if self.fetch.timeout.is_zero() {
             return invalid("fetch.timeout", "must be above zero");
         }
@@ -402,7 +445,9 @@ mod tests {
     #[test]
     fn effective_config_prints_every_section() {
         let text = Config::default().to_toml();
-        for section in ["[crawl]", "[politeness]", "[fetch]", "[retry]", "[store]", "[shutdown]", "[log]"] {
+        for section in
+            ["[crawl]", "[politeness]", "[robots]", "[fetch]", "[retry]", "[store]", "[shutdown]", "[log]"]
+        {
             assert!(text.contains(section), "{text}");
         }
     }

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::frontier::Producer;
 use crate::politeness::Politeness;
+use crate::robots::Robots;
 use crate::seeds::{IngestError, IngestReport, SeedSource, ingest};
 use crate::shutdown::Shutdown;
 use crate::stats::{CrawlStats, Summary};
@@ -83,6 +84,17 @@ pub async fn crawl(
     Ok(summary)
 }
 
+/// The robots.txt cache, or `None` (with a loud warning) when told to ignore it.
+fn robots(config: &Config, politeness: &Arc<Politeness>) -> Result<Option<Robots>, CrawlError> {
+    if !config.robots.obey {
+        tracing::warn!(
+            "robots.txt is IGNORED (robots.obey = false / --ignore-robots): only do this for sites you run"
+        );
+        return Ok(None);
+    }
+    Ok(Some(Robots::new(config.robots.clone(), &config.fetch, politeness.clone())?))
+}
+
 type Input = (SeedSource, Box<dyn tokio::io::AsyncRead + Send + Unpin>);
 
 async fn run_tasks(
@@ -126,6 +138,7 @@ async fn run_tasks(
         fetcher,
         retry: config.retry.clone(),
         limiter: config.crawl.rate.map(rate_limiter),
+        robots: robots(config, &politeness)?,
         politeness: politeness.clone(),
         wake: wake.clone(),
         stop: stop.clone(),

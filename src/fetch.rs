@@ -41,6 +41,11 @@ pub enum ErrorKind {
     BodyTooLarge,
     /// The URL, or a redirect's `Location`, is not an absolute http(s) URL.
     InvalidUrl,
+    /// robots.txt disallows the URL; no request was made.
+    RobotsDisallowed,
+    /// The host's robots.txt answered 5xx or could not be fetched, which
+    /// means "disallow all for now" (RFC 9309 §2.3.1.4); no request was made.
+    RobotsUnreachable,
 }
 
 impl ErrorKind {
@@ -57,6 +62,8 @@ impl ErrorKind {
             ErrorKind::RedirectLoop => "redirect_loop",
             ErrorKind::BodyTooLarge => "body_too_large",
             ErrorKind::InvalidUrl => "invalid_url",
+            ErrorKind::RobotsDisallowed => "robots_disallowed",
+            ErrorKind::RobotsUnreachable => "robots_unreachable",
         }
     }
 
@@ -64,7 +71,14 @@ impl ErrorKind {
     /// content. DNS failures count, as in Scrapy's default `RETRY_EXCEPTIONS`,
     /// because resolvers fail transiently under load.
     pub fn is_transient(self) -> bool {
-        matches!(self, ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Dns | ErrorKind::Read)
+        matches!(
+            self,
+            ErrorKind::Timeout
+                | ErrorKind::Connect
+                | ErrorKind::Dns
+                | ErrorKind::Read
+                | ErrorKind::RobotsUnreachable
+        )
     }
 }
 
@@ -77,6 +91,21 @@ pub struct Fetched {
     pub error: Option<ErrorKind>,
     /// The server's `Retry-After`, when the final response carried a valid one.
     pub retry_after: Option<Duration>,
+}
+
+impl Fetched {
+    /// An attempt that ended before any request: `kind` says why.
+    pub fn without_request(kind: ErrorKind, message: String, retry_after: Option<Duration>) -> Self {
+        let now = SystemTime::now();
+        let record = AttemptRecord {
+            started_at: Some(now),
+            fetched_at: Some(now),
+            error_kind: Some(kind.as_str()),
+            error_message: Some(message),
+            ..Default::default()
+        };
+        Fetched { record, error: Some(kind), retry_after }
+    }
 }
 
 /// What stays true across redirects and survives a timeout mid-attempt.
@@ -220,6 +249,13 @@ impl Fetcher {
             len += chunk.len() as u64;
             if len > max {
                 record.body_bytes = Some(len);
+                // What fits under the cap stays available to callers that
+                // use a prefix (robots.txt, RFC 9309 §2.5).
+                if let Some(mut kept) = kept {
+                    let room = (max as usize).saturating_sub(kept.len());
+                    kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
+                    record.body = Some(kept);
+                }
                 return Err(body_too_large(max));
             }
             hasher.update(&chunk);

@@ -17,6 +17,7 @@
 //! | [`seeds`] | streaming the input list into the frontier |
 //! | [`frontier`] | the producer: claims due URLs of hosts that may be fetched now |
 //! | [`politeness`] | per-host concurrency, delay and backoff |
+//! | [`robots`] | robots.txt (RFC 9309): fetch, cache, verdicts, Crawl-delay |
 //! | [`worker`] | rate limit, fetch, decide, hand to the writer |
 //! | [`fetch`] | one HTTP attempt; the only module that knows reqwest |
 //! | [`retry`] | the pure retry/backoff decision |
@@ -32,6 +33,7 @@ pub mod frontier;
 pub mod politeness;
 pub mod progress;
 pub mod retry;
+pub mod robots;
 pub mod seeds;
 pub mod shutdown;
 pub mod stats;

@@ -51,6 +51,8 @@ struct HostState {
     failures_in_a_row: u32,
     /// Backoffs in a row (the exponent of the next one).
     backoffs_in_a_row: u32,
+    /// The host's robots.txt `Crawl-delay`, when it raises the delay.
+    crawl_delay: Option<Duration>,
 }
 
 impl HostState {
@@ -152,16 +154,33 @@ impl Politeness {
         state.unstarted += 1;
     }
 
+    /// Records the host's robots.txt `Crawl-delay` (already clamped), which
+    /// raises its delay while it is larger than the configured one.
+    pub fn set_crawl_delay(&self, host: &str, crawl_delay: Option<Duration>) {
+        let mut hosts = self.lock();
+        let state = hosts.entry(host.to_owned()).or_default();
+        state.crawl_delay = crawl_delay;
+    }
+
     /// Reserves the next request start to `host` at or after `now` and
-    /// returns it; the reservation after it is `delay` later.
+    /// returns it; the reservation after it is the host's delay later.
     pub fn reserve(&self, host: &str, now: Instant) -> Instant {
-        let delay = self.limits(host).delay;
+        let limits = self.limits(host);
         let mut hosts = self.lock();
         let state = hosts.entry(host.to_owned()).or_default();
         state.unstarted = state.unstarted.saturating_sub(1);
         let at = state.next_start.map_or(now, |t| t.max(now));
-        state.next_start = Some(at + delay);
+        state.next_start = Some(at + effective_delay(state, limits));
         at
+    }
+
+    /// Records that a dispatched job for `host` will make no request (robots.txt
+    /// ruled it out), so the host does not wait for it to start.
+    pub fn skip_start(&self, host: &str) {
+        let mut hosts = self.lock();
+        if let Some(state) = hosts.get_mut(host) {
+            state.unstarted = state.unstarted.saturating_sub(1);
+        }
     }
 
     /// Waits until this job may start its request to `host`. Cancel safe
@@ -230,7 +249,13 @@ impl Politeness {
     }
 }
 
+/// The configured delay, or the host's Crawl-delay when that is larger.
+fn effective_delay(state: &HostState, limits: HostLimits) -> Duration {
+    state.crawl_delay.map_or(limits.delay, |d| d.max(limits.delay))
+}
+
 fn slots_of(state: &HostState, limits: HostLimits, now: Instant) -> u32 {
+    let limits = HostLimits { delay: effective_delay(state, limits), ..limits };
     let free = limits.concurrency.saturating_sub(state.in_flight);
     let blocked = state.blocked_until.is_some_and(|t| t > now);
     let waiting =
@@ -333,6 +358,18 @@ mod tests {
         assert_eq!(p.finished("a", HostSignal::Unreachable, t0, 0.0), Some(Duration::from_secs(2)));
         assert_eq!(p.finished("a", HostSignal::Healthy, t0, 0.0), None);
         assert_eq!(p.finished("a", HostSignal::Unreachable, t0, 0.0), None, "a success resets the streak");
+    }
+
+    #[test]
+    fn a_crawl_delay_only_ever_raises_the_delay() {
+        let p = politeness(2, 250);
+        let t0 = Instant::now();
+        p.set_crawl_delay("a", Some(Duration::from_secs(1)));
+        p.reserve("a", t0);
+        assert_eq!(p.next_free_in(t0), Some(Duration::from_secs(1)));
+        p.set_crawl_delay("b", Some(Duration::from_millis(10)));
+        p.reserve("b", t0);
+        assert_eq!(p.reserve("b", t0), t0 + Duration::from_millis(250));
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub fn decide(
     }
     let server_asked = match (error, status, retry_after) {
         (None, Some(429 | 503), Some(after)) => Some(after.min(config.retry_after_max)),
+        // Not before the host's robots.txt is due to be fetched again.
+        (Some(ErrorKind::RobotsUnreachable), _, Some(after)) => {
+            Some(after.max(backoff(config, attempt, jitter)))
+        }
         _ => None,
     };
     Decision::Retry(server_asked.unwrap_or_else(|| backoff(config, attempt, jitter)))
@@ -110,6 +114,16 @@ mod tests {
             assert!(matches!(decide(&config(), 3, status, error, None, 0.0), Decision::Retry(_)));
             assert_eq!(decide(&config(), 4, status, error, None, 0.0), Decision::Failed);
         }
+    }
+
+    #[test]
+    fn robots_rules_decide_without_a_request() {
+        let c = config();
+        assert_eq!(decide(&c, 1, None, Some(ErrorKind::RobotsDisallowed), None, 0.5), Decision::Failed);
+        let wait = Some(Duration::from_secs(30));
+        let decided = decide(&c, 1, None, Some(ErrorKind::RobotsUnreachable), wait, 0.0);
+        assert_eq!(decided, Decision::Retry(Duration::from_secs(30)));
+        assert_eq!(decide(&c, 4, None, Some(ErrorKind::RobotsUnreachable), wait, 0.0), Decision::Failed);
     }
 
     #[test]

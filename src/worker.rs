@@ -20,6 +20,7 @@ use crate::fetch::{ErrorKind, Fetched, Fetcher};
 use crate::frontier::now_ms;
 use crate::politeness::{HostSignal, Politeness};
 use crate::retry::{Decision, decide};
+use crate::robots::{Robots, Verdict};
 use crate::store::{Completion, Job, Next};
 
 /// What every worker shares.
@@ -30,6 +31,8 @@ pub struct WorkerContext {
     pub limiter: Option<DefaultDirectRateLimiter>,
     /// Per-host limits, shared with the producer.
     pub politeness: Arc<Politeness>,
+    /// robots.txt rules, unless `robots.obey` is off.
+    pub robots: Option<Robots>,
     /// Wakes the producer when a fetch finishes (its host has a free slot).
     pub wake: Arc<Notify>,
     /// Take no new job.
@@ -66,22 +69,42 @@ pub async fn run(
                 Err(_) => return,
             },
         };
-        tokio::select! {
-            biased;
-            _ = ctx.stop.cancelled() => return,
-            _ = ctx.politeness.wait_turn(&job.host) => {}
-        }
-        if let Some(limiter) = &ctx.limiter {
-            tokio::select! {
+        let verdict = match &ctx.robots {
+            None => Verdict::Allowed { crawl_delay: None },
+            Some(robots) => tokio::select! {
                 biased;
                 _ = ctx.stop.cancelled() => return,
-                _ = limiter.until_ready() => {}
+                verdict = robots.check(&job.url, &job.host) => verdict,
+            },
+        };
+        let fetched = match verdict {
+            Verdict::Allowed { .. } => match fetch_in_turn(&ctx, &job).await {
+                Some(fetched) => fetched,
+                None => return,
+            },
+            Verdict::Disallowed { robots_url } => {
+                ctx.politeness.skip_start(&job.host);
+                Fetched::without_request(
+                    ErrorKind::RobotsDisallowed,
+                    format!("disallowed by {robots_url}"),
+                    None,
+                )
             }
-        }
-        let fetched = tokio::select! {
-            biased;
-            _ = ctx.abort.cancelled() => return,
-            fetched = ctx.fetcher.fetch(&job.url) => fetched,
+            Verdict::Unreachable { robots_url, retry_in, cause } => {
+                ctx.politeness.skip_start(&job.host);
+                match cause {
+                    // No response from the host at all: the attempt fails as
+                    // the fetch of robots.txt did, and is retried like one.
+                    Some((kind, message)) => {
+                        Fetched::without_request(kind, format!("{robots_url}: {message}"), None)
+                    }
+                    None => {
+                        let message =
+                            format!("{robots_url} answered 5xx: the host counts as disallowed for now");
+                        Fetched::without_request(ErrorKind::RobotsUnreachable, message, Some(retry_in))
+                    }
+                }
+            }
         };
         let decision = decide(
             &ctx.retry,
@@ -134,6 +157,28 @@ pub async fn run(
         if results.send(completion).await.is_err() {
             return;
         }
+    }
+}
+
+/// Waits for the host's turn and the global rate limit, then fetches. `None`
+/// when stopped before the request started, or aborted during it.
+async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<Fetched> {
+    tokio::select! {
+        biased;
+        _ = ctx.stop.cancelled() => return None,
+        _ = ctx.politeness.wait_turn(&job.host) => {}
+    }
+    if let Some(limiter) = &ctx.limiter {
+        tokio::select! {
+            biased;
+            _ = ctx.stop.cancelled() => return None,
+            _ = limiter.until_ready() => {}
+        }
+    }
+    tokio::select! {
+        biased;
+        _ = ctx.abort.cancelled() => None,
+        fetched = ctx.fetcher.fetch(&job.url) => Some(fetched),
     }
 }
 

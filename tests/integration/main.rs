@@ -3,6 +3,7 @@
 //!
 //! - `crawl`: outcomes of fetches as the `results` view shows them
 //! - `politeness`: per-host gaps, concurrency and backoff, one host per loopback address
+//! - `robots`: robots.txt rules, Crawl-delay and the RFC 9309 error cases
 //! - `resume`: stopping and resuming, duplicates, input errors
 //! - `store`: lease semantics, locking, schema versions
 //! - `process`: the real binary under signals, `kill -9` and a second instance
@@ -11,6 +12,7 @@ mod crawl;
 mod politeness;
 mod process;
 mod resume;
+mod robots;
 mod server;
 mod store;
 mod util;

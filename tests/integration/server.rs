@@ -16,6 +16,8 @@
 //! - `/bomb/{mib}`: that many MiB of zeros, gzip-encoded (a few KiB on the wire)
 //! - `/stall/{*rest}`: 200, one chunk of body, then nothing, forever
 //! - `/throttle/{secs}/{*rest}`: always 503 with `Retry-After: secs`
+//! - `/robots.txt` (and `/robots-moved.txt`): as [`Options::robots`] says;
+//!   requests for them are kept apart ([`TestServer::robots_hits`])
 
 #![allow(dead_code)]
 
@@ -53,9 +55,24 @@ pub struct Hit {
     pub at: Instant,
 }
 
+/// What `/robots.txt` answers.
+#[derive(Debug, Clone, Default)]
+pub enum RobotsTxt {
+    /// 404: no robots.txt, everything allowed.
+    #[default]
+    Missing,
+    /// 200 with this text.
+    Text(&'static str),
+    /// This status the first time, then 200 with the text.
+    FailsThen(u16, &'static str),
+    /// A redirect to `/robots-moved.txt`, which has the text.
+    Redirected(&'static str),
+}
+
 /// Server-wide behaviour.
 #[derive(Debug, Clone)]
 pub struct Options {
+    pub robots: RobotsTxt,
     /// Delay before answering `/page/...`.
     pub latency: Duration,
     /// Body size of `/page/...`.
@@ -66,7 +83,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { latency: Duration::ZERO, page_bytes: 1024, record: true }
+        Self { latency: Duration::ZERO, page_bytes: 1024, record: true, robots: RobotsTxt::Missing }
     }
 }
 
@@ -76,6 +93,7 @@ struct Shared {
     active: std::sync::atomic::AtomicUsize,
     max_active: std::sync::atomic::AtomicUsize,
     hits: Mutex<Vec<Hit>>,
+    robots_hits: Mutex<Vec<Hit>>,
     counts: Mutex<HashMap<String, u32>>,
     page: Vec<u8>,
 }
@@ -99,6 +117,11 @@ impl TestServer {
         Self::bind(ip, Options::default())
     }
 
+    /// A server on `ip` whose `/robots.txt` answers as `robots` says.
+    pub fn with_robots(ip: &'static str, robots: RobotsTxt) -> Self {
+        Self::bind(ip, Options { robots, ..Options::default() })
+    }
+
     pub fn with_options(options: Options) -> Self {
         Self::bind("127.0.0.1", options)
     }
@@ -114,6 +137,7 @@ impl TestServer {
             active: Default::default(),
             max_active: Default::default(),
             hits: Mutex::default(),
+            robots_hits: Mutex::default(),
             counts: Mutex::default(),
             page,
         });
@@ -146,7 +170,12 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Every request so far, in arrival order.
+    /// Requests for `/robots.txt` and `/robots-moved.txt`, in arrival order.
+    pub fn robots_hits(&self) -> Vec<Hit> {
+        self.shared.robots_hits.lock().unwrap().clone()
+    }
+
+    /// Every request so far except for robots.txt, in arrival order.
     pub fn hits(&self) -> Vec<Hit> {
         self.shared.hits.lock().unwrap().clone()
     }
@@ -187,6 +216,16 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/gzip/{*rest}", get(|| async { gzipped(gzip(GZIP_PLAIN)) }))
         .route("/bomb/{mib}", get(bomb))
         .route("/stall/{*rest}", get(stall))
+        .route("/robots.txt", get(robots_txt))
+        .route(
+            "/robots-moved.txt",
+            get(|State(shared): State<Arc<Shared>>| async move {
+                match shared.options.robots {
+                    RobotsTxt::Redirected(text) => text.into_response(),
+                    _ => StatusCode::NOT_FOUND.into_response(),
+                }
+            }),
+        )
         .route(
             "/throttle/{secs}/{*rest}",
             get(|Path((secs, _)): Path<(u64, String)>| async move {
@@ -203,7 +242,8 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next)
     }
     use std::sync::atomic::Ordering::SeqCst;
     let path = request.uri().path().to_owned();
-    shared.hits.lock().unwrap().push(Hit { path, at: Instant::now() });
+    let log = if path.starts_with("/robots") { &shared.robots_hits } else { &shared.hits };
+    log.lock().unwrap().push(Hit { path, at: Instant::now() });
     let now = shared.active.fetch_add(1, SeqCst) + 1;
     shared.max_active.fetch_max(now, SeqCst);
     let response = next.run(request).await;
@@ -275,4 +315,19 @@ async fn bomb(Path(mib): Path<usize>) -> Response {
     // Compressing takes a while: off the server's only runtime thread.
     let body = tokio::task::spawn_blocking(move || gzip(&vec![0; mib << 20])).await.unwrap();
     gzipped(body)
+}
+
+async fn robots_txt(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.options.robots {
+        RobotsTxt::Missing => StatusCode::NOT_FOUND.into_response(),
+        RobotsTxt::Text(text) => text.into_response(),
+        RobotsTxt::FailsThen(status, text) => {
+            if count(&shared, "/robots.txt") == 0 {
+                StatusCode::from_u16(status).unwrap().into_response()
+            } else {
+                text.into_response()
+            }
+        }
+        RobotsTxt::Redirected(_) => found("/robots-moved.txt"),
+    }
 }

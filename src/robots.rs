@@ -1,0 +1,213 @@
+//! robots.txt, per RFC 9309, parsed by the `texting_robots` crate.
+//!
+//! One robots.txt per origin (scheme, host, port; RFC 9309 §2.3), fetched
+//! the first time a URL of that origin is about to be fetched, through the
+//! host's politeness turn like any other request, and cached for
+//! `robots.cache_ttl`. Concurrent workers wait for the one fetch in progress
+//! instead of fetching it again. How the fetch ends decides the rules
+//! (RFC 9309 §2.3.1):
+//! - 2xx: the file's rules for `robots.user_agent_token` (else `*`);
+//! - 4xx, or more than 5 redirects: "unavailable", everything is allowed;
+//! - 5xx: "unreachable", everything is disallowed until
+//!   `robots.unreachable_retry` has passed;
+//! - no response at all (timeout, refused, DNS, TLS): also disallowed, but
+//!   not cached: the URL's attempt fails with that error and is retried like
+//!   any failed fetch, so a dead host fails as `connect`, not as a robots rule.
+//!
+//! The cache keeps at most [`MAX_CACHED_ORIGINS`] origins, so memory is
+//! bounded whatever the crawl's size.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use texting_robots::Robot;
+use tokio::time::Instant;
+use url::Url;
+
+use crate::config::{FetchConfig, RobotsConfig};
+use crate::fetch::{ErrorKind, Fetched, Fetcher};
+use crate::politeness::Politeness;
+
+/// Origins whose rules are kept in memory; past this, expired entries and
+/// then arbitrary ones are dropped (they are fetched again when needed).
+pub const MAX_CACHED_ORIGINS: usize = 10_000;
+
+/// The most of a robots.txt that is read: RFC 9309 §2.5 asks crawlers to
+/// parse at least 500 KiB.
+pub const MAX_ROBOTS_BYTES: u64 = 512 * 1024;
+
+/// Redirects followed for robots.txt (RFC 9309 §2.3.1.2: at least five).
+const MAX_ROBOTS_REDIRECTS: u32 = 5;
+
+/// What robots.txt says about one URL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Fetch it; the origin's `Crawl-delay`, if any, already clamped.
+    Allowed { crawl_delay: Option<Duration> },
+    /// Do not fetch it, ever (under these rules).
+    Disallowed { robots_url: String },
+    /// Do not fetch it now: robots.txt is unreachable; try again after
+    /// `retry_in`. `cause` is the fetch error when there was no response.
+    Unreachable { robots_url: String, retry_in: Duration, cause: Option<(ErrorKind, String)> },
+}
+
+enum Rules {
+    AllowAll,
+    DisallowAll,
+    Parsed(Box<Robot>),
+}
+
+struct Entry {
+    rules: Rules,
+    crawl_delay: Option<Duration>,
+    expires: Instant,
+    /// Why robots.txt got no response, for `DisallowAll` entries.
+    cause: Option<(ErrorKind, String)>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
+
+/// The robots.txt cache and fetcher, shared by the workers.
+pub struct Robots {
+    config: RobotsConfig,
+    fetcher: Fetcher,
+    politeness: Arc<Politeness>,
+    origins: Mutex<HashMap<String, Slot>>,
+}
+
+impl Robots {
+    /// Builds the cache with its own HTTP client: same user agent and
+    /// timeouts as page fetches, 5 redirects, 512 KiB.
+    ///
+    /// Errors: reqwest's, when the TLS backend cannot initialise.
+    pub fn new(
+        config: RobotsConfig,
+        fetch: &FetchConfig,
+        politeness: Arc<Politeness>,
+    ) -> Result<Self, reqwest::Error> {
+        let fetch = FetchConfig {
+            max_redirects: MAX_ROBOTS_REDIRECTS,
+            max_body_bytes: MAX_ROBOTS_BYTES,
+            ..fetch.clone()
+        };
+        let fetcher = Fetcher::new(&fetch, false, true, 4)?;
+        Ok(Self { config, fetcher, politeness, origins: Mutex::default() })
+    }
+
+    /// What robots.txt says about `url` (whose host is `host`), fetching the
+    /// origin's robots.txt first if it is not cached. Cancel safe: a fetch
+    /// abandoned halfway leaves the origin uncached.
+    pub async fn check(&self, url: &str, host: &str) -> Verdict {
+        let Ok(parsed) = Url::parse(url) else {
+            return Verdict::Allowed { crawl_delay: None };
+        };
+        let origin = parsed.origin().ascii_serialization();
+        let robots_url = format!("{origin}/robots.txt");
+        let slot = self.slot(&origin);
+        let mut entry = slot.lock().await;
+        let now = Instant::now();
+        if entry.as_ref().is_none_or(|e| e.expires <= now) {
+            *entry = Some(self.fetch(&robots_url, host).await);
+        }
+        let entry = entry.as_ref().expect("filled above");
+        match &entry.rules {
+            Rules::AllowAll => Verdict::Allowed { crawl_delay: None },
+            Rules::DisallowAll => Verdict::Unreachable {
+                robots_url,
+                retry_in: entry.expires.saturating_duration_since(Instant::now()),
+                cause: entry.cause.clone(),
+            },
+            Rules::Parsed(robot) if robot.allowed(url) => Verdict::Allowed { crawl_delay: entry.crawl_delay },
+            Rules::Parsed(_) => Verdict::Disallowed { robots_url },
+        }
+    }
+
+    fn slot(&self, origin: &str) -> Slot {
+        let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = origins.get(origin) {
+            return slot.clone();
+        }
+        if origins.len() >= MAX_CACHED_ORIGINS {
+            evict(&mut origins);
+        }
+        origins.entry(origin.to_owned()).or_default().clone()
+    }
+
+    async fn fetch(&self, robots_url: &str, host: &str) -> Entry {
+        self.politeness.wait_turn(host).await;
+        let fetched = self.fetcher.fetch(robots_url).await;
+        let now = Instant::now();
+        let status = fetched.record.http_status;
+        let cause = match (fetched.error, status) {
+            (Some(kind), None) => Some((kind, fetched.record.error_message.clone().unwrap_or_default())),
+            _ => None,
+        };
+        let (rules, ttl) = match (fetched.error, status) {
+            // A file over the cap is parsed as far as it was read (RFC 9309 §2.5).
+            (None | Some(ErrorKind::BodyTooLarge), Some(200..=299)) => {
+                let body = fetched.record.body.unwrap_or_default();
+                match Robot::new(&self.config.user_agent_token, &body) {
+                    Ok(robot) => (Rules::Parsed(Box::new(robot)), self.config.cache_ttl),
+                    Err(e) => {
+                        tracing::warn!(%robots_url, "unparsable robots.txt, treated as allowing all: {e}");
+                        (Rules::AllowAll, self.config.cache_ttl)
+                    }
+                }
+            }
+            // No response: not cached, the attempt fails with the cause.
+            (Some(_), None) => (Rules::DisallowAll, Duration::ZERO),
+            (None, Some(500..=599)) | (Some(_), _) if !redirect_limit(&fetched) => {
+                tracing::info!(%robots_url, ?status, error = fetched.record.error_kind, "robots.txt unreachable: host disallowed for now");
+                (Rules::DisallowAll, self.config.unreachable_retry)
+            }
+            // 4xx and everything else (RFC 9309 §2.3.1.3), and a redirect chain
+            // longer than five (§2.3.1.2): unavailable, so allow all.
+            _ => (Rules::AllowAll, self.config.cache_ttl),
+        };
+        let crawl_delay = match &rules {
+            Rules::Parsed(robot) => robot.delay.and_then(|secs| self.clamp_crawl_delay(robots_url, secs)),
+            _ => None,
+        };
+        self.politeness.set_crawl_delay(host, crawl_delay);
+        Entry { rules, crawl_delay, expires: now + ttl, cause }
+    }
+
+    fn clamp_crawl_delay(&self, robots_url: &str, secs: f32) -> Option<Duration> {
+        let asked = Duration::try_from_secs_f32(secs).ok().filter(|d| !d.is_zero())?;
+        if asked > self.config.max_crawl_delay {
+            tracing::info!(
+                %robots_url,
+                crawl_delay_s = secs,
+                max_s = self.config.max_crawl_delay.as_secs_f32(),
+                "Crawl-delay clamped to robots.max_crawl_delay"
+            );
+            return Some(self.config.max_crawl_delay);
+        }
+        Some(asked)
+    }
+}
+
+fn redirect_limit(fetched: &Fetched) -> bool {
+    matches!(fetched.error, Some(ErrorKind::RedirectLimit | ErrorKind::RedirectLoop))
+}
+
+/// Drops expired entries not in use, or, if none, a tenth of the entries not
+/// in use.
+fn evict(origins: &mut HashMap<String, Slot>) {
+    let now = Instant::now();
+    let expired = |slot: &Slot| {
+        slot.try_lock().map(|entry| entry.as_ref().is_none_or(|e| e.expires <= now)).unwrap_or(false)
+    };
+    let before = origins.len();
+    origins.retain(|_, slot| !expired(slot));
+    if origins.len() == before {
+        let mut dropped = 0;
+        let target = before / 10 + 1;
+        origins.retain(|_, slot| {
+            let drop = dropped < target && Arc::strong_count(slot) == 1;
+            dropped += drop as usize;
+            !drop
+        });
+    }
+}

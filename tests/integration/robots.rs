@@ -1,0 +1,129 @@
+//! robots.txt (RFC 9309) as a crawl obeys it. Each test's server has its own
+//! loopback address, so its robots.txt is its own.
+
+use std::time::Duration;
+
+use crate::server::{RobotsTxt, TestServer};
+use crate::util::{crawl_lines, result_for, scalar, test_config};
+
+#[tokio::test]
+async fn a_disallowed_url_is_never_fetched_and_says_why() {
+    let server =
+        TestServer::with_robots("127.0.0.20", RobotsTxt::Text("User-agent: *\nDisallow: /status/\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let allowed = server.url("/ok/public");
+    let blocked = server.url("/status/200/private");
+    let summary = crawl_lines(&config, &[allowed.clone(), blocked.clone()]).await;
+
+    assert_eq!(server.robots_hits().len(), 1, "robots.txt is fetched once per origin");
+    assert!(server.hits_of("/status/200/private").is_empty(), "a disallowed URL was requested");
+    let row = result_for(&config.store.path, &blocked).await;
+    assert_eq!(
+        (row.state.as_str(), row.error_kind.as_deref(), row.http_status),
+        ("failed", Some("robots_disallowed"), None)
+    );
+    assert!(row.error_message.unwrap().ends_with("/robots.txt"));
+    assert_eq!(result_for(&config.store.path, &allowed).await.state, "done");
+    assert_eq!((summary.done, summary.failed), (1, 1));
+}
+
+#[tokio::test]
+async fn the_group_for_our_token_wins_over_the_star_group() {
+    let robots = "User-agent: trawler\nDisallow: /ok/secret\n\nUser-agent: *\nDisallow: /\n";
+    let server = TestServer::with_robots("127.0.0.21", RobotsTxt::Text(robots));
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let open = server.url("/ok/open");
+    let secret = server.url("/ok/secret");
+    crawl_lines(&config, &[open.clone(), secret.clone()]).await;
+
+    assert_eq!(result_for(&config.store.path, &open).await.state, "done");
+    assert_eq!(
+        result_for(&config.store.path, &secret).await.error_kind.as_deref(),
+        Some("robots_disallowed")
+    );
+}
+
+#[tokio::test]
+async fn crawl_delay_raises_the_host_delay_up_to_the_cap() {
+    let polite = TestServer::with_robots("127.0.0.22", RobotsTxt::Text("User-agent: *\nCrawl-delay: 0.15\n"));
+    let greedy = TestServer::with_robots("127.0.0.23", RobotsTxt::Text("User-agent: *\nCrawl-delay: 60\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.robots.max_crawl_delay = Duration::from_millis(250);
+    let mut urls: Vec<String> = (0..4).map(|i| polite.url(&format!("/ok/{i}"))).collect();
+    urls.extend((0..4).map(|i| greedy.url(&format!("/ok/{i}"))));
+    crawl_lines(&config, &urls).await;
+
+    let gaps = |server: &TestServer| {
+        let hits: Vec<_> = server.hits().into_iter().map(|h| h.at).collect();
+        hits.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+    };
+    let slack = Duration::from_millis(10);
+    assert!(gaps(&polite).iter().all(|&g| g + slack >= Duration::from_millis(150)), "{:?}", gaps(&polite));
+    // 60 s asked, 250 ms allowed by robots.max_crawl_delay.
+    let greedy_gaps = gaps(&greedy);
+    assert!(greedy_gaps.iter().all(|&g| g + slack >= Duration::from_millis(250)), "{greedy_gaps:?}");
+    assert!(greedy_gaps.iter().all(|&g| g < Duration::from_secs(2)), "{greedy_gaps:?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_robots_txt_postpones_the_host_until_it_answers() {
+    let server = TestServer::with_robots(
+        "127.0.0.24",
+        RobotsTxt::FailsThen(503, "User-agent: *\nDisallow: /private\n"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.robots.unreachable_retry = Duration::from_millis(300);
+    let url = server.url("/ok/page");
+    crawl_lines(&config, std::slice::from_ref(&url)).await;
+
+    let robots = server.robots_hits();
+    assert_eq!(robots.len(), 2, "fetched again after the 503");
+    assert!(robots[1].at - robots[0].at >= Duration::from_millis(290), "{:?}", robots[1].at - robots[0].at);
+    let page = server.hits_of("/ok/page");
+    assert_eq!(page.len(), 1);
+    assert!(page[0] > robots[1].at, "the page was fetched while robots.txt was unreachable");
+
+    let row = result_for(&config.store.path, &url).await;
+    assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(200), 2));
+    let postponed = scalar(
+        &config.store.path,
+        "SELECT count(*) FROM attempts WHERE attempt = 1 AND outcome = 'retry' AND error_kind = 'robots_unreachable'",
+    )
+    .await;
+    assert_eq!(postponed, 1);
+}
+
+#[tokio::test]
+async fn robots_txt_redirects_are_followed() {
+    let server = TestServer::with_robots("127.0.0.25", RobotsTxt::Redirected("User-agent: *\nDisallow: /\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let url = server.url("/ok/page");
+    crawl_lines(&config, std::slice::from_ref(&url)).await;
+
+    assert_eq!(server.robots_hits().len(), 2);
+    assert!(server.hits().is_empty());
+    assert_eq!(result_for(&config.store.path, &url).await.error_kind.as_deref(), Some("robots_disallowed"));
+}
+
+#[tokio::test]
+async fn a_missing_robots_txt_allows_everything_and_ignoring_skips_it() {
+    let missing = TestServer::start_on("127.0.0.26");
+    let strict = TestServer::with_robots("127.0.0.27", RobotsTxt::Text("User-agent: *\nDisallow: /\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    let a = missing.url("/ok/a");
+    crawl_lines(&config, std::slice::from_ref(&a)).await;
+    assert_eq!(missing.robots_hits().len(), 1);
+    assert_eq!(result_for(&config.store.path, &a).await.state, "done");
+
+    config.robots.obey = false;
+    let b = strict.url("/ok/b");
+    crawl_lines(&config, std::slice::from_ref(&b)).await;
+    assert!(strict.robots_hits().is_empty(), "robots.txt fetched though ignored");
+    assert_eq!(result_for(&config.store.path, &b).await.state, "done");
+}
