@@ -37,6 +37,7 @@ pub struct Config {
     pub crawl: CrawlConfig,
     pub politeness: PolitenessConfig,
     pub robots: RobotsConfig,
+    pub discovery: DiscoveryConfig,
     /// Per-host overrides of the politeness limits, keyed by host name as it
     /// appears in URLs (lower-case, no port): `[hosts."example.org"]`.
     pub hosts: BTreeMap<String, HostOverride>,
@@ -113,6 +114,71 @@ impl Default for RobotsConfig {
             max_crawl_delay: Duration::from_secs(30),
         }
     }
+}
+
+/// Link following (see `links.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Extract links from HTML responses and enqueue those that pass the
+    /// rules below. Flag: `--follow`.
+    pub follow: bool,
+    /// Links are followed from pages of depth < max_depth (seeds are 0).
+    pub max_depth: u32,
+    /// Which links are in scope, relative to the page they are on.
+    pub scope: Scope,
+    /// If not empty, a link must match one of these regexes (`regex` crate
+    /// syntax, matched against the normalized URL).
+    pub allow: Vec<String>,
+    /// A link matching any of these regexes is dropped.
+    pub deny: Vec<String>,
+    /// Drop links marked `rel=nofollow`.
+    pub respect_nofollow: bool,
+    /// Query parameters removed before de-duplication; `name*` matches by
+    /// prefix, case-insensitively.
+    pub strip_query_params: Vec<String>,
+    /// Trap guards: longer URLs are dropped (bytes).
+    pub max_url_length: usize,
+    /// Trap guards: URLs with more path segments are dropped.
+    pub max_path_segments: usize,
+    /// Trap guards: a URL with one path segment more often than this is
+    /// dropped (`/a/a/a/...`).
+    pub max_repeated_segment: usize,
+    /// Links kept per page; the rest are counted as `too_many_links`.
+    pub max_links_per_page: usize,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            follow: false,
+            max_depth: 3,
+            scope: Scope::Host,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            respect_nofollow: true,
+            strip_query_params: ["utm_*", "gclid", "fbclid", "jsessionid", "phpsessid", "sessionid", "sid"]
+                .map(String::from)
+                .to_vec(),
+            max_url_length: 2048,
+            max_path_segments: 32,
+            max_repeated_segment: 3,
+            max_links_per_page: 5000,
+        }
+    }
+}
+
+/// How far links may lead from the page they are found on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The same host.
+    Host,
+    /// The same registrable domain (Public Suffix List): `a.example.org` and
+    /// `b.example.org`, but not `example.co.uk` and `other.co.uk`.
+    Domain,
+    /// Anywhere.
+    Any,
 }
 
 /// Limits for one host that differ from `[politeness]`.
@@ -334,6 +400,13 @@ impl Config {
         {
             return invalid("robots.user_agent_token", "must be letters, '-' and '_' only (RFC 9309 §2.2.1)");
         }
+        for (key, patterns) in
+            [("discovery.allow", &self.discovery.allow), ("discovery.deny", &self.discovery.deny)]
+        {
+            if let Err(e) = regex::RegexSet::new(patterns) {
+                return Err(ConfigError::Invalid { key, reason: e.to_string() });
+            }
+        }
         if self.fetch.timeout.is_zero() {
             return invalid("fetch.timeout", "must be above zero");
         }
@@ -445,9 +518,17 @@ mod tests {
     #[test]
     fn effective_config_prints_every_section() {
         let text = Config::default().to_toml();
-        for section in
-            ["[crawl]", "[politeness]", "[robots]", "[fetch]", "[retry]", "[store]", "[shutdown]", "[log]"]
-        {
+        for section in [
+            "[crawl]",
+            "[politeness]",
+            "[robots]",
+            "[discovery]",
+            "[fetch]",
+            "[retry]",
+            "[store]",
+            "[shutdown]",
+            "[log]",
+        ] {
             assert!(text.contains(section), "{text}");
         }
     }

@@ -17,6 +17,7 @@
 //! | [`seeds`] | streaming the input list into the frontier |
 //! | [`frontier`] | the producer: claims due URLs of hosts that may be fetched now |
 //! | [`politeness`] | per-host concurrency, delay and backoff |
+//! | [`links`] | link extraction (lol_html), normalization, scope and trap guards |
 //! | [`robots`] | robots.txt (RFC 9309): fetch, cache, verdicts, Crawl-delay |
 //! | [`worker`] | rate limit, fetch, decide, hand to the writer |
 //! | [`fetch`] | one HTTP attempt; the only module that knows reqwest |
@@ -30,6 +31,7 @@ pub mod config;
 pub mod crawl;
 pub mod fetch;
 pub mod frontier;
+pub mod links;
 pub mod politeness;
 pub mod progress;
 pub mod retry;

@@ -1,0 +1,416 @@
+//! Link discovery: extracting links from HTML as it streams in, normalizing
+//! them, and deciding which to enqueue (scope, depth, allow/deny, trap guards).
+//!
+//! Extraction uses `lol_html`, a streaming parser: the body is fed chunk by
+//! chunk as it arrives, so a 10 MB page is never held whole and never parsed
+//! in one long step on the event loop. It collects `<a href>`, `<area href>`
+//! and `<link rel=canonical href>`, and `<base href>`; at most
+//! `max_links_per_page`. Every other decision here is a pure function of the
+//! page's URL and depth and the [`DiscoveryConfig`].
+//!
+//! A dropped link is counted under a reason (`dropped_links`), never stored
+//! as a URL.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use lol_html::{element, send};
+use regex::RegexSet;
+use url::Url;
+
+use crate::config::{DiscoveryConfig, Scope};
+
+/// Links found in one page, before any decision.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Found {
+    /// `<base href>`, the first one (HTML: only the first counts).
+    pub base: Option<String>,
+    /// `(href, rel=nofollow)` in document order.
+    pub links: Vec<(String, bool)>,
+    /// Links past `max_links_per_page`, not kept.
+    pub overflow: u64,
+}
+
+/// Feeds an HTML body through `lol_html` chunk by chunk.
+pub struct LinkExtractor {
+    rewriter: send::HtmlRewriter<'static, fn(&[u8])>,
+    found: Arc<Mutex<Found>>,
+    failed: bool,
+}
+
+fn discard(_: &[u8]) {}
+
+impl LinkExtractor {
+    /// An extractor keeping at most `max_links` links.
+    pub fn new(max_links: usize) -> Self {
+        let found = Arc::new(Mutex::new(Found::default()));
+        let (on_link, on_base) = (found.clone(), found.clone());
+        let settings = send::Settings::new_send()
+            .append_element_content_handler(element!("a[href], area[href], link[rel][href]", move |el| {
+                let rel = el.get_attribute("rel").unwrap_or_default().to_ascii_lowercase();
+                let is_link_tag = el.tag_name() == "link";
+                if is_link_tag && !rel.split_ascii_whitespace().any(|r| r == "canonical") {
+                    return Ok(());
+                }
+                let href = el.get_attribute("href").unwrap_or_default();
+                let nofollow = rel.split_ascii_whitespace().any(|r| r == "nofollow");
+                let mut found = on_link.lock().unwrap_or_else(|p| p.into_inner());
+                if found.links.len() < max_links {
+                    found.links.push((href, nofollow));
+                } else {
+                    found.overflow += 1;
+                }
+                Ok(())
+            }))
+            .append_element_content_handler(element!("base[href]", move |el| {
+                let mut found = on_base.lock().unwrap_or_else(|p| p.into_inner());
+                if found.base.is_none() {
+                    found.base = el.get_attribute("href");
+                }
+                Ok(())
+            }));
+        let rewriter = send::HtmlRewriter::new(settings, discard as fn(&[u8]));
+        Self { rewriter, found, failed: false }
+    }
+
+    /// Feeds the next chunk of the body. After a parser error (e.g. its
+    /// memory limit), later chunks are ignored and what was found is kept.
+    pub fn write(&mut self, chunk: &[u8]) {
+        if !self.failed && self.rewriter.write(chunk).is_err() {
+            self.failed = true;
+        }
+    }
+
+    /// Ends the document and returns what was found.
+    pub fn finish(self) -> Found {
+        if !self.failed {
+            let _ = self.rewriter.end();
+        }
+        std::mem::take(&mut *self.found.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Whether a `Content-Type` is HTML worth extracting links from.
+pub fn is_html(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        mime == "text/html" || mime == "application/xhtml+xml"
+    })
+}
+
+/// A link to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub url: String,
+    pub host: String,
+}
+
+/// The links of one page after every rule: those to enqueue and the rest
+/// counted by reason.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Judged {
+    pub links: Vec<Discovered>,
+    pub dropped: BTreeMap<&'static str, u64>,
+}
+
+/// The rules of [`DiscoveryConfig`], compiled once.
+pub struct Discovery {
+    config: DiscoveryConfig,
+    allow: RegexSet,
+    deny: RegexSet,
+}
+
+impl Discovery {
+    /// Compiles the allow and deny patterns.
+    ///
+    /// Errors: a pattern that is not a valid `regex` crate expression.
+    pub fn new(config: DiscoveryConfig) -> Result<Self, regex::Error> {
+        let allow = RegexSet::new(&config.allow)?;
+        let deny = RegexSet::new(&config.deny)?;
+        Ok(Self { config, allow, deny })
+    }
+
+    pub fn max_links_per_page(&self) -> usize {
+        self.config.max_links_per_page
+    }
+
+    /// Decides about the links `found` on `page` (the final URL, after
+    /// redirects), which is at `depth` (seeds are 0).
+    pub fn judge(&self, page: &Url, depth: u32, found: Found) -> Judged {
+        let mut judged = Judged::default();
+        let mut drop = |reason: &'static str, n: u64| *judged.dropped.entry(reason).or_default() += n;
+        if found.overflow > 0 {
+            drop("too_many_links", found.overflow);
+        }
+        if depth >= self.config.max_depth {
+            drop("depth", found.links.len() as u64);
+            return judged;
+        }
+        let base =
+            found.base.as_deref().and_then(|b| page.join(b.trim()).ok()).unwrap_or_else(|| page.clone());
+        let mut seen = std::collections::HashSet::new();
+        for (href, nofollow) in found.links {
+            if nofollow && self.config.respect_nofollow {
+                drop("nofollow", 1);
+                continue;
+            }
+            let mut url = match base.join(href.trim()) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => url,
+                Ok(_) => {
+                    drop("not_http", 1);
+                    continue;
+                }
+                Err(_) => {
+                    drop("invalid_url", 1);
+                    continue;
+                }
+            };
+            normalize(&mut url, &self.config.strip_query_params);
+            match self.reject(page, &url) {
+                Some(reason) => drop(reason, 1),
+                None => {
+                    if seen.insert(url.as_str().to_owned()) {
+                        let host = url.host_str().unwrap_or_default().to_owned();
+                        judged.links.push(Discovered { url: url.into(), host });
+                    }
+                }
+            }
+        }
+        judged
+    }
+
+    /// Why `url`, linked from `page`, is not enqueued, if it is not.
+    fn reject(&self, page: &Url, url: &Url) -> Option<&'static str> {
+        let text = url.as_str();
+        if text.len() > self.config.max_url_length {
+            return Some("too_long");
+        }
+        let segments: Vec<&str> =
+            url.path_segments().map(|s| s.filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+        if segments.len() > self.config.max_path_segments {
+            return Some("too_many_segments");
+        }
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for segment in &segments {
+            let n = counts.entry(segment).or_default();
+            *n += 1;
+            if *n > self.config.max_repeated_segment {
+                return Some("repeated_segment");
+            }
+        }
+        if !in_scope(self.config.scope, page, url) {
+            return Some("out_of_scope");
+        }
+        if self.deny.is_match(text) {
+            return Some("denied");
+        }
+        if !self.config.allow.is_empty() && !self.allow.is_match(text) {
+            return Some("not_allowed");
+        }
+        None
+    }
+}
+
+/// Whether `url` is within `scope` of the page that links to it: the same
+/// host, the same registrable domain (Public Suffix List, via `psl`; an IP
+/// address or a name without a known suffix is its own domain), or anything.
+pub fn in_scope(scope: Scope, page: &Url, url: &Url) -> bool {
+    let (Some(from), Some(to)) = (page.host_str(), url.host_str()) else { return false };
+    match scope {
+        Scope::Any => true,
+        Scope::Host => from == to,
+        Scope::Domain => registrable_domain(from) == registrable_domain(to),
+    }
+}
+
+fn registrable_domain(host: &str) -> &str {
+    psl::domain_str(host).unwrap_or(host)
+}
+
+/// Normalizes `url` beyond what the `url` crate's parser already does (lower
+/// -case scheme and host, default port dropped, `.`/`..` resolved, RFC 3986
+/// §6.2.2.1 and §6.2.2.3): drops the fragment, decodes percent-encoded
+/// unreserved characters and upper-cases the hex digits of the rest
+/// (§6.2.2.2), and removes query parameters whose name matches a pattern in
+/// `strip` (`utm_*` matches by prefix; comparison ignores case).
+pub fn normalize(url: &mut Url, strip: &[String]) {
+    url.set_fragment(None);
+    let path = normalize_percent(url.path());
+    if path != url.path() {
+        url.set_path(&path);
+    }
+    if let Some(query) = url.query() {
+        let kept: Vec<String> = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .filter(|pair| {
+                let name = pair.split('=').next().unwrap_or_default().to_ascii_lowercase();
+                !strip.iter().any(|p| match p.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(&prefix.to_ascii_lowercase()),
+                    None => name == p.to_ascii_lowercase(),
+                })
+            })
+            .map(normalize_percent)
+            .collect();
+        url.set_query((!kept.is_empty()).then(|| kept.join("&")).as_deref());
+    }
+}
+
+fn normalize_percent(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        // A serialized URL is ASCII, so byte offsets are char offsets.
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(byte) = u8::from_str_radix(hex, 16) {
+                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                    out.push(byte as char);
+                } else {
+                    out.push('%');
+                    out.push_str(&hex.to_ascii_uppercase());
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i] as char);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn discovery(f: impl FnOnce(&mut DiscoveryConfig)) -> Discovery {
+        let mut config = DiscoveryConfig { follow: true, ..DiscoveryConfig::default() };
+        f(&mut config);
+        Discovery::new(config).unwrap()
+    }
+
+    fn extract(html: &str, chunk: usize) -> Found {
+        let mut extractor = LinkExtractor::new(100);
+        for piece in html.as_bytes().chunks(chunk) {
+            extractor.write(piece);
+        }
+        extractor.finish()
+    }
+
+    #[test]
+    fn extracts_links_base_and_canonical_across_chunks() {
+        let html = r#"<html><head><base href="/docs/"><link rel="canonical" href="/docs/index.html">
+            <link rel="stylesheet" href="/style.css"></head>
+            <body><a href="a.html">A</a> <a rel="nofollow noopener" href="/private">P</a><area href="map.html"></body>"#;
+        let found = extract(html, 7);
+        assert_eq!(found.base.as_deref(), Some("/docs/"));
+        let links: Vec<(&str, bool)> = found.links.iter().map(|(h, n)| (h.as_str(), *n)).collect();
+        assert_eq!(
+            links,
+            [("/docs/index.html", false), ("a.html", false), ("/private", true), ("map.html", false)]
+        );
+    }
+
+    #[test]
+    fn judges_scope_depth_nofollow_and_duplicates() {
+        let d = discovery(|_| {});
+        let page = Url::parse("http://example.org/docs/page.html").unwrap();
+        let found = Found {
+            base: None,
+            links: vec![
+                ("other.html#part".into(), false),
+                ("./other.html".into(), false),
+                ("http://elsewhere.example/".into(), false),
+                ("mailto:x@example.org".into(), false),
+                ("/secret".into(), true),
+                ("http://[::1".into(), false),
+            ],
+            overflow: 2,
+        };
+        let judged = d.judge(&page, 0, found.clone());
+        assert_eq!(
+            judged.links,
+            [Discovered { url: "http://example.org/docs/other.html".into(), host: "example.org".into() }]
+        );
+        let dropped: Vec<(&str, u64)> = judged.dropped.into_iter().collect();
+        assert_eq!(
+            dropped,
+            [
+                ("invalid_url", 1),
+                ("nofollow", 1),
+                ("not_http", 1),
+                ("out_of_scope", 1),
+                ("too_many_links", 2)
+            ]
+        );
+        let at_limit = d.judge(&page, 3, found);
+        assert!(at_limit.links.is_empty());
+        assert_eq!(at_limit.dropped.get("depth"), Some(&6));
+    }
+
+    #[test]
+    fn scope_by_host_registrable_domain_or_any() {
+        let page = Url::parse("https://www.example.co.uk/").unwrap();
+        let sibling = Url::parse("https://shop.example.co.uk/").unwrap();
+        let stranger = Url::parse("https://other.co.uk/").unwrap();
+        assert!(!in_scope(Scope::Host, &page, &sibling));
+        assert!(in_scope(Scope::Domain, &page, &sibling));
+        assert!(!in_scope(Scope::Domain, &page, &stranger), "co.uk is a public suffix, not a domain");
+        assert!(in_scope(Scope::Any, &page, &stranger));
+        let ip = Url::parse("http://127.0.0.1/").unwrap();
+        assert!(
+            in_scope(Scope::Domain, &ip, &ip)
+                && !in_scope(Scope::Domain, &ip, &Url::parse("http://127.0.0.2/").unwrap())
+        );
+    }
+
+    #[test]
+    fn trap_guards_and_patterns_drop_links() {
+        let d = discovery(|c| {
+            c.max_url_length = 60;
+            c.max_path_segments = 5;
+            c.max_repeated_segment = 2;
+            c.deny = vec![r"\.pdf$".into()];
+            c.allow = vec![r"^http://example\.org/(docs|a)/".into()];
+        });
+        let page = Url::parse("http://example.org/docs/").unwrap();
+        let links = ["a/a/a/x", "a/b/c/d/e", "x.pdf", "/other/", "y", &"z".repeat(80)];
+        let found =
+            Found { links: links.iter().map(|l| (l.to_string(), false)).collect(), ..Found::default() };
+        let judged = d.judge(&page, 0, found);
+        assert_eq!(judged.links.len(), 1);
+        assert_eq!(judged.links[0].url, "http://example.org/docs/y");
+        let dropped: Vec<(&str, u64)> = judged.dropped.into_iter().collect();
+        assert_eq!(
+            dropped,
+            [
+                ("denied", 1),
+                ("not_allowed", 1),
+                ("repeated_segment", 1),
+                ("too_long", 1),
+                ("too_many_segments", 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn normalization_makes_equivalent_urls_equal() {
+        let strip = vec!["utm_*".to_owned(), "sessionid".to_owned()];
+        let norm = |s: &str| {
+            let mut url = Url::parse(s).unwrap();
+            normalize(&mut url, &strip);
+            url.to_string()
+        };
+        let canonical = "http://example.org/a~b/c%2F?q=1";
+        for variant in [
+            "HTTP://EXAMPLE.org:80/a%7Eb/./x/../c%2f?q=1#frag",
+            "http://example.org/a~b/c%2F?utm_source=x&q=1&UTM_Medium=y",
+            "http://example.org/a%7eb/c%2F?q=1&SessionId=42",
+        ] {
+            assert_eq!(norm(variant), canonical, "{variant}");
+        }
+        assert_eq!(norm("http://example.org/?utm_source=x"), "http://example.org/");
+    }
+}
