@@ -65,6 +65,12 @@ pub struct CrawlArgs {
     /// Do not fetch or obey robots.txt [config: robots.obey = false]. Only for sites you run.
     #[arg(long)]
     pub ignore_robots: bool,
+    /// Follow links in HTML pages, within the [discovery] scope [config: discovery.follow].
+    #[arg(long)]
+    pub follow: bool,
+    /// Follow links from pages up to this depth; seeds are 0 [config: discovery.max_depth, default 3].
+    #[arg(long, value_name = "N")]
+    pub max_depth: Option<u32>,
 }
 
 impl CommonArgs {
@@ -102,6 +108,12 @@ impl CrawlArgs {
         }
         if self.ignore_robots {
             set(&mut out, "robots", "obey", json!(false));
+        }
+        if self.follow {
+            set(&mut out, "discovery", "follow", json!(true));
+        }
+        if let Some(depth) = self.max_depth {
+            set(&mut out, "discovery", "max_depth", json!(depth));
         }
         out
     }

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::frontier::Producer;
+use crate::links::Discovery;
 use crate::politeness::Politeness;
 use crate::robots::Robots;
 use crate::seeds::{IngestError, IngestReport, SeedSource, ingest};
@@ -51,6 +52,8 @@ pub enum CrawlError {
     Io(#[from] std::io::Error),
     #[error("setting up the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("invalid setting: {0}")]
+    Config(String),
 }
 
 /// Runs a crawl of the store at `config.store.path`, first adding the URLs in
@@ -114,8 +117,17 @@ async fn run_tasks(
     stats.finished.store(counts.finished(), Ordering::Relaxed);
 
     let concurrency = config.crawl.concurrency as usize;
-    let fetcher =
+    let mut fetcher =
         Fetcher::new(&config.fetch, config.store.save_headers, config.store.save_body, concurrency)?;
+    let discovery = match config.discovery.follow {
+        true => {
+            Some(Discovery::new(config.discovery.clone()).map_err(|e| CrawlError::Config(e.to_string()))?)
+        }
+        false => None,
+    };
+    if let Some(discovery) = &discovery {
+        fetcher = fetcher.with_link_extraction(discovery.max_links_per_page());
+    }
     let wake = Arc::new(Notify::new());
     let input_done = Arc::new(AtomicBool::new(input.is_none()));
     let stop = shutdown.stop_token().clone();
@@ -139,6 +151,7 @@ async fn run_tasks(
         retry: config.retry.clone(),
         limiter: config.crawl.rate.map(rate_limiter),
         robots: robots(config, &politeness)?,
+        discovery,
         politeness: politeness.clone(),
         wake: wake.clone(),
         stop: stop.clone(),

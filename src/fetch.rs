@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::config::FetchConfig;
+use crate::links::{Found, LinkExtractor, is_html};
 use crate::store::AttemptRecord;
 
 /// Why an attempt produced no final HTTP response: the fixed set stored in
@@ -91,6 +92,9 @@ pub struct Fetched {
     pub error: Option<ErrorKind>,
     /// The server's `Retry-After`, when the final response carried a valid one.
     pub retry_after: Option<Duration>,
+    /// Links in the body, when extraction is on and the final response was
+    /// a 2xx HTML page.
+    pub found: Option<Found>,
 }
 
 impl Fetched {
@@ -104,7 +108,7 @@ impl Fetched {
             error_message: Some(message),
             ..Default::default()
         };
-        Fetched { record, error: Some(kind), retry_after }
+        Fetched { record, error: Some(kind), retry_after, found: None }
     }
 }
 
@@ -113,6 +117,7 @@ impl Fetched {
 struct Progress {
     record: AttemptRecord,
     retry_after: Option<Duration>,
+    found: Option<Found>,
 }
 
 struct Failure(ErrorKind, String);
@@ -123,6 +128,8 @@ pub struct Fetcher {
     config: FetchConfig,
     save_headers: bool,
     save_body: bool,
+    /// Extract up to this many links from 2xx HTML bodies.
+    extract_links: Option<usize>,
 }
 
 impl Fetcher {
@@ -144,7 +151,13 @@ impl Fetcher {
             .no_proxy()
             .pool_max_idle_per_host(pool_size)
             .build()?;
-        Ok(Self { client, config: config.clone(), save_headers, save_body })
+        Ok(Self { client, config: config.clone(), save_headers, save_body, extract_links: None })
+    }
+
+    /// Also extract links (at most `max_links` per page) from the bodies of
+    /// 2xx HTML responses, streaming, as they are read.
+    pub fn with_link_extraction(self, max_links: usize) -> Self {
+        Self { extract_links: Some(max_links), ..self }
     }
 
     /// Makes one attempt at `url`, following redirects, within
@@ -176,7 +189,7 @@ impl Fetcher {
                 Some(kind)
             }
         };
-        Fetched { record, error, retry_after: progress.retry_after }
+        Fetched { record, error, retry_after: progress.retry_after, found: progress.found }
     }
 
     async fn attempt(&self, url: &str, progress: &mut Progress) -> Result<(), Failure> {
@@ -245,6 +258,10 @@ impl Fetcher {
         let mut hasher = Sha256::new();
         let mut len: u64 = 0;
         let mut kept = self.save_body.then(Vec::new);
+        let mut extractor = self
+            .extract_links
+            .filter(|_| response.status().is_success() && is_html(record.content_type.as_deref()))
+            .map(LinkExtractor::new);
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             len += chunk.len() as u64;
             if len > max {
@@ -259,6 +276,9 @@ impl Fetcher {
                 return Err(body_too_large(max));
             }
             hasher.update(&chunk);
+            if let Some(extractor) = extractor.as_mut() {
+                extractor.write(&chunk);
+            }
             if let Some(kept) = kept.as_mut() {
                 kept.extend_from_slice(&chunk);
             }
@@ -266,6 +286,7 @@ impl Fetcher {
         record.body_bytes = Some(len);
         record.body_sha256 = Some(format!("{:x}", hasher.finalize()));
         record.body = kept;
+        progress.found = extractor.map(LinkExtractor::finish);
         Ok(())
     }
 }

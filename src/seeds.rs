@@ -192,7 +192,7 @@ fn classify_line(line: RawLine<'_>) -> Line {
     match parse_http_url(text) {
         Ok(url) => {
             let host = url.host_str().unwrap_or_default().to_owned();
-            Line::Url(NewUrl { url: url.into(), host })
+            Line::Url(NewUrl { url: url.into(), host, depth: 0, found_on: None })
         }
         Err(reason) => Line::Invalid { text: excerpt(), reason },
     }

@@ -18,9 +18,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RetryConfig;
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
 use crate::frontier::now_ms;
+use crate::links::Discovery;
 use crate::politeness::{HostSignal, Politeness};
 use crate::retry::{Decision, decide};
 use crate::robots::{Robots, Verdict};
+use crate::store::NewUrl;
 use crate::store::{Completion, Job, Next};
 
 /// What every worker shares.
@@ -33,6 +35,8 @@ pub struct WorkerContext {
     pub politeness: Arc<Politeness>,
     /// robots.txt rules, unless `robots.obey` is off.
     pub robots: Option<Robots>,
+    /// Link-following rules, when `discovery.follow` is on.
+    pub discovery: Option<Discovery>,
     /// Wakes the producer when a fetch finishes (its host has a free slot).
     pub wake: Arc<Notify>,
     /// Take no new job.
@@ -114,6 +118,10 @@ pub async fn run(
             fetched.retry_after,
             rand::random(),
         );
+        let (links, dropped_links) = match (&ctx.discovery, decision) {
+            (Some(discovery), Decision::Done) => discover(discovery, &job, &fetched),
+            _ => (Vec::new(), Vec::new()),
+        };
         let host_backoff = ctx.politeness.finished(
             &job.host,
             host_signal(&fetched),
@@ -153,11 +161,29 @@ pub async fn run(
             attempt: job.attempt,
             record,
             next,
+            links,
+            dropped_links,
         };
         if results.send(completion).await.is_err() {
             return;
         }
     }
+}
+
+/// The links of a fetched page that discovery's rules let through, as URLs
+/// one level deeper found on this one, and the dropped ones by reason.
+fn discover(discovery: &Discovery, job: &Job, fetched: &Fetched) -> (Vec<NewUrl>, Vec<(&'static str, u64)>) {
+    let (Some(found), Some(page)) = (&fetched.found, fetched.record.final_url.as_deref()) else {
+        return (Vec::new(), Vec::new());
+    };
+    let Ok(page) = url::Url::parse(page) else { return (Vec::new(), Vec::new()) };
+    let judged = discovery.judge(&page, job.depth, found.clone());
+    let links = judged
+        .links
+        .into_iter()
+        .map(|l| NewUrl { url: l.url, host: l.host, depth: job.depth + 1, found_on: Some(job.url_id) })
+        .collect();
+    (links, judged.dropped.into_iter().collect())
 }
 
 /// Waits for the host's turn and the global rate limit, then fetches. `None`

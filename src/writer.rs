@@ -33,7 +33,10 @@ pub async fn run<S: Store>(
     let mut latency = latency_histogram();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while results.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        store.complete(&batch).await?;
+        let committed = store.complete(&batch).await?;
+        if committed.new_urls > 0 {
+            stats.known.fetch_add(committed.new_urls, Ordering::Relaxed);
+        }
         let mut retried = false;
         for c in &batch {
             latency.saturating_record(c.record.elapsed_us.max(1));
@@ -55,7 +58,7 @@ pub async fn run<S: Store>(
             }
         }
         let before = stats.outstanding.fetch_sub(batch.len() as u64, Ordering::SeqCst);
-        if retried || before == batch.len() as u64 {
+        if retried || committed.new_urls > 0 || before == batch.len() as u64 {
             // A retry may be due before the producer's next look, or the
             // frontier may just have become idle.
             wake.notify_one();

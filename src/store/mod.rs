@@ -48,6 +48,10 @@ pub struct NewUrl {
     pub url: String,
     /// Its host (lower-case), kept for per-host queries and scheduling.
     pub host: String,
+    /// Links followed from a seed to reach it (seeds are 0).
+    pub depth: u32,
+    /// The page it was found on (`urls.id`); `None` for seeds.
+    pub found_on: Option<i64>,
 }
 
 /// An input line that was not a crawlable URL.
@@ -72,6 +76,8 @@ pub struct Job {
     pub host: String,
     /// The number of the attempt about to be made (1 = first).
     pub attempt: u32,
+    /// The URL's depth (seeds are 0).
+    pub depth: u32,
     /// The claim's lease token, returned with the completion.
     pub lease: i64,
 }
@@ -136,6 +142,19 @@ pub struct Completion {
     pub attempt: u32,
     pub record: AttemptRecord,
     pub next: Next,
+    /// Links found on the page that passed discovery's rules, to enqueue.
+    pub links: Vec<NewUrl>,
+    /// Links found on the page that were dropped, counted by reason.
+    pub dropped_links: Vec<(&'static str, u64)>,
+}
+
+/// What committing a batch of completions did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Completions applied (the rest were stale).
+    pub applied: u64,
+    /// Discovered URLs that were new to the store.
+    pub new_urls: u64,
 }
 
 /// URLs by state, as counted in the store.
@@ -192,10 +211,13 @@ pub trait Store: Send + Sync + 'static {
         picks: &[(String, u32)],
     ) -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
 
-    /// Records each completion's attempt and moves its URL to the next state,
-    /// all in one transaction; stale completions (lease mismatch) are skipped.
-    /// Returns how many were applied.
-    fn complete(&self, completions: &[Completion]) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Records each completion's attempt, moves its URL to the next state and
+    /// enqueues the links it discovered, all in one transaction; stale
+    /// completions (lease mismatch) are skipped.
+    fn complete(
+        &self,
+        completions: &[Completion],
+    ) -> impl Future<Output = Result<Committed, StoreError>> + Send;
 
     /// Puts every in-flight URL back in the queue, due at once. Used at start-up
     /// (a crashed run's claims) and after a stop (claims never fetched).

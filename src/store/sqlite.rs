@@ -30,7 +30,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{Completion, InputError, Job, NewUrl, Next, StateCounts, Store, StoreError};
+use super::{Committed, Completion, InputError, Job, NewUrl, Next, StateCounts, Store, StoreError};
 use crate::config::{StoreConfig, Synchronous};
 
 static MIGRATOR: Migrator = sqlx::migrate!();
@@ -185,32 +185,8 @@ fn to_i64(n: u64) -> i64 {
 
 impl Store for SqliteStore {
     async fn enqueue(&self, urls: &[NewUrl]) -> Result<u64, StoreError> {
-        let added_at = rfc3339(SystemTime::now());
-        // URLs and their hosts' rows in one transaction: a URL whose host row
-        // says "no work" would never be claimed.
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-        let mut new_hosts = BTreeSet::new();
-        let mut new = 0;
-        for chunk in statement_chunks(urls) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO urls (url, host, added_at) ");
-            q.push_values(chunk, |mut row, u| {
-                row.push_bind(&u.url).push_bind(&u.host).push_bind(&added_at);
-            });
-            q.push(" ON CONFLICT (url) DO NOTHING RETURNING host");
-            let hosts: Vec<String> =
-                q.build_query_scalar().fetch_all(&mut *tx).await.map_err(db("enqueue"))?;
-            new += hosts.len() as u64;
-            new_hosts.extend(hosts);
-        }
-        let new_hosts: Vec<String> = new_hosts.into_iter().collect();
-        for chunk in statement_chunks(&new_hosts) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO hosts (host, work_at_ms) ");
-            q.push_values(chunk, |mut row, host| {
-                row.push_bind(host).push_bind(0);
-            });
-            q.push(" ON CONFLICT (host) DO UPDATE SET work_at_ms = 0");
-            q.build().execute(&mut *tx).await.map_err(db("enqueue hosts"))?;
-        }
+        let new = insert_urls(&mut tx, urls).await?;
         tx.commit().await.map_err(db("commit enqueue"))?;
         Ok(new)
     }
@@ -258,7 +234,7 @@ impl Store for SqliteStore {
                  WHERE id IN (SELECT id FROM urls
                               WHERE host = ?3 AND state = 'queued' AND not_before_ms <= ?2
                               ORDER BY not_before_ms, id LIMIT ?4)
-                 RETURNING id, url, attempts",
+                 RETURNING id, url, attempts, depth",
             )
             .bind(lease)
             .bind(now_ms)
@@ -272,6 +248,7 @@ impl Store for SqliteStore {
                 url: row.get(1),
                 host: host.clone(),
                 attempt: row.get::<u32, _>(2) + 1,
+                depth: row.get(3),
                 lease,
             }));
         }
@@ -290,16 +267,22 @@ impl Store for SqliteStore {
         Ok(jobs)
     }
 
-    async fn complete(&self, completions: &[Completion]) -> Result<u64, StoreError> {
+    async fn complete(&self, completions: &[Completion]) -> Result<Committed, StoreError> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-        let mut applied = 0;
+        let mut applied = BTreeSet::new();
         for chunk in statement_chunks(completions) {
             insert_attempts(&mut tx, chunk).await?;
-            applied += update_urls(&mut tx, chunk).await?;
+            applied.extend(update_urls(&mut tx, chunk).await?);
         }
         update_hosts(&mut tx, completions).await?;
+        // Only pages whose completion was applied add to the link graph.
+        let pages: Vec<&Completion> = completions
+            .iter()
+            .filter(|c| applied.contains(&c.url_id) && (!c.links.is_empty() || !c.dropped_links.is_empty()))
+            .collect();
+        let new_urls = record_links(&mut tx, &pages).await?;
         tx.commit().await.map_err(db("commit results"))?;
-        Ok(applied)
+        Ok(Committed { applied: applied.len() as u64, new_urls })
     }
 
     async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
@@ -418,10 +401,11 @@ async fn insert_attempts(
     Ok(())
 }
 
+/// Returns the ids of the URLs whose lease matched.
 async fn update_urls(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     chunk: &[Completion],
-) -> Result<u64, StoreError> {
+) -> Result<Vec<i64>, StoreError> {
     let mut q = QueryBuilder::<Sqlite>::new("WITH v(url_id, lease, state, attempts, not_before_ms) AS (");
     q.push_values(chunk, |mut row, c| {
         let (state, not_before_ms) = match c.next {
@@ -438,10 +422,78 @@ async fn update_urls(
     q.push(
         ") UPDATE urls SET state = v.state, attempts = v.attempts, not_before_ms = v.not_before_ms,
                 lease = NULL, leased_at_ms = NULL
-          FROM v WHERE urls.id = v.url_id AND urls.lease = v.lease",
+          FROM v WHERE urls.id = v.url_id AND urls.lease = v.lease
+          RETURNING urls.id",
     );
-    let result = q.build().execute(&mut **tx).await.map_err(db("update URLs"))?;
-    Ok(result.rows_affected())
+    q.build_query_scalar().fetch_all(&mut **tx).await.map_err(db("update URLs"))
+}
+
+/// Inserts URLs not known yet, and marks their hosts as having work, in the
+/// caller's transaction (a URL whose host row says "no work" would never be
+/// claimed). Returns how many were new.
+async fn insert_urls(tx: &mut sqlx::Transaction<'_, Sqlite>, urls: &[NewUrl]) -> Result<u64, StoreError> {
+    let added_at = rfc3339(SystemTime::now());
+    let mut new_hosts = BTreeSet::new();
+    let mut new = 0;
+    for chunk in statement_chunks(urls) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO urls (url, host, added_at, depth, found_on) ");
+        q.push_values(chunk, |mut row, u| {
+            row.push_bind(&u.url)
+                .push_bind(&u.host)
+                .push_bind(&added_at)
+                .push_bind(u.depth)
+                .push_bind(u.found_on);
+        });
+        q.push(" ON CONFLICT (url) DO NOTHING RETURNING host");
+        let hosts: Vec<String> = q.build_query_scalar().fetch_all(&mut **tx).await.map_err(db("enqueue"))?;
+        new += hosts.len() as u64;
+        new_hosts.extend(hosts);
+    }
+    let new_hosts: Vec<String> = new_hosts.into_iter().collect();
+    for chunk in statement_chunks(&new_hosts) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO hosts (host, work_at_ms) ");
+        q.push_values(chunk, |mut row, host| {
+            row.push_bind(host).push_bind(0);
+        });
+        q.push(" ON CONFLICT (host) DO UPDATE SET work_at_ms = 0");
+        q.build().execute(&mut **tx).await.map_err(db("enqueue hosts"))?;
+    }
+    Ok(new)
+}
+
+/// Enqueues the pages' discovered links, records the link graph and the
+/// dropped-link counts. Returns how many URLs were new.
+async fn record_links(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    pages: &[&Completion],
+) -> Result<u64, StoreError> {
+    let discovered: Vec<NewUrl> = pages.iter().flat_map(|c| c.links.iter().cloned()).collect();
+    let new = insert_urls(tx, &discovered).await?;
+    for page in pages.iter().filter(|c| !c.links.is_empty()) {
+        let targets: Vec<&str> = page.links.iter().map(|l| l.url.as_str()).collect();
+        sqlx::query(
+            "INSERT OR IGNORE INTO links (from_id, to_id)
+             SELECT ?1, id FROM urls WHERE url IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(page.url_id)
+        .bind(serde_json::to_string(&targets).expect("strings serialize"))
+        .execute(&mut **tx)
+        .await
+        .map_err(db("record links"))?;
+    }
+    let dropped: Vec<(i64, &str, i64)> = pages
+        .iter()
+        .flat_map(|c| c.dropped_links.iter().map(|(reason, n)| (c.url_id, *reason, to_i64(*n))))
+        .collect();
+    for chunk in statement_chunks(&dropped) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO dropped_links (url_id, reason, count) ");
+        q.push_values(chunk, |mut row, (url_id, reason, n)| {
+            row.push_bind(*url_id).push_bind(*reason).push_bind(*n);
+        });
+        q.push(" ON CONFLICT (url_id, reason) DO UPDATE SET count = dropped_links.count + excluded.count");
+        q.build().execute(&mut **tx).await.map_err(db("record dropped links"))?;
+    }
+    Ok(new)
 }
 
 /// Moves hosts' `work_at_ms` earlier for retries and records host backoffs.

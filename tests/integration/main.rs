@@ -2,6 +2,7 @@
 //! servers on 127.0.0.1 that the tests start themselves.
 //!
 //! - `crawl`: outcomes of fetches as the `results` view shows them
+//! - `discovery`: following links: scope, depth, normalization, the link graph
 //! - `politeness`: per-host gaps, concurrency and backoff, one host per loopback address
 //! - `robots`: robots.txt rules, Crawl-delay and the RFC 9309 error cases
 //! - `resume`: stopping and resuming, duplicates, input errors
@@ -9,6 +10,7 @@
 //! - `process`: the real binary under signals, `kill -9` and a second instance
 
 mod crawl;
+mod discovery;
 mod politeness;
 mod process;
 mod resume;

@@ -16,6 +16,7 @@
 //! - `/bomb/{mib}`: that many MiB of zeros, gzip-encoded (a few KiB on the wire)
 //! - `/stall/{*rest}`: 200, one chunk of body, then nothing, forever
 //! - `/throttle/{secs}/{*rest}`: always 503 with `Retry-After: secs`
+//! - `/site/...`: the small HTML site of [`SITE`]; other `/site/` paths are 404
 //! - `/robots.txt` (and `/robots-moved.txt`): as [`Options::robots`] says;
 //!   requests for them are kept apart ([`TestServer::robots_hits`])
 
@@ -216,6 +217,17 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/gzip/{*rest}", get(|| async { gzipped(gzip(GZIP_PLAIN)) }))
         .route("/bomb/{mib}", get(bomb))
         .route("/stall/{*rest}", get(stall))
+        .route(
+            "/site/{*rest}",
+            get(|Path(rest): Path<String>| async move {
+                match SITE.iter().find(|(path, _)| *path == rest) {
+                    Some((_, html)) => {
+                        ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], *html).into_response()
+                    }
+                    None => StatusCode::NOT_FOUND.into_response(),
+                }
+            }),
+        )
         .route("/robots.txt", get(robots_txt))
         .route(
             "/robots-moved.txt",
@@ -331,3 +343,26 @@ async fn robots_txt(State(shared): State<Arc<Shared>>) -> Response {
         RobotsTxt::Redirected(_) => found("/robots-moved.txt"),
     }
 }
+
+/// Pages under `/site/`, for link following: relative and absolute links, a
+/// fragment, a tracking parameter, `<base href>`, a canonical link, nofollow,
+/// another host, a non-HTTP link, a path trap, a chain four deep and a broken
+/// link (`missing.html`).
+pub const SITE: &[(&str, &str)] = &[
+    (
+        "index.html",
+        r#"<html><head><link rel="canonical" href="/site/index.html"><link rel="stylesheet" href="x.css"></head><body>
+        <a href="a.html">a</a> <a href="a.html#top">a again</a> <a href="/site/b.html?utm_source=mail">b</a>
+        <a href="http://127.0.0.99/elsewhere">another host</a> <a rel="nofollow" href="secret.html">secret</a>
+        <a href="deep/1.html">deep</a> <a href="trap/x/x/x/x/x.html">trap</a> <a href="mailto:a@example.org">mail</a>
+        </body></html>"#,
+    ),
+    ("a.html", r#"<a href="index.html">home</a> <a href="missing.html">broken</a>"#),
+    ("b.html", r#"<html><head><base href="/site/sub/"></head><body><a href="c.html">c</a></body></html>"#),
+    ("sub/c.html", "<p>leaf</p>"),
+    ("secret.html", "<p>nofollow</p>"),
+    ("deep/1.html", r#"<a href="2.html">next</a>"#),
+    ("deep/2.html", r#"<a href="3.html">next</a>"#),
+    ("deep/3.html", r#"<a href="4.html">next</a>"#),
+    ("deep/4.html", "<p>too deep</p>"),
+];

@@ -5,7 +5,7 @@ use trawler::store::{AttemptRecord, Completion, NewUrl, Next, SqliteStore, Store
 use crate::util::test_config;
 
 fn new_url(path: &str) -> NewUrl {
-    NewUrl { url: format!("http://127.0.0.1/{path}"), host: "127.0.0.1".into() }
+    NewUrl { url: format!("http://127.0.0.1/{path}"), host: "127.0.0.1".into(), depth: 0, found_on: None }
 }
 
 /// Claims up to `n` URLs of 127.0.0.1 due at `now_ms`.
@@ -22,6 +22,8 @@ fn done(job: &trawler::store::Job, lease: i64) -> Completion {
         attempt: job.attempt,
         record: AttemptRecord { http_status: Some(200), ..Default::default() },
         next: Next::Done,
+        links: Vec::new(),
+        dropped_links: Vec::new(),
     }
 }
 
@@ -40,11 +42,11 @@ async fn a_completion_with_a_stale_lease_changes_nothing() {
     assert_ne!(second.lease, first.lease);
 
     // The first claim's completion arrives late: ignored.
-    assert_eq!(store.complete(&[done(&first, first.lease)]).await.unwrap(), 0);
+    assert_eq!(store.complete(&[done(&first, first.lease)]).await.unwrap().applied, 0);
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.in_flight, counts.done, counts.queued), (1, 0, 1));
 
-    assert_eq!(store.complete(&[done(&second, second.lease)]).await.unwrap(), 1);
+    assert_eq!(store.complete(&[done(&second, second.lease)]).await.unwrap().applied, 1);
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.in_flight, counts.done, counts.queued), (0, 1, 1));
     store.close().await;

@@ -1,0 +1,111 @@
+//! Link following from seeds: what is enqueued, what is dropped and why,
+//! and the link graph in the database.
+
+use std::collections::BTreeMap;
+
+use crate::server::TestServer;
+use crate::util::{crawl_lines, reader, scalar, test_config};
+
+#[tokio::test]
+async fn following_links_crawls_the_site_within_scope_and_depth() {
+    let server = TestServer::start_on("127.0.0.40");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.discovery.follow = true;
+    config.discovery.max_depth = 3;
+    let summary = crawl_lines(&config, &[server.url("/site/index.html")]).await;
+
+    let db = &config.store.path;
+    let pool = reader(db).await;
+    let rows: Vec<(String, i64, String, Option<i64>)> =
+        sqlx::query_as("SELECT url, depth, state, http_status FROM results ORDER BY url")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let found: BTreeMap<String, (i64, Option<i64>)> = rows
+        .into_iter()
+        .map(|(url, depth, state, status)| {
+            assert_eq!(state, "done", "{url}");
+            (url.replace(&server.url("/site/"), ""), (depth, status))
+        })
+        .collect();
+    let expected: BTreeMap<String, (i64, Option<i64>)> = [
+        ("index.html", 0, 200),
+        ("a.html", 1, 200),
+        ("b.html", 1, 200),
+        ("deep/1.html", 1, 200),
+        ("missing.html", 2, 404),
+        ("sub/c.html", 2, 200),
+        ("deep/2.html", 2, 200),
+        ("deep/3.html", 3, 200),
+    ]
+    .into_iter()
+    .map(|(p, d, s)| (p.to_owned(), (d, Some(s))))
+    .collect();
+    assert_eq!(found, expected);
+    assert_eq!(summary.done, 8);
+
+    // Each URL fetched once; nofollow, out-of-scope, trap and too-deep never.
+    let mut fetched: Vec<String> = server.hits().into_iter().map(|h| h.path).collect();
+    fetched.sort();
+    fetched.dedup();
+    assert_eq!(fetched.len(), server.hits().len(), "a URL was fetched twice");
+    for never in ["/site/secret.html", "/site/deep/4.html"] {
+        assert!(!fetched.iter().any(|p| p == never), "{never} was fetched");
+    }
+
+    // Why links were dropped, per page.
+    let dropped: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT replace(u.url, ?, ''), d.reason, d.count FROM dropped_links d JOIN urls u ON u.id = d.url_id
+         ORDER BY 1, 2",
+    )
+    .bind(server.url("/site/"))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let dropped: Vec<(&str, &str, i64)> =
+        dropped.iter().map(|(p, r, n)| (p.as_str(), r.as_str(), *n)).collect();
+    assert_eq!(
+        dropped,
+        [
+            ("deep/3.html", "depth", 1),
+            ("index.html", "nofollow", 1),
+            ("index.html", "not_http", 1),
+            ("index.html", "out_of_scope", 1),
+            ("index.html", "repeated_segment", 1),
+        ]
+    );
+
+    // The link graph: found_on, in-degree, and the broken-link query.
+    let found_on: String = sqlx::query_scalar(
+        "SELECT p.url FROM urls c JOIN urls p ON p.id = c.found_on WHERE c.url LIKE '%/sub/c.html'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(found_on.ends_with("/site/b.html"), "{found_on}");
+    let into_index = scalar(
+        db,
+        "SELECT count(*) FROM links l JOIN urls u ON u.id = l.to_id WHERE u.url LIKE '%/index.html'",
+    )
+    .await;
+    assert_eq!(into_index, 2, "index.html links to itself (canonical) and a.html links back");
+    let broken: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT src.url FROM links l JOIN urls src ON src.id = l.from_id
+         JOIN results dst ON dst.url_id = l.to_id WHERE dst.http_status >= 400",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(broken, [server.url("/site/a.html")]);
+}
+
+#[tokio::test]
+async fn without_follow_links_are_not_extracted() {
+    let server = TestServer::start_on("127.0.0.41");
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    crawl_lines(&config, &[server.url("/site/index.html")]).await;
+    assert_eq!(scalar(&config.store.path, "SELECT count(*) FROM urls").await, 1);
+    assert_eq!(scalar(&config.store.path, "SELECT count(*) FROM links").await, 0);
+}
