@@ -7,6 +7,10 @@
 ALTER TABLE urls ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE urls ADD COLUMN found_on INTEGER REFERENCES urls (id);
 
+-- URLs stored per host, for discovery.max_pages_per_host.
+ALTER TABLE hosts ADD COLUMN urls INTEGER NOT NULL DEFAULT 0;
+UPDATE hosts SET urls = (SELECT count(*) FROM urls WHERE urls.host = hosts.host);
+
 CREATE TABLE links (
     from_id INTEGER NOT NULL REFERENCES urls (id),
     to_id   INTEGER NOT NULL REFERENCES urls (id),
@@ -18,7 +22,8 @@ CREATE INDEX links_to ON links (to_id, from_id);
 CREATE TABLE dropped_links (
     url_id INTEGER NOT NULL REFERENCES urls (id),
     -- out_of_scope, depth, nofollow, denied, not_allowed, not_http,
-    -- invalid_url, too_long, too_many_segments, repeated_segment, too_many_links
+    -- invalid_url, too_long, too_many_segments, repeated_segment,
+    -- too_many_links, max_pages, max_pages_per_host
     reason TEXT    NOT NULL,
     count  INTEGER NOT NULL,
     PRIMARY KEY (url_id, reason)

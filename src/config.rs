@@ -146,6 +146,11 @@ pub struct DiscoveryConfig {
     pub max_repeated_segment: usize,
     /// Links kept per page; the rest are counted as `too_many_links`.
     pub max_links_per_page: usize,
+    /// Most URLs in the database in all; discovered links past it are
+    /// dropped as `max_pages` (seeds are always added). `None` = no cap.
+    pub max_pages: Option<u64>,
+    /// Most URLs in the database per host; past it, `max_pages_per_host`.
+    pub max_pages_per_host: Option<u64>,
 }
 
 impl Default for DiscoveryConfig {
@@ -164,6 +169,8 @@ impl Default for DiscoveryConfig {
             max_path_segments: 32,
             max_repeated_segment: 3,
             max_links_per_page: 5000,
+            max_pages: None,
+            max_pages_per_host: None,
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::robots::Robots;
 use crate::seeds::{IngestError, IngestReport, SeedSource, ingest};
 use crate::shutdown::Shutdown;
 use crate::stats::{CrawlStats, Summary};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{PageLimits, SqliteStore, Store, StoreError};
 use crate::worker::{WorkerContext, rate_limiter};
 use crate::{progress, worker, writer};
 
@@ -139,7 +139,9 @@ async fn run_tasks(
     let (job_tx, job_rx) = async_channel::bounded((concurrency * 4).max(CHANNEL_MIN));
     let (result_tx, result_rx) = mpsc::channel(RESULTS_CAPACITY);
 
-    let writer = tokio::spawn(writer::run(store.clone(), result_rx, stats.clone(), wake.clone()));
+    let limits =
+        PageLimits { total: config.discovery.max_pages, per_host: config.discovery.max_pages_per_host };
+    let writer = tokio::spawn(writer::run(store.clone(), result_rx, stats.clone(), wake.clone(), limits));
 
     let politeness = Arc::new(Politeness::new(
         config.politeness.clone(),

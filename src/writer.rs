@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::{Notify, mpsc};
 
 use crate::stats::{CrawlStats, latency_histogram};
-use crate::store::{Completion, Next, Store, StoreError};
+use crate::store::{Completion, Next, PageLimits, Store, StoreError};
 
 /// The most completions committed in one transaction.
 pub const MAX_BATCH: usize = 2_048;
@@ -29,11 +29,12 @@ pub async fn run<S: Store>(
     mut results: mpsc::Receiver<Completion>,
     stats: Arc<CrawlStats>,
     wake: Arc<Notify>,
+    limits: PageLimits,
 ) -> Result<Histogram<u64>, StoreError> {
     let mut latency = latency_histogram();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while results.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let committed = store.complete(&batch).await?;
+        let committed = store.complete(&batch, limits).await?;
         if committed.new_urls > 0 {
             stats.known.fetch_add(committed.new_urls, Ordering::Relaxed);
         }

@@ -148,6 +148,15 @@ pub struct Completion {
     pub dropped_links: Vec<(&'static str, u64)>,
 }
 
+/// Caps on how many URLs discovery may add (see `DiscoveryConfig`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageLimits {
+    /// URLs in the store in all.
+    pub total: Option<u64>,
+    /// URLs in the store per host.
+    pub per_host: Option<u64>,
+}
+
 /// What committing a batch of completions did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Committed {
@@ -213,10 +222,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records each completion's attempt, moves its URL to the next state and
     /// enqueues the links it discovered, all in one transaction; stale
-    /// completions (lease mismatch) are skipped.
+    /// completions (lease mismatch) are skipped. Discovered URLs that would
+    /// pass `limits` are dropped (and counted as dropped links).
     fn complete(
         &self,
         completions: &[Completion],
+        limits: PageLimits,
     ) -> impl Future<Output = Result<Committed, StoreError>> + Send;
 
     /// Puts every in-flight URL back in the queue, due at once. Used at start-up

@@ -30,7 +30,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{Committed, Completion, InputError, Job, NewUrl, Next, StateCounts, Store, StoreError};
+use super::{
+    Committed, Completion, InputError, Job, NewUrl, Next, PageLimits, StateCounts, Store, StoreError,
+};
 use crate::config::{StoreConfig, Synchronous};
 
 static MIGRATOR: Migrator = sqlx::migrate!();
@@ -267,7 +269,11 @@ impl Store for SqliteStore {
         Ok(jobs)
     }
 
-    async fn complete(&self, completions: &[Completion]) -> Result<Committed, StoreError> {
+    async fn complete(
+        &self,
+        completions: &[Completion],
+        limits: PageLimits,
+    ) -> Result<Committed, StoreError> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
         let mut applied = BTreeSet::new();
         for chunk in statement_chunks(completions) {
@@ -280,7 +286,7 @@ impl Store for SqliteStore {
             .iter()
             .filter(|c| applied.contains(&c.url_id) && (!c.links.is_empty() || !c.dropped_links.is_empty()))
             .collect();
-        let new_urls = record_links(&mut tx, &pages).await?;
+        let new_urls = record_links(&mut tx, &pages, limits).await?;
         tx.commit().await.map_err(db("commit results"))?;
         Ok(Committed { applied: applied.len() as u64, new_urls })
     }
@@ -433,7 +439,7 @@ async fn update_urls(
 /// claimed). Returns how many were new.
 async fn insert_urls(tx: &mut sqlx::Transaction<'_, Sqlite>, urls: &[NewUrl]) -> Result<u64, StoreError> {
     let added_at = rfc3339(SystemTime::now());
-    let mut new_hosts = BTreeSet::new();
+    let mut new_hosts: BTreeMap<String, i64> = BTreeMap::new();
     let mut new = 0;
     for chunk in statement_chunks(urls) {
         let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO urls (url, host, added_at, depth, found_on) ");
@@ -447,15 +453,17 @@ async fn insert_urls(tx: &mut sqlx::Transaction<'_, Sqlite>, urls: &[NewUrl]) ->
         q.push(" ON CONFLICT (url) DO NOTHING RETURNING host");
         let hosts: Vec<String> = q.build_query_scalar().fetch_all(&mut **tx).await.map_err(db("enqueue"))?;
         new += hosts.len() as u64;
-        new_hosts.extend(hosts);
+        for host in hosts {
+            *new_hosts.entry(host).or_default() += 1;
+        }
     }
-    let new_hosts: Vec<String> = new_hosts.into_iter().collect();
+    let new_hosts: Vec<(String, i64)> = new_hosts.into_iter().collect();
     for chunk in statement_chunks(&new_hosts) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO hosts (host, work_at_ms) ");
-        q.push_values(chunk, |mut row, host| {
-            row.push_bind(host).push_bind(0);
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO hosts (host, work_at_ms, urls) ");
+        q.push_values(chunk, |mut row, (host, n)| {
+            row.push_bind(host).push_bind(0).push_bind(*n);
         });
-        q.push(" ON CONFLICT (host) DO UPDATE SET work_at_ms = 0");
+        q.push(" ON CONFLICT (host) DO UPDATE SET work_at_ms = 0, urls = hosts.urls + excluded.urls");
         q.build().execute(&mut **tx).await.map_err(db("enqueue hosts"))?;
     }
     Ok(new)
@@ -466,9 +474,11 @@ async fn insert_urls(tx: &mut sqlx::Transaction<'_, Sqlite>, urls: &[NewUrl]) ->
 async fn record_links(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     pages: &[&Completion],
+    limits: PageLimits,
 ) -> Result<u64, StoreError> {
-    let discovered: Vec<NewUrl> = pages.iter().flat_map(|c| c.links.iter().cloned()).collect();
-    let new = insert_urls(tx, &discovered).await?;
+    let discovered: Vec<&NewUrl> = pages.iter().flat_map(|c| c.links.iter()).collect();
+    let (admitted, mut capped) = apply_page_limits(tx, &discovered, limits).await?;
+    let new = insert_urls(tx, &admitted).await?;
     for page in pages.iter().filter(|c| !c.links.is_empty()) {
         let targets: Vec<&str> = page.links.iter().map(|l| l.url.as_str()).collect();
         sqlx::query(
@@ -481,10 +491,11 @@ async fn record_links(
         .await
         .map_err(db("record links"))?;
     }
-    let dropped: Vec<(i64, &str, i64)> = pages
+    let mut dropped: Vec<(i64, &str, i64)> = pages
         .iter()
         .flat_map(|c| c.dropped_links.iter().map(|(reason, n)| (c.url_id, *reason, to_i64(*n))))
         .collect();
+    dropped.append(&mut capped);
     for chunk in statement_chunks(&dropped) {
         let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO dropped_links (url_id, reason, count) ");
         q.push_values(chunk, |mut row, (url_id, reason, n)| {
@@ -494,6 +505,84 @@ async fn record_links(
         q.build().execute(&mut **tx).await.map_err(db("record dropped links"))?;
     }
     Ok(new)
+}
+
+/// Splits discovered links into those that may be inserted under `limits`
+/// and the page-limit drops, as `(found_on, reason, n)` rows. A link to a URL
+/// already stored is always admitted (it adds an edge, not a URL), so a cap
+/// never thins the link graph; new URLs are admitted in order while the
+/// total and their host have room.
+async fn apply_page_limits(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    links: &[&NewUrl],
+    limits: PageLimits,
+) -> Result<(Vec<NewUrl>, Vec<(i64, &'static str, i64)>), StoreError> {
+    if limits == PageLimits::default() || links.is_empty() {
+        return Ok((links.iter().map(|l| (*l).clone()).collect(), Vec::new()));
+    }
+    let urls: Vec<&str> = links.iter().map(|l| l.url.as_str()).collect();
+    let known: BTreeSet<String> =
+        sqlx::query_scalar("SELECT url FROM urls WHERE url IN (SELECT value FROM json_each(?1))")
+            .bind(serde_json::to_string(&urls).expect("strings serialize"))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db("look up discovered URLs"))?
+            .into_iter()
+            .collect();
+    let mut total_room = match limits.total {
+        Some(cap) => {
+            let stored: i64 = sqlx::query_scalar("SELECT coalesce(sum(urls), 0) FROM hosts")
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(db("count URLs"))?;
+            Some(cap.saturating_sub(stored as u64))
+        }
+        None => None,
+    };
+    let mut host_room: BTreeMap<String, u64> = BTreeMap::new();
+    if let Some(cap) = limits.per_host {
+        let hosts: BTreeSet<&str> = links.iter().map(|l| l.host.as_str()).collect();
+        let hosts: Vec<&str> = hosts.into_iter().collect();
+        let stored: BTreeMap<String, i64> =
+            sqlx::query_as("SELECT host, urls FROM hosts WHERE host IN (SELECT value FROM json_each(?1))")
+                .bind(serde_json::to_string(&hosts).expect("strings serialize"))
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(db("count URLs per host"))?
+                .into_iter()
+                .collect();
+        for host in hosts {
+            host_room
+                .insert(host.to_owned(), cap.saturating_sub(stored.get(host).copied().unwrap_or(0) as u64));
+        }
+    }
+    let mut admitted = Vec::with_capacity(links.len());
+    let mut dropped: BTreeMap<(i64, &'static str), i64> = BTreeMap::new();
+    let mut taken = BTreeSet::new();
+    for link in links {
+        if known.contains(&link.url) || taken.contains(link.url.as_str()) {
+            admitted.push((*link).clone());
+            continue;
+        }
+        let found_on = link.found_on.unwrap_or_default();
+        if total_room == Some(0) {
+            *dropped.entry((found_on, "max_pages")).or_default() += 1;
+            continue;
+        }
+        if let Some(room) = host_room.get_mut(&link.host) {
+            if *room == 0 {
+                *dropped.entry((found_on, "max_pages_per_host")).or_default() += 1;
+                continue;
+            }
+            *room -= 1;
+        }
+        if let Some(room) = total_room.as_mut() {
+            *room -= 1;
+        }
+        taken.insert(link.url.as_str());
+        admitted.push((*link).clone());
+    }
+    Ok((admitted, dropped.into_iter().map(|((url_id, reason), n)| (url_id, reason, n)).collect()))
 }
 
 /// Moves hosts' `work_at_ms` earlier for retries and records host backoffs.

@@ -109,3 +109,33 @@ async fn without_follow_links_are_not_extracted() {
     assert_eq!(scalar(&config.store.path, "SELECT count(*) FROM urls").await, 1);
     assert_eq!(scalar(&config.store.path, "SELECT count(*) FROM links").await, 0);
 }
+
+#[tokio::test]
+async fn page_caps_stop_new_urls_but_keep_links_to_known_ones() {
+    let server = TestServer::start_on("127.0.0.42");
+    for (total, per_host, reason) in [(Some(3), None, "max_pages"), (None, Some(3), "max_pages_per_host")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        config.discovery.follow = true;
+        config.discovery.max_pages = total;
+        config.discovery.max_pages_per_host = per_host;
+        crawl_lines(&config, &[server.url("/site/index.html")]).await;
+
+        let db = &config.store.path;
+        assert_eq!(scalar(db, "SELECT count(*) FROM urls").await, 3, "{reason}");
+        let capped = scalar(
+            db,
+            &format!("SELECT coalesce(sum(count), 0) FROM dropped_links WHERE reason = '{reason}'"),
+        )
+        .await;
+        assert!(capped >= 1, "{reason} not counted");
+        // a.html (admitted) links back to index.html (known): the edge is kept.
+        let back = scalar(
+            db,
+            "SELECT count(*) FROM links l JOIN urls f ON f.id = l.from_id JOIN urls t ON t.id = l.to_id
+             WHERE f.url LIKE '%/a.html' AND t.url LIKE '%/index.html'",
+        )
+        .await;
+        assert_eq!(back, 1, "{reason}");
+    }
+}

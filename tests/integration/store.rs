@@ -1,6 +1,6 @@
 //! The SQLite store's contract: leases, exclusive ownership, schema versions.
 
-use trawler::store::{AttemptRecord, Completion, NewUrl, Next, SqliteStore, Store, StoreError};
+use trawler::store::{AttemptRecord, Completion, NewUrl, Next, PageLimits, SqliteStore, Store, StoreError};
 
 use crate::util::test_config;
 
@@ -42,11 +42,14 @@ async fn a_completion_with_a_stale_lease_changes_nothing() {
     assert_ne!(second.lease, first.lease);
 
     // The first claim's completion arrives late: ignored.
-    assert_eq!(store.complete(&[done(&first, first.lease)]).await.unwrap().applied, 0);
+    assert_eq!(store.complete(&[done(&first, first.lease)], PageLimits::default()).await.unwrap().applied, 0);
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.in_flight, counts.done, counts.queued), (1, 0, 1));
 
-    assert_eq!(store.complete(&[done(&second, second.lease)]).await.unwrap().applied, 1);
+    assert_eq!(
+        store.complete(&[done(&second, second.lease)], PageLimits::default()).await.unwrap().applied,
+        1
+    );
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.in_flight, counts.done, counts.queued), (0, 1, 1));
     store.close().await;
@@ -59,7 +62,7 @@ async fn a_retry_waits_for_its_not_before_time() {
     store.enqueue(&[new_url("later")]).await.unwrap();
     let job = claim(&store, 1_000, 10).await.remove(0);
     let retry = Completion { next: Next::RetryAt(5_000), ..done(&job, job.lease) };
-    store.complete(&[retry]).await.unwrap();
+    store.complete(&[retry], PageLimits::default()).await.unwrap();
 
     assert!(claim(&store, 4_999, 10).await.is_empty());
     assert_eq!(store.next_ready().await.unwrap(), Some(5_000));
