@@ -164,10 +164,17 @@ impl Fetcher {
     /// `fetch.timeout`. Cancel safe: dropping it abandons the attempt and
     /// records nothing.
     pub async fn fetch(&self, url: &str) -> Fetched {
+        self.fetch_extracting(url, true).await
+    }
+
+    /// [`fetch`](Self::fetch), extracting links only if `extract` (and
+    /// extraction is on): pages whose links could not be followed anyway
+    /// (at the maximum depth) are not parsed.
+    pub async fn fetch_extracting(&self, url: &str, extract: bool) -> Fetched {
         let started_at = SystemTime::now();
         let start = Instant::now();
         let mut progress = Progress::default();
-        let outcome = tokio::time::timeout(self.config.timeout, self.attempt(url, &mut progress))
+        let outcome = tokio::time::timeout(self.config.timeout, self.attempt(url, extract, &mut progress))
             .await
             .unwrap_or_else(|_| {
                 Err(Failure(
@@ -192,7 +199,7 @@ impl Fetcher {
         Fetched { record, error, retry_after: progress.retry_after, found: progress.found }
     }
 
-    async fn attempt(&self, url: &str, progress: &mut Progress) -> Result<(), Failure> {
+    async fn attempt(&self, url: &str, extract: bool, progress: &mut Progress) -> Result<(), Failure> {
         let mut current = parse_http_url(url).map_err(|why| Failure(ErrorKind::InvalidUrl, why))?;
         loop {
             let response = self.client.get(current.clone()).send().await.map_err(classify)?;
@@ -205,7 +212,7 @@ impl Fetcher {
                 current = self.next_hop(&current, location.as_bytes(), &mut progress.record)?;
                 continue;
             }
-            return self.read_final(response, progress).await;
+            return self.read_final(response, extract, progress).await;
         }
     }
 
@@ -239,6 +246,7 @@ impl Fetcher {
     async fn read_final(
         &self,
         mut response: reqwest::Response,
+        extract: bool,
         progress: &mut Progress,
     ) -> Result<(), Failure> {
         let headers = response.headers();
@@ -260,7 +268,7 @@ impl Fetcher {
         let mut kept = self.save_body.then(Vec::new);
         let mut extractor = self
             .extract_links
-            .filter(|_| response.status().is_success() && is_html(record.content_type.as_deref()))
+            .filter(|_| extract && response.status().is_success() && is_html(record.content_type.as_deref()))
             .map(LinkExtractor::new);
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             len += chunk.len() as u64;

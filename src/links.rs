@@ -134,6 +134,12 @@ impl Discovery {
         self.config.max_links_per_page
     }
 
+    /// Whether links on a page at `depth` may be followed (its links would
+    /// be at `depth + 1`, which must not exceed `max_depth`).
+    pub fn follows_from(&self, depth: u32) -> bool {
+        depth < self.config.max_depth
+    }
+
     /// Decides about the links `found` on `page` (the final URL, after
     /// redirects), which is at `depth` (seeds are 0).
     pub fn judge(&self, page: &Url, depth: u32, found: Found) -> Judged {

@@ -186,6 +186,11 @@ fn discover(discovery: &Discovery, job: &Job, fetched: &Fetched) -> (Vec<NewUrl>
     (links, judged.dropped.into_iter().collect())
 }
 
+/// Whether links on this job's page could be followed (not at max depth).
+fn follows_from(ctx: &WorkerContext, job: &Job) -> bool {
+    ctx.discovery.as_ref().is_some_and(|d| d.follows_from(job.depth))
+}
+
 /// Waits for the host's turn and the global rate limit, then fetches. `None`
 /// when stopped before the request started, or aborted during it.
 async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<Fetched> {
@@ -204,7 +209,7 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<Fetched> {
     tokio::select! {
         biased;
         _ = ctx.abort.cancelled() => None,
-        fetched = ctx.fetcher.fetch(&job.url) => Some(fetched),
+        fetched = ctx.fetcher.fetch_extracting(&job.url, follows_from(ctx, job)) => Some(fetched),
     }
 }
 
