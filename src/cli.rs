@@ -71,6 +71,9 @@ pub struct CrawlArgs {
     /// Follow links from pages up to this depth; seeds are 0 [config: discovery.max_depth, default 3].
     #[arg(long, value_name = "N")]
     pub max_depth: Option<u32>,
+    /// A sitemap or sitemap index whose URLs are seeds; repeatable [config: discovery.sitemaps].
+    #[arg(long = "sitemap", value_name = "URL")]
+    pub sitemaps: Vec<String>,
 }
 
 impl CommonArgs {
@@ -114,6 +117,9 @@ impl CrawlArgs {
         }
         if let Some(depth) = self.max_depth {
             set(&mut out, "discovery", "max_depth", json!(depth));
+        }
+        if !self.sitemaps.is_empty() {
+            set(&mut out, "discovery", "sitemaps", json!(self.sitemaps));
         }
         out
     }

@@ -151,6 +151,9 @@ pub struct DiscoveryConfig {
     pub max_pages: Option<u64>,
     /// Most URLs in the database per host; past it, `max_pages_per_host`.
     pub max_pages_per_host: Option<u64>,
+    /// Sitemaps (or sitemap indexes) whose URLs are seeds. Flag: `--sitemap`.
+    /// When following, robots.txt `Sitemap:` lines are added to these.
+    pub sitemaps: Vec<String>,
 }
 
 impl Default for DiscoveryConfig {
@@ -171,6 +174,7 @@ impl Default for DiscoveryConfig {
             max_links_per_page: 5000,
             max_pages: None,
             max_pages_per_host: None,
+            sitemaps: Vec::new(),
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::politeness::Politeness;
 use crate::robots::Robots;
 use crate::seeds::{IngestError, IngestReport, SeedSource, ingest};
 use crate::shutdown::Shutdown;
+use crate::sitemaps::{SitemapQueue, SitemapTask};
 use crate::stats::{CrawlStats, Summary};
 use crate::store::{PageLimits, SqliteStore, Store, StoreError};
 use crate::worker::{WorkerContext, rate_limiter};
@@ -87,15 +88,21 @@ pub async fn crawl(
     Ok(summary)
 }
 
-/// The robots.txt cache, or `None` (with a loud warning) when told to ignore it.
-fn robots(config: &Config, politeness: &Arc<Politeness>) -> Result<Option<Robots>, CrawlError> {
+/// The robots.txt cache, or `None` (with a loud warning) when told to ignore
+/// it. When following links, its `Sitemap:` lines go to `sitemaps`.
+fn robots(
+    config: &Config,
+    politeness: &Arc<Politeness>,
+    sitemaps: &SitemapQueue,
+) -> Result<Option<Robots>, CrawlError> {
     if !config.robots.obey {
         tracing::warn!(
             "robots.txt is IGNORED (robots.obey = false / --ignore-robots): only do this for sites you run"
         );
         return Ok(None);
     }
-    Ok(Some(Robots::new(config.robots.clone(), &config.fetch, politeness.clone())?))
+    let sitemaps = config.discovery.follow.then(|| sitemaps.clone());
+    Ok(Some(Robots::new(config.robots.clone(), &config.fetch, politeness.clone(), sitemaps)?))
 }
 
 type Input = (SeedSource, Box<dyn tokio::io::AsyncRead + Send + Unpin>);
@@ -148,11 +155,26 @@ async fn run_tasks(
         config.hosts.clone(),
         config.retry.retry_after_max,
     ));
+    let (sitemap_queue, sitemap_rx) = SitemapQueue::new();
+    config.discovery.sitemaps.iter().for_each(|s| sitemap_queue.submit(s.clone()));
+    let sitemaps_done = CancellationToken::new();
+    let sitemap_task = {
+        let task = SitemapTask {
+            store: store.clone(),
+            queue: sitemap_queue.clone(),
+            politeness: politeness.clone(),
+            stats: stats.clone(),
+            wake: wake.clone(),
+            done: sitemaps_done.clone(),
+        };
+        let fetch = config.fetch.clone();
+        tokio::spawn(async move { task.run(&fetch, sitemap_rx).await })
+    };
     let ctx = Arc::new(WorkerContext {
         fetcher,
         retry: config.retry.clone(),
         limiter: config.crawl.rate.map(rate_limiter),
-        robots: robots(config, &politeness)?,
+        robots: robots(config, &politeness, &sitemap_queue)?,
         discovery,
         politeness: politeness.clone(),
         wake: wake.clone(),
@@ -197,6 +219,7 @@ async fn run_tasks(
         stop: stop.clone(),
         wake: wake.clone(),
         input_done: input_done.clone(),
+        sitemaps: sitemap_queue.clone(),
         stats: stats.clone(),
         politeness,
         exit_when_idle: true,
@@ -215,6 +238,8 @@ async fn run_tasks(
     if matches!(ingested, Some(Err(_))) {
         shutdown.stop();
     }
+    sitemaps_done.cancel();
+    let sitemapped = sitemap_task.await.expect("sitemap task panicked");
     workers.wait().await;
     let written = writer.await.expect("writer task panicked");
     grace_timer.abort();
@@ -222,6 +247,7 @@ async fn run_tasks(
     let _ = progress.await;
 
     produced?;
+    sitemapped?;
     let report: IngestReport = ingested.transpose()?.unwrap_or_default();
     let latency = written?;
     let get = CrawlStats::get;

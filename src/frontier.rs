@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::politeness::Politeness;
+use crate::sitemaps::SitemapQueue;
 use crate::stats::CrawlStats;
 use crate::store::{Job, Store, StoreError};
 
@@ -49,6 +50,8 @@ pub struct Producer<S> {
     pub wake: Arc<Notify>,
     /// Set once the input has been read completely.
     pub input_done: Arc<AtomicBool>,
+    /// Sitemaps waiting to be read: more seeds may come.
+    pub sitemaps: SitemapQueue,
     pub stats: Arc<CrawlStats>,
     /// Per-host limits, shared with the workers.
     pub politeness: Arc<Politeness>,
@@ -90,10 +93,13 @@ impl<S: Store> Producer<S> {
             if self.hand_out(capacity - queued, now).await? {
                 continue;
             }
-            // Read the flags before the store: if both say "idle", every
-            // enqueue and completion is already committed.
-            let idle =
-                self.input_done.load(Ordering::SeqCst) && self.stats.outstanding.load(Ordering::SeqCst) == 0;
+            // Read the flags before the store, and `outstanding` first: a
+            // worker submits a robots.txt sitemap before its completion, so
+            // if nothing is outstanding, every such submission is counted in
+            // `pending`; if all say "idle", everything is already committed.
+            let idle = self.stats.outstanding.load(Ordering::SeqCst) == 0
+                && self.sitemaps.pending() == 0
+                && self.input_done.load(Ordering::SeqCst);
             if idle && self.exit_when_idle && !self.store.has_queued().await? {
                 return Ok(());
             }

@@ -18,6 +18,7 @@
 //! | [`frontier`] | the producer: claims due URLs of hosts that may be fetched now |
 //! | [`politeness`] | per-host concurrency, delay and backoff |
 //! | [`links`] | link extraction (lol_html), normalization, scope and trap guards |
+//! | [`sitemaps`] | sitemap and sitemap-index seeds (quick-xml) |
 //! | [`robots`] | robots.txt (RFC 9309): fetch, cache, verdicts, Crawl-delay |
 //! | [`worker`] | rate limit, fetch, decide, hand to the writer |
 //! | [`fetch`] | one HTTP attempt; the only module that knows reqwest |
@@ -38,6 +39,7 @@ pub mod retry;
 pub mod robots;
 pub mod seeds;
 pub mod shutdown;
+pub mod sitemaps;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

@@ -28,6 +28,7 @@ use url::Url;
 use crate::config::{FetchConfig, RobotsConfig};
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
 use crate::politeness::Politeness;
+use crate::sitemaps::SitemapQueue;
 
 /// Origins whose rules are kept in memory; past this, expired entries and
 /// then arbitrary ones are dropped (they are fetched again when needed).
@@ -71,6 +72,8 @@ type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
 /// The robots.txt cache and fetcher, shared by the workers.
 pub struct Robots {
     config: RobotsConfig,
+    /// Where `Sitemap:` lines go, when following links.
+    sitemaps: Option<SitemapQueue>,
     fetcher: Fetcher,
     politeness: Arc<Politeness>,
     origins: Mutex<HashMap<String, Slot>>,
@@ -85,6 +88,7 @@ impl Robots {
         config: RobotsConfig,
         fetch: &FetchConfig,
         politeness: Arc<Politeness>,
+        sitemaps: Option<SitemapQueue>,
     ) -> Result<Self, reqwest::Error> {
         let fetch = FetchConfig {
             max_redirects: MAX_ROBOTS_REDIRECTS,
@@ -92,7 +96,7 @@ impl Robots {
             ..fetch.clone()
         };
         let fetcher = Fetcher::new(&fetch, false, true, 4)?;
-        Ok(Self { config, fetcher, politeness, origins: Mutex::default() })
+        Ok(Self { config, fetcher, politeness, sitemaps, origins: Mutex::default() })
     }
 
     /// What robots.txt says about `url` (whose host is `host`), fetching the
@@ -169,6 +173,9 @@ impl Robots {
             Rules::Parsed(robot) => robot.delay.and_then(|secs| self.clamp_crawl_delay(robots_url, secs)),
             _ => None,
         };
+        if let (Rules::Parsed(robot), Some(queue)) = (&rules, &self.sitemaps) {
+            robot.sitemaps.iter().for_each(|s| queue.submit(s.clone()));
+        }
         self.politeness.set_crawl_delay(host, crawl_delay);
         Entry { rules, crawl_delay, expires: now + ttl, cause }
     }

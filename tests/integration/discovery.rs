@@ -139,3 +139,44 @@ async fn page_caps_stop_new_urls_but_keep_links_to_known_ones() {
         assert_eq!(back, 1, "{reason}");
     }
 }
+
+#[tokio::test]
+async fn a_sitemap_index_seeds_the_urls_of_its_sitemaps() {
+    let server = TestServer::start_on("127.0.0.43");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.discovery.sitemaps = vec![server.url("/sitemap.xml")];
+    let summary = crawl_lines(&config, &[]).await;
+
+    let db = &config.store.path;
+    let pool = reader(db).await;
+    let urls: Vec<(String, i64)> =
+        sqlx::query_as("SELECT url, depth FROM results WHERE state = 'done' ORDER BY url")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        urls,
+        [(server.url("/ok/s1"), 0), (server.url("/ok/s2"), 0)],
+        "the other host's URL is not taken"
+    );
+    assert_eq!(summary.done, 2);
+    assert_eq!(server.hits_of("/ok/s2").len(), 1);
+}
+
+#[tokio::test]
+async fn when_following_robots_txt_sitemap_lines_are_read() {
+    use crate::server::RobotsTxt;
+    let server = TestServer::with_robots("127.0.0.44", RobotsTxt::WithSitemap);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    crawl_lines(&config, &[server.url("/ok/seed")]).await;
+    assert_eq!(scalar(&config.store.path, "SELECT count(*) FROM urls").await, 1, "not without --follow");
+
+    config.discovery.follow = true;
+    let dir = tempfile::tempdir().unwrap();
+    config.store.path = dir.path().join("crawl.db");
+    crawl_lines(&config, &[server.url("/ok/seed2")]).await;
+    let done = scalar(&config.store.path, "SELECT count(*) FROM results WHERE state = 'done'").await;
+    assert_eq!(done, 3, "seed2, s1 and s2");
+}

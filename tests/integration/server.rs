@@ -17,6 +17,8 @@
 //! - `/stall/{*rest}`: 200, one chunk of body, then nothing, forever
 //! - `/throttle/{secs}/{*rest}`: always 503 with `Retry-After: secs`
 //! - `/site/...`: the small HTML site of [`SITE`]; other `/site/` paths are 404
+//! - `/sitemap.xml`: a sitemap index naming `/sitemap-1.xml`, a `<urlset>`
+//!   of `/ok/s1`, `/ok/s2` (twice) and a URL on another host
 //! - `/robots.txt` (and `/robots-moved.txt`): as [`Options::robots`] says;
 //!   requests for them are kept apart ([`TestServer::robots_hits`])
 
@@ -68,6 +70,8 @@ pub enum RobotsTxt {
     FailsThen(u16, &'static str),
     /// A redirect to `/robots-moved.txt`, which has the text.
     Redirected(&'static str),
+    /// Allows everything and names `/sitemap-1.xml` in a `Sitemap:` line.
+    WithSitemap,
 }
 
 /// Server-wide behaviour.
@@ -230,6 +234,28 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/robots.txt", get(robots_txt))
         .route(
+            "/sitemap.xml",
+            get(|headers: axum::http::HeaderMap| async move {
+                let host = host_of(&headers);
+                format!(
+                    r#"<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
+                    <sitemap><loc>http://{host}/sitemap-1.xml</loc></sitemap></sitemapindex>"#
+                )
+            }),
+        )
+        .route(
+            "/sitemap-1.xml",
+            get(|headers: axum::http::HeaderMap| async move {
+                let host = host_of(&headers);
+                format!(
+                    r#"<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
+                    <url><loc>http://{host}/ok/s1</loc></url><url><loc>http://{host}/ok/s2</loc></url>
+                    <url><loc>http://{host}/ok/s2</loc></url><url><loc>http://127.0.0.99/elsewhere</loc></url>
+                    </urlset>"#
+                )
+            }),
+        )
+        .route(
             "/robots-moved.txt",
             get(|State(shared): State<Arc<Shared>>| async move {
                 match shared.options.robots {
@@ -329,7 +355,11 @@ async fn bomb(Path(mib): Path<usize>) -> Response {
     gzipped(body)
 }
 
-async fn robots_txt(State(shared): State<Arc<Shared>>) -> Response {
+async fn robots_txt(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    if let RobotsTxt::WithSitemap = shared.options.robots {
+        return format!("User-agent: *\nAllow: /\nSitemap: http://{}/sitemap-1.xml\n", host_of(&headers))
+            .into_response();
+    }
     match shared.options.robots {
         RobotsTxt::Missing => StatusCode::NOT_FOUND.into_response(),
         RobotsTxt::Text(text) => text.into_response(),
@@ -341,7 +371,12 @@ async fn robots_txt(State(shared): State<Arc<Shared>>) -> Response {
             }
         }
         RobotsTxt::Redirected(_) => found("/robots-moved.txt"),
+        RobotsTxt::WithSitemap => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+fn host_of(headers: &axum::http::HeaderMap) -> String {
+    headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned()
 }
 
 /// Pages under `/site/`, for link following: relative and absolute links, a
