@@ -18,12 +18,11 @@
 //! bounded whatever the crawl's size.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use texting_robots::Robot;
 use tokio::time::Instant;
-use url::Url;
 
 use crate::config::{FetchConfig, RobotsConfig};
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
@@ -67,7 +66,16 @@ struct Entry {
     cause: Option<(ErrorKind, String)>,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
+/// One origin's cached rules. Checks read `entry` (a plain read lock, held
+/// for no await); a fetch takes `fetching` first, so one worker fetches while
+/// the others wait for its result instead of fetching too.
+#[derive(Default)]
+struct OriginSlot {
+    entry: RwLock<Option<Arc<Entry>>>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+type Slot = Arc<OriginSlot>;
 
 /// The robots.txt cache and fetcher, shared by the workers.
 pub struct Robots {
@@ -103,27 +111,34 @@ impl Robots {
     /// origin's robots.txt first if it is not cached. Cancel safe: a fetch
     /// abandoned halfway leaves the origin uncached.
     pub async fn check(&self, url: &str, host: &str) -> Verdict {
-        let Ok(parsed) = Url::parse(url) else {
+        let Some(origin) = origin_of(url) else {
             return Verdict::Allowed { crawl_delay: None };
         };
-        let origin = parsed.origin().ascii_serialization();
-        let robots_url = format!("{origin}/robots.txt");
-        let slot = self.slot(&origin);
-        let mut entry = slot.lock().await;
-        let now = Instant::now();
-        if entry.as_ref().is_none_or(|e| e.expires <= now) {
-            *entry = Some(self.fetch(&robots_url, host).await);
-        }
-        let entry = entry.as_ref().expect("filled above");
+        let slot = self.slot(origin);
+        let entry = match cached(&slot) {
+            Some(entry) => entry,
+            None => {
+                let _fetching = slot.fetching.lock().await;
+                match cached(&slot) {
+                    Some(entry) => entry,
+                    None => {
+                        let entry = Arc::new(self.fetch(&format!("{origin}/robots.txt"), host).await);
+                        *slot.entry.write().unwrap_or_else(|p| p.into_inner()) = Some(entry.clone());
+                        entry
+                    }
+                }
+            }
+        };
+        let robots_url = || format!("{origin}/robots.txt");
         match &entry.rules {
             Rules::AllowAll => Verdict::Allowed { crawl_delay: None },
             Rules::DisallowAll => Verdict::Unreachable {
-                robots_url,
+                robots_url: robots_url(),
                 retry_in: entry.expires.saturating_duration_since(Instant::now()),
                 cause: entry.cause.clone(),
             },
             Rules::Parsed(robot) if robot.allowed(url) => Verdict::Allowed { crawl_delay: entry.crawl_delay },
-            Rules::Parsed(_) => Verdict::Disallowed { robots_url },
+            Rules::Parsed(_) => Verdict::Disallowed { robots_url: robots_url() },
         }
     }
 
@@ -195,6 +210,21 @@ impl Robots {
     }
 }
 
+/// The unexpired cached entry of `slot`, if any.
+fn cached(slot: &OriginSlot) -> Option<Arc<Entry>> {
+    let entry = slot.entry.read().unwrap_or_else(|p| p.into_inner());
+    entry.as_ref().filter(|e| e.expires > Instant::now()).cloned()
+}
+
+/// The origin (`scheme://host[:port]`, RFC 6454) of a URL serialized by the
+/// `url` crate, which has already lower-cased it, dropped a default port and
+/// given it a path starting with `/`: everything before that `/`.
+fn origin_of(url: &str) -> Option<&str> {
+    let after_scheme = url.find("://")? + 3;
+    let end = url[after_scheme..].find(['/', '?', '#']).map_or(url.len(), |i| after_scheme + i);
+    Some(&url[..end])
+}
+
 fn redirect_limit(fetched: &Fetched) -> bool {
     matches!(fetched.error, Some(ErrorKind::RedirectLimit | ErrorKind::RedirectLoop))
 }
@@ -204,7 +234,7 @@ fn redirect_limit(fetched: &Fetched) -> bool {
 fn evict(origins: &mut HashMap<String, Slot>) {
     let now = Instant::now();
     let expired = |slot: &Slot| {
-        slot.try_lock().map(|entry| entry.as_ref().is_none_or(|e| e.expires <= now)).unwrap_or(false)
+        slot.entry.try_read().map(|entry| entry.as_ref().is_none_or(|e| e.expires <= now)).unwrap_or(false)
     };
     let before = origins.len();
     origins.retain(|_, slot| !expired(slot));
@@ -216,5 +246,26 @@ fn evict(origins: &mut HashMap<String, Slot>) {
             dropped += drop as usize;
             !drop
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_origin_is_the_serialized_url_up_to_its_path() {
+        assert_eq!(origin_of("http://127.0.0.1:8080/a/b?c"), Some("http://127.0.0.1:8080"));
+        assert_eq!(origin_of("https://example.org/"), Some("https://example.org"));
+        assert_eq!(origin_of("https://example.org?q"), Some("https://example.org"));
+        assert_eq!(origin_of("not a url"), None);
+        for url in ["http://example.org:80/x", "HTTPS://Example.ORG:443/y", "http://[::1]:81/z"] {
+            let parsed = url::Url::parse(url).unwrap();
+            assert_eq!(
+                origin_of(parsed.as_str()),
+                Some(parsed.origin().ascii_serialization().as_str()),
+                "{url}"
+            );
+        }
     }
 }

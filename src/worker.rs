@@ -128,7 +128,12 @@ pub async fn run(
             tokio::time::Instant::now(),
             rand::random(),
         );
-        ctx.wake.notify_one();
+        // The producer refills the channel only once it is at most half
+        // full, and waits for this wake-up to look again; above that, a
+        // freed host slot changes nothing, and waking it per fetch costs.
+        if jobs.len() <= jobs.capacity().unwrap_or(0) / 2 {
+            ctx.wake.notify_one();
+        }
         if let Some(backoff) = host_backoff {
             tracing::info!(host = %job.host, backoff_ms = backoff.as_millis() as u64, "host backs off");
         }

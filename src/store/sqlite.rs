@@ -275,20 +275,23 @@ impl Store for SqliteStore {
         limits: PageLimits,
     ) -> Result<Committed, StoreError> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-        let mut applied = BTreeSet::new();
+        // Which completions were applied is only needed for pages with links
+        // (a stale one must not add to the link graph); asking for it on
+        // every batch would stream a row per URL back from SQLite.
+        let with_links = |c: &&Completion| !c.links.is_empty() || !c.dropped_links.is_empty();
+        let track = completions.iter().any(|c| with_links(&c));
+        let mut applied_ids = BTreeSet::new();
+        let mut applied = 0;
         for chunk in statement_chunks(completions) {
             insert_attempts(&mut tx, chunk).await?;
-            applied.extend(update_urls(&mut tx, chunk).await?);
+            applied += update_urls(&mut tx, chunk, track.then_some(&mut applied_ids)).await?;
         }
         update_hosts(&mut tx, completions).await?;
-        // Only pages whose completion was applied add to the link graph.
-        let pages: Vec<&Completion> = completions
-            .iter()
-            .filter(|c| applied.contains(&c.url_id) && (!c.links.is_empty() || !c.dropped_links.is_empty()))
-            .collect();
+        let pages: Vec<&Completion> =
+            completions.iter().filter(with_links).filter(|c| applied_ids.contains(&c.url_id)).collect();
         let new_urls = record_links(&mut tx, &pages, limits).await?;
         tx.commit().await.map_err(db("commit results"))?;
-        Ok(Committed { applied: applied.len() as u64, new_urls })
+        Ok(Committed { applied, new_urls })
     }
 
     async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
@@ -407,11 +410,13 @@ async fn insert_attempts(
     Ok(())
 }
 
-/// Returns the ids of the URLs whose lease matched.
+/// Returns how many URLs' leases matched, and adds their ids to `applied`
+/// when it is given.
 async fn update_urls(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     chunk: &[Completion],
-) -> Result<Vec<i64>, StoreError> {
+    applied: Option<&mut BTreeSet<i64>>,
+) -> Result<u64, StoreError> {
     let mut q = QueryBuilder::<Sqlite>::new("WITH v(url_id, lease, state, attempts, not_before_ms) AS (");
     q.push_values(chunk, |mut row, c| {
         let (state, not_before_ms) = match c.next {
@@ -428,10 +433,19 @@ async fn update_urls(
     q.push(
         ") UPDATE urls SET state = v.state, attempts = v.attempts, not_before_ms = v.not_before_ms,
                 lease = NULL, leased_at_ms = NULL
-          FROM v WHERE urls.id = v.url_id AND urls.lease = v.lease
-          RETURNING urls.id",
+          FROM v WHERE urls.id = v.url_id AND urls.lease = v.lease",
     );
-    q.build_query_scalar().fetch_all(&mut **tx).await.map_err(db("update URLs"))
+    match applied {
+        None => Ok(q.build().execute(&mut **tx).await.map_err(db("update URLs"))?.rows_affected()),
+        Some(applied) => {
+            q.push(" RETURNING urls.id");
+            let ids: Vec<i64> =
+                q.build_query_scalar().fetch_all(&mut **tx).await.map_err(db("update URLs"))?;
+            let n = ids.len() as u64;
+            applied.extend(ids);
+            Ok(n)
+        }
+    }
 }
 
 /// Inserts URLs not known yet, and marks their hosts as having work, in the
