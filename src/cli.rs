@@ -21,6 +21,12 @@ pub enum Command {
     /// Crawl the URLs in a file (one per line, `-` for stdin) into a database.
     /// Run the same command again to resume: finished URLs are not fetched again.
     Crawl(CrawlArgs),
+    /// Run as a service: crawl what is queued, then wait for URLs that
+    /// `trawler enqueue` adds, until SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Add URLs to a database, also while `trawler run` or `trawler crawl` is
+    /// using it; prints how many were new.
+    Enqueue(EnqueueArgs),
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
     Config(CommonArgs),
 }
@@ -45,6 +51,31 @@ pub struct CrawlArgs {
     /// Without it, the URLs already queued in the database are crawled.
     #[arg(value_name = "URLS")]
     pub input: Option<String>,
+    #[command(flatten)]
+    pub flags: CrawlFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub flags: CrawlFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// URLs to add; `-` reads them from stdin, one per line.
+    #[arg(value_name = "URL")]
+    pub urls: Vec<String>,
+    /// A file of URLs, one per line (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// The flags of `crawl` and `run`.
+#[derive(Debug, Args)]
+pub struct CrawlFlags {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Worker tasks, i.e. fetches in flight at once [config: crawl.concurrency, default 32].
@@ -91,6 +122,13 @@ impl CommonArgs {
 }
 
 impl CrawlArgs {
+    /// The flags as a partial config; absent flags are absent keys.
+    pub fn overrides(&self) -> Map<String, Value> {
+        self.flags.overrides()
+    }
+}
+
+impl CrawlFlags {
     /// The flags as a partial config; absent flags are absent keys.
     pub fn overrides(&self) -> Map<String, Value> {
         let mut out = self.common.overrides();

@@ -31,6 +31,7 @@ use crate::shutdown::Shutdown;
 use crate::sitemaps::{SitemapQueue, SitemapTask};
 use crate::stats::{CrawlStats, Summary};
 use crate::store::{PageLimits, SqliteStore, Store, StoreError};
+use crate::systemd::Notifier;
 use crate::worker::{WorkerContext, rate_limiter};
 use crate::{progress, worker, writer};
 
@@ -69,13 +70,32 @@ pub async fn crawl(
     seeds: Option<SeedSource>,
     shutdown: &Shutdown,
 ) -> Result<Summary, CrawlError> {
+    run(config, seeds, shutdown, false).await
+}
+
+/// Runs the crawler as a service: like [`crawl`] without input, but an empty
+/// frontier does not end it; it waits for URLs that `trawler enqueue` (or
+/// anything else) adds to the database, and sees them within a second. Ends
+/// only when `shutdown` stops it.
+///
+/// Errors: as [`crawl`].
+pub async fn serve(config: &Config, shutdown: &Shutdown) -> Result<Summary, CrawlError> {
+    run(config, None, shutdown, true).await
+}
+
+async fn run(
+    config: &Config,
+    seeds: Option<SeedSource>,
+    shutdown: &Shutdown,
+    daemon: bool,
+) -> Result<Summary, CrawlError> {
     let started = Instant::now();
     let input = match &seeds {
         Some(source) => Some(source.open().await?),
         None => None,
     };
     let store = Arc::new(SqliteStore::open(&config.store).await?);
-    let result = run_tasks(config, &store, seeds.zip(input), shutdown, started).await;
+    let result = run_tasks(config, &store, seeds.zip(input), shutdown, started, daemon).await;
     // Whatever happened, claims that did not finish go back to the queue.
     match store.requeue_in_flight().await {
         Ok(0) => {}
@@ -86,6 +106,29 @@ pub async fn crawl(
     summary.counts = store.counts().await?;
     store.close().await;
     Ok(summary)
+}
+
+/// Adds the URLs read from `input` (named `source` in reports) to the
+/// database, as `trawler enqueue` does. Works while a crawler owns the
+/// database: then it opens it without the owner's lock
+/// ([`SqliteStore::open_shared`]) and the crawler picks the URLs up within a
+/// second.
+///
+/// Errors: the database cannot be opened or written, or the input read.
+pub async fn enqueue(
+    config: &Config,
+    source: &SeedSource,
+    input: impl tokio::io::AsyncRead + Unpin,
+) -> Result<IngestReport, CrawlError> {
+    let store = match SqliteStore::open(&config.store).await {
+        Ok(store) => store,
+        Err(StoreError::Locked { .. }) => SqliteStore::open_shared(&config.store).await?,
+        Err(e) => return Err(e.into()),
+    };
+    let stats = Arc::new(CrawlStats::default());
+    let report = ingest(&store, source, input, &CancellationToken::new(), &Notify::new(), &stats).await;
+    store.close().await;
+    Ok(report?)
 }
 
 /// The robots.txt cache, or `None` (with a loud warning) when told to ignore
@@ -113,12 +156,22 @@ async fn run_tasks(
     input: Option<Input>,
     shutdown: &Shutdown,
     started: Instant,
+    daemon: bool,
 ) -> Result<Summary, CrawlError> {
     let recovered = store.requeue_in_flight().await?;
     if recovered > 0 {
         tracing::info!(urls = recovered, "requeued URLs left in flight by an earlier run");
     }
     let counts = store.counts().await?;
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.ready();
+    let stopping = {
+        let (notifier, stop) = (notifier.clone(), shutdown.stop_token().clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            notifier.stopping();
+        })
+    };
     let stats = Arc::new(CrawlStats::default());
     stats.known.store(counts.total(), Ordering::Relaxed);
     stats.finished.store(counts.finished(), Ordering::Relaxed);
@@ -222,7 +275,8 @@ async fn run_tasks(
         sitemaps: sitemap_queue.clone(),
         stats: stats.clone(),
         politeness,
-        exit_when_idle: true,
+        notifier: notifier.clone(),
+        exit_when_idle: !daemon,
     };
     let produced = producer.run().await;
     // A fatal error in any task stops the others the graceful way.
@@ -243,6 +297,7 @@ async fn run_tasks(
     workers.wait().await;
     let written = writer.await.expect("writer task panicked");
     grace_timer.abort();
+    stopping.abort();
     progress_done.cancel();
     let _ = progress.await;
 

@@ -24,6 +24,7 @@ use crate::politeness::Politeness;
 use crate::sitemaps::SitemapQueue;
 use crate::stats::CrawlStats;
 use crate::store::{Job, Store, StoreError};
+use crate::systemd::Notifier;
 
 /// The longest sleep between looks at the store when nothing is due.
 pub const MAX_IDLE: Duration = Duration::from_secs(1);
@@ -55,6 +56,8 @@ pub struct Producer<S> {
     pub stats: Arc<CrawlStats>,
     /// Per-host limits, shared with the workers.
     pub politeness: Arc<Politeness>,
+    /// Pinged every round, for systemd's watchdog.
+    pub notifier: Arc<Notifier>,
     /// End when the frontier is empty (batch crawl) instead of waiting for
     /// more work (daemon).
     pub exit_when_idle: bool,
@@ -73,6 +76,7 @@ impl<S: Store> Producer<S> {
             if self.stop.is_cancelled() {
                 return Ok(());
             }
+            self.notifier.watchdog();
             let now = Instant::now();
             if now - last_prune >= PRUNE_EVERY {
                 self.politeness.prune(now);

@@ -26,6 +26,7 @@
 //! | [`writer`] | batching completions into transactions |
 //! | [`store`] | the frontier interface with lease semantics; [`store::sqlite`] knows sqlx |
 //! | [`stats`], [`progress`] | counters, summary, progress bar / progress lines |
+//! | [`systemd`] | `sd_notify` readiness, stopping and watchdog |
 
 pub mod cli;
 pub mod config;
@@ -42,10 +43,11 @@ pub mod shutdown;
 pub mod sitemaps;
 pub mod stats;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 pub mod worker;
 pub mod writer;
 
-pub use crawl::{CrawlError, crawl};
+pub use crawl::{CrawlError, crawl, enqueue, serve};
 pub use shutdown::Shutdown;
 pub use stats::Summary;

@@ -7,15 +7,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use trawler::cli::{Cli, Command};
+use trawler::cli::{Cli, Command, EnqueueArgs};
 use trawler::config::Config;
 use trawler::seeds::SeedSource;
-use trawler::{Shutdown, telemetry};
+use trawler::{CrawlError, Shutdown, Summary, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (common, overrides) = match &cli.command {
-        Command::Crawl(args) => (&args.common, args.overrides()),
+        Command::Crawl(args) => (&args.flags.common, args.overrides()),
+        Command::Run(args) => (&args.flags.common, args.flags.overrides()),
+        Command::Enqueue(args) => (&args.common, args.common.overrides()),
         Command::Config(common) => (common, common.overrides()),
     };
     let config = match Config::load(common.config.as_deref(), overrides) {
@@ -25,39 +27,93 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match cli.command {
-        Command::Config(_) => {
-            print!("{}", config.to_toml());
-            ExitCode::SUCCESS
-        }
-        Command::Crawl(args) => {
-            telemetry::init(config.log.format);
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            let status = runtime.block_on(run_crawl(config, args.input.as_deref().map(SeedSource::from_arg)));
-            // Everything is committed and the store closed by now. Do not wait
-            // for the blocking pool: tokio reads stdin on it, and a read from a
-            // pipe that stays open would never return.
-            runtime.shutdown_background();
-            status
-        }
+    if let Command::Config(_) = cli.command {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
     }
+    telemetry::init(config.log.format);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let status = runtime.block_on(async move {
+        match cli.command {
+            Command::Crawl(args) => {
+                let seeds = args.input.as_deref().map(SeedSource::from_arg);
+                run(|shutdown| async move { trawler::crawl(&config, seeds, &shutdown).await }).await
+            }
+            Command::Run(_) => run(|shutdown| async move { trawler::serve(&config, &shutdown).await }).await,
+            Command::Enqueue(args) => enqueue(&config, args).await,
+            Command::Config(_) => unreachable!("handled above"),
+        }
+    });
+    // Everything is committed and the store closed by now. Do not wait for
+    // the blocking pool: tokio reads stdin on it, and a read from a pipe that
+    // stays open would never return.
+    runtime.shutdown_background();
+    status
 }
 
-async fn run_crawl(config: Config, seeds: Option<SeedSource>) -> ExitCode {
+/// Runs a crawl (or the service) with signal handling and prints its summary.
+async fn run<F, Fut>(crawl: F) -> ExitCode
+where
+    F: FnOnce(Shutdown) -> Fut,
+    Fut: Future<Output = Result<Summary, CrawlError>>,
+{
     let shutdown = Shutdown::new();
     if let Err(e) = shutdown.listen_for_signals() {
         eprintln!("trawler: cannot install signal handlers: {e}");
         return ExitCode::from(1);
     }
-    match trawler::crawl(&config, seeds, &shutdown).await {
+    match crawl(shutdown).await {
         Ok(summary) => {
             print!("{summary}");
             if summary.forced { ExitCode::from(130) } else { ExitCode::SUCCESS }
         }
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("trawler: {e}");
-            ExitCode::from(1)
+        Err(e) => fail(e),
+    }
+}
+
+/// `trawler enqueue`: URLs from the arguments, then from `--file` (or `-`).
+async fn enqueue(config: &Config, args: EnqueueArgs) -> ExitCode {
+    let (listed, stdin): (Vec<&String>, Vec<&String>) = args.urls.iter().partition(|u| u.as_str() != "-");
+    let mut sources = Vec::new();
+    if !listed.is_empty() {
+        let text = listed.iter().map(|u| format!("{u}\n")).collect::<String>();
+        sources.push((SeedSource::Arguments, Some(text)));
+    }
+    if !stdin.is_empty() {
+        sources.push((SeedSource::Stdin, None));
+    }
+    if let Some(file) = &args.file {
+        sources.push((SeedSource::from_arg(file), None));
+    }
+    if sources.is_empty() {
+        eprintln!("trawler: enqueue needs URLs, `-` or --file FILE");
+        return ExitCode::from(2);
+    }
+    for (source, text) in sources {
+        let result = match text {
+            Some(text) => trawler::enqueue(config, &source, text.as_bytes()).await,
+            None => match source.open().await {
+                Ok(input) => trawler::enqueue(config, &source, input).await,
+                Err(e) => Err(e.into()),
+            },
+        };
+        match result {
+            Ok(report) => println!(
+                "{}: {} new URLs ({} lines, {} already known, {} rejected)",
+                source.name(),
+                report.new_urls,
+                report.lines,
+                report.urls - report.new_urls,
+                report.invalid
+            ),
+            Err(e) => return fail(e),
         }
     }
+    ExitCode::SUCCESS
+}
+
+fn fail(e: CrawlError) -> ExitCode {
+    tracing::error!("{e}");
+    eprintln!("trawler: {e}");
+    ExitCode::from(1)
 }

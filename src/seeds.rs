@@ -35,6 +35,8 @@ const MAX_LOGGED_ERRORS: u64 = 100;
 pub enum SeedSource {
     File(PathBuf),
     Stdin,
+    /// URLs given as command-line arguments (`trawler enqueue URL...`).
+    Arguments,
 }
 
 impl SeedSource {
@@ -48,6 +50,7 @@ impl SeedSource {
         match self {
             SeedSource::File(path) => path.display().to_string(),
             SeedSource::Stdin => "-".to_owned(),
+            SeedSource::Arguments => "arguments".to_owned(),
         }
     }
 
@@ -59,6 +62,7 @@ impl SeedSource {
                 std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
             })?),
             SeedSource::Stdin => Box::new(tokio::io::stdin()),
+            SeedSource::Arguments => Box::new(tokio::io::empty()),
         })
     }
 }

@@ -69,7 +69,8 @@ pub struct SqliteStore {
     read: SqlitePool,
     path: PathBuf,
     /// Held open for the store's lifetime: dropping it releases the lock.
-    _lock: File,
+    /// `None` for a store opened with [`SqliteStore::open_shared`].
+    _lock: Option<File>,
 }
 
 impl SqliteStore {
@@ -82,8 +83,23 @@ impl SqliteStore {
     /// does not know; [`StoreError::Database`] when the file cannot be
     /// created, opened or migrated.
     pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let lock = take_lock(&config.path)?;
+        Self::open_with(config, Some(lock)).await
+    }
+
+    /// Opens the database without taking its lock, for adding URLs while a
+    /// crawler owns it (`trawler enqueue` beside `trawler run`): writes wait
+    /// for the owner's transactions (`busy_timeout`), and the owner's
+    /// producer sees new URLs on its next look. Only [`Store::enqueue`] and
+    /// reads are meant for such a store; claiming would race the owner.
+    ///
+    /// Errors: as [`SqliteStore::open`], except [`StoreError::Locked`].
+    pub async fn open_shared(config: &StoreConfig) -> Result<Self, StoreError> {
+        Self::open_with(config, None).await
+    }
+
+    async fn open_with(config: &StoreConfig, lock: Option<File>) -> Result<Self, StoreError> {
         let path = config.path.clone();
-        let lock = take_lock(&path)?;
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(db("parse options"))?
             .filename(&path)

@@ -8,6 +8,7 @@
 //! - `resume`: stopping and resuming, duplicates, input errors
 //! - `store`: lease semantics, locking, schema versions
 //! - `process`: the real binary under signals, `kill -9` and a second instance
+//! - `service`: `trawler run` as systemd runs it, fed by `trawler enqueue`
 
 mod crawl;
 mod discovery;
@@ -16,5 +17,6 @@ mod process;
 mod resume;
 mod robots;
 mod server;
+mod service;
 mod store;
 mod util;

@@ -92,8 +92,14 @@ pub async fn scalar(db: &Path, sql: &str) -> i64 {
 /// Starts the real `trawler` binary with `args`; stdin, stdout and stderr
 /// are pipes (take `child.stdin` to feed `crawl -`).
 pub fn spawn_trawler(args: &[&str]) -> Child {
+    spawn_trawler_with_env(args, &[])
+}
+
+/// [`spawn_trawler`] with extra environment variables.
+pub fn spawn_trawler_with_env(args: &[&str], env: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_trawler"))
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         // As in test_config: one host, no politeness delay.
         .env("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "8")
