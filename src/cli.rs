@@ -27,6 +27,12 @@ pub enum Command {
     /// Add URLs to a database, also while `trawler run` or `trawler crawl` is
     /// using it; prints how many were new.
     Enqueue(EnqueueArgs),
+    /// Summarize a database: frontier, outcomes, top hosts, throughput,
+    /// latency. Safe while a crawler runs.
+    Stats(StatsArgs),
+    /// Write the `results` rows to stdout as JSON lines or CSV, streaming.
+    /// Safe while a crawler runs.
+    Export(ExportArgs),
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
     Config(CommonArgs),
 }
@@ -69,6 +75,29 @@ pub struct EnqueueArgs {
     /// A file of URLs, one per line (`-` for stdin).
     #[arg(long, value_name = "FILE")]
     pub file: Option<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: crate::report::ExportFormat,
+    /// Only rows in this state.
+    #[arg(long, value_parser = ["queued", "done", "failed"])]
+    pub state: Option<String>,
+    /// Only rows fetched at or after this RFC 3339 time (or date), UTC.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }

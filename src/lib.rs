@@ -25,6 +25,7 @@
 //! | [`retry`] | the pure retry/backoff decision |
 //! | [`writer`] | batching completions into transactions |
 //! | [`store`] | the frontier interface with lease semantics; [`store::sqlite`] knows sqlx |
+//! | [`report`] | `trawler stats` and `trawler export`, read-only |
 //! | [`stats`], [`progress`] | counters, summary, progress bar / progress lines |
 //! | [`systemd`] | `sd_notify` readiness, stopping and watchdog |
 
@@ -36,6 +37,7 @@ pub mod frontier;
 pub mod links;
 pub mod politeness;
 pub mod progress;
+pub mod report;
 pub mod retry;
 pub mod robots;
 pub mod seeds;

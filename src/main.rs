@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use trawler::cli::{Cli, Command, EnqueueArgs};
 use trawler::config::Config;
+use trawler::report;
 use trawler::seeds::SeedSource;
+use trawler::store::ExportFilter;
 use trawler::{CrawlError, Shutdown, Summary, telemetry};
 
 fn main() -> ExitCode {
@@ -18,6 +20,8 @@ fn main() -> ExitCode {
         Command::Crawl(args) => (&args.flags.common, args.overrides()),
         Command::Run(args) => (&args.flags.common, args.flags.overrides()),
         Command::Enqueue(args) => (&args.common, args.common.overrides()),
+        Command::Stats(args) => (&args.common, args.common.overrides()),
+        Command::Export(args) => (&args.common, args.common.overrides()),
         Command::Config(common) => (common, common.overrides()),
     };
     let config = match Config::load(common.config.as_deref(), overrides) {
@@ -41,6 +45,13 @@ fn main() -> ExitCode {
             }
             Command::Run(_) => run(|shutdown| async move { trawler::serve(&config, &shutdown).await }).await,
             Command::Enqueue(args) => enqueue(&config, args).await,
+            Command::Stats(args) => {
+                match report::stats(&config.store.path, args.json, std::io::stdout()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(e),
+                }
+            }
+            Command::Export(args) => export(&config, args).await,
             Command::Config(_) => unreachable!("handled above"),
         }
     });
@@ -112,8 +123,25 @@ async fn enqueue(config: &Config, args: EnqueueArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `trawler export`: the `results` rows to stdout.
+async fn export(config: &Config, args: trawler::cli::ExportArgs) -> ExitCode {
+    let since = match args.since.as_deref().map(report::since).transpose() {
+        Ok(since) => since,
+        Err(e) => return fail(e),
+    };
+    let filter = ExportFilter { state: args.state, since };
+    match report::export(&config.store.path, args.format, &filter, std::io::stdout().lock()).await {
+        Ok(rows) => {
+            tracing::info!(rows, "exported");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Logs an operational error (to stderr, in the configured log format) and
+/// returns exit status 1.
 fn fail(e: CrawlError) -> ExitCode {
     tracing::error!("{e}");
-    eprintln!("trawler: {e}");
     ExitCode::from(1)
 }

@@ -166,6 +166,58 @@ pub struct Committed {
     pub new_urls: u64,
 }
 
+/// One row of the `results` view, for `trawler export`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ResultRow {
+    pub url_id: Option<i64>,
+    pub url: String,
+    pub host: Option<String>,
+    pub state: String,
+    pub http_status: Option<i64>,
+    pub error_kind: Option<String>,
+    pub attempts: i64,
+    pub elapsed_ms: Option<i64>,
+    pub fetched_at: Option<String>,
+    pub final_url: Option<String>,
+    pub redirects: Option<i64>,
+    pub content_type: Option<String>,
+    pub body_bytes: Option<i64>,
+    pub body_sha256: Option<String>,
+    pub error_message: Option<String>,
+    pub depth: i64,
+    pub found_on: Option<i64>,
+}
+
+/// Which rows `trawler export` writes.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    /// Only rows in this state (`queued`, `done`, `failed`).
+    pub state: Option<String>,
+    /// Only rows fetched at or after this RFC 3339 UTC time (millisecond form).
+    pub since: Option<String>,
+}
+
+/// A snapshot of a database for `trawler stats`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StatsReport {
+    pub queued: u64,
+    pub in_flight: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub invalid_lines: u64,
+    /// Finished URLs by outcome: HTTP status class (`2xx`, ...) or error kind.
+    pub outcomes: Vec<(String, u64)>,
+    /// Hosts with the most URLs, and with the most failed URLs.
+    pub top_hosts: Vec<(String, u64)>,
+    pub top_failing_hosts: Vec<(String, u64)>,
+    /// Attempts started in the last minute and the last hour.
+    pub attempts_last_minute: u64,
+    pub attempts_last_hour: u64,
+    /// Attempt latency over the last hour, in ms (`None` without attempts).
+    pub latency_p50_ms: Option<i64>,
+    pub latency_p95_ms: Option<i64>,
+}
+
 /// URLs by state, as counted in the store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateCounts {

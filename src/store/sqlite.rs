@@ -31,7 +31,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    Committed, Completion, InputError, Job, NewUrl, Next, PageLimits, StateCounts, Store, StoreError,
+    Committed, Completion, ExportFilter, InputError, Job, NewUrl, Next, PageLimits, ResultRow, StateCounts,
+    StatsReport, Store, StoreError,
 };
 use crate::config::{StoreConfig, Synchronous};
 
@@ -96,6 +97,95 @@ impl SqliteStore {
     /// Errors: as [`SqliteStore::open`], except [`StoreError::Locked`].
     pub async fn open_shared(config: &StoreConfig) -> Result<Self, StoreError> {
         Self::open_with(config, None).await
+    }
+
+    /// Opens an existing database for reading only (`trawler stats`,
+    /// `trawler export`): no lock, no migrations, nothing written.
+    ///
+    /// Errors: [`StoreError::Database`] when the file is missing or unreadable.
+    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Database {
+                context: "open",
+                source: format!("{}: no such database", path.display()).into(),
+            });
+        }
+        let options = SqliteConnectOptions::new().filename(path).read_only(true).busy_timeout(BUSY_TIMEOUT);
+        let read = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .map_err(db_at("open read-only", path))?;
+        Ok(Self { write: read.clone(), read, path: path.to_owned(), _lock: None })
+    }
+
+    /// The `results` view's rows matching `filter`, in `url_id` order, as a
+    /// stream: memory stays flat however many rows there are.
+    pub fn export<'a>(
+        &'a self,
+        filter: &'a ExportFilter,
+    ) -> impl futures::Stream<Item = Result<ResultRow, StoreError>> + 'a {
+        use futures::TryStreamExt;
+        sqlx::query_as::<_, ResultRowSql>(
+            "SELECT * FROM results
+             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR fetched_at >= ?2)
+             ORDER BY url_id IS NULL, url_id",
+        )
+        .bind(filter.state.as_deref())
+        .bind(filter.since.as_deref())
+        .fetch(&self.read)
+        .map_ok(ResultRow::from)
+        .map_err(|e| StoreError::Database { context: "export", source: Box::new(e) })
+    }
+
+    /// A snapshot for `trawler stats`, read while a crawler may be writing.
+    pub async fn stats(&self, now_ms: i64) -> Result<StatsReport, StoreError> {
+        let counts = self.counts().await?;
+        let pairs = |sql: &'static str| async move {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as(sql).fetch_all(&self.read).await.map_err(db("stats"))?;
+            Ok::<_, StoreError>(rows.into_iter().map(|(k, n)| (k, n as u64)).collect::<Vec<_>>())
+        };
+        let since = |ms: i64| async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM attempts WHERE started_ms >= ?1")
+                .bind(ms)
+                .fetch_one(&self.read)
+                .await
+                .map(|n| n as u64)
+                .map_err(db("stats"))
+        };
+        let percentile = |q: f64| async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT elapsed_ms FROM attempts WHERE started_ms >= ?1 ORDER BY elapsed_ms
+                 LIMIT 1 OFFSET (SELECT CAST(count(*) * ?2 AS INTEGER) FROM attempts WHERE started_ms >= ?1)",
+            )
+            .bind(now_ms - 3_600_000)
+            .bind(q)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(db("stats"))
+        };
+        Ok(StatsReport {
+            queued: counts.queued,
+            in_flight: counts.in_flight,
+            done: counts.done,
+            failed: counts.failed,
+            invalid_lines: counts.invalid_lines,
+            outcomes: pairs(
+                "SELECT coalesce(error_kind, (http_status / 100) || 'xx'), count(*) FROM results
+                 WHERE state IN ('done', 'failed') GROUP BY 1 ORDER BY 2 DESC, 1",
+            )
+            .await?,
+            top_hosts: pairs("SELECT host, count(*) FROM urls GROUP BY host ORDER BY 2 DESC, 1 LIMIT 10").await?,
+            top_failing_hosts: pairs(
+                "SELECT host, count(*) FROM urls WHERE state = 'failed' GROUP BY host ORDER BY 2 DESC, 1 LIMIT 10",
+            )
+            .await?,
+            attempts_last_minute: since(now_ms - 60_000).await?,
+            attempts_last_hour: since(now_ms - 3_600_000).await?,
+            latency_p50_ms: percentile(0.50).await?,
+            latency_p95_ms: percentile(0.95).await?,
+        })
     }
 
     async fn open_with(config: &StoreConfig, lock: Option<File>) -> Result<Self, StoreError> {
@@ -650,6 +740,53 @@ async fn update_hosts(
         q.build().execute(&mut **tx).await.map_err(db("update hosts"))?;
     }
     Ok(())
+}
+
+/// `results` as sqlx decodes it; converted to [`ResultRow`] so that no sqlx
+/// derive leaves this module.
+#[derive(sqlx::FromRow)]
+struct ResultRowSql {
+    url_id: Option<i64>,
+    url: String,
+    host: Option<String>,
+    state: String,
+    http_status: Option<i64>,
+    error_kind: Option<String>,
+    attempts: i64,
+    elapsed_ms: Option<i64>,
+    fetched_at: Option<String>,
+    final_url: Option<String>,
+    redirects: Option<i64>,
+    content_type: Option<String>,
+    body_bytes: Option<i64>,
+    body_sha256: Option<String>,
+    error_message: Option<String>,
+    depth: i64,
+    found_on: Option<i64>,
+}
+
+impl From<ResultRowSql> for ResultRow {
+    fn from(r: ResultRowSql) -> Self {
+        ResultRow {
+            url_id: r.url_id,
+            url: r.url,
+            host: r.host,
+            state: r.state,
+            http_status: r.http_status,
+            error_kind: r.error_kind,
+            attempts: r.attempts,
+            elapsed_ms: r.elapsed_ms,
+            fetched_at: r.fetched_at,
+            final_url: r.final_url,
+            redirects: r.redirects,
+            content_type: r.content_type,
+            body_bytes: r.body_bytes,
+            body_sha256: r.body_sha256,
+            error_message: r.error_message,
+            depth: r.depth,
+            found_on: r.found_on,
+        }
+    }
 }
 
 #[cfg(test)]

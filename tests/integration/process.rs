@@ -199,3 +199,50 @@ async fn sigterm_stops_a_crawl_fed_by_a_pipe_that_stays_open() {
     drop(stdin);
     assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'queued'").await, 1);
 }
+
+#[tokio::test]
+async fn stats_and_export_match_the_database() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        server.url("/ok/1"),
+        server.url("/ok/2"),
+        server.url("/status/404/x"),
+        server.url("/loop/a"),
+        "junk".into(),
+    ];
+    let input = write_input(dir.path(), &lines);
+    let db = dir.path().join("crawl.db");
+    let mut crawl = spawn_crawl(input.to_str().unwrap(), &db, &[]);
+    assert_eq!(wait_within(&mut crawl, Duration::from_secs(20)).0.code(), Some(0));
+    let db_arg = db.to_str().unwrap();
+
+    let mut stats = crate::util::spawn_trawler(&["stats", "--json", "--db", db_arg]);
+    assert_eq!(wait_within(&mut stats, Duration::from_secs(10)).0.code(), Some(0));
+    let (stdout, _) = output_of(stats);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((report["done"].as_i64(), report["failed"].as_i64()), (Some(3), Some(1)));
+    assert_eq!(report["invalid_lines"].as_i64(), Some(1));
+    assert_eq!(
+        report["outcomes"],
+        serde_json::json!([["2xx", 2], ["4xx", 1], ["invalid_url", 1], ["redirect_loop", 1]])
+    );
+    assert_eq!(
+        report["attempts_last_hour"].as_i64(),
+        Some(scalar(&db, "SELECT count(*) FROM attempts").await)
+    );
+
+    let mut csv = crate::util::spawn_trawler(&["export", "--format", "csv", "--db", db_arg]);
+    assert_eq!(wait_within(&mut csv, Duration::from_secs(10)).0.code(), Some(0));
+    let (stdout, _) = output_of(csv);
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert!(rows[0].starts_with("url_id,url,host,state,http_status"), "{}", rows[0]);
+    assert_eq!(rows.len() as i64 - 1, scalar(&db, "SELECT count(*) FROM results").await);
+
+    let mut failed = crate::util::spawn_trawler(&["export", "--state", "failed", "--db", db_arg]);
+    assert_eq!(wait_within(&mut failed, Duration::from_secs(10)).0.code(), Some(0));
+    let (stdout, _) = output_of(failed);
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "the redirect loop and the rejected line");
+    assert!(rows.iter().all(|r| r["state"] == "failed"));
+}

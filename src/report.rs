@@ -1,0 +1,137 @@
+//! `trawler stats` and `trawler export`: reading a database, also while a
+//! crawler writes to it (read-only, no lock).
+//!
+//! Stats are a snapshot, for people or (`--json`) machines. Export streams
+//! the `results` view as JSON lines or CSV (the `csv` crate quotes), one row
+//! at a time, so memory stays flat for any size of database.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+
+use futures::StreamExt;
+
+use crate::CrawlError;
+use crate::frontier::now_ms;
+use crate::store::{ExportFilter, SqliteStore, StatsReport};
+
+/// `trawler export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated, with a header row (RFC 4180 quoting).
+    Csv,
+}
+
+/// Writes a stats snapshot of the database at `path` to `out`, as text or
+/// as one JSON object.
+///
+/// Errors: the database cannot be read; `out` cannot be written.
+pub async fn stats(path: &Path, json: bool, mut out: impl Write) -> Result<(), CrawlError> {
+    let store = SqliteStore::open_read_only(path).await?;
+    let report = store.stats(now_ms()).await?;
+    store.close().await;
+    if json {
+        serde_json::to_writer(&mut out, &report).map_err(std::io::Error::other)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", Text(&report))?;
+    }
+    Ok(())
+}
+
+/// Streams the `results` rows of the database at `path` that match `filter`
+/// to `out`. Returns how many rows were written.
+///
+/// Errors: the database cannot be read; `out` cannot be written (a closed
+/// pipe ends the export with an error).
+pub async fn export(
+    path: &Path,
+    format: ExportFormat,
+    filter: &ExportFilter,
+    out: impl Write,
+) -> Result<u64, CrawlError> {
+    let store = SqliteStore::open_read_only(path).await?;
+    let mut rows = 0;
+    {
+        let mut stream = std::pin::pin!(store.export(filter));
+        match format {
+            ExportFormat::Jsonl => {
+                let mut out = std::io::BufWriter::new(out);
+                while let Some(row) = stream.next().await {
+                    serde_json::to_writer(&mut out, &row?).map_err(std::io::Error::other)?;
+                    out.write_all(b"\n")?;
+                    rows += 1;
+                }
+                out.flush()?;
+            }
+            ExportFormat::Csv => {
+                let mut out = csv::Writer::from_writer(out);
+                while let Some(row) = stream.next().await {
+                    out.serialize(row?).map_err(std::io::Error::other)?;
+                    rows += 1;
+                }
+                out.flush()?;
+            }
+        }
+    }
+    store.close().await;
+    Ok(rows)
+}
+
+/// `--since`: an RFC 3339 time (a date alone means midnight UTC) in the
+/// form `fetched_at` is stored in, so that text comparison orders by time.
+///
+/// Errors: not an RFC 3339 time.
+pub fn since(text: &str) -> Result<String, CrawlError> {
+    let text = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_owned() };
+    let time = humantime::parse_rfc3339_weak(&text).map_err(|e| {
+        CrawlError::Config(format!("--since {text:?}: {e} (expected e.g. 2026-11-22T08:00:00Z)"))
+    })?;
+    Ok(humantime::format_rfc3339_millis(time).to_string())
+}
+
+struct Text<'a>(&'a StatsReport);
+
+impl fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0;
+        writeln!(
+            f,
+            "frontier   {} queued, {} in flight, {} done, {} failed ({} input lines rejected)",
+            r.queued, r.in_flight, r.done, r.failed, r.invalid_lines
+        )?;
+        let list = |pairs: &[(String, u64)]| {
+            if pairs.is_empty() {
+                "none".to_owned()
+            } else {
+                pairs.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+            }
+        };
+        writeln!(f, "outcomes   {}", list(&r.outcomes))?;
+        writeln!(f, "hosts      {}", list(&r.top_hosts))?;
+        writeln!(f, "failing    {}", list(&r.top_failing_hosts))?;
+        writeln!(
+            f,
+            "throughput {} attempts in the last minute, {} in the last hour",
+            r.attempts_last_minute, r.attempts_last_hour
+        )?;
+        match (r.latency_p50_ms, r.latency_p95_ms) {
+            (Some(p50), Some(p95)) => writeln!(f, "latency    p50 {p50} ms, p95 {p95} ms (last hour)"),
+            _ => writeln!(f, "latency    no attempts in the last hour"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_rfc3339_times_and_dates() {
+        assert_eq!(since("2026-11-22T08:00:00Z").unwrap(), "2026-11-22T08:00:00.000Z");
+        assert_eq!(since("2026-11-22").unwrap(), "2026-11-22T00:00:00.000Z");
+        assert!(since("yesterday").unwrap_err().to_string().contains("--since"));
+    }
+}
