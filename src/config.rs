@@ -46,6 +46,22 @@ pub struct Config {
     pub store: StoreConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub admin: AdminConfig,
+}
+
+/// The service's admin endpoints (see `admin.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where `trawler run` serves /metrics, /healthz and /readyz
+    /// (`host:port`; loopback by default: put a proxy in front to expose it).
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9187".to_owned() }
+    }
 }
 
 /// How hard one host may be hit (see `politeness.rs`).
@@ -418,6 +434,9 @@ impl Config {
                 return Err(ConfigError::Invalid { key, reason: e.to_string() });
             }
         }
+        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("admin.listen", "must be an address and port, e.g. 127.0.0.1:9187");
+        }
         if self.fetch.timeout.is_zero() {
             return invalid("fetch.timeout", "must be above zero");
         }
@@ -539,6 +558,7 @@ mod tests {
             "[store]",
             "[shutdown]",
             "[log]",
+            "[admin]",
         ] {
             assert!(text.contains(section), "{text}");
         }

@@ -20,6 +20,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, Health};
 use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::frontier::Producer;
@@ -95,7 +96,17 @@ async fn run(
         None => None,
     };
     let store = Arc::new(SqliteStore::open(&config.store).await?);
-    let result = run_tasks(config, &store, seeds.zip(input), shutdown, started, daemon).await;
+    let health = Arc::new(Health::default());
+    let admin_stop = CancellationToken::new();
+    let admin = match daemon {
+        true => Some(start_admin(config, &health, &admin_stop).await?),
+        false => None,
+    };
+    let result = run_tasks(config, &store, seeds.zip(input), shutdown, started, daemon, &health).await;
+    admin_stop.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     // Whatever happened, claims that did not finish go back to the queue.
     match store.requeue_in_flight().await {
         Ok(0) => {}
@@ -106,6 +117,55 @@ async fn run(
     summary.counts = store.counts().await?;
     store.close().await;
     Ok(summary)
+}
+
+/// Installs the metrics recorder and serves the admin endpoints.
+async fn start_admin(
+    config: &Config,
+    health: &Arc<Health>,
+    stop: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, CrawlError> {
+    let addr: std::net::SocketAddr = config.admin.listen.parse().map_err(|_| {
+        CrawlError::Config(format!("admin.listen {:?} is not an address and port", config.admin.listen))
+    })?;
+    let handle = admin::install_recorder().map_err(CrawlError::Config)?;
+    admin::serve(addr, handle, health.clone(), stop.clone())
+        .await
+        .map_err(|e| CrawlError::Io(std::io::Error::new(e.kind(), format!("admin.listen {addr}: {e}"))))
+}
+
+/// Refreshes the frontier gauges every [`admin::GAUGE_EVERY`] until `done`.
+async fn refresh_gauges(
+    store: Arc<SqliteStore>,
+    stats: Arc<CrawlStats>,
+    politeness: Arc<Politeness>,
+    done: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(admin::GAUGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok(counts) = store.counts().await {
+            for (state, n) in [
+                ("queued", counts.queued),
+                ("in_flight", counts.in_flight),
+                ("done", counts.done),
+                ("failed", counts.failed),
+            ] {
+                metrics::gauge!("trawler_frontier_urls", "state" => state).set(n as f64);
+            }
+        }
+        metrics::gauge!("trawler_in_flight").set(CrawlStats::get(&stats.outstanding) as f64);
+        let backoff = politeness.hosts_in_backoff(tokio::time::Instant::now());
+        metrics::gauge!("trawler_hosts_in_backoff").set(backoff as f64);
+        let age = match store.oldest_lease_ms().await {
+            Ok(Some(at)) => (crate::frontier::now_ms() - at).max(0) as f64 / 1000.0,
+            _ => 0.0,
+        };
+        metrics::gauge!("trawler_oldest_lease_seconds").set(age);
+    }
 }
 
 /// Adds the URLs read from `input` (named `source` in reports) to the
@@ -157,6 +217,7 @@ async fn run_tasks(
     shutdown: &Shutdown,
     started: Instant,
     daemon: bool,
+    health: &Health,
 ) -> Result<Summary, CrawlError> {
     let recovered = store.requeue_in_flight().await?;
     if recovered > 0 {
@@ -165,6 +226,7 @@ async fn run_tasks(
     let counts = store.counts().await?;
     let notifier = Arc::new(Notifier::from_env());
     notifier.ready();
+    health.ready.store(true, Ordering::SeqCst);
     let stopping = {
         let (notifier, stop) = (notifier.clone(), shutdown.stop_token().clone());
         tokio::spawn(async move {
@@ -208,6 +270,10 @@ async fn run_tasks(
         config.hosts.clone(),
         config.retry.retry_after_max,
     ));
+    let gauges_done = CancellationToken::new();
+    if daemon {
+        tokio::spawn(refresh_gauges(store.clone(), stats.clone(), politeness.clone(), gauges_done.clone()));
+    }
     let (sitemap_queue, sitemap_rx) = SitemapQueue::new();
     config.discovery.sitemaps.iter().for_each(|s| sitemap_queue.submit(s.clone()));
     let sitemaps_done = CancellationToken::new();
@@ -296,7 +362,11 @@ async fn run_tasks(
     let sitemapped = sitemap_task.await.expect("sitemap task panicked");
     workers.wait().await;
     let written = writer.await.expect("writer task panicked");
+    if written.is_err() {
+        health.store_failed.store(true, Ordering::SeqCst);
+    }
     grace_timer.abort();
+    gauges_done.cancel();
     stopping.abort();
     progress_done.cancel();
     let _ = progress.await;

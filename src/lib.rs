@@ -9,6 +9,7 @@
 //!
 //! | module | responsibility |
 //! |---|---|
+//! | [`admin`] | the service's /metrics, /healthz, /readyz |
 //! | [`cli`] | the command line (clap) |
 //! | [`config`] | layered settings: defaults, TOML, `TRAWLER_*` env, flags |
 //! | [`telemetry`] | `tracing` set-up (text or JSON, `RUST_LOG` filter) |
@@ -29,6 +30,7 @@
 //! | [`stats`], [`progress`] | counters, summary, progress bar / progress lines |
 //! | [`systemd`] | `sd_notify` readiness, stopping and watchdog |
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod crawl;

@@ -243,6 +243,11 @@ impl Politeness {
         self.lock().retain(|_, state| !state.is_idle(now));
     }
 
+    /// Hosts in host-level backoff at `now` (for metrics).
+    pub fn hosts_in_backoff(&self, now: Instant) -> usize {
+        self.lock().values().filter(|s| s.blocked_until.is_some_and(|t| t > now)).count()
+    }
+
     /// Hosts currently tracked (for tests and metrics).
     pub fn tracked_hosts(&self) -> usize {
         self.lock().len()

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use hdrhistogram::Histogram;
 use tokio::sync::{Notify, mpsc};
 
+use crate::admin::{self, status_class};
 use crate::stats::{CrawlStats, latency_histogram};
 use crate::store::{Completion, Next, PageLimits, Store, StoreError};
 
@@ -41,6 +42,9 @@ pub async fn run<S: Store>(
         let mut retried = false;
         for c in &batch {
             latency.saturating_record(c.record.elapsed_us.max(1));
+            if admin::recording() {
+                record_metrics(c);
+            }
             stats.attempts.fetch_add(1, Ordering::Relaxed);
             stats.bytes.fetch_add(c.record.body_bytes.unwrap_or(0), Ordering::Relaxed);
             match c.next {
@@ -67,4 +71,17 @@ pub async fn run<S: Store>(
         batch.clear();
     }
     Ok(latency)
+}
+
+/// Prometheus counters for one committed attempt (no-ops unless a recorder
+/// is installed, as `trawler run` does).
+fn record_metrics(c: &Completion) {
+    let r = &c.record;
+    metrics::counter!("trawler_fetches_total", "outcome" => c.next.outcome(), "status" => status_class(r.http_status))
+        .increment(1);
+    if let Some(kind) = r.error_kind {
+        metrics::counter!("trawler_fetch_errors_total", "kind" => kind).increment(1);
+    }
+    metrics::histogram!("trawler_fetch_duration_seconds").record(r.elapsed_us as f64 / 1e6);
+    metrics::counter!("trawler_body_bytes_total").increment(r.body_bytes.unwrap_or(0));
 }

@@ -217,6 +217,16 @@ impl SqliteStore {
         Ok(Self { write, read, path, _lock: lock })
     }
 
+    /// When the oldest claim still in flight was taken (Unix ms), if any.
+    ///
+    /// Errors: the read failed.
+    pub async fn oldest_lease_ms(&self) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT min(leased_at_ms) FROM urls WHERE state = 'in_flight'")
+            .fetch_one(&self.read)
+            .await
+            .map_err(db("oldest lease"))
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

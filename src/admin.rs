@@ -1,0 +1,115 @@
+//! The service's admin HTTP server (`trawler run`, `admin.listen`, default
+//! 127.0.0.1:9187): Prometheus metrics at `/metrics` (the `metrics` crate's
+//! facade, rendered by `metrics-exporter-prometheus`), `/healthz` (alive,
+//! and the store still accepts writes) and `/readyz` (start-up finished).
+//!
+//! Metrics recorded by the crawl (names follow Prometheus conventions):
+//! - `trawler_fetches_total{outcome, status}`: committed attempts by outcome
+//!   (`done`, `retry`, `failed`) and status class (`2xx` ... `5xx`, `none`);
+//! - `trawler_fetch_errors_total{kind}`: attempts by error kind;
+//! - `trawler_fetch_duration_seconds`: attempt latency histogram;
+//! - `trawler_body_bytes_total`: decoded body bytes read;
+//! - `trawler_frontier_urls{state}`, `trawler_in_flight`,
+//!   `trawler_hosts_in_backoff`, `trawler_oldest_lease_seconds`: gauges,
+//!   refreshed every [`GAUGE_EVERY`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+/// How often the gauges are refreshed from the store.
+pub const GAUGE_EVERY: Duration = Duration::from_secs(5);
+
+/// Latency buckets, in seconds: 1 ms to 60 s.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
+
+/// What `/healthz` and `/readyz` report.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Start-up finished: the database is open and recovered.
+    pub ready: AtomicBool,
+    /// Set when a store write failed: the service can no longer record.
+    pub store_failed: AtomicBool,
+}
+
+/// Set once a recorder is installed. Without one the `metrics` macros are
+/// no-ops, but building their labelled keys still costs on the hot path.
+static RECORDING: AtomicBool = AtomicBool::new(false);
+
+/// Whether metrics are being recorded (only `trawler run` installs a recorder).
+pub fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
+}
+
+/// Installs the process-wide Prometheus recorder. Call once.
+///
+/// Errors: a recorder is already installed, or the buckets are invalid.
+pub fn install_recorder() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full("trawler_fetch_duration_seconds".into()), &LATENCY_BUCKETS)
+        .and_then(|b| b.install_recorder())
+        .inspect(|_| RECORDING.store(true, Ordering::Relaxed))
+        .map_err(|e| e.to_string())
+}
+
+/// Serves the admin endpoints on `addr` until `stop`.
+///
+/// Errors: the address cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: PrometheusHandle,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(address = %listener.local_addr()?, "admin endpoints: /metrics /healthz /readyz");
+    let app = Router::new()
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(health);
+    Ok(tokio::spawn(async move {
+        let served =
+            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        if let Err(e) = served {
+            tracing::error!("admin server: {e}");
+        }
+    }))
+}
+
+async fn healthz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
+    if health.store_failed.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "store write failed\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
+    if health.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+/// The `status` label of an HTTP status: `2xx` ... `5xx`, or `none`.
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        _ => "none",
+    }
+}
