@@ -167,7 +167,7 @@ pub struct Committed {
 }
 
 /// One row of the `results` view, for `trawler export`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct ResultRow {
     pub url_id: Option<i64>,
     pub url: String,

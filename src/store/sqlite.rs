@@ -126,7 +126,7 @@ impl SqliteStore {
         filter: &'a ExportFilter,
     ) -> impl futures::Stream<Item = Result<ResultRow, StoreError>> + 'a {
         use futures::TryStreamExt;
-        sqlx::query_as::<_, ResultRowSql>(
+        sqlx::query_as::<_, ResultRow>(
             "SELECT * FROM results
              WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR fetched_at >= ?2)
              ORDER BY url_id IS NULL, url_id",
@@ -134,7 +134,6 @@ impl SqliteStore {
         .bind(filter.state.as_deref())
         .bind(filter.since.as_deref())
         .fetch(&self.read)
-        .map_ok(ResultRow::from)
         .map_err(|e| StoreError::Database { context: "export", source: Box::new(e) })
     }
 
@@ -750,53 +749,6 @@ async fn update_hosts(
         q.build().execute(&mut **tx).await.map_err(db("update hosts"))?;
     }
     Ok(())
-}
-
-/// `results` as sqlx decodes it; converted to [`ResultRow`] so that no sqlx
-/// derive leaves this module.
-#[derive(sqlx::FromRow)]
-struct ResultRowSql {
-    url_id: Option<i64>,
-    url: String,
-    host: Option<String>,
-    state: String,
-    http_status: Option<i64>,
-    error_kind: Option<String>,
-    attempts: i64,
-    elapsed_ms: Option<i64>,
-    fetched_at: Option<String>,
-    final_url: Option<String>,
-    redirects: Option<i64>,
-    content_type: Option<String>,
-    body_bytes: Option<i64>,
-    body_sha256: Option<String>,
-    error_message: Option<String>,
-    depth: i64,
-    found_on: Option<i64>,
-}
-
-impl From<ResultRowSql> for ResultRow {
-    fn from(r: ResultRowSql) -> Self {
-        ResultRow {
-            url_id: r.url_id,
-            url: r.url,
-            host: r.host,
-            state: r.state,
-            http_status: r.http_status,
-            error_kind: r.error_kind,
-            attempts: r.attempts,
-            elapsed_ms: r.elapsed_ms,
-            fetched_at: r.fetched_at,
-            final_url: r.final_url,
-            redirects: r.redirects,
-            content_type: r.content_type,
-            body_bytes: r.body_bytes,
-            body_sha256: r.body_sha256,
-            error_message: r.error_message,
-            depth: r.depth,
-            found_on: r.found_on,
-        }
-    }
 }
 
 #[cfg(test)]
