@@ -31,7 +31,7 @@ use crate::seeds::{IngestError, IngestReport, SeedSource, ingest};
 use crate::shutdown::Shutdown;
 use crate::sitemaps::{SitemapQueue, SitemapTask};
 use crate::stats::{CrawlStats, Summary};
-use crate::store::{PageLimits, SqliteStore, Store, StoreError};
+use crate::store::{PageLimits, SqliteStore, StateCounts, Store, StoreError};
 use crate::systemd::Notifier;
 use crate::worker::{WorkerContext, rate_limiter};
 use crate::{progress, worker, writer};
@@ -378,7 +378,9 @@ async fn run_tasks(
     let get = CrawlStats::get;
     Ok(Summary {
         elapsed: started.elapsed(),
-        counts,
+        // The end state is only known after unfinished claims are requeued:
+        // `run` fills it in.
+        counts: StateCounts::default(),
         done: get(&stats.done),
         failed: get(&stats.failed),
         attempts: get(&stats.attempts),

@@ -35,6 +35,14 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Whether the job channel is low enough that the producer should refill it:
+/// at most half full. Below that mark claims come in large batches instead
+/// of one per finished fetch (each claim is a transaction competing with the
+/// writer); workers use the same mark to decide whether to wake the producer.
+pub fn wants_refill(queued: usize, capacity: usize) -> bool {
+    queued <= capacity / 2
+}
+
 /// Hosts asked for per round.
 const HOSTS_PER_ROUND: usize = 256;
 
@@ -82,11 +90,8 @@ impl<S: Store> Producer<S> {
                 self.politeness.prune(now);
                 last_prune = now;
             }
-            // Refill only below half full: claims then come in large batches
-            // instead of one per finished fetch, each a transaction competing
-            // with the writer for the one write connection.
             let queued = self.jobs.len();
-            if queued > capacity / 2 {
+            if !wants_refill(queued, capacity) {
                 tokio::select! {
                     _ = self.stop.cancelled() => return Ok(()),
                     _ = self.wake.notified() => {}

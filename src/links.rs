@@ -142,7 +142,7 @@ impl Discovery {
 
     /// Decides about the links `found` on `page` (the final URL, after
     /// redirects), which is at `depth` (seeds are 0).
-    pub fn judge(&self, page: &Url, depth: u32, found: Found) -> Judged {
+    pub fn judge(&self, page: &Url, depth: u32, found: &Found) -> Judged {
         let mut judged = Judged::default();
         let mut drop = |reason: &'static str, n: u64| *judged.dropped.entry(reason).or_default() += n;
         if found.overflow > 0 {
@@ -155,8 +155,8 @@ impl Discovery {
         let base =
             found.base.as_deref().and_then(|b| page.join(b.trim()).ok()).unwrap_or_else(|| page.clone());
         let mut seen = std::collections::HashSet::new();
-        for (href, nofollow) in found.links {
-            if nofollow && self.config.respect_nofollow {
+        for (href, nofollow) in &found.links {
+            if *nofollow && self.config.respect_nofollow {
                 drop("nofollow", 1);
                 continue;
             }
@@ -335,7 +335,7 @@ mod tests {
             ],
             overflow: 2,
         };
-        let judged = d.judge(&page, 0, found.clone());
+        let judged = d.judge(&page, 0, &found);
         assert_eq!(
             judged.links,
             [Discovered { url: "http://example.org/docs/other.html".into(), host: "example.org".into() }]
@@ -351,7 +351,7 @@ mod tests {
                 ("too_many_links", 2)
             ]
         );
-        let at_limit = d.judge(&page, 3, found);
+        let at_limit = d.judge(&page, 3, &found);
         assert!(at_limit.links.is_empty());
         assert_eq!(at_limit.dropped.get("depth"), Some(&6));
     }
@@ -385,7 +385,7 @@ mod tests {
         let links = ["a/a/a/x", "a/b/c/d/e", "x.pdf", "/other/", "y", &"z".repeat(80)];
         let found =
             Found { links: links.iter().map(|l| (l.to_string(), false)).collect(), ..Found::default() };
-        let judged = d.judge(&page, 0, found);
+        let judged = d.judge(&page, 0, &found);
         assert_eq!(judged.links.len(), 1);
         assert_eq!(judged.links[0].url, "http://example.org/docs/y");
         let dropped: Vec<(&str, u64)> = judged.dropped.into_iter().collect();

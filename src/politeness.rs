@@ -248,8 +248,9 @@ impl Politeness {
         self.lock().values().filter(|s| s.blocked_until.is_some_and(|t| t > now)).count()
     }
 
-    /// Hosts currently tracked (for tests and metrics).
-    pub fn tracked_hosts(&self) -> usize {
+    /// Hosts currently tracked.
+    #[cfg(test)]
+    fn tracked_hosts(&self) -> usize {
         self.lock().len()
     }
 }

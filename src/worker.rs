@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RetryConfig;
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
-use crate::frontier::now_ms;
+use crate::frontier::{now_ms, wants_refill};
 use crate::links::Discovery;
 use crate::politeness::{HostSignal, Politeness};
 use crate::retry::{Decision, decide};
@@ -128,10 +128,9 @@ pub async fn run(
             tokio::time::Instant::now(),
             rand::random(),
         );
-        // The producer refills the channel only once it is at most half
-        // full, and waits for this wake-up to look again; above that, a
-        // freed host slot changes nothing, and waking it per fetch costs.
-        if jobs.len() <= jobs.capacity().unwrap_or(0) / 2 {
+        // Above the refill mark the producer has nothing to do, and waking it
+        // on every fetch costs; a freed host slot only matters below it.
+        if wants_refill(jobs.len(), jobs.capacity().unwrap_or(0)) {
             ctx.wake.notify_one();
         }
         if let Some(backoff) = host_backoff {
@@ -182,7 +181,7 @@ fn discover(discovery: &Discovery, job: &Job, fetched: &Fetched) -> (Vec<NewUrl>
         return (Vec::new(), Vec::new());
     };
     let Ok(page) = url::Url::parse(page) else { return (Vec::new(), Vec::new()) };
-    let judged = discovery.judge(&page, job.depth, found.clone());
+    let judged = discovery.judge(&page, job.depth, found);
     let links = judged
         .links
         .into_iter()

@@ -68,7 +68,6 @@ pub struct SqliteStore {
     write: SqlitePool,
     /// Read-only connections for counts and queries.
     read: SqlitePool,
-    path: PathBuf,
     /// Held open for the store's lifetime: dropping it releases the lock.
     /// `None` for a store opened with [`SqliteStore::open_shared`].
     _lock: Option<File>,
@@ -116,7 +115,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db_at("open read-only", path))?;
-        Ok(Self { write: read.clone(), read, path: path.to_owned(), _lock: None })
+        Ok(Self { write: read.clone(), read, _lock: None })
     }
 
     /// The `results` view's rows matching `filter`, in `url_id` order, as a
@@ -213,7 +212,7 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(db_at("open read-only", &path))?;
-        Ok(Self { write, read, path, _lock: lock })
+        Ok(Self { write, read, _lock: lock })
     }
 
     /// When the oldest claim still in flight was taken (Unix ms), if any.
@@ -224,11 +223,6 @@ impl SqliteStore {
             .fetch_one(&self.read)
             .await
             .map_err(db("oldest lease"))
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Closes both pools; the last connection to close checkpoints the WAL.
