@@ -138,7 +138,7 @@ fn bad_settings_exit_1_naming_the_key() {
     let (status, _) = wait_within(&mut child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
     let (_, stderr) = output_of(child);
-    assert!(stderr.contains("fetch.timeout") || stderr.contains("timeout"), "{stderr}");
+    assert!(stderr.contains("fetch.timeout") && stderr.contains("trawler.toml"), "{stderr}");
 
     let mut child = spawn_crawl(dir.path().join("missing.txt").to_str().unwrap(), &db, &[]);
     let (status, _) = wait_within(&mut child, Duration::from_secs(10));

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use trawler::config::{Config, Synchronous};
 use trawler::seeds::SeedSource;
+pub use trawler::store::ResultRow;
 use trawler::{Shutdown, Summary};
 
 /// A config for tests: a database in `dir`, short timeouts and backoffs.
@@ -48,24 +49,6 @@ pub async fn crawl_lines(config: &Config, lines: &[String]) -> Summary {
 pub async fn reader(db: &Path) -> SqlitePool {
     let options = SqliteConnectOptions::new().filename(db).read_only(true);
     SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("open database read-only")
-}
-
-/// One row of the public `results` view.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ResultRow {
-    pub url: String,
-    pub state: String,
-    pub http_status: Option<i64>,
-    pub error_kind: Option<String>,
-    pub attempts: i64,
-    pub elapsed_ms: Option<i64>,
-    pub fetched_at: Option<String>,
-    pub final_url: Option<String>,
-    pub redirects: Option<i64>,
-    pub content_type: Option<String>,
-    pub body_bytes: Option<i64>,
-    pub body_sha256: Option<String>,
-    pub error_message: Option<String>,
 }
 
 /// Every row of `results`.
