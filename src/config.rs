@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 /// §2.2.1 expects of a crawler's product token.
 pub const DEFAULT_USER_AGENT: &str = concat!("trawler/", env!("CARGO_PKG_VERSION"));
 
+/// The shortest `recrawl_after` accepted: below it a URL would be fetched
+/// again before its result was worth anything.
+pub const MIN_RECRAWL_AFTER: Duration = Duration::from_secs(1);
+
 /// A setting that could not be loaded or is out of range.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,6 +51,18 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
+    pub api: ApiConfig,
+}
+
+/// The service's HTTP API for adding URLs and reading their state (see
+/// `api.rs`). Off unless `listen` is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Where `trawler run` serves `POST /urls` and `GET /urls/{id}`
+    /// (`host:port`). It has no authentication: keep it on loopback or behind
+    /// a proxy that has.
+    pub listen: Option<String>,
 }
 
 /// The service's admin endpoints (see `admin.rs`).
@@ -217,6 +233,9 @@ pub struct HostOverride {
     pub delay: Option<Duration>,
     /// Replaces `politeness.per_host_concurrency` for this host.
     pub concurrency: Option<u32>,
+    /// Replaces `crawl.recrawl_after` for this host.
+    #[serde(with = "humantime_serde")]
+    pub recrawl_after: Option<Duration>,
 }
 
 /// The worker pool and the global rate limit.
@@ -228,11 +247,16 @@ pub struct CrawlConfig {
     /// Global cap on request starts, in requests/s; `None` (or absent) = no cap
     /// beyond `concurrency`. Fractions are allowed (`0.5` = one every 2 s).
     pub rate: Option<f64>,
+    /// How long after a URL finished (done or failed) it is put back in the
+    /// frontier to be fetched again, keeping its earlier attempts. `None` (or
+    /// absent) = never. `[hosts."..."] recrawl_after` overrides it per host.
+    #[serde(with = "humantime_serde")]
+    pub recrawl_after: Option<Duration>,
 }
 
 impl Default for CrawlConfig {
     fn default() -> Self {
-        Self { concurrency: 32, rate: None }
+        Self { concurrency: 32, rate: None, recrawl_after: None }
     }
 }
 
@@ -344,11 +368,21 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// Log output; the filter itself comes from `RUST_LOG` (default `info`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
+    /// Which events are logged: a `tracing_subscriber::EnvFilter` directive
+    /// such as `"info"` or `"warn,trawler=debug"`. `RUST_LOG`, when set,
+    /// is used instead.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".to_owned() }
+    }
 }
 
 /// `text` for people, `json` (one object per line) for log shippers.
@@ -418,6 +452,15 @@ impl Config {
         if self.hosts.values().any(|h| h.concurrency == Some(0)) {
             return invalid("hosts.<host>.concurrency", "must be at least 1");
         }
+        if self.crawl.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER) {
+            return invalid("crawl.recrawl_after", "must be at least 1s");
+        }
+        if self.hosts.values().any(|h| h.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER)) {
+            return invalid("hosts.<host>.recrawl_after", "must be at least 1s");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::Invalid { key: "log.level", reason: e.to_string() });
+        }
         if self.robots.user_agent_token.trim().is_empty()
             || !self
                 .robots
@@ -436,6 +479,11 @@ impl Config {
         }
         if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid("admin.listen", "must be an address and port, e.g. 127.0.0.1:9187");
+        }
+        if let Some(listen) = &self.api.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return invalid("api.listen", "must be an address and port, e.g. 127.0.0.1:9188");
         }
         if self.fetch.timeout.is_zero() {
             return invalid("fetch.timeout", "must be above zero");
@@ -526,10 +574,19 @@ mod tests {
         let example = std::fs::read_to_string(&path).unwrap();
         assert_eq!(Config::load(Some(&path), NoOverrides::default()).unwrap(), Config::default());
         let mut defaults: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
-        defaults.get_mut("crawl").unwrap().as_table_mut().unwrap().insert("rate".into(), 0.into());
-        let hosts = example.lines().skip_while(|l| !l.starts_with("# [hosts.")).take(3).collect::<Vec<_>>();
-        assert_eq!(hosts.len(), 3, "a commented [hosts.\"...\"] example with delay and concurrency");
-        assert!(hosts[1].starts_with("# delay =") && hosts[2].starts_with("# concurrency ="), "{hosts:?}");
+        // Keys unset by default are documented commented out.
+        let crawl = defaults.get_mut("crawl").unwrap().as_table_mut().unwrap();
+        crawl.insert("rate".into(), 0.into());
+        crawl.insert("recrawl_after".into(), 0.into());
+        defaults.insert(
+            "api".into(),
+            toml::Value::Table([("listen".to_owned(), 0.into())].into_iter().collect()),
+        );
+        let hosts = example.lines().skip_while(|l| !l.starts_with("# [hosts.")).take(4).collect::<Vec<_>>();
+        assert_eq!(hosts.len(), 4, "a commented [hosts.\"...\"] example with every key");
+        for (line, key) in hosts[1..].iter().zip(["delay", "concurrency", "recrawl_after"]) {
+            assert!(line.starts_with(&format!("# {key} =")), "{hosts:?}");
+        }
         for (section, keys) in defaults {
             if section == "hosts" {
                 continue;
@@ -559,6 +616,7 @@ mod tests {
             "[shutdown]",
             "[log]",
             "[admin]",
+            "[api]",
         ] {
             assert!(text.contains(section), "{text}");
         }

@@ -25,15 +25,16 @@ use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::frontier::Producer;
 use crate::links::Discovery;
-use crate::politeness::Politeness;
+use crate::politeness::{HostRules, Politeness};
+use crate::reload::{Live, Reloader};
 use crate::robots::Robots;
 use crate::seeds::{IngestError, IngestReport, SeedSource, ingest};
 use crate::shutdown::Shutdown;
 use crate::sitemaps::{SitemapQueue, SitemapTask};
 use crate::stats::{CrawlStats, Summary};
-use crate::store::{PageLimits, SqliteStore, StateCounts, Store, StoreError};
+use crate::store::{PageLimits, RecrawlPolicy, SqliteStore, StateCounts, Store, StoreError};
 use crate::systemd::Notifier;
-use crate::worker::{WorkerContext, rate_limiter};
+use crate::worker::{RateLimit, WorkerContext};
 use crate::{progress, worker, writer};
 
 /// Completions buffered between workers and the writer.
@@ -71,7 +72,7 @@ pub async fn crawl(
     seeds: Option<SeedSource>,
     shutdown: &Shutdown,
 ) -> Result<Summary, CrawlError> {
-    run(config, seeds, shutdown, false).await
+    run(config, seeds, shutdown, None).await
 }
 
 /// Runs the crawler as a service: like [`crawl`] without input, but an empty
@@ -80,17 +81,24 @@ pub async fn crawl(
 /// only when `shutdown` stops it.
 ///
 /// Errors: as [`crawl`].
-pub async fn serve(config: &Config, shutdown: &Shutdown) -> Result<Summary, CrawlError> {
-    run(config, None, shutdown, true).await
+///
+/// With `reloader`, `SIGHUP` reloads the configuration (see [`crate::reload`]).
+pub async fn serve(
+    config: &Config,
+    shutdown: &Shutdown,
+    reloader: Option<Reloader>,
+) -> Result<Summary, CrawlError> {
+    run(config, None, shutdown, Some(reloader)).await
 }
 
 async fn run(
     config: &Config,
     seeds: Option<SeedSource>,
     shutdown: &Shutdown,
-    daemon: bool,
+    service: Option<Option<Reloader>>,
 ) -> Result<Summary, CrawlError> {
     let started = Instant::now();
+    let daemon = service.is_some();
     let input = match &seeds {
         Some(source) => Some(source.open().await?),
         None => None,
@@ -102,7 +110,8 @@ async fn run(
         true => Some(start_admin(config, &health, &admin_stop).await?),
         false => None,
     };
-    let result = run_tasks(config, &store, seeds.zip(input), shutdown, started, daemon, &health).await;
+    let service = service.map(|reloader| Service { health: health.clone(), reloader });
+    let result = run_tasks(config, &store, seeds.zip(input), shutdown, started, service).await;
     admin_stop.cancel();
     if let Some(admin) = admin {
         let _ = admin.await;
@@ -210,23 +219,92 @@ fn robots(
 
 type Input = (SeedSource, Box<dyn tokio::io::AsyncRead + Send + Unpin>);
 
+/// What only the service has.
+struct Service {
+    health: Arc<Health>,
+    reloader: Option<Reloader>,
+}
+
+/// URLs put back for a recrawl per statement.
+const RECRAWL_BATCH: u32 = 10_000;
+
+/// How often the service looks for URLs due for a recrawl (one index probe).
+const RECRAWL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sets the recrawl times from `policy` (it may have changed since the last
+/// run) and puts the URLs that are due back in the frontier. Returns how many.
+async fn requeue_recrawls(store: &SqliteStore, policy: Option<&RecrawlPolicy>) -> Result<u64, StoreError> {
+    if let Some(policy) = policy {
+        let rescheduled = store.schedule_recrawls(policy).await?;
+        if rescheduled > 0 {
+            tracing::info!(urls = rescheduled, "recrawl times set from recrawl_after");
+        }
+    }
+    let mut requeued = 0;
+    loop {
+        let n = store.requeue_recrawls(crate::frontier::now_ms(), RECRAWL_BATCH).await?;
+        requeued += n;
+        if n < u64::from(RECRAWL_BATCH) {
+            return Ok(requeued);
+        }
+    }
+}
+
+/// The service's recrawl loop: every [`RECRAWL_EVERY`], due URLs go back in
+/// the frontier and the producer is woken.
+async fn recrawl_due(
+    store: Arc<SqliteStore>,
+    stats: Arc<CrawlStats>,
+    wake: Arc<Notify>,
+    done: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(RECRAWL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match requeue_recrawls(&store, None).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(urls = n, "due for a recrawl: back in the frontier");
+                stats.finished.fetch_sub(n.min(CrawlStats::get(&stats.finished)), Ordering::Relaxed);
+                wake.notify_one();
+            }
+            Err(e) => tracing::error!("could not requeue URLs due for a recrawl: {e}"),
+        }
+    }
+}
+
 async fn run_tasks(
     config: &Config,
     store: &Arc<SqliteStore>,
     input: Option<Input>,
     shutdown: &Shutdown,
     started: Instant,
-    daemon: bool,
-    health: &Health,
+    service: Option<Service>,
 ) -> Result<Summary, CrawlError> {
+    let daemon = service.is_some();
+    let (health, reloader) = match service {
+        Some(Service { health, reloader }) => (Some(health), reloader),
+        None => (None, None),
+    };
     let recovered = store.requeue_in_flight().await?;
     if recovered > 0 {
         tracing::info!(urls = recovered, "requeued URLs left in flight by an earlier run");
     }
+    let rules = HostRules::from_config(config);
+    let recrawled = requeue_recrawls(store, Some(&rules.recrawl_policy())).await?;
+    if recrawled > 0 {
+        tracing::info!(urls = recrawled, "due for a recrawl: back in the frontier");
+    }
     let counts = store.counts().await?;
     let notifier = Arc::new(Notifier::from_env());
     notifier.ready();
-    health.ready.store(true, Ordering::SeqCst);
+    if let Some(health) = &health {
+        health.ready.store(true, Ordering::SeqCst);
+    }
     let stopping = {
         let (notifier, stop) = (notifier.clone(), shutdown.stop_token().clone());
         tokio::spawn(async move {
@@ -265,14 +343,11 @@ async fn run_tasks(
         PageLimits { total: config.discovery.max_pages, per_host: config.discovery.max_pages_per_host };
     let writer = tokio::spawn(writer::run(store.clone(), result_rx, stats.clone(), wake.clone(), limits));
 
-    let politeness = Arc::new(Politeness::new(
-        config.politeness.clone(),
-        config.hosts.clone(),
-        config.retry.retry_after_max,
-    ));
+    let politeness = Arc::new(Politeness::new(rules, config.retry.retry_after_max));
     let gauges_done = CancellationToken::new();
     if daemon {
         tokio::spawn(refresh_gauges(store.clone(), stats.clone(), politeness.clone(), gauges_done.clone()));
+        tokio::spawn(recrawl_due(store.clone(), stats.clone(), wake.clone(), gauges_done.clone()));
     }
     let (sitemap_queue, sitemap_rx) = SitemapQueue::new();
     config.discovery.sitemaps.iter().for_each(|s| sitemap_queue.submit(s.clone()));
@@ -292,7 +367,7 @@ async fn run_tasks(
     let ctx = Arc::new(WorkerContext {
         fetcher,
         retry: config.retry.clone(),
-        limiter: config.crawl.rate.map(rate_limiter),
+        rate: RateLimit::new(config.crawl.rate),
         robots: robots(config, &politeness, &sitemap_queue)?,
         discovery,
         politeness: politeness.clone(),
@@ -306,6 +381,16 @@ async fn run_tasks(
     }
     workers.close();
     drop((job_rx, result_tx));
+    if let Some(reloader) = reloader {
+        let live = Live {
+            config: config.clone(),
+            ctx: ctx.clone(),
+            store: store.clone(),
+            notifier: notifier.clone(),
+            wake: wake.clone(),
+        };
+        tokio::spawn(reloader.run(live, gauges_done.clone()));
+    }
 
     let ingest_task = input.map(|(source, reader)| {
         let (store, stop, wake, stats, done) =
@@ -362,7 +447,7 @@ async fn run_tasks(
     let sitemapped = sitemap_task.await.expect("sitemap task panicked");
     workers.wait().await;
     let written = writer.await.expect("writer task panicked");
-    if written.is_err() {
+    if let (Err(_), Some(health)) = (&written, &health) {
         health.store_failed.store(true, Ordering::SeqCst);
     }
     grace_timer.abort();

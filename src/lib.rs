@@ -12,8 +12,9 @@
 //! | [`admin`] | the service's /metrics, /healthz, /readyz |
 //! | [`cli`] | the command line (clap) |
 //! | [`config`] | layered settings: defaults, TOML, `TRAWLER_*` env, flags |
-//! | [`telemetry`] | `tracing` set-up (text or JSON, `RUST_LOG` filter) |
+//! | [`telemetry`] | `tracing` set-up (text or JSON, `log.level` / `RUST_LOG` filter, reloadable) |
 //! | [`shutdown`] | SIGINT/SIGTERM → stop, then abort |
+//! | [`reload`] | SIGHUP → load the config again, apply what can change while running |
 //! | [`crawl`] | one crawl: start the tasks, tear them down in order, summarise |
 //! | [`seeds`] | streaming the input list into the frontier |
 //! | [`frontier`] | the producer: claims due URLs of hosts that may be fetched now |
@@ -39,6 +40,7 @@ pub mod frontier;
 pub mod links;
 pub mod politeness;
 pub mod progress;
+pub mod reload;
 pub mod report;
 pub mod retry;
 pub mod robots;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use trawler::cli::{Cli, Command, EnqueueArgs};
 use trawler::config::Config;
+use trawler::reload::{LoadConfig, Reloader};
 use trawler::report;
 use trawler::seeds::SeedSource;
 use trawler::store::ExportFilter;
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    telemetry::init(config.log.format);
+    let log_level = telemetry::init(config.log.format, &config.log.level);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let status = runtime.block_on(async move {
         match cli.command {
@@ -43,7 +44,17 @@ fn main() -> ExitCode {
                 let seeds = args.input.as_deref().map(SeedSource::from_arg);
                 run(|shutdown| async move { trawler::crawl(&config, seeds, &shutdown).await }).await
             }
-            Command::Run(_) => run(|shutdown| async move { trawler::serve(&config, &shutdown).await }).await,
+            Command::Run(args) => {
+                // SIGHUP loads the config as it was loaded now: same file,
+                // environment and flags.
+                let (file, overrides) = (args.flags.common.config.clone(), args.flags.overrides());
+                let load: LoadConfig = Box::new(move || Config::load(file.as_deref(), &overrides));
+                let reloader = match Reloader::new(load, Some(log_level)) {
+                    Ok(reloader) => reloader,
+                    Err(e) => return fail(CrawlError::Io(e)),
+                };
+                run(|shutdown| async move { trawler::serve(&config, &shutdown, Some(reloader)).await }).await
+            }
             Command::Enqueue(args) => enqueue(&config, args).await,
             Command::Stats(args) => {
                 match report::stats(&config.store.path, args.json, std::io::stdout()).await {

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{HostOverride, PolitenessConfig};
+use crate::config::{Config, HostOverride, PolitenessConfig};
 use crate::retry::exponential;
+use crate::store::RecrawlPolicy;
 
 /// What an attempt's outcome says about its host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +68,68 @@ impl HostState {
 
 /// The shared per-host state. See the module docs.
 pub struct Politeness {
-    config: PolitenessConfig,
-    overrides: BTreeMap<String, HostOverride>,
     /// Cap on a `Retry-After` that is honoured (`retry.retry_after_max`).
     retry_after_max: Duration,
-    hosts: Mutex<HashMap<String, HostState>>,
+    inner: Mutex<Inner>,
+}
+
+/// The rules and the active hosts under one lock: every decision reads both,
+/// and a reload ([`Politeness::set_rules`]) swaps the rules between two
+/// decisions, never during one.
+#[derive(Default)]
+struct Inner {
+    rules: HostRules,
+    hosts: HashMap<String, HostState>,
+}
+
+/// The per-host settings that `SIGHUP` can change: `[politeness]`, the
+/// `[hosts."..."]` overrides and `crawl.recrawl_after`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostRules {
+    pub politeness: PolitenessConfig,
+    /// Keyed by host name as in URLs (lower-case, no port).
+    pub overrides: BTreeMap<String, HostOverride>,
+    /// `crawl.recrawl_after`: how long after it finished a URL is fetched
+    /// again, for hosts without their own `recrawl_after`. `None` = never.
+    pub recrawl_after: Option<Duration>,
+}
+
+impl HostRules {
+    /// The rules in `config`.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            politeness: config.politeness.clone(),
+            overrides: config.hosts.clone(),
+            recrawl_after: config.crawl.recrawl_after,
+        }
+    }
+
+    /// The limits for `host`: its `[hosts."..."]` override, else `[politeness]`.
+    pub fn limits(&self, host: &str) -> HostLimits {
+        let o = self.overrides.get(host);
+        HostLimits {
+            concurrency: o.and_then(|o| o.concurrency).unwrap_or(self.politeness.per_host_concurrency),
+            delay: o.and_then(|o| o.delay).unwrap_or(self.politeness.per_host_delay),
+        }
+    }
+
+    /// How long after it finished a URL of `host` is due again, if ever.
+    pub fn recrawl_after(&self, host: &str) -> Option<Duration> {
+        self.overrides.get(host).and_then(|o| o.recrawl_after).or(self.recrawl_after)
+    }
+
+    /// The recrawl schedule as the store takes it: the default, and the hosts
+    /// that have their own.
+    pub fn recrawl_policy(&self) -> RecrawlPolicy {
+        RecrawlPolicy {
+            default: self.recrawl_after,
+            per_host: self
+                .overrides
+                .iter()
+                .filter_map(|(host, o)| Some((host.clone(), o.recrawl_after?)))
+                .collect(),
+        }
+    }
 }
 
 /// One host's limits after overrides.
@@ -82,25 +140,33 @@ pub struct HostLimits {
 }
 
 impl Politeness {
-    pub fn new(
-        config: PolitenessConfig,
-        overrides: BTreeMap<String, HostOverride>,
-        retry_after_max: Duration,
-    ) -> Self {
-        Self { config, overrides, retry_after_max, hosts: Mutex::default() }
+    pub fn new(rules: HostRules, retry_after_max: Duration) -> Self {
+        Self { retry_after_max, inner: Mutex::new(Inner { rules, hosts: HashMap::new() }) }
     }
 
-    /// The limits for `host`: its `[hosts."..."]` override, else `[politeness]`.
+    /// Puts new rules in force (a config reload). Jobs already handed out
+    /// keep their place; the next decision for each host uses the new limits.
+    pub fn set_rules(&self, rules: HostRules) {
+        self.lock().rules = rules;
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> HostRules {
+        self.lock().rules.clone()
+    }
+
+    /// The limits for `host` under the rules in force.
     pub fn limits(&self, host: &str) -> HostLimits {
-        let o = self.overrides.get(host);
-        HostLimits {
-            concurrency: o.and_then(|o| o.concurrency).unwrap_or(self.config.per_host_concurrency),
-            delay: o.and_then(|o| o.delay).unwrap_or(self.config.per_host_delay),
-        }
+        self.lock().rules.limits(host)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HostState>> {
-        self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// [`HostRules::recrawl_after`] under the rules in force.
+    pub fn recrawl_after(&self, host: &str) -> Option<Duration> {
+        self.lock().rules.recrawl_after(host)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// How many more jobs `host` may be handed at `now`: 0 while it is at its
@@ -108,9 +174,9 @@ impl Politeness {
     /// backoff; 1 when a delay applies (the next start must wait for this
     /// one); otherwise its free concurrency.
     pub fn slots(&self, host: &str, now: Instant) -> u32 {
-        let limits = self.limits(host);
-        let hosts = self.lock();
-        match hosts.get(host) {
+        let inner = self.lock();
+        let limits = inner.rules.limits(host);
+        match inner.hosts.get(host) {
             None => {
                 if limits.delay.is_zero() {
                     limits.concurrency
@@ -124,10 +190,11 @@ impl Politeness {
 
     /// Hosts that may not be handed a job at `now`, for the producer to skip.
     pub fn busy_hosts(&self, now: Instant) -> Vec<String> {
-        let hosts = self.lock();
-        hosts
+        let inner = self.lock();
+        inner
+            .hosts
             .iter()
-            .filter(|(host, state)| slots_of(state, self.limits(host), now) == 0)
+            .filter(|(host, state)| slots_of(state, inner.rules.limits(host), now) == 0)
             .map(|(host, _)| host.clone())
             .collect()
     }
@@ -136,8 +203,8 @@ impl Politeness {
     /// ends), for the producer's sleep. Hosts at their concurrency free up
     /// when a fetch finishes, which wakes the producer anyway.
     pub fn next_free_in(&self, now: Instant) -> Option<Duration> {
-        let hosts = self.lock();
-        hosts
+        self.lock()
+            .hosts
             .values()
             .flat_map(|s| [s.next_start, s.blocked_until])
             .flatten()
@@ -148,8 +215,8 @@ impl Politeness {
 
     /// Records that a job for `host` was handed to the workers.
     pub fn dispatched(&self, host: &str) {
-        let mut hosts = self.lock();
-        let state = hosts.entry(host.to_owned()).or_default();
+        let mut inner = self.lock();
+        let state = inner.hosts.entry(host.to_owned()).or_default();
         state.in_flight += 1;
         state.unstarted += 1;
     }
@@ -157,17 +224,15 @@ impl Politeness {
     /// Records the host's robots.txt `Crawl-delay` (already clamped), which
     /// raises its delay while it is larger than the configured one.
     pub fn set_crawl_delay(&self, host: &str, crawl_delay: Option<Duration>) {
-        let mut hosts = self.lock();
-        let state = hosts.entry(host.to_owned()).or_default();
-        state.crawl_delay = crawl_delay;
+        self.lock().hosts.entry(host.to_owned()).or_default().crawl_delay = crawl_delay;
     }
 
     /// Reserves the next request start to `host` at or after `now` and
     /// returns it; the reservation after it is the host's delay later.
     pub fn reserve(&self, host: &str, now: Instant) -> Instant {
-        let limits = self.limits(host);
-        let mut hosts = self.lock();
-        let state = hosts.entry(host.to_owned()).or_default();
+        let mut inner = self.lock();
+        let limits = inner.rules.limits(host);
+        let state = inner.hosts.entry(host.to_owned()).or_default();
         state.unstarted = state.unstarted.saturating_sub(1);
         let at = state.next_start.map_or(now, |t| t.max(now));
         state.next_start = Some(at + effective_delay(state, limits));
@@ -177,8 +242,7 @@ impl Politeness {
     /// Records that a dispatched job for `host` will make no request (robots.txt
     /// ruled it out), so the host does not wait for it to start.
     pub fn skip_start(&self, host: &str) {
-        let mut hosts = self.lock();
-        if let Some(state) = hosts.get_mut(host) {
+        if let Some(state) = self.lock().hosts.get_mut(host) {
             state.unstarted = state.unstarted.saturating_sub(1);
         }
     }
@@ -193,7 +257,9 @@ impl Politeness {
     /// Records that a job for `host` finished with `signal`. Returns the
     /// host-level backoff that starts now, if this outcome started one.
     pub fn finished(&self, host: &str, signal: HostSignal, now: Instant, jitter: f64) -> Option<Duration> {
-        let mut hosts = self.lock();
+        let mut inner = self.lock();
+        let Inner { rules, hosts } = &mut *inner;
+        let config = &rules.politeness;
         let state = hosts.entry(host.to_owned()).or_default();
         state.in_flight = state.in_flight.saturating_sub(1);
         let backoff = match signal {
@@ -207,25 +273,15 @@ impl Politeness {
                 state.failures_in_a_row = 0;
                 state.backoffs_in_a_row += 1;
                 Some(retry_after.map(|d| d.min(self.retry_after_max)).unwrap_or_else(|| {
-                    exponential(
-                        self.config.backoff_base,
-                        self.config.backoff_max,
-                        state.backoffs_in_a_row,
-                        jitter,
-                    )
+                    exponential(config.backoff_base, config.backoff_max, state.backoffs_in_a_row, jitter)
                 }))
             }
             HostSignal::Unreachable => {
                 state.failures_in_a_row += 1;
-                (state.failures_in_a_row >= self.config.connect_failures_before_backoff).then(|| {
+                (state.failures_in_a_row >= config.connect_failures_before_backoff).then(|| {
                     state.failures_in_a_row = 0;
                     state.backoffs_in_a_row += 1;
-                    exponential(
-                        self.config.backoff_base,
-                        self.config.backoff_max,
-                        state.backoffs_in_a_row,
-                        jitter,
-                    )
+                    exponential(config.backoff_base, config.backoff_max, state.backoffs_in_a_row, jitter)
                 })
             }
         };
@@ -240,18 +296,18 @@ impl Politeness {
     /// Forgets hosts with nothing in flight, no pending delay or backoff and
     /// no failure streak, keeping memory proportional to active hosts.
     pub fn prune(&self, now: Instant) {
-        self.lock().retain(|_, state| !state.is_idle(now));
+        self.lock().hosts.retain(|_, state| !state.is_idle(now));
     }
 
     /// Hosts in host-level backoff at `now` (for metrics).
     pub fn hosts_in_backoff(&self, now: Instant) -> usize {
-        self.lock().values().filter(|s| s.blocked_until.is_some_and(|t| t > now)).count()
+        self.lock().hosts.values().filter(|s| s.blocked_until.is_some_and(|t| t > now)).count()
     }
 
     /// Hosts currently tracked.
     #[cfg(test)]
     fn tracked_hosts(&self) -> usize {
-        self.lock().len()
+        self.lock().hosts.len()
     }
 }
 
@@ -290,9 +346,10 @@ mod tests {
         let mut overrides = BTreeMap::new();
         overrides.insert(
             "slow.example".to_owned(),
-            HostOverride { delay: Some(Duration::from_secs(2)), concurrency: Some(1) },
+            HostOverride { delay: Some(Duration::from_secs(2)), concurrency: Some(1), ..Default::default() },
         );
-        Politeness::new(config, overrides, Duration::from_secs(30))
+        let rules = HostRules { politeness: config, overrides, recrawl_after: None };
+        Politeness::new(rules, Duration::from_secs(30))
     }
 
     #[test]

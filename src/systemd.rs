@@ -1,6 +1,7 @@
 //! systemd service notifications (`sd_notify(3)`), through the `sd-notify`
-//! crate: `READY=1` once the database is open and recovered, `STOPPING=1`
-//! when a stop begins, and `WATCHDOG=1` from the scheduling loop when the
+//! crate: `READY=1` once the database is open and recovered (and again after
+//! a `SIGHUP` reload, which `RELOADING=1` begins), `STOPPING=1` when a stop
+//! begins, and `WATCHDOG=1` from the scheduling loop when the
 //! unit sets `WatchdogSec=`. Without `NOTIFY_SOCKET` (not under systemd)
 //! every call does nothing.
 
@@ -35,6 +36,18 @@ impl Notifier {
     /// `READY=1`: start-up is finished (database open, recovery done).
     pub fn ready(&self) {
         send(&[NotifyState::Ready, NotifyState::Status("crawling")]);
+    }
+
+    /// `RELOADING=1` with `MONOTONIC_USEC` (which systemd 253+ requires with
+    /// it, sd_notify(3)): a `SIGHUP` reload has begun. [`ready`](Self::ready)
+    /// ends it.
+    pub fn reloading(&self) {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => {
+                send(&[NotifyState::Reloading, now, NotifyState::Status("reloading the configuration")])
+            }
+            Err(e) => tracing::warn!("cannot read the monotonic clock for systemd: {e}"),
+        }
     }
 
     /// `STOPPING=1`: a graceful stop has begun.

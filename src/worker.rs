@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetryConfig;
@@ -29,8 +29,8 @@ use crate::store::{Completion, Job, Next};
 pub struct WorkerContext {
     pub fetcher: Fetcher,
     pub retry: RetryConfig,
-    /// The global request-rate limit, if one is configured.
-    pub limiter: Option<DefaultDirectRateLimiter>,
+    /// The global request-rate limit (`crawl.rate`), replaceable by a reload.
+    pub rate: RateLimit,
     /// Per-host limits, shared with the producer.
     pub politeness: Arc<Politeness>,
     /// robots.txt rules, unless `robots.obey` is off.
@@ -43,6 +43,36 @@ pub struct WorkerContext {
     pub stop: CancellationToken,
     /// Drop the fetch in flight.
     pub abort: CancellationToken,
+}
+
+/// The global request-rate limit, `None` for none. A reload replaces it with
+/// [`RateLimit::set`]; a worker waiting on the old limiter stops waiting and
+/// asks the new one, so lowering a very slow rate takes effect at once.
+pub struct RateLimit(watch::Sender<Option<Arc<DefaultDirectRateLimiter>>>);
+
+impl RateLimit {
+    /// A limit of `rate` request starts per second, or none.
+    pub fn new(rate: Option<f64>) -> Self {
+        Self(watch::Sender::new(rate.map(|r| Arc::new(rate_limiter(r)))))
+    }
+
+    /// Replaces the limit (a fresh limiter: the new rate starts from a full
+    /// burst).
+    pub fn set(&self, rate: Option<f64>) {
+        self.0.send_replace(rate.map(|r| Arc::new(rate_limiter(r))));
+    }
+
+    /// Waits until a request may start under the limit in force. Cancel safe.
+    pub async fn until_ready(&self) {
+        let mut changes = self.0.subscribe();
+        loop {
+            let Some(limiter) = changes.borrow_and_update().clone() else { return };
+            tokio::select! {
+                _ = limiter.until_ready() => return,
+                _ = changes.changed() => {}
+            }
+        }
+    }
 }
 
 /// A `governor` limiter allowing `rate` request starts per second. The burst
@@ -157,6 +187,12 @@ pub async fn run(
             outcome = next.outcome(),
             "fetched"
         );
+        let recrawl_at_ms = match next {
+            Next::RetryAt(_) => None,
+            Next::Done | Next::Failed => {
+                ctx.politeness.recrawl_after(&job.host).map(|d| now_ms() + d.as_millis() as i64)
+            }
+        };
         let completion = Completion {
             url_id: job.url_id,
             lease: job.lease,
@@ -167,6 +203,7 @@ pub async fn run(
             next,
             links,
             dropped_links,
+            recrawl_at_ms,
         };
         if results.send(completion).await.is_err() {
             return;
@@ -203,12 +240,10 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<Fetched> {
         _ = ctx.stop.cancelled() => return None,
         _ = ctx.politeness.wait_turn(&job.host) => {}
     }
-    if let Some(limiter) = &ctx.limiter {
-        tokio::select! {
-            biased;
-            _ = ctx.stop.cancelled() => return None,
-            _ = limiter.until_ready() => {}
-        }
+    tokio::select! {
+        biased;
+        _ = ctx.stop.cancelled() => return None,
+        _ = ctx.rate.until_ready() => {}
     }
     tokio::select! {
         biased;

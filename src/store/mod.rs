@@ -138,7 +138,8 @@ pub struct Completion {
     /// A host-level backoff this attempt started: the host is not fetched
     /// again before this time (Unix ms).
     pub host_backoff_until_ms: Option<i64>,
-    /// The attempt's number (1 = first); becomes the URL's `attempts`.
+    /// The attempt's number within the URL's current visit (1 = first; a
+    /// recrawl starts again at 1). The URL's `attempts` counts all visits.
     pub attempt: u32,
     pub record: AttemptRecord,
     pub next: Next,
@@ -146,6 +147,24 @@ pub struct Completion {
     pub links: Vec<NewUrl>,
     /// Links found on the page that were dropped, counted by reason.
     pub dropped_links: Vec<(&'static str, u64)>,
+    /// When a finished URL is due to be fetched again (Unix ms), if its
+    /// host's `recrawl_after` says so; ignored for a retry.
+    pub recrawl_at_ms: Option<i64>,
+}
+
+/// When finished URLs are fetched again: `crawl.recrawl_after`, and the hosts
+/// with their own `[hosts."..."] recrawl_after`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecrawlPolicy {
+    pub default: Option<std::time::Duration>,
+    pub per_host: std::collections::BTreeMap<String, std::time::Duration>,
+}
+
+impl RecrawlPolicy {
+    /// No URL is ever fetched again.
+    pub fn is_never(&self) -> bool {
+        self.default.is_none() && self.per_host.is_empty()
+    }
 }
 
 /// Caps on how many URLs discovery may add (see `DiscoveryConfig`).
@@ -296,4 +315,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// URLs by state.
     fn counts(&self) -> impl Future<Output = Result<StateCounts, StoreError>> + Send;
+
+    /// Sets every finished URL's recrawl time (`urls.recrawl_at_ms`) from
+    /// `policy` and the time it finished, e.g. after the policy changed.
+    /// Returns how many URLs' times changed. Costs one pass over the finished
+    /// URLs; does nothing when `policy` is never and no URL has a time.
+    fn schedule_recrawls(
+        &self,
+        policy: &RecrawlPolicy,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Puts up to `limit` finished URLs whose recrawl time is at or before
+    /// `now_ms` back in the queue, due at once, as a new visit: their
+    /// attempts so far are kept (history) and the retry count starts again.
+    /// Returns how many were requeued.
+    fn requeue_recrawls(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

@@ -31,8 +31,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    Committed, Completion, ExportFilter, InputError, Job, NewUrl, Next, PageLimits, ResultRow, StateCounts,
-    StatsReport, Store, StoreError,
+    Committed, Completion, ExportFilter, InputError, Job, NewUrl, Next, PageLimits, RecrawlPolicy, ResultRow,
+    StateCounts, StatsReport, Store, StoreError,
 };
 use crate::config::{StoreConfig, Synchronous};
 
@@ -345,7 +345,7 @@ impl Store for SqliteStore {
                  WHERE id IN (SELECT id FROM urls
                               WHERE host = ?3 AND state = 'queued' AND not_before_ms <= ?2
                               ORDER BY not_before_ms, id LIMIT ?4)
-                 RETURNING id, url, attempts, depth",
+                 RETURNING id, url, attempts - attempts_before, depth",
             )
             .bind(lease)
             .bind(now_ms)
@@ -465,6 +465,59 @@ impl Store for SqliteStore {
         counts.invalid_lines = invalid as u64;
         Ok(counts)
     }
+
+    async fn schedule_recrawls(&self, policy: &RecrawlPolicy) -> Result<u64, StoreError> {
+        if policy.is_never() {
+            let scheduled: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM urls WHERE recrawl_at_ms IS NOT NULL)")
+                    .fetch_one(&self.read)
+                    .await
+                    .map_err(db("look for recrawl times"))?;
+            if !scheduled {
+                return Ok(0);
+            }
+        }
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);
+        let per_host: BTreeMap<&str, i64> =
+            policy.per_host.iter().map(|(h, d)| (h.as_str(), ms(*d))).collect();
+        let result = sqlx::query(
+            "UPDATE urls SET recrawl_at_ms = finished_ms +
+                 coalesce((SELECT value FROM json_each(?1) WHERE key = urls.host), ?2)
+             WHERE state IN ('done', 'failed') AND recrawl_at_ms IS NOT finished_ms +
+                 coalesce((SELECT value FROM json_each(?1) WHERE key = urls.host), ?2)",
+        )
+        .bind(serde_json::to_string(&per_host).expect("a map of strings serializes"))
+        .bind(policy.default.map(ms))
+        .execute(&self.write)
+        .await
+        .map_err(db("schedule recrawls"))?;
+        Ok(result.rows_affected())
+    }
+
+    async fn requeue_recrawls(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
+        let hosts: Vec<String> = sqlx::query_scalar(
+            "UPDATE urls SET state = 'queued', not_before_ms = 0, recrawl_at_ms = NULL,
+                 recrawls = recrawls + 1, attempts_before = attempts
+             WHERE id IN (SELECT id FROM urls WHERE recrawl_at_ms <= ?1 ORDER BY recrawl_at_ms LIMIT ?2)
+             RETURNING host",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("requeue recrawls"))?;
+        if !hosts.is_empty() {
+            let distinct: BTreeSet<&str> = hosts.iter().map(String::as_str).collect();
+            sqlx::query("UPDATE hosts SET work_at_ms = 0 WHERE host IN (SELECT value FROM json_each(?1))")
+                .bind(serde_json::to_string(&distinct).expect("strings serialize"))
+                .execute(&mut *tx)
+                .await
+                .map_err(db("requeue recrawl hosts"))?;
+        }
+        tx.commit().await.map_err(db("commit recrawls"))?;
+        Ok(hosts.len() as u64)
+    }
 }
 
 async fn insert_attempts(
@@ -526,22 +579,28 @@ async fn update_urls(
     chunk: &[Completion],
     applied: Option<&mut BTreeSet<i64>>,
 ) -> Result<u64, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new("WITH v(url_id, lease, state, attempts, not_before_ms) AS (");
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "WITH v(url_id, lease, state, attempt, not_before_ms, finished_ms, recrawl_at_ms) AS (",
+    );
+    let now = unix_ms(SystemTime::now());
     q.push_values(chunk, |mut row, c| {
-        let (state, not_before_ms) = match c.next {
-            Next::Done => ("done", 0),
-            Next::Failed => ("failed", 0),
-            Next::RetryAt(ms) => ("queued", ms),
+        let (state, not_before_ms, finished_ms) = match c.next {
+            Next::Done => ("done", 0, Some(now)),
+            Next::Failed => ("failed", 0, Some(now)),
+            Next::RetryAt(ms) => ("queued", ms, None),
         };
         row.push_bind(c.url_id)
             .push_bind(c.lease)
             .push_bind(state)
             .push_bind(c.attempt)
-            .push_bind(not_before_ms);
+            .push_bind(not_before_ms)
+            .push_bind(finished_ms)
+            .push_bind(finished_ms.and(c.recrawl_at_ms));
     });
     q.push(
-        ") UPDATE urls SET state = v.state, attempts = v.attempts, not_before_ms = v.not_before_ms,
-                lease = NULL, leased_at_ms = NULL
+        ") UPDATE urls SET state = v.state, attempts = urls.attempts_before + v.attempt,
+                not_before_ms = v.not_before_ms, lease = NULL, leased_at_ms = NULL,
+                finished_ms = coalesce(v.finished_ms, urls.finished_ms), recrawl_at_ms = v.recrawl_at_ms
           FROM v WHERE urls.id = v.url_id AND urls.lease = v.lease",
     );
     match applied {

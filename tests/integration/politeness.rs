@@ -34,7 +34,7 @@ async fn the_per_host_gap_and_concurrency_are_never_exceeded() {
     polite(&mut config, 2, 50);
     config.hosts.insert(
         "127.0.0.3".into(),
-        HostOverride { delay: Some(Duration::from_millis(120)), concurrency: Some(1) },
+        HostOverride { delay: Some(Duration::from_millis(120)), concurrency: Some(1), recrawl_after: None },
     );
     // Responses (150 ms) outlast the delay (50 ms), so requests to a overlap
     // up to its concurrency.
@@ -69,7 +69,7 @@ async fn a_throttling_host_backs_off_without_slowing_the_others() {
     config.crawl.concurrency = 4;
     polite(&mut config, 4, 0);
     config.retry.max_attempts = 1;
-    config.hosts.insert("127.0.0.4".into(), HostOverride { delay: None, concurrency: Some(1) });
+    config.hosts.insert("127.0.0.4".into(), HostOverride { concurrency: Some(1), ..Default::default() });
     // The first URL of 127.0.0.4 answers 503 with Retry-After: 1; the second
     // is fine, but must wait for the host's backoff.
     let first = throttled.url("/throttle/1/a");
@@ -112,7 +112,7 @@ async fn a_slow_host_holds_no_worker_while_other_hosts_have_work() {
     polite(&mut config, 2, 0);
     config.hosts.insert(
         "127.0.0.6".into(),
-        HostOverride { delay: Some(Duration::from_millis(400)), concurrency: None },
+        HostOverride { delay: Some(Duration::from_millis(400)), ..Default::default() },
     );
     let mut urls: Vec<String> = (0..3).map(|i| slow.url(&format!("/ok/{i}"))).collect();
     for server in &fast {

@@ -1,6 +1,10 @@
 //! The SQLite store's contract: leases, exclusive ownership, schema versions.
 
-use trawler::store::{AttemptRecord, Completion, NewUrl, Next, PageLimits, SqliteStore, Store, StoreError};
+use std::time::Duration;
+
+use trawler::store::{
+    AttemptRecord, Completion, NewUrl, Next, PageLimits, RecrawlPolicy, SqliteStore, Store, StoreError,
+};
 
 use crate::util::test_config;
 
@@ -24,6 +28,7 @@ fn done(job: &trawler::store::Job, lease: i64) -> Completion {
         next: Next::Done,
         links: Vec::new(),
         dropped_links: Vec::new(),
+        recrawl_at_ms: None,
     }
 }
 
@@ -111,4 +116,57 @@ async fn a_database_from_a_newer_trawler_is_refused() {
     let err = SqliteStore::open(&config.store).await.err().expect("refused");
     assert!(matches!(err, StoreError::NewerSchema { found: 999999, .. }), "{err}");
     assert!(err.to_string().contains("newer than this trawler knows"), "{err}");
+}
+
+#[tokio::test]
+async fn a_recrawl_is_a_new_visit_that_keeps_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let store = SqliteStore::open(&config.store).await.unwrap();
+    store.enqueue(&[new_url("a"), new_url("b")]).await.unwrap();
+    let jobs = claim(&store, i64::MAX, 2).await;
+    // "a" took a retry before it was done, and is due again at 1000 ms;
+    // "b" has no recrawl time.
+    let a = jobs.iter().find(|j| j.url.ends_with("/a")).unwrap().clone();
+    let b = jobs.iter().find(|j| j.url.ends_with("/b")).unwrap().clone();
+    let retry = Completion { next: Next::RetryAt(0), ..done(&a, a.lease) };
+    store.complete(&[retry, done(&b, b.lease)], PageLimits::default()).await.unwrap();
+    let a = claim(&store, i64::MAX, 1).await.remove(0);
+    assert_eq!(a.attempt, 2);
+    let finished = Completion { recrawl_at_ms: Some(1_000), ..done(&a, a.lease) };
+    store.complete(&[finished], PageLimits::default()).await.unwrap();
+
+    assert_eq!(store.requeue_recrawls(999, 100).await.unwrap(), 0);
+    assert_eq!(store.requeue_recrawls(1_000, 100).await.unwrap(), 1);
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.queued, counts.done), (1, 1));
+    let again = claim(&store, i64::MAX, 10).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].url_id, again[0].attempt), (a.url_id, 1), "the retry count starts again");
+    store.complete(&[done(&again[0], again[0].lease)], PageLimits::default()).await.unwrap();
+
+    let db = &config.store.path;
+    let row = |sql: &'static str| crate::util::scalar(db, sql);
+    let sql = "SELECT attempts * 100 + recrawls * 10 + attempts_before FROM urls WHERE url LIKE '%/a'";
+    assert_eq!(row(sql).await, 312, "3 attempts in all, 1 recrawl, 2 before this visit");
+    let numbers =
+        "SELECT group_concat(attempt) FROM (SELECT attempt FROM attempts a JOIN urls u ON u.id = a.url_id
+                   WHERE u.url LIKE '%/a' ORDER BY a.id)";
+    let pool = crate::util::reader(db).await;
+    let numbers: String = sqlx::query_scalar(numbers).fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    assert_eq!(numbers, "1,2,1");
+
+    // A policy puts every finished URL on the schedule, a host's own
+    // setting first; taking the policy away takes them off again.
+    let policy = RecrawlPolicy {
+        default: Some(Duration::from_secs(60)),
+        per_host: [("127.0.0.1".to_owned(), Duration::from_secs(5))].into(),
+    };
+    assert_eq!(store.schedule_recrawls(&policy).await.unwrap(), 2);
+    assert_eq!(store.schedule_recrawls(&policy).await.unwrap(), 0, "nothing changed");
+    assert_eq!(row("SELECT count(*) FROM urls WHERE recrawl_at_ms = finished_ms + 5000").await, 2);
+    assert_eq!(store.schedule_recrawls(&RecrawlPolicy::default()).await.unwrap(), 2);
+    assert_eq!(row("SELECT count(*) FROM urls WHERE recrawl_at_ms IS NOT NULL").await, 0);
+    store.close().await;
 }

@@ -1,0 +1,210 @@
+//! `SIGHUP`: read the configuration again and put into force what can change
+//! while the service runs.
+//!
+//! Reloaded: `crawl.rate`, `crawl.recrawl_after`, `[politeness]`,
+//! `[hosts."..."]` and `log.level`. Everything else (the database path, the
+//! worker count, fetch and retry settings, the addresses...) needs a restart:
+//! a changed value is logged as such and the running value stays. A config
+//! that does not load or validate is rejected as a whole with a log line, and
+//! the running one stays in force. The config is loaded the way it was at
+//! start (same file, environment and flags), so a flag still wins over the
+//! file.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use signal_hook::consts::SIGHUP;
+use signal_hook_tokio::Signals;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::politeness::HostRules;
+use crate::store::{SqliteStore, Store};
+use crate::systemd::Notifier;
+use crate::telemetry::LogLevel;
+use crate::worker::WorkerContext;
+
+/// Loads the configuration again, from the same sources as at start.
+pub type LoadConfig = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// Key prefixes (flattened `section.key`) that a reload puts in force.
+const RELOADABLE: [&str; 5] = ["crawl.rate", "crawl.recrawl_after", "politeness.", "hosts.", "log.level"];
+
+/// Reloads on `SIGHUP`. Created before the service starts, so that a
+/// `SIGHUP` arriving during start-up is not the default "terminate".
+pub struct Reloader {
+    load: LoadConfig,
+    log: Option<LogLevel>,
+    signals: Signals,
+}
+
+/// The parts of a running crawl that a reload changes.
+pub(crate) struct Live {
+    pub config: Config,
+    pub ctx: Arc<WorkerContext>,
+    pub store: Arc<SqliteStore>,
+    pub notifier: Arc<Notifier>,
+    /// Wakes the producer (URLs may be due for a recrawl at once).
+    pub wake: Arc<Notify>,
+}
+
+impl Reloader {
+    /// Registers the `SIGHUP` handler. `log` changes the log filter (absent in
+    /// tests that run without a global subscriber). Errors: the handler could
+    /// not be registered.
+    pub fn new(load: LoadConfig, log: Option<LogLevel>) -> std::io::Result<Self> {
+        Ok(Self { load, log, signals: Signals::new([SIGHUP])? })
+    }
+
+    /// Handles `SIGHUP`s until `done`.
+    pub(crate) async fn run(mut self, mut live: Live, done: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => break,
+                signal = self.signals.next() => if signal.is_none() { break },
+            }
+            live.notifier.reloading();
+            match (self.load)() {
+                Ok(new) => self.apply(&mut live, new).await,
+                Err(e) => {
+                    tracing::error!("SIGHUP: configuration rejected, the running one stays in force: {e}")
+                }
+            }
+            live.notifier.ready();
+        }
+        self.signals.handle().close();
+    }
+
+    async fn apply(&self, live: &mut Live, new: Config) {
+        let (reloadable, restart_only) = changed_keys(&live.config, &new);
+        for key in &restart_only {
+            tracing::warn!(key = %key, "SIGHUP: `{key}` changed; it takes effect after a restart");
+        }
+        let next = with_reloadable(&live.config, &new);
+        let old = std::mem::replace(&mut live.config, next);
+        let config = &live.config;
+        if config.crawl.rate != old.crawl.rate {
+            live.ctx.rate.set(config.crawl.rate);
+        }
+        let rules = HostRules::from_config(config);
+        if rules != HostRules::from_config(&old) {
+            let policy = rules.recrawl_policy();
+            live.ctx.politeness.set_rules(rules);
+            if policy != HostRules::from_config(&old).recrawl_policy() {
+                match live.store.schedule_recrawls(&policy).await {
+                    Ok(n) => tracing::info!(urls = n, "SIGHUP: recrawl times rescheduled"),
+                    Err(e) => tracing::error!("SIGHUP: could not reschedule recrawls: {e}"),
+                }
+                live.wake.notify_one();
+            }
+        }
+        if config.log.level != old.log.level
+            && let Some(log) = &self.log
+        {
+            match log.set(&config.log.level) {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!("SIGHUP: log.level is not applied: RUST_LOG is set and wins"),
+                Err(e) => tracing::error!("SIGHUP: cannot change the log level: {e}"),
+            }
+        }
+        match reloadable.is_empty() {
+            true => tracing::info!("SIGHUP: configuration reloaded; nothing that a reload applies changed"),
+            false => tracing::info!(changed = %reloadable.join(", "), "SIGHUP: configuration reloaded"),
+        }
+    }
+}
+
+/// `running` with the reloadable settings of `new`.
+fn with_reloadable(running: &Config, new: &Config) -> Config {
+    let mut next = running.clone();
+    next.crawl.rate = new.crawl.rate;
+    next.crawl.recrawl_after = new.crawl.recrawl_after;
+    next.politeness = new.politeness.clone();
+    next.hosts = new.hosts.clone();
+    next.log.level = new.log.level.clone();
+    next
+}
+
+/// The flattened keys (`section.key`, `hosts."name".key`) whose values differ
+/// between `old` and `new`: those a reload applies, and those that need a
+/// restart.
+pub fn changed_keys(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
+    let (old, new) = (flatten(old), flatten(new));
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .partition(|k| RELOADABLE.iter().any(|prefix| k.starts_with(prefix)))
+}
+
+fn flatten(config: &Config) -> BTreeMap<String, toml::Value> {
+    fn walk(prefix: &str, value: toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table {
+                    let key = match prefix {
+                        "" => key,
+                        "hosts" => format!("hosts.{key:?}"),
+                        _ => format!("{prefix}.{key}"),
+                    };
+                    walk(&key, value, out);
+                }
+            }
+            value => {
+                out.insert(prefix.to_owned(), value);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    let value = toml::Value::try_from(config).expect("every config value has a TOML form");
+    walk("", value, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::HostOverride;
+
+    #[test]
+    fn changes_are_split_into_reloadable_and_restart_only() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.crawl.rate = Some(5.0);
+        new.politeness.per_host_delay = Duration::from_secs(1);
+        new.hosts.insert(
+            "slow.example".into(),
+            HostOverride { delay: Some(Duration::from_secs(3)), ..Default::default() },
+        );
+        new.log.level = "debug".into();
+        new.crawl.concurrency = 4;
+        new.store.path = "other.db".into();
+        let (reloadable, restart_only) = changed_keys(&old, &new);
+        assert_eq!(
+            reloadable,
+            ["crawl.rate", "hosts.\"slow.example\".delay", "log.level", "politeness.per_host_delay"]
+        );
+        assert_eq!(restart_only, ["crawl.concurrency", "store.path"]);
+        assert_eq!(changed_keys(&old, &old), (vec![], vec![]));
+    }
+
+    #[test]
+    fn restart_only_settings_keep_their_running_values() {
+        let running = Config::default();
+        let mut new = running.clone();
+        new.crawl.concurrency = 4;
+        new.crawl.rate = Some(2.0);
+        let next = with_reloadable(&running, &new);
+        assert_eq!(next.crawl.concurrency, running.crawl.concurrency);
+        assert_eq!(next.crawl.rate, Some(2.0));
+        let (reloadable, restart_only) = changed_keys(&next, &new);
+        assert!(reloadable.is_empty(), "every reloadable key is applied: {reloadable:?}");
+        assert_eq!(restart_only, ["crawl.concurrency"]);
+    }
+}
