@@ -436,6 +436,22 @@ mod tests {
     }
 
     #[test]
+    fn new_rules_apply_to_the_next_decision() {
+        let p = politeness(2, 250);
+        let t0 = Instant::now();
+        p.reserve("a", t0);
+        assert_eq!(p.slots("a", t0), 0, "within the 250 ms delay");
+        let mut rules = p.rules();
+        rules.politeness.per_host_delay = Duration::ZERO;
+        rules.politeness.per_host_concurrency = 5;
+        rules.overrides.get_mut("slow.example").unwrap().recrawl_after = Some(Duration::from_secs(60));
+        p.set_rules(rules);
+        assert_eq!(p.slots("a", t0), 5, "no delay any more");
+        assert_eq!(p.recrawl_after("slow.example"), Some(Duration::from_secs(60)));
+        assert_eq!(p.recrawl_after("a"), None);
+    }
+
+    #[test]
     fn idle_hosts_are_forgotten() {
         let p = politeness(2, 100);
         let t0 = Instant::now();

@@ -14,6 +14,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::RetryConfig;
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
@@ -103,112 +104,112 @@ pub async fn run(
                 Err(_) => return,
             },
         };
-        let verdict = match &ctx.robots {
-            None => Verdict::Allowed { crawl_delay: None },
-            Some(robots) => tokio::select! {
-                biased;
-                _ = ctx.stop.cancelled() => return,
-                verdict = robots.check(&job.url, &job.host) => verdict,
-            },
-        };
-        let fetched = match verdict {
-            Verdict::Allowed { .. } => match fetch_in_turn(&ctx, &job).await {
-                Some(fetched) => fetched,
-                None => return,
-            },
-            Verdict::Disallowed { robots_url } => {
-                ctx.politeness.skip_start(&job.host);
-                Fetched::without_request(
-                    ErrorKind::RobotsDisallowed,
-                    format!("disallowed by {robots_url}"),
-                    None,
-                )
-            }
-            Verdict::Unreachable { robots_url, retry_in, cause } => {
-                ctx.politeness.skip_start(&job.host);
-                match cause {
-                    // No response from the host at all: the attempt fails as
-                    // the fetch of robots.txt did, and is retried like one.
-                    Some((kind, message)) => {
-                        Fetched::without_request(kind, format!("{robots_url}: {message}"), None)
-                    }
-                    None => {
-                        let message =
-                            format!("{robots_url} answered 5xx: the host counts as disallowed for now");
-                        Fetched::without_request(ErrorKind::RobotsUnreachable, message, Some(retry_in))
-                    }
-                }
-            }
-        };
-        let decision = decide(
-            &ctx.retry,
-            job.attempt,
-            fetched.record.http_status,
-            fetched.error,
-            fetched.retry_after,
-            rand::random(),
-        );
-        let (links, dropped_links) = match (&ctx.discovery, decision) {
-            (Some(discovery), Decision::Done) => discover(discovery, &job, &fetched),
-            _ => (Vec::new(), Vec::new()),
-        };
-        let host_backoff = ctx.politeness.finished(
-            &job.host,
-            host_signal(&fetched),
-            tokio::time::Instant::now(),
-            rand::random(),
-        );
-        // Above the refill mark the producer has nothing to do, and waking it
-        // on every fetch costs; a freed host slot only matters below it.
-        if wants_refill(jobs.len(), jobs.capacity().unwrap_or(0)) {
-            ctx.wake.notify_one();
-        }
-        if let Some(backoff) = host_backoff {
-            tracing::info!(host = %job.host, backoff_ms = backoff.as_millis() as u64, "host backs off");
-        }
-        let mut record = fetched.record;
-        if fetched.error.is_none() && decision != Decision::Done {
-            // A response arrived, but with a status worth retrying.
-            record.error_kind = Some("http_status");
-            record.error_message = record.http_status.map(|s| format!("HTTP {s}"));
-        }
-        let next = match decision {
-            Decision::Done => Next::Done,
-            Decision::Failed => Next::Failed,
-            Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
-        };
-        tracing::debug!(
-            url = %job.url,
-            url_id = job.url_id,
-            attempt = job.attempt,
-            status = record.http_status,
-            error = record.error_kind,
-            elapsed_ms = record.elapsed_ms,
-            outcome = next.outcome(),
-            "fetched"
-        );
-        let recrawl_at_ms = match next {
-            Next::RetryAt(_) => None,
-            Next::Done | Next::Failed => {
-                ctx.politeness.recrawl_after(&job.host).map(|d| now_ms() + d.as_millis() as i64)
-            }
-        };
-        let completion = Completion {
-            url_id: job.url_id,
-            lease: job.lease,
-            host: job.host,
-            host_backoff_until_ms: host_backoff.map(|d| now_ms() + d.as_millis() as i64),
-            attempt: job.attempt,
-            record,
-            next,
-            links,
-            dropped_links,
-            recrawl_at_ms,
-        };
+        // Everything logged about this fetch, robots.txt and politeness
+        // included, carries the URL's id, host and attempt.
+        let span = tracing::info_span!("fetch", url_id = job.url_id, host = %job.host, attempt = job.attempt);
+        let Some(completion) = attempt(&ctx, job, &jobs).instrument(span).await else { return };
         if results.send(completion).await.is_err() {
             return;
         }
     }
+}
+
+/// One job from robots.txt to completion. `None` when stopped before the
+/// request started, or aborted during it.
+async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<Job>) -> Option<Completion> {
+    let verdict = match &ctx.robots {
+        None => Verdict::Allowed { crawl_delay: None },
+        Some(robots) => tokio::select! {
+            biased;
+            _ = ctx.stop.cancelled() => return None,
+            verdict = robots.check(&job.url, &job.host) => verdict,
+        },
+    };
+    let fetched = match verdict {
+        Verdict::Allowed { .. } => fetch_in_turn(ctx, &job).await?,
+        Verdict::Disallowed { robots_url } => {
+            ctx.politeness.skip_start(&job.host);
+            Fetched::without_request(ErrorKind::RobotsDisallowed, format!("disallowed by {robots_url}"), None)
+        }
+        Verdict::Unreachable { robots_url, retry_in, cause } => {
+            ctx.politeness.skip_start(&job.host);
+            match cause {
+                // No response from the host at all: the attempt fails as
+                // the fetch of robots.txt did, and is retried like one.
+                Some((kind, message)) => {
+                    Fetched::without_request(kind, format!("{robots_url}: {message}"), None)
+                }
+                None => {
+                    let message = format!("{robots_url} answered 5xx: the host counts as disallowed for now");
+                    Fetched::without_request(ErrorKind::RobotsUnreachable, message, Some(retry_in))
+                }
+            }
+        }
+    };
+    let decision = decide(
+        &ctx.retry,
+        job.attempt,
+        fetched.record.http_status,
+        fetched.error,
+        fetched.retry_after,
+        rand::random(),
+    );
+    let (links, dropped_links) = match (&ctx.discovery, decision) {
+        (Some(discovery), Decision::Done) => discover(discovery, &job, &fetched),
+        _ => (Vec::new(), Vec::new()),
+    };
+    let host_backoff = ctx.politeness.finished(
+        &job.host,
+        host_signal(&fetched),
+        tokio::time::Instant::now(),
+        rand::random(),
+    );
+    // Above the refill mark the producer has nothing to do, and waking it
+    // on every fetch costs; a freed host slot only matters below it.
+    if wants_refill(jobs.len(), jobs.capacity().unwrap_or(0)) {
+        ctx.wake.notify_one();
+    }
+    if let Some(backoff) = host_backoff {
+        tracing::info!(host = %job.host, backoff_ms = backoff.as_millis() as u64, "host backs off");
+    }
+    let mut record = fetched.record;
+    if fetched.error.is_none() && decision != Decision::Done {
+        // A response arrived, but with a status worth retrying.
+        record.error_kind = Some("http_status");
+        record.error_message = record.http_status.map(|s| format!("HTTP {s}"));
+    }
+    let next = match decision {
+        Decision::Done => Next::Done,
+        Decision::Failed => Next::Failed,
+        Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
+    };
+    tracing::debug!(
+        url = %job.url,
+        status = record.http_status,
+        error = record.error_kind,
+        elapsed_ms = record.elapsed_ms,
+        outcome = next.outcome(),
+        "fetched"
+    );
+    let recrawl_at_ms = match next {
+        Next::RetryAt(_) => None,
+        Next::Done | Next::Failed => {
+            ctx.politeness.recrawl_after(&job.host).map(|d| now_ms() + d.as_millis() as i64)
+        }
+    };
+    let completion = Completion {
+        url_id: job.url_id,
+        lease: job.lease,
+        host: job.host,
+        host_backoff_until_ms: host_backoff.map(|d| now_ms() + d.as_millis() as i64),
+        attempt: job.attempt,
+        record,
+        next,
+        links,
+        dropped_links,
+        recrawl_at_ms,
+    };
+    Some(completion)
 }
 
 /// The links of a fetched page that discovery's rules let through, as URLs

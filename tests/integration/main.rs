@@ -9,11 +9,13 @@
 //! - `store`: lease semantics, locking, schema versions
 //! - `process`: the real binary under signals, `kill -9` and a second instance
 //! - `service`: `trawler run` as systemd runs it, fed by `trawler enqueue`
+//! - `reload`: `trawler run` reloading its config on SIGHUP, and recrawling
 
 mod crawl;
 mod discovery;
 mod politeness;
 mod process;
+mod reload;
 mod resume;
 mod robots;
 mod server;

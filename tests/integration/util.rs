@@ -82,11 +82,12 @@ pub fn spawn_trawler(args: &[&str]) -> Child {
 pub fn spawn_trawler_with_env(args: &[&str], env: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_trawler"))
         .args(args)
-        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         // As in test_config: one host, no politeness delay.
         .env("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "8")
         .env("TRAWLER_POLITENESS__PER_HOST_DELAY", "0s")
+        // The test's own variables win.
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -135,4 +136,37 @@ pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bo
 pub fn signal(child: &Child, signal: i32) {
     let rc = unsafe { libc::kill(child.id() as i32, signal) };
     assert_eq!(rc, 0, "kill failed");
+}
+
+/// A running child's stderr, collected by a thread as it is written.
+pub struct Stderr(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Stderr {
+    /// Takes `child`'s stderr pipe and starts collecting it.
+    pub fn collect(child: &mut Child) -> Self {
+        use std::io::BufRead;
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Self(text)
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until the output contains `needle` (5 s at most) and returns
+    /// everything written so far.
+    pub fn wait_for(&self, needle: &str) -> String {
+        wait_until(Duration::from_secs(5), needle, || self.text().contains(needle));
+        self.text()
+    }
 }
