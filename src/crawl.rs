@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Health};
+use crate::api::{self, Api};
 use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::frontier::Producer;
@@ -110,7 +111,11 @@ async fn run(
         true => Some(start_admin(config, &health, &admin_stop).await?),
         false => None,
     };
-    let service = service.map(|reloader| Service { health: health.clone(), reloader });
+    let api = match (daemon, &config.api.listen) {
+        (true, Some(listen)) => Some(api::bind(listen).await?),
+        _ => None,
+    };
+    let service = service.map(|reloader| Service { health: health.clone(), reloader, api });
     let result = run_tasks(config, &store, seeds.zip(input), shutdown, started, service).await;
     admin_stop.cancel();
     if let Some(admin) = admin {
@@ -223,6 +228,8 @@ type Input = (SeedSource, Box<dyn tokio::io::AsyncRead + Send + Unpin>);
 struct Service {
     health: Arc<Health>,
     reloader: Option<Reloader>,
+    /// The API's bound address, when `api.listen` is set.
+    api: Option<tokio::net::TcpListener>,
 }
 
 /// URLs put back for a recrawl per statement.
@@ -286,9 +293,9 @@ async fn run_tasks(
     service: Option<Service>,
 ) -> Result<Summary, CrawlError> {
     let daemon = service.is_some();
-    let (health, reloader) = match service {
-        Some(Service { health, reloader }) => (Some(health), reloader),
-        None => (None, None),
+    let (health, reloader, api_listener) = match service {
+        Some(Service { health, reloader, api }) => (Some(health), reloader, api),
+        None => (None, None, None),
     };
     let recovered = store.requeue_in_flight().await?;
     if recovered > 0 {
@@ -301,17 +308,6 @@ async fn run_tasks(
     }
     let counts = store.counts().await?;
     let notifier = Arc::new(Notifier::from_env());
-    notifier.ready();
-    if let Some(health) = &health {
-        health.ready.store(true, Ordering::SeqCst);
-    }
-    let stopping = {
-        let (notifier, stop) = (notifier.clone(), shutdown.stop_token().clone());
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            notifier.stopping();
-        })
-    };
     let stats = Arc::new(CrawlStats::default());
     stats.known.store(counts.total(), Ordering::Relaxed);
     stats.finished.store(counts.finished(), Ordering::Relaxed);
@@ -391,6 +387,10 @@ async fn run_tasks(
         };
         tokio::spawn(reloader.run(live, gauges_done.clone()));
     }
+    let api_task = api_listener.map(|listener| {
+        let api = Api { store: store.clone(), wake: wake.clone(), stats: stats.clone() };
+        api::serve(listener, api, gauges_done.clone())
+    });
 
     let ingest_task = input.map(|(source, reader)| {
         let (store, stop, wake, stats, done) =
@@ -417,6 +417,18 @@ async fn run_tasks(
         })
     };
 
+    // Start-up is over: the database is open and recovered, every task runs.
+    notifier.ready();
+    if let Some(health) = &health {
+        health.ready.store(true, Ordering::SeqCst);
+    }
+    let stopping = {
+        let (notifier, stop) = (notifier.clone(), shutdown.stop_token().clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            notifier.stopping();
+        })
+    };
     let producer = Producer {
         store: store.clone(),
         jobs: job_tx,
@@ -452,6 +464,9 @@ async fn run_tasks(
     }
     grace_timer.abort();
     gauges_done.cancel();
+    if let Some(api_task) = api_task {
+        let _ = api_task.await;
+    }
     stopping.abort();
     progress_done.cancel();
     let _ = progress.await;

@@ -10,6 +10,7 @@
 //! | module | responsibility |
 //! |---|---|
 //! | [`admin`] | the service's /metrics, /healthz, /readyz |
+//! | [`api`] | the service's optional HTTP API: POST /urls, GET /urls/{id} |
 //! | [`cli`] | the command line (clap) |
 //! | [`config`] | layered settings: defaults, TOML, `TRAWLER_*` env, flags |
 //! | [`telemetry`] | `tracing` set-up (text or JSON, `log.level` / `RUST_LOG` filter, reloadable) |
@@ -32,6 +33,7 @@
 //! | [`systemd`] | `sd_notify` readiness, stopping and watchdog |
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crawl;

@@ -180,26 +180,54 @@ enum Line {
 const MAX_REPORTED_CHARS: usize = 300;
 
 fn classify_line(line: RawLine<'_>) -> Line {
-    let (bytes, too_long) = match line {
-        RawLine::Complete(bytes) => (bytes, false),
-        RawLine::TooLong(prefix) => (prefix, true),
+    let bytes = match line {
+        RawLine::Complete(bytes) => bytes,
+        RawLine::TooLong(prefix) => {
+            let text = String::from_utf8_lossy(prefix);
+            let reason = format!("line longer than {MAX_LINE_BYTES} bytes");
+            return Line::Invalid { text: excerpt(text.trim()), reason };
+        }
     };
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    if !too_long && (text.is_empty() || text.starts_with('#')) {
-        return Line::Skip;
+    match parse_seed(&String::from_utf8_lossy(bytes)) {
+        Ok(None) => Line::Skip,
+        Ok(Some(url)) => Line::Url(url),
+        Err(SeedError { text, reason }) => Line::Invalid { text, reason },
     }
-    let excerpt = || text.chars().take(MAX_REPORTED_CHARS).collect::<String>();
-    if too_long {
-        return Line::Invalid { text: excerpt(), reason: format!("line longer than {MAX_LINE_BYTES} bytes") };
+}
+
+/// A seed that is not an absolute http(s) URL.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SeedError {
+    /// The text given (at most 300 characters of it).
+    pub text: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// One seed given as text (a line of a file, an item of an API request),
+/// trimmed: `Ok(None)` for a blank line or a `#` comment, `Ok(Some(url))` for
+/// an absolute http(s) URL of at most [`MAX_LINE_BYTES`].
+///
+/// Errors: [`SeedError`] for anything else.
+pub fn parse_seed(text: &str) -> Result<Option<NewUrl>, SeedError> {
+    let text = text.trim();
+    if text.is_empty() || text.starts_with('#') {
+        return Ok(None);
+    }
+    if text.len() > MAX_LINE_BYTES {
+        return Err(SeedError { text: excerpt(text), reason: format!("longer than {MAX_LINE_BYTES} bytes") });
     }
     match parse_http_url(text) {
         Ok(url) => {
             let host = url.host_str().unwrap_or_default().to_owned();
-            Line::Url(NewUrl { url: url.into(), host, depth: 0, found_on: None })
+            Ok(Some(NewUrl { url: url.into(), host, depth: 0, found_on: None }))
         }
-        Err(reason) => Line::Invalid { text: excerpt(), reason },
+        Err(reason) => Err(SeedError { text: excerpt(text), reason }),
     }
+}
+
+fn excerpt(text: &str) -> String {
+    text.chars().take(MAX_REPORTED_CHARS).collect()
 }
 
 enum RawLine<'a> {

@@ -136,6 +136,30 @@ impl SqliteStore {
         .map_err(|e| StoreError::Database { context: "export", source: Box::new(e) })
     }
 
+    /// The `results` row of the URL with id `url_id`, if there is one.
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn result(&self, url_id: i64) -> Result<Option<ResultRow>, StoreError> {
+        sqlx::query_as("SELECT * FROM results WHERE url_id = ?1")
+            .bind(url_id)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(db("read one result"))
+    }
+
+    /// The ids of those of `urls` that are stored, by URL.
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn ids(&self, urls: &[&str]) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT url, id FROM urls WHERE url IN (SELECT value FROM json_each(?1))")
+                .bind(serde_json::to_string(urls).expect("strings serialize"))
+                .fetch_all(&self.read)
+                .await
+                .map_err(db("look up URL ids"))?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// A snapshot for `trawler stats`, read while a crawler may be writing.
     pub async fn stats(&self, now_ms: i64) -> Result<StatsReport, StoreError> {
         let counts = self.counts().await?;

@@ -9,8 +9,10 @@
 //! - `store`: lease semantics, locking, schema versions
 //! - `process`: the real binary under signals, `kill -9` and a second instance
 //! - `service`: `trawler run` as systemd runs it, fed by `trawler enqueue`
+//! - `api`: the service's HTTP API
 //! - `reload`: `trawler run` reloading its config on SIGHUP, and recrawling
 
+mod api;
 mod crawl;
 mod discovery;
 mod politeness;

@@ -1,75 +1,9 @@
 //! `trawler run` while it runs: SIGHUP reloads, and recrawl_after.
 
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::Duration;
 
 use crate::server::TestServer;
-use crate::util::{Stderr, scalar, signal, spawn_trawler, spawn_trawler_with_env, wait_until, wait_within};
-
-/// A `trawler run` on a config file of the test's, with its notify socket and
-/// stderr.
-struct Daemon {
-    child: Child,
-    stderr: Stderr,
-    notify: UnixDatagram,
-    config: PathBuf,
-    db: PathBuf,
-}
-
-impl Daemon {
-    /// Starts the service with `toml` as its config file and waits for `READY=1`.
-    fn start(dir: &Path, toml: &str) -> Self {
-        let (config, db) = (dir.join("trawler.toml"), dir.join("service.db"));
-        std::fs::write(&config, toml).unwrap();
-        let notify_path = dir.join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-        let mut child = spawn_trawler_with_env(
-            &["run", "--config", config.to_str().unwrap(), "--db", db.to_str().unwrap()],
-            &[
-                ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
-                ("TRAWLER_ADMIN__LISTEN", admin.as_str()),
-                // The log level comes from the config file, as in production.
-                ("RUST_LOG", ""),
-            ],
-        );
-        let stderr = Stderr::collect(&mut child);
-        let daemon = Self { child, stderr, notify, config, db };
-        assert!(daemon.next_message().contains("READY=1"));
-        daemon
-    }
-
-    fn next_message(&self) -> String {
-        let mut buf = [0u8; 4096];
-        let n = self.notify.recv(&mut buf).expect("a notification within the timeout");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    /// Writes `toml` as the config file and sends SIGHUP; returns once the
-    /// reload is over (`READY=1` again).
-    fn reload(&self, toml: &str) {
-        std::fs::write(&self.config, toml).unwrap();
-        signal(&self.child, libc::SIGHUP);
-        assert!(self.next_message().contains("RELOADING=1"));
-        assert!(self.next_message().contains("READY=1"));
-    }
-
-    fn enqueue(&self, urls: &[String]) {
-        let mut args = vec!["enqueue", "--db", self.db.to_str().unwrap()];
-        args.extend(urls.iter().map(String::as_str));
-        let mut enqueue = spawn_trawler(&args);
-        assert_eq!(wait_within(&mut enqueue, Duration::from_secs(10)).0.code(), Some(0));
-    }
-
-    fn stop(mut self) {
-        signal(&self.child, libc::SIGTERM);
-        let (status, _) = wait_within(&mut self.child, Duration::from_secs(5));
-        assert_eq!(status.code(), Some(0), "{}", self.stderr.text());
-    }
-}
+use crate::util::{Daemon, scalar, wait_until};
 
 #[tokio::test]
 async fn sighup_applies_rate_and_log_level_and_rejects_a_bad_config() {

@@ -1,0 +1,195 @@
+//! The service's HTTP API (`trawler run`, `api.listen`; off unless set):
+//!
+//! - `POST /urls` adds seed URLs. The body is a JSON array of strings
+//!   (`Content-Type: application/json`) or one URL per line (any other type;
+//!   blank lines and `#` comments are skipped, as in an input file). Valid
+//!   URLs are added even when others are rejected; rejected ones are reported
+//!   with their position and recorded in `input_errors` (source `api`).
+//!   Answers `200` with `{"received", "new", "known", "invalid": [{"item",
+//!   "text", "reason"}], "urls": [{"url", "id"}]}`, where `item` is the
+//!   1-based line or array position and `urls` gives each valid URL
+//!   (normalized) with its id. A body that is not a JSON array of strings
+//!   (when it says it is JSON), not UTF-8, or over [`MAX_BODY_BYTES`] is
+//!   refused with `400` / `413` and adds nothing.
+//! - `GET /urls/{id}` answers the URL's `results` row as JSON (state, last
+//!   attempt's status, error kind, attempts...), or `404`.
+//!
+//! The API has no authentication: it listens on loopback unless configured
+//! otherwise, and is meant to sit behind a proxy that authenticates.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::seeds::{SeedError, parse_seed};
+use crate::stats::CrawlStats;
+use crate::store::{InputError, SqliteStore, Store, StoreError};
+
+/// The largest request body accepted: 16 MiB, about 100,000 typical URLs.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// `input_errors.source` of URLs rejected by the API.
+pub const SOURCE: &str = "api";
+
+/// What the handlers share.
+pub struct Api {
+    pub store: Arc<SqliteStore>,
+    /// Wakes the producer when URLs were added.
+    pub wake: Arc<Notify>,
+    pub stats: Arc<CrawlStats>,
+}
+
+/// What `POST /urls` answers.
+#[derive(Debug, Serialize)]
+struct Added {
+    /// Items in the body (lines, blank and comment lines included; or array
+    /// elements).
+    received: u64,
+    /// URLs not stored before.
+    new: u64,
+    /// Valid URLs that were already stored (in any state).
+    known: u64,
+    invalid: Vec<Rejected>,
+    urls: Vec<Stored>,
+}
+
+#[derive(Debug, Serialize)]
+struct Rejected {
+    /// 1-based line number or array position.
+    item: u64,
+    #[serde(flatten)]
+    error: SeedError,
+}
+
+#[derive(Debug, Serialize)]
+struct Stored {
+    url: String,
+    id: i64,
+}
+
+/// Binds the API's address (`api.listen`), so that a taken address fails
+/// the start, before anything runs.
+///
+/// Errors: the address does not parse or cannot be bound.
+pub async fn bind(listen: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let addr: SocketAddr = listen.parse().map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("api.listen {listen:?} is not an address"),
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("api.listen {addr}: {e}")))?;
+    tracing::info!(address = %listener.local_addr()?, "HTTP API: POST /urls, GET /urls/{{id}}");
+    Ok(listener)
+}
+
+/// Serves the API on `listener` until `stop`; requests under way finish.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let app = Router::new()
+        .route("/urls", post(add_urls))
+        .route("/urls/{id}", get(url_state))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(Arc::new(api));
+    tokio::spawn(async move {
+        let served =
+            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        if let Err(e) = served {
+            tracing::error!("API server: {e}");
+        }
+    })
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn store_error(e: StoreError) -> Response {
+    tracing::error!("API: {e}");
+    error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+async fn add_urls(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    });
+    let items: Vec<String> = if is_json {
+        match serde_json::from_slice(&body) {
+            Ok(items) => items,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected a JSON array of URLs: {e}")),
+        }
+    } else {
+        match std::str::from_utf8(&body) {
+            Ok(text) => text.lines().map(str::to_owned).collect(),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not UTF-8: {e}")),
+        }
+    };
+    let mut urls = Vec::new();
+    let mut invalid = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match parse_seed(item) {
+            Ok(None) => {}
+            Ok(Some(url)) => urls.push(url),
+            Err(error) => invalid.push(Rejected { item: i as u64 + 1, error }),
+        }
+    }
+    let errors: Vec<InputError> = invalid
+        .iter()
+        .map(|r| InputError {
+            source: SOURCE.to_owned(),
+            line: r.item,
+            text: r.error.text.clone(),
+            reason: r.error.reason.clone(),
+        })
+        .collect();
+    if !errors.is_empty()
+        && let Err(e) = api.store.record_input_errors(&errors).await
+    {
+        return store_error(e);
+    }
+    let new = match api.store.enqueue(&urls).await {
+        Ok(new) => new,
+        Err(e) => return store_error(e),
+    };
+    if new > 0 {
+        api.stats.known.fetch_add(new, Ordering::Relaxed);
+        api.wake.notify_one();
+    }
+    let wanted: Vec<&str> = urls.iter().map(|u| u.url.as_str()).collect();
+    let ids = match api.store.ids(&wanted).await {
+        Ok(ids) => ids,
+        Err(e) => return store_error(e),
+    };
+    let stored = wanted
+        .iter()
+        .filter_map(|url| Some(Stored { url: (*url).to_owned(), id: *ids.get(*url)? }))
+        .collect::<Vec<_>>();
+    tracing::info!(new, known = urls.len() as u64 - new, invalid = invalid.len(), "API: URLs added");
+    let added =
+        Added { received: items.len() as u64, new, known: urls.len() as u64 - new, invalid, urls: stored };
+    (StatusCode::OK, axum::Json(added)).into_response()
+}
+
+async fn url_state(State(api): State<Arc<Api>>, Path(id): Path<i64>) -> Response {
+    match api.store.result(id).await {
+        Ok(Some(row)) => (StatusCode::OK, axum::Json(row)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no URL with id {id}")),
+        Err(e) => store_error(e),
+    }
+}

@@ -1,0 +1,86 @@
+//! The service's HTTP API: `POST /urls` and `GET /urls/{id}`.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::server::TestServer;
+use crate::util::{Daemon, scalar, wait_until};
+
+async fn json_of(response: reqwest::Response) -> Value {
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[tokio::test]
+async fn urls_posted_to_the_api_are_crawled_and_their_state_is_served() {
+    let server = TestServer::start_on("127.0.0.55");
+    let dir = tempfile::tempdir().unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let daemon = Daemon::start(dir.path(), &format!("[api]\nlisten = \"{listen}\"\n"));
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let endpoint = format!("http://{listen}/urls");
+
+    // JSON: valid URLs are added (a repeat counts as known), a bad one is
+    // reported with its position and does not spoil the rest.
+    let (a, b) = (server.url("/ok/a"), server.url("/ok/b"));
+    let response = http
+        .post(&endpoint)
+        .header("content-type", "application/json")
+        .body(json!([a, b, "nope", a]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let added = json_of(response).await;
+    assert_eq!(
+        (added["received"].as_u64(), added["new"].as_u64(), added["known"].as_u64()),
+        (Some(4), Some(2), Some(1))
+    );
+    assert_eq!(added["invalid"][0]["item"], 3);
+    assert_eq!(added["invalid"][0]["text"], "nope");
+    assert!(added["invalid"][0]["reason"].as_str().unwrap().contains("relative URL"), "{added}");
+    let id_of_a = added["urls"][0]["id"].as_i64().unwrap();
+    assert_eq!(added["urls"][0]["url"], a.as_str());
+    assert_eq!(added["urls"][2]["id"].as_i64(), Some(id_of_a), "a repeated URL has its stored id");
+
+    wait_until(Duration::from_secs(5), "the posted URLs to be fetched", || server.hits().len() == 2);
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = json_of(http.get(format!("{endpoint}/{id_of_a}")).send().await.unwrap()).await;
+        if state["state"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state["state"], "done", "{state}");
+    assert_eq!(state["http_status"], 200);
+    assert_eq!(state["url"], a.as_str());
+    assert_eq!(http.get(format!("{endpoint}/999999")).send().await.unwrap().status(), 404);
+
+    // Newline-separated text, with a comment and a blank line.
+    let c = server.url("/ok/c");
+    let text = format!("{c}\n\n# a comment\nftp://example.org/\n");
+    let response = http.post(&endpoint).body(text).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let added = json_of(response).await;
+    assert_eq!((added["new"].as_u64(), added["invalid"][0]["item"].as_u64()), (Some(1), Some(4)), "{added}");
+    wait_until(Duration::from_secs(5), "the third URL", || server.hits().len() == 3);
+
+    // A body that says JSON and is not an array of strings adds nothing.
+    let response = http
+        .post(&endpoint)
+        .header("content-type", "application/json")
+        .body(r#"{"urls": ["http://127.0.0.55/ok/d"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body = json_of(response).await;
+    assert!(body["error"].as_str().unwrap().contains("JSON array"), "{body}");
+
+    let db = daemon.db.clone();
+    daemon.stop();
+    assert_eq!(scalar(&db, "SELECT count(*) FROM urls").await, 3);
+    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE error_kind = 'invalid_url'").await, 2);
+}
