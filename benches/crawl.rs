@@ -93,13 +93,16 @@ fn main() {
     let child = Command::new(env!("CARGO_BIN_EXE_trawler"))
         .args(["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap()])
         .args(["--concurrency", &args.workers.to_string()])
-        .env("RUST_LOG", "warn")
+        // The default log level, as in production: every fetch then has its
+        // span (enabled but not printed).
+        .env("RUST_LOG", "info")
         // One local host stands in for many: lift the per-host limits so the
         // crawl is bound by the workers, as the targets assume.
         .env("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "100000")
         .env("TRAWLER_POLITENESS__PER_HOST_DELAY", "0s")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start trawler");
     let usage = wait_with_usage(child.id());
