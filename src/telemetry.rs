@@ -2,10 +2,22 @@
 //! `RUST_LOG` when it is set), as text (colour only on a terminal) or one JSON
 //! object per line. The filter sits behind a `tracing_subscriber::reload`
 //! layer so that a config reload can change it.
+//!
+//! When stderr is the systemd journal (`JOURNAL_STREAM` names it,
+//! systemd.exec(5)), text lines start with the sd-daemon(3) priority prefix
+//! (`<4>` for a warning...), which journald turns into the entry's priority,
+//! so `journalctl -p warning` filters by level; the journal's own timestamp
+//! replaces ours. (The `tracing-journald` crate would send structured entries
+//! instead, but their MESSAGE is the bare message: `journalctl`'s default view
+//! would lose every field, such as the URL of a failed fetch.)
 
 use std::io::IsTerminal;
 
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
@@ -48,6 +60,14 @@ pub fn init(format: LogFormat, level: &str) -> LogLevel {
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
+        LogFormat::Text if stderr_is_journal() => registry
+            .with(
+                fmt::layer()
+                    .with_writer(BarAwareStderr)
+                    .with_ansi(false)
+                    .event_format(JournalPriority(fmt::format().without_time())),
+            )
+            .init(),
         LogFormat::Text => registry
             .with(fmt::layer().with_writer(BarAwareStderr).with_ansi(std::io::stderr().is_terminal()))
             .init(),
@@ -56,4 +76,82 @@ pub fn init(format: LogFormat, level: &str) -> LogLevel {
         }
     }
     LogLevel { handle, pinned_by_env }
+}
+
+/// Whether stderr is connected to the journal: `JOURNAL_STREAM` holds the
+/// `device:inode` of the stream systemd connected, to compare with stderr's
+/// (systemd.exec(5), "$JOURNAL_STREAM").
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else { return false };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else { return false };
+    stream.to_str() == Some(&format!("{}:{}", meta.dev(), meta.ino()))
+}
+
+/// Prefixes each event with its syslog priority, `<3>` (error) to `<7>`
+/// (debug), as sd-daemon(3) describes for services logging to stderr.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for JournalPriority<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            Level::DEBUG | Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn journal_lines_start_with_their_syslog_priority() {
+        let out = Captured::default();
+        let sink = out.clone();
+        let layer = fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .event_format(JournalPriority(fmt::format().without_time()));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!("e");
+            tracing::warn!(key = "crawl.concurrency", "w");
+            tracing::info!("i");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let prefixes: Vec<&str> = text.lines().map(|l| &l[..3]).collect();
+        assert_eq!(prefixes, ["<3>", "<4>", "<6>"], "{text}");
+        assert!(text.contains("w key=\"crawl.concurrency\""), "fields stay in the line: {text}");
+    }
 }
