@@ -275,7 +275,7 @@ async fn recrawl_due(
         match requeue_recrawls(&store, None).await {
             Ok(0) => {}
             Ok(n) => {
-                tracing::info!(urls = n, "due for a recrawl: back in the frontier");
+                tracing::debug!(urls = n, "due for a recrawl: back in the frontier");
                 stats.finished.fetch_sub(n.min(CrawlStats::get(&stats.finished)), Ordering::Relaxed);
                 wake.notify_one();
             }

@@ -46,7 +46,7 @@ pub(crate) struct Live {
     pub ctx: Arc<WorkerContext>,
     pub store: Arc<SqliteStore>,
     pub notifier: Arc<Notifier>,
-    /// Wakes the producer (URLs may be due for a recrawl at once).
+    /// Wakes the producer: hosts may take more jobs under new limits.
     pub wake: Arc<Notify>,
 }
 
@@ -97,8 +97,9 @@ impl Reloader {
                     Ok(n) => tracing::info!(urls = n, "SIGHUP: recrawl times rescheduled"),
                     Err(e) => tracing::error!("SIGHUP: could not reschedule recrawls: {e}"),
                 }
-                live.wake.notify_one();
             }
+            // Hosts may take more jobs now than when the producer last looked.
+            live.wake.notify_one();
         }
         if config.log.level != old.log.level
             && let Some(log) = &self.log
