@@ -73,7 +73,7 @@ pub async fn crawl(
     seeds: Option<SeedSource>,
     shutdown: &Shutdown,
 ) -> Result<Summary, CrawlError> {
-    run(config, seeds, shutdown, None).await
+    run(config, seeds, shutdown, Mode::Batch).await
 }
 
 /// Runs the crawler as a service: like [`crawl`] without input, but an empty
@@ -89,17 +89,24 @@ pub async fn serve(
     shutdown: &Shutdown,
     reloader: Option<Reloader>,
 ) -> Result<Summary, CrawlError> {
-    run(config, None, shutdown, Some(reloader)).await
+    run(config, None, shutdown, Mode::Service(reloader)).await
+}
+
+/// A batch crawl ends when the frontier is empty; the service waits for more
+/// work, serves its endpoints, recrawls and reloads.
+enum Mode {
+    Batch,
+    Service(Option<Reloader>),
 }
 
 async fn run(
     config: &Config,
     seeds: Option<SeedSource>,
     shutdown: &Shutdown,
-    service: Option<Option<Reloader>>,
+    mode: Mode,
 ) -> Result<Summary, CrawlError> {
     let started = Instant::now();
-    let daemon = service.is_some();
+    let daemon = matches!(mode, Mode::Service(_));
     let input = match &seeds {
         Some(source) => Some(source.open().await?),
         None => None,
@@ -115,7 +122,10 @@ async fn run(
         (true, Some(listen)) => Some(api::bind(listen).await?),
         _ => None,
     };
-    let service = service.map(|reloader| Service { health: health.clone(), reloader, api });
+    let service = match mode {
+        Mode::Batch => None,
+        Mode::Service(reloader) => Some(Service { health: health.clone(), reloader, api }),
+    };
     let result = run_tasks(config, &store, seeds.zip(input), shutdown, started, service).await;
     admin_stop.cancel();
     if let Some(admin) = admin {
@@ -340,10 +350,11 @@ async fn run_tasks(
     let writer = tokio::spawn(writer::run(store.clone(), result_rx, stats.clone(), wake.clone(), limits));
 
     let politeness = Arc::new(Politeness::new(rules, config.retry.retry_after_max));
-    let gauges_done = CancellationToken::new();
+    // Ends the service's side tasks: gauges, recrawl sweep, reloads, the API.
+    let service_done = CancellationToken::new();
     if daemon {
-        tokio::spawn(refresh_gauges(store.clone(), stats.clone(), politeness.clone(), gauges_done.clone()));
-        tokio::spawn(recrawl_due(store.clone(), stats.clone(), wake.clone(), gauges_done.clone()));
+        tokio::spawn(refresh_gauges(store.clone(), stats.clone(), politeness.clone(), service_done.clone()));
+        tokio::spawn(recrawl_due(store.clone(), stats.clone(), wake.clone(), service_done.clone()));
     }
     let (sitemap_queue, sitemap_rx) = SitemapQueue::new();
     config.discovery.sitemaps.iter().for_each(|s| sitemap_queue.submit(s.clone()));
@@ -385,11 +396,11 @@ async fn run_tasks(
             notifier: notifier.clone(),
             wake: wake.clone(),
         };
-        tokio::spawn(reloader.run(live, gauges_done.clone()));
+        tokio::spawn(reloader.run(live, service_done.clone()));
     }
     let api_task = api_listener.map(|listener| {
         let api = Api { store: store.clone(), wake: wake.clone(), stats: stats.clone() };
-        api::serve(listener, api, gauges_done.clone())
+        api::serve(listener, api, service_done.clone())
     });
 
     let ingest_task = input.map(|(source, reader)| {
@@ -463,7 +474,7 @@ async fn run_tasks(
         health.store_failed.store(true, Ordering::SeqCst);
     }
     grace_timer.abort();
-    gauges_done.cancel();
+    service_done.cancel();
     if let Some(api_task) = api_task {
         let _ = api_task.await;
     }
