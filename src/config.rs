@@ -25,9 +25,9 @@ pub const MIN_RECRAWL_AFTER: Duration = Duration::from_secs(1);
 /// A setting that could not be loaded or is out of range.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file, an environment variable or a flag could not be parsed; figment's
+    /// The file, an environment variable or a flag could not be parsed; the
     /// message names the key and where its value came from.
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Load(#[from] Box<figment::Error>),
     /// A value parsed but is not allowed.
     #[error("invalid setting `{key}`: {reason}")]
@@ -521,6 +521,31 @@ impl Config {
     }
 }
 
+/// figment's errors, one per line, each naming its key as written in the
+/// file (`crawl.rate`; figment's own message would say `default.crawl.rate`,
+/// after its profile, which trawler does not use) and where the value came
+/// from.
+fn describe(error: &figment::Error) -> String {
+    let lines: Vec<String> = error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let mut line = e.kind.to_string();
+            if !e.path.is_empty() {
+                line += &format!(" for key `{}`", e.path.join("."));
+            }
+            if let Some(md) = &e.metadata {
+                match &md.source {
+                    Some(source) => line += &format!(" in {source} {}", md.name),
+                    None => line += &format!(" in {}", md.name),
+                }
+            }
+            line
+        })
+        .collect();
+    lines.join("\n")
+}
+
 fn reqwest_safe_header(value: &str) -> Result<(), ()> {
     value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)).then_some(()).ok_or(())
 }
@@ -559,7 +584,8 @@ mod tests {
 
         std::fs::write(&file, "[fetch]\ntimeout = \"soon\"\n").unwrap();
         let err = Config::load(Some(&file), NoOverrides::default()).unwrap_err().to_string();
-        assert!(err.contains("timeout"), "{err}");
+        assert!(err.contains("for key `fetch.timeout` in "), "{err}");
+        assert!(err.contains("t.toml"), "{err}");
 
         std::fs::write(&file, "[fetch]\ntimeoutt = \"1s\"\n").unwrap();
         let err = Config::load(Some(&file), NoOverrides::default()).unwrap_err().to_string();
