@@ -9,6 +9,7 @@
 //! - `trawler_fetch_errors_total{kind}`: attempts by error kind;
 //! - `trawler_fetch_duration_seconds`: attempt latency histogram;
 //! - `trawler_body_bytes_total`: decoded body bytes read;
+//! - `trawler_recrawls_total`: finished URLs put back by `recrawl_after`;
 //! - `trawler_frontier_urls{state}`, `trawler_in_flight`,
 //!   `trawler_hosts_in_backoff`, `trawler_oldest_lease_seconds`: gauges,
 //!   refreshed every [`GAUGE_EVERY`].

@@ -286,6 +286,7 @@ async fn recrawl_due(
             Ok(0) => {}
             Ok(n) => {
                 tracing::debug!(urls = n, "due for a recrawl: back in the frontier");
+                metrics::counter!("trawler_recrawls_total").increment(n);
                 stats.finished.fetch_sub(n.min(CrawlStats::get(&stats.finished)), Ordering::Relaxed);
                 wake.notify_one();
             }

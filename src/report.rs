@@ -118,8 +118,14 @@ impl fmt::Display for Text<'_> {
             r.attempts_last_minute, r.attempts_last_hour
         )?;
         match (r.latency_p50_ms, r.latency_p95_ms) {
-            (Some(p50), Some(p95)) => writeln!(f, "latency    p50 {p50} ms, p95 {p95} ms (last hour)"),
-            _ => writeln!(f, "latency    no attempts in the last hour"),
+            (Some(p50), Some(p95)) => writeln!(f, "latency    p50 {p50} ms, p95 {p95} ms (last hour)")?,
+            _ => writeln!(f, "latency    no attempts in the last hour")?,
+        }
+        match &r.next_recrawl_at {
+            Some(next) => {
+                writeln!(f, "recrawl    {} URLs scheduled, the next at {next}", r.recrawls_scheduled)
+            }
+            None => writeln!(f, "recrawl    none scheduled"),
         }
     }
 }

@@ -235,6 +235,9 @@ pub struct StatsReport {
     /// Attempt latency over the last hour, in ms (`None` without attempts).
     pub latency_p50_ms: Option<i64>,
     pub latency_p95_ms: Option<i64>,
+    /// Finished URLs with a recrawl time, and the soonest one (RFC 3339).
+    pub recrawls_scheduled: u64,
+    pub next_recrawl_at: Option<String>,
 }
 
 /// URLs by state, as counted in the store.

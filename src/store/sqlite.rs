@@ -187,6 +187,11 @@ impl SqliteStore {
             .await
             .map_err(db("stats"))
         };
+        let recrawls: (i64, Option<i64>) =
+            sqlx::query_as("SELECT count(*), min(recrawl_at_ms) FROM urls WHERE recrawl_at_ms IS NOT NULL")
+                .fetch_one(&self.read)
+                .await
+                .map_err(db("stats"))?;
         Ok(StatsReport {
             queued: counts.queued,
             in_flight: counts.in_flight,
@@ -207,6 +212,8 @@ impl SqliteStore {
             attempts_last_hour: since(now_ms - 3_600_000).await?,
             latency_p50_ms: percentile(0.50).await?,
             latency_p95_ms: percentile(0.95).await?,
+            recrawls_scheduled: recrawls.0 as u64,
+            next_recrawl_at: recrawls.1.map(rfc3339_from_ms),
         })
     }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::server::TestServer;
-use crate::util::{Daemon, scalar, wait_until};
+use crate::util::{Daemon, output_of, scalar, spawn_trawler, wait_until, wait_within};
 
 #[tokio::test]
 async fn sighup_applies_rate_and_log_level_and_rejects_a_bad_config() {
@@ -72,4 +72,12 @@ async fn finished_urls_are_fetched_again_when_recrawl_after_says_so() {
     daemon.stop();
     let states = "SELECT count(*) FROM results WHERE state IN ('done', 'queued')";
     assert_eq!(scalar(&db, states).await, 2, "a stop between visits loses nothing");
+
+    // `trawler stats` shows the schedule.
+    let mut stats = spawn_trawler(&["stats", "--json", "--db", db.to_str().unwrap()]);
+    assert_eq!(wait_within(&mut stats, Duration::from_secs(10)).0.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_str(&output_of(stats).0).unwrap();
+    let scheduled = scalar(&db, "SELECT count(*) FROM urls WHERE recrawl_at_ms IS NOT NULL").await;
+    assert_eq!(report["recrawls_scheduled"].as_i64(), Some(scheduled));
+    assert_eq!(report["next_recrawl_at"].is_string(), scheduled > 0, "{report}");
 }
