@@ -191,11 +191,9 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         outcome = next.outcome(),
         "fetched"
     );
-    let recrawl_at_ms = match next {
+    let recrawl_after = match next {
         Next::RetryAt(_) => None,
-        Next::Done | Next::Failed => {
-            ctx.politeness.recrawl_after(&job.host).map(|d| now_ms() + d.as_millis() as i64)
-        }
+        Next::Done | Next::Failed => ctx.politeness.recrawl_after(&job.host),
     };
     let completion = Completion {
         url_id: job.url_id,
@@ -207,7 +205,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         next,
         links,
         dropped_links,
-        recrawl_at_ms,
+        recrawl_after,
     };
     Some(completion)
 }

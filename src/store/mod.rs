@@ -147,9 +147,9 @@ pub struct Completion {
     pub links: Vec<NewUrl>,
     /// Links found on the page that were dropped, counted by reason.
     pub dropped_links: Vec<(&'static str, u64)>,
-    /// When a finished URL is due to be fetched again (Unix ms), if its
-    /// host's `recrawl_after` says so; ignored for a retry.
-    pub recrawl_at_ms: Option<i64>,
+    /// The host's `recrawl_after`, if any: a finished URL is due again that
+    /// long after the store records it as finished. Ignored for a retry.
+    pub recrawl_after: Option<std::time::Duration>,
 }
 
 /// When finished URLs are fetched again: `crawl.recrawl_after`, and the hosts

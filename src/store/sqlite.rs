@@ -317,6 +317,12 @@ fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// A duration in ms; an absurd one (over 146 million years) saturates far
+/// enough below `i64::MAX` that adding a timestamp cannot overflow.
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2).min(i64::MAX / 2)
+}
+
 fn rfc3339_from_ms(ms: i64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
 }
@@ -508,9 +514,8 @@ impl Store for SqliteStore {
                 return Ok(0);
             }
         }
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);
         let per_host: BTreeMap<&str, i64> =
-            policy.per_host.iter().map(|(h, d)| (h.as_str(), ms(*d))).collect();
+            policy.per_host.iter().map(|(h, d)| (h.as_str(), duration_ms(*d))).collect();
         let result = sqlx::query(
             "UPDATE urls SET recrawl_at_ms = finished_ms +
                  coalesce((SELECT value FROM json_each(?1) WHERE key = urls.host), ?2)
@@ -518,7 +523,7 @@ impl Store for SqliteStore {
                  coalesce((SELECT value FROM json_each(?1) WHERE key = urls.host), ?2)",
         )
         .bind(serde_json::to_string(&per_host).expect("a map of strings serializes"))
-        .bind(policy.default.map(ms))
+        .bind(policy.default.map(duration_ms))
         .execute(&self.write)
         .await
         .map_err(db("schedule recrawls"))?;
@@ -611,7 +616,7 @@ async fn update_urls(
     applied: Option<&mut BTreeSet<i64>>,
 ) -> Result<u64, StoreError> {
     let mut q = QueryBuilder::<Sqlite>::new(
-        "WITH v(url_id, lease, state, attempt, not_before_ms, finished_ms, recrawl_at_ms) AS (",
+        "WITH v(url_id, lease, state, attempt, not_before_ms, finished_ms, recrawl_after_ms) AS (",
     );
     let now = unix_ms(SystemTime::now());
     q.push_values(chunk, |mut row, c| {
@@ -626,12 +631,13 @@ async fn update_urls(
             .push_bind(c.attempt)
             .push_bind(not_before_ms)
             .push_bind(finished_ms)
-            .push_bind(finished_ms.and(c.recrawl_at_ms));
+            .push_bind(c.recrawl_after.map(duration_ms));
     });
     q.push(
         ") UPDATE urls SET state = v.state, attempts = urls.attempts_before + v.attempt,
                 not_before_ms = v.not_before_ms, lease = NULL, leased_at_ms = NULL,
-                finished_ms = coalesce(v.finished_ms, urls.finished_ms), recrawl_at_ms = v.recrawl_at_ms
+                finished_ms = coalesce(v.finished_ms, urls.finished_ms),
+                recrawl_at_ms = v.finished_ms + v.recrawl_after_ms
           FROM v WHERE urls.id = v.url_id AND urls.lease = v.lease",
     );
     match applied {

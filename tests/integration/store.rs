@@ -28,7 +28,7 @@ fn done(job: &trawler::store::Job, lease: i64) -> Completion {
         next: Next::Done,
         links: Vec::new(),
         dropped_links: Vec::new(),
-        recrawl_at_ms: None,
+        recrawl_after: None,
     }
 }
 
@@ -133,11 +133,14 @@ async fn a_recrawl_is_a_new_visit_that_keeps_the_history() {
     store.complete(&[retry, done(&b, b.lease)], PageLimits::default()).await.unwrap();
     let a = claim(&store, i64::MAX, 1).await.remove(0);
     assert_eq!(a.attempt, 2);
-    let finished = Completion { recrawl_at_ms: Some(1_000), ..done(&a, a.lease) };
+    let finished = Completion { recrawl_after: Some(Duration::from_secs(60)), ..done(&a, a.lease) };
     store.complete(&[finished], PageLimits::default()).await.unwrap();
+    let due = "SELECT count(*) FROM urls WHERE url LIKE '%/a' AND recrawl_at_ms = finished_ms + 60000";
+    assert_eq!(crate::util::scalar(&config.store.path, due).await, 1, "due a minute after it finished");
 
-    assert_eq!(store.requeue_recrawls(999, 100).await.unwrap(), 0);
-    assert_eq!(store.requeue_recrawls(1_000, 100).await.unwrap(), 1);
+    let now = trawler::frontier::now_ms();
+    assert_eq!(store.requeue_recrawls(now, 100).await.unwrap(), 0);
+    assert_eq!(store.requeue_recrawls(now + 61_000, 100).await.unwrap(), 1);
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.queued, counts.done), (1, 1));
     let again = claim(&store, i64::MAX, 10).await;
