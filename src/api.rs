@@ -19,7 +19,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -32,9 +31,9 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::seeds::{SeedError, parse_seed};
+use crate::seeds::{self, SeedError, parse_seed};
 use crate::stats::CrawlStats;
-use crate::store::{InputError, SqliteStore, Store, StoreError};
+use crate::store::{InputError, SqliteStore, StoreError};
 
 /// The largest request body accepted: 16 MiB, about 100,000 typical URLs.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -158,19 +157,10 @@ async fn add_urls(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) 
             reason: r.error.reason.clone(),
         })
         .collect();
-    if !errors.is_empty()
-        && let Err(e) = api.store.record_input_errors(&errors).await
-    {
-        return store_error(e);
-    }
-    let new = match api.store.enqueue(&urls).await {
+    let new = match seeds::add(&*api.store, &urls, &errors, &api.wake, &api.stats).await {
         Ok(new) => new,
         Err(e) => return store_error(e),
     };
-    if new > 0 {
-        api.stats.known.fetch_add(new, Ordering::Relaxed);
-        api.wake.notify_one();
-    }
     let wanted: Vec<&str> = urls.iter().map(|u| u.url.as_str()).collect();
     let ids = match api.store.ids(&wanted).await {
         Ok(ids) => ids,

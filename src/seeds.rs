@@ -154,20 +154,37 @@ async fn flush<S: Store>(
     wake: &Notify,
     stats: &CrawlStats,
 ) -> Result<(), StoreError> {
+    report.new_urls += add(store, urls, errors, wake, stats).await?;
+    urls.clear();
+    errors.clear();
+    Ok(())
+}
+
+/// Records rejected seeds, enqueues the valid ones, counts the new ones in
+/// `stats.known` and wakes the producer if there are any. Returns how many
+/// were new. The one way seeds enter the frontier: from a file, stdin, the
+/// command line or the HTTP API.
+///
+/// Errors: the store could not be written.
+pub async fn add<S: Store>(
+    store: &S,
+    urls: &[NewUrl],
+    errors: &[InputError],
+    wake: &Notify,
+    stats: &CrawlStats,
+) -> Result<u64, StoreError> {
     if !errors.is_empty() {
         store.record_input_errors(errors).await?;
-        errors.clear();
     }
-    if !urls.is_empty() {
-        let new = store.enqueue(urls).await?;
-        urls.clear();
-        report.new_urls += new;
-        stats.known.fetch_add(new, Ordering::Relaxed);
-        if new > 0 {
-            wake.notify_one();
-        }
+    if urls.is_empty() {
+        return Ok(0);
     }
-    Ok(())
+    let new = store.enqueue(urls).await?;
+    stats.known.fetch_add(new, Ordering::Relaxed);
+    if new > 0 {
+        wake.notify_one();
+    }
+    Ok(new)
 }
 
 enum Line {
