@@ -49,7 +49,7 @@ fn main() -> ExitCode {
                 // environment and flags.
                 let (file, overrides) = (args.flags.common.config.clone(), args.flags.overrides());
                 let load: LoadConfig = Box::new(move || Config::load(file.as_deref(), &overrides));
-                let reloader = match Reloader::new(load, Some(log_level)) {
+                let reloader = match Reloader::new(load, log_level) {
                     Ok(reloader) => reloader,
                     Err(e) => return fail(CrawlError::Io(e)),
                 };

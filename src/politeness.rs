@@ -150,16 +150,6 @@ impl Politeness {
         self.lock().rules = rules;
     }
 
-    /// The rules in force.
-    pub fn rules(&self) -> HostRules {
-        self.lock().rules.clone()
-    }
-
-    /// The limits for `host` under the rules in force.
-    pub fn limits(&self, host: &str) -> HostLimits {
-        self.lock().rules.limits(host)
-    }
-
     /// [`HostRules::recrawl_after`] under the rules in force.
     pub fn recrawl_after(&self, host: &str) -> Option<Duration> {
         self.lock().rules.recrawl_after(host)
@@ -348,15 +338,25 @@ mod tests {
             "slow.example".to_owned(),
             HostOverride { delay: Some(Duration::from_secs(2)), concurrency: Some(1), ..Default::default() },
         );
-        let rules = HostRules { politeness: config, overrides, recrawl_after: None };
-        Politeness::new(rules, Duration::from_secs(30))
+        Politeness::new(rules(config, overrides), Duration::from_secs(30))
+    }
+
+    fn rules(politeness: PolitenessConfig, overrides: BTreeMap<String, HostOverride>) -> HostRules {
+        HostRules { politeness, overrides, recrawl_after: None }
     }
 
     #[test]
     fn overrides_replace_the_defaults_per_host() {
         let p = politeness(2, 250);
-        assert_eq!(p.limits("a.example"), HostLimits { concurrency: 2, delay: Duration::from_millis(250) });
-        assert_eq!(p.limits("slow.example"), HostLimits { concurrency: 1, delay: Duration::from_secs(2) });
+        let rules = &p.lock().rules;
+        assert_eq!(
+            rules.limits("a.example"),
+            HostLimits { concurrency: 2, delay: Duration::from_millis(250) }
+        );
+        assert_eq!(
+            rules.limits("slow.example"),
+            HostLimits { concurrency: 1, delay: Duration::from_secs(2) }
+        );
     }
 
     #[test]
@@ -441,7 +441,7 @@ mod tests {
         let t0 = Instant::now();
         p.reserve("a", t0);
         assert_eq!(p.slots("a", t0), 0, "within the 250 ms delay");
-        let mut rules = p.rules();
+        let mut rules = p.lock().rules.clone();
         rules.politeness.per_host_delay = Duration::ZERO;
         rules.politeness.per_host_concurrency = 5;
         rules.overrides.get_mut("slow.example").unwrap().recrawl_after = Some(Duration::from_secs(60));

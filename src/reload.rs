@@ -36,7 +36,7 @@ const RELOADABLE: [&str; 5] = ["crawl.rate", "crawl.recrawl_after", "politeness.
 /// `SIGHUP` arriving during start-up is not the default "terminate".
 pub struct Reloader {
     load: LoadConfig,
-    log: Option<LogLevel>,
+    log: LogLevel,
     signals: Signals,
 }
 
@@ -51,10 +51,9 @@ pub(crate) struct Live {
 }
 
 impl Reloader {
-    /// Registers the `SIGHUP` handler. `log` changes the log filter (absent in
-    /// tests that run without a global subscriber). Errors: the handler could
-    /// not be registered.
-    pub fn new(load: LoadConfig, log: Option<LogLevel>) -> std::io::Result<Self> {
+    /// Registers the `SIGHUP` handler; `log` changes the log filter. Errors:
+    /// the handler could not be registered.
+    pub fn new(load: LoadConfig, log: LogLevel) -> std::io::Result<Self> {
         Ok(Self { load, log, signals: Signals::new([SIGHUP])? })
     }
 
@@ -88,11 +87,11 @@ impl Reloader {
         if config.crawl.rate != old.crawl.rate {
             live.ctx.rate.set(config.crawl.rate);
         }
-        let rules = HostRules::from_config(config);
-        if rules != HostRules::from_config(&old) {
+        let (rules, old_rules) = (HostRules::from_config(config), HostRules::from_config(&old));
+        if rules != old_rules {
             let policy = rules.recrawl_policy();
             live.ctx.politeness.set_rules(rules);
-            if policy != HostRules::from_config(&old).recrawl_policy() {
+            if policy != old_rules.recrawl_policy() {
                 match live.store.schedule_recrawls(&policy).await {
                     Ok(n) => tracing::info!(urls = n, "SIGHUP: recrawl times rescheduled"),
                     Err(e) => tracing::error!("SIGHUP: could not reschedule recrawls: {e}"),
@@ -101,10 +100,8 @@ impl Reloader {
             // Hosts may take more jobs now than when the producer last looked.
             live.wake.notify_one();
         }
-        if config.log.level != old.log.level
-            && let Some(log) = &self.log
-        {
-            match log.set(&config.log.level) {
+        if config.log.level != old.log.level {
+            match self.log.set(&config.log.level) {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!("SIGHUP: log.level is not applied: RUST_LOG is set and wins"),
                 Err(e) => tracing::error!("SIGHUP: cannot change the log level: {e}"),
