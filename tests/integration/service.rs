@@ -7,14 +7,9 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    output_of, scalar, signal, spawn_trawler, spawn_trawler_with_env, wait_until, wait_within,
+    next_notification, output_of, scalar, signal, spawn_trawler, spawn_trawler_with_env, wait_until,
+    wait_within,
 };
-
-fn next_message(socket: &UnixDatagram) -> String {
-    let mut buf = [0u8; 4096];
-    let n = socket.recv(&mut buf).expect("a notification within the timeout");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
 
 #[tokio::test]
 async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
@@ -33,7 +28,7 @@ async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
         &["run", "--db", db.to_str().unwrap(), "--grace", "2s"],
         &[("NOTIFY_SOCKET", notify_path.to_str().unwrap()), ("TRAWLER_ADMIN__LISTEN", admin.as_str())],
     );
-    assert!(next_message(&notify).contains("READY=1"));
+    assert!(next_notification(&notify).contains("READY=1"));
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let get = |path: &str| {
         let (http, url) = (http.clone(), format!("http://{admin}{path}"));
@@ -76,7 +71,7 @@ async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
     );
 
     signal(&daemon, libc::SIGTERM);
-    assert!(next_message(&notify).contains("STOPPING=1"));
+    assert!(next_notification(&notify).contains("STOPPING=1"));
     let (status, took) = wait_within(&mut daemon, Duration::from_secs(3));
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_secs(3));

@@ -169,6 +169,12 @@ async fn a_recrawl_is_a_new_visit_that_keeps_the_history() {
     assert_eq!(store.schedule_recrawls(&policy).await.unwrap(), 2);
     assert_eq!(store.schedule_recrawls(&policy).await.unwrap(), 0, "nothing changed");
     assert_eq!(row("SELECT count(*) FROM urls WHERE recrawl_at_ms = finished_ms + 5000").await, 2);
+    // `trawler stats` reports the schedule.
+    let stats = store.stats(trawler::frontier::now_ms()).await.unwrap();
+    assert_eq!(stats.recrawls_scheduled, 2);
+    let next = row("SELECT min(recrawl_at_ms) FROM urls").await;
+    let next = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(next as u64));
+    assert_eq!(stats.next_recrawl_at, Some(next.to_string()));
     assert_eq!(store.schedule_recrawls(&RecrawlPolicy::default()).await.unwrap(), 2);
     assert_eq!(row("SELECT count(*) FROM urls WHERE recrawl_at_ms IS NOT NULL").await, 0);
     store.close().await;

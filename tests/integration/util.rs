@@ -207,9 +207,7 @@ impl Daemon {
     }
 
     pub fn next_message(&self) -> String {
-        let mut buf = [0u8; 4096];
-        let n = self.notify.recv(&mut buf).expect("a notification within the timeout");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        next_notification(&self.notify)
     }
 
     /// Writes `toml` as the config file and sends SIGHUP; returns once the
@@ -233,4 +231,11 @@ impl Daemon {
         let (status, _) = wait_within(&mut self.child, Duration::from_secs(5));
         assert_eq!(status.code(), Some(0), "{}", self.stderr.text());
     }
+}
+
+/// The next `sd_notify` datagram on a socket the test bound as `NOTIFY_SOCKET`.
+pub fn next_notification(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).expect("a notification within the timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
