@@ -33,7 +33,7 @@ use crate::seeds::{IngestError, IngestReport, SeedSource, ingest};
 use crate::shutdown::Shutdown;
 use crate::sitemaps::{SitemapQueue, SitemapTask};
 use crate::stats::{CrawlStats, Summary};
-use crate::store::{PageLimits, RecrawlPolicy, SqliteStore, StateCounts, Store, StoreError};
+use crate::store::{PageLimits, SqliteStore, StateCounts, Store, StoreError};
 use crate::systemd::Notifier;
 use crate::worker::{RateLimit, WorkerContext};
 use crate::{progress, worker, writer};
@@ -248,15 +248,9 @@ const RECRAWL_BATCH: u32 = 10_000;
 /// How often the service looks for URLs due for a recrawl (one index probe).
 const RECRAWL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Sets the recrawl times from `policy` (it may have changed since the last
-/// run) and puts the URLs that are due back in the frontier. Returns how many.
-async fn requeue_recrawls(store: &SqliteStore, policy: Option<&RecrawlPolicy>) -> Result<u64, StoreError> {
-    if let Some(policy) = policy {
-        let rescheduled = store.schedule_recrawls(policy).await?;
-        if rescheduled > 0 {
-            tracing::info!(urls = rescheduled, "recrawl times set from recrawl_after");
-        }
-    }
+/// Puts every URL due for a recrawl back in the frontier, in batches.
+/// Returns how many.
+async fn requeue_due(store: &SqliteStore) -> Result<u64, StoreError> {
     let mut requeued = 0;
     loop {
         let n = store.requeue_recrawls(crate::frontier::now_ms(), RECRAWL_BATCH).await?;
@@ -282,7 +276,7 @@ async fn recrawl_due(
             _ = done.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match requeue_recrawls(&store, None).await {
+        match requeue_due(&store).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::debug!(urls = n, "due for a recrawl: back in the frontier");
@@ -313,7 +307,12 @@ async fn run_tasks(
         tracing::info!(urls = recovered, "requeued URLs left in flight by an earlier run");
     }
     let rules = HostRules::from_config(config);
-    let recrawled = requeue_recrawls(store, Some(&rules.recrawl_policy())).await?;
+    // recrawl_after may have changed since the last run.
+    let rescheduled = store.schedule_recrawls(&rules.recrawl_policy()).await?;
+    if rescheduled > 0 {
+        tracing::info!(urls = rescheduled, "recrawl times set from recrawl_after");
+    }
+    let recrawled = requeue_due(store).await?;
     if recrawled > 0 {
         tracing::info!(urls = recrawled, "due for a recrawl: back in the frontier");
     }
