@@ -1,7 +1,8 @@
 //! The service's admin HTTP server (`trawler run`, `admin.listen`, default
 //! 127.0.0.1:9187): Prometheus metrics at `/metrics` (the `metrics` crate's
-//! facade, rendered by `metrics-exporter-prometheus`), `/healthz` (alive,
-//! and the store still accepts writes) and `/readyz` (start-up finished).
+//! facade, rendered by `metrics-exporter-prometheus`), `/healthz` (alive:
+//! no task has failed, and writes are not blocked by another process's lock
+//! for longer than `store.busy_warning`) and `/readyz` (start-up finished).
 //!
 //! Metrics recorded by the crawl (names follow Prometheus conventions):
 //! - `trawler_fetches_total{outcome, status}`: committed attempts by outcome
@@ -26,6 +27,8 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
+use crate::store::LockWaits;
+
 /// How often the gauges are refreshed from the store.
 pub const GAUGE_EVERY: Duration = Duration::from_secs(5);
 
@@ -38,8 +41,10 @@ const LATENCY_BUCKETS: [f64; 14] =
 pub struct Health {
     /// Start-up finished: the database is open and recovered.
     pub ready: AtomicBool,
-    /// Set when a store write failed: the service can no longer record.
-    pub store_failed: AtomicBool,
+    /// Set when a task failed for good: the service is stopping.
+    pub failed: Arc<AtomicBool>,
+    /// How long the store's writes have waited for another process's lock.
+    pub lock_waits: Arc<LockWaits>,
 }
 
 /// Set once a recorder is installed. Without one the `metrics` macros are
@@ -62,37 +67,48 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Serves the admin endpoints on `addr` until `stop`.
+/// Binds the admin address (`admin.listen`), so that a taken address fails
+/// the start, before anything runs.
 ///
 /// Errors: the address cannot be bound.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("admin.listen {addr}: {e}")))?;
+    tracing::info!(address = %listener.local_addr()?, "admin endpoints: /metrics /healthz /readyz");
+    Ok(listener)
+}
+
+/// Serves the admin endpoints on `listener` until `stop`.
+///
+/// Errors: accepting connections failed for good.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
     health: Arc<Health>,
     stop: CancellationToken,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(address = %listener.local_addr()?, "admin endpoints: /metrics /healthz /readyz");
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(move || async move { metrics.render() }))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health);
-    Ok(tokio::spawn(async move {
-        let served =
-            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-        if let Err(e) = served {
-            tracing::error!("admin server: {e}");
-        }
-    }))
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("admin server: {e}")))
 }
 
-async fn healthz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
-    if health.store_failed.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, "store write failed\n")
-    } else {
-        (StatusCode::OK, "ok\n")
+async fn healthz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
+    if health.failed.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "a task failed: stopping\n".to_owned());
     }
+    if health.lock_waits.is_stalled() {
+        let waited = health.lock_waits.blocked_for().unwrap_or_default().as_secs();
+        let text = format!("database writes blocked by another process's lock for {waited} s\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, text);
+    }
+    (StatusCode::OK, "ok\n".to_owned())
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {

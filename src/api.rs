@@ -96,23 +96,22 @@ pub async fn bind(listen: &str) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 /// Serves the API on `listener` until `stop`; requests under way finish.
-pub fn serve(
+///
+/// Errors: accepting connections failed for good.
+pub async fn serve(
     listener: tokio::net::TcpListener,
     api: Api,
     stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/urls", post(add_urls))
         .route("/urls/{id}", get(url_state))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::new(api));
-    tokio::spawn(async move {
-        let served =
-            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-        if let Err(e) = served {
-            tracing::error!("API server: {e}");
-        }
-    })
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("API server: {e}")))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -331,6 +331,12 @@ pub struct StoreConfig {
     pub save_headers: bool,
     /// Store each response's body with its attempt (at most `fetch.max_body_bytes`).
     pub save_body: bool,
+    /// Writes blocked this long by another process's lock (an analyst's
+    /// `BEGIN IMMEDIATE`, a backup) are reported: a warning now and every
+    /// this long while it lasts, and `/healthz` answers 503. The crawl keeps
+    /// waiting for the lock however long it is held.
+    #[serde(with = "humantime_serde")]
+    pub busy_warning: Duration,
 }
 
 impl Default for StoreConfig {
@@ -340,6 +346,7 @@ impl Default for StoreConfig {
             synchronous: Synchronous::Normal,
             save_headers: false,
             save_body: false,
+            busy_warning: Duration::from_secs(5),
         }
     }
 }
@@ -457,6 +464,9 @@ impl Config {
         }
         if self.hosts.values().any(|h| h.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER)) {
             return invalid("hosts.<host>.recrawl_after", "must be at least 1s");
+        }
+        if self.store.busy_warning < Duration::from_secs(1) {
+            return invalid("store.busy_warning", "must be at least 1s");
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::Invalid { key: "log.level", reason: e.to_string() });

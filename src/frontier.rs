@@ -10,7 +10,9 @@
 //! a host's delay or backoff ending, a queued URL becoming due, at most
 //! [`MAX_IDLE`], or a wake-up (a fetch finished, URLs were enqueued, a retry
 //! was committed). In batch mode it ends once the input is read, nothing is in
-//! flight and nothing is queued.
+//! flight and nothing is queued. If every worker is gone (the job channel
+//! closed while the crawl is not stopping) it fails rather than claim URLs
+//! that nobody will fetch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +26,7 @@ use crate::politeness::Politeness;
 use crate::sitemaps::SitemapQueue;
 use crate::stats::CrawlStats;
 use crate::store::{Job, Store, StoreError};
-use crate::systemd::Notifier;
+use crate::systemd::Heartbeat;
 
 /// The longest sleep between looks at the store when nothing is due.
 pub const MAX_IDLE: Duration = Duration::from_secs(1);
@@ -41,6 +43,16 @@ pub fn now_ms() -> i64 {
 /// writer); workers use the same mark to decide whether to wake the producer.
 pub fn wants_refill(queued: usize, capacity: usize) -> bool {
     queued <= capacity / 2
+}
+
+/// Why the producer stopped before its time.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The job channel closed while the crawl was not stopping.
+    #[error("every worker has exited: claimed URLs could not be handed out")]
+    NoWorkers,
 }
 
 /// Hosts asked for per round.
@@ -64,8 +76,9 @@ pub struct Producer<S> {
     pub stats: Arc<CrawlStats>,
     /// Per-host limits, shared with the workers.
     pub politeness: Arc<Politeness>,
-    /// Pinged every round, for systemd's watchdog.
-    pub notifier: Arc<Notifier>,
+    /// Beaten every round (at least every [`MAX_IDLE`]), for systemd's
+    /// watchdog.
+    pub heartbeat: Arc<Heartbeat>,
     /// End when the frontier is empty (batch crawl) instead of waiting for
     /// more work (daemon).
     pub exit_when_idle: bool,
@@ -76,15 +89,20 @@ impl<S: Store> Producer<S> {
     /// Claimed jobs not yet sent when stopped stay in flight in the store; the
     /// crawl requeues them on its way out.
     ///
-    /// Errors: a store failure while claiming.
-    pub async fn run(self) -> Result<(), StoreError> {
+    /// Errors: a store failure while claiming, or no worker left to take
+    /// the jobs.
+    pub async fn run(self) -> Result<(), ProducerError> {
         let capacity = self.jobs.capacity().unwrap_or(1024);
         let mut last_prune = Instant::now();
         loop {
             if self.stop.is_cancelled() {
                 return Ok(());
             }
-            self.notifier.watchdog();
+            self.heartbeat.beat();
+            if self.jobs.is_closed() {
+                // Workers leave when told to stop; otherwise they are gone.
+                return if self.stop.is_cancelled() { Ok(()) } else { Err(ProducerError::NoWorkers) };
+            }
             let now = Instant::now();
             if now - last_prune >= PRUNE_EVERY {
                 self.politeness.prune(now);

@@ -17,6 +17,8 @@
 //! | [`shutdown`] | SIGINT/SIGTERM → stop, then abort |
 //! | [`reload`] | SIGHUP → load the config again, apply what can change while running |
 //! | [`crawl`] | one crawl: start the tasks, tear them down in order, summarise |
+//! | [`tasks`] | every task on one tracker; the first failure or panic stops the crawl |
+//! | [`service`] | what only `trawler run` adds: endpoints, gauges, recrawl sweep, reloads, watchdog |
 //! | [`seeds`] | streaming the input list into the frontier |
 //! | [`frontier`] | the producer: claims due URLs of hosts that may be fetched now |
 //! | [`politeness`] | per-host concurrency, delay and backoff |
@@ -30,7 +32,7 @@
 //! | [`store`] | the frontier interface with lease semantics; [`store::sqlite`] knows sqlx |
 //! | [`report`] | `trawler stats` and `trawler export`, read-only |
 //! | [`stats`], [`progress`] | counters, summary, progress bar / progress lines |
-//! | [`systemd`] | `sd_notify` readiness, stopping and watchdog |
+//! | [`systemd`] | `sd_notify` readiness, stopping, and a watchdog fed by heartbeats |
 
 pub mod admin;
 pub mod api;
@@ -47,11 +49,13 @@ pub mod report;
 pub mod retry;
 pub mod robots;
 pub mod seeds;
+pub mod service;
 pub mod shutdown;
 pub mod sitemaps;
 pub mod stats;
 pub mod store;
 pub mod systemd;
+pub mod tasks;
 pub mod telemetry;
 pub mod worker;
 pub mod writer;

@@ -16,12 +16,19 @@ use tokio::sync::{Notify, mpsc};
 use crate::admin::{self, status_class};
 use crate::stats::{CrawlStats, latency_histogram};
 use crate::store::{Completion, Next, PageLimits, Store, StoreError};
+use crate::systemd::Heartbeat;
 
 /// The most completions committed in one transaction.
 pub const MAX_BATCH: usize = 2_048;
 
+/// How often the writer beats its heartbeat while no completion comes.
+const IDLE_BEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Commits completions until every sender is dropped, then returns the
-/// latency histogram (µs) of what it committed.
+/// latency histogram (µs) of what it committed. Beats `heartbeat` after
+/// every commit and every [`IDLE_BEAT`] while idle, so only a commit that
+/// never returns silences it (a commit waiting for another process's lock is
+/// reported by the store instead).
 ///
 /// Errors: the first store failure; completions not yet committed are lost
 /// from memory, and their URLs stay in flight, to be requeued.
@@ -31,10 +38,21 @@ pub async fn run<S: Store>(
     stats: Arc<CrawlStats>,
     wake: Arc<Notify>,
     limits: PageLimits,
+    heartbeat: Arc<Heartbeat>,
 ) -> Result<Histogram<u64>, StoreError> {
     let mut latency = latency_histogram();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while results.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        heartbeat.beat();
+        // recv_many is cancel safe: nothing is taken from the channel unless
+        // it returns.
+        let received = tokio::select! {
+            n = results.recv_many(&mut batch, MAX_BATCH) => n,
+            _ = tokio::time::sleep(IDLE_BEAT) => continue,
+        };
+        if received == 0 {
+            break;
+        }
         let committed = store.complete(&batch, limits).await?;
         if committed.new_urls > 0 {
             stats.known.fetch_add(committed.new_urls, Ordering::Relaxed);

@@ -11,12 +11,14 @@
 pub mod sqlite;
 
 use std::future::Future;
-use std::time::SystemTime;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 pub use sqlite::SqliteStore;
 
 /// A store operation that failed. Any of these stops the crawl: results could
-/// no longer be recorded.
+/// no longer be recorded. (A database locked by another process is not one
+/// of them: writes wait for the lock, see [`LockWaits`].)
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another process holds the database's lock file.
@@ -32,6 +34,16 @@ pub enum StoreError {
          use a newer trawler or another database"
     )]
     NewerSchema { path: String, found: i64, known: i64 },
+    /// Another process held the database's write lock, and the store was
+    /// told to stop waiting (the crawl is being torn down after its grace
+    /// period). Until then a busy database is waited out, never returned.
+    #[error("database {context}: locked by another writer for {} s; gave up waiting to stop", waited.as_secs())]
+    Busy { context: &'static str, waited: Duration },
+    /// The file system is full (SQLITE_FULL): nothing more can be recorded.
+    /// Committed results are intact; what was not committed is fetched again
+    /// by the next run.
+    #[error("database {context}: disk full: free space and rerun")]
+    DiskFull { context: &'static str },
     /// Opening, migrating, reading or writing failed.
     #[error("database {context}: {source}")]
     Database {
@@ -39,6 +51,84 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// How long the store's writes have been waiting for another process's
+/// write lock (an analyst's `BEGIN IMMEDIATE`, a backup tool): the store
+/// waits such a lock out for as long as it takes, logging a warning every
+/// `warn_after`; `/healthz` reads [`LockWaits::blocked_for`]. Shared between
+/// the store and the admin endpoints.
+#[derive(Debug)]
+pub struct LockWaits {
+    /// How long writes may wait before it is reported (`store.busy_warning`).
+    pub warn_after: Duration,
+    state: Mutex<WaitState>,
+}
+
+#[derive(Debug, Default)]
+struct WaitState {
+    /// When the writes now waiting started to (the earliest of them).
+    since: Option<Instant>,
+    /// When the last warning about it was logged.
+    warned_at: Option<Instant>,
+}
+
+impl LockWaits {
+    /// Nothing waiting; report waits longer than `warn_after`.
+    pub fn new(warn_after: Duration) -> Self {
+        Self { warn_after, state: Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WaitState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How long writes have been blocked, if they are now.
+    pub fn blocked_for(&self) -> Option<Duration> {
+        self.lock().since.map(|since| since.elapsed())
+    }
+
+    /// Whether writes have been blocked for longer than `warn_after`: the
+    /// service reports itself unhealthy then.
+    pub fn is_stalled(&self) -> bool {
+        self.blocked_for().is_some_and(|waited| waited >= self.warn_after)
+    }
+
+    /// Records that a write found the database locked (`context` names the
+    /// operation) and returns how long writes have been waiting. Logs a
+    /// warning once they have waited `warn_after`, and again every
+    /// `warn_after` after that.
+    pub fn busy(&self, context: &'static str) -> Duration {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let since = *state.since.get_or_insert(now);
+        let waited = now - since;
+        let due = state.warned_at.map_or(waited >= self.warn_after, |at| now - at >= self.warn_after);
+        if due {
+            state.warned_at = Some(now);
+            tracing::warn!(
+                operation = context,
+                "database locked by another writer for {} s; waiting for it (nothing is lost meanwhile)",
+                waited.as_secs()
+            );
+        }
+        waited
+    }
+
+    /// Records that a write went through: whatever blocked writes is gone.
+    pub fn cleared(&self) {
+        let mut state = self.lock();
+        if let (Some(since), Some(_)) = (state.since, state.warned_at) {
+            tracing::info!("database writable again after {} s", since.elapsed().as_secs());
+        }
+        *state = WaitState::default();
+    }
+}
+
+impl Default for LockWaits {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(5))
+    }
 }
 
 /// A URL to enqueue: already parsed and checked to be absolute http(s).

@@ -2,8 +2,19 @@
 //!
 //! One write connection (a pool of one, so writes never contend inside the
 //! process) and a small read-only pool. WAL mode lets `sqlite3` and other
-//! readers query while a crawl writes; `busy_timeout` makes writers from other
-//! processes (e.g. `trawler enqueue`) wait instead of failing. Transactions of
+//! readers query while a crawl writes.
+//!
+//! Another process may hold the write lock for as long as it likes (an
+//! analyst's `BEGIN IMMEDIATE`, a backup tool, `trawler enqueue`). Every
+//! write waits it out: SQLite's busy handler waits [`BUSY_SLICE`] at a time,
+//! and a write that still finds the database locked (`SQLITE_BUSY`) is tried
+//! again with backoff, for as long as it takes, while [`LockWaits`] logs how
+//! long and `/healthz` reports it. Only the crawl's teardown gives up waiting
+//! ([`SqliteStore::give_up_waiting`]). A connection whose transaction failed
+//! (SQLite may have rolled it back itself, e.g. on `SQLITE_FULL`) is closed
+//! rather than returned to the pool, so the next write starts clean.
+//!
+//! Transactions of
 //! more than one statement start with `BEGIN IMMEDIATE`: sqlx's `begin()` is
 //! deferred, and a deferred transaction that reads before it writes fails with
 //! `SQLITE_BUSY_SNAPSHOT` when another connection committed in between, whatever
@@ -22,17 +33,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
+use tokio_util::sync::CancellationToken;
 
 use super::{
-    Committed, Completion, ExportFilter, InputError, Job, NewUrl, Next, PageLimits, RecrawlPolicy, ResultRow,
-    StateCounts, StatsReport, Store, StoreError,
+    Committed, Completion, ExportFilter, InputError, Job, LockWaits, NewUrl, Next, PageLimits, RecrawlPolicy,
+    ResultRow, StateCounts, StatsReport, Store, StoreError,
 };
 use crate::config::{StoreConfig, Synchronous};
 
@@ -59,8 +72,19 @@ fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// How long a writer waits for another process's write lock before failing.
+/// How long a reader waits for a lock (readers are only blocked by WAL
+/// recovery or a checkpoint that truncates, and briefly).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long SQLite's own busy handler waits for another process's write lock
+/// before the statement fails with `SQLITE_BUSY` and [`SqliteStore::writing`]
+/// takes over: short, so that waits are reported as they happen and a
+/// teardown can give up.
+const BUSY_SLICE: Duration = Duration::from_millis(250);
+
+/// Pauses between tries of a write that found the database locked: doubling
+/// from the first to the last (on top of each try's [`BUSY_SLICE`]).
+const BUSY_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
 
 /// A trawler database opened for crawling. See the module docs.
 pub struct SqliteStore {
@@ -68,6 +92,11 @@ pub struct SqliteStore {
     write: SqlitePool,
     /// Read-only connections for counts and queries.
     read: SqlitePool,
+    /// How long writes have waited for another process's lock.
+    waits: Arc<LockWaits>,
+    /// Cancelled to make writes waiting for a lock fail with
+    /// [`StoreError::Busy`] instead of waiting on.
+    give_up: CancellationToken,
     /// Held open for the store's lifetime: dropping it releases the lock.
     /// `None` for a store opened with [`SqliteStore::open_shared`].
     _lock: Option<File>,
@@ -115,7 +144,8 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db_at("open read-only", path))?;
-        Ok(Self { write: read.clone(), read, _lock: None })
+        let waits = Arc::new(LockWaits::default());
+        Ok(Self { write: read.clone(), read, waits, give_up: CancellationToken::new(), _lock: None })
     }
 
     /// The `results` view's rows matching `filter`, in `url_id` order, as a
@@ -227,23 +257,90 @@ impl SqliteStore {
                 Synchronous::Normal => SqliteSynchronous::Normal,
                 Synchronous::Full => SqliteSynchronous::Full,
             })
-            .busy_timeout(BUSY_TIMEOUT)
+            .busy_timeout(BUSY_SLICE)
             .foreign_keys(true);
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(options.clone().create_if_missing(true))
-            .await
-            .map_err(db_at("open", &path))?;
-        migrate(&write, &path).await?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.read_only(true))
-            .await
-            .map_err(db_at("open read-only", &path))?;
-        Ok(Self { write, read, _lock: lock })
+            // Waiting for the one connection is waiting for the lock, which
+            // `writing` reports and retries: no need to time it out early.
+            .acquire_timeout(BUSY_BACKOFF.1 * 10)
+            // A transaction that failed may have been rolled back by SQLite
+            // behind sqlx's back (SQLITE_FULL, SQLITE_IOERR), leaving sqlx's
+            // transaction depth at one: every later `BEGIN` on that
+            // connection would fail. Such a connection is closed instead.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
+            .connect_lazy_with(options.clone().create_if_missing(true));
+        let read_options = options.read_only(true).busy_timeout(BUSY_TIMEOUT);
+        let store = Self {
+            read: SqlitePoolOptions::new().max_connections(4).connect_lazy_with(read_options),
+            write,
+            waits: Arc::new(LockWaits::new(config.busy_warning)),
+            give_up: CancellationToken::new(),
+            _lock: lock,
+        };
+        // Opening sets WAL mode and migrating writes: both may have to wait
+        // for another process's lock, like any write.
+        let (pool, at) = (&store.write, path.as_path());
+        store.writing(move || migrate(pool, at)).await?;
+        store.read.acquire().await.map_err(db_at("open read-only", &path))?;
+        Ok(store)
+    }
+
+    /// Runs the write `op` until it does not fail with [`StoreError::Busy`]:
+    /// another process holds the write lock, so wait (backing off, reporting
+    /// through [`LockWaits`]) and try again, for as long as it takes, unless
+    /// [`give_up_waiting`](Self::give_up_waiting) was called. `op` must be a
+    /// whole transaction (or one statement), so that trying it again is safe.
+    async fn writing<T, F>(&self, mut op: impl FnMut() -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let mut pause = BUSY_BACKOFF.0;
+        let mut waited = false;
+        loop {
+            match op().await {
+                Err(StoreError::Busy { context, .. }) => {
+                    let so_far = self.waits.busy(context);
+                    waited = true;
+                    if self.give_up.is_cancelled() {
+                        return Err(StoreError::Busy { context, waited: so_far });
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.give_up.cancelled() => {}
+                    }
+                    pause = (pause * 2).min(BUSY_BACKOFF.1);
+                }
+                other => {
+                    if waited && other.is_ok() {
+                        self.waits.cleared();
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
+    /// Makes writes that are waiting for another process's lock, and later
+    /// ones that find it held, fail with [`StoreError::Busy`] instead of
+    /// waiting on: the crawl's teardown calls it once its grace period is
+    /// over, so that a lock held forever cannot hold the process forever.
+    pub fn give_up_waiting(&self) {
+        self.give_up.cancel();
+    }
+
+    /// How long writes have been waiting for another process's lock, shared
+    /// with `/healthz`.
+    pub fn lock_waits(&self) -> Arc<LockWaits> {
+        self.waits.clone()
     }
 
     /// When the oldest claim still in flight was taken (Unix ms), if any.
@@ -292,6 +389,7 @@ async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
             found,
             known: MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0),
         }),
+        Err(MigrateError::Execute(e)) if !matches!(classify(&e), Class::Other) => Err(db("migrate")(e)),
         Err(e) => Err(StoreError::Database {
             context: "migrate",
             source: format!("{}: {e}", path.display()).into(),
@@ -299,13 +397,47 @@ async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// What a failed operation means for the caller.
+enum Class {
+    /// Another connection holds the lock (SQLITE_BUSY, SQLITE_LOCKED), or
+    /// the one write connection is taken by a write that waits for it.
+    Busy,
+    /// SQLITE_FULL: the disk or the file system's quota is full.
+    Full,
+    Other,
+}
+
+/// Sorts an error by SQLite's primary result code (sqlite.org/rescode.html;
+/// sqlx reports the extended code, whose low byte is the primary one).
+fn classify(e: &sqlx::Error) -> Class {
+    const SQLITE_BUSY: i32 = 5;
+    const SQLITE_LOCKED: i32 = 6;
+    const SQLITE_FULL: i32 = 13;
+    match e {
+        sqlx::Error::PoolTimedOut => Class::Busy,
+        sqlx::Error::Database(e) => match e.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff) {
+            Some(SQLITE_BUSY | SQLITE_LOCKED) => Class::Busy,
+            Some(SQLITE_FULL) => Class::Full,
+            _ => Class::Other,
+        },
+        _ => Class::Other,
+    }
+}
+
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |e| StoreError::Database { context, source: Box::new(e) }
+    move |e| match classify(&e) {
+        Class::Busy => StoreError::Busy { context, waited: Duration::ZERO },
+        Class::Full => StoreError::DiskFull { context },
+        Class::Other => StoreError::Database { context, source: Box::new(e) },
+    }
 }
 
 fn db_at(context: &'static str, path: &Path) -> impl FnOnce(sqlx::Error) -> StoreError {
     let path = path.display().to_string();
-    move |e| StoreError::Database { context, source: format!("{path}: {e}").into() }
+    move |e| match classify(&e) {
+        Class::Other => StoreError::Database { context, source: format!("{path}: {e}").into() },
+        _ => db(context)(e),
+    }
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T03:57:54.123Z`.
@@ -333,29 +465,35 @@ fn to_i64(n: u64) -> i64 {
 
 impl Store for SqliteStore {
     async fn enqueue(&self, urls: &[NewUrl]) -> Result<u64, StoreError> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-        let new = insert_urls(&mut tx, urls).await?;
-        tx.commit().await.map_err(db("commit enqueue"))?;
-        Ok(new)
+        self.writing(move || async move {
+            let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
+            let new = insert_urls(&mut tx, urls).await?;
+            tx.commit().await.map_err(db("commit enqueue"))?;
+            Ok(new)
+        })
+        .await
     }
 
     async fn record_input_errors(&self, errors: &[InputError]) -> Result<(), StoreError> {
-        let recorded_at = rfc3339(SystemTime::now());
-        for chunk in statement_chunks(errors) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO input_errors (source, line, text, reason, recorded_at) ",
-            );
-            q.push_values(chunk, |mut row, e| {
-                row.push_bind(&e.source)
-                    .push_bind(to_i64(e.line))
-                    .push_bind(&e.text)
-                    .push_bind(&e.reason)
-                    .push_bind(&recorded_at);
-            });
-            q.push(" ON CONFLICT (source, line, text) DO NOTHING");
-            q.build().execute(&self.write).await.map_err(db("record input errors"))?;
-        }
-        Ok(())
+        self.writing(move || async move {
+            let recorded_at = rfc3339(SystemTime::now());
+            for chunk in statement_chunks(errors) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO input_errors (source, line, text, reason, recorded_at) ",
+                );
+                q.push_values(chunk, |mut row, e| {
+                    row.push_bind(&e.source)
+                        .push_bind(to_i64(e.line))
+                        .push_bind(&e.text)
+                        .push_bind(&e.reason)
+                        .push_bind(&recorded_at);
+                });
+                q.push(" ON CONFLICT (source, line, text) DO NOTHING");
+                q.build().execute(&self.write).await.map_err(db("record input errors"))?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn ready_hosts(&self, now_ms: i64, busy: &[String], limit: u32) -> Result<Vec<String>, StoreError> {
@@ -373,46 +511,49 @@ impl Store for SqliteStore {
     }
 
     async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Vec<Job>, StoreError> {
-        let lease: i64 = rand::random();
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-        let mut jobs = Vec::new();
-        for (host, limit) in picks {
-            let rows = sqlx::query(
-                "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2
-                 WHERE id IN (SELECT id FROM urls
-                              WHERE host = ?3 AND state = 'queued' AND not_before_ms <= ?2
-                              ORDER BY not_before_ms, id LIMIT ?4)
-                 RETURNING id, url, attempts - attempts_before, depth",
+        self.writing(move || async move {
+            let lease: i64 = rand::random();
+            let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
+            let mut jobs = Vec::new();
+            for (host, limit) in picks {
+                let rows = sqlx::query(
+                    "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2
+                     WHERE id IN (SELECT id FROM urls
+                                  WHERE host = ?3 AND state = 'queued' AND not_before_ms <= ?2
+                                  ORDER BY not_before_ms, id LIMIT ?4)
+                     RETURNING id, url, attempts - attempts_before, depth",
+                )
+                .bind(lease)
+                .bind(now_ms)
+                .bind(host)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db("claim"))?;
+                jobs.extend(rows.into_iter().map(|row| Job {
+                    url_id: row.get(0),
+                    url: row.get(1),
+                    host: host.clone(),
+                    attempt: row.get::<u32, _>(2) + 1,
+                    depth: row.get(3),
+                    lease,
+                }));
+            }
+            let hosts: Vec<&String> = picks.iter().map(|(host, _)| host).collect();
+            sqlx::query(
+                "UPDATE hosts SET work_at_ms = coalesce(
+                     (SELECT min(not_before_ms) FROM urls WHERE urls.host = hosts.host AND urls.state = 'queued'),
+                     9223372036854775807)
+                 WHERE host IN (SELECT value FROM json_each(?1))",
             )
-            .bind(lease)
-            .bind(now_ms)
-            .bind(host)
-            .bind(limit)
-            .fetch_all(&mut *tx)
+            .bind(serde_json::to_string(&hosts).expect("strings serialize"))
+            .execute(&mut *tx)
             .await
-            .map_err(db("claim"))?;
-            jobs.extend(rows.into_iter().map(|row| Job {
-                url_id: row.get(0),
-                url: row.get(1),
-                host: host.clone(),
-                attempt: row.get::<u32, _>(2) + 1,
-                depth: row.get(3),
-                lease,
-            }));
-        }
-        let hosts: Vec<&String> = picks.iter().map(|(host, _)| host).collect();
-        sqlx::query(
-            "UPDATE hosts SET work_at_ms = coalesce(
-                 (SELECT min(not_before_ms) FROM urls WHERE urls.host = hosts.host AND urls.state = 'queued'),
-                 9223372036854775807)
-             WHERE host IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(serde_json::to_string(&hosts).expect("strings serialize"))
-        .execute(&mut *tx)
+            .map_err(db("update hosts after claim"))?;
+            tx.commit().await.map_err(db("commit claim"))?;
+            Ok(jobs)
+        })
         .await
-        .map_err(db("update hosts after claim"))?;
-        tx.commit().await.map_err(db("commit claim"))?;
-        Ok(jobs)
     }
 
     async fn complete(
@@ -420,44 +561,50 @@ impl Store for SqliteStore {
         completions: &[Completion],
         limits: PageLimits,
     ) -> Result<Committed, StoreError> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-        // Which completions were applied is only needed for pages with links
-        // (a stale one must not add to the link graph); asking for it on
-        // every batch would stream a row per URL back from SQLite.
-        let with_links = |c: &&Completion| !c.links.is_empty() || !c.dropped_links.is_empty();
-        let track = completions.iter().any(|c| with_links(&c));
-        let mut applied_ids = BTreeSet::new();
-        let mut applied = 0;
-        for chunk in statement_chunks(completions) {
-            insert_attempts(&mut tx, chunk).await?;
-            applied += update_urls(&mut tx, chunk, track.then_some(&mut applied_ids)).await?;
-        }
-        update_hosts(&mut tx, completions).await?;
-        let pages: Vec<&Completion> =
-            completions.iter().filter(with_links).filter(|c| applied_ids.contains(&c.url_id)).collect();
-        let new_urls = record_links(&mut tx, &pages, limits).await?;
-        tx.commit().await.map_err(db("commit results"))?;
-        Ok(Committed { applied, new_urls })
+        self.writing(move || async move {
+            let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
+            // Which completions were applied is only needed for pages with links
+            // (a stale one must not add to the link graph); asking for it on
+            // every batch would stream a row per URL back from SQLite.
+            let with_links = |c: &&Completion| !c.links.is_empty() || !c.dropped_links.is_empty();
+            let track = completions.iter().any(|c| with_links(&c));
+            let mut applied_ids = BTreeSet::new();
+            let mut applied = 0;
+            for chunk in statement_chunks(completions) {
+                insert_attempts(&mut tx, chunk).await?;
+                applied += update_urls(&mut tx, chunk, track.then_some(&mut applied_ids)).await?;
+            }
+            update_hosts(&mut tx, completions).await?;
+            let pages: Vec<&Completion> =
+                completions.iter().filter(with_links).filter(|c| applied_ids.contains(&c.url_id)).collect();
+            let new_urls = record_links(&mut tx, &pages, limits).await?;
+            tx.commit().await.map_err(db("commit results"))?;
+            Ok(Committed { applied, new_urls })
+        })
+        .await
     }
 
     async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-        sqlx::query(
-            "UPDATE hosts SET work_at_ms = 0
-             WHERE host IN (SELECT DISTINCT host FROM urls WHERE state = 'in_flight')",
-        )
-        .execute(&mut *tx)
+        self.writing(move || async move {
+            let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
+            sqlx::query(
+                "UPDATE hosts SET work_at_ms = 0
+                 WHERE host IN (SELECT DISTINCT host FROM urls WHERE state = 'in_flight')",
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(db("requeue hosts"))?;
+            let result = sqlx::query(
+                "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
+                 WHERE state = 'in_flight'",
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(db("requeue in-flight URLs"))?;
+            tx.commit().await.map_err(db("commit requeue"))?;
+            Ok(result.rows_affected())
+        })
         .await
-        .map_err(db("requeue hosts"))?;
-        let result = sqlx::query(
-            "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
-             WHERE state = 'in_flight'",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(db("requeue in-flight URLs"))?;
-        tx.commit().await.map_err(db("commit requeue"))?;
-        Ok(result.rows_affected())
     }
 
     async fn next_ready(&self) -> Result<Option<i64>, StoreError> {
@@ -516,43 +663,52 @@ impl Store for SqliteStore {
         }
         let per_host: BTreeMap<&str, i64> =
             policy.per_host.iter().map(|(h, d)| (h.as_str(), duration_ms(*d))).collect();
-        let result = sqlx::query(
-            "UPDATE urls SET recrawl_at_ms = finished_ms +
-                 coalesce((SELECT value FROM json_each(?1) WHERE key = urls.host), ?2)
-             WHERE state IN ('done', 'failed') AND recrawl_at_ms IS NOT finished_ms +
-                 coalesce((SELECT value FROM json_each(?1) WHERE key = urls.host), ?2)",
-        )
-        .bind(serde_json::to_string(&per_host).expect("a map of strings serializes"))
-        .bind(policy.default.map(duration_ms))
-        .execute(&self.write)
+        let per_host = &serde_json::to_string(&per_host).expect("a map of strings serializes");
+        self.writing(move || async move {
+            let result = sqlx::query(
+                "UPDATE urls SET recrawl_at_ms = finished_ms +
+                     coalesce((SELECT value FROM json_each(?1) WHERE key = urls.host), ?2)
+                 WHERE state IN ('done', 'failed') AND recrawl_at_ms IS NOT finished_ms +
+                     coalesce((SELECT value FROM json_each(?1) WHERE key = urls.host), ?2)",
+            )
+            .bind(per_host)
+            .bind(policy.default.map(duration_ms))
+            .execute(&self.write)
+            .await
+            .map_err(db("schedule recrawls"))?;
+            Ok(result.rows_affected())
+        })
         .await
-        .map_err(db("schedule recrawls"))?;
-        Ok(result.rows_affected())
     }
 
     async fn requeue_recrawls(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-        let hosts: Vec<String> = sqlx::query_scalar(
-            "UPDATE urls SET state = 'queued', not_before_ms = 0, recrawl_at_ms = NULL,
-                 recrawls = recrawls + 1, attempts_before = attempts
-             WHERE id IN (SELECT id FROM urls WHERE recrawl_at_ms <= ?1 ORDER BY recrawl_at_ms LIMIT ?2)
-             RETURNING host",
-        )
-        .bind(now_ms)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("requeue recrawls"))?;
-        if !hosts.is_empty() {
-            let distinct: BTreeSet<&str> = hosts.iter().map(String::as_str).collect();
-            sqlx::query("UPDATE hosts SET work_at_ms = 0 WHERE host IN (SELECT value FROM json_each(?1))")
+        self.writing(move || async move {
+            let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
+            let hosts: Vec<String> = sqlx::query_scalar(
+                "UPDATE urls SET state = 'queued', not_before_ms = 0, recrawl_at_ms = NULL,
+                     recrawls = recrawls + 1, attempts_before = attempts
+                 WHERE id IN (SELECT id FROM urls WHERE recrawl_at_ms <= ?1 ORDER BY recrawl_at_ms LIMIT ?2)
+                 RETURNING host",
+            )
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("requeue recrawls"))?;
+            if !hosts.is_empty() {
+                let distinct: BTreeSet<&str> = hosts.iter().map(String::as_str).collect();
+                sqlx::query(
+                    "UPDATE hosts SET work_at_ms = 0 WHERE host IN (SELECT value FROM json_each(?1))",
+                )
                 .bind(serde_json::to_string(&distinct).expect("strings serialize"))
                 .execute(&mut *tx)
                 .await
                 .map_err(db("requeue recrawl hosts"))?;
-        }
-        tx.commit().await.map_err(db("commit recrawls"))?;
-        Ok(hosts.len() as u64)
+            }
+            tx.commit().await.map_err(db("commit recrawls"))?;
+            Ok(hosts.len() as u64)
+        })
+        .await
     }
 }
 

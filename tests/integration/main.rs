@@ -10,11 +10,13 @@
 //! - `process`: the real binary under signals, `kill -9` and a second instance
 //! - `service`: `trawler run` as systemd runs it, fed by `trawler enqueue`
 //! - `api`: the service's HTTP API
+//! - `faults`: a locked database, a failing task, a full disk
 //! - `reload`: `trawler run` reloading its config on SIGHUP, and recrawling
 
 mod api;
 mod crawl;
 mod discovery;
+mod faults;
 mod politeness;
 mod process;
 mod reload;

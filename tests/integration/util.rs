@@ -170,6 +170,11 @@ impl Stderr {
         wait_until(Duration::from_secs(5), needle, || self.text().contains(needle));
         self.text()
     }
+
+    /// The last line written.
+    pub fn last_line(&self) -> String {
+        self.text().lines().last().unwrap_or_default().to_owned()
+    }
 }
 
 /// A `trawler run` on a config file of the test's, with its notify socket and
@@ -180,28 +185,37 @@ pub struct Daemon {
     notify: UnixDatagram,
     config: PathBuf,
     pub db: PathBuf,
+    /// The admin endpoints' `host:port`.
+    pub admin: String,
 }
 
 impl Daemon {
     /// Starts the service with `toml` as its config file and waits for `READY=1`.
     pub fn start(dir: &Path, toml: &str) -> Self {
+        Self::start_with_env(dir, toml, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_with_env(dir: &Path, toml: &str, env: &[(&str, &str)]) -> Self {
         let (config, db) = (dir.join("trawler.toml"), dir.join("service.db"));
         std::fs::write(&config, toml).unwrap();
         let notify_path = dir.join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let mut vars = vec![
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("TRAWLER_ADMIN__LISTEN", admin.as_str()),
+            // The log level comes from the config file, as in production.
+            ("RUST_LOG", ""),
+        ];
+        vars.extend_from_slice(env);
         let mut child = spawn_trawler_with_env(
             &["run", "--config", config.to_str().unwrap(), "--db", db.to_str().unwrap()],
-            &[
-                ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
-                ("TRAWLER_ADMIN__LISTEN", admin.as_str()),
-                // The log level comes from the config file, as in production.
-                ("RUST_LOG", ""),
-            ],
+            &vars,
         );
         let stderr = Stderr::collect(&mut child);
-        let daemon = Self { child, stderr, notify, config, db };
+        let daemon = Self { child, stderr, notify, config, db, admin };
         assert!(daemon.next_message().contains("READY=1"));
         daemon
     }
@@ -230,6 +244,28 @@ impl Daemon {
         signal(&self.child, libc::SIGTERM);
         let (status, _) = wait_within(&mut self.child, Duration::from_secs(5));
         assert_eq!(status.code(), Some(0), "{}", self.stderr.text());
+    }
+}
+
+/// A write lock on the database held by another process's connection, as an
+/// analyst's `BEGIN IMMEDIATE` in `sqlite3` holds it, until dropped.
+pub struct WriteLock(sqlx::SqliteConnection);
+
+impl WriteLock {
+    /// Takes the write lock (waiting up to 10 s for a transaction under way).
+    pub async fn take(db: &Path) -> Self {
+        use sqlx::Connection;
+        let options = SqliteConnectOptions::new().filename(db).busy_timeout(Duration::from_secs(10));
+        let mut conn = sqlx::SqliteConnection::connect_with(&options).await.expect("open the database");
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.expect("take the write lock");
+        Self(conn)
+    }
+
+    /// Ends the transaction and closes the connection.
+    pub async fn release(mut self) {
+        use sqlx::Connection;
+        sqlx::query("ROLLBACK").execute(&mut self.0).await.expect("release the write lock");
+        self.0.close().await.unwrap();
     }
 }
 

@@ -1,0 +1,184 @@
+//! Faults an operator meets after weeks of running: another process holding
+//! the database's write lock, a task that fails, a full disk. The real
+//! binary, local servers; each test waits on facts (rows, log lines,
+//! notifications), never on time alone.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::server::TestServer;
+use crate::util::{
+    Daemon, Stderr, WriteLock, output_of, scalar, spawn_crawl, spawn_trawler, spawn_trawler_with_env,
+    wait_until, wait_within, write_input,
+};
+
+fn fetches_per_path(server: &TestServer) -> HashMap<String, usize> {
+    let mut per_path = HashMap::new();
+    for hit in server.hits() {
+        *per_path.entry(hit.path).or_default() += 1;
+    }
+    per_path
+}
+
+#[tokio::test]
+async fn a_database_locked_by_another_writer_is_waited_out_and_the_crawl_goes_on() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = (0..60).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
+    let input = write_input(dir.path(), &urls);
+    let db = dir.path().join("crawl.db");
+    let mut child = spawn_trawler_with_env(
+        &["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "4"],
+        &[("TRAWLER_STORE__BUSY_WARNING", "1s")],
+    );
+    let stderr = Stderr::collect(&mut child);
+    wait_until(Duration::from_secs(20), "a few results", || server.hits().len() >= 8);
+
+    // An analyst's long write: the crawl must wait, say so, and go on after.
+    let lock = WriteLock::take(&db).await;
+    let log = stderr.wait_for("database locked by another writer for");
+    assert!(child.try_wait().unwrap().is_none(), "the crawl ended under the lock:\n{log}");
+    stderr.wait_for("database locked by another writer for 2 s");
+    lock.release().await;
+
+    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
+    let log = stderr.text();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("database writable again after"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 60);
+    let per_path = fetches_per_path(&server);
+    assert_eq!(per_path.len(), 60);
+    assert!(per_path.values().all(|&n| n == 1), "a URL was fetched twice: {per_path:?}");
+}
+
+#[tokio::test]
+async fn healthz_and_the_watchdog_tell_a_lock_wait_from_a_stall() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A watchdog of 2 s: WATCHDOG=1 every second while the pipeline is alive.
+    let daemon = Daemon::start_with_env(
+        dir.path(),
+        "[store]\nbusy_warning = \"1s\"\n",
+        &[("WATCHDOG_USEC", "2000000")],
+    );
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let healthz = || {
+        let (http, url) = (http.clone(), format!("http://{}/healthz", daemon.admin));
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    assert_eq!(healthz().await.0, 200);
+    // Idle by design (nothing queued): the watchdog is still fed.
+    assert!(daemon.next_message().contains("WATCHDOG=1"));
+    assert!(daemon.next_message().contains("WATCHDOG=1"));
+
+    // The recrawl sweep writes every second, so a held lock blocks writes
+    // even with nothing to fetch; add work too.
+    daemon.enqueue(&[server.url("/ok/before"), server.url("/ok/during")]);
+    let lock = WriteLock::take(&daemon.db).await;
+    let health = healthz_until(&healthz, 503).await;
+    assert!(health.contains("blocked by another process's lock"), "{health}");
+    // Waiting out a lock is a known, reported cause: no restart.
+    assert!(daemon.next_message().contains("WATCHDOG=1"));
+
+    lock.release().await;
+    healthz_until(&healthz, 200).await;
+    daemon.stderr.wait_for("database writable again after");
+    let db = daemon.db.clone();
+    wait_until(Duration::from_secs(10), "the URLs to be fetched", || server.hits().len() == 2);
+    daemon.stop();
+    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 2);
+}
+
+/// Asks `/healthz` every 50 ms until it answers `status` (10 s at most) and
+/// returns the body.
+async fn healthz_until<F: Future<Output = (u16, String)>>(healthz: &impl Fn() -> F, status: u16) -> String {
+    for _ in 0..200 {
+        let (got, body) = healthz().await;
+        if got == status {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/healthz never answered {status}");
+}
+
+#[tokio::test]
+async fn a_task_that_fails_stops_the_crawl_at_once_with_its_error_last_and_exit_1() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crawl.db");
+    let urls: Vec<String> = (0..20).map(|i| server.url(&format!("/slow/200/{i}"))).collect();
+    let mut args = vec!["enqueue", "--db", db.to_str().unwrap()];
+    args.extend(urls.iter().map(String::as_str));
+    let mut enqueue = spawn_trawler(&args);
+    assert_eq!(wait_within(&mut enqueue, Duration::from_secs(10)).0.code(), Some(0));
+
+    // The input is a directory: it opens, and the first read fails.
+    let unreadable = dir.path().join("not-a-file");
+    std::fs::create_dir(&unreadable).unwrap();
+    let mut child = spawn_crawl(unreadable.to_str().unwrap(), &db, &["--concurrency", "2", "--grace", "20s"]);
+    let (status, _) = wait_within(&mut child, Duration::from_secs(15));
+    let (_, stderr) = output_of(child);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("ERROR") && last.contains("not-a-file"),
+        "the error is not the last line:\n{stderr}"
+    );
+    // It stopped instead of crawling on, and kept every fetch it made.
+    let done = scalar(&db, "SELECT count(*) FROM urls WHERE state = 'done'").await;
+    assert!(done < 20, "the crawl went on after its input failed");
+    assert_eq!(done, server.hits().len() as i64, "{stderr}");
+    assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'queued'").await, 20 - done);
+}
+
+#[tokio::test]
+async fn a_full_disk_ends_the_crawl_with_a_clear_error_and_a_rerun_finishes_it() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (full, saved) = (dir.path().join("small-disk"), dir.path().join("saved"));
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::create_dir_all(&saved).unwrap();
+    let urls: Vec<String> = (0..60).map(|i| server.url(&format!("/big/65536?{i}"))).collect();
+    let input = write_input(dir.path(), &urls);
+    // A 1 MiB file system of the test's own (a private mount namespace, so
+    // nothing outside sees it), filled by stored bodies of 64 KiB each. The
+    // database is copied out before the namespace goes away.
+    let script = r#"mount -t tmpfs -o size=1m tmpfs "$1" || exit 99
+        "$2" crawl "$3" --db "$1/crawl.db" --concurrency 4 --grace 2s; rc=$?
+        cp "$1"/crawl.db* "$4"/; exit $rc"#;
+    let output = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .args([
+            full.as_os_str(),
+            env!("CARGO_BIN_EXE_trawler").as_ref(),
+            input.as_os_str(),
+            saved.as_os_str(),
+        ])
+        .env("RUST_LOG", "info")
+        .env("TRAWLER_STORE__SAVE_BODY", "true")
+        .env("TRAWLER_POLITENESS__PER_HOST_DELAY", "0s")
+        .env("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "4")
+        .output()
+        .expect("run unshare");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(99), "cannot mount a tmpfs here:\n{stderr}");
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("disk full: free space and rerun"), "not the last line:\n{stderr}");
+    assert!(!stderr.contains("transaction depth"), "the failed transaction was reused:\n{stderr}");
+
+    // What was committed is intact, and a rerun with room finishes the rest.
+    let db = saved.join("crawl.db");
+    let committed = scalar(&db, "SELECT count(*) FROM urls WHERE state = 'done'").await;
+    assert!(committed < 60, "the disk never filled up");
+    let mut rerun = spawn_crawl(input.to_str().unwrap(), &db, &[]);
+    let (status, _) = wait_within(&mut rerun, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", output_of(rerun).1);
+    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 60);
+    assert_eq!(scalar(&db, "SELECT count(*) FROM attempts WHERE body_bytes = 65536").await, 60);
+}
