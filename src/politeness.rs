@@ -52,6 +52,9 @@ struct HostState {
     failures_in_a_row: u32,
     /// Backoffs in a row (the exponent of the next one).
     backoffs_in_a_row: u32,
+    /// When the latest backoff began: outcomes of requests started before
+    /// it belong to the burst that caused it and change nothing.
+    backoff_began: Option<Instant>,
     /// The host's robots.txt `Crawl-delay`, when it raises the delay.
     crawl_delay: Option<Duration>,
 }
@@ -237,21 +240,41 @@ impl Politeness {
         }
     }
 
-    /// Waits until this job may start its request to `host`. Cancel safe
-    /// (the reservation stays taken, which only spaces later requests more).
-    pub async fn wait_turn(&self, host: &str) {
+    /// Waits until this job may start its request to `host`, and returns
+    /// the turn it was given (pass it to [`finished`](Self::finished)).
+    /// Cancel safe (the reservation stays taken, which only spaces later
+    /// requests more).
+    pub async fn wait_turn(&self, host: &str) -> Instant {
         let at = self.reserve(host, Instant::now());
         tokio::time::sleep_until(at).await;
+        at
     }
 
-    /// Records that a job for `host` finished with `signal`. Returns the
-    /// host-level backoff that starts now, if this outcome started one.
-    pub fn finished(&self, host: &str, signal: HostSignal, now: Instant, jitter: f64) -> Option<Duration> {
+    /// Records that a job for `host`, whose request started at `started`
+    /// (its reserved turn), finished with `signal`. Returns the host-level
+    /// backoff that starts now, if this outcome started one.
+    ///
+    /// Escalation counts backoff periods, not responses: an outcome of a
+    /// request that started before the host's current backoff began was part
+    /// of the burst that started it, so it neither escalates the backoff nor
+    /// counts towards the next one, nor resets the streak. Twenty concurrent
+    /// 503s back a host off once, as one 503 does.
+    pub fn finished(
+        &self,
+        host: &str,
+        signal: HostSignal,
+        started: Instant,
+        now: Instant,
+        jitter: f64,
+    ) -> Option<Duration> {
         let mut inner = self.lock();
         let Inner { rules, hosts } = &mut *inner;
         let config = &rules.politeness;
         let state = hosts.entry(host.to_owned()).or_default();
         state.in_flight = state.in_flight.saturating_sub(1);
+        if state.backoff_began.is_some_and(|began| started < began) {
+            return None;
+        }
         let backoff = match signal {
             HostSignal::Healthy => {
                 state.failures_in_a_row = 0;
@@ -277,6 +300,7 @@ impl Politeness {
         };
         if let Some(backoff) = backoff {
             let until = now + backoff;
+            state.backoff_began = Some(now);
             state.blocked_until = Some(state.blocked_until.map_or(until, |t| t.max(until)));
             state.next_start = Some(state.next_start.map_or(until, |t| t.max(until)));
         }
@@ -376,7 +400,7 @@ mod tests {
         // A start reserved early is still pushed to the delay's end.
         assert_eq!(p.reserve("a", t0 + Duration::from_millis(100)), t1);
         assert_eq!(p.slots("a", t1 + Duration::from_millis(250)), 0, "at its concurrency of 2");
-        p.finished("a", HostSignal::Healthy, t1, 0.0);
+        p.finished("a", HostSignal::Healthy, t1, t1, 0.0);
         assert_eq!(p.slots("a", t1 + Duration::from_millis(250)), 1);
     }
 
@@ -397,30 +421,65 @@ mod tests {
         let t0 = Instant::now();
         p.dispatched("a");
         let backoff =
-            p.finished("a", HostSignal::Throttled { retry_after: Some(Duration::from_secs(7)) }, t0, 0.0);
+            p.finished("a", HostSignal::Throttled { retry_after: Some(Duration::from_secs(7)) }, t0, t0, 0.0);
         assert_eq!(backoff, Some(Duration::from_secs(7)));
         assert_eq!(p.slots("a", t0 + Duration::from_secs(6)), 0);
         assert_eq!(p.slots("b", t0), 2, "other hosts are unaffected");
         assert_eq!(p.slots("a", t0 + Duration::from_secs(7)), 2);
         // Without Retry-After: exponential from backoff_base, doubling.
         assert_eq!(
-            p.finished("a", HostSignal::Throttled { retry_after: None }, t0, 0.0),
+            p.finished("a", HostSignal::Throttled { retry_after: None }, t0, t0, 0.0),
             Some(Duration::from_secs(4))
         );
         // A huge Retry-After is capped.
-        let capped =
-            p.finished("a", HostSignal::Throttled { retry_after: Some(Duration::from_secs(3600)) }, t0, 0.0);
+        let capped = p.finished(
+            "a",
+            HostSignal::Throttled { retry_after: Some(Duration::from_secs(3600)) },
+            t0,
+            t0,
+            0.0,
+        );
         assert_eq!(capped, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_burst_of_throttles_backs_off_as_one_does() {
+        let p = politeness(20, 0);
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            p.dispatched("a");
+        }
+        let (t1, throttled) = (t0 + Duration::from_millis(300), HostSignal::Throttled { retry_after: None });
+        // The first of 20 concurrent 503s backs the host off for backoff_base
+        // (full jitter)...
+        assert_eq!(p.finished("a", throttled, t0, t1, 1.0), Some(Duration::from_secs(4)));
+        // ...and the other 19, sent before that, change nothing: no escalation,
+        // and neither do successes or failures from that burst.
+        for _ in 0..17 {
+            assert_eq!(p.finished("a", throttled, t0, t1 + Duration::from_millis(5), 1.0), None);
+        }
+        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, t1, 1.0), None);
+        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, t1, 1.0), None);
+        assert_eq!(p.slots("a", t1 + Duration::from_millis(3999)), 0);
+        assert_eq!(p.slots("a", t1 + Duration::from_secs(4)), 20, "blocked for one backoff, not twenty");
+        // A request sent after the backoff began and throttled again escalates.
+        let t2 = t1 + Duration::from_secs(4);
+        p.dispatched("a");
+        assert_eq!(p.finished("a", throttled, t2, t2, 1.0), Some(Duration::from_secs(8)));
     }
 
     #[test]
     fn repeated_connection_failures_back_the_host_off() {
         let p = politeness(2, 0);
         let t0 = Instant::now();
-        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, 0.0), None);
-        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, 0.0), Some(Duration::from_secs(2)));
-        assert_eq!(p.finished("a", HostSignal::Healthy, t0, 0.0), None);
-        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, 0.0), None, "a success resets the streak");
+        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, t0, 0.0), None);
+        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, t0, 0.0), Some(Duration::from_secs(2)));
+        assert_eq!(p.finished("a", HostSignal::Healthy, t0, t0, 0.0), None);
+        assert_eq!(
+            p.finished("a", HostSignal::Unreachable, t0, t0, 0.0),
+            None,
+            "a success resets the streak"
+        );
     }
 
     #[test]
@@ -457,7 +516,7 @@ mod tests {
         let t0 = Instant::now();
         p.dispatched("a");
         p.reserve("a", t0);
-        p.finished("a", HostSignal::Healthy, t0, 0.0);
+        p.finished("a", HostSignal::Healthy, t0, t0, 0.0);
         p.prune(t0);
         assert_eq!(p.tracked_hosts(), 1, "still within its delay");
         p.prune(t0 + Duration::from_millis(100));

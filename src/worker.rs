@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -125,15 +126,17 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
             verdict = robots.check(&job.url, &job.host) => verdict,
         },
     };
-    let fetched = match verdict {
+    // No request made: the host's state is as it was now.
+    let (fetched, started) = match verdict {
         Verdict::Allowed { .. } => fetch_in_turn(ctx, &job).await?,
         Verdict::Disallowed { robots_url } => {
             ctx.politeness.skip_start(&job.host);
-            Fetched::without_request(ErrorKind::RobotsDisallowed, format!("disallowed by {robots_url}"), None)
+            let message = format!("disallowed by {robots_url}");
+            (Fetched::without_request(ErrorKind::RobotsDisallowed, message, None), Instant::now())
         }
         Verdict::Unreachable { robots_url, retry_in, cause } => {
             ctx.politeness.skip_start(&job.host);
-            match cause {
+            let fetched = match cause {
                 // No response from the host at all: the attempt fails as
                 // the fetch of robots.txt did, and is retried like one.
                 Some((kind, message)) => {
@@ -143,7 +146,8 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
                     let message = format!("{robots_url} answered 5xx: the host counts as disallowed for now");
                     Fetched::without_request(ErrorKind::RobotsUnreachable, message, Some(retry_in))
                 }
-            }
+            };
+            (fetched, Instant::now())
         }
     };
     let decision = decide(
@@ -158,12 +162,8 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         (Some(discovery), Decision::Done) => discover(discovery, &job, &fetched),
         _ => (Vec::new(), Vec::new()),
     };
-    let host_backoff = ctx.politeness.finished(
-        &job.host,
-        host_signal(&fetched),
-        tokio::time::Instant::now(),
-        rand::random(),
-    );
+    let host_backoff =
+        ctx.politeness.finished(&job.host, host_signal(&fetched), started, Instant::now(), rand::random());
     // Above the refill mark the producer has nothing to do, and waking it
     // on every fetch costs; a freed host slot only matters below it.
     if wants_refill(jobs.len(), jobs.capacity().unwrap_or(0)) {
@@ -231,14 +231,15 @@ fn follows_from(ctx: &WorkerContext, job: &Job) -> bool {
     ctx.discovery.as_ref().is_some_and(|d| d.follows_from(job.depth))
 }
 
-/// Waits for the host's turn and the global rate limit, then fetches. `None`
-/// when stopped before the request started, or aborted during it.
-async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<Fetched> {
-    tokio::select! {
+/// Waits for the host's turn and the global rate limit, then fetches; returns
+/// what was fetched and the turn the request was given. `None` when stopped
+/// before the request started, or aborted during it.
+async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<(Fetched, Instant)> {
+    let turn = tokio::select! {
         biased;
         _ = ctx.stop.cancelled() => return None,
-        _ = ctx.politeness.wait_turn(&job.host) => {}
-    }
+        turn = ctx.politeness.wait_turn(&job.host) => turn,
+    };
     tokio::select! {
         biased;
         _ = ctx.stop.cancelled() => return None,
@@ -247,7 +248,7 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<Fetched> {
     tokio::select! {
         biased;
         _ = ctx.abort.cancelled() => None,
-        fetched = ctx.fetcher.fetch_extracting(&job.url, follows_from(ctx, job)) => Some(fetched),
+        fetched = ctx.fetcher.fetch_extracting(&job.url, follows_from(ctx, job)) => Some((fetched, turn)),
     }
 }
 

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use trawler::config::{Config, HostOverride};
 
 use crate::server::TestServer;
-use crate::util::{crawl_lines, reader, result_for, scalar, test_config};
+use crate::util::{
+    crawl_lines, output_of, reader, result_for, scalar, spawn_trawler_with_env, test_config, wait_within,
+    write_input,
+};
 
 fn polite(config: &mut Config, concurrency: u32, delay_ms: u64) {
     config.politeness.per_host_concurrency = concurrency;
@@ -99,6 +102,39 @@ async fn a_throttling_host_backs_off_without_slowing_the_others() {
     let backoff =
         scalar(&config.store.path, "SELECT backoff_until_ms FROM hosts WHERE host = '127.0.0.4'").await;
     assert!(backoff > 0, "the host backoff is persisted");
+}
+
+#[tokio::test]
+async fn a_burst_of_concurrent_503s_backs_the_host_off_once() {
+    // A site of the user's own with per-host limits lifted: 20 requests at
+    // once, all answered 503 after 300 ms, so all are sent before the first
+    // answer. One backoff, as for a single 503, not twenty escalations.
+    let server = TestServer::start_on("127.0.0.9");
+    let dir = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = (0..20).map(|i| server.url(&format!("/slow503/300/{i}"))).collect();
+    let input = write_input(dir.path(), &urls);
+    let db = dir.path().join("crawl.db");
+    let mut child = spawn_trawler_with_env(
+        &["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "20"],
+        &[
+            ("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "20"),
+            ("TRAWLER_POLITENESS__BACKOFF_BASE", "2s"),
+            ("TRAWLER_RETRY__MAX_ATTEMPTS", "1"),
+        ],
+    );
+    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
+    let (_, stderr) = output_of(child);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(server.max_concurrent(), 20, "the burst was not concurrent");
+    let backoffs: Vec<&str> = stderr.lines().filter(|l| l.contains("host backs off")).collect();
+    assert_eq!(backoffs.len(), 1, "{backoffs:#?}");
+    let backoff_ms: u64 =
+        backoffs[0].split("backoff_ms=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!((1000..=2000).contains(&backoff_ms), "{}", backoffs[0]);
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM results WHERE state = 'failed' AND http_status = 503").await,
+        20
+    );
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 //! - `/flaky/{n}/{*rest}`: 503 for the first `n` requests of the path, then 200
 //! - `/retry-after/{secs}/{*rest}`: 429 with `Retry-After: secs` the first time, then 200
 //! - `/slow/{ms}/{*rest}`: 200 after `ms` milliseconds
+//! - `/slow503/{ms}/{*rest}`: 503 (no `Retry-After`) after `ms` milliseconds
 //! - `/redirect/{n}`: 302 to `/redirect/{n-1}`, and `/redirect/0` to `/ok/end`
 //! - `/loop/a`, `/loop/b`: 302 to each other
 //! - `/big/{bytes}`: a body of that many bytes
@@ -214,6 +215,13 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/flaky/{n}/{*rest}", get(flaky))
         .route("/retry-after/{secs}/{*rest}", get(retry_after))
         .route("/slow/{ms}/{*rest}", get(slow))
+        .route(
+            "/slow503/{ms}/{*rest}",
+            get(|Path((ms, _)): Path<(u64, String)>| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                StatusCode::SERVICE_UNAVAILABLE
+            }),
+        )
         .route("/redirect/{n}", get(redirect))
         .route("/loop/a", get(|| async { found("/loop/b") }))
         .route("/loop/b", get(|| async { found("/loop/a") }))
