@@ -130,6 +130,10 @@ pub struct Fetcher {
     save_body: bool,
     /// Extract up to this many links from 2xx HTML bodies.
     extract_links: Option<usize>,
+    /// Read a body over the cap up to the cap (and keep that prefix) even
+    /// when its declared length is over it, rather than refusing it before
+    /// reading: for robots.txt (RFC 9309 §2.5).
+    keep_prefix: bool,
 }
 
 impl Fetcher {
@@ -151,7 +155,21 @@ impl Fetcher {
             .no_proxy()
             .pool_max_idle_per_host(pool_size)
             .build()?;
-        Ok(Self { client, config: config.clone(), save_headers, save_body, extract_links: None })
+        Ok(Self {
+            client,
+            config: config.clone(),
+            save_headers,
+            save_body,
+            extract_links: None,
+            keep_prefix: false,
+        })
+    }
+
+    /// Read the first `fetch.max_body_bytes` of a larger body and keep them
+    /// (with [`ErrorKind::BodyTooLarge`]) even when the declared
+    /// `Content-Length` is over the cap, for callers that use a prefix.
+    pub fn keeping_prefix(self) -> Self {
+        Self { keep_prefix: true, ..self }
     }
 
     /// Also extract links (at most `max_links` per page) from the bodies of
@@ -260,7 +278,7 @@ impl Fetcher {
         let declared = header_text(headers, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
         // A compressed body's Content-Length is the encoded size: only a
         // declared size already over the cap can be refused before reading.
-        if declared.is_some_and(|n| n > max) {
+        if declared.is_some_and(|n| n > max) && !self.keep_prefix {
             return Err(body_too_large(max));
         }
         let mut hasher = Sha256::new();

@@ -103,7 +103,9 @@ impl Robots {
             max_body_bytes: MAX_ROBOTS_BYTES,
             ..fetch.clone()
         };
-        let fetcher = Fetcher::new(&fetch, false, true, 4)?;
+        // A file over the cap is parsed as far as the cap (RFC 9309 §2.5),
+        // even when its Content-Length says how large it is.
+        let fetcher = Fetcher::new(&fetch, false, true, 4)?.keeping_prefix();
         Ok(Self { config, fetcher, politeness, sitemaps, origins: Mutex::default() })
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::server::{RobotsTxt, TestServer};
-use crate::util::{crawl_lines, result_for, scalar, test_config};
+use crate::util::{crawl_lines, result_for, scalar, spawn_crawl, test_config, wait_within, write_input};
 
 #[tokio::test]
 async fn a_disallowed_url_is_never_fetched_and_says_why() {
@@ -26,6 +26,24 @@ async fn a_disallowed_url_is_never_fetched_and_says_why() {
     assert!(row.error_message.unwrap().ends_with("/robots.txt"));
     assert_eq!(result_for(&config.store.path, &allowed).await.state, "done");
     assert_eq!((summary.done, summary.failed), (1, 1));
+}
+
+#[tokio::test]
+async fn a_robots_txt_over_512_kib_is_obeyed_as_far_as_it_is_read() {
+    // RFC 9309 §2.5: parse at least the first 500 KiB. The declared length
+    // (600 KiB) must not make the whole file count as missing.
+    let server =
+        TestServer::with_robots("127.0.0.28", RobotsTxt::Padded("User-agent: *\nDisallow: /ok/private\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crawl.db");
+    let (open, private) = (server.url("/ok/open"), server.url("/ok/private"));
+    let input = write_input(dir.path(), &[open.clone(), private.clone()]);
+    let mut child = spawn_crawl(input.to_str().unwrap(), &db, &[]);
+    assert_eq!(wait_within(&mut child, Duration::from_secs(20)).0.code(), Some(0));
+
+    assert!(server.hits_of("/ok/private").is_empty(), "a disallowed URL was requested");
+    assert_eq!(result_for(&db, &private).await.error_kind.as_deref(), Some("robots_disallowed"));
+    assert_eq!(result_for(&db, &open).await.state, "done");
 }
 
 #[tokio::test]

@@ -73,6 +73,9 @@ pub enum RobotsTxt {
     Redirected(&'static str),
     /// Allows everything and names `/sitemap-1.xml` in a `Sitemap:` line.
     WithSitemap,
+    /// 200 with the text followed by comment lines, 600 KiB in all (over
+    /// the 512 KiB that trawler reads), with its `Content-Length`.
+    Padded(&'static str),
 }
 
 /// Server-wide behaviour.
@@ -380,6 +383,13 @@ async fn robots_txt(State(shared): State<Arc<Shared>>, headers: axum::http::Head
         }
         RobotsTxt::Redirected(_) => found("/robots-moved.txt"),
         RobotsTxt::WithSitemap => StatusCode::NOT_FOUND.into_response(),
+        RobotsTxt::Padded(text) => {
+            let mut body = text.to_owned();
+            while body.len() < 600 * 1024 {
+                body.push_str("# a long robots.txt, as some sites have, padded with comments\n");
+            }
+            body.into_response()
+        }
     }
 }
 
