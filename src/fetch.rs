@@ -30,7 +30,8 @@ pub enum ErrorKind {
     Dns,
     /// The TLS handshake failed (certificate, protocol).
     Tls,
-    /// The connection failed while the body was being read.
+    /// The connection failed while the body was being read: reset, or
+    /// closed before the declared `Content-Length` (compressed or not).
     Read,
     /// The server's response was not valid HTTP or its encoding was corrupt.
     Protocol,
@@ -220,7 +221,7 @@ impl Fetcher {
     async fn attempt(&self, url: &str, extract: bool, progress: &mut Progress) -> Result<(), Failure> {
         let mut current = parse_http_url(url).map_err(|why| Failure(ErrorKind::InvalidUrl, why))?;
         loop {
-            let response = self.client.get(current.clone()).send().await.map_err(classify)?;
+            let response = self.send(&current).await.map_err(classify)?;
             let status = response.status();
             progress.record.http_status = Some(status.as_u16());
             progress.record.final_url = Some(current.to_string());
@@ -231,6 +232,20 @@ impl Fetcher {
                 continue;
             }
             return self.read_final(response, extract, progress).await;
+        }
+    }
+
+    /// Sends one GET for `url`. A pooled keep-alive connection that the
+    /// server closed just as the request went out fails before any byte of
+    /// a response; GET is idempotent, so it is sent again at once, once, on
+    /// a fresh connection, within the same attempt (RFC 9110 §9.2.2).
+    async fn send(&self, url: &Url) -> Result<reqwest::Response, reqwest::Error> {
+        match self.client.get(url.clone()).send().await {
+            Err(e) if closed_before_response(&e) => {
+                tracing::debug!(%url, "connection closed before the response: sent again on a fresh one");
+                self.client.get(url.clone()).send().await
+            }
+            other => other,
         }
     }
 
@@ -378,10 +393,11 @@ fn classify(error: reqwest::Error) -> Failure {
         } else {
             ErrorKind::Connect
         }
-    } else if error.is_decode() {
-        ErrorKind::Protocol
-    } else if error.is_body() {
-        ErrorKind::Read
+    } else if error.is_body() || error.is_decode() {
+        // With compression on, reqwest reports every failure while reading
+        // the body as a decode error, a connection reset included: what
+        // broke is told by the io::Error underneath.
+        if connection_broke(&error) || !error.is_decode() { ErrorKind::Read } else { ErrorKind::Protocol }
     } else if lower.contains("connection closed before message completed")
         || lower.contains("connection reset")
         || lower.contains("broken pipe")
@@ -393,6 +409,44 @@ fn classify(error: reqwest::Error) -> Failure {
         ErrorKind::Protocol
     };
     Failure(kind, message)
+}
+
+/// Whether a request failed because its connection was closed or reset
+/// before any response arrived (hyper's "incomplete message" on a stale
+/// pooled connection), rather than timing out or failing to connect.
+fn closed_before_response(error: &reqwest::Error) -> bool {
+    if error.is_timeout() || error.is_connect() || error.is_body() || error.is_decode() {
+        return false;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message) {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe);
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether the source chain holds an I/O error of a connection that broke
+/// (closed before the declared length, reset, timed out), as opposed to
+/// data that could not be decoded (a corrupt gzip stream is an `Other`).
+fn connection_broke(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected | TimedOut
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -11,14 +11,18 @@
 //! - `service`: `trawler run` as systemd runs it, fed by `trawler enqueue`
 //! - `api`: the service's HTTP API
 //! - `faults`: a locked database, a failing task, a full disk
+//! - `peers`: HTTP broken mid-way: cut and reset bodies, stale keep-alive
+//!   connections (on `raw`, a TCP peer that misbehaves on purpose)
 //! - `reload`: `trawler run` reloading its config on SIGHUP, and recrawling
 
 mod api;
 mod crawl;
 mod discovery;
 mod faults;
+mod peers;
 mod politeness;
 mod process;
+mod raw;
 mod reload;
 mod resume;
 mod robots;

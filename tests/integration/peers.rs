@@ -1,0 +1,99 @@
+//! Peers that break HTTP mid-way, through the real binary: a body cut short
+//! of its length, a reset mid-body (plain and compressed), a corrupt
+//! encoding, and a keep-alive connection the server closed as the next
+//! request arrived.
+
+use std::time::Duration;
+
+use crate::raw::{RawServer, Reply, gzip, head};
+use crate::util::{output_of, reader, scalar, spawn_trawler_with_env, wait_within, write_input};
+
+/// 200 KiB that compress to tens of KiB, so a cut leaves part of the body.
+fn text() -> Vec<u8> {
+    (0..200 * 1024u64).map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789 \n"[(i * i % 37) as usize]).collect()
+}
+
+/// `head` followed by `body`.
+fn response(mut head: Vec<u8>, body: &[u8]) -> Vec<u8> {
+    head.extend_from_slice(body);
+    head
+}
+
+#[tokio::test]
+async fn a_body_cut_short_or_reset_is_a_read_error_and_retried_a_corrupt_one_is_not() {
+    let (plain, zipped) = (text(), gzip(&text()));
+    let server = RawServer::start("127.0.0.60", move |path, _| {
+        let length = |body: &[u8]| format!("Content-Length: {}", body.len());
+        let plain_head = head("200 OK", &[&length(&plain)]);
+        let gzip_head = head("200 OK", &["Content-Encoding: gzip", &length(&zipped)]);
+        let (half, half_zipped) = (&plain[..plain.len() / 2], &zipped[..zipped.len() / 2]);
+        match path {
+            // A Content-Length that lies, then a close.
+            "/short" => Reply::Close(response(plain_head, half)),
+            "/short-gzip" => Reply::Close(response(gzip_head, half_zipped)),
+            // A connection reset mid-body.
+            "/reset" => Reply::Reset(response(plain_head, half)),
+            "/reset-gzip" => Reply::Reset(response(gzip_head, half_zipped)),
+            // All of it, but not gzip.
+            "/corrupt-gzip" => {
+                let mut corrupt = zipped.to_vec();
+                corrupt[20..60].iter_mut().for_each(|b| *b ^= 0x55);
+                Reply::Close(response(gzip_head, &corrupt))
+            }
+            _ => Reply::Close(head("404 Not Found", &["Content-Length: 0"])),
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let paths = ["/short", "/short-gzip", "/reset", "/reset-gzip", "/corrupt-gzip"];
+    let input = write_input(dir.path(), &paths.map(|p| server.url(p)));
+    let db = dir.path().join("crawl.db");
+    let mut child = spawn_trawler_with_env(
+        &["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--max-attempts", "2"],
+        &[("TRAWLER_RETRY__BACKOFF_BASE", "10ms"), ("TRAWLER_RETRY__BACKOFF_MAX", "20ms")],
+    );
+    let (status, _) = wait_within(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", output_of(child).1);
+
+    let pool = reader(&db).await;
+    let attempts: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT substr(u.url, instr(substr(u.url, 8), '/') + 7), a.error_kind, a.outcome
+         FROM attempts AS a JOIN urls AS u ON u.id = a.url_id ORDER BY u.id, a.id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let of = |path: &str| -> Vec<(String, String)> {
+        attempts.iter().filter(|a| a.0 == path).map(|a| (a.1.clone(), a.2.clone())).collect()
+    };
+    let retried_then_failed = vec![("read".to_owned(), "retry".to_owned()), ("read".into(), "failed".into())];
+    for path in ["/short", "/short-gzip", "/reset", "/reset-gzip"] {
+        assert_eq!(of(path), retried_then_failed, "{path}");
+    }
+    assert_eq!(of("/corrupt-gzip"), [("protocol".to_owned(), "failed".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_closed_by_the_server_costs_no_attempt() {
+    // Every connection answers its first request and keeps alive, then closes
+    // without answering when the next request arrives on it: what a server
+    // that closes idle connections does when the close and a request cross.
+    let server = RawServer::start("127.0.0.61", |_, n| match n {
+        0 => Reply::KeepAlive(response(head("200 OK", &["Content-Length: 2"]), b"ok")),
+        _ => Reply::Close(Vec::new()),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = (0..10).map(|i| server.url(&format!("/page/{i}"))).collect();
+    let input = write_input(dir.path(), &urls);
+    let db = dir.path().join("crawl.db");
+    let mut child = spawn_trawler_with_env(
+        &["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "1"],
+        &[("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "1")],
+    );
+    let (status, _) = wait_within(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", output_of(child).1);
+
+    let stale = server.requests().iter().filter(|(_, n)| *n > 0).count();
+    assert!(stale >= 5, "connections were not reused: {:?}", server.requests());
+    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 10);
+    assert_eq!(scalar(&db, "SELECT count(*) FROM attempts").await, 10, "a stale connection cost an attempt");
+}
