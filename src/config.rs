@@ -264,7 +264,8 @@ impl Default for CrawlConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FetchConfig {
-    /// Total time for one attempt: connect, redirects, headers and body.
+    /// Total time for one attempt's requests: connect, redirects, headers and
+    /// body (not the waits for a redirect target's turn between them).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Time to establish one TCP (and TLS) connection.

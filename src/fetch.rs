@@ -2,11 +2,13 @@
 //!
 //! A [`Fetcher`] holds one shared `reqwest::Client` (connection pool, gzip /
 //! brotli / deflate decoding, rustls). Redirects are followed here rather than
-//! by reqwest so that every hop is recorded and loops are named as such. The
-//! whole attempt (connect, every redirect, headers and body) is bounded by
-//! `fetch.timeout`, and the decoded body by `fetch.max_body_bytes`, so a
-//! hostile server can neither hang a worker nor bloat the process. Failures
-//! come back as data ([`Fetched::error`]), never as a Rust error.
+//! by reqwest, a request at a time ([`Attempt`]), so that the caller can check
+//! and pace every hop, every hop is recorded, and loops are named as such.
+//! The attempt's requests (connect, every redirect, headers and body) are
+//! bounded by `fetch.timeout` in all, and the decoded body by
+//! `fetch.max_body_bytes`, so a hostile server can neither hang a worker nor
+//! bloat the process. Failures come back as data ([`Fetched::error`]), never
+//! as a Rust error.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,7 +18,7 @@ use url::Url;
 
 use crate::config::FetchConfig;
 use crate::links::{Found, LinkExtractor, is_html};
-use crate::store::AttemptRecord;
+use crate::store::{AttemptRecord, Hop};
 
 /// Why an attempt produced no final HTTP response: the fixed set stored in
 /// `attempts.error_kind` (besides `http_status`, which the retry policy sets).
@@ -179,60 +181,59 @@ impl Fetcher {
         Self { extract_links: Some(max_links), ..self }
     }
 
-    /// Makes one attempt at `url`, following redirects, within
-    /// `fetch.timeout`. Cancel safe: dropping it abandons the attempt and
-    /// records nothing.
+    /// Makes one attempt at `url`, following redirects without any gate
+    /// between hops, within `fetch.timeout`. Cancel safe: dropping it
+    /// abandons the attempt and records nothing. (The crawl's workers drive
+    /// an [`Attempt`] themselves, so that each hop waits its host's turn.)
     pub async fn fetch(&self, url: &str) -> Fetched {
-        self.fetch_extracting(url, true).await
-    }
-
-    /// [`fetch`](Self::fetch), extracting links only if `extract` (and
-    /// extraction is on): pages whose links could not be followed anyway
-    /// (at the maximum depth) are not parsed.
-    pub async fn fetch_extracting(&self, url: &str, extract: bool) -> Fetched {
-        let started_at = SystemTime::now();
-        let start = Instant::now();
-        let mut progress = Progress::default();
-        let outcome = tokio::time::timeout(self.config.timeout, self.attempt(url, extract, &mut progress))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Failure(
-                    ErrorKind::Timeout,
-                    format!("attempt took longer than {}", humantime::format_duration(self.config.timeout)),
-                ))
-            });
-        let mut record = progress.record;
-        record.started_at = Some(started_at);
-        record.fetched_at = Some(SystemTime::now());
-        let elapsed = start.elapsed();
-        record.elapsed_ms = elapsed.as_millis() as u64;
-        record.elapsed_us = elapsed.as_micros() as u64;
-        let error = match outcome {
-            Ok(()) => None,
-            Err(Failure(kind, message)) => {
-                record.error_kind = Some(kind.as_str());
-                record.error_message = Some(message);
-                Some(kind)
-            }
-        };
-        Fetched { record, error, retry_after: progress.retry_after, found: progress.found }
-    }
-
-    async fn attempt(&self, url: &str, extract: bool, progress: &mut Progress) -> Result<(), Failure> {
-        let mut current = parse_http_url(url).map_err(|why| Failure(ErrorKind::InvalidUrl, why))?;
-        loop {
-            let response = self.send(&current).await.map_err(classify)?;
-            let status = response.status();
-            progress.record.http_status = Some(status.as_u16());
-            progress.record.final_url = Some(current.to_string());
-            if status.is_redirection()
-                && let Some(location) = response.headers().get(LOCATION)
-            {
-                current = self.next_hop(&current, location.as_bytes(), &mut progress.record)?;
-                continue;
-            }
-            return self.read_final(response, extract, progress).await;
+        let mut attempt = self.begin(url, true);
+        while attempt.next_url().is_some() {
+            attempt.request().await;
         }
+        attempt.finish()
+    }
+
+    /// Starts an attempt at `url`, extracting links from its final response
+    /// only if `extract` (and extraction is on): pages whose links could not
+    /// be followed anyway (at the maximum depth) are not parsed. Nothing is
+    /// sent until [`Attempt::request`].
+    pub fn begin(&self, url: &str, extract: bool) -> Attempt<'_> {
+        let (next, outcome) = match parse_http_url(url) {
+            Ok(url) => (Some(url), None),
+            Err(why) => (None, Some(Err(Failure(ErrorKind::InvalidUrl, why)))),
+        };
+        Attempt {
+            fetcher: self,
+            next,
+            extract,
+            progress: Progress::default(),
+            started_at: None,
+            spent: Duration::ZERO,
+            outcome,
+        }
+    }
+
+    /// One request to `url`: `Some(next)` when it answered with a redirect
+    /// that may be followed, `None` when its response was final (and read).
+    async fn request_once(
+        &self,
+        url: &Url,
+        extract: bool,
+        progress: &mut Progress,
+    ) -> Result<Option<Url>, Failure> {
+        let response = self.send(url).await.map_err(classify)?;
+        let status = response.status();
+        progress.record.http_status = Some(status.as_u16());
+        progress.record.final_url = Some(url.to_string());
+        if let Some(hop) = progress.record.hops.last_mut() {
+            hop.http_status = Some(status.as_u16());
+        }
+        if status.is_redirection()
+            && let Some(location) = response.headers().get(LOCATION)
+        {
+            return self.next_hop(url, location.as_bytes(), &mut progress.record).map(Some);
+        }
+        self.read_final(response, extract, progress).await.map(|()| None)
     }
 
     /// Sends one GET for `url`. A pooled keep-alive connection that the
@@ -329,6 +330,107 @@ impl Fetcher {
         record.body = kept;
         progress.found = extractor.map(LinkExtractor::finish);
         Ok(())
+    }
+}
+
+/// One attempt in progress: a request at a time, so that the caller can
+/// check and pace each redirect hop (robots.txt, politeness) before it is
+/// sent. The requests' own time is bounded by `fetch.timeout` in all; time
+/// spent between them (waiting for a host's turn) does not count.
+pub struct Attempt<'f> {
+    fetcher: &'f Fetcher,
+    /// Where the next request goes; `None` once the attempt has ended.
+    next: Option<Url>,
+    extract: bool,
+    progress: Progress,
+    /// When the first request was sent.
+    started_at: Option<SystemTime>,
+    /// Time spent in requests so far.
+    spent: Duration,
+    /// How the attempt ended, once it has.
+    outcome: Option<Result<(), Failure>>,
+}
+
+impl Attempt<'_> {
+    /// The URL the next request goes to, or `None` when the attempt is over.
+    pub fn next_url(&self) -> Option<&Url> {
+        self.next.as_ref()
+    }
+
+    /// Requests made so far (redirects followed plus one, once started).
+    pub fn requests(&self) -> usize {
+        self.progress.record.redirect_chain.len() + usize::from(self.started_at.is_some())
+    }
+
+    /// Sends the next request. Afterwards [`next_url`](Self::next_url) is
+    /// the redirect's target, or `None` when the response was final or the
+    /// request failed. Cancel safe as [`Fetcher::fetch`] is.
+    pub async fn request(&mut self) {
+        let Some(url) = self.next.take() else { return };
+        let now = SystemTime::now();
+        if self.started_at.is_none() {
+            self.started_at = Some(now);
+        } else {
+            let host = url.host_str().unwrap_or_default().to_owned();
+            self.progress.record.hops.push(Hop {
+                url: url.to_string(),
+                host,
+                started_at: now,
+                http_status: None,
+            });
+        }
+        let limit = self.fetcher.config.timeout;
+        let start = Instant::now();
+        let sent = tokio::time::timeout(
+            limit.saturating_sub(self.spent),
+            self.fetcher.request_once(&url, self.extract, &mut self.progress),
+        )
+        .await;
+        self.spent += start.elapsed();
+        match sent {
+            Ok(Ok(Some(next))) => self.next = Some(next),
+            Ok(Ok(None)) => self.outcome = Some(Ok(())),
+            Ok(Err(failure)) => self.outcome = Some(Err(failure)),
+            Err(_) => {
+                let took = humantime::format_duration(limit);
+                self.outcome =
+                    Some(Err(Failure(ErrorKind::Timeout, format!("attempt took longer than {took}"))));
+            }
+        }
+    }
+
+    /// Ends the attempt without sending the next request: `kind` (e.g.
+    /// robots.txt disallows the redirect's target) says why.
+    pub fn refuse(&mut self, kind: ErrorKind, message: String) {
+        if let Some(url) = self.next.take() {
+            self.progress.record.final_url = Some(url.to_string());
+            self.progress.record.http_status = None;
+            self.outcome = Some(Err(Failure(kind, message)));
+        }
+    }
+
+    /// What the attempt observed, ready to store.
+    pub fn finish(self) -> Fetched {
+        let mut record = self.progress.record;
+        let now = SystemTime::now();
+        record.started_at = Some(self.started_at.unwrap_or(now));
+        record.fetched_at = Some(now);
+        record.elapsed_ms = self.spent.as_millis() as u64;
+        record.elapsed_us = self.spent.as_micros() as u64;
+        let error = match self.outcome {
+            Some(Ok(())) => None,
+            Some(Err(Failure(kind, message))) => {
+                record.error_kind = Some(kind.as_str());
+                record.error_message = Some(message);
+                Some(kind)
+            }
+            None => {
+                // Ended before its last request (a caller stopped it).
+                record.error_kind = Some(ErrorKind::Timeout.as_str());
+                Some(ErrorKind::Timeout)
+            }
+        };
+        Fetched { record, error, retry_after: self.progress.retry_after, found: self.progress.found }
     }
 }
 

@@ -74,6 +74,9 @@ pub struct Politeness {
     /// Cap on a `Retry-After` that is honoured (`retry.retry_after_max`).
     retry_after_max: Duration,
     inner: Mutex<Inner>,
+    /// Notified whenever a request finishes, for redirect hops waiting for
+    /// a free slot on their host ([`Politeness::acquire`]).
+    freed: tokio::sync::Notify,
 }
 
 /// The rules and the active hosts under one lock: every decision reads both,
@@ -144,7 +147,11 @@ pub struct HostLimits {
 
 impl Politeness {
     pub fn new(rules: HostRules, retry_after_max: Duration) -> Self {
-        Self { retry_after_max, inner: Mutex::new(Inner { rules, hosts: HashMap::new() }) }
+        Self {
+            retry_after_max,
+            inner: Mutex::new(Inner { rules, hosts: HashMap::new() }),
+            freed: tokio::sync::Notify::new(),
+        }
     }
 
     /// Puts new rules in force (a config reload). Jobs already handed out
@@ -214,6 +221,31 @@ impl Politeness {
         state.unstarted += 1;
     }
 
+    /// Waits until `host` may take one more request in flight, then counts
+    /// it as dispatched: for a redirect hop to a host other than its job's,
+    /// which must count against that host's concurrency like any request.
+    /// Release it with [`finished`](Self::finished). Cancel safe: nothing is
+    /// counted unless it returns.
+    pub async fn acquire(&self, host: &str) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                let limits = inner.rules.limits(host);
+                let state = inner.hosts.entry(host.to_owned()).or_default();
+                if state.in_flight < limits.concurrency {
+                    state.in_flight += 1;
+                    state.unstarted += 1;
+                    return;
+                }
+            }
+            // A request finishing frees a slot; a reload may raise the limit.
+            let _ = tokio::time::timeout(Duration::from_millis(250), freed).await;
+        }
+    }
+
     /// Records the host's robots.txt `Crawl-delay` (already clamped), which
     /// raises its delay while it is larger than the configured one.
     pub fn set_crawl_delay(&self, host: &str, crawl_delay: Option<Duration>) {
@@ -272,6 +304,7 @@ impl Politeness {
         let config = &rules.politeness;
         let state = hosts.entry(host.to_owned()).or_default();
         state.in_flight = state.in_flight.saturating_sub(1);
+        self.freed.notify_waiters();
         if state.backoff_began.is_some_and(|began| started < began) {
             return None;
         }

@@ -1,8 +1,11 @@
 //! A worker: receive a job, wait for its host's turn and the global rate
 //! limiter, fetch, decide, tell politeness how the host behaved, hand the
 //! completion to the writer. A fixed pool of these drains the job channel.
+//! Each redirect hop is a request of its own: robots.txt, turn, delay and
+//! concurrency of its host, and its answer updates that host.
 //!
-//! Only waiting (for a job, for the limiter) races the stop token: a fetch
+//! Only waiting (for a job, a slot, a turn, the limiter) races the stop
+//! token: a request
 //! that started runs to its end (bounded by `fetch.timeout`) unless `abort`
 //! is cancelled, and handing its completion to the writer is never raced, so
 //! a finished fetch is always committed. A retry does not occupy the worker:
@@ -118,36 +121,14 @@ pub async fn run(
 /// One job from robots.txt to completion. `None` when stopped before the
 /// request started, or aborted during it.
 async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<Job>) -> Option<Completion> {
-    let verdict = match &ctx.robots {
-        None => Verdict::Allowed { crawl_delay: None },
-        Some(robots) => tokio::select! {
-            biased;
-            _ = ctx.stop.cancelled() => return None,
-            verdict = robots.check(&job.url, &job.host) => verdict,
-        },
-    };
-    // No request made: the host's state is as it was now.
-    let (fetched, started) = match verdict {
-        Verdict::Allowed { .. } => fetch_in_turn(ctx, &job).await?,
-        Verdict::Disallowed { robots_url } => {
+    let (fetched, signal, started) = match robots_refusal(ctx, &job.url, &job.host).await.ok()? {
+        None => fetch_in_turn(ctx, &job).await?,
+        Some(Refusal { kind, message, retry_after }) => {
+            // No request made: the host's state is as it was now.
             ctx.politeness.skip_start(&job.host);
-            let message = format!("disallowed by {robots_url}");
-            (Fetched::without_request(ErrorKind::RobotsDisallowed, message, None), Instant::now())
-        }
-        Verdict::Unreachable { robots_url, retry_in, cause } => {
-            ctx.politeness.skip_start(&job.host);
-            let fetched = match cause {
-                // No response from the host at all: the attempt fails as
-                // the fetch of robots.txt did, and is retried like one.
-                Some((kind, message)) => {
-                    Fetched::without_request(kind, format!("{robots_url}: {message}"), None)
-                }
-                None => {
-                    let message = format!("{robots_url} answered 5xx: the host counts as disallowed for now");
-                    Fetched::without_request(ErrorKind::RobotsUnreachable, message, Some(retry_in))
-                }
-            };
-            (fetched, Instant::now())
+            let fetched = Fetched::without_request(kind, message, retry_after);
+            let signal = host_signal(&fetched);
+            (fetched, signal, Instant::now())
         }
     };
     let decision = decide(
@@ -162,8 +143,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         (Some(discovery), Decision::Done) => discover(discovery, &job, &fetched),
         _ => (Vec::new(), Vec::new()),
     };
-    let host_backoff =
-        ctx.politeness.finished(&job.host, host_signal(&fetched), started, Instant::now(), rand::random());
+    let host_backoff = ctx.politeness.finished(&job.host, signal, started, Instant::now(), rand::random());
     // Above the refill mark the producer has nothing to do, and waking it
     // on every fetch costs; a freed host slot only matters below it.
     if wants_refill(jobs.len(), jobs.capacity().unwrap_or(0)) {
@@ -231,25 +211,131 @@ fn follows_from(ctx: &WorkerContext, job: &Job) -> bool {
     ctx.discovery.as_ref().is_some_and(|d| d.follows_from(job.depth))
 }
 
-/// Waits for the host's turn and the global rate limit, then fetches; returns
-/// what was fetched and the turn the request was given. `None` when stopped
-/// before the request started, or aborted during it.
-async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<(Fetched, Instant)> {
-    let turn = tokio::select! {
+/// Why robots.txt rules a request out now: the error that ends the attempt.
+struct Refusal {
+    kind: ErrorKind,
+    message: String,
+    /// When to try again, for a robots.txt that answered 5xx.
+    retry_after: Option<Duration>,
+}
+
+/// The crawl was told to stop while waiting.
+struct Stopped;
+
+/// What robots.txt says about a request for `url` on `host`: `None` when it
+/// may be made (or robots.txt is ignored). Fetches the host's robots.txt
+/// first if it is not cached.
+async fn robots_refusal(ctx: &WorkerContext, url: &str, host: &str) -> Result<Option<Refusal>, Stopped> {
+    let Some(robots) = &ctx.robots else { return Ok(None) };
+    let verdict = tokio::select! {
         biased;
-        _ = ctx.stop.cancelled() => return None,
-        turn = ctx.politeness.wait_turn(&job.host) => turn,
+        _ = ctx.stop.cancelled() => return Err(Stopped),
+        verdict = robots.check(url, host) => verdict,
     };
-    tokio::select! {
-        biased;
-        _ = ctx.stop.cancelled() => return None,
-        _ = ctx.rate.until_ready() => {}
+    Ok(match verdict {
+        Verdict::Allowed { .. } => None,
+        Verdict::Disallowed { robots_url } => Some(Refusal {
+            kind: ErrorKind::RobotsDisallowed,
+            message: format!("disallowed by {robots_url}"),
+            retry_after: None,
+        }),
+        // No response from the host at all: the attempt fails as the fetch
+        // of robots.txt did, and is retried like one.
+        Verdict::Unreachable { robots_url, cause: Some((kind, message)), .. } => {
+            Some(Refusal { kind, message: format!("{robots_url}: {message}"), retry_after: None })
+        }
+        Verdict::Unreachable { robots_url, retry_in, cause: None } => Some(Refusal {
+            kind: ErrorKind::RobotsUnreachable,
+            message: format!("{robots_url} answered 5xx: the host counts as disallowed for now"),
+            retry_after: Some(retry_in),
+        }),
+    })
+}
+
+/// Fetches the job's URL, each request in its host's turn: the first
+/// request in the job's host's (whose slot the producer took), and every
+/// redirect hop as a request of its own to its host, checked against that
+/// host's robots.txt, waiting for its turn and delay, and, on another host,
+/// for a free slot under that host's concurrency, whose politeness state
+/// its answer then updates. Returns what was fetched, with what it says
+/// about the job's host and when the job's host's last request started.
+/// `None` when stopped before a request started, or aborted during one.
+async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<(Fetched, HostSignal, Instant)> {
+    let mut attempt = ctx.fetcher.begin(&job.url, follows_from(ctx, job));
+    // The job's host: what its last answer said, and when that request began.
+    let mut own = (HostSignal::Neutral, Instant::now());
+    // The host of the last request sent, and its turn.
+    let mut last: Option<(String, Instant)> = None;
+    while let Some(url) = attempt.next_url() {
+        let url = url.clone();
+        let host = url.host_str().unwrap_or_default().to_owned();
+        if attempt.requests() > 0 {
+            if let Some(refusal) = robots_refusal(ctx, url.as_str(), &host).await.ok()? {
+                let message = format!("redirect to {url}: {}", refusal.message);
+                attempt.refuse(refusal.kind, message);
+                break;
+            }
+            if let Some((previous, turn)) = last.take() {
+                // Its answer was a redirect: the host is healthy.
+                own = settle(ctx, job, &previous, HostSignal::Healthy, turn, own);
+            }
+        }
+        let foreign = host != job.host;
+        if foreign {
+            tokio::select! {
+                biased;
+                _ = ctx.stop.cancelled() => return None,
+                _ = ctx.politeness.acquire(&host) => {}
+            }
+        }
+        let release = |ctx: &WorkerContext| {
+            if foreign {
+                ctx.politeness.finished(&host, HostSignal::Neutral, Instant::now(), Instant::now(), 0.0);
+            }
+        };
+        let turn = tokio::select! {
+            biased;
+            _ = ctx.stop.cancelled() => return { release(ctx); None },
+            turn = ctx.politeness.wait_turn(&host) => turn,
+        };
+        tokio::select! {
+            biased;
+            _ = ctx.stop.cancelled() => return { release(ctx); None },
+            _ = ctx.rate.until_ready() => {}
+        }
+        tokio::select! {
+            biased;
+            _ = ctx.abort.cancelled() => return { release(ctx); None },
+            _ = attempt.request() => {}
+        }
+        last = Some((host, turn));
     }
-    tokio::select! {
-        biased;
-        _ = ctx.abort.cancelled() => None,
-        fetched = ctx.fetcher.fetch_extracting(&job.url, follows_from(ctx, job)) => Some((fetched, turn)),
+    let fetched = attempt.finish();
+    if let Some((host, turn)) = last {
+        own = settle(ctx, job, &host, host_signal(&fetched), turn, own);
     }
+    Some((fetched, own.0, own.1))
+}
+
+/// Puts what the answer of a request to `host` (sent at `turn`) says into
+/// politeness: at once for another host than the job's (releasing the slot
+/// the hop took), or as the job's host's latest state, returned, which the
+/// job's completion settles.
+fn settle(
+    ctx: &WorkerContext,
+    job: &Job,
+    host: &str,
+    signal: HostSignal,
+    turn: Instant,
+    own: (HostSignal, Instant),
+) -> (HostSignal, Instant) {
+    if host == job.host {
+        return (signal, turn);
+    }
+    if let Some(backoff) = ctx.politeness.finished(host, signal, turn, Instant::now(), rand::random()) {
+        tracing::info!(%host, backoff_ms = backoff.as_millis() as u64, "host backs off");
+    }
+    own
 }
 
 /// What an attempt says about its host: 429 and 503 ask the whole host to slow

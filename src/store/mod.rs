@@ -209,6 +209,9 @@ pub struct AttemptRecord {
     pub final_url: Option<String>,
     /// URLs visited before `final_url`, in order.
     pub redirect_chain: Vec<String>,
+    /// The requests made after the first, one per redirect followed
+    /// (`redirect_hops` rows).
+    pub hops: Vec<Hop>,
     pub content_type: Option<String>,
     pub body_bytes: Option<u64>,
     /// Lower-case hex SHA-256 of the decoded body.
@@ -217,6 +220,19 @@ pub struct AttemptRecord {
     pub headers: Option<String>,
     /// The body, when configured.
     pub body: Option<Vec<u8>>,
+}
+
+/// A request an attempt made after its first one, following a redirect.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    /// The URL requested.
+    pub url: String,
+    /// Its host, the key of per-host politeness.
+    pub host: String,
+    /// When the request was sent.
+    pub started_at: SystemTime,
+    /// Its response's status; `None` when it got no response.
+    pub http_status: Option<u16>,
 }
 
 /// The end of one claim: the attempt made and the URL's next state.

@@ -44,8 +44,8 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Committed, Completion, ExportFilter, InputError, Job, LockWaits, NewUrl, Next, PageLimits, RecrawlPolicy,
-    ResultRow, StateCounts, StatsReport, Store, StoreError,
+    Committed, Completion, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl, Next, PageLimits,
+    RecrawlPolicy, ResultRow, StateCounts, StatsReport, Store, StoreError,
 };
 use crate::config::{StoreConfig, Synchronous};
 
@@ -760,7 +760,34 @@ async fn insert_attempts(
                 v.redirect_chain, v.content_type, v.body_bytes, v.body_sha256, v.headers, v.body
           FROM v JOIN urls AS u ON u.id = v.url_id AND u.lease = v.lease",
     );
-    q.build().execute(&mut **tx).await.map_err(db("record attempts"))?;
+    if chunk.iter().all(|c| c.record.hops.is_empty()) {
+        q.build().execute(&mut **tx).await.map_err(db("record attempts"))?;
+        return Ok(());
+    }
+    // Redirect hops need their attempt's id. A URL has one live lease, so
+    // its url_id names the one attempt of the chunk that was inserted.
+    q.push(" RETURNING url_id, id");
+    let ids: BTreeMap<i64, i64> =
+        q.build_query_as().fetch_all(&mut **tx).await.map_err(db("record attempts"))?.into_iter().collect();
+    let hops: Vec<(i64, usize, &Hop)> = chunk
+        .iter()
+        .filter_map(|c| Some((*ids.get(&c.url_id)?, &c.record.hops)))
+        .flat_map(|(id, hops)| hops.iter().enumerate().map(move |(i, hop)| (id, i + 1, hop)))
+        .collect();
+    for rows in statement_chunks(&hops) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO redirect_hops (attempt_id, hop, url, host, started_ms, http_status) ",
+        );
+        q.push_values(rows, |mut row, (id, n, hop)| {
+            row.push_bind(*id)
+                .push_bind(*n as i64)
+                .push_bind(&hop.url)
+                .push_bind(&hop.host)
+                .push_bind(unix_ms(hop.started_at))
+                .push_bind(hop.http_status);
+        });
+        q.build().execute(&mut **tx).await.map_err(db("record redirect hops"))?;
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 //! - `service`: `trawler run` as systemd runs it, fed by `trawler enqueue`
 //! - `api`: the service's HTTP API
 //! - `faults`: a locked database, a failing task, a full disk
+//! - `redirects`: every hop in its host's turn, under its host's robots.txt
 //! - `peers`: HTTP broken mid-way: cut and reset bodies, stale keep-alive
 //!   connections (on `raw`, a TCP peer that misbehaves on purpose)
 //! - `reload`: `trawler run` reloading its config on SIGHUP, and recrawling
@@ -23,6 +24,7 @@ mod peers;
 mod politeness;
 mod process;
 mod raw;
+mod redirects;
 mod reload;
 mod resume;
 mod robots;

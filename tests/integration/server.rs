@@ -12,6 +12,7 @@
 //! - `/slow503/{ms}/{*rest}`: 503 (no `Retry-After`) after `ms` milliseconds
 //! - `/redirect/{n}`: 302 to `/redirect/{n-1}`, and `/redirect/0` to `/ok/end`
 //! - `/loop/a`, `/loop/b`: 302 to each other
+//! - `/goto?to=URL`: 302 to that (absolute) URL
 //! - `/big/{bytes}`: a body of that many bytes
 //! - `/gzip/{*rest}`: [`GZIP_PLAIN`], sent gzip-encoded
 //! - `/bomb/{mib}`: that many MiB of zeros, gzip-encoded (a few KiB on the wire)
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -226,6 +227,7 @@ fn router(shared: Arc<Shared>) -> Router {
             }),
         )
         .route("/redirect/{n}", get(redirect))
+        .route("/goto", get(|Query(to): Query<HashMap<String, String>>| async move { found(&to["to"]) }))
         .route("/loop/a", get(|| async { found("/loop/b") }))
         .route("/loop/b", get(|| async { found("/loop/a") }))
         .route("/big/{bytes}", get(|Path(bytes): Path<usize>| async move { vec![b'y'; bytes] }))
