@@ -5,10 +5,9 @@
 //! concurrency of its host, and its answer updates that host.
 //!
 //! Only waiting (for a job, a slot, a turn, the limiter) races the stop
-//! token: a request
-//! that started runs to its end (bounded by `fetch.timeout`) unless `abort`
-//! is cancelled, and handing its completion to the writer is never raced, so
-//! a finished fetch is always committed. A retry does not occupy the worker:
+//! token: a request that started runs to its end (bounded by
+//! `fetch.timeout`) unless `abort` is cancelled, and handing its completion
+//! to the writer is never raced, so a finished fetch is always committed. A retry does not occupy the worker:
 //! the URL goes back to the frontier with its not-before time.
 
 use std::sync::Arc;
