@@ -1,4 +1,5 @@
--- trawler schema, version 3: every request of a redirect chain is recorded.
+-- trawler schema, version 3: every request of a redirect chain is recorded,
+-- and attempts.error_kind may also be 'blocked_address' (fetch.deny_ips).
 --
 -- Each redirect hop is a request to its own host, made in that host's turn
 -- (its delay, its concurrency, its robots.txt), so `host_politeness` can

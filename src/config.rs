@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// The default `User-Agent`: names the crawler and its version, as RFC 9309
@@ -277,6 +278,13 @@ pub struct FetchConfig {
     pub max_redirects: u32,
     /// Largest decoded body read, in bytes; a larger one fails as `body_too_large`.
     pub max_body_bytes: u64,
+    /// Addresses never connected to, as CIDR blocks (`"10.0.0.0/8"`,
+    /// `"::1/128"`): checked on the address a host name resolves to, at
+    /// connect time, and on IP literals, for every request (redirect hops,
+    /// robots.txt, sitemaps). A refused URL fails as `blocked_address`.
+    pub deny_ips: Vec<IpNet>,
+    /// Exceptions to `deny_ips` (an address in both may be connected to).
+    pub allow_ips: Vec<IpNet>,
 }
 
 impl Default for FetchConfig {
@@ -287,6 +295,8 @@ impl Default for FetchConfig {
             user_agent: DEFAULT_USER_AGENT.to_owned(),
             max_redirects: 10,
             max_body_bytes: 10 * 1024 * 1024,
+            deny_ips: Vec::new(),
+            allow_ips: Vec::new(),
         }
     }
 }
@@ -601,6 +611,24 @@ mod tests {
         std::fs::write(&file, "[fetch]\ntimeoutt = \"1s\"\n").unwrap();
         let err = Config::load(Some(&file), NoOverrides::default()).unwrap_err().to_string();
         assert!(err.contains("timeoutt"), "{err}");
+    }
+
+    #[test]
+    fn the_service_example_config_refuses_internal_addresses() {
+        use crate::fetch::AddressPolicy;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/trawler.toml");
+        let config = Config::load(Some(&path), NoOverrides::default()).unwrap();
+        let policy = AddressPolicy::new(&config.fetch);
+        for internal in
+            ["127.0.0.1", "10.1.2.3", "169.254.169.254", "100.64.0.1", "::1", "::ffff:10.0.0.1", "fd00::1"]
+        {
+            assert!(!policy.permits(internal.parse().unwrap()), "{internal} is not refused");
+        }
+        for public in ["93.184.216.34", "2606:2800:220:1::1"] {
+            assert!(policy.permits(public.parse().unwrap()), "{public} is refused");
+        }
+        let default = AddressPolicy::new(&Config::default().fetch);
+        assert!(default.permits("127.0.0.1".parse().unwrap()), "batch crawls of loopback sites stay easy");
     }
 
     /// config/trawler.toml documents the defaults: it must parse to exactly

@@ -10,7 +10,11 @@
 //! bloat the process. Failures come back as data ([`Fetched::error`]), never
 //! as a Rust error.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::IpNet;
 
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER};
 use sha2::{Digest, Sha256};
@@ -50,6 +54,9 @@ pub enum ErrorKind {
     /// The host's robots.txt answered 5xx or could not be fetched, which
     /// means "disallow all for now" (RFC 9309 §2.3.1.4); no request was made.
     RobotsUnreachable,
+    /// The address the host resolved to (or the IP literal) is refused by
+    /// `fetch.deny_ips`; no connection was made.
+    BlockedAddress,
 }
 
 impl ErrorKind {
@@ -68,6 +75,7 @@ impl ErrorKind {
             ErrorKind::InvalidUrl => "invalid_url",
             ErrorKind::RobotsDisallowed => "robots_disallowed",
             ErrorKind::RobotsUnreachable => "robots_unreachable",
+            ErrorKind::BlockedAddress => "blocked_address",
         }
     }
 
@@ -137,6 +145,66 @@ pub struct Fetcher {
     /// when its declared length is over it, rather than refusing it before
     /// reading: for robots.txt (RFC 9309 §2.5).
     keep_prefix: bool,
+    /// Where requests may go (`fetch.deny_ips`, `fetch.allow_ips`).
+    addresses: Arc<AddressPolicy>,
+}
+
+/// Which addresses requests may go to: those not in `fetch.deny_ips`, and
+/// those in `fetch.allow_ips`. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+/// is judged as the IPv4 address it carries too, so writing an address
+/// another way cannot get around a rule.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AddressPolicy {
+    deny: Vec<IpNet>,
+    allow: Vec<IpNet>,
+}
+
+impl AddressPolicy {
+    pub fn new(config: &FetchConfig) -> Self {
+        Self { deny: config.deny_ips.clone(), allow: config.allow_ips.clone() }
+    }
+
+    /// Whether a connection to `ip` may be made.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        let forms = [ip, ip.to_canonical()];
+        let listed = |nets: &[IpNet]| forms.iter().any(|ip| nets.iter().any(|net| net.contains(ip)));
+        !listed(&self.deny) || listed(&self.allow)
+    }
+
+    fn is_open(&self) -> bool {
+        self.deny.is_empty()
+    }
+}
+
+/// The error a refused address fails with, found in reqwest's error chain by
+/// [`classify`].
+#[derive(Debug, thiserror::Error)]
+#[error("address {ip} of {host} is refused by fetch.deny_ips")]
+struct BlockedAddress {
+    host: String,
+    ip: IpAddr,
+}
+
+/// reqwest's DNS resolution (getaddrinfo on the blocking pool, as its
+/// default resolver does) less the addresses the policy refuses, so that the
+/// check is on the very addresses connected to (no DNS rebinding between a
+/// check and the connect). A name with only refused addresses fails.
+struct CheckedResolver(Arc<AddressPolicy>);
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let permitted: Vec<SocketAddr> =
+                resolved.iter().copied().filter(|a| policy.permits(a.ip())).collect();
+            match (permitted.is_empty(), resolved.first()) {
+                (true, Some(refused)) => Err(Box::new(BlockedAddress { host, ip: refused.ip() }) as _),
+                _ => Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
 }
 
 impl Fetcher {
@@ -151,13 +219,17 @@ impl Fetcher {
         save_body: bool,
         pool_size: usize,
     ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let addresses = Arc::new(AddressPolicy::new(config));
+        let mut client = reqwest::Client::builder()
             .user_agent(&config.user_agent)
             .connect_timeout(config.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .pool_max_idle_per_host(pool_size)
-            .build()?;
+            .pool_max_idle_per_host(pool_size);
+        if !addresses.is_open() {
+            client = client.dns_resolver(Arc::new(CheckedResolver(addresses.clone())));
+        }
+        let client = client.build()?;
         Ok(Self {
             client,
             config: config.clone(),
@@ -165,6 +237,7 @@ impl Fetcher {
             save_body,
             extract_links: None,
             keep_prefix: false,
+            addresses,
         })
     }
 
@@ -367,6 +440,18 @@ impl Attempt<'_> {
     /// request failed. Cancel safe as [`Fetcher::fetch`] is.
     pub async fn request(&mut self) {
         let Some(url) = self.next.take() else { return };
+        // An IP literal is never resolved, so the resolver cannot check it.
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal.filter(|ip| !self.fetcher.addresses.permits(*ip)) {
+            let refused = BlockedAddress { host: url.host_str().unwrap_or_default().to_owned(), ip };
+            self.next = Some(url);
+            self.refuse(ErrorKind::BlockedAddress, refused.to_string());
+            return;
+        }
         let now = SystemTime::now();
         if self.started_at.is_none() {
             self.started_at = Some(now);
@@ -485,7 +570,9 @@ fn headers_json(headers: &HeaderMap) -> String {
 fn classify(error: reqwest::Error) -> Failure {
     let message = error_chain(&error);
     let lower = message.to_ascii_lowercase();
-    let kind = if error.is_timeout() {
+    let kind = if source_of::<BlockedAddress>(&error).is_some() {
+        ErrorKind::BlockedAddress
+    } else if error.is_timeout() {
         ErrorKind::Timeout
     } else if error.is_connect() {
         if lower.contains("dns error") || lower.contains("failed to lookup address") {
@@ -517,20 +604,27 @@ fn classify(error: reqwest::Error) -> Failure {
 /// before any response arrived (hyper's "incomplete message" on a stale
 /// pooled connection), rather than timing out or failing to connect.
 fn closed_before_response(error: &reqwest::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
     if error.is_timeout() || error.is_connect() || error.is_body() || error.is_decode() {
         return false;
     }
-    let mut source = std::error::Error::source(error);
+    source_of::<hyper::Error>(error).is_some_and(hyper::Error::is_incomplete_message)
+        || source_of::<std::io::Error>(error)
+            .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe))
+}
+
+/// The first error of type `E` in `error`'s source chain.
+fn source_of<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut source = error.source();
     while let Some(e) = source {
-        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message) {
-            return true;
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe);
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
         }
         source = e.source();
     }
-    false
+    None
 }
 
 /// Whether the source chain holds an I/O error of a connection that broke
@@ -538,17 +632,12 @@ fn closed_before_response(error: &reqwest::Error) -> bool {
 /// data that could not be decoded (a corrupt gzip stream is an `Other`).
 fn connection_broke(error: &(dyn std::error::Error + 'static)) -> bool {
     use std::io::ErrorKind::*;
-    let mut source = error.source();
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected | TimedOut
-            );
-        }
-        source = e.source();
-    }
-    false
+    source_of::<std::io::Error>(error).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected | TimedOut
+        )
+    })
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

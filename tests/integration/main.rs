@@ -9,6 +9,7 @@
 //! - `store`: lease semantics, locking, schema versions
 //! - `process`: the real binary under signals, `kill -9` and a second instance
 //! - `service`: `trawler run` as systemd runs it, fed by `trawler enqueue`
+//! - `addresses`: `fetch.deny_ips`, however an address is written
 //! - `api`: the service's HTTP API
 //! - `faults`: a locked database, a failing task, a full disk
 //! - `redirects`: every hop in its host's turn, under its host's robots.txt
@@ -16,6 +17,7 @@
 //!   connections (on `raw`, a TCP peer that misbehaves on purpose)
 //! - `reload`: `trawler run` reloading its config on SIGHUP, and recrawling
 
+mod addresses;
 mod api;
 mod crawl;
 mod discovery;

@@ -1,0 +1,77 @@
+//! `fetch.deny_ips` / `fetch.allow_ips` through the real binary: internal
+//! addresses are refused however they are written, on every hop, for
+//! robots.txt too, and a refused URL fails as `blocked_address`, unretried.
+
+use std::time::Duration;
+
+use crate::server::TestServer;
+use crate::util::{output_of, reader, result_for, scalar, spawn_trawler, wait_within, write_input};
+
+#[tokio::test]
+async fn internal_addresses_are_refused_however_written_and_wherever_reached() {
+    // The crawl's own site is allowed; the rest of loopback stands for the
+    // internal network a hostile page points at.
+    let site = TestServer::start_on("127.0.0.70");
+    let internal = TestServer::start_on("127.0.0.2");
+    let port = internal.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let spellings = [
+        format!("http://[::ffff:127.0.0.2]:{port}/ok/mapped"),
+        format!("http://2130706434:{port}/ok/decimal"),
+        format!("http://0x7f.0.0.2:{port}/ok/hex"),
+        format!("http://0177.0.0.2:{port}/ok/octal"),
+        format!("http://127.2:{port}/ok/short"),
+    ];
+    let mut urls: Vec<String> = spellings.iter().map(|to| site.url(&format!("/goto?to={to}"))).collect();
+    let (direct, by_name, fine) =
+        (internal.url("/ok/direct"), format!("http://localhost:{port}/ok/by-name"), site.url("/ok/fine"));
+    urls.extend([direct.clone(), by_name.clone(), fine.clone()]);
+    let (input, config, db) =
+        (write_input(dir.path(), &urls), dir.path().join("t.toml"), dir.path().join("c.db"));
+    std::fs::write(
+        &config,
+        "[fetch]\ndeny_ips = [\"127.0.0.0/8\", \"::1/128\", \"::ffff:0:0/96\"]\nallow_ips = [\"127.0.0.70/32\"]\n",
+    )
+    .unwrap();
+    let args = [
+        "crawl",
+        input.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let mut child = spawn_trawler(&args);
+    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", output_of(child).1);
+
+    assert!(
+        internal.hits().is_empty() && internal.robots_hits().is_empty(),
+        "an internal address was reached"
+    );
+    assert_eq!(result_for(&db, &fine).await.state, "done");
+    for url in urls.iter().filter(|u| **u != fine) {
+        let row = result_for(&db, url).await;
+        assert_eq!(
+            (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+            ("failed", Some("blocked_address"), 1),
+            "{url}: {:?}",
+            row.error_message
+        );
+        assert!(row.error_message.unwrap().contains("refused by fetch.deny_ips"), "{url}");
+    }
+    // The redirect targets are named as the url crate reads them.
+    let pool = reader(&db).await;
+    let finals: Vec<String> =
+        sqlx::query_scalar("SELECT final_url FROM results WHERE url LIKE '%/goto?%' ORDER BY final_url")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        finals.iter().filter(|u| u.starts_with(&format!("http://127.0.0.2:{port}/"))).count(),
+        4,
+        "{finals:?}"
+    );
+    assert!(finals.contains(&format!("http://[::ffff:7f00:2]:{port}/ok/mapped")), "{finals:?}");
+    assert_eq!(scalar(&db, "SELECT count(*) FROM attempts WHERE outcome = 'retry'").await, 0);
+}
