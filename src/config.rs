@@ -395,11 +395,18 @@ pub struct LogConfig {
     /// such as `"info"` or `"warn,trawler=debug"`. `RUST_LOG`, when set,
     /// is used instead.
     pub level: String,
+    /// Query parameters whose values are logged as `***`: those whose name
+    /// contains one of these, case-insensitive (see `redact.rs`).
+    pub redact_params: Vec<String>,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".to_owned() }
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+            redact_params: crate::redact::DEFAULT_SECRET_PARAMS.map(str::to_owned).to_vec(),
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use url::Url;
 
 use crate::config::FetchConfig;
 use crate::links::{Found, LinkExtractor, is_html};
+use crate::redact::ForLog;
 use crate::store::{AttemptRecord, Hop};
 
 /// Why an attempt produced no final HTTP response: the fixed set stored in
@@ -316,7 +317,10 @@ impl Fetcher {
     async fn send(&self, url: &Url) -> Result<reqwest::Response, reqwest::Error> {
         match self.client.get(url.clone()).send().await {
             Err(e) if closed_before_response(&e) => {
-                tracing::debug!(%url, "connection closed before the response: sent again on a fresh one");
+                tracing::debug!(
+                    url = %ForLog(url.as_str()),
+                    "connection closed before the response: sent again on a fresh one"
+                );
                 self.client.get(url.clone()).send().await
             }
             other => other,
@@ -335,7 +339,10 @@ impl Fetcher {
         let location = String::from_utf8_lossy(location);
         let next = current
             .join(location.trim())
-            .map_err(|e| Failure(ErrorKind::InvalidUrl, format!("redirect to {location:?}: {e}")))
+            .map_err(|e| {
+                let location = crate::redact::credentials_in_text(&location).into_owned();
+                Failure(ErrorKind::InvalidUrl, format!("redirect to {location:?}: {e}"))
+            })
             .and_then(|u| {
                 check_http(&u)
                     .map_err(|why| Failure(ErrorKind::InvalidUrl, format!("redirect to {u}: {why}")))?;
@@ -343,6 +350,8 @@ impl Fetcher {
             })?;
         let mut next = next;
         next.set_fragment(None);
+        // Credentials in a Location are neither sent nor recorded.
+        crate::redact::strip_credentials(&mut next);
         record.redirect_chain.push(current.to_string());
         if record.redirect_chain.iter().any(|seen| seen == next.as_str()) {
             return Err(Failure(ErrorKind::RedirectLoop, format!("redirect back to {next}")));

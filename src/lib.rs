@@ -31,6 +31,7 @@
 //! | [`writer`] | batching completions into transactions |
 //! | [`store`] | the frontier interface with lease semantics; [`store::sqlite`] knows sqlx |
 //! | [`report`] | `trawler stats` and `trawler export`, read-only |
+//! | [`redact`] | no credentials, secret query values or control characters in logs |
 //! | [`stats`], [`progress`] | counters, summary, progress bar / progress lines |
 //! | [`systemd`] | `sd_notify` readiness, stopping, and a watchdog fed by heartbeats |
 
@@ -44,6 +45,7 @@ pub mod frontier;
 pub mod links;
 pub mod politeness;
 pub mod progress;
+pub mod redact;
 pub mod reload;
 pub mod report;
 pub mod retry;

@@ -237,10 +237,13 @@ fn registrable_domain(host: &str) -> &str {
 /// -case scheme and host, default port dropped, `.`/`..` resolved, RFC 3986
 /// §6.2.2.1 and §6.2.2.3): drops the fragment, decodes percent-encoded
 /// unreserved characters and upper-cases the hex digits of the rest
-/// (§6.2.2.2), and removes query parameters whose name matches a pattern in
-/// `strip` (`utm_*` matches by prefix; comparison ignores case).
+/// (§6.2.2.2), removes query parameters whose name matches a pattern in
+/// `strip` (`utm_*` matches by prefix; comparison ignores case), and drops
+/// credentials (`user:password@`), which are never stored or sent.
 pub fn normalize(url: &mut Url, strip: &[String]) {
     url.set_fragment(None);
+    // A page's link with credentials: they are not ours to store or send.
+    crate::redact::strip_credentials(url);
     let path = normalize_percent(url.path());
     if path != url.path() {
         url.set_path(&path);

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let log_level = telemetry::init(config.log.format, &config.log.level);
+    trawler::redact::set_secret_params(&config.log.redact_params);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let status = runtime.block_on(async move {
         match cli.command {

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::fetch::parse_http_url;
+use crate::redact::{self, ForLog};
 use crate::stats::CrawlStats;
 use crate::store::{InputError, NewUrl, Store, StoreError};
 
@@ -127,7 +128,7 @@ pub async fn ingest<S: Store>(
             Line::Invalid { text, reason } => {
                 report.invalid += 1;
                 if report.invalid <= MAX_LOGGED_ERRORS {
-                    tracing::warn!(source = %source_name, line = report.lines, text = %text, "skipping input line: {reason}");
+                    tracing::warn!(source = %source_name, line = report.lines, text = %ForLog(&text), "skipping input line: {reason}");
                 }
                 if report.invalid == MAX_LOGGED_ERRORS {
                     tracing::warn!("further invalid lines are recorded in the input_errors table only");
@@ -235,6 +236,12 @@ pub fn parse_seed(text: &str) -> Result<Option<NewUrl>, SeedError> {
         return Err(SeedError { text: excerpt(text), reason: format!("longer than {MAX_LINE_BYTES} bytes") });
     }
     match parse_http_url(text) {
+        Ok(url) if redact::has_credentials(&url) => Err(SeedError {
+            text: excerpt(text),
+            reason: "has credentials (user:password@), which are never stored or sent: \
+                     not crawled"
+                .to_owned(),
+        }),
         Ok(url) => {
             let host = url.host_str().unwrap_or_default().to_owned();
             Ok(Some(NewUrl { url: url.into(), host, depth: 0, found_on: None }))
@@ -243,8 +250,10 @@ pub fn parse_seed(text: &str) -> Result<Option<NewUrl>, SeedError> {
     }
 }
 
+/// What is recorded of a rejected line: its start, credentials redacted.
 fn excerpt(text: &str) -> String {
-    text.chars().take(MAX_REPORTED_CHARS).collect()
+    let head: String = text.chars().take(MAX_REPORTED_CHARS).collect();
+    redact::credentials_in_text(&head).into_owned()
 }
 
 enum RawLine<'a> {

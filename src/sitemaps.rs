@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::FetchConfig;
 use crate::fetch::{Fetcher, parse_http_url};
 use crate::politeness::Politeness;
+use crate::redact::ForLog;
 use crate::stats::CrawlStats;
 use crate::store::{NewUrl, Store, StoreError};
 
@@ -180,7 +181,7 @@ impl<S: Store> SitemapTask<S> {
 
     async fn process(&self, fetcher: &Fetcher, url: &str) -> Result<(), StoreError> {
         let Ok(sitemap_url) = parse_http_url(url) else {
-            tracing::warn!(%url, "sitemap URL is not an absolute http(s) URL");
+            tracing::warn!(url = %ForLog(url), "sitemap URL is not an absolute http(s) URL");
             return Ok(());
         };
         let host = sitemap_url.host_str().unwrap_or_default().to_owned();
@@ -192,13 +193,13 @@ impl<S: Store> SitemapTask<S> {
         let (Some(200..=299), None, Some(body)) =
             (fetched.record.http_status, fetched.error, fetched.record.body)
         else {
-            tracing::warn!(%url, status = fetched.record.http_status, error = fetched.record.error_kind, "sitemap not fetched");
+            tracing::warn!(url = %ForLog(url), status = fetched.record.http_status, error = fetched.record.error_kind, "sitemap not fetched");
             return Ok(());
         };
         match parse(&body, MAX_URLS_PER_SITEMAP) {
-            Err(e) => tracing::warn!(%url, "sitemap not parsed: {e}"),
+            Err(e) => tracing::warn!(url = %ForLog(url), "sitemap not parsed: {e}"),
             Ok(Sitemap::Index(sitemaps)) => {
-                tracing::info!(%url, sitemaps = sitemaps.len(), "sitemap index");
+                tracing::info!(url = %ForLog(url), sitemaps = sitemaps.len(), "sitemap index");
                 sitemaps.into_iter().for_each(|s| self.queue.submit(s));
             }
             Ok(Sitemap::Urls(locs)) => {
@@ -206,12 +207,16 @@ impl<S: Store> SitemapTask<S> {
                 let urls: Vec<NewUrl> = locs
                     .iter()
                     .filter_map(|loc| parse_http_url(loc).ok())
+                    .map(|mut u| {
+                        crate::redact::strip_credentials(&mut u);
+                        u
+                    })
                     .filter(|u| u.host_str() == Some(host.as_str()))
                     .map(|u| NewUrl { host: host.clone(), url: u.into(), depth: 0, found_on: None })
                     .collect();
                 let new = self.store.enqueue(&urls).await?;
                 self.stats.known.fetch_add(new, Ordering::Relaxed);
-                tracing::info!(%url, listed, enqueued = new, dropped = listed - urls.len(), "sitemap");
+                tracing::info!(url = %ForLog(url), listed, enqueued = new, dropped = listed - urls.len(), "sitemap");
             }
         }
         Ok(())

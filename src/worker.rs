@@ -24,6 +24,7 @@ use crate::fetch::{ErrorKind, Fetched, Fetcher};
 use crate::frontier::{now_ms, wants_refill};
 use crate::links::Discovery;
 use crate::politeness::{HostSignal, Politeness};
+use crate::redact::ForLog;
 use crate::retry::{Decision, decide};
 use crate::robots::{Robots, Verdict};
 use crate::store::NewUrl;
@@ -163,7 +164,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
     };
     tracing::debug!(
-        url = %job.url,
+        url = %ForLog(&job.url),
         status = record.http_status,
         error = record.error_kind,
         elapsed_ms = record.elapsed_ms,

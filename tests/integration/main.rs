@@ -12,6 +12,7 @@
 //! - `addresses`: `fetch.deny_ips`, however an address is written
 //! - `api`: the service's HTTP API
 //! - `faults`: a locked database, a failing task, a full disk
+//! - `secrets`: no credentials or secret query values in logs or the database
 //! - `redirects`: every hop in its host's turn, under its host's robots.txt
 //! - `peers`: HTTP broken mid-way: cut and reset bodies, stale keep-alive
 //!   connections (on `raw`, a TCP peer that misbehaves on purpose)
@@ -30,6 +31,7 @@ mod redirects;
 mod reload;
 mod resume;
 mod robots;
+mod secrets;
 mod server;
 mod service;
 mod store;

@@ -13,6 +13,9 @@
 //! - `/redirect/{n}`: 302 to `/redirect/{n-1}`, and `/redirect/0` to `/ok/end`
 //! - `/loop/a`, `/loop/b`: 302 to each other
 //! - `/goto?to=URL`: 302 to that (absolute) URL
+//! - `/credlink`: a page linking to `/ok/linked` on its own host with
+//!   credentials `bob:linkpass@`; `/credredirect`: 302 to `/ok/redirected`
+//!   with `carol:redirpass@`
 //! - `/big/{bytes}`: a body of that many bytes
 //! - `/gzip/{*rest}`: [`GZIP_PLAIN`], sent gzip-encoded
 //! - `/bomb/{mib}`: that many MiB of zeros, gzip-encoded (a few KiB on the wire)
@@ -228,6 +231,19 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/redirect/{n}", get(redirect))
         .route("/goto", get(|Query(to): Query<HashMap<String, String>>| async move { found(&to["to"]) }))
+        .route(
+            "/credlink",
+            get(|headers: axum::http::HeaderMap| async move {
+                let page = format!(r#"<a href="http://bob:linkpass@{}/ok/linked">x</a>"#, host_of(&headers));
+                ([(header::CONTENT_TYPE, "text/html")], page).into_response()
+            }),
+        )
+        .route(
+            "/credredirect",
+            get(|headers: axum::http::HeaderMap| async move {
+                found(&format!("http://carol:redirpass@{}/ok/redirected", host_of(&headers)))
+            }),
+        )
         .route("/loop/a", get(|| async { found("/loop/b") }))
         .route("/loop/b", get(|| async { found("/loop/a") }))
         .route("/big/{bytes}", get(|Path(bytes): Path<usize>| async move { vec![b'y'; bytes] }))
