@@ -93,10 +93,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("admin server: {e}")))
+    crate::listen::serve(listener, app, crate::listen::ListenLimits::ADMIN, stop).await
 }
 
 async fn healthz(State(health): State<Arc<Health>>) -> (StatusCode, String) {

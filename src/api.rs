@@ -31,6 +31,10 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use tower::limit::ConcurrencyLimitLayer;
+
+use crate::config::ApiConfig;
+use crate::listen::{self, ListenLimits};
 use crate::seeds::{self, SeedError, parse_seed};
 use crate::stats::CrawlStats;
 use crate::store::{InputError, SqliteStore, StoreError};
@@ -95,23 +99,30 @@ pub async fn bind(listen: &str) -> std::io::Result<tokio::net::TcpListener> {
     Ok(listener)
 }
 
-/// Serves the API on `listener` until `stop`; requests under way finish.
+/// Serves the API on `listener` until `stop`, within `config`'s limits
+/// (see [`crate::listen`]); requests under way finish.
 ///
 /// Errors: accepting connections failed for good.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     api: Api,
+    config: &ApiConfig,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    // A body is read only once its request is let through, so this bounds
+    // the memory that request bodies take.
+    let posts = ConcurrencyLimitLayer::new(config.max_posts_in_flight);
     let app = Router::new()
-        .route("/urls", post(add_urls))
+        .route("/urls", post(add_urls).layer(posts))
         .route("/urls/{id}", get(url_state))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::new(api));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("API server: {e}")))
+    let limits = ListenLimits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        request_timeout: config.request_timeout,
+    };
+    listen::serve(listener, app, limits, stop).await
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -57,13 +57,36 @@ pub struct Config {
 
 /// The service's HTTP API for adding URLs and reading their state (see
 /// `api.rs`). Off unless `listen` is set.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Where `trawler run` serves `POST /urls` and `GET /urls/{id}`
     /// (`host:port`). It has no authentication: keep it on loopback or behind
     /// a proxy that has.
     pub listen: Option<String>,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time for a client to send a request's headers (slowloris guard).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time to handle one request, reading its body included (408 after).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// `POST /urls` requests handled at once (each may hold a 16 MiB body
+    /// and its parsed URLs in memory); more wait their turn.
+    pub max_posts_in_flight: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_connections: 128,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_posts_in_flight: 2,
+        }
+    }
 }
 
 /// The service's admin endpoints (see `admin.rs`).
@@ -482,6 +505,12 @@ impl Config {
         }
         if self.hosts.values().any(|h| h.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER)) {
             return invalid("hosts.<host>.recrawl_after", "must be at least 1s");
+        }
+        if self.api.max_connections == 0 || self.api.max_posts_in_flight == 0 {
+            return invalid(
+                "api.max_connections",
+                "api.max_connections and api.max_posts_in_flight must be at least 1",
+            );
         }
         if self.store.busy_warning < Duration::from_secs(1) {
             return invalid("store.busy_warning", "must be at least 1s");

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`admin`] | the service's /metrics, /healthz, /readyz |
 //! | [`api`] | the service's optional HTTP API: POST /urls, GET /urls/{id} |
+//! | [`listen`] | serving those within limits: connections, header and request timeouts |
 //! | [`cli`] | the command line (clap) |
 //! | [`config`] | layered settings: defaults, TOML, `TRAWLER_*` env, flags |
 //! | [`telemetry`] | `tracing` set-up (text or JSON, `log.level` / `RUST_LOG` filter, reloadable) |
@@ -43,6 +44,7 @@ pub mod crawl;
 pub mod fetch;
 pub mod frontier;
 pub mod links;
+pub mod listen;
 pub mod politeness;
 pub mod progress;
 pub mod redact;

@@ -33,6 +33,7 @@ pub(crate) struct Service {
     admin: tokio::net::TcpListener,
     /// The API's bound address, when `api.listen` is set.
     api: Option<tokio::net::TcpListener>,
+    api_config: crate::config::ApiConfig,
     reloader: Option<Reloader>,
 }
 
@@ -62,7 +63,8 @@ impl Service {
             failed: tasks.failed_flag(),
             lock_waits: store.lock_waits(),
         });
-        Ok(Self { store: store.clone(), health, metrics, admin, api, reloader })
+        let api_config = config.api.clone();
+        Ok(Self { store: store.clone(), health, metrics, admin, api, api_config, reloader })
     }
 
     /// Starts the service's tasks on `tasks`, all ending with `done`, and
@@ -83,7 +85,8 @@ impl Service {
         );
         if let Some(listener) = self.api {
             let api = Api { store: store.clone(), wake: wake.clone(), stats: stats.clone() };
-            tasks.spawn("API", api::serve(listener, api, done.clone()));
+            let (config, done) = (self.api_config, done.clone());
+            tasks.spawn("API", async move { api::serve(listener, api, &config, done).await });
         }
         tasks.spawn_infallible(
             "gauges",

@@ -84,3 +84,54 @@ async fn urls_posted_to_the_api_are_crawled_and_their_state_is_served() {
     assert_eq!(scalar(&db, "SELECT count(*) FROM urls").await, 3);
     assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE error_kind = 'invalid_url'").await, 2);
 }
+
+/// Lowers the descriptor limit of the running process `pid` to `n`.
+fn limit_descriptors(pid: u32, n: u64) {
+    let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[tokio::test]
+async fn slow_clients_cannot_starve_the_service() {
+    use std::io::{Read, Write};
+    let server = TestServer::start_on("127.0.0.56");
+    let dir = tempfile::tempdir().unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let toml = format!("[api]\nlisten = \"{listen}\"\nmax_connections = 8\nheader_timeout = \"1s\"\n");
+    let daemon = Daemon::start(dir.path(), &toml);
+    // Fewer descriptors than the slow clients below: without a connection
+    // cap, accepting them would leave none for fetches.
+    limit_descriptors(daemon.child.id(), 96);
+
+    // A slowloris: 120 connections (within the listen backlog of 128) that
+    // send part of their headers, then nothing. Only the first 8 are
+    // accepted; the rest wait in the backlog.
+    let slow: Vec<std::net::TcpStream> = (0..120)
+        .map(|_| {
+            let mut conn = std::net::TcpStream::connect(&listen).unwrap();
+            conn.write_all(b"POST /urls HTTP/1.1\r\nHost: trawler\r\n").unwrap();
+            conn
+        })
+        .collect();
+
+    // The admin endpoints and fetches carry on.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let health = http.get(format!("http://{}/healthz", daemon.admin)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    daemon.enqueue(&[server.url("/ok/under-attack")]);
+    wait_until(Duration::from_secs(10), "the URL to be fetched", || server.hits().len() == 1);
+
+    // The first slow client is cut off once its header time is up.
+    let mut first = slow.into_iter().next().unwrap();
+    first.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).expect("the server closes a slow client's connection");
+    assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "{:?}", &buf[..n]);
+    drop(first);
+
+    let db = daemon.db.clone();
+    daemon.stop();
+    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 1);
+    assert_eq!(scalar(&db, "SELECT count(*) FROM attempts WHERE error_kind IS NOT NULL").await, 0);
+}
