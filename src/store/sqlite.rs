@@ -353,9 +353,27 @@ impl SqliteStore {
             .map_err(db("oldest lease"))
     }
 
-    /// Closes both pools; the last connection to close checkpoints the WAL.
+    /// Closes both pools. The owner of the database (a store opened with
+    /// [`open`](Self::open)) first takes the file out of WAL mode
+    /// (`journal_mode = DELETE`, which checkpoints and removes the `-wal` and
+    /// `-shm` files): a stopped crawl's database is then a plain file that a
+    /// reader without write access to its directory can open (sqlite.org/
+    /// wal.html §"Read-Only Databases": a WAL database needs its `-shm`, or a
+    /// writable directory to create it). If another process has the file
+    /// open, it stays in WAL mode, and its `-wal` and `-shm` stay with it.
+    /// The next crawl switches back to WAL.
     pub async fn close(&self) {
         self.read.close().await;
+        if self._lock.is_some() {
+            match sqlx::query_scalar::<_, String>("PRAGMA journal_mode = DELETE").fetch_one(&self.write).await
+            {
+                Ok(mode) if mode == "delete" => {}
+                Ok(mode) => {
+                    tracing::debug!(mode, "the database stays in WAL mode: another process has it open")
+                }
+                Err(e) => tracing::debug!("the database stays in WAL mode: {e}"),
+            }
+        }
         self.write.close().await;
     }
 }

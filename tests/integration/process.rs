@@ -246,3 +246,52 @@ async fn stats_and_export_match_the_database() {
     assert_eq!(rows.len(), 2, "the redirect loop and the rejected line");
     assert!(rows.iter().all(|r| r["state"] == "failed"));
 }
+
+#[tokio::test]
+async fn a_reader_without_write_access_can_read_a_stopped_crawls_database() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), &[server.url("/ok/1"), server.url("/ok/2"), "junk".to_owned()]);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let db = data.join("crawl.db");
+    let mut crawl = spawn_crawl(input.to_str().unwrap(), &db, &[]);
+    assert_eq!(wait_within(&mut crawl, Duration::from_secs(20)).0.code(), Some(0));
+
+    // The analyst can read the directory and the file, and write neither: as
+    // root, by running as `nobody`; otherwise the directory is made
+    // read-only for us.
+    for path in [dir.path(), data.as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if !as_root {
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let reader = |args: &[&str]| {
+        let mut command = match as_root {
+            true => {
+                let mut c = std::process::Command::new("setpriv");
+                c.args([
+                    "--reuid=nobody",
+                    "--regid=nogroup",
+                    "--clear-groups",
+                    env!("CARGO_BIN_EXE_trawler"),
+                ]);
+                c
+            }
+            false => std::process::Command::new(env!("CARGO_BIN_EXE_trawler")),
+        };
+        command.args(args).args(["--db", db.to_str().unwrap()]).output().expect("run trawler as a reader")
+    };
+    let stats = reader(&["stats", "--json"]);
+    let stderr = String::from_utf8_lossy(&stats.stderr);
+    assert!(stats.status.success(), "trawler stats as a reader: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!((report["done"].as_i64(), report["invalid_lines"].as_i64()), (Some(2), Some(1)));
+    let export = reader(&["export", "--format", "csv"]);
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    assert_eq!(String::from_utf8_lossy(&export.stdout).lines().count(), 1 + 3);
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
