@@ -13,7 +13,9 @@
 //! - `trawler_recrawls_total`: finished URLs put back by `recrawl_after`;
 //! - `trawler_frontier_urls{state}`, `trawler_in_flight`,
 //!   `trawler_hosts_in_backoff`, `trawler_oldest_lease_seconds`: gauges,
-//!   refreshed every [`GAUGE_EVERY`].
+//!   refreshed every [`GAUGE_EVERY`];
+//! - `trawler_wal_bytes` (gauge) and `trawler_wal_pinned_total`: the WAL left
+//!   after each checkpoint, and checkpoints a reader kept from truncating it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -371,6 +371,9 @@ pub struct StoreConfig {
     /// waiting for the lock however long it is held.
     #[serde(with = "humantime_serde")]
     pub busy_warning: Duration,
+    /// How often the WAL is checkpointed and truncated while a crawl runs.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_every: Duration,
 }
 
 impl Default for StoreConfig {
@@ -381,6 +384,7 @@ impl Default for StoreConfig {
             save_headers: false,
             save_body: false,
             busy_warning: Duration::from_secs(5),
+            checkpoint_every: Duration::from_secs(60),
         }
     }
 }
@@ -511,6 +515,9 @@ impl Config {
                 "api.max_connections",
                 "api.max_connections and api.max_posts_in_flight must be at least 1",
             );
+        }
+        if self.store.checkpoint_every < Duration::from_secs(1) {
+            return invalid("store.checkpoint_every", "must be at least 1s");
         }
         if self.store.busy_warning < Duration::from_secs(1) {
             return invalid("store.busy_warning", "must be at least 1s");

@@ -288,6 +288,7 @@ async fn start(
         })
     });
     tasks.spawn_infallible("progress", progress::report(stats.clone(), side_done.clone()));
+    tasks.spawn("checkpoints", checkpoints(store.clone(), config.store.checkpoint_every, side_done.clone()));
     tasks.spawn_infallible(
         "grace timer",
         grace_timer(shutdown.clone(), config.shutdown.grace, store.clone(), side_done.clone()),
@@ -455,6 +456,49 @@ fn robots(
 }
 
 type Input = (SeedSource, Box<dyn tokio::io::AsyncRead + Send + Unpin>);
+
+/// Checkpoints pinned in a row between two warnings about it.
+const PINNED_WARN_EVERY: u32 = 10;
+
+/// Checkpoints and truncates the WAL every `every` until `done`, warning
+/// when a reader in another process keeps it from being truncated, and
+/// reporting what is left as `trawler_wal_bytes`.
+///
+/// Errors: the database cannot be written (a lock is waited out).
+async fn checkpoints(
+    store: Arc<SqliteStore>,
+    every: std::time::Duration,
+    done: CancellationToken,
+) -> Result<(), StoreError> {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut pinned_in_a_row = 0u32;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let checkpoint = store.checkpoint().await?;
+        metrics::gauge!("trawler_wal_bytes").set(checkpoint.wal_bytes_left() as f64);
+        if !checkpoint.pinned() {
+            if pinned_in_a_row > 0 {
+                tracing::info!("WAL checkpointed and truncated again");
+            }
+            pinned_in_a_row = 0;
+            continue;
+        }
+        metrics::counter!("trawler_wal_pinned_total").increment(1);
+        if pinned_in_a_row.is_multiple_of(PINNED_WARN_EVERY) {
+            tracing::warn!(
+                wal_mib = checkpoint.wal_bytes_left() / (1024 * 1024),
+                "a reader is keeping the WAL from being truncated (a long query or an open transaction in \
+                 another process): it grows until that reader finishes"
+            );
+        }
+        pinned_in_a_row += 1;
+    }
+}
 
 /// URLs put back for a recrawl per statement.
 const RECRAWL_BATCH: u32 = 10_000;

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{Checkpoint, SqliteStore};
 
 /// A store operation that failed. Any of these stops the crawl: results could
 /// no longer be recorded. (A database locked by another process is not one

@@ -86,6 +86,35 @@ const BUSY_SLICE: Duration = Duration::from_millis(250);
 /// from the first to the last (on top of each try's [`BUSY_SLICE`]).
 const BUSY_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
 
+/// The largest the WAL is kept after a checkpoint reset it: 64 MiB.
+const JOURNAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// What a checkpoint did (`PRAGMA wal_checkpoint`'s three columns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The WAL could not be reset: a reader is still using it.
+    pub busy: bool,
+    /// Pages in the WAL before the checkpoint.
+    pub wal_pages: i64,
+    /// Of those, pages copied into the database.
+    pub checkpointed: i64,
+    /// The page size, in bytes.
+    pub page_size: i64,
+}
+
+impl Checkpoint {
+    /// Whether a reader kept the checkpoint from finishing: it reads a
+    /// snapshot in the WAL, so the WAL cannot be reset and truncated.
+    pub fn pinned(&self) -> bool {
+        self.busy || self.checkpointed < self.wal_pages
+    }
+
+    /// The WAL's size left behind, in bytes (0 after a full TRUNCATE).
+    pub fn wal_bytes_left(&self) -> i64 {
+        if self.pinned() { self.wal_pages * self.page_size } else { 0 }
+    }
+}
+
 /// A trawler database opened for crawling. See the module docs.
 pub struct SqliteStore {
     /// The single write connection.
@@ -258,6 +287,9 @@ impl SqliteStore {
                 Synchronous::Full => SqliteSynchronous::Full,
             })
             .busy_timeout(BUSY_SLICE)
+            // A WAL that a checkpoint reset is cut back to this size
+            // (sqlite.org/pragma.html#pragma_journal_size_limit).
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string())
             .foreign_keys(true);
         let write = SqlitePoolOptions::new()
             .max_connections(1)
@@ -327,6 +359,27 @@ impl SqliteStore {
                 }
             }
         }
+    }
+
+    /// Copies the WAL into the database and truncates it to zero bytes
+    /// (`PRAGMA wal_checkpoint(TRUNCATE)`), unless a reader's snapshot still
+    /// needs its pages ([`Checkpoint::pinned`]): then as much as possible is
+    /// copied and the WAL keeps its size. Without this the WAL never shrinks
+    /// while the crawler runs: SQLite's automatic checkpoints never truncate.
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn checkpoint(&self) -> Result<Checkpoint, StoreError> {
+        let (busy, wal_pages, checkpointed): (i64, i64, i64) = self
+            .writing(move || async move {
+                sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(&self.write)
+                    .await
+                    .map_err(db("checkpoint"))
+            })
+            .await?;
+        let page_size: i64 =
+            sqlx::query_scalar("PRAGMA page_size").fetch_one(&self.read).await.map_err(db("page size"))?;
+        Ok(Checkpoint { busy: busy != 0, wal_pages, checkpointed, page_size })
     }
 
     /// Makes writes that are waiting for another process's lock, and later

@@ -182,3 +182,32 @@ async fn a_full_disk_ends_the_crawl_with_a_clear_error_and_a_rerun_finishes_it()
     assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 60);
     assert_eq!(scalar(&db, "SELECT count(*) FROM attempts WHERE body_bytes = 65536").await, 60);
 }
+
+#[tokio::test]
+async fn the_wal_is_truncated_while_the_service_runs_unless_a_reader_pins_it() {
+    let server = TestServer::start_on("127.0.0.73");
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), "[store]\ncheckpoint_every = \"1s\"\n");
+    let wal = dir.path().join("service.db-wal");
+    let wal_size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let urls = |from: usize| (from..from + 30).map(|i| server.url(&format!("/ok/{i}"))).collect::<Vec<_>>();
+
+    daemon.enqueue(&urls(0));
+    wait_until(Duration::from_secs(10), "30 fetches", || server.hits().len() == 30);
+    wait_until(Duration::from_secs(10), "the WAL to be truncated", || wal_size() == 0);
+
+    // An analyst's open read transaction pins the WAL: it may not be reset.
+    let analyst = crate::util::reader(&daemon.db).await;
+    let mut snapshot = analyst.begin().await.unwrap();
+    let _: i64 = sqlx::query_scalar("SELECT count(*) FROM urls").fetch_one(&mut *snapshot).await.unwrap();
+    daemon.enqueue(&urls(30));
+    wait_until(Duration::from_secs(10), "30 more fetches", || server.hits().len() == 60);
+    daemon.stderr.wait_for("a reader is keeping the WAL from being truncated");
+    assert!(wal_size() > 0);
+
+    snapshot.rollback().await.unwrap();
+    analyst.close().await;
+    daemon.stderr.wait_for("WAL checkpointed and truncated again");
+    wait_until(Duration::from_secs(10), "the WAL to be truncated", || wal_size() == 0);
+    daemon.stop();
+}
