@@ -6,8 +6,14 @@
 //!
 //! ```text
 //! cargo bench --bench crawl -- [--urls N] [--workers N] [--latency-ms MS] [--page-bytes N]
+//!                              [--save-body] [--random-pages]
 //! ```
-//! Defaults: 20,000 URLs, 64 workers, 0 ms latency, 1 KiB pages.
+//! Defaults: 20,000 URLs, 64 workers, 0 ms latency, 1 KiB pages, bodies not
+//! stored. `--save-body` stores every body (`store.save_body`), and
+//! `--random-pages` makes them incompressible; the run then also prints the
+//! memory bound of issue 8 (64 MiB + 2 × workers × `fetch.max_body_bytes`,
+//! 10 MiB) and whether peak RSS stayed under it, e.g.
+//! `-- --urls 200 --workers 64 --page-bytes 10000000 --save-body --random-pages`.
 //! Targets (issue 2, 2-core machine): >= 25,000 pages/s and <= 0.06 CPU-s per
 //! 1,000 pages at 0 ms; within 5 % of ideal for 5,000 URLs at 100 ms with 100
 //! workers; peak RSS < 64 MiB for 1,000,000 URLs.
@@ -21,15 +27,27 @@ use std::time::{Duration, Instant};
 
 use server::{Options, TestServer};
 
+/// `fetch.max_body_bytes` for the run: the default, 10 MiB.
+const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+
 struct Args {
     urls: usize,
     workers: usize,
     latency_ms: u64,
     page_bytes: usize,
+    save_body: bool,
+    random_pages: bool,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { urls: 20_000, workers: 64, latency_ms: 0, page_bytes: 1024 };
+    let mut args = Args {
+        urls: 20_000,
+        workers: 64,
+        latency_ms: 0,
+        page_bytes: 1024,
+        save_body: false,
+        random_pages: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().and_then(|v| v.parse::<u64>().ok()).expect("a number after the flag");
@@ -38,6 +56,8 @@ fn parse_args() -> Args {
             "--workers" => args.workers = value() as usize,
             "--latency-ms" => args.latency_ms = value(),
             "--page-bytes" => args.page_bytes = value() as usize,
+            "--save-body" => args.save_body = true,
+            "--random-pages" => args.random_pages = true,
             _ => {} // cargo passes --bench
         }
     }
@@ -69,6 +89,7 @@ fn main() {
     let server = TestServer::with_options(Options {
         latency: Duration::from_millis(args.latency_ms),
         page_bytes: args.page_bytes,
+        random_pages: args.random_pages,
         record: false,
         ..Options::default()
     });
@@ -100,6 +121,8 @@ fn main() {
         // crawl is bound by the workers, as the targets assume.
         .env("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "100000")
         .env("TRAWLER_POLITENESS__PER_HOST_DELAY", "0s")
+        .env("TRAWLER_STORE__SAVE_BODY", args.save_body.to_string())
+        .env("TRAWLER_FETCH__MAX_BODY_BYTES", MAX_BODY_BYTES.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -120,7 +143,15 @@ fn main() {
     println!("wall            {:.2} s", wall.as_secs_f64());
     println!("pages/s         {pages_per_s:.0}");
     println!("CPU-s/1000      {cpu_per_1000:.4}");
-    println!("peak RSS        {:.1} MiB", usage.max_rss_kib as f64 / 1024.0);
+    let peak_mib = usage.max_rss_kib as f64 / 1024.0;
+    println!("peak RSS        {peak_mib:.1} MiB");
+    if args.save_body {
+        let bound = 64.0 + 2.0 * args.workers as f64 * MAX_BODY_BYTES as f64 / (1024.0 * 1024.0);
+        let verdict = if peak_mib <= bound { "within" } else { "OVER" };
+        println!("memory bound    {bound:.0} MiB (64 MiB + 2 x workers x max_body_bytes): {verdict}");
+        let size: i64 = std::fs::metadata(&db).map(|m| m.len() as i64).unwrap_or(0);
+        println!("database        {:.1} MiB", size as f64 / (1024.0 * 1024.0));
+    }
     if args.latency_ms > 0 {
         let ideal = (args.urls as f64 / args.workers as f64).ceil() * args.latency_ms as f64 / 1000.0;
         println!("ideal           {ideal:.2} s ({:+.1} % over)", (wall.as_secs_f64() / ideal - 1.0) * 100.0);

@@ -363,7 +363,8 @@ pub struct StoreConfig {
     pub synchronous: Synchronous,
     /// Store each response's headers (JSON) with its attempt.
     pub save_headers: bool,
-    /// Store each response's body with its attempt (at most `fetch.max_body_bytes`).
+    /// Store each distinct response body once, zstd-compressed, in `bodies`
+    /// (at most `fetch.max_body_bytes` each).
     pub save_body: bool,
     /// Writes blocked this long by another process's lock (an analyst's
     /// `BEGIN IMMEDIATE`, a backup) are reported: a warning now and every

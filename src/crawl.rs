@@ -270,11 +270,10 @@ async fn start(
         wake: wake.clone(),
         stop: stop.clone(),
         abort: abort.clone(),
+        bodies: config.store.save_body.then(|| store.clone()),
     });
     let workers = (0..concurrency)
-        .map(|_| {
-            tasks.spawn_infallible("worker", worker::run(ctx.clone(), job_rx.clone(), result_tx.clone()))
-        })
+        .map(|_| tasks.spawn("worker", worker::run(ctx.clone(), job_rx.clone(), result_tx.clone())))
         .collect();
     drop((job_rx, result_tx));
     let ingest = input.map(|(source, reader)| {

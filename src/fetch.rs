@@ -381,7 +381,10 @@ impl Fetcher {
         }
         let mut hasher = Sha256::new();
         let mut len: u64 = 0;
-        let mut kept = self.save_body.then(Vec::new);
+        // The declared length, when under the cap, is the size to expect (a
+        // compressed body's is a start): no reallocation on the way.
+        let expected = declared.unwrap_or(0).min(max) as usize;
+        let mut kept = self.save_body.then(|| Vec::with_capacity(expected));
         let mut extractor = self
             .extract_links
             .filter(|_| extract && response.status().is_success() && is_html(record.content_type.as_deref()))

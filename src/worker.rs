@@ -27,7 +27,7 @@ use crate::politeness::{HostSignal, Politeness};
 use crate::redact::ForLog;
 use crate::retry::{Decision, decide};
 use crate::robots::{Robots, Verdict};
-use crate::store::NewUrl;
+use crate::store::{AttemptRecord, NewUrl, SqliteStore, Store, StoreError};
 use crate::store::{Completion, Job, Next};
 
 /// What every worker shares.
@@ -48,6 +48,8 @@ pub struct WorkerContext {
     pub stop: CancellationToken,
     /// Drop the fetch in flight.
     pub abort: CancellationToken,
+    /// Where bodies are stored, when `store.save_body` is on.
+    pub bodies: Option<Arc<SqliteStore>>,
 }
 
 /// The global request-rate limit, `None` for none. A reload replaces it with
@@ -94,28 +96,56 @@ pub fn rate_limiter(rate: f64) -> DefaultDirectRateLimiter {
 
 /// Runs one worker until the channel closes, `stop` is cancelled between
 /// jobs, `abort` is cancelled mid-fetch, or the writer is gone.
+///
+/// Errors: a body could not be stored (`store.save_body`).
 pub async fn run(
     ctx: Arc<WorkerContext>,
     jobs: async_channel::Receiver<Job>,
     results: mpsc::Sender<Completion>,
-) {
+) -> Result<(), StoreError> {
     loop {
         let job = tokio::select! {
             biased;
-            _ = ctx.stop.cancelled() => return,
+            _ = ctx.stop.cancelled() => return Ok(()),
             job = jobs.recv() => match job {
                 Ok(job) => job,
-                Err(_) => return,
+                Err(_) => return Ok(()),
             },
         };
         // Everything logged about this fetch, robots.txt and politeness
         // included, carries the URL's id, host and attempt.
         let span = tracing::info_span!("fetch", url_id = job.url_id, host = %job.host, attempt = job.attempt);
-        let Some(completion) = attempt(&ctx, job, &jobs).instrument(span).await else { return };
+        let Some(mut completion) = attempt(&ctx, job, &jobs).instrument(span).await else { return Ok(()) };
+        if let Some(bodies) = &ctx.bodies {
+            save_body(bodies, &mut completion.record).await?;
+        }
         if results.send(completion).await.is_err() {
-            return;
+            return Ok(());
         }
     }
+}
+
+/// The zstd level bodies are stored at: zstd's default, a good ratio at a
+/// few hundred MB/s.
+const BODY_ZSTD_LEVEL: i32 = 3;
+
+/// Stores the attempt's body, once per distinct content: compressed (off
+/// the async threads), committed on its own before the completion goes to
+/// the writer, and dropped from the record, so that pending completions
+/// never hold bodies. A body read only in part (over the cap) is not stored.
+async fn save_body(store: &SqliteStore, record: &mut AttemptRecord) -> Result<(), StoreError> {
+    let (Some(body), Some(sha256)) = (record.body.take(), record.body_sha256.as_deref()) else {
+        return Ok(());
+    };
+    if store.has_body(sha256).await? {
+        return Ok(());
+    }
+    let bytes = body.len() as u64;
+    let compressed = tokio::task::spawn_blocking(move || zstd::bulk::compress(&body, BODY_ZSTD_LEVEL))
+        .await
+        .expect("compressing a body does not panic")
+        .map_err(|e| StoreError::Database { context: "compress a body", source: Box::new(e) })?;
+    store.save_body(sha256, bytes, &compressed).await
 }
 
 /// One job from robots.txt to completion. `None` when stopped before the

@@ -434,6 +434,20 @@ pub trait Store: Send + Sync + 'static {
         policy: &RecrawlPolicy,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Whether a body with this SHA-256 (lower-case hex) is stored.
+    fn has_body(&self, sha256: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Stores a body once: `zstd` is the zstd frame of a decoded body of
+    /// `bytes` bytes whose SHA-256 is `sha256`. Storing one that is already
+    /// there changes nothing. Its own transaction, committed before the
+    /// attempt that refers to it, so a body is never held in a writer batch.
+    fn save_body(
+        &self,
+        sha256: &str,
+        bytes: u64,
+        zstd: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Puts up to `limit` finished URLs whose recrawl time is at or before
     /// `now_ms` back in the queue, due at once, as a new visit: their
     /// attempts so far are kept (history) and the retry count starts again.

@@ -752,6 +752,33 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn has_body(&self, sha256: &str) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM bodies WHERE sha256 = ?1)")
+            .bind(sha256)
+            .fetch_one(&self.read)
+            .await
+            .map_err(db("look up a body"))
+    }
+
+    async fn save_body(&self, sha256: &str, bytes: u64, zstd: &[u8]) -> Result<(), StoreError> {
+        let stored_at = &rfc3339(SystemTime::now());
+        self.writing(move || async move {
+            sqlx::query(
+                "INSERT INTO bodies (sha256, bytes, encoding, data, stored_at) VALUES (?1, ?2, 'zstd', ?3, ?4)
+                 ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(sha256)
+            .bind(to_i64(bytes))
+            .bind(zstd)
+            .bind(stored_at)
+            .execute(&self.write)
+            .await
+            .map_err(db("store a body"))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn requeue_recrawls(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError> {
         self.writing(move || async move {
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;

@@ -201,11 +201,13 @@ async fn headers_and_bodies_are_stored_only_when_asked() {
 
     config.store.save_headers = true;
     config.store.save_body = true;
-    let kept = server.url("/ok/kept");
-    crawl_lines(&config, std::slice::from_ref(&kept)).await;
+    // Two URLs serving the same page: its body is stored once, compressed.
+    let (kept, same) = (server.url("/ok/kept"), server.url("/ok/same"));
+    crawl_lines(&config, &[kept.clone(), same]).await;
     let pool = crate::util::reader(&config.store.path).await;
-    let (headers, body): (String, Vec<u8>) = sqlx::query_as(
-        "SELECT a.headers, a.body FROM attempts a JOIN urls u ON u.id = a.url_id WHERE u.url = ?",
+    let (headers, encoding, data): (String, String, Vec<u8>) = sqlx::query_as(
+        "SELECT a.headers, b.encoding, b.data FROM attempts a JOIN urls u ON u.id = a.url_id
+         JOIN bodies b ON b.sha256 = a.body_sha256 WHERE u.url = ?",
     )
     .bind(&kept)
     .fetch_one(&pool)
@@ -213,7 +215,15 @@ async fn headers_and_bodies_are_stored_only_when_asked() {
     .unwrap();
     let headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap();
     assert!(headers.contains(&("content-type".into(), "text/html; charset=utf-8".into())), "{headers:?}");
-    assert_eq!(body, b"<!doctype html><title>ok</title><p>hello");
+    assert_eq!(encoding, "zstd");
+    assert_eq!(zstd::decode_all(&data[..]).unwrap(), b"<!doctype html><title>ok</title><p>hello");
+    let (bodies, attempts_with_body): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM bodies), (SELECT count(*) FROM attempts WHERE body IS NOT NULL)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((bodies, attempts_with_body), (1, 0), "one body, stored once, not in attempts");
 }
 
 #[tokio::test]

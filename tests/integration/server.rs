@@ -92,11 +92,20 @@ pub struct Options {
     pub page_bytes: usize,
     /// Record hits (the benchmark turns this off).
     pub record: bool,
+    /// Fill `/page/...` bodies with pseudo-random bytes, which do not
+    /// compress (the benchmark's worst case for stored bodies).
+    pub random_pages: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { latency: Duration::ZERO, page_bytes: 1024, record: true, robots: RobotsTxt::Missing }
+        Self {
+            latency: Duration::ZERO,
+            page_bytes: 1024,
+            record: true,
+            random_pages: false,
+            robots: RobotsTxt::Missing,
+        }
     }
 }
 
@@ -142,7 +151,18 @@ impl TestServer {
     fn bind(ip: &'static str, options: Options) -> Self {
         let page = {
             let mut page = b"<!doctype html><title>page</title><p>".to_vec();
-            page.resize(options.page_bytes.max(page.len()), b'x');
+            let mut state = 0x2545_f491_4f6c_dd1d_u64;
+            while page.len() < options.page_bytes {
+                page.push(if options.random_pages {
+                    // xorshift64: incompressible, and the same every run.
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                } else {
+                    b'x'
+                });
+            }
             page
         };
         let shared = Arc::new(Shared {
