@@ -151,12 +151,18 @@ async fn save_body(store: &SqliteStore, record: &mut AttemptRecord) -> Result<()
 /// One job from robots.txt to completion. `None` when stopped before the
 /// request started, or aborted during it.
 async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<Job>) -> Option<Completion> {
+    let checked = (std::time::SystemTime::now(), Instant::now());
     let (fetched, signal, started) = match robots_refusal(ctx, &job.url, &job.host).await.ok()? {
         None => fetch_in_turn(ctx, &job).await?,
         Some(Refusal { kind, message, retry_after }) => {
             // No request made: the host's state is as it was now.
             ctx.politeness.skip_start(&job.host);
-            let fetched = Fetched::without_request(kind, message, retry_after);
+            let mut fetched = Fetched::without_request(kind, message, retry_after);
+            // The attempt's time went to robots.txt: fetching it (and
+            // failing, perhaps after seconds), or waiting for that fetch.
+            fetched.record.started_at = Some(checked.0);
+            fetched.record.elapsed_ms = checked.1.elapsed().as_millis() as u64;
+            fetched.record.elapsed_us = checked.1.elapsed().as_micros() as u64;
             let signal = host_signal(&fetched);
             (fetched, signal, Instant::now())
         }

@@ -97,3 +97,37 @@ async fn a_keep_alive_connection_closed_by_the_server_costs_no_attempt() {
     assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 10);
     assert_eq!(scalar(&db, "SELECT count(*) FROM attempts").await, 10, "a stale connection cost an attempt");
 }
+
+#[tokio::test]
+async fn an_attempt_that_fails_on_robots_txt_records_the_time_it_took() {
+    // robots.txt never answers: the attempt fails as a timeout after the
+    // fetch timeout, and says how long that took.
+    let server = RawServer::start("127.0.0.74", |path, _| match path {
+        "/robots.txt" => Reply::Stall,
+        _ => Reply::Close(response(head("200 OK", &["Content-Length: 2"]), b"ok")),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), &[server.url("/page")]);
+    let db = dir.path().join("crawl.db");
+    let mut child = spawn_trawler_with_env(
+        &[
+            "crawl",
+            input.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--max-attempts",
+            "1",
+            "--timeout",
+            "1s",
+        ],
+        &[],
+    );
+    let (status, _) = wait_within(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", output_of(child).1);
+    let pool = reader(&db).await;
+    let (kind, elapsed_ms): (String, i64) =
+        sqlx::query_as("SELECT error_kind, elapsed_ms FROM attempts").fetch_one(&pool).await.unwrap();
+    assert_eq!(kind, "timeout");
+    assert!(elapsed_ms >= 1000, "elapsed_ms = {elapsed_ms}");
+    assert!(server.requests().iter().all(|(path, _)| path == "/robots.txt"), "{:?}", server.requests());
+}

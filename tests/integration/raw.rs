@@ -19,6 +19,8 @@ pub enum Reply {
     Close(Vec<u8>),
     /// Send these bytes and reset the connection (RST: SO_LINGER 0).
     Reset(Vec<u8>),
+    /// Answer nothing, and hold the connection open for a minute.
+    Stall,
 }
 
 /// A running raw server; its threads end with the test process.
@@ -81,6 +83,10 @@ fn serve(stream: TcpStream, reply: &ReplyFn, log: &Mutex<Vec<(String, usize)>>) 
             }
             Reply::Close(bytes) => {
                 let _ = stream.write_all(&bytes);
+                return;
+            }
+            Reply::Stall => {
+                std::thread::sleep(std::time::Duration::from_secs(60));
                 return;
             }
             Reply::Reset(bytes) => {
