@@ -25,8 +25,8 @@ use crate::links::{Found, LinkExtractor, is_html};
 use crate::redact::ForLog;
 use crate::store::{AttemptRecord, Hop};
 
-/// Why an attempt produced no final HTTP response: the fixed set stored in
-/// `attempts.error_kind` (besides `http_status`, which the retry policy sets).
+/// Why an attempt did not end with a final HTTP response: the fixed set
+/// stored in `attempts.error_kind`, by [`ErrorKind::as_str`] only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// `fetch.timeout` (the whole attempt) or `fetch.connect_timeout` ran out.
@@ -58,6 +58,9 @@ pub enum ErrorKind {
     /// The address the host resolved to (or the IP literal) is refused by
     /// `fetch.deny_ips`; no connection was made.
     BlockedAddress,
+    /// A response arrived, with a status worth retrying (408, 429, 5xx):
+    /// set by the worker when the retry policy says so, never by a fetch.
+    HttpStatus,
 }
 
 impl ErrorKind {
@@ -77,6 +80,7 @@ impl ErrorKind {
             ErrorKind::RobotsDisallowed => "robots_disallowed",
             ErrorKind::RobotsUnreachable => "robots_unreachable",
             ErrorKind::BlockedAddress => "blocked_address",
+            ErrorKind::HttpStatus => "http_status",
         }
     }
 
@@ -116,7 +120,7 @@ impl Fetched {
         let record = AttemptRecord {
             started_at: Some(now),
             fetched_at: Some(now),
-            error_kind: Some(kind.as_str()),
+            error_kind: Some(kind),
             error_message: Some(message),
             ..Default::default()
         };
@@ -517,13 +521,13 @@ impl Attempt<'_> {
         let error = match self.outcome {
             Some(Ok(())) => None,
             Some(Err(Failure(kind, message))) => {
-                record.error_kind = Some(kind.as_str());
+                record.error_kind = Some(kind);
                 record.error_message = Some(message);
                 Some(kind)
             }
             None => {
                 // Ended before its last request (a caller stopped it).
-                record.error_kind = Some(ErrorKind::Timeout.as_str());
+                record.error_kind = Some(ErrorKind::Timeout);
                 Some(ErrorKind::Timeout)
             }
         };

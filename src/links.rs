@@ -19,6 +19,7 @@ use regex::RegexSet;
 use url::Url;
 
 use crate::config::{DiscoveryConfig, Scope};
+use crate::store::DropReason;
 
 /// Links found in one page, before any decision.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -110,7 +111,7 @@ pub struct Discovered {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Judged {
     pub links: Vec<Discovered>,
-    pub dropped: BTreeMap<&'static str, u64>,
+    pub dropped: BTreeMap<DropReason, u64>,
 }
 
 /// The rules of [`DiscoveryConfig`], compiled once.
@@ -144,12 +145,12 @@ impl Discovery {
     /// redirects), which is at `depth` (seeds are 0).
     pub fn judge(&self, page: &Url, depth: u32, found: &Found) -> Judged {
         let mut judged = Judged::default();
-        let mut drop = |reason: &'static str, n: u64| *judged.dropped.entry(reason).or_default() += n;
+        let mut drop = |reason: DropReason, n: u64| *judged.dropped.entry(reason).or_default() += n;
         if found.overflow > 0 {
-            drop("too_many_links", found.overflow);
+            drop(DropReason::TooManyLinks, found.overflow);
         }
         if depth >= self.config.max_depth {
-            drop("depth", found.links.len() as u64);
+            drop(DropReason::Depth, found.links.len() as u64);
             return judged;
         }
         let base =
@@ -157,17 +158,17 @@ impl Discovery {
         let mut seen = std::collections::HashSet::new();
         for (href, nofollow) in &found.links {
             if *nofollow && self.config.respect_nofollow {
-                drop("nofollow", 1);
+                drop(DropReason::Nofollow, 1);
                 continue;
             }
             let mut url = match base.join(href.trim()) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => url,
                 Ok(_) => {
-                    drop("not_http", 1);
+                    drop(DropReason::NotHttp, 1);
                     continue;
                 }
                 Err(_) => {
-                    drop("invalid_url", 1);
+                    drop(DropReason::InvalidUrl, 1);
                     continue;
                 }
             };
@@ -186,32 +187,32 @@ impl Discovery {
     }
 
     /// Why `url`, linked from `page`, is not enqueued, if it is not.
-    fn reject(&self, page: &Url, url: &Url) -> Option<&'static str> {
+    fn reject(&self, page: &Url, url: &Url) -> Option<DropReason> {
         let text = url.as_str();
         if text.len() > self.config.max_url_length {
-            return Some("too_long");
+            return Some(DropReason::TooLong);
         }
         let segments: Vec<&str> =
             url.path_segments().map(|s| s.filter(|s| !s.is_empty()).collect()).unwrap_or_default();
         if segments.len() > self.config.max_path_segments {
-            return Some("too_many_segments");
+            return Some(DropReason::TooManySegments);
         }
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for segment in &segments {
             let n = counts.entry(segment).or_default();
             *n += 1;
             if *n > self.config.max_repeated_segment {
-                return Some("repeated_segment");
+                return Some(DropReason::RepeatedSegment);
             }
         }
         if !in_scope(self.config.scope, page, url) {
-            return Some("out_of_scope");
+            return Some(DropReason::OutOfScope);
         }
         if self.deny.is_match(text) {
-            return Some("denied");
+            return Some(DropReason::Denied);
         }
         if !self.config.allow.is_empty() && !self.allow.is_match(text) {
-            return Some("not_allowed");
+            return Some(DropReason::NotAllowed);
         }
         None
     }
@@ -343,7 +344,9 @@ mod tests {
             judged.links,
             [Discovered { url: "http://example.org/docs/other.html".into(), host: "example.org".into() }]
         );
-        let dropped: Vec<(&str, u64)> = judged.dropped.into_iter().collect();
+        let mut dropped: Vec<(&str, u64)> =
+            judged.dropped.into_iter().map(|(r, n)| (r.as_str(), n)).collect();
+        dropped.sort();
         assert_eq!(
             dropped,
             [
@@ -356,7 +359,7 @@ mod tests {
         );
         let at_limit = d.judge(&page, 3, &found);
         assert!(at_limit.links.is_empty());
-        assert_eq!(at_limit.dropped.get("depth"), Some(&6));
+        assert_eq!(at_limit.dropped.get(&DropReason::Depth), Some(&6));
     }
 
     #[test]
@@ -391,7 +394,9 @@ mod tests {
         let judged = d.judge(&page, 0, &found);
         assert_eq!(judged.links.len(), 1);
         assert_eq!(judged.links[0].url, "http://example.org/docs/y");
-        let dropped: Vec<(&str, u64)> = judged.dropped.into_iter().collect();
+        let mut dropped: Vec<(&str, u64)> =
+            judged.dropped.into_iter().map(|(r, n)| (r.as_str(), n)).collect();
+        dropped.sort();
         assert_eq!(
             dropped,
             [

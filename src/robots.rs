@@ -179,7 +179,7 @@ impl Robots {
             // No response: not cached, the attempt fails with the cause.
             (Some(_), None) => (Rules::DisallowAll, Duration::ZERO),
             (None, Some(500..=599)) | (Some(_), _) if !redirect_limit(&fetched) => {
-                tracing::info!(%robots_url, ?status, error = fetched.record.error_kind, "robots.txt unreachable: host disallowed for now");
+                tracing::info!(%robots_url, ?status, error = fetched.record.error_kind.map(ErrorKind::as_str), "robots.txt unreachable: host disallowed for now");
                 (Rules::DisallowAll, self.config.unreachable_retry)
             }
             // 4xx and everything else (RFC 9309 §2.3.1.3), and a redirect chain

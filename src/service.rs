@@ -17,7 +17,7 @@ use crate::crawl::{CrawlError, requeue_due};
 use crate::politeness::Politeness;
 use crate::reload::{Live, Reloader};
 use crate::stats::CrawlStats;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{SqliteStore, Store, StoreError, UrlState};
 use crate::systemd::{self, Heartbeat};
 use crate::tasks::Tasks;
 
@@ -117,13 +117,9 @@ async fn refresh_gauges(
             _ = tick.tick() => {}
         }
         if let Ok(counts) = store.counts().await {
-            for (state, n) in [
-                ("queued", counts.queued),
-                ("in_flight", counts.in_flight),
-                ("done", counts.done),
-                ("failed", counts.failed),
-            ] {
-                metrics::gauge!("trawler_frontier_urls", "state" => state).set(n as f64);
+            for state in UrlState::ALL {
+                metrics::gauge!("trawler_frontier_urls", "state" => state.as_str())
+                    .set(counts.of(state) as f64);
             }
         }
         metrics::gauge!("trawler_in_flight").set(CrawlStats::get(&stats.outstanding) as f64);

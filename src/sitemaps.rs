@@ -193,7 +193,7 @@ impl<S: Store> SitemapTask<S> {
         let (Some(200..=299), None, Some(body)) =
             (fetched.record.http_status, fetched.error, fetched.record.body)
         else {
-            tracing::warn!(url = %ForLog(url), status = fetched.record.http_status, error = fetched.record.error_kind, "sitemap not fetched");
+            tracing::warn!(url = %ForLog(url), status = fetched.record.http_status, error = fetched.record.error_kind.map(crate::fetch::ErrorKind::as_str), "sitemap not fetched");
             return Ok(());
         };
         match parse(&body, MAX_URLS_PER_SITEMAP) {

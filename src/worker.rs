@@ -27,7 +27,7 @@ use crate::politeness::{HostSignal, Politeness};
 use crate::redact::ForLog;
 use crate::retry::{Decision, decide};
 use crate::robots::{Robots, Verdict};
-use crate::store::{AttemptRecord, NewUrl, SqliteStore, Store, StoreError};
+use crate::store::{AttemptRecord, DropReason, NewUrl, SqliteStore, Store, StoreError};
 use crate::store::{Completion, Job, Next};
 
 /// What every worker shares.
@@ -191,7 +191,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
     let mut record = fetched.record;
     if fetched.error.is_none() && decision != Decision::Done {
         // A response arrived, but with a status worth retrying.
-        record.error_kind = Some("http_status");
+        record.error_kind = Some(ErrorKind::HttpStatus);
         record.error_message = record.http_status.map(|s| format!("HTTP {s}"));
     }
     let next = match decision {
@@ -202,7 +202,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
     tracing::debug!(
         url = %ForLog(&job.url),
         status = record.http_status,
-        error = record.error_kind,
+        error = record.error_kind.map(ErrorKind::as_str),
         elapsed_ms = record.elapsed_ms,
         outcome = next.outcome(),
         "fetched"
@@ -228,7 +228,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
 
 /// The links of a fetched page that discovery's rules let through, as URLs
 /// one level deeper found on this one, and the dropped ones by reason.
-fn discover(discovery: &Discovery, job: &Job, fetched: &Fetched) -> (Vec<NewUrl>, Vec<(&'static str, u64)>) {
+fn discover(discovery: &Discovery, job: &Job, fetched: &Fetched) -> (Vec<NewUrl>, Vec<(DropReason, u64)>) {
     let (Some(found), Some(page)) = (&fetched.found, fetched.record.final_url.as_deref()) else {
         return (Vec::new(), Vec::new());
     };

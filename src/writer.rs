@@ -98,7 +98,7 @@ fn record_metrics(c: &Completion) {
     metrics::counter!("trawler_fetches_total", "outcome" => c.next.outcome(), "status" => status_class(r.http_status))
         .increment(1);
     if let Some(kind) = r.error_kind {
-        metrics::counter!("trawler_fetch_errors_total", "kind" => kind).increment(1);
+        metrics::counter!("trawler_fetch_errors_total", "kind" => kind.as_str()).increment(1);
     }
     metrics::histogram!("trawler_fetch_duration_seconds").record(r.elapsed_us as f64 / 1e6);
     metrics::counter!("trawler_body_bytes_total").increment(r.body_bytes.unwrap_or(0));

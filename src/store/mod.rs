@@ -11,6 +11,8 @@
 pub mod sqlite;
 
 use std::future::Future;
+
+use crate::fetch::ErrorKind;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -131,6 +133,59 @@ impl Default for LockWaits {
     }
 }
 
+/// Why a link found on a page was not enqueued: `dropped_links.reason`,
+/// written by [`DropReason::as_str`] only, in the order of the schema's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// Outside `discovery.scope` of the page that links to it.
+    OutOfScope,
+    /// The page is at `discovery.max_depth`: its links would be deeper.
+    Depth,
+    /// `rel=nofollow`, with `discovery.respect_nofollow`.
+    Nofollow,
+    /// Matches a `discovery.deny` pattern.
+    Denied,
+    /// Matches no `discovery.allow` pattern.
+    NotAllowed,
+    /// Not an http(s) URL (`mailto:`, `javascript:`...).
+    NotHttp,
+    /// Does not resolve to a URL.
+    InvalidUrl,
+    /// Longer than `discovery.max_url_length`.
+    TooLong,
+    /// More path segments than `discovery.max_path_segments`.
+    TooManySegments,
+    /// A path segment repeated more than `discovery.max_repeated_segment` times.
+    RepeatedSegment,
+    /// Past `discovery.max_links_per_page` on its page.
+    TooManyLinks,
+    /// The store holds `discovery.max_pages` URLs already.
+    MaxPages,
+    /// Its host has `discovery.max_pages_per_host` URLs stored already.
+    MaxPagesPerHost,
+}
+
+impl DropReason {
+    /// The name stored in `dropped_links.reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::OutOfScope => "out_of_scope",
+            DropReason::Depth => "depth",
+            DropReason::Nofollow => "nofollow",
+            DropReason::Denied => "denied",
+            DropReason::NotAllowed => "not_allowed",
+            DropReason::NotHttp => "not_http",
+            DropReason::InvalidUrl => "invalid_url",
+            DropReason::TooLong => "too_long",
+            DropReason::TooManySegments => "too_many_segments",
+            DropReason::RepeatedSegment => "repeated_segment",
+            DropReason::TooManyLinks => "too_many_links",
+            DropReason::MaxPages => "max_pages",
+            DropReason::MaxPagesPerHost => "max_pages_per_host",
+        }
+    }
+}
+
 /// A URL to enqueue: already parsed and checked to be absolute http(s).
 #[derive(Debug, Clone)]
 pub struct NewUrl {
@@ -172,6 +227,40 @@ pub struct Job {
     pub lease: i64,
 }
 
+/// Where a URL is in the frontier: `urls.state`, written by
+/// [`UrlState::as_str`] only, in the order of the schema's CHECK list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UrlState {
+    /// Waiting to be claimed once due (`not_before_ms`).
+    Queued,
+    /// Claimed under a lease by a running crawler.
+    InFlight,
+    /// A final HTTP response was received.
+    Done,
+    /// A final error, or attempts ran out.
+    Failed,
+}
+
+impl UrlState {
+    /// Every state, in the schema's order.
+    pub const ALL: [UrlState; 4] = [UrlState::Queued, UrlState::InFlight, UrlState::Done, UrlState::Failed];
+
+    /// The name stored in `urls.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UrlState::Queued => "queued",
+            UrlState::InFlight => "in_flight",
+            UrlState::Done => "done",
+            UrlState::Failed => "failed",
+        }
+    }
+
+    /// The state named `name` in `urls.state`, if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
 /// How an attempt ended, as the worker decided (see `retry.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -184,6 +273,15 @@ pub enum Next {
 }
 
 impl Next {
+    /// The state the URL moves to.
+    pub fn state(self) -> UrlState {
+        match self {
+            Next::Done => UrlState::Done,
+            Next::Failed => UrlState::Failed,
+            Next::RetryAt(_) => UrlState::Queued,
+        }
+    }
+
     /// The attempt's `outcome` column.
     pub fn outcome(self) -> &'static str {
         match self {
@@ -203,8 +301,8 @@ pub struct AttemptRecord {
     /// The same duration in µs, for latency percentiles (not stored).
     pub elapsed_us: u64,
     pub http_status: Option<u16>,
-    /// One of the fixed kinds in `fetch::ErrorKind::as_str`, or `http_status`.
-    pub error_kind: Option<&'static str>,
+    /// Why the attempt did not end with a final response, if it did not.
+    pub error_kind: Option<ErrorKind>,
     pub error_message: Option<String>,
     pub final_url: Option<String>,
     /// URLs visited before `final_url`, in order.
@@ -252,7 +350,7 @@ pub struct Completion {
     /// Links found on the page that passed discovery's rules, to enqueue.
     pub links: Vec<NewUrl>,
     /// Links found on the page that were dropped, counted by reason.
-    pub dropped_links: Vec<(&'static str, u64)>,
+    pub dropped_links: Vec<(DropReason, u64)>,
     /// The host's `recrawl_after`, if any: a finished URL is due again that
     /// long after the store records it as finished. Ignored for a retry.
     pub recrawl_after: Option<std::time::Duration>,
@@ -358,6 +456,16 @@ pub struct StateCounts {
 }
 
 impl StateCounts {
+    /// The count of URLs in `state`.
+    pub fn of(&self, state: UrlState) -> u64 {
+        match state {
+            UrlState::Queued => self.queued,
+            UrlState::InFlight => self.in_flight,
+            UrlState::Done => self.done,
+            UrlState::Failed => self.failed,
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.queued + self.in_flight + self.done + self.failed
     }

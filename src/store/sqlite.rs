@@ -44,10 +44,11 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Committed, Completion, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl, Next, PageLimits,
-    RecrawlPolicy, ResultRow, StateCounts, StatsReport, Store, StoreError,
+    Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl, Next,
+    PageLimits, RecrawlPolicy, ResultRow, StateCounts, StatsReport, Store, StoreError, UrlState,
 };
 use crate::config::{StoreConfig, Synchronous};
+use crate::fetch::ErrorKind;
 
 static MIGRATOR: Migrator = sqlx::migrate!();
 
@@ -705,12 +706,12 @@ impl Store for SqliteStore {
         let mut counts = StateCounts::default();
         for row in rows {
             let n = row.get::<i64, _>(1) as u64;
-            match row.get::<&str, _>(0) {
-                "queued" => counts.queued = n,
-                "in_flight" => counts.in_flight = n,
-                "done" => counts.done = n,
-                "failed" => counts.failed = n,
-                _ => {}
+            match UrlState::from_name(row.get::<&str, _>(0)) {
+                Some(UrlState::Queued) => counts.queued = n,
+                Some(UrlState::InFlight) => counts.in_flight = n,
+                Some(UrlState::Done) => counts.done = n,
+                Some(UrlState::Failed) => counts.failed = n,
+                None => {}
             }
         }
         let invalid: i64 = sqlx::query_scalar("SELECT count(*) FROM input_errors")
@@ -831,7 +832,7 @@ async fn insert_attempts(
             .push_bind(to_i64(r.elapsed_ms))
             .push_bind(c.next.outcome())
             .push_bind(r.http_status)
-            .push_bind(r.error_kind)
+            .push_bind(r.error_kind.map(ErrorKind::as_str))
             .push_bind(r.error_message.as_deref())
             .push_bind(match c.next {
                 Next::RetryAt(ms) => Some(rfc3339_from_ms(ms)),
@@ -901,11 +902,11 @@ async fn update_urls(
     );
     let now = unix_ms(SystemTime::now());
     q.push_values(chunk, |mut row, c| {
-        let (state, not_before_ms, finished_ms) = match c.next {
-            Next::Done => ("done", 0, Some(now)),
-            Next::Failed => ("failed", 0, Some(now)),
-            Next::RetryAt(ms) => ("queued", ms, None),
+        let (not_before_ms, finished_ms) = match c.next {
+            Next::Done | Next::Failed => (0, Some(now)),
+            Next::RetryAt(ms) => (ms, None),
         };
+        let state = c.next.state().as_str();
         row.push_bind(c.url_id)
             .push_bind(c.lease)
             .push_bind(state)
@@ -991,7 +992,7 @@ async fn record_links(
         .await
         .map_err(db("record links"))?;
     }
-    let mut dropped: Vec<(i64, &str, i64)> = pages
+    let mut dropped: Vec<(i64, DropReason, i64)> = pages
         .iter()
         .flat_map(|c| c.dropped_links.iter().map(|(reason, n)| (c.url_id, *reason, to_i64(*n))))
         .collect();
@@ -999,7 +1000,7 @@ async fn record_links(
     for chunk in statement_chunks(&dropped) {
         let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO dropped_links (url_id, reason, count) ");
         q.push_values(chunk, |mut row, (url_id, reason, n)| {
-            row.push_bind(*url_id).push_bind(*reason).push_bind(*n);
+            row.push_bind(*url_id).push_bind(reason.as_str()).push_bind(*n);
         });
         q.push(" ON CONFLICT (url_id, reason) DO UPDATE SET count = dropped_links.count + excluded.count");
         q.build().execute(&mut **tx).await.map_err(db("record dropped links"))?;
@@ -1016,7 +1017,7 @@ async fn apply_page_limits(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     links: &[&NewUrl],
     limits: PageLimits,
-) -> Result<(Vec<NewUrl>, Vec<(i64, &'static str, i64)>), StoreError> {
+) -> Result<(Vec<NewUrl>, Vec<(i64, DropReason, i64)>), StoreError> {
     if limits == PageLimits::default() || links.is_empty() {
         return Ok((links.iter().map(|l| (*l).clone()).collect(), Vec::new()));
     }
@@ -1057,7 +1058,7 @@ async fn apply_page_limits(
         }
     }
     let mut admitted = Vec::with_capacity(links.len());
-    let mut dropped: BTreeMap<(i64, &'static str), i64> = BTreeMap::new();
+    let mut dropped: BTreeMap<(i64, DropReason), i64> = BTreeMap::new();
     let mut taken = BTreeSet::new();
     for link in links {
         if known.contains(&link.url) || taken.contains(link.url.as_str()) {
@@ -1066,12 +1067,12 @@ async fn apply_page_limits(
         }
         let found_on = link.found_on.unwrap_or_default();
         if total_room == Some(0) {
-            *dropped.entry((found_on, "max_pages")).or_default() += 1;
+            *dropped.entry((found_on, DropReason::MaxPages)).or_default() += 1;
             continue;
         }
         if let Some(room) = host_room.get_mut(&link.host) {
             if *room == 0 {
-                *dropped.entry((found_on, "max_pages_per_host")).or_default() += 1;
+                *dropped.entry((found_on, DropReason::MaxPagesPerHost)).or_default() += 1;
                 continue;
             }
             *room -= 1;

@@ -5,6 +5,7 @@
 //! Routes (every `{*rest}` lets a test make many distinct URLs):
 //! - `/ok/{*rest}`: 200, a small HTML page
 //! - `/page/{*rest}`: 200, `page_bytes` of body after the server's `latency`
+//!   (with `random_pages`, incompressible and different for every path)
 //! - `/status/{code}/{*rest}`: that status
 //! - `/flaky/{n}/{*rest}`: 503 for the first `n` requests of the path, then 200
 //! - `/retry-after/{secs}/{*rest}`: 429 with `Retry-After: secs` the first time, then 200
@@ -354,11 +355,18 @@ fn count(shared: &Shared, path: &str) -> u32 {
     *n - 1
 }
 
-async fn page(State(shared): State<Arc<Shared>>) -> Response {
+async fn page(State(shared): State<Arc<Shared>>, uri: axum::http::Uri) -> Response {
     if !shared.options.latency.is_zero() {
         tokio::time::sleep(shared.options.latency).await;
     }
-    ([(header::CONTENT_TYPE, "text/html")], shared.page.clone()).into_response()
+    let mut page = shared.page.clone();
+    if shared.options.random_pages {
+        // Each URL its own body, so that stored bodies do not de-duplicate.
+        let path = uri.path().as_bytes();
+        let n = path.len().min(page.len());
+        page[..n].copy_from_slice(&path[..n]);
+    }
+    ([(header::CONTENT_TYPE, "text/html")], page).into_response()
 }
 
 async fn status(Path((code, _)): Path<(u16, String)>) -> Response {
