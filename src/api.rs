@@ -84,14 +84,8 @@ struct Stored {
 /// Binds the API's address (`api.listen`), so that a taken address fails
 /// the start, before anything runs.
 ///
-/// Errors: the address does not parse or cannot be bound.
-pub async fn bind(listen: &str) -> std::io::Result<tokio::net::TcpListener> {
-    let addr: SocketAddr = listen.parse().map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("api.listen {listen:?} is not an address"),
-        )
-    })?;
+/// Errors: the address cannot be bound.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("api.listen {addr}: {e}")))?;

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use std::net::SocketAddr;
+
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -61,9 +63,9 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Where `trawler run` serves `POST /urls` and `GET /urls/{id}`
-    /// (`host:port`). It has no authentication: keep it on loopback or behind
-    /// a proxy that has.
-    pub listen: Option<String>,
+    /// (an IP address and port). It has no authentication: keep it on
+    /// loopback or behind a proxy that has.
+    pub listen: Option<SocketAddr>,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
     /// Time for a client to send a request's headers (slowloris guard).
@@ -94,13 +96,14 @@ impl Default for ApiConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Where `trawler run` serves /metrics, /healthz and /readyz
-    /// (`host:port`; loopback by default: put a proxy in front to expose it).
-    pub listen: String,
+    /// (an IP address and port; loopback by default: put a proxy in front to
+    /// expose it).
+    pub listen: SocketAddr,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9187".to_owned() }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9187)) }
     }
 }
 
@@ -421,8 +424,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// Which events are logged: a `tracing_subscriber::EnvFilter` directive
     /// such as `"info"` or `"warn,trawler=debug"`. `RUST_LOG`, when set,
-    /// is used instead.
-    pub level: String,
+    /// is used instead. Checked at load.
+    pub level: LogFilter,
     /// Query parameters whose values are logged as `***`: those whose name
     /// contains one of these, case-insensitive (see `redact.rs`).
     pub redact_params: Vec<String>,
@@ -432,9 +435,56 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Text,
-            level: "info".to_owned(),
+            level: LogFilter("info".to_owned()),
             redact_params: crate::redact::DEFAULT_SECRET_PARAMS.map(str::to_owned).to_vec(),
         }
+    }
+}
+
+/// A checked `log.level`: comma-separated `tracing_subscriber::EnvFilter`
+/// directives, each a level (`info`) or `target=level` (`trawler=debug`,
+/// `trawler[fetch]=trace`). A word that is not a level, such as `verbose`,
+/// is refused rather than read as a target name that matches nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogFilter(String);
+
+impl LogFilter {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for LogFilter {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        use tracing_subscriber::filter::LevelFilter;
+        for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+            if level.parse::<LevelFilter>().is_err() {
+                return Err(format!(
+                    "{directive:?}: expected a level (off, error, warn, info, debug, trace), \
+                     or target=level such as trawler=debug"
+                ));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&text).map_err(|e| e.to_string())?;
+        Ok(Self(text))
+    }
+}
+
+impl std::str::FromStr for LogFilter {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::try_from(text.to_owned())
+    }
+}
+
+impl From<LogFilter> for String {
+    fn from(filter: LogFilter) -> String {
+        filter.0
     }
 }
 
@@ -523,9 +573,6 @@ impl Config {
         if self.store.busy_warning < Duration::from_secs(1) {
             return invalid("store.busy_warning", "must be at least 1s");
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(ConfigError::Invalid { key: "log.level", reason: e.to_string() });
-        }
         if self.robots.user_agent_token.trim().is_empty()
             || !self
                 .robots
@@ -541,14 +588,6 @@ impl Config {
             if let Err(e) = regex::RegexSet::new(patterns) {
                 return Err(ConfigError::Invalid { key, reason: e.to_string() });
             }
-        }
-        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            return invalid("admin.listen", "must be an address and port, e.g. 127.0.0.1:9187");
-        }
-        if let Some(listen) = &self.api.listen
-            && listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return invalid("api.listen", "must be an address and port, e.g. 127.0.0.1:9188");
         }
         if self.fetch.timeout.is_zero() {
             return invalid("fetch.timeout", "must be above zero");
@@ -655,6 +694,27 @@ mod tests {
         std::fs::write(&file, "[fetch]\ntimeoutt = \"1s\"\n").unwrap();
         let err = Config::load(Some(&file), NoOverrides::default()).unwrap_err().to_string();
         assert!(err.contains("timeoutt"), "{err}");
+    }
+
+    #[test]
+    fn values_are_parsed_into_types_at_load_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        for (toml, key) in [
+            ("[log]\nlevel = \"verbose!!\"\n", "log.level"),
+            ("[log]\nlevel = \"verbose\"\n", "log.level"),
+            ("[log]\nlevel = \"info,trawler=loud\"\n", "log.level"),
+            ("[admin]\nlisten = \"localhost:80:80\"\n", "admin.listen"),
+            ("[api]\nlisten = \"9188\"\n", "api.listen"),
+            ("[fetch]\ndeny_ips = [\"10.0.0.0/33\"]\n", "fetch.deny_ips"),
+        ] {
+            std::fs::write(&file, toml).unwrap();
+            let err = Config::load(Some(&file), NoOverrides::default()).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        std::fs::write(&file, "[log]\nlevel = \"warn,trawler=debug,trawler[fetch]=trace\"\n").unwrap();
+        let config = Config::load(Some(&file), NoOverrides::default()).unwrap();
+        assert_eq!(config.log.level.as_str(), "warn,trawler=debug,trawler[fetch]=trace");
     }
 
     #[test]

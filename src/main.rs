@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    let log_level = telemetry::init(config.log.format, &config.log.level);
+    let log_level = telemetry::init(config.log.format, config.log.level.as_str());
     trawler::redact::set_secret_params(&config.log.redact_params);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let status = runtime.block_on(async move {

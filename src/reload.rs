@@ -101,7 +101,7 @@ impl Reloader {
             live.wake.notify_one();
         }
         if config.log.level != old.log.level {
-            match self.log.set(&config.log.level) {
+            match self.log.set(config.log.level.as_str()) {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!("SIGHUP: log.level is not applied: RUST_LOG is set and wins"),
                 Err(e) => tracing::error!("SIGHUP: cannot change the log level: {e}"),
@@ -180,7 +180,7 @@ mod tests {
             "slow.example".into(),
             HostOverride { delay: Some(Duration::from_secs(3)), ..Default::default() },
         );
-        new.log.level = "debug".into();
+        new.log.level = "debug".parse().unwrap();
         new.crawl.concurrency = 4;
         new.store.path = "other.db".into();
         let (reloadable, restart_only) = changed_keys(&old, &new);

@@ -49,11 +49,8 @@ impl Service {
         tasks: &Tasks,
         reloader: Option<Reloader>,
     ) -> Result<Self, CrawlError> {
-        let addr: std::net::SocketAddr = config.admin.listen.parse().map_err(|_| {
-            CrawlError::Config(format!("admin.listen {:?} is not an address and port", config.admin.listen))
-        })?;
-        let admin = admin::bind(addr).await?;
-        let api = match &config.api.listen {
+        let admin = admin::bind(config.admin.listen).await?;
+        let api = match config.api.listen {
             Some(listen) => Some(api::bind(listen).await?),
             None => None,
         };
