@@ -69,14 +69,11 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Binds the admin address (`admin.listen`), so that a taken address fails
-/// the start, before anything runs.
+/// Binds the admin address (`admin.listen`) before anything runs.
 ///
 /// Errors: the address cannot be bound.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("admin.listen {addr}: {e}")))?;
+    let listener = crate::listen::bind("admin.listen", addr).await?;
     tracing::info!(address = %listener.local_addr()?, "admin endpoints: /metrics /healthz /readyz");
     Ok(listener)
 }

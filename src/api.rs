@@ -81,14 +81,11 @@ struct Stored {
     id: i64,
 }
 
-/// Binds the API's address (`api.listen`), so that a taken address fails
-/// the start, before anything runs.
+/// Binds the API's address (`api.listen`) before anything runs.
 ///
 /// Errors: the address cannot be bound.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("api.listen {addr}: {e}")))?;
+    let listener = listen::bind("api.listen", addr).await?;
     tracing::info!(address = %listener.local_addr()?, "HTTP API: POST /urls, GET /urls/{{id}}");
     Ok(listener)
 }

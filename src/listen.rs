@@ -43,6 +43,15 @@ impl ListenLimits {
     };
 }
 
+/// Binds `addr` for the listener configured as `key` (`admin.listen`,
+/// `api.listen`), so that a taken address fails the start, before anything
+/// runs, with an error that names the key.
+///
+/// Errors: the address cannot be bound.
+pub async fn bind(key: &str, addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("{key} {addr}: {e}")))
+}
+
 /// How long to wait after an accept fails (out of descriptors, say) before
 /// accepting again, as axum's `serve` does.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

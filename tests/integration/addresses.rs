@@ -2,10 +2,8 @@
 //! addresses are refused however they are written, on every hop, for
 //! robots.txt too, and a refused URL fails as `blocked_address`, unretried.
 
-use std::time::Duration;
-
 use crate::server::TestServer;
-use crate::util::{output_of, reader, result_for, scalar, spawn_trawler, wait_within, write_input};
+use crate::util::{crawl_with_config, reader, result_for, scalar};
 
 #[tokio::test]
 async fn internal_addresses_are_refused_however_written_and_wherever_reached() {
@@ -26,24 +24,9 @@ async fn internal_addresses_are_refused_however_written_and_wherever_reached() {
     let (direct, by_name, fine) =
         (internal.url("/ok/direct"), format!("http://localhost:{port}/ok/by-name"), site.url("/ok/fine"));
     urls.extend([direct.clone(), by_name.clone(), fine.clone()]);
-    let (input, config, db) =
-        (write_input(dir.path(), &urls), dir.path().join("t.toml"), dir.path().join("c.db"));
-    std::fs::write(
-        &config,
-        "[fetch]\ndeny_ips = [\"127.0.0.0/8\", \"::1/128\", \"::ffff:0:0/96\"]\nallow_ips = [\"127.0.0.70/32\"]\n",
-    )
-    .unwrap();
-    let args = [
-        "crawl",
-        input.to_str().unwrap(),
-        "--db",
-        db.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    let mut child = spawn_trawler(&args);
-    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
-    assert_eq!(status.code(), Some(0), "{}", output_of(child).1);
+    let toml = "[fetch]\ndeny_ips = [\"127.0.0.0/8\", \"::1/128\", \"::ffff:0:0/96\"]\n\
+                allow_ips = [\"127.0.0.70/32\"]\n";
+    let db = crawl_with_config(dir.path(), &urls, toml);
 
     assert!(
         internal.hits().is_empty() && internal.robots_hits().is_empty(),

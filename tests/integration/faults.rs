@@ -3,22 +3,13 @@
 //! binary, local servers; each test waits on facts (rows, log lines,
 //! notifications), never on time alone.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    Daemon, Stderr, WriteLock, output_of, scalar, spawn_crawl, spawn_trawler, spawn_trawler_with_env,
+    Daemon, Stderr, WriteLock, output_of, scalar, spawn_crawl, spawn_crawl_with_env, spawn_trawler,
     wait_until, wait_within, write_input,
 };
-
-fn fetches_per_path(server: &TestServer) -> HashMap<String, usize> {
-    let mut per_path = HashMap::new();
-    for hit in server.hits() {
-        *per_path.entry(hit.path).or_default() += 1;
-    }
-    per_path
-}
 
 #[tokio::test]
 async fn a_database_locked_by_another_writer_is_waited_out_and_the_crawl_goes_on() {
@@ -27,8 +18,10 @@ async fn a_database_locked_by_another_writer_is_waited_out_and_the_crawl_goes_on
     let urls: Vec<String> = (0..60).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
     let input = write_input(dir.path(), &urls);
     let db = dir.path().join("crawl.db");
-    let mut child = spawn_trawler_with_env(
-        &["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "4"],
+    let mut child = spawn_crawl_with_env(
+        input.to_str().unwrap(),
+        &db,
+        &["--concurrency", "4"],
         &[("TRAWLER_STORE__BUSY_WARNING", "1s")],
     );
     let stderr = Stderr::collect(&mut child);
@@ -47,7 +40,7 @@ async fn a_database_locked_by_another_writer_is_waited_out_and_the_crawl_goes_on
     assert!(log.contains("database writable again after"), "{log}");
     assert!(!log.contains("ERROR"), "{log}");
     assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 60);
-    let per_path = fetches_per_path(&server);
+    let per_path = server.hits_per_path();
     assert_eq!(per_path.len(), 60);
     assert!(per_path.values().all(|&n| n == 1), "a URL was fetched twice: {per_path:?}");
 }

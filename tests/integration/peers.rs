@@ -3,10 +3,8 @@
 //! encoding, and a keep-alive connection the server closed as the next
 //! request arrived.
 
-use std::time::Duration;
-
 use crate::raw::{RawServer, Reply, gzip, head};
-use crate::util::{output_of, reader, scalar, spawn_trawler_with_env, wait_within, write_input};
+use crate::util::{crawl_to_end, reader, scalar};
 
 /// 200 KiB that compress to tens of KiB, so a cut leaves part of the body.
 fn text() -> Vec<u8> {
@@ -45,14 +43,12 @@ async fn a_body_cut_short_or_reset_is_a_read_error_and_retried_a_corrupt_one_is_
     });
     let dir = tempfile::tempdir().unwrap();
     let paths = ["/short", "/short-gzip", "/reset", "/reset-gzip", "/corrupt-gzip"];
-    let input = write_input(dir.path(), &paths.map(|p| server.url(p)));
-    let db = dir.path().join("crawl.db");
-    let mut child = spawn_trawler_with_env(
-        &["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--max-attempts", "2"],
+    let (db, _) = crawl_to_end(
+        dir.path(),
+        &paths.map(|p| server.url(p)),
+        &["--max-attempts", "2"],
         &[("TRAWLER_RETRY__BACKOFF_BASE", "10ms"), ("TRAWLER_RETRY__BACKOFF_MAX", "20ms")],
     );
-    let (status, _) = wait_within(&mut child, Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "{}", output_of(child).1);
 
     let pool = reader(&db).await;
     let attempts: Vec<(String, String, String)> = sqlx::query_as(
@@ -83,14 +79,12 @@ async fn a_keep_alive_connection_closed_by_the_server_costs_no_attempt() {
     });
     let dir = tempfile::tempdir().unwrap();
     let urls: Vec<String> = (0..10).map(|i| server.url(&format!("/page/{i}"))).collect();
-    let input = write_input(dir.path(), &urls);
-    let db = dir.path().join("crawl.db");
-    let mut child = spawn_trawler_with_env(
-        &["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "1"],
+    let (db, _) = crawl_to_end(
+        dir.path(),
+        &urls,
+        &["--concurrency", "1"],
         &[("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "1")],
     );
-    let (status, _) = wait_within(&mut child, Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "{}", output_of(child).1);
 
     let stale = server.requests().iter().filter(|(_, n)| *n > 0).count();
     assert!(stale >= 5, "connections were not reused: {:?}", server.requests());
@@ -107,23 +101,8 @@ async fn an_attempt_that_fails_on_robots_txt_records_the_time_it_took() {
         _ => Reply::Close(response(head("200 OK", &["Content-Length: 2"]), b"ok")),
     });
     let dir = tempfile::tempdir().unwrap();
-    let input = write_input(dir.path(), &[server.url("/page")]);
-    let db = dir.path().join("crawl.db");
-    let mut child = spawn_trawler_with_env(
-        &[
-            "crawl",
-            input.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-            "--max-attempts",
-            "1",
-            "--timeout",
-            "1s",
-        ],
-        &[],
-    );
-    let (status, _) = wait_within(&mut child, Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "{}", output_of(child).1);
+    let (db, _) =
+        crawl_to_end(dir.path(), &[server.url("/page")], &["--max-attempts", "1", "--timeout", "1s"], &[]);
     let pool = reader(&db).await;
     let (kind, elapsed_ms): (String, i64) =
         sqlx::query_as("SELECT error_kind, elapsed_ms FROM attempts").fetch_one(&pool).await.unwrap();

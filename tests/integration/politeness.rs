@@ -6,10 +6,7 @@ use std::time::{Duration, Instant};
 use trawler::config::{Config, HostOverride};
 
 use crate::server::TestServer;
-use crate::util::{
-    crawl_lines, output_of, reader, result_for, scalar, spawn_trawler_with_env, test_config, wait_within,
-    write_input,
-};
+use crate::util::{crawl_lines, crawl_to_end, reader, result_for, scalar, test_config};
 
 fn polite(config: &mut Config, concurrency: u32, delay_ms: u64) {
     config.politeness.per_host_concurrency = concurrency;
@@ -112,19 +109,16 @@ async fn a_burst_of_concurrent_503s_backs_the_host_off_once() {
     let server = TestServer::start_on("127.0.0.9");
     let dir = tempfile::tempdir().unwrap();
     let urls: Vec<String> = (0..20).map(|i| server.url(&format!("/slow503/300/{i}"))).collect();
-    let input = write_input(dir.path(), &urls);
-    let db = dir.path().join("crawl.db");
-    let mut child = spawn_trawler_with_env(
-        &["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "20"],
+    let (db, stderr) = crawl_to_end(
+        dir.path(),
+        &urls,
+        &["--concurrency", "20"],
         &[
             ("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "20"),
             ("TRAWLER_POLITENESS__BACKOFF_BASE", "2s"),
             ("TRAWLER_RETRY__MAX_ATTEMPTS", "1"),
         ],
     );
-    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
-    let (_, stderr) = output_of(child);
-    assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(server.max_concurrent(), 20, "the burst was not concurrent");
     let backoffs: Vec<&str> = stderr.lines().filter(|l| l.contains("host backs off")).collect();
     assert_eq!(backoffs.len(), 1, "{backoffs:#?}");

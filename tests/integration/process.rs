@@ -1,7 +1,6 @@
 //! The real `trawler` binary as an operator runs it: signals, crashes, a
 //! second instance, bad settings.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::server::TestServer;
@@ -9,14 +8,6 @@ use crate::util::{output_of, scalar, signal, spawn_crawl, wait_until, wait_withi
 
 fn slow_urls(server: &TestServer, n: usize, ms: u64) -> Vec<String> {
     (0..n).map(|i| server.url(&format!("/slow/{ms}/{i}"))).collect()
-}
-
-fn fetches_per_path(server: &TestServer) -> HashMap<String, usize> {
-    let mut per_path = HashMap::new();
-    for hit in server.hits() {
-        *per_path.entry(hit.path).or_default() += 1;
-    }
-    per_path
 }
 
 #[tokio::test]
@@ -46,7 +37,7 @@ async fn sigterm_mid_crawl_exits_0_loses_nothing_and_a_rerun_completes() {
     let (status, _) = wait_within(&mut rerun, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0));
     assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 150);
-    let per_path = fetches_per_path(&server);
+    let per_path = server.hits_per_path();
     assert_eq!(per_path.len(), 150);
     assert!(per_path.values().all(|&n| n == 1), "a finished URL was fetched again");
 }
@@ -92,7 +83,7 @@ async fn after_kill_9_a_rerun_crawls_every_url() {
     assert!(stderr.contains("requeued URLs left in flight"), "{stderr}");
     assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'done'").await, 100);
     // Only URLs in flight at the kill may have been fetched twice.
-    let per_path = fetches_per_path(&server);
+    let per_path = server.hits_per_path();
     assert_eq!(per_path.len(), 100);
     let twice = per_path.values().filter(|&&n| n > 1).count();
     assert!(twice <= 4 * 2 + 4, "{twice} URLs fetched twice");

@@ -5,24 +5,7 @@
 use std::time::Duration;
 
 use crate::server::{RobotsTxt, TestServer};
-use crate::util::{output_of, result_for, scalar, spawn_trawler, wait_within, write_input};
-
-/// Crawls `urls` with the config file `toml` (plus the tests' defaults).
-fn crawl_with(dir: &std::path::Path, urls: &[String], toml: &str) -> std::path::PathBuf {
-    let (input, config, db) = (write_input(dir, urls), dir.join("trawler.toml"), dir.join("crawl.db"));
-    std::fs::write(&config, toml).unwrap();
-    let mut child = spawn_trawler(&[
-        "crawl",
-        input.to_str().unwrap(),
-        "--db",
-        db.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
-    assert_eq!(status.code(), Some(0), "{}", output_of(child).1);
-    db
-}
+use crate::util::{crawl_with_config, result_for, scalar};
 
 /// Scheduling jitter between a request's reserved turn, the time it is
 /// recorded as sent, and its arrival at the server.
@@ -47,7 +30,7 @@ async fn every_hop_waits_its_hosts_delay_and_is_recorded() {
     urls.extend((0..3).map(|i| target.url(&format!("/ok/{i}"))));
     let toml = "[politeness]\nper_host_delay = \"0s\"\n\n\
                 [hosts.\"127.0.0.62\"]\ndelay = \"200ms\"\n\n[hosts.\"127.0.0.65\"]\ndelay = \"300ms\"\n";
-    let db = crawl_with(dir.path(), &urls, toml);
+    let db = crawl_with_config(dir.path(), &urls, toml);
 
     // The server saw every request spaced by its host's delay (less a
     // little scheduling jitter between the client's start and the arrival).
@@ -77,7 +60,7 @@ async fn a_redirect_to_another_host_obeys_that_hosts_robots_txt() {
     let private = target.url("/ok/private");
     let redirected = origin.url(&format!("/goto?to={private}"));
     let allowed = origin.url(&format!("/goto?to={}", target.url("/ok/public")));
-    let db = crawl_with(dir.path(), &[redirected.clone(), allowed.clone()], "");
+    let db = crawl_with_config(dir.path(), &[redirected.clone(), allowed.clone()], "");
 
     assert!(target.hits_of("/ok/private").is_empty(), "a path the target's robots.txt disallows was fetched");
     assert_eq!(target.robots_hits().len(), 1);

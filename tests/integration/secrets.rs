@@ -2,10 +2,8 @@
 //! debug level: URL credentials (seeds, links, redirects), secret query
 //! values in logs, and control characters from input.
 
-use std::time::Duration;
-
 use crate::server::TestServer;
-use crate::util::{output_of, reader, spawn_trawler_with_env, wait_within, write_input};
+use crate::util::{crawl_to_end, reader};
 
 #[tokio::test]
 async fn credentials_and_secret_query_values_are_never_logged_or_stored() {
@@ -19,15 +17,7 @@ async fn credentials_and_secret_query_values_are_never_logged_or_stored() {
         server.url("/credredirect"),
         "junk \u{1b}[2J line".to_owned(),
     ];
-    let input = write_input(dir.path(), &lines);
-    let db = dir.path().join("crawl.db");
-    let mut child = spawn_trawler_with_env(
-        &["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--follow"],
-        &[("RUST_LOG", "info,trawler=debug")],
-    );
-    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
-    let (_, log) = output_of(child);
-    assert_eq!(status.code(), Some(0), "{log}");
+    let (db, log) = crawl_to_end(dir.path(), &lines, &["--follow"], &[("RUST_LOG", "info,trawler=debug")]);
 
     for secret in ["hunter2", "SECRET123", "linkpass", "redirpass"] {
         assert!(!log.contains(secret), "{secret} is in the log:\n{log}");

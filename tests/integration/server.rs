@@ -220,6 +220,15 @@ impl TestServer {
     }
 
     /// Requests so far for exactly `path`.
+    /// How many times each path was requested.
+    pub fn hits_per_path(&self) -> HashMap<String, usize> {
+        let mut per_path = HashMap::new();
+        for hit in self.hits() {
+            *per_path.entry(hit.path).or_default() += 1;
+        }
+        per_path
+    }
+
     pub fn hits_of(&self, path: &str) -> Vec<Instant> {
         self.hits().into_iter().filter(|h| h.path == path).map(|h| h.at).collect()
     }

@@ -98,9 +98,33 @@ pub fn spawn_trawler_with_env(args: &[&str], env: &[(&str, &str)]) -> Child {
 
 /// Starts `trawler crawl INPUT --db DB EXTRA...`.
 pub fn spawn_crawl(input: &str, db: &Path, extra: &[&str]) -> Child {
+    spawn_crawl_with_env(input, db, extra, &[])
+}
+
+/// [`spawn_crawl`] with extra environment variables.
+pub fn spawn_crawl_with_env(input: &str, db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
     let mut args = vec!["crawl", input, "--db", db.to_str().unwrap()];
     args.extend_from_slice(extra);
-    spawn_trawler(&args)
+    spawn_trawler_with_env(&args, env)
+}
+
+/// [`crawl_to_end`] with `toml` as the config file (`--config`).
+pub fn crawl_with_config(dir: &Path, lines: &[String], toml: &str) -> PathBuf {
+    let config = dir.join("trawler.toml");
+    std::fs::write(&config, toml).unwrap();
+    crawl_to_end(dir, lines, &["--config", config.to_str().unwrap()], &[]).0
+}
+
+/// Crawls `lines` with the real binary, `trawler crawl INPUT --db DB
+/// EXTRA...` with `env`, in `dir`, to its end (30 s at most); panics unless
+/// it exits 0. Returns the database's path and what it logged.
+pub fn crawl_to_end(dir: &Path, lines: &[String], extra: &[&str], env: &[(&str, &str)]) -> (PathBuf, String) {
+    let (input, db) = (write_input(dir, lines), dir.join("crawl.db"));
+    let mut child = spawn_crawl_with_env(input.to_str().unwrap(), &db, extra, env);
+    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
+    let (_, log) = output_of(child);
+    assert_eq!(status.code(), Some(0), "{log}");
+    (db, log)
 }
 
 /// Waits for `child` at most `limit`; panics (after killing it) past that.
