@@ -188,9 +188,9 @@ pub struct DiscoveryConfig {
     pub scope: Scope,
     /// If not empty, a link must match one of these regexes (`regex` crate
     /// syntax, matched against the normalized URL).
-    pub allow: Vec<String>,
+    pub allow: Patterns,
     /// A link matching any of these regexes is dropped.
-    pub deny: Vec<String>,
+    pub deny: Patterns,
     /// Drop links marked `rel=nofollow`.
     pub respect_nofollow: bool,
     /// Query parameters removed before de-duplication; `name*` matches by
@@ -221,8 +221,8 @@ impl Default for DiscoveryConfig {
             follow: false,
             max_depth: 3,
             scope: Scope::Host,
-            allow: Vec::new(),
-            deny: Vec::new(),
+            allow: Patterns::default(),
+            deny: Patterns::default(),
             respect_nofollow: true,
             strip_query_params: ["utm_*", "gclid", "fbclid", "jsessionid", "phpsessid", "sessionid", "sid"]
                 .map(String::from)
@@ -488,6 +488,48 @@ impl From<LogFilter> for String {
     }
 }
 
+/// Regexes (`regex` crate syntax) compiled once, at load: a bad one is
+/// refused naming its key, and nothing compiles them again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+pub struct Patterns {
+    sources: Vec<String>,
+    set: regex::RegexSet,
+}
+
+impl Patterns {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// Whether `text` matches any of them.
+    pub fn is_match(&self, text: &str) -> bool {
+        self.set.is_match(text)
+    }
+}
+
+impl TryFrom<Vec<String>> for Patterns {
+    type Error = regex::Error;
+
+    fn try_from(sources: Vec<String>) -> Result<Self, regex::Error> {
+        let set = regex::RegexSet::new(&sources)?;
+        Ok(Self { sources, set })
+    }
+}
+
+impl From<Patterns> for Vec<String> {
+    fn from(patterns: Patterns) -> Vec<String> {
+        patterns.sources
+    }
+}
+
+impl PartialEq for Patterns {
+    fn eq(&self, other: &Self) -> bool {
+        self.sources == other.sources
+    }
+}
+
 /// `text` for people, `json` (one object per line) for log shippers.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -581,13 +623,6 @@ impl Config {
                 .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_')
         {
             return invalid("robots.user_agent_token", "must be letters, '-' and '_' only (RFC 9309 §2.2.1)");
-        }
-        for (key, patterns) in
-            [("discovery.allow", &self.discovery.allow), ("discovery.deny", &self.discovery.deny)]
-        {
-            if let Err(e) = regex::RegexSet::new(patterns) {
-                return Err(ConfigError::Invalid { key, reason: e.to_string() });
-            }
         }
         if self.fetch.timeout.is_zero() {
             return invalid("fetch.timeout", "must be above zero");
@@ -707,6 +742,7 @@ mod tests {
             ("[admin]\nlisten = \"localhost:80:80\"\n", "admin.listen"),
             ("[api]\nlisten = \"9188\"\n", "api.listen"),
             ("[fetch]\ndeny_ips = [\"10.0.0.0/33\"]\n", "fetch.deny_ips"),
+            ("[discovery]\ndeny = [\"(unclosed\"]\n", "discovery.deny"),
         ] {
             std::fs::write(&file, toml).unwrap();
             let err = Config::load(Some(&file), NoOverrides::default()).unwrap_err().to_string();

@@ -207,9 +207,7 @@ async fn start(
     let mut fetcher =
         Fetcher::new(&config.fetch, config.store.save_headers, config.store.save_body, concurrency)?;
     let discovery = match config.discovery.follow {
-        true => {
-            Some(Discovery::new(config.discovery.clone()).map_err(|e| CrawlError::Config(e.to_string()))?)
-        }
+        true => Some(Discovery::new(config.discovery.clone())),
         false => None,
     };
     if let Some(discovery) = &discovery {

@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use lol_html::{element, send};
-use regex::RegexSet;
 use url::Url;
 
 use crate::config::{DiscoveryConfig, Scope};
@@ -114,21 +113,14 @@ pub struct Judged {
     pub dropped: BTreeMap<DropReason, u64>,
 }
 
-/// The rules of [`DiscoveryConfig`], compiled once.
+/// The rules of [`DiscoveryConfig`] (its patterns were compiled at load).
 pub struct Discovery {
     config: DiscoveryConfig,
-    allow: RegexSet,
-    deny: RegexSet,
 }
 
 impl Discovery {
-    /// Compiles the allow and deny patterns.
-    ///
-    /// Errors: a pattern that is not a valid `regex` crate expression.
-    pub fn new(config: DiscoveryConfig) -> Result<Self, regex::Error> {
-        let allow = RegexSet::new(&config.allow)?;
-        let deny = RegexSet::new(&config.deny)?;
-        Ok(Self { config, allow, deny })
+    pub fn new(config: DiscoveryConfig) -> Self {
+        Self { config }
     }
 
     pub fn max_links_per_page(&self) -> usize {
@@ -208,10 +200,10 @@ impl Discovery {
         if !in_scope(self.config.scope, page, url) {
             return Some(DropReason::OutOfScope);
         }
-        if self.deny.is_match(text) {
+        if self.config.deny.is_match(text) {
             return Some(DropReason::Denied);
         }
-        if !self.config.allow.is_empty() && !self.allow.is_match(text) {
+        if !self.config.allow.is_empty() && !self.config.allow.is_match(text) {
             return Some(DropReason::NotAllowed);
         }
         None
@@ -298,7 +290,7 @@ mod tests {
     fn discovery(f: impl FnOnce(&mut DiscoveryConfig)) -> Discovery {
         let mut config = DiscoveryConfig { follow: true, ..DiscoveryConfig::default() };
         f(&mut config);
-        Discovery::new(config).unwrap()
+        Discovery::new(config)
     }
 
     fn extract(html: &str, chunk: usize) -> Found {
@@ -384,8 +376,8 @@ mod tests {
             c.max_url_length = 60;
             c.max_path_segments = 5;
             c.max_repeated_segment = 2;
-            c.deny = vec![r"\.pdf$".into()];
-            c.allow = vec![r"^http://example\.org/(docs|a)/".into()];
+            c.deny = vec![r"\.pdf$".to_owned()].try_into().unwrap();
+            c.allow = vec![r"^http://example\.org/(docs|a)/".to_owned()].try_into().unwrap();
         });
         let page = Url::parse("http://example.org/docs/").unwrap();
         let links = ["a/a/a/x", "a/b/c/d/e", "x.pdf", "/other/", "y", &"z".repeat(80)];
