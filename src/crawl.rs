@@ -213,9 +213,6 @@ async fn start(
     if let Some(discovery) = &discovery {
         fetcher = fetcher.with_link_extraction(discovery.max_links_per_page());
     }
-    if config.store.save_body {
-        fetcher = fetcher.compressing_bodies();
-    }
     let politeness = Arc::new(Politeness::new(rules, config.retry.retry_after_max));
     let (sitemap_queue, sitemap_rx) = SitemapQueue::new();
     config.discovery.sitemaps.iter().for_each(|s| sitemap_queue.submit(s.clone()));

@@ -10,7 +10,6 @@
 //! bloat the process. Failures come back as data ([`Fetched::error`]), never
 //! as a Rust error.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -153,36 +152,6 @@ pub struct Fetcher {
     keep_prefix: bool,
     /// Where requests may go (`fetch.deny_ips`, `fetch.allow_ips`).
     addresses: Arc<AddressPolicy>,
-    /// Keep saved bodies zstd-compressed as they are read
-    /// ([`AttemptRecord::body_zstd`]) rather than as they came.
-    compress_bodies: bool,
-}
-
-/// The zstd level bodies are kept at: zstd's default, a good ratio at a few
-/// hundred MB/s.
-const BODY_ZSTD_LEVEL: i32 = 3;
-
-/// zstd's window for bodies, as a power of two: 1 MiB, which bounds the
-/// encoder's memory (a few MiB) whatever the body's size.
-const BODY_ZSTD_WINDOW_LOG: u32 = 20;
-
-/// What is kept of a body as it is read.
-enum Kept {
-    Nothing,
-    Raw(Vec<u8>),
-    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
-}
-
-fn body_encoder() -> std::io::Result<zstd::stream::write::Encoder<'static, Vec<u8>>> {
-    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), BODY_ZSTD_LEVEL)?;
-    encoder.window_log(BODY_ZSTD_WINDOW_LOG)?;
-    Ok(encoder)
-}
-
-/// zstd failing on a body: not the server's doing, but the attempt cannot
-/// keep its body, so it fails (and is retried) rather than store none.
-fn compress_failure(e: std::io::Error) -> Failure {
-    Failure(ErrorKind::Read, format!("compressing the body: {e}"))
 }
 
 /// Which addresses requests may go to: those not in `fetch.deny_ips`, and
@@ -274,14 +243,7 @@ impl Fetcher {
             extract_links: None,
             keep_prefix: false,
             addresses,
-            compress_bodies: false,
         })
-    }
-
-    /// Keep saved bodies zstd-compressed, compressing as they are read, so
-    /// that a worker never holds a body twice (raw, then compressed).
-    pub fn compressing_bodies(self) -> Self {
-        Self { compress_bodies: true, ..self }
     }
 
     /// Read the first `fetch.max_body_bytes` of a larger body and keep them
@@ -426,11 +388,7 @@ impl Fetcher {
         // The declared length, when under the cap, is the size to expect (a
         // compressed body's is a start): no reallocation on the way.
         let expected = declared.unwrap_or(0).min(max) as usize;
-        let mut kept = match (self.save_body, self.compress_bodies) {
-            (false, _) => Kept::Nothing,
-            (true, false) => Kept::Raw(Vec::with_capacity(expected)),
-            (true, true) => Kept::Zstd(body_encoder().map_err(compress_failure)?),
-        };
+        let mut kept = self.save_body.then(|| Vec::with_capacity(expected));
         let mut extractor = self
             .extract_links
             .filter(|_| extract && response.status().is_success() && is_html(record.content_type.as_deref()))
@@ -441,7 +399,7 @@ impl Fetcher {
                 record.body_bytes = Some(len);
                 // What fits under the cap stays available to callers that
                 // use a prefix (robots.txt, RFC 9309 §2.5).
-                if let Kept::Raw(mut kept) = kept {
+                if let Some(mut kept) = kept {
                     let room = (max as usize).saturating_sub(kept.len());
                     kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
                     record.body = Some(kept);
@@ -452,19 +410,13 @@ impl Fetcher {
             if let Some(extractor) = extractor.as_mut() {
                 extractor.write(&chunk);
             }
-            match &mut kept {
-                Kept::Nothing => {}
-                Kept::Raw(kept) => kept.extend_from_slice(&chunk),
-                Kept::Zstd(encoder) => encoder.write_all(&chunk).map_err(compress_failure)?,
+            if let Some(kept) = kept.as_mut() {
+                kept.extend_from_slice(&chunk);
             }
         }
         record.body_bytes = Some(len);
         record.body_sha256 = Some(format!("{:x}", hasher.finalize()));
-        match kept {
-            Kept::Nothing => {}
-            Kept::Raw(kept) => record.body = Some(kept),
-            Kept::Zstd(encoder) => record.body_zstd = Some(encoder.finish().map_err(compress_failure)?),
-        }
+        record.body = kept;
         progress.found = extractor.map(LinkExtractor::finish);
         Ok(())
     }

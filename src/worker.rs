@@ -125,20 +125,37 @@ pub async fn run(
     }
 }
 
-/// Stores the attempt's body, compressed as it was read, once per distinct
-/// content, committed on its own before the completion goes to the writer,
-/// and dropped from the record, so that pending completions never hold
-/// bodies. A body read only in part (over the cap) is not stored.
+/// The zstd level bodies are stored at: zstd's default, a good ratio at a
+/// few hundred MB/s.
+const BODY_ZSTD_LEVEL: i32 = 3;
+
+/// Stores the attempt's body, once per distinct content: compressed (off
+/// the async threads), committed on its own before the completion goes to
+/// the writer, and dropped from the record, so that pending completions
+/// never hold bodies. A body read only in part (over the cap) is not stored.
 async fn save_body(store: &SqliteStore, record: &mut AttemptRecord) -> Result<(), StoreError> {
-    let (Some(body), Some(sha256), Some(bytes)) =
-        (record.body_zstd.take(), record.body_sha256.as_deref(), record.body_bytes)
-    else {
+    let (Some(body), Some(sha256)) = (record.body.take(), record.body_sha256.as_deref()) else {
         return Ok(());
     };
     if store.has_body(sha256).await? {
         return Ok(());
     }
-    store.save_body(sha256, bytes, &body).await
+    let bytes = body.len() as u64;
+    let compressed = tokio::task::spawn_blocking(move || compress(&body))
+        .await
+        .expect("compressing a body does not panic")
+        .map_err(|e| StoreError::Database { context: "compress a body", source: Box::new(e) })?;
+    store.save_body(sha256, bytes, &compressed).await
+}
+
+/// `body` as one zstd frame. The output buffer has room for zstd's worst
+/// case but is zero-allocated, so only the pages zstd writes are resident:
+/// a worker holds about its body plus the compressed body, never more.
+fn compress(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = vec![0u8; zstd::zstd_safe::compress_bound(body.len())];
+    let n = zstd::bulk::compress_to_buffer(body, &mut out, BODY_ZSTD_LEVEL)?;
+    out.truncate(n);
+    Ok(out)
 }
 
 /// One job from robots.txt to completion. `None` when stopped before the

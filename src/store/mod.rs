@@ -316,11 +316,8 @@ pub struct AttemptRecord {
     pub body_sha256: Option<String>,
     /// JSON array of `[name, value]` pairs, when configured.
     pub headers: Option<String>,
-    /// The body as it came, for callers that read it (robots.txt, sitemaps).
+    /// The body, when configured (the worker moves it to `bodies`).
     pub body: Option<Vec<u8>>,
-    /// The body zstd-compressed as it was read, when the crawl stores bodies
-    /// (`store.save_body`): a frame that `zstd -d` decodes.
-    pub body_zstd: Option<Vec<u8>>,
 }
 
 /// A request an attempt made after its first one, following a redirect.
