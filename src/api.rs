@@ -102,14 +102,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // A body is read only once its request is let through, so this bounds
     // the memory that request bodies take.
-    let posts = ConcurrencyLimitLayer::new(config.max_posts_in_flight);
+    let posts = ConcurrencyLimitLayer::new(config.max_posts_in_flight.get());
     let app = Router::new()
         .route("/urls", post(add_urls).layer(posts))
         .route("/urls/{id}", get(url_state))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::new(api));
     let limits = ListenLimits {
-        max_connections: config.max_connections,
+        max_connections: config.max_connections.get(),
         header_timeout: config.header_timeout,
         request_timeout: config.request_timeout,
     };

@@ -229,8 +229,8 @@ mod tests {
         assert_eq!(config.store.path, PathBuf::from("x.db"));
         assert_eq!(config.fetch.timeout, Duration::from_millis(1500));
         assert_eq!(config.crawl.rate, Some(2.5));
-        assert_eq!(config.crawl.concurrency, 5);
-        assert_eq!(config.retry.max_attempts, 2);
+        assert_eq!(config.crawl.concurrency.get(), 5);
+        assert_eq!(config.retry.max_attempts.get(), 2);
         assert_eq!(config.shutdown.grace, Duration::from_secs(3));
     }
 

@@ -7,6 +7,7 @@
 //! (`"10s"`, `"500ms"`, `"2m"`). `config/trawler.toml` documents every key.
 
 use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -67,7 +68,7 @@ pub struct ApiConfig {
     /// loopback or behind a proxy that has.
     pub listen: Option<SocketAddr>,
     /// Connections served at once; more wait in the kernel's backlog.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Time for a client to send a request's headers (slowloris guard).
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
@@ -76,17 +77,17 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// `POST /urls` requests handled at once (each may hold a 16 MiB body
     /// and its parsed URLs in memory); more wait their turn.
-    pub max_posts_in_flight: usize,
+    pub max_posts_in_flight: NonZeroUsize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: None,
-            max_connections: 128,
+            max_connections: NonZeroUsize::new(128).unwrap(),
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
-            max_posts_in_flight: 2,
+            max_posts_in_flight: NonZeroUsize::new(2).unwrap(),
         }
     }
 }
@@ -112,7 +113,7 @@ impl Default for AdminConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PolitenessConfig {
     /// Requests in flight to one host at once.
-    pub per_host_concurrency: u32,
+    pub per_host_concurrency: NonZeroU32,
     /// Least time between two request starts to one host.
     #[serde(with = "humantime_serde")]
     pub per_host_delay: Duration,
@@ -127,17 +128,17 @@ pub struct PolitenessConfig {
     pub backoff_max: Duration,
     /// Timeouts and connection or DNS failures in a row that put a host in
     /// backoff.
-    pub connect_failures_before_backoff: u32,
+    pub connect_failures_before_backoff: NonZeroU32,
 }
 
 impl Default for PolitenessConfig {
     fn default() -> Self {
         Self {
-            per_host_concurrency: 2,
+            per_host_concurrency: NonZeroU32::new(2).unwrap(),
             per_host_delay: Duration::from_millis(250),
             backoff_base: Duration::from_secs(5),
             backoff_max: Duration::from_secs(600),
-            connect_failures_before_backoff: 3,
+            connect_failures_before_backoff: NonZeroU32::new(3).unwrap(),
         }
     }
 }
@@ -259,7 +260,7 @@ pub struct HostOverride {
     #[serde(with = "humantime_serde")]
     pub delay: Option<Duration>,
     /// Replaces `politeness.per_host_concurrency` for this host.
-    pub concurrency: Option<u32>,
+    pub concurrency: Option<NonZeroU32>,
     /// Replaces `crawl.recrawl_after` for this host.
     #[serde(with = "humantime_serde")]
     pub recrawl_after: Option<Duration>,
@@ -270,7 +271,7 @@ pub struct HostOverride {
 #[serde(deny_unknown_fields, default)]
 pub struct CrawlConfig {
     /// Worker tasks, i.e. the most fetches in flight at once.
-    pub concurrency: u32,
+    pub concurrency: NonZeroU32,
     /// Global cap on request starts, in requests/s; `None` (or absent) = no cap
     /// beyond `concurrency`. Fractions are allowed (`0.5` = one every 2 s).
     pub rate: Option<f64>,
@@ -283,7 +284,7 @@ pub struct CrawlConfig {
 
 impl Default for CrawlConfig {
     fn default() -> Self {
-        Self { concurrency: 32, rate: None, recrawl_after: None }
+        Self { concurrency: NonZeroU32::new(32).unwrap(), rate: None, recrawl_after: None }
     }
 }
 
@@ -303,7 +304,7 @@ pub struct FetchConfig {
     /// Redirects followed per attempt; one more is a `redirect_limit` failure.
     pub max_redirects: u32,
     /// Largest decoded body read, in bytes; a larger one fails as `body_too_large`.
-    pub max_body_bytes: u64,
+    pub max_body_bytes: NonZeroU64,
     /// Addresses never connected to, as CIDR blocks (`"10.0.0.0/8"`,
     /// `"::1/128"`): checked on the address a host name resolves to, at
     /// connect time, and on IP literals, for every request (redirect hops,
@@ -320,7 +321,7 @@ impl Default for FetchConfig {
             connect_timeout: Duration::from_secs(10),
             user_agent: DEFAULT_USER_AGENT.to_owned(),
             max_redirects: 10,
-            max_body_bytes: 10 * 1024 * 1024,
+            max_body_bytes: NonZeroU64::new(10 * 1024 * 1024).unwrap(),
             deny_ips: Vec::new(),
             allow_ips: Vec::new(),
         }
@@ -332,7 +333,7 @@ impl Default for FetchConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Attempts per URL in all, the first one included.
-    pub max_attempts: u32,
+    pub max_attempts: NonZeroU32,
     /// Backoff before the first retry; it doubles for each further retry.
     #[serde(with = "humantime_serde")]
     pub backoff_base: Duration,
@@ -347,7 +348,7 @@ pub struct RetryConfig {
 impl Default for RetryConfig {
     fn default() -> Self {
         Self {
-            max_attempts: 4,
+            max_attempts: NonZeroU32::new(4).unwrap(),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             retry_after_max: Duration::from_secs(600),
@@ -569,19 +570,19 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks ranges that serde cannot express.
+    /// Checks what the types cannot express: upper bounds, least durations
+    /// and relations between keys (counts are `NonZero*`, so a zero is
+    /// already refused by serde with the key named). Errors:
+    /// [`ConfigError::Invalid`] naming the first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_owned() });
-        if self.crawl.concurrency == 0 || self.crawl.concurrency > 10_000 {
-            return invalid("crawl.concurrency", "must be between 1 and 10000");
+        if self.crawl.concurrency.get() > 10_000 {
+            return invalid("crawl.concurrency", "must be at most 10000");
         }
         if let Some(rate) = self.crawl.rate
             && !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0)
         {
             return invalid("crawl.rate", "must be a number of requests/s above 0 and at most 1000000");
-        }
-        if self.politeness.per_host_concurrency == 0 {
-            return invalid("politeness.per_host_concurrency", "must be at least 1");
         }
         if self.politeness.backoff_base.is_zero()
             || self.politeness.backoff_max < self.politeness.backoff_base
@@ -591,23 +592,11 @@ impl Config {
                 "backoff_base must be above zero and backoff_max not below it",
             );
         }
-        if self.politeness.connect_failures_before_backoff == 0 {
-            return invalid("politeness.connect_failures_before_backoff", "must be at least 1");
-        }
-        if self.hosts.values().any(|h| h.concurrency == Some(0)) {
-            return invalid("hosts.<host>.concurrency", "must be at least 1");
-        }
         if self.crawl.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER) {
             return invalid("crawl.recrawl_after", "must be at least 1s");
         }
         if self.hosts.values().any(|h| h.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER)) {
             return invalid("hosts.<host>.recrawl_after", "must be at least 1s");
-        }
-        if self.api.max_connections == 0 || self.api.max_posts_in_flight == 0 {
-            return invalid(
-                "api.max_connections",
-                "api.max_connections and api.max_posts_in_flight must be at least 1",
-            );
         }
         if self.store.checkpoint_every < Duration::from_secs(1) {
             return invalid("store.checkpoint_every", "must be at least 1s");
@@ -636,11 +625,8 @@ impl Config {
         if reqwest_safe_header(&self.fetch.user_agent).is_err() {
             return invalid("fetch.user_agent", "must be visible ASCII (an HTTP header value)");
         }
-        if self.fetch.max_body_bytes == 0 {
-            return invalid("fetch.max_body_bytes", "must be above zero");
-        }
-        if self.retry.max_attempts == 0 || self.retry.max_attempts > 100 {
-            return invalid("retry.max_attempts", "must be between 1 and 100");
+        if self.retry.max_attempts.get() > 100 {
+            return invalid("retry.max_attempts", "must be at most 100");
         }
         if self.retry.backoff_base.is_zero() {
             return invalid("retry.backoff_base", "must be above zero");
@@ -709,8 +695,8 @@ mod tests {
         let overrides = serde_json::json!({ "crawl": { "concurrency": 9 } });
         let config = Config::load(Some(&file), overrides).unwrap();
         assert_eq!(config.fetch.timeout, Duration::from_millis(1500));
-        assert_eq!(config.crawl.concurrency, 9);
-        assert_eq!(config.retry.max_attempts, 4);
+        assert_eq!(config.crawl.concurrency.get(), 9);
+        assert_eq!(config.retry.max_attempts.get(), 4);
     }
 
     #[test]
@@ -743,6 +729,11 @@ mod tests {
             ("[api]\nlisten = \"9188\"\n", "api.listen"),
             ("[fetch]\ndeny_ips = [\"10.0.0.0/33\"]\n", "fetch.deny_ips"),
             ("[discovery]\ndeny = [\"(unclosed\"]\n", "discovery.deny"),
+            ("[politeness]\nper_host_concurrency = 0\n", "politeness.per_host_concurrency"),
+            ("[hosts.\"a.example\"]\nconcurrency = 0\n", "concurrency"),
+            ("[retry]\nmax_attempts = 0\n", "retry.max_attempts"),
+            ("[fetch]\nmax_body_bytes = 0\n", "fetch.max_body_bytes"),
+            ("[api]\nmax_posts_in_flight = 0\n", "api.max_posts_in_flight"),
         ] {
             std::fs::write(&file, toml).unwrap();
             let err = Config::load(Some(&file), NoOverrides::default()).unwrap_err().to_string();

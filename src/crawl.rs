@@ -203,7 +203,7 @@ async fn start(
     stats.known.store(counts.total(), Ordering::Relaxed);
     stats.finished.store(counts.finished(), Ordering::Relaxed);
 
-    let concurrency = config.crawl.concurrency as usize;
+    let concurrency = config.crawl.concurrency.get() as usize;
     let mut fetcher =
         Fetcher::new(&config.fetch, config.store.save_headers, config.store.save_body, concurrency)?;
     let discovery = match config.discovery.follow {

@@ -376,7 +376,7 @@ impl Fetcher {
         if self.save_headers {
             record.headers = Some(headers_json(headers));
         }
-        let max = self.config.max_body_bytes;
+        let max = self.config.max_body_bytes.get();
         let declared = header_text(headers, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
         // A compressed body's Content-Length is the encoded size: only a
         // declared size already over the cap can be refused before reading.

@@ -114,7 +114,7 @@ impl HostRules {
     pub fn limits(&self, host: &str) -> HostLimits {
         let o = self.overrides.get(host);
         HostLimits {
-            concurrency: o.and_then(|o| o.concurrency).unwrap_or(self.politeness.per_host_concurrency),
+            concurrency: o.and_then(|o| o.concurrency).unwrap_or(self.politeness.per_host_concurrency).get(),
             delay: o.and_then(|o| o.delay).unwrap_or(self.politeness.per_host_delay),
         }
     }
@@ -324,7 +324,7 @@ impl Politeness {
             }
             HostSignal::Unreachable => {
                 state.failures_in_a_row += 1;
-                (state.failures_in_a_row >= config.connect_failures_before_backoff).then(|| {
+                (state.failures_in_a_row >= config.connect_failures_before_backoff.get()).then(|| {
                     state.failures_in_a_row = 0;
                     state.backoffs_in_a_row += 1;
                     exponential(config.backoff_base, config.backoff_max, state.backoffs_in_a_row, jitter)
@@ -380,20 +380,26 @@ fn slots_of(state: &HostState, limits: HostLimits, now: Instant) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+
     use super::*;
 
     fn politeness(concurrency: u32, delay_ms: u64) -> Politeness {
         let config = PolitenessConfig {
-            per_host_concurrency: concurrency,
+            per_host_concurrency: NonZeroU32::new(concurrency).unwrap(),
             per_host_delay: Duration::from_millis(delay_ms),
             backoff_base: Duration::from_secs(4),
             backoff_max: Duration::from_secs(60),
-            connect_failures_before_backoff: 2,
+            connect_failures_before_backoff: NonZeroU32::new(2).unwrap(),
         };
         let mut overrides = BTreeMap::new();
         overrides.insert(
             "slow.example".to_owned(),
-            HostOverride { delay: Some(Duration::from_secs(2)), concurrency: Some(1), ..Default::default() },
+            HostOverride {
+                delay: Some(Duration::from_secs(2)),
+                concurrency: NonZeroU32::new(1),
+                ..Default::default()
+            },
         );
         Politeness::new(rules(config, overrides), Duration::from_secs(30))
     }
@@ -535,7 +541,7 @@ mod tests {
         assert_eq!(p.slots("a", t0), 0, "within the 250 ms delay");
         let mut rules = p.lock().rules.clone();
         rules.politeness.per_host_delay = Duration::ZERO;
-        rules.politeness.per_host_concurrency = 5;
+        rules.politeness.per_host_concurrency = NonZeroU32::new(5).unwrap();
         rules.overrides.get_mut("slow.example").unwrap().recrawl_after = Some(Duration::from_secs(60));
         p.set_rules(rules);
         assert_eq!(p.slots("a", t0), 5, "no delay any more");

@@ -165,6 +165,7 @@ fn flatten(config: &Config) -> BTreeMap<String, toml::Value> {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
     use std::time::Duration;
 
     use super::*;
@@ -181,7 +182,7 @@ mod tests {
             HostOverride { delay: Some(Duration::from_secs(3)), ..Default::default() },
         );
         new.log.level = "debug".parse().unwrap();
-        new.crawl.concurrency = 4;
+        new.crawl.concurrency = NonZeroU32::new(4).unwrap();
         new.store.path = "other.db".into();
         let (reloadable, restart_only) = changed_keys(&old, &new);
         assert_eq!(
@@ -196,7 +197,7 @@ mod tests {
     fn restart_only_settings_keep_their_running_values() {
         let running = Config::default();
         let mut new = running.clone();
-        new.crawl.concurrency = 4;
+        new.crawl.concurrency = NonZeroU32::new(4).unwrap();
         new.crawl.rate = Some(2.0);
         let next = with_reloadable(&running, &new);
         assert_eq!(next.crawl.concurrency, running.crawl.concurrency);

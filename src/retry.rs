@@ -45,7 +45,7 @@ pub fn decide(
     if !transient {
         return if error.is_some() { Decision::Failed } else { Decision::Done };
     }
-    if attempt >= config.max_attempts {
+    if attempt >= config.max_attempts.get() {
         return Decision::Failed;
     }
     let server_asked = match (error, status, retry_after) {
@@ -79,11 +79,13 @@ pub fn exponential(base: Duration, max: Duration, n: u32, jitter: f64) -> Durati
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+
     use super::*;
 
     fn config() -> RetryConfig {
         RetryConfig {
-            max_attempts: 4,
+            max_attempts: NonZeroU32::new(4).unwrap(),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(10),
             retry_after_max: Duration::from_secs(60),

@@ -18,6 +18,7 @@
 //! bounded whatever the crawl's size.
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ pub const MAX_CACHED_ORIGINS: usize = 10_000;
 
 /// The most of a robots.txt that is read: RFC 9309 §2.5 asks crawlers to
 /// parse at least 500 KiB.
-pub const MAX_ROBOTS_BYTES: u64 = 512 * 1024;
+pub const MAX_ROBOTS_BYTES: NonZeroU64 = NonZeroU64::new(512 * 1024).unwrap();
 
 /// Redirects followed for robots.txt (RFC 9309 §2.3.1.2: at least five).
 const MAX_ROBOTS_REDIRECTS: u32 = 5;

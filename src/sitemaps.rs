@@ -11,6 +11,7 @@
 //! turn like any request.
 
 use std::collections::HashSet;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,7 +32,7 @@ use crate::store::{NewUrl, Store, StoreError};
 pub const MAX_URLS_PER_SITEMAP: usize = 50_000;
 
 /// Uncompressed size of one sitemap (sitemaps.org: 50 MB).
-pub const MAX_SITEMAP_BYTES: u64 = 50 * 1024 * 1024;
+pub const MAX_SITEMAP_BYTES: NonZeroU64 = NonZeroU64::new(50 * 1024 * 1024).unwrap();
 
 /// Sitemaps fetched per crawl, indexes included.
 pub const MAX_SITEMAPS: usize = 1_000;

@@ -1,5 +1,6 @@
 //! What one crawl records for each kind of server behaviour.
 
+use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -103,7 +104,7 @@ async fn a_response_slower_than_the_timeout_fails_as_timeout_after_retries() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.fetch.timeout = Duration::from_millis(200);
-    config.retry.max_attempts = 2;
+    config.retry.max_attempts = NonZeroU32::new(2).unwrap();
     let url = server.url("/slow/3000/a");
     let summary = crawl_lines(&config, std::slice::from_ref(&url)).await;
 
@@ -173,7 +174,7 @@ async fn a_body_over_the_cap_fails_without_being_read_whole() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
-    config.fetch.max_body_bytes = 64 * 1024;
+    config.fetch.max_body_bytes = NonZeroU64::new(64 * 1024).unwrap();
     let url = server.url("/big/1000000");
     crawl_lines(&config, std::slice::from_ref(&url)).await;
 
@@ -265,7 +266,7 @@ async fn a_server_that_stalls_mid_body_cannot_hang_a_worker() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.fetch.timeout = Duration::from_millis(300);
-    config.retry.max_attempts = 2;
+    config.retry.max_attempts = NonZeroU32::new(2).unwrap();
     let stall = server.url("/stall/a");
     let started = std::time::Instant::now();
     crawl_lines(&config, std::slice::from_ref(&stall)).await;
@@ -281,7 +282,7 @@ async fn a_decompression_bomb_is_stopped_at_the_decoded_size_cap() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
-    config.fetch.max_body_bytes = 1024 * 1024;
+    config.fetch.max_body_bytes = NonZeroU64::new(1024 * 1024).unwrap();
     // 8 MiB of zeros in a few KiB of gzip: only a cap on decoded bytes sees it.
     let bomb = server.url("/bomb/8");
     crawl_lines(&config, std::slice::from_ref(&bomb)).await;

@@ -1,6 +1,7 @@
 //! Per-host politeness, observed at the servers and in `host_politeness`.
 //! Each server listens on its own loopback address, so each is its own host.
 
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use trawler::config::{Config, HostOverride};
@@ -9,7 +10,7 @@ use crate::server::TestServer;
 use crate::util::{crawl_lines, crawl_to_end, reader, result_for, scalar, test_config};
 
 fn polite(config: &mut Config, concurrency: u32, delay_ms: u64) {
-    config.politeness.per_host_concurrency = concurrency;
+    config.politeness.per_host_concurrency = NonZeroU32::new(concurrency).unwrap();
     config.politeness.per_host_delay = Duration::from_millis(delay_ms);
 }
 
@@ -34,7 +35,11 @@ async fn the_per_host_gap_and_concurrency_are_never_exceeded() {
     polite(&mut config, 2, 50);
     config.hosts.insert(
         "127.0.0.3".into(),
-        HostOverride { delay: Some(Duration::from_millis(120)), concurrency: Some(1), recrawl_after: None },
+        HostOverride {
+            delay: Some(Duration::from_millis(120)),
+            concurrency: NonZeroU32::new(1),
+            recrawl_after: None,
+        },
     );
     // Responses (150 ms) outlast the delay (50 ms), so requests to a overlap
     // up to its concurrency.
@@ -66,10 +71,12 @@ async fn a_throttling_host_backs_off_without_slowing_the_others() {
     let healthy = TestServer::start_on("127.0.0.5");
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
-    config.crawl.concurrency = 4;
+    config.crawl.concurrency = NonZeroU32::new(4).unwrap();
     polite(&mut config, 4, 0);
-    config.retry.max_attempts = 1;
-    config.hosts.insert("127.0.0.4".into(), HostOverride { concurrency: Some(1), ..Default::default() });
+    config.retry.max_attempts = NonZeroU32::new(1).unwrap();
+    config
+        .hosts
+        .insert("127.0.0.4".into(), HostOverride { concurrency: NonZeroU32::new(1), ..Default::default() });
     // The first URL of 127.0.0.4 answers 503 with Retry-After: 1; the second
     // is fine, but must wait for the host's backoff.
     let first = throttled.url("/throttle/1/a");
@@ -138,7 +145,7 @@ async fn a_slow_host_holds_no_worker_while_other_hosts_have_work() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     // Two workers only: one held by the slow host would halve the others.
-    config.crawl.concurrency = 2;
+    config.crawl.concurrency = NonZeroU32::new(2).unwrap();
     polite(&mut config, 2, 0);
     config.hosts.insert(
         "127.0.0.6".into(),

@@ -1,6 +1,7 @@
 //! Input handling and resuming: bad lines, duplicates, a stopped run resumed.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use trawler::Shutdown;
@@ -67,7 +68,7 @@ async fn a_stopped_crawl_resumes_without_fetching_finished_urls_again() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
-    config.crawl.concurrency = 4;
+    config.crawl.concurrency = NonZeroU32::new(4).unwrap();
     let lines: Vec<String> = (0..120).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
     let input = write_input(dir.path(), &lines);
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::num::NonZeroU32;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -19,13 +20,13 @@ pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::default();
     config.store.path = dir.join("crawl.db");
     config.store.synchronous = Synchronous::Normal;
-    config.crawl.concurrency = 8;
+    config.crawl.concurrency = NonZeroU32::new(8).unwrap();
     // Most tests crawl one host (127.0.0.1) and are about other things;
     // politeness tests set their own limits.
-    config.politeness.per_host_concurrency = 8;
+    config.politeness.per_host_concurrency = NonZeroU32::new(8).unwrap();
     config.politeness.per_host_delay = Duration::ZERO;
     config.fetch.timeout = Duration::from_secs(5);
-    config.retry.max_attempts = 3;
+    config.retry.max_attempts = NonZeroU32::new(3).unwrap();
     config.retry.backoff_base = Duration::from_millis(20);
     config.retry.backoff_max = Duration::from_millis(100);
     config.shutdown.grace = Duration::from_secs(5);
