@@ -37,7 +37,7 @@ use crate::config::ApiConfig;
 use crate::listen::{self, ListenLimits};
 use crate::seeds::{self, SeedError, parse_seed};
 use crate::stats::CrawlStats;
-use crate::store::{InputError, SqliteStore, StoreError};
+use crate::store::{InputError, NewUrl, SqliteStore, StoreError};
 
 /// The largest request body accepted: 16 MiB, about 100,000 typical URLs.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -129,26 +129,12 @@ async fn add_urls(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) 
     let is_json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
         v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
     });
-    let items: Vec<String> = if is_json {
-        match serde_json::from_slice(&body) {
-            Ok(items) => items,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected a JSON array of URLs: {e}")),
-        }
-    } else {
-        match std::str::from_utf8(&body) {
-            Ok(text) => text.lines().map(str::to_owned).collect(),
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not UTF-8: {e}")),
-        }
+    // The body (up to 16 MiB) is freed here, before the store work: with
+    // several posts in flight, every copy held across the writes counts.
+    let Parsed { received, urls, invalid } = match parse_body(is_json, body) {
+        Ok(parsed) => parsed,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let mut urls = Vec::new();
-    let mut invalid = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match parse_seed(item) {
-            Ok(None) => {}
-            Ok(Some(url)) => urls.push(url),
-            Err(error) => invalid.push(Rejected { item: i as u64 + 1, error }),
-        }
-    }
     let errors: Vec<InputError> = invalid
         .iter()
         .map(|r| InputError {
@@ -162,19 +148,57 @@ async fn add_urls(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) 
         Ok(new) => new,
         Err(e) => return store_error(e),
     };
+    drop(errors);
     let wanted: Vec<&str> = urls.iter().map(|u| u.url.as_str()).collect();
     let ids = match api.store.ids(&wanted).await {
         Ok(ids) => ids,
         Err(e) => return store_error(e),
     };
-    let stored = wanted
-        .iter()
-        .filter_map(|url| Some(Stored { url: (*url).to_owned(), id: *ids.get(*url)? }))
+    drop(wanted);
+    let valid = urls.len() as u64;
+    // Each URL's string moves into the answer rather than being copied.
+    let stored = urls
+        .into_iter()
+        .filter_map(|u| Some(Stored { id: *ids.get(&u.url)?, url: u.url }))
         .collect::<Vec<_>>();
-    tracing::info!(new, known = urls.len() as u64 - new, invalid = invalid.len(), "API: URLs added");
-    let added =
-        Added { received: items.len() as u64, new, known: urls.len() as u64 - new, invalid, urls: stored };
+    drop(ids);
+    tracing::info!(new, known = valid - new, invalid = invalid.len(), "API: URLs added");
+    let added = Added { received, new, known: valid - new, invalid, urls: stored };
     (StatusCode::OK, axum::Json(added)).into_response()
+}
+
+/// A `POST /urls` body, parsed.
+struct Parsed {
+    /// Items in the body, as [`Added::received`] counts them.
+    received: u64,
+    urls: Vec<NewUrl>,
+    invalid: Vec<Rejected>,
+}
+
+/// Parses a `POST /urls` body item by item, without a second copy of it.
+///
+/// Errors: why the body is not a JSON array of strings (when `is_json`) or
+/// not UTF-8, for a `400` answer.
+fn parse_body(is_json: bool, body: Bytes) -> Result<Parsed, String> {
+    let mut parsed = Parsed { received: 0, urls: Vec::new(), invalid: Vec::new() };
+    let mut take = |item: &str| {
+        parsed.received += 1;
+        match parse_seed(item) {
+            Ok(None) => {}
+            Ok(Some(url)) => parsed.urls.push(url),
+            Err(error) => parsed.invalid.push(Rejected { item: parsed.received, error }),
+        }
+    };
+    if is_json {
+        let items: Vec<String> =
+            serde_json::from_slice(&body).map_err(|e| format!("expected a JSON array of URLs: {e}"))?;
+        drop(body);
+        items.iter().for_each(|item| take(item));
+    } else {
+        let text = std::str::from_utf8(&body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
+        text.lines().for_each(take);
+    }
+    Ok(parsed)
 }
 
 async fn url_state(State(api): State<Arc<Api>>, Path(id): Path<i64>) -> Response {
