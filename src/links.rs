@@ -5,7 +5,8 @@
 //! chunk as it arrives, so a 10 MB page is never held whole and never parsed
 //! in one long step on the event loop. It collects `<a href>`, `<area href>`
 //! and `<link rel=canonical href>`, and `<base href>`; at most
-//! `max_links_per_page`. Every other decision here is a pure function of the
+//! `max_links_per_page`; links inside `<noscript>` count too. Attribute values are decoded as HTML (`&amp;` is
+//! `&`) before they are resolved. Every other decision here is a pure function of the
 //! page's URL and depth and the [`DiscoveryConfig`].
 //!
 //! A dropped link is counted under a reason (`dropped_links`), never stored
@@ -14,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use lol_html::{element, send};
+use lol_html::{element, send, text};
 use url::Url;
 
 use crate::config::{DiscoveryConfig, Scope};
@@ -40,36 +41,75 @@ pub struct LinkExtractor {
 
 fn discard(_: &[u8]) {}
 
+/// An attribute's value with its character references decoded, as a browser
+/// reads it: `lol_html` gives the raw source text (`a=1&amp;b=2`). Decoding
+/// follows the WHATWG rules for attribute values (`htmlize`'s
+/// `unescape_attribute`): named and numeric references, and the legacy named
+/// ones without `;` except before an alphanumeric or `=`, so
+/// `?a=1&copy=2` stays as written.
+fn attribute(el: &lol_html::send::Element<'_, '_>, name: &str) -> Option<String> {
+    el.get_attribute(name).map(|raw| htmlize::unescape_attribute(raw).into_owned())
+}
+
+/// The most text kept from one `<noscript>` element (1 MiB); the rest of
+/// it is not searched for links.
+const MAX_NOSCRIPT_BYTES: usize = 1 << 20;
+
+/// The element handlers that collect links into `found`. With `noscript`,
+/// the raw text of each `<noscript>` element (which `lol_html`, like a
+/// browser running scripts, does not parse as markup) is parsed again as
+/// HTML with the same handlers, so its links count in document order: a
+/// crawler runs no script, so they are the links it should see.
+fn handlers(found: Arc<Mutex<Found>>, max_links: usize, noscript: bool) -> send::Settings<'static, 'static> {
+    let (on_link, on_base, on_noscript) = (found.clone(), found.clone(), found);
+    let mut settings = send::Settings::new_send()
+        .append_element_content_handler(element!("a[href], area[href], link[rel][href]", move |el| {
+            let rel = attribute(el, "rel").unwrap_or_default().to_ascii_lowercase();
+            let is_link_tag = el.tag_name() == "link";
+            if is_link_tag && !rel.split_ascii_whitespace().any(|r| r == "canonical") {
+                return Ok(());
+            }
+            let href = attribute(el, "href").unwrap_or_default();
+            let nofollow = rel.split_ascii_whitespace().any(|r| r == "nofollow");
+            let mut found = on_link.lock().unwrap_or_else(|p| p.into_inner());
+            if found.links.len() < max_links {
+                found.links.push((href, nofollow));
+            } else {
+                found.overflow += 1;
+            }
+            Ok(())
+        }))
+        .append_element_content_handler(element!("base[href]", move |el| {
+            let mut found = on_base.lock().unwrap_or_else(|p| p.into_inner());
+            if found.base.is_none() {
+                found.base = attribute(el, "href");
+            }
+            Ok(())
+        }));
+    if noscript {
+        let mut text = String::new();
+        settings = settings.append_element_content_handler(text!("noscript", move |chunk| {
+            if text.len() + chunk.as_str().len() <= MAX_NOSCRIPT_BYTES {
+                text.push_str(chunk.as_str());
+            }
+            if chunk.last_in_text_node() {
+                let inner = handlers(on_noscript.clone(), max_links, false);
+                let mut rewriter = send::HtmlRewriter::new(inner, discard as fn(&[u8]));
+                // Errors only past lol_html's memory limit: keep what was found.
+                let _ = rewriter.write(std::mem::take(&mut text).as_bytes()).and_then(|()| rewriter.end());
+            }
+            Ok(())
+        }));
+    }
+    settings
+}
+
 impl LinkExtractor {
     /// An extractor keeping at most `max_links` links.
     pub fn new(max_links: usize) -> Self {
         let found = Arc::new(Mutex::new(Found::default()));
-        let (on_link, on_base) = (found.clone(), found.clone());
-        let settings = send::Settings::new_send()
-            .append_element_content_handler(element!("a[href], area[href], link[rel][href]", move |el| {
-                let rel = el.get_attribute("rel").unwrap_or_default().to_ascii_lowercase();
-                let is_link_tag = el.tag_name() == "link";
-                if is_link_tag && !rel.split_ascii_whitespace().any(|r| r == "canonical") {
-                    return Ok(());
-                }
-                let href = el.get_attribute("href").unwrap_or_default();
-                let nofollow = rel.split_ascii_whitespace().any(|r| r == "nofollow");
-                let mut found = on_link.lock().unwrap_or_else(|p| p.into_inner());
-                if found.links.len() < max_links {
-                    found.links.push((href, nofollow));
-                } else {
-                    found.overflow += 1;
-                }
-                Ok(())
-            }))
-            .append_element_content_handler(element!("base[href]", move |el| {
-                let mut found = on_base.lock().unwrap_or_else(|p| p.into_inner());
-                if found.base.is_none() {
-                    found.base = el.get_attribute("href");
-                }
-                Ok(())
-            }));
-        let rewriter = send::HtmlRewriter::new(settings, discard as fn(&[u8]));
+        let rewriter =
+            send::HtmlRewriter::new(handlers(found.clone(), max_links, true), discard as fn(&[u8]));
         Self { rewriter, found, failed: false }
     }
 
@@ -313,6 +353,54 @@ mod tests {
             links,
             [("/docs/index.html", false), ("a.html", false), ("/private", true), ("map.html", false)]
         );
+    }
+
+    #[test]
+    fn character_references_in_attributes_are_decoded_as_a_browser_does() {
+        let html = r#"<base href="/d&#105;r/"><link rel="canonical" href="/c?x=1&amp;y=2">
+            <a href="q.html?a=1&amp;b=2">1</a><a href="f.html?utm_source=x&amp;id=3">2</a>
+            <a href="&#104;.html">3</a><a href="p?a=1&copy=2&amp;lang=en&ampx">4</a>
+            <a href="&#X2F;root&quot;s">5</a>"#;
+        let found = extract(html, 5);
+        assert_eq!(found.base.as_deref(), Some("/dir/"));
+        let hrefs: Vec<&str> = found.links.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(
+            hrefs,
+            [
+                "/c?x=1&y=2",
+                "q.html?a=1&b=2",
+                "f.html?utm_source=x&id=3",
+                "h.html",
+                // A legacy reference without `;` before `=` or a letter is
+                // left as written in an attribute (WHATWG 13.2.5.73).
+                "p?a=1&copy=2&lang=en&ampx",
+                "/root\"s",
+            ]
+        );
+        let page = Url::parse("http://example.org/").unwrap();
+        let judged = discovery(|_| {}).judge(&page, 0, &found);
+        let urls: Vec<&str> = judged.links.iter().map(|d| d.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "http://example.org/c?x=1&y=2",
+                "http://example.org/dir/q.html?a=1&b=2",
+                "http://example.org/dir/f.html?id=3",
+                "http://example.org/dir/h.html",
+                "http://example.org/dir/p?a=1&copy=2&lang=en&ampx",
+                "http://example.org/root%22s",
+            ]
+        );
+    }
+
+    #[test]
+    fn links_inside_noscript_are_extracted() {
+        let html = r#"<head><noscript><a href="/head-ns">h</a></noscript></head><body>
+            <noscript><img src="x.gif"><a href="/no-js.html?a=1&amp;b=2">no JS</a></noscript>
+            <a href="/after">after</a></body>"#;
+        let found = extract(html, 4);
+        let hrefs: Vec<&str> = found.links.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(hrefs, ["/head-ns", "/no-js.html?a=1&b=2", "/after"]);
     }
 
     #[test]

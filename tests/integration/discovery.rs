@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::server::TestServer;
-use crate::util::{crawl_lines, reader, scalar, test_config};
+use crate::util::{crawl_lines, crawl_to_end, reader, scalar, test_config};
 
 #[tokio::test]
 async fn following_links_crawls_the_site_within_scope_and_depth() {
@@ -179,4 +179,28 @@ async fn when_following_robots_txt_sitemap_lines_are_read() {
     crawl_lines(&config, &[server.url("/ok/seed2")]).await;
     let done = scalar(&config.store.path, "SELECT count(*) FROM results WHERE state = 'done'").await;
     assert_eq!(done, 3, "seed2, s1 and s2");
+}
+
+/// Links are read as a browser reads them: `&amp;` and numeric references
+/// decoded (legacy ones kept where HTML keeps them), `<noscript>` parsed.
+#[tokio::test]
+async fn links_written_by_a_cms_are_decoded_and_noscript_links_followed() {
+    let server = TestServer::start_on("127.0.0.41");
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = crawl_to_end(dir.path(), &[server.url("/cms/index.html")], &["--follow"], &[]);
+    let mut fetched: Vec<String> = server.hits().into_iter().map(|h| h.path_and_query).collect();
+    fetched.sort();
+    assert_eq!(
+        fetched,
+        [
+            "/cms/dir/f.html?id=3",
+            "/cms/dir/h.html",
+            "/cms/dir/ns.html",
+            "/cms/dir/p.html?a=1&copy=2",
+            "/cms/dir/q.html?a=1&b=2",
+            "/cms/index.html",
+        ]
+    );
+    let not_ok = scalar(&db, "SELECT count(*) FROM results WHERE http_status <> 200").await;
+    assert_eq!(not_ok, 0, "every decoded link resolves to a page");
 }

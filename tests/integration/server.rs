@@ -23,6 +23,8 @@
 //! - `/stall/{*rest}`: 200, one chunk of body, then nothing, forever
 //! - `/throttle/{secs}/{*rest}`: always 503 with `Retry-After: secs`
 //! - `/site/...`: the small HTML site of [`SITE`]; other `/site/` paths are 404
+//! - `/cms/...`: the pages of [`CMS`], each answered only at its exact path
+//!   and query (anything else is 404): links written as a CMS writes them
 //! - `/sitemap.xml`: a sitemap index naming `/sitemap-1.xml`, a `<urlset>`
 //!   of `/ok/s1`, `/ok/s2` (twice) and a URL on another host
 //! - `/robots.txt` (and `/robots-moved.txt`): as [`Options::robots`] says;
@@ -61,6 +63,8 @@ fn gzipped(body: Vec<u8>) -> Response {
 #[derive(Debug, Clone)]
 pub struct Hit {
     pub path: String,
+    /// The path with its query, as sent (`/a?b=1`).
+    pub path_and_query: String,
     pub at: Instant,
 }
 
@@ -291,6 +295,18 @@ fn router(shared: Arc<Shared>) -> Router {
                 }
             }),
         )
+        .route(
+            "/cms/{*rest}",
+            get(|uri: axum::http::Uri| async move {
+                let wanted = uri.path_and_query().map_or("", |p| p.as_str()).trim_start_matches("/cms/");
+                match CMS.iter().find(|(path, _)| *path == wanted) {
+                    Some((_, html)) => {
+                        ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], *html).into_response()
+                    }
+                    None => StatusCode::NOT_FOUND.into_response(),
+                }
+            }),
+        )
         .route("/robots.txt", get(robots_txt))
         .route(
             "/sitemap.xml",
@@ -339,8 +355,9 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next)
     }
     use std::sync::atomic::Ordering::SeqCst;
     let path = request.uri().path().to_owned();
+    let path_and_query = request.uri().path_and_query().map_or(path.clone(), |p| p.as_str().to_owned());
     let log = if path.starts_with("/robots") { &shared.robots_hits } else { &shared.hits };
-    log.lock().unwrap().push(Hit { path, at: Instant::now() });
+    log.lock().unwrap().push(Hit { path, path_and_query, at: Instant::now() });
     let now = shared.active.fetch_add(1, SeqCst) + 1;
     shared.max_active.fetch_max(now, SeqCst);
     let response = next.run(request).await;
@@ -473,4 +490,23 @@ pub const SITE: &[(&str, &str)] = &[
     ("deep/2.html", r#"<a href="3.html">next</a>"#),
     ("deep/3.html", r#"<a href="4.html">next</a>"#),
     ("deep/4.html", "<p>too deep</p>"),
+];
+
+/// `/cms/...`: links with character references in their attributes, as
+/// nearly every CMS writes them, and links only inside `<noscript>`. Each
+/// page is served at exactly this path and query.
+pub const CMS: &[(&str, &str)] = &[
+    (
+        "index.html",
+        r#"<html><head><base href="/cms/d&#105;r/"><link rel="canonical" href="/cms/index.html"></head><body>
+        <a href="q.html?a=1&amp;b=2">query</a> <a href="f.html?utm_source=x&amp;id=3">tracked</a>
+        <a href="&#104;.html">numeric</a> <a href="p.html?a=1&copy=2">legacy reference left alone</a>
+        <noscript><iframe src="x"></iframe><a href="ns.html">without JavaScript</a></noscript>
+        </body></html>"#,
+    ),
+    ("dir/q.html?a=1&b=2", "<p>q</p>"),
+    ("dir/f.html?id=3", "<p>f</p>"),
+    ("dir/h.html", "<p>h</p>"),
+    ("dir/p.html?a=1&copy=2", "<p>p</p>"),
+    ("dir/ns.html", "<p>ns</p>"),
 ];
