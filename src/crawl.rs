@@ -36,7 +36,7 @@ use crate::robots::Robots;
 use crate::seeds::{IngestError, IngestReport, SeedSource, ingest};
 use crate::service::Service;
 use crate::shutdown::Shutdown;
-use crate::sitemaps::{SitemapQueue, SitemapTask};
+use crate::sitemaps::{Origin, SitemapQueue, SitemapTask};
 use crate::stats::{CrawlStats, Summary};
 use crate::store::{PageLimits, SqliteStore, StateCounts, Store, StoreError};
 use crate::systemd::{Heartbeat, Notifier};
@@ -215,7 +215,7 @@ async fn start(
     }
     let politeness = Arc::new(Politeness::new(rules, config.retry.retry_after_max));
     let (sitemap_queue, sitemap_rx) = SitemapQueue::new();
-    config.discovery.sitemaps.iter().for_each(|s| sitemap_queue.submit(s.clone()));
+    config.discovery.sitemaps.iter().for_each(|s| sitemap_queue.submit(s.clone(), Origin::User));
     let robots = robots(config, &politeness, &sitemap_queue)?;
     let service = match mode {
         Mode::Batch => None,
@@ -251,6 +251,8 @@ async fn start(
             store: store.clone(),
             queue: sitemap_queue.clone(),
             politeness: politeness.clone(),
+            robots: robots.clone(),
+            discovery: Discovery::new(config.discovery.clone()),
             stats: stats.clone(),
             wake: wake.clone(),
             done: sitemaps_done.clone(),
@@ -441,7 +443,7 @@ fn robots(
     config: &Config,
     politeness: &Arc<Politeness>,
     sitemaps: &SitemapQueue,
-) -> Result<Option<Robots>, CrawlError> {
+) -> Result<Option<Arc<Robots>>, CrawlError> {
     if !config.robots.obey {
         tracing::warn!(
             "robots.txt is IGNORED (robots.obey = false / --ignore-robots): only do this for sites you run"
@@ -449,7 +451,7 @@ fn robots(
         return Ok(None);
     }
     let sitemaps = config.discovery.follow.then(|| sitemaps.clone());
-    Ok(Some(Robots::new(config.robots.clone(), &config.fetch, politeness.clone(), sitemaps)?))
+    Ok(Some(Arc::new(Robots::new(config.robots.clone(), &config.fetch, politeness.clone(), sitemaps)?)))
 }
 
 type Input = (SeedSource, Box<dyn tokio::io::AsyncRead + Send + Unpin>);

@@ -58,6 +58,9 @@ pub enum ErrorKind {
     /// The address the host resolved to (or the IP literal) is refused by
     /// `fetch.deny_ips`; no connection was made.
     BlockedAddress,
+    /// A redirect led out of the crawl's scope (`discovery.scope`, when
+    /// following links); its target was not requested.
+    OutOfScope,
     /// A response arrived, with a status worth retrying (408, 429, 5xx):
     /// set by the worker when the retry policy says so, never by a fetch.
     HttpStatus,
@@ -80,6 +83,7 @@ impl ErrorKind {
             ErrorKind::RobotsDisallowed => "robots_disallowed",
             ErrorKind::RobotsUnreachable => "robots_unreachable",
             ErrorKind::BlockedAddress => "blocked_address",
+            ErrorKind::OutOfScope => "out_of_scope",
             ErrorKind::HttpStatus => "http_status",
         }
     }

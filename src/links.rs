@@ -19,7 +19,7 @@ use lol_html::{element, send, text};
 use url::Url;
 
 use crate::config::{DiscoveryConfig, Scope};
-use crate::store::DropReason;
+use crate::store::{DropReason, NewUrl};
 
 /// Links found in one page, before any decision.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -216,6 +216,25 @@ impl Discovery {
             }
         }
         judged
+    }
+
+    /// Whether `to` is within the crawl's scope (`discovery.scope`) from
+    /// `from`, the page or robots.txt that led to it.
+    pub fn in_scope(&self, from: &Url, to: &Url) -> bool {
+        in_scope(self.config.scope, from, to)
+    }
+
+    /// A URL listed in a sitemap judged from `anchor` (the robots.txt that
+    /// named the sitemap, or the user's sitemap itself), normalized into a
+    /// seed (depth 0), or why it is not crawled: it passes the rules a link
+    /// passes (scope from `anchor`, allow/deny, trap guards).
+    pub fn listed(&self, anchor: &Url, mut url: Url) -> Result<NewUrl, DropReason> {
+        normalize(&mut url, &self.config.strip_query_params);
+        if let Some(reason) = self.reject(anchor, &url) {
+            return Err(reason);
+        }
+        let host = url.host_str().unwrap_or_default().to_owned();
+        Ok(NewUrl { url: url.into(), host, depth: 0, found_on: None })
     }
 
     /// Why `url`, linked from `page`, is not enqueued, if it is not.

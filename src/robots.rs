@@ -24,11 +24,12 @@ use std::time::Duration;
 
 use texting_robots::Robot;
 use tokio::time::Instant;
+use url::Url;
 
 use crate::config::{FetchConfig, RobotsConfig};
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
 use crate::politeness::Politeness;
-use crate::sitemaps::SitemapQueue;
+use crate::sitemaps::{Origin, SitemapQueue};
 
 /// Origins whose rules are kept in memory; past this, expired entries and
 /// then arbitrary ones are dropped (they are fetched again when needed).
@@ -51,6 +52,46 @@ pub enum Verdict {
     /// Do not fetch it now: robots.txt is unreachable; try again after
     /// `retry_in`. `cause` is the fetch error when there was no response.
     Unreachable { robots_url: String, retry_in: Duration, cause: Option<(ErrorKind, String)> },
+}
+
+/// Why robots.txt rules a request out now: the error that ends the attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// When to try again, for a robots.txt that answered 5xx.
+    pub retry_after: Option<Duration>,
+}
+
+impl Verdict {
+    /// Why the request must not be made now, or `None` when it may be.
+    pub fn refusal(self) -> Option<Refusal> {
+        match self {
+            Verdict::Allowed { .. } => None,
+            Verdict::Disallowed { robots_url } => Some(Refusal {
+                kind: ErrorKind::RobotsDisallowed,
+                message: format!("disallowed by {robots_url}"),
+                retry_after: None,
+            }),
+            // No response from the host at all: the attempt fails as the
+            // fetch of robots.txt did, and is retried like one.
+            Verdict::Unreachable { robots_url, cause: Some((kind, message)), .. } => Some(Refusal {
+                kind,
+                message: format!(
+                    "robots.txt unreachable ({}: {message}): the page was not requested ({robots_url})",
+                    kind.as_str()
+                ),
+                retry_after: None,
+            }),
+            Verdict::Unreachable { robots_url, retry_in, cause: None } => Some(Refusal {
+                kind: ErrorKind::RobotsUnreachable,
+                message: format!(
+                    "robots.txt answered 5xx, which disallows the host for now: the page was not requested ({robots_url})"
+                ),
+                retry_after: Some(retry_in),
+            }),
+        }
+    }
 }
 
 enum Rules {
@@ -192,7 +233,13 @@ impl Robots {
             _ => None,
         };
         if let (Rules::Parsed(robot), Some(queue)) = (&rules, &self.sitemaps) {
-            robot.sitemaps.iter().for_each(|s| queue.submit(s.clone()));
+            // The sitemap is judged against the host whose robots.txt named
+            // it (a redirected robots.txt still speaks for that host, RFC
+            // 9309 §2.3.1.2).
+            if let Ok(named_by) = Url::parse(robots_url) {
+                let origin = Origin::Robots(named_by);
+                robot.sitemaps.iter().for_each(|s| queue.submit(s.clone(), origin.clone()));
+            }
         }
         self.politeness.set_crawl_delay(host, crawl_delay);
         Entry { rules, crawl_delay, expires: now + ttl, cause }

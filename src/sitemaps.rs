@@ -4,13 +4,27 @@
 //! A sitemap is either a `<urlset>` of `<url><loc>` entries, which are
 //! enqueued at depth 0, or a `<sitemapindex>` of `<sitemap><loc>` entries,
 //! which are fetched in turn. XML is read with `quick-xml`. Per the protocol a
-//! sitemap lists at most 50,000 URLs (the rest are ignored) and only URLs of
-//! its own host (others are dropped and counted in the log). At most
+//! sitemap lists at most 50,000 URLs (the rest are ignored). At most
 //! [`MAX_SITEMAPS`] sitemaps are fetched per crawl, so an index loop or a huge
-//! index cannot run away. Sitemap fetches go through the host's politeness
-//! turn like any request.
+//! index cannot run away.
+//!
+//! What a sitemap may take the crawl to depends on its [`Origin`]:
+//! - one named by host A's robots.txt is fetched only if it is in the
+//!   crawl's scope (`discovery.scope`) from A, as are the sitemaps its index
+//!   names, and it may list URLs on A only (the protocol's cross-submission
+//!   rule);
+//! - the user's own (`--sitemap`) is fetched as given, and the sitemaps its
+//!   index names must be in scope from it.
+//!
+//! Listed URLs then pass the rules links pass (scope from A, or from the
+//! user's sitemap; allow/deny; trap guards) and are normalized as links are;
+//! the others are counted in the log. Every request for a sitemap, redirect
+//! hops included, is made as a worker makes one: checked against its host's
+//! robots.txt and `fetch.deny_ips`, in the host's turn and under its
+//! concurrency, and its answer updates the host's backoff. A redirect out of
+//! scope is not followed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,14 +33,19 @@ use quick_xml::Reader;
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::Event;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use url::Url;
 
 use crate::config::FetchConfig;
-use crate::fetch::{Fetcher, parse_http_url};
-use crate::politeness::Politeness;
+use crate::fetch::{ErrorKind, Fetched, Fetcher, parse_http_url};
+use crate::links::Discovery;
+use crate::politeness::{HostSignal, Politeness};
 use crate::redact::ForLog;
+use crate::robots::Robots;
 use crate::stats::CrawlStats;
-use crate::store::{NewUrl, Store, StoreError};
+use crate::store::{DropReason, NewUrl, Store, StoreError};
+use crate::worker::host_signal;
 
 /// URLs read from one sitemap (sitemaps.org: "no more than 50,000 URLs").
 pub const MAX_URLS_PER_SITEMAP: usize = 50_000;
@@ -106,26 +125,97 @@ pub fn parse(xml: &[u8], max: usize) -> Result<Sitemap, String> {
     }
 }
 
+/// The URLs a sitemap at `sitemap_url` lists that are crawled (as
+/// seeds, depth 0), and the others counted by reason: each is judged
+/// from the robots.txt that named the sitemap (and must be on its host),
+/// or, for the user's sitemaps, from the sitemap's own location.
+pub fn judge(
+    discovery: &Discovery,
+    origin: &Origin,
+    sitemap_url: &Url,
+    locs: &[String],
+) -> (Vec<NewUrl>, BTreeMap<DropReason, u64>) {
+    let anchor = match origin {
+        Origin::Robots(robots_url) => robots_url,
+        Origin::User => sitemap_url,
+    };
+    let mut dropped = BTreeMap::new();
+    let mut urls = Vec::new();
+    for loc in locs {
+        let Ok(url) = parse_http_url(loc) else {
+            *dropped.entry(DropReason::InvalidUrl).or_default() += 1;
+            continue;
+        };
+        let cross_submitted = matches!(origin, Origin::Robots(r) if r.host_str() != url.host_str());
+        match discovery.listed(anchor, url) {
+            Ok(_) if cross_submitted => *dropped.entry(DropReason::OutOfScope).or_default() += 1,
+            Ok(seed) => urls.push(seed),
+            Err(reason) => *dropped.entry(reason).or_default() += 1,
+        }
+    }
+    (urls, dropped)
+}
+
+/// Where a sitemap came from, which decides what it may list (sitemaps.org,
+/// "Sitemap file location" and "Sitemaps & Cross Submits").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Named by the user (`--sitemap`): fetched as the user's choice; the
+    /// URLs it lists are judged from its own location.
+    User,
+    /// Named by a `Sitemap:` line of this robots.txt (its URL). The sitemap
+    /// file must be in the crawl's scope from there, and it may list URLs of
+    /// that robots.txt's host only (cross-submission).
+    Robots(Url),
+}
+
+/// A sitemap to fetch.
+#[derive(Debug, Clone)]
+struct Queued {
+    url: String,
+    origin: Origin,
+    /// The sitemap index that named it, if one did.
+    index: Option<Url>,
+}
+
+impl Queued {
+    /// The URL the sitemap file (and each redirect hop to it) must be in
+    /// scope of: none for the user's own sitemap.
+    fn anchor(&self) -> Option<&Url> {
+        match &self.origin {
+            Origin::Robots(robots_url) => Some(robots_url),
+            Origin::User => self.index.as_ref(),
+        }
+    }
+}
+
 /// A handle for submitting sitemap URLs to the crawl's sitemap task.
 #[derive(Clone)]
 pub struct SitemapQueue {
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<Queued>,
     /// Sitemaps submitted and not yet processed: the crawl is not idle
     /// while this is above zero.
     pending: Arc<AtomicU64>,
 }
 
+/// The receiving end of a [`SitemapQueue`], for [`SitemapTask::run`].
+pub struct SitemapReceiver(mpsc::UnboundedReceiver<Queued>);
+
 impl SitemapQueue {
-    /// A queue and the receiving end for [`run`].
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<String>) {
+    /// A queue and the receiving end for [`SitemapTask::run`].
+    pub fn new() -> (Self, SitemapReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx, pending: Arc::default() }, rx)
+        (Self { tx, pending: Arc::default() }, SitemapReceiver(rx))
     }
 
     /// Asks for `url` to be fetched and its URLs enqueued.
-    pub fn submit(&self, url: String) {
+    pub fn submit(&self, url: String, origin: Origin) {
+        self.send(Queued { url, origin, index: None });
+    }
+
+    fn send(&self, queued: Queued) {
         self.pending.fetch_add(1, Ordering::SeqCst);
-        if self.tx.send(url).is_err() {
+        if self.tx.send(queued).is_err() {
             self.pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -141,6 +231,11 @@ pub struct SitemapTask<S> {
     pub store: Arc<S>,
     pub queue: SitemapQueue,
     pub politeness: Arc<Politeness>,
+    /// robots.txt rules for every request, unless `robots.obey` is off.
+    pub robots: Option<Arc<Robots>>,
+    /// The rules listed URLs pass (scope, allow/deny, trap guards), as
+    /// links do, and sitemap files too (scope).
+    pub discovery: Discovery,
     pub stats: Arc<CrawlStats>,
     /// Woken when URLs were enqueued.
     pub wake: Arc<Notify>,
@@ -150,11 +245,7 @@ pub struct SitemapTask<S> {
 
 impl<S: Store> SitemapTask<S> {
     /// Processes submitted sitemaps until `done`. Errors: a store failure.
-    pub async fn run(
-        self,
-        fetch: &FetchConfig,
-        mut rx: mpsc::UnboundedReceiver<String>,
-    ) -> Result<(), StoreError> {
+    pub async fn run(self, fetch: &FetchConfig, mut rx: SitemapReceiver) -> Result<(), StoreError> {
         let fetch = FetchConfig { max_body_bytes: MAX_SITEMAP_BYTES, ..fetch.clone() };
         let fetcher = match Fetcher::new(&fetch, false, true, 2) {
             Ok(fetcher) => fetcher,
@@ -165,12 +256,12 @@ impl<S: Store> SitemapTask<S> {
         };
         let mut seen = HashSet::new();
         loop {
-            let url = tokio::select! {
+            let queued = tokio::select! {
                 _ = self.done.cancelled() => return Ok(()),
-                url = rx.recv() => match url { Some(url) => url, None => return Ok(()) },
+                queued = rx.0.recv() => match queued { Some(queued) => queued, None => return Ok(()) },
             };
-            let result = if seen.len() < MAX_SITEMAPS && seen.insert(url.clone()) {
-                self.process(&fetcher, &url).await
+            let result = if seen.len() < MAX_SITEMAPS && seen.insert(queued.url.clone()) {
+                self.process(&fetcher, queued).await
             } else {
                 Ok(())
             };
@@ -180,47 +271,114 @@ impl<S: Store> SitemapTask<S> {
         }
     }
 
-    async fn process(&self, fetcher: &Fetcher, url: &str) -> Result<(), StoreError> {
+    async fn process(&self, fetcher: &Fetcher, queued: Queued) -> Result<(), StoreError> {
+        let url = queued.url.as_str();
         let Ok(sitemap_url) = parse_http_url(url) else {
             tracing::warn!(url = %ForLog(url), "sitemap URL is not an absolute http(s) URL");
             return Ok(());
         };
-        let host = sitemap_url.host_str().unwrap_or_default().to_owned();
-        tokio::select! {
-            _ = self.done.cancelled() => return Ok(()),
-            _ = self.politeness.wait_turn(&host) => {}
+        if let Some(anchor) = queued.anchor().filter(|a| !self.discovery.in_scope(a, &sitemap_url)) {
+            tracing::warn!(url = %ForLog(url), named_by = %anchor, "sitemap out of the crawl's scope: not fetched");
+            return Ok(());
         }
-        let fetched = fetcher.fetch(url).await;
+        let Some(fetched) = self.fetch_in_turn(fetcher, &queued).await else { return Ok(()) };
         let (Some(200..=299), None, Some(body)) =
             (fetched.record.http_status, fetched.error, fetched.record.body)
         else {
-            tracing::warn!(url = %ForLog(url), status = fetched.record.http_status, error = fetched.record.error_kind.map(crate::fetch::ErrorKind::as_str), "sitemap not fetched");
+            tracing::warn!(
+                url = %ForLog(url),
+                status = fetched.record.http_status,
+                error = fetched.record.error_kind.map(ErrorKind::as_str),
+                message = %ForLog(fetched.record.error_message.as_deref().unwrap_or_default()),
+                "sitemap not fetched"
+            );
             return Ok(());
         };
         match parse(&body, MAX_URLS_PER_SITEMAP) {
             Err(e) => tracing::warn!(url = %ForLog(url), "sitemap not parsed: {e}"),
             Ok(Sitemap::Index(sitemaps)) => {
                 tracing::info!(url = %ForLog(url), sitemaps = sitemaps.len(), "sitemap index");
-                sitemaps.into_iter().for_each(|s| self.queue.submit(s));
+                for child in sitemaps {
+                    let index = Some(sitemap_url.clone());
+                    self.queue.send(Queued { url: child, origin: queued.origin.clone(), index });
+                }
             }
             Ok(Sitemap::Urls(locs)) => {
                 let listed = locs.len();
-                let urls: Vec<NewUrl> = locs
-                    .iter()
-                    .filter_map(|loc| parse_http_url(loc).ok())
-                    .map(|mut u| {
-                        crate::redact::strip_credentials(&mut u);
-                        u
-                    })
-                    .filter(|u| u.host_str() == Some(host.as_str()))
-                    .map(|u| NewUrl { host: host.clone(), url: u.into(), depth: 0, found_on: None })
-                    .collect();
+                let (urls, dropped) = judge(&self.discovery, &queued.origin, &sitemap_url, &locs);
                 let new = self.store.enqueue(&urls).await?;
                 self.stats.known.fetch_add(new, Ordering::Relaxed);
-                tracing::info!(url = %ForLog(url), listed, enqueued = new, dropped = listed - urls.len(), "sitemap");
+                let dropped: u64 = dropped.values().sum();
+                tracing::info!(url = %ForLog(url), listed, enqueued = new, dropped, "sitemap");
             }
         }
         Ok(())
+    }
+
+    /// Fetches a sitemap with each request (redirect hops included) in its
+    /// host's turn, as a worker fetches a page: robots.txt, the crawl's
+    /// scope (for hops), the host's concurrency and delay, and its answer
+    /// updating the host's backoff. `None` when the crawl stopped first.
+    async fn fetch_in_turn(&self, fetcher: &Fetcher, queued: &Queued) -> Option<Fetched> {
+        // Redirects stay in scope of where the sitemap was named, or of the
+        // user's sitemap itself.
+        let from = queued.anchor().cloned().or_else(|| parse_http_url(&queued.url).ok());
+        let mut attempt = fetcher.begin(&queued.url, false);
+        // The host of the last request sent, and its turn.
+        let mut last: Option<(String, Instant)> = None;
+        while let Some(url) = attempt.next_url() {
+            let url = url.clone();
+            let host = url.host_str().unwrap_or_default().to_owned();
+            if let Some((previous, turn)) = last.take() {
+                // Its answer was a redirect: the host is healthy.
+                self.politeness.finished(
+                    &previous,
+                    HostSignal::Healthy,
+                    turn,
+                    Instant::now(),
+                    rand::random(),
+                );
+                if from.as_ref().is_some_and(|from| !self.discovery.in_scope(from, &url)) {
+                    attempt.refuse(
+                        ErrorKind::OutOfScope,
+                        format!("redirect to {url}, out of the crawl's scope"),
+                    );
+                    break;
+                }
+            }
+            if let Some(robots) = &self.robots {
+                let verdict = tokio::select! {
+                    _ = self.done.cancelled() => return None,
+                    verdict = robots.check(url.as_str(), &host) => verdict,
+                };
+                if let Some(refusal) = verdict.refusal() {
+                    attempt.refuse(refusal.kind, refusal.message);
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = self.done.cancelled() => return None,
+                _ = self.politeness.acquire(&host) => {}
+            }
+            let release = |host: &str, turn| {
+                self.politeness.finished(host, HostSignal::Neutral, turn, Instant::now(), 0.0);
+            };
+            let turn = tokio::select! {
+                _ = self.done.cancelled() => return { release(&host, Instant::now()); None },
+                turn = self.politeness.wait_turn(&host) => turn,
+            };
+            tokio::select! {
+                _ = self.done.cancelled() => return { release(&host, turn); None },
+                _ = attempt.request() => {}
+            }
+            last = Some((host, turn));
+        }
+        let fetched = attempt.finish();
+        if let Some((host, turn)) = last {
+            let signal = host_signal(&fetched);
+            self.politeness.finished(&host, signal, turn, Instant::now(), rand::random());
+        }
+        Some(fetched)
     }
 }
 
@@ -250,5 +408,47 @@ mod tests {
         assert_eq!(parse(index, 10).unwrap(), Sitemap::Index(vec!["http://example.org/s1.xml".into()]));
         assert!(parse(b"<html><body>not xml at all", 10).is_err());
         assert!(parse(b"<urlset><url><loc>x</url>", 10).is_err(), "mismatched tags");
+    }
+
+    #[test]
+    fn listed_urls_obey_scope_patterns_and_cross_submission() {
+        use crate::config::{DiscoveryConfig, Scope};
+        let discovery = |scope| {
+            Discovery::new(DiscoveryConfig {
+                scope,
+                deny: vec![r"/private/".to_owned()].try_into().unwrap(),
+                ..DiscoveryConfig::default()
+            })
+        };
+        let locs: Vec<String> = [
+            "http://www.example.org/a?utm_source=feed&id=1",
+            "http://www.example.org/private/x",
+            "http://shop.example.org/b",
+            "http://other.example/c",
+            "not a url",
+        ]
+        .map(String::from)
+        .to_vec();
+        let urls = |judged: &(Vec<NewUrl>, BTreeMap<DropReason, u64>)| {
+            judged.0.iter().map(|u| u.url.clone()).collect::<Vec<_>>()
+        };
+        let robots = Origin::Robots(Url::parse("http://www.example.org/robots.txt").unwrap());
+        let elsewhere = Url::parse("http://cdn.example.net/sitemap.xml").unwrap();
+        // Named by www.example.org's robots.txt: only its own URLs, whatever
+        // the scope and wherever the sitemap file is (sitemaps.org cross
+        // submission), normalized as links are.
+        for scope in [Scope::Host, Scope::Domain, Scope::Any] {
+            let judged = judge(&discovery(scope), &robots, &elsewhere, &locs);
+            assert_eq!(urls(&judged), ["http://www.example.org/a?id=1"], "{scope:?}");
+            assert_eq!(judged.1[&DropReason::Denied], 1);
+            assert_eq!(judged.1[&DropReason::InvalidUrl], 1);
+        }
+        // The user's own sitemap: judged from where it is, by the scope.
+        let own = Url::parse("http://www.example.org/sitemap.xml").unwrap();
+        let judged = judge(&discovery(Scope::Domain), &Origin::User, &own, &locs);
+        assert_eq!(urls(&judged), ["http://www.example.org/a?id=1", "http://shop.example.org/b"]);
+        assert_eq!(judged.1[&DropReason::OutOfScope], 1);
+        let judged = judge(&discovery(Scope::Any), &Origin::User, &own, &locs);
+        assert_eq!(judged.0.len(), 3);
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use url::Url;
 
 use crate::config::RetryConfig;
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
@@ -26,7 +27,7 @@ use crate::links::Discovery;
 use crate::politeness::{HostSignal, Politeness};
 use crate::redact::ForLog;
 use crate::retry::{Decision, decide};
-use crate::robots::{Robots, Verdict};
+use crate::robots::{Refusal, Robots};
 use crate::store::{AttemptRecord, DropReason, NewUrl, SqliteStore, Store, StoreError};
 use crate::store::{Completion, Job, Next};
 
@@ -39,7 +40,7 @@ pub struct WorkerContext {
     /// Per-host limits, shared with the producer.
     pub politeness: Arc<Politeness>,
     /// robots.txt rules, unless `robots.obey` is off.
-    pub robots: Option<Robots>,
+    pub robots: Option<Arc<Robots>>,
     /// Link-following rules, when `discovery.follow` is on.
     pub discovery: Option<Discovery>,
     /// Wakes the producer when a fetch finishes (its host has a free slot).
@@ -257,14 +258,6 @@ fn follows_from(ctx: &WorkerContext, job: &Job) -> bool {
     ctx.discovery.as_ref().is_some_and(|d| d.follows_from(job.depth))
 }
 
-/// Why robots.txt rules a request out now: the error that ends the attempt.
-struct Refusal {
-    kind: ErrorKind,
-    message: String,
-    /// When to try again, for a robots.txt that answered 5xx.
-    retry_after: Option<Duration>,
-}
-
 /// The crawl was told to stop while waiting.
 struct Stopped;
 
@@ -278,24 +271,7 @@ async fn robots_refusal(ctx: &WorkerContext, url: &str, host: &str) -> Result<Op
         _ = ctx.stop.cancelled() => return Err(Stopped),
         verdict = robots.check(url, host) => verdict,
     };
-    Ok(match verdict {
-        Verdict::Allowed { .. } => None,
-        Verdict::Disallowed { robots_url } => Some(Refusal {
-            kind: ErrorKind::RobotsDisallowed,
-            message: format!("disallowed by {robots_url}"),
-            retry_after: None,
-        }),
-        // No response from the host at all: the attempt fails as the fetch
-        // of robots.txt did, and is retried like one.
-        Verdict::Unreachable { robots_url, cause: Some((kind, message)), .. } => {
-            Some(Refusal { kind, message: format!("{robots_url}: {message}"), retry_after: None })
-        }
-        Verdict::Unreachable { robots_url, retry_in, cause: None } => Some(Refusal {
-            kind: ErrorKind::RobotsUnreachable,
-            message: format!("{robots_url} answered 5xx: the host counts as disallowed for now"),
-            retry_after: Some(retry_in),
-        }),
-    })
+    Ok(verdict.refusal())
 }
 
 /// Fetches the job's URL, each request in its host's turn: the first
@@ -316,6 +292,10 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<(Fetched, HostS
         let url = url.clone();
         let host = url.host_str().unwrap_or_default().to_owned();
         if attempt.requests() > 0 {
+            if let Some(refusal) = hop_out_of_scope(ctx, job, &url) {
+                attempt.refuse(refusal.kind, refusal.message);
+                break;
+            }
             if let Some(refusal) = robots_refusal(ctx, url.as_str(), &host).await.ok()? {
                 let message = format!("redirect to {url}: {}", refusal.message);
                 attempt.refuse(refusal.kind, message);
@@ -363,6 +343,20 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<(Fetched, HostS
     Some((fetched, own.0, own.1))
 }
 
+/// Why a redirect hop to `url` must not be requested: when following links,
+/// a discovered page (not a seed, which is the user's choice, as are its
+/// redirects) may only redirect within the crawl's scope from its own URL,
+/// as its links must (Scrapy's offsite filtering of redirects does the same).
+fn hop_out_of_scope(ctx: &WorkerContext, job: &Job, url: &Url) -> Option<Refusal> {
+    let discovery = ctx.discovery.as_ref().filter(|_| job.depth > 0)?;
+    let from = Url::parse(&job.url).ok()?;
+    (!discovery.in_scope(&from, url)).then(|| Refusal {
+        kind: ErrorKind::OutOfScope,
+        message: format!("redirect to {url}, out of the crawl's scope: not requested"),
+        retry_after: None,
+    })
+}
+
 /// Puts what the answer of a request to `host` (sent at `turn`) says into
 /// politeness: at once for another host than the job's (releasing the slot
 /// the hop took), or as the job's host's latest state, returned, which the
@@ -387,7 +381,7 @@ fn settle(
 /// What an attempt says about its host: 429 and 503 ask the whole host to slow
 /// down (RFC 6585 §4, RFC 9110 §15.6.4); failing to reach it at all counts
 /// towards a host backoff; any other response shows it is healthy.
-fn host_signal(fetched: &Fetched) -> HostSignal {
+pub(crate) fn host_signal(fetched: &Fetched) -> HostSignal {
     match (fetched.error, fetched.record.http_status) {
         (None, Some(429 | 503)) => HostSignal::Throttled { retry_after: fetched.retry_after },
         (None, _) => HostSignal::Healthy,

@@ -204,3 +204,50 @@ async fn links_written_by_a_cms_are_decoded_and_noscript_links_followed() {
     let not_ok = scalar(&db, "SELECT count(*) FROM results WHERE http_status <> 200").await;
     assert_eq!(not_ok, 0, "every decoded link resolves to a page");
 }
+
+/// With `--follow` and the default scope (the seed's host), nothing takes
+/// the crawl to another host: not a robots.txt `Sitemap:` line naming a
+/// sitemap elsewhere, nor one redirecting there, nor a URL elsewhere listed
+/// in an in-scope sitemap, nor a discovered link redirecting there.
+#[tokio::test]
+async fn a_crawl_scoped_to_one_host_makes_no_request_to_another() {
+    use crate::server::RobotsTxt;
+    let other = TestServer::start_on("127.0.0.46");
+    let robots = format!(
+        "User-agent: *\nAllow: /\nSitemap: {}\nSitemap: http://{{host}}/goto?to={}\nSitemap: http://{{host}}/sitemap-1.xml\n",
+        other.url("/sitemap.xml"),
+        other.url("/sitemap-1.xml"),
+    );
+    let site = TestServer::with_robots("127.0.0.45", RobotsTxt::Text(Box::leak(robots.into_boxed_str())));
+    let away = format!("/goto?to={}", other.url("/ok/away"));
+    let seed = site.url(&format!(
+        "/linkto?url={}",
+        url::form_urlencoded::byte_serialize(away.as_bytes()).collect::<String>()
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let (db, log) = crawl_to_end(dir.path(), &[seed], &["--follow"], &[]);
+
+    assert_eq!(
+        other.hits().len() + other.robots_hits().len(),
+        0,
+        "requests to another host: {:?}\n{log}",
+        other.hits()
+    );
+    // The in-scope sitemap's own-host URLs are crawled, as seeds.
+    let pool = reader(&db).await;
+    let seeds: Vec<String> =
+        sqlx::query_scalar("SELECT url FROM urls WHERE url LIKE '%/ok/s%' AND depth = 0 ORDER BY url")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(seeds, [site.url("/ok/s1"), site.url("/ok/s2")]);
+    // The discovered redirect away ended as out_of_scope, not requested.
+    let (kind, message): (String, String) =
+        sqlx::query_as("SELECT error_kind, error_message FROM attempts WHERE final_url = ?1")
+            .bind(other.url("/ok/away"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(kind, "out_of_scope", "{message}");
+    assert!(log.contains("sitemap out of the crawl's scope"), "{log}");
+}

@@ -14,6 +14,7 @@
 //! - `/redirect/{n}`: 302 to `/redirect/{n-1}`, and `/redirect/0` to `/ok/end`
 //! - `/loop/a`, `/loop/b`: 302 to each other
 //! - `/goto?to=URL`: 302 to that (absolute) URL
+//! - `/linkto?url=URL`: a page with one link, to that URL
 //! - `/credlink`: a page linking to `/ok/linked` on its own host with
 //!   credentials `bob:linkpass@`; `/credredirect`: 302 to `/ok/redirected`
 //!   with `carol:redirpass@`
@@ -74,7 +75,7 @@ pub enum RobotsTxt {
     /// 404: no robots.txt, everything allowed.
     #[default]
     Missing,
-    /// 200 with this text.
+    /// 200 with this text, `{host}` replaced by the server's `host:port`.
     Text(&'static str),
     /// This status the first time, then 200 with the text.
     FailsThen(u16, &'static str),
@@ -266,6 +267,14 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/redirect/{n}", get(redirect))
         .route("/goto", get(|Query(to): Query<HashMap<String, String>>| async move { found(&to["to"]) }))
         .route(
+            "/linkto",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                let href = q["url"].replace('&', "&amp;").replace('"', "&quot;");
+                ([(header::CONTENT_TYPE, "text/html")], format!(r#"<a href="{href}">link</a>"#))
+                    .into_response()
+            }),
+        )
+        .route(
             "/credlink",
             get(|headers: axum::http::HeaderMap| async move {
                 let page = format!(r#"<a href="http://bob:linkpass@{}/ok/linked">x</a>"#, host_of(&headers));
@@ -445,7 +454,7 @@ async fn robots_txt(State(shared): State<Arc<Shared>>, headers: axum::http::Head
     }
     match shared.options.robots {
         RobotsTxt::Missing => StatusCode::NOT_FOUND.into_response(),
-        RobotsTxt::Text(text) => text.into_response(),
+        RobotsTxt::Text(text) => text.replace("{host}", &host_of(&headers)).into_response(),
         RobotsTxt::FailsThen(status, text) => {
             if count(&shared, "/robots.txt") == 0 {
                 StatusCode::from_u16(status).unwrap().into_response()
