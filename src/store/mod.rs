@@ -118,9 +118,12 @@ impl LockWaits {
     }
 
     /// Records that a write went through: whatever blocked writes is gone.
+    /// Says so when the wait was reported, or long enough for `/healthz` to
+    /// have answered 503 (which a retry's backoff can reach before the next
+    /// warning is due).
     pub fn cleared(&self) {
         let mut state = self.lock();
-        if let (Some(since), Some(_)) = (state.since, state.warned_at) {
+        if let Some(since) = state.since.filter(|s| state.warned_at.is_some() || s.elapsed() >= self.warn_after) {
             tracing::info!("database writable again after {} s", since.elapsed().as_secs());
         }
         *state = WaitState::default();
