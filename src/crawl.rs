@@ -378,6 +378,8 @@ impl Running {
             counts: StateCounts::default(),
             done: get(&stats.done),
             failed: get(&stats.failed),
+            done_statuses: CrawlStats::snapshot(&stats.done_statuses),
+            dropped_links: CrawlStats::snapshot(&stats.dropped_links),
             attempts: get(&stats.attempts),
             retries: get(&stats.retries),
             bytes: get(&stats.bytes),

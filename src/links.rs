@@ -13,12 +13,14 @@
 //! as a URL.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lol_html::{element, send, text};
 use url::Url;
 
 use crate::config::{DiscoveryConfig, Scope};
+use crate::redact::ForLog;
 use crate::store::{DropReason, NewUrl};
 
 /// Links found in one page, before any decision.
@@ -70,6 +72,11 @@ fn handlers(found: Arc<Mutex<Found>>, max_links: usize, noscript: bool) -> send:
                 return Ok(());
             }
             let href = attribute(el, "href").unwrap_or_default();
+            // A same-document reference (`#top`, RFC 3986 §4.4) names this
+            // page: not a link to follow, and not one that counts.
+            if href.trim_start().starts_with('#') {
+                return Ok(());
+            }
             let nofollow = rel.split_ascii_whitespace().any(|r| r == "nofollow");
             let mut found = on_link.lock().unwrap_or_else(|p| p.into_inner());
             if found.links.len() < max_links {
@@ -156,11 +163,13 @@ pub struct Judged {
 /// The rules of [`DiscoveryConfig`] (its patterns were compiled at load).
 pub struct Discovery {
     config: DiscoveryConfig,
+    /// Whether a page over `max_links_per_page` was reported (once per run).
+    cap_reported: AtomicBool,
 }
 
 impl Discovery {
     pub fn new(config: DiscoveryConfig) -> Self {
-        Self { config }
+        Self { config, cap_reported: AtomicBool::new(false) }
     }
 
     pub fn max_links_per_page(&self) -> usize {
@@ -180,6 +189,15 @@ impl Discovery {
         let mut drop = |reason: DropReason, n: u64| *judged.dropped.entry(reason).or_default() += n;
         if found.overflow > 0 {
             drop(DropReason::TooManyLinks, found.overflow);
+            if !self.cap_reported.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    page = %ForLog(page.as_str()),
+                    max_links_per_page = self.config.max_links_per_page,
+                    dropped = found.overflow,
+                    "a page has more links than discovery.max_links_per_page: the rest are dropped as \
+                     too_many_links (see dropped_links; said once per run)"
+                );
+            }
         }
         if depth >= self.config.max_depth {
             drop(DropReason::Depth, found.links.len() as u64);

@@ -110,6 +110,7 @@ impl fmt::Display for Text<'_> {
             }
         };
         writeln!(f, "outcomes   {}", list(&r.outcomes))?;
+        writeln!(f, "dropped    {} (links not followed, by reason)", list(&r.dropped_links))?;
         writeln!(f, "hosts      {}", list(&r.top_hosts))?;
         writeln!(f, "failing    {}", list(&r.top_failing_hosts))?;
         writeln!(

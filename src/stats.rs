@@ -4,13 +4,15 @@
 //! only what is durable; the progress reporter and the producer read them.
 //! Latency percentiles come from an HDR histogram the writer owns.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::store::StateCounts;
+use crate::store::{DropReason, StateCounts};
 
 /// Live counters. All are monotonic except `outstanding`.
 #[derive(Debug, Default)]
@@ -29,6 +31,10 @@ pub struct CrawlStats {
     pub retries: AtomicU64,
     /// Body bytes this run read (decoded).
     pub bytes: AtomicU64,
+    /// URLs this run finished as `done`, by HTTP status.
+    pub done_statuses: Mutex<BTreeMap<u16, u64>>,
+    /// Links this run dropped, by reason (as `dropped_links` counts them).
+    pub dropped_links: Mutex<BTreeMap<DropReason, u64>>,
     /// URLs claimed but not yet completed (claimed by the producer, decremented
     /// by the writer after commit). Zero with nothing queued means idle.
     pub outstanding: AtomicU64,
@@ -37,6 +43,16 @@ pub struct CrawlStats {
 impl CrawlStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Adds `n` to `key`'s count in `map`.
+    pub fn add<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K, n: u64) {
+        *map.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += n;
+    }
+
+    /// A copy of `map`.
+    pub fn snapshot<K: Ord + Clone>(map: &Mutex<BTreeMap<K, u64>>) -> BTreeMap<K, u64> {
+        map.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -55,6 +71,10 @@ pub struct Summary {
     /// URLs this run finished, as `done` and as `failed`.
     pub done: u64,
     pub failed: u64,
+    /// The `done` ones by HTTP status.
+    pub done_statuses: BTreeMap<u16, u64>,
+    /// Links this run dropped, by reason.
+    pub dropped_links: BTreeMap<DropReason, u64>,
     pub attempts: u64,
     pub retries: u64,
     pub bytes: u64,
@@ -99,9 +119,20 @@ impl fmt::Display for Summary {
         let c = &self.counts;
         let verb = if self.stopped { "stopped" } else { "finished" };
         writeln!(f, "crawl {verb} after {:.1} s", self.elapsed.as_secs_f64())?;
+        // "done" means a final response, whatever its status: say which.
+        let mut statuses = Vec::new();
+        let success: u64 = self.done_statuses.range(200..300).map(|(_, n)| n).sum();
+        if success > 0 {
+            statuses.push(format!("{success} × 2xx"));
+        }
+        for (status, n) in self.done_statuses.iter().filter(|(s, _)| !(200..300).contains(*s)) {
+            statuses.push(format!("{n} × {status}"));
+        }
+        let statuses =
+            if statuses.is_empty() { String::new() } else { format!(" ({})", statuses.join(", ")) };
         writeln!(
             f,
-            "  this run   {} URLs: {} succeeded, {} failed; {} attempts, {} retries",
+            "  this run   {} URLs: {} done{statuses}, {} failed; {} attempts, {} retries",
             self.done + self.failed,
             self.done,
             self.failed,
@@ -116,6 +147,12 @@ impl fmt::Display for Summary {
             ms(self.latency_p95_us),
             ms(self.latency_max_us)
         )?;
+        if !self.dropped_links.is_empty() {
+            let total: u64 = self.dropped_links.values().sum();
+            let reasons: Vec<String> =
+                self.dropped_links.iter().map(|(reason, n)| format!("{n} {}", reason.as_str())).collect();
+            writeln!(f, "  links      {total} dropped: {} (see dropped_links)", reasons.join(", "))?;
+        }
         if self.input_lines > 0 {
             writeln!(
                 f,
@@ -156,6 +193,8 @@ mod tests {
             counts: StateCounts { done: 9, failed: 1, queued: 2, ..Default::default() },
             done: 9,
             failed: 1,
+            done_statuses: [(200, 7), (204, 1), (404, 1)].into(),
+            dropped_links: [(DropReason::TooManyLinks, 5), (DropReason::OutOfScope, 2)].into(),
             attempts: 12,
             retries: 2,
             bytes: 2048,
@@ -169,7 +208,14 @@ mod tests {
         };
         assert_eq!(summary.pages_per_second(), 5.0);
         let text = summary.to_string();
-        assert!(text.contains("10 URLs: 9 succeeded, 1 failed; 12 attempts, 2 retries"), "{text}");
+        assert!(
+            text.contains("10 URLs: 9 done (8 × 2xx, 1 × 404), 1 failed; 12 attempts, 2 retries"),
+            "{text}"
+        );
+        assert!(
+            text.contains("links      7 dropped: 2 out_of_scope, 5 too_many_links (see dropped_links)"),
+            "{text}"
+        );
         assert!(text.contains("p50 1.5 ms, p95 9.0 ms, max 12.0 ms"), "{text}");
         assert!(text.contains("run the same command again"), "{text}");
     }

@@ -57,6 +57,12 @@ pub async fn run<S: Store>(
         if committed.new_urls > 0 {
             stats.known.fetch_add(committed.new_urls, Ordering::Relaxed);
         }
+        for (&reason, &n) in &committed.dropped_links {
+            CrawlStats::add(&stats.dropped_links, reason, n);
+            if admin::recording() {
+                metrics::counter!("trawler_links_dropped_total", "reason" => reason.as_str()).increment(n);
+            }
+        }
         let mut retried = false;
         for c in &batch {
             latency.saturating_record(c.record.elapsed_us.max(1));
@@ -68,6 +74,7 @@ pub async fn run<S: Store>(
             match c.next {
                 Next::Done => {
                     stats.done.fetch_add(1, Ordering::Relaxed);
+                    CrawlStats::add(&stats.done_statuses, c.record.http_status.unwrap_or(0), 1);
                     stats.finished.fetch_add(1, Ordering::Relaxed);
                 }
                 Next::Failed => {

@@ -10,6 +10,7 @@
 
 pub mod sqlite;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use crate::fetch::ErrorKind;
@@ -123,7 +124,9 @@ impl LockWaits {
     /// warning is due).
     pub fn cleared(&self) {
         let mut state = self.lock();
-        if let Some(since) = state.since.filter(|s| state.warned_at.is_some() || s.elapsed() >= self.warn_after) {
+        if let Some(since) =
+            state.since.filter(|s| state.warned_at.is_some() || s.elapsed() >= self.warn_after)
+        {
             tracing::info!("database writable again after {} s", since.elapsed().as_secs());
         }
         *state = WaitState::default();
@@ -384,12 +387,15 @@ pub struct PageLimits {
 }
 
 /// What committing a batch of completions did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Committed {
     /// Completions applied (the rest were stale).
     pub applied: u64,
     /// Discovered URLs that were new to the store.
     pub new_urls: u64,
+    /// Links dropped on the applied pages, by reason, the page limits
+    /// (`max_pages`, `max_pages_per_host`) included.
+    pub dropped_links: BTreeMap<DropReason, u64>,
 }
 
 /// One row of the `results` view, for `trawler export`.
@@ -433,6 +439,8 @@ pub struct StatsReport {
     pub invalid_lines: u64,
     /// Finished URLs by outcome: HTTP status class (`2xx`, ...) or error kind.
     pub outcomes: Vec<(String, u64)>,
+    /// Links dropped, by reason (`dropped_links`), most first.
+    pub dropped_links: Vec<(String, u64)>,
     /// Hosts with the most URLs, and with the most failed URLs.
     pub top_hosts: Vec<(String, u64)>,
     pub top_failing_hosts: Vec<(String, u64)>,

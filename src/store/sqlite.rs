@@ -263,6 +263,10 @@ impl SqliteStore {
                  WHERE state IN ('done', 'failed') GROUP BY 1 ORDER BY 2 DESC, 1",
             )
             .await?,
+            dropped_links: pairs(
+                "SELECT reason, sum(count) FROM dropped_links GROUP BY reason ORDER BY 2 DESC, 1",
+            )
+            .await?,
             top_hosts: pairs("SELECT host, count(*) FROM urls GROUP BY host ORDER BY 2 DESC, 1 LIMIT 10").await?,
             top_failing_hosts: pairs(
                 "SELECT host, count(*) FROM urls WHERE state = 'failed' GROUP BY host ORDER BY 2 DESC, 1 LIMIT 10",
@@ -649,9 +653,9 @@ impl Store for SqliteStore {
             update_hosts(&mut tx, completions).await?;
             let pages: Vec<&Completion> =
                 completions.iter().filter(with_links).filter(|c| applied_ids.contains(&c.url_id)).collect();
-            let new_urls = record_links(&mut tx, &pages, limits).await?;
+            let (new_urls, dropped_links) = record_links(&mut tx, &pages, limits).await?;
             tx.commit().await.map_err(db("commit results"))?;
-            Ok(Committed { applied, new_urls })
+            Ok(Committed { applied, new_urls, dropped_links })
         })
         .await
     }
@@ -971,12 +975,13 @@ async fn insert_urls(tx: &mut sqlx::Transaction<'_, Sqlite>, urls: &[NewUrl]) ->
 }
 
 /// Enqueues the pages' discovered links, records the link graph and the
-/// dropped-link counts. Returns how many URLs were new.
+/// dropped-link counts. Returns how many URLs were new, and the links
+/// dropped by reason.
 async fn record_links(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     pages: &[&Completion],
     limits: PageLimits,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, BTreeMap<DropReason, u64>), StoreError> {
     let discovered: Vec<&NewUrl> = pages.iter().flat_map(|c| c.links.iter()).collect();
     let (admitted, mut capped) = apply_page_limits(tx, &discovered, limits).await?;
     let new = insert_urls(tx, &admitted).await?;
@@ -997,6 +1002,10 @@ async fn record_links(
         .flat_map(|c| c.dropped_links.iter().map(|(reason, n)| (c.url_id, *reason, to_i64(*n))))
         .collect();
     dropped.append(&mut capped);
+    let mut by_reason = BTreeMap::new();
+    for (_, reason, n) in &dropped {
+        *by_reason.entry(*reason).or_default() += *n as u64;
+    }
     for chunk in statement_chunks(&dropped) {
         let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO dropped_links (url_id, reason, count) ");
         q.push_values(chunk, |mut row, (url_id, reason, n)| {
@@ -1005,7 +1014,7 @@ async fn record_links(
         q.push(" ON CONFLICT (url_id, reason) DO UPDATE SET count = dropped_links.count + excluded.count");
         q.build().execute(&mut **tx).await.map_err(db("record dropped links"))?;
     }
-    Ok(new)
+    Ok((new, by_reason))
 }
 
 /// Splits discovered links into those that may be inserted under `limits`

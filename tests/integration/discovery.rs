@@ -2,9 +2,13 @@
 //! and the link graph in the database.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::server::TestServer;
-use crate::util::{crawl_lines, crawl_to_end, reader, scalar, test_config};
+use crate::util::{
+    Daemon, crawl_lines, crawl_to_end, output_of, reader, scalar, spawn_crawl_with_env, spawn_trawler,
+    test_config, wait_within, write_input,
+};
 
 #[tokio::test]
 async fn following_links_crawls_the_site_within_scope_and_depth() {
@@ -250,4 +254,48 @@ async fn a_crawl_scoped_to_one_host_makes_no_request_to_another() {
             .unwrap();
     assert_eq!(kind, "out_of_scope", "{message}");
     assert!(log.contains("sitemap out of the crawl's scope"), "{log}");
+}
+
+/// Links lost to the per-page cap (or any rule) are visible: a warning that
+/// names the page the first time, the summary, `trawler stats` and the
+/// service's `/metrics`.
+#[tokio::test]
+async fn dropped_links_are_reported_in_the_summary_stats_and_metrics() {
+    let server = TestServer::start_on("127.0.0.47");
+    let dir = tempfile::tempdir().unwrap();
+    let seed = server.url("/site/index.html");
+    let input = write_input(dir.path(), std::slice::from_ref(&seed));
+    let db = dir.path().join("crawl.db");
+    // index.html has 9 links (not counting its stylesheet): 2 are kept.
+    let cap = [("TRAWLER_DISCOVERY__MAX_LINKS_PER_PAGE", "2")];
+    let mut child = spawn_crawl_with_env(input.to_str().unwrap(), &db, &["--follow"], &cap);
+    assert_eq!(wait_within(&mut child, Duration::from_secs(30)).0.code(), Some(0));
+    let (stdout, log) = output_of(child);
+    assert!(stdout.contains("links      7 dropped: 7 too_many_links (see dropped_links)"), "{stdout}");
+    assert!(stdout.contains("URLs: 3 done (2 × 2xx, 1 × 404), 0 failed"), "{stdout}");
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("discovery.max_links_per_page")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains(&seed), "{log}");
+
+    let mut stats = spawn_trawler(&["stats", "--db", db.to_str().unwrap()]);
+    assert_eq!(wait_within(&mut stats, Duration::from_secs(10)).0.code(), Some(0));
+    let (stdout, _) = output_of(stats);
+    assert!(stdout.contains("dropped    too_many_links 7"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), "[discovery]\nfollow = true\nmax_links_per_page = 2\n");
+    daemon.enqueue(&[seed]);
+    let metric = r#"trawler_links_dropped_total{reason="too_many_links"} 7"#;
+    let url = format!("http://{}/metrics", daemon.admin);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = http.get(&url).send().await.unwrap().text().await.unwrap();
+        if metrics.contains(metric) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.contains(metric), "{metrics}");
+    daemon.stop();
 }

@@ -148,7 +148,7 @@ async fn json_logs_are_one_object_per_line() {
     let (status, _) = wait_within(&mut child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));
     let (stdout, stderr) = output_of(child);
-    assert!(stdout.contains("1 succeeded, 0 failed"), "{stdout}");
+    assert!(stdout.contains("1 done (1 × 2xx), 0 failed"), "{stdout}");
     let lines: Vec<serde_json::Value> =
         stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
     assert!(lines.iter().any(|l| l["level"] == "WARN" && l["line"] == 2), "{stderr}");
