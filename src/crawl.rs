@@ -239,8 +239,11 @@ async fn start(
     let (job_tx, job_rx) = async_channel::bounded((concurrency * 4).max(CHANNEL_MIN));
     let (result_tx, result_rx) = mpsc::channel(RESULTS_CAPACITY);
 
-    let limits =
-        PageLimits { total: config.discovery.max_pages, per_host: config.discovery.max_pages_per_host };
+    let limits = PageLimits {
+        total: config.discovery.max_pages,
+        per_host: config.discovery.max_pages_per_host,
+        max_depth: config.discovery.max_depth,
+    };
     let writer = tasks.spawn(
         "writer",
         writer::run(store.clone(), result_rx, stats.clone(), wake.clone(), limits, writer_beat.clone()),

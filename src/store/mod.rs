@@ -384,6 +384,9 @@ pub struct PageLimits {
     pub total: Option<u64>,
     /// URLs in the store per host.
     pub per_host: Option<u64>,
+    /// `discovery.max_depth`: a page found at it was not parsed, so when a
+    /// shorter path to it turns up it is fetched again.
+    pub max_depth: u32,
 }
 
 /// What committing a batch of completions did.

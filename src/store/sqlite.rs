@@ -982,9 +982,31 @@ async fn record_links(
     pages: &[&Completion],
     limits: PageLimits,
 ) -> Result<(u64, BTreeMap<DropReason, u64>), StoreError> {
-    let discovered: Vec<&NewUrl> = pages.iter().flat_map(|c| c.links.iter()).collect();
+    // Depth is the shortest distance from a seed: a page's links are one
+    // deeper than the page is now, which may be less than when it was
+    // claimed, and a link to a stored URL may be a shorter path to it.
+    let page_ids: Vec<i64> = pages.iter().map(|c| c.url_id).collect();
+    let page_depths: BTreeMap<i64, u32> =
+        sqlx::query_as("SELECT id, depth FROM urls WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(serde_json::to_string(&page_ids).expect("ids serialize"))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db("look up page depths"))?
+            .into_iter()
+            .collect();
+    let discovered: Vec<NewUrl> = pages
+        .iter()
+        .flat_map(|c| {
+            let depth = page_depths.get(&c.url_id).map(|d| d + 1);
+            c.links
+                .iter()
+                .map(move |l| NewUrl { depth: depth.map_or(l.depth, |d| d.min(l.depth)), ..l.clone() })
+        })
+        .collect();
+    let discovered: Vec<&NewUrl> = discovered.iter().collect();
     let (admitted, mut capped) = apply_page_limits(tx, &discovered, limits).await?;
     let new = insert_urls(tx, &admitted).await?;
+    lower_depths(tx, &admitted, limits.max_depth).await?;
     for page in pages.iter().filter(|c| !c.links.is_empty()) {
         let targets: Vec<&str> = page.links.iter().map(|l| l.url.as_str()).collect();
         sqlx::query(
@@ -1017,6 +1039,93 @@ async fn record_links(
     Ok((new, by_reason))
 }
 
+/// Makes each URL's `depth` its shortest distance from a seed, given the
+/// just-recorded `links` (whose depths are their pages' plus one): a stored
+/// URL that a link reaches in fewer steps gets the lower depth and that page
+/// as `found_on`, and so do its descendants through the link graph. A page
+/// that was at `max_depth` (so not parsed) and is now above it is queued to
+/// be fetched again, its links now allowed; one in flight is taken back (its
+/// completion becomes stale) for the same reason.
+async fn lower_depths(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    links: &[NewUrl],
+    max_depth: u32,
+) -> Result<(), StoreError> {
+    if links.is_empty() {
+        return Ok(());
+    }
+    // (url, depth, found_on), the shortest per URL first.
+    let mut shortest: BTreeMap<&str, (u32, Option<i64>)> = BTreeMap::new();
+    for link in links {
+        let entry = shortest.entry(link.url.as_str()).or_insert((link.depth, link.found_on));
+        if link.depth < entry.0 {
+            *entry = (link.depth, link.found_on);
+        }
+    }
+    let candidates: Vec<(&str, u32, Option<i64>)> =
+        shortest.into_iter().map(|(u, (d, f))| (u, d, f)).collect();
+    // The lowered URLs and their descendants, each with its new depth, the
+    // page that gives it, and its depth and state before.
+    let lowered: Vec<(i64, i64, Option<i64>, i64, String)> = sqlx::query_as(
+        "WITH RECURSIVE
+           found(url, depth, via) AS (
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+             FROM json_each(?1)),
+           lowered(id, depth, via) AS (
+             SELECT u.id, f.depth, f.via FROM found f JOIN urls u ON u.url = f.url WHERE f.depth < u.depth
+             UNION
+             SELECT l.to_id, p.depth + 1, p.id FROM lowered p
+             JOIN links l ON l.from_id = p.id JOIN urls v ON v.id = l.to_id
+             WHERE p.depth + 1 < v.depth)
+         SELECT l.id, min(l.depth), l.via, u.depth, u.state FROM lowered l JOIN urls u ON u.id = l.id
+         GROUP BY l.id",
+    )
+    .bind(serde_json::to_string(&candidates).expect("links serialize"))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db("find shorter paths"))?;
+    if lowered.is_empty() {
+        return Ok(());
+    }
+    let max_depth = i64::from(max_depth);
+    let rows: Vec<(i64, i64, Option<i64>, bool)> = lowered
+        .into_iter()
+        .map(|(id, depth, via, before, state)| {
+            let unparsed =
+                before >= max_depth && depth < max_depth && (state == "done" || state == "in_flight");
+            (id, depth, via, unparsed)
+        })
+        .collect();
+    sqlx::query(
+        "WITH v(id, depth, via, refetch) AS (
+           SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+                  json_extract(value, '$[3]')
+           FROM json_each(?1))
+         UPDATE urls SET depth = v.depth, found_on = coalesce(v.via, urls.found_on),
+           state = CASE WHEN v.refetch THEN 'queued' ELSE urls.state END,
+           lease = CASE WHEN v.refetch THEN NULL ELSE urls.lease END,
+           leased_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.leased_at_ms END,
+           not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END
+         FROM v WHERE urls.id = v.id",
+    )
+    .bind(serde_json::to_string(&rows).expect("rows serialize"))
+    .execute(&mut **tx)
+    .await
+    .map_err(db("lower depths"))?;
+    if rows.iter().any(|r| r.3) {
+        sqlx::query(
+            "UPDATE hosts SET work_at_ms = 0 WHERE host IN
+               (SELECT host FROM urls WHERE id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1)
+                WHERE json_extract(value, '$[3]')))",
+        )
+        .bind(serde_json::to_string(&rows).expect("rows serialize"))
+        .execute(&mut **tx)
+        .await
+        .map_err(db("wake hosts of refetched pages"))?;
+    }
+    Ok(())
+}
+
 /// Splits discovered links into those that may be inserted under `limits`
 /// and the page-limit drops, as `(found_on, reason, n)` rows. A link to a URL
 /// already stored is always admitted (it adds an edge, not a URL), so a cap
@@ -1027,7 +1136,7 @@ async fn apply_page_limits(
     links: &[&NewUrl],
     limits: PageLimits,
 ) -> Result<(Vec<NewUrl>, Vec<(i64, DropReason, i64)>), StoreError> {
-    if limits == PageLimits::default() || links.is_empty() {
+    if (limits.total.is_none() && limits.per_host.is_none()) || links.is_empty() {
         return Ok((links.iter().map(|l| (*l).clone()).collect(), Vec::new()));
     }
     let urls: Vec<&str> = links.iter().map(|l| l.url.as_str()).collect();

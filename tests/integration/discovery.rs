@@ -299,3 +299,47 @@ async fn dropped_links_are_reported_in_the_summary_stats_and_metrics() {
     assert!(metrics.contains(metric), "{metrics}");
     daemon.stop();
 }
+
+/// Depth is the shortest distance from a seed: when a shorter path to a
+/// stored page turns up, the page and what it leads to move up, and a page
+/// that was at the maximum depth (so not parsed) is fetched again, its
+/// links now followed.
+#[tokio::test]
+async fn depth_is_the_shortest_path_even_when_the_long_one_came_first() {
+    let server = TestServer::start_on("127.0.0.48");
+    let dir = tempfile::tempdir().unwrap();
+    let depth3 = [("TRAWLER_DISCOVERY__MAX_DEPTH", "3")];
+    // The long path first: s → a → b → c, c at the maximum depth.
+    let (db, _) = crawl_to_end(dir.path(), &[server.url("/graph/s.html")], &["--follow"], &depth3);
+    let depths = || async {
+        let pool = reader(&db).await;
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT replace(u.url, ?1, ''), u.depth, coalesce(replace(f.url, ?1, ''), '-')
+             FROM urls u LEFT JOIN urls f ON f.id = u.found_on ORDER BY 1",
+        )
+        .bind(server.url("/graph/"))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        rows.into_iter().map(|(u, d, f)| format!("{u} {d} {f}")).collect::<Vec<_>>()
+    };
+    assert_eq!(depths().await, ["a.html 1 s.html", "b.html 2 a.html", "c.html 3 b.html", "s.html 0 -"]);
+
+    // Then a shortcut: t → b.
+    crawl_to_end(dir.path(), &[server.url("/graph/t.html")], &["--follow"], &depth3);
+    assert_eq!(
+        depths().await,
+        [
+            "a.html 1 s.html",
+            "b.html 1 t.html",
+            "c.html 2 b.html",
+            "d.html 3 c.html",
+            "s.html 0 -",
+            "t.html 0 -"
+        ]
+    );
+    assert_eq!(server.hits_of("/graph/c.html").len(), 2, "c fetched again, now parsed");
+    assert_eq!(server.hits_of("/graph/e.html").len(), 0, "d is at the maximum depth");
+    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state <> 'done'").await, 0);
+}

@@ -24,6 +24,7 @@
 //! - `/stall/{*rest}`: 200, one chunk of body, then nothing, forever
 //! - `/throttle/{secs}/{*rest}`: always 503 with `Retry-After: secs`
 //! - `/site/...`: the small HTML site of [`SITE`]; other `/site/` paths are 404
+//! - `/graph/...`: the pages of [`GRAPH`], a chain with a shortcut
 //! - `/cms/...`: the pages of [`CMS`], each answered only at its exact path
 //!   and query (anything else is 404): links written as a CMS writes them
 //! - `/sitemap.xml`: a sitemap index naming `/sitemap-1.xml`, a `<urlset>`
@@ -305,6 +306,15 @@ fn router(shared: Arc<Shared>) -> Router {
             }),
         )
         .route(
+            "/graph/{page}",
+            get(|Path(page): Path<String>| async move {
+                match GRAPH.iter().find(|(path, _)| *path == page) {
+                    Some((_, body)) => html(body),
+                    None => StatusCode::NOT_FOUND.into_response(),
+                }
+            }),
+        )
+        .route(
             "/cms/{*rest}",
             get(|uri: axum::http::Uri| async move {
                 let wanted = uri.path_and_query().map_or("", |p| p.as_str()).trim_start_matches("/cms/");
@@ -518,4 +528,15 @@ pub const CMS: &[(&str, &str)] = &[
     ("dir/h.html", "<p>h</p>"),
     ("dir/p.html?a=1&copy=2", "<p>p</p>"),
     ("dir/ns.html", "<p>ns</p>"),
+];
+
+/// `/graph/...`: the chain s → a → b → c → d → e, and t, which links to b.
+pub const GRAPH: &[(&str, &str)] = &[
+    ("s.html", r#"<a href="a.html">a</a>"#),
+    ("a.html", r#"<a href="b.html">b</a>"#),
+    ("b.html", r#"<a href="c.html">c</a>"#),
+    ("c.html", r#"<a href="d.html">d</a>"#),
+    ("d.html", r#"<a href="e.html">e</a>"#),
+    ("e.html", "<p>end</p>"),
+    ("t.html", r#"<a href="b.html">b</a>"#),
 ];
