@@ -51,6 +51,8 @@ pub struct Api {
     /// Wakes the producer when URLs were added.
     pub wake: Arc<Notify>,
     pub stats: Arc<CrawlStats>,
+    /// `discovery.strip_query_params`, for the one normalization of URLs.
+    pub strip_query_params: Vec<String>,
 }
 
 /// What `POST /urls` answers.
@@ -131,7 +133,7 @@ async fn add_urls(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) 
     });
     // The body (up to 16 MiB) is freed here, before the store work: with
     // several posts in flight, every copy held across the writes counts.
-    let Parsed { received, urls, invalid } = match parse_body(is_json, body) {
+    let Parsed { received, urls, invalid } = match parse_body(is_json, body, &api.strip_query_params) {
         Ok(parsed) => parsed,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
@@ -179,11 +181,11 @@ struct Parsed {
 ///
 /// Errors: why the body is not a JSON array of strings (when `is_json`) or
 /// not UTF-8, for a `400` answer.
-fn parse_body(is_json: bool, body: Bytes) -> Result<Parsed, String> {
+fn parse_body(is_json: bool, body: Bytes, strip: &[String]) -> Result<Parsed, String> {
     let mut parsed = Parsed { received: 0, urls: Vec::new(), invalid: Vec::new() };
     let mut take = |item: &str| {
         parsed.received += 1;
-        match parse_seed(item) {
+        match parse_seed(item, strip) {
             Ok(None) => {}
             Ok(Some(url)) => parsed.urls.push(url),
             Err(error) => parsed.invalid.push(Rejected { item: parsed.received, error }),

@@ -282,8 +282,9 @@ async fn start(
     let ingest = input.map(|(source, reader)| {
         let (store, stop, wake, stats, done) =
             (store.clone(), stop.clone(), wake.clone(), stats.clone(), input_done.clone());
+        let strip = config.discovery.strip_query_params.clone();
         tasks.spawn("input", async move {
-            let report = ingest(&*store, &source, reader, &stop, &wake, &stats).await;
+            let report = ingest(&*store, &source, reader, &stop, &wake, &stats, &strip).await;
             done.store(true, Ordering::SeqCst);
             wake.notify_one();
             report
@@ -437,7 +438,9 @@ pub async fn enqueue(
         Err(e) => return Err(e.into()),
     };
     let stats = Arc::new(CrawlStats::default());
-    let report = ingest(&store, source, input, &CancellationToken::new(), &Notify::new(), &stats).await;
+    let strip = &config.discovery.strip_query_params;
+    let report =
+        ingest(&store, source, input, &CancellationToken::new(), &Notify::new(), &stats, strip).await;
     store.close().await;
     Ok(report?)
 }

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::fetch::parse_http_url;
+use crate::links;
 use crate::redact::{self, ForLog};
 use crate::stats::CrawlStats;
 use crate::store::{InputError, NewUrl, Store, StoreError};
@@ -92,7 +93,8 @@ pub enum IngestError {
 }
 
 /// Reads `input` to its end (or until `stop`, committing what was read so
-/// far), enqueueing valid URLs and recording invalid lines. Adds each batch's new URLs to `stats.known` and
+/// far), enqueueing valid URLs (normalized with `strip`, the crawl's
+/// `discovery.strip_query_params`) and recording invalid lines. Adds each batch's new URLs to `stats.known` and
 /// wakes the producer through `wake`.
 pub async fn ingest<S: Store>(
     store: &S,
@@ -101,6 +103,7 @@ pub async fn ingest<S: Store>(
     stop: &CancellationToken,
     wake: &Notify,
     stats: &Arc<CrawlStats>,
+    strip: &[String],
 ) -> Result<IngestReport, IngestError> {
     let source_name = source.name();
     let mut lines = LineReader::new(BufReader::with_capacity(64 * 1024, input));
@@ -119,7 +122,7 @@ pub async fn ingest<S: Store>(
         };
         let Some(line) = line else { break };
         report.lines += 1;
-        match classify_line(line) {
+        match classify_line(line, strip) {
             Line::Skip => {}
             Line::Url(url) => {
                 report.urls += 1;
@@ -197,7 +200,7 @@ enum Line {
 /// The longest excerpt of a rejected line kept in the report.
 const MAX_REPORTED_CHARS: usize = 300;
 
-fn classify_line(line: RawLine<'_>) -> Line {
+fn classify_line(line: RawLine<'_>, strip: &[String]) -> Line {
     let bytes = match line {
         RawLine::Complete(bytes) => bytes,
         RawLine::TooLong(prefix) => {
@@ -206,7 +209,7 @@ fn classify_line(line: RawLine<'_>) -> Line {
             return Line::Invalid { text: excerpt(text.trim()), reason };
         }
     };
-    match parse_seed(&String::from_utf8_lossy(bytes)) {
+    match parse_seed(&String::from_utf8_lossy(bytes), strip) {
         Ok(None) => Line::Skip,
         Ok(Some(url)) => Line::Url(url),
         Err(SeedError { text, reason }) => Line::Invalid { text, reason },
@@ -223,12 +226,15 @@ pub struct SeedError {
 }
 
 /// One seed given as text (a line of a file, an item of an API request),
-/// trimmed: `Ok(None)` for a blank line or a `#` comment, `Ok(Some(url))` for
-/// an absolute http(s) URL of at most [`MAX_LINE_BYTES`].
+/// trimmed, a leading byte-order mark (U+FEFF, which editors put at the
+/// start of a file) skipped: `Ok(None)` for a blank line or a `#` comment,
+/// `Ok(Some(url))` for an absolute http(s) URL of at most
+/// [`MAX_LINE_BYTES`], normalized by [`links::normalize`] with `strip` (the
+/// crawl's `discovery.strip_query_params`), as every URL of every source is.
 ///
 /// Errors: [`SeedError`] for anything else.
-pub fn parse_seed(text: &str) -> Result<Option<NewUrl>, SeedError> {
-    let text = text.trim();
+pub fn parse_seed(text: &str, strip: &[String]) -> Result<Option<NewUrl>, SeedError> {
+    let text = text.trim_start_matches('\u{feff}').trim();
     if text.is_empty() || text.starts_with('#') {
         return Ok(None);
     }
@@ -242,7 +248,8 @@ pub fn parse_seed(text: &str) -> Result<Option<NewUrl>, SeedError> {
                      not crawled"
                 .to_owned(),
         }),
-        Ok(url) => {
+        Ok(mut url) => {
+            links::normalize(&mut url, strip);
             let host = url.host_str().unwrap_or_default().to_owned();
             Ok(Some(NewUrl { url: url.into(), host, depth: 0, found_on: None }))
         }
@@ -250,10 +257,29 @@ pub fn parse_seed(text: &str) -> Result<Option<NewUrl>, SeedError> {
     }
 }
 
-/// What is recorded of a rejected line: its start, credentials redacted.
+/// What is recorded of a rejected line: its start, credentials redacted,
+/// and characters that would not show (controls, zero-width and other
+/// format characters, a byte-order mark) escaped as `\u{feff}`, so that a
+/// message never blames an invisible character silently.
 fn excerpt(text: &str) -> String {
     let head: String = text.chars().take(MAX_REPORTED_CHARS).collect();
-    redact::credentials_in_text(&head).into_owned()
+    let mut shown = String::with_capacity(head.len());
+    for c in redact::credentials_in_text(&head).chars() {
+        if is_invisible(c) {
+            shown.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
+/// Control characters, and the Unicode format (Cf) characters that text
+/// editors hide: soft hyphen, zero-width space/joiners, direction marks and
+/// embeddings, word joiner and invisible operators, byte-order mark.
+fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
 }
 
 enum RawLine<'a> {
@@ -344,20 +370,37 @@ mod tests {
 
     #[test]
     fn classifies_lines() {
-        assert!(matches!(classify_line(RawLine::Complete(b"  ")), Line::Skip));
-        assert!(matches!(classify_line(RawLine::Complete(b"# note")), Line::Skip));
-        match classify_line(RawLine::Complete(b" http://Example.org/a#x ")) {
+        let strip = crate::config::DiscoveryConfig::default().strip_query_params;
+        let classify = |line: &[u8]| classify_line(RawLine::Complete(line), &strip);
+        assert!(matches!(classify(b"  "), Line::Skip));
+        assert!(matches!(classify(b"# note"), Line::Skip));
+        match classify(b" http://Example.org/a#x ") {
             Line::Url(u) => {
                 assert_eq!(u.url, "http://example.org/a");
                 assert_eq!(u.host, "example.org");
             }
             _ => panic!("expected a URL"),
         }
-        match classify_line(RawLine::Complete(b"example.org/page")) {
+        match classify(b"example.org/page") {
             Line::Invalid { text, reason } => {
                 assert_eq!(text, "example.org/page");
                 assert!(reason.contains("relative URL"), "{reason}");
             }
+            _ => panic!("expected an invalid line"),
+        }
+        // A file saved with a byte-order mark: its first line is a URL.
+        match classify("\u{feff}http://example.org/".as_bytes()) {
+            Line::Url(u) => assert_eq!(u.url, "http://example.org/"),
+            _ => panic!("expected a URL"),
+        }
+        // Seeds are normalized as discovered links are.
+        match classify(b"http://example.org/%7euser/?utm_source=x&id=1") {
+            Line::Url(u) => assert_eq!(u.url, "http://example.org/~user/?id=1"),
+            _ => panic!("expected a URL"),
+        }
+        // Invisible characters are shown escaped.
+        match classify("\u{200b}example.org/\u{7}page".as_bytes()) {
+            Line::Invalid { text, .. } => assert_eq!(text, "\\u{200b}example.org/\\u{7}page"),
             _ => panic!("expected an invalid line"),
         }
     }

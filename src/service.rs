@@ -81,7 +81,12 @@ impl Service {
             admin::serve(self.admin, self.metrics, self.health.clone(), done.clone()),
         );
         if let Some(listener) = self.api {
-            let api = Api { store: store.clone(), wake: wake.clone(), stats: stats.clone() };
+            let api = Api {
+                store: store.clone(),
+                wake: wake.clone(),
+                stats: stats.clone(),
+                strip_query_params: live.config.discovery.strip_query_params.clone(),
+            };
             let (config, done) = (self.api_config, done.clone());
             tasks.spawn("API", async move { api::serve(listener, api, &config, done).await });
         }

@@ -343,3 +343,23 @@ async fn depth_is_the_shortest_path_even_when_the_long_one_came_first() {
     assert_eq!(server.hits_of("/graph/e.html").len(), 0, "d is at the maximum depth");
     assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state <> 'done'").await, 0);
 }
+
+/// Seeds and discovered links are normalized by one function: a page given
+/// as a seed with `%7e` and a tracking parameter, and linked to plainly, is
+/// stored once. A URL list saved with a byte-order mark loses no line.
+#[tokio::test]
+async fn seeds_and_links_are_normalized_alike_and_a_bom_is_skipped() {
+    let server = TestServer::start_on("127.0.0.49");
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = [
+        format!("\u{feff}{}", server.url("/ok/%7euser/?utm_source=mail&utm_medium=x")),
+        server.url("/linkto?url=/ok/~user/"),
+    ];
+    let (db, _) = crawl_to_end(dir.path(), &seeds, &["--follow"], &[]);
+    let pool = reader(&db).await;
+    let urls: Vec<String> =
+        sqlx::query_scalar("SELECT url FROM urls ORDER BY url").fetch_all(&pool).await.unwrap();
+    assert_eq!(urls, [server.url("/linkto?url=/ok/~user/"), server.url("/ok/~user/")]);
+    assert_eq!(scalar(&db, "SELECT count(*) FROM input_errors").await, 0);
+    assert_eq!(server.hits_of("/ok/~user/").len(), 1);
+}
