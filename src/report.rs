@@ -42,10 +42,12 @@ pub async fn stats(path: &Path, json: bool, mut out: impl Write) -> Result<(), C
 }
 
 /// Streams the `results` rows of the database at `path` that match `filter`
-/// to `out`. Returns how many rows were written.
+/// to `out`. Returns how many rows were written. A reader that goes away
+/// (`trawler export | head`: a closed pipe) ends the export quietly, as
+/// `sqlite3` or `grep` end, with the rows written so far.
 ///
-/// Errors: the database cannot be read; `out` cannot be written (a closed
-/// pipe ends the export with an error).
+/// Errors: the database cannot be read; `out` cannot be written for another
+/// reason (a full disk).
 pub async fn export(
     path: &Path,
     format: ExportFormat,
@@ -54,13 +56,13 @@ pub async fn export(
 ) -> Result<u64, CrawlError> {
     let store = SqliteStore::open_read_only(path).await?;
     let mut rows = 0;
-    {
+    let written = async {
         let mut stream = std::pin::pin!(store.export(filter));
         match format {
             ExportFormat::Jsonl => {
                 let mut out = std::io::BufWriter::new(out);
                 while let Some(row) = stream.next().await {
-                    serde_json::to_writer(&mut out, &row?).map_err(std::io::Error::other)?;
+                    serde_json::to_writer(&mut out, &row?).map_err(std::io::Error::from)?;
                     out.write_all(b"\n")?;
                     rows += 1;
                 }
@@ -69,15 +71,34 @@ pub async fn export(
             ExportFormat::Csv => {
                 let mut out = csv::Writer::from_writer(out);
                 while let Some(row) = stream.next().await {
-                    out.serialize(row?).map_err(std::io::Error::other)?;
+                    out.serialize(row?).map_err(csv_error)?;
                     rows += 1;
                 }
                 out.flush()?;
             }
         }
+        Ok::<_, CrawlError>(())
     }
+    .await;
     store.close().await;
-    Ok(rows)
+    match written {
+        Err(CrawlError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(rows),
+        Err(e) => Err(e),
+        Ok(()) => Ok(rows),
+    }
+}
+
+/// A CSV error as an I/O error, keeping the kind of one that was I/O (a
+/// closed pipe must stay recognisable).
+fn csv_error(e: csv::Error) -> std::io::Error {
+    if e.is_io_error() {
+        match e.into_kind() {
+            csv::ErrorKind::Io(e) => e,
+            other => std::io::Error::other(format!("{other:?}")),
+        }
+    } else {
+        std::io::Error::other(e)
+    }
 }
 
 /// `--since`: an RFC 3339 time (a date alone means midnight UTC) in the

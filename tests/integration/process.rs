@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use crate::server::TestServer;
-use crate::util::{output_of, scalar, signal, spawn_crawl, wait_until, wait_within, write_input};
+use crate::util::{
+    output_of, scalar, signal, spawn_crawl, spawn_trawler, wait_until, wait_within, write_input,
+};
 
 fn slow_urls(server: &TestServer, n: usize, ms: u64) -> Vec<String> {
     (0..n).map(|i| server.url(&format!("/slow/{ms}/{i}"))).collect()
@@ -285,4 +287,29 @@ async fn a_reader_without_write_access_can_read_a_stopped_crawls_database() {
     assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
     assert_eq!(String::from_utf8_lossy(&export.stdout).lines().count(), 1 + 3);
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `trawler export … | head`: a reader that goes away ends the export
+/// quietly with exit 0, as `sqlite3` or `grep` end.
+#[test]
+fn export_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crawl.db");
+    // Queued URLs are exported too: far more than a pipe's buffer.
+    let urls: Vec<String> = (0..5000).map(|i| format!("http://127.0.0.1:9/never/fetched/{i}")).collect();
+    let input = write_input(dir.path(), &urls);
+    let mut enqueue =
+        spawn_trawler(&["enqueue", "--db", db.to_str().unwrap(), "--file", input.to_str().unwrap()]);
+    assert_eq!(wait_within(&mut enqueue, Duration::from_secs(20)).0.code(), Some(0));
+    for format in ["jsonl", "csv"] {
+        let mut export = spawn_trawler(&["export", "--db", db.to_str().unwrap(), "--format", format]);
+        let mut head = [0u8; 1024];
+        export.stdout.as_mut().unwrap().read_exact(&mut head).unwrap();
+        drop(export.stdout.take());
+        let (status, _) = wait_within(&mut export, Duration::from_secs(20));
+        let (_, log) = output_of(export);
+        assert_eq!(status.code(), Some(0), "{format}: {log}");
+        assert!(!log.contains("ERROR") && !log.to_lowercase().contains("broken pipe"), "{format}: {log}");
+    }
 }
