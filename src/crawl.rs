@@ -274,6 +274,7 @@ async fn start(
         stop: stop.clone(),
         abort: abort.clone(),
         bodies: config.store.save_body.then(|| store.clone()),
+        working: stats.working.clone(),
     });
     let workers = (0..concurrency)
         .map(|_| tasks.spawn("worker", worker::run(ctx.clone(), job_rx.clone(), result_tx.clone())))

@@ -40,7 +40,7 @@ pub async fn report(stats: Arc<CrawlStats>, done: CancellationToken) {
             }
             bar.set_length(get(&stats.known));
             bar.set_position(get(&stats.finished));
-            bar.set_message(format!("({} failed)", get(&stats.failed)));
+            bar.set_message(format!("({} in flight, {} failed)", get(&stats.working), get(&stats.failed)));
         }
         *ACTIVE_BAR.lock().expect("bar lock") = None;
         bar.finish_and_clear();
@@ -58,7 +58,8 @@ pub async fn report(stats: Arc<CrawlStats>, done: CancellationToken) {
                 finished = get(&stats.finished),
                 total = get(&stats.known),
                 failed_this_run = get(&stats.failed),
-                in_flight = get(&stats.outstanding),
+                in_flight = get(&stats.working),
+                claimed = get(&stats.outstanding),
                 pages_per_s = (this_run - last) as f64 / LOG_EVERY.as_secs_f64(),
                 elapsed_s = start.elapsed().as_secs(),
                 "progress"

@@ -124,7 +124,8 @@ async fn refresh_gauges(
                     .set(counts.of(state) as f64);
             }
         }
-        metrics::gauge!("trawler_in_flight").set(CrawlStats::get(&stats.outstanding) as f64);
+        metrics::gauge!("trawler_in_flight").set(CrawlStats::get(&stats.working) as f64);
+        metrics::gauge!("trawler_claimed").set(CrawlStats::get(&stats.outstanding) as f64);
         let backoff = politeness.hosts_in_backoff(tokio::time::Instant::now());
         metrics::gauge!("trawler_hosts_in_backoff").set(backoff as f64);
         let age = match store.oldest_lease_ms().await {

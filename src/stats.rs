@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -38,6 +38,10 @@ pub struct CrawlStats {
     /// URLs claimed but not yet completed (claimed by the producer, decremented
     /// by the writer after commit). Zero with nothing queued means idle.
     pub outstanding: AtomicU64,
+    /// Jobs the workers are on now (fetching, or waiting for their host's
+    /// turn): at most `crawl.concurrency`. The rest of `outstanding` waits
+    /// in the job channel or for the writer's commit.
+    pub working: Arc<AtomicU64>,
 }
 
 impl CrawlStats {

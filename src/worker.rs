@@ -11,6 +11,7 @@
 //! the URL goes back to the frontier with its not-before time.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -51,6 +52,24 @@ pub struct WorkerContext {
     pub abort: CancellationToken,
     /// Where bodies are stored, when `store.save_body` is on.
     pub bodies: Option<Arc<SqliteStore>>,
+    /// Jobs a worker is working on now (at most one per worker).
+    pub working: Arc<AtomicU64>,
+}
+
+/// Counts a job in [`WorkerContext::working`] while it lives.
+struct Working<'a>(&'a AtomicU64);
+
+impl<'a> Working<'a> {
+    fn start(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The global request-rate limit, `None` for none. A reload replaces it with
@@ -116,6 +135,7 @@ pub async fn run(
         // Everything logged about this fetch, robots.txt and politeness
         // included, carries the URL's id, host and attempt.
         let span = tracing::info_span!("fetch", url_id = job.url_id, host = %job.host, attempt = job.attempt);
+        let _working = Working::start(&ctx.working);
         let Some(mut completion) = attempt(&ctx, job, &jobs).instrument(span).await else { return Ok(()) };
         if let Some(bodies) = &ctx.bodies {
             save_body(bodies, &mut completion.record).await?;

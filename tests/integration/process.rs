@@ -313,3 +313,28 @@ fn export_into_a_closed_pipe_ends_quietly() {
         assert!(!log.contains("ERROR") && !log.to_lowercase().contains("broken pipe"), "{format}: {log}");
     }
 }
+
+/// The progress line's `in_flight` counts fetches the workers are on, at
+/// most `--concurrency`; jobs claimed and waiting in memory are `claimed`.
+#[test]
+fn progress_counts_fetches_in_flight_apart_from_claimed_jobs() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // 2 workers, 300 ms a page: 6 s, past the first progress line at 5 s.
+    let input = write_input(dir.path(), &slow_urls(&server, 40, 300));
+    let db = dir.path().join("crawl.db");
+    let mut child = spawn_crawl(input.to_str().unwrap(), &db, &["--concurrency", "2"]);
+    let (status, _) = wait_within(&mut child, Duration::from_secs(60));
+    let (_, log) = output_of(child);
+    assert_eq!(status.code(), Some(0), "{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" progress ")).collect();
+    assert!(!lines.is_empty(), "{log}");
+    for line in lines {
+        let field = |name: &str| -> u64 {
+            let at = line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name}: {line}"));
+            line[at + name.len() + 2..].split(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(field("in_flight") <= 2, "{line}");
+        assert!(field("claimed") >= field("in_flight"), "{line}");
+    }
+}
