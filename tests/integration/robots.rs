@@ -145,3 +145,25 @@ async fn a_missing_robots_txt_allows_everything_and_ignoring_skips_it() {
     assert!(strict.robots_hits().is_empty(), "robots.txt fetched though ignored");
     assert_eq!(result_for(&config.store.path, &b).await.state, "done");
 }
+
+/// When robots.txt gets no response at all, the URL's error says so plainly.
+#[tokio::test]
+async fn an_unreachable_robots_txt_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: the connection to robots.txt is refused.
+    let url = "http://127.0.0.29:9/page".to_owned();
+    let (db, _) = crate::util::crawl_to_end(
+        dir.path(),
+        std::slice::from_ref(&url),
+        &[],
+        &[("TRAWLER_RETRY__MAX_ATTEMPTS", "1")],
+    );
+    let row = result_for(&db, &url).await;
+    assert_eq!(row.error_kind.as_deref(), Some("connect"));
+    let message = row.error_message.unwrap();
+    assert!(
+        message.starts_with("robots.txt unreachable (connect: ")
+            && message.contains("the page was not requested (http://127.0.0.29:9/robots.txt)"),
+        "{message}"
+    );
+}
