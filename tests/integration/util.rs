@@ -272,6 +272,16 @@ impl Daemon {
     }
 }
 
+/// A test that fails midway must not leave its daemon running.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A write lock on the database held by another process's connection, as an
 /// analyst's `BEGIN IMMEDIATE` in `sqlite3` holds it, until dropped.
 pub struct WriteLock(sqlx::SqliteConnection);
