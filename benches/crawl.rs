@@ -1,27 +1,46 @@
-//! End-to-end crawl benchmark: the real `trawler` binary crawls N URLs from a
-//! local server on 127.0.0.1 into a fresh SQLite database (every attempt and
-//! result committed), and this prints pages/s, CPU seconds per 1,000 pages
-//! and peak RSS of the crawler process alone (from `wait4`'s rusage; the
-//! server runs in this process).
+//! End-to-end crawl benchmark, trawler beside a bare client: for each case the
+//! real `trawler` binary crawls N URLs from a local server on 127.0.0.1 into
+//! a fresh SQLite database (every attempt and result committed, `synchronous
+//! = normal`), and a bare tokio + reqwest worker pool that stores nothing
+//! fetches the same URLs from the same server at the same concurrency. Both
+//! run as child processes of this one (the bare pool is this binary run again
+//! with `--bare-pool`), so pages/s, CPU seconds per 1,000 pages and peak RSS
+//! come from the same `wait4` rusage; the server runs in this process.
+//!
+//! Absolute numbers drift by up to 2× on shared machines from hour to hour;
+//! the ratio to the bare pool, measured in the same run, is the figure of
+//! record (issue 10). Rounds alternate which of the two goes first, and the
+//! table shows the median of each column over the rounds.
 //!
 //! ```text
-//! cargo bench --bench crawl -- [--urls N] [--workers N] [--latency-ms MS] [--page-bytes N]
-//!                              [--save-body] [--random-pages]
+//! cargo bench --bench crawl                      # the standard table
+//! cargo bench --bench crawl -- [--rounds N] [--urls N] [--workers N] [--latency-ms MS]
+//!                              [--page-bytes N] [--save-body] [--random-pages]
 //! ```
-//! Defaults: 20,000 URLs, 64 workers, 0 ms latency, 1 KiB pages, bodies not
-//! stored. `--save-body` stores every body (`store.save_body`), and
-//! `--random-pages` makes them incompressible; the run then also prints the
-//! memory bound of issue 8 (64 MiB + 2 × workers × `fetch.max_body_bytes`,
-//! 10 MiB) and whether peak RSS stayed under it, e.g.
+//! With no case flag, the table has the standard cases: 20,000 URLs of 1 KiB
+//! at 0 ms with 64 in flight, and 5,000 URLs at 100 ms with 100 in flight
+//! (latency-bound; its ideal is 5.00 s). Any case flag runs one custom case
+//! instead, from those defaults. `--save-body` stores every body
+//! (`store.save_body`), and `--random-pages` makes them incompressible; the
+//! run then also prints the memory bound of issue 8 (64 MiB + 2 × workers ×
+//! `fetch.max_body_bytes`, 10 MiB) and whether peak RSS stayed under it, e.g.
 //! `-- --urls 200 --workers 64 --page-bytes 10000000 --save-body --random-pages`.
-//! Targets (issue 2, 2-core machine): >= 25,000 pages/s and <= 0.06 CPU-s per
-//! 1,000 pages at 0 ms; within 5 % of ideal for 5,000 URLs at 100 ms with 100
-//! workers; peak RSS < 64 MiB for 1,000,000 URLs.
+//!
+//! To profile, set `BENCH_WRAPPER` to a command that runs the one after it,
+//! e.g. `BENCH_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=cg.%p"`
+//! (instruction counts: repeatable on a noisy machine) or `"perf record -o
+//! perf.%p --"`: both trawler and the bare pool run under it, and the
+//! table's numbers then include the wrapper's cost.
+//!
+//! Targets (issue 10, 2-core machine): on 20,000 / 0 ms / 64, trawler at
+//! least 0.7× the bare pool's pages/s and at most 1.6× its CPU per page; on
+//! the latency-bound case, at most 1.03× the bare pool's wall time.
 
 #[path = "../tests/integration/server.rs"]
 mod server;
 
-use std::io::{BufWriter, Write};
+use std::io::{BufRead, BufWriter, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,7 +49,9 @@ use server::{Options, TestServer};
 /// `fetch.max_body_bytes` for the run: the default, 10 MiB.
 const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 
-struct Args {
+/// One benchmark case: what is served and how many fetches are in flight.
+#[derive(Clone)]
+struct Case {
     urls: usize,
     workers: usize,
     latency_ms: u64,
@@ -39,29 +60,66 @@ struct Args {
     random_pages: bool,
 }
 
-fn parse_args() -> Args {
-    let mut args = Args {
-        urls: 20_000,
-        workers: 64,
-        latency_ms: 0,
-        page_bytes: 1024,
-        save_body: false,
-        random_pages: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().and_then(|v| v.parse::<u64>().ok()).expect("a number after the flag");
-        match flag.as_str() {
-            "--urls" => args.urls = value() as usize,
-            "--workers" => args.workers = value() as usize,
-            "--latency-ms" => args.latency_ms = value(),
-            "--page-bytes" => args.page_bytes = value() as usize,
-            "--save-body" => args.save_body = true,
-            "--random-pages" => args.random_pages = true,
-            _ => {} // cargo passes --bench
+impl Case {
+    fn name(&self) -> String {
+        let mut name = format!("{} URLs / {} ms / {} in flight", self.urls, self.latency_ms, self.workers);
+        if self.page_bytes != 1024 {
+            name += &format!(" / {} B", self.page_bytes);
+        }
+        if self.save_body {
+            name += " / bodies";
+        }
+        name
+    }
+}
+
+impl Default for Case {
+    fn default() -> Self {
+        Self {
+            urls: 20_000,
+            workers: 64,
+            latency_ms: 0,
+            page_bytes: 1024,
+            save_body: false,
+            random_pages: false,
         }
     }
-    args
+}
+
+struct Args {
+    rounds: usize,
+    cases: Vec<Case>,
+}
+
+fn parse_args(args: Vec<String>) -> Args {
+    let mut rounds = 3;
+    let mut custom: Option<Case> = None;
+    let mut it = args.into_iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().and_then(|v| v.parse::<u64>().ok()).expect("a number after the flag");
+        if flag == "--rounds" {
+            rounds = value().max(1) as usize;
+            continue;
+        }
+        if !flag.starts_with("--") || flag == "--bench" {
+            continue; // cargo passes --bench
+        }
+        let case = custom.get_or_insert_with(Case::default);
+        match flag.as_str() {
+            "--urls" => case.urls = value() as usize,
+            "--workers" => case.workers = value() as usize,
+            "--latency-ms" => case.latency_ms = value(),
+            "--page-bytes" => case.page_bytes = value() as usize,
+            "--save-body" => case.save_body = true,
+            "--random-pages" => case.random_pages = true,
+            _ => panic!("unknown flag {flag}"),
+        }
+    }
+    let cases = match custom {
+        Some(case) => vec![case],
+        None => vec![Case::default(), Case { urls: 5_000, workers: 100, latency_ms: 100, ..Case::default() }],
+    };
+    Args { rounds, cases }
 }
 
 /// CPU time and peak RSS of a finished child, from the kernel's rusage.
@@ -84,36 +142,67 @@ fn wait_with_usage(pid: u32) -> Usage {
     }
 }
 
-fn main() {
-    let args = parse_args();
-    let server = TestServer::with_options(Options {
-        latency: Duration::from_millis(args.latency_ms),
-        page_bytes: args.page_bytes,
-        random_pages: args.random_pages,
-        record: false,
-        ..Options::default()
-    });
-    let dir = tempfile::tempdir().expect("temp dir");
-    let input = dir.path().join("urls.txt");
-    {
-        let mut out = BufWriter::new(std::fs::File::create(&input).unwrap());
-        for i in 0..args.urls {
-            writeln!(out, "http://{}/page/{i}", server.addr).unwrap();
-        }
+/// What one child process cost for one case.
+#[derive(Clone, Copy)]
+struct Measure {
+    wall: Duration,
+    cpu: Duration,
+    max_rss_kib: u64,
+}
+
+impl Measure {
+    fn pages_per_s(&self, urls: usize) -> f64 {
+        urls as f64 / self.wall.as_secs_f64()
     }
-    let db = dir.path().join("bench.db");
-    println!(
-        "crawling {} URLs, {} workers, {} ms latency, {} B pages",
-        args.urls, args.workers, args.latency_ms, args.page_bytes
-    );
+    fn cpu_per_1000(&self, urls: usize) -> f64 {
+        self.cpu.as_secs_f64() * 1000.0 / urls as f64
+    }
+    fn rss_mib(&self) -> f64 {
+        self.max_rss_kib as f64 / 1024.0
+    }
+}
+
+/// Runs `command` to its end, with its stdout captured; returns the measure
+/// and what it printed. Panics when it exits non-zero.
+fn measure(mut command: Command) -> (Measure, String) {
     let start = Instant::now();
     #[expect(
         clippy::zombie_processes,
         reason = "reaped by wait4 in wait_with_usage, which also reads its rusage"
     )]
-    let child = Command::new(env!("CARGO_BIN_EXE_trawler"))
+    let child =
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start");
+    // The output is a few lines: it fits the pipe, so reading after wait4 cannot block the child.
+    let usage = wait_with_usage(child.id());
+    let wall = start.elapsed();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut out).unwrap();
+    assert_eq!(usage.exit, 0, "{command:?} failed:\n{out}");
+    (Measure { wall, cpu: usage.cpu, max_rss_kib: usage.max_rss_kib }, out)
+}
+
+/// `program`, run under `BENCH_WRAPPER` when that is set.
+fn wrapped(program: &str) -> Command {
+    match std::env::var("BENCH_WRAPPER") {
+        Ok(wrapper) => {
+            let mut words = wrapper.split_whitespace();
+            let mut command = Command::new(words.next().expect("a wrapper command"));
+            command.args(words).arg(program);
+            command
+        }
+        Err(_) => Command::new(program),
+    }
+}
+
+fn run_trawler(case: &Case, input: &Path, dir: &Path) -> (Measure, String) {
+    let db = dir.join("bench.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let mut command = wrapped(env!("CARGO_BIN_EXE_trawler"));
+    command
         .args(["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap()])
-        .args(["--concurrency", &args.workers.to_string()])
+        .args(["--concurrency", &case.workers.to_string()])
         // The default log level, as in production: every fetch then has its
         // span (enabled but not printed).
         .env("RUST_LOG", "info")
@@ -121,40 +210,200 @@ fn main() {
         // crawl is bound by the workers, as the targets assume.
         .env("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "100000")
         .env("TRAWLER_POLITENESS__PER_HOST_DELAY", "0s")
-        .env("TRAWLER_STORE__SAVE_BODY", args.save_body.to_string())
-        .env("TRAWLER_FETCH__MAX_BODY_BYTES", MAX_BODY_BYTES.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start trawler");
-    let usage = wait_with_usage(child.id());
-    let wall = start.elapsed();
-    let mut summary = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut summary).unwrap();
-    assert_eq!(usage.exit, 0, "trawler failed:\n{summary}");
+        .env("TRAWLER_STORE__SAVE_BODY", case.save_body.to_string())
+        .env("TRAWLER_FETCH__MAX_BODY_BYTES", MAX_BODY_BYTES.to_string());
+    let (measure, summary) = measure(command);
     assert!(
-        summary.contains(&format!("{n} done ({n} × 2xx), 0 failed", n = args.urls)),
+        summary.contains(&format!("{n} done ({n} × 2xx), 0 failed", n = case.urls)),
         "not every URL succeeded:\n{summary}"
     );
+    if case.save_body {
+        let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+        println!("  database {:.1} MiB", size as f64 / (1024.0 * 1024.0));
+    }
+    (measure, summary)
+}
 
-    let pages_per_s = args.urls as f64 / wall.as_secs_f64();
-    let cpu_per_1000 = usage.cpu.as_secs_f64() * 1000.0 / args.urls as f64;
-    println!("wall            {:.2} s", wall.as_secs_f64());
-    println!("pages/s         {pages_per_s:.0}");
-    println!("CPU-s/1000      {cpu_per_1000:.4}");
-    let peak_mib = usage.max_rss_kib as f64 / 1024.0;
-    println!("peak RSS        {peak_mib:.1} MiB");
-    if args.save_body {
-        let bound = 64.0 + 2.0 * args.workers as f64 * MAX_BODY_BYTES as f64 / (1024.0 * 1024.0);
-        let verdict = if peak_mib <= bound { "within" } else { "OVER" };
-        println!("memory bound    {bound:.0} MiB (64 MiB + 2 x workers x max_body_bytes): {verdict}");
-        let size: i64 = std::fs::metadata(&db).map(|m| m.len() as i64).unwrap_or(0);
-        println!("database        {:.1} MiB", size as f64 / (1024.0 * 1024.0));
+fn run_bare(case: &Case, input: &Path) -> Measure {
+    let mut command = wrapped(std::env::current_exe().expect("this benchmark's path").to_str().unwrap());
+    command.args(["--bare-pool", input.to_str().unwrap(), &case.workers.to_string()]);
+    let (measure, out) = measure(command);
+    assert_eq!(out.trim(), case.urls.to_string(), "the bare pool fetched a different count");
+    measure
+}
+
+/// The baseline: the pipeline's shape with nothing stored. A producer task
+/// sends the URLs into a bounded `async-channel` (room for 4 × `concurrency`
+/// jobs, as trawler's), and `concurrency` tokio tasks share one reqwest
+/// client (the crate's defaults, with the features trawler builds it with):
+/// each takes a URL, reads the whole body, checks for a 2xx and stores
+/// nothing. Prints how many pages it fetched.
+fn bare_pool(input: &Path, concurrency: usize) {
+    let urls: Vec<String> = std::io::BufReader::new(std::fs::File::open(input).expect("URL list"))
+        .lines()
+        .map(|line| line.expect("a line"))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let fetched = runtime.block_on(async move {
+        let client = reqwest::Client::new();
+        let (jobs, queue) = async_channel::bounded::<String>(concurrency * 4);
+        tokio::spawn(async move {
+            for url in urls {
+                jobs.send(url).await.expect("workers are running");
+            }
+        });
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (client, queue) = (client.clone(), queue.clone());
+                tokio::spawn(async move {
+                    let mut fetched = 0;
+                    while let Ok(url) = queue.recv().await {
+                        let response = client.get(&url).send().await.expect("fetch");
+                        assert!(response.status().is_success(), "{url}: {}", response.status());
+                        response.bytes().await.expect("body");
+                        fetched += 1;
+                    }
+                    fetched
+                })
+            })
+            .collect();
+        let mut fetched = 0;
+        for worker in workers {
+            fetched += worker.await.expect("worker");
+        }
+        fetched
+    });
+    println!("{fetched}");
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 }
+}
+
+/// One row of the table: medians over the rounds.
+struct Row {
+    case: Case,
+    trawler: Vec<Measure>,
+    bare: Vec<Measure>,
+    summary: String,
+}
+
+impl Row {
+    fn column(runs: &[Measure], f: impl Fn(&Measure) -> f64) -> f64 {
+        median(runs.iter().map(f).collect())
     }
-    if args.latency_ms > 0 {
-        let ideal = (args.urls as f64 / args.workers as f64).ceil() * args.latency_ms as f64 / 1000.0;
-        println!("ideal           {ideal:.2} s ({:+.1} % over)", (wall.as_secs_f64() / ideal - 1.0) * 100.0);
+
+    fn print(&self) {
+        let n = self.case.urls;
+        let (t, b) = (&self.trawler, &self.bare);
+        let t_rate = Self::column(t, |m| m.pages_per_s(n));
+        let b_rate = Self::column(b, |m| m.pages_per_s(n));
+        let t_cpu = Self::column(t, |m| m.cpu_per_1000(n));
+        let b_cpu = Self::column(b, |m| m.cpu_per_1000(n));
+        println!(
+            "| {} | {t_rate:.0} | {b_rate:.0} | {:.2}× | {t_cpu:.4} | {b_cpu:.4} | {:.2}× | {:.1} MiB | {:.1} MiB |",
+            self.case.name(),
+            t_rate / b_rate,
+            t_cpu / b_cpu,
+            Self::column(t, Measure::rss_mib),
+            Self::column(b, Measure::rss_mib),
+        );
     }
-    print!("{summary}");
+
+    fn print_details(&self) {
+        let n = self.case.urls;
+        if self.case.latency_ms > 0 {
+            let ideal = (n as f64 / self.case.workers as f64).ceil() * self.case.latency_ms as f64 / 1000.0;
+            let t_wall = Self::column(&self.trawler, |m| m.wall.as_secs_f64());
+            let b_wall = Self::column(&self.bare, |m| m.wall.as_secs_f64());
+            println!(
+                "{}: trawler {t_wall:.2} s, bare pool {b_wall:.2} s ({:.3}× its wall time), ideal {ideal:.2} s",
+                self.case.name(),
+                t_wall / b_wall
+            );
+        }
+        if self.case.save_body {
+            let bound = 64.0 + 2.0 * self.case.workers as f64 * MAX_BODY_BYTES as f64 / (1024.0 * 1024.0);
+            let peak = self.trawler.iter().map(Measure::rss_mib).fold(0.0, f64::max);
+            let verdict = if peak <= bound { "within" } else { "OVER" };
+            println!(
+                "{}: peak RSS {peak:.1} MiB, bound {bound:.0} MiB (64 MiB + 2 x workers x max_body_bytes): {verdict}",
+                self.case.name()
+            );
+        }
+    }
+}
+
+fn main() {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--bare-pool") {
+        let concurrency = argv[2].parse().expect("a concurrency");
+        return bare_pool(Path::new(&argv[1]), concurrency);
+    }
+    let args = parse_args(std::mem::take(&mut argv));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut rows = Vec::new();
+    for case in &args.cases {
+        let server = TestServer::with_options(Options {
+            latency: Duration::from_millis(case.latency_ms),
+            page_bytes: case.page_bytes,
+            random_pages: case.random_pages,
+            record: false,
+            ..Options::default()
+        });
+        let input = dir.path().join("urls.txt");
+        {
+            let mut out = BufWriter::new(std::fs::File::create(&input).unwrap());
+            for i in 0..case.urls {
+                writeln!(out, "http://{}/page/{i}", server.addr).unwrap();
+            }
+        }
+        let mut row =
+            Row { case: case.clone(), trawler: Vec::new(), bare: Vec::new(), summary: String::new() };
+        for round in 0..args.rounds {
+            let mut trawler = || {
+                let (measure, summary) = run_trawler(case, &input, dir.path());
+                row.trawler.push(measure);
+                row.summary = summary;
+                measure
+            };
+            let (t, b) = if round % 2 == 0 {
+                let b = run_bare(case, &input);
+                (trawler(), b)
+            } else {
+                let t = trawler();
+                (t, run_bare(case, &input))
+            };
+            row.bare.push(b);
+            println!(
+                "{} round {}: trawler {:.0} pages/s {:.4} CPU-s/1000, bare pool {:.0} pages/s {:.4} CPU-s/1000",
+                case.name(),
+                round + 1,
+                t.pages_per_s(case.urls),
+                t.cpu_per_1000(case.urls),
+                b.pages_per_s(case.urls),
+                b.cpu_per_1000(case.urls),
+            );
+        }
+        rows.push(row);
+    }
+    println!();
+    println!("median of {} rounds; CPU is CPU-s per 1,000 pages; RSS is peak RSS", args.rounds);
+    println!();
+    println!(
+        "| case | trawler pages/s | bare pool pages/s | ratio | trawler CPU | bare pool CPU | CPU ratio | trawler RSS | bare pool RSS |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        row.print();
+    }
+    println!();
+    for row in &rows {
+        row.print_details();
+    }
+    if let Some(last) = rows.last() {
+        println!("\ntrawler's summary of the last run:\n{}", last.summary);
+    }
 }

@@ -8,6 +8,8 @@
 //! - `trawler_fetches_total{outcome, status}`: committed attempts by outcome
 //!   (`done`, `retry`, `failed`) and status class (`2xx` ... `5xx`, `none`);
 //! - `trawler_fetch_errors_total{kind}`: attempts by error kind;
+//! - `trawler_requests_deferred_total`: requests not made for lack of file
+//!   descriptors (their URLs requeued, no attempt counted);
 //! - `trawler_fetch_duration_seconds`: attempt latency histogram;
 //! - `trawler_body_bytes_total`: decoded body bytes read;
 //! - `trawler_recrawls_total`: finished URLs put back by `recrawl_after`;

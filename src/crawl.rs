@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetcher, Pool};
 use crate::frontier::{Producer, ProducerError};
 use crate::links::Discovery;
 use crate::politeness::{HostRules, Politeness};
@@ -36,7 +36,7 @@ use crate::robots::Robots;
 use crate::seeds::{IngestError, IngestReport, SeedSource, ingest};
 use crate::service::Service;
 use crate::shutdown::Shutdown;
-use crate::sitemaps::{Origin, SitemapQueue, SitemapTask};
+use crate::sitemaps::{MAX_SITEMAP_BYTES, Origin, SitemapQueue, SitemapTask};
 use crate::stats::{CrawlStats, Summary};
 use crate::store::{PageLimits, SqliteStore, StateCounts, Store, StoreError};
 use crate::systemd::{Heartbeat, Notifier};
@@ -67,6 +67,8 @@ pub enum CrawlError {
     Client(#[from] reqwest::Error),
     #[error("invalid setting: {0}")]
     Config(String),
+    #[error(transparent)]
+    Descriptors(#[from] crate::descriptors::TooFewDescriptors),
     /// A task panicked: a bug, reported with the panic's message.
     #[error("the {task} task panicked: {message}")]
     Panicked { task: &'static str, message: String },
@@ -118,6 +120,8 @@ async fn run(
     mode: Mode,
 ) -> Result<Summary, CrawlError> {
     let started = Instant::now();
+    let limit = crate::descriptors::ensure(config, matches!(mode, Mode::Service(_)))?;
+    tracing::debug!(limit, "open files allowed (RLIMIT_NOFILE)");
     let input = match &seeds {
         Some(source) => Some(source.open().await?),
         None => None,
@@ -204,8 +208,19 @@ async fn start(
     stats.finished.store(counts.finished(), Ordering::Relaxed);
 
     let concurrency = config.crawl.concurrency.get() as usize;
-    let mut fetcher =
-        Fetcher::new(&config.fetch, config.store.save_headers, config.store.save_body, concurrency)?;
+    let politeness_config = &config.politeness;
+    let pool = Pool::for_politeness(
+        concurrency as u32,
+        config
+            .hosts
+            .values()
+            .filter_map(|h| h.concurrency)
+            .chain([politeness_config.per_host_concurrency])
+            .map(|n| n.get()),
+        config.hosts.values().filter_map(|h| h.delay).chain([politeness_config.per_host_delay]),
+    );
+    tracing::debug!(?pool, "idle HTTP connections kept");
+    let mut fetcher = Fetcher::new(&config.fetch, config.store.save_headers, config.store.save_body, pool)?;
     let discovery = match config.discovery.follow {
         true => Some(Discovery::new(config.discovery.clone())),
         false => None,
@@ -216,7 +231,7 @@ async fn start(
     let politeness = Arc::new(Politeness::new(rules, config.retry.retry_after_max));
     let (sitemap_queue, sitemap_rx) = SitemapQueue::new();
     config.discovery.sitemaps.iter().for_each(|s| sitemap_queue.submit(s.clone(), Origin::User));
-    let robots = robots(config, &politeness, &sitemap_queue)?;
+    let robots = robots(config, &fetcher, &politeness, &sitemap_queue);
     let service = match mode {
         Mode::Batch => None,
         Mode::Service(reloader) => Some(Service::bind(config, store, tasks, reloader).await?),
@@ -260,8 +275,8 @@ async fn start(
             wake: wake.clone(),
             done: sitemaps_done.clone(),
         };
-        let fetch = config.fetch.clone();
-        tasks.spawn("sitemaps", async move { task.run(&fetch, sitemap_rx).await })
+        let fetcher = fetcher.sibling(config.fetch.max_redirects, MAX_SITEMAP_BYTES, true);
+        tasks.spawn("sitemaps", async move { task.run(fetcher, sitemap_rx).await })
     };
     let ctx = Arc::new(WorkerContext {
         fetcher,
@@ -387,6 +402,7 @@ impl Running {
             dropped_links: CrawlStats::snapshot(&stats.dropped_links),
             attempts: get(&stats.attempts),
             retries: get(&stats.retries),
+            deferred: get(&stats.deferred),
             bytes: get(&stats.bytes),
             input_lines: report.lines,
             input_invalid: report.invalid,
@@ -450,17 +466,18 @@ pub async fn enqueue(
 /// it. When following links, its `Sitemap:` lines go to `sitemaps`.
 fn robots(
     config: &Config,
+    pages: &Fetcher,
     politeness: &Arc<Politeness>,
     sitemaps: &SitemapQueue,
-) -> Result<Option<Arc<Robots>>, CrawlError> {
+) -> Option<Arc<Robots>> {
     if !config.robots.obey {
         tracing::warn!(
             "robots.txt is IGNORED (robots.obey = false / --ignore-robots): only do this for sites you run"
         );
-        return Ok(None);
+        return None;
     }
     let sitemaps = config.discovery.follow.then(|| sitemaps.clone());
-    Ok(Some(Arc::new(Robots::new(config.robots.clone(), &config.fetch, politeness.clone(), sitemaps)?)))
+    Some(Arc::new(Robots::new(config.robots.clone(), pages, politeness.clone(), sitemaps)))
 }
 
 type Input = (SeedSource, Box<dyn tokio::io::AsyncRead + Send + Unpin>);

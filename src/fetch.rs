@@ -11,6 +11,7 @@
 //! as a Rust error.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -115,6 +116,11 @@ pub struct Fetched {
     /// Links in the body, when extraction is on and the final response was
     /// a 2xx HTML page.
     pub found: Option<Found>,
+    /// The request could not be made for lack of this process's own
+    /// resources: out of file descriptors (`EMFILE`, `ENFILE`) when opening
+    /// a socket or resolving a name. Not the host's fault, and not an
+    /// attempt at the URL.
+    pub out_of_descriptors: bool,
 }
 
 impl Fetched {
@@ -128,7 +134,7 @@ impl Fetched {
             error_message: Some(message),
             ..Default::default()
         };
-        Fetched { record, error: Some(kind), retry_after, found: None }
+        Fetched { record, error: Some(kind), retry_after, found: None, out_of_descriptors: false }
     }
 }
 
@@ -138,6 +144,7 @@ struct Progress {
     record: AttemptRecord,
     retry_after: Option<Duration>,
     found: Option<Found>,
+    out_of_descriptors: bool,
 }
 
 struct Failure(ErrorKind, String);
@@ -216,17 +223,52 @@ impl reqwest::dns::Resolve for CheckedResolver {
     }
 }
 
+/// How the client keeps idle connections. reqwest's defaults (no limit per
+/// host, 90 s) make descriptors and memory grow with the number of hosts a
+/// crawl touches rather than with its concurrency; hyper-util's pool has
+/// no total cap (hyper issue 2236), so the crawl bounds each host instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    /// Idle connections kept per host: no more than requests the host may
+    /// have in flight at once (politeness).
+    pub max_idle_per_host: usize,
+    /// How long an idle connection is kept: long enough for the host's next
+    /// turn after its delay, short enough that hosts waiting their turn by
+    /// the thousand do not each hold one.
+    pub idle_timeout: Duration,
+}
+
+impl Pool {
+    /// The shortest and longest idle timeouts [`Pool::for_politeness`] gives.
+    pub const IDLE_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(90));
+
+    /// Limits that fit politeness: idle connections per host up to the
+    /// largest per-host concurrency (at most `concurrency`), kept for twice
+    /// the longest per-host delay, within [`Pool::IDLE_TIMEOUT_RANGE`]
+    /// (1 s for the default 250 ms delay).
+    pub fn for_politeness(
+        concurrency: u32,
+        per_host_concurrency: impl IntoIterator<Item = u32>,
+        per_host_delays: impl IntoIterator<Item = Duration>,
+    ) -> Self {
+        let per_host = per_host_concurrency.into_iter().max().unwrap_or(1).clamp(1, concurrency);
+        let delay = per_host_delays.into_iter().max().unwrap_or_default();
+        let (least, most) = Self::IDLE_TIMEOUT_RANGE;
+        Self { max_idle_per_host: per_host as usize, idle_timeout: (delay * 2).clamp(least, most) }
+    }
+}
+
 impl Fetcher {
     /// Builds the shared client: user agent, connect timeout, no automatic
-    /// redirects, no proxy from the environment, up to `pool_size` idle
-    /// connections per host.
+    /// redirects, no proxy from the environment, idle connections as `pool`
+    /// says.
     ///
     /// Errors: reqwest's, when the TLS backend cannot initialise.
     pub fn new(
         config: &FetchConfig,
         save_headers: bool,
         save_body: bool,
-        pool_size: usize,
+        pool: Pool,
     ) -> Result<Self, reqwest::Error> {
         let addresses = Arc::new(AddressPolicy::new(config));
         let mut client = reqwest::Client::builder()
@@ -234,7 +276,8 @@ impl Fetcher {
             .connect_timeout(config.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .pool_max_idle_per_host(pool_size);
+            .pool_max_idle_per_host(pool.max_idle_per_host)
+            .pool_idle_timeout(pool.idle_timeout);
         if !addresses.is_open() {
             client = client.dns_resolver(Arc::new(CheckedResolver(addresses.clone())));
         }
@@ -248,6 +291,24 @@ impl Fetcher {
             keep_prefix: false,
             addresses,
         })
+    }
+
+    /// Another fetcher on the same client (one connection pool, resolver and
+    /// TLS set-up for the whole crawl: building a client loads the root
+    /// certificates, and a connection opened for robots.txt then serves the
+    /// host's pages) with its own per-attempt limits: `max_redirects`,
+    /// `max_body_bytes` (bytes) and whether bodies are kept. It extracts no
+    /// links and stores no headers.
+    pub fn sibling(&self, max_redirects: u32, max_body_bytes: NonZeroU64, save_body: bool) -> Self {
+        Self {
+            client: self.client.clone(),
+            config: FetchConfig { max_redirects, max_body_bytes, ..self.config.clone() },
+            save_headers: false,
+            save_body,
+            extract_links: None,
+            keep_prefix: false,
+            addresses: self.addresses.clone(),
+        }
     }
 
     /// Read the first `fetch.max_body_bytes` of a larger body and keep them
@@ -303,7 +364,10 @@ impl Fetcher {
         extract: bool,
         progress: &mut Progress,
     ) -> Result<Option<Url>, Failure> {
-        let response = self.send(url).await.map_err(classify)?;
+        let response = self.send(url).await.map_err(|e| {
+            progress.out_of_descriptors = out_of_descriptors(&e);
+            classify(e)
+        })?;
         let status = response.status();
         progress.record.http_status = Some(status.as_u16());
         progress.record.final_url = Some(url.to_string());
@@ -535,7 +599,13 @@ impl Attempt<'_> {
                 Some(ErrorKind::Timeout)
             }
         };
-        Fetched { record, error, retry_after: self.progress.retry_after, found: self.progress.found }
+        Fetched {
+            record,
+            error,
+            retry_after: self.progress.retry_after,
+            found: self.progress.found,
+            out_of_descriptors: self.progress.out_of_descriptors,
+        }
     }
 }
 
@@ -633,6 +703,22 @@ fn closed_before_response(error: &reqwest::Error) -> bool {
             .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe))
 }
 
+/// Whether an I/O error in `error`'s source chain is `EMFILE` (this
+/// process's descriptor limit, `RLIMIT_NOFILE`) or `ENFILE` (the system's),
+/// as `socket(2)` and `getaddrinfo(3)` report running out (errno(3)).
+fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// The first error of type `E` in `error`'s source chain.
 fn source_of<'a, E: std::error::Error + 'static>(
     error: &'a (dyn std::error::Error + 'static),
@@ -677,6 +763,21 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_connections_fit_politeness() {
+        let ms = Duration::from_millis;
+        let default = Pool::for_politeness(256, [2], [ms(250)]);
+        assert_eq!(default, Pool { max_idle_per_host: 2, idle_timeout: Duration::from_secs(1) });
+        // An override with more concurrency or a longer delay raises them,
+        // within the crawl's concurrency and reqwest's 90 s default.
+        let overridden = Pool::for_politeness(4, [2, 8], [ms(250), Duration::from_secs(20)]);
+        assert_eq!(overridden, Pool { max_idle_per_host: 4, idle_timeout: Duration::from_secs(40) });
+        assert_eq!(
+            Pool::for_politeness(4, [1], [Duration::from_secs(600)]).idle_timeout,
+            Duration::from_secs(90)
+        );
+    }
 
     #[test]
     fn retry_after_takes_seconds_and_dates() {

@@ -19,6 +19,7 @@
 //! | [`reload`] | SIGHUP → load the config again, apply what can change while running |
 //! | [`crawl`] | one crawl: start the tasks, tear them down in order, summarise |
 //! | [`tasks`] | every task on one tracker; the first failure or panic stops the crawl |
+//! | [`descriptors`] | the file-descriptor budget: raised and checked at start |
 //! | [`service`] | what only `trawler run` adds: endpoints, gauges, recrawl sweep, reloads, watchdog |
 //! | [`seeds`] | streaming the input list into the frontier |
 //! | [`frontier`] | the producer: claims due URLs of hosts that may be fetched now |
@@ -41,6 +42,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crawl;
+pub mod descriptors;
 pub mod fetch;
 pub mod frontier;
 pub mod links;

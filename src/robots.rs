@@ -26,7 +26,7 @@ use texting_robots::Robot;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::config::{FetchConfig, RobotsConfig};
+use crate::config::RobotsConfig;
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
 use crate::politeness::Politeness;
 use crate::sitemaps::{Origin, SitemapQueue};
@@ -130,25 +130,19 @@ pub struct Robots {
 }
 
 impl Robots {
-    /// Builds the cache with its own HTTP client: same user agent and
-    /// timeouts as page fetches, 5 redirects, 512 KiB.
-    ///
-    /// Errors: reqwest's, when the TLS backend cannot initialise.
+    /// Builds the cache, fetching on the crawl's client (`pages`'s: same
+    /// user agent, timeouts, address policy and connection pool) with its
+    /// own limits: 5 redirects, 512 KiB.
     pub fn new(
         config: RobotsConfig,
-        fetch: &FetchConfig,
+        pages: &Fetcher,
         politeness: Arc<Politeness>,
         sitemaps: Option<SitemapQueue>,
-    ) -> Result<Self, reqwest::Error> {
-        let fetch = FetchConfig {
-            max_redirects: MAX_ROBOTS_REDIRECTS,
-            max_body_bytes: MAX_ROBOTS_BYTES,
-            ..fetch.clone()
-        };
+    ) -> Self {
         // A file over the cap is parsed as far as the cap (RFC 9309 §2.5),
         // even when its Content-Length says how large it is.
-        let fetcher = Fetcher::new(&fetch, false, true, 4)?.keeping_prefix();
-        Ok(Self { config, fetcher, politeness, sitemaps, origins: Mutex::default() })
+        let fetcher = pages.sibling(MAX_ROBOTS_REDIRECTS, MAX_ROBOTS_BYTES, true).keeping_prefix();
+        Self { config, fetcher, politeness, sitemaps, origins: Mutex::default() }
     }
 
     /// What robots.txt says about `url` (whose host is `host`), fetching the

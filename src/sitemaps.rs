@@ -37,7 +37,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::config::FetchConfig;
 use crate::fetch::{ErrorKind, Fetched, Fetcher, parse_http_url};
 use crate::links::Discovery;
 use crate::politeness::{HostSignal, Politeness};
@@ -146,9 +145,13 @@ pub fn judge(
             *dropped.entry(DropReason::InvalidUrl).or_default() += 1;
             continue;
         };
-        let cross_submitted = matches!(origin, Origin::Robots(r) if r.host_str() != url.host_str());
+        if matches!(origin, Origin::Robots(r) if r.host_str() != url.host_str()) {
+            // Another host's URL in a sitemap a robots.txt named: dropped
+            // before the rules normalize it (cross-submission).
+            *dropped.entry(DropReason::OutOfScope).or_default() += 1;
+            continue;
+        }
         match discovery.listed(anchor, url) {
-            Ok(_) if cross_submitted => *dropped.entry(DropReason::OutOfScope).or_default() += 1,
             Ok(seed) => urls.push(seed),
             Err(reason) => *dropped.entry(reason).or_default() += 1,
         }
@@ -244,16 +247,10 @@ pub struct SitemapTask<S> {
 }
 
 impl<S: Store> SitemapTask<S> {
-    /// Processes submitted sitemaps until `done`. Errors: a store failure.
-    pub async fn run(self, fetch: &FetchConfig, mut rx: SitemapReceiver) -> Result<(), StoreError> {
-        let fetch = FetchConfig { max_body_bytes: MAX_SITEMAP_BYTES, ..fetch.clone() };
-        let fetcher = match Fetcher::new(&fetch, false, true, 2) {
-            Ok(fetcher) => fetcher,
-            Err(e) => {
-                tracing::error!("sitemaps disabled: cannot build their HTTP client: {e}");
-                return Ok(());
-            }
-        };
+    /// Processes submitted sitemaps until `done`, fetching with `fetcher`
+    /// (the crawl's client with sitemaps' own limits: [`Fetcher::sibling`]
+    /// with [`MAX_SITEMAP_BYTES`], bodies kept). Errors: a store failure.
+    pub async fn run(self, fetcher: Fetcher, mut rx: SitemapReceiver) -> Result<(), StoreError> {
         let mut seen = HashSet::new();
         loop {
             let queued = tokio::select! {
@@ -281,7 +278,7 @@ impl<S: Store> SitemapTask<S> {
             tracing::warn!(url = %ForLog(url), named_by = %anchor, "sitemap out of the crawl's scope: not fetched");
             return Ok(());
         }
-        let Some(fetched) = self.fetch_in_turn(fetcher, &queued).await else { return Ok(()) };
+        let Some(fetched) = self.fetch_in_turn(fetcher, &queued, &sitemap_url).await else { return Ok(()) };
         let (Some(200..=299), None, Some(body)) =
             (fetched.record.http_status, fetched.error, fetched.record.body)
         else {
@@ -319,10 +316,10 @@ impl<S: Store> SitemapTask<S> {
     /// host's turn, as a worker fetches a page: robots.txt, the crawl's
     /// scope (for hops), the host's concurrency and delay, and its answer
     /// updating the host's backoff. `None` when the crawl stopped first.
-    async fn fetch_in_turn(&self, fetcher: &Fetcher, queued: &Queued) -> Option<Fetched> {
+    async fn fetch_in_turn(&self, fetcher: &Fetcher, queued: &Queued, sitemap_url: &Url) -> Option<Fetched> {
         // Redirects stay in scope of where the sitemap was named, or of the
         // user's sitemap itself.
-        let from = queued.anchor().cloned().or_else(|| parse_http_url(&queued.url).ok());
+        let from = queued.anchor().unwrap_or(sitemap_url);
         let mut attempt = fetcher.begin(&queued.url, false);
         // The host of the last request sent, and its turn.
         let mut last: Option<(String, Instant)> = None;
@@ -338,7 +335,7 @@ impl<S: Store> SitemapTask<S> {
                     Instant::now(),
                     rand::random(),
                 );
-                if from.as_ref().is_some_and(|from| !self.discovery.in_scope(from, &url)) {
+                if !self.discovery.in_scope(from, &url) {
                     attempt.refuse(
                         ErrorKind::OutOfScope,
                         format!("redirect to {url}, out of the crawl's scope"),
@@ -442,6 +439,7 @@ mod tests {
             assert_eq!(urls(&judged), ["http://www.example.org/a?id=1"], "{scope:?}");
             assert_eq!(judged.1[&DropReason::Denied], 1);
             assert_eq!(judged.1[&DropReason::InvalidUrl], 1);
+            assert_eq!(judged.1[&DropReason::OutOfScope], 2, "the other hosts' URLs, {scope:?}");
         }
         // The user's own sitemap: judged from where it is, by the scope.
         let own = Url::parse("http://www.example.org/sitemap.xml").unwrap();

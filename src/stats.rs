@@ -29,6 +29,9 @@ pub struct CrawlStats {
     pub attempts: AtomicU64,
     /// Attempts this run recorded that scheduled a retry.
     pub retries: AtomicU64,
+    /// Requests this run could not make for lack of file descriptors: their
+    /// URLs went back to the queue, no attempt counted.
+    pub deferred: AtomicU64,
     /// Body bytes this run read (decoded).
     pub bytes: AtomicU64,
     /// URLs this run finished as `done`, by HTTP status.
@@ -81,6 +84,8 @@ pub struct Summary {
     pub dropped_links: BTreeMap<DropReason, u64>,
     pub attempts: u64,
     pub retries: u64,
+    /// Requests not made for lack of file descriptors (requeued).
+    pub deferred: u64,
     pub bytes: u64,
     /// Input lines read and rejected by this run.
     pub input_lines: u64,
@@ -151,6 +156,13 @@ impl fmt::Display for Summary {
             ms(self.latency_p95_us),
             ms(self.latency_max_us)
         )?;
+        if self.deferred > 0 {
+            writeln!(
+                f,
+                "  deferred   {} requests not made: out of file descriptors (raise LimitNOFILE or lower crawl.concurrency)",
+                self.deferred
+            )?;
+        }
         if !self.dropped_links.is_empty() {
             let total: u64 = self.dropped_links.values().sum();
             let reasons: Vec<String> =
@@ -201,6 +213,7 @@ mod tests {
             dropped_links: [(DropReason::TooManyLinks, 5), (DropReason::OutOfScope, 2)].into(),
             attempts: 12,
             retries: 2,
+            deferred: 0,
             bytes: 2048,
             input_lines: 13,
             input_invalid: 1,

@@ -198,16 +198,27 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
             (fetched, signal, Instant::now())
         }
     };
-    let decision = decide(
-        &ctx.retry,
-        job.attempt,
-        fetched.record.http_status,
-        fetched.error,
-        fetched.retry_after,
-        rand::random(),
-    );
-    let (links, dropped_links) = match (&ctx.discovery, decision) {
-        (Some(discovery), Decision::Done) => discover(discovery, &job, &fetched),
+    let next = if fetched.out_of_descriptors {
+        // Not an attempt, and not the host's doing (its signal is neutral).
+        warn_out_of_descriptors(&fetched);
+        Next::Requeue(now_ms() + DEFERRED_FOR.as_millis() as i64)
+    } else {
+        let decision = decide(
+            &ctx.retry,
+            job.attempt,
+            fetched.record.http_status,
+            fetched.error,
+            fetched.retry_after,
+            rand::random(),
+        );
+        match decision {
+            Decision::Done => Next::Done,
+            Decision::Failed => Next::Failed,
+            Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
+        }
+    };
+    let (links, dropped_links) = match (&ctx.discovery, next) {
+        (Some(discovery), Next::Done) => discover(discovery, &job, &fetched),
         _ => (Vec::new(), Vec::new()),
     };
     let host_backoff = ctx.politeness.finished(&job.host, signal, started, Instant::now(), rand::random());
@@ -220,16 +231,11 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         tracing::info!(host = %job.host, backoff_ms = backoff.as_millis() as u64, "host backs off");
     }
     let mut record = fetched.record;
-    if fetched.error.is_none() && decision != Decision::Done {
+    if fetched.error.is_none() && next != Next::Done {
         // A response arrived, but with a status worth retrying.
         record.error_kind = Some(ErrorKind::HttpStatus);
         record.error_message = record.http_status.map(|s| format!("HTTP {s}"));
     }
-    let next = match decision {
-        Decision::Done => Next::Done,
-        Decision::Failed => Next::Failed,
-        Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
-    };
     tracing::debug!(
         url = %ForLog(&job.url),
         status = record.http_status,
@@ -239,7 +245,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         "fetched"
     );
     let recrawl_after = match next {
-        Next::RetryAt(_) => None,
+        Next::RetryAt(_) | Next::Requeue(_) => None,
         Next::Done | Next::Failed => ctx.politeness.recrawl_after(&job.host),
     };
     let completion = Completion {
@@ -255,6 +261,35 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         recrawl_after,
     };
     Some(completion)
+}
+
+/// How long a URL whose request could not be made for lack of file
+/// descriptors waits before it is claimed again.
+const DEFERRED_FOR: Duration = Duration::from_secs(1);
+
+/// How often running out of file descriptors is warned about, at most.
+const DESCRIPTORS_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// When the last out-of-descriptors warning was printed, and how many
+/// requests were deferred since.
+static DESCRIPTORS_WARNED: std::sync::Mutex<(Option<Instant>, u64)> = std::sync::Mutex::new((None, 0));
+
+/// Warns loudly that a request was deferred for lack of file descriptors,
+/// at most every [`DESCRIPTORS_WARN_EVERY`], with the count since the last
+/// warning.
+fn warn_out_of_descriptors(fetched: &Fetched) {
+    let mut warned = DESCRIPTORS_WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    warned.1 += 1;
+    if warned.0.is_some_and(|at| at.elapsed() < DESCRIPTORS_WARN_EVERY) {
+        return;
+    }
+    tracing::warn!(
+        deferred = warned.1,
+        error = fetched.record.error_message.as_deref().unwrap_or_default(),
+        "OUT OF FILE DESCRIPTORS: requests are deferred (not counted as attempts, hosts not \
+         blamed); raise the limit (LimitNOFILE=, ulimit -n) or lower crawl.concurrency"
+    );
+    *warned = (Some(Instant::now()), 0);
 }
 
 /// The links of a fetched page that discovery's rules let through, as URLs
@@ -402,6 +437,10 @@ fn settle(
 /// down (RFC 6585 §4, RFC 9110 §15.6.4); failing to reach it at all counts
 /// towards a host backoff; any other response shows it is healthy.
 pub(crate) fn host_signal(fetched: &Fetched) -> HostSignal {
+    if fetched.out_of_descriptors {
+        // This process's limit, not the host's doing.
+        return HostSignal::Neutral;
+    }
     match (fetched.error, fetched.record.http_status) {
         (None, Some(429 | 503)) => HostSignal::Throttled { retry_after: fetched.retry_after },
         (None, _) => HostSignal::Healthy,

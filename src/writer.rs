@@ -7,6 +7,7 @@
 //! speed. Counters are updated only after the commit, so they count what is
 //! durable.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -64,17 +65,22 @@ pub async fn run<S: Store>(
             }
         }
         let mut retried = false;
+        // Folded per batch: one lock for the batch, not one per page.
+        let mut done_statuses: BTreeMap<u16, u64> = BTreeMap::new();
         for c in &batch {
-            latency.saturating_record(c.record.elapsed_us.max(1));
-            if admin::recording() {
-                record_metrics(c);
-            }
-            stats.attempts.fetch_add(1, Ordering::Relaxed);
-            stats.bytes.fetch_add(c.record.body_bytes.unwrap_or(0), Ordering::Relaxed);
             match c.next {
+                Next::Requeue(_) => {
+                    // Not an attempt: nothing was fetched.
+                    stats.deferred.fetch_add(1, Ordering::Relaxed);
+                    if admin::recording() {
+                        metrics::counter!("trawler_requests_deferred_total").increment(1);
+                    }
+                    retried = true;
+                    continue;
+                }
                 Next::Done => {
                     stats.done.fetch_add(1, Ordering::Relaxed);
-                    CrawlStats::add(&stats.done_statuses, c.record.http_status.unwrap_or(0), 1);
+                    *done_statuses.entry(c.record.http_status.unwrap_or(0)).or_default() += 1;
                     stats.finished.fetch_add(1, Ordering::Relaxed);
                 }
                 Next::Failed => {
@@ -86,6 +92,15 @@ pub async fn run<S: Store>(
                     retried = true;
                 }
             }
+            latency.saturating_record(c.record.elapsed_us.max(1));
+            if admin::recording() {
+                record_metrics(c);
+            }
+            stats.attempts.fetch_add(1, Ordering::Relaxed);
+            stats.bytes.fetch_add(c.record.body_bytes.unwrap_or(0), Ordering::Relaxed);
+        }
+        for (status, n) in done_statuses {
+            CrawlStats::add(&stats.done_statuses, status, n);
         }
         let before = stats.outstanding.fetch_sub(batch.len() as u64, Ordering::SeqCst);
         if retried || committed.new_urls > 0 || before == batch.len() as u64 {

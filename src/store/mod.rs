@@ -276,6 +276,10 @@ pub enum Next {
     Failed,
     /// Try again once the wall clock reaches this time, in Unix ms.
     RetryAt(i64),
+    /// Not an attempt: this process could not make the request (out of
+    /// file descriptors). No `attempts` row is written; the URL is queued
+    /// again for this time (Unix ms) with its attempt count unchanged.
+    Requeue(i64),
 }
 
 impl Next {
@@ -284,16 +288,26 @@ impl Next {
         match self {
             Next::Done => UrlState::Done,
             Next::Failed => UrlState::Failed,
-            Next::RetryAt(_) => UrlState::Queued,
+            Next::RetryAt(_) | Next::Requeue(_) => UrlState::Queued,
         }
     }
 
-    /// The attempt's `outcome` column.
+    /// The attempt's `outcome` column ("requeue" is never stored: a
+    /// requeue is not an attempt).
     pub fn outcome(self) -> &'static str {
         match self {
             Next::Done => "done",
             Next::Failed => "failed",
             Next::RetryAt(_) => "retry",
+            Next::Requeue(_) => "requeue",
+        }
+    }
+
+    /// When the URL is due again, if it stays queued (Unix ms).
+    pub fn due_at(self) -> Option<i64> {
+        match self {
+            Next::RetryAt(ms) | Next::Requeue(ms) => Some(ms),
+            Next::Done | Next::Failed => None,
         }
     }
 }

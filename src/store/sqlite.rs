@@ -63,6 +63,13 @@ const NEVER: i64 = i64::MAX;
 /// statement (SQLITE_MAX_VARIABLE_NUMBER since 3.32.0).
 const STATEMENT_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
 
+/// `values` as a JSON array (or object), bound as one parameter and read by
+/// `json_each(?)`: a list of any length in one statement, under SQLite's
+/// bound-parameter limit.
+fn json_array<T: serde::Serialize + ?Sized>(values: &T) -> String {
+    serde_json::to_string(values).expect("strings, numbers and tuples of them serialize to JSON")
+}
+
 /// Cuts `rows` into chunks whose lengths are all in [`STATEMENT_ROWS`].
 fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
@@ -72,6 +79,9 @@ fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
         Some(chunk)
     })
 }
+
+/// Read connections of the crawl's own pool (producer, gauges, API).
+const READ_CONNECTIONS: u32 = 4;
 
 /// How long a reader waits for a lock (readers are only blocked by WAL
 /// recovery or a checkpoint that truncates, and briefly).
@@ -213,7 +223,7 @@ impl SqliteStore {
     pub async fn ids(&self, urls: &[&str]) -> Result<BTreeMap<String, i64>, StoreError> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT url, id FROM urls WHERE url IN (SELECT value FROM json_each(?1))")
-                .bind(serde_json::to_string(urls).expect("strings serialize"))
+                .bind(json_array(urls))
                 .fetch_all(&self.read)
                 .await
                 .map_err(db("look up URL ids"))?;
@@ -307,17 +317,26 @@ impl SqliteStore {
             // A transaction that failed may have been rolled back by SQLite
             // behind sqlx's back (SQLITE_FULL, SQLITE_IOERR), leaving sqlx's
             // transaction depth at one: every later `BEGIN` on that
-            // connection would fail. Such a connection is closed instead.
-            .after_release(|conn, _| {
-                Box::pin(async move {
-                    conn.ping().await?;
-                    Ok(!conn.is_in_transaction())
-                })
-            })
+            // connection would fail. Such a connection is closed instead. A
+            // committed transaction has its depth back at zero before the
+            // commit returns; one that was dropped (failed) still counts
+            // until its queued rollback runs, so its connection is closed
+            // too, which costs a reconnect after an error but no round trip
+            // after every commit.
+            .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_lazy_with(options.clone().create_if_missing(true));
         let read_options = options.read_only(true).busy_timeout(BUSY_TIMEOUT);
         let store = Self {
-            read: SqlitePoolOptions::new().max_connections(4).connect_lazy_with(read_options),
+            // Every read connection is opened now and kept: the database's
+            // descriptors are all taken at start, so running out of them
+            // later (see `descriptors.rs`) can only defer fetches, never
+            // fail a read.
+            read: SqlitePoolOptions::new()
+                .max_connections(READ_CONNECTIONS)
+                .min_connections(READ_CONNECTIONS)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_lazy_with(read_options),
             write,
             waits: Arc::new(LockWaits::new(config.busy_warning)),
             give_up: CancellationToken::new(),
@@ -327,7 +346,10 @@ impl SqliteStore {
         // for another process's lock, like any write.
         let (pool, at) = (&store.write, path.as_path());
         store.writing(move || migrate(pool, at)).await?;
-        store.read.acquire().await.map_err(db_at("open read-only", &path))?;
+        let opened = futures::future::try_join_all((0..READ_CONNECTIONS).map(|_| store.read.acquire()))
+            .await
+            .map_err(db_at("open read-only", &path))?;
+        drop(opened);
         Ok(store)
     }
 
@@ -579,7 +601,7 @@ impl Store for SqliteStore {
              ORDER BY ready_at_ms LIMIT ?3",
         )
         .bind(now_ms)
-        .bind(serde_json::to_string(busy).expect("strings serialize"))
+        .bind(json_array(busy))
         .bind(limit)
         .fetch_all(&self.read)
         .await
@@ -622,7 +644,7 @@ impl Store for SqliteStore {
                      9223372036854775807)
                  WHERE host IN (SELECT value FROM json_each(?1))",
             )
-            .bind(serde_json::to_string(&hosts).expect("strings serialize"))
+            .bind(json_array(&hosts))
             .execute(&mut *tx)
             .await
             .map_err(db("update hosts after claim"))?;
@@ -646,8 +668,14 @@ impl Store for SqliteStore {
             let track = completions.iter().any(|c| with_links(&c));
             let mut applied_ids = BTreeSet::new();
             let mut applied = 0;
-            for chunk in statement_chunks(completions) {
+            // Attempts first: their insert checks the lease, which updating
+            // the URLs clears. A requeue made no attempt.
+            let attempts: Vec<&Completion> =
+                completions.iter().filter(|c| !matches!(c.next, Next::Requeue(_))).collect();
+            for chunk in statement_chunks(&attempts) {
                 insert_attempts(&mut tx, chunk).await?;
+            }
+            for chunk in statement_chunks(completions) {
                 applied += update_urls(&mut tx, chunk, track.then_some(&mut applied_ids)).await?;
             }
             update_hosts(&mut tx, completions).await?;
@@ -739,7 +767,7 @@ impl Store for SqliteStore {
         }
         let per_host: BTreeMap<&str, i64> =
             policy.per_host.iter().map(|(h, d)| (h.as_str(), duration_ms(*d))).collect();
-        let per_host = &serde_json::to_string(&per_host).expect("a map of strings serializes");
+        let per_host = &json_array(&per_host);
         self.writing(move || async move {
             let result = sqlx::query(
                 "UPDATE urls SET recrawl_at_ms = finished_ms +
@@ -803,7 +831,7 @@ impl Store for SqliteStore {
                 sqlx::query(
                     "UPDATE hosts SET work_at_ms = 0 WHERE host IN (SELECT value FROM json_each(?1))",
                 )
-                .bind(serde_json::to_string(&distinct).expect("strings serialize"))
+                .bind(json_array(&distinct))
                 .execute(&mut *tx)
                 .await
                 .map_err(db("requeue recrawl hosts"))?;
@@ -817,7 +845,7 @@ impl Store for SqliteStore {
 
 async fn insert_attempts(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
-    chunk: &[Completion],
+    chunk: &[&Completion],
 ) -> Result<(), StoreError> {
     let mut q = QueryBuilder::<Sqlite>::new(
         "WITH v(url_id, lease, attempt, started_at, started_ms, fetched_at, elapsed_ms, outcome, http_status,
@@ -838,10 +866,7 @@ async fn insert_attempts(
             .push_bind(r.http_status)
             .push_bind(r.error_kind.map(ErrorKind::as_str))
             .push_bind(r.error_message.as_deref())
-            .push_bind(match c.next {
-                Next::RetryAt(ms) => Some(rfc3339_from_ms(ms)),
-                _ => None,
-            })
+            .push_bind(c.next.due_at().map(rfc3339_from_ms))
             .push_bind(r.final_url.as_deref())
             .push_bind(r.redirect_chain.len() as i64)
             .push_bind(
@@ -906,15 +931,20 @@ async fn update_urls(
     );
     let now = unix_ms(SystemTime::now());
     q.push_values(chunk, |mut row, c| {
-        let (not_before_ms, finished_ms) = match c.next {
-            Next::Done | Next::Failed => (0, Some(now)),
-            Next::RetryAt(ms) => (ms, None),
+        let (not_before_ms, finished_ms) = match c.next.due_at() {
+            None => (0, Some(now)),
+            Some(ms) => (ms, None),
+        };
+        // A requeue leaves the count where it was before this claim.
+        let attempts = match c.next {
+            Next::Requeue(_) => c.attempt - 1,
+            _ => c.attempt,
         };
         let state = c.next.state().as_str();
         row.push_bind(c.url_id)
             .push_bind(c.lease)
             .push_bind(state)
-            .push_bind(c.attempt)
+            .push_bind(attempts)
             .push_bind(not_before_ms)
             .push_bind(finished_ms)
             .push_bind(c.recrawl_after.map(duration_ms));
@@ -988,7 +1018,7 @@ async fn record_links(
     let page_ids: Vec<i64> = pages.iter().map(|c| c.url_id).collect();
     let page_depths: BTreeMap<i64, u32> =
         sqlx::query_as("SELECT id, depth FROM urls WHERE id IN (SELECT value FROM json_each(?1))")
-            .bind(serde_json::to_string(&page_ids).expect("ids serialize"))
+            .bind(json_array(&page_ids))
             .fetch_all(&mut **tx)
             .await
             .map_err(db("look up page depths"))?
@@ -1014,7 +1044,7 @@ async fn record_links(
              SELECT ?1, id FROM urls WHERE url IN (SELECT value FROM json_each(?2))",
         )
         .bind(page.url_id)
-        .bind(serde_json::to_string(&targets).expect("strings serialize"))
+        .bind(json_array(&targets))
         .execute(&mut **tx)
         .await
         .map_err(db("record links"))?;
@@ -1080,7 +1110,7 @@ async fn lower_depths(
          SELECT l.id, min(l.depth), l.via, u.depth, u.state FROM lowered l JOIN urls u ON u.id = l.id
          GROUP BY l.id",
     )
-    .bind(serde_json::to_string(&candidates).expect("links serialize"))
+    .bind(json_array(&candidates))
     .fetch_all(&mut **tx)
     .await
     .map_err(db("find shorter paths"))?;
@@ -1096,6 +1126,7 @@ async fn lower_depths(
             (id, depth, via, unparsed)
         })
         .collect();
+    let rows_json = json_array(&rows);
     sqlx::query(
         "WITH v(id, depth, via, refetch) AS (
            SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
@@ -1108,7 +1139,7 @@ async fn lower_depths(
            not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END
          FROM v WHERE urls.id = v.id",
     )
-    .bind(serde_json::to_string(&rows).expect("rows serialize"))
+    .bind(rows_json.as_str())
     .execute(&mut **tx)
     .await
     .map_err(db("lower depths"))?;
@@ -1118,7 +1149,7 @@ async fn lower_depths(
                (SELECT host FROM urls WHERE id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1)
                 WHERE json_extract(value, '$[3]')))",
         )
-        .bind(serde_json::to_string(&rows).expect("rows serialize"))
+        .bind(rows_json.as_str())
         .execute(&mut **tx)
         .await
         .map_err(db("wake hosts of refetched pages"))?;
@@ -1142,7 +1173,7 @@ async fn apply_page_limits(
     let urls: Vec<&str> = links.iter().map(|l| l.url.as_str()).collect();
     let known: BTreeSet<String> =
         sqlx::query_scalar("SELECT url FROM urls WHERE url IN (SELECT value FROM json_each(?1))")
-            .bind(serde_json::to_string(&urls).expect("strings serialize"))
+            .bind(json_array(&urls))
             .fetch_all(&mut **tx)
             .await
             .map_err(db("look up discovered URLs"))?
@@ -1164,7 +1195,7 @@ async fn apply_page_limits(
         let hosts: Vec<&str> = hosts.into_iter().collect();
         let stored: BTreeMap<String, i64> =
             sqlx::query_as("SELECT host, urls FROM hosts WHERE host IN (SELECT value FROM json_each(?1))")
-                .bind(serde_json::to_string(&hosts).expect("strings serialize"))
+                .bind(json_array(&hosts))
                 .fetch_all(&mut **tx)
                 .await
                 .map_err(db("count URLs per host"))?
@@ -1213,10 +1244,7 @@ async fn update_hosts(
 ) -> Result<(), StoreError> {
     let mut per_host: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for c in completions {
-        let retry_at = match c.next {
-            Next::RetryAt(ms) => ms,
-            _ => NEVER,
-        };
+        let retry_at = c.next.due_at().unwrap_or(NEVER);
         let backoff_until = c.host_backoff_until_ms.unwrap_or(0);
         if retry_at == NEVER && backoff_until == 0 {
             continue;

@@ -3,7 +3,7 @@
 //! robots.txt too, and a refused URL fails as `blocked_address`, unretried.
 
 use crate::server::TestServer;
-use crate::util::{crawl_with_config, reader, result_for, scalar};
+use crate::util::{crawl_with_config, result_for, scalar, strings};
 
 #[tokio::test]
 async fn internal_addresses_are_refused_however_written_and_wherever_reached() {
@@ -44,12 +44,8 @@ async fn internal_addresses_are_refused_however_written_and_wherever_reached() {
         assert!(row.error_message.unwrap().contains("refused by fetch.deny_ips"), "{url}");
     }
     // The redirect targets are named as the url crate reads them.
-    let pool = reader(&db).await;
-    let finals: Vec<String> =
-        sqlx::query_scalar("SELECT final_url FROM results WHERE url LIKE '%/goto?%' ORDER BY final_url")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let finals =
+        strings(&db, "SELECT final_url FROM results WHERE url LIKE '%/goto?%' ORDER BY final_url").await;
     assert_eq!(
         finals.iter().filter(|u| u.starts_with(&format!("http://127.0.0.2:{port}/"))).count(),
         4,

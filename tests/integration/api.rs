@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::server::TestServer;
-use crate::util::{Daemon, scalar, wait_until};
+use crate::util::{Daemon, limit_descriptors, scalar, wait_until};
 
 async fn json_of(response: reqwest::Response) -> Value {
     let text = response.text().await.unwrap();
@@ -83,13 +83,6 @@ async fn urls_posted_to_the_api_are_crawled_and_their_state_is_served() {
     daemon.stop();
     assert_eq!(scalar(&db, "SELECT count(*) FROM urls").await, 3);
     assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE error_kind = 'invalid_url'").await, 2);
-}
-
-/// Lowers the descriptor limit of the running process `pid` to `n`.
-fn limit_descriptors(pid: u32, n: u64) {
-    let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
-    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
 #[tokio::test]

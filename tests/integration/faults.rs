@@ -204,3 +204,108 @@ async fn the_wal_is_truncated_while_the_service_runs_unless_a_reader_pins_it() {
     wait_until(Duration::from_secs(10), "the WAL to be truncated", || wal_size() == 0);
     daemon.stop();
 }
+
+#[tokio::test]
+async fn a_descriptor_limit_too_low_for_the_concurrency_is_refused_at_start_with_the_numbers() {
+    use std::os::unix::process::CommandExt;
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), &[server.url("/ok/never")]);
+    let db = dir.path().join("crawl.db");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_trawler"));
+    command
+        .args(["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap(), "--concurrency", "64"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // Soft and hard 100: the hard limit cannot be raised from inside.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 100, rlim_max: 100 };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let (status, _) = wait_within(&mut child, Duration::from_secs(10));
+    let (_, stderr) = output_of(child);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("needs about 192 open files (crawl.concurrency = 64")
+            && last.contains("may open only 100 (RLIMIT_NOFILE, hard limit 100)")
+            && last.contains("LimitNOFILE="),
+        "{stderr}"
+    );
+    assert!(server.hits().is_empty(), "a request was made");
+}
+
+#[tokio::test]
+async fn running_out_of_descriptors_defers_requests_without_blaming_the_host_or_counting_attempts() {
+    let server = TestServer::start_on("127.0.0.76");
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "[crawl]\nconcurrency = 8\n[politeness]\nper_host_concurrency = 8\nper_host_delay = \"0s\"\n";
+    let daemon = Daemon::start(dir.path(), toml);
+    let pid = daemon.child.id();
+    // Warm up: robots.txt and one page fetched, every database connection open.
+    daemon.enqueue(&[server.url("/ok/warm")]);
+    wait_for_done(&daemon.db, 1).await;
+
+    // Leave one spare descriptor (and the one or two of the idle pooled
+    // connection, closed within a second): eight fetches at once cannot all
+    // open a socket.
+    let hard = crate::util::hard_descriptor_limit(pid);
+    crate::util::set_descriptor_limit(pid, crate::util::open_descriptors(pid) + 1, hard);
+    let urls: Vec<String> = (0..12).map(|i| server.url(&format!("/slow/300/{i}"))).collect();
+    daemon.enqueue(&urls);
+    daemon.stderr.wait_for("OUT OF FILE DESCRIPTORS");
+
+    crate::util::set_descriptor_limit(pid, hard.min(4096), hard);
+    wait_for_done(&daemon.db, 13).await;
+    let log = daemon.stderr.text();
+    // Not an attempt: one row per URL, and every URL done on its first.
+    assert_eq!(scalar(&daemon.db, "SELECT count(*) FROM attempts").await, 13, "{log}");
+    assert_eq!(scalar(&daemon.db, "SELECT max(attempts) FROM urls").await, 1, "{log}");
+    // Not the host's fault.
+    assert!(!log.contains("host backs off"), "{log}");
+    assert_eq!(scalar(&daemon.db, "SELECT max(backoff_until_ms) FROM hosts").await, 0, "{log}");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let metrics =
+        http.get(format!("http://{}/metrics", daemon.admin)).send().await.unwrap().text().await.unwrap();
+    let deferred = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("trawler_requests_deferred_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(deferred.is_some_and(|n| n > 0), "{metrics}");
+    daemon.stop();
+}
+
+/// Waits (up to 30 s) until `n` URLs of the database are done.
+async fn wait_for_done(db: &std::path::Path, n: i64) {
+    for _ in 0..300 {
+        if scalar(db, "SELECT count(*) FROM urls WHERE state = 'done'").await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("fewer than {n} URLs done after 30 s");
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_kept_for_twice_its_hosts_delay_not_for_minutes() {
+    let server = TestServer::start_on("127.0.0.77");
+    let dir = tempfile::tempdir().unwrap();
+    // The tests' environment sets a short delay; this one needs its own.
+    let daemon = Daemon::start_with_env(dir.path(), "", &[("TRAWLER_POLITENESS__PER_HOST_DELAY", "2s")]);
+    daemon.enqueue(&[server.url("/ok/once")]);
+    wait_for_done(&daemon.db, 1).await;
+    let open = || crate::util::connections_to(server.addr);
+    assert_eq!(open(), 1, "the fetch's connection is pooled");
+    // Kept for the host's next turn (4 s: hyper-util's reaper closes it
+    // within one more period), not for 1 s, nor for reqwest's default 90 s.
+    let idle = std::time::Instant::now();
+    wait_until(Duration::from_secs(15), "the idle connection closed", || open() == 0);
+    assert!(idle.elapsed() >= Duration::from_secs(3), "closed after {:?}", idle.elapsed());
+    daemon.stop();
+}

@@ -74,6 +74,14 @@ pub async fn scalar(db: &Path, sql: &str) -> i64 {
     n
 }
 
+/// The first column of every row of a query, as text.
+pub async fn strings(db: &Path, sql: &str) -> Vec<String> {
+    let pool = reader(db).await;
+    let rows = sqlx::query_scalar(sql).fetch_all(&pool).await.unwrap();
+    pool.close().await;
+    rows
+}
+
 /// Starts the real `trawler` binary with `args`; stdin, stdout and stderr
 /// are pipes (take `child.stdin` to feed `crawl -`).
 pub fn spawn_trawler(args: &[&str]) -> Child {
@@ -309,4 +317,48 @@ pub fn next_notification(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
     let n = socket.recv(&mut buf).expect("a notification within the timeout");
     String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Sets the descriptor limit (`RLIMIT_NOFILE`) of the running process `pid`
+/// to `n`, soft and hard.
+pub fn limit_descriptors(pid: u32, n: u64) {
+    set_descriptor_limit(pid, n, n);
+}
+
+/// Sets the soft descriptor limit of the running process `pid` to `soft`,
+/// leaving the hard limit where it is (so it can be raised again).
+pub fn set_descriptor_limit(pid: u32, soft: u64, hard: u64) {
+    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// The hard descriptor limit of the running process `pid`.
+pub fn hard_descriptor_limit(pid: u32) -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    limit.rlim_max
+}
+
+/// How many descriptors the process `pid` has open.
+pub fn open_descriptors(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64
+}
+
+/// Established TCP connections to `server` (an IPv4 address) on this
+/// machine, from the kernel's table (`/proc/net/tcp`, addresses in
+/// little-endian hex).
+pub fn connections_to(server: std::net::SocketAddr) -> usize {
+    let std::net::IpAddr::V4(ip) = server.ip() else { panic!("an IPv4 address") };
+    let remote = format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), server.port());
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"01")
+        })
+        .count()
 }
