@@ -443,7 +443,7 @@ impl SqliteStore {
     /// open, it stays in WAL mode, and its `-wal` and `-shm` stay with it.
     /// The next crawl switches back to WAL.
     pub async fn close(&self) {
-        self.read.close().await;
+        close_pool(&self.read).await;
         if self._lock.is_some() {
             match sqlx::query_scalar::<_, String>("PRAGMA journal_mode = DELETE").fetch_one(&self.write).await
             {
@@ -456,6 +456,24 @@ impl SqliteStore {
         }
         self.write.close().await;
     }
+}
+
+/// Closes `pool` and every connection in it. sqlx 0.8's `Pool::close` can
+/// return while a connection that was on its way back to the pool (its
+/// `PoolConnection` dropped just before) sits idle in it, still open; with a
+/// read connection open, `journal_mode = DELETE` fails as locked and the
+/// stopped crawl's database keeps its `-wal`. Closing again closes such
+/// stragglers; a closed pool hands out no new connections, so the loop ends
+/// once the returns in flight have landed (100 tries 1 ms apart at most).
+async fn close_pool(pool: &SqlitePool) {
+    for _ in 0..100 {
+        pool.close().await;
+        if pool.size() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tracing::debug!(open = pool.size(), "connections still open after closing the pool");
 }
 
 fn take_lock(path: &Path) -> Result<File, StoreError> {
