@@ -316,6 +316,14 @@ pub struct FetchConfig {
     pub deny_ips: Vec<IpNet>,
     /// Exceptions to `deny_ips` (an address in both may be connected to).
     pub allow_ips: Vec<IpNet>,
+    /// Host names answered without DNS, as `/etc/hosts` or curl's
+    /// `--resolve` do: a name (`"staging.example.org"`) or every name under
+    /// a domain (`"*.example.test"`, not the domain itself) to the addresses
+    /// connected to. An exact name wins over a `*.` pattern, and a longer
+    /// pattern over a shorter one. The addresses still go through
+    /// `deny_ips`, and the URL keeps its host name (the `Host` header, TLS
+    /// name, politeness and robots.txt are the name's).
+    pub resolve: BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 impl Default for FetchConfig {
@@ -328,6 +336,7 @@ impl Default for FetchConfig {
             max_body_bytes: NonZeroU64::new(10 * 1024 * 1024).unwrap(),
             deny_ips: Vec::new(),
             allow_ips: Vec::new(),
+            resolve: BTreeMap::new(),
         }
     }
 }
@@ -602,6 +611,18 @@ impl Config {
         if self.hosts.values().any(|h| h.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER)) {
             return invalid("hosts.<host>.recrawl_after", "must be at least 1s");
         }
+        for (name, addresses) in &self.fetch.resolve {
+            let host = name.strip_prefix("*.").unwrap_or(name);
+            if host.is_empty() || host.contains(['*', '/', ':', ' ']) || host != host.to_ascii_lowercase() {
+                return invalid(
+                    "fetch.resolve",
+                    "keys are lower-case host names, or *. and a domain (\"*.example.test\")",
+                );
+            }
+            if addresses.is_empty() {
+                return invalid("fetch.resolve", "each name needs at least one address");
+            }
+        }
         if self.store.checkpoint_every < Duration::from_secs(1) {
             return invalid("store.checkpoint_every", "must be at least 1s");
         }
@@ -738,6 +759,10 @@ mod tests {
             ("[retry]\nmax_attempts = 0\n", "retry.max_attempts"),
             ("[fetch]\nmax_body_bytes = 0\n", "fetch.max_body_bytes"),
             ("[api]\nmax_posts_in_flight = 0\n", "api.max_posts_in_flight"),
+            ("[fetch.resolve]\n\"*\" = [\"127.0.0.1\"]\n", "fetch.resolve"),
+            ("[fetch.resolve]\n\"Big.example\" = [\"127.0.0.1\"]\n", "fetch.resolve"),
+            ("[fetch.resolve]\n\"a.example\" = []\n", "fetch.resolve"),
+            ("[fetch.resolve]\n\"a.example\" = [\"localhost\"]\n", "fetch.resolve"),
         ] {
             std::fs::write(&file, toml).unwrap();
             let err = Config::load(Some(&file), NoOverrides::default()).unwrap_err().to_string();

@@ -10,6 +10,7 @@
 //! bloat the process. Failures come back as data ([`Fetched::error`]), never
 //! as a Rust error.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -201,18 +202,66 @@ struct BlockedAddress {
     ip: IpAddr,
 }
 
+/// `fetch.resolve`: host names answered without DNS, exact names first,
+/// then `*.` domains, longest first.
+#[derive(Debug, Default)]
+struct Overrides {
+    names: HashMap<String, Vec<IpAddr>>,
+    /// (`".example.test"`, addresses), longest suffix first.
+    domains: Vec<(String, Vec<IpAddr>)>,
+}
+
+impl Overrides {
+    fn new(config: &BTreeMap<String, Vec<IpAddr>>) -> Self {
+        let mut overrides = Self::default();
+        for (name, addresses) in config {
+            match name.strip_prefix('*') {
+                Some(suffix) => overrides.domains.push((suffix.to_owned(), addresses.clone())),
+                None => {
+                    overrides.names.insert(name.clone(), addresses.clone());
+                }
+            }
+        }
+        overrides.domains.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        overrides
+    }
+
+    fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.domains.is_empty()
+    }
+
+    /// The addresses `host` (lower case, as `url` gives it) is answered
+    /// with, if it is overridden.
+    fn lookup(&self, host: &str) -> Option<&[IpAddr]> {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        self.names.get(host).map(Vec::as_slice).or_else(|| {
+            self.domains
+                .iter()
+                .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                .map(|(_, addresses)| addresses.as_slice())
+        })
+    }
+}
+
 /// reqwest's DNS resolution (getaddrinfo on the blocking pool, as its
-/// default resolver does) less the addresses the policy refuses, so that the
-/// check is on the very addresses connected to (no DNS rebinding between a
-/// check and the connect). A name with only refused addresses fails.
-struct CheckedResolver(Arc<AddressPolicy>);
+/// default resolver does, or `fetch.resolve`) less the addresses the policy
+/// refuses, so that the check is on the very addresses connected to (no DNS
+/// rebinding between a check and the connect). A name with only refused
+/// addresses fails.
+struct CheckedResolver {
+    policy: Arc<AddressPolicy>,
+    overrides: Arc<Overrides>,
+}
 
 impl reqwest::dns::Resolve for CheckedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.0.clone();
+        let (policy, overrides) = (self.policy.clone(), self.overrides.clone());
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let resolved: Vec<SocketAddr> = match overrides.lookup(&host) {
+                Some(addresses) => addresses.iter().map(|ip| SocketAddr::new(*ip, 0)).collect(),
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
             let permitted: Vec<SocketAddr> =
                 resolved.iter().copied().filter(|a| policy.permits(a.ip())).collect();
             match (permitted.is_empty(), resolved.first()) {
@@ -278,8 +327,9 @@ impl Fetcher {
             .no_proxy()
             .pool_max_idle_per_host(pool.max_idle_per_host)
             .pool_idle_timeout(pool.idle_timeout);
-        if !addresses.is_open() {
-            client = client.dns_resolver(Arc::new(CheckedResolver(addresses.clone())));
+        let overrides = Arc::new(Overrides::new(&config.resolve));
+        if !addresses.is_open() || !overrides.is_empty() {
+            client = client.dns_resolver(Arc::new(CheckedResolver { policy: addresses.clone(), overrides }));
         }
         let client = client.build()?;
         Ok(Self {
@@ -763,6 +813,25 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolve_overrides_match_names_then_the_longest_domain() {
+        let ip = |s: &str| vec![s.parse::<IpAddr>().unwrap()];
+        let config = BTreeMap::from([
+            ("*.example.test".to_owned(), ip("127.0.0.2")),
+            ("*.deep.example.test".to_owned(), ip("127.0.0.3")),
+            ("www.deep.example.test".to_owned(), ip("::1")),
+        ]);
+        let overrides = Overrides::new(&config);
+        let found = |host| overrides.lookup(host).map(|a| a[0].to_string());
+        assert_eq!(found("a.example.test").as_deref(), Some("127.0.0.2"));
+        assert_eq!(found("a.deep.example.test").as_deref(), Some("127.0.0.3"));
+        assert_eq!(found("www.deep.example.test.").as_deref(), Some("::1"));
+        // The domain itself is not under `*.`, nor is a name that only ends alike.
+        assert_eq!(found("example.test"), None);
+        assert_eq!(found("badexample.test"), None);
+        assert!(Overrides::new(&BTreeMap::new()).is_empty());
+    }
 
     #[test]
     fn idle_connections_fit_politeness() {

@@ -54,3 +54,35 @@ async fn internal_addresses_are_refused_however_written_and_wherever_reached() {
     assert!(finals.contains(&format!("http://[::ffff:7f00:2]:{port}/ok/mapped")), "{finals:?}");
     assert_eq!(scalar(&db, "SELECT count(*) FROM attempts WHERE outcome = 'retry'").await, 0);
 }
+
+/// `fetch.resolve` answers names without DNS (exact names and `*.`
+/// domains); the URL keeps its name for politeness and robots.txt, and the
+/// addresses it gives still go through `fetch.deny_ips`.
+#[tokio::test]
+async fn resolve_overrides_answer_names_and_still_go_through_the_deny_list() {
+    let site = TestServer::start_on("127.0.0.78");
+    let internal = TestServer::start_on("127.0.0.2");
+    let dir = tempfile::tempdir().unwrap();
+    let (port, internal_port) = (site.addr.port(), internal.addr.port());
+    let by_domain = format!("http://www.site.test:{port}/ok/domain");
+    let by_name = format!("http://site.test:{port}/ok/name");
+    let denied = format!("http://intranet.site.test:{internal_port}/ok/denied");
+    let toml = "[fetch]\ndeny_ips = [\"127.0.0.2/32\"]\n\
+                [fetch.resolve]\n\"*.site.test\" = [\"127.0.0.78\"]\n\"site.test\" = [\"127.0.0.78\"]\n\
+                \"intranet.site.test\" = [\"127.0.0.2\"]\n";
+    let db = crawl_with_config(dir.path(), &[by_domain.clone(), by_name.clone(), denied.clone()], toml);
+
+    for url in [&by_domain, &by_name] {
+        let row = result_for(&db, url).await;
+        assert_eq!((row.state.as_str(), row.http_status), ("done", Some(200)), "{url}");
+    }
+    // Two names, two hosts: each had its own robots.txt.
+    assert_eq!(site.robots_hits().len(), 2);
+    assert_eq!(
+        strings(&db, "SELECT host FROM urls ORDER BY host").await,
+        ["intranet.site.test", "site.test", "www.site.test"]
+    );
+    let row = result_for(&db, &denied).await;
+    assert_eq!((row.state.as_str(), row.error_kind.as_deref()), ("failed", Some("blocked_address")));
+    assert!(internal.hits().is_empty() && internal.robots_hits().is_empty());
+}
