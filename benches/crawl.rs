@@ -58,10 +58,51 @@ struct Case {
     page_bytes: usize,
     save_body: bool,
     random_pages: bool,
+    /// 0: every URL on one host, politeness lifted (compared with the bare
+    /// pool). Otherwise this many hosts, `urls / hosts` URLs each, under the
+    /// default politeness (compared with the politeness ideal).
+    hosts: usize,
 }
 
 impl Case {
+    /// The many-hosts case of issue 10: `hosts` names under `bench.test`
+    /// resolved to loopback by `fetch.resolve`, 10 URLs each, 256 in flight,
+    /// answers after 50 ms, default politeness.
+    fn many_hosts(hosts: usize) -> Self {
+        Self { urls: hosts * 10, workers: 256, latency_ms: 50, hosts, ..Self::default() }
+    }
+
+    fn per_host(&self) -> usize {
+        self.urls.div_ceil(self.hosts.max(1))
+    }
+
+    /// Requests the crawl must make: every URL, and one robots.txt per host.
+    fn requests(&self) -> usize {
+        self.urls + self.hosts
+    }
+
+    /// The shortest possible wall time of a many-hosts case, in seconds: the
+    /// larger of what `workers` requests in flight allow (each takes the
+    /// latency) and what politeness allows one host (its robots.txt, then
+    /// its URLs, request starts `DEFAULT_DELAY` apart; 2 in flight never
+    /// binds while the latency is under the delay).
+    fn ideal_s(&self) -> f64 {
+        let latency = self.latency_ms as f64 / 1000.0;
+        let by_concurrency = (self.requests() as f64 / self.workers as f64).ceil() * latency;
+        let by_politeness = self.per_host() as f64 * DEFAULT_DELAY.max(latency) + latency;
+        by_concurrency.max(by_politeness)
+    }
+
     fn name(&self) -> String {
+        if self.hosts > 0 {
+            return format!(
+                "{} hosts × {} URLs / {} ms / {} in flight",
+                self.hosts,
+                self.per_host(),
+                self.latency_ms,
+                self.workers
+            );
+        }
         let mut name = format!("{} URLs / {} ms / {} in flight", self.urls, self.latency_ms, self.workers);
         if self.page_bytes != 1024 {
             name += &format!(" / {} B", self.page_bytes);
@@ -82,9 +123,13 @@ impl Default for Case {
             page_bytes: 1024,
             save_body: false,
             random_pages: false,
+            hosts: 0,
         }
     }
 }
+
+/// `politeness.per_host_delay`'s default, in seconds (config/trawler.toml).
+const DEFAULT_DELAY: f64 = 0.25;
 
 struct Args {
     rounds: usize,
@@ -112,12 +157,21 @@ fn parse_args(args: Vec<String>) -> Args {
             "--page-bytes" => case.page_bytes = value() as usize,
             "--save-body" => case.save_body = true,
             "--random-pages" => case.random_pages = true,
+            // First, as it sets the rest of the case to the many-hosts defaults.
+            "--hosts" => *case = Case::many_hosts(value() as usize),
+            "--per-host" => case.urls = case.hosts.max(1) * value() as usize,
             _ => panic!("unknown flag {flag}"),
         }
     }
     let cases = match custom {
         Some(case) => vec![case],
-        None => vec![Case::default(), Case { urls: 5_000, workers: 100, latency_ms: 100, ..Case::default() }],
+        None => vec![
+            Case::default(),
+            Case { urls: 5_000, workers: 100, latency_ms: 100, ..Case::default() },
+            Case::many_hosts(1_000),
+            Case::many_hosts(10_000),
+            Case::many_hosts(100_000),
+        ],
     };
     Args { rounds, cases }
 }
@@ -206,12 +260,20 @@ fn run_trawler(case: &Case, input: &Path, dir: &Path) -> (Measure, String) {
         // The default log level, as in production: every fetch then has its
         // span (enabled but not printed).
         .env("RUST_LOG", "info")
-        // One local host stands in for many: lift the per-host limits so the
-        // crawl is bound by the workers, as the targets assume.
-        .env("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "100000")
-        .env("TRAWLER_POLITENESS__PER_HOST_DELAY", "0s")
         .env("TRAWLER_STORE__SAVE_BODY", case.save_body.to_string())
         .env("TRAWLER_FETCH__MAX_BODY_BYTES", MAX_BODY_BYTES.to_string());
+    if case.hosts == 0 {
+        // One local host stands in for many: lift the per-host limits so the
+        // crawl is bound by the workers, as the targets assume.
+        command
+            .env("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "100000")
+            .env("TRAWLER_POLITENESS__PER_HOST_DELAY", "0s");
+    } else {
+        // Many names, one server: `fetch.resolve` sends them all to it.
+        let config = dir.join("bench.toml");
+        std::fs::write(&config, "[fetch.resolve]\n\"*.bench.test\" = [\"127.0.0.1\"]\n").unwrap();
+        command.args(["--config", config.to_str().unwrap()]);
+    }
     let (measure, summary) = measure(command);
     assert!(
         summary.contains(&format!("{n} done ({n} × 2xx), 0 failed", n = case.urls)),
@@ -222,6 +284,24 @@ fn run_trawler(case: &Case, input: &Path, dir: &Path) -> (Measure, String) {
         println!("  database {:.1} MiB", size as f64 / (1024.0 * 1024.0));
     }
     (measure, summary)
+}
+
+/// The smallest gap between two request starts to one host, in ms, over
+/// the whole crawl (the `host_politeness` view: fetches and redirect hops;
+/// robots.txt requests are not stored).
+fn smallest_gap_ms(dir: &Path) -> Option<i64> {
+    let db = dir.join("bench.db");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).read_only(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.expect("open the benchmark's database");
+        let gap = sqlx::query_scalar("SELECT min(min_gap_ms) FROM host_politeness")
+            .fetch_one(&pool)
+            .await
+            .expect("host_politeness");
+        pool.close().await;
+        gap
+    })
 }
 
 fn run_bare(case: &Case, input: &Path) -> Measure {
@@ -336,6 +416,46 @@ impl Row {
     }
 }
 
+/// A many-hosts run, against the politeness ideal.
+struct HostsRow {
+    case: Case,
+    run: Measure,
+    smallest_gap_ms: Option<i64>,
+}
+
+impl HostsRow {
+    fn print(&self) {
+        let (n, wall) = (self.case.urls, self.run.wall.as_secs_f64());
+        let ideal = self.case.ideal_s();
+        println!(
+            "| {} | {} | {wall:.2} s | {ideal:.2} s | {:.2}× | {:.0} | {:.4} | {:.1} MiB | {} |",
+            self.case.name(),
+            self.case.requests(),
+            ideal / wall,
+            self.run.pages_per_s(n),
+            self.run.cpu_per_1000(n),
+            self.run.rss_mib(),
+            self.smallest_gap_ms.map_or("-".to_owned(), |ms| format!("{ms} ms")),
+        );
+    }
+}
+
+fn write_input(case: &Case, server: &TestServer, input: &Path) {
+    let mut out = BufWriter::new(std::fs::File::create(input).unwrap());
+    let port = server.addr.port();
+    // Host by host, as a list made from sitemaps or a site export comes.
+    for i in 0..case.urls {
+        match case.hosts {
+            0 => writeln!(out, "http://{}/page/{i}", server.addr),
+            hosts => {
+                let per_host = case.per_host();
+                writeln!(out, "http://h{}.bench.test:{port}/page/{i}", (i / per_host) % hosts)
+            }
+        }
+        .unwrap();
+    }
+}
+
 fn main() {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("--bare-pool") {
@@ -343,8 +463,11 @@ fn main() {
         return bare_pool(Path::new(&argv[1]), concurrency);
     }
     let args = parse_args(std::mem::take(&mut argv));
+    // The server in this process holds a connection per fetch in flight and
+    // per idle pooled one: thousands, with many hosts.
+    rlimit::increase_nofile_limit(u64::MAX).expect("raise RLIMIT_NOFILE");
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut rows = Vec::new();
+    let (mut rows, mut hosts_rows) = (Vec::new(), Vec::new());
     for case in &args.cases {
         let server = TestServer::with_options(Options {
             latency: Duration::from_millis(case.latency_ms),
@@ -354,11 +477,21 @@ fn main() {
             ..Options::default()
         });
         let input = dir.path().join("urls.txt");
-        {
-            let mut out = BufWriter::new(std::fs::File::create(&input).unwrap());
-            for i in 0..case.urls {
-                writeln!(out, "http://{}/page/{i}", server.addr).unwrap();
-            }
+        write_input(case, &server, &input);
+        if case.hosts > 0 {
+            // Measured against its ideal, not the bare pool: one run.
+            let (run, _) = run_trawler(case, &input, dir.path());
+            let row = HostsRow { case: case.clone(), run, smallest_gap_ms: smallest_gap_ms(dir.path()) };
+            println!(
+                "{}: {:.2} s, ideal {:.2} s, {:.4} CPU-s/1000, peak RSS {:.1} MiB",
+                case.name(),
+                run.wall.as_secs_f64(),
+                case.ideal_s(),
+                run.cpu_per_1000(case.urls),
+                run.rss_mib()
+            );
+            hosts_rows.push(row);
+            continue;
         }
         let mut row =
             Row { case: case.clone(), trawler: Vec::new(), bare: Vec::new(), summary: String::new() };
@@ -389,19 +522,36 @@ fn main() {
         }
         rows.push(row);
     }
-    println!();
-    println!("median of {} rounds; CPU is CPU-s per 1,000 pages; RSS is peak RSS", args.rounds);
-    println!();
-    println!(
-        "| case | trawler pages/s | bare pool pages/s | ratio | trawler CPU | bare pool CPU | CPU ratio | trawler RSS | bare pool RSS |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for row in &rows {
-        row.print();
+    if !rows.is_empty() {
+        println!();
+        println!("median of {} rounds; CPU is CPU-s per 1,000 pages; RSS is peak RSS", args.rounds);
+        println!();
+        println!(
+            "| case | trawler pages/s | bare pool pages/s | ratio | trawler CPU | bare pool CPU | CPU ratio | trawler RSS | bare pool RSS |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for row in &rows {
+            row.print();
+        }
+        println!();
+        for row in &rows {
+            row.print_details();
+        }
     }
-    println!();
-    for row in &rows {
-        row.print_details();
+    if !hosts_rows.is_empty() {
+        println!();
+        println!(
+            "many hosts, default politeness (2 per host, 250 ms between starts); the ideal is the larger of \
+             requests × latency / in flight and one host's chain; ratio = ideal / wall"
+        );
+        println!();
+        println!(
+            "| case | requests | wall | ideal | ratio | pages/s | CPU-s/1000 pages | peak RSS | smallest gap to a host |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for row in &hosts_rows {
+            row.print();
+        }
     }
     if let Some(last) = rows.last() {
         println!("\ntrawler's summary of the last run:\n{}", last.summary);

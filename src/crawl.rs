@@ -290,6 +290,7 @@ async fn start(
         abort: abort.clone(),
         bodies: config.store.save_body.then(|| store.clone()),
         working: stats.working.clone(),
+        parked: job_tx.downgrade(),
     });
     let workers = (0..concurrency)
         .map(|_| tasks.spawn("worker", worker::run(ctx.clone(), job_rx.clone(), result_tx.clone())))

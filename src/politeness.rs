@@ -46,6 +46,9 @@ struct HostState {
     unstarted: u32,
     /// Earliest start of the host's next request.
     next_start: Option<Instant>,
+    /// When its last request actually started (its turn, or later if the
+    /// task woke late).
+    last_start: Option<Instant>,
     /// Host-level backoff end.
     blocked_until: Option<Instant>,
     /// Unreachable outcomes in a row.
@@ -213,6 +216,12 @@ impl Politeness {
             .map(|t| t - now)
     }
 
+    /// When `host`'s next request may start, if that is after `now`: its
+    /// delay after the last start, or its backoff's end.
+    pub fn next_turn(&self, host: &str, now: Instant) -> Option<Instant> {
+        self.lock().hosts.get(host).and_then(|s| s.next_start).filter(|&t| t > now)
+    }
+
     /// Records that a job for `host` was handed to the workers.
     pub fn dispatched(&self, host: &str) {
         let mut inner = self.lock();
@@ -273,13 +282,36 @@ impl Politeness {
     }
 
     /// Waits until this job may start its request to `host`, and returns
-    /// the turn it was given (pass it to [`finished`](Self::finished)).
-    /// Cancel safe (the reservation stays taken, which only spaces later
-    /// requests more).
+    /// the turn it was given (pass it to [`finished`](Self::finished)). The
+    /// request must start right after. Turns are a delay apart; if the
+    /// previous request started late (its task woke late, a rate limit held
+    /// it), this one waits as much longer, so that the delay holds between
+    /// actual starts, which is what `host_politeness` measures. Cancel safe
+    /// (the reservation stays taken, which only spaces later requests more).
     pub async fn wait_turn(&self, host: &str) -> Instant {
         let at = self.reserve(host, Instant::now());
         tokio::time::sleep_until(at).await;
+        while let Some(later) = self.start(host, Instant::now()) {
+            tokio::time::sleep_until(later).await;
+        }
         at
+    }
+
+    /// Records that a request to `host` starts at `now`, unless that is
+    /// within the delay after the last start: then returns when it may.
+    fn start(&self, host: &str, now: Instant) -> Option<Instant> {
+        let mut inner = self.lock();
+        let limits = inner.rules.limits(host);
+        let state = inner.hosts.entry(host.to_owned()).or_default();
+        let delay = effective_delay(state, limits);
+        match state.last_start {
+            Some(last) if last + delay > now => Some(last + delay),
+            _ => {
+                state.last_start = Some(now);
+                state.next_start = Some(state.next_start.map_or(now + delay, |t| t.max(now + delay)));
+                None
+            }
+        }
     }
 
     /// Records that a job for `host`, whose request started at `started`
@@ -420,6 +452,21 @@ mod tests {
             rules.limits("slow.example"),
             HostLimits { concurrency: 1, delay: Duration::from_secs(2) }
         );
+    }
+
+    #[test]
+    fn a_late_start_pushes_the_next_one_as_late() {
+        let p = politeness(2, 250);
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        // Two jobs take turns t0 and t0 + 250 ms; the first starts 5 ms late.
+        assert_eq!((p.reserve("a", t0), p.reserve("a", t0)), (t0, t0 + ms(250)));
+        assert_eq!(p.start("a", t0 + ms(5)), None);
+        // At its turn the second must wait until 250 ms after that start.
+        assert_eq!(p.start("a", t0 + ms(250)), Some(t0 + ms(255)));
+        assert_eq!(p.start("a", t0 + ms(255)), None);
+        assert_eq!(p.next_turn("a", t0 + ms(255)), Some(t0 + ms(505)));
+        assert_eq!(p.next_turn("a", t0 + ms(505)), None);
     }
 
     #[test]

@@ -169,3 +169,54 @@ async fn a_slow_host_holds_no_worker_while_other_hosts_have_work() {
         );
     }
 }
+
+/// A new host's first job waits a whole delay after its robots.txt request;
+/// it waits parked, not holding its worker: with one worker and two new
+/// hosts, both robots.txt requests come before either page, and the pages
+/// still keep the delay after their robots.txt.
+#[test]
+fn a_job_waiting_for_its_turn_after_robots_txt_holds_no_worker() {
+    let servers = [TestServer::start_on("127.0.0.79"), TestServer::start_on("127.0.0.80")];
+    let dir = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = servers.iter().map(|s| s.url("/ok/page")).collect();
+    let env = [("TRAWLER_POLITENESS__PER_HOST_DELAY", "1s")];
+    crawl_to_end(dir.path(), &urls, &["--concurrency", "1"], &env);
+
+    let robots: Vec<Instant> = servers.iter().map(|s| s.robots_hits()[0].at).collect();
+    let pages: Vec<Instant> = servers.iter().map(|s| hit_times(s)[0]).collect();
+    assert!(
+        robots.iter().all(|r| pages.iter().all(|p| r < p)),
+        "a worker waited out a host's delay instead of taking the other host's job"
+    );
+    for (robots, page) in robots.iter().zip(&pages) {
+        assert!(*page - *robots + JITTER >= Duration::from_secs(1));
+    }
+}
+
+/// A stop while a job is parked for its turn ends the crawl at once, and
+/// the parked URL is queued again, not stranded in flight: the same command
+/// fetches it next time.
+#[tokio::test]
+async fn a_stop_while_a_job_is_parked_requeues_its_url() {
+    use crate::util::{signal, spawn_crawl_with_env, wait_until, wait_within, write_input};
+    let server = TestServer::start_on("127.0.0.81");
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/ok/parked");
+    let input = write_input(dir.path(), std::slice::from_ref(&url));
+    let db = dir.path().join("crawl.db");
+    let env = [("TRAWLER_POLITENESS__PER_HOST_DELAY", "30s")];
+    let mut crawl = spawn_crawl_with_env(input.to_str().unwrap(), &db, &[], &env);
+    wait_until(Duration::from_secs(10), "robots.txt is fetched", || !server.robots_hits().is_empty());
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&crawl, libc::SIGTERM);
+    let (status, took) = wait_within(&mut crawl, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(5), "the stop waited for the parked job's turn: {took:?}");
+    assert!(server.hits().is_empty());
+    assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'queued'").await, 1);
+    assert_eq!(scalar(&db, "SELECT count(*) FROM attempts").await, 0);
+
+    crawl_to_end(dir.path(), std::slice::from_ref(&url), &[], &[]);
+    assert_eq!(result_for(&db, &url).await.state, "done");
+    assert_eq!(server.hits().len(), 1);
+}

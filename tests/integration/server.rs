@@ -5,6 +5,7 @@
 //! Routes (every `{*rest}` lets a test make many distinct URLs):
 //! - `/ok/{*rest}`: 200, a small HTML page
 //! - `/page/{*rest}`: 200, `page_bytes` of body after the server's `latency`
+//!   (which `/robots.txt` waits too)
 //!   (with `random_pages`, incompressible and different for every path)
 //! - `/status/{code}/{*rest}`: that status
 //! - `/flaky/{n}/{*rest}`: 503 for the first `n` requests of the path, then 200
@@ -93,7 +94,7 @@ pub enum RobotsTxt {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub robots: RobotsTxt,
-    /// Delay before answering `/page/...`.
+    /// Delay before answering `/page/...` and `/robots.txt`.
     pub latency: Duration,
     /// Body size of `/page/...`.
     pub page_bytes: usize,
@@ -458,6 +459,9 @@ async fn bomb(Path(mib): Path<usize>) -> Response {
 }
 
 async fn robots_txt(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    if !shared.options.latency.is_zero() {
+        tokio::time::sleep(shared.options.latency).await;
+    }
     if let RobotsTxt::WithSitemap = shared.options.robots {
         return format!("User-agent: *\nAllow: /\nSitemap: http://{}/sitemap-1.xml\n", host_of(&headers))
             .into_response();
