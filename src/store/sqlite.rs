@@ -630,31 +630,44 @@ impl Store for SqliteStore {
         self.writing(move || async move {
             let lease: i64 = rand::random();
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-            let mut jobs = Vec::new();
-            for (host, limit) in picks {
-                let rows = sqlx::query(
-                    "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2
-                     WHERE id IN (SELECT id FROM urls
-                                  WHERE host = ?3 AND state = 'queued' AND not_before_ms <= ?2
-                                  ORDER BY not_before_ms, id LIMIT ?4)
-                     RETURNING id, url, attempts - attempts_before, depth",
-                )
-                .bind(lease)
-                .bind(now_ms)
-                .bind(host)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db("claim"))?;
-                jobs.extend(rows.into_iter().map(|row| Job {
+            // One statement for every picked host: each host's due URLs are
+            // looked up through `urls_host_due` (at most the largest pick
+            // per host), ranked, and cut to that host's own count.
+            let most = picks.iter().map(|(_, n)| *n).max().unwrap_or(0);
+            let rows = sqlx::query(
+                "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2
+                 WHERE id IN (
+                     SELECT id FROM (
+                         SELECT u.id, p.value ->> 1 AS n,
+                                row_number() OVER (PARTITION BY p.key ORDER BY u.not_before_ms, u.id) AS rank
+                         FROM json_each(?3) AS p
+                         JOIN urls AS u ON u.id IN (
+                             SELECT id FROM urls
+                             WHERE host = p.value ->> 0 AND state = 'queued' AND not_before_ms <= ?2
+                             ORDER BY not_before_ms, id LIMIT ?4))
+                     WHERE rank <= n)
+                 RETURNING id, url, attempts - attempts_before, depth, host",
+            )
+            .bind(lease)
+            .bind(now_ms)
+            .bind(json_array(picks))
+            .bind(most)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("claim"))?;
+            let mut jobs: Vec<Job> = rows
+                .into_iter()
+                .map(|row| Job {
                     url_id: row.get(0),
                     url: row.get(1),
-                    host: host.clone(),
                     attempt: row.get::<u32, _>(2) + 1,
                     depth: row.get(3),
+                    host: row.get(4),
                     lease,
-                }));
-            }
+                })
+                .collect();
+            // Oldest first, as claimed one host at a time before.
+            jobs.sort_unstable_by_key(|job| job.url_id);
             let hosts: Vec<&String> = picks.iter().map(|(host, _)| host).collect();
             sqlx::query(
                 "UPDATE hosts SET work_at_ms = coalesce(

@@ -80,6 +80,47 @@ async fn a_retry_waits_for_its_not_before_time() {
 }
 
 #[tokio::test]
+async fn one_claim_takes_each_picked_hosts_own_count_of_due_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&test_config(dir.path()).store).await.unwrap();
+    let on = |host: &str, path: &str| NewUrl {
+        url: format!("http://{host}/{path}"),
+        host: host.into(),
+        depth: 0,
+        found_on: None,
+    };
+    let urls: Vec<NewUrl> = ["a.test", "b.test", "c.test"]
+        .iter()
+        .flat_map(|host| (0..4).map(move |i| on(host, &i.to_string())))
+        .collect();
+    store.enqueue(&urls).await.unwrap();
+    // b.test's first URL is retried later: not due at 1_000.
+    let first_b = store.claim(0, &[("b.test".into(), 1)]).await.unwrap().remove(0);
+    let retry = Completion { next: Next::RetryAt(5_000), ..done(&first_b, first_b.lease) };
+    store.complete(&[retry], PageLimits::default()).await.unwrap();
+
+    let picks = [("a.test".to_owned(), 3), ("b.test".to_owned(), 10), ("d.test".to_owned(), 2)];
+    let jobs = store.claim(1_000, &picks).await.unwrap();
+    let taken: Vec<&str> = jobs.iter().map(|job| job.url.as_str()).collect();
+    assert_eq!(
+        taken,
+        [
+            "http://a.test/0",
+            "http://a.test/1",
+            "http://a.test/2",
+            "http://b.test/1",
+            "http://b.test/2",
+            "http://b.test/3"
+        ],
+        "a.test: its oldest 3; b.test: the 3 due; c.test: not picked; d.test: nothing queued"
+    );
+    assert!(jobs.iter().all(|job| job.lease == jobs[0].lease && job.host == job.url[7..13]));
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.in_flight, counts.queued), (6, 6));
+    store.close().await;
+}
+
+#[tokio::test]
 async fn a_second_owner_is_refused_while_readers_still_read() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
