@@ -15,10 +15,10 @@
 //!   any failed fetch, so a dead host fails as `connect`, not as a robots rule.
 //!
 //! The cache keeps at most [`MAX_CACHED_ORIGINS`] origins, so memory is
-//! bounded whatever the crawl's size.
+//! bounded whatever the crawl's size; past that the least recently checked
+//! origin is dropped (the `lru` crate), never one the crawl is working on.
 
-use std::collections::HashMap;
-use std::num::NonZeroU64;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -31,9 +31,13 @@ use crate::fetch::{ErrorKind, Fetched, Fetcher};
 use crate::politeness::Politeness;
 use crate::sitemaps::{Origin, SitemapQueue};
 
-/// Origins whose rules are kept in memory; past this, expired entries and
-/// then arbitrary ones are dropped (they are fetched again when needed).
-pub const MAX_CACHED_ORIGINS: usize = 10_000;
+/// Origins whose rules are kept in memory; past this the least recently
+/// checked one is dropped (and fetched again if it is needed again). The
+/// hosts a crawl is working on at once (jobs claimed, in flight or parked
+/// for their turn: a few times `crawl.concurrency`) must fit, or a job whose
+/// origin was dropped while it waited for its turn would fetch robots.txt
+/// again, taking that turn again.
+pub const MAX_CACHED_ORIGINS: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
 
 /// The most of a robots.txt that is read: RFC 9309 §2.5 asks crawlers to
 /// parse at least 500 KiB.
@@ -126,7 +130,8 @@ pub struct Robots {
     sitemaps: Option<SitemapQueue>,
     fetcher: Fetcher,
     politeness: Arc<Politeness>,
-    origins: Mutex<HashMap<String, Slot>>,
+    /// Most recently checked last.
+    origins: Mutex<lru::LruCache<String, Slot>>,
 }
 
 impl Robots {
@@ -142,7 +147,13 @@ impl Robots {
         // A file over the cap is parsed as far as the cap (RFC 9309 §2.5),
         // even when its Content-Length says how large it is.
         let fetcher = pages.sibling(MAX_ROBOTS_REDIRECTS, MAX_ROBOTS_BYTES, true).keeping_prefix();
-        Self { config, fetcher, politeness, sitemaps, origins: Mutex::default() }
+        Self {
+            config,
+            fetcher,
+            politeness,
+            sitemaps,
+            origins: Mutex::new(lru::LruCache::new(MAX_CACHED_ORIGINS)),
+        }
     }
 
     /// What robots.txt says about `url` (whose host is `host`), fetching the
@@ -182,13 +193,7 @@ impl Robots {
 
     fn slot(&self, origin: &str) -> Slot {
         let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = origins.get(origin) {
-            return slot.clone();
-        }
-        if origins.len() >= MAX_CACHED_ORIGINS {
-            evict(&mut origins);
-        }
-        origins.entry(origin.to_owned()).or_default().clone()
+        origins.get_or_insert_ref(origin, Slot::default).clone()
     }
 
     async fn fetch(&self, robots_url: &str, host: &str) -> Entry {
@@ -273,29 +278,34 @@ fn redirect_limit(fetched: &Fetched) -> bool {
     matches!(fetched.error, Some(ErrorKind::RedirectLimit | ErrorKind::RedirectLoop))
 }
 
-/// Drops expired entries not in use, or, if none, a tenth of the entries not
-/// in use.
-fn evict(origins: &mut HashMap<String, Slot>) {
-    let now = Instant::now();
-    let expired = |slot: &Slot| {
-        slot.entry.try_read().map(|entry| entry.as_ref().is_none_or(|e| e.expires <= now)).unwrap_or(false)
-    };
-    let before = origins.len();
-    origins.retain(|_, slot| !expired(slot));
-    if origins.len() == before {
-        let mut dropped = 0;
-        let target = before / 10 + 1;
-        origins.retain(|_, slot| {
-            let drop = dropped < target && Arc::strong_count(slot) == 1;
-            dropped += drop as usize;
-            !drop
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_full_cache_drops_the_least_recently_checked_origin() {
+        let config = crate::config::Config::default();
+        let pages = Fetcher::new(&config.fetch, false, false, crate::fetch::Pool::for_politeness(1, [1], []))
+            .expect("client");
+        let politeness = Arc::new(Politeness::new(
+            crate::politeness::HostRules::from_config(&config),
+            Duration::from_secs(30),
+        ));
+        let robots = Robots::new(config.robots.clone(), &pages, politeness, None);
+        let origin = |i: usize| format!("http://h{i}.test");
+        let busy = robots.slot(&origin(0));
+        for i in 1..MAX_CACHED_ORIGINS.get() {
+            robots.slot(&origin(i));
+        }
+        // Checked again (a job back from its turn): now the most recent.
+        let again = robots.slot(&origin(0));
+        assert!(Arc::ptr_eq(&busy, &again));
+        robots.slot("http://new.test");
+        let origins = robots.origins.lock().unwrap();
+        assert_eq!(origins.len(), MAX_CACHED_ORIGINS.get());
+        assert!(origins.contains(&origin(0)), "the origin in use was kept");
+        assert!(!origins.contains(&origin(1)), "the least recently checked was dropped");
+    }
 
     #[test]
     fn the_origin_is_the_serialized_url_up_to_its_path() {
