@@ -289,12 +289,13 @@ pub struct Pool {
 
 impl Pool {
     /// The shortest and longest idle timeouts [`Pool::for_politeness`] gives.
-    pub const IDLE_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(90));
+    pub const IDLE_TIMEOUT_RANGE: (Duration, Duration) =
+        (Duration::from_millis(500), Duration::from_secs(90));
 
     /// Limits that fit politeness: idle connections per host up to the
     /// largest per-host concurrency (at most `concurrency`), kept for twice
     /// the longest per-host delay, within [`Pool::IDLE_TIMEOUT_RANGE`]
-    /// (1 s for the default 250 ms delay).
+    /// (500 ms for the default 250 ms delay).
     pub fn for_politeness(
         concurrency: u32,
         per_host_concurrency: impl IntoIterator<Item = u32>,
@@ -837,7 +838,7 @@ mod tests {
     fn idle_connections_fit_politeness() {
         let ms = Duration::from_millis;
         let default = Pool::for_politeness(256, [2], [ms(250)]);
-        assert_eq!(default, Pool { max_idle_per_host: 2, idle_timeout: Duration::from_secs(1) });
+        assert_eq!(default, Pool { max_idle_per_host: 2, idle_timeout: ms(500) });
         // An override with more concurrency or a longer delay raises them,
         // within the crawl's concurrency and reqwest's 90 s default.
         let overridden = Pool::for_politeness(4, [2, 8], [ms(250), Duration::from_secs(20)]);
