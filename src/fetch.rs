@@ -164,6 +164,8 @@ pub struct Fetcher {
     keep_prefix: bool,
     /// Where requests may go (`fetch.deny_ips`, `fetch.allow_ips`).
     addresses: Arc<AddressPolicy>,
+    /// The client's resolver, also used to time each request's lookup.
+    resolver: Arc<Resolver>,
 }
 
 /// Which addresses requests may go to: those not in `fetch.deny_ips`, and
@@ -186,10 +188,6 @@ impl AddressPolicy {
         let forms = [ip, ip.to_canonical()];
         let listed = |nets: &[IpNet]| forms.iter().any(|ip| nets.iter().any(|net| net.contains(ip)));
         !listed(&self.deny) || listed(&self.allow)
-    }
-
-    fn is_open(&self) -> bool {
-        self.deny.is_empty()
     }
 }
 
@@ -226,10 +224,6 @@ impl Overrides {
         overrides
     }
 
-    fn is_empty(&self) -> bool {
-        self.names.is_empty() && self.domains.is_empty()
-    }
-
     /// The addresses `host` (lower case, as `url` gives it) is answered
     /// with, if it is overridden.
     fn lookup(&self, host: &str) -> Option<&[IpAddr]> {
@@ -243,31 +237,78 @@ impl Overrides {
     }
 }
 
-/// reqwest's DNS resolution (getaddrinfo on the blocking pool, as its
-/// default resolver does, or `fetch.resolve`) less the addresses the policy
-/// refuses, so that the check is on the very addresses connected to (no DNS
-/// rebinding between a check and the connect). A name with only refused
-/// addresses fails.
-struct CheckedResolver {
-    policy: Arc<AddressPolicy>,
-    overrides: Arc<Overrides>,
+/// Where names not in `fetch.resolve` are looked up.
+enum Lookup {
+    /// hickory-dns's async resolver, configured from `/etc/resolv.conf` and
+    /// answering from `/etc/hosts` first; it caches answers for their TTL
+    /// (at most 8,192 of them; hickory-resolver's `ResolverOpts` defaults).
+    Hickory(Box<hickory_resolver::TokioResolver>),
+    /// getaddrinfo(3) on tokio's blocking pool, uncached (reqwest's default),
+    /// where the system's resolver configuration cannot be read.
+    System,
 }
+
+impl Lookup {
+    fn new() -> Self {
+        let built = hickory_resolver::TokioResolver::builder_tokio().and_then(|builder| builder.build());
+        match built {
+            Ok(resolver) => Self::Hickory(Box::new(resolver)),
+            Err(e) => {
+                tracing::warn!(
+                    "DNS: the system's resolver configuration is unusable ({e}); using getaddrinfo"
+                );
+                Self::System
+            }
+        }
+    }
+
+    async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, BoxError> {
+        match self {
+            Self::Hickory(resolver) => Ok(resolver.lookup_ip(host).await?.iter().collect()),
+            Self::System => Ok(tokio::net::lookup_host((host, 0)).await?.map(|a| a.ip()).collect()),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Name resolution for every request: `fetch.resolve`, else DNS
+/// ([`Lookup`]), less the addresses the policy refuses, so that the check
+/// is on the very addresses connected to (no DNS rebinding between a check
+/// and the connect). A name with only refused addresses fails with
+/// [`BlockedAddress`]. The attempt resolves a request's name itself first,
+/// to time it (`attempts.dns_ms`); the connect, if one is needed, then
+/// asks again and is answered from the cache.
+struct Resolver {
+    policy: Arc<AddressPolicy>,
+    overrides: Overrides,
+    /// Built on first use, inside the runtime hickory's sockets need.
+    lookup: std::sync::OnceLock<Lookup>,
+}
+
+impl Resolver {
+    async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, BoxError> {
+        let resolved = match self.overrides.lookup(host) {
+            Some(addresses) => addresses.to_vec(),
+            None => self.lookup.get_or_init(Lookup::new).ips(host).await?,
+        };
+        let permitted: Vec<IpAddr> = resolved.iter().copied().filter(|ip| self.policy.permits(*ip)).collect();
+        match (permitted.is_empty(), resolved.first()) {
+            (true, Some(refused)) => Err(Box::new(BlockedAddress { host: host.to_owned(), ip: *refused })),
+            _ => Ok(permitted),
+        }
+    }
+}
+
+/// [`Resolver`] as reqwest's resolver.
+struct CheckedResolver(Arc<Resolver>);
 
 impl reqwest::dns::Resolve for CheckedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let (policy, overrides) = (self.policy.clone(), self.overrides.clone());
+        let resolver = self.0.clone();
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> = match overrides.lookup(&host) {
-                Some(addresses) => addresses.iter().map(|ip| SocketAddr::new(*ip, 0)).collect(),
-                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
-            };
-            let permitted: Vec<SocketAddr> =
-                resolved.iter().copied().filter(|a| policy.permits(a.ip())).collect();
-            match (permitted.is_empty(), resolved.first()) {
-                (true, Some(refused)) => Err(Box::new(BlockedAddress { host, ip: refused.ip() }) as _),
-                _ => Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs),
-            }
+            let ips = resolver.resolve(name.as_str()).await?;
+            Ok(Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0))) as reqwest::dns::Addrs)
         })
     }
 }
@@ -328,10 +369,12 @@ impl Fetcher {
             .no_proxy()
             .pool_max_idle_per_host(pool.max_idle_per_host)
             .pool_idle_timeout(pool.idle_timeout);
-        let overrides = Arc::new(Overrides::new(&config.resolve));
-        if !addresses.is_open() || !overrides.is_empty() {
-            client = client.dns_resolver(Arc::new(CheckedResolver { policy: addresses.clone(), overrides }));
-        }
+        let resolver = Arc::new(Resolver {
+            policy: addresses.clone(),
+            overrides: Overrides::new(&config.resolve),
+            lookup: std::sync::OnceLock::new(),
+        });
+        client = client.dns_resolver(Arc::new(CheckedResolver(resolver.clone())));
         let client = client.build()?;
         Ok(Self {
             client,
@@ -341,6 +384,7 @@ impl Fetcher {
             extract_links: None,
             keep_prefix: false,
             addresses,
+            resolver,
         })
     }
 
@@ -359,6 +403,7 @@ impl Fetcher {
             extract_links: None,
             keep_prefix: false,
             addresses: self.addresses.clone(),
+            resolver: self.resolver.clone(),
         }
     }
 
@@ -601,12 +646,27 @@ impl Attempt<'_> {
         }
         let limit = self.fetcher.config.timeout;
         let start = Instant::now();
-        let sent = tokio::time::timeout(
-            limit.saturating_sub(self.spent),
-            self.fetcher.request_once(&url, self.extract, &mut self.progress),
-        )
+        // A name is resolved first, timed, within the attempt's time; the
+        // connect then gets the same answer from the resolver's cache.
+        let name = url.host_str().filter(|_| literal.is_none());
+        let mut dns = None;
+        let fetcher = self.fetcher;
+        let progress = &mut self.progress;
+        let sent = tokio::time::timeout(limit.saturating_sub(self.spent), async {
+            if let Some(name) = name {
+                let resolving = Instant::now();
+                let resolved = fetcher.resolver.resolve(name).await;
+                dns = Some(resolving.elapsed());
+                resolved.map_err(|e| lookup_failure(&*e, progress))?;
+            }
+            fetcher.request_once(&url, self.extract, progress).await
+        })
         .await;
         self.spent += start.elapsed();
+        if let Some(dns) = dns {
+            let total = self.progress.record.dns_ms.unwrap_or(0) + dns.as_millis() as u64;
+            self.progress.record.dns_ms = Some(total);
+        }
         match sent {
             Ok(Ok(Some(next))) => self.next = Some(next),
             Ok(Ok(None)) => self.outcome = Some(Ok(())),
@@ -705,6 +765,19 @@ fn headers_json(headers: &HeaderMap) -> String {
     serde_json::to_string(&pairs).unwrap_or_default()
 }
 
+/// The failure of a request whose name did not resolve: as reqwest would
+/// report it from its connect ([`classify`]).
+fn lookup_failure(
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+    progress: &mut Progress,
+) -> Failure {
+    if let Some(blocked) = error.downcast_ref::<BlockedAddress>() {
+        return Failure(ErrorKind::BlockedAddress, blocked.to_string());
+    }
+    progress.out_of_descriptors = out_of_descriptors(error);
+    Failure(ErrorKind::Dns, format!("dns error: {error}"))
+}
+
 /// Maps reqwest's error to our kind. reqwest exposes timeouts, connect errors
 /// and body errors as predicates; DNS and TLS failures are only told apart by
 /// the messages of hyper-util's and rustls's errors in the source chain.
@@ -758,7 +831,7 @@ fn closed_before_response(error: &reqwest::Error) -> bool {
 /// process's descriptor limit, `RLIMIT_NOFILE`) or `ENFILE` (the system's),
 /// as `socket(2)` and `getaddrinfo(3)` report running out (errno(3)).
 fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = error.source();
+    let mut source = Some(error);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
@@ -831,7 +904,6 @@ mod tests {
         // The domain itself is not under `*.`, nor is a name that only ends alike.
         assert_eq!(found("example.test"), None);
         assert_eq!(found("badexample.test"), None);
-        assert!(Overrides::new(&BTreeMap::new()).is_empty());
     }
 
     #[test]

@@ -320,6 +320,10 @@ pub struct AttemptRecord {
     pub elapsed_ms: u64,
     /// The same duration in µs, for latency percentiles (not stored).
     pub elapsed_us: u64,
+    /// Time spent resolving host names, over the attempt's requests (a
+    /// cached answer takes about 0 ms); `None` when no name was resolved
+    /// (IP-literal URLs, or no request made).
+    pub dns_ms: Option<u64>,
     pub http_status: Option<u16>,
     /// Why the attempt did not end with a final response, if it did not.
     pub error_kind: Option<ErrorKind>,

@@ -86,3 +86,40 @@ async fn resolve_overrides_answer_names_and_still_go_through_the_deny_list() {
     assert_eq!((row.state.as_str(), row.error_kind.as_deref()), ("failed", Some("blocked_address")));
     assert!(internal.hits().is_empty() && internal.robots_hits().is_empty());
 }
+
+/// Every name a request goes to is resolved, and the time it took is the
+/// attempt's `dns_ms`: `fetch.resolve` names, names from `/etc/hosts`
+/// (through hickory-dns, which reads it before asking any DNS server), and
+/// redirect targets; an IP-literal URL resolves nothing (NULL).
+#[tokio::test]
+async fn each_attempt_records_the_time_its_names_took_to_resolve() {
+    let site = TestServer::start();
+    let port = site.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let by_override = format!("http://site.test:{port}/ok/override");
+    let by_hosts_file = format!("http://localhost:{port}/ok/hosts-file");
+    let literal = site.url("/ok/literal");
+    let toml = "[fetch.resolve]\n\"site.test\" = [\"127.0.0.1\"]\n";
+    let db =
+        crawl_with_config(dir.path(), &[by_override.clone(), by_hosts_file.clone(), literal.clone()], toml);
+
+    for url in [&by_override, &by_hosts_file, &literal] {
+        let row = result_for(&db, url).await;
+        assert_eq!(
+            (row.state.as_str(), row.http_status),
+            ("done", Some(200)),
+            "{url}: {:?}",
+            row.error_message
+        );
+    }
+    let dns_ms = |url: &str| {
+        format!(
+            "SELECT coalesce(a.dns_ms, -1) FROM attempts a JOIN urls u ON u.id = a.url_id WHERE u.url = '{url}'"
+        )
+    };
+    for url in [&by_override, &by_hosts_file] {
+        let ms = scalar(&db, &dns_ms(url)).await;
+        assert!((0..5_000).contains(&ms), "{url}: dns_ms {ms}");
+    }
+    assert_eq!(scalar(&db, &dns_ms(&literal)).await, -1, "an IP literal is not resolved");
+}
