@@ -324,6 +324,10 @@ pub struct FetchConfig {
     /// `deny_ips`, and the URL keeps its host name (the `Host` header, TLS
     /// name, politeness and robots.txt are the name's).
     pub resolve: BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// A PEM file of CA certificates trusted for HTTPS besides the system's
+    /// (an internal CA, a test server's self-signed one). Read at start: a
+    /// file that cannot be read or holds no certificate stops the start.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for FetchConfig {
@@ -337,6 +341,7 @@ impl Default for FetchConfig {
             deny_ips: Vec::new(),
             allow_ips: Vec::new(),
             resolve: BTreeMap::new(),
+            ca_file: None,
         }
     }
 }

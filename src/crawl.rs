@@ -64,7 +64,7 @@ pub enum CrawlError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("setting up the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(#[from] crate::fetch::ClientError),
     #[error("invalid setting: {0}")]
     Config(String),
     #[error(transparent)]

@@ -313,6 +313,26 @@ impl reqwest::dns::Resolve for CheckedResolver {
     }
 }
 
+/// Why the HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("fetch.ca_file {}: {reason}", path.display())]
+    CaFile { path: std::path::PathBuf, reason: String },
+    #[error(transparent)]
+    Client(#[from] reqwest::Error),
+}
+
+/// The certificates in the PEM file at `path` (`fetch.ca_file`).
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let fail = |reason: String| ClientError::CaFile { path: path.to_owned(), reason };
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("no PEM certificate in it".to_owned()));
+    }
+    Ok(certs)
+}
+
 /// How the client keeps idle connections. reqwest's defaults (no limit per
 /// host, 90 s) make descriptors and memory grow with the number of hosts a
 /// crawl touches rather than with its concurrency; hyper-util's pool has
@@ -352,15 +372,16 @@ impl Pool {
 impl Fetcher {
     /// Builds the shared client: user agent, connect timeout, no automatic
     /// redirects, no proxy from the environment, idle connections as `pool`
-    /// says.
+    /// says, `fetch.ca_file`'s certificates trusted besides the system's.
     ///
-    /// Errors: reqwest's, when the TLS backend cannot initialise.
+    /// Errors: `fetch.ca_file` unreadable or without a certificate;
+    /// reqwest's, when the TLS backend cannot initialise.
     pub fn new(
         config: &FetchConfig,
         save_headers: bool,
         save_body: bool,
         pool: Pool,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, ClientError> {
         let addresses = Arc::new(AddressPolicy::new(config));
         let mut client = reqwest::Client::builder()
             .user_agent(&config.user_agent)
@@ -375,6 +396,9 @@ impl Fetcher {
             lookup: std::sync::OnceLock::new(),
         });
         client = client.dns_resolver(Arc::new(CheckedResolver(resolver.clone())));
+        if let Some(path) = &config.ca_file {
+            client = client.tls_certs_merge(read_ca_file(path)?);
+        }
         let client = client.build()?;
         Ok(Self {
             client,

@@ -17,6 +17,7 @@
 //! - `peers`: HTTP broken mid-way: cut and reset bodies, stale keep-alive
 //!   connections (on `raw`, a TCP peer that misbehaves on purpose)
 //! - `reload`: `trawler run` reloading its config on SIGHUP, and recrawling
+//! - `tls`: HTTPS with a private CA (`fetch.ca_file`)
 
 mod addresses;
 mod api;
@@ -35,4 +36,5 @@ mod secrets;
 mod server;
 mod service;
 mod store;
+mod tls;
 mod util;

@@ -48,6 +48,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::PrivateKeyDer;
 
 /// The decoded body of `/gzip/...`.
 pub const GZIP_PLAIN: &[u8] = b"trawler decodes gzip so that lengths and hashes describe the content. ";
@@ -103,6 +105,8 @@ pub struct Options {
     /// Fill `/page/...` bodies with pseudo-random bytes, which do not
     /// compress (the benchmark's worst case for stored bodies).
     pub random_pages: bool,
+    /// Serve HTTPS (HTTP/1.1) with this certificate ([`TestCa::server`]).
+    pub tls: Option<Arc<ServerConfig>>,
 }
 
 impl Default for Options {
@@ -113,7 +117,67 @@ impl Default for Options {
             record: true,
             random_pages: false,
             robots: RobotsTxt::Missing,
+            tls: None,
         }
+    }
+}
+
+/// A certificate authority made for one test run, and a server certificate
+/// it signed for `localhost`, `127.0.0.1` and every `*.bench.test` name.
+pub struct TestCa {
+    /// The CA's certificate, PEM: what `fetch.ca_file` names.
+    pub pem: String,
+    /// The server's side: its certificate and key, HTTP/1.1 by ALPN.
+    pub server: Arc<ServerConfig>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "trawler test CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "*.bench.test".to_owned()];
+        let cert =
+            rcgen::CertificateParams::new(names).expect("names").signed_by(&key, &issuer).expect("sign");
+        let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let mut server = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .expect("server certificate");
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self { pem: ca_cert.pem(), server: Arc::new(server) }
+    }
+}
+
+/// Accepts TCP connections and completes their TLS handshake, one at a
+/// time (a failed handshake is dropped).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
     }
 }
 
@@ -184,6 +248,7 @@ impl TestServer {
         });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let tls = shared.options.tls.clone();
         let app = router(shared.clone());
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -194,12 +259,17 @@ impl TestServer {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind a loopback port");
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-                    .expect("serve");
+                let stopped = async {
+                    let _ = stop_rx.await;
+                };
+                match tls {
+                    None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
+                    Some(config) => {
+                        let listener = TlsListener { tcp: listener, acceptor: config.into() };
+                        axum::serve(listener, app).with_graceful_shutdown(stopped).await
+                    }
+                }
+                .expect("serve");
             });
         });
         let addr = addr_rx.recv().expect("server address");
