@@ -15,11 +15,13 @@
 //! ```text
 //! cargo bench --bench crawl                      # the standard table
 //! cargo bench --bench crawl -- [--rounds N] [--urls N] [--workers N] [--latency-ms MS]
-//!                              [--page-bytes N] [--save-body] [--random-pages]
+//!                              [--page-bytes N] [--save-body] [--random-pages] [--tls]
+//!                              [--hosts N [--per-host N]]
 //! ```
 //! With no case flag, the table has the standard cases: 20,000 URLs of 1 KiB
 //! at 0 ms with 64 in flight, and 5,000 URLs at 100 ms with 100 in flight
-//! (latency-bound; its ideal is 5.00 s). Any case flag runs one custom case
+//! (latency-bound; its ideal is 5.00 s), the first again over HTTPS (`--tls`)
+//! and the many-hosts cases (`--hosts N`). Any case flag runs one custom case
 //! instead, from those defaults. `--save-body` stores every body
 //! (`store.save_body`), and `--random-pages` makes them incompressible; the
 //! run then also prints the memory bound of issue 8 (64 MiB + 2 × workers ×
@@ -62,6 +64,10 @@ struct Case {
     /// pool). Otherwise this many hosts, `urls / hosts` URLs each, under the
     /// default politeness (compared with the politeness ideal).
     hosts: usize,
+    /// Over HTTPS (HTTP/1.1, connections reused), with a certificate from a
+    /// CA made for the run, which trawler trusts through `fetch.ca_file`
+    /// and the bare pool through the same file.
+    tls: bool,
 }
 
 impl Case {
@@ -110,6 +116,9 @@ impl Case {
         if self.save_body {
             name += " / bodies";
         }
+        if self.tls {
+            name += " / HTTPS";
+        }
         name
     }
 }
@@ -124,6 +133,7 @@ impl Default for Case {
             save_body: false,
             random_pages: false,
             hosts: 0,
+            tls: false,
         }
     }
 }
@@ -157,6 +167,7 @@ fn parse_args(args: Vec<String>) -> Args {
             "--page-bytes" => case.page_bytes = value() as usize,
             "--save-body" => case.save_body = true,
             "--random-pages" => case.random_pages = true,
+            "--tls" => case.tls = true,
             // First, as it sets the rest of the case to the many-hosts defaults.
             "--hosts" => *case = Case::many_hosts(value() as usize),
             "--per-host" => case.urls = case.hosts.max(1) * value() as usize,
@@ -167,6 +178,7 @@ fn parse_args(args: Vec<String>) -> Args {
         Some(case) => vec![case],
         None => vec![
             Case::default(),
+            Case { tls: true, ..Case::default() },
             Case { urls: 5_000, workers: 100, latency_ms: 100, ..Case::default() },
             Case::many_hosts(1_000),
             Case::many_hosts(10_000),
@@ -248,7 +260,7 @@ fn wrapped(program: &str) -> Command {
     }
 }
 
-fn run_trawler(case: &Case, input: &Path, dir: &Path) -> (Measure, String) {
+fn run_trawler(case: &Case, input: &Path, dir: &Path, ca_file: &Path) -> (Measure, String) {
     let db = dir.join("bench.db");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
@@ -268,6 +280,11 @@ fn run_trawler(case: &Case, input: &Path, dir: &Path) -> (Measure, String) {
         command
             .env("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "100000")
             .env("TRAWLER_POLITENESS__PER_HOST_DELAY", "0s");
+        if case.tls {
+            let config = dir.join("bench.toml");
+            std::fs::write(&config, format!("[fetch]\nca_file = {:?}\n", ca_file.to_str().unwrap())).unwrap();
+            command.args(["--config", config.to_str().unwrap()]);
+        }
     } else {
         // Many names, one server: `fetch.resolve` sends them all to it.
         let config = dir.join("bench.toml");
@@ -304,9 +321,12 @@ fn smallest_gap_ms(dir: &Path) -> Option<i64> {
     })
 }
 
-fn run_bare(case: &Case, input: &Path) -> Measure {
+fn run_bare(case: &Case, input: &Path, ca_file: &Path) -> Measure {
     let mut command = wrapped(std::env::current_exe().expect("this benchmark's path").to_str().unwrap());
     command.args(["--bare-pool", input.to_str().unwrap(), &case.workers.to_string()]);
+    if case.tls {
+        command.arg(ca_file);
+    }
     let (measure, out) = measure(command);
     assert_eq!(out.trim(), case.urls.to_string(), "the bare pool fetched a different count");
     measure
@@ -317,15 +337,21 @@ fn run_bare(case: &Case, input: &Path) -> Measure {
 /// jobs, as trawler's), and `concurrency` tokio tasks share one reqwest
 /// client (the crate's defaults, with the features trawler builds it with):
 /// each takes a URL, reads the whole body, checks for a 2xx and stores
-/// nothing. Prints how many pages it fetched.
-fn bare_pool(input: &Path, concurrency: usize) {
+/// nothing. Trusts the CA in `ca_file` too, if given. Prints how many pages
+/// it fetched.
+fn bare_pool(input: &Path, concurrency: usize, ca_file: Option<&Path>) {
     let urls: Vec<String> = std::io::BufReader::new(std::fs::File::open(input).expect("URL list"))
         .lines()
         .map(|line| line.expect("a line"))
         .collect();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let fetched = runtime.block_on(async move {
-        let client = reqwest::Client::new();
+        let mut client = reqwest::Client::builder();
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).expect("the CA file");
+            client = client.tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).expect("PEM"));
+        }
+        let client = client.build().expect("client");
         let (jobs, queue) = async_channel::bounded::<String>(concurrency * 4);
         tokio::spawn(async move {
             for url in urls {
@@ -446,6 +472,7 @@ fn write_input(case: &Case, server: &TestServer, input: &Path) {
     // Host by host, as a list made from sitemaps or a site export comes.
     for i in 0..case.urls {
         match case.hosts {
+            0 if case.tls => writeln!(out, "https://{}/page/{i}", server.addr),
             0 => writeln!(out, "http://{}/page/{i}", server.addr),
             hosts => {
                 let per_host = case.per_host();
@@ -460,13 +487,16 @@ fn main() {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("--bare-pool") {
         let concurrency = argv[2].parse().expect("a concurrency");
-        return bare_pool(Path::new(&argv[1]), concurrency);
+        return bare_pool(Path::new(&argv[1]), concurrency, argv.get(3).map(Path::new));
     }
     let args = parse_args(std::mem::take(&mut argv));
     // The server in this process holds a connection per fetch in flight and
     // per idle pooled one: thousands, with many hosts.
     rlimit::increase_nofile_limit(u64::MAX).expect("raise RLIMIT_NOFILE");
     let dir = tempfile::tempdir().expect("temp dir");
+    let ca = server::TestCa::new();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("write the CA");
     let (mut rows, mut hosts_rows) = (Vec::new(), Vec::new());
     for case in &args.cases {
         let server = TestServer::with_options(Options {
@@ -474,13 +504,14 @@ fn main() {
             page_bytes: case.page_bytes,
             random_pages: case.random_pages,
             record: false,
+            tls: case.tls.then(|| ca.server.clone()),
             ..Options::default()
         });
         let input = dir.path().join("urls.txt");
         write_input(case, &server, &input);
         if case.hosts > 0 {
             // Measured against its ideal, not the bare pool: one run.
-            let (run, _) = run_trawler(case, &input, dir.path());
+            let (run, _) = run_trawler(case, &input, dir.path(), &ca_file);
             let row = HostsRow { case: case.clone(), run, smallest_gap_ms: smallest_gap_ms(dir.path()) };
             println!(
                 "{}: {:.2} s, ideal {:.2} s, {:.4} CPU-s/1000, peak RSS {:.1} MiB",
@@ -497,17 +528,17 @@ fn main() {
             Row { case: case.clone(), trawler: Vec::new(), bare: Vec::new(), summary: String::new() };
         for round in 0..args.rounds {
             let mut trawler = || {
-                let (measure, summary) = run_trawler(case, &input, dir.path());
+                let (measure, summary) = run_trawler(case, &input, dir.path(), &ca_file);
                 row.trawler.push(measure);
                 row.summary = summary;
                 measure
             };
             let (t, b) = if round % 2 == 0 {
-                let b = run_bare(case, &input);
+                let b = run_bare(case, &input, &ca_file);
                 (trawler(), b)
             } else {
                 let t = trawler();
-                (t, run_bare(case, &input))
+                (t, run_bare(case, &input, &ca_file))
             };
             row.bare.push(b);
             println!(
