@@ -484,10 +484,13 @@ impl Fetcher {
         extract: bool,
         progress: &mut Progress,
     ) -> Result<Option<Url>, Failure> {
+        let sent = Instant::now();
+        progress.record.ttfb_ms = None;
         let response = self.send(url).await.map_err(|e| {
             progress.out_of_descriptors = out_of_descriptors(&e);
             classify(e)
         })?;
+        progress.record.ttfb_ms = Some(sent.elapsed().as_millis() as u64);
         let status = response.status();
         progress.record.http_status = Some(status.as_u16());
         progress.record.final_url = Some(url.to_string());

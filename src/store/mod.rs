@@ -324,6 +324,10 @@ pub struct AttemptRecord {
     /// cached answer takes about 0 ms); `None` when no name was resolved
     /// (IP-literal URLs, or no request made).
     pub dns_ms: Option<u64>,
+    /// Time to first byte of the last request: from its start (connect,
+    /// TLS and sending included, when it needed a new connection) to its
+    /// response's headers; `None` when it got no response.
+    pub ttfb_ms: Option<u64>,
     pub http_status: Option<u16>,
     /// Why the attempt did not end with a final response, if it did not.
     pub error_kind: Option<ErrorKind>,

@@ -879,7 +879,7 @@ async fn insert_attempts(
     chunk: &[&Completion],
 ) -> Result<(), StoreError> {
     let mut q = QueryBuilder::<Sqlite>::new(
-        "WITH v(url_id, lease, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, outcome, http_status,
+        "WITH v(url_id, lease, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, ttfb_ms, outcome, http_status,
                 error_kind, error_message, retry_at, final_url, redirects, redirect_chain,
                 content_type, body_bytes, body_sha256, headers, body) AS (",
     );
@@ -894,6 +894,7 @@ async fn insert_attempts(
             .push_bind(rfc3339(r.fetched_at.unwrap_or(now)))
             .push_bind(to_i64(r.elapsed_ms))
             .push_bind(r.dns_ms.map(to_i64))
+            .push_bind(r.ttfb_ms.map(to_i64))
             .push_bind(c.next.outcome())
             .push_bind(r.http_status)
             .push_bind(r.error_kind.map(ErrorKind::as_str))
@@ -912,10 +913,10 @@ async fn insert_attempts(
             .push_bind(r.body.as_deref());
     });
     q.push(
-        ") INSERT INTO attempts (url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, outcome,
+        ") INSERT INTO attempts (url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, ttfb_ms, outcome,
                 http_status, error_kind, error_message, retry_at, final_url, redirects,
                 redirect_chain, content_type, body_bytes, body_sha256, headers, body)
-          SELECT v.url_id, v.attempt, v.started_at, v.started_ms, v.fetched_at, v.elapsed_ms, v.dns_ms, v.outcome,
+          SELECT v.url_id, v.attempt, v.started_at, v.started_ms, v.fetched_at, v.elapsed_ms, v.dns_ms, v.ttfb_ms, v.outcome,
                 v.http_status, v.error_kind, v.error_message, v.retry_at, v.final_url, v.redirects,
                 v.redirect_chain, v.content_type, v.body_bytes, v.body_sha256, v.headers, v.body
           FROM v JOIN urls AS u ON u.id = v.url_id AND u.lease = v.lease",

@@ -3,7 +3,7 @@
 //! robots.txt too, and a refused URL fails as `blocked_address`, unretried.
 
 use crate::server::TestServer;
-use crate::util::{crawl_with_config, result_for, scalar, strings};
+use crate::util::{crawl_to_end, crawl_with_config, result_for, scalar, strings};
 
 #[tokio::test]
 async fn internal_addresses_are_refused_however_written_and_wherever_reached() {
@@ -122,4 +122,24 @@ async fn each_attempt_records_the_time_its_names_took_to_resolve() {
         assert!((0..5_000).contains(&ms), "{url}: dns_ms {ms}");
     }
     assert_eq!(scalar(&db, &dns_ms(&literal)).await, -1, "an IP literal is not resolved");
+}
+
+/// `ttfb_ms` is the wait for the response's headers, within `elapsed_ms`;
+/// NULL when no response came.
+#[tokio::test]
+async fn each_attempt_records_its_time_to_first_byte() {
+    let site = TestServer::start_on("127.0.0.82");
+    let dir = tempfile::tempdir().unwrap();
+    let (slow, refused) = (site.url("/slow/300/ttfb"), "http://127.0.0.82:9/refused".to_owned());
+    let db = crawl_to_end(dir.path(), &[slow.clone(), refused.clone()], &["--max-attempts", "1"], &[]).0;
+    let timing = |url: &str| {
+        format!(
+            "SELECT coalesce(a.ttfb_ms, -1) * 100000 + a.elapsed_ms FROM attempts a \
+             JOIN urls u ON u.id = a.url_id WHERE u.url = '{url}'"
+        )
+    };
+    let packed = scalar(&db, &timing(&slow)).await;
+    let (ttfb, elapsed) = (packed / 100_000, packed % 100_000);
+    assert!((300..5_000).contains(&ttfb) && ttfb <= elapsed, "ttfb {ttfb} ms, elapsed {elapsed} ms");
+    assert!(scalar(&db, &timing(&refused)).await < 0, "no response, no time to first byte");
 }

@@ -1,7 +1,0 @@
--- trawler schema, version 5: DNS time per attempt.
---
--- attempts.dns_ms: milliseconds spent resolving host names over the
--- attempt's requests (redirect hops included). An answer from the resolver's
--- cache takes about 0 ms; NULL when no name was resolved: an IP-literal URL,
--- an attempt that made no request, or a row from before version 5.
-ALTER TABLE attempts ADD COLUMN dns_ms INTEGER;
