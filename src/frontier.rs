@@ -94,7 +94,6 @@ impl<S: Store> Producer<S> {
     pub async fn run(self) -> Result<(), ProducerError> {
         let capacity = self.jobs.capacity().unwrap_or(1024);
         let mut last_prune = Instant::now();
-        let mut last_trim = Instant::now();
         loop {
             if self.stop.is_cancelled() {
                 return Ok(());
@@ -108,10 +107,6 @@ impl<S: Store> Producer<S> {
             if now - last_prune >= PRUNE_EVERY {
                 self.politeness.prune(now);
                 last_prune = now;
-            }
-            if now - last_trim >= TRIM_EVERY {
-                release_free_memory();
-                last_trim = now;
             }
             let queued = self.jobs.len();
             if !wants_refill(queued, capacity) {
@@ -192,24 +187,3 @@ impl<S: Store> Producer<S> {
 
 /// How often idle hosts are dropped from the politeness state.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
-
-/// How often freed heap memory is handed back to the kernel.
-const TRIM_EVERY: Duration = Duration::from_secs(5);
-
-/// Hands the whole free pages inside the allocator's heaps back to the
-/// kernel. glibc gives back only the top of a heap (past `M_TRIM_THRESHOLD`,
-/// mallopt(3)) and keeps memory freed below it mapped; with thousands of
-/// hosts, connections (about 30 KiB each in hyper) come and go by the
-/// thousand, and peak RSS grew well past the live heap. malloc_trim(3) with
-/// no padding releases every whole free page. Measured on the many-hosts
-/// benchmark: peak RSS at 100,000 hosts 126-133 -> 115 MiB, at 10,000 hosts
-/// 111 -> 105 MiB, CPU per page unchanged within noise (every second instead
-/// gave 92 MiB at 10,000 hosts but cost 10 % more CPU).
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointer; it walks glibc's own arenas
-    // under their locks, so it is safe to call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
