@@ -666,7 +666,7 @@ impl Store for SqliteStore {
                     lease,
                 })
                 .collect();
-            // Oldest first, as claimed one host at a time before.
+            // Across hosts too, the URLs queued first go first.
             jobs.sort_unstable_by_key(|job| job.url_id);
             let hosts: Vec<&String> = picks.iter().map(|(host, _)| host).collect();
             sqlx::query(
