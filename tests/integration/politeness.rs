@@ -198,14 +198,12 @@ fn a_job_waiting_for_its_turn_after_robots_txt_holds_no_worker() {
 /// fetches it next time.
 #[tokio::test]
 async fn a_stop_while_a_job_is_parked_requeues_its_url() {
-    use crate::util::{signal, spawn_crawl_with_env, wait_until, wait_within, write_input};
+    use crate::util::{signal, spawn_crawl_in, wait_until, wait_within};
     let server = TestServer::start_on("127.0.0.81");
     let dir = tempfile::tempdir().unwrap();
     let url = server.url("/ok/parked");
-    let input = write_input(dir.path(), std::slice::from_ref(&url));
-    let db = dir.path().join("crawl.db");
     let env = [("TRAWLER_POLITENESS__PER_HOST_DELAY", "30s")];
-    let mut crawl = spawn_crawl_with_env(input.to_str().unwrap(), &db, &[], &env);
+    let (mut crawl, db) = spawn_crawl_in(dir.path(), std::slice::from_ref(&url), &[], &env);
     wait_until(Duration::from_secs(10), "robots.txt is fetched", || !server.robots_hits().is_empty());
     std::thread::sleep(Duration::from_millis(200));
     signal(&crawl, libc::SIGTERM);

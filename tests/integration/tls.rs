@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::server::{Options, TestCa, TestServer};
-use crate::util::{crawl_with_config, output_of, result_for, spawn_crawl_with_env, wait_within, write_input};
+use crate::util::{crawl_with_config, output_of, result_for, spawn_crawl_in, wait_within};
 
 #[tokio::test]
 async fn a_ca_file_lets_the_crawl_trust_a_private_ca() {
@@ -37,10 +37,8 @@ fn a_ca_file_without_a_certificate_stops_the_start() {
     for (path, says) in [(&ca_file, "no PEM certificate"), (&missing, "No such file")] {
         let config = dir.path().join("trawler.toml");
         std::fs::write(&config, format!("[fetch]\nca_file = {:?}\n", path.to_str().unwrap())).unwrap();
-        let input = write_input(dir.path(), &["http://127.0.0.1:9/".to_owned()]);
-        let db = dir.path().join("crawl.db");
-        let mut child =
-            spawn_crawl_with_env(input.to_str().unwrap(), &db, &["--config", config.to_str().unwrap()], &[]);
+        let config = ["--config", config.to_str().unwrap()];
+        let (mut child, _) = spawn_crawl_in(dir.path(), &["http://127.0.0.1:9/".to_owned()], &config, &[]);
         let (status, _) = wait_within(&mut child, Duration::from_secs(30));
         let (_, log) = output_of(child);
         assert_eq!(status.code(), Some(1), "{log}");

@@ -128,12 +128,24 @@ pub fn crawl_with_config(dir: &Path, lines: &[String], toml: &str) -> PathBuf {
 /// EXTRA...` with `env`, in `dir`, to its end (30 s at most); panics unless
 /// it exits 0. Returns the database's path and what it logged.
 pub fn crawl_to_end(dir: &Path, lines: &[String], extra: &[&str], env: &[(&str, &str)]) -> (PathBuf, String) {
-    let (input, db) = (write_input(dir, lines), dir.join("crawl.db"));
-    let mut child = spawn_crawl_with_env(input.to_str().unwrap(), &db, extra, env);
+    let (mut child, db) = spawn_crawl_in(dir, lines, extra, env);
     let (status, _) = wait_within(&mut child, Duration::from_secs(30));
     let (_, log) = output_of(child);
     assert_eq!(status.code(), Some(0), "{log}");
     (db, log)
+}
+
+/// Starts `trawler crawl INPUT --db DB EXTRA...` with `env`, `lines` as
+/// `dir`'s input and `dir/crawl.db` as its database; returns the child and
+/// the database's path.
+pub fn spawn_crawl_in(
+    dir: &Path,
+    lines: &[String],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, PathBuf) {
+    let (input, db) = (write_input(dir, lines), dir.join("crawl.db"));
+    (spawn_crawl_with_env(input.to_str().unwrap(), &db, extra, env), db)
 }
 
 /// Waits for `child` at most `limit`; panics (after killing it) past that.
