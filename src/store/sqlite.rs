@@ -83,6 +83,14 @@ fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
 /// Read connections of the crawl's own pool (producer, gauges, API).
 const READ_CONNECTIONS: u32 = 4;
 
+/// Rows a write statement (a claim's `RETURNING`) may stream back before
+/// SQLite's thread waits for the caller to take them. sqlx's default, 50,
+/// made a claim of a few hundred URLs stop and wake across threads every 50
+/// rows. Write statements return small rows (ids, URLs), so a claim's
+/// worth costs little; the read pool keeps the default, as an export's rows
+/// may carry bodies.
+const WRITE_ROW_BUFFER: usize = 2_048;
+
 /// How long a reader waits for a lock (readers are only blocked by WAL
 /// recovery or a checkpoint that truncates, and briefly).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -324,7 +332,7 @@ impl SqliteStore {
             // too, which costs a reconnect after an error but no round trip
             // after every commit.
             .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
-            .connect_lazy_with(options.clone().create_if_missing(true));
+            .connect_lazy_with(options.clone().create_if_missing(true).row_buffer_size(WRITE_ROW_BUFFER));
         let read_options = options.read_only(true).busy_timeout(BUSY_TIMEOUT);
         let store = Self {
             // Every read connection is opened now and kept: the database's
