@@ -284,11 +284,22 @@ pub struct CrawlConfig {
     /// absent) = never. `[hosts."..."] recrawl_after` overrides it per host.
     #[serde(with = "humantime_serde")]
     pub recrawl_after: Option<Duration>,
+    /// URLs in flight with no result committed for this long means the crawl
+    /// has stalled: it stops with an error (exit status 1). Raised at start
+    /// to [`CrawlConfig::longest_quiet`] when shorter, so that no legitimate
+    /// wait counts as a stall.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for CrawlConfig {
     fn default() -> Self {
-        Self { concurrency: NonZeroU32::new(32).unwrap(), rate: None, recrawl_after: None }
+        Self {
+            concurrency: NonZeroU32::new(32).unwrap(),
+            rate: None,
+            recrawl_after: None,
+            stall_timeout: Duration::from_secs(15 * 60),
+        }
     }
 }
 
@@ -559,6 +570,36 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The longest a crawl may legitimately go without committing a result
+    /// while URLs are in flight: an attempt's robots.txt fetch and its
+    /// requests take at most `fetch.timeout` each, and each of its requests
+    /// (the first and up to `fetch.max_redirects` hops, plus robots.txt) may
+    /// first wait for its host's turn: the longest per-host delay, the
+    /// Crawl-delay cap, a host backoff or Retry-After (at most
+    /// `politeness.backoff_max` / `retry.retry_after_max`), or the global
+    /// rate limit's interval; plus a minute's margin.
+    pub fn longest_quiet(&self) -> Duration {
+        let delays = self.hosts.values().filter_map(|h| h.delay).chain([self.politeness.per_host_delay]);
+        let rate_interval = self.crawl.rate.map(|r| Duration::from_secs_f64(1.0 / r)).unwrap_or_default();
+        let longest_wait = delays
+            .chain([
+                self.robots.max_crawl_delay,
+                self.politeness.backoff_max,
+                self.retry.retry_after_max,
+                rate_interval,
+            ])
+            .max()
+            .unwrap_or_default();
+        let requests = self.fetch.max_redirects.saturating_add(2);
+        longest_wait.saturating_mul(requests) + self.fetch.timeout.saturating_mul(2) + Duration::from_secs(60)
+    }
+
+    /// `crawl.stall_timeout`, raised to [`longest_quiet`](Self::longest_quiet)
+    /// when shorter.
+    pub fn stall_timeout(&self) -> Duration {
+        self.crawl.stall_timeout.max(self.longest_quiet())
+    }
+
     /// Layers defaults, the TOML file at `file` (if any), `TRAWLER_SECTION__KEY`
     /// environment variables and `overrides` (the flags, as a partial config
     /// whose absent fields are skipped), then validates the result.
@@ -794,6 +835,27 @@ mod tests {
         }
         let default = AddressPolicy::new(&Config::default().fetch);
         assert!(default.permits("127.0.0.1".parse().unwrap()), "batch crawls of loopback sites stay easy");
+    }
+
+    #[test]
+    fn a_stall_timeout_shorter_than_the_longest_legitimate_wait_is_raised() {
+        let mut config = Config::default();
+        // 12 requests (10 redirect hops, the first, robots.txt) each after a
+        // 10 min backoff, two 30 s timeouts, a minute's margin.
+        assert_eq!(config.longest_quiet(), Duration::from_secs(12 * 600 + 2 * 30 + 60));
+        assert_eq!(config.stall_timeout(), config.longest_quiet(), "15 min is raised");
+        config.crawl.stall_timeout = Duration::from_secs(24 * 3600);
+        assert_eq!(config.stall_timeout(), Duration::from_secs(24 * 3600), "a longer one is kept");
+        // A slow global rate is a wait too.
+        config.crawl.rate = Some(0.0001);
+        assert_eq!(config.longest_quiet(), Duration::from_secs(12 * 10_000 + 2 * 30 + 60));
+        // With short waits, so is the timeout.
+        let mut quick = Config::default();
+        quick.politeness.backoff_max = Duration::from_secs(1);
+        quick.retry.retry_after_max = Duration::from_secs(1);
+        quick.robots.max_crawl_delay = Duration::from_secs(1);
+        quick.fetch.max_redirects = 0;
+        assert_eq!(quick.longest_quiet(), Duration::from_secs(2 + 60 + 60));
     }
 
     /// config/trawler.toml documents the defaults: it must parse to exactly

@@ -38,7 +38,7 @@ use crate::service::Service;
 use crate::shutdown::Shutdown;
 use crate::sitemaps::{MAX_SITEMAP_BYTES, Origin, SitemapQueue, SitemapTask};
 use crate::stats::{CrawlStats, Summary};
-use crate::store::{PageLimits, SqliteStore, StateCounts, Store, StoreError};
+use crate::store::{LockWaits, PageLimits, SqliteStore, StateCounts, Store, StoreError};
 use crate::systemd::{Heartbeat, Notifier};
 use crate::tasks::Tasks;
 use crate::worker::{RateLimit, WorkerContext};
@@ -72,6 +72,14 @@ pub enum CrawlError {
     /// A task panicked: a bug, reported with the panic's message.
     #[error("the {task} task panicked: {message}")]
     Panicked { task: &'static str, message: String },
+    /// URLs were in flight but no result was committed for `quiet`
+    /// (`crawl.stall_timeout`): a bug or a fault nothing else reports.
+    #[error(
+        "stalled: {in_flight} URLs in flight and no result committed for {}; \
+         stopping so that a rerun (or systemd) starts afresh, the unfinished URLs queued again",
+        humantime::format_duration(*quiet)
+    )]
+    Stalled { quiet: std::time::Duration, in_flight: u64 },
 }
 
 /// Runs a crawl of the store at `config.store.path`, first adding the URLs in
@@ -310,6 +318,22 @@ async fn start(
     tasks.spawn_infallible("progress", progress::report(stats.clone(), side_done.clone()));
     tasks.spawn("checkpoints", checkpoints(store.clone(), config.store.checkpoint_every, side_done.clone()));
     tasks.spawn_infallible("memory", release_free_memory(side_done.clone()));
+    let guard = StallGuard { stats: stats.clone(), waits: store.lock_waits(), after: config.stall_timeout() };
+    if guard.after > config.crawl.stall_timeout {
+        tracing::debug!(
+            stall_timeout = %humantime::format_duration(guard.after),
+            "crawl.stall_timeout raised to the longest legitimate wait"
+        );
+    }
+    let (done, exit_after) = (side_done.clone(), config.shutdown.grace + STALL_EXIT_MARGIN);
+    tasks.spawn("stall guard", async move {
+        let stalled = guard.run(done).await;
+        if stalled.is_err() {
+            // The stop that follows may wait for the very task that is stuck.
+            exit_unless_stopped_within(exit_after);
+        }
+        stalled
+    });
     tasks.spawn_infallible(
         "grace timer",
         grace_timer(shutdown.clone(), config.shutdown.grace, store.clone(), side_done.clone()),
@@ -415,6 +439,75 @@ impl Running {
             forced: self.shutdown.is_forced(),
         })
     }
+}
+
+/// How long a stalled crawl may take to stop gracefully beyond
+/// `shutdown.grace` before the process exits without finishing its stop.
+const STALL_EXIT_MARGIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Ends a crawl that has stopped making progress: URLs are in flight (claimed,
+/// not committed) but the writer has committed nothing for `after`, and no
+/// other process's lock explains it (the store reports that one itself).
+/// Every loop may still be beating, so systemd's watchdog alone cannot see
+/// this (a robots.txt cache that evicted what it still needed once kept every
+/// worker busy and nothing finished).
+struct StallGuard {
+    stats: Arc<CrawlStats>,
+    /// The store's lock waits: time blocked by another process's lock is
+    /// reported by the store, and is no stall.
+    waits: Arc<LockWaits>,
+    /// `crawl.stall_timeout`, raised to the longest legitimate wait.
+    after: std::time::Duration,
+}
+
+impl StallGuard {
+    /// Checks every tenth of `after` (1 s to 1 min) until `done`.
+    ///
+    /// Errors: [`CrawlError::Stalled`], which stops the crawl.
+    async fn run(self, done: CancellationToken) -> Result<(), CrawlError> {
+        let every =
+            (self.after / 10).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = (self.committed(), tokio::time::Instant::now());
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let now = tokio::time::Instant::now();
+            let committed = self.committed();
+            let in_flight = self.stats.outstanding.load(Ordering::SeqCst);
+            if committed != last.0 || in_flight == 0 || self.waits.blocked_for().is_some() {
+                last = (committed, now);
+                continue;
+            }
+            let quiet = now - last.1;
+            if quiet >= self.after {
+                return Err(CrawlError::Stalled { quiet, in_flight });
+            }
+        }
+    }
+
+    /// Completions committed so far: attempts and deferred requests.
+    fn committed(&self) -> u64 {
+        self.stats.attempts.load(Ordering::Relaxed) + self.stats.deferred.load(Ordering::Relaxed)
+    }
+}
+
+/// Exits the process with status 1 if it is still running after `limit`,
+/// from a thread of its own (the async runtime may be what is stuck).
+/// Committed results are durable; URLs left in flight are queued again by
+/// the next start.
+fn exit_unless_stopped_within(limit: std::time::Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        tracing::error!(
+            "the stalled crawl did not stop within {}: exiting without finishing the stop",
+            humantime::format_duration(limit)
+        );
+        std::process::exit(1);
+    });
 }
 
 /// After the first stop, fetches in flight get `grace`, then are dropped
@@ -571,5 +664,66 @@ pub(crate) async fn requeue_due(store: &SqliteStore) -> Result<u64, StoreError> 
         if n < u64::from(RECRAWL_BATCH) {
             return Ok(requeued);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn guard(in_flight: u64) -> StallGuard {
+        let stats = Arc::new(CrawlStats::default());
+        stats.outstanding.store(in_flight, Ordering::SeqCst);
+        StallGuard {
+            stats,
+            waits: Arc::new(LockWaits::new(Duration::from_secs(5))),
+            after: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn urls_in_flight_and_nothing_committed_is_a_stall() {
+        let started = tokio::time::Instant::now();
+        let stalled = guard(3).run(CancellationToken::new()).await;
+        let Err(CrawlError::Stalled { quiet, in_flight: 3 }) = stalled else { panic!("{stalled:?}") };
+        assert!(quiet >= Duration::from_secs(60), "{quiet:?}");
+        // Checked every tenth of the timeout: found within one check of it.
+        assert!(started.elapsed() <= Duration::from_secs(66), "{:?}", started.elapsed());
+    }
+
+    /// Runs `guard` for 10 minutes of (paused) time, or until it fails.
+    async fn run_for_ten_minutes(guard: StallGuard) -> Result<(), CrawlError> {
+        let done = CancellationToken::new();
+        let stop = done.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            stop.cancel();
+        });
+        guard.run(done).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commits_nothing_in_flight_or_a_locked_database_are_no_stall() {
+        // A result every 50 s: slow, but never quiet for the 60 s.
+        let committing = guard(3);
+        let stats = committing.stats.clone();
+        let results = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(50)).await;
+                stats.attempts.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        assert!(run_for_ten_minutes(committing).await.is_ok());
+        results.abort();
+
+        // Nothing in flight: a service waiting for URLs.
+        assert!(run_for_ten_minutes(guard(0)).await.is_ok());
+
+        // Writes waiting for another process's lock, which the store reports.
+        let locked = guard(3);
+        locked.waits.busy("test");
+        assert!(run_for_ten_minutes(locked).await.is_ok());
     }
 }
