@@ -482,7 +482,8 @@ impl StallGuard {
                 last = (committed, now);
                 continue;
             }
-            let quiet = now - last.1;
+            // Whole seconds: the error message shows it.
+            let quiet = std::time::Duration::from_secs((now - last.1).as_secs());
             if quiet >= self.after {
                 return Err(CrawlError::Stalled { quiet, in_flight });
             }
