@@ -667,28 +667,44 @@ impl Store for SqliteStore {
         self.writing(move || async move {
             let lease: i64 = rand::random();
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-            // One statement for every picked host: each host's due URLs are
-            // looked up through `urls_host_due` (at most the largest pick
-            // per host), ranked, and cut to that host's own count.
-            let most = picks.iter().map(|(_, n)| *n).max().unwrap_or(0);
-            let rows = sqlx::query(
-                "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2
-                 WHERE id IN (
-                     SELECT id FROM (
-                         SELECT u.id, p.value ->> 1 AS n,
-                                row_number() OVER (PARTITION BY p.key ORDER BY u.not_before_ms, u.id) AS rank
-                         FROM json_each(?3) AS p
-                         JOIN urls AS u ON u.id IN (
-                             SELECT id FROM urls
-                             WHERE host = p.value ->> 0 AND state = 'queued' AND not_before_ms <= ?2
-                             ORDER BY not_before_ms, id LIMIT ?4))
-                     WHERE rank <= n)
-                 RETURNING id, url, attempts - attempts_before, depth, host",
-            )
-            .bind(lease)
-            .bind(now_ms)
-            .bind(json_array(picks))
-            .bind(most)
+            let rows = match picks {
+                // One host (one fast site, or a trickle): its due URLs
+                // straight from `urls_host_due`, without the ranking below,
+                // whose temporary tables cost more than the claim itself.
+                [(host, n)] => sqlx::query(
+                    "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2
+                     WHERE id IN (
+                         SELECT id FROM urls
+                         WHERE host = ?3 AND state = 'queued' AND not_before_ms <= ?2
+                         ORDER BY not_before_ms, id LIMIT ?4)
+                     RETURNING id, url, attempts - attempts_before, depth, host",
+                )
+                .bind(lease)
+                .bind(now_ms)
+                .bind(host)
+                .bind(n),
+                // One statement for every picked host: each host's due URLs
+                // are looked up through `urls_host_due` (at most the largest
+                // pick per host), ranked, and cut to that host's own count.
+                _ => sqlx::query(
+                    "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2
+                     WHERE id IN (
+                         SELECT id FROM (
+                             SELECT u.id, p.value ->> 1 AS n,
+                                    row_number() OVER (PARTITION BY p.key ORDER BY u.not_before_ms, u.id) AS rank
+                             FROM json_each(?3) AS p
+                             JOIN urls AS u ON u.id IN (
+                                 SELECT id FROM urls
+                                 WHERE host = p.value ->> 0 AND state = 'queued' AND not_before_ms <= ?2
+                                 ORDER BY not_before_ms, id LIMIT ?4))
+                         WHERE rank <= n)
+                     RETURNING id, url, attempts - attempts_before, depth, host",
+                )
+                .bind(lease)
+                .bind(now_ms)
+                .bind(json_array(picks))
+                .bind(picks.iter().map(|(_, n)| *n).max().unwrap_or(0)),
+            }
             .fetch_all(&mut *tx)
             .await
             .map_err(db("claim"))?;

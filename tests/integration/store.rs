@@ -117,6 +117,18 @@ async fn one_claim_takes_each_picked_hosts_own_count_of_due_urls() {
     assert!(jobs.iter().all(|job| job.lease == jobs[0].lease && job.host == job.url[7..13]));
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.in_flight, counts.queued), (6, 6));
+
+    // One host alone (a statement of its own): only its due URLs, oldest first.
+    assert!(
+        store.claim(1_000, &[("b.test".into(), 5)]).await.unwrap().is_empty(),
+        "b.test/0 is due at 5_000"
+    );
+    let c: Vec<String> =
+        store.claim(1_000, &[("c.test".into(), 2)]).await.unwrap().into_iter().map(|j| j.url).collect();
+    assert_eq!(c, ["http://c.test/0", "http://c.test/1"]);
+    let b = store.claim(5_000, &[("b.test".into(), 5)]).await.unwrap();
+    assert_eq!(b.iter().map(|j| j.url.as_str()).collect::<Vec<_>>(), ["http://b.test/0"]);
+    assert_eq!(b[0].attempt, 2, "its retry");
     store.close().await;
 }
 
