@@ -53,6 +53,19 @@ use crate::fetch::ErrorKind;
 
 static MIGRATOR: Migrator = sqlx::migrate!();
 
+/// A claim: the URLs whose ids `$ids` selects go in flight under lease `?1`
+/// at `?2` (Unix ms), returning what a [`Job`] is read from, in this order.
+/// Both forms of the claim are written through it, so they cannot drift.
+macro_rules! claim_sql {
+    ($ids:literal) => {
+        concat!(
+            "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2 WHERE id IN (",
+            $ids,
+            ") RETURNING id, url, attempts - attempts_before, depth, host"
+        )
+    };
+}
+
 /// "No queued URL" in `hosts.work_at_ms`.
 const NEVER: i64 = i64::MAX;
 
@@ -670,15 +683,13 @@ impl Store for SqliteStore {
             let rows = match picks {
                 // One host (one fast site, or a trickle): its due URLs
                 // straight from `urls_host_due`, without the ranking below,
-                // whose temporary tables cost more than the claim itself.
-                [(host, n)] => sqlx::query(
-                    "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2
-                     WHERE id IN (
-                         SELECT id FROM urls
-                         WHERE host = ?3 AND state = 'queued' AND not_before_ms <= ?2
-                         ORDER BY not_before_ms, id LIMIT ?4)
-                     RETURNING id, url, attempts - attempts_before, depth, host",
-                )
+                // whose temporary tables cost more than the claim itself
+                // (SQLite has no LIMIT that refers to the outer row).
+                [(host, n)] => sqlx::query(claim_sql!(
+                    "SELECT id FROM urls
+                     WHERE host = ?3 AND state = 'queued' AND not_before_ms <= ?2
+                     ORDER BY not_before_ms, id LIMIT ?4"
+                ))
                 .bind(lease)
                 .bind(now_ms)
                 .bind(host)
@@ -686,20 +697,17 @@ impl Store for SqliteStore {
                 // One statement for every picked host: each host's due URLs
                 // are looked up through `urls_host_due` (at most the largest
                 // pick per host), ranked, and cut to that host's own count.
-                _ => sqlx::query(
-                    "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2
-                     WHERE id IN (
-                         SELECT id FROM (
-                             SELECT u.id, p.value ->> 1 AS n,
-                                    row_number() OVER (PARTITION BY p.key ORDER BY u.not_before_ms, u.id) AS rank
-                             FROM json_each(?3) AS p
-                             JOIN urls AS u ON u.id IN (
-                                 SELECT id FROM urls
-                                 WHERE host = p.value ->> 0 AND state = 'queued' AND not_before_ms <= ?2
-                                 ORDER BY not_before_ms, id LIMIT ?4))
-                         WHERE rank <= n)
-                     RETURNING id, url, attempts - attempts_before, depth, host",
-                )
+                _ => sqlx::query(claim_sql!(
+                    "SELECT id FROM (
+                         SELECT u.id, p.value ->> 1 AS n,
+                                row_number() OVER (PARTITION BY p.key ORDER BY u.not_before_ms, u.id) AS rank
+                         FROM json_each(?3) AS p
+                         JOIN urls AS u ON u.id IN (
+                             SELECT id FROM urls
+                             WHERE host = p.value ->> 0 AND state = 'queued' AND not_before_ms <= ?2
+                             ORDER BY not_before_ms, id LIMIT ?4))
+                     WHERE rank <= n"
+                ))
                 .bind(lease)
                 .bind(now_ms)
                 .bind(json_array(picks))
@@ -1072,9 +1080,6 @@ async fn update_urls(
 /// caller's transaction (a URL whose host row says "no work" would never be
 /// claimed). Returns how many were new.
 async fn insert_urls(tx: &mut sqlx::Transaction<'_, Sqlite>, urls: &[NewUrl]) -> Result<u64, StoreError> {
-    let added_at = rfc3339(SystemTime::now());
-    let mut new_hosts: BTreeMap<String, i64> = BTreeMap::new();
-    let mut new = 0;
     static INSERT: LazyLock<MultiRow> = LazyLock::new(|| {
         MultiRow::new(
             "INSERT INTO urls (url, host, added_at, depth, found_on) VALUES ",
@@ -1082,6 +1087,9 @@ async fn insert_urls(tx: &mut sqlx::Transaction<'_, Sqlite>, urls: &[NewUrl]) ->
             " ON CONFLICT (url) DO NOTHING RETURNING host",
         )
     });
+    let added_at = rfc3339(SystemTime::now());
+    let mut new_hosts: BTreeMap<String, i64> = BTreeMap::new();
+    let mut new = 0;
     for chunk in statement_chunks(urls) {
         let mut args = SqliteArguments::default();
         for u in chunk {
