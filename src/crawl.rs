@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -318,13 +318,16 @@ async fn start(
     tasks.spawn_infallible("progress", progress::report(stats.clone(), side_done.clone()));
     tasks.spawn("checkpoints", checkpoints(store.clone(), config.store.checkpoint_every, side_done.clone()));
     tasks.spawn_infallible("memory", release_free_memory(side_done.clone()));
-    let guard = StallGuard { stats: stats.clone(), waits: store.lock_waits(), after: config.stall_timeout() };
-    if guard.after > config.crawl.stall_timeout {
+    // A reload that lengthens the waits (a slower rate, a longer delay or
+    // backoff) lengthens the timeout too.
+    let (stall_timeout, after) = watch::channel(config.stall_timeout());
+    if *after.borrow() > config.crawl.stall_timeout {
         tracing::debug!(
-            stall_timeout = %humantime::format_duration(guard.after),
+            stall_timeout = %humantime::format_duration(*after.borrow()),
             "crawl.stall_timeout raised to the longest legitimate wait"
         );
     }
+    let guard = StallGuard { stats: stats.clone(), waits: store.lock_waits(), after };
     let (done, exit_after) = (side_done.clone(), config.shutdown.grace + STALL_EXIT_MARGIN);
     tasks.spawn("stall guard", async move {
         let stalled = guard.run(done).await;
@@ -345,6 +348,7 @@ async fn start(
             store: store.clone(),
             notifier: notifier.clone(),
             wake: wake.clone(),
+            stall_timeout,
         };
         let beats = [producer_beat.clone(), writer_beat];
         service.spawn(tasks, live, &stats, &politeness, beats, &side_done);
@@ -456,17 +460,19 @@ struct StallGuard {
     /// The store's lock waits: time blocked by another process's lock is
     /// reported by the store, and is no stall.
     waits: Arc<LockWaits>,
-    /// `crawl.stall_timeout`, raised to the longest legitimate wait.
-    after: std::time::Duration,
+    /// `crawl.stall_timeout`, raised to the longest legitimate wait
+    /// ([`Config::stall_timeout`]), as the last reload left it.
+    after: watch::Receiver<std::time::Duration>,
 }
 
 impl StallGuard {
-    /// Checks every tenth of `after` (1 s to 1 min) until `done`.
+    /// Checks every tenth of `after` as it was at start (1 s to 1 min)
+    /// until `done`.
     ///
     /// Errors: [`CrawlError::Stalled`], which stops the crawl.
     async fn run(self, done: CancellationToken) -> Result<(), CrawlError> {
-        let every =
-            (self.after / 10).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
+        let every = (*self.after.borrow() / 10)
+            .clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = (self.committed(), tokio::time::Instant::now());
@@ -484,7 +490,7 @@ impl StallGuard {
             }
             // Whole seconds: the error message shows it.
             let quiet = std::time::Duration::from_secs((now - last.1).as_secs());
-            if quiet >= self.after {
+            if quiet >= *self.after.borrow() {
                 return Err(CrawlError::Stalled { quiet, in_flight });
             }
         }
@@ -680,7 +686,7 @@ mod tests {
         StallGuard {
             stats,
             waits: Arc::new(LockWaits::new(Duration::from_secs(5))),
-            after: Duration::from_secs(60),
+            after: watch::channel(Duration::from_secs(60)).1,
         }
     }
 
@@ -692,6 +698,21 @@ mod tests {
         assert!(quiet >= Duration::from_secs(60), "{quiet:?}");
         // Checked every tenth of the timeout: found within one check of it.
         assert!(started.elapsed() <= Duration::from_secs(66), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_that_lengthens_the_waits_lengthens_the_timeout() {
+        let (timeout, after) = watch::channel(Duration::from_secs(60));
+        let guard = StallGuard { after, ..guard(3) };
+        let started = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            timeout.send_replace(Duration::from_secs(600));
+        });
+        let stalled = guard.run(CancellationToken::new()).await;
+        assert!(matches!(stalled, Err(CrawlError::Stalled { .. })), "{stalled:?}");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(600) && waited <= Duration::from_secs(606), "{waited:?}");
     }
 
     /// Runs `guard` for 10 minutes of (paused) time, or until it fails.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use signal_hook::consts::SIGHUP;
 use signal_hook_tokio::Signals;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
@@ -48,6 +48,9 @@ pub(crate) struct Live {
     pub notifier: Arc<Notifier>,
     /// Wakes the producer: hosts may take more jobs under new limits.
     pub wake: Arc<Notify>,
+    /// The stall guard's timeout ([`Config::stall_timeout`]), which the
+    /// reloadable waits (rate, delays, backoff) lengthen.
+    pub stall_timeout: watch::Sender<std::time::Duration>,
 }
 
 impl Reloader {
@@ -99,6 +102,13 @@ impl Reloader {
             }
             // Hosts may take more jobs now than when the producer last looked.
             live.wake.notify_one();
+        }
+        let stall_timeout = config.stall_timeout();
+        if live.stall_timeout.send_replace(stall_timeout) != stall_timeout {
+            tracing::info!(
+                "SIGHUP: the stall timeout is now {} (the longest legitimate wait changed)",
+                humantime::format_duration(stall_timeout)
+            );
         }
         if config.log.level != old.log.level {
             match self.log.set(config.log.level.as_str()) {

@@ -46,6 +46,13 @@ async fn sighup_applies_rate_and_log_level_and_rejects_a_bad_config() {
     wait_until(Duration::from_secs(5), "new URLs at the kept rate", || server.hits().len() == 40);
     assert!(daemon.child.try_wait().unwrap().is_none(), "a bad config must not stop the service");
 
+    // A much slower rate is a longer legitimate wait: the stall guard waits
+    // longer before it calls the crawl stalled (12 requests at 1,000 s each,
+    // two 30 s timeouts and a minute: 3h 22m).
+    daemon.reload("[crawl]\nrate = 0.001\n");
+    let log = daemon.stderr.wait_for("stall timeout is now");
+    assert!(log.contains("the stall timeout is now 3h 22m"), "{log}");
+
     daemon.stop();
 }
 
