@@ -37,7 +37,7 @@ use crate::config::ApiConfig;
 use crate::listen::{self, ListenLimits};
 use crate::seeds::{self, SeedError, parse_seed};
 use crate::stats::CrawlStats;
-use crate::store::{InputError, NewUrl, SqliteStore, StoreError};
+use crate::store::{Backend, InputError, NewUrl, StoreError};
 
 /// The largest request body accepted: 16 MiB, about 100,000 typical URLs.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -47,7 +47,7 @@ pub const SOURCE: &str = "api";
 
 /// What the handlers share.
 pub struct Api {
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<Backend>,
     /// Wakes the producer when URLs were added.
     pub wake: Arc<Notify>,
     pub stats: Arc<CrawlStats>,

@@ -38,7 +38,7 @@ use crate::service::Service;
 use crate::shutdown::Shutdown;
 use crate::sitemaps::{MAX_SITEMAP_BYTES, Origin, SitemapQueue, SitemapTask};
 use crate::stats::{CrawlStats, Summary};
-use crate::store::{LockWaits, PageLimits, SqliteStore, StateCounts, Store, StoreError};
+use crate::store::{Backend, LockWaits, PageLimits, StateCounts, Store, StoreError};
 use crate::systemd::{Heartbeat, Notifier};
 use crate::tasks::Tasks;
 use crate::worker::{RateLimit, WorkerContext};
@@ -134,7 +134,7 @@ async fn run(
         Some(source) => Some(source.open().await?),
         None => None,
     };
-    let store = Arc::new(SqliteStore::open(&config.store).await?);
+    let store = Arc::new(Backend::open(&config.store).await?);
     let tasks = Tasks::new(shutdown.clone());
     let result = match start(config, &store, &tasks, seeds.zip(input), shutdown, mode).await {
         Ok(running) => running.drain(started).await,
@@ -190,7 +190,7 @@ struct Running {
 /// rules cannot be built, or an address (admin, API) cannot be bound.
 async fn start(
     config: &Config,
-    store: &Arc<SqliteStore>,
+    store: &Arc<Backend>,
     tasks: &Tasks,
     input: Option<Input>,
     shutdown: &Shutdown,
@@ -524,7 +524,7 @@ fn exit_unless_stopped_within(limit: std::time::Duration) {
 async fn grace_timer(
     shutdown: Shutdown,
     grace: std::time::Duration,
-    store: Arc<SqliteStore>,
+    store: Arc<Backend>,
     done: CancellationToken,
 ) {
     tokio::select! {
@@ -542,7 +542,7 @@ async fn grace_timer(
 /// Adds the URLs read from `input` (named `source` in reports) to the
 /// database, as `trawler enqueue` does. Works while a crawler owns the
 /// database: then it opens it without the owner's lock
-/// ([`SqliteStore::open_shared`]) and the crawler picks the URLs up within a
+/// ([`Backend::open_to_enqueue`]) and the crawler picks the URLs up within a
 /// second.
 ///
 /// Errors: the database cannot be opened or written, or the input read.
@@ -551,11 +551,7 @@ pub async fn enqueue(
     source: &SeedSource,
     input: impl tokio::io::AsyncRead + Unpin,
 ) -> Result<IngestReport, CrawlError> {
-    let store = match SqliteStore::open(&config.store).await {
-        Ok(store) => store,
-        Err(StoreError::Locked { .. }) => SqliteStore::open_shared(&config.store).await?,
-        Err(e) => return Err(e.into()),
-    };
+    let store = Backend::open_to_enqueue(&config.store).await?;
     let stats = Arc::new(CrawlStats::default());
     let strip = &config.discovery.strip_query_params;
     let report =
@@ -593,7 +589,7 @@ const PINNED_WARN_EVERY: u32 = 10;
 ///
 /// Errors: the database cannot be written (a lock is waited out).
 async fn checkpoints(
-    store: Arc<SqliteStore>,
+    store: Arc<Backend>,
     every: std::time::Duration,
     done: CancellationToken,
 ) -> Result<(), StoreError> {
@@ -606,7 +602,9 @@ async fn checkpoints(
             _ = done.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let checkpoint = store.checkpoint().await?;
+        let Some(checkpoint) = store.checkpoint().await? else {
+            return Ok(());
+        };
         metrics::gauge!("trawler_wal_bytes").set(checkpoint.wal_bytes_left() as f64);
         if !checkpoint.pinned() {
             if pinned_in_a_row > 0 {
@@ -663,7 +661,7 @@ const RECRAWL_BATCH: u32 = 10_000;
 
 /// Puts every URL due for a recrawl back in the frontier, in batches.
 /// Returns how many.
-pub(crate) async fn requeue_due(store: &SqliteStore) -> Result<u64, StoreError> {
+pub(crate) async fn requeue_due(store: &Backend) -> Result<u64, StoreError> {
     let mut requeued = 0;
     loop {
         let n = store.requeue_recrawls(crate::frontier::now_ms(), RECRAWL_BATCH).await?;

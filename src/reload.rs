@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::politeness::HostRules;
-use crate::store::{SqliteStore, Store};
+use crate::store::{Backend, Store};
 use crate::systemd::Notifier;
 use crate::telemetry::LogLevel;
 use crate::worker::WorkerContext;
@@ -44,7 +44,7 @@ pub struct Reloader {
 pub(crate) struct Live {
     pub config: Config,
     pub ctx: Arc<WorkerContext>,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<Backend>,
     pub notifier: Arc<Notifier>,
     /// Wakes the producer: hosts may take more jobs under new limits.
     pub wake: Arc<Notify>,

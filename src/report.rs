@@ -13,7 +13,7 @@ use futures::StreamExt;
 
 use crate::CrawlError;
 use crate::frontier::now_ms;
-use crate::store::{ExportFilter, SqliteStore, StatsReport};
+use crate::store::{Backend, ExportFilter, StatsReport};
 
 /// `trawler export --format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -29,7 +29,7 @@ pub enum ExportFormat {
 ///
 /// Errors: the database cannot be read; `out` cannot be written.
 pub async fn stats(path: &Path, json: bool, mut out: impl Write) -> Result<(), CrawlError> {
-    let store = SqliteStore::open_read_only(path).await?;
+    let store = Backend::open_read_only(path).await?;
     let report = store.stats(now_ms()).await?;
     store.close().await;
     if json {
@@ -54,7 +54,7 @@ pub async fn export(
     filter: &ExportFilter,
     out: impl Write,
 ) -> Result<u64, CrawlError> {
-    let store = SqliteStore::open_read_only(path).await?;
+    let store = Backend::open_read_only(path).await?;
     let mut rows = 0;
     let written = async {
         let mut stream = std::pin::pin!(store.export(filter));

@@ -17,7 +17,7 @@ use crate::crawl::{CrawlError, requeue_due};
 use crate::politeness::Politeness;
 use crate::reload::{Live, Reloader};
 use crate::stats::CrawlStats;
-use crate::store::{SqliteStore, Store, StoreError, UrlState};
+use crate::store::{Backend, Store, StoreError, UrlState};
 use crate::systemd::{self, Heartbeat};
 use crate::tasks::Tasks;
 
@@ -27,7 +27,7 @@ const RECRAWL_EVERY: Duration = Duration::from_secs(1);
 /// The service's parts that can fail to start (addresses bound, the metrics
 /// recorder installed), ready to be spawned.
 pub(crate) struct Service {
-    store: Arc<SqliteStore>,
+    store: Arc<Backend>,
     health: Arc<Health>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     admin: tokio::net::TcpListener,
@@ -45,7 +45,7 @@ impl Service {
     /// is installed already.
     pub(crate) async fn bind(
         config: &Config,
-        store: &Arc<SqliteStore>,
+        store: &Arc<Backend>,
         tasks: &Tasks,
         reloader: Option<Reloader>,
     ) -> Result<Self, CrawlError> {
@@ -107,7 +107,7 @@ impl Service {
 
 /// Refreshes the frontier gauges every [`admin::GAUGE_EVERY`] until `done`.
 async fn refresh_gauges(
-    store: Arc<SqliteStore>,
+    store: Arc<Backend>,
     stats: Arc<CrawlStats>,
     politeness: Arc<Politeness>,
     done: CancellationToken,
@@ -141,7 +141,7 @@ async fn refresh_gauges(
 ///
 /// Errors: a store failure (a locked database is waited out by the store).
 async fn recrawl_due(
-    store: Arc<SqliteStore>,
+    store: Arc<Backend>,
     stats: Arc<CrawlStats>,
     wake: Arc<Notify>,
     done: CancellationToken,

@@ -29,7 +29,7 @@ use crate::politeness::{HostSignal, Politeness};
 use crate::redact::ForLog;
 use crate::retry::{Decision, decide};
 use crate::robots::{Refusal, Robots};
-use crate::store::{AttemptRecord, DropReason, NewUrl, SqliteStore, Store, StoreError};
+use crate::store::{AttemptRecord, Backend, DropReason, NewUrl, Store, StoreError};
 use crate::store::{Completion, Job, Next};
 
 /// What every worker shares.
@@ -51,7 +51,7 @@ pub struct WorkerContext {
     /// Drop the fetch in flight.
     pub abort: CancellationToken,
     /// Where bodies are stored, when `store.save_body` is on.
-    pub bodies: Option<Arc<SqliteStore>>,
+    pub bodies: Option<Arc<Backend>>,
     /// Jobs a worker is working on now (at most one per worker).
     pub working: Arc<AtomicU64>,
     /// The job channel, for parked jobs to go back into at their turn
@@ -191,7 +191,7 @@ const BODY_ZSTD_LEVEL: i32 = 3;
 /// the async threads), committed on its own before the completion goes to
 /// the writer, and dropped from the record, so that pending completions
 /// never hold bodies. A body read only in part (over the cap) is not stored.
-async fn save_body(store: &SqliteStore, record: &mut AttemptRecord) -> Result<(), StoreError> {
+async fn save_body(store: &Backend, record: &mut AttemptRecord) -> Result<(), StoreError> {
     let (Some(body), Some(sha256)) = (record.body.take(), record.body_sha256.as_deref()) else {
         return Ok(());
     };

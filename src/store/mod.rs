@@ -8,6 +8,7 @@
 //! a completion whose token no longer matches the row is stale and changes
 //! nothing. Only `sqlite.rs` knows sqlx: no sqlx type crosses this boundary.
 
+mod backend;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use crate::fetch::ErrorKind;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+pub use backend::Backend;
 pub use sqlite::{Checkpoint, SqliteStore};
 
 /// A store operation that failed. Any of these stops the crawl: results could

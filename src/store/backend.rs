@@ -1,0 +1,191 @@
+//! [`Backend`]: the store every caller outside `store/` uses, one variant per
+//! database engine. Callers (crawl, API, reload, stats, export, enqueue)
+//! never name an engine's own type; adding an engine is a variant here and a
+//! module beside `sqlite.rs`, with the [`Store`] trait written once for it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::stream::BoxStream;
+
+use super::sqlite::{Checkpoint, SqliteStore};
+use super::{
+    Committed, Completion, ExportFilter, InputError, Job, LockWaits, NewUrl, PageLimits, RecrawlPolicy,
+    ResultRow, StateCounts, StatsReport, Store, StoreError,
+};
+use crate::config::StoreConfig;
+
+/// A trawler database, on one of the engines trawler supports (today SQLite,
+/// the embedded default).
+pub enum Backend {
+    /// A SQLite file, owned by one crawler process at a time.
+    Sqlite(SqliteStore),
+}
+
+/// Runs `$body` with `$s` bound to the engine's own store.
+macro_rules! each {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            Backend::Sqlite($s) => $body,
+        }
+    };
+}
+
+impl Backend {
+    /// Opens the database `config` names for crawling, as its owner, creating
+    /// it if missing and applying pending migrations. URLs a crashed run left
+    /// in flight stay so until the caller runs [`Store::requeue_in_flight`].
+    ///
+    /// Errors: [`StoreError::Locked`] when another crawler owns it;
+    /// [`StoreError::NewerSchema`] when it holds migrations this binary does
+    /// not know; [`StoreError::Database`] when it cannot be created, opened
+    /// or migrated.
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        Ok(Self::Sqlite(SqliteStore::open(config).await?))
+    }
+
+    /// Opens the database to add URLs (`trawler enqueue`), whether or not a
+    /// crawler owns it: as its owner when it is free, otherwise beside the
+    /// owner ([`SqliteStore::open_shared`]), whose producer picks the new
+    /// URLs up on its next look. Only [`Store::enqueue`],
+    /// [`Store::record_input_errors`] and reads are meant for such a store.
+    ///
+    /// Errors: as [`Backend::open`], except [`StoreError::Locked`].
+    pub async fn open_to_enqueue(config: &StoreConfig) -> Result<Self, StoreError> {
+        match SqliteStore::open(config).await {
+            Ok(store) => Ok(Self::Sqlite(store)),
+            Err(StoreError::Locked { .. }) => Ok(Self::Sqlite(SqliteStore::open_shared(config).await?)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens an existing database for reading only (`trawler stats`,
+    /// `trawler export`): no lock, no migrations, nothing written.
+    ///
+    /// Errors: [`StoreError::Database`] when it is missing or unreadable.
+    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self::Sqlite(SqliteStore::open_read_only(path).await?))
+    }
+
+    /// The `results` view's rows matching `filter`, in `url_id` order, as a
+    /// stream: memory stays flat however many rows there are.
+    pub fn export<'a>(&'a self, filter: &'a ExportFilter) -> BoxStream<'a, Result<ResultRow, StoreError>> {
+        each!(self, s => Box::pin(s.export(filter)))
+    }
+
+    /// The `results` row of the URL with id `url_id`, if there is one.
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn result(&self, url_id: i64) -> Result<Option<ResultRow>, StoreError> {
+        each!(self, s => s.result(url_id).await)
+    }
+
+    /// The ids of those of `urls` that are stored, by URL.
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn ids(&self, urls: &[&str]) -> Result<BTreeMap<String, i64>, StoreError> {
+        each!(self, s => s.ids(urls).await)
+    }
+
+    /// A snapshot for `trawler stats` at `now_ms` (Unix ms), read while a
+    /// crawler may be writing.
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn stats(&self, now_ms: i64) -> Result<StatsReport, StoreError> {
+        each!(self, s => s.stats(now_ms).await)
+    }
+
+    /// Truncates the engine's write-ahead log if it keeps one that only a
+    /// checkpoint shrinks (SQLite's WAL, see [`SqliteStore::checkpoint`]);
+    /// `None` when the engine has nothing to checkpoint.
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        each!(self, s => s.checkpoint().await.map(Some))
+    }
+
+    /// Makes writes waiting for another process's lock fail with
+    /// [`StoreError::Busy`] instead of waiting on (the crawl's teardown,
+    /// after its grace period).
+    pub fn give_up_waiting(&self) {
+        each!(self, s => s.give_up_waiting())
+    }
+
+    /// How long writes have been waiting for another process's lock, shared
+    /// with `/healthz`.
+    pub fn lock_waits(&self) -> Arc<LockWaits> {
+        each!(self, s => s.lock_waits())
+    }
+
+    /// When the oldest claim still in flight was taken (Unix ms), if any.
+    ///
+    /// Errors: the read failed.
+    pub async fn oldest_lease_ms(&self) -> Result<Option<i64>, StoreError> {
+        each!(self, s => s.oldest_lease_ms().await)
+    }
+
+    /// Closes the connections (see [`SqliteStore::close`] for what the owner
+    /// of a SQLite file does first).
+    pub async fn close(&self) {
+        each!(self, s => s.close().await)
+    }
+}
+
+impl Store for Backend {
+    async fn enqueue(&self, urls: &[NewUrl]) -> Result<u64, StoreError> {
+        each!(self, s => s.enqueue(urls).await)
+    }
+
+    async fn record_input_errors(&self, errors: &[InputError]) -> Result<(), StoreError> {
+        each!(self, s => s.record_input_errors(errors).await)
+    }
+
+    async fn ready_hosts(&self, now_ms: i64, busy: &[String], limit: u32) -> Result<Vec<String>, StoreError> {
+        each!(self, s => s.ready_hosts(now_ms, busy, limit).await)
+    }
+
+    async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Vec<Job>, StoreError> {
+        each!(self, s => s.claim(now_ms, picks).await)
+    }
+
+    async fn complete(
+        &self,
+        completions: &[Completion],
+        limits: PageLimits,
+    ) -> Result<Committed, StoreError> {
+        each!(self, s => s.complete(completions, limits).await)
+    }
+
+    async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
+        each!(self, s => s.requeue_in_flight().await)
+    }
+
+    async fn next_ready(&self) -> Result<Option<i64>, StoreError> {
+        each!(self, s => s.next_ready().await)
+    }
+
+    async fn has_queued(&self) -> Result<bool, StoreError> {
+        each!(self, s => s.has_queued().await)
+    }
+
+    async fn counts(&self) -> Result<StateCounts, StoreError> {
+        each!(self, s => s.counts().await)
+    }
+
+    async fn schedule_recrawls(&self, policy: &RecrawlPolicy) -> Result<u64, StoreError> {
+        each!(self, s => s.schedule_recrawls(policy).await)
+    }
+
+    async fn has_body(&self, sha256: &str) -> Result<bool, StoreError> {
+        each!(self, s => s.has_body(sha256).await)
+    }
+
+    async fn save_body(&self, sha256: &str, bytes: u64, zstd: &[u8]) -> Result<(), StoreError> {
+        each!(self, s => s.save_body(sha256, bytes, zstd).await)
+    }
+
+    async fn requeue_recrawls(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        each!(self, s => s.requeue_recrawls(now_ms, limit).await)
+    }
+}
