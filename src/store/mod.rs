@@ -6,9 +6,11 @@
 //! `failed` | back to `queued` with a not-before time (retry). Every transition
 //! out of `in_flight` is a [`Completion`] that carries the claim's lease token;
 //! a completion whose token no longer matches the row is stale and changes
-//! nothing. Only `sqlite.rs` knows sqlx: no sqlx type crosses this boundary.
+//! nothing. Only the engines' modules (`sqlite.rs`, `postgres.rs`) know sqlx: no
+//! sqlx type crosses this boundary.
 
 mod backend;
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -19,6 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use backend::Backend;
+pub use postgres::PgStore;
 pub use sqlite::{Checkpoint, SqliteStore};
 
 /// A store operation that failed. Any of these stops the crawl: results could

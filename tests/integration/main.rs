@@ -18,6 +18,8 @@
 //!   connections (on `raw`, a TCP peer that misbehaves on purpose)
 //! - `reload`: `trawler run` reloading its config on SIGHUP, and recrawling
 //! - `tls`: HTTPS with a private CA (`fetch.ca_file`)
+//! - `postgres`: the PostgreSQL engine's schema and versions, each test in a
+//!   database of its own (skipped, and saying so, without a server)
 
 mod addresses;
 mod api;
@@ -26,6 +28,7 @@ mod discovery;
 mod faults;
 mod peers;
 mod politeness;
+mod postgres;
 mod process;
 mod raw;
 mod redirects;
