@@ -11,6 +11,7 @@
 
 mod backend;
 pub mod postgres;
+mod rules;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

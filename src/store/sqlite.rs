@@ -34,7 +34,7 @@ use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{
@@ -44,9 +44,10 @@ use sqlx::sqlite::{
 use sqlx::{Arguments, Connection, QueryBuilder, Row, Sqlite};
 use tokio_util::sync::CancellationToken;
 
+use super::rules::{self, duration_ms, rfc3339, rfc3339_from_ms, to_i64, unix_ms};
 use super::{
-    Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl, Next,
-    PageLimits, RecrawlPolicy, ResultRow, StateCounts, StatsReport, Store, StoreError, UrlState,
+    Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl, PageLimits,
+    RecrawlPolicy, ResultRow, StateCounts, StatsReport, Store, StoreError, UrlState,
 };
 use crate::config::{StoreConfig, Synchronous};
 use crate::fetch::ErrorKind;
@@ -65,9 +66,6 @@ macro_rules! claim_sql {
         )
     };
 }
-
-/// "No queued URL" in `hosts.work_at_ms`.
-const NEVER: i64 = i64::MAX;
 
 /// Rows per multi-row statement. A batch is cut greedily into these sizes so
 /// that only a handful of distinct statements exist, each prepared once and
@@ -606,29 +604,6 @@ fn db_at(context: &'static str, path: &Path) -> impl FnOnce(sqlx::Error) -> Stor
     }
 }
 
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T03:57:54.123Z`.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// A duration in ms; an absurd one (over 146 million years) saturates far
-/// enough below `i64::MAX` that adding a timestamp cannot overflow.
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2).min(i64::MAX / 2)
-}
-
-fn rfc3339_from_ms(ms: i64) -> String {
-    rfc3339(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 impl Store for SqliteStore {
     async fn enqueue(&self, urls: &[NewUrl]) -> Result<u64, StoreError> {
         self.writing(move || async move {
@@ -756,14 +731,12 @@ impl Store for SqliteStore {
             // Which completions were applied is only needed for pages with links
             // (a stale one must not add to the link graph); asking for it on
             // every batch would stream a row per URL back from SQLite.
-            let with_links = |c: &&Completion| !c.links.is_empty() || !c.dropped_links.is_empty();
-            let track = completions.iter().any(|c| with_links(&c));
+            let track = completions.iter().any(Completion::has_links);
             let mut applied_ids = BTreeSet::new();
             let mut applied = 0;
             // Attempts first: their insert checks the lease, which updating
             // the URLs clears. A requeue made no attempt.
-            let attempts: Vec<&Completion> =
-                completions.iter().filter(|c| !matches!(c.next, Next::Requeue(_))).collect();
+            let attempts: Vec<&Completion> = completions.iter().filter(|c| c.is_attempt()).collect();
             for chunk in statement_chunks(&attempts) {
                 insert_attempts(&mut tx, chunk).await?;
             }
@@ -772,7 +745,7 @@ impl Store for SqliteStore {
             }
             update_hosts(&mut tx, completions).await?;
             let pages: Vec<&Completion> =
-                completions.iter().filter(with_links).filter(|c| applied_ids.contains(&c.url_id)).collect();
+                completions.iter().filter(|c| c.has_links() && applied_ids.contains(&c.url_id)).collect();
             let (new_urls, dropped_links) = record_links(&mut tx, &pages, limits).await?;
             tx.commit().await.map_err(db("commit results"))?;
             Ok(Committed { applied, new_urls, dropped_links })
@@ -1041,22 +1014,14 @@ async fn update_urls(
     let mut args = SqliteArguments::default();
     let now = unix_ms(SystemTime::now());
     for c in chunk {
-        let (not_before_ms, finished_ms) = match c.next.due_at() {
-            None => (0, Some(now)),
-            Some(ms) => (ms, None),
-        };
-        // A requeue leaves the count where it was before this claim.
-        let attempts = match c.next {
-            Next::Requeue(_) => c.attempt - 1,
-            _ => c.attempt,
-        };
+        let change = c.url_change(now);
         add(&mut args, c.url_id)?;
         add(&mut args, c.lease)?;
-        add(&mut args, c.next.state().as_str())?;
-        add(&mut args, attempts)?;
-        add(&mut args, not_before_ms)?;
-        add(&mut args, finished_ms)?;
-        add(&mut args, c.recrawl_after.map(duration_ms))?;
+        add(&mut args, change.state.as_str())?;
+        add(&mut args, change.attempts)?;
+        add(&mut args, change.not_before_ms)?;
+        add(&mut args, change.finished_ms)?;
+        add(&mut args, change.recrawl_after_ms)?;
     }
     match applied {
         None => Ok(sqlx::query_with(PLAIN.sql(chunk.len()), args)
@@ -1140,17 +1105,9 @@ async fn record_links(
             .map_err(db("look up page depths"))?
             .into_iter()
             .collect();
-    let discovered: Vec<NewUrl> = pages
-        .iter()
-        .flat_map(|c| {
-            let depth = page_depths.get(&c.url_id).map(|d| d + 1);
-            c.links
-                .iter()
-                .map(move |l| NewUrl { depth: depth.map_or(l.depth, |d| d.min(l.depth)), ..l.clone() })
-        })
-        .collect();
+    let discovered = rules::discovered(pages, &page_depths);
     let discovered: Vec<&NewUrl> = discovered.iter().collect();
-    let (admitted, mut capped) = apply_page_limits(tx, &discovered, limits).await?;
+    let (admitted, capped) = apply_page_limits(tx, &discovered, limits).await?;
     let new = insert_urls(tx, &admitted).await?;
     lower_depths(tx, &admitted, limits.max_depth).await?;
     for page in pages.iter().filter(|c| !c.links.is_empty()) {
@@ -1165,15 +1122,7 @@ async fn record_links(
         .await
         .map_err(db("record links"))?;
     }
-    let mut dropped: Vec<(i64, DropReason, i64)> = pages
-        .iter()
-        .flat_map(|c| c.dropped_links.iter().map(|(reason, n)| (c.url_id, *reason, to_i64(*n))))
-        .collect();
-    dropped.append(&mut capped);
-    let mut by_reason = BTreeMap::new();
-    for (_, reason, n) in &dropped {
-        *by_reason.entry(*reason).or_default() += *n as u64;
-    }
+    let (dropped, by_reason) = rules::dropped_links(pages, capped);
     for chunk in statement_chunks(&dropped) {
         let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO dropped_links (url_id, reason, count) ");
         q.push_values(chunk, |mut row, (url_id, reason, n)| {
@@ -1200,16 +1149,7 @@ async fn lower_depths(
     if links.is_empty() {
         return Ok(());
     }
-    // (url, depth, found_on), the shortest per URL first.
-    let mut shortest: BTreeMap<&str, (u32, Option<i64>)> = BTreeMap::new();
-    for link in links {
-        let entry = shortest.entry(link.url.as_str()).or_insert((link.depth, link.found_on));
-        if link.depth < entry.0 {
-            *entry = (link.depth, link.found_on);
-        }
-    }
-    let candidates: Vec<(&str, u32, Option<i64>)> =
-        shortest.into_iter().map(|(u, (d, f))| (u, d, f)).collect();
+    let candidates = rules::shortest_paths(links);
     // The lowered URLs and their descendants, each with its new depth, the
     // page that gives it, and its depth and state before.
     let lowered: Vec<(i64, i64, Option<i64>, i64, String)> = sqlx::query_as(
@@ -1233,13 +1173,10 @@ async fn lower_depths(
     if lowered.is_empty() {
         return Ok(());
     }
-    let max_depth = i64::from(max_depth);
     let rows: Vec<(i64, i64, Option<i64>, bool)> = lowered
         .into_iter()
         .map(|(id, depth, via, before, state)| {
-            let unparsed =
-                before >= max_depth && depth < max_depth && (state == "done" || state == "in_flight");
-            (id, depth, via, unparsed)
+            (id, depth, via, rules::refetch_when_lowered(before, depth, max_depth, &state))
         })
         .collect();
     let rows_json = json_array(&rows);
@@ -1274,15 +1211,12 @@ async fn lower_depths(
 }
 
 /// Splits discovered links into those that may be inserted under `limits`
-/// and the page-limit drops, as `(found_on, reason, n)` rows. A link to a URL
-/// already stored is always admitted (it adds an edge, not a URL), so a cap
-/// never thins the link graph; new URLs are admitted in order while the
-/// total and their host have room.
+/// and the page-limit drops ([`rules::admit`], given what is stored).
 async fn apply_page_limits(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     links: &[&NewUrl],
     limits: PageLimits,
-) -> Result<(Vec<NewUrl>, Vec<(i64, DropReason, i64)>), StoreError> {
+) -> Result<(Vec<NewUrl>, Vec<rules::DroppedRow>), StoreError> {
     if (limits.total.is_none() && limits.per_host.is_none()) || links.is_empty() {
         return Ok((links.iter().map(|l| (*l).clone()).collect(), Vec::new()));
     }
@@ -1295,7 +1229,7 @@ async fn apply_page_limits(
             .map_err(db("look up discovered URLs"))?
             .into_iter()
             .collect();
-    let mut total_room = match limits.total {
+    let total_room = match limits.total {
         Some(cap) => {
             let stored: i64 = sqlx::query_scalar("SELECT coalesce(sum(urls), 0) FROM hosts")
                 .fetch_one(&mut **tx)
@@ -1322,57 +1256,19 @@ async fn apply_page_limits(
                 .insert(host.to_owned(), cap.saturating_sub(stored.get(host).copied().unwrap_or(0) as u64));
         }
     }
-    let mut admitted = Vec::with_capacity(links.len());
-    let mut dropped: BTreeMap<(i64, DropReason), i64> = BTreeMap::new();
-    let mut taken = BTreeSet::new();
-    for link in links {
-        if known.contains(&link.url) || taken.contains(link.url.as_str()) {
-            admitted.push((*link).clone());
-            continue;
-        }
-        let found_on = link.found_on.unwrap_or_default();
-        if total_room == Some(0) {
-            *dropped.entry((found_on, DropReason::MaxPages)).or_default() += 1;
-            continue;
-        }
-        if let Some(room) = host_room.get_mut(&link.host) {
-            if *room == 0 {
-                *dropped.entry((found_on, DropReason::MaxPagesPerHost)).or_default() += 1;
-                continue;
-            }
-            *room -= 1;
-        }
-        if let Some(room) = total_room.as_mut() {
-            *room -= 1;
-        }
-        taken.insert(link.url.as_str());
-        admitted.push((*link).clone());
-    }
-    Ok((admitted, dropped.into_iter().map(|((url_id, reason), n)| (url_id, reason, n)).collect()))
+    Ok(rules::admit(links, &known, total_room, host_room))
 }
 
-/// Moves hosts' `work_at_ms` earlier for retries and records host backoffs.
-/// Completions are folded per host first: `UPDATE … FROM` applies only one
-/// joined row per target row.
+/// Moves hosts' `work_at_ms` earlier for retries and records host backoffs
+/// ([`rules::host_changes`]).
 async fn update_hosts(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     completions: &[Completion],
 ) -> Result<(), StoreError> {
-    let mut per_host: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
-    for c in completions {
-        let retry_at = c.next.due_at().unwrap_or(NEVER);
-        let backoff_until = c.host_backoff_until_ms.unwrap_or(0);
-        if retry_at == NEVER && backoff_until == 0 {
-            continue;
-        }
-        let entry = per_host.entry(&c.host).or_insert((NEVER, 0));
-        entry.0 = entry.0.min(retry_at);
-        entry.1 = entry.1.max(backoff_until);
-    }
-    let rows: Vec<(&str, (i64, i64))> = per_host.into_iter().collect();
+    let rows = rules::host_changes(completions);
     for chunk in statement_chunks(&rows) {
         let mut q = QueryBuilder::<Sqlite>::new("WITH v(host, work_at_ms, backoff_until_ms) AS (");
-        q.push_values(chunk, |mut row, (host, (work_at, backoff_until))| {
+        q.push_values(chunk, |mut row, (host, work_at, backoff_until)| {
             row.push_bind(*host).push_bind(*work_at).push_bind(*backoff_until);
         });
         q.push(
