@@ -43,8 +43,9 @@ pub struct CommonArgs {
     /// TOML config file (see config/trawler.toml for every key).
     #[arg(long, short = 'c', env = "TRAWLER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// SQLite database file [config: store.path, default trawler.db].
-    #[arg(long, value_name = "PATH")]
+    /// SQLite database file, or a PostgreSQL database as postgres://user@host/db
+    /// [config: store.path, default trawler.db; store.url].
+    #[arg(long, value_name = "PATH|URL")]
     pub db: Option<PathBuf>,
     /// Log format [config: log.format]; the filter comes from RUST_LOG (default info).
     #[arg(long, value_enum)]
@@ -141,7 +142,10 @@ impl CommonArgs {
     pub fn overrides(&self) -> Map<String, Value> {
         let mut out = Map::new();
         if let Some(db) = &self.db {
-            set(&mut out, "store", "path", json!(db));
+            match db.to_str().filter(|db| crate::config::is_postgres_url(db)) {
+                Some(url) => set(&mut out, "store", "url", json!(url)),
+                None => set(&mut out, "store", "path", json!(db)),
+            }
         }
         if let Some(format) = self.log_format {
             set(&mut out, "log", "format", json!(format));
@@ -232,6 +236,23 @@ mod tests {
         assert_eq!(config.crawl.concurrency.get(), 5);
         assert_eq!(config.retry.max_attempts.get(), 2);
         assert_eq!(config.shutdown.grace, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_postgres_url_in_db_names_a_postgres_database_and_is_printed_without_its_password() {
+        let cli =
+            Cli::parse_from(["trawler", "stats", "--db", "PostgreSQL://crawler:hunter2@db.internal/crawl"]);
+        let Command::Stats(args) = cli.command else { panic!("stats expected") };
+        let config = Config::load(None, args.common.overrides()).unwrap();
+        assert_eq!(config.store.url.as_deref(), Some("PostgreSQL://crawler:hunter2@db.internal/crawl"));
+        assert_eq!(config.store.path, PathBuf::from("trawler.db"), "the SQLite default, unused");
+        let printed = config.to_toml();
+        assert!(printed.contains("db.internal/crawl") && !printed.contains("hunter2"), "{printed}");
+
+        let cli = Cli::parse_from(["trawler", "stats", "--db", "postgres.db"]);
+        let Command::Stats(args) = cli.command else { panic!("stats expected") };
+        let config = Config::load(None, args.common.overrides()).unwrap();
+        assert_eq!((config.store.url, config.store.path), (None, PathBuf::from("postgres.db")));
     }
 
     #[test]

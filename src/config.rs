@@ -286,7 +286,7 @@ pub struct CrawlConfig {
     pub recrawl_after: Option<Duration>,
     /// URLs in flight with no result committed for this long means the crawl
     /// has stalled: it stops with an error (exit status 1). Raised at start
-    /// to [`CrawlConfig::longest_quiet`] when shorter, so that no legitimate
+    /// to [`Config::longest_quiet`] when shorter, so that no legitimate
     /// wait counts as a stall.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
@@ -389,8 +389,13 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// The database file; created if missing.
+    /// The SQLite database file; created if missing. Unused when `url` is set.
     pub path: PathBuf,
+    /// A PostgreSQL database instead of the SQLite file:
+    /// `postgres://user@host:port/db` (libpq's URI form; a password in
+    /// `PGPASSWORD` rather than here). The database must exist; trawler
+    /// creates its tables. `--db` takes either a path or such a URL.
+    pub url: Option<String>,
     /// SQLite `synchronous` in WAL mode: `"normal"` survives a process crash,
     /// `"full"` also survives a power cut (sqlite.org/pragma.html#pragma_synchronous).
     pub synchronous: Synchronous,
@@ -414,6 +419,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("trawler.db"),
+            url: None,
             synchronous: Synchronous::Normal,
             save_headers: false,
             save_body: false,
@@ -708,13 +714,28 @@ impl Config {
         if self.store.path.as_os_str().is_empty() {
             return invalid("store.path", "must not be empty");
         }
+        if let Some(url) = &self.store.url
+            && !is_postgres_url(url)
+        {
+            return invalid("store.url", "must be a postgres:// or postgresql:// URL");
+        }
         Ok(())
     }
 
-    /// The effective configuration as TOML, for `trawler config`.
+    /// The effective configuration as TOML, for `trawler config`, with the
+    /// password of `store.url` replaced by `***`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("every config value has a TOML form")
+        let mut shown = self.clone();
+        shown.store.url = shown.store.url.map(|url| crate::redact::ForLog(&url).to_string());
+        toml::to_string_pretty(&shown).expect("every config value has a TOML form")
     }
+}
+
+/// Whether `text` names a PostgreSQL database (`postgres://` or
+/// `postgresql://`, the schemes libpq accepts), not a SQLite file.
+pub fn is_postgres_url(text: &str) -> bool {
+    let lower = text.get(..13).unwrap_or(text).to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
 }
 
 /// figment's errors, one per line, each naming its key as written in the

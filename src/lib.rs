@@ -31,7 +31,7 @@
 //! | [`fetch`] | one HTTP attempt; the only module that knows reqwest |
 //! | [`retry`] | the pure retry/backoff decision |
 //! | [`writer`] | batching completions into transactions |
-//! | [`store`] | the frontier interface with lease semantics; [`store::Backend`] is what callers hold, one variant per database engine; [`store::sqlite`] knows sqlx |
+//! | [`store`] | the frontier interface with lease semantics; [`store::Backend`] is what callers hold, one variant per database engine ([`store::sqlite`], [`store::postgres`]) |
 //! | [`report`] | `trawler stats` and `trawler export`, read-only |
 //! | [`redact`] | no credentials, secret query values or control characters in logs |
 //! | [`stats`], [`progress`] | counters, summary, progress bar / progress lines |

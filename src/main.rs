@@ -57,12 +57,10 @@ fn main() -> ExitCode {
                 run(|shutdown| async move { trawler::serve(&config, &shutdown, Some(reloader)).await }).await
             }
             Command::Enqueue(args) => enqueue(&config, args).await,
-            Command::Stats(args) => {
-                match report::stats(&config.store.path, args.json, std::io::stdout()).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => fail(e),
-                }
-            }
+            Command::Stats(args) => match report::stats(&config.store, args.json, std::io::stdout()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            },
             Command::Export(args) => export(&config, args).await,
             Command::Config(_) => unreachable!("handled above"),
         }
@@ -142,7 +140,7 @@ async fn export(config: &Config, args: trawler::cli::ExportArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let filter = ExportFilter { state: args.state, since };
-    match report::export(&config.store.path, args.format, &filter, std::io::stdout().lock()).await {
+    match report::export(&config.store, args.format, &filter, std::io::stdout().lock()).await {
         Ok(rows) => {
             tracing::info!(rows, "exported");
             ExitCode::SUCCESS

@@ -5,9 +5,9 @@
 //! the `results` view as JSON lines or CSV (the `csv` crate quotes), one row
 //! at a time, so memory stays flat for any size of database.
 
+use crate::config::StoreConfig;
 use std::fmt;
 use std::io::Write;
-use std::path::Path;
 
 use futures::StreamExt;
 
@@ -24,12 +24,12 @@ pub enum ExportFormat {
     Csv,
 }
 
-/// Writes a stats snapshot of the database at `path` to `out`, as text or
+/// Writes a stats snapshot of the database `config` names to `out`, as text or
 /// as one JSON object.
 ///
 /// Errors: the database cannot be read; `out` cannot be written.
-pub async fn stats(path: &Path, json: bool, mut out: impl Write) -> Result<(), CrawlError> {
-    let store = Backend::open_read_only(path).await?;
+pub async fn stats(config: &StoreConfig, json: bool, mut out: impl Write) -> Result<(), CrawlError> {
+    let store = Backend::open_read_only(config).await?;
     let report = store.stats(now_ms()).await?;
     store.close().await;
     if json {
@@ -41,7 +41,7 @@ pub async fn stats(path: &Path, json: bool, mut out: impl Write) -> Result<(), C
     Ok(())
 }
 
-/// Streams the `results` rows of the database at `path` that match `filter`
+/// Streams the `results` rows of the database `config` names that match `filter`
 /// to `out`. Returns how many rows were written. A reader that goes away
 /// (`trawler export | head`: a closed pipe) ends the export quietly, as
 /// `sqlite3` or `grep` end, with the rows written so far.
@@ -49,12 +49,12 @@ pub async fn stats(path: &Path, json: bool, mut out: impl Write) -> Result<(), C
 /// Errors: the database cannot be read; `out` cannot be written for another
 /// reason (a full disk).
 pub async fn export(
-    path: &Path,
+    config: &StoreConfig,
     format: ExportFormat,
     filter: &ExportFilter,
     out: impl Write,
 ) -> Result<u64, CrawlError> {
-    let store = Backend::open_read_only(path).await?;
+    let store = Backend::open_read_only(config).await?;
     let mut rows = 0;
     let written = async {
         let mut stream = std::pin::pin!(store.export(filter));

@@ -4,11 +4,11 @@
 //! module beside `sqlite.rs`, with the [`Store`] trait written once for it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
 
+use super::postgres::PgStore;
 use super::sqlite::{Checkpoint, SqliteStore};
 use super::{
     Committed, Completion, ExportFilter, InputError, Job, LockWaits, NewUrl, PageLimits, RecrawlPolicy,
@@ -16,18 +16,25 @@ use super::{
 };
 use crate::config::StoreConfig;
 
-/// A trawler database, on one of the engines trawler supports (today SQLite,
-/// the embedded default).
+/// A trawler database, on one of the engines trawler supports: SQLite, the
+/// embedded default, or PostgreSQL (`store.url`).
 pub enum Backend {
     /// A SQLite file, owned by one crawler process at a time.
     Sqlite(SqliteStore),
+    /// A PostgreSQL database.
+    Postgres(PgStore),
 }
+
+/// Connections to PostgreSQL per process: the writer, the producer, the
+/// input, the API and the gauges each need one at times.
+const PG_CONNECTIONS: u32 = 8;
 
 /// Runs `$body` with `$s` bound to the engine's own store.
 macro_rules! each {
     ($self:expr, $s:ident => $body:expr) => {
         match $self {
             Backend::Sqlite($s) => $body,
+            Backend::Postgres($s) => $body,
         }
     };
 }
@@ -37,12 +44,16 @@ impl Backend {
     /// it if missing and applying pending migrations. URLs a crashed run left
     /// in flight stay so until the caller runs [`Store::requeue_in_flight`].
     ///
-    /// Errors: [`StoreError::Locked`] when another crawler owns it;
+    /// Errors: [`StoreError::Locked`] (SQLite) or [`StoreError::InUse`]
+    /// (PostgreSQL) when another crawler owns it;
     /// [`StoreError::NewerSchema`] when it holds migrations this binary does
     /// not know; [`StoreError::Database`] when it cannot be created, opened
     /// or migrated.
     pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
-        Ok(Self::Sqlite(SqliteStore::open(config).await?))
+        match &config.url {
+            Some(url) => Ok(Self::Postgres(PgStore::open_owned(url, PG_CONNECTIONS).await?)),
+            None => Ok(Self::Sqlite(SqliteStore::open(config).await?)),
+        }
     }
 
     /// Opens the database to add URLs (`trawler enqueue`), whether or not a
@@ -51,8 +62,12 @@ impl Backend {
     /// URLs up on its next look. Only [`Store::enqueue`],
     /// [`Store::record_input_errors`] and reads are meant for such a store.
     ///
-    /// Errors: as [`Backend::open`], except [`StoreError::Locked`].
+    /// Errors: as [`Backend::open`], except [`StoreError::Locked`] and
+    /// [`StoreError::InUse`].
     pub async fn open_to_enqueue(config: &StoreConfig) -> Result<Self, StoreError> {
+        if let Some(url) = &config.url {
+            return Ok(Self::Postgres(PgStore::open(url, 2).await?));
+        }
         match SqliteStore::open(config).await {
             Ok(store) => Ok(Self::Sqlite(store)),
             Err(StoreError::Locked { .. }) => Ok(Self::Sqlite(SqliteStore::open_shared(config).await?)),
@@ -63,9 +78,16 @@ impl Backend {
     /// Opens an existing database for reading only (`trawler stats`,
     /// `trawler export`): no lock, no migrations, nothing written.
     ///
+    /// On PostgreSQL, a newer schema is refused and a missing one created,
+    /// as for any other open: the server, not this process, decides who
+    /// may write.
+    ///
     /// Errors: [`StoreError::Database`] when it is missing or unreadable.
-    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self::Sqlite(SqliteStore::open_read_only(path).await?))
+    pub async fn open_read_only(config: &StoreConfig) -> Result<Self, StoreError> {
+        match &config.url {
+            Some(url) => Ok(Self::Postgres(PgStore::open(url, 2).await?)),
+            None => Ok(Self::Sqlite(SqliteStore::open_read_only(&config.path).await?)),
+        }
     }
 
     /// The `results` view's rows matching `filter`, in `url_id` order, as a
@@ -102,14 +124,21 @@ impl Backend {
     ///
     /// Errors: the database cannot be written.
     pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
-        each!(self, s => s.checkpoint().await.map(Some))
+        match self {
+            Backend::Sqlite(s) => s.checkpoint().await.map(Some),
+            Backend::Postgres(_) => Ok(None),
+        }
     }
 
     /// Makes writes waiting for another process's lock fail with
     /// [`StoreError::Busy`] instead of waiting on (the crawl's teardown,
     /// after its grace period).
     pub fn give_up_waiting(&self) {
-        each!(self, s => s.give_up_waiting())
+        match self {
+            Backend::Sqlite(s) => s.give_up_waiting(),
+            // Nothing waits for a database-wide lock on PostgreSQL.
+            Backend::Postgres(_) => {}
+        }
     }
 
     /// How long writes have been waiting for another process's lock, shared

@@ -36,6 +36,13 @@ pub enum StoreError {
          readers such as sqlite3 may still open it"
     )]
     Locked { path: String, lock: String },
+    /// Another daemon crawls this PostgreSQL database (it holds the
+    /// database's owner lock).
+    #[error(
+        "{database} is being crawled by another trawler daemon; one daemon crawls a PostgreSQL database \
+         at a time (trawler enqueue, stats and export may run beside it)"
+    )]
+    InUse { database: String },
     /// The database was written by a newer trawler whose schema this binary
     /// does not know.
     #[error(

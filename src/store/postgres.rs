@@ -1,15 +1,34 @@
-//! The PostgreSQL engine, for several daemons sharing one crawl: connecting
-//! and the schema (`migrations/postgres/`, the same public interface as
-//! SQLite's at the same version). The frontier's operations on PostgreSQL
-//! (host leases, fenced completions) are not written yet, so no command
-//! opens a PostgreSQL database so far.
+//! The PostgreSQL engine: the same frontier and result log as SQLite's, in
+//! a database on a PostgreSQL server (`migrations/postgres/`, the same
+//! public schema at the same version).
+//!
+//! Hosts are leased: a claim takes, for each picked host, a lease with this
+//! daemon's worker name, a fencing token from the `lease_tokens` sequence
+//! and an expiry by the database's clock (`now()`), and puts the host's due
+//! URLs in flight under that token. A completion takes effect only if its
+//! URL still carries the token; otherwise its attempt is kept with outcome
+//! `stale_lease` and changes nothing else. Until lease renewal and the
+//! sharing of politeness across daemons are written, one daemon crawls a
+//! database at a time ([`PgStore::open_owned`] takes an advisory lock);
+//! `trawler enqueue`, `stats` and `export` may run beside it.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use futures::TryStreamExt;
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Transaction};
+use tokio::sync::Mutex;
 
-use super::StoreError;
+use super::rules::{self, duration_ms, to_i64, unix_ms};
+use super::{
+    Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl, PageLimits,
+    RecrawlPolicy, ResultRow, StateCounts, StatsReport, Store, StoreError, UrlState,
+};
+use crate::fetch::ErrorKind;
 use crate::redact::ForLog;
 
 /// PostgreSQL's migrations. Their versions are the same public schema as
@@ -20,18 +39,50 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The advisory lock (`pg_try_advisory_lock`) a crawling daemon holds on its
+/// database for as long as it runs: the first 8 bytes of "trawler\0".
+const OWNER_LOCK: i64 = 0x7472_6177_6c65_7200;
+
+/// `attempts.outcome` of a completion whose lease was lost.
+const STALE_LEASE: &str = "stale_lease";
+
+/// The `results` view as [`ResultRow`] reads it: integers widened to
+/// bigint, `fetched_at` as RFC 3339 UTC text with milliseconds.
+macro_rules! results_select {
+    () => {
+        "SELECT * FROM (SELECT url_id, url, host, state, http_status::int8 AS http_status, error_kind,
+                attempts::int8 AS attempts, elapsed_ms,
+                to_char(fetched_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS fetched_at,
+                fetched_at AS fetched_at_tz, final_url, redirects::int8 AS redirects, content_type, body_bytes,
+                body_sha256, error_message, depth::int8 AS depth, found_on
+         FROM results) AS results"
+    };
+}
+
 /// A trawler database on a PostgreSQL server.
 pub struct PgStore {
     pool: PgPool,
+    /// The URL without its password, for messages.
+    shown: String,
+    /// This daemon's name in `hosts.lease_owner` and `attempts.worker`:
+    /// host name, process id and a random suffix, unique per run.
+    worker: String,
+    /// The connection holding [`OWNER_LOCK`], for a store opened with
+    /// [`open_owned`](Self::open_owned); closing it releases the lock.
+    owner: Mutex<Option<PgConnection>>,
+    /// PostgreSQL has no database-wide write lock to wait for: never set.
+    waits: Arc<LockWaits>,
 }
 
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user@host:port/db`,
-    /// libpq's URI form; the password, if any, in the URL or in `PGPASSWORD`)
+    /// libpq's URI form; the password, if any, in the URL, `PGPASSWORD` or
+    /// `~/.pgpass`, which sqlx reads as libpq does)
     /// with at most `max_connections` connections, and applies pending
-    /// migrations. Several daemons may open one database at once: sqlx
+    /// migrations. Several processes may open one database at once: sqlx
     /// takes PostgreSQL's advisory lock while it migrates, so only one
-    /// applies a migration.
+    /// applies a migration. Such a store may enqueue and read; crawling
+    /// needs [`open_owned`](Self::open_owned).
     ///
     /// Errors: [`StoreError::NewerSchema`] when the database holds
     /// migrations this binary does not know; [`StoreError::Database`] when
@@ -51,7 +102,36 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Database { context: "open", source: format!("{shown}: {e}").into() })?;
         migrate(&pool, &shown).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            shown,
+            worker: worker_name(),
+            owner: Mutex::new(None),
+            waits: Arc::new(LockWaits::default()),
+        })
+    }
+
+    /// Opens the database as [`open`](Self::open) does, for crawling: takes
+    /// the database's owner lock, which PostgreSQL releases when this
+    /// store's connection closes (a crashed daemon's too).
+    ///
+    /// Errors: [`StoreError::InUse`] when another daemon crawls the
+    /// database; otherwise as [`open`](Self::open).
+    pub async fn open_owned(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let store = Self::open(url, max_connections).await?;
+        let mut owner = store.pool.acquire().await.map_err(db("take the owner lock"))?.detach();
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(OWNER_LOCK)
+            .fetch_one(&mut owner)
+            .await
+            .map_err(db("take the owner lock"))?;
+        if !locked {
+            let _ = owner.close().await;
+            store.close().await;
+            return Err(StoreError::InUse { database: store.shown });
+        }
+        *store.owner.lock().await = Some(owner);
+        Ok(store)
     }
 
     /// The schema version the database is at: its newest applied migration.
@@ -61,13 +141,153 @@ impl PgStore {
         sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success")
             .fetch_one(&self.pool)
             .await
-            .map_err(|e| StoreError::Database { context: "schema version", source: Box::new(e) })
+            .map_err(db("schema version"))
     }
 
-    /// Closes the connections.
+    /// This daemon's worker name (`hosts.lease_owner`, `attempts.worker`).
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// The `results` view's rows matching `filter`, in `url_id` order, as a
+    /// stream; times as RFC 3339 UTC text, as SQLite stores them.
+    pub fn export<'a>(
+        &'a self,
+        filter: &'a ExportFilter,
+    ) -> impl futures::Stream<Item = Result<ResultRow, StoreError>> + 'a {
+        sqlx::query_as::<_, ResultRow>(concat!(
+            results_select!(),
+            " WHERE ($1::text IS NULL OR state = $1) AND ($2::timestamptz IS NULL OR fetched_at_tz >= $2::timestamptz)
+             ORDER BY url_id IS NULL, url_id"
+        ))
+        .bind(filter.state.as_deref())
+        .bind(filter.since.as_deref())
+        .fetch(&self.pool)
+        .map_err(|e| StoreError::Database { context: "export", source: Box::new(e) })
+    }
+
+    /// The `results` row of the URL with id `url_id`, if there is one.
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn result(&self, url_id: i64) -> Result<Option<ResultRow>, StoreError> {
+        sqlx::query_as(concat!(results_select!(), " WHERE url_id = $1"))
+            .bind(url_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read one result"))
+    }
+
+    /// The ids of those of `urls` that are stored, by URL.
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn ids(&self, urls: &[&str]) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT url, id FROM urls WHERE url = ANY($1::text[])")
+            .bind(urls)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("look up URL ids"))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// A snapshot for `trawler stats` at `now_ms` (Unix ms).
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn stats(&self, now_ms: i64) -> Result<StatsReport, StoreError> {
+        let counts = self.counts().await?;
+        let pairs = |sql: &'static str| async move {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as(sql).fetch_all(&self.pool).await.map_err(db("stats"))?;
+            Ok::<_, StoreError>(rows.into_iter().map(|(k, n)| (k, n as u64)).collect::<Vec<_>>())
+        };
+        let since = |ms: i64| async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM attempts WHERE started_ms >= $1")
+                .bind(ms)
+                .fetch_one(&self.pool)
+                .await
+                .map(|n| n as u64)
+                .map_err(db("stats"))
+        };
+        let percentile = |q: f64| async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT elapsed_ms FROM attempts WHERE started_ms >= $1 ORDER BY elapsed_ms
+                 LIMIT 1 OFFSET (SELECT (count(*) * $2)::int8 FROM attempts WHERE started_ms >= $1)",
+            )
+            .bind(now_ms - 3_600_000)
+            .bind(q)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("stats"))
+        };
+        let recrawls: (i64, Option<i64>) =
+            sqlx::query_as("SELECT count(*), min(recrawl_at_ms) FROM urls WHERE recrawl_at_ms IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("stats"))?;
+        Ok(StatsReport {
+            queued: counts.queued,
+            in_flight: counts.in_flight,
+            done: counts.done,
+            failed: counts.failed,
+            invalid_lines: counts.invalid_lines,
+            outcomes: pairs(
+                "SELECT coalesce(error_kind, (http_status / 100) || 'xx'), count(*) FROM results
+                 WHERE state IN ('done', 'failed') GROUP BY 1 ORDER BY 2 DESC, 1",
+            )
+            .await?,
+            dropped_links: pairs(
+                "SELECT reason, sum(count)::int8 FROM dropped_links GROUP BY reason ORDER BY 2 DESC, 1",
+            )
+            .await?,
+            top_hosts: pairs("SELECT host, count(*) FROM urls GROUP BY host ORDER BY 2 DESC, 1 LIMIT 10").await?,
+            top_failing_hosts: pairs(
+                "SELECT host, count(*) FROM urls WHERE state = 'failed' GROUP BY host ORDER BY 2 DESC, 1 LIMIT 10",
+            )
+            .await?,
+            attempts_last_minute: since(now_ms - 60_000).await?,
+            attempts_last_hour: since(now_ms - 3_600_000).await?,
+            latency_p50_ms: percentile(0.50).await?,
+            latency_p95_ms: percentile(0.95).await?,
+            recrawls_scheduled: recrawls.0 as u64,
+            next_recrawl_at: recrawls.1.map(rules::rfc3339_from_ms),
+        })
+    }
+
+    /// How long writes have waited for another process's lock: PostgreSQL
+    /// locks rows, not the database, so this stays empty.
+    pub fn lock_waits(&self) -> Arc<LockWaits> {
+        self.waits.clone()
+    }
+
+    /// When the oldest claim still in flight was taken (Unix ms), if any.
+    ///
+    /// Errors: the read failed.
+    pub async fn oldest_lease_ms(&self) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT min(leased_at_ms) FROM urls WHERE state = 'in_flight'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("oldest lease"))
+    }
+
+    /// Closes the connections, the owner lock's too.
     pub async fn close(&self) {
+        if let Some(owner) = self.owner.lock().await.take() {
+            let _ = owner.close().await;
+        }
         self.pool.close().await;
     }
+}
+
+/// This run's worker name: `host:pid:random`.
+fn worker_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "localhost".to_owned()
+    };
+    format!("{host}:{}:{:08x}", std::process::id(), rand::random::<u32>())
 }
 
 async fn migrate(pool: &PgPool, shown: &str) -> Result<(), StoreError> {
@@ -80,4 +300,682 @@ async fn migrate(pool: &PgPool, shown: &str) -> Result<(), StoreError> {
         }),
         Err(e) => Err(StoreError::Database { context: "migrate", source: format!("{shown}: {e}").into() }),
     }
+}
+
+/// How long a host lease lasts without renewal, by the database's clock.
+const LEASE: Duration = Duration::from_secs(60);
+
+/// Tries of a transaction that PostgreSQL aborted to resolve a deadlock or
+/// a serialization conflict (SQLSTATE 40P01, 40001), which other daemons'
+/// transactions on the same rows can cause; each try is a whole
+/// transaction, so trying again is safe.
+const CONFLICT_TRIES: u32 = 5;
+
+impl PgStore {
+    /// Runs the transaction `op` again when PostgreSQL aborted it as a
+    /// deadlock victim or a serialization failure, up to [`CONFLICT_TRIES`]
+    /// times.
+    async fn writing<T, F>(&self, mut op: impl FnMut() -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match op().await {
+                Err(e) if tries < CONFLICT_TRIES && is_conflict(&e) => {
+                    tracing::debug!(
+                        "transaction aborted by a conflict with another daemon, trying again: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
+                }
+                other => return other.map_err(db("write")),
+            }
+        }
+    }
+}
+
+/// Whether `e` is a deadlock or serialization failure (PostgreSQL manual,
+/// Appendix A: 40P01 deadlock_detected, 40001 serialization_failure).
+fn is_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")))
+}
+
+/// A store error for `e` in `context`: disk full (SQLSTATE 53100) is
+/// [`StoreError::DiskFull`], anything else [`StoreError::Database`].
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("53100") => StoreError::DiskFull { context },
+        _ => StoreError::Database { context, source: Box::new(e) },
+    }
+}
+
+/// Inserts URLs not known yet and marks their hosts as having work, in the
+/// caller's transaction. Returns how many were new.
+async fn insert_urls(tx: &mut Transaction<'_, Postgres>, urls: &[NewUrl]) -> Result<u64, sqlx::Error> {
+    if urls.is_empty() {
+        return Ok(0);
+    }
+    let hosts: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO urls (url, host, added_at, depth, found_on)
+         SELECT url, host, now(), depth, found_on
+         FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[]) AS v(url, host, depth, found_on)
+         ON CONFLICT (url) DO NOTHING
+         RETURNING host",
+    )
+    .bind(urls.iter().map(|u| u.url.as_str()).collect::<Vec<_>>())
+    .bind(urls.iter().map(|u| u.host.as_str()).collect::<Vec<_>>())
+    .bind(urls.iter().map(|u| i32::try_from(u.depth).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(urls.iter().map(|u| u.found_on).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut new_hosts: BTreeMap<&str, i64> = BTreeMap::new();
+    for host in &hosts {
+        *new_hosts.entry(host).or_default() += 1;
+    }
+    if !new_hosts.is_empty() {
+        // Sorted by host (a BTreeMap), so daemons lock host rows in one order.
+        sqlx::query(
+            "INSERT INTO hosts (host, work_at_ms, urls)
+             SELECT host, 0, n FROM unnest($1::text[], $2::int8[]) AS v(host, n)
+             ON CONFLICT (host) DO UPDATE SET work_at_ms = 0, urls = hosts.urls + excluded.urls",
+        )
+        .bind(new_hosts.keys().copied().collect::<Vec<_>>())
+        .bind(new_hosts.values().copied().collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(hosts.len() as u64)
+}
+
+impl Store for PgStore {
+    async fn enqueue(&self, urls: &[NewUrl]) -> Result<u64, StoreError> {
+        self.writing(|| async {
+            let mut tx = self.pool.begin().await?;
+            let new = insert_urls(&mut tx, urls).await?;
+            tx.commit().await?;
+            Ok(new)
+        })
+        .await
+    }
+
+    async fn record_input_errors(&self, errors: &[InputError]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO input_errors (source, line, text, reason, recorded_at)
+             SELECT source, line, text, reason, now()
+             FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[]) AS v(source, line, text, reason)
+             ON CONFLICT (source, line, text) DO NOTHING",
+        )
+        .bind(errors.iter().map(|e| e.source.as_str()).collect::<Vec<_>>())
+        .bind(errors.iter().map(|e| to_i64(e.line)).collect::<Vec<_>>())
+        .bind(errors.iter().map(|e| e.text.as_str()).collect::<Vec<_>>())
+        .bind(errors.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await
+        .map_err(db("record input errors"))?;
+        Ok(())
+    }
+
+    async fn ready_hosts(&self, now_ms: i64, busy: &[String], limit: u32) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT host FROM hosts
+             WHERE ready_at_ms <= $1 AND host <> ALL($2::text[])
+               AND (lease_owner IS NULL OR lease_owner = $4 OR lease_expires_at < now())
+             ORDER BY ready_at_ms LIMIT $3",
+        )
+        .bind(now_ms)
+        .bind(busy)
+        .bind(i64::from(limit))
+        .bind(&self.worker)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("ready hosts"))
+    }
+
+    async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Vec<Job>, StoreError> {
+        let hosts: Vec<&str> = {
+            let mut hosts: Vec<&str> = picks.iter().map(|(host, _)| host.as_str()).collect();
+            hosts.sort_unstable();
+            hosts.dedup();
+            hosts
+        };
+        let wanted: BTreeMap<&str, u32> = picks.iter().map(|(host, n)| (host.as_str(), *n)).collect();
+        let mut jobs = self
+            .writing(|| async {
+                let mut tx = self.pool.begin().await?;
+                // Lease the picked hosts that no other daemon holds (or whose
+                // lease lapsed); a host this daemon holds keeps its token.
+                // Hosts another transaction is leasing right now are skipped.
+                let leased: Vec<(String, i64, bool)> = sqlx::query_as(
+                    "WITH p AS (
+                         SELECT host, lease_owner AS old_owner FROM hosts
+                         WHERE host = ANY($1::text[])
+                           AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < now())
+                         ORDER BY host FOR UPDATE SKIP LOCKED)
+                     UPDATE hosts SET
+                         lease_token = CASE WHEN hosts.lease_owner = $2 THEN hosts.lease_token
+                                            ELSE nextval('lease_tokens') END,
+                         lease_owner = $2,
+                         lease_expires_at = now() + make_interval(secs => $3)
+                     FROM p WHERE hosts.host = p.host
+                     RETURNING hosts.host, hosts.lease_token, p.old_owner IS NOT NULL AND p.old_owner <> $2",
+                )
+                .bind(&hosts)
+                .bind(&self.worker)
+                .bind(LEASE.as_secs_f64())
+                .fetch_all(&mut *tx)
+                .await?;
+                // A lapsed lease taken over: what its owner had in flight goes
+                // back to the queue, and its late completions will be stale.
+                let taken_over: Vec<&str> =
+                    leased.iter().filter(|(_, _, taken)| *taken).map(|(host, _, _)| host.as_str()).collect();
+                if !taken_over.is_empty() {
+                    sqlx::query(
+                        "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
+                         WHERE state = 'in_flight' AND host = ANY($1::text[])",
+                    )
+                    .bind(&taken_over)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let counts: Vec<i32> = leased
+                    .iter()
+                    .map(|(host, _, _)| i32::try_from(wanted[host.as_str()]).unwrap_or(i32::MAX))
+                    .collect();
+                let rows: Vec<(i64, String, i32, i32, String, i64)> = sqlx::query_as(
+                    "WITH p AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[]) AS p(host, token, n)),
+                     c AS (SELECT u.id, p.token FROM p CROSS JOIN LATERAL (
+                              SELECT id FROM urls
+                              WHERE host = p.host AND state = 'queued' AND not_before_ms <= $4
+                              ORDER BY not_before_ms, id LIMIT p.n
+                              FOR UPDATE SKIP LOCKED) AS u)
+                     UPDATE urls SET state = 'in_flight', lease = c.token, leased_at_ms = $4
+                     FROM c WHERE urls.id = c.id
+                     RETURNING urls.id, urls.url, urls.attempts - urls.attempts_before, urls.depth, urls.host,
+                               urls.lease",
+                )
+                .bind(leased.iter().map(|(host, _, _)| host.as_str()).collect::<Vec<_>>())
+                .bind(leased.iter().map(|(_, token, _)| *token).collect::<Vec<_>>())
+                .bind(&counts)
+                .bind(now_ms)
+                .fetch_all(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE hosts SET work_at_ms = coalesce(
+                         (SELECT min(not_before_ms) FROM urls WHERE urls.host = hosts.host AND urls.state = 'queued'),
+                         9223372036854775807)
+                     WHERE host = ANY($1::text[])",
+                )
+                .bind(leased.iter().map(|(host, _, _)| host.as_str()).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(url_id, url, attempts, depth, host, lease)| Job {
+                        url_id,
+                        url,
+                        attempt: u32::try_from(attempts).unwrap_or(0) + 1,
+                        depth: u32::try_from(depth).unwrap_or(0),
+                        host,
+                        lease,
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        // Across hosts too, the URLs queued first go first.
+        jobs.sort_unstable_by_key(|job| job.url_id);
+        Ok(jobs)
+    }
+
+    async fn complete(
+        &self,
+        completions: &[Completion],
+        limits: PageLimits,
+    ) -> Result<Committed, StoreError> {
+        self.writing(|| async {
+            let mut tx = self.pool.begin().await?;
+            // URLs first, fenced by their lease: which completions took
+            // effect decides their attempts' outcome.
+            let applied = update_urls(&mut tx, completions).await?;
+            insert_attempts(&mut tx, completions, &applied, &self.worker).await?;
+            let changes = rules::host_changes(completions);
+            if !changes.is_empty() {
+                sqlx::query(
+                    "UPDATE hosts SET work_at_ms = least(hosts.work_at_ms, v.work_at_ms),
+                         backoff_until_ms = greatest(hosts.backoff_until_ms, v.backoff_until_ms)
+                     FROM unnest($1::text[], $2::int8[], $3::int8[]) AS v(host, work_at_ms, backoff_until_ms)
+                     WHERE hosts.host = v.host",
+                )
+                .bind(changes.iter().map(|c| c.0).collect::<Vec<_>>())
+                .bind(changes.iter().map(|c| c.1).collect::<Vec<_>>())
+                .bind(changes.iter().map(|c| c.2).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            }
+            let pages: Vec<&Completion> =
+                completions.iter().filter(|c| c.has_links() && applied.contains(&c.url_id)).collect();
+            let (new_urls, dropped_links) = record_links(&mut tx, &pages, limits).await?;
+            tx.commit().await?;
+            Ok(Committed { applied: applied.len() as u64, new_urls, dropped_links })
+        })
+        .await
+    }
+
+    async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
+        self.writing(|| async {
+            let mut tx = self.pool.begin().await?;
+            let hosts: Vec<String> = sqlx::query_scalar(
+                "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
+                 WHERE state = 'in_flight' RETURNING host",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let distinct: BTreeSet<&str> = hosts.iter().map(String::as_str).collect();
+            sqlx::query(
+                "UPDATE hosts SET work_at_ms = CASE WHEN host = ANY($1::text[]) THEN 0 ELSE work_at_ms END,
+                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+                 WHERE lease_owner IS NOT NULL OR host = ANY($1::text[])",
+            )
+            .bind(distinct.into_iter().collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(hosts.len() as u64)
+        })
+        .await
+    }
+
+    async fn next_ready(&self) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT ready_at_ms FROM hosts WHERE work_at_ms < 9223372036854775807 ORDER BY ready_at_ms LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("next ready host"))
+    }
+
+    async fn has_queued(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'queued')")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("look for queued URLs"))
+    }
+
+    async fn counts(&self) -> Result<StateCounts, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT state, count(*) FROM urls GROUP BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count URLs"))?;
+        let mut counts = StateCounts::default();
+        for (state, n) in rows {
+            let n = n as u64;
+            match UrlState::from_name(&state) {
+                Some(UrlState::Queued) => counts.queued = n,
+                Some(UrlState::InFlight) => counts.in_flight = n,
+                Some(UrlState::Done) => counts.done = n,
+                Some(UrlState::Failed) => counts.failed = n,
+                None => {}
+            }
+        }
+        let invalid: i64 = sqlx::query_scalar("SELECT count(*) FROM input_errors")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("count input errors"))?;
+        counts.invalid_lines = invalid as u64;
+        Ok(counts)
+    }
+
+    async fn schedule_recrawls(&self, policy: &RecrawlPolicy) -> Result<u64, StoreError> {
+        let hosts: Vec<&str> = policy.per_host.keys().map(String::as_str).collect();
+        let afters: Vec<i64> = policy.per_host.values().map(|d| duration_ms(*d)).collect();
+        let result = sqlx::query(
+            "WITH p AS (SELECT * FROM unnest($1::text[], $2::int8[]) AS p(host, after_ms)),
+             due AS (SELECT u.id, u.finished_ms + coalesce(p.after_ms, $3) AS at_ms
+                     FROM urls AS u LEFT JOIN p ON p.host = u.host
+                     WHERE u.state IN ('done', 'failed'))
+             UPDATE urls SET recrawl_at_ms = due.at_ms FROM due
+             WHERE urls.id = due.id AND urls.recrawl_at_ms IS DISTINCT FROM due.at_ms",
+        )
+        .bind(&hosts)
+        .bind(&afters)
+        .bind(policy.default.map(duration_ms))
+        .execute(&self.pool)
+        .await
+        .map_err(db("schedule recrawls"))?;
+        Ok(result.rows_affected())
+    }
+
+    async fn has_body(&self, sha256: &str) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM bodies WHERE sha256 = $1)")
+            .bind(sha256)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("look up a body"))
+    }
+
+    async fn save_body(&self, sha256: &str, bytes: u64, zstd: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO bodies (sha256, bytes, encoding, data, stored_at) VALUES ($1, $2, 'zstd', $3, now())
+             ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(sha256)
+        .bind(to_i64(bytes))
+        .bind(zstd)
+        .execute(&self.pool)
+        .await
+        .map_err(db("store a body"))?;
+        Ok(())
+    }
+
+    async fn requeue_recrawls(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        self.writing(|| async {
+            let mut tx = self.pool.begin().await?;
+            let hosts: Vec<String> = sqlx::query_scalar(
+                "UPDATE urls SET state = 'queued', not_before_ms = 0, recrawl_at_ms = NULL,
+                     recrawls = recrawls + 1, attempts_before = attempts
+                 WHERE id IN (SELECT id FROM urls WHERE recrawl_at_ms <= $1 ORDER BY recrawl_at_ms LIMIT $2
+                              FOR UPDATE SKIP LOCKED)
+                 RETURNING host",
+            )
+            .bind(now_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+            let distinct: BTreeSet<&str> = hosts.iter().map(String::as_str).collect();
+            if !distinct.is_empty() {
+                sqlx::query("UPDATE hosts SET work_at_ms = 0 WHERE host = ANY($1::text[])")
+                    .bind(distinct.into_iter().collect::<Vec<_>>())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(hosts.len() as u64)
+        })
+        .await
+    }
+}
+
+/// Applies each completion to its URL row if the row still carries the
+/// completion's lease. Returns the ids of the URLs it applied to.
+async fn update_urls(
+    tx: &mut Transaction<'_, Postgres>,
+    completions: &[Completion],
+) -> Result<BTreeSet<i64>, sqlx::Error> {
+    let now = unix_ms(SystemTime::now());
+    let changes: Vec<_> = completions.iter().map(|c| c.url_change(now)).collect();
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "UPDATE urls SET state = v.state, attempts = urls.attempts_before + v.attempt,
+             not_before_ms = v.not_before_ms, lease = NULL, leased_at_ms = NULL,
+             finished_ms = coalesce(v.finished_ms, urls.finished_ms),
+             recrawl_at_ms = v.finished_ms + v.recrawl_after_ms
+         FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int4[], $5::int8[], $6::int8[], $7::int8[])
+              AS v(url_id, lease, state, attempt, not_before_ms, finished_ms, recrawl_after_ms)
+         WHERE urls.id = v.url_id AND urls.lease = v.lease AND urls.state = 'in_flight'
+         RETURNING urls.id",
+    )
+    .bind(completions.iter().map(|c| c.url_id).collect::<Vec<_>>())
+    .bind(completions.iter().map(|c| c.lease).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.state.as_str()).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| i32::try_from(c.attempts).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.not_before_ms).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.finished_ms).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.recrawl_after_ms).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(ids.into_iter().collect())
+}
+
+/// Records the attempts of `completions` (a requeue made none): those whose
+/// URL the batch did not update (`applied`) carry `stale_lease` as their
+/// outcome, so a late report of a lost lease is kept and changes nothing.
+async fn insert_attempts(
+    tx: &mut Transaction<'_, Postgres>,
+    completions: &[Completion],
+    applied: &BTreeSet<i64>,
+    worker: &str,
+) -> Result<(), sqlx::Error> {
+    let attempts: Vec<&Completion> = completions.iter().filter(|c| c.is_attempt()).collect();
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    let now = SystemTime::now();
+    let records = || attempts.iter().map(|c| &c.record);
+    let outcome = |c: &Completion| if applied.contains(&c.url_id) { c.next.outcome() } else { STALE_LEASE };
+    let chains: Vec<Option<String>> = records()
+        .map(|r| {
+            (!r.redirect_chain.is_empty())
+                .then(|| serde_json::to_string(&r.redirect_chain).unwrap_or_default())
+        })
+        .collect();
+    let ids: Vec<(i64, i64)> = sqlx::query_as(
+        "INSERT INTO attempts (url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, ttfb_ms,
+             outcome, http_status, error_kind, error_message, retry_at, final_url, redirects, redirect_chain,
+             content_type, body_bytes, body_sha256, headers, worker)
+         SELECT url_id, attempt, to_timestamp(started_ms / 1000.0), started_ms, to_timestamp(fetched_ms / 1000.0),
+             elapsed_ms, dns_ms, ttfb_ms, outcome, http_status, error_kind, error_message,
+             to_timestamp(retry_ms / 1000.0), final_url, redirects, redirect_chain::jsonb, content_type,
+             body_bytes, body_sha256, headers::jsonb, $20
+         FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
+                     $8::text[], $9::int4[], $10::text[], $11::text[], $12::int8[], $13::text[], $14::int4[],
+                     $15::text[], $16::text[], $17::int8[], $18::text[], $19::text[])
+              AS v(url_id, attempt, started_ms, fetched_ms, elapsed_ms, dns_ms, ttfb_ms, outcome, http_status,
+                   error_kind, error_message, retry_ms, final_url, redirects, redirect_chain, content_type,
+                   body_bytes, body_sha256, headers)
+         RETURNING url_id, id",
+    )
+    .bind(attempts.iter().map(|c| c.url_id).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|c| i32::try_from(c.attempt).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(records().map(|r| unix_ms(r.started_at.unwrap_or(now))).collect::<Vec<_>>())
+    .bind(records().map(|r| unix_ms(r.fetched_at.unwrap_or(now))).collect::<Vec<_>>())
+    .bind(records().map(|r| to_i64(r.elapsed_ms)).collect::<Vec<_>>())
+    .bind(records().map(|r| r.dns_ms.map(to_i64)).collect::<Vec<_>>())
+    .bind(records().map(|r| r.ttfb_ms.map(to_i64)).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|c| outcome(c)).collect::<Vec<_>>())
+    .bind(records().map(|r| r.http_status.map(i32::from)).collect::<Vec<_>>())
+    .bind(records().map(|r| r.error_kind.map(ErrorKind::as_str)).collect::<Vec<_>>())
+    .bind(records().map(|r| r.error_message.as_deref()).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|c| c.next.due_at()).collect::<Vec<_>>())
+    .bind(records().map(|r| r.final_url.as_deref()).collect::<Vec<_>>())
+    .bind(records().map(|r| i32::try_from(r.redirect_chain.len()).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(&chains)
+    .bind(records().map(|r| r.content_type.as_deref()).collect::<Vec<_>>())
+    .bind(records().map(|r| r.body_bytes.map(to_i64)).collect::<Vec<_>>())
+    .bind(records().map(|r| r.body_sha256.as_deref()).collect::<Vec<_>>())
+    .bind(records().map(|r| r.headers.as_deref()).collect::<Vec<_>>())
+    .bind(worker)
+    .fetch_all(&mut **tx)
+    .await?;
+    // Redirect hops need their attempt's id: a batch has one attempt per URL.
+    let ids: BTreeMap<i64, i64> = ids.into_iter().collect();
+    let hops: Vec<(i64, i32, &Hop)> = attempts
+        .iter()
+        .filter_map(|c| Some((*ids.get(&c.url_id)?, &c.record.hops)))
+        .flat_map(|(id, hops)| hops.iter().enumerate().map(move |(i, hop)| (id, i as i32 + 1, hop)))
+        .collect();
+    if !hops.is_empty() {
+        sqlx::query(
+            "INSERT INTO redirect_hops (attempt_id, hop, url, host, started_ms, http_status)
+             SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::int8[], $6::int4[])",
+        )
+        .bind(hops.iter().map(|h| h.0).collect::<Vec<_>>())
+        .bind(hops.iter().map(|h| h.1).collect::<Vec<_>>())
+        .bind(hops.iter().map(|h| h.2.url.as_str()).collect::<Vec<_>>())
+        .bind(hops.iter().map(|h| h.2.host.as_str()).collect::<Vec<_>>())
+        .bind(hops.iter().map(|h| unix_ms(h.2.started_at)).collect::<Vec<_>>())
+        .bind(hops.iter().map(|h| h.2.http_status.map(i32::from)).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Enqueues the pages' discovered links, records the link graph and the
+/// dropped-link counts. Returns how many URLs were new, and the links
+/// dropped by reason.
+async fn record_links(
+    tx: &mut Transaction<'_, Postgres>,
+    pages: &[&Completion],
+    limits: PageLimits,
+) -> Result<(u64, BTreeMap<DropReason, u64>), sqlx::Error> {
+    if pages.is_empty() {
+        return Ok((0, BTreeMap::new()));
+    }
+    let page_depths: BTreeMap<i64, u32> =
+        sqlx::query_as::<_, (i64, i32)>("SELECT id, depth FROM urls WHERE id = ANY($1::int8[])")
+            .bind(pages.iter().map(|c| c.url_id).collect::<Vec<_>>())
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|(id, depth)| (id, u32::try_from(depth).unwrap_or(0)))
+            .collect();
+    let discovered = rules::discovered(pages, &page_depths);
+    let discovered: Vec<&NewUrl> = discovered.iter().collect();
+    let (admitted, capped) = apply_page_limits(tx, &discovered, limits).await?;
+    let new = insert_urls(tx, &admitted).await?;
+    lower_depths(tx, &admitted, limits.max_depth).await?;
+    let edges: Vec<(i64, &str)> =
+        pages.iter().flat_map(|c| c.links.iter().map(|l| (c.url_id, l.url.as_str()))).collect();
+    if !edges.is_empty() {
+        sqlx::query(
+            "INSERT INTO links (from_id, to_id)
+             SELECT v.from_id, u.id FROM unnest($1::int8[], $2::text[]) AS v(from_id, url)
+             JOIN urls AS u ON u.url = v.url
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(edges.iter().map(|e| e.0).collect::<Vec<_>>())
+        .bind(edges.iter().map(|e| e.1).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    let (dropped, by_reason) = rules::dropped_links(pages, capped);
+    // One row per (page, reason): ON CONFLICT DO UPDATE may not touch a row
+    // twice in one statement.
+    let mut folded: BTreeMap<(i64, &str), i64> = BTreeMap::new();
+    for (url_id, reason, n) in &dropped {
+        *folded.entry((*url_id, reason.as_str())).or_default() += n;
+    }
+    if !folded.is_empty() {
+        sqlx::query(
+            "INSERT INTO dropped_links (url_id, reason, count)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[])
+             ON CONFLICT (url_id, reason) DO UPDATE SET count = dropped_links.count + excluded.count",
+        )
+        .bind(folded.keys().map(|k| k.0).collect::<Vec<_>>())
+        .bind(folded.keys().map(|k| k.1).collect::<Vec<_>>())
+        .bind(folded.values().copied().collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok((new, by_reason))
+}
+
+/// Splits discovered links into those that may be inserted under `limits`
+/// and the page-limit drops ([`rules::admit`], given what is stored).
+async fn apply_page_limits(
+    tx: &mut Transaction<'_, Postgres>,
+    links: &[&NewUrl],
+    limits: PageLimits,
+) -> Result<(Vec<NewUrl>, Vec<rules::DroppedRow>), sqlx::Error> {
+    if (limits.total.is_none() && limits.per_host.is_none()) || links.is_empty() {
+        return Ok((links.iter().map(|l| (*l).clone()).collect(), Vec::new()));
+    }
+    let known: BTreeSet<String> = sqlx::query_scalar("SELECT url FROM urls WHERE url = ANY($1::text[])")
+        .bind(links.iter().map(|l| l.url.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+    let total_room = match limits.total {
+        Some(cap) => {
+            let stored: i64 = sqlx::query_scalar("SELECT coalesce(sum(urls), 0)::int8 FROM hosts")
+                .fetch_one(&mut **tx)
+                .await?;
+            Some(cap.saturating_sub(stored as u64))
+        }
+        None => None,
+    };
+    let mut host_room = BTreeMap::new();
+    if let Some(cap) = limits.per_host {
+        let hosts: BTreeSet<&str> = links.iter().map(|l| l.host.as_str()).collect();
+        let stored: BTreeMap<String, i64> =
+            sqlx::query_as("SELECT host, urls FROM hosts WHERE host = ANY($1::text[])")
+                .bind(hosts.iter().copied().collect::<Vec<_>>())
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .collect();
+        for host in hosts {
+            host_room
+                .insert(host.to_owned(), cap.saturating_sub(stored.get(host).copied().unwrap_or(0) as u64));
+        }
+    }
+    Ok(rules::admit(links, &known, total_room, host_room))
+}
+
+/// Makes each URL's `depth` its shortest distance from a seed given the
+/// just-recorded `links`, as SQLite's engine does (see there): lowered URLs
+/// and their descendants through the link graph get the lower depth, and a
+/// page that was not parsed at `max_depth` and now lies above it is queued
+/// to be fetched again.
+async fn lower_depths(
+    tx: &mut Transaction<'_, Postgres>,
+    links: &[NewUrl],
+    max_depth: u32,
+) -> Result<(), sqlx::Error> {
+    if links.is_empty() {
+        return Ok(());
+    }
+    let candidates = rules::shortest_paths(links);
+    let lowered: Vec<(i64, i32, Option<i64>, i32, String)> = sqlx::query_as(
+        "WITH RECURSIVE
+           found(url, depth, via) AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[])),
+           lowered(id, depth, via) AS (
+             SELECT u.id, f.depth, f.via FROM found f JOIN urls u ON u.url = f.url WHERE f.depth < u.depth
+             UNION
+             SELECT l.to_id, p.depth + 1, p.id FROM lowered p
+             JOIN links l ON l.from_id = p.id JOIN urls v ON v.id = l.to_id
+             WHERE p.depth + 1 < v.depth)
+         SELECT l.id, min(l.depth), (array_agg(l.via ORDER BY l.depth))[1], u.depth, u.state
+         FROM lowered l JOIN urls u ON u.id = l.id
+         GROUP BY l.id, u.depth, u.state",
+    )
+    .bind(candidates.iter().map(|c| c.0).collect::<Vec<_>>())
+    .bind(candidates.iter().map(|c| i32::try_from(c.1).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(candidates.iter().map(|c| c.2).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    if lowered.is_empty() {
+        return Ok(());
+    }
+    let refetch: Vec<bool> = lowered
+        .iter()
+        .map(|(_, depth, _, before, state)| {
+            rules::refetch_when_lowered(i64::from(*before), i64::from(*depth), max_depth, state)
+        })
+        .collect();
+    let ids: Vec<i64> = lowered.iter().map(|l| l.0).collect();
+    sqlx::query(
+        "UPDATE urls SET depth = v.depth, found_on = coalesce(v.via, urls.found_on),
+           state = CASE WHEN v.refetch THEN 'queued' ELSE urls.state END,
+           lease = CASE WHEN v.refetch THEN NULL ELSE urls.lease END,
+           leased_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.leased_at_ms END,
+           not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END
+         FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bool[]) AS v(id, depth, via, refetch)
+         WHERE urls.id = v.id",
+    )
+    .bind(&ids)
+    .bind(lowered.iter().map(|l| l.1).collect::<Vec<_>>())
+    .bind(lowered.iter().map(|l| l.2).collect::<Vec<_>>())
+    .bind(&refetch)
+    .execute(&mut **tx)
+    .await?;
+    let woken: Vec<i64> = ids.iter().zip(&refetch).filter(|(_, r)| **r).map(|(id, _)| *id).collect();
+    if !woken.is_empty() {
+        sqlx::query("UPDATE hosts SET work_at_ms = 0 WHERE host IN (SELECT host FROM urls WHERE id = ANY($1::int8[]))")
+            .bind(&woken)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }

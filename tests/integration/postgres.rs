@@ -1,6 +1,7 @@
 //! The PostgreSQL engine: its schema is SQLite's public interface, it is
-//! versioned and refused when newer, and several daemons may open one
-//! database at once. Each test makes its own database on the server at
+//! versioned and refused when newer, a crawl on it ends as the same crawl on
+//! SQLite, one daemon crawls it at a time, and a completion under a lost
+//! lease is kept as `stale_lease` and changes nothing. Each test makes its own database on the server at
 //! `TRAWLER_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! and drops it; without a reachable server the tests print that they were
 //! skipped and pass, unless `TRAWLER_REQUIRE_POSTGRES` is set (as `.ci/run`
@@ -9,10 +10,17 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use sqlx::{Connection, PgConnection};
-use trawler::store::{PgStore, SqliteStore, StoreError};
+use std::time::Duration;
 
-use crate::util::{strings, test_config};
+use sqlx::{Connection, PgConnection};
+use trawler::store::{
+    AttemptRecord, Completion, Job, NewUrl, Next, PageLimits, PgStore, SqliteStore, Store, StoreError,
+};
+
+use crate::server::TestServer;
+use crate::util::{
+    crawl_to_end, output_of, spawn_crawl_in, spawn_trawler, strings, test_config, wait_within,
+};
 
 const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -236,4 +244,155 @@ async fn a_postgres_url_with_a_password_is_never_shown_with_it() {
     let err =
         PgStore::open("mysql://crawler:hunter2@127.0.0.1/crawl", 1).await.err().expect("not PostgreSQL");
     assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+/// `(url, state, http_status, attempts, redirects, depth)` of a `results` row.
+type Row = (String, String, Option<i64>, i64, Option<i64>, i64);
+
+/// Every `results` row, as `trawler export` prints it (JSON lines).
+fn exported(db: &str) -> Vec<Row> {
+    let child = spawn_trawler(&["export", "--db", db]);
+    let (out, err) = output_of(child);
+    let mut rows: Vec<_> = out
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}\n{err}"));
+            (
+                row["url"].as_str().unwrap().to_owned(),
+                row["state"].as_str().unwrap().to_owned(),
+                row["http_status"].as_i64(),
+                row["attempts"].as_i64().unwrap(),
+                row["redirects"].as_i64(),
+                row["depth"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_crawl_on_postgres_ends_as_the_same_crawl_on_sqlite() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(pg) = runtime.block_on(TestDatabase::create("a_crawl_on_postgres")) else { return };
+    // Each crawl against a server of its own (the flaky path counts its
+    // requests), compared by path.
+    let lines = |server: &TestServer| {
+        vec![
+            server.url("/site/index.html"),
+            server.url("/ok/plain"),
+            server.url("/status/404/missing"),
+            server.url("/flaky/1/again"),
+            server.url("/redirect/2"),
+            "not a url".to_owned(),
+        ]
+    };
+    let flags = ["--follow", "--max-depth", "2", "--max-attempts", "3"];
+    let (first, second) = (TestServer::start_on("127.0.0.100"), TestServer::start_on("127.0.0.100"));
+    let dir = tempfile::tempdir().unwrap();
+    let (sqlite, _) = crawl_to_end(dir.path(), &lines(&first), &flags, &[]);
+    // The database named by the environment, as a service unit would.
+    let other = tempfile::tempdir().unwrap();
+    let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
+    let (_, log) = crawl_to_end(other.path(), &lines(&second), &flags, &env);
+
+    let by_path = |rows: Vec<Row>, server: &TestServer| -> Vec<Row> {
+        let origin = server.url("");
+        let mut rows: Vec<Row> =
+            rows.into_iter().map(|(url, a, b, c, d, e)| (url.replace(&origin, ""), a, b, c, d, e)).collect();
+        rows.sort();
+        rows
+    };
+    let from_sqlite = by_path(exported(sqlite.to_str().unwrap()), &first);
+    let from_postgres = by_path(exported(&pg.url), &second);
+    assert!(from_sqlite.len() > 8, "{from_sqlite:?}");
+    assert_eq!(from_postgres, from_sqlite, "{log}");
+    let again = from_postgres.iter().find(|r| r.0.ends_with("/flaky/1/again")).unwrap();
+    assert_eq!((again.1.as_str(), again.2, again.3), ("done", Some(200), 2), "a 503, then a 200");
+
+    runtime.block_on(async {
+        let mut db = PgConnection::connect(&pg.url).await.unwrap();
+        let (attempts, workers, stale): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT worker), count(*) FILTER (WHERE outcome = 'stale_lease') FROM attempts",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert!(attempts > 8);
+        assert_eq!((workers, stale), (1, 0), "one daemon, no lost lease");
+        let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM hosts WHERE lease_owner IS NOT NULL")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        assert_eq!(leased, 0, "a stopped daemon holds no host");
+    });
+    let (stats, _) = output_of(spawn_trawler(&["stats", "--db", &pg.url, "--json"]));
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["invalid_lines"], 1);
+    assert_eq!(stats["queued"], 0);
+}
+
+#[test]
+fn a_second_daemon_on_one_postgres_database_is_refused() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(pg) = runtime.block_on(TestDatabase::create("a_second_daemon_is_refused")) else { return };
+    let first = runtime.block_on(PgStore::open_owned(&pg.url, 1)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
+    let (mut child, _) = spawn_crawl_in(dir.path(), &["http://127.0.0.100/ok/x".to_owned()], &[], &env);
+    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
+    let (_, log) = output_of(child);
+    assert_ne!(status.code(), Some(0));
+    assert!(log.contains("is being crawled by another trawler daemon"), "{log}");
+    // enqueue works beside the crawling daemon.
+    let (out, err) = output_of(spawn_trawler(&["enqueue", "--db", &pg.url, "http://127.0.0.100/ok/y"]));
+    assert!(err.is_empty() || !err.contains("ERROR"), "{out}{err}");
+    runtime.block_on(async {
+        assert_eq!(first.counts().await.unwrap().queued, 1);
+        first.close().await;
+    });
+}
+
+#[tokio::test]
+async fn a_late_completion_on_postgres_is_kept_as_stale_lease_and_changes_nothing() {
+    let Some(pg) = TestDatabase::create("a_late_completion_is_stale").await else { return };
+    let store = PgStore::open_owned(&pg.url, 2).await.unwrap();
+    let url = NewUrl { url: "http://a.test/x".into(), host: "a.test".into(), depth: 0, found_on: None };
+    assert_eq!(store.enqueue(&[url.clone(), url]).await.unwrap(), 1);
+    assert_eq!(store.ready_hosts(i64::MAX, &[], 10).await.unwrap(), ["a.test"]);
+    let first = store.claim(i64::MAX, &[("a.test".into(), 5)]).await.unwrap().remove(0);
+    assert_eq!(store.requeue_in_flight().await.unwrap(), 1);
+    let second = store.claim(i64::MAX, &[("a.test".into(), 5)]).await.unwrap().remove(0);
+    assert_eq!(second.url_id, first.url_id);
+    assert_ne!(second.lease, first.lease, "a new lease token");
+
+    let done = |job: &Job| Completion {
+        url_id: job.url_id,
+        lease: job.lease,
+        host: job.host.clone(),
+        host_backoff_until_ms: None,
+        attempt: job.attempt,
+        record: AttemptRecord { http_status: Some(200), ..Default::default() },
+        next: Next::Done,
+        links: Vec::new(),
+        dropped_links: Vec::new(),
+        recrawl_after: None,
+    };
+    assert_eq!(store.complete(&[done(&first)], PageLimits::default()).await.unwrap().applied, 0);
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.in_flight, counts.done), (1, 0), "the late completion changed nothing");
+    assert_eq!(store.complete(&[done(&second)], PageLimits::default()).await.unwrap().applied, 1);
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.in_flight, counts.done), (0, 1));
+
+    let mut db = PgConnection::connect(&pg.url).await.unwrap();
+    let outcomes: Vec<(String, String)> =
+        sqlx::query_as("SELECT outcome, worker FROM attempts ORDER BY id").fetch_all(&mut db).await.unwrap();
+    let worker = store.worker().to_owned();
+    assert_eq!(outcomes, [("stale_lease".to_owned(), worker.clone()), ("done".to_owned(), worker)]);
+    let result: (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM results").fetch_one(&mut db).await.unwrap();
+    assert_eq!(result, ("done".to_owned(), 1), "results ignore the stale attempt");
+    store.close().await;
 }
