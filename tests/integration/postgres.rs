@@ -19,7 +19,8 @@ use trawler::store::{
 
 use crate::server::TestServer;
 use crate::util::{
-    crawl_to_end, output_of, spawn_crawl_in, spawn_trawler, strings, test_config, wait_within,
+    Daemon, crawl_to_end, output_of, spawn_crawl_in, spawn_trawler, spawn_trawler_with_env, strings,
+    test_config, wait_until, wait_within,
 };
 
 const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -395,4 +396,35 @@ async fn a_late_completion_on_postgres_is_kept_as_stale_lease_and_changes_nothin
         sqlx::query_as("SELECT state, attempts FROM results").fetch_one(&mut db).await.unwrap();
     assert_eq!(result, ("done".to_owned(), 1), "results ignore the stale attempt");
     store.close().await;
+}
+
+#[test]
+fn the_service_on_postgres_crawls_what_is_enqueued_recrawls_and_stops_cleanly() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(pg) = runtime.block_on(TestDatabase::create("the_service_on_postgres")) else { return };
+    let server = TestServer::start_on("127.0.0.101");
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
+    let daemon = Daemon::start_with_env(dir.path(), "[crawl]\nrecrawl_after = \"1s\"\n", &env);
+    let mut enqueue = spawn_trawler_with_env(&["enqueue", &server.url("/ok/a"), &server.url("/ok/b")], &env);
+    assert_eq!(wait_within(&mut enqueue, Duration::from_secs(10)).0.code(), Some(0));
+
+    // Each URL fetched, then fetched again as a recrawl a second later.
+    wait_until(Duration::from_secs(10), "two visits of each URL", || {
+        let hits = server.hits_per_path();
+        hits.get("/ok/a").copied().unwrap_or(0) >= 2 && hits.get("/ok/b").copied().unwrap_or(0) >= 2
+    });
+    daemon.stop();
+    runtime.block_on(async {
+        let mut db = PgConnection::connect(&pg.url).await.unwrap();
+        let (recrawled, in_flight, leased): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM urls WHERE recrawls >= 1),
+                    (SELECT count(*) FROM urls WHERE state = 'in_flight'),
+                    (SELECT count(*) FROM hosts WHERE lease_owner IS NOT NULL)",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert_eq!((recrawled, in_flight, leased), (2, 0, 0), "recrawled; nothing left claimed or leased");
+    });
 }
