@@ -19,7 +19,7 @@ use trawler::store::{
 
 use crate::server::TestServer;
 use crate::util::{
-    Daemon, crawl_to_end, output_of, spawn_crawl_in, spawn_trawler, spawn_trawler_with_env, strings,
+    Daemon, crawl_to_end, output_of, signal, spawn_crawl_in, spawn_trawler, spawn_trawler_with_env, strings,
     test_config, wait_until, wait_within,
 };
 
@@ -427,4 +427,37 @@ fn the_service_on_postgres_crawls_what_is_enqueued_recrawls_and_stops_cleanly() 
         .unwrap();
         assert_eq!((recrawled, in_flight, leased), (2, 0, 0), "recrawled; nothing left claimed or leased");
     });
+}
+
+#[test]
+fn after_kill_9_a_rerun_on_postgres_crawls_every_url_once_more_at_most() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(pg) = runtime.block_on(TestDatabase::create("after_kill_9_on_postgres")) else { return };
+    let server = TestServer::start_on("127.0.0.102");
+    let lines: Vec<String> = (0..100).map(|i| server.url(&format!("/slow/30/{i}"))).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
+    let flags = ["--concurrency", "4"];
+    let (mut child, _) = spawn_crawl_in(dir.path(), &lines, &flags, &env);
+    wait_until(Duration::from_secs(20), "30 fetches", || server.hits().len() >= 30);
+    signal(&child, libc::SIGKILL);
+    wait_within(&mut child, Duration::from_secs(5));
+
+    // The killed daemon's connection, and with it its owner lock, is gone
+    // with it: the rerun starts at once and puts its claims back.
+    let (_, log) = crawl_to_end(dir.path(), &lines, &flags, &env);
+    assert!(log.contains("requeued URLs left in flight"), "{log}");
+    let done: i64 = runtime.block_on(async {
+        let mut db = PgConnection::connect(&pg.url).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM results WHERE state = 'done'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+    });
+    assert_eq!(done, 100);
+    // Only URLs in flight (or claimed) at the kill may have been fetched twice.
+    let per_path = server.hits_per_path();
+    assert_eq!(per_path.len(), 100);
+    let twice = per_path.values().filter(|&&n| n > 1).count();
+    assert!(twice <= 4 * 2 + 4, "{twice} URLs fetched twice");
 }
