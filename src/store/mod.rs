@@ -493,6 +493,66 @@ pub struct StatsReport {
     pub next_recrawl_at: Option<String>,
 }
 
+/// The queries behind [`StatsReport`] that differ between engines (SQL
+/// dialect, placeholders); [`stats_report`] decides once what is asked.
+pub(crate) trait StatsQueries: Store {
+    /// `(key, count)` rows of `sql`, a query written in the SQL both engines
+    /// share (see [`STATS_PAIRS`]).
+    fn pairs(&self, sql: &'static str)
+    -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+
+    /// Attempts started at or after `since_ms` (Unix ms).
+    fn attempts_since(&self, since_ms: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The `q` quantile (0 to 1) of `elapsed_ms` over the attempts started
+    /// at or after `since_ms`; `None` without attempts.
+    fn latency_quantile(
+        &self,
+        since_ms: i64,
+        q: f64,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Finished URLs with a recrawl time, and the soonest time (Unix ms).
+    fn recrawls(&self) -> impl Future<Output = Result<(u64, Option<i64>), StoreError>> + Send;
+}
+
+/// The `(key, count)` queries of `trawler stats`, in SQL that SQLite and
+/// PostgreSQL both take: outcomes, dropped links, top hosts, top failing
+/// hosts.
+pub(crate) const STATS_PAIRS: [&str; 4] = [
+    "SELECT coalesce(error_kind, (http_status / 100) || 'xx'), count(*) FROM results
+     WHERE state IN ('done', 'failed') GROUP BY 1 ORDER BY 2 DESC, 1",
+    "SELECT reason, CAST(sum(count) AS BIGINT) FROM dropped_links GROUP BY reason ORDER BY 2 DESC, 1",
+    "SELECT host, count(*) FROM urls GROUP BY host ORDER BY 2 DESC, 1 LIMIT 10",
+    "SELECT host, count(*) FROM urls WHERE state = 'failed' GROUP BY host ORDER BY 2 DESC, 1 LIMIT 10",
+];
+
+/// A snapshot for `trawler stats` at `now_ms` (Unix ms): attempts in the
+/// last minute and hour, latency quantiles over the last hour.
+pub(crate) async fn stats_report(engine: &impl StatsQueries, now_ms: i64) -> Result<StatsReport, StoreError> {
+    const HOUR_MS: i64 = 3_600_000;
+    let counts = engine.counts().await?;
+    let [outcomes, dropped_links, top_hosts, top_failing_hosts] = STATS_PAIRS;
+    let (recrawls_scheduled, next_recrawl) = engine.recrawls().await?;
+    Ok(StatsReport {
+        queued: counts.queued,
+        in_flight: counts.in_flight,
+        done: counts.done,
+        failed: counts.failed,
+        invalid_lines: counts.invalid_lines,
+        outcomes: engine.pairs(outcomes).await?,
+        dropped_links: engine.pairs(dropped_links).await?,
+        top_hosts: engine.pairs(top_hosts).await?,
+        top_failing_hosts: engine.pairs(top_failing_hosts).await?,
+        attempts_last_minute: engine.attempts_since(now_ms - 60_000).await?,
+        attempts_last_hour: engine.attempts_since(now_ms - HOUR_MS).await?,
+        latency_p50_ms: engine.latency_quantile(now_ms - HOUR_MS, 0.50).await?,
+        latency_p95_ms: engine.latency_quantile(now_ms - HOUR_MS, 0.95).await?,
+        recrawls_scheduled,
+        next_recrawl_at: next_recrawl.map(rules::rfc3339_from_ms),
+    })
+}
+
 /// URLs by state, as counted in the store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateCounts {

@@ -26,7 +26,7 @@ use tokio::sync::Mutex;
 use super::rules::{self, duration_ms, to_i64, unix_ms};
 use super::{
     Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl, PageLimits,
-    RecrawlPolicy, ResultRow, StateCounts, StatsReport, Store, StoreError, UrlState,
+    RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, UrlState,
 };
 use crate::fetch::ErrorKind;
 use crate::redact::ForLog;
@@ -193,63 +193,7 @@ impl PgStore {
     ///
     /// Errors: the database cannot be read.
     pub async fn stats(&self, now_ms: i64) -> Result<StatsReport, StoreError> {
-        let counts = self.counts().await?;
-        let pairs = |sql: &'static str| async move {
-            let rows: Vec<(String, i64)> =
-                sqlx::query_as(sql).fetch_all(&self.pool).await.map_err(db("stats"))?;
-            Ok::<_, StoreError>(rows.into_iter().map(|(k, n)| (k, n as u64)).collect::<Vec<_>>())
-        };
-        let since = |ms: i64| async move {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM attempts WHERE started_ms >= $1")
-                .bind(ms)
-                .fetch_one(&self.pool)
-                .await
-                .map(|n| n as u64)
-                .map_err(db("stats"))
-        };
-        let percentile = |q: f64| async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT elapsed_ms FROM attempts WHERE started_ms >= $1 ORDER BY elapsed_ms
-                 LIMIT 1 OFFSET (SELECT (count(*) * $2)::int8 FROM attempts WHERE started_ms >= $1)",
-            )
-            .bind(now_ms - 3_600_000)
-            .bind(q)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("stats"))
-        };
-        let recrawls: (i64, Option<i64>) =
-            sqlx::query_as("SELECT count(*), min(recrawl_at_ms) FROM urls WHERE recrawl_at_ms IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db("stats"))?;
-        Ok(StatsReport {
-            queued: counts.queued,
-            in_flight: counts.in_flight,
-            done: counts.done,
-            failed: counts.failed,
-            invalid_lines: counts.invalid_lines,
-            outcomes: pairs(
-                "SELECT coalesce(error_kind, (http_status / 100) || 'xx'), count(*) FROM results
-                 WHERE state IN ('done', 'failed') GROUP BY 1 ORDER BY 2 DESC, 1",
-            )
-            .await?,
-            dropped_links: pairs(
-                "SELECT reason, sum(count)::int8 FROM dropped_links GROUP BY reason ORDER BY 2 DESC, 1",
-            )
-            .await?,
-            top_hosts: pairs("SELECT host, count(*) FROM urls GROUP BY host ORDER BY 2 DESC, 1 LIMIT 10").await?,
-            top_failing_hosts: pairs(
-                "SELECT host, count(*) FROM urls WHERE state = 'failed' GROUP BY host ORDER BY 2 DESC, 1 LIMIT 10",
-            )
-            .await?,
-            attempts_last_minute: since(now_ms - 60_000).await?,
-            attempts_last_hour: since(now_ms - 3_600_000).await?,
-            latency_p50_ms: percentile(0.50).await?,
-            latency_p95_ms: percentile(0.95).await?,
-            recrawls_scheduled: recrawls.0 as u64,
-            next_recrawl_at: recrawls.1.map(rules::rfc3339_from_ms),
-        })
+        super::stats_report(self, now_ms).await
     }
 
     /// How long writes have waited for another process's lock: PostgreSQL
@@ -386,6 +330,44 @@ async fn insert_urls(tx: &mut Transaction<'_, Postgres>, urls: &[NewUrl]) -> Res
         .await?;
     }
     Ok(hosts.len() as u64)
+}
+
+impl StatsQueries for PgStore {
+    async fn pairs(&self, sql: &'static str) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as(sql).fetch_all(&self.pool).await.map_err(db("stats"))?;
+        Ok(rows.into_iter().map(|(k, n)| (k, n as u64)).collect())
+    }
+
+    async fn attempts_since(&self, since_ms: i64) -> Result<u64, StoreError> {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM attempts WHERE started_ms >= $1")
+            .bind(since_ms)
+            .fetch_one(&self.pool)
+            .await
+            .map(|n| n as u64)
+            .map_err(db("stats"))
+    }
+
+    async fn latency_quantile(&self, since_ms: i64, q: f64) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT elapsed_ms FROM attempts WHERE started_ms >= $1 ORDER BY elapsed_ms
+             LIMIT 1 OFFSET (SELECT (count(*) * $2)::int8 FROM attempts WHERE started_ms >= $1)",
+        )
+        .bind(since_ms)
+        .bind(q)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("stats"))
+    }
+
+    async fn recrawls(&self) -> Result<(u64, Option<i64>), StoreError> {
+        let (n, next): (i64, Option<i64>) =
+            sqlx::query_as("SELECT count(*), min(recrawl_at_ms) FROM urls WHERE recrawl_at_ms IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("stats"))?;
+        Ok((n as u64, next))
+    }
 }
 
 impl Store for PgStore {

@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use super::rules::{self, duration_ms, rfc3339, rfc3339_from_ms, to_i64, unix_ms};
 use super::{
     Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl, PageLimits,
-    RecrawlPolicy, ResultRow, StateCounts, StatsReport, Store, StoreError, UrlState,
+    RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, UrlState,
 };
 use crate::config::{StoreConfig, Synchronous};
 use crate::fetch::ErrorKind;
@@ -279,64 +279,10 @@ impl SqliteStore {
     }
 
     /// A snapshot for `trawler stats`, read while a crawler may be writing.
+    ///
+    /// Errors: the database cannot be read.
     pub async fn stats(&self, now_ms: i64) -> Result<StatsReport, StoreError> {
-        let counts = self.counts().await?;
-        let pairs = |sql: &'static str| async move {
-            let rows: Vec<(String, i64)> =
-                sqlx::query_as(sql).fetch_all(&self.read).await.map_err(db("stats"))?;
-            Ok::<_, StoreError>(rows.into_iter().map(|(k, n)| (k, n as u64)).collect::<Vec<_>>())
-        };
-        let since = |ms: i64| async move {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM attempts WHERE started_ms >= ?1")
-                .bind(ms)
-                .fetch_one(&self.read)
-                .await
-                .map(|n| n as u64)
-                .map_err(db("stats"))
-        };
-        let percentile = |q: f64| async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT elapsed_ms FROM attempts WHERE started_ms >= ?1 ORDER BY elapsed_ms
-                 LIMIT 1 OFFSET (SELECT CAST(count(*) * ?2 AS INTEGER) FROM attempts WHERE started_ms >= ?1)",
-            )
-            .bind(now_ms - 3_600_000)
-            .bind(q)
-            .fetch_optional(&self.read)
-            .await
-            .map_err(db("stats"))
-        };
-        let recrawls: (i64, Option<i64>) =
-            sqlx::query_as("SELECT count(*), min(recrawl_at_ms) FROM urls WHERE recrawl_at_ms IS NOT NULL")
-                .fetch_one(&self.read)
-                .await
-                .map_err(db("stats"))?;
-        Ok(StatsReport {
-            queued: counts.queued,
-            in_flight: counts.in_flight,
-            done: counts.done,
-            failed: counts.failed,
-            invalid_lines: counts.invalid_lines,
-            outcomes: pairs(
-                "SELECT coalesce(error_kind, (http_status / 100) || 'xx'), count(*) FROM results
-                 WHERE state IN ('done', 'failed') GROUP BY 1 ORDER BY 2 DESC, 1",
-            )
-            .await?,
-            dropped_links: pairs(
-                "SELECT reason, sum(count) FROM dropped_links GROUP BY reason ORDER BY 2 DESC, 1",
-            )
-            .await?,
-            top_hosts: pairs("SELECT host, count(*) FROM urls GROUP BY host ORDER BY 2 DESC, 1 LIMIT 10").await?,
-            top_failing_hosts: pairs(
-                "SELECT host, count(*) FROM urls WHERE state = 'failed' GROUP BY host ORDER BY 2 DESC, 1 LIMIT 10",
-            )
-            .await?,
-            attempts_last_minute: since(now_ms - 60_000).await?,
-            attempts_last_hour: since(now_ms - 3_600_000).await?,
-            latency_p50_ms: percentile(0.50).await?,
-            latency_p95_ms: percentile(0.95).await?,
-            recrawls_scheduled: recrawls.0 as u64,
-            next_recrawl_at: recrawls.1.map(rfc3339_from_ms),
-        })
+        super::stats_report(self, now_ms).await
     }
 
     async fn open_with(config: &StoreConfig, lock: Option<File>) -> Result<Self, StoreError> {
@@ -601,6 +547,44 @@ fn db_at(context: &'static str, path: &Path) -> impl FnOnce(sqlx::Error) -> Stor
     move |e| match classify(&e) {
         Class::Other => StoreError::Database { context, source: format!("{path}: {e}").into() },
         _ => db(context)(e),
+    }
+}
+
+impl StatsQueries for SqliteStore {
+    async fn pairs(&self, sql: &'static str) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as(sql).fetch_all(&self.read).await.map_err(db("stats"))?;
+        Ok(rows.into_iter().map(|(k, n)| (k, n as u64)).collect())
+    }
+
+    async fn attempts_since(&self, since_ms: i64) -> Result<u64, StoreError> {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM attempts WHERE started_ms >= ?1")
+            .bind(since_ms)
+            .fetch_one(&self.read)
+            .await
+            .map(|n| n as u64)
+            .map_err(db("stats"))
+    }
+
+    async fn latency_quantile(&self, since_ms: i64, q: f64) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT elapsed_ms FROM attempts WHERE started_ms >= ?1 ORDER BY elapsed_ms
+             LIMIT 1 OFFSET (SELECT CAST(count(*) * ?2 AS INTEGER) FROM attempts WHERE started_ms >= ?1)",
+        )
+        .bind(since_ms)
+        .bind(q)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db("stats"))
+    }
+
+    async fn recrawls(&self) -> Result<(u64, Option<i64>), StoreError> {
+        let (n, next): (i64, Option<i64>) =
+            sqlx::query_as("SELECT count(*), min(recrawl_at_ms) FROM urls WHERE recrawl_at_ms IS NOT NULL")
+                .fetch_one(&self.read)
+                .await
+                .map_err(db("stats"))?;
+        Ok((n as u64, next))
     }
 }
 

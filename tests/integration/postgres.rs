@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
-use trawler::store::{
-    AttemptRecord, Completion, Job, NewUrl, Next, PageLimits, PgStore, SqliteStore, Store, StoreError,
-};
+use trawler::store::{Job, NewUrl, PageLimits, PgStore, SqliteStore, Store, StoreError};
 
 use crate::server::TestServer;
 use crate::util::{
@@ -368,18 +366,7 @@ async fn a_late_completion_on_postgres_is_kept_as_stale_lease_and_changes_nothin
     assert_eq!(second.url_id, first.url_id);
     assert_ne!(second.lease, first.lease, "a new lease token");
 
-    let done = |job: &Job| Completion {
-        url_id: job.url_id,
-        lease: job.lease,
-        host: job.host.clone(),
-        host_backoff_until_ms: None,
-        attempt: job.attempt,
-        record: AttemptRecord { http_status: Some(200), ..Default::default() },
-        next: Next::Done,
-        links: Vec::new(),
-        dropped_links: Vec::new(),
-        recrawl_after: None,
-    };
+    let done = |job: &Job| crate::store::done(job, job.lease);
     assert_eq!(store.complete(&[done(&first)], PageLimits::default()).await.unwrap().applied, 0);
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.in_flight, counts.done), (1, 0), "the late completion changed nothing");

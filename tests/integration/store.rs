@@ -17,7 +17,8 @@ async fn claim(store: &SqliteStore, now_ms: i64, n: u32) -> Vec<trawler::store::
     store.claim(now_ms, &[("127.0.0.1".to_owned(), n)]).await.unwrap()
 }
 
-fn done(job: &trawler::store::Job, lease: i64) -> Completion {
+/// A completion of `job` under `lease`: a 200, the URL done.
+pub fn done(job: &trawler::store::Job, lease: i64) -> Completion {
     Completion {
         url_id: job.url_id,
         lease,
