@@ -17,7 +17,10 @@
 //!   `trawler_hosts_in_backoff`, `trawler_oldest_lease_seconds`: gauges,
 //!   refreshed every [`GAUGE_EVERY`];
 //! - `trawler_wal_bytes` (gauge) and `trawler_wal_pinned_total`: the WAL left
-//!   after each checkpoint, and checkpoints a reader kept from truncating it.
+//!   after each checkpoint, and checkpoints a reader kept from truncating it;
+//! - on PostgreSQL, `trawler_pg_dead_tuples{table}` and
+//!   `trawler_pg_oldest_transaction_seconds`: gauges of the queue tables'
+//!   health (`store::PgStore::queue_health`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

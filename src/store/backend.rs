@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::stream::BoxStream;
 
-use super::postgres::PgStore;
+use super::postgres::{PgStore, QueueHealth};
 use super::sqlite::{Checkpoint, SqliteStore};
 use super::{
     Committed, Completion, ExportFilter, InputError, Job, LockWaits, NewUrl, PageLimits, RecrawlPolicy,
@@ -152,6 +152,18 @@ impl Backend {
     /// Errors: the read failed.
     pub async fn oldest_lease_ms(&self) -> Result<Option<i64>, StoreError> {
         each!(self, s => s.oldest_lease_ms().await)
+    }
+
+    /// The queue tables' health where the engine reports it (PostgreSQL:
+    /// [`PgStore::queue_health`]); `None` on SQLite, whose WAL is watched by
+    /// [`checkpoint`](Self::checkpoint) instead.
+    ///
+    /// Errors: the engine's statistics cannot be read.
+    pub async fn queue_health(&self) -> Result<Option<QueueHealth>, StoreError> {
+        match self {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(s) => s.queue_health().await.map(Some),
+        }
     }
 
     /// Closes the connections (see [`SqliteStore::close`] for what the owner

@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use backend::Backend;
-pub use postgres::PgStore;
+pub use postgres::{PgStore, QueueHealth};
 pub use sqlite::{Checkpoint, SqliteStore};
 
 /// A store operation that failed. Any of these stops the crawl: results could

@@ -59,6 +59,16 @@ macro_rules! results_select {
     };
 }
 
+/// What [`PgStore::queue_health`] reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueHealth {
+    /// `(table, dead row versions)` of `urls`, `hosts` and `attempts`.
+    pub dead_tuples: Vec<(String, i64)>,
+    /// Seconds the oldest snapshot-holding transaction on the database has
+    /// been open (0 when none is).
+    pub oldest_transaction_s: f64,
+}
+
 /// A trawler database on a PostgreSQL server.
 pub struct PgStore {
     pool: PgPool,
@@ -194,6 +204,33 @@ impl PgStore {
     /// Errors: the database cannot be read.
     pub async fn stats(&self, now_ms: i64) -> Result<StatsReport, StoreError> {
         super::stats_report(self, now_ms).await
+    }
+
+    /// The queue tables' health: dead row versions per table
+    /// (`pg_stat_user_tables.n_dead_tup`, which autovacuum clears) and how
+    /// long the oldest transaction holding a snapshot in this database has
+    /// been open (`pg_stat_activity`, `backend_xmin` set): while one is open,
+    /// vacuum can remove no row version newer than its snapshot, so dead rows
+    /// pile up and the queue tables and their indexes grow.
+    ///
+    /// Errors: the statistics views cannot be read.
+    pub async fn queue_health(&self) -> Result<QueueHealth, StoreError> {
+        let dead_tuples: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables
+             WHERE schemaname = current_schema() AND relname IN ('urls', 'hosts', 'attempts')
+             ORDER BY relname",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("queue health"))?;
+        let oldest_transaction_s: f64 = sqlx::query_scalar(
+            "SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0)::float8 FROM pg_stat_activity
+             WHERE datname = current_database() AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("queue health"))?;
+        Ok(QueueHealth { dead_tuples, oldest_transaction_s })
     }
 
     /// How long writes have waited for another process's lock: PostgreSQL

@@ -448,3 +448,40 @@ fn after_kill_9_a_rerun_on_postgres_crawls_every_url_once_more_at_most() {
     let twice = per_path.values().filter(|&&n| n > 1).count();
     assert!(twice <= 4 * 2 + 4, "{twice} URLs fetched twice");
 }
+
+#[tokio::test]
+async fn metrics_show_dead_rows_and_a_transaction_that_holds_vacuum_back() {
+    let Some(pg) = TestDatabase::create("metrics_show_a_transaction_that_holds_vacuum_back").await else {
+        return;
+    };
+    let server = TestServer::start_on("127.0.0.101");
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
+    let daemon = Daemon::start_with_env(dir.path(), "", &env);
+    // An analyst's transaction, left open.
+    let mut analyst = PgConnection::connect(&pg.url).await.unwrap();
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM urls")
+        .execute(&mut analyst)
+        .await
+        .unwrap();
+    let mut enqueue = spawn_trawler_with_env(&["enqueue", &server.url("/ok/a"), &server.url("/ok/b")], &env);
+    assert_eq!(wait_within(&mut enqueue, Duration::from_secs(10)).0.code(), Some(0));
+
+    let url = format!("http://{}/metrics", daemon.admin);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let gauge = |metrics: &str, name: &str| -> Option<f64> {
+        metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+    };
+    let mut metrics = String::new();
+    for _ in 0..150 {
+        metrics = http.get(&url).send().await.unwrap().text().await.unwrap();
+        if gauge(&metrics, "trawler_pg_oldest_transaction_seconds").is_some_and(|s| s >= 1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gauge(&metrics, "trawler_pg_oldest_transaction_seconds").is_some_and(|s| s >= 1.0), "{metrics}");
+    assert!(gauge(&metrics, "trawler_pg_dead_tuples{table=\"urls\"}").is_some(), "{metrics}");
+    sqlx::raw_sql("ROLLBACK").execute(&mut analyst).await.unwrap();
+    daemon.stop();
+}
