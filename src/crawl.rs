@@ -318,6 +318,12 @@ async fn start(
     tasks.spawn_infallible("progress", progress::report(stats.clone(), side_done.clone()));
     tasks.spawn("checkpoints", checkpoints(store.clone(), config.store.checkpoint_every, side_done.clone()));
     tasks.spawn_infallible("memory", release_free_memory(side_done.clone()));
+    let (relay, done) = (store.clone(), side_done.clone());
+    let woken = wake.clone();
+    tasks.spawn_infallible(
+        "work notifications",
+        async move { relay.relay_work_notifications(woken, done).await },
+    );
     // A reload that lengthens the waits (a slower rate, a longer delay or
     // backoff) lengthens the timeout too.
     let (stall_timeout, after) = watch::channel(config.stall_timeout());

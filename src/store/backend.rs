@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::postgres::{PgStore, QueueHealth};
 use super::sqlite::{Checkpoint, SqliteStore};
@@ -163,6 +165,17 @@ impl Backend {
         match self {
             Backend::Sqlite(_) => Ok(None),
             Backend::Postgres(s) => s.queue_health().await.map(Some),
+        }
+    }
+
+    /// Until `done`, wakes `wake` when another process adds work to the
+    /// database (PostgreSQL's LISTEN/NOTIFY: [`PgStore::relay_work_notifications`]).
+    /// On SQLite, which cannot tell one process of another's writes, it only
+    /// waits for `done`: the producer's poll finds new URLs.
+    pub async fn relay_work_notifications(&self, wake: Arc<Notify>, done: CancellationToken) {
+        match self {
+            Backend::Sqlite(_) => done.cancelled().await,
+            Backend::Postgres(s) => s.relay_work_notifications(wake, done).await,
         }
     }
 

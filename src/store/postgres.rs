@@ -19,9 +19,10 @@ use std::time::{Duration, SystemTime};
 
 use futures::TryStreamExt;
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
 
 use super::rules::{self, duration_ms, to_i64, unix_ms};
 use super::{
@@ -42,6 +43,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The advisory lock (`pg_try_advisory_lock`) a crawling daemon holds on its
 /// database for as long as it runs: the first 8 bytes of "trawler\0".
 const OWNER_LOCK: i64 = 0x7472_6177_6c65_7200;
+
+/// The LISTEN/NOTIFY channel on which a process that adds work (new URLs,
+/// URLs put back in the queue) tells idle daemons to look for it.
+const WORK_CHANNEL: &str = "trawler_work";
+
+/// How long the relay of work notifications waits before listening again
+/// after its connection failed (the producer's own poll covers the gap).
+const RELISTEN_AFTER: Duration = Duration::from_secs(5);
 
 /// `attempts.outcome` of a completion whose lease was lost.
 const STALE_LEASE: &str = "stale_lease";
@@ -233,6 +242,43 @@ impl PgStore {
         Ok(QueueHealth { dead_tuples, oldest_transaction_s })
     }
 
+    /// Until `done`, wakes `wake` whenever a process notifies
+    /// [`WORK_CHANNEL`] (it added URLs or put some back in the queue), so
+    /// that an idle daemon looks for work at once instead of at its next
+    /// poll. Notifications sent while the listening connection is down are
+    /// lost (PostgreSQL does not queue them for a listener that is gone);
+    /// the producer's poll, at most a second apart, finds that work.
+    pub async fn relay_work_notifications(&self, wake: Arc<Notify>, done: CancellationToken) {
+        loop {
+            let listened = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(WORK_CHANNEL).await?;
+                loop {
+                    listener.recv().await?;
+                    wake.notify_one();
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sqlx::Error>(())
+            };
+            let error = tokio::select! {
+                _ = done.cancelled() => return,
+                result = listened => match result {
+                    Ok(()) => continue,
+                    Err(e) => e,
+                },
+            };
+            tracing::warn!(
+                "not listening for new work on {} ({error}); polling instead, listening again in {} s",
+                self.shown,
+                RELISTEN_AFTER.as_secs()
+            );
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = tokio::time::sleep(RELISTEN_AFTER) => {}
+            }
+        }
+    }
+
     /// How long writes have waited for another process's lock: PostgreSQL
     /// locks rows, not the database, so this stays empty.
     pub fn lock_waits(&self) -> Arc<LockWaits> {
@@ -331,6 +377,14 @@ fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     }
 }
 
+/// Tells listening daemons, when the caller's transaction commits, that
+/// there is work to look for ([`WORK_CHANNEL`]; PostgreSQL delivers a
+/// notification at commit, and folds duplicates within one transaction).
+async fn notify_work(tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut **tx).await?;
+    Ok(())
+}
+
 /// Inserts URLs not known yet and marks their hosts as having work, in the
 /// caller's transaction. Returns how many were new.
 async fn insert_urls(tx: &mut Transaction<'_, Postgres>, urls: &[NewUrl]) -> Result<u64, sqlx::Error> {
@@ -412,6 +466,9 @@ impl Store for PgStore {
         self.writing(|| async {
             let mut tx = self.pool.begin().await?;
             let new = insert_urls(&mut tx, urls).await?;
+            if new > 0 {
+                notify_work(&mut tx).await?;
+            }
             tx.commit().await?;
             Ok(new)
         })
@@ -599,6 +656,9 @@ impl Store for PgStore {
             .bind(distinct.into_iter().collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
+            if !hosts.is_empty() {
+                notify_work(&mut tx).await?;
+            }
             tx.commit().await?;
             Ok(hosts.len() as u64)
         })
@@ -707,6 +767,7 @@ impl Store for PgStore {
                     .bind(distinct.into_iter().collect::<Vec<_>>())
                     .execute(&mut *tx)
                     .await?;
+                notify_work(&mut tx).await?;
             }
             tx.commit().await?;
             Ok(hosts.len() as u64)

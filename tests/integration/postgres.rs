@@ -485,3 +485,37 @@ async fn metrics_show_dead_rows_and_a_transaction_that_holds_vacuum_back() {
     sqlx::raw_sql("ROLLBACK").execute(&mut analyst).await.unwrap();
     daemon.stop();
 }
+
+#[tokio::test]
+async fn urls_enqueued_by_another_process_wake_an_idle_daemon() {
+    let Some(pg) = TestDatabase::create("urls_enqueued_wake_an_idle_daemon").await else { return };
+    let daemon = std::sync::Arc::new(PgStore::open_owned(&pg.url, 2).await.unwrap());
+    let (wake, done) =
+        (std::sync::Arc::new(tokio::sync::Notify::new()), tokio_util::sync::CancellationToken::new());
+    let relay = tokio::spawn({
+        let (daemon, wake, done) = (daemon.clone(), wake.clone(), done.clone());
+        async move { daemon.relay_work_notifications(wake, done).await }
+    });
+    let enqueue = PgStore::open(&pg.url, 1).await.unwrap();
+    let url = NewUrl { url: "http://a.test/new".into(), host: "a.test".into(), depth: 0, found_on: None };
+    // Until the relay listens, a notification may be missed: enqueue new
+    // URLs until one wakes it.
+    let mut woken = false;
+    for i in 0..50 {
+        let url = NewUrl { url: format!("{}{i}", url.url), ..url.clone() };
+        assert_eq!(enqueue.enqueue(&[url]).await.unwrap(), 1);
+        if tokio::time::timeout(Duration::from_millis(200), wake.notified()).await.is_ok() {
+            woken = true;
+            break;
+        }
+    }
+    assert!(woken, "no notification reached the daemon");
+    // A URL already known is no work: no notification.
+    let known = NewUrl { url: "http://a.test/new0".into(), ..url };
+    assert_eq!(enqueue.enqueue(&[known]).await.unwrap(), 0);
+    assert!(tokio::time::timeout(Duration::from_millis(300), wake.notified()).await.is_err());
+    done.cancel();
+    relay.await.unwrap();
+    enqueue.close().await;
+    daemon.close().await;
+}
