@@ -339,10 +339,10 @@ const LEASE: Duration = Duration::from_secs(60);
 const CONFLICT_TRIES: u32 = 5;
 
 impl PgStore {
-    /// Runs the transaction `op` again when PostgreSQL aborted it as a
-    /// deadlock victim or a serialization failure, up to [`CONFLICT_TRIES`]
-    /// times.
-    async fn writing<T, F>(&self, mut op: impl FnMut() -> F) -> Result<T, StoreError>
+    /// Runs the transaction `op` (what it does: `context`, for errors) again
+    /// when PostgreSQL aborted it as a deadlock victim or a serialization
+    /// failure, up to [`CONFLICT_TRIES`] times.
+    async fn writing<T, F>(&self, context: &'static str, mut op: impl FnMut() -> F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, sqlx::Error>>,
     {
@@ -356,7 +356,7 @@ impl PgStore {
                     );
                     tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
                 }
-                other => return other.map_err(db("write")),
+                other => return other.map_err(db(context)),
             }
         }
     }
@@ -463,7 +463,7 @@ impl StatsQueries for PgStore {
 
 impl Store for PgStore {
     async fn enqueue(&self, urls: &[NewUrl]) -> Result<u64, StoreError> {
-        self.writing(|| async {
+        self.writing("enqueue", || async {
             let mut tx = self.pool.begin().await?;
             let new = insert_urls(&mut tx, urls).await?;
             if new > 0 {
@@ -517,7 +517,7 @@ impl Store for PgStore {
         };
         let wanted: BTreeMap<&str, u32> = picks.iter().map(|(host, n)| (host.as_str(), *n)).collect();
         let mut jobs = self
-            .writing(|| async {
+            .writing("claim", || async {
                 let mut tx = self.pool.begin().await?;
                 // Lease the picked hosts that no other daemon holds (or whose
                 // lease lapsed); a host this daemon holds keeps its token.
@@ -609,7 +609,7 @@ impl Store for PgStore {
         completions: &[Completion],
         limits: PageLimits,
     ) -> Result<Committed, StoreError> {
-        self.writing(|| async {
+        self.writing("record results", || async {
             let mut tx = self.pool.begin().await?;
             // URLs first, fenced by their lease: which completions took
             // effect decides their attempts' outcome.
@@ -639,7 +639,7 @@ impl Store for PgStore {
     }
 
     async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
-        self.writing(|| async {
+        self.writing("requeue in-flight URLs", || async {
             let mut tx = self.pool.begin().await?;
             let hosts: Vec<String> = sqlx::query_scalar(
                 "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
@@ -748,7 +748,7 @@ impl Store for PgStore {
     }
 
     async fn requeue_recrawls(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError> {
-        self.writing(|| async {
+        self.writing("requeue recrawls", || async {
             let mut tx = self.pool.begin().await?;
             let hosts: Vec<String> = sqlx::query_scalar(
                 "UPDATE urls SET state = 'queued', not_before_ms = 0, recrawl_at_ms = NULL,
@@ -828,21 +828,29 @@ async fn insert_attempts(
                 .then(|| serde_json::to_string(&r.redirect_chain).unwrap_or_default())
         })
         .collect();
-    let ids: Vec<(i64, i64)> = sqlx::query_as(
-        "INSERT INTO attempts (url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, ttfb_ms,
+    // The attempts' ids, taken first: a batch may hold two attempts of one
+    // URL (a stale one and the live one), so redirect hops find theirs by
+    // position, not by URL.
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT nextval(pg_get_serial_sequence('attempts', 'id')) FROM generate_series(1, $1)",
+    )
+    .bind(attempts.len() as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO attempts (id, url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, ttfb_ms,
              outcome, http_status, error_kind, error_message, retry_at, final_url, redirects, redirect_chain,
              content_type, body_bytes, body_sha256, headers, worker)
-         SELECT url_id, attempt, to_timestamp(started_ms / 1000.0), started_ms, to_timestamp(fetched_ms / 1000.0),
+         SELECT id, url_id, attempt, to_timestamp(started_ms / 1000.0), started_ms, to_timestamp(fetched_ms / 1000.0),
              elapsed_ms, dns_ms, ttfb_ms, outcome, http_status, error_kind, error_message,
              to_timestamp(retry_ms / 1000.0), final_url, redirects, redirect_chain::jsonb, content_type,
              body_bytes, body_sha256, headers::jsonb, $20
          FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
                      $8::text[], $9::int4[], $10::text[], $11::text[], $12::int8[], $13::text[], $14::int4[],
-                     $15::text[], $16::text[], $17::int8[], $18::text[], $19::text[])
+                     $15::text[], $16::text[], $17::int8[], $18::text[], $19::text[], $21::int8[])
               AS v(url_id, attempt, started_ms, fetched_ms, elapsed_ms, dns_ms, ttfb_ms, outcome, http_status,
                    error_kind, error_message, retry_ms, final_url, redirects, redirect_chain, content_type,
-                   body_bytes, body_sha256, headers)
-         RETURNING url_id, id",
+                   body_bytes, body_sha256, headers, id)",
     )
     .bind(attempts.iter().map(|c| c.url_id).collect::<Vec<_>>())
     .bind(attempts.iter().map(|c| i32::try_from(c.attempt).unwrap_or(i32::MAX)).collect::<Vec<_>>())
@@ -864,14 +872,13 @@ async fn insert_attempts(
     .bind(records().map(|r| r.body_sha256.as_deref()).collect::<Vec<_>>())
     .bind(records().map(|r| r.headers.as_deref()).collect::<Vec<_>>())
     .bind(worker)
-    .fetch_all(&mut **tx)
+    .bind(&ids)
+    .execute(&mut **tx)
     .await?;
-    // Redirect hops need their attempt's id: a batch has one attempt per URL.
-    let ids: BTreeMap<i64, i64> = ids.into_iter().collect();
-    let hops: Vec<(i64, i32, &Hop)> = attempts
+    let hops: Vec<(i64, i32, &Hop)> = ids
         .iter()
-        .filter_map(|c| Some((*ids.get(&c.url_id)?, &c.record.hops)))
-        .flat_map(|(id, hops)| hops.iter().enumerate().map(move |(i, hop)| (id, i as i32 + 1, hop)))
+        .zip(&attempts)
+        .flat_map(|(id, c)| c.record.hops.iter().enumerate().map(move |(i, hop)| (*id, i as i32 + 1, hop)))
         .collect();
     if !hops.is_empty() {
         sqlx::query(
