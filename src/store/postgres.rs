@@ -44,6 +44,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// database for as long as it runs: the first 8 bytes of "trawler\0".
 const OWNER_LOCK: i64 = 0x7472_6177_6c65_7200;
 
+/// How long a daemon whose owning session was lost tries to take the lock
+/// again: the server tells the client a session is ended before it has
+/// released the session's locks, so the lock may still be held for a moment
+/// by the session that was ours.
+const RELOCK_PATIENCE: Duration = Duration::from_secs(2);
+
 /// The LISTEN/NOTIFY channel on which a process that adds work (new URLs,
 /// URLs put back in the queue) tells idle daemons to look for it.
 const WORK_CHANNEL: &str = "trawler_work";
@@ -138,19 +144,38 @@ impl PgStore {
     /// database; otherwise as [`open`](Self::open).
     pub async fn open_owned(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let store = Self::open(url, max_connections).await?;
-        let mut owner = store.pool.acquire().await.map_err(db("take the owner lock"))?.detach();
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(OWNER_LOCK)
-            .fetch_one(&mut owner)
-            .await
-            .map_err(db("take the owner lock"))?;
-        if !locked {
-            let _ = owner.close().await;
-            store.close().await;
-            return Err(StoreError::InUse { database: store.shown });
+        match store.take_owner_lock(Duration::ZERO).await {
+            Ok(session) => *store.owner.lock().await = Some(session),
+            Err(e) => {
+                store.close().await;
+                return Err(e);
+            }
         }
-        *store.owner.lock().await = Some(owner);
         Ok(store)
+    }
+
+    /// A session of its own that holds the owner lock, trying for up to
+    /// `patience` (every 50 ms) while another session holds it.
+    ///
+    /// Errors: [`StoreError::InUse`] when another session still holds it.
+    async fn take_owner_lock(&self, patience: Duration) -> Result<PgConnection, StoreError> {
+        let mut session = self.pool.acquire().await.map_err(db("take the owner lock"))?.detach();
+        let give_up = tokio::time::Instant::now() + patience;
+        loop {
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(OWNER_LOCK)
+                .fetch_one(&mut session)
+                .await
+                .map_err(db("take the owner lock"))?;
+            if locked {
+                return Ok(session);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                let _ = session.close().await;
+                return Err(StoreError::InUse { database: self.shown.clone() });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The schema version the database is at: its newest applied migration.
@@ -368,6 +393,19 @@ fn is_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")))
 }
 
+/// Whether `e` says the session is gone: the connection broke, or the
+/// server ended the session (SQLSTATE class 08, connection exception; 57P01
+/// to 57P03, admin or crash shutdown, cannot connect now).
+fn is_session_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
 /// A store error for `e` in `context`: disk full (SQLSTATE 53100) is
 /// [`StoreError::DiskFull`], anything else [`StoreError::Database`].
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -516,89 +554,39 @@ impl Store for PgStore {
             hosts
         };
         let wanted: BTreeMap<&str, u32> = picks.iter().map(|(host, n)| (host.as_str(), *n)).collect();
-        let mut jobs = self
-            .writing("claim", || async {
-                let mut tx = self.pool.begin().await?;
-                // Lease the picked hosts that no other daemon holds (or whose
-                // lease lapsed); a host this daemon holds keeps its token.
-                // Hosts another transaction is leasing right now are skipped.
-                let leased: Vec<(String, i64, bool)> = sqlx::query_as(
-                    "WITH p AS (
-                         SELECT host, lease_owner AS old_owner FROM hosts
-                         WHERE host = ANY($1::text[])
-                           AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < now())
-                         ORDER BY host FOR UPDATE SKIP LOCKED)
-                     UPDATE hosts SET
-                         lease_token = CASE WHEN hosts.lease_owner = $2 THEN hosts.lease_token
-                                            ELSE nextval('lease_tokens') END,
-                         lease_owner = $2,
-                         lease_expires_at = now() + make_interval(secs => $3)
-                     FROM p WHERE hosts.host = p.host
-                     RETURNING hosts.host, hosts.lease_token, p.old_owner IS NOT NULL AND p.old_owner <> $2",
-                )
-                .bind(&hosts)
-                .bind(&self.worker)
-                .bind(LEASE.as_secs_f64())
-                .fetch_all(&mut *tx)
-                .await?;
-                // A lapsed lease taken over: what its owner had in flight goes
-                // back to the queue, and its late completions will be stale.
-                let taken_over: Vec<&str> =
-                    leased.iter().filter(|(_, _, taken)| *taken).map(|(host, _, _)| host.as_str()).collect();
-                if !taken_over.is_empty() {
-                    sqlx::query(
-                        "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
-                         WHERE state = 'in_flight' AND host = ANY($1::text[])",
-                    )
-                    .bind(&taken_over)
-                    .execute(&mut *tx)
-                    .await?;
+        // An owning daemon claims on the session that holds the owner lock,
+        // so a claim never runs without it: if that session was lost (a
+        // server restart, pg_terminate_backend), the lock went with it, and
+        // the claim takes it again first, or fails if another daemon has it.
+        let mut owner = self.owner.lock().await;
+        let (mut tries, mut relocked) = (0, false);
+        let mut jobs = loop {
+            tries += 1;
+            let claimed = {
+                let tx = match owner.as_mut() {
+                    Some(session) => session.begin().await,
+                    None => self.pool.begin().await,
+                };
+                match tx {
+                    Ok(tx) => claim_in(tx, &self.worker, &hosts, &wanted, now_ms).await,
+                    Err(e) => Err(e),
                 }
-                let counts: Vec<i32> = leased
-                    .iter()
-                    .map(|(host, _, _)| i32::try_from(wanted[host.as_str()]).unwrap_or(i32::MAX))
-                    .collect();
-                let rows: Vec<(i64, String, i32, i32, String, i64)> = sqlx::query_as(
-                    "WITH p AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[]) AS p(host, token, n)),
-                     c AS (SELECT u.id, p.token FROM p CROSS JOIN LATERAL (
-                              SELECT id FROM urls
-                              WHERE host = p.host AND state = 'queued' AND not_before_ms <= $4
-                              ORDER BY not_before_ms, id LIMIT p.n
-                              FOR UPDATE SKIP LOCKED) AS u)
-                     UPDATE urls SET state = 'in_flight', lease = c.token, leased_at_ms = $4
-                     FROM c WHERE urls.id = c.id
-                     RETURNING urls.id, urls.url, urls.attempts - urls.attempts_before, urls.depth, urls.host,
-                               urls.lease",
-                )
-                .bind(leased.iter().map(|(host, _, _)| host.as_str()).collect::<Vec<_>>())
-                .bind(leased.iter().map(|(_, token, _)| *token).collect::<Vec<_>>())
-                .bind(&counts)
-                .bind(now_ms)
-                .fetch_all(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE hosts SET work_at_ms = coalesce(
-                         (SELECT min(not_before_ms) FROM urls WHERE urls.host = hosts.host AND urls.state = 'queued'),
-                         9223372036854775807)
-                     WHERE host = ANY($1::text[])",
-                )
-                .bind(leased.iter().map(|(host, _, _)| host.as_str()).collect::<Vec<_>>())
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(url_id, url, attempts, depth, host, lease)| Job {
-                        url_id,
-                        url,
-                        attempt: u32::try_from(attempts).unwrap_or(0) + 1,
-                        depth: u32::try_from(depth).unwrap_or(0),
-                        host,
-                        lease,
-                    })
-                    .collect::<Vec<_>>())
-            })
-            .await?;
+            };
+            match claimed {
+                Err(e) if owner.is_some() && !relocked && is_session_lost(&e) => {
+                    tracing::warn!(
+                        "the session holding the owner lock of {} was lost ({e}); taking it again",
+                        self.shown
+                    );
+                    relocked = true;
+                    *owner = Some(self.take_owner_lock(RELOCK_PATIENCE).await?);
+                }
+                Err(e) if tries < CONFLICT_TRIES && is_conflict(&e) => {
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
+                }
+                other => break other.map_err(db("claim"))?,
+            }
+        };
         // Across hosts too, the URLs queued first go first.
         jobs.sort_unstable_by_key(|job| job.url_id);
         Ok(jobs)
@@ -774,6 +762,96 @@ impl Store for PgStore {
         })
         .await
     }
+}
+
+/// Claims, in `tx`, up to `wanted[host]` due URLs of each of `hosts`
+/// (sorted), under a lease of each host for `worker`: hosts no other daemon
+/// holds (or whose lease lapsed) are leased, a host this daemon holds keeps
+/// its token, and hosts another transaction is leasing right now are
+/// skipped.
+async fn claim_in(
+    mut tx: Transaction<'_, Postgres>,
+    worker: &str,
+    hosts: &[&str],
+    wanted: &BTreeMap<&str, u32>,
+    now_ms: i64,
+) -> Result<Vec<Job>, sqlx::Error> {
+    // Lease the picked hosts that no other daemon holds (or whose
+    // lease lapsed); a host this daemon holds keeps its token.
+    // Hosts another transaction is leasing right now are skipped.
+    let leased: Vec<(String, i64, bool)> = sqlx::query_as(
+        "WITH p AS (
+             SELECT host, lease_owner AS old_owner FROM hosts
+             WHERE host = ANY($1::text[])
+               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < now())
+             ORDER BY host FOR UPDATE SKIP LOCKED)
+         UPDATE hosts SET
+             lease_token = CASE WHEN hosts.lease_owner = $2 THEN hosts.lease_token
+                                ELSE nextval('lease_tokens') END,
+             lease_owner = $2,
+             lease_expires_at = now() + make_interval(secs => $3)
+         FROM p WHERE hosts.host = p.host
+         RETURNING hosts.host, hosts.lease_token, p.old_owner IS NOT NULL AND p.old_owner <> $2",
+    )
+    .bind(hosts)
+    .bind(worker)
+    .bind(LEASE.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    // A lapsed lease taken over: what its owner had in flight goes
+    // back to the queue, and its late completions will be stale.
+    let taken_over: Vec<&str> =
+        leased.iter().filter(|(_, _, taken)| *taken).map(|(host, _, _)| host.as_str()).collect();
+    if !taken_over.is_empty() {
+        sqlx::query(
+            "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
+             WHERE state = 'in_flight' AND host = ANY($1::text[])",
+        )
+        .bind(&taken_over)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let counts: Vec<i32> =
+        leased.iter().map(|(host, _, _)| i32::try_from(wanted[host.as_str()]).unwrap_or(i32::MAX)).collect();
+    let rows: Vec<(i64, String, i32, i32, String, i64)> = sqlx::query_as(
+        "WITH p AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[]) AS p(host, token, n)),
+         c AS (SELECT u.id, p.token FROM p CROSS JOIN LATERAL (
+                  SELECT id FROM urls
+                  WHERE host = p.host AND state = 'queued' AND not_before_ms <= $4
+                  ORDER BY not_before_ms, id LIMIT p.n
+                  FOR UPDATE SKIP LOCKED) AS u)
+         UPDATE urls SET state = 'in_flight', lease = c.token, leased_at_ms = $4
+         FROM c WHERE urls.id = c.id
+         RETURNING urls.id, urls.url, urls.attempts - urls.attempts_before, urls.depth, urls.host,
+                   urls.lease",
+    )
+    .bind(leased.iter().map(|(host, _, _)| host.as_str()).collect::<Vec<_>>())
+    .bind(leased.iter().map(|(_, token, _)| *token).collect::<Vec<_>>())
+    .bind(&counts)
+    .bind(now_ms)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE hosts SET work_at_ms = coalesce(
+             (SELECT min(not_before_ms) FROM urls WHERE urls.host = hosts.host AND urls.state = 'queued'),
+             9223372036854775807)
+         WHERE host = ANY($1::text[])",
+    )
+    .bind(leased.iter().map(|(host, _, _)| host.as_str()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
+        .map(|(url_id, url, attempts, depth, host, lease)| Job {
+            url_id,
+            url,
+            attempt: u32::try_from(attempts).unwrap_or(0) + 1,
+            depth: u32::try_from(depth).unwrap_or(0),
+            host,
+            lease,
+        })
+        .collect::<Vec<_>>())
 }
 
 /// Applies each completion to its URL row if the row still carries the

@@ -519,3 +519,85 @@ async fn urls_enqueued_by_another_process_wake_an_idle_daemon() {
     enqueue.close().await;
     daemon.close().await;
 }
+
+/// Ends the session holding the crawl's owner lock on `url`'s database, as
+/// a server restart or an administrator's `pg_terminate_backend` would.
+async fn end_owner_session(url: &str) {
+    let mut admin = PgConnection::connect(url).await.unwrap();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(ended, [true], "one owner session");
+}
+
+#[test]
+fn a_crawl_whose_owner_session_is_lost_takes_the_lock_again_and_finishes() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(pg) = runtime.block_on(TestDatabase::create("owner_session_lost")) else { return };
+    let server = TestServer::start_on("127.0.0.102");
+    let lines: Vec<String> = (0..100).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
+    let (mut child, _) = spawn_crawl_in(dir.path(), &lines, &["--concurrency", "2"], &env);
+    wait_until(Duration::from_secs(20), "10 fetches", || server.hits().len() >= 10);
+    runtime.block_on(end_owner_session(&pg.url));
+    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
+    let (_, log) = output_of(child);
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("was lost") && log.contains("taking it again"), "{log}");
+    let done: i64 = runtime.block_on(async {
+        let mut db = PgConnection::connect(&pg.url).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM results WHERE state = 'done'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+    });
+    assert_eq!(done, 100);
+}
+
+#[test]
+fn a_crawl_that_loses_its_owner_lock_to_another_daemon_stops_with_an_error() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(pg) = runtime.block_on(TestDatabase::create("owner_lock_taken")) else { return };
+    let server = TestServer::start_on("127.0.0.102");
+    let lines: Vec<String> = (0..100).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
+    let (mut child, _) = spawn_crawl_in(dir.path(), &lines, &["--concurrency", "2"], &env);
+    wait_until(Duration::from_secs(20), "10 fetches", || server.hits().len() >= 10);
+    // While the crawl is paused, its session ends and another daemon takes
+    // the lock (once the server has let the ended session go).
+    signal(&child, libc::SIGSTOP);
+    let other = runtime.block_on(async {
+        end_owner_session(&pg.url).await;
+        for _ in 0..100 {
+            match PgStore::open_owned(&pg.url, 1).await {
+                Ok(other) => return other,
+                Err(StoreError::InUse { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the owner lock outlived its session by 5 s");
+    });
+    signal(&child, libc::SIGCONT);
+    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
+    let (_, log) = output_of(child);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("is being crawled by another trawler daemon"), "{log}");
+    runtime.block_on(other.close());
+    // The next run finishes what the stopped one left.
+    crawl_to_end(dir.path(), &lines, &["--concurrency", "2"], &env);
+    let done: i64 = runtime.block_on(async {
+        let mut db = PgConnection::connect(&pg.url).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM results WHERE state = 'done'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+    });
+    assert_eq!(done, 100);
+}
