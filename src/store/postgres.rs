@@ -766,9 +766,8 @@ impl Store for PgStore {
 
 /// Claims, in `tx`, up to `wanted[host]` due URLs of each of `hosts`
 /// (sorted), under a lease of each host for `worker`: hosts no other daemon
-/// holds (or whose lease lapsed) are leased, a host this daemon holds keeps
-/// its token, and hosts another transaction is leasing right now are
-/// skipped.
+/// holds (or whose lease lapsed) are leased, and a host this daemon holds
+/// keeps its token.
 async fn claim_in(
     mut tx: Transaction<'_, Postgres>,
     worker: &str,
@@ -776,15 +775,21 @@ async fn claim_in(
     wanted: &BTreeMap<&str, u32>,
     now_ms: i64,
 ) -> Result<Vec<Job>, sqlx::Error> {
-    // Lease the picked hosts that no other daemon holds (or whose
-    // lease lapsed); a host this daemon holds keeps its token.
-    // Hosts another transaction is leasing right now are skipped.
+    // Lease the picked hosts that no other daemon holds (or whose lease
+    // lapsed); a host this daemon holds keeps its token. A host row another
+    // transaction has locked is waited for, not skipped: that is most often
+    // this daemon's own writer recording the host's results, whose commit
+    // is a moment away (skipping would leave the host unclaimed, and the
+    // producer idle, until its next poll). Waiting here cannot deadlock:
+    // this is the claim's first statement, so it holds no lock yet, and
+    // the row is checked again once free (a host another daemon leased
+    // meanwhile is left out).
     let leased: Vec<(String, i64, bool)> = sqlx::query_as(
         "WITH p AS (
              SELECT host, lease_owner AS old_owner FROM hosts
              WHERE host = ANY($1::text[])
                AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < now())
-             ORDER BY host FOR UPDATE SKIP LOCKED)
+             ORDER BY host FOR UPDATE)
          UPDATE hosts SET
              lease_token = CASE WHEN hosts.lease_owner = $2 THEN hosts.lease_token
                                 ELSE nextval('lease_tokens') END,
