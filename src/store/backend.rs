@@ -80,14 +80,13 @@ impl Backend {
     /// Opens an existing database for reading only (`trawler stats`,
     /// `trawler export`): no lock, no migrations, nothing written.
     ///
-    /// On PostgreSQL, a newer schema is refused and a missing one created,
-    /// as for any other open: the server, not this process, decides who
-    /// may write.
     ///
-    /// Errors: [`StoreError::Database`] when it is missing or unreadable.
+    /// Errors: [`StoreError::Database`] when it is missing, unreadable or
+    /// (PostgreSQL) holds no trawler schema; [`StoreError::NewerSchema`]
+    /// (PostgreSQL) when a newer trawler wrote it.
     pub async fn open_read_only(config: &StoreConfig) -> Result<Self, StoreError> {
         match &config.url {
-            Some(url) => Ok(Self::Postgres(PgStore::open(url, 2).await?)),
+            Some(url) => Ok(Self::Postgres(PgStore::open_read_only(url).await?)),
             None => Ok(Self::Sqlite(SqliteStore::open_read_only(&config.path).await?)),
         }
     }

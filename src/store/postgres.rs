@@ -114,6 +114,39 @@ impl PgStore {
     /// the URL is malformed, the server cannot be reached or refuses, or a
     /// migration fails. Messages name the URL without its password.
     pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let store = Self::connect(url, max_connections).await?;
+        migrate(&store.pool, &store.shown).await?;
+        Ok(store)
+    }
+
+    /// Opens an existing trawler database for reading (`trawler stats`,
+    /// `trawler export`): no migration, so a database trawler never wrote
+    /// is reported, not given trawler's tables.
+    ///
+    /// Errors: [`StoreError::Database`] when the server cannot be reached or
+    /// the database holds no trawler schema; [`StoreError::NewerSchema`]
+    /// when a newer trawler wrote it.
+    pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(url, 2).await?;
+        let found: Result<Option<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&store.pool)
+                .await;
+        let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let error = match found {
+            Ok(Some(found)) if found <= known => return Ok(store),
+            Ok(Some(found)) => StoreError::NewerSchema { path: store.shown.clone(), found, known },
+            // 42P01, undefined_table: no migration ever ran here.
+            Ok(None) => no_schema(&store.shown),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => no_schema(&store.shown),
+            Err(e) => db("open read-only")(e),
+        };
+        store.close().await;
+        Err(error)
+    }
+
+    /// Connects, without migrating.
+    async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let shown = ForLog(url).to_string();
         let options: PgConnectOptions = url.parse().map_err(|e| StoreError::Database {
             context: "open",
@@ -126,7 +159,6 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Database { context: "open", source: format!("{shown}: {e}").into() })?;
-        migrate(&pool, &shown).await?;
         Ok(Self {
             pool,
             shown,
@@ -340,6 +372,13 @@ fn worker_name() -> String {
         "localhost".to_owned()
     };
     format!("{host}:{}:{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+fn no_schema(shown: &str) -> StoreError {
+    StoreError::Database {
+        context: "open read-only",
+        source: format!("{shown}: no trawler database here (no trawler tables); crawl into it first").into(),
+    }
 }
 
 async fn migrate(pool: &PgPool, shown: &str) -> Result<(), StoreError> {

@@ -601,3 +601,21 @@ fn a_crawl_that_loses_its_owner_lock_to_another_daemon_stops_with_an_error() {
     });
     assert_eq!(done, 100);
 }
+
+#[tokio::test]
+async fn stats_on_a_postgres_database_trawler_never_wrote_says_so_and_creates_nothing() {
+    let Some(pg) = TestDatabase::create("stats_on_a_database_trawler_never_wrote").await else { return };
+    let mut child = spawn_trawler(&["stats", "--db", &pg.url]);
+    let (status, _) = wait_within(&mut child, Duration::from_secs(20));
+    let (_, err) = output_of(child);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("no trawler database here"), "{err}");
+    let mut db = PgConnection::connect(&pg.url).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "a read-only command created nothing");
+}
