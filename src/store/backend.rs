@@ -59,9 +59,10 @@ impl Backend {
     }
 
     /// Opens the database to add URLs (`trawler enqueue`), whether or not a
-    /// crawler owns it: as its owner when it is free, otherwise beside the
-    /// owner ([`SqliteStore::open_shared`]), whose producer picks the new
-    /// URLs up on its next look. Only [`Store::enqueue`],
+    /// crawler owns it. SQLite: as its owner when it is free, otherwise
+    /// beside the owner ([`SqliteStore::open_shared`]), whose producer picks
+    /// the new URLs up on its next look. PostgreSQL: beside any daemons,
+    /// which are told at once ([`PgStore::relay_work_notifications`]). Only [`Store::enqueue`],
     /// [`Store::record_input_errors`] and reads are meant for such a store.
     ///
     /// Errors: as [`Backend::open`], except [`StoreError::Locked`] and
