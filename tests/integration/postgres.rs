@@ -434,14 +434,7 @@ fn after_kill_9_a_rerun_on_postgres_crawls_every_url_once_more_at_most() {
     // with it: the rerun starts at once and puts its claims back.
     let (_, log) = crawl_to_end(dir.path(), &lines, &flags, &env);
     assert!(log.contains("requeued URLs left in flight"), "{log}");
-    let done: i64 = runtime.block_on(async {
-        let mut db = PgConnection::connect(&pg.url).await.unwrap();
-        sqlx::query_scalar("SELECT count(*) FROM results WHERE state = 'done'")
-            .fetch_one(&mut db)
-            .await
-            .unwrap()
-    });
-    assert_eq!(done, 100);
+    assert_eq!(runtime.block_on(done_urls(&pg.url)), 100);
     // Only URLs in flight (or claimed) at the kill may have been fetched twice.
     let per_path = server.hits_per_path();
     assert_eq!(per_path.len(), 100);
@@ -520,6 +513,20 @@ async fn urls_enqueued_by_another_process_wake_an_idle_daemon() {
     daemon.close().await;
 }
 
+/// URLs whose result is `done` in the database at `url`.
+async fn done_urls(url: &str) -> i64 {
+    let mut db = PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM results WHERE state = 'done'").fetch_one(&mut db).await.unwrap()
+}
+
+/// A server on 127.0.0.102, a directory, and 100 URLs of it that answer
+/// after 20 ms: a crawl long enough to act on midway.
+fn slow_crawl_input() -> (TestServer, tempfile::TempDir, Vec<String>) {
+    let server = TestServer::start_on("127.0.0.102");
+    let lines = (0..100).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
+    (server, tempfile::tempdir().unwrap(), lines)
+}
+
 /// Ends the session holding the crawl's owner lock on `url`'s database, as
 /// a server restart or an administrator's `pg_terminate_backend` would.
 async fn end_owner_session(url: &str) {
@@ -539,9 +546,7 @@ async fn end_owner_session(url: &str) {
 fn a_crawl_whose_owner_session_is_lost_takes_the_lock_again_and_finishes() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Some(pg) = runtime.block_on(TestDatabase::create("owner_session_lost")) else { return };
-    let server = TestServer::start_on("127.0.0.102");
-    let lines: Vec<String> = (0..100).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
-    let dir = tempfile::tempdir().unwrap();
+    let (server, dir, lines) = slow_crawl_input();
     let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
     let (mut child, _) = spawn_crawl_in(dir.path(), &lines, &["--concurrency", "2"], &env);
     wait_until(Duration::from_secs(20), "10 fetches", || server.hits().len() >= 10);
@@ -550,23 +555,14 @@ fn a_crawl_whose_owner_session_is_lost_takes_the_lock_again_and_finishes() {
     let (_, log) = output_of(child);
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("was lost") && log.contains("taking it again"), "{log}");
-    let done: i64 = runtime.block_on(async {
-        let mut db = PgConnection::connect(&pg.url).await.unwrap();
-        sqlx::query_scalar("SELECT count(*) FROM results WHERE state = 'done'")
-            .fetch_one(&mut db)
-            .await
-            .unwrap()
-    });
-    assert_eq!(done, 100);
+    assert_eq!(runtime.block_on(done_urls(&pg.url)), 100);
 }
 
 #[test]
 fn a_crawl_that_loses_its_owner_lock_to_another_daemon_stops_with_an_error() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Some(pg) = runtime.block_on(TestDatabase::create("owner_lock_taken")) else { return };
-    let server = TestServer::start_on("127.0.0.102");
-    let lines: Vec<String> = (0..100).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
-    let dir = tempfile::tempdir().unwrap();
+    let (server, dir, lines) = slow_crawl_input();
     let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
     let (mut child, _) = spawn_crawl_in(dir.path(), &lines, &["--concurrency", "2"], &env);
     wait_until(Duration::from_secs(20), "10 fetches", || server.hits().len() >= 10);
@@ -592,14 +588,7 @@ fn a_crawl_that_loses_its_owner_lock_to_another_daemon_stops_with_an_error() {
     runtime.block_on(other.close());
     // The next run finishes what the stopped one left.
     crawl_to_end(dir.path(), &lines, &["--concurrency", "2"], &env);
-    let done: i64 = runtime.block_on(async {
-        let mut db = PgConnection::connect(&pg.url).await.unwrap();
-        sqlx::query_scalar("SELECT count(*) FROM results WHERE state = 'done'")
-            .fetch_one(&mut db)
-            .await
-            .unwrap()
-    });
-    assert_eq!(done, 100);
+    assert_eq!(runtime.block_on(done_urls(&pg.url)), 100);
 }
 
 #[tokio::test]
