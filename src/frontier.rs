@@ -31,6 +31,13 @@ use crate::systemd::Heartbeat;
 /// The longest sleep between looks at the store when nothing is due.
 pub const MAX_IDLE: Duration = Duration::from_secs(1);
 
+/// The sleep of a look at the store with nothing else to wait for: between
+/// three quarters of [`MAX_IDLE`] and all of it, at random, so that daemons
+/// sharing one database do not poll it in step.
+fn idle_poll() -> Duration {
+    MAX_IDLE.mul_f64(0.75 + rand::random::<f64>() / 4.0)
+}
+
 /// The current wall-clock time in Unix ms: not-before times outlive the
 /// process, so they are wall-clock, not monotonic.
 pub fn now_ms() -> i64 {
@@ -113,7 +120,7 @@ impl<S: Store> Producer<S> {
                 tokio::select! {
                     _ = self.stop.cancelled() => return Ok(()),
                     _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(MAX_IDLE) => {}
+                    _ = tokio::time::sleep(idle_poll()) => {}
                 }
                 continue;
             }
@@ -177,9 +184,9 @@ impl<S: Store> Producer<S> {
         let wait = match store {
             // The store has a host ready now, so it is busy here: its delay
             // or backoff ending (or a fetch finishing) is what to wait for.
-            Some(ms) if ms <= 0 => politeness.unwrap_or(MAX_IDLE),
-            Some(ms) => politeness.unwrap_or(MAX_IDLE).min(Duration::from_millis(ms as u64)),
-            None => politeness.unwrap_or(MAX_IDLE),
+            Some(ms) if ms <= 0 => politeness.unwrap_or_else(idle_poll),
+            Some(ms) => politeness.unwrap_or_else(idle_poll).min(Duration::from_millis(ms as u64)),
+            None => politeness.unwrap_or_else(idle_poll),
         };
         Ok(wait.clamp(Duration::from_millis(1), MAX_IDLE))
     }
@@ -187,3 +194,16 @@ impl<S: Store> Producer<S> {
 
 /// How often idle hosts are dropped from the politeness state.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_polls_spread_over_the_last_quarter_of_max_idle() {
+        let polls: Vec<Duration> = (0..1000).map(|_| idle_poll()).collect();
+        assert!(polls.iter().all(|p| *p >= MAX_IDLE.mul_f64(0.75) && *p <= MAX_IDLE));
+        let (least, most) = (polls.iter().min().unwrap(), polls.iter().max().unwrap());
+        assert!(*most - *least > MAX_IDLE / 8, "spread, not in step: {least:?}..{most:?}");
+    }
+}
