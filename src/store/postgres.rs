@@ -656,8 +656,10 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            let pages: Vec<&Completion> =
-                completions.iter().filter(|c| c.has_links() && applied.contains(&c.url_id)).collect();
+            let pages: Vec<&Completion> = completions
+                .iter()
+                .filter(|c| c.has_links() && applied.contains(&(c.url_id, c.lease)))
+                .collect();
             let (new_urls, dropped_links) = record_links(&mut tx, &pages, limits).await?;
             tx.commit().await?;
             Ok(Committed { applied: applied.len() as u64, new_urls, dropped_links })
@@ -899,14 +901,16 @@ async fn claim_in(
 }
 
 /// Applies each completion to its URL row if the row still carries the
-/// completion's lease. Returns the ids of the URLs it applied to.
+/// completion's lease. Returns the `(url_id, lease)` of the completions it
+/// applied: a batch may hold a stale and the live completion of one URL, so
+/// the URL alone does not say which took effect.
 async fn update_urls(
     tx: &mut Transaction<'_, Postgres>,
     completions: &[Completion],
-) -> Result<BTreeSet<i64>, sqlx::Error> {
+) -> Result<BTreeSet<(i64, i64)>, sqlx::Error> {
     let now = unix_ms(SystemTime::now());
     let changes: Vec<_> = completions.iter().map(|c| c.url_change(now)).collect();
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let applied: Vec<(i64, i64)> = sqlx::query_as(
         "UPDATE urls SET state = v.state, attempts = urls.attempts_before + v.attempt,
              not_before_ms = v.not_before_ms, lease = NULL, leased_at_ms = NULL,
              finished_ms = coalesce(v.finished_ms, urls.finished_ms),
@@ -914,7 +918,7 @@ async fn update_urls(
          FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int4[], $5::int8[], $6::int8[], $7::int8[])
               AS v(url_id, lease, state, attempt, not_before_ms, finished_ms, recrawl_after_ms)
          WHERE urls.id = v.url_id AND urls.lease = v.lease AND urls.state = 'in_flight'
-         RETURNING urls.id",
+         RETURNING urls.id, v.lease",
     )
     .bind(completions.iter().map(|c| c.url_id).collect::<Vec<_>>())
     .bind(completions.iter().map(|c| c.lease).collect::<Vec<_>>())
@@ -925,7 +929,7 @@ async fn update_urls(
     .bind(changes.iter().map(|c| c.recrawl_after_ms).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
-    Ok(ids.into_iter().collect())
+    Ok(applied.into_iter().collect())
 }
 
 /// Records the attempts of `completions` (a requeue made none): those whose
@@ -934,7 +938,7 @@ async fn update_urls(
 async fn insert_attempts(
     tx: &mut Transaction<'_, Postgres>,
     completions: &[Completion],
-    applied: &BTreeSet<i64>,
+    applied: &BTreeSet<(i64, i64)>,
     worker: &str,
 ) -> Result<(), sqlx::Error> {
     let attempts: Vec<&Completion> = completions.iter().filter(|c| c.is_attempt()).collect();
@@ -943,7 +947,8 @@ async fn insert_attempts(
     }
     let now = SystemTime::now();
     let records = || attempts.iter().map(|c| &c.record);
-    let outcome = |c: &Completion| if applied.contains(&c.url_id) { c.next.outcome() } else { STALE_LEASE };
+    let outcome =
+        |c: &Completion| if applied.contains(&(c.url_id, c.lease)) { c.next.outcome() } else { STALE_LEASE };
     let chains: Vec<Option<String>> = records()
         .map(|r| {
             (!r.redirect_chain.is_empty())

@@ -712,11 +712,8 @@ impl Store for SqliteStore {
     ) -> Result<Committed, StoreError> {
         self.writing(move || async move {
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-            // Which completions were applied is only needed for pages with links
-            // (a stale one must not add to the link graph); asking for it on
-            // every batch would stream a row per URL back from SQLite.
-            let track = completions.iter().any(Completion::has_links);
-            let mut applied_ids = BTreeSet::new();
+            // Read before the updates below clear the leases.
+            let pages = live_pages(&mut tx, completions).await?;
             let mut applied = 0;
             // Attempts first: their insert checks the lease, which updating
             // the URLs clears. A requeue made no attempt.
@@ -725,11 +722,9 @@ impl Store for SqliteStore {
                 insert_attempts(&mut tx, chunk).await?;
             }
             for chunk in statement_chunks(completions) {
-                applied += update_urls(&mut tx, chunk, track.then_some(&mut applied_ids)).await?;
+                applied += update_urls(&mut tx, chunk).await?;
             }
             update_hosts(&mut tx, completions).await?;
-            let pages: Vec<&Completion> =
-                completions.iter().filter(|c| c.has_links() && applied_ids.contains(&c.url_id)).collect();
             let (new_urls, dropped_links) = record_links(&mut tx, &pages, limits).await?;
             tx.commit().await.map_err(db("commit results"))?;
             Ok(Committed { applied, new_urls, dropped_links })
@@ -978,12 +973,36 @@ async fn insert_attempts(
     Ok(())
 }
 
-/// Returns how many URLs' leases matched, and adds their ids to `applied`
-/// when it is given.
+/// The pages with links among `completions` whose URL still carries their
+/// lease: a stale page must not add to the link graph. Read before the
+/// batch's updates clear the leases, and by (URL, lease): a batch may hold a
+/// stale and the live completion of one URL.
+async fn live_pages<'c>(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    completions: &'c [Completion],
+) -> Result<Vec<&'c Completion>, StoreError> {
+    let pages: Vec<&Completion> = completions.iter().filter(|c| c.has_links()).collect();
+    if pages.is_empty() {
+        return Ok(pages);
+    }
+    let ids: Vec<i64> = pages.iter().map(|c| c.url_id).collect();
+    let live: BTreeSet<(i64, i64)> = sqlx::query_as(
+        "SELECT id, lease FROM urls WHERE id IN (SELECT value FROM json_each(?1)) AND lease IS NOT NULL",
+    )
+    .bind(json_array(&ids))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db("look up leases"))?
+    .into_iter()
+    .collect();
+    Ok(pages.into_iter().filter(|c| live.contains(&(c.url_id, c.lease))).collect())
+}
+
+/// Applies each completion to its URL if the URL still carries the
+/// completion's lease. Returns how many it applied.
 async fn update_urls(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     chunk: &[Completion],
-    applied: Option<&mut BTreeSet<i64>>,
 ) -> Result<u64, StoreError> {
     const HEAD: &str =
         "WITH v(url_id, lease, state, attempt, not_before_ms, finished_ms, recrawl_after_ms) AS (VALUES ";
@@ -992,9 +1011,7 @@ async fn update_urls(
                 finished_ms = coalesce(v.finished_ms, urls.finished_ms),
                 recrawl_at_ms = v.finished_ms + v.recrawl_after_ms
           FROM v WHERE urls.id = v.url_id AND urls.lease = v.lease";
-    static PLAIN: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 7, TAIL));
-    static WITH_IDS: LazyLock<MultiRow> =
-        LazyLock::new(|| MultiRow::new(HEAD, 7, &format!("{TAIL} RETURNING urls.id")));
+    static STATEMENT: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 7, TAIL));
     let mut args = SqliteArguments::default();
     let now = unix_ms(SystemTime::now());
     for c in chunk {
@@ -1007,22 +1024,11 @@ async fn update_urls(
         add(&mut args, change.finished_ms)?;
         add(&mut args, change.recrawl_after_ms)?;
     }
-    match applied {
-        None => Ok(sqlx::query_with(PLAIN.sql(chunk.len()), args)
-            .execute(&mut **tx)
-            .await
-            .map_err(db("update URLs"))?
-            .rows_affected()),
-        Some(applied) => {
-            let ids: Vec<i64> = sqlx::query_scalar_with(WITH_IDS.sql(chunk.len()), args)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(db("update URLs"))?;
-            let n = ids.len() as u64;
-            applied.extend(ids);
-            Ok(n)
-        }
-    }
+    Ok(sqlx::query_with(STATEMENT.sql(chunk.len()), args)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("update URLs"))?
+        .rows_affected())
 }
 
 /// Inserts URLs not known yet, and marks their hosts as having work, in the

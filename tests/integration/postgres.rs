@@ -671,3 +671,53 @@ async fn stats_on_a_postgres_database_trawler_never_wrote_says_so_and_creates_no
     .unwrap();
     assert_eq!(tables, 0, "a read-only command created nothing");
 }
+
+#[tokio::test]
+async fn a_stale_and_a_live_completion_of_one_url_in_one_batch_are_told_apart() {
+    let Some(pg) = TestDatabase::create("stale_and_live_in_one_batch").await else { return };
+    let store = PgStore::open_owned(&pg.url, 2).await.unwrap();
+    let url = NewUrl { url: "http://a.test/page".into(), host: "a.test".into(), depth: 0, found_on: None };
+    store.enqueue(&[url]).await.unwrap();
+    let first = store.claim(i64::MAX, &[("a.test".into(), 1)]).await.unwrap().remove(0);
+    store.requeue_in_flight().await.unwrap();
+    let second = store.claim(i64::MAX, &[("a.test".into(), 1)]).await.unwrap().remove(0);
+    // Both fetches report in the same batch, each with a link and a
+    // redirect hop; only the live one may add to the link graph.
+    let report = |job: &Job, link: &str| {
+        let mut c = crate::store::done(job, job.lease);
+        c.links = vec![NewUrl {
+            url: format!("http://a.test/{link}"),
+            host: "a.test".into(),
+            depth: 1,
+            found_on: Some(job.url_id),
+        }];
+        c.record.redirect_chain = vec!["http://a.test/page".into()];
+        c.record.hops = vec![trawler::store::Hop {
+            url: format!("http://a.test/{link}-target"),
+            host: "a.test".into(),
+            started_at: std::time::SystemTime::now(),
+            http_status: Some(200),
+        }];
+        c
+    };
+    let committed = store
+        .complete(&[report(&first, "from-stale"), report(&second, "from-live")], PageLimits::default())
+        .await;
+    assert_eq!(committed.unwrap().applied, 1);
+
+    let mut db = PgConnection::connect(&pg.url).await.unwrap();
+    let outcomes: Vec<String> =
+        sqlx::query_scalar("SELECT outcome FROM attempts ORDER BY id").fetch_all(&mut db).await.unwrap();
+    assert_eq!(outcomes, ["stale_lease", "done"]);
+    let urls: Vec<String> =
+        sqlx::query_scalar("SELECT url FROM urls ORDER BY id").fetch_all(&mut db).await.unwrap();
+    assert_eq!(
+        urls,
+        ["http://a.test/page", "http://a.test/from-live"],
+        "the stale page's link is not enqueued"
+    );
+    let hops: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM redirect_hops").fetch_one(&mut db).await.unwrap();
+    assert_eq!(hops, 2, "both fetches' requests were made and are recorded");
+    store.close().await;
+}

@@ -233,3 +233,24 @@ async fn a_recrawl_is_a_new_visit_that_keeps_the_history() {
     assert_eq!(row("SELECT count(*) FROM urls WHERE recrawl_at_ms IS NOT NULL").await, 0);
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_stale_completion_in_the_same_batch_as_the_live_one_adds_no_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let store = SqliteStore::open(&config.store).await.unwrap();
+    store.enqueue(&[new_url("page")]).await.unwrap();
+    let first = claim(&store, i64::MAX, 1).await.remove(0);
+    store.requeue_in_flight().await.unwrap();
+    let second = claim(&store, i64::MAX, 1).await.remove(0);
+    let with_link = |job: &trawler::store::Job, link: &str| Completion {
+        links: vec![NewUrl { found_on: Some(job.url_id), depth: 1, ..new_url(link) }],
+        ..done(job, job.lease)
+    };
+    let batch = [with_link(&first, "from-stale"), with_link(&second, "from-live")];
+    assert_eq!(store.complete(&batch, PageLimits::default()).await.unwrap().applied, 1);
+    let urls = crate::util::strings(&config.store.path, "SELECT url FROM urls ORDER BY id").await;
+    assert_eq!(urls, ["http://127.0.0.1/page", "http://127.0.0.1/from-live"]);
+    assert_eq!(crate::util::scalar(&config.store.path, "SELECT count(*) FROM attempts").await, 1);
+    store.close().await;
+}
