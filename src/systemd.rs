@@ -135,7 +135,9 @@ pub async fn watchdog(
 ) {
     let Some(every) = notifier.watchdog_every() else { return };
     let stale_after = every.max(MIN_STALE_AFTER);
-    let mut tick = tokio::time::interval(every);
+    // The first WATCHDOG=1 a period after start: the service spawns this
+    // task just before it reports READY=1, which should come first.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut stalled = false;
     loop {
         tokio::select! {
