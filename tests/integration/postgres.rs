@@ -390,13 +390,18 @@ fn a_capped_crawl_that_keeps_bodies_and_headers_ends_alike_on_both_engines() {
         for (bytes, data) in &bodies {
             assert_eq!(zstd::decode_all(data.as_slice()).unwrap().len() as i64, *bytes);
         }
-        let typed: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM attempts WHERE jsonb_typeof(headers) = 'array' AND headers @> '[[\"content-type\"]]'",
+        // Headers are a JSON array of [name, value] that a query can search.
+        let (attempts, arrays, typed, with_type): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE jsonb_typeof(headers) = 'array'),
+                    count(*) FILTER (WHERE headers @> jsonb_build_array(jsonb_build_array('content-type', content_type))),
+                    count(content_type)
+             FROM attempts",
         )
         .fetch_one(&mut db)
         .await
         .unwrap();
-        assert!(typed >= 6, "headers as a JSON array of [name, value]");
+        assert!(attempts >= 6 && arrays == attempts, "{attempts} attempts, {arrays} with headers");
+        assert!(with_type >= 5 && typed == with_type, "{typed} of {with_type} content types found in headers");
     });
 }
 
