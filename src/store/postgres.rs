@@ -955,20 +955,26 @@ async fn insert_attempts(
                 .then(|| serde_json::to_string(&r.redirect_chain).unwrap_or_default())
         })
         .collect();
-    // The attempts' ids, taken first: a batch may hold two attempts of one
-    // URL (a stale one and the live one), so redirect hops find theirs by
-    // position, not by URL.
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "SELECT nextval(pg_get_serial_sequence('attempts', 'id')) FROM generate_series(1, $1)",
-    )
-    .bind(attempts.len() as i64)
-    .fetch_all(&mut **tx)
-    .await?;
+    // Redirect hops need their attempt's id, and a batch may hold two
+    // attempts of one URL (a stale one and the live one), so when any
+    // attempt has hops the ids are taken first and hops find theirs by
+    // position. Otherwise (most batches) the insert takes them itself: an
+    // empty array unnests to NULLs beside the others.
+    let ids: Vec<i64> = if attempts.iter().any(|c| !c.record.hops.is_empty()) {
+        sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('attempts', 'id')) FROM generate_series(1, $1)",
+        )
+        .bind(attempts.len() as i64)
+        .fetch_all(&mut **tx)
+        .await?
+    } else {
+        Vec::new()
+    };
     sqlx::query(
         "INSERT INTO attempts (id, url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, ttfb_ms,
              outcome, http_status, error_kind, error_message, retry_at, final_url, redirects, redirect_chain,
              content_type, body_bytes, body_sha256, headers, worker)
-         SELECT id, url_id, attempt, to_timestamp(started_ms / 1000.0), started_ms, to_timestamp(fetched_ms / 1000.0),
+         SELECT coalesce(id, nextval(pg_get_serial_sequence('attempts', 'id'))), url_id, attempt, to_timestamp(started_ms / 1000.0), started_ms, to_timestamp(fetched_ms / 1000.0),
              elapsed_ms, dns_ms, ttfb_ms, outcome, http_status, error_kind, error_message,
              to_timestamp(retry_ms / 1000.0), final_url, redirects, redirect_chain::jsonb, content_type,
              body_bytes, body_sha256, headers::jsonb, $20
