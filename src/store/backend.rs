@@ -146,7 +146,11 @@ impl Backend {
     /// How long writes have been waiting for another process's lock, shared
     /// with `/healthz`.
     pub fn lock_waits(&self) -> Arc<LockWaits> {
-        each!(self, s => s.lock_waits())
+        match self {
+            Backend::Sqlite(s) => s.lock_waits(),
+            // PostgreSQL locks rows, not the database: nothing to wait out.
+            Backend::Postgres(_) => Arc::new(LockWaits::default()),
+        }
     }
 
     /// When the oldest claim still in flight was taken (Unix ms), if any.

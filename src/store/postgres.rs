@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::rules::{self, duration_ms, to_i64, unix_ms};
 use super::{
-    Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl, PageLimits,
-    RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, UrlState,
+    Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, NewUrl, PageLimits, RecrawlPolicy,
+    ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, UrlState,
 };
 use crate::fetch::ErrorKind;
 use crate::redact::ForLog;
@@ -95,8 +95,6 @@ pub struct PgStore {
     /// The connection holding [`OWNER_LOCK`], for a store opened with
     /// [`open_owned`](Self::open_owned); closing it releases the lock.
     owner: Mutex<Option<PgConnection>>,
-    /// PostgreSQL has no database-wide write lock to wait for: never set.
-    waits: Arc<LockWaits>,
 }
 
 impl PgStore {
@@ -159,13 +157,7 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Database { context: "open", source: format!("{shown}: {e}").into() })?;
-        Ok(Self {
-            pool,
-            shown,
-            worker: worker_name(),
-            owner: Mutex::new(None),
-            waits: Arc::new(LockWaits::default()),
-        })
+        Ok(Self { pool, shown, worker: worker_name(), owner: Mutex::new(None) })
     }
 
     /// Opens the database as [`open`](Self::open) does, for crawling: takes
@@ -307,22 +299,9 @@ impl PgStore {
     /// the producer's poll, at most a second apart, finds that work.
     pub async fn relay_work_notifications(&self, wake: Arc<Notify>, done: CancellationToken) {
         loop {
-            let listened = async {
-                let mut listener = PgListener::connect_with(&self.pool).await?;
-                listener.listen(WORK_CHANNEL).await?;
-                loop {
-                    listener.recv().await?;
-                    wake.notify_one();
-                }
-                #[allow(unreachable_code)]
-                Ok::<(), sqlx::Error>(())
-            };
             let error = tokio::select! {
                 _ = done.cancelled() => return,
-                result = listened => match result {
-                    Ok(()) => continue,
-                    Err(e) => e,
-                },
+                error = relay_until_lost(&self.pool, &wake) => error,
             };
             tracing::warn!(
                 "not listening for new work on {} ({error}); polling instead, listening again in {} s",
@@ -334,12 +313,6 @@ impl PgStore {
                 _ = tokio::time::sleep(RELISTEN_AFTER) => {}
             }
         }
-    }
-
-    /// How long writes have waited for another process's lock: PostgreSQL
-    /// locks rows, not the database, so this stays empty.
-    pub fn lock_waits(&self) -> Arc<LockWaits> {
-        self.waits.clone()
     }
 
     /// When the oldest claim still in flight was taken (Unix ms), if any.
@@ -358,6 +331,24 @@ impl PgStore {
             let _ = owner.close().await;
         }
         self.pool.close().await;
+    }
+}
+
+/// Wakes `wake` at every notification on [`WORK_CHANNEL`] until listening
+/// fails; returns why.
+async fn relay_until_lost(pool: &PgPool, wake: &Notify) -> sqlx::Error {
+    let mut listener = match PgListener::connect_with(pool).await {
+        Ok(listener) => listener,
+        Err(e) => return e,
+    };
+    if let Err(e) = listener.listen(WORK_CHANNEL).await {
+        return e;
+    }
+    loop {
+        match listener.recv().await {
+            Ok(_) => wake.notify_one(),
+            Err(e) => return e,
+        }
     }
 }
 
