@@ -418,8 +418,9 @@ fn a_second_daemon_on_one_postgres_database_is_refused() {
     assert_ne!(status.code(), Some(0));
     assert!(log.contains("is being crawled by another trawler daemon"), "{log}");
     // enqueue works beside the crawling daemon.
-    let (out, err) = output_of(spawn_trawler(&["enqueue", "--db", &pg.url, "http://127.0.0.100/ok/y"]));
-    assert!(err.is_empty() || !err.contains("ERROR"), "{out}{err}");
+    let mut enqueue = spawn_trawler(&["enqueue", "--db", &pg.url, "http://127.0.0.100/ok/y"]);
+    let (status, _) = wait_within(&mut enqueue, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", output_of(enqueue).1);
     runtime.block_on(async {
         assert_eq!(first.counts().await.unwrap().queued, 1);
         first.close().await;
@@ -515,6 +516,20 @@ fn after_kill_9_a_rerun_on_postgres_crawls_every_url_once_more_at_most() {
     assert!(twice <= 4 * 2 + 4, "{twice} URLs fetched twice");
 }
 
+/// `/metrics` at `url`, read until `holds` says yes (the gauges refresh
+/// every 5 s), for at most 15 s.
+async fn metrics_until(http: &reqwest::Client, url: &str, holds: impl Fn(&str) -> bool) -> String {
+    let mut metrics = String::new();
+    for _ in 0..150 {
+        metrics = http.get(url).send().await.unwrap().text().await.unwrap();
+        if holds(&metrics) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    metrics
+}
+
 #[tokio::test]
 async fn metrics_show_dead_rows_and_a_transaction_that_holds_vacuum_back() {
     let Some(pg) = TestDatabase::create("metrics_show_a_transaction_that_holds_vacuum_back").await else {
@@ -538,17 +553,19 @@ async fn metrics_show_dead_rows_and_a_transaction_that_holds_vacuum_back() {
     let gauge = |metrics: &str, name: &str| -> Option<f64> {
         metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
     };
-    let mut metrics = String::new();
-    for _ in 0..150 {
-        metrics = http.get(&url).send().await.unwrap().text().await.unwrap();
-        if gauge(&metrics, "trawler_pg_oldest_transaction_seconds").is_some_and(|s| s >= 1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gauge(&metrics, "trawler_pg_oldest_transaction_seconds").is_some_and(|s| s >= 1.0), "{metrics}");
-    assert!(gauge(&metrics, "trawler_pg_dead_tuples{table=\"urls\"}").is_some(), "{metrics}");
+    let oldest = |m: &str| gauge(m, "trawler_pg_oldest_transaction_seconds");
+    // The crawl updated both URLs twice (claim, result); the open snapshot
+    // keeps those dead versions from being vacuumed.
+    let dead = |m: &str| gauge(m, "trawler_pg_dead_tuples{table=\"urls\"}");
+    let held = |m: &str| oldest(m).is_some_and(|s| s >= 1.0) && dead(m).is_some_and(|n| n >= 2.0);
+    let metrics = metrics_until(&http, &url, held).await;
+    assert!(held(&metrics), "{metrics}");
+
+    // Once the analyst is done, the gauge says so.
     sqlx::raw_sql("ROLLBACK").execute(&mut analyst).await.unwrap();
+    let released = |m: &str| oldest(m).is_some_and(|s| s < 1.0);
+    let metrics = metrics_until(&http, &url, released).await;
+    assert!(released(&metrics), "{metrics}");
     daemon.stop();
 }
 
