@@ -130,7 +130,7 @@ impl PgStore {
             sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
                 .fetch_one(&store.pool)
                 .await;
-        let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let known = known_version();
         let error = match found {
             Ok(Some(found)) if found <= known => return Ok(store),
             Ok(Some(found)) => StoreError::NewerSchema { path: store.shown.clone(), found, known },
@@ -372,14 +372,17 @@ fn no_schema(shown: &str) -> StoreError {
     }
 }
 
+/// The newest schema version this binary knows.
+fn known_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
 async fn migrate(pool: &PgPool, shown: &str) -> Result<(), StoreError> {
     match MIGRATOR.run(pool).await {
         Ok(()) => Ok(()),
-        Err(MigrateError::VersionMissing(found)) => Err(StoreError::NewerSchema {
-            path: shown.to_owned(),
-            found,
-            known: MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0),
-        }),
+        Err(MigrateError::VersionMissing(found)) => {
+            Err(StoreError::NewerSchema { path: shown.to_owned(), found, known: known_version() })
+        }
         Err(e) => Err(StoreError::Database { context: "migrate", source: format!("{shown}: {e}").into() }),
     }
 }
@@ -405,22 +408,27 @@ impl PgStore {
         loop {
             tries += 1;
             match op().await {
-                Err(e) if tries < CONFLICT_TRIES && is_conflict(&e) => {
-                    tracing::debug!(
-                        "transaction aborted by a conflict with another daemon, trying again: {e}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
-                }
+                Err(e) if retry_conflict(&e, tries).await => {}
                 other => return other.map_err(db(context)),
             }
         }
     }
 }
 
-/// Whether `e` is a deadlock or serialization failure (PostgreSQL manual,
-/// Appendix A: 40P01 deadlock_detected, 40001 serialization_failure).
-fn is_conflict(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")))
+/// Whether a transaction that failed with `e` on its `tries`-th try should
+/// be tried again: a deadlock or serialization failure (PostgreSQL manual,
+/// Appendix A: 40P01 deadlock_detected, 40001 serialization_failure), fewer
+/// than [`CONFLICT_TRIES`] times. Pauses 5 ms per try so far before saying
+/// yes.
+async fn retry_conflict(e: &sqlx::Error, tries: u32) -> bool {
+    let conflict =
+        matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")));
+    if !conflict || tries >= CONFLICT_TRIES {
+        return false;
+    }
+    tracing::debug!("transaction aborted by a conflict with another transaction, trying again: {e}");
+    tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
+    true
 }
 
 /// Whether `e` says the session is gone: the connection broke, or the
@@ -611,9 +619,7 @@ impl Store for PgStore {
                     relocked = true;
                     *owner = Some(self.take_owner_lock(RELOCK_PATIENCE).await?);
                 }
-                Err(e) if tries < CONFLICT_TRIES && is_conflict(&e) => {
-                    tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
-                }
+                Err(e) if retry_conflict(&e, tries).await => {}
                 other => break other.map_err(db("claim"))?,
             }
         };
