@@ -609,12 +609,18 @@ async fn done_urls(url: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM results WHERE state = 'done'").fetch_one(&mut db).await.unwrap()
 }
 
-/// A server on 127.0.0.102, a directory, and 100 URLs of it that answer
-/// after 20 ms: a crawl long enough to act on midway.
-fn slow_crawl_input() -> (TestServer, tempfile::TempDir, Vec<String>) {
+/// A crawl of 100 URLs that answer after 20 ms (a server on 127.0.0.102),
+/// 2 in flight, on the PostgreSQL database at `url`, returned once 10 have
+/// been fetched: long enough to act on midway. Also its server, directory
+/// and input lines, for a rerun.
+fn slow_crawl_midway(url: &str) -> (TestServer, tempfile::TempDir, Vec<String>, std::process::Child) {
     let server = TestServer::start_on("127.0.0.102");
-    let lines = (0..100).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
-    (server, tempfile::tempdir().unwrap(), lines)
+    let lines: Vec<String> = (0..100).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (child, _) =
+        spawn_crawl_in(dir.path(), &lines, &["--concurrency", "2"], &[("TRAWLER_STORE__URL", url)]);
+    wait_until(Duration::from_secs(20), "10 fetches", || server.hits().len() >= 10);
+    (server, dir, lines, child)
 }
 
 /// Ends the session holding the crawl's owner lock on `url`'s database, as
@@ -636,10 +642,7 @@ async fn end_owner_session(url: &str) {
 fn a_crawl_whose_owner_session_is_lost_takes_the_lock_again_and_finishes() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Some(pg) = runtime.block_on(TestDatabase::create("owner_session_lost")) else { return };
-    let (server, dir, lines) = slow_crawl_input();
-    let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
-    let (mut child, _) = spawn_crawl_in(dir.path(), &lines, &["--concurrency", "2"], &env);
-    wait_until(Duration::from_secs(20), "10 fetches", || server.hits().len() >= 10);
+    let (_server, _dir, _lines, mut child) = slow_crawl_midway(&pg.url);
     runtime.block_on(end_owner_session(&pg.url));
     let (status, _) = wait_within(&mut child, Duration::from_secs(30));
     let (_, log) = output_of(child);
@@ -652,10 +655,7 @@ fn a_crawl_whose_owner_session_is_lost_takes_the_lock_again_and_finishes() {
 fn a_crawl_that_loses_its_owner_lock_to_another_daemon_stops_with_an_error() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Some(pg) = runtime.block_on(TestDatabase::create("owner_lock_taken")) else { return };
-    let (server, dir, lines) = slow_crawl_input();
-    let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
-    let (mut child, _) = spawn_crawl_in(dir.path(), &lines, &["--concurrency", "2"], &env);
-    wait_until(Duration::from_secs(20), "10 fetches", || server.hits().len() >= 10);
+    let (_server, dir, lines, mut child) = slow_crawl_midway(&pg.url);
     // While the crawl is paused, its session ends and another daemon takes
     // the lock (once the server has let the ended session go).
     signal(&child, libc::SIGSTOP);
@@ -677,7 +677,7 @@ fn a_crawl_that_loses_its_owner_lock_to_another_daemon_stops_with_an_error() {
     assert!(log.contains("is being crawled by another trawler daemon"), "{log}");
     runtime.block_on(other.close());
     // The next run finishes what the stopped one left.
-    crawl_to_end(dir.path(), &lines, &["--concurrency", "2"], &env);
+    crawl_to_end(dir.path(), &lines, &["--concurrency", "2"], &[("TRAWLER_STORE__URL", pg.url.as_str())]);
     assert_eq!(runtime.block_on(done_urls(&pg.url)), 100);
 }
 
