@@ -396,6 +396,13 @@ pub struct StoreConfig {
     /// `PGPASSWORD` rather than here). The database must exist; trawler
     /// creates its tables. `--db` takes either a path or such a URL.
     pub url: Option<String>,
+    /// PostgreSQL: how long a daemon's lease on a host lasts without renewal,
+    /// by the database's clock. Renewed every third of it; a daemon starts no
+    /// request to a host later than its last renewal was sent plus this
+    /// minus `fetch.timeout`, and a crashed daemon's hosts go to the others
+    /// this long after its last renewal. At least twice `fetch.timeout`.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
     /// SQLite `synchronous` in WAL mode: `"normal"` survives a process crash,
     /// `"full"` also survives a power cut (sqlite.org/pragma.html#pragma_synchronous).
     pub synchronous: Synchronous,
@@ -420,6 +427,7 @@ impl Default for StoreConfig {
         Self {
             path: PathBuf::from("trawler.db"),
             url: None,
+            lease: Duration::from_secs(60),
             synchronous: Synchronous::Normal,
             save_headers: false,
             save_body: false,
@@ -719,6 +727,11 @@ impl Config {
         {
             return invalid("store.url", "must be a postgres:// or postgresql:// URL");
         }
+        if self.store.url.is_some() && self.store.lease < self.fetch.timeout.saturating_mul(2) {
+            // Renewals a third of the lease apart must keep the deadline
+            // (last renewal sent + lease - fetch.timeout) ahead of the next.
+            return invalid("store.lease", "must be at least twice fetch.timeout (on PostgreSQL)");
+        }
         Ok(())
     }
 
@@ -777,6 +790,18 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_lease_must_outlast_two_request_timeouts_on_postgresql_only() {
+        let mut config = Config::default();
+        config.fetch.timeout = Duration::from_secs(31);
+        config.validate().expect("SQLite leases no hosts: any timeout goes");
+        config.store.url = Some("postgres://trawler@127.0.0.1/crawl".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("store.lease") && err.contains("twice fetch.timeout"), "{err}");
+        config.store.lease = Duration::from_secs(62);
+        config.validate().unwrap();
     }
 
     #[test]

@@ -134,14 +134,19 @@ async fn run(
         Some(source) => Some(source.open().await?),
         None => None,
     };
-    let store = Arc::new(Backend::open(&config.store).await?);
+    let store = Arc::new(Backend::open(&config.store, config.fetch.timeout).await?);
     let tasks = Tasks::new(shutdown.clone());
-    let result = match start(config, &store, &tasks, seeds.zip(input), shutdown, mode).await {
-        Ok(running) => running.drain(started).await,
-        Err(e) => Err(e),
+    let (result, last_starts) = match start(config, &store, &tasks, seeds.zip(input), shutdown, mode).await {
+        Ok(running) => {
+            let politeness = running.politeness.clone();
+            let result = running.drain(started).await;
+            (result, politeness.last_starts(tokio::time::Instant::now()))
+        }
+        Err(e) => (Err(e), Vec::new()),
     };
-    // Whatever happened, claims that did not finish go back to the queue.
-    match store.requeue_in_flight().await {
+    // Whatever happened, claims that did not finish go back to the queue,
+    // and other daemons may take this one's hosts at once.
+    match store.release(&last_starts).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(urls = n, "returned unfinished URLs to the frontier"),
         Err(e) => tracing::warn!("unfinished URLs stay in flight, for the next run to requeue: {e}"),
@@ -179,6 +184,9 @@ struct Running {
     /// recrawl sweep, reloads and watchdog.
     side_done: CancellationToken,
     stats: Arc<CrawlStats>,
+    /// Per-host politeness: when each host's last request started is handed
+    /// on with its lease when the crawl ends.
+    politeness: Arc<Politeness>,
     shutdown: Shutdown,
 }
 
@@ -299,6 +307,7 @@ async fn start(
         bodies: config.store.save_body.then(|| store.clone()),
         working: stats.working.clone(),
         parked: job_tx.downgrade(),
+        leases: store.host_leases(),
     });
     let workers = (0..concurrency)
         .map(|_| tasks.spawn("worker", worker::run(ctx.clone(), job_rx.clone(), result_tx.clone())))
@@ -359,6 +368,8 @@ async fn start(
         let beats = [producer_beat.clone(), writer_beat];
         service.spawn(tasks, live, &stats, &politeness, beats, &side_done);
     }
+    let kept_politeness = politeness.clone();
+    tasks.spawn_infallible("leases", keep_leases(store.clone(), politeness.clone(), side_done.clone()));
     let producer = Producer {
         store: store.clone(),
         jobs: job_tx,
@@ -395,6 +406,7 @@ async fn start(
         writer,
         side_done,
         stats,
+        politeness: kept_politeness,
         shutdown: shutdown.clone(),
     })
 }
@@ -448,6 +460,54 @@ impl Running {
             stopped: self.shutdown.is_stopping(),
             forced: self.shutdown.is_forced(),
         })
+    }
+}
+
+/// How soon a lease-keeping round that failed is tried again.
+const LEASE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps this daemon's host leases (PostgreSQL) until `done`: a round of
+/// [`Backend::keep_leases`] every third of the lease, or a second after a
+/// round that failed. Says what it could not do: a failed round leaves
+/// requests to each host to stop at its deadline, and a lost lease means
+/// another daemon has the host now. Returns at once on SQLite.
+async fn keep_leases(store: Arc<Backend>, politeness: Arc<Politeness>, done: CancellationToken) {
+    let Some(leases) = store.host_leases() else { return };
+    let mut wait = leases.renew_every();
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match store.keep_leases(&politeness.last_starts(tokio::time::Instant::now())).await {
+            Ok(Some(round)) => {
+                wait = leases.renew_every();
+                if !round.lost.is_empty() {
+                    tracing::warn!(
+                        hosts = round.lost.len(),
+                        first = %round.lost[0],
+                        "host leases lapsed and were taken over by another daemon: requests to them stopped"
+                    );
+                }
+                if round.recovered_hosts > 0 {
+                    tracing::info!(
+                        hosts = round.recovered_hosts,
+                        urls = round.recovered_urls,
+                        "lapsed host leases ended (a daemon stopped renewing): their URLs are back in the frontier"
+                    );
+                }
+                tracing::debug!(renewed = round.renewed, released = round.released, "host leases kept");
+            }
+            Ok(None) => return,
+            Err(e) => {
+                wait = LEASE_RETRY;
+                tracing::warn!(
+                    "cannot renew host leases ({e}); no request starts to a host later than \
+                     {} after its last renewal",
+                    humantime::format_duration(leases.length().saturating_sub(leases.request_timeout()))
+                );
+            }
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::politeness::Politeness;
 use crate::sitemaps::SitemapQueue;
 use crate::stats::CrawlStats;
-use crate::store::{Job, Store, StoreError};
+use crate::store::{Claim, Job, Store, StoreError};
 use crate::systemd::Heartbeat;
 
 /// The longest sleep between looks at the store when nothing is due.
@@ -163,7 +163,12 @@ impl<S: Store> Producer<S> {
         if picks.is_empty() {
             return Ok(false);
         }
-        let jobs = self.store.claim(now_ms(), &picks).await?;
+        let Claim { jobs, handed_over } = self.store.claim(now_ms(), &picks).await?;
+        // Hosts another daemon had: their delay counts from its last start.
+        let now = Instant::now();
+        for (host, ago) in handed_over {
+            self.politeness.handed_over(&host, now.checked_sub(ago).unwrap_or(now));
+        }
         let sent = !jobs.is_empty();
         self.stats.outstanding.fetch_add(jobs.len() as u64, Ordering::SeqCst);
         for job in jobs {

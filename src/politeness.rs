@@ -372,6 +372,37 @@ impl Politeness {
         backoff
     }
 
+    /// Records that `host`'s last request, made by another daemon before
+    /// this one took the host over, may have started as late as `last_start`:
+    /// its next request here waits the delay from then (issue: the delay
+    /// holds across daemons and across a hand-over).
+    pub fn handed_over(&self, host: &str, last_start: Instant) {
+        let mut inner = self.lock();
+        let limits = inner.rules.limits(host);
+        let state = inner.hosts.entry(host.to_owned()).or_default();
+        let last = state.last_start.map_or(last_start, |t| t.max(last_start));
+        state.last_start = Some(last);
+        let next = last + effective_delay(state, limits);
+        state.next_start = Some(state.next_start.map_or(next, |t| t.max(next)));
+    }
+
+    /// Each tracked host whose last request started within its delay
+    /// before `now`, with how long ago: what the next owner of the host
+    /// must wait out when this daemon gives it up. Hosts forgotten by
+    /// [`prune`](Self::prune) are past their delay already.
+    pub fn last_starts(&self, now: Instant) -> Vec<(String, Duration)> {
+        let inner = self.lock();
+        inner
+            .hosts
+            .iter()
+            .filter_map(|(host, state)| {
+                let last = state.last_start?;
+                let ago = now.saturating_duration_since(last);
+                (ago < effective_delay(state, inner.rules.limits(host))).then(|| (host.clone(), ago))
+            })
+            .collect()
+    }
+
     /// Forgets hosts with nothing in flight, no pending delay or backoff and
     /// no failure streak, keeping memory proportional to active hosts.
     pub fn prune(&self, now: Instant) {
@@ -594,6 +625,26 @@ mod tests {
         assert_eq!(p.slots("a", t0), 5, "no delay any more");
         assert_eq!(p.recrawl_after("slow.example"), Some(Duration::from_secs(60)));
         assert_eq!(p.recrawl_after("a"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_host_taken_over_waits_the_delay_from_its_last_owners_start() {
+        let p = politeness(2, 250);
+        let t0 = Instant::now();
+        // The last owner started a request 100 ms ago.
+        p.handed_over("a", t0 - Duration::from_millis(100));
+        assert_eq!(p.next_turn("a", t0), Some(t0 + Duration::from_millis(150)));
+        assert_eq!(p.slots("a", t0), 0, "within the delay of the last owner's request");
+        assert_eq!(p.wait_turn("a").await, t0 + Duration::from_millis(150));
+        assert_eq!(Instant::now(), t0 + Duration::from_millis(150));
+        // What this daemon hands on: its own start, 50 ms ago.
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(p.last_starts(Instant::now()), [("a".to_owned(), Duration::from_millis(50))]);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(p.last_starts(Instant::now()), [], "a whole delay ago: nothing to wait out");
+        // An older report of the last owner moves nothing back.
+        p.handed_over("a", t0);
+        assert_eq!(p.next_turn("a", t0), Some(t0 + Duration::from_millis(400)));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::politeness::{HostSignal, Politeness};
 use crate::redact::ForLog;
 use crate::retry::{Decision, decide};
 use crate::robots::{Refusal, Robots};
-use crate::store::{AttemptRecord, Backend, DropReason, NewUrl, Store, StoreError};
+use crate::store::{AttemptRecord, Backend, DropReason, HostLeases, NewUrl, Store, StoreError};
 use crate::store::{Completion, Job, Next};
 
 /// What every worker shares.
@@ -57,6 +57,9 @@ pub struct WorkerContext {
     /// The job channel, for parked jobs to go back into at their turn
     /// (weak: the channel still closes when the producer ends).
     pub parked: async_channel::WeakSender<Job>,
+    /// The host leases this daemon holds (PostgreSQL): no request to a host
+    /// starts past its lease's deadline. `None`: no leases to check (SQLite).
+    pub leases: Option<Arc<HostLeases>>,
 }
 
 /// A job whose host's turn is further away than this is parked (see
@@ -241,8 +244,9 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
     }
     let (fetched, signal, started) = match refusal {
         None => match fetch_in_turn(ctx, &job).await {
-            Some(fetched) => fetched,
-            None => return Attempted::Stopped,
+            Ok(fetched) => fetched,
+            Err(Interrupted::Stopped) => return Attempted::Stopped,
+            Err(Interrupted::LeaseEnded) => return lease_ended(ctx, job),
         },
         Some(Refusal { kind, message, retry_after }) => {
             // No request made: the host's state is as it was now.
@@ -322,6 +326,28 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
     Attempted::Completed(completion)
 }
 
+/// The completion of a job whose host's lease ended (or passed its
+/// deadline) before its request could start: no request made, no attempt;
+/// the URL goes back to the queue if the lease is still this daemon's, and
+/// is left to the host's new owner otherwise (the store fences it).
+fn lease_ended(ctx: &WorkerContext, job: Job) -> Attempted {
+    tracing::debug!(url = %ForLog(&job.url), "the host's lease ended before the request: back to the frontier");
+    ctx.politeness.finished(&job.host, HostSignal::Neutral, Instant::now(), Instant::now(), 0.0);
+    ctx.wake.notify_one();
+    Attempted::Completed(Completion {
+        url_id: job.url_id,
+        lease: job.lease,
+        host: job.host,
+        host_backoff_until_ms: None,
+        attempt: job.attempt,
+        record: AttemptRecord::default(),
+        next: Next::Requeue(now_ms()),
+        links: Vec::new(),
+        dropped_links: Vec::new(),
+        recrawl_after: None,
+    })
+}
+
 /// How long a URL whose request could not be made for lack of file
 /// descriptors waits before it is claimed again.
 const DEFERRED_FOR: Duration = Duration::from_secs(1);
@@ -375,6 +401,15 @@ fn follows_from(ctx: &WorkerContext, job: &Job) -> bool {
 /// The crawl was told to stop while waiting.
 struct Stopped;
 
+/// Why a job's requests ended before it had an answer.
+enum Interrupted {
+    /// The crawl was told to stop before a request started, or aborted one.
+    Stopped,
+    /// The lease of the job's host ended, or reached its deadline, before a
+    /// request to it could start.
+    LeaseEnded,
+}
+
 /// What robots.txt says about a request for `url` on `host`: `None` when it
 /// may be made (or robots.txt is ignored). Fetches the host's robots.txt
 /// first if it is not cached.
@@ -395,8 +430,13 @@ async fn robots_refusal(ctx: &WorkerContext, url: &str, host: &str) -> Result<Op
 /// for a free slot under that host's concurrency, whose politeness state
 /// its answer then updates. Returns what was fetched, with what it says
 /// about the job's host and when the job's host's last request started.
-/// `None` when stopped before a request started, or aborted during one.
-async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<(Fetched, HostSignal, Instant)> {
+///
+/// Errors: stopped before a request started, or aborted during one; or a
+/// request to the job's host was due after its lease's deadline.
+async fn fetch_in_turn(
+    ctx: &WorkerContext,
+    job: &Job,
+) -> Result<(Fetched, HostSignal, Instant), Interrupted> {
     let mut attempt = ctx.fetcher.begin(&job.url, follows_from(ctx, job));
     // The job's host: what its last answer said, and when that request began.
     let mut own = (HostSignal::Neutral, Instant::now());
@@ -410,7 +450,9 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<(Fetched, HostS
                 attempt.refuse(refusal.kind, refusal.message);
                 break;
             }
-            if let Some(refusal) = robots_refusal(ctx, url.as_str(), &host).await.ok()? {
+            let refusal =
+                robots_refusal(ctx, url.as_str(), &host).await.map_err(|Stopped| Interrupted::Stopped)?;
+            if let Some(refusal) = refusal {
                 let message = format!("redirect to {url}: {}", refusal.message);
                 attempt.refuse(refusal.kind, message);
                 break;
@@ -424,7 +466,7 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<(Fetched, HostS
         if foreign {
             tokio::select! {
                 biased;
-                _ = ctx.stop.cancelled() => return None,
+                _ = ctx.stop.cancelled() => return Err(Interrupted::Stopped),
                 _ = ctx.politeness.acquire(&host) => {}
             }
         }
@@ -436,17 +478,20 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<(Fetched, HostS
         // The rate limit first: the request must start right after its turn.
         tokio::select! {
             biased;
-            _ = ctx.stop.cancelled() => return { release(ctx); None },
+            _ = ctx.stop.cancelled() => return { release(ctx); Err(Interrupted::Stopped) },
             _ = ctx.rate.until_ready() => {}
         }
         let turn = tokio::select! {
             biased;
-            _ = ctx.stop.cancelled() => return { release(ctx); None },
+            _ = ctx.stop.cancelled() => return { release(ctx); Err(Interrupted::Stopped) },
             turn = ctx.politeness.wait_turn(&host) => turn,
         };
+        if !foreign && ctx.leases.as_ref().is_some_and(|leases| !leases.may_start(&host, job.lease)) {
+            return Err(Interrupted::LeaseEnded);
+        }
         tokio::select! {
             biased;
-            _ = ctx.abort.cancelled() => return { release(ctx); None },
+            _ = ctx.abort.cancelled() => return { release(ctx); Err(Interrupted::Stopped) },
             _ = attempt.request() => {}
         }
         last = Some((host, turn));
@@ -455,7 +500,7 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Option<(Fetched, HostS
     if let Some((host, turn)) = last {
         own = settle(ctx, job, &host, host_signal(&fetched), turn, own);
     }
-    Some((fetched, own.0, own.1))
+    Ok((fetched, own.0, own.1))
 }
 
 /// Why a redirect hop to `url` must not be requested: when following links,

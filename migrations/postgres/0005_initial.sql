@@ -73,9 +73,11 @@ CREATE TABLE hosts (
     lease_owner      text,
     lease_token      bigint,
     lease_expires_at timestamptz,
-    -- The latest request start to the host by any daemon (Unix ms), so that
-    -- the next owner keeps the delay across a hand-over.
-    last_start_ms    bigint NOT NULL DEFAULT 0
+    -- When the host's last request started, as its owner knew it when it
+    -- gave the lease up (by the database's clock): the next owner keeps the
+    -- delay from it. NULL when no owner has given the host up since a
+    -- request, or its last request was longer ago than the delay.
+    last_start_at    timestamptz
 );
 
 CREATE INDEX hosts_ready ON hosts (ready_at_ms);

@@ -5,15 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::BoxStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::postgres::{PgStore, QueueHealth};
+use super::leases::HostLeases;
+use super::postgres::{LeaseRound, PgStore, QueueHealth};
 use super::sqlite::{Checkpoint, SqliteStore};
 use super::{
-    Committed, Completion, ExportFilter, InputError, Job, LockWaits, NewUrl, PageLimits, RecrawlPolicy,
+    Claim, Committed, Completion, ExportFilter, InputError, LockWaits, NewUrl, PageLimits, RecrawlPolicy,
     ResultRow, StateCounts, StatsReport, Store, StoreError,
 };
 use crate::config::StoreConfig;
@@ -46,14 +48,19 @@ impl Backend {
     /// it if missing and applying pending migrations. URLs a crashed run left
     /// in flight stay so until the caller runs [`Store::requeue_in_flight`].
     ///
+    /// On PostgreSQL its host leases last `config.lease`, for requests of at
+    /// most `request_timeout` (`fetch.timeout`).
+    ///
     /// Errors: [`StoreError::Locked`] (SQLite) or [`StoreError::InUse`]
     /// (PostgreSQL) when another crawler owns it;
     /// [`StoreError::NewerSchema`] when it holds migrations this binary does
     /// not know; [`StoreError::Database`] when it cannot be created, opened
     /// or migrated.
-    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+    pub async fn open(config: &StoreConfig, request_timeout: Duration) -> Result<Self, StoreError> {
         match &config.url {
-            Some(url) => Ok(Self::Postgres(PgStore::open_owned(url, PG_CONNECTIONS).await?)),
+            Some(url) => Ok(Self::Postgres(
+                PgStore::open_owned(url, PG_CONNECTIONS, config.lease, request_timeout).await?,
+            )),
             None => Ok(Self::Sqlite(SqliteStore::open(config).await?)),
         }
     }
@@ -183,6 +190,29 @@ impl Backend {
         }
     }
 
+    /// The host leases this daemon holds, for workers to check before each
+    /// request; `None` on SQLite, whose one crawler needs none.
+    pub fn host_leases(&self) -> Option<Arc<HostLeases>> {
+        match self {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(s) => Some(s.host_leases()),
+        }
+    }
+
+    /// One round of lease keeping ([`PgStore::keep_leases`]); `None` on
+    /// SQLite, which leases no hosts.
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn keep_leases(
+        &self,
+        last_starts: &[(String, Duration)],
+    ) -> Result<Option<LeaseRound>, StoreError> {
+        match self {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(s) => s.keep_leases(last_starts).await.map(Some),
+        }
+    }
+
     /// Closes the connections (see [`SqliteStore::close`] for what the owner
     /// of a SQLite file does first).
     pub async fn close(&self) {
@@ -203,7 +233,7 @@ impl Store for Backend {
         each!(self, s => s.ready_hosts(now_ms, busy, limit).await)
     }
 
-    async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Vec<Job>, StoreError> {
+    async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Claim, StoreError> {
         each!(self, s => s.claim(now_ms, picks).await)
     }
 
@@ -217,6 +247,10 @@ impl Store for Backend {
 
     async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
         each!(self, s => s.requeue_in_flight().await)
+    }
+
+    async fn release(&self, last_starts: &[(String, Duration)]) -> Result<u64, StoreError> {
+        each!(self, s => s.release(last_starts).await)
     }
 
     async fn next_ready(&self) -> Result<Option<i64>, StoreError> {

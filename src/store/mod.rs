@@ -10,6 +10,7 @@
 //! sqlx type crosses this boundary.
 
 mod backend;
+mod leases;
 pub mod postgres;
 mod rules;
 pub mod sqlite;
@@ -22,7 +23,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use backend::Backend;
-pub use postgres::{PgStore, QueueHealth};
+pub use leases::HostLeases;
+pub use postgres::{LeaseRound, PgStore, QueueHealth};
 pub use sqlite::{Checkpoint, SqliteStore};
 
 /// A store operation that failed. Any of these stops the crawl: results could
@@ -244,6 +246,19 @@ pub struct Job {
     pub depth: u32,
     /// The claim's lease token, returned with the completion.
     pub lease: i64,
+}
+
+/// What [`Store::claim`] took.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// The jobs, the URLs queued first first.
+    pub jobs: Vec<Job>,
+    /// Hosts this claim leased from another daemon or from none
+    /// (PostgreSQL), with how long ago their last request may have started,
+    /// where the database knows: their delay counts from then. Always
+    /// empty on SQLite, whose one crawler keeps every host's politeness
+    /// itself.
+    pub handed_over: Vec<(String, Duration)>,
 }
 
 /// Where a URL is in the frontier: `urls.state`, written by
@@ -610,12 +625,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims, for each `(host, n)` in `picks`, up to `n` of the host's queued
     /// URLs due at `now_ms` (oldest due first), marking them in flight under a
-    /// fresh lease token.
+    /// lease token.
     fn claim(
         &self,
         now_ms: i64,
         picks: &[(String, u32)],
-    ) -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
     /// Records each completion's attempt, moves its URL to the next state and
     /// enqueues the links it discovered, all in one transaction; stale
@@ -627,10 +642,21 @@ pub trait Store: Send + Sync + 'static {
         limits: PageLimits,
     ) -> impl Future<Output = Result<Committed, StoreError>> + Send;
 
-    /// Puts every in-flight URL back in the queue, due at once. Used at start-up
-    /// (a crashed run's claims) and after a stop (claims never fetched).
-    /// Returns how many were requeued.
+    /// Puts every in-flight URL back in the queue, due at once: at start-up,
+    /// the claims of a run that crashed. Only for the one crawler of a
+    /// database (the owner). Returns how many were requeued.
     fn requeue_in_flight(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// At the end of a crawl: puts the URLs this crawler holds in flight
+    /// back in the queue, due at once, and gives up its hosts' leases at
+    /// once, so another daemon takes them over without waiting for them to
+    /// lapse; `last_starts` (host, how long ago its last request started)
+    /// lets the next owner keep the delay. Returns how many URLs were
+    /// requeued.
+    fn release(
+        &self,
+        last_starts: &[(String, Duration)],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// The earliest time (Unix ms) a host with queued URLs may be fetched,
     /// `None` when no host has queued URLs. May be early, never late.

@@ -24,10 +24,11 @@ use sqlx::{Connection, Postgres, Transaction};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::leases::HostLeases;
 use super::rules::{self, duration_ms, to_i64, unix_ms};
 use super::{
-    Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, NewUrl, PageLimits, RecrawlPolicy,
-    ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, UrlState,
+    Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, NewUrl, PageLimits,
+    RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, UrlState,
 };
 use crate::fetch::ErrorKind;
 use crate::redact::ForLog;
@@ -94,7 +95,27 @@ pub struct PgStore {
     worker: String,
     /// The connection holding [`OWNER_LOCK`], for a store opened with
     /// [`open_owned`](Self::open_owned); closing it releases the lock.
+    /// Claims and releases of idle hosts take it in turn, so that a release
+    /// never races this daemon's own claim of the same host.
     owner: Mutex<Option<PgConnection>>,
+    /// The host leases this daemon holds.
+    leases: Arc<HostLeases>,
+}
+
+/// What one round of [`PgStore::keep_leases`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseRound {
+    /// Leases renewed.
+    pub renewed: u64,
+    /// Hosts whose lease this daemon found taken over by another (it had
+    /// lapsed): requests to them stopped at their deadline.
+    pub lost: Vec<String>,
+    /// Idle hosts given up (nothing of theirs in flight here).
+    pub released: u64,
+    /// Lapsed leases of any daemon (a crashed one's) ended, and how many
+    /// URLs they held in flight went back to the queue.
+    pub recovered_hosts: u64,
+    pub recovered_urls: u64,
 }
 
 impl PgStore {
@@ -157,17 +178,26 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Database { context: "open", source: format!("{shown}: {e}").into() })?;
-        Ok(Self { pool, shown, worker: worker_name(), owner: Mutex::new(None) })
+        let leases = Arc::new(HostLeases::new(LEASE, Duration::ZERO));
+        Ok(Self { pool, shown, worker: worker_name(), owner: Mutex::new(None), leases })
     }
 
     /// Opens the database as [`open`](Self::open) does, for crawling: takes
     /// the database's owner lock, which PostgreSQL releases when this
     /// store's connection closes (a crashed daemon's too).
     ///
+    /// Its host leases last `lease` (by the database's clock) and its
+    /// requests at most `request_timeout` (see [`HostLeases`]).
+    ///
     /// Errors: [`StoreError::InUse`] when another daemon crawls the
     /// database; otherwise as [`open`](Self::open).
-    pub async fn open_owned(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let store = Self::open(url, max_connections).await?;
+    pub async fn open_owned(
+        url: &str,
+        max_connections: u32,
+        lease: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let store = Self::open(url, max_connections).await?.with_lease_terms(lease, request_timeout);
         match store.take_owner_lock(Duration::ZERO).await {
             Ok(session) => *store.owner.lock().await = Some(session),
             Err(e) => {
@@ -176,6 +206,15 @@ impl PgStore {
             }
         }
         Ok(store)
+    }
+
+    /// This store's host leases last `lease` (by the database's clock), for
+    /// requests of at most `request_timeout`: what a store that claims URLs
+    /// needs to know (see [`HostLeases`]). A store opened otherwise has
+    /// one-minute leases and no request time to allow for.
+    pub fn with_lease_terms(mut self, lease: Duration, request_timeout: Duration) -> Self {
+        self.leases = Arc::new(HostLeases::new(lease, request_timeout));
+        self
     }
 
     /// A session of its own that holds the owner lock, trying for up to
@@ -215,6 +254,12 @@ impl PgStore {
     /// This daemon's worker name (`hosts.lease_owner`, `attempts.worker`).
     pub fn worker(&self) -> &str {
         &self.worker
+    }
+
+    /// The host leases this daemon holds, for workers to check before each
+    /// request ([`HostLeases::may_start`]).
+    pub fn host_leases(&self) -> Arc<HostLeases> {
+        self.leases.clone()
     }
 
     /// The `results` view's rows matching `filter`, in `url_id` order, as a
@@ -325,6 +370,119 @@ impl PgStore {
             .map_err(db("oldest lease"))
     }
 
+    /// One round of lease keeping, every [`HostLeases::renew_every`] while
+    /// the daemon crawls: renews this daemon's leases (and learns which it
+    /// lost); gives up the idle ones, hosts with nothing of theirs in
+    /// flight, recording when their last request started
+    /// (`last_starts`: host and how long ago, from politeness) so that the
+    /// next owner keeps the delay; and ends leases of any daemon that
+    /// lapsed (a crashed daemon's), putting what they held in flight back
+    /// in the queue.
+    ///
+    /// Errors: the database cannot be written; requests to this daemon's
+    /// hosts then stop at their deadline unless a later round renews them.
+    pub async fn keep_leases(&self, last_starts: &[(String, Duration)]) -> Result<LeaseRound, StoreError> {
+        let mut round = LeaseRound::default();
+        // In turn with claims: a claim that puts URLs of a host in flight
+        // commits before the release looks for them, or after it gave the
+        // host up (then the claim leases it afresh).
+        let mut owner = self.owner.lock().await;
+        let sent = tokio::time::Instant::now();
+        let (hosts, agos) = last_start_arrays(last_starts);
+        let (renewed, released) = {
+            let attempt = async |conn: &mut PgConnection| -> Result<_, sqlx::Error> {
+                let mut tx = conn.begin().await?;
+                let renewed: Vec<(String, i64)> = sqlx::query_as(
+                    "WITH mine AS (SELECT host FROM hosts WHERE lease_owner = $1 ORDER BY host FOR UPDATE)
+                     UPDATE hosts SET lease_expires_at = now() + make_interval(secs => $2)
+                     FROM mine WHERE hosts.host = mine.host
+                     RETURNING hosts.host, hosts.lease_token",
+                )
+                .bind(&self.worker)
+                .bind(self.leases.length().as_secs_f64())
+                .fetch_all(&mut *tx)
+                .await?;
+                let released: Vec<String> = sqlx::query_scalar(
+                    "WITH v AS (SELECT * FROM unnest($2::text[], $3::float8[]) AS v(host, ago_s))
+                     UPDATE hosts SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+                         last_start_at = greatest(hosts.last_start_at,
+                             now() - make_interval(secs => (SELECT ago_s FROM v WHERE v.host = hosts.host)))
+                     WHERE lease_owner = $1
+                       AND NOT EXISTS (SELECT 1 FROM urls
+                                       WHERE urls.lease = hosts.lease_token AND urls.state = 'in_flight')
+                     RETURNING host",
+                )
+                .bind(&self.worker)
+                .bind(&hosts)
+                .bind(&agos)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok((renewed, released))
+            };
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let result = match owner.as_mut() {
+                    Some(session) => attempt(session).await,
+                    None => match self.pool.acquire().await {
+                        Ok(mut conn) => attempt(&mut conn).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                match result {
+                    Err(e) if retry_conflict(&e, tries).await => {}
+                    other => break other.map_err(db("renew host leases"))?,
+                }
+            }
+        };
+        drop(owner);
+        round.renewed = renewed.len() as u64;
+        round.lost = self.leases.renewed(sent, &renewed);
+        self.leases.released(released.iter().map(String::as_str));
+        round.released = released.len() as u64;
+        let (hosts, urls) = self.recover_lapsed().await?;
+        (round.recovered_hosts, round.recovered_urls) = (hosts, urls);
+        Ok(round)
+    }
+
+    /// Ends up to [`RECOVER_BATCH`] lapsed leases of any daemon: their
+    /// in-flight URLs go back to the queue (due at once), and the host's
+    /// last start is taken as the latest its owner could have started a
+    /// request (the lapse less a request timeout). Returns how many hosts
+    /// and URLs.
+    async fn recover_lapsed(&self) -> Result<(u64, u64), StoreError> {
+        self.writing("end lapsed host leases", || async {
+            let mut tx = self.pool.begin().await?;
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "WITH l AS (SELECT host, lease_token, lease_expires_at FROM hosts
+                            WHERE lease_owner IS NOT NULL AND lease_expires_at < now()
+                            ORDER BY host LIMIT $2 FOR UPDATE SKIP LOCKED),
+                 q AS (UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
+                       FROM l WHERE urls.lease = l.lease_token AND urls.state = 'in_flight'
+                       RETURNING urls.host),
+                 n AS (SELECT host, count(*) AS n FROM q GROUP BY host)
+                 UPDATE hosts SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+                     work_at_ms = CASE WHEN n.n IS NULL THEN hosts.work_at_ms ELSE 0 END,
+                     last_start_at = greatest(hosts.last_start_at, l.lease_expires_at - make_interval(secs => $1))
+                 FROM l LEFT JOIN n ON n.host = l.host
+                 WHERE hosts.host = l.host
+                 RETURNING hosts.host, coalesce(n.n, 0)",
+            )
+            .bind(self.leases.request_timeout().as_secs_f64())
+            .bind(RECOVER_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+            let urls: i64 = rows.iter().map(|(_, n)| n).sum();
+            if urls > 0 {
+                notify_work(&mut tx).await?;
+            }
+            tx.commit().await?;
+            Ok((rows.len() as u64, urls as u64))
+        })
+        .await
+    }
+
     /// Closes the connections, the owner lock's too.
     pub async fn close(&self) {
         if let Some(owner) = self.owner.lock().await.take() {
@@ -387,8 +545,12 @@ async fn migrate(pool: &PgPool, shown: &str) -> Result<(), StoreError> {
     }
 }
 
-/// How long a host lease lasts without renewal, by the database's clock.
+/// How long a host lease lasts without renewal, by the database's clock,
+/// unless the store was opened with another length (`store.lease`).
 const LEASE: Duration = Duration::from_secs(60);
+
+/// Lapsed leases ended per statement of [`PgStore::keep_leases`].
+const RECOVER_BATCH: i64 = 1000;
 
 /// Tries of a transaction that PostgreSQL aborted to resolve a deadlock or
 /// a serialization conflict (SQLSTATE 40P01, 40001), which other daemons'
@@ -429,6 +591,12 @@ async fn retry_conflict(e: &sqlx::Error, tries: u32) -> bool {
     tracing::debug!("transaction aborted by a conflict with another transaction, trying again: {e}");
     tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
     true
+}
+
+/// `last_starts` as the arrays of hosts and seconds ago that statements
+/// unnest.
+fn last_start_arrays(last_starts: &[(String, Duration)]) -> (Vec<&str>, Vec<f64>) {
+    last_starts.iter().map(|(host, ago)| (host.as_str(), ago.as_secs_f64())).unzip()
 }
 
 /// Whether `e` says the session is gone: the connection broke, or the
@@ -584,7 +752,7 @@ impl Store for PgStore {
         .map_err(db("ready hosts"))
     }
 
-    async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Vec<Job>, StoreError> {
+    async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Claim, StoreError> {
         let hosts: Vec<&str> = {
             let mut hosts: Vec<&str> = picks.iter().map(|(host, _)| host.as_str()).collect();
             hosts.sort_unstable();
@@ -598,15 +766,16 @@ impl Store for PgStore {
         // the claim takes it again first, or fails if another daemon has it.
         let mut owner = self.owner.lock().await;
         let (mut tries, mut relocked) = (0, false);
-        let mut jobs = loop {
+        let mut claim = loop {
             tries += 1;
+            let sent = tokio::time::Instant::now();
             let claimed = {
                 let tx = match owner.as_mut() {
                     Some(session) => session.begin().await,
                     None => self.pool.begin().await,
                 };
                 match tx {
-                    Ok(tx) => claim_in(tx, &self.worker, &hosts, &wanted, now_ms).await,
+                    Ok(tx) => claim_in(tx, &self.worker, &hosts, &wanted, now_ms, &self.leases, sent).await,
                     Err(e) => Err(e),
                 }
             };
@@ -624,8 +793,8 @@ impl Store for PgStore {
             }
         };
         // Across hosts too, the URLs queued first go first.
-        jobs.sort_unstable_by_key(|job| job.url_id);
-        Ok(jobs)
+        claim.jobs.sort_unstable_by_key(|job| job.url_id);
+        Ok(claim)
     }
 
     async fn complete(
@@ -665,6 +834,9 @@ impl Store for PgStore {
     }
 
     async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
+        // One daemon crawls the database at a time (it holds the owner
+        // lock): whatever another left in flight, it can no longer finish.
+        // Its hosts' last requests may have started a moment ago.
         self.writing("requeue in-flight URLs", || async {
             let mut tx = self.pool.begin().await?;
             let hosts: Vec<String> = sqlx::query_scalar(
@@ -676,6 +848,7 @@ impl Store for PgStore {
             let distinct: BTreeSet<&str> = hosts.iter().map(String::as_str).collect();
             sqlx::query(
                 "UPDATE hosts SET work_at_ms = CASE WHEN host = ANY($1::text[]) THEN 0 ELSE work_at_ms END,
+                     last_start_at = CASE WHEN lease_owner IS NULL THEN last_start_at ELSE now() END,
                      lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
                  WHERE lease_owner IS NOT NULL OR host = ANY($1::text[])",
             )
@@ -689,6 +862,49 @@ impl Store for PgStore {
             Ok(hosts.len() as u64)
         })
         .await
+    }
+
+    async fn release(&self, last_starts: &[(String, Duration)]) -> Result<u64, StoreError> {
+        let (hosts, agos) = last_start_arrays(last_starts);
+        let requeued = self
+            .writing("release host leases", || async {
+                let mut tx = self.pool.begin().await?;
+                let requeued: Vec<String> = sqlx::query_scalar(
+                    "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
+                     FROM hosts
+                     WHERE hosts.lease_owner = $1 AND urls.lease = hosts.lease_token
+                       AND urls.state = 'in_flight'
+                     RETURNING urls.host",
+                )
+                .bind(&self.worker)
+                .fetch_all(&mut *tx)
+                .await?;
+                let distinct: BTreeSet<&str> = requeued.iter().map(String::as_str).collect();
+                sqlx::query(
+                    "WITH v AS (SELECT * FROM unnest($2::text[], $3::float8[]) AS v(host, ago_s)),
+                     r AS (SELECT h.host, v.ago_s FROM hosts AS h LEFT JOIN v ON v.host = h.host
+                           WHERE h.lease_owner = $1 ORDER BY h.host FOR UPDATE OF h)
+                     UPDATE hosts SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+                         work_at_ms = CASE WHEN hosts.host = ANY($4::text[]) THEN 0 ELSE hosts.work_at_ms END,
+                         last_start_at = greatest(hosts.last_start_at, now() - make_interval(secs => r.ago_s))
+                     FROM r WHERE hosts.host = r.host",
+                )
+                .bind(&self.worker)
+                .bind(&hosts)
+                .bind(&agos)
+                .bind(distinct.into_iter().collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+                if !requeued.is_empty() {
+                    notify_work(&mut tx).await?;
+                }
+                tx.commit().await?;
+                Ok(requeued.len() as u64)
+            })
+            .await?;
+        let held = self.leases.held();
+        self.leases.released(held.iter().map(|(host, _)| host.as_str()));
+        Ok(requeued)
     }
 
     async fn next_ready(&self) -> Result<Option<i64>, StoreError> {
@@ -802,17 +1018,33 @@ impl Store for PgStore {
     }
 }
 
+/// A host a claim leased.
+#[derive(sqlx::FromRow)]
+struct Leased {
+    host: String,
+    token: i64,
+    /// The token of another daemon's lapsed lease this claim took over.
+    taken_from: Option<i64>,
+    /// Whether the lease is new to this daemon.
+    new: bool,
+    /// How long ago (s) the host's last request may have started, if known.
+    last_start_s: Option<f64>,
+}
+
 /// Claims, in `tx`, up to `wanted[host]` due URLs of each of `hosts`
 /// (sorted), under a lease of each host for `worker`: hosts no other daemon
 /// holds (or whose lease lapsed) are leased, and a host this daemon holds
-/// keeps its token.
+/// keeps its token. The leases are recorded in `leases` as confirmed at
+/// `sent`, when the transaction began, once it commits.
 async fn claim_in(
     mut tx: Transaction<'_, Postgres>,
     worker: &str,
     hosts: &[&str],
     wanted: &BTreeMap<&str, u32>,
     now_ms: i64,
-) -> Result<Vec<Job>, sqlx::Error> {
+    leases: &HostLeases,
+    sent: tokio::time::Instant,
+) -> Result<Claim, sqlx::Error> {
     // Lease the picked hosts that no other daemon holds (or whose lease
     // lapsed); a host this daemon holds keeps its token. A host row another
     // transaction has locked is waited for, not skipped: that is most often
@@ -822,9 +1054,16 @@ async fn claim_in(
     // this is the claim's first statement, so it holds no lock yet, and
     // the row is checked again once free (a host another daemon leased
     // meanwhile is left out).
-    let leased: Vec<(String, i64, bool)> = sqlx::query_as(
+    //
+    // A host new to this daemon comes with how long ago its last request
+    // may have started: the time its last owner recorded on giving it up,
+    // or, for a lapsed lease, the latest its owner could have started one
+    // (the lapse less a request timeout: it starts none later).
+    let leased: Vec<Leased> = sqlx::query_as(
         "WITH p AS (
-             SELECT host, lease_owner AS old_owner FROM hosts
+             SELECT host, lease_owner AS old_owner, lease_token AS old_token,
+                    lease_expires_at AS old_expires, last_start_at
+             FROM hosts
              WHERE host = ANY($1::text[])
                AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < now())
              ORDER BY host FOR UPDATE)
@@ -834,28 +1073,33 @@ async fn claim_in(
              lease_owner = $2,
              lease_expires_at = now() + make_interval(secs => $3)
          FROM p WHERE hosts.host = p.host
-         RETURNING hosts.host, hosts.lease_token, p.old_owner IS NOT NULL AND p.old_owner <> $2",
+         RETURNING hosts.host, hosts.lease_token AS token,
+             CASE WHEN p.old_owner <> $2 THEN p.old_token END AS taken_from,
+             p.old_owner IS DISTINCT FROM $2 AS new,
+             extract(epoch FROM now() - greatest(p.last_start_at,
+                 CASE WHEN p.old_owner <> $2 THEN p.old_expires - make_interval(secs => $4) END))::float8
+                 AS last_start_s",
     )
     .bind(hosts)
     .bind(worker)
-    .bind(LEASE.as_secs_f64())
+    .bind(leases.length().as_secs_f64())
+    .bind(leases.request_timeout().as_secs_f64())
     .fetch_all(&mut *tx)
     .await?;
     // A lapsed lease taken over: what its owner had in flight goes
     // back to the queue, and its late completions will be stale.
-    let taken_over: Vec<&str> =
-        leased.iter().filter(|(_, _, taken)| *taken).map(|(host, _, _)| host.as_str()).collect();
+    let taken_over: Vec<i64> = leased.iter().filter_map(|l| l.taken_from).collect();
     if !taken_over.is_empty() {
         sqlx::query(
             "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
-             WHERE state = 'in_flight' AND host = ANY($1::text[])",
+             WHERE state = 'in_flight' AND lease = ANY($1::int8[])",
         )
         .bind(&taken_over)
         .execute(&mut *tx)
         .await?;
     }
     let counts: Vec<i32> =
-        leased.iter().map(|(host, _, _)| i32::try_from(wanted[host.as_str()]).unwrap_or(i32::MAX)).collect();
+        leased.iter().map(|l| i32::try_from(wanted[l.host.as_str()]).unwrap_or(i32::MAX)).collect();
     let rows: Vec<(i64, String, i32, i32, String, i64)> = sqlx::query_as(
         "WITH p AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[]) AS p(host, token, n)),
          c AS (SELECT u.id, p.token FROM p CROSS JOIN LATERAL (
@@ -868,8 +1112,8 @@ async fn claim_in(
          RETURNING urls.id, urls.url, urls.attempts - urls.attempts_before, urls.depth, urls.host,
                    urls.lease",
     )
-    .bind(leased.iter().map(|(host, _, _)| host.as_str()).collect::<Vec<_>>())
-    .bind(leased.iter().map(|(_, token, _)| *token).collect::<Vec<_>>())
+    .bind(leased.iter().map(|l| l.host.as_str()).collect::<Vec<_>>())
+    .bind(leased.iter().map(|l| l.token).collect::<Vec<_>>())
     .bind(&counts)
     .bind(now_ms)
     .fetch_all(&mut *tx)
@@ -880,11 +1124,17 @@ async fn claim_in(
              9223372036854775807)
          WHERE host = ANY($1::text[])",
     )
-    .bind(leased.iter().map(|(host, _, _)| host.as_str()).collect::<Vec<_>>())
+    .bind(leased.iter().map(|l| l.host.as_str()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(rows
+    leases.granted(sent, leased.iter().map(|l| (l.host.as_str(), l.token)));
+    let handed_over = leased
+        .into_iter()
+        .filter(|l| l.new)
+        .filter_map(|l| Some((l.host, Duration::from_secs_f64(l.last_start_s.filter(|s| *s >= 0.0)?))))
+        .collect();
+    let jobs = rows
         .into_iter()
         .map(|(url_id, url, attempts, depth, host, lease)| Job {
             url_id,
@@ -894,7 +1144,8 @@ async fn claim_in(
             host,
             lease,
         })
-        .collect::<Vec<_>>())
+        .collect();
+    Ok(Claim { jobs, handed_over })
 }
 
 /// Applies each completion to its URL row if the row still carries the

@@ -46,8 +46,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::rules::{self, duration_ms, rfc3339, rfc3339_from_ms, to_i64, unix_ms};
 use super::{
-    Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl, PageLimits,
-    RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, UrlState,
+    Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl,
+    PageLimits, RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError,
+    UrlState,
 };
 use crate::config::{StoreConfig, Synchronous};
 use crate::fetch::ErrorKind;
@@ -635,7 +636,7 @@ impl Store for SqliteStore {
         .map_err(db("ready hosts"))
     }
 
-    async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Vec<Job>, StoreError> {
+    async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Claim, StoreError> {
         self.writing(move || async move {
             let lease: i64 = rand::random();
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
@@ -700,7 +701,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db("update hosts after claim"))?;
             tx.commit().await.map_err(db("commit claim"))?;
-            Ok(jobs)
+            Ok(Claim { jobs, handed_over: Vec::new() })
         })
         .await
     }
@@ -753,6 +754,12 @@ impl Store for SqliteStore {
             Ok(result.rows_affected())
         })
         .await
+    }
+
+    async fn release(&self, _last_starts: &[(String, Duration)]) -> Result<u64, StoreError> {
+        // The owner is the only crawler: what is in flight is its own, and
+        // no other crawler takes its hosts over.
+        self.requeue_in_flight().await
     }
 
     async fn next_ready(&self) -> Result<Option<i64>, StoreError> {

@@ -23,6 +23,10 @@ use crate::util::{
 
 const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+/// The lease and request timeout of stores the tests open as a daemon.
+const LEASE: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A database of its own for one test, dropped (with its connections) when
 /// this is dropped.
 pub struct TestDatabase {
@@ -97,7 +101,7 @@ async fn pg_columns(db: &mut PgConnection, relation: &str) -> Vec<String> {
 /// only PostgreSQL has: what several daemons sharing a crawl need.
 const PUBLIC: [(&str, &[&str]); 11] = [
     ("urls", &[]),
-    ("hosts", &["lease_owner", "lease_token", "lease_expires_at", "last_start_ms"]),
+    ("hosts", &["lease_owner", "lease_token", "lease_expires_at", "last_start_at"]),
     ("attempts", &["worker"]),
     ("links", &[]),
     ("dropped_links", &[]),
@@ -409,7 +413,7 @@ fn a_capped_crawl_that_keeps_bodies_and_headers_ends_alike_on_both_engines() {
 fn a_second_daemon_on_one_postgres_database_is_refused() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Some(pg) = runtime.block_on(TestDatabase::create("a_second_daemon_is_refused")) else { return };
-    let first = runtime.block_on(PgStore::open_owned(&pg.url, 1)).unwrap();
+    let first = runtime.block_on(PgStore::open_owned(&pg.url, 1, LEASE, TIMEOUT)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
     let (mut child, _) = spawn_crawl_in(dir.path(), &["http://127.0.0.100/ok/x".to_owned()], &[], &env);
@@ -430,13 +434,13 @@ fn a_second_daemon_on_one_postgres_database_is_refused() {
 #[tokio::test]
 async fn a_late_completion_on_postgres_is_kept_as_stale_lease_and_changes_nothing() {
     let Some(pg) = TestDatabase::create("a_late_completion_is_stale").await else { return };
-    let store = PgStore::open_owned(&pg.url, 2).await.unwrap();
+    let store = PgStore::open_owned(&pg.url, 2, LEASE, TIMEOUT).await.unwrap();
     let url = NewUrl { url: "http://a.test/x".into(), host: "a.test".into(), depth: 0, found_on: None };
     assert_eq!(store.enqueue(&[url.clone(), url]).await.unwrap(), 1);
     assert_eq!(store.ready_hosts(i64::MAX, &[], 10).await.unwrap(), ["a.test"]);
-    let first = store.claim(i64::MAX, &[("a.test".into(), 5)]).await.unwrap().remove(0);
+    let first = store.claim(i64::MAX, &[("a.test".into(), 5)]).await.unwrap().jobs.remove(0);
     assert_eq!(store.requeue_in_flight().await.unwrap(), 1);
-    let second = store.claim(i64::MAX, &[("a.test".into(), 5)]).await.unwrap().remove(0);
+    let second = store.claim(i64::MAX, &[("a.test".into(), 5)]).await.unwrap().jobs.remove(0);
     assert_eq!(second.url_id, first.url_id);
     assert_ne!(second.lease, first.lease, "a new lease token");
 
@@ -572,7 +576,7 @@ async fn metrics_show_dead_rows_and_a_transaction_that_holds_vacuum_back() {
 #[tokio::test]
 async fn urls_enqueued_by_another_process_wake_an_idle_daemon() {
     let Some(pg) = TestDatabase::create("urls_enqueued_wake_an_idle_daemon").await else { return };
-    let daemon = std::sync::Arc::new(PgStore::open_owned(&pg.url, 2).await.unwrap());
+    let daemon = std::sync::Arc::new(PgStore::open_owned(&pg.url, 2, LEASE, TIMEOUT).await.unwrap());
     let (wake, done) =
         (std::sync::Arc::new(tokio::sync::Notify::new()), tokio_util::sync::CancellationToken::new());
     let relay = tokio::spawn({
@@ -662,7 +666,7 @@ fn a_crawl_that_loses_its_owner_lock_to_another_daemon_stops_with_an_error() {
     let other = runtime.block_on(async {
         end_owner_session(&pg.url).await;
         for _ in 0..100 {
-            match PgStore::open_owned(&pg.url, 1).await {
+            match PgStore::open_owned(&pg.url, 1, LEASE, TIMEOUT).await {
                 Ok(other) => return other,
                 Err(StoreError::InUse { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
                 Err(e) => panic!("{e}"),
@@ -702,12 +706,12 @@ async fn stats_on_a_postgres_database_trawler_never_wrote_says_so_and_creates_no
 #[tokio::test]
 async fn a_stale_and_a_live_completion_of_one_url_in_one_batch_are_told_apart() {
     let Some(pg) = TestDatabase::create("stale_and_live_in_one_batch").await else { return };
-    let store = PgStore::open_owned(&pg.url, 2).await.unwrap();
+    let store = PgStore::open_owned(&pg.url, 2, LEASE, TIMEOUT).await.unwrap();
     let url = NewUrl { url: "http://a.test/page".into(), host: "a.test".into(), depth: 0, found_on: None };
     store.enqueue(&[url]).await.unwrap();
-    let first = store.claim(i64::MAX, &[("a.test".into(), 1)]).await.unwrap().remove(0);
+    let first = store.claim(i64::MAX, &[("a.test".into(), 1)]).await.unwrap().jobs.remove(0);
     store.requeue_in_flight().await.unwrap();
-    let second = store.claim(i64::MAX, &[("a.test".into(), 1)]).await.unwrap().remove(0);
+    let second = store.claim(i64::MAX, &[("a.test".into(), 1)]).await.unwrap().jobs.remove(0);
     // Both fetches report in the same batch, each with a link and a
     // redirect hop; only the live one may add to the link graph.
     let report = |job: &Job, link: &str| {
@@ -747,4 +751,102 @@ async fn a_stale_and_a_live_completion_of_one_url_in_one_batch_are_told_apart() 
         sqlx::query_scalar("SELECT count(*) FROM redirect_hops").fetch_one(&mut db).await.unwrap();
     assert_eq!(hops, 2, "both fetches' requests were made and are recorded");
     store.close().await;
+}
+
+/// `(lease_owner, seconds until the lease lapses, seconds since last_start_at)`
+/// of `host`.
+async fn lease_of(db: &mut PgConnection, host: &str) -> (Option<String>, Option<f64>, Option<f64>) {
+    sqlx::query_as(
+        "SELECT lease_owner, extract(epoch FROM lease_expires_at - now())::float8,
+                extract(epoch FROM now() - last_start_at)::float8
+         FROM hosts WHERE host = $1",
+    )
+    .bind(host)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn leases_are_renewed_released_when_idle_recovered_when_lapsed_and_handed_over() {
+    let Some(pg) = TestDatabase::create("lease_lifecycle").await else { return };
+    let first = PgStore::open_owned(&pg.url, 2, LEASE, TIMEOUT).await.unwrap();
+    // A second daemon (opened beside the owner, as daemons will be).
+    let second = PgStore::open(&pg.url, 2).await.unwrap().with_lease_terms(LEASE, TIMEOUT);
+    let url = |host: &str, path: &str| NewUrl {
+        url: format!("http://{host}/{path}"),
+        host: host.into(),
+        depth: 0,
+        found_on: None,
+    };
+    first
+        .enqueue(&[url("a.test", "1"), url("a.test", "2"), url("b.test", "1"), url("c.test", "1")])
+        .await
+        .unwrap();
+    let picks = [("a.test".to_owned(), 1), ("b.test".to_owned(), 1), ("c.test".to_owned(), 1)];
+    let claim = first.claim(i64::MAX, &picks).await.unwrap();
+    assert_eq!(claim.jobs.len(), 3);
+    assert!(claim.handed_over.is_empty(), "no daemon ever fetched from these hosts");
+    let job = |host: &str| claim.jobs.iter().find(|j| j.host == host).unwrap().clone();
+    let leases = first.host_leases();
+    assert!(leases.may_start("a.test", job("a.test").lease));
+
+    // b.test's only URL is done: the next round gives b.test up, with when
+    // its last request started; a.test and c.test have URLs in flight.
+    first
+        .complete(&[crate::store::done(&job("b.test"), job("b.test").lease)], PageLimits::default())
+        .await
+        .unwrap();
+    let mut db = PgConnection::connect(&pg.url).await.unwrap();
+    sqlx::query("UPDATE hosts SET lease_expires_at = now() + interval '5 seconds'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let round = first.keep_leases(&[("b.test".into(), Duration::from_millis(300))]).await.unwrap();
+    assert_eq!((round.renewed, round.released, round.lost.len(), round.recovered_hosts), (3, 1, 0, 0));
+    let (owner, left, since) = lease_of(&mut db, "b.test").await;
+    assert_eq!((owner, left), (None, None));
+    assert!((0.3..5.0).contains(&since.unwrap()), "last start {since:?} s ago");
+    let (owner, left, _) = lease_of(&mut db, "a.test").await;
+    assert_eq!(owner.as_deref(), Some(first.worker()));
+    assert!(left.unwrap() > 55.0, "renewed to a whole lease: {left:?} s left");
+    assert!(!leases.may_start("b.test", job("b.test").lease), "given up");
+
+    // a.test's lease lapses (its daemon stopped renewing): any daemon's
+    // round ends it, and a.test's URL in flight goes back to the queue.
+    sqlx::query("UPDATE hosts SET lease_expires_at = now() - interval '2 seconds' WHERE host = 'a.test'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let round = second.keep_leases(&[]).await.unwrap();
+    assert_eq!((round.recovered_hosts, round.recovered_urls), (1, 1));
+    let (owner, _, since) = lease_of(&mut db, "a.test").await;
+    assert_eq!(owner, None);
+    // Its owner started nothing after the lapse less a request timeout.
+    let since = since.unwrap();
+    assert!((TIMEOUT.as_secs_f64() + 1.9..TIMEOUT.as_secs_f64() + 10.0).contains(&since), "{since}");
+
+    // The second daemon takes a.test over, waiting out that last start.
+    let taken = second.claim(i64::MAX, &[("a.test".to_owned(), 5)]).await.unwrap();
+    assert_eq!(taken.jobs.len(), 2);
+    let (host, ago) = &taken.handed_over[0];
+    assert_eq!(host, "a.test");
+    assert!((since - 1.0..since + 1.0).contains(&ago.as_secs_f64()), "{ago:?} vs {since}");
+    // The first daemon learns that it lost a.test, and keeps c.test.
+    let round = first.keep_leases(&[]).await.unwrap();
+    assert_eq!(round.lost, ["a.test"]);
+    assert!(!leases.may_start("a.test", job("a.test").lease));
+    assert!(leases.may_start("c.test", job("c.test").lease));
+
+    // A stop hands over only the stopping daemon's own: the second puts its
+    // two a.test URLs back and gives a.test up; c.test stays the first's.
+    assert_eq!(second.release(&[("a.test".into(), Duration::from_millis(50))]).await.unwrap(), 2);
+    let (owner, _, since) = lease_of(&mut db, "a.test").await;
+    assert_eq!(owner, None);
+    assert!(since.unwrap() < 5.0, "the second daemon's own last start: {since:?}");
+    assert_eq!(lease_of(&mut db, "c.test").await.0.as_deref(), Some(first.worker()));
+    let counts = first.counts().await.unwrap();
+    assert_eq!((counts.queued, counts.in_flight, counts.done), (2, 1, 1));
+    first.close().await;
+    second.close().await;
 }

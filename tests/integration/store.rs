@@ -14,7 +14,7 @@ fn new_url(path: &str) -> NewUrl {
 
 /// Claims up to `n` URLs of 127.0.0.1 due at `now_ms`.
 async fn claim(store: &SqliteStore, now_ms: i64, n: u32) -> Vec<trawler::store::Job> {
-    store.claim(now_ms, &[("127.0.0.1".to_owned(), n)]).await.unwrap()
+    store.claim(now_ms, &[("127.0.0.1".to_owned(), n)]).await.unwrap().jobs
 }
 
 /// A completion of `job` under `lease`: a 200, the URL done.
@@ -96,12 +96,12 @@ async fn one_claim_takes_each_picked_hosts_own_count_of_due_urls() {
         .collect();
     store.enqueue(&urls).await.unwrap();
     // b.test's first URL is retried later: not due at 1_000.
-    let first_b = store.claim(0, &[("b.test".into(), 1)]).await.unwrap().remove(0);
+    let first_b = store.claim(0, &[("b.test".into(), 1)]).await.unwrap().jobs.remove(0);
     let retry = Completion { next: Next::RetryAt(5_000), ..done(&first_b, first_b.lease) };
     store.complete(&[retry], PageLimits::default()).await.unwrap();
 
     let picks = [("a.test".to_owned(), 3), ("b.test".to_owned(), 10), ("d.test".to_owned(), 2)];
-    let jobs = store.claim(1_000, &picks).await.unwrap();
+    let jobs = store.claim(1_000, &picks).await.unwrap().jobs;
     let taken: Vec<&str> = jobs.iter().map(|job| job.url.as_str()).collect();
     assert_eq!(
         taken,
@@ -121,13 +121,13 @@ async fn one_claim_takes_each_picked_hosts_own_count_of_due_urls() {
 
     // One host alone (a statement of its own): only its due URLs, oldest first.
     assert!(
-        store.claim(1_000, &[("b.test".into(), 5)]).await.unwrap().is_empty(),
+        store.claim(1_000, &[("b.test".into(), 5)]).await.unwrap().jobs.is_empty(),
         "b.test/0 is due at 5_000"
     );
     let c: Vec<String> =
-        store.claim(1_000, &[("c.test".into(), 2)]).await.unwrap().into_iter().map(|j| j.url).collect();
+        store.claim(1_000, &[("c.test".into(), 2)]).await.unwrap().jobs.into_iter().map(|j| j.url).collect();
     assert_eq!(c, ["http://c.test/0", "http://c.test/1"]);
-    let b = store.claim(5_000, &[("b.test".into(), 5)]).await.unwrap();
+    let b = store.claim(5_000, &[("b.test".into(), 5)]).await.unwrap().jobs;
     assert_eq!(b.iter().map(|j| j.url.as_str()).collect::<Vec<_>>(), ["http://b.test/0"]);
     assert_eq!(b[0].attempt, 2, "its retry");
     store.close().await;
