@@ -308,6 +308,7 @@ async fn start(
         working: stats.working.clone(),
         parked: job_tx.downgrade(),
         leases: store.host_leases(),
+        hop_leases: store.host_leases().map(|_| store.clone()),
     });
     let workers = (0..concurrency)
         .map(|_| tasks.spawn("worker", worker::run(ctx.clone(), job_rx.clone(), result_tx.clone())))
@@ -381,6 +382,7 @@ async fn start(
         politeness,
         heartbeat: producer_beat,
         exit_when_idle: !daemon,
+        max_hosts: concurrency,
     };
     let producer = tasks.spawn("producer", producer.run());
 
@@ -479,7 +481,8 @@ async fn keep_leases(store: Arc<Backend>, politeness: Arc<Politeness>, done: Can
             _ = done.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        match store.keep_leases(&politeness.last_starts(tokio::time::Instant::now())).await {
+        let last_starts = politeness.last_starts(tokio::time::Instant::now());
+        match store.keep_leases(&last_starts, &politeness.hosts_in_flight()).await {
             Ok(Some(round)) => {
                 wait = leases.renew_every();
                 if !round.lost.is_empty() {

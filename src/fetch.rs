@@ -706,6 +706,18 @@ impl Attempt<'_> {
         }
     }
 
+    /// Ends the attempt at the redirect it just followed, without requesting
+    /// the target, which is returned (`None` if there is none): the attempt
+    /// ends as that redirect's response (its status; `final_url` the URL
+    /// that answered it; the redirects before it), for the target to be
+    /// crawled as a URL of its own.
+    pub fn hand_over(&mut self) -> Option<Url> {
+        let target = self.next.take()?;
+        self.progress.record.redirect_chain.pop();
+        self.outcome = Some(Ok(()));
+        Some(target)
+    }
+
     /// Ends the attempt without sending the next request: `kind` (e.g.
     /// robots.txt disallows the redirect's target) says why.
     pub fn refuse(&mut self, kind: ErrorKind, message: String) {

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::politeness::Politeness;
 use crate::sitemaps::SitemapQueue;
 use crate::stats::CrawlStats;
-use crate::store::{Claim, Job, Store, StoreError};
+use crate::store::{Backend, Claim, Job, Store, StoreError};
 use crate::systemd::Heartbeat;
 
 /// The longest sleep between looks at the store when nothing is due.
@@ -62,12 +62,15 @@ pub enum ProducerError {
     NoWorkers,
 }
 
+/// How often a producer at its limit of hosts looks for hosts to give up.
+const RELEASE_AT_LIMIT_EVERY: Duration = Duration::from_millis(250);
+
 /// Hosts asked for per round.
 const HOSTS_PER_ROUND: usize = 256;
 
 /// Everything the producer needs.
-pub struct Producer<S> {
-    pub store: Arc<S>,
+pub struct Producer {
+    pub store: Arc<Backend>,
     /// Where claimed jobs go; dropping it (when the producer ends) closes the
     /// channel once drained.
     pub jobs: async_channel::Sender<Job>,
@@ -89,9 +92,12 @@ pub struct Producer<S> {
     /// End when the frontier is empty (batch crawl) instead of waiting for
     /// more work (daemon).
     pub exit_when_idle: bool,
+    /// The most hosts leased here at once (the workers,
+    /// `crawl.concurrency`): hosts beyond it are left for other daemons.
+    pub max_hosts: usize,
 }
 
-impl<S: Store> Producer<S> {
+impl Producer {
     /// Runs until stopped or, in batch mode, until the frontier is exhausted.
     /// Claimed jobs not yet sent when stopped stay in flight in the store; the
     /// crawl requeues them on its way out.
@@ -101,6 +107,7 @@ impl<S: Store> Producer<S> {
     pub async fn run(self) -> Result<(), ProducerError> {
         let capacity = self.jobs.capacity().unwrap_or(1024);
         let mut last_prune = Instant::now();
+        let mut last_release = Instant::now();
         loop {
             if self.stop.is_cancelled() {
                 return Ok(());
@@ -124,7 +131,7 @@ impl<S: Store> Producer<S> {
                 }
                 continue;
             }
-            if self.hand_out(capacity - queued, now).await? {
+            if self.hand_out(capacity - queued, now, &mut last_release).await? {
                 continue;
             }
             // Read the flags before the store, and `outstanding` first: a
@@ -148,9 +155,25 @@ impl<S: Store> Producer<S> {
 
     /// Claims and sends up to `room` jobs for hosts that may be fetched now.
     /// Returns whether any job was sent.
-    async fn hand_out(&self, room: usize, now: Instant) -> Result<bool, StoreError> {
+    async fn hand_out(
+        &self,
+        room: usize,
+        now: Instant,
+        last_release: &mut Instant,
+    ) -> Result<bool, StoreError> {
         let busy = self.politeness.busy_hosts(now);
-        let hosts = self.store.ready_hosts(now_ms(), &busy, room.min(HOSTS_PER_ROUND) as u32).await?;
+        // No more hosts leased here than workers (PostgreSQL): more could
+        // not be kept busy, and would leave daemons beside this one nothing
+        // to lease. At the limit, hosts with nothing due are given up.
+        let held = || self.store.host_leases().map_or(0, |leases| leases.count());
+        if held() >= self.max_hosts && now - *last_release >= RELEASE_AT_LIMIT_EVERY {
+            *last_release = now;
+            let last_starts = self.politeness.last_starts(now);
+            self.store.release_idle(&last_starts, &self.politeness.hosts_in_flight(), now_ms()).await?;
+        }
+        let new_hosts = self.max_hosts.saturating_sub(held());
+        let limit = room.min(HOSTS_PER_ROUND) as u32;
+        let hosts = self.store.ready_hosts(now_ms(), &busy, limit, new_hosts as u32).await?;
         let mut budget = room as u32;
         let mut picks = Vec::with_capacity(hosts.len());
         for host in hosts {

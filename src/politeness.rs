@@ -403,6 +403,11 @@ impl Politeness {
             .collect()
     }
 
+    /// Hosts with a job or a redirect hop in flight here.
+    pub fn hosts_in_flight(&self) -> Vec<String> {
+        self.lock().hosts.iter().filter(|(_, s)| s.in_flight > 0).map(|(host, _)| host.clone()).collect()
+    }
+
     /// Forgets hosts with nothing in flight, no pending delay or backoff and
     /// no failure streak, keeping memory proportional to active hosts.
     pub fn prune(&self, now: Instant) {

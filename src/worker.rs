@@ -29,7 +29,7 @@ use crate::politeness::{HostSignal, Politeness};
 use crate::redact::ForLog;
 use crate::retry::{Decision, decide};
 use crate::robots::{Refusal, Robots};
-use crate::store::{AttemptRecord, Backend, DropReason, HostLeases, NewUrl, Store, StoreError};
+use crate::store::{AttemptRecord, Backend, DropReason, HopLease, HostLeases, NewUrl, Store, StoreError};
 use crate::store::{Completion, Job, Next};
 
 /// What every worker shares.
@@ -60,6 +60,9 @@ pub struct WorkerContext {
     /// The host leases this daemon holds (PostgreSQL): no request to a host
     /// starts past its lease's deadline. `None`: no leases to check (SQLite).
     pub leases: Option<Arc<HostLeases>>,
+    /// Where a redirect hop to another host leases that host first, when
+    /// hosts are leased (PostgreSQL).
+    pub hop_leases: Option<Arc<Backend>>,
 }
 
 /// A job whose host's turn is further away than this is parked (see
@@ -242,9 +245,13 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
     {
         return Attempted::Parked(job, turn);
     }
+    let mut handed_over = None;
     let (fetched, signal, started) = match refusal {
         None => match fetch_in_turn(ctx, &job).await {
-            Ok(fetched) => fetched,
+            Ok(InTurn { fetched, signal, started, redirect_handed_over }) => {
+                handed_over = redirect_handed_over;
+                (fetched, signal, started)
+            }
             Err(Interrupted::Stopped) => return Attempted::Stopped,
             Err(Interrupted::LeaseEnded) => return lease_ended(ctx, job),
         },
@@ -280,10 +287,16 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
             Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
         }
     };
-    let (links, dropped_links) = match (&ctx.discovery, next) {
+    let (mut links, dropped_links) = match (&ctx.discovery, next) {
         (Some(discovery), Next::Done) => discover(discovery, &job, &fetched),
         _ => (Vec::new(), Vec::new()),
     };
+    if let Some(target) = handed_over.filter(|_| next == Next::Done) {
+        // Its host is another daemon's: the target is crawled there, as a
+        // URL of its own at this one's depth.
+        let host = target.host_str().unwrap_or_default().to_owned();
+        links.push(NewUrl { url: target.into(), host, depth: job.depth, found_on: Some(job.url_id) });
+    }
     let host_backoff = ctx.politeness.finished(&job.host, signal, started, Instant::now(), rand::random());
     // Above the refill mark the producer has nothing to do, and waking it
     // on every fetch costs; a freed host slot only matters below it.
@@ -401,6 +414,18 @@ fn follows_from(ctx: &WorkerContext, job: &Job) -> bool {
 /// The crawl was told to stop while waiting.
 struct Stopped;
 
+/// What [`fetch_in_turn`] fetched.
+struct InTurn {
+    fetched: Fetched,
+    /// What the answers say about the job's host.
+    signal: HostSignal,
+    /// When the job's host's last request started.
+    started: Instant,
+    /// The target of a redirect to a host another daemon holds: not
+    /// requested here, to be crawled as a URL of its own.
+    redirect_handed_over: Option<Url>,
+}
+
 /// Why a job's requests ended before it had an answer.
 enum Interrupted {
     /// The crawl was told to stop before a request started, or aborted one.
@@ -431,24 +456,54 @@ async fn robots_refusal(ctx: &WorkerContext, url: &str, host: &str) -> Result<Op
 /// its answer then updates. Returns what was fetched, with what it says
 /// about the job's host and when the job's host's last request started.
 ///
+/// Where hosts are leased (PostgreSQL), every request needs its host's
+/// lease: the job's, or, for a hop to another host, a lease taken for it
+/// ([`Backend::lease_hop`]). A hop to a host another daemon holds is not
+/// requested: the attempt ends at the redirect, whose target is handed over
+/// (as distributed crawlers such as Heritrix and StormCrawler queue every
+/// redirect target), so the other daemon's politeness stays whole.
+///
 /// Errors: stopped before a request started, or aborted during one; or a
-/// request to the job's host was due after its lease's deadline.
-async fn fetch_in_turn(
-    ctx: &WorkerContext,
-    job: &Job,
-) -> Result<(Fetched, HostSignal, Instant), Interrupted> {
+/// request was due after its host's lease's deadline, or the hop's host
+/// could not be leased.
+async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Result<InTurn, Interrupted> {
     let mut attempt = ctx.fetcher.begin(&job.url, follows_from(ctx, job));
     // The job's host: what its last answer said, and when that request began.
     let mut own = (HostSignal::Neutral, Instant::now());
     // The host of the last request sent, and its turn.
     let mut last: Option<(String, Instant)> = None;
+    let mut redirect_handed_over = None;
     while let Some(url) = attempt.next_url() {
         let url = url.clone();
         let host = url.host_str().unwrap_or_default().to_owned();
+        let foreign = host != job.host;
         if attempt.requests() > 0 {
+            if let Some((previous, turn)) = last.take() {
+                // Its answer was a redirect: the host is healthy.
+                own = settle(ctx, job, &previous, HostSignal::Healthy, turn, own);
+            }
             if let Some(refusal) = hop_out_of_scope(ctx, job, &url) {
                 attempt.refuse(refusal.kind, refusal.message);
                 break;
+            }
+            // Its host's lease before any request to it, robots.txt's too.
+            if foreign && let Some(store) = &ctx.hop_leases {
+                match store.lease_hop(&host).await {
+                    Ok(HopLease::Held { last_start }) => {
+                        if let Some(ago) = last_start {
+                            let now = Instant::now();
+                            ctx.politeness.handed_over(&host, now.checked_sub(ago).unwrap_or(now));
+                        }
+                    }
+                    Ok(HopLease::HeldByAnother) => {
+                        redirect_handed_over = attempt.hand_over();
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%host, "cannot lease a redirect's host: {e}; the URL goes back to the frontier");
+                        return Err(Interrupted::LeaseEnded);
+                    }
+                }
             }
             let refusal =
                 robots_refusal(ctx, url.as_str(), &host).await.map_err(|Stopped| Interrupted::Stopped)?;
@@ -457,12 +512,7 @@ async fn fetch_in_turn(
                 attempt.refuse(refusal.kind, message);
                 break;
             }
-            if let Some((previous, turn)) = last.take() {
-                // Its answer was a redirect: the host is healthy.
-                own = settle(ctx, job, &previous, HostSignal::Healthy, turn, own);
-            }
         }
-        let foreign = host != job.host;
         if foreign {
             tokio::select! {
                 biased;
@@ -486,8 +536,12 @@ async fn fetch_in_turn(
             _ = ctx.stop.cancelled() => return { release(ctx); Err(Interrupted::Stopped) },
             turn = ctx.politeness.wait_turn(&host) => turn,
         };
-        if !foreign && ctx.leases.as_ref().is_some_and(|leases| !leases.may_start(&host, job.lease)) {
-            return Err(Interrupted::LeaseEnded);
+        if let Some(leases) = &ctx.leases {
+            let held = if foreign { leases.may_start_any(&host) } else { leases.may_start(&host, job.lease) };
+            if !held {
+                release(ctx);
+                return Err(Interrupted::LeaseEnded);
+            }
         }
         tokio::select! {
             biased;
@@ -500,7 +554,7 @@ async fn fetch_in_turn(
     if let Some((host, turn)) = last {
         own = settle(ctx, job, &host, host_signal(&fetched), turn, own);
     }
-    Ok((fetched, own.0, own.1))
+    Ok(InTurn { fetched, signal: own.0, started: own.1, redirect_handed_over })
 }
 
 /// Why a redirect hop to `url` must not be requested: when following links,

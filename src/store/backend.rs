@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::leases::HostLeases;
-use super::postgres::{LeaseRound, PgStore, QueueHealth};
+use super::postgres::{HopLease, LeaseRound, PgStore, QueueHealth};
 use super::sqlite::{Checkpoint, SqliteStore};
 use super::{
     Claim, Committed, Completion, ExportFilter, InputError, LockWaits, NewUrl, PageLimits, RecrawlPolicy,
@@ -44,22 +44,22 @@ macro_rules! each {
 }
 
 impl Backend {
-    /// Opens the database `config` names for crawling, as its owner, creating
-    /// it if missing and applying pending migrations. URLs a crashed run left
-    /// in flight stay so until the caller runs [`Store::requeue_in_flight`].
+    /// Opens the database `config` names for crawling, creating it if missing
+    /// (SQLite) and applying pending migrations: a SQLite file as its one
+    /// crawler (its owner); a PostgreSQL database beside any other daemons,
+    /// with host leases of `config.lease` for requests of at most
+    /// `request_timeout` (`fetch.timeout`). URLs a crashed run left in
+    /// flight stay so until the caller runs [`Store::requeue_in_flight`].
     ///
-    /// On PostgreSQL its host leases last `config.lease`, for requests of at
-    /// most `request_timeout` (`fetch.timeout`).
-    ///
-    /// Errors: [`StoreError::Locked`] (SQLite) or [`StoreError::InUse`]
-    /// (PostgreSQL) when another crawler owns it;
+    /// Errors: [`StoreError::Locked`] when another crawler owns the SQLite
+    /// file;
     /// [`StoreError::NewerSchema`] when it holds migrations this binary does
     /// not know; [`StoreError::Database`] when it cannot be created, opened
     /// or migrated.
     pub async fn open(config: &StoreConfig, request_timeout: Duration) -> Result<Self, StoreError> {
         match &config.url {
             Some(url) => Ok(Self::Postgres(
-                PgStore::open_owned(url, PG_CONNECTIONS, config.lease, request_timeout).await?,
+                PgStore::open_crawler(url, PG_CONNECTIONS, config.lease, request_timeout).await?,
             )),
             None => Ok(Self::Sqlite(SqliteStore::open(config).await?)),
         }
@@ -72,8 +72,7 @@ impl Backend {
     /// which are told at once ([`PgStore::relay_work_notifications`]). Only [`Store::enqueue`],
     /// [`Store::record_input_errors`] and reads are meant for such a store.
     ///
-    /// Errors: as [`Backend::open`], except [`StoreError::Locked`] and
-    /// [`StoreError::InUse`].
+    /// Errors: as [`Backend::open`], except [`StoreError::Locked`].
     pub async fn open_to_enqueue(config: &StoreConfig) -> Result<Self, StoreError> {
         if let Some(url) = &config.url {
             return Ok(Self::Postgres(PgStore::open(url, 2).await?));
@@ -206,10 +205,39 @@ impl Backend {
     pub async fn keep_leases(
         &self,
         last_starts: &[(String, Duration)],
+        requesting: &[String],
     ) -> Result<Option<LeaseRound>, StoreError> {
         match self {
             Backend::Sqlite(_) => Ok(None),
-            Backend::Postgres(s) => s.keep_leases(last_starts).await.map(Some),
+            Backend::Postgres(s) => s.keep_leases(last_starts, requesting).await.map(Some),
+        }
+    }
+
+    /// Gives up leases on hosts with nothing due at `now_ms` and nothing in
+    /// flight ([`PgStore::release_idle`]), for a daemon at its limit of
+    /// hosts to take on others; nothing on SQLite. Returns how many.
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn release_idle(
+        &self,
+        last_starts: &[(String, Duration)],
+        requesting: &[String],
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Backend::Sqlite(_) => Ok(0),
+            Backend::Postgres(s) => s.release_idle(last_starts, requesting, Some(now_ms)).await,
+        }
+    }
+
+    /// Leases `host` for a redirect hop to it ([`PgStore::lease_hop`]); on
+    /// SQLite, whose one crawler needs no lease, always held.
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn lease_hop(&self, host: &str) -> Result<HopLease, StoreError> {
+        match self {
+            Backend::Sqlite(_) => Ok(HopLease::Held { last_start: None }),
+            Backend::Postgres(s) => s.lease_hop(host).await,
         }
     }
 
@@ -229,8 +257,14 @@ impl Store for Backend {
         each!(self, s => s.record_input_errors(errors).await)
     }
 
-    async fn ready_hosts(&self, now_ms: i64, busy: &[String], limit: u32) -> Result<Vec<String>, StoreError> {
-        each!(self, s => s.ready_hosts(now_ms, busy, limit).await)
+    async fn ready_hosts(
+        &self,
+        now_ms: i64,
+        busy: &[String],
+        limit: u32,
+        new_limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        each!(self, s => s.ready_hosts(now_ms, busy, limit, new_limit).await)
     }
 
     async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Claim, StoreError> {

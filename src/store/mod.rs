@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use backend::Backend;
 pub use leases::HostLeases;
-pub use postgres::{LeaseRound, PgStore, QueueHealth};
+pub use postgres::{HopLease, LeaseRound, PgStore, QueueHealth};
 pub use sqlite::{Checkpoint, SqliteStore};
 
 /// A store operation that failed. Any of these stops the crawl: results could
@@ -38,13 +38,6 @@ pub enum StoreError {
          readers such as sqlite3 may still open it"
     )]
     Locked { path: String, lock: String },
-    /// Another daemon crawls this PostgreSQL database (it holds the
-    /// database's owner lock).
-    #[error(
-        "{database} is being crawled by another trawler daemon; one daemon crawls a PostgreSQL database \
-         at a time (trawler enqueue, stats and export may run beside it)"
-    )]
-    InUse { database: String },
     /// The database was written by a newer trawler whose schema this binary
     /// does not know.
     #[error(
@@ -615,12 +608,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Hosts that have a queued URL due at `now_ms` and are not in backoff,
-    /// longest-waiting first, leaving out `busy` ones; at most `limit`.
+    /// longest-waiting first, leaving out `busy` ones; at most `limit`, of
+    /// which at most `new_limit` are hosts this crawler does not hold yet
+    /// (PostgreSQL: so that one daemon does not lease every host while
+    /// others idle; SQLite's one crawler holds every host).
     fn ready_hosts(
         &self,
         now_ms: i64,
         busy: &[String],
         limit: u32,
+        new_limit: u32,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Claims, for each `(host, n)` in `picks`, up to `n` of the host's queued
@@ -642,9 +639,12 @@ pub trait Store: Send + Sync + 'static {
         limits: PageLimits,
     ) -> impl Future<Output = Result<Committed, StoreError>> + Send;
 
-    /// Puts every in-flight URL back in the queue, due at once: at start-up,
-    /// the claims of a run that crashed. Only for the one crawler of a
-    /// database (the owner). Returns how many were requeued.
+    /// At start-up: puts back in the queue, due at once, the in-flight URLs
+    /// that no running crawler will finish: on SQLite, whose one crawler
+    /// is this one, all of them (a crashed run's claims); on PostgreSQL,
+    /// those under leases that lapsed (a crashed daemon's other leases
+    /// lapse within a lease's length, and the lease rounds end them then).
+    /// Returns how many were requeued.
     fn requeue_in_flight(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// At the end of a crawl: puts the URLs this crawler holds in flight
@@ -662,7 +662,9 @@ pub trait Store: Send + Sync + 'static {
     /// `None` when no host has queued URLs. May be early, never late.
     fn next_ready(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 
-    /// Whether any URL is queued.
+    /// Whether any URL is queued, or (PostgreSQL) in flight with any daemon,
+    /// which may yet put it back: a batch crawl is over only when this is
+    /// false and nothing of its own is in flight.
     fn has_queued(&self) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// URLs by state.

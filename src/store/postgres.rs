@@ -7,10 +7,10 @@
 //! and an expiry by the database's clock (`now()`), and puts the host's due
 //! URLs in flight under that token. A completion takes effect only if its
 //! URL still carries the token; otherwise its attempt is kept with outcome
-//! `stale_lease` and changes nothing else. Until lease renewal and the
-//! sharing of politeness across daemons are written, one daemon crawls a
-//! database at a time ([`PgStore::open_owned`] takes an advisory lock);
-//! `trawler enqueue`, `stats` and `export` may run beside it.
+//! `stale_lease` and changes nothing else. Leases are renewed, given up
+//! when idle and ended when lapsed ([`PgStore::keep_leases`]), so several
+//! daemons crawl one database at once, each host fetched by one at a time;
+//! `trawler enqueue`, `stats` and `export` may run beside them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime};
 
 use futures::TryStreamExt;
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -40,16 +40,6 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// How long opening waits for a connection before it reports the server
 /// unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The advisory lock (`pg_try_advisory_lock`) a crawling daemon holds on its
-/// database for as long as it runs: the first 8 bytes of "trawler\0".
-const OWNER_LOCK: i64 = 0x7472_6177_6c65_7200;
-
-/// How long a daemon whose owning session was lost tries to take the lock
-/// again: the server tells the client a session is ended before it has
-/// released the session's locks, so the lock may still be held for a moment
-/// by the session that was ours.
-const RELOCK_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The LISTEN/NOTIFY channel on which a process that adds work (new URLs,
 /// URLs put back in the queue) tells idle daemons to look for it.
@@ -75,6 +65,45 @@ macro_rules! results_select {
     };
 }
 
+/// Leases the hosts `$1` (text[], sorted) to the worker `$2` for `$3`
+/// seconds, as [`Leased`] rows: those no other daemon holds (or whose lease
+/// lapsed); a host this daemon holds keeps its token. A host row another
+/// transaction has locked is waited for, not skipped: that is most often
+/// this daemon's own writer recording the host's results, whose commit is a
+/// moment away (skipping would leave the host unclaimed, and the producer
+/// idle, until its next poll). Waiting cannot deadlock as the first
+/// statement of a transaction (it holds no lock yet), and the row is
+/// checked again once free (a host another daemon leased meanwhile is left
+/// out).
+///
+/// A host new to this daemon comes with how long ago its last request may
+/// have started: the time its last owner recorded on giving it up, or, for
+/// a lapsed lease, the latest its owner could have started one (the lapse
+/// less `$4`, a request timeout in seconds: it starts none later).
+macro_rules! lease_hosts_sql {
+    () => {
+        "WITH p AS (
+             SELECT host, lease_owner AS old_owner, lease_token AS old_token,
+                    lease_expires_at AS old_expires, last_start_at
+             FROM hosts
+             WHERE host = ANY($1::text[])
+               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < now())
+             ORDER BY host FOR UPDATE)
+         UPDATE hosts SET
+             lease_token = CASE WHEN hosts.lease_owner = $2 THEN hosts.lease_token
+                                ELSE nextval('lease_tokens') END,
+             lease_owner = $2,
+             lease_expires_at = now() + make_interval(secs => $3)
+         FROM p WHERE hosts.host = p.host
+         RETURNING hosts.host, hosts.lease_token AS token,
+             CASE WHEN p.old_owner <> $2 THEN p.old_token END AS taken_from,
+             p.old_owner IS DISTINCT FROM $2 AS new,
+             extract(epoch FROM now() - greatest(p.last_start_at,
+                 CASE WHEN p.old_owner <> $2 THEN p.old_expires - make_interval(secs => $4) END))::float8
+                 AS last_start_s"
+    };
+}
+
 /// What [`PgStore::queue_health`] reads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueHealth {
@@ -93,11 +122,10 @@ pub struct PgStore {
     /// This daemon's name in `hosts.lease_owner` and `attempts.worker`:
     /// host name, process id and a random suffix, unique per run.
     worker: String,
-    /// The connection holding [`OWNER_LOCK`], for a store opened with
-    /// [`open_owned`](Self::open_owned); closing it releases the lock.
-    /// Claims and releases of idle hosts take it in turn, so that a release
-    /// never races this daemon's own claim of the same host.
-    owner: Mutex<Option<PgConnection>>,
+    /// Taken by claims, redirect-hop leases and lease rounds in turn, so
+    /// that a round never gives up a host this daemon is claiming URLs of
+    /// or leasing for a hop at the same moment.
+    claiming: Mutex<()>,
     /// The host leases this daemon holds.
     leases: Arc<HostLeases>,
 }
@@ -126,14 +154,14 @@ impl PgStore {
     /// migrations. Several processes may open one database at once: sqlx
     /// takes PostgreSQL's advisory lock while it migrates, so only one
     /// applies a migration. Such a store may enqueue and read; crawling
-    /// needs [`open_owned`](Self::open_owned).
+    /// needs [`open_crawler`](Self::open_crawler).
     ///
     /// Errors: [`StoreError::NewerSchema`] when the database holds
     /// migrations this binary does not know; [`StoreError::Database`] when
     /// the URL is malformed, the server cannot be reached or refuses, or a
     /// migration fails. Messages name the URL without its password.
     pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let store = Self::connect(url, max_connections).await?;
+        let store = Self::connect(url, max_connections, None).await?;
         migrate(&store.pool, &store.shown).await?;
         Ok(store)
     }
@@ -146,7 +174,7 @@ impl PgStore {
     /// the database holds no trawler schema; [`StoreError::NewerSchema`]
     /// when a newer trawler wrote it.
     pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
-        let store = Self::connect(url, 2).await?;
+        let store = Self::connect(url, 2, None).await?;
         let found: Result<Option<i64>, sqlx::Error> =
             sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
                 .fetch_one(&store.pool)
@@ -164,14 +192,24 @@ impl PgStore {
         Err(error)
     }
 
-    /// Connects, without migrating.
-    async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    /// Connects, without migrating. With `idle_in_transaction`, the server
+    /// ends a session of this store's that stays that long in a transaction
+    /// without a statement (PostgreSQL's `idle_in_transaction_session_timeout`).
+    async fn connect(
+        url: &str,
+        max_connections: u32,
+        idle_in_transaction: Option<Duration>,
+    ) -> Result<Self, StoreError> {
         let shown = ForLog(url).to_string();
         let options: PgConnectOptions = url.parse().map_err(|e| StoreError::Database {
             context: "open",
             source: format!("{shown}: not a PostgreSQL URL: {e}").into(),
         })?;
-        let options = options.application_name("trawler");
+        let mut options = options.application_name("trawler");
+        if let Some(limit) = idle_in_transaction {
+            let ms = limit.as_millis().to_string();
+            options = options.options([("idle_in_transaction_session_timeout", ms.as_str())]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(CONNECT_TIMEOUT)
@@ -179,66 +217,29 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Database { context: "open", source: format!("{shown}: {e}").into() })?;
         let leases = Arc::new(HostLeases::new(LEASE, Duration::ZERO));
-        Ok(Self { pool, shown, worker: worker_name(), owner: Mutex::new(None), leases })
+        Ok(Self { pool, shown, worker: worker_name(), claiming: Mutex::new(()), leases })
     }
 
-    /// Opens the database as [`open`](Self::open) does, for crawling: takes
-    /// the database's owner lock, which PostgreSQL releases when this
-    /// store's connection closes (a crashed daemon's too).
+    /// Opens the database as [`open`](Self::open) does, for crawling beside
+    /// any other daemons: its host leases last `lease` (by the database's
+    /// clock) and its requests at most `request_timeout` (see
+    /// [`HostLeases`]). A session of its that stays a whole lease in a
+    /// transaction without a statement (the daemon froze, or lost the
+    /// network, between two statements) is ended by the server, so that the
+    /// rows it locked do not hold the other daemons up for longer than its
+    /// leases would.
     ///
-    /// Its host leases last `lease` (by the database's clock) and its
-    /// requests at most `request_timeout` (see [`HostLeases`]).
-    ///
-    /// Errors: [`StoreError::InUse`] when another daemon crawls the
-    /// database; otherwise as [`open`](Self::open).
-    pub async fn open_owned(
+    /// Errors: as [`open`](Self::open).
+    pub async fn open_crawler(
         url: &str,
         max_connections: u32,
         lease: Duration,
         request_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let store = Self::open(url, max_connections).await?.with_lease_terms(lease, request_timeout);
-        match store.take_owner_lock(Duration::ZERO).await {
-            Ok(session) => *store.owner.lock().await = Some(session),
-            Err(e) => {
-                store.close().await;
-                return Err(e);
-            }
-        }
+        let mut store = Self::connect(url, max_connections, Some(lease)).await?;
+        migrate(&store.pool, &store.shown).await?;
+        store.leases = Arc::new(HostLeases::new(lease, request_timeout));
         Ok(store)
-    }
-
-    /// This store's host leases last `lease` (by the database's clock), for
-    /// requests of at most `request_timeout`: what a store that claims URLs
-    /// needs to know (see [`HostLeases`]). A store opened otherwise has
-    /// one-minute leases and no request time to allow for.
-    pub fn with_lease_terms(mut self, lease: Duration, request_timeout: Duration) -> Self {
-        self.leases = Arc::new(HostLeases::new(lease, request_timeout));
-        self
-    }
-
-    /// A session of its own that holds the owner lock, trying for up to
-    /// `patience` (every 50 ms) while another session holds it.
-    ///
-    /// Errors: [`StoreError::InUse`] when another session still holds it.
-    async fn take_owner_lock(&self, patience: Duration) -> Result<PgConnection, StoreError> {
-        let mut session = self.pool.acquire().await.map_err(db("take the owner lock"))?.detach();
-        let give_up = tokio::time::Instant::now() + patience;
-        loop {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(OWNER_LOCK)
-                .fetch_one(&mut session)
-                .await
-                .map_err(db("take the owner lock"))?;
-            if locked {
-                return Ok(session);
-            }
-            if tokio::time::Instant::now() >= give_up {
-                let _ = session.close().await;
-                return Err(StoreError::InUse { database: self.shown.clone() });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// The schema version the database is at: its newest applied migration.
@@ -370,29 +371,71 @@ impl PgStore {
             .map_err(db("oldest lease"))
     }
 
+    /// Leases `host` for a redirect hop to it from another host's URL: the
+    /// hop is a request to `host`, so it needs the lease as a claim does.
+    /// Takes the lease if no other daemon holds it (or it lapsed), keeps it
+    /// if this daemon does. The lease is given up by the next round of
+    /// [`keep_leases`](Self::keep_leases) once nothing of the host is in
+    /// flight here.
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn lease_hop(&self, host: &str) -> Result<HopLease, StoreError> {
+        let claiming = self.claiming.lock().await;
+        let sent = tokio::time::Instant::now();
+        let leased: Option<Leased> = self
+            .writing("lease a redirect's host", || async {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO hosts (host, work_at_ms) VALUES ($1, 9223372036854775807)
+                     ON CONFLICT (host) DO NOTHING",
+                )
+                .bind(host)
+                .execute(&mut *tx)
+                .await?;
+                let leased = sqlx::query_as(lease_hosts_sql!())
+                    .bind([host])
+                    .bind(&self.worker)
+                    .bind(self.leases.length().as_secs_f64())
+                    .bind(self.leases.request_timeout().as_secs_f64())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(Leased { taken_from: Some(token), .. }) = &leased {
+                    requeue_taken_over(&mut tx, &[*token]).await?;
+                }
+                tx.commit().await?;
+                Ok(leased)
+            })
+            .await?;
+        drop(claiming);
+        let Some(leased) = leased else { return Ok(HopLease::HeldByAnother) };
+        self.leases.granted(sent, [(host, leased.token)]);
+        Ok(HopLease::Held { last_start: leased.handed_over().map(|(_, ago)| ago) })
+    }
+
     /// One round of lease keeping, every [`HostLeases::renew_every`] while
     /// the daemon crawls: renews this daemon's leases (and learns which it
     /// lost); gives up the idle ones, hosts with nothing of theirs in
     /// flight, recording when their last request started
     /// (`last_starts`: host and how long ago, from politeness) so that the
-    /// next owner keeps the delay; and ends leases of any daemon that
+    /// next owner keeps the delay, except hosts this daemon is `requesting`
+    /// from (a redirect hop holds a host's lease without a URL of its own in
+    /// flight); and ends leases of any daemon that
     /// lapsed (a crashed daemon's), putting what they held in flight back
     /// in the queue.
     ///
     /// Errors: the database cannot be written; requests to this daemon's
     /// hosts then stop at their deadline unless a later round renews them.
-    pub async fn keep_leases(&self, last_starts: &[(String, Duration)]) -> Result<LeaseRound, StoreError> {
+    pub async fn keep_leases(
+        &self,
+        last_starts: &[(String, Duration)],
+        requesting: &[String],
+    ) -> Result<LeaseRound, StoreError> {
         let mut round = LeaseRound::default();
-        // In turn with claims: a claim that puts URLs of a host in flight
-        // commits before the release looks for them, or after it gave the
-        // host up (then the claim leases it afresh).
-        let mut owner = self.owner.lock().await;
+        let claiming = self.claiming.lock().await;
         let sent = tokio::time::Instant::now();
-        let (hosts, agos) = last_start_arrays(last_starts);
-        let (renewed, released) = {
-            let attempt = async |conn: &mut PgConnection| -> Result<_, sqlx::Error> {
-                let mut tx = conn.begin().await?;
-                let renewed: Vec<(String, i64)> = sqlx::query_as(
+        let renewed: Vec<(String, i64)> = self
+            .writing("renew host leases", || {
+                sqlx::query_as(
                     "WITH mine AS (SELECT host FROM hosts WHERE lease_owner = $1 ORDER BY host FOR UPDATE)
                      UPDATE hosts SET lease_expires_at = now() + make_interval(secs => $2)
                      FROM mine WHERE hosts.host = mine.host
@@ -400,14 +443,47 @@ impl PgStore {
                 )
                 .bind(&self.worker)
                 .bind(self.leases.length().as_secs_f64())
-                .fetch_all(&mut *tx)
-                .await?;
-                let released: Vec<String> = sqlx::query_scalar(
+                .fetch_all(&self.pool)
+            })
+            .await?;
+        drop(claiming);
+        round.renewed = renewed.len() as u64;
+        round.lost = self.leases.renewed(sent, &renewed);
+        round.released = self.release_idle(last_starts, requesting, None).await?;
+        let (hosts, urls) = self.recover_lapsed().await?;
+        (round.recovered_hosts, round.recovered_urls) = (hosts, urls);
+        Ok(round)
+    }
+
+    /// Gives up this daemon's leases on hosts with nothing of theirs in
+    /// flight, except hosts it is `requesting` from and, with `keep_due_at`
+    /// (Unix ms), hosts with a URL due then (this daemon will claim it):
+    /// each host's last request start (`last_starts`, how long ago, from
+    /// politeness) is recorded for the next owner. Returns how many it gave
+    /// up.
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn release_idle(
+        &self,
+        last_starts: &[(String, Duration)],
+        requesting: &[String],
+        keep_due_at: Option<i64>,
+    ) -> Result<u64, StoreError> {
+        // In turn with this daemon's claims: a claim that puts URLs of a
+        // host in flight has committed before this looks for them (a
+        // concurrent one could not be seen: a row's re-check after a lock
+        // wait does not run NOT EXISTS again).
+        let _claiming = self.claiming.lock().await;
+        let (hosts, agos) = last_start_arrays(last_starts);
+        let released: Vec<String> = self
+            .writing("give up idle host leases", || {
+                sqlx::query_scalar(
                     "WITH v AS (SELECT * FROM unnest($2::text[], $3::float8[]) AS v(host, ago_s))
                      UPDATE hosts SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
                          last_start_at = greatest(hosts.last_start_at,
                              now() - make_interval(secs => (SELECT ago_s FROM v WHERE v.host = hosts.host)))
-                     WHERE lease_owner = $1
+                     WHERE lease_owner = $1 AND host <> ALL($4::text[])
+                       AND ($5::int8 IS NULL OR ready_at_ms > $5)
                        AND NOT EXISTS (SELECT 1 FROM urls
                                        WHERE urls.lease = hosts.lease_token AND urls.state = 'in_flight')
                      RETURNING host",
@@ -415,35 +491,13 @@ impl PgStore {
                 .bind(&self.worker)
                 .bind(&hosts)
                 .bind(&agos)
-                .fetch_all(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok((renewed, released))
-            };
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                let result = match owner.as_mut() {
-                    Some(session) => attempt(session).await,
-                    None => match self.pool.acquire().await {
-                        Ok(mut conn) => attempt(&mut conn).await,
-                        Err(e) => Err(e),
-                    },
-                };
-                match result {
-                    Err(e) if retry_conflict(&e, tries).await => {}
-                    other => break other.map_err(db("renew host leases"))?,
-                }
-            }
-        };
-        drop(owner);
-        round.renewed = renewed.len() as u64;
-        round.lost = self.leases.renewed(sent, &renewed);
+                .bind(requesting)
+                .bind(keep_due_at)
+                .fetch_all(&self.pool)
+            })
+            .await?;
         self.leases.released(released.iter().map(String::as_str));
-        round.released = released.len() as u64;
-        let (hosts, urls) = self.recover_lapsed().await?;
-        (round.recovered_hosts, round.recovered_urls) = (hosts, urls);
-        Ok(round)
+        Ok(released.len() as u64)
     }
 
     /// Ends up to [`RECOVER_BATCH`] lapsed leases of any daemon: their
@@ -483,11 +537,8 @@ impl PgStore {
         .await
     }
 
-    /// Closes the connections, the owner lock's too.
+    /// Closes the connections.
     pub async fn close(&self) {
-        if let Some(owner) = self.owner.lock().await.take() {
-            let _ = owner.close().await;
-        }
         self.pool.close().await;
     }
 }
@@ -597,19 +648,6 @@ async fn retry_conflict(e: &sqlx::Error, tries: u32) -> bool {
 /// unnest.
 fn last_start_arrays(last_starts: &[(String, Duration)]) -> (Vec<&str>, Vec<f64>) {
     last_starts.iter().map(|(host, ago)| (host.as_str(), ago.as_secs_f64())).unzip()
-}
-
-/// Whether `e` says the session is gone: the connection broke, or the
-/// server ended the session (SQLSTATE class 08, connection exception; 57P01
-/// to 57P03, admin or crash shutdown, cannot connect now).
-fn is_session_lost(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(d) => d
-            .code()
-            .is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")),
-        _ => false,
-    }
 }
 
 /// A store error for `e` in `context`: disk full (SQLSTATE 53100) is
@@ -736,17 +774,30 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn ready_hosts(&self, now_ms: i64, busy: &[String], limit: u32) -> Result<Vec<String>, StoreError> {
+    async fn ready_hosts(
+        &self,
+        now_ms: i64,
+        busy: &[String],
+        limit: u32,
+        new_limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
         sqlx::query_scalar(
-            "SELECT host FROM hosts
-             WHERE ready_at_ms <= $1 AND host <> ALL($2::text[])
-               AND (lease_owner IS NULL OR lease_owner = $4 OR lease_expires_at < now())
+            "SELECT host FROM (
+                 (SELECT host, ready_at_ms FROM hosts
+                  WHERE lease_owner = $4 AND ready_at_ms <= $1 AND host <> ALL($2::text[])
+                  ORDER BY ready_at_ms LIMIT $3)
+                 UNION ALL
+                 (SELECT host, ready_at_ms FROM hosts
+                  WHERE ready_at_ms <= $1 AND host <> ALL($2::text[])
+                    AND (lease_owner IS NULL OR lease_expires_at < now())
+                  ORDER BY ready_at_ms LIMIT $5)) AS ready
              ORDER BY ready_at_ms LIMIT $3",
         )
         .bind(now_ms)
         .bind(busy)
         .bind(i64::from(limit))
         .bind(&self.worker)
+        .bind(i64::from(new_limit))
         .fetch_all(&self.pool)
         .await
         .map_err(db("ready hosts"))
@@ -760,34 +811,16 @@ impl Store for PgStore {
             hosts
         };
         let wanted: BTreeMap<&str, u32> = picks.iter().map(|(host, n)| (host.as_str(), *n)).collect();
-        // An owning daemon claims on the session that holds the owner lock,
-        // so a claim never runs without it: if that session was lost (a
-        // server restart, pg_terminate_backend), the lock went with it, and
-        // the claim takes it again first, or fails if another daemon has it.
-        let mut owner = self.owner.lock().await;
-        let (mut tries, mut relocked) = (0, false);
+        let _claiming = self.claiming.lock().await;
+        let mut tries = 0;
         let mut claim = loop {
             tries += 1;
             let sent = tokio::time::Instant::now();
-            let claimed = {
-                let tx = match owner.as_mut() {
-                    Some(session) => session.begin().await,
-                    None => self.pool.begin().await,
-                };
-                match tx {
-                    Ok(tx) => claim_in(tx, &self.worker, &hosts, &wanted, now_ms, &self.leases, sent).await,
-                    Err(e) => Err(e),
-                }
+            let claimed = match self.pool.begin().await {
+                Ok(tx) => claim_in(tx, &self.worker, &hosts, &wanted, now_ms, &self.leases, sent).await,
+                Err(e) => Err(e),
             };
             match claimed {
-                Err(e) if owner.is_some() && !relocked && is_session_lost(&e) => {
-                    tracing::warn!(
-                        "the session holding the owner lock of {} was lost ({e}); taking it again",
-                        self.shown
-                    );
-                    relocked = true;
-                    *owner = Some(self.take_owner_lock(RELOCK_PATIENCE).await?);
-                }
                 Err(e) if retry_conflict(&e, tries).await => {}
                 other => break other.map_err(db("claim"))?,
             }
@@ -834,34 +867,17 @@ impl Store for PgStore {
     }
 
     async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
-        // One daemon crawls the database at a time (it holds the owner
-        // lock): whatever another left in flight, it can no longer finish.
-        // Its hosts' last requests may have started a moment ago.
-        self.writing("requeue in-flight URLs", || async {
-            let mut tx = self.pool.begin().await?;
-            let hosts: Vec<String> = sqlx::query_scalar(
-                "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
-                 WHERE state = 'in_flight' RETURNING host",
-            )
-            .fetch_all(&mut *tx)
-            .await?;
-            let distinct: BTreeSet<&str> = hosts.iter().map(String::as_str).collect();
-            sqlx::query(
-                "UPDATE hosts SET work_at_ms = CASE WHEN host = ANY($1::text[]) THEN 0 ELSE work_at_ms END,
-                     last_start_at = CASE WHEN lease_owner IS NULL THEN last_start_at ELSE now() END,
-                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-                 WHERE lease_owner IS NOT NULL OR host = ANY($1::text[])",
-            )
-            .bind(distinct.into_iter().collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-            if !hosts.is_empty() {
-                notify_work(&mut tx).await?;
+        // Other daemons may be crawling: only what lapsed leases held is
+        // known to be abandoned. A crashed daemon's other leases lapse
+        // within a lease's length, and the lease rounds end them then.
+        let mut requeued = 0;
+        loop {
+            let (hosts, urls) = self.recover_lapsed().await?;
+            requeued += urls;
+            if hosts < RECOVER_BATCH as u64 {
+                return Ok(requeued);
             }
-            tx.commit().await?;
-            Ok(hosts.len() as u64)
-        })
-        .await
+        }
     }
 
     async fn release(&self, last_starts: &[(String, Duration)]) -> Result<u64, StoreError> {
@@ -917,7 +933,9 @@ impl Store for PgStore {
     }
 
     async fn has_queued(&self) -> Result<bool, StoreError> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM urls WHERE state = 'queued')")
+        // URLs other daemons hold may come back (a retry, a stop, a lapsed
+        // lease): the crawl is not over while any is in flight.
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM urls WHERE state IN ('queued', 'in_flight'))")
             .fetch_one(&self.pool)
             .await
             .map_err(db("look for queued URLs"))
@@ -1018,6 +1036,36 @@ impl Store for PgStore {
     }
 }
 
+/// A lapsed lease taken over: what its owner had in flight under the
+/// tokens `taken_over` goes back to the queue, and its late completions
+/// will be stale.
+async fn requeue_taken_over(
+    tx: &mut Transaction<'_, Postgres>,
+    taken_over: &[i64],
+) -> Result<(), sqlx::Error> {
+    if !taken_over.is_empty() {
+        sqlx::query(
+            "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
+             WHERE state = 'in_flight' AND lease = ANY($1::int8[])",
+        )
+        .bind(taken_over)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// How a redirect hop's host was leased ([`PgStore::lease_hop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HopLease {
+    /// This daemon holds the host now; `last_start` is how long ago its
+    /// last request may have started, when the lease is new to this daemon
+    /// and that is known.
+    Held { last_start: Option<Duration> },
+    /// Another daemon holds the host.
+    HeldByAnother,
+}
+
 /// A host a claim leased.
 #[derive(sqlx::FromRow)]
 struct Leased {
@@ -1029,6 +1077,15 @@ struct Leased {
     new: bool,
     /// How long ago (s) the host's last request may have started, if known.
     last_start_s: Option<f64>,
+}
+
+impl Leased {
+    /// The host and how long ago its last request may have started, for a
+    /// lease new to this daemon when that is known.
+    fn handed_over(&self) -> Option<(String, Duration)> {
+        let ago = self.last_start_s.filter(|s| self.new && *s >= 0.0)?;
+        Some((self.host.clone(), Duration::from_secs_f64(ago)))
+    }
 }
 
 /// Claims, in `tx`, up to `wanted[host]` due URLs of each of `hosts`
@@ -1045,59 +1102,16 @@ async fn claim_in(
     leases: &HostLeases,
     sent: tokio::time::Instant,
 ) -> Result<Claim, sqlx::Error> {
-    // Lease the picked hosts that no other daemon holds (or whose lease
-    // lapsed); a host this daemon holds keeps its token. A host row another
-    // transaction has locked is waited for, not skipped: that is most often
-    // this daemon's own writer recording the host's results, whose commit
-    // is a moment away (skipping would leave the host unclaimed, and the
-    // producer idle, until its next poll). Waiting here cannot deadlock:
-    // this is the claim's first statement, so it holds no lock yet, and
-    // the row is checked again once free (a host another daemon leased
-    // meanwhile is left out).
-    //
-    // A host new to this daemon comes with how long ago its last request
-    // may have started: the time its last owner recorded on giving it up,
-    // or, for a lapsed lease, the latest its owner could have started one
-    // (the lapse less a request timeout: it starts none later).
-    let leased: Vec<Leased> = sqlx::query_as(
-        "WITH p AS (
-             SELECT host, lease_owner AS old_owner, lease_token AS old_token,
-                    lease_expires_at AS old_expires, last_start_at
-             FROM hosts
-             WHERE host = ANY($1::text[])
-               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < now())
-             ORDER BY host FOR UPDATE)
-         UPDATE hosts SET
-             lease_token = CASE WHEN hosts.lease_owner = $2 THEN hosts.lease_token
-                                ELSE nextval('lease_tokens') END,
-             lease_owner = $2,
-             lease_expires_at = now() + make_interval(secs => $3)
-         FROM p WHERE hosts.host = p.host
-         RETURNING hosts.host, hosts.lease_token AS token,
-             CASE WHEN p.old_owner <> $2 THEN p.old_token END AS taken_from,
-             p.old_owner IS DISTINCT FROM $2 AS new,
-             extract(epoch FROM now() - greatest(p.last_start_at,
-                 CASE WHEN p.old_owner <> $2 THEN p.old_expires - make_interval(secs => $4) END))::float8
-                 AS last_start_s",
-    )
-    .bind(hosts)
-    .bind(worker)
-    .bind(leases.length().as_secs_f64())
-    .bind(leases.request_timeout().as_secs_f64())
-    .fetch_all(&mut *tx)
-    .await?;
-    // A lapsed lease taken over: what its owner had in flight goes
-    // back to the queue, and its late completions will be stale.
-    let taken_over: Vec<i64> = leased.iter().filter_map(|l| l.taken_from).collect();
-    if !taken_over.is_empty() {
-        sqlx::query(
-            "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
-             WHERE state = 'in_flight' AND lease = ANY($1::int8[])",
-        )
-        .bind(&taken_over)
-        .execute(&mut *tx)
+    // As its first statement: see lease_hosts_sql! on waiting for locks.
+    let leased: Vec<Leased> = sqlx::query_as(lease_hosts_sql!())
+        .bind(hosts)
+        .bind(worker)
+        .bind(leases.length().as_secs_f64())
+        .bind(leases.request_timeout().as_secs_f64())
+        .fetch_all(&mut *tx)
         .await?;
-    }
+    let taken_over: Vec<i64> = leased.iter().filter_map(|l| l.taken_from).collect();
+    requeue_taken_over(&mut tx, &taken_over).await?;
     let counts: Vec<i32> =
         leased.iter().map(|l| i32::try_from(wanted[l.host.as_str()]).unwrap_or(i32::MAX)).collect();
     let rows: Vec<(i64, String, i32, i32, String, i64)> = sqlx::query_as(
@@ -1129,11 +1143,7 @@ async fn claim_in(
     .await?;
     tx.commit().await?;
     leases.granted(sent, leased.iter().map(|l| (l.host.as_str(), l.token)));
-    let handed_over = leased
-        .into_iter()
-        .filter(|l| l.new)
-        .filter_map(|l| Some((l.host, Duration::from_secs_f64(l.last_start_s.filter(|s| *s >= 0.0)?))))
-        .collect();
+    let handed_over = leased.iter().filter_map(Leased::handed_over).collect();
     let jobs = rows
         .into_iter()
         .map(|(url_id, url, attempts, depth, host, lease)| Job {

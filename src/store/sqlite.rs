@@ -622,7 +622,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn ready_hosts(&self, now_ms: i64, busy: &[String], limit: u32) -> Result<Vec<String>, StoreError> {
+    async fn ready_hosts(
+        &self,
+        now_ms: i64,
+        busy: &[String],
+        limit: u32,
+        _new_limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
         sqlx::query_scalar(
             "SELECT host FROM hosts
              WHERE ready_at_ms <= ?1 AND host NOT IN (SELECT value FROM json_each(?2))

@@ -20,6 +20,8 @@
 //! - `tls`: HTTPS with a private CA (`fetch.ca_file`)
 //! - `postgres`: the PostgreSQL engine's schema and versions, each test in a
 //!   database of its own (skipped, and saying so, without a server)
+//! - `scale_out`: three daemons sharing one crawl on PostgreSQL, one of them
+//!   stopped, killed or frozen midway
 
 mod addresses;
 mod api;
@@ -35,6 +37,7 @@ mod redirects;
 mod reload;
 mod resume;
 mod robots;
+mod scale_out;
 mod secrets;
 mod server;
 mod service;

@@ -70,7 +70,12 @@ pub struct Hit {
     pub path: String,
     /// The path with its query, as sent (`/a?b=1`).
     pub path_and_query: String,
+    /// The `Host` header without its port: which host was asked, when
+    /// several names resolve to this server (`fetch.resolve`).
+    pub host: String,
     pub at: Instant,
+    /// The arrival on the wall clock, to compare with times trawler stores.
+    pub wall: std::time::SystemTime,
 }
 
 /// What `/robots.txt` answers.
@@ -447,7 +452,10 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next)
     let path = request.uri().path().to_owned();
     let path_and_query = request.uri().path_and_query().map_or(path.clone(), |p| p.as_str().to_owned());
     let log = if path.starts_with("/robots") { &shared.robots_hits } else { &shared.hits };
-    log.lock().unwrap().push(Hit { path, path_and_query, at: Instant::now() });
+    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(name, _)| name).to_owned();
+    let (at, wall) = (Instant::now(), std::time::SystemTime::now());
+    log.lock().unwrap().push(Hit { path, path_and_query, host, at, wall });
     let now = shared.active.fetch_add(1, SeqCst) + 1;
     shared.max_active.fetch_max(now, SeqCst);
     let response = next.run(request).await;

@@ -72,8 +72,8 @@ async fn a_retry_waits_for_its_not_before_time() {
 
     assert!(claim(&store, 4_999, 10).await.is_empty());
     assert_eq!(store.next_ready().await.unwrap(), Some(5_000));
-    assert!(store.ready_hosts(4_999, &[], 10).await.unwrap().is_empty());
-    assert_eq!(store.ready_hosts(5_000, &[], 10).await.unwrap(), ["127.0.0.1"]);
+    assert!(store.ready_hosts(4_999, &[], 10, 10).await.unwrap().is_empty());
+    assert_eq!(store.ready_hosts(5_000, &[], 10, 10).await.unwrap(), ["127.0.0.1"]);
     let again = claim(&store, 5_000, 10).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt, 2);

@@ -1,0 +1,215 @@
+//! Several `trawler run` daemons sharing one crawl on one PostgreSQL
+//! database: each URL ends with one result, each host is fetched by one
+//! daemon at a time with its delay kept across daemons, and a daemon that
+//! stops, dies or freezes hands its hosts on. Hosts are names under
+//! `fleet.test` that `fetch.resolve` sends to one test server, which logs
+//! each request's `Host` and arrival.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
+
+use sqlx::{Connection, PgConnection};
+
+use crate::postgres::TestDatabase;
+use crate::server::{Hit, TestServer};
+use crate::util::{Daemon, signal, spawn_trawler_with_env, wait_until, wait_within};
+
+/// The per-host delay every daemon keeps.
+const DELAY: Duration = Duration::from_millis(50);
+
+/// The server records arrivals; a daemon records starts. Three daemons, a
+/// server and PostgreSQL on two cores delay some requests on their way by
+/// tens of milliseconds, so the arrivals are checked against half the delay
+/// (which still catches two daemons fetching from one host at once), and
+/// the starts (`host_politeness`, every daemon's attempts) against all of it.
+const JITTER: Duration = Duration::from_millis(25);
+
+/// A daemon's config: `lease` for its host leases, 1 s requests.
+fn fleet_config(lease: &str) -> String {
+    format!(
+        "[crawl]\nconcurrency = 8\n\
+         [politeness]\nper_host_concurrency = 1\nper_host_delay = \"{}ms\"\n\
+         [fetch]\ntimeout = \"1s\"\n\
+         [fetch.resolve]\n\"*.fleet.test\" = [\"127.0.0.1\"]\n\
+         [retry]\nbackoff_base = \"20ms\"\nbackoff_max = \"100ms\"\n\
+         [store]\nlease = \"{lease}\"\n\
+         [shutdown]\ngrace = \"5s\"\n\
+         [log]\nlevel = \"info\"\n",
+        DELAY.as_millis()
+    )
+}
+
+/// `hosts` x `per_host` URLs on `server`: `/{path}/{i}` of `h{n}.fleet.test`.
+fn fleet_urls(server: &TestServer, hosts: usize, per_host: usize, path: &str) -> Vec<String> {
+    let port = server.addr.port();
+    (0..hosts)
+        .flat_map(|h| (0..per_host).map(move |i| format!("http://h{h}.fleet.test:{port}/{path}/{h}-{i}")))
+        .collect()
+}
+
+/// Three daemons (each with a directory of its own) on the database at
+/// `url`, with `config`.
+fn start_fleet(url: &str, config: &str) -> (Vec<tempfile::TempDir>, Vec<Daemon>) {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // The config file's politeness, over what spawned test daemons default to.
+    let delay = format!("{}ms", DELAY.as_millis());
+    let env = [
+        ("TRAWLER_STORE__URL", url),
+        ("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "1"),
+        ("TRAWLER_POLITENESS__PER_HOST_DELAY", delay.as_str()),
+    ];
+    let daemons = dirs.iter().map(|d| Daemon::start_with_env(d.path(), config, &env)).collect();
+    (dirs, daemons)
+}
+
+fn enqueue(url: &str, urls: &[String]) {
+    let mut args = vec!["enqueue", "--db", url];
+    args.extend(urls.iter().map(String::as_str));
+    let mut child = spawn_trawler_with_env(&args, &[]);
+    assert_eq!(wait_within(&mut child, Duration::from_secs(20)).0.code(), Some(0));
+}
+
+async fn scalar(db: &mut PgConnection, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(db).await.unwrap()
+}
+
+/// Waits until every one of `n` URLs has a final result.
+fn wait_for_results(runtime: &tokio::runtime::Runtime, url: &str, n: i64, limit: Duration) {
+    let mut db = runtime.block_on(PgConnection::connect(url)).unwrap();
+    wait_until(limit, "every URL's result", || {
+        let finished =
+            runtime.block_on(scalar(&mut db, "SELECT count(*) FROM urls WHERE state IN ('done', 'failed')"));
+        finished >= n
+    });
+}
+
+/// The smallest gap between two request arrivals to one host, and the host.
+fn min_gap_per_host(hits: &[Hit]) -> (Duration, String) {
+    let mut per_host: HashMap<&str, Vec<(std::time::Instant, &str)>> = HashMap::new();
+    for hit in hits {
+        per_host.entry(&hit.host).or_default().push((hit.at, &hit.path));
+    }
+    per_host
+        .into_iter()
+        .flat_map(|(host, mut times)| {
+            times.sort();
+            times
+                .windows(2)
+                .map(|w| (w[1].0 - w[0].0, format!("{host} ({} then {})", w[0].1, w[1].1)))
+                .collect::<Vec<_>>()
+        })
+        .min()
+        .expect("two requests to one host at least")
+}
+
+/// Checks what every shared crawl must end with, whatever happened to its
+/// daemons: each of the `n` URLs has one `done` result; no request reached
+/// the server after a URL's result was committed (its attempt's
+/// `fetched_at`); the smallest gap between two requests to one host, at the
+/// server and in `host_politeness` (every daemon's attempts), is the delay.
+/// Returns the attempts per worker and outcome.
+async fn check_shared_crawl(url: &str, n: i64, hits: &[Hit]) -> BTreeMap<(String, String), i64> {
+    let mut db = PgConnection::connect(url).await.unwrap();
+    assert_eq!(scalar(&mut db, "SELECT count(*) FROM results WHERE state = 'done'").await, n);
+    let twice = "SELECT count(*) FROM (SELECT url_id FROM attempts WHERE outcome = 'done' GROUP BY url_id
+                 HAVING count(*) > 1) AS t";
+    assert_eq!(scalar(&mut db, twice).await, 0, "one result per URL");
+    let finished: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT r.url, extract(epoch FROM a.fetched_at)::float8 FROM results AS r
+         JOIN attempts AS a ON a.url_id = r.url_id AND a.outcome = 'done'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    // URLs end in a name of their own (`/{host}-{i}`).
+    let name = |path: &str| path.rsplit_once('/').map_or(String::new(), |(_, name)| name.to_owned());
+    let finished: HashMap<String, f64> = finished.into_iter().map(|(url, at)| (name(&url), at)).collect();
+    for hit in hits {
+        let at = finished.get(&name(&hit.path)).unwrap_or_else(|| panic!("{} has no result", hit.path));
+        let arrived = hit.wall.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!(arrived <= *at + 0.001, "{} requested {:.3} s after its result", hit.path, arrived - at);
+    }
+    let (gap, host) = min_gap_per_host(hits);
+    assert!(gap + JITTER >= DELAY, "{gap:?} between two requests to {host}");
+    let logged: i64 = scalar(&mut db, "SELECT coalesce(min(min_gap_ms), 1000000) FROM host_politeness").await;
+    assert!(logged >= DELAY.as_millis() as i64, "host_politeness: min gap {logged} ms");
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT worker, outcome, count(*) FROM attempts GROUP BY worker, outcome")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    rows.into_iter().map(|(worker, outcome, n)| ((worker, outcome), n)).collect()
+}
+
+#[test]
+fn three_daemons_share_a_crawl_and_a_stopping_one_hands_its_hosts_over_at_once() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(pg) = runtime.block_on(TestDatabase::create("three_daemons_share_a_crawl")) else { return };
+    let server = TestServer::start();
+    // A one-minute lease: the stopped daemon's hosts must not wait for it.
+    let (_dirs, mut daemons) = start_fleet(&pg.url, &fleet_config("60s"));
+    let urls = fleet_urls(&server, 40, 50, "ok/fleet");
+    enqueue(&pg.url, &urls);
+    wait_until(Duration::from_secs(30), "a quarter of the crawl", || server.hits().len() >= urls.len() / 4);
+    daemons.remove(0).stop();
+    wait_for_results(&runtime, &pg.url, urls.len() as i64, Duration::from_secs(30));
+    for daemon in daemons {
+        daemon.stop();
+    }
+    let hits = server.hits();
+    let per_worker = runtime.block_on(check_shared_crawl(&pg.url, urls.len() as i64, &hits));
+    // Nobody died: each URL was requested once, and all three did a share.
+    assert_eq!(hits.len(), urls.len(), "each URL requested once");
+    let workers: Vec<_> = per_worker.keys().filter(|(_, outcome)| outcome == "done").collect();
+    assert_eq!(workers.len(), 3, "{per_worker:?}");
+    let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
+    let leased =
+        runtime.block_on(scalar(&mut db, "SELECT count(*) FROM hosts WHERE lease_owner IS NOT NULL"));
+    assert_eq!(leased, 0, "every daemon gave its hosts up");
+}
+
+#[test]
+fn a_killed_and_a_frozen_daemon_lose_their_hosts_and_no_result_is_fetched_again() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(pg) = runtime.block_on(TestDatabase::create("killed_and_frozen_daemons")) else { return };
+    let server = TestServer::start();
+    // 3 s leases: a silent daemon's hosts go to the others 3 s after its
+    // last renewal. Each response takes 200 ms, so every daemon has
+    // requests in flight whenever it is killed or frozen.
+    let (_dirs, mut daemons) = start_fleet(&pg.url, &fleet_config("3s"));
+    let urls = fleet_urls(&server, 30, 20, "slow/200/fleet");
+    enqueue(&pg.url, &urls);
+    wait_until(Duration::from_secs(30), "a sixth of the crawl", || server.hits().len() >= urls.len() / 6);
+    let killed = daemons.remove(0);
+    signal(&killed.child, libc::SIGKILL);
+    signal(&daemons[0].child, libc::SIGSTOP);
+    // Past its lease and the round that ends it elsewhere.
+    std::thread::sleep(Duration::from_secs(6));
+    signal(&daemons[0].child, libc::SIGCONT);
+    wait_for_results(&runtime, &pg.url, urls.len() as i64, Duration::from_secs(60));
+    // Frozen between two statements of a transaction for longer than its
+    // lease, the daemon finds its session ended by the server and stops
+    // with an error; frozen elsewhere, it carries on and stops cleanly.
+    let mut frozen = daemons.remove(0);
+    signal(&frozen.child, libc::SIGTERM);
+    let (status, _) = wait_within(&mut frozen.child, Duration::from_secs(10));
+    let log = frozen.stderr.text();
+    assert!(
+        status.code() == Some(0) || (status.code() == Some(1) && log.contains("database")),
+        "{status}: {log}"
+    );
+    daemons.remove(0).stop();
+    drop(killed);
+    let per_worker = runtime.block_on(check_shared_crawl(&pg.url, urls.len() as i64, &server.hits()));
+    let stale: i64 = per_worker.iter().filter(|((_, o), _)| o == "stale_lease").map(|(_, n)| n).sum();
+    assert!(stale > 0, "the frozen daemon's late reports are kept as stale_lease: {per_worker:?}");
+    let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
+    // A late report changed nothing: each of its URLs has its result from
+    // another attempt, and results leave stale reports out.
+    let orphans = runtime.block_on(scalar(
+        &mut db,
+        "SELECT count(*) FROM attempts AS s WHERE s.outcome = 'stale_lease'
+           AND NOT EXISTS (SELECT 1 FROM attempts AS d WHERE d.url_id = s.url_id AND d.outcome = 'done')",
+    ));
+    assert_eq!(orphans, 0);
+}
