@@ -290,6 +290,7 @@ async fn start(
             stats: stats.clone(),
             wake: wake.clone(),
             done: sitemaps_done.clone(),
+            leasing: store.host_leases().map(|leases| (store.clone(), leases)),
         };
         let fetcher = fetcher.sibling(config.fetch.max_redirects, MAX_SITEMAP_BYTES, true);
         tasks.spawn("sitemaps", async move { task.run(fetcher, sitemap_rx).await })

@@ -43,7 +43,7 @@ use crate::politeness::{HostSignal, Politeness};
 use crate::redact::ForLog;
 use crate::robots::Robots;
 use crate::stats::CrawlStats;
-use crate::store::{DropReason, NewUrl, Store, StoreError};
+use crate::store::{Backend, DropReason, HopLease, HostLeases, NewUrl, Store, StoreError};
 use crate::worker::host_signal;
 
 /// URLs read from one sitemap (sitemaps.org: "no more than 50,000 URLs").
@@ -244,6 +244,23 @@ pub struct SitemapTask<S> {
     pub wake: Arc<Notify>,
     /// Return (the crawl is stopping or over).
     pub done: CancellationToken,
+    /// Where hosts are leased (PostgreSQL): each request needs its host's
+    /// lease, as a worker's redirect hop does ([`Backend::lease_hop`]).
+    pub leasing: Option<(Arc<Backend>, Arc<HostLeases>)>,
+}
+
+/// How long a sitemap whose host another daemon holds waits before it is
+/// tried again.
+const DEFER_HELD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How a sitemap's fetch ended.
+enum Fetch {
+    /// Boxed: one per sitemap, and the other variants are small.
+    Fetched(Box<Fetched>),
+    /// A request's host is another daemon's: to be tried again later.
+    HostHeld(String),
+    /// The crawl stopped first.
+    Stopped,
 }
 
 impl<S: Store> SitemapTask<S> {
@@ -258,7 +275,15 @@ impl<S: Store> SitemapTask<S> {
                 queued = rx.0.recv() => match queued { Some(queued) => queued, None => return Ok(()) },
             };
             let result = if seen.len() < MAX_SITEMAPS && seen.insert(queued.url.clone()) {
-                self.process(&fetcher, queued).await
+                match self.process(&fetcher, queued).await {
+                    Ok(Some(held)) => {
+                        seen.remove(&held.url);
+                        self.defer(held);
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                }
             } else {
                 Ok(())
             };
@@ -268,17 +293,40 @@ impl<S: Store> SitemapTask<S> {
         }
     }
 
-    async fn process(&self, fetcher: &Fetcher, queued: Queued) -> Result<(), StoreError> {
+    /// Sends `queued` back into the queue after [`DEFER_HELD`], counted as
+    /// pending meanwhile (a batch crawl does not end before it is read).
+    fn defer(&self, queued: Queued) {
+        let (queue, done) = (self.queue.clone(), self.done.clone());
+        queue.pending.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = done.cancelled() => {}
+                _ = tokio::time::sleep(DEFER_HELD) => queue.send(queued),
+            }
+            queue.pending.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Fetches and reads one sitemap. Returns it when a host it needs is
+    /// another daemon's, to be tried again later.
+    async fn process(&self, fetcher: &Fetcher, queued: Queued) -> Result<Option<Queued>, StoreError> {
         let url = queued.url.as_str();
         let Ok(sitemap_url) = parse_http_url(url) else {
             tracing::warn!(url = %ForLog(url), "sitemap URL is not an absolute http(s) URL");
-            return Ok(());
+            return Ok(None);
         };
         if let Some(anchor) = queued.anchor().filter(|a| !self.discovery.in_scope(a, &sitemap_url)) {
             tracing::warn!(url = %ForLog(url), named_by = %anchor, "sitemap out of the crawl's scope: not fetched");
-            return Ok(());
+            return Ok(None);
         }
-        let Some(fetched) = self.fetch_in_turn(fetcher, &queued, &sitemap_url).await else { return Ok(()) };
+        let fetched = match self.fetch_in_turn(fetcher, &queued, &sitemap_url).await? {
+            Fetch::Fetched(fetched) => *fetched,
+            Fetch::Stopped => return Ok(None),
+            Fetch::HostHeld(host) => {
+                tracing::debug!(url = %ForLog(url), %host, "sitemap's host is another daemon's: tried again later");
+                return Ok(Some(queued));
+            }
+        };
         let (Some(200..=299), None, Some(body)) =
             (fetched.record.http_status, fetched.error, fetched.record.body)
         else {
@@ -289,7 +337,7 @@ impl<S: Store> SitemapTask<S> {
                 message = %ForLog(fetched.record.error_message.as_deref().unwrap_or_default()),
                 "sitemap not fetched"
             );
-            return Ok(());
+            return Ok(None);
         };
         match parse(&body, MAX_URLS_PER_SITEMAP) {
             Err(e) => tracing::warn!(url = %ForLog(url), "sitemap not parsed: {e}"),
@@ -309,14 +357,22 @@ impl<S: Store> SitemapTask<S> {
                 tracing::info!(url = %ForLog(url), listed, enqueued = new, dropped, "sitemap");
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Fetches a sitemap with each request (redirect hops included) in its
     /// host's turn, as a worker fetches a page: robots.txt, the crawl's
     /// scope (for hops), the host's concurrency and delay, and its answer
-    /// updating the host's backoff. `None` when the crawl stopped first.
-    async fn fetch_in_turn(&self, fetcher: &Fetcher, queued: &Queued, sitemap_url: &Url) -> Option<Fetched> {
+    /// updating the host's backoff; where hosts are leased, under its host's
+    /// lease (taken if free), before its robots.txt too.
+    ///
+    /// Errors: a host's lease could not be taken (the database failed).
+    async fn fetch_in_turn(
+        &self,
+        fetcher: &Fetcher,
+        queued: &Queued,
+        sitemap_url: &Url,
+    ) -> Result<Fetch, StoreError> {
         // Redirects stay in scope of where the sitemap was named, or of the
         // user's sitemap itself.
         let from = queued.anchor().unwrap_or(sitemap_url);
@@ -343,9 +399,19 @@ impl<S: Store> SitemapTask<S> {
                     break;
                 }
             }
+            if let Some((store, _)) = &self.leasing {
+                match store.lease_hop(&host).await? {
+                    HopLease::Held { last_start: Some(ago) } => {
+                        let now = Instant::now();
+                        self.politeness.handed_over(&host, now.checked_sub(ago).unwrap_or(now));
+                    }
+                    HopLease::Held { last_start: None } => {}
+                    HopLease::HeldByAnother => return Ok(Fetch::HostHeld(host)),
+                }
+            }
             if let Some(robots) = &self.robots {
                 let verdict = tokio::select! {
-                    _ = self.done.cancelled() => return None,
+                    _ = self.done.cancelled() => return Ok(Fetch::Stopped),
                     verdict = robots.check(url.as_str(), &host) => verdict,
                 };
                 if let Some(refusal) = verdict.refusal() {
@@ -354,18 +420,25 @@ impl<S: Store> SitemapTask<S> {
                 }
             }
             tokio::select! {
-                _ = self.done.cancelled() => return None,
+                _ = self.done.cancelled() => return Ok(Fetch::Stopped),
                 _ = self.politeness.acquire(&host) => {}
             }
             let release = |host: &str, turn| {
                 self.politeness.finished(host, HostSignal::Neutral, turn, Instant::now(), 0.0);
             };
             let turn = tokio::select! {
-                _ = self.done.cancelled() => return { release(&host, Instant::now()); None },
+                _ = self.done.cancelled() => return { release(&host, Instant::now()); Ok(Fetch::Stopped) },
                 turn = self.politeness.wait_turn(&host) => turn,
             };
+            if let Some((_, leases)) = &self.leasing
+                && !leases.may_start_any(&host)
+            {
+                // The lease was given up or lapsed meanwhile.
+                release(&host, turn);
+                return Ok(Fetch::HostHeld(host));
+            }
             tokio::select! {
-                _ = self.done.cancelled() => return { release(&host, turn); None },
+                _ = self.done.cancelled() => return { release(&host, turn); Ok(Fetch::Stopped) },
                 _ = attempt.request() => {}
             }
             last = Some((host, turn));
@@ -375,7 +448,7 @@ impl<S: Store> SitemapTask<S> {
             let signal = host_signal(&fetched);
             self.politeness.finished(&host, signal, turn, Instant::now(), rand::random());
         }
-        Some(fetched)
+        Ok(Fetch::Fetched(Box::new(fetched)))
     }
 }
 

@@ -880,3 +880,24 @@ fn a_redirect_to_a_host_another_daemon_holds_is_handed_over_as_a_url_of_its_own(
     assert!(found_on.is_some(), "found on the redirecting URL");
     runtime.block_on(other.close());
 }
+
+#[tokio::test]
+async fn a_sitemap_on_a_host_another_daemon_holds_is_read_once_the_host_is_free() {
+    let Some(pg) = TestDatabase::create("sitemap_on_a_held_host").await else { return };
+    let server = TestServer::start_on("127.0.0.105");
+    let other = PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT).await.unwrap();
+    assert!(matches!(other.lease_hop("127.0.0.105").await.unwrap(), HopLease::Held { .. }));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::util::test_config(dir.path());
+    config.store.url = Some(pg.url.clone());
+    config.discovery.sitemaps = vec![server.url("/sitemap.xml")];
+    let held_for_a_while = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(server.hits().is_empty() && server.robots_hits().is_empty(), "nothing asked of a held host");
+        assert_eq!(other.release_idle(&[], &[], None).await.unwrap(), 1);
+    };
+    let (summary, ()) = tokio::join!(crate::util::crawl_lines(&config, &[]), held_for_a_while);
+    assert_eq!(summary.done, 2, "the sitemap's two URLs, once its host was free");
+    assert_eq!(server.hits_of("/sitemap.xml").len(), 1);
+    other.close().await;
+}
