@@ -62,9 +62,6 @@ pub enum ProducerError {
     NoWorkers,
 }
 
-/// How often a producer at its limit of hosts looks for hosts to give up.
-const RELEASE_AT_LIMIT_EVERY: Duration = Duration::from_millis(250);
-
 /// Hosts asked for per round.
 const HOSTS_PER_ROUND: usize = 256;
 
@@ -92,8 +89,8 @@ pub struct Producer {
     /// End when the frontier is empty (batch crawl) instead of waiting for
     /// more work (daemon).
     pub exit_when_idle: bool,
-    /// The most hosts leased here at once (the workers,
-    /// `crawl.concurrency`): hosts beyond it are left for other daemons.
+    /// The workers (`crawl.concurrency`): new hosts are taken on for those
+    /// with nothing to do.
     pub max_hosts: usize,
 }
 
@@ -107,7 +104,6 @@ impl Producer {
     pub async fn run(self) -> Result<(), ProducerError> {
         let capacity = self.jobs.capacity().unwrap_or(1024);
         let mut last_prune = Instant::now();
-        let mut last_release = Instant::now();
         loop {
             if self.stop.is_cancelled() {
                 return Ok(());
@@ -131,7 +127,7 @@ impl Producer {
                 }
                 continue;
             }
-            if self.hand_out(capacity - queued, now, &mut last_release).await? {
+            if self.hand_out(capacity - queued, now).await? {
                 continue;
             }
             // Read the flags before the store, and `outstanding` first: a
@@ -155,23 +151,14 @@ impl Producer {
 
     /// Claims and sends up to `room` jobs for hosts that may be fetched now.
     /// Returns whether any job was sent.
-    async fn hand_out(
-        &self,
-        room: usize,
-        now: Instant,
-        last_release: &mut Instant,
-    ) -> Result<bool, StoreError> {
+    async fn hand_out(&self, room: usize, now: Instant) -> Result<bool, StoreError> {
         let busy = self.politeness.busy_hosts(now);
-        // No more hosts leased here than workers (PostgreSQL): more could
-        // not be kept busy, and would leave daemons beside this one nothing
-        // to lease. At the limit, hosts with nothing due are given up.
-        let held = || self.store.host_leases().map_or(0, |leases| leases.count());
-        if held() >= self.max_hosts && now - *last_release >= RELEASE_AT_LIMIT_EVERY {
-            *last_release = now;
-            let last_starts = self.politeness.last_starts(now);
-            self.store.release_idle(&last_starts, &self.politeness.hosts_in_flight(), now_ms()).await?;
-        }
-        let new_hosts = self.max_hosts.saturating_sub(held());
+        // New hosts only for idle workers (PostgreSQL: hosts are leased):
+        // the first daemon up would otherwise lease every host it has room
+        // for while the others idle. A daemon whose hosts keep its workers
+        // waiting (delays) has idle workers, and so takes on more.
+        let working = self.stats.working.load(Ordering::Relaxed) as usize;
+        let new_hosts = self.max_hosts.saturating_sub(working + self.jobs.len());
         let limit = room.min(HOSTS_PER_ROUND) as u32;
         let hosts = self.store.ready_hosts(now_ms(), &busy, limit, new_hosts as u32).await?;
         let mut budget = room as u32;

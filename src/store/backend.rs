@@ -213,23 +213,6 @@ impl Backend {
         }
     }
 
-    /// Gives up leases on hosts with nothing due at `now_ms` and nothing in
-    /// flight ([`PgStore::release_idle`]), for a daemon at its limit of
-    /// hosts to take on others; nothing on SQLite. Returns how many.
-    ///
-    /// Errors: the database cannot be written.
-    pub async fn release_idle(
-        &self,
-        last_starts: &[(String, Duration)],
-        requesting: &[String],
-        now_ms: i64,
-    ) -> Result<u64, StoreError> {
-        match self {
-            Backend::Sqlite(_) => Ok(0),
-            Backend::Postgres(s) => s.release_idle(last_starts, requesting, Some(now_ms)).await,
-        }
-    }
-
     /// Leases `host` for a redirect hop to it ([`PgStore::lease_hop`]); on
     /// SQLite, whose one crawler needs no lease, always held.
     ///

@@ -106,11 +106,6 @@ impl HostLeases {
         self.lock().iter().map(|(host, lease)| (host.clone(), lease.token)).collect()
     }
 
-    /// How many hosts are held.
-    pub fn count(&self) -> usize {
-        self.lock().len()
-    }
-
     /// The token of the lease held on `host`, if one is.
     pub fn token(&self, host: &str) -> Option<i64> {
         self.lock().get(host).map(|lease| lease.token)

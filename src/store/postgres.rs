@@ -449,25 +449,22 @@ impl PgStore {
         drop(claiming);
         round.renewed = renewed.len() as u64;
         round.lost = self.leases.renewed(sent, &renewed);
-        round.released = self.release_idle(last_starts, requesting, None).await?;
+        round.released = self.release_idle(last_starts, requesting).await?;
         let (hosts, urls) = self.recover_lapsed().await?;
         (round.recovered_hosts, round.recovered_urls) = (hosts, urls);
         Ok(round)
     }
 
     /// Gives up this daemon's leases on hosts with nothing of theirs in
-    /// flight, except hosts it is `requesting` from and, with `keep_due_at`
-    /// (Unix ms), hosts with a URL due then (this daemon will claim it):
-    /// each host's last request start (`last_starts`, how long ago, from
-    /// politeness) is recorded for the next owner. Returns how many it gave
-    /// up.
+    /// flight, except hosts it is `requesting` from: each host's last
+    /// request start (`last_starts`, how long ago, from politeness) is
+    /// recorded for the next owner. Returns how many it gave up.
     ///
     /// Errors: the database cannot be written.
     pub async fn release_idle(
         &self,
         last_starts: &[(String, Duration)],
         requesting: &[String],
-        keep_due_at: Option<i64>,
     ) -> Result<u64, StoreError> {
         // In turn with this daemon's claims: a claim that puts URLs of a
         // host in flight has committed before this looks for them (a
@@ -483,7 +480,6 @@ impl PgStore {
                          last_start_at = greatest(hosts.last_start_at,
                              now() - make_interval(secs => (SELECT ago_s FROM v WHERE v.host = hosts.host)))
                      WHERE lease_owner = $1 AND host <> ALL($4::text[])
-                       AND ($5::int8 IS NULL OR ready_at_ms > $5)
                        AND NOT EXISTS (SELECT 1 FROM urls
                                        WHERE urls.lease = hosts.lease_token AND urls.state = 'in_flight')
                      RETURNING host",
@@ -492,7 +488,6 @@ impl PgStore {
                 .bind(&hosts)
                 .bind(&agos)
                 .bind(requesting)
-                .bind(keep_due_at)
                 .fetch_all(&self.pool)
             })
             .await?;
@@ -599,6 +594,10 @@ async fn migrate(pool: &PgPool, shown: &str) -> Result<(), StoreError> {
 /// How long a host lease lasts without renewal, by the database's clock,
 /// unless the store was opened with another length (`store.lease`).
 const LEASE: Duration = Duration::from_secs(60);
+
+/// How many more hosts than it wants a daemon picks its new hosts from, at
+/// random (see `ready_hosts`).
+const NEW_HOST_WINDOW: i64 = 4;
 
 /// Lapsed leases ended per statement of [`PgStore::keep_leases`].
 const RECOVER_BATCH: i64 = 1000;
@@ -781,26 +780,36 @@ impl Store for PgStore {
         limit: u32,
         new_limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT host FROM (
-                 (SELECT host, ready_at_ms FROM hosts
-                  WHERE lease_owner = $4 AND ready_at_ms <= $1 AND host <> ALL($2::text[])
-                  ORDER BY ready_at_ms LIMIT $3)
-                 UNION ALL
-                 (SELECT host, ready_at_ms FROM hosts
-                  WHERE ready_at_ms <= $1 AND host <> ALL($2::text[])
-                    AND (lease_owner IS NULL OR lease_expires_at < now())
-                  ORDER BY ready_at_ms LIMIT $5)) AS ready
-             ORDER BY ready_at_ms LIMIT $3",
+        // This daemon's hosts, and of the hosts no daemon holds a window of
+        // the longest-waiting, NEW_HOST_WINDOW times as many as wanted:
+        // daemons that all took the oldest would all pick the same ones,
+        // and all but one would come away empty until their next poll.
+        let rows: Vec<(String, i64, bool)> = sqlx::query_as(
+            "(SELECT host, ready_at_ms, true FROM hosts
+              WHERE lease_owner = $4 AND ready_at_ms <= $1 AND host <> ALL($2::text[])
+              ORDER BY ready_at_ms LIMIT $3)
+             UNION ALL
+             (SELECT host, ready_at_ms, false FROM hosts
+              WHERE ready_at_ms <= $1 AND host <> ALL($2::text[])
+                AND (lease_owner IS NULL OR lease_expires_at < now())
+              ORDER BY ready_at_ms LIMIT $5)",
         )
         .bind(now_ms)
         .bind(busy)
         .bind(i64::from(limit))
         .bind(&self.worker)
-        .bind(i64::from(new_limit))
+        .bind(i64::from(new_limit) * NEW_HOST_WINDOW)
         .fetch_all(&self.pool)
         .await
-        .map_err(db("ready hosts"))
+        .map_err(db("ready hosts"))?;
+        let (mut ready, window): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, _, own)| *own);
+        ready.extend(
+            rand::seq::IndexedRandom::choose_multiple(&window[..], &mut rand::rng(), new_limit as usize)
+                .cloned(),
+        );
+        ready.sort_by_key(|(_, ready_at, _)| *ready_at);
+        ready.truncate(limit as usize);
+        Ok(ready.into_iter().map(|(host, _, _)| host).collect())
     }
 
     async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Claim, StoreError> {

@@ -805,15 +805,12 @@ async fn leases_are_renewed_released_when_idle_recovered_when_lapsed_and_handed_
     assert_eq!(second.lease_hop("d.test").await.unwrap(), HopLease::HeldByAnother);
     assert_eq!(second.lease_hop("a.test").await.unwrap(), HopLease::Held { last_start: None }, "its own");
     // Nothing of d.test in flight: the next round gives it up.
-    assert_eq!(
-        first.release_idle(&[("d.test".into(), Duration::from_millis(20))], &[], None).await.unwrap(),
-        1
-    );
+    assert_eq!(first.release_idle(&[("d.test".into(), Duration::from_millis(20))], &[]).await.unwrap(), 1);
     match second.lease_hop("d.test").await.unwrap() {
         HopLease::Held { last_start: Some(ago) } => assert!(ago < Duration::from_secs(5), "{ago:?}"),
         other => panic!("{other:?}"),
     }
-    second.release_idle(&[], &[], None).await.unwrap();
+    second.release_idle(&[], &[]).await.unwrap();
 
     // A stop hands over only the stopping daemon's own: the second puts its
     // two a.test URLs back and gives a.test up; c.test stays the first's.
@@ -856,7 +853,7 @@ fn a_redirect_to_a_host_another_daemon_holds_is_handed_over_as_a_url_of_its_own(
     assert_eq!(state(&mut db, &target).as_deref(), Some("queued"));
     assert!(to.hits().is_empty());
     // The other daemon gives the host up; the crawl then fetches it.
-    runtime.block_on(other.release_idle(&[], &[], None)).unwrap();
+    runtime.block_on(other.release_idle(&[], &[])).unwrap();
     let (status, _) = wait_within(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{}", output_of(child).1);
     assert_eq!(to.hits_of("/ok/target").len(), 1);
@@ -894,7 +891,7 @@ async fn a_sitemap_on_a_host_another_daemon_holds_is_read_once_the_host_is_free(
     let held_for_a_while = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(server.hits().is_empty() && server.robots_hits().is_empty(), "nothing asked of a held host");
-        assert_eq!(other.release_idle(&[], &[], None).await.unwrap(), 1);
+        assert_eq!(other.release_idle(&[], &[]).await.unwrap(), 1);
     };
     let (summary, ()) = tokio::join!(crate::util::crawl_lines(&config, &[]), held_for_a_while);
     assert_eq!(summary.done, 2, "the sitemap's two URLs, once its host was free");
