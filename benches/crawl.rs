@@ -40,6 +40,8 @@
 
 #[path = "../tests/integration/server.rs"]
 mod server;
+#[path = "common/usage.rs"]
+mod usage;
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
@@ -47,6 +49,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use server::{Options, TestServer};
+use usage::{Measure, wait_with_usage};
 
 /// `fetch.max_body_bytes` for the run: the default, 10 MiB.
 const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
@@ -190,46 +193,6 @@ fn parse_args(args: Vec<String>) -> Args {
         ],
     };
     Args { rounds, cases }
-}
-
-/// CPU time and peak RSS of a finished child, from the kernel's rusage.
-struct Usage {
-    cpu: Duration,
-    max_rss_kib: u64,
-    exit: i32,
-}
-
-fn wait_with_usage(pid: u32) -> Usage {
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
-    assert_eq!(rc, pid as i32, "wait4 failed");
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Usage {
-        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-        max_rss_kib: usage.ru_maxrss as u64,
-        exit: if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 },
-    }
-}
-
-/// What one child process cost for one case.
-#[derive(Clone, Copy)]
-struct Measure {
-    wall: Duration,
-    cpu: Duration,
-    max_rss_kib: u64,
-}
-
-impl Measure {
-    fn pages_per_s(&self, urls: usize) -> f64 {
-        urls as f64 / self.wall.as_secs_f64()
-    }
-    fn cpu_per_1000(&self, urls: usize) -> f64 {
-        self.cpu.as_secs_f64() * 1000.0 / urls as f64
-    }
-    fn rss_mib(&self) -> f64 {
-        self.max_rss_kib as f64 / 1024.0
-    }
 }
 
 /// Runs `command` to its end, with its stdout captured; returns the measure

@@ -132,7 +132,22 @@ async fn check_shared_crawl(url: &str, n: i64, hits: &[Hit]) -> BTreeMap<(String
     let (gap, host) = min_gap_per_host(hits);
     assert!(gap + JITTER >= DELAY, "{gap:?} between two requests to {host}");
     let logged: i64 = scalar(&mut db, "SELECT coalesce(min(min_gap_ms), 1000000) FROM host_politeness").await;
-    assert!(logged >= DELAY.as_millis() as i64, "host_politeness: min gap {logged} ms");
+    if logged < DELAY.as_millis() as i64 {
+        // Which two requests, by whom: what a failure needs to be read.
+        let pair: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "WITH r AS (SELECT u.host, a.worker, a.started_ms, u.url FROM attempts a JOIN urls u ON u.id = a.url_id),
+             g AS (SELECT host, worker, started_ms, url,
+                          lag(worker) OVER w AS before, started_ms - lag(started_ms) OVER w AS gap
+                   FROM r WINDOW w AS (PARTITION BY host ORDER BY started_ms))
+             SELECT url, worker || ' after ' || coalesce(before, '-'), started_ms, gap FROM g
+             WHERE gap < $1 ORDER BY gap LIMIT 5",
+        )
+        .bind(DELAY.as_millis() as i64)
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        panic!("host_politeness: min gap {logged} ms: {pair:?}");
+    }
     let rows: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT worker, outcome, count(*) FROM attempts GROUP BY worker, outcome")
             .fetch_all(&mut db)
