@@ -92,6 +92,12 @@ fn postgres_cpu() -> Duration {
     Duration::from_secs_f64(total as f64 / ticks)
 }
 
+/// Drops the database `name` on the server at `admin_url`.
+async fn drop_database(admin_url: &str, name: &str) {
+    let mut admin = PgConnection::connect(admin_url).await.expect("connect to PostgreSQL");
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+}
+
 /// A fresh database `name` on the server at `admin_url`; returns its URL.
 async fn fresh_database(admin_url: &str, name: &str) -> String {
     let mut admin = PgConnection::connect(admin_url).await.expect("connect to PostgreSQL");
@@ -176,7 +182,8 @@ fn print_row(case: &Case, engine: &str, daemons: usize, run: &Run, base: Option<
 /// a claim of one URL on each of 64 hosts) with `queued` URLs over 1,000
 /// hosts, over 200 rounds; each round's URLs go back to the queue after it.
 async fn claim_latency(admin_url: &str, queued: usize) -> (Duration, Duration) {
-    let url = fresh_database(admin_url, &format!("trawler_bench_claims_{queued}")).await;
+    let name = format!("trawler_bench_claims_{queued}");
+    let url = fresh_database(admin_url, &name).await;
     let store =
         PgStore::open_crawler(&url, 4, Duration::from_secs(60), Duration::from_secs(30)).await.unwrap();
     for chunk in (0..queued).collect::<Vec<_>>().chunks(10_000) {
@@ -204,6 +211,8 @@ async fn claim_latency(admin_url: &str, queued: usize) -> (Duration, Duration) {
         store.release(&[]).await.unwrap();
     }
     store.close().await;
+    drop(db);
+    drop_database(admin_url, &name).await;
     times.sort();
     (times[times.len() / 2], times[times.len() * 99 / 100])
 }
@@ -264,6 +273,7 @@ fn main() {
             let url = runtime.block_on(fresh_database(&admin_url, &name));
             let run = run(case, daemons, &url, &input, &config);
             assert_eq!(runtime.block_on(done_on_postgres(&url)), case.urls() as i64, "every URL done");
+            runtime.block_on(drop_database(&admin_url, &name));
             let pages = case.urls() as f64 / run.wall.as_secs_f64();
             print_row(case, "PostgreSQL", daemons, &run, one);
             one.get_or_insert(pages);
