@@ -239,6 +239,11 @@ enum Attempted {
 /// is not near.
 async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<Job>) -> Attempted {
     let checked = (std::time::SystemTime::now(), Instant::now());
+    if ctx.leases.as_ref().is_some_and(|leases| !leases.may_start(&job.host, job.lease)) {
+        // Not even the host's robots.txt: the host may be another daemon's.
+        ctx.politeness.skip_start(&job.host);
+        return lease_ended(ctx, job);
+    }
     let Ok(refusal) = robots_refusal(ctx, &job.url, &job.host).await else { return Attempted::Stopped };
     if refusal.is_none()
         && let Some(turn) = ctx.politeness.next_turn(&job.host, Instant::now() + PARK_BEYOND)
