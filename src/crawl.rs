@@ -247,7 +247,7 @@ async fn start(
     let politeness = Arc::new(Politeness::new(rules, config.retry.retry_after_max));
     let (sitemap_queue, sitemap_rx) = SitemapQueue::new();
     config.discovery.sitemaps.iter().for_each(|s| sitemap_queue.submit(s.clone(), Origin::User));
-    let robots = robots(config, &fetcher, &politeness, &sitemap_queue);
+    let robots = robots(config, store, &fetcher, &politeness, &sitemap_queue);
     let service = match mode {
         Mode::Batch => None,
         Mode::Service(reloader) => Some(Service::bind(config, store, tasks, reloader).await?),
@@ -634,6 +634,7 @@ pub async fn enqueue(
 /// it. When following links, its `Sitemap:` lines go to `sitemaps`.
 fn robots(
     config: &Config,
+    store: &Arc<Backend>,
     pages: &Fetcher,
     politeness: &Arc<Politeness>,
     sitemaps: &SitemapQueue,
@@ -645,7 +646,13 @@ fn robots(
         return None;
     }
     let sitemaps = config.discovery.follow.then(|| sitemaps.clone());
-    Some(Arc::new(Robots::new(config.robots.clone(), pages, politeness.clone(), sitemaps)))
+    let robots = Robots::new(config.robots.clone(), pages, politeness.clone(), sitemaps);
+    // Daemons sharing a database share robots.txt too (PostgreSQL).
+    let robots = match store.host_leases() {
+        Some(_) => robots.sharing(store.clone()),
+        None => robots,
+    };
+    Some(Arc::new(robots))
 }
 
 type Input = (SeedSource, Box<dyn tokio::io::AsyncRead + Send + Unpin>);

@@ -30,6 +30,7 @@ use crate::config::RobotsConfig;
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
 use crate::politeness::Politeness;
 use crate::sitemaps::{Origin, SitemapQueue};
+use crate::store::Backend;
 
 /// Origins whose rules are kept in memory; past this the least recently
 /// checked one is dropped (and fetched again if it is needed again). The
@@ -132,6 +133,9 @@ pub struct Robots {
     politeness: Arc<Politeness>,
     /// Most recently checked last.
     origins: Mutex<lru::LruCache<String, Slot>>,
+    /// Where robots.txt is shared with other daemons (PostgreSQL's
+    /// `robots_txt` table): read before fetching, written after.
+    shared: Option<Arc<Backend>>,
 }
 
 impl Robots {
@@ -153,7 +157,21 @@ impl Robots {
             politeness,
             sitemaps,
             origins: Mutex::new(lru::LruCache::new(MAX_CACHED_ORIGINS)),
+            shared: None,
         }
+    }
+
+    /// Shares robots.txt through `store` with the other daemons crawling
+    /// its database: a file one of them fetched is used until it expires
+    /// instead of being fetched again (one request per origin for the whole
+    /// crawl, not per daemon), and a file this one fetches is written for
+    /// them. Only what the answer alone decides is shared (a 2xx file, a
+    /// 4xx or a 5xx); a fetch that got no response, or broke off, is this
+    /// daemon's alone. The daemon that fetched a file reads its `Sitemap:`
+    /// lines; the others do not.
+    pub fn sharing(mut self, store: Arc<Backend>) -> Self {
+        self.shared = Some(store);
+        self
     }
 
     /// What robots.txt says about `url` (whose host is `host`), fetching the
@@ -171,7 +189,7 @@ impl Robots {
                 match cached(&slot) {
                     Some(entry) => entry,
                     None => {
-                        let entry = Arc::new(self.fetch(&format!("{origin}/robots.txt"), host).await);
+                        let entry = Arc::new(self.fetch(origin, host).await);
                         *slot.entry.write().unwrap_or_else(|p| p.into_inner()) = Some(entry.clone());
                         entry
                     }
@@ -196,7 +214,27 @@ impl Robots {
         origins.get_or_insert_ref(origin, Slot::default).clone()
     }
 
-    async fn fetch(&self, robots_url: &str, host: &str) -> Entry {
+    /// The rules of `origin`'s robots.txt: another daemon's copy when one
+    /// is shared and unexpired, else fetched in `host`'s turn (and shared).
+    async fn fetch(&self, origin: &str, host: &str) -> Entry {
+        let robots_url = &format!("{origin}/robots.txt");
+        if let Some(store) = &self.shared {
+            match store.shared_robots_txt(origin).await {
+                Ok(Some(shared)) => {
+                    let (rules, _) = self.rules(robots_url, None, shared.http_status, &shared.body, false);
+                    let crawl_delay = self.crawl_delay(robots_url, &rules);
+                    self.politeness.set_crawl_delay(host, crawl_delay);
+                    return Entry {
+                        rules,
+                        crawl_delay,
+                        expires: Instant::now() + shared.expires_in,
+                        cause: None,
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%robots_url, "cannot read the shared robots.txt ({e}): fetching it"),
+            }
+        }
         self.politeness.wait_turn(host).await;
         let fetched = self.fetcher.fetch(robots_url).await;
         let now = Instant::now();
@@ -205,32 +243,16 @@ impl Robots {
             (Some(kind), None) => Some((kind, fetched.record.error_message.clone().unwrap_or_default())),
             _ => None,
         };
-        let (rules, ttl) = match (fetched.error, status) {
-            // A file over the cap is parsed as far as it was read (RFC 9309 §2.5).
-            (None | Some(ErrorKind::BodyTooLarge), Some(200..=299)) => {
-                let body = fetched.record.body.unwrap_or_default();
-                match Robot::new(&self.config.user_agent_token, &body) {
-                    Ok(robot) => (Rules::Parsed(Box::new(robot)), self.config.cache_ttl),
-                    Err(e) => {
-                        tracing::warn!(%robots_url, "unparsable robots.txt, treated as allowing all: {e}");
-                        (Rules::AllowAll, self.config.cache_ttl)
-                    }
-                }
-            }
-            // No response: not cached, the attempt fails with the cause.
-            (Some(_), None) => (Rules::DisallowAll, Duration::ZERO),
-            (None, Some(500..=599)) | (Some(_), _) if !redirect_limit(&fetched) => {
-                tracing::info!(%robots_url, ?status, error = fetched.record.error_kind.map(ErrorKind::as_str), "robots.txt unreachable: host disallowed for now");
-                (Rules::DisallowAll, self.config.unreachable_retry)
-            }
-            // 4xx and everything else (RFC 9309 §2.3.1.3), and a redirect chain
-            // longer than five (§2.3.1.2): unavailable, so allow all.
-            _ => (Rules::AllowAll, self.config.cache_ttl),
-        };
-        let crawl_delay = match &rules {
-            Rules::Parsed(robot) => robot.delay.and_then(|secs| self.clamp_crawl_delay(robots_url, secs)),
-            _ => None,
-        };
+        let body = fetched.record.body.as_deref().unwrap_or_default();
+        let (rules, ttl) = self.rules(robots_url, fetched.error, status, body, redirect_limit(&fetched));
+        if let (Some(store), None | Some(ErrorKind::BodyTooLarge), Some(status)) =
+            (&self.shared, fetched.error, status)
+            && !ttl.is_zero()
+            && let Err(e) = store.share_robots_txt(origin, status, body, ttl).await
+        {
+            tracing::warn!(%robots_url, "cannot share robots.txt with the other daemons: {e}");
+        }
+        let crawl_delay = self.crawl_delay(robots_url, &rules);
         if let (Rules::Parsed(robot), Some(queue)) = (&rules, &self.sitemaps) {
             // The sitemap is judged against the host whose robots.txt named
             // it (a redirected robots.txt still speaks for that host, RFC
@@ -242,6 +264,48 @@ impl Robots {
         }
         self.politeness.set_crawl_delay(host, crawl_delay);
         Entry { rules, crawl_delay, expires: now + ttl, cause }
+    }
+
+    /// The rules an answer gives (RFC 9309 §2.3.1), and how long they stand:
+    /// `error` and `status` of the fetch, the `body` read, and whether it
+    /// followed more redirects than allowed.
+    fn rules(
+        &self,
+        robots_url: &str,
+        error: Option<ErrorKind>,
+        status: Option<u16>,
+        body: &[u8],
+        redirect_limit: bool,
+    ) -> (Rules, Duration) {
+        match (error, status) {
+            // A file over the cap is parsed as far as it was read (RFC 9309 §2.5).
+            (None | Some(ErrorKind::BodyTooLarge), Some(200..=299)) => {
+                match Robot::new(&self.config.user_agent_token, body) {
+                    Ok(robot) => (Rules::Parsed(Box::new(robot)), self.config.cache_ttl),
+                    Err(e) => {
+                        tracing::warn!(%robots_url, "unparsable robots.txt, treated as allowing all: {e}");
+                        (Rules::AllowAll, self.config.cache_ttl)
+                    }
+                }
+            }
+            // No response: not cached, the attempt fails with the cause.
+            (Some(_), None) => (Rules::DisallowAll, Duration::ZERO),
+            (None, Some(500..=599)) | (Some(_), _) if !redirect_limit => {
+                tracing::info!(%robots_url, ?status, error = error.map(ErrorKind::as_str), "robots.txt unreachable: host disallowed for now");
+                (Rules::DisallowAll, self.config.unreachable_retry)
+            }
+            // 4xx and everything else (RFC 9309 §2.3.1.3), and a redirect chain
+            // longer than five (§2.3.1.2): unavailable, so allow all.
+            _ => (Rules::AllowAll, self.config.cache_ttl),
+        }
+    }
+
+    /// The `Crawl-delay` `rules` ask for, clamped.
+    fn crawl_delay(&self, robots_url: &str, rules: &Rules) -> Option<Duration> {
+        match rules {
+            Rules::Parsed(robot) => robot.delay.and_then(|secs| self.clamp_crawl_delay(robots_url, secs)),
+            _ => None,
+        }
     }
 
     fn clamp_crawl_delay(&self, robots_url: &str, secs: f32) -> Option<Duration> {

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::leases::HostLeases;
-use super::postgres::{HopLease, LeaseRound, PgStore, QueueHealth};
+use super::postgres::{HopLease, LeaseRound, PgStore, QueueHealth, SharedRobotsTxt};
 use super::sqlite::{Checkpoint, SqliteStore};
 use super::{
     Claim, Committed, Completion, ExportFilter, InputError, LockWaits, NewUrl, PageLimits, RecrawlPolicy,
@@ -210,6 +210,35 @@ impl Backend {
         match self {
             Backend::Sqlite(_) => Ok(None),
             Backend::Postgres(s) => s.keep_leases(last_starts, requesting).await.map(Some),
+        }
+    }
+
+    /// The unexpired robots.txt of `origin` another daemon fetched
+    /// (PostgreSQL's `robots_txt` table); always `None` on SQLite, whose one
+    /// crawler keeps robots.txt in memory.
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn shared_robots_txt(&self, origin: &str) -> Result<Option<SharedRobotsTxt>, StoreError> {
+        match self {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(s) => s.shared_robots_txt(origin).await,
+        }
+    }
+
+    /// Shares a robots.txt this daemon fetched with the other daemons
+    /// ([`PgStore::share_robots_txt`]); nothing on SQLite.
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn share_robots_txt(
+        &self,
+        origin: &str,
+        http_status: u16,
+        body: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        match self {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(s) => s.share_robots_txt(origin, http_status, body, ttl).await,
         }
     }
 

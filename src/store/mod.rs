@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use backend::Backend;
 pub use leases::HostLeases;
-pub use postgres::{HopLease, LeaseRound, PgStore, QueueHealth};
+pub use postgres::{HopLease, LeaseRound, PgStore, QueueHealth, SharedRobotsTxt};
 pub use sqlite::{Checkpoint, SqliteStore};
 
 /// A store operation that failed. Any of these stops the crawl: results could

@@ -371,6 +371,53 @@ impl PgStore {
             .map_err(db("oldest lease"))
     }
 
+    /// The unexpired robots.txt of `origin` another daemon fetched (the
+    /// `robots_txt` table), if there is one.
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn shared_robots_txt(&self, origin: &str) -> Result<Option<SharedRobotsTxt>, StoreError> {
+        let row: Option<(Option<i32>, Option<Vec<u8>>, f64)> = sqlx::query_as(
+            "SELECT http_status, body, extract(epoch FROM expires_at - now())::float8 FROM robots_txt
+             WHERE origin = $1 AND expires_at > now()",
+        )
+        .bind(origin)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read a shared robots.txt"))?;
+        Ok(row.map(|(http_status, body, left_s)| SharedRobotsTxt {
+            http_status: http_status.and_then(|s| u16::try_from(s).ok()),
+            body: body.unwrap_or_default(),
+            expires_in: Duration::from_secs_f64(left_s.max(0.0)),
+        }))
+    }
+
+    /// Shares the robots.txt of `origin` this daemon fetched, answered with
+    /// `http_status` and `body`, for `ttl` (by the database's clock).
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn share_robots_txt(
+        &self,
+        origin: &str,
+        http_status: u16,
+        body: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO robots_txt (origin, http_status, body, fetched_at, expires_at)
+             VALUES ($1, $2, $3, now(), now() + make_interval(secs => $4))
+             ON CONFLICT (origin) DO UPDATE SET http_status = excluded.http_status, body = excluded.body,
+                 fetched_at = excluded.fetched_at, expires_at = excluded.expires_at",
+        )
+        .bind(origin)
+        .bind(i32::from(http_status))
+        .bind(body)
+        .bind(ttl.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .map_err(db("share a robots.txt"))?;
+        Ok(())
+    }
+
     /// Leases `host` for a redirect hop to it from another host's URL: the
     /// hop is a request to `host`, so it needs the lease as a claim does.
     /// Takes the lease if no other daemon holds it (or it lapsed), keeps it
@@ -1062,6 +1109,17 @@ async fn requeue_taken_over(
         .await?;
     }
     Ok(())
+}
+
+/// A robots.txt another daemon fetched ([`PgStore::shared_robots_txt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedRobotsTxt {
+    /// The answer's status.
+    pub http_status: Option<u16>,
+    /// The file, at most 512 KiB of it (`robots::MAX_ROBOTS_BYTES`).
+    pub body: Vec<u8>,
+    /// How much longer its rules stand.
+    pub expires_in: Duration,
 }
 
 /// How a redirect hop's host was leased ([`PgStore::lease_hop`]).

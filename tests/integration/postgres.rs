@@ -898,3 +898,34 @@ async fn a_sitemap_on_a_host_another_daemon_holds_is_read_once_the_host_is_free(
     assert_eq!(server.hits_of("/sitemap.xml").len(), 1);
     other.close().await;
 }
+
+#[test]
+fn robots_txt_is_fetched_once_for_all_the_daemons_of_a_database() {
+    use crate::server::RobotsTxt;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(pg) = runtime.block_on(TestDatabase::create("robots_txt_shared")) else { return };
+    let server =
+        TestServer::with_robots("127.0.0.106", RobotsTxt::Text("User-agent: *\nDisallow: /private\n"));
+    let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    crawl_to_end(first.path(), &[server.url("/ok/a")], &[], &env);
+    assert_eq!(server.robots_hits().len(), 1);
+    // Another daemon (a process of its own, nothing in memory) uses the
+    // file the first one fetched: its rules, and no request for it.
+    crawl_to_end(second.path(), &[server.url("/ok/b"), server.url("/private/c")], &[], &env);
+    assert_eq!(server.robots_hits().len(), 1, "read from robots_txt, not fetched again");
+    assert!(server.hits_of("/private/c").is_empty());
+    let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
+    let refused: Option<String> = runtime
+        .block_on(
+            sqlx::query_scalar("SELECT error_kind FROM results WHERE url = $1")
+                .bind(server.url("/private/c"))
+                .fetch_one(&mut db),
+        )
+        .unwrap();
+    assert_eq!(refused.as_deref(), Some("robots_disallowed"));
+    let shared: (i32, Vec<u8>) = runtime
+        .block_on(sqlx::query_as("SELECT http_status, body FROM robots_txt").fetch_one(&mut db))
+        .unwrap();
+    assert_eq!((shared.0, shared.1.as_slice()), (200, &b"User-agent: *\nDisallow: /private\n"[..]));
+}
