@@ -1,7 +1,9 @@
 //! The PostgreSQL engine: its schema is SQLite's public interface, it is
 //! versioned and refused when newer, a crawl on it ends as the same crawl on
-//! SQLite, one daemon crawls it at a time, and a completion under a lost
-//! lease is kept as `stale_lease` and changes nothing. Each test makes its own database on the server at
+//! SQLite, host leases are renewed, given up and ended when lapsed, a
+//! completion under a lost lease is kept as `stale_lease` and changes
+//! nothing, and redirects, sitemaps and robots.txt respect other daemons'
+//! hosts (the daemons together: `scale_out`). Each test makes its own database on the server at
 //! `TRAWLER_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! and drops it; without a reachable server the tests print that they were
 //! skipped and pass, unless `TRAWLER_REQUIRE_POSTGRES` is set (as `.ci/run`
