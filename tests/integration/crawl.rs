@@ -6,130 +6,148 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::server::TestServer;
-use crate::util::{crawl_lines, result_for, scalar, test_config};
+use crate::util::{count_in, crawl_lines, engines, result_for, result_in, scalar, test_config};
 
 #[tokio::test]
 async fn a_200_is_done_with_its_body_described() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let url = server.url("/ok/one");
-    let summary = crawl_lines(&config, std::slice::from_ref(&url)).await;
+    for engine in engines("a_200_is_done_with_its_body_described").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine.config(dir.path());
+        let url = server.url("/ok/one");
+        let summary = crawl_lines(&config, std::slice::from_ref(&url)).await;
 
-    let body = b"<!doctype html><title>ok</title><p>hello";
-    let row = result_for(&config.store.path, &url).await;
-    assert_eq!(row.state, "done");
-    assert_eq!(row.http_status, Some(200));
-    assert_eq!(row.error_kind, None);
-    assert_eq!(row.attempts, 1);
-    assert_eq!(row.final_url.as_deref(), Some(url.as_str()));
-    assert_eq!(row.redirects, Some(0));
-    assert_eq!(row.content_type.as_deref(), Some("text/html; charset=utf-8"));
-    assert_eq!(row.body_bytes, Some(body.len() as i64));
-    assert_eq!(row.body_sha256, Some(format!("{:x}", Sha256::digest(body))));
-    let fetched_at = row.fetched_at.expect("fetched_at");
-    assert!(fetched_at.ends_with('Z'), "{fetched_at}");
-    humantime::parse_rfc3339(&fetched_at).expect("fetched_at is RFC 3339");
-    assert!(row.elapsed_ms.unwrap() < 5_000);
+        let body = b"<!doctype html><title>ok</title><p>hello";
+        let row = result_in(&config, &url).await;
+        assert_eq!(row.state, "done");
+        assert_eq!(row.http_status, Some(200));
+        assert_eq!(row.error_kind, None);
+        assert_eq!(row.attempts, 1);
+        assert_eq!(row.final_url.as_deref(), Some(url.as_str()));
+        assert_eq!(row.redirects, Some(0));
+        assert_eq!(row.content_type.as_deref(), Some("text/html; charset=utf-8"));
+        assert_eq!(row.body_bytes, Some(body.len() as i64));
+        assert_eq!(row.body_sha256, Some(format!("{:x}", Sha256::digest(body))));
+        let fetched_at = row.fetched_at.expect("fetched_at");
+        assert!(fetched_at.ends_with('Z'), "{fetched_at}");
+        humantime::parse_rfc3339(&fetched_at).expect("fetched_at is RFC 3339");
+        assert!(row.elapsed_ms.unwrap() < 5_000);
 
-    assert_eq!((summary.done, summary.failed, summary.attempts, summary.retries), (1, 0, 1, 0));
-    assert_eq!(summary.bytes, body.len() as u64);
-    assert!(!summary.stopped);
+        assert_eq!((summary.done, summary.failed, summary.attempts, summary.retries), (1, 0, 1, 0));
+        assert_eq!(summary.bytes, body.len() as u64);
+        assert!(!summary.stopped);
+    }
 }
 
 #[tokio::test]
 async fn a_404_is_final_at_once() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let url = server.url("/status/404/gone");
-    crawl_lines(&config, std::slice::from_ref(&url)).await;
+    for engine in engines("a_404_is_final_at_once").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine.config(dir.path());
+        let url = server.url("/status/404/gone");
+        crawl_lines(&config, std::slice::from_ref(&url)).await;
 
-    let row = result_for(&config.store.path, &url).await;
-    assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(404), 1));
-    assert_eq!(row.error_kind, None);
-    assert_eq!(server.hits_of("/status/404/gone").len(), 1);
+        let row = result_in(&config, &url).await;
+        assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(404), 1));
+        assert_eq!(row.error_kind, None);
+        assert_eq!(server.hits_of("/status/404/gone").len(), 1);
+    }
 }
 
 #[tokio::test]
 async fn a_503_is_retried_after_a_backoff_then_done() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.retry.backoff_base = Duration::from_millis(300);
-    config.retry.backoff_max = Duration::from_secs(1);
-    let url = server.url("/flaky/1/a");
-    let summary = crawl_lines(&config, std::slice::from_ref(&url)).await;
+    for engine in engines("a_503_is_retried_after_a_backoff_then_done").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.retry.backoff_base = Duration::from_millis(300);
+        config.retry.backoff_max = Duration::from_secs(1);
+        let url = server.url("/flaky/1/a");
+        let summary = crawl_lines(&config, std::slice::from_ref(&url)).await;
 
-    let row = result_for(&config.store.path, &url).await;
-    assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(200), 2));
-    let hits = server.hits_of("/flaky/1/a");
-    assert_eq!(hits.len(), 2);
-    // Equal jitter keeps at least half the 300 ms base.
-    let gap = hits[1] - hits[0];
-    assert!(gap >= Duration::from_millis(150), "retried after only {gap:?}");
-    assert_eq!((summary.attempts, summary.retries), (2, 1));
+        let row = result_in(&config, &url).await;
+        assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(200), 2));
+        let hits = server.hits_of("/flaky/1/a");
+        assert_eq!(hits.len(), 2);
+        // Equal jitter keeps at least half the 300 ms base.
+        let gap = hits[1] - hits[0];
+        assert!(gap >= Duration::from_millis(150), "retried after only {gap:?}");
+        assert_eq!((summary.attempts, summary.retries), (2, 1));
 
-    // The first attempt is on record with why it was retried.
-    let first = scalar(
-        &config.store.path,
-        "SELECT count(*) FROM attempts WHERE attempt = 1 AND outcome = 'retry'
-           AND http_status = 503 AND error_kind = 'http_status' AND retry_at IS NOT NULL",
-    )
-    .await;
-    assert_eq!(first, 1);
+        // The first attempt is on record with why it was retried.
+        let first = count_in(
+            &config,
+            "SELECT count(*) FROM attempts WHERE attempt = 1 AND outcome = 'retry'
+               AND http_status = 503 AND error_kind = 'http_status' AND retry_at IS NOT NULL",
+        )
+        .await;
+        assert_eq!(first, 1);
+    }
 }
 
 #[tokio::test]
 async fn a_429_waits_for_its_retry_after() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    // A backoff this long would fail the upper bound: Retry-After must win.
-    config.retry.backoff_base = Duration::from_secs(8);
-    config.retry.backoff_max = Duration::from_secs(8);
-    let url = server.url("/retry-after/1/a");
-    crawl_lines(&config, std::slice::from_ref(&url)).await;
+    for engine in engines("a_429_waits_for_its_retry_after").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        // A backoff this long would fail the upper bound: Retry-After must win.
+        config.retry.backoff_base = Duration::from_secs(8);
+        config.retry.backoff_max = Duration::from_secs(8);
+        let url = server.url("/retry-after/1/a");
+        crawl_lines(&config, std::slice::from_ref(&url)).await;
 
-    let row = result_for(&config.store.path, &url).await;
-    assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(200), 2));
-    let hits = server.hits_of("/retry-after/1/a");
-    let gap = hits[1] - hits[0];
-    assert!(gap >= Duration::from_millis(950) && gap < Duration::from_secs(3), "gap {gap:?}");
+        let row = result_in(&config, &url).await;
+        assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(200), 2));
+        let hits = server.hits_of("/retry-after/1/a");
+        let gap = hits[1] - hits[0];
+        assert!(gap >= Duration::from_millis(950) && gap < Duration::from_secs(3), "gap {gap:?}");
+    }
 }
 
 #[tokio::test]
 async fn a_response_slower_than_the_timeout_fails_as_timeout_after_retries() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.fetch.timeout = Duration::from_millis(200);
-    config.retry.max_attempts = NonZeroU32::new(2).unwrap();
-    let url = server.url("/slow/3000/a");
-    let summary = crawl_lines(&config, std::slice::from_ref(&url)).await;
+    for engine in engines("a_response_slower_than_the_timeout_fails_as_timeout_after_retries").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.fetch.timeout = Duration::from_millis(200);
+        config.retry.max_attempts = NonZeroU32::new(2).unwrap();
+        let url = server.url("/slow/3000/a");
+        let summary = crawl_lines(&config, std::slice::from_ref(&url)).await;
 
-    let row = result_for(&config.store.path, &url).await;
-    assert_eq!((row.state.as_str(), row.error_kind.as_deref(), row.attempts), ("failed", Some("timeout"), 2));
-    assert!(row.elapsed_ms.unwrap() >= 200 && row.elapsed_ms.unwrap() < 1_000, "{row:?}");
-    assert_eq!(server.hits_of("/slow/3000/a").len(), 2);
-    assert_eq!((summary.done, summary.failed), (0, 1));
+        let row = result_in(&config, &url).await;
+        assert_eq!(
+            (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+            ("failed", Some("timeout"), 2)
+        );
+        assert!(row.elapsed_ms.unwrap() >= 200 && row.elapsed_ms.unwrap() < 1_000, "{row:?}");
+        assert_eq!(server.hits_of("/slow/3000/a").len(), 2);
+        assert_eq!((summary.done, summary.failed), (0, 1));
+    }
 }
 
 #[tokio::test]
 async fn a_refused_connection_is_retried_then_failed_as_connect() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let url = format!("http://127.0.0.1:{port}/nobody-home");
-    crawl_lines(&config, std::slice::from_ref(&url)).await;
+    for engine in engines("a_refused_connection_is_retried_then_failed_as_connect").await {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine.config(dir.path());
+        let url = format!("http://127.0.0.1:{port}/nobody-home");
+        crawl_lines(&config, std::slice::from_ref(&url)).await;
 
-    let row = result_for(&config.store.path, &url).await;
-    assert_eq!((row.state.as_str(), row.error_kind.as_deref(), row.attempts), ("failed", Some("connect"), 3));
-    assert_eq!(row.http_status, None);
-    assert!(row.error_message.unwrap().contains("refused"));
+        let row = result_in(&config, &url).await;
+        assert_eq!(
+            (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+            ("failed", Some("connect"), 3)
+        );
+        assert_eq!(row.http_status, None);
+        assert!(row.error_message.unwrap().contains("refused"));
+    }
 }
 
 #[tokio::test]
@@ -171,19 +189,21 @@ async fn redirects_are_followed_recorded_and_bounded() {
 
 #[tokio::test]
 async fn a_body_over_the_cap_fails_without_being_read_whole() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.fetch.max_body_bytes = NonZeroU64::new(64 * 1024).unwrap();
-    let url = server.url("/big/1000000");
-    crawl_lines(&config, std::slice::from_ref(&url)).await;
+    for engine in engines("a_body_over_the_cap_fails_without_being_read_whole").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.fetch.max_body_bytes = NonZeroU64::new(64 * 1024).unwrap();
+        let url = server.url("/big/1000000");
+        crawl_lines(&config, std::slice::from_ref(&url)).await;
 
-    let row = result_for(&config.store.path, &url).await;
-    assert_eq!(
-        (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
-        ("failed", Some("body_too_large"), 1)
-    );
-    assert_eq!(row.http_status, Some(200));
+        let row = result_in(&config, &url).await;
+        assert_eq!(
+            (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+            ("failed", Some("body_too_large"), 1)
+        );
+        assert_eq!(row.http_status, Some(200));
+    }
 }
 
 #[tokio::test]
@@ -248,49 +268,58 @@ async fn the_global_rate_limit_spaces_request_starts() {
 
 #[tokio::test]
 async fn gzip_bodies_are_decoded_before_they_are_measured() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let url = server.url("/gzip/a");
-    crawl_lines(&config, std::slice::from_ref(&url)).await;
+    for engine in engines("gzip_bodies_are_decoded_before_they_are_measured").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine.config(dir.path());
+        let url = server.url("/gzip/a");
+        crawl_lines(&config, std::slice::from_ref(&url)).await;
 
-    let row = result_for(&config.store.path, &url).await;
-    assert_eq!((row.state.as_str(), row.http_status), ("done", Some(200)));
-    assert_eq!(row.body_bytes, Some(crate::server::GZIP_PLAIN.len() as i64));
-    assert_eq!(row.body_sha256, Some(format!("{:x}", Sha256::digest(crate::server::GZIP_PLAIN))));
+        let row = result_in(&config, &url).await;
+        assert_eq!((row.state.as_str(), row.http_status), ("done", Some(200)));
+        assert_eq!(row.body_bytes, Some(crate::server::GZIP_PLAIN.len() as i64));
+        assert_eq!(row.body_sha256, Some(format!("{:x}", Sha256::digest(crate::server::GZIP_PLAIN))));
+    }
 }
 
 #[tokio::test]
 async fn a_server_that_stalls_mid_body_cannot_hang_a_worker() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.fetch.timeout = Duration::from_millis(300);
-    config.retry.max_attempts = NonZeroU32::new(2).unwrap();
-    let stall = server.url("/stall/a");
-    let started = std::time::Instant::now();
-    crawl_lines(&config, std::slice::from_ref(&stall)).await;
-    assert!(started.elapsed() < Duration::from_secs(3));
+    for engine in engines("a_server_that_stalls_mid_body_cannot_hang_a_worker").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.fetch.timeout = Duration::from_millis(300);
+        config.retry.max_attempts = NonZeroU32::new(2).unwrap();
+        let stall = server.url("/stall/a");
+        let started = std::time::Instant::now();
+        crawl_lines(&config, std::slice::from_ref(&stall)).await;
+        assert!(started.elapsed() < Duration::from_secs(3));
 
-    let row = result_for(&config.store.path, &stall).await;
-    assert_eq!((row.state.as_str(), row.error_kind.as_deref(), row.attempts), ("failed", Some("timeout"), 2));
-    assert_eq!(row.http_status, Some(200), "the status that did arrive is kept: {row:?}");
+        let row = result_in(&config, &stall).await;
+        assert_eq!(
+            (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+            ("failed", Some("timeout"), 2)
+        );
+        assert_eq!(row.http_status, Some(200), "the status that did arrive is kept: {row:?}");
+    }
 }
 
 #[tokio::test]
 async fn a_decompression_bomb_is_stopped_at_the_decoded_size_cap() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.fetch.max_body_bytes = NonZeroU64::new(1024 * 1024).unwrap();
-    // 8 MiB of zeros in a few KiB of gzip: only a cap on decoded bytes sees it.
-    let bomb = server.url("/bomb/8");
-    crawl_lines(&config, std::slice::from_ref(&bomb)).await;
+    for engine in engines("a_decompression_bomb_is_stopped_at_the_decoded_size_cap").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.fetch.max_body_bytes = NonZeroU64::new(1024 * 1024).unwrap();
+        // 8 MiB of zeros in a few KiB of gzip: only a cap on decoded bytes sees it.
+        let bomb = server.url("/bomb/8");
+        crawl_lines(&config, std::slice::from_ref(&bomb)).await;
 
-    let row = result_for(&config.store.path, &bomb).await;
-    assert_eq!(
-        (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
-        ("failed", Some("body_too_large"), 1)
-    );
-    assert_eq!(row.http_status, Some(200));
+        let row = result_in(&config, &bomb).await;
+        assert_eq!(
+            (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+            ("failed", Some("body_too_large"), 1)
+        );
+        assert_eq!(row.http_status, Some(200));
+    }
 }

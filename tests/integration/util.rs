@@ -15,6 +15,65 @@ use trawler::seeds::SeedSource;
 pub use trawler::store::ResultRow;
 use trawler::{Shutdown, Summary};
 
+/// An engine a behaviour test runs on: SQLite, or PostgreSQL in a database
+/// of the test's own (see [`crate::postgres::TestDatabase`]).
+pub struct Engine {
+    pub name: &'static str,
+    database: Option<crate::postgres::TestDatabase>,
+}
+
+impl Engine {
+    /// [`test_config`] on this engine.
+    pub fn config(&self, dir: &Path) -> Config {
+        let mut config = test_config(dir);
+        config.store.url = self.database.as_ref().map(|d| d.url.clone());
+        config
+    }
+}
+
+/// A test that fails on one engine says which.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("(the failure above is on {})", self.name);
+        }
+    }
+}
+
+/// The engines a behaviour test that is not about SQLite runs on: SQLite,
+/// and PostgreSQL unless the server is out of reach (then the test says it
+/// skipped PostgreSQL, or fails under `TRAWLER_REQUIRE_POSTGRES`).
+pub async fn engines(test: &str) -> Vec<Engine> {
+    let mut engines = vec![Engine { name: "SQLite", database: None }];
+    if let Some(database) = crate::postgres::TestDatabase::create(test).await {
+        engines.push(Engine { name: "PostgreSQL", database: Some(database) });
+    }
+    engines
+}
+
+/// The `results` row of `url` in `config`'s database, on either engine,
+/// read through trawler's own export.
+pub async fn result_in(config: &Config, url: &str) -> ResultRow {
+    use futures::TryStreamExt;
+    let store = trawler::store::Backend::open_read_only(&config.store).await.expect("open the database");
+    let filter = trawler::store::ExportFilter::default();
+    let rows: Vec<ResultRow> = store.export(&filter).try_collect().await.expect("export");
+    store.close().await;
+    rows.into_iter().find(|r| r.url == url).unwrap_or_else(|| panic!("no result for {url}"))
+}
+
+/// One count from a query, in `config`'s database, on either engine.
+pub async fn count_in(config: &Config, sql: &str) -> i64 {
+    match &config.store.url {
+        Some(url) => {
+            use sqlx::Connection;
+            let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut db).await.unwrap()
+        }
+        None => scalar(&config.store.path, sql).await,
+    }
+}
+
 /// A config for tests: a database in `dir`, short timeouts and backoffs.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::default();
