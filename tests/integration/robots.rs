@@ -4,28 +4,32 @@
 use std::time::Duration;
 
 use crate::server::{RobotsTxt, TestServer};
-use crate::util::{crawl_lines, result_for, scalar, spawn_crawl, test_config, wait_within, write_input};
+use crate::util::{
+    count_in, crawl_lines, engines, result_for, result_in, spawn_crawl, test_config, wait_within, write_input,
+};
 
 #[tokio::test]
 async fn a_disallowed_url_is_never_fetched_and_says_why() {
-    let server =
-        TestServer::with_robots("127.0.0.20", RobotsTxt::Text("User-agent: *\nDisallow: /status/\n"));
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let allowed = server.url("/ok/public");
-    let blocked = server.url("/status/200/private");
-    let summary = crawl_lines(&config, &[allowed.clone(), blocked.clone()]).await;
+    for engine in engines("a_disallowed_url_is_never_fetched_and_says_why").await {
+        let server =
+            TestServer::with_robots("127.0.0.20", RobotsTxt::Text("User-agent: *\nDisallow: /status/\n"));
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine.config(dir.path());
+        let allowed = server.url("/ok/public");
+        let blocked = server.url("/status/200/private");
+        let summary = crawl_lines(&config, &[allowed.clone(), blocked.clone()]).await;
 
-    assert_eq!(server.robots_hits().len(), 1, "robots.txt is fetched once per origin");
-    assert!(server.hits_of("/status/200/private").is_empty(), "a disallowed URL was requested");
-    let row = result_for(&config.store.path, &blocked).await;
-    assert_eq!(
-        (row.state.as_str(), row.error_kind.as_deref(), row.http_status),
-        ("failed", Some("robots_disallowed"), None)
-    );
-    assert!(row.error_message.unwrap().ends_with("/robots.txt"));
-    assert_eq!(result_for(&config.store.path, &allowed).await.state, "done");
-    assert_eq!((summary.done, summary.failed), (1, 1));
+        assert_eq!(server.robots_hits().len(), 1, "robots.txt is fetched once per origin");
+        assert!(server.hits_of("/status/200/private").is_empty(), "a disallowed URL was requested");
+        let row = result_in(&config, &blocked).await;
+        assert_eq!(
+            (row.state.as_str(), row.error_kind.as_deref(), row.http_status),
+            ("failed", Some("robots_disallowed"), None)
+        );
+        assert!(row.error_message.unwrap().ends_with("/robots.txt"));
+        assert_eq!(result_in(&config, &allowed).await.state, "done");
+        assert_eq!((summary.done, summary.failed), (1, 1));
+    }
 }
 
 #[tokio::test]
@@ -48,19 +52,18 @@ async fn a_robots_txt_over_512_kib_is_obeyed_as_far_as_it_is_read() {
 
 #[tokio::test]
 async fn the_group_for_our_token_wins_over_the_star_group() {
-    let robots = "User-agent: trawler\nDisallow: /ok/secret\n\nUser-agent: *\nDisallow: /\n";
-    let server = TestServer::with_robots("127.0.0.21", RobotsTxt::Text(robots));
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let open = server.url("/ok/open");
-    let secret = server.url("/ok/secret");
-    crawl_lines(&config, &[open.clone(), secret.clone()]).await;
+    for engine in engines("the_group_for_our_token_wins_over_the_star_group").await {
+        let robots = "User-agent: trawler\nDisallow: /ok/secret\n\nUser-agent: *\nDisallow: /\n";
+        let server = TestServer::with_robots("127.0.0.21", RobotsTxt::Text(robots));
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine.config(dir.path());
+        let open = server.url("/ok/open");
+        let secret = server.url("/ok/secret");
+        crawl_lines(&config, &[open.clone(), secret.clone()]).await;
 
-    assert_eq!(result_for(&config.store.path, &open).await.state, "done");
-    assert_eq!(
-        result_for(&config.store.path, &secret).await.error_kind.as_deref(),
-        Some("robots_disallowed")
-    );
+        assert_eq!(result_in(&config, &open).await.state, "done");
+        assert_eq!(result_in(&config, &secret).await.error_kind.as_deref(), Some("robots_disallowed"));
+    }
 }
 
 #[tokio::test]
@@ -88,62 +91,73 @@ async fn crawl_delay_raises_the_host_delay_up_to_the_cap() {
 
 #[tokio::test]
 async fn an_unreachable_robots_txt_postpones_the_host_until_it_answers() {
-    let server = TestServer::with_robots(
-        "127.0.0.24",
-        RobotsTxt::FailsThen(503, "User-agent: *\nDisallow: /private\n"),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.robots.unreachable_retry = Duration::from_millis(300);
-    let url = server.url("/ok/page");
-    crawl_lines(&config, std::slice::from_ref(&url)).await;
+    for engine in engines("an_unreachable_robots_txt_postpones_the_host_until_it_answers").await {
+        let server = TestServer::with_robots(
+            "127.0.0.24",
+            RobotsTxt::FailsThen(503, "User-agent: *\nDisallow: /private\n"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.robots.unreachable_retry = Duration::from_millis(300);
+        let url = server.url("/ok/page");
+        crawl_lines(&config, std::slice::from_ref(&url)).await;
 
-    let robots = server.robots_hits();
-    assert_eq!(robots.len(), 2, "fetched again after the 503");
-    assert!(robots[1].at - robots[0].at >= Duration::from_millis(290), "{:?}", robots[1].at - robots[0].at);
-    let page = server.hits_of("/ok/page");
-    assert_eq!(page.len(), 1);
-    assert!(page[0] > robots[1].at, "the page was fetched while robots.txt was unreachable");
+        let robots = server.robots_hits();
+        assert_eq!(robots.len(), 2, "fetched again after the 503");
+        assert!(
+            robots[1].at - robots[0].at >= Duration::from_millis(290),
+            "{:?}",
+            robots[1].at - robots[0].at
+        );
+        let page = server.hits_of("/ok/page");
+        assert_eq!(page.len(), 1);
+        assert!(page[0] > robots[1].at, "the page was fetched while robots.txt was unreachable");
 
-    let row = result_for(&config.store.path, &url).await;
-    assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(200), 2));
-    let postponed = scalar(
-        &config.store.path,
-        "SELECT count(*) FROM attempts WHERE attempt = 1 AND outcome = 'retry' AND error_kind = 'robots_unreachable'",
-    )
-    .await;
-    assert_eq!(postponed, 1);
+        let row = result_in(&config, &url).await;
+        assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(200), 2));
+        let postponed = count_in(
+            &config,
+            "SELECT count(*) FROM attempts WHERE attempt = 1 AND outcome = 'retry' AND error_kind = 'robots_unreachable'",
+        )
+        .await;
+        assert_eq!(postponed, 1);
+    }
 }
 
 #[tokio::test]
 async fn robots_txt_redirects_are_followed() {
-    let server = TestServer::with_robots("127.0.0.25", RobotsTxt::Redirected("User-agent: *\nDisallow: /\n"));
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let url = server.url("/ok/page");
-    crawl_lines(&config, std::slice::from_ref(&url)).await;
+    for engine in engines("robots_txt_redirects_are_followed").await {
+        let server =
+            TestServer::with_robots("127.0.0.25", RobotsTxt::Redirected("User-agent: *\nDisallow: /\n"));
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine.config(dir.path());
+        let url = server.url("/ok/page");
+        crawl_lines(&config, std::slice::from_ref(&url)).await;
 
-    assert_eq!(server.robots_hits().len(), 2);
-    assert!(server.hits().is_empty());
-    assert_eq!(result_for(&config.store.path, &url).await.error_kind.as_deref(), Some("robots_disallowed"));
+        assert_eq!(server.robots_hits().len(), 2);
+        assert!(server.hits().is_empty());
+        assert_eq!(result_in(&config, &url).await.error_kind.as_deref(), Some("robots_disallowed"));
+    }
 }
 
 #[tokio::test]
 async fn a_missing_robots_txt_allows_everything_and_ignoring_skips_it() {
-    let missing = TestServer::start_on("127.0.0.26");
-    let strict = TestServer::with_robots("127.0.0.27", RobotsTxt::Text("User-agent: *\nDisallow: /\n"));
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    let a = missing.url("/ok/a");
-    crawl_lines(&config, std::slice::from_ref(&a)).await;
-    assert_eq!(missing.robots_hits().len(), 1);
-    assert_eq!(result_for(&config.store.path, &a).await.state, "done");
+    for engine in engines("a_missing_robots_txt_allows_everything_and_ignoring_skips_it").await {
+        let missing = TestServer::start_on("127.0.0.26");
+        let strict = TestServer::with_robots("127.0.0.27", RobotsTxt::Text("User-agent: *\nDisallow: /\n"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        let a = missing.url("/ok/a");
+        crawl_lines(&config, std::slice::from_ref(&a)).await;
+        assert_eq!(missing.robots_hits().len(), 1);
+        assert_eq!(result_in(&config, &a).await.state, "done");
 
-    config.robots.obey = false;
-    let b = strict.url("/ok/b");
-    crawl_lines(&config, std::slice::from_ref(&b)).await;
-    assert!(strict.robots_hits().is_empty(), "robots.txt fetched though ignored");
-    assert_eq!(result_for(&config.store.path, &b).await.state, "done");
+        config.robots.obey = false;
+        let b = strict.url("/ok/b");
+        crawl_lines(&config, std::slice::from_ref(&b)).await;
+        assert!(strict.robots_hits().is_empty(), "robots.txt fetched though ignored");
+        assert_eq!(result_in(&config, &b).await.state, "done");
+    }
 }
 
 /// When robots.txt gets no response at all, the URL's error says so plainly.

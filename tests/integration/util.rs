@@ -29,6 +29,19 @@ impl Engine {
         config.store.url = self.database.as_ref().map(|d| d.url.clone());
         config
     }
+
+    /// [`crawl_with_config`] on this engine; returns a config that reads
+    /// its database ([`result_in`], [`count_in`]).
+    pub fn crawl_with_config(&self, dir: &Path, lines: &[String], toml: &str) -> Config {
+        let file = dir.join("trawler.toml");
+        std::fs::write(&file, toml).unwrap();
+        let env: Vec<(&str, &str)> =
+            self.database.iter().map(|d| ("TRAWLER_STORE__URL", d.url.as_str())).collect();
+        let (db, _) = crawl_to_end(dir, lines, &["--config", file.to_str().unwrap()], &env);
+        let mut config = self.config(dir);
+        config.store.path = db;
+        config
+    }
 }
 
 /// A test that fails on one engine says which.
@@ -71,6 +84,19 @@ pub async fn count_in(config: &Config, sql: &str) -> i64 {
             sqlx::query_scalar(sql).fetch_one(&mut db).await.unwrap()
         }
         None => scalar(&config.store.path, sql).await,
+    }
+}
+
+/// The first column of every row of a query, as text, in `config`'s
+/// database, on either engine.
+pub async fn strings_in(config: &Config, sql: &str) -> Vec<String> {
+    match &config.store.url {
+        Some(url) => {
+            use sqlx::Connection;
+            let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_all(&mut db).await.unwrap()
+        }
+        None => strings(&config.store.path, sql).await,
     }
 }
 
