@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use trawler::config::{Config, HostOverride};
 
 use crate::server::TestServer;
-use crate::util::{crawl_lines, crawl_to_end, reader, result_for, scalar, test_config};
+use crate::util::{count_in, crawl_lines, crawl_to_end, engines, result_for, result_in, scalar, test_config};
 
 fn polite(config: &mut Config, concurrency: u32, delay_ms: u64) {
     config.politeness.per_host_concurrency = NonZeroU32::new(concurrency).unwrap();
@@ -28,84 +28,90 @@ const JITTER: Duration = Duration::from_millis(10);
 
 #[tokio::test]
 async fn the_per_host_gap_and_concurrency_are_never_exceeded() {
-    let a = TestServer::start_on("127.0.0.2");
-    let b = TestServer::start_on("127.0.0.3");
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    polite(&mut config, 2, 50);
-    config.hosts.insert(
-        "127.0.0.3".into(),
-        HostOverride {
-            delay: Some(Duration::from_millis(120)),
-            concurrency: NonZeroU32::new(1),
-            recrawl_after: None,
-        },
-    );
-    // Responses (150 ms) outlast the delay (50 ms), so requests to a overlap
-    // up to its concurrency.
-    let mut urls: Vec<String> = (0..8).map(|i| a.url(&format!("/slow/150/{i}"))).collect();
-    urls.extend((0..5).map(|i| b.url(&format!("/slow/150/{i}"))));
-    let summary = crawl_lines(&config, &urls).await;
-    assert_eq!(summary.done, 13);
+    for engine in engines("the_per_host_gap_and_concurrency_are_never_exceeded").await {
+        let a = TestServer::start_on("127.0.0.2");
+        let b = TestServer::start_on("127.0.0.3");
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        polite(&mut config, 2, 50);
+        config.hosts.insert(
+            "127.0.0.3".into(),
+            HostOverride {
+                delay: Some(Duration::from_millis(120)),
+                concurrency: NonZeroU32::new(1),
+                recrawl_after: None,
+            },
+        );
+        // Responses (150 ms) outlast the delay (50 ms), so requests to a overlap
+        // up to its concurrency.
+        let mut urls: Vec<String> = (0..8).map(|i| a.url(&format!("/slow/150/{i}"))).collect();
+        urls.extend((0..5).map(|i| b.url(&format!("/slow/150/{i}"))));
+        let summary = crawl_lines(&config, &urls).await;
+        assert_eq!(summary.done, 13);
 
-    assert_eq!(a.max_concurrent(), 2, "127.0.0.2 allows 2 at once, and the crawl used them");
-    assert!(min_gap(&hit_times(&a)) + JITTER >= Duration::from_millis(50), "{:?}", min_gap(&hit_times(&a)));
-    assert_eq!(b.max_concurrent(), 1, "127.0.0.3's override allows 1");
-    assert!(min_gap(&hit_times(&b)) + JITTER >= Duration::from_millis(150), "one at a time, each 150 ms");
+        assert_eq!(a.max_concurrent(), 2, "127.0.0.2 allows 2 at once, and the crawl used them");
+        assert!(
+            min_gap(&hit_times(&a)) + JITTER >= Duration::from_millis(50),
+            "{:?}",
+            min_gap(&hit_times(&a))
+        );
+        assert_eq!(b.max_concurrent(), 1, "127.0.0.3's override allows 1");
+        assert!(min_gap(&hit_times(&b)) + JITTER >= Duration::from_millis(150), "one at a time, each 150 ms");
 
-    // The database says the same, from the crawler's own start times.
-    let pool = reader(&config.store.path).await;
-    let rows: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT host, requests, min_gap_ms FROM host_politeness ORDER BY host")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    assert_eq!(rows, vec![("127.0.0.2".into(), 8, rows[0].2), ("127.0.0.3".into(), 5, rows[1].2)]);
-    assert!(rows[0].2 >= 50, "min gap {} ms on 127.0.0.2", rows[0].2);
-    assert!(rows[1].2 >= 120, "min gap {} ms on 127.0.0.3", rows[1].2);
+        // The database says the same, from the crawler's own start times.
+        let view =
+            |host: &str, column: &str| format!("SELECT {column} FROM host_politeness WHERE host = '{host}'");
+        assert_eq!(count_in(&config, &view("127.0.0.2", "requests")).await, 8);
+        assert_eq!(count_in(&config, &view("127.0.0.3", "requests")).await, 5);
+        let gap = count_in(&config, &view("127.0.0.2", "min_gap_ms")).await;
+        assert!(gap >= 50, "min gap {gap} ms on 127.0.0.2");
+        let gap = count_in(&config, &view("127.0.0.3", "min_gap_ms")).await;
+        assert!(gap >= 120, "min gap {gap} ms on 127.0.0.3");
+    }
 }
 
 #[tokio::test]
 async fn a_throttling_host_backs_off_without_slowing_the_others() {
-    let throttled = TestServer::start_on("127.0.0.4");
-    let healthy = TestServer::start_on("127.0.0.5");
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.crawl.concurrency = NonZeroU32::new(4).unwrap();
-    polite(&mut config, 4, 0);
-    config.retry.max_attempts = NonZeroU32::new(1).unwrap();
-    config
-        .hosts
-        .insert("127.0.0.4".into(), HostOverride { concurrency: NonZeroU32::new(1), ..Default::default() });
-    // The first URL of 127.0.0.4 answers 503 with Retry-After: 1; the second
-    // is fine, but must wait for the host's backoff.
-    let first = throttled.url("/throttle/1/a");
-    let second = throttled.url("/ok/b");
-    let mut urls = vec![first.clone(), second.clone()];
-    urls.extend((0..30).map(|i| healthy.url(&format!("/ok/{i}"))));
-    crawl_lines(&config, &urls).await;
+    for engine in engines("a_throttling_host_backs_off_without_slowing_the_others").await {
+        let throttled = TestServer::start_on("127.0.0.4");
+        let healthy = TestServer::start_on("127.0.0.5");
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.crawl.concurrency = NonZeroU32::new(4).unwrap();
+        polite(&mut config, 4, 0);
+        config.retry.max_attempts = NonZeroU32::new(1).unwrap();
+        config.hosts.insert(
+            "127.0.0.4".into(),
+            HostOverride { concurrency: NonZeroU32::new(1), ..Default::default() },
+        );
+        // The first URL of 127.0.0.4 answers 503 with Retry-After: 1; the second
+        // is fine, but must wait for the host's backoff.
+        let first = throttled.url("/throttle/1/a");
+        let second = throttled.url("/ok/b");
+        let mut urls = vec![first.clone(), second.clone()];
+        urls.extend((0..30).map(|i| healthy.url(&format!("/ok/{i}"))));
+        crawl_lines(&config, &urls).await;
 
-    let t_first = throttled.hits_of("/throttle/1/a")[0];
-    let t_second = throttled.hits_of("/ok/b")[0];
-    assert!(
-        t_second - t_first >= Duration::from_millis(950),
-        "host backoff ignored: {:?}",
-        t_second - t_first
-    );
-    let healthy_done = hit_times(&healthy).into_iter().max().unwrap();
-    assert!(healthy_done < t_second, "the healthy host waited for the throttled one");
-    assert!(healthy_done - t_first < Duration::from_millis(800));
+        let t_first = throttled.hits_of("/throttle/1/a")[0];
+        let t_second = throttled.hits_of("/ok/b")[0];
+        assert!(
+            t_second - t_first >= Duration::from_millis(950),
+            "host backoff ignored: {:?}",
+            t_second - t_first
+        );
+        let healthy_done = hit_times(&healthy).into_iter().max().unwrap();
+        assert!(healthy_done < t_second, "the healthy host waited for the throttled one");
+        assert!(healthy_done - t_first < Duration::from_millis(800));
 
-    let row = result_for(&config.store.path, &first).await;
-    assert_eq!((row.state.as_str(), row.http_status), ("failed", Some(503)));
-    assert_eq!(result_for(&config.store.path, &second).await.state, "done");
-    let throttles =
-        scalar(&config.store.path, "SELECT responses_503 FROM host_politeness WHERE host = '127.0.0.4'")
-            .await;
-    assert_eq!(throttles, 1);
-    let backoff =
-        scalar(&config.store.path, "SELECT backoff_until_ms FROM hosts WHERE host = '127.0.0.4'").await;
-    assert!(backoff > 0, "the host backoff is persisted");
+        let row = result_in(&config, &first).await;
+        assert_eq!((row.state.as_str(), row.http_status), ("failed", Some(503)));
+        assert_eq!(result_in(&config, &second).await.state, "done");
+        let throttles =
+            count_in(&config, "SELECT responses_503 FROM host_politeness WHERE host = '127.0.0.4'").await;
+        assert_eq!(throttles, 1);
+        let backoff = count_in(&config, "SELECT backoff_until_ms FROM hosts WHERE host = '127.0.0.4'").await;
+        assert!(backoff > 0, "the host backoff is persisted");
+    }
 }
 
 #[tokio::test]
