@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    Daemon, crawl_lines, crawl_to_end, output_of, reader, scalar, spawn_crawl_with_env, spawn_trawler,
-    strings, test_config, wait_within, write_input,
+    Daemon, count_in, crawl_lines, crawl_to_end, engines, output_of, reader, scalar, spawn_crawl_with_env,
+    spawn_trawler, strings_in, test_config, wait_within, write_input,
 };
 
 #[tokio::test]
@@ -106,12 +106,14 @@ async fn following_links_crawls_the_site_within_scope_and_depth() {
 
 #[tokio::test]
 async fn without_follow_links_are_not_extracted() {
-    let server = TestServer::start_on("127.0.0.41");
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    crawl_lines(&config, &[server.url("/site/index.html")]).await;
-    assert_eq!(scalar(&config.store.path, "SELECT count(*) FROM urls").await, 1);
-    assert_eq!(scalar(&config.store.path, "SELECT count(*) FROM links").await, 0);
+    for engine in engines("without_follow_links_are_not_extracted").await {
+        let server = TestServer::start_on("127.0.0.41");
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine.config(dir.path());
+        crawl_lines(&config, &[server.url("/site/index.html")]).await;
+        assert_eq!(count_in(&config, "SELECT count(*) FROM urls").await, 1);
+        assert_eq!(count_in(&config, "SELECT count(*) FROM links").await, 0);
+    }
 }
 
 #[tokio::test]
@@ -189,24 +191,26 @@ async fn when_following_robots_txt_sitemap_lines_are_read() {
 /// decoded (legacy ones kept where HTML keeps them), `<noscript>` parsed.
 #[tokio::test]
 async fn links_written_by_a_cms_are_decoded_and_noscript_links_followed() {
-    let server = TestServer::start_on("127.0.0.41");
-    let dir = tempfile::tempdir().unwrap();
-    let (db, _) = crawl_to_end(dir.path(), &[server.url("/cms/index.html")], &["--follow"], &[]);
-    let mut fetched: Vec<String> = server.hits().into_iter().map(|h| h.path_and_query).collect();
-    fetched.sort();
-    assert_eq!(
-        fetched,
-        [
-            "/cms/dir/f.html?id=3",
-            "/cms/dir/h.html",
-            "/cms/dir/ns.html",
-            "/cms/dir/p.html?a=1&copy=2",
-            "/cms/dir/q.html?a=1&b=2",
-            "/cms/index.html",
-        ]
-    );
-    let not_ok = scalar(&db, "SELECT count(*) FROM results WHERE http_status <> 200").await;
-    assert_eq!(not_ok, 0, "every decoded link resolves to a page");
+    for engine in engines("links_written_by_a_cms_are_decoded_and_noscript_links_followed").await {
+        let server = TestServer::start_on("127.0.0.41");
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = engine.crawl_to_end(dir.path(), &[server.url("/cms/index.html")], &["--follow"]);
+        let mut fetched: Vec<String> = server.hits().into_iter().map(|h| h.path_and_query).collect();
+        fetched.sort();
+        assert_eq!(
+            fetched,
+            [
+                "/cms/dir/f.html?id=3",
+                "/cms/dir/h.html",
+                "/cms/dir/ns.html",
+                "/cms/dir/p.html?a=1&copy=2",
+                "/cms/dir/q.html?a=1&b=2",
+                "/cms/index.html",
+            ]
+        );
+        let not_ok = count_in(&db, "SELECT count(*) FROM results WHERE http_status <> 200").await;
+        assert_eq!(not_ok, 0, "every decoded link resolves to a page");
+    }
 }
 
 /// With `--follow` and the default scope (the seed's host), nothing takes
@@ -215,40 +219,42 @@ async fn links_written_by_a_cms_are_decoded_and_noscript_links_followed() {
 /// in an in-scope sitemap, nor a discovered link redirecting there.
 #[tokio::test]
 async fn a_crawl_scoped_to_one_host_makes_no_request_to_another() {
-    use crate::server::RobotsTxt;
-    let other = TestServer::start_on("127.0.0.46");
-    let robots = format!(
-        "User-agent: *\nAllow: /\nSitemap: {}\nSitemap: http://{{host}}/goto?to={}\nSitemap: http://{{host}}/sitemap-1.xml\n",
-        other.url("/sitemap.xml"),
-        other.url("/sitemap-1.xml"),
-    );
-    let site = TestServer::with_robots("127.0.0.45", RobotsTxt::Text(Box::leak(robots.into_boxed_str())));
-    let away = format!("/goto?to={}", other.url("/ok/away"));
-    let seed = site.url(&format!(
-        "/linkto?url={}",
-        url::form_urlencoded::byte_serialize(away.as_bytes()).collect::<String>()
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let (db, log) = crawl_to_end(dir.path(), &[seed], &["--follow"], &[]);
+    for engine in engines("a_crawl_scoped_to_one_host_makes_no_request_to_another").await {
+        use crate::server::RobotsTxt;
+        let other = TestServer::start_on("127.0.0.46");
+        let robots = format!(
+            "User-agent: *\nAllow: /\nSitemap: {}\nSitemap: http://{{host}}/goto?to={}\nSitemap: http://{{host}}/sitemap-1.xml\n",
+            other.url("/sitemap.xml"),
+            other.url("/sitemap-1.xml"),
+        );
+        let site = TestServer::with_robots("127.0.0.45", RobotsTxt::Text(Box::leak(robots.into_boxed_str())));
+        let away = format!("/goto?to={}", other.url("/ok/away"));
+        let seed = site.url(&format!(
+            "/linkto?url={}",
+            url::form_urlencoded::byte_serialize(away.as_bytes()).collect::<String>()
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let (db, log) = engine.crawl_to_end(dir.path(), &[seed], &["--follow"]);
 
-    assert_eq!(
-        other.hits().len() + other.robots_hits().len(),
-        0,
-        "requests to another host: {:?}\n{log}",
-        other.hits()
-    );
-    // The in-scope sitemap's own-host URLs are crawled, as seeds.
-    let seeds =
-        strings(&db, "SELECT url FROM urls WHERE url LIKE '%/ok/s%' AND depth = 0 ORDER BY url").await;
-    assert_eq!(seeds, [site.url("/ok/s1"), site.url("/ok/s2")]);
-    // The discovered redirect away ended as out_of_scope, not requested.
-    let away_attempt = format!(
-        "SELECT error_kind || ': ' || error_message FROM attempts WHERE final_url = '{}'",
-        other.url("/ok/away")
-    );
-    let outcome = strings(&db, &away_attempt).await;
-    assert!(matches!(&outcome[..], [one] if one.starts_with("out_of_scope: ")), "{outcome:?}");
-    assert!(log.contains("sitemap out of the crawl's scope"), "{log}");
+        assert_eq!(
+            other.hits().len() + other.robots_hits().len(),
+            0,
+            "requests to another host: {:?}\n{log}",
+            other.hits()
+        );
+        // The in-scope sitemap's own-host URLs are crawled, as seeds.
+        let seeds =
+            strings_in(&db, "SELECT url FROM urls WHERE url LIKE '%/ok/s%' AND depth = 0 ORDER BY url").await;
+        assert_eq!(seeds, [site.url("/ok/s1"), site.url("/ok/s2")]);
+        // The discovered redirect away ended as out_of_scope, not requested.
+        let away_attempt = format!(
+            "SELECT error_kind || ': ' || error_message FROM attempts WHERE final_url = '{}'",
+            other.url("/ok/away")
+        );
+        let outcome = strings_in(&db, &away_attempt).await;
+        assert!(matches!(&outcome[..], [one] if one.starts_with("out_of_scope: ")), "{outcome:?}");
+        assert!(log.contains("sitemap out of the crawl's scope"), "{log}");
+    }
 }
 
 /// Links lost to the per-page cap (or any rule) are visible: a warning that

@@ -35,12 +35,18 @@ impl Engine {
     pub fn crawl_with_config(&self, dir: &Path, lines: &[String], toml: &str) -> Config {
         let file = dir.join("trawler.toml");
         std::fs::write(&file, toml).unwrap();
+        self.crawl_to_end(dir, lines, &["--config", file.to_str().unwrap()]).0
+    }
+
+    /// [`crawl_to_end`] on this engine; returns a config that reads its
+    /// database ([`result_in`], [`count_in`], [`strings_in`]) and the log.
+    pub fn crawl_to_end(&self, dir: &Path, lines: &[String], extra: &[&str]) -> (Config, String) {
         let env: Vec<(&str, &str)> =
             self.database.iter().map(|d| ("TRAWLER_STORE__URL", d.url.as_str())).collect();
-        let (db, _) = crawl_to_end(dir, lines, &["--config", file.to_str().unwrap()], &env);
+        let (db, log) = crawl_to_end(dir, lines, extra, &env);
         let mut config = self.config(dir);
         config.store.path = db;
-        config
+        (config, log)
     }
 }
 
