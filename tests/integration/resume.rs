@@ -8,7 +8,7 @@ use trawler::Shutdown;
 use trawler::seeds::SeedSource;
 
 use crate::server::TestServer;
-use crate::util::{crawl_lines, result_for, results, scalar, test_config, write_input};
+use crate::util::{count_in, crawl_lines, engines, result_for, test_config, write_input};
 
 #[tokio::test]
 async fn malformed_lines_are_reported_and_the_rest_is_crawled() {
@@ -50,77 +50,84 @@ async fn malformed_lines_are_reported_and_the_rest_is_crawled() {
 
 #[tokio::test]
 async fn the_same_url_given_twice_is_fetched_once() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let url = server.url("/ok/dup");
-    let shouty = url.replace("http://", "HTTP://");
-    let lines = vec![url.clone(), url.clone(), format!("{url}#section"), shouty];
-    crawl_lines(&config, &lines).await;
+    for engine in engines("the_same_url_given_twice_is_fetched_once").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine.config(dir.path());
+        let url = server.url("/ok/dup");
+        let shouty = url.replace("http://", "HTTP://");
+        let lines = vec![url.clone(), url.clone(), format!("{url}#section"), shouty];
+        crawl_lines(&config, &lines).await;
 
-    assert_eq!(server.hits_of("/ok/dup").len(), 1);
-    assert_eq!(scalar(&config.store.path, "SELECT count(*) FROM urls").await, 1);
-    assert_eq!(results(&config.store.path).await.len(), 1);
+        assert_eq!(server.hits_of("/ok/dup").len(), 1);
+        assert_eq!(count_in(&config, "SELECT count(*) FROM urls").await, 1);
+        assert_eq!(count_in(&config, "SELECT count(*) FROM results").await, 1);
+    }
 }
 
 #[tokio::test]
 async fn a_stopped_crawl_resumes_without_fetching_finished_urls_again() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.crawl.concurrency = NonZeroU32::new(4).unwrap();
-    let lines: Vec<String> = (0..120).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
-    let input = write_input(dir.path(), &lines);
+    for engine in engines("a_stopped_crawl_resumes_without_fetching_finished_urls_again").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.crawl.concurrency = NonZeroU32::new(4).unwrap();
+        let lines: Vec<String> = (0..120).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
+        let input = write_input(dir.path(), &lines);
 
-    // First run: stop it once some URLs are done.
-    let shutdown = Shutdown::new();
-    let run = {
-        let (config, input, shutdown) = (config.clone(), input.clone(), shutdown.clone());
-        tokio::spawn(async move { trawler::crawl(&config, Some(SeedSource::File(input)), &shutdown).await })
-    };
-    while server.hits().len() < 20 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // First run: stop it once some URLs are done.
+        let shutdown = Shutdown::new();
+        let run = {
+            let (config, input, shutdown) = (config.clone(), input.clone(), shutdown.clone());
+            tokio::spawn(
+                async move { trawler::crawl(&config, Some(SeedSource::File(input)), &shutdown).await },
+            )
+        };
+        while server.hits().len() < 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        shutdown.stop();
+        let first = run.await.unwrap().unwrap();
+        assert!(first.stopped);
+        assert!(first.done >= 20 && first.done < 120, "{first:?}");
+        assert_eq!(count_in(&config, "SELECT count(*) FROM urls WHERE state = 'in_flight'").await, 0);
+        // Everything the server answered was committed: nothing lost.
+        assert_eq!(
+            count_in(&config, "SELECT count(*) FROM urls WHERE state = 'done'").await,
+            server.hits().len() as i64
+        );
+
+        // Second run, same command: the rest, and only the rest.
+        let second = crawl_lines(&config, &lines).await;
+        assert!(!second.stopped);
+        assert_eq!(first.done + second.done, 120);
+        assert_eq!(count_in(&config, "SELECT count(*) FROM urls WHERE state = 'done'").await, 120);
+        let mut per_path: HashMap<String, usize> = HashMap::new();
+        for hit in server.hits() {
+            *per_path.entry(hit.path).or_default() += 1;
+        }
+        assert_eq!(per_path.len(), 120);
+        assert!(per_path.values().all(|&n| n == 1), "a URL was fetched twice");
+
+        // Third run with one new URL: only that one is fetched.
+        let mut more = lines.clone();
+        more.push(server.url("/ok/new"));
+        let third = crawl_lines(&config, &more).await;
+        assert_eq!((third.done, third.attempts), (1, 1));
+        assert_eq!(server.hits().len(), 121);
     }
-    shutdown.stop();
-    let first = run.await.unwrap().unwrap();
-    assert!(first.stopped);
-    assert!(first.done >= 20 && first.done < 120, "{first:?}");
-    let db = &config.store.path;
-    assert_eq!(scalar(db, "SELECT count(*) FROM urls WHERE state = 'in_flight'").await, 0);
-    // Everything the server answered was committed: nothing lost.
-    assert_eq!(
-        scalar(db, "SELECT count(*) FROM urls WHERE state = 'done'").await,
-        server.hits().len() as i64
-    );
-
-    // Second run, same command: the rest, and only the rest.
-    let second = crawl_lines(&config, &lines).await;
-    assert!(!second.stopped);
-    assert_eq!(first.done + second.done, 120);
-    assert_eq!(scalar(db, "SELECT count(*) FROM urls WHERE state = 'done'").await, 120);
-    let mut per_path: HashMap<String, usize> = HashMap::new();
-    for hit in server.hits() {
-        *per_path.entry(hit.path).or_default() += 1;
-    }
-    assert_eq!(per_path.len(), 120);
-    assert!(per_path.values().all(|&n| n == 1), "a URL was fetched twice");
-
-    // Third run with one new URL: only that one is fetched.
-    let mut more = lines.clone();
-    more.push(server.url("/ok/new"));
-    let third = crawl_lines(&config, &more).await;
-    assert_eq!((third.done, third.attempts), (1, 1));
-    assert_eq!(server.hits().len(), 121);
 }
 
 #[tokio::test]
 async fn a_crawl_without_input_on_a_finished_database_does_nothing() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let lines: Vec<String> = (0..5).map(|i| server.url(&format!("/ok/{i}"))).collect();
-    crawl_lines(&config, &lines).await;
-    // Without input, a finished database is already complete: nothing to do.
-    let summary = trawler::crawl(&config, None, &Shutdown::new()).await.unwrap();
-    assert_eq!((summary.done, summary.attempts, summary.counts.done), (0, 0, 5));
+    for engine in engines("a_crawl_without_input_on_a_finished_database_does_nothing").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine.config(dir.path());
+        let lines: Vec<String> = (0..5).map(|i| server.url(&format!("/ok/{i}"))).collect();
+        crawl_lines(&config, &lines).await;
+        // Without input, a finished database is already complete: nothing to do.
+        let summary = trawler::crawl(&config, None, &Shutdown::new()).await.unwrap();
+        assert_eq!((summary.done, summary.attempts, summary.counts.done), (0, 0, 5));
+    }
 }
