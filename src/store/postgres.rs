@@ -423,10 +423,14 @@ impl PgStore {
     /// Takes the lease if no other daemon holds it (or it lapsed), keeps it
     /// if this daemon does. The lease is given up by the next round of
     /// [`keep_leases`](Self::keep_leases) once nothing of the host is in
-    /// flight here.
+    /// flight here. A host this daemon holds with its deadline ahead needs
+    /// no round trip: a renewal keeps that lease like any other.
     ///
     /// Errors: the database cannot be written.
     pub async fn lease_hop(&self, host: &str) -> Result<HopLease, StoreError> {
+        if self.leases.may_start_any(host) {
+            return Ok(HopLease::Held { last_start: None });
+        }
         let claiming = self.claiming.lock().await;
         let sent = tokio::time::Instant::now();
         let leased: Option<Leased> = self

@@ -804,6 +804,16 @@ async fn leases_are_renewed_released_when_idle_recovered_when_lapsed_and_handed_
     // for a host with no URL), refused while another daemon holds it.
     assert_eq!(first.lease_hop("d.test").await.unwrap(), HopLease::Held { last_start: None });
     assert!(leases.may_start_any("d.test"));
+    // Held: the next hop there asks nothing of the database (its lease row
+    // locked elsewhere would otherwise make it wait).
+    let mut locker = PgConnection::connect(&pg.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT 1 FROM hosts WHERE host = 'd.test' FOR UPDATE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(2), first.lease_hop("d.test")).await;
+    assert_eq!(again.expect("no wait on the row").unwrap(), HopLease::Held { last_start: None });
+    sqlx::raw_sql("ROLLBACK").execute(&mut locker).await.unwrap();
     assert_eq!(second.lease_hop("d.test").await.unwrap(), HopLease::HeldByAnother);
     assert_eq!(second.lease_hop("a.test").await.unwrap(), HopLease::Held { last_start: None }, "its own");
     // Nothing of d.test in flight: the next round gives it up.
