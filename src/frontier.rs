@@ -175,9 +175,8 @@ impl Producer {
         }
         let Claim { jobs, handed_over } = self.store.claim(now_ms(), &picks).await?;
         // Hosts another daemon had: their delay counts from its last start.
-        let now = Instant::now();
         for (host, ago) in handed_over {
-            self.politeness.handed_over(&host, now.checked_sub(ago).unwrap_or(now));
+            self.politeness.handed_over(&host, ago);
         }
         let sent = !jobs.is_empty();
         self.stats.outstanding.fetch_add(jobs.len() as u64, Ordering::SeqCst);

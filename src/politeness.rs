@@ -373,10 +373,12 @@ impl Politeness {
     }
 
     /// Records that `host`'s last request, made by another daemon before
-    /// this one took the host over, may have started as late as `last_start`:
-    /// its next request here waits the delay from then (issue: the delay
-    /// holds across daemons and across a hand-over).
-    pub fn handed_over(&self, host: &str, last_start: Instant) {
+    /// this one took the host over, may have started as recently as `ago`
+    /// before now: its next request here waits the delay from then (the
+    /// delay holds across daemons and across a hand-over).
+    pub fn handed_over(&self, host: &str, ago: Duration) {
+        let now = Instant::now();
+        let last_start = now.checked_sub(ago).unwrap_or(now);
         let mut inner = self.lock();
         let limits = inner.rules.limits(host);
         let state = inner.hosts.entry(host.to_owned()).or_default();
@@ -637,7 +639,7 @@ mod tests {
         let p = politeness(2, 250);
         let t0 = Instant::now();
         // The last owner started a request 100 ms ago.
-        p.handed_over("a", t0 - Duration::from_millis(100));
+        p.handed_over("a", Duration::from_millis(100));
         assert_eq!(p.next_turn("a", t0), Some(t0 + Duration::from_millis(150)));
         assert_eq!(p.slots("a", t0), 0, "within the delay of the last owner's request");
         assert_eq!(p.wait_turn("a").await, t0 + Duration::from_millis(150));
@@ -648,7 +650,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(200)).await;
         assert_eq!(p.last_starts(Instant::now()), [], "a whole delay ago: nothing to wait out");
         // An older report of the last owner moves nothing back.
-        p.handed_over("a", t0);
+        p.handed_over("a", Instant::now() - t0);
         assert_eq!(p.next_turn("a", t0), Some(t0 + Duration::from_millis(400)));
     }
 

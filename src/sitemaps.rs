@@ -43,8 +43,8 @@ use crate::politeness::{HostSignal, Politeness};
 use crate::redact::ForLog;
 use crate::robots::Robots;
 use crate::stats::CrawlStats;
-use crate::store::{Backend, DropReason, HopLease, HostLeases, NewUrl, Store, StoreError};
-use crate::worker::host_signal;
+use crate::store::{Backend, DropReason, HostLeases, NewUrl, Store, StoreError};
+use crate::worker::{host_signal, lease_for_request};
 
 /// URLs read from one sitemap (sitemaps.org: "no more than 50,000 URLs").
 pub const MAX_URLS_PER_SITEMAP: usize = 50_000;
@@ -399,15 +399,10 @@ impl<S: Store> SitemapTask<S> {
                     break;
                 }
             }
-            if let Some((store, _)) = &self.leasing {
-                match store.lease_hop(&host).await? {
-                    HopLease::Held { last_start: Some(ago) } => {
-                        let now = Instant::now();
-                        self.politeness.handed_over(&host, now.checked_sub(ago).unwrap_or(now));
-                    }
-                    HopLease::Held { last_start: None } => {}
-                    HopLease::HeldByAnother => return Ok(Fetch::HostHeld(host)),
-                }
+            if let Some((store, _)) = &self.leasing
+                && !lease_for_request(store, &self.politeness, &host).await?
+            {
+                return Ok(Fetch::HostHeld(host));
             }
             if let Some(robots) = &self.robots {
                 let verdict = tokio::select! {

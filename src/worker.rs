@@ -493,14 +493,9 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Result<InTurn, Interru
             }
             // Its host's lease before any request to it, robots.txt's too.
             if foreign && let Some(store) = &ctx.hop_leases {
-                match store.lease_hop(&host).await {
-                    Ok(HopLease::Held { last_start }) => {
-                        if let Some(ago) = last_start {
-                            let now = Instant::now();
-                            ctx.politeness.handed_over(&host, now.checked_sub(ago).unwrap_or(now));
-                        }
-                    }
-                    Ok(HopLease::HeldByAnother) => {
+                match lease_for_request(store, &ctx.politeness, &host).await {
+                    Ok(true) => {}
+                    Ok(false) => {
                         redirect_handed_over = attempt.hand_over();
                         break;
                     }
@@ -560,6 +555,29 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Result<InTurn, Interru
         own = settle(ctx, job, &host, host_signal(&fetched), turn, own);
     }
     Ok(InTurn { fetched, signal: own.0, started: own.1, redirect_handed_over })
+}
+
+/// Takes (or keeps) `host`'s lease for a request no claim put under one (a
+/// redirect hop to another host, a sitemap), where hosts are leased
+/// ([`Backend::lease_hop`]); a lease new here tells politeness when the
+/// host's last request may have started. Returns whether this daemon holds
+/// the host: `false` when another daemon does.
+///
+/// Errors: the database could not be asked.
+pub(crate) async fn lease_for_request(
+    store: &Backend,
+    politeness: &Politeness,
+    host: &str,
+) -> Result<bool, StoreError> {
+    match store.lease_hop(host).await? {
+        HopLease::Held { last_start } => {
+            if let Some(ago) = last_start {
+                politeness.handed_over(host, ago);
+            }
+            Ok(true)
+        }
+        HopLease::HeldByAnother => Ok(false),
+    }
 }
 
 /// Why a redirect hop to `url` must not be requested: when following links,
