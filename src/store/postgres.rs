@@ -978,8 +978,7 @@ impl Store for PgStore {
                 Ok(requeued.len() as u64)
             })
             .await?;
-        let held = self.leases.held();
-        self.leases.released(held.iter().map(|(host, _)| host.as_str()));
+        self.leases.released_all();
         Ok(requeued)
     }
 
