@@ -174,7 +174,17 @@ fn three_daemons_share_a_crawl_and_a_stopping_one_hands_its_hosts_over_at_once()
     let urls = fleet_urls(&server, 40, 50, "ok/fleet");
     enqueue(&pg.url, &urls);
     wait_until(Duration::from_secs(30), "a quarter of the crawl", || server.hits().len() >= urls.len() / 4);
-    daemons.remove(0).stop();
+    // The daemon that stops holds hosts (its worker name is host:pid:...);
+    // once it has exited, it holds none: they were handed over, not left
+    // to lapse in a minute.
+    let leaving = daemons.remove(0);
+    let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
+    let held_by = format!("SELECT count(*) FROM hosts WHERE lease_owner LIKE '%:{}:%'", leaving.child.id());
+    wait_until(Duration::from_secs(5), "hosts leased to the daemon that stops", || {
+        runtime.block_on(scalar(&mut db, &held_by)) > 0
+    });
+    leaving.stop();
+    assert_eq!(runtime.block_on(scalar(&mut db, &held_by)), 0, "its hosts were given up at the stop");
     wait_for_results(&runtime, &pg.url, urls.len() as i64, Duration::from_secs(30));
     for daemon in daemons {
         daemon.stop();
@@ -185,7 +195,6 @@ fn three_daemons_share_a_crawl_and_a_stopping_one_hands_its_hosts_over_at_once()
     assert_eq!(hits.len(), urls.len(), "each URL requested once");
     let workers: Vec<_> = per_worker.keys().filter(|(_, outcome)| outcome == "done").collect();
     assert_eq!(workers.len(), 3, "{per_worker:?}");
-    let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
     let leased =
         runtime.block_on(scalar(&mut db, "SELECT count(*) FROM hosts WHERE lease_owner IS NOT NULL"));
     assert_eq!(leased, 0, "every daemon gave its hosts up");
