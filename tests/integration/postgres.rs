@@ -483,7 +483,6 @@ fn after_kill_9_a_rerun_on_postgres_crawls_every_url_once_more_at_most() {
     let lines: Vec<String> = (0..100).map(|i| server.url(&format!("/slow/30/{i}"))).collect();
     let dir = tempfile::tempdir().unwrap();
     let (flags, env) = short_lease_crawl(&pg.url);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (mut child, _) = spawn_crawl_in(dir.path(), &lines, &flags, &env);
     wait_until(Duration::from_secs(20), "30 fetches", || server.hits().len() >= 30);
     signal(&child, libc::SIGKILL);
@@ -600,11 +599,8 @@ async fn done_urls(url: &str) -> i64 {
 
 /// Flags and environment of a crawl on the database at `url` whose leases
 /// are short (3 s, for 1 s requests), so that a crashed run's lapse soon.
-fn short_lease_crawl(url: &str) -> ([&'static str; 4], [(&'static str, String); 2]) {
-    (
-        ["--concurrency", "2", "--timeout", "1s"],
-        [("TRAWLER_STORE__URL", url.to_owned()), ("TRAWLER_STORE__LEASE", "3s".to_owned())],
-    )
+fn short_lease_crawl(url: &str) -> ([&'static str; 4], [(&'static str, &str); 2]) {
+    (["--concurrency", "2", "--timeout", "1s"], [("TRAWLER_STORE__URL", url), ("TRAWLER_STORE__LEASE", "3s")])
 }
 
 /// Ends every session trawler has on `url`'s database (its
@@ -629,7 +625,6 @@ fn sessions_ended_mid_crawl_lose_no_url() {
     let lines: Vec<String> = (0..100).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
     let dir = tempfile::tempdir().unwrap();
     let (flags, env) = short_lease_crawl(&pg.url);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (mut child, _) = spawn_crawl_in(dir.path(), &lines, &flags, &env);
     wait_until(Duration::from_secs(20), "10 fetches", || server.hits().len() >= 10);
     assert!(runtime.block_on(end_trawler_sessions(&pg.url)) > 0);

@@ -81,29 +81,38 @@ pub async fn result_in(config: &Config, url: &str) -> ResultRow {
     rows.into_iter().find(|r| r.url == url).unwrap_or_else(|| panic!("no result for {url}"))
 }
 
-/// One count from a query, in `config`'s database, on either engine.
-pub async fn count_in(config: &Config, sql: &str) -> i64 {
-    match &config.store.url {
-        Some(url) => {
-            use sqlx::Connection;
-            let mut db = sqlx::PgConnection::connect(url).await.unwrap();
-            sqlx::query_scalar(sql).fetch_one(&mut db).await.unwrap()
-        }
-        None => scalar(&config.store.path, sql).await,
-    }
-}
-
-/// The first column of every row of a query, as text, in `config`'s
-/// database, on either engine.
-pub async fn strings_in(config: &Config, sql: &str) -> Vec<String> {
+/// The first column of every row of a query, in `config`'s database, on
+/// either engine.
+async fn column_in<T>(config: &Config, sql: &str) -> Vec<T>
+where
+    T: Send + Unpin,
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
     match &config.store.url {
         Some(url) => {
             use sqlx::Connection;
             let mut db = sqlx::PgConnection::connect(url).await.unwrap();
             sqlx::query_scalar(sql).fetch_all(&mut db).await.unwrap()
         }
-        None => strings(&config.store.path, sql).await,
+        None => {
+            let pool = reader(&config.store.path).await;
+            let rows = sqlx::query_scalar(sql).fetch_all(&pool).await.unwrap();
+            pool.close().await;
+            rows
+        }
     }
+}
+
+/// One count from a query, in `config`'s database, on either engine.
+pub async fn count_in(config: &Config, sql: &str) -> i64 {
+    column_in(config, sql).await.into_iter().next().expect("a row")
+}
+
+/// The first column of every row of a query, as text, in `config`'s
+/// database, on either engine.
+pub async fn strings_in(config: &Config, sql: &str) -> Vec<String> {
+    column_in(config, sql).await
 }
 
 /// A config for tests: a database in `dir`, short timeouts and backoffs.
