@@ -479,18 +479,14 @@ fn the_service_on_postgres_crawls_what_is_enqueued_recrawls_and_stops_cleanly() 
 fn after_kill_9_a_rerun_on_postgres_crawls_every_url_once_more_at_most() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Some(pg) = runtime.block_on(TestDatabase::create("after_kill_9_on_postgres")) else { return };
-    let server = TestServer::start_on("127.0.0.102");
-    let lines: Vec<String> = (0..100).map(|i| server.url(&format!("/slow/30/{i}"))).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let (flags, env) = short_lease_crawl(&pg.url);
-    let (mut child, _) = spawn_crawl_in(dir.path(), &lines, &flags, &env);
-    wait_until(Duration::from_secs(20), "30 fetches", || server.hits().len() >= 30);
+    let (server, dir, lines, mut child) = short_lease_crawl_midway(&pg.url, 30, 30);
     signal(&child, libc::SIGKILL);
     wait_within(&mut child, Duration::from_secs(5));
 
     // The killed daemon's host leases lapse (3 s) and a lease round of the
     // rerun ends them, putting their URLs back in the frontier; the rerun
     // waits for them rather than end with URLs in flight.
+    let (flags, env) = short_lease_crawl(&pg.url);
     let (_, log) = crawl_to_end(dir.path(), &lines, &flags, &env);
     assert!(
         log.contains("lapsed host leases ended") || log.contains("requeued URLs left in flight"),
@@ -603,6 +599,24 @@ fn short_lease_crawl(url: &str) -> ([&'static str; 4], [(&'static str, &str); 2]
     (["--concurrency", "2", "--timeout", "1s"], [("TRAWLER_STORE__URL", url), ("TRAWLER_STORE__LEASE", "3s")])
 }
 
+/// A short-lease crawl ([`short_lease_crawl`]) on `url`'s database of 100
+/// URLs that answer after `ms` (a server on 127.0.0.102), returned once
+/// `fetched` have been requested: to act on midway. Also its server,
+/// directory and input lines, for a rerun.
+fn short_lease_crawl_midway(
+    url: &str,
+    ms: u64,
+    fetched: usize,
+) -> (TestServer, tempfile::TempDir, Vec<String>, std::process::Child) {
+    let server = TestServer::start_on("127.0.0.102");
+    let lines: Vec<String> = (0..100).map(|i| server.url(&format!("/slow/{ms}/{i}"))).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (flags, env) = short_lease_crawl(url);
+    let (child, _) = spawn_crawl_in(dir.path(), &lines, &flags, &env);
+    wait_until(Duration::from_secs(20), "fetches midway", || server.hits().len() >= fetched);
+    (server, dir, lines, child)
+}
+
 /// Ends every session trawler has on `url`'s database (its
 /// `application_name`), as a server restart or an administrator's
 /// `pg_terminate_backend` would. Returns how many.
@@ -621,12 +635,7 @@ async fn end_trawler_sessions(url: &str) -> i64 {
 fn sessions_ended_mid_crawl_lose_no_url() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Some(pg) = runtime.block_on(TestDatabase::create("sessions_ended_mid_crawl")) else { return };
-    let server = TestServer::start_on("127.0.0.102");
-    let lines: Vec<String> = (0..100).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let (flags, env) = short_lease_crawl(&pg.url);
-    let (mut child, _) = spawn_crawl_in(dir.path(), &lines, &flags, &env);
-    wait_until(Duration::from_secs(20), "10 fetches", || server.hits().len() >= 10);
+    let (_server, dir, lines, mut child) = short_lease_crawl_midway(&pg.url, 20, 10);
     assert!(runtime.block_on(end_trawler_sessions(&pg.url)) > 0);
     // sqlx replaces a connection whose session ended before handing it out
     // again, so the crawl most often goes on; a statement the ending cut
@@ -639,6 +648,7 @@ fn sessions_ended_mid_crawl_lose_no_url() {
         Some(1) => assert!(log.contains("database"), "{log}"),
         other => panic!("exit {other:?}: {log}"),
     }
+    let (flags, env) = short_lease_crawl(&pg.url);
     crawl_to_end(dir.path(), &lines, &flags, &env);
     assert_eq!(runtime.block_on(done_urls(&pg.url)), 100);
 }
