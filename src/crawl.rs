@@ -204,7 +204,7 @@ async fn start(
     shutdown: &Shutdown,
     mode: Mode,
 ) -> Result<Running, CrawlError> {
-    let recovered = store.requeue_in_flight().await?;
+    let recovered = store.requeue_abandoned().await?;
     if recovered > 0 {
         tracing::info!(urls = recovered, "requeued URLs left in flight by an earlier run");
     }

@@ -49,7 +49,7 @@ impl Backend {
     /// crawler (its owner); a PostgreSQL database beside any other daemons,
     /// with host leases of `config.lease` for requests of at most
     /// `request_timeout` (`fetch.timeout`). URLs a crashed run left in
-    /// flight stay so until the caller runs [`Store::requeue_in_flight`].
+    /// flight stay so until the caller runs [`Store::requeue_abandoned`].
     ///
     /// Errors: [`StoreError::Locked`] when another crawler owns the SQLite
     /// file;
@@ -291,8 +291,8 @@ impl Store for Backend {
         each!(self, s => s.complete(completions, limits).await)
     }
 
-    async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
-        each!(self, s => s.requeue_in_flight().await)
+    async fn requeue_abandoned(&self) -> Result<u64, StoreError> {
+        each!(self, s => s.requeue_abandoned().await)
     }
 
     async fn release(&self, last_starts: &[(String, Duration)]) -> Result<u64, StoreError> {

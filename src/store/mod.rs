@@ -645,7 +645,7 @@ pub trait Store: Send + Sync + 'static {
     /// those under leases that lapsed (a crashed daemon's other leases
     /// lapse within a lease's length, and the lease rounds end them then).
     /// Returns how many were requeued.
-    fn requeue_in_flight(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn requeue_abandoned(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// At the end of a crawl: puts the URLs this crawler holds in flight
     /// back in the queue, due at once, and gives up its hosts' leases at

@@ -926,7 +926,7 @@ impl Store for PgStore {
         .await
     }
 
-    async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
+    async fn requeue_abandoned(&self) -> Result<u64, StoreError> {
         // Other daemons may be crawling: only what lapsed leases held is
         // known to be abandoned. A crashed daemon's other leases lapse
         // within a lease's length, and the lease rounds end them then.

@@ -194,7 +194,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if missing) the database at `config.path`, takes its
     /// lock file and applies pending migrations. URLs a crashed run left in
-    /// flight stay so until the caller runs [`Store::requeue_in_flight`].
+    /// flight stay so until the caller runs [`Store::requeue_abandoned`].
     ///
     /// Errors: [`StoreError::Locked`] when another process holds the lock;
     /// [`StoreError::NewerSchema`] when the file holds migrations this binary
@@ -739,7 +739,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn requeue_in_flight(&self) -> Result<u64, StoreError> {
+    async fn requeue_abandoned(&self) -> Result<u64, StoreError> {
         self.writing(move || async move {
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
             sqlx::query(
@@ -765,7 +765,7 @@ impl Store for SqliteStore {
     async fn release(&self, _last_starts: &[(String, Duration)]) -> Result<u64, StoreError> {
         // The owner is the only crawler: what is in flight is its own, and
         // no other crawler takes its hosts over.
-        self.requeue_in_flight().await
+        self.requeue_abandoned().await
     }
 
     async fn next_ready(&self) -> Result<Option<i64>, StoreError> {

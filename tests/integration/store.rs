@@ -42,7 +42,7 @@ async fn a_completion_with_a_stale_lease_changes_nothing() {
 
     let first = claim(&store, i64::MAX, 1).await.remove(0);
     assert_eq!(first.attempt, 1);
-    assert_eq!(store.requeue_in_flight().await.unwrap(), 1);
+    assert_eq!(store.requeue_abandoned().await.unwrap(), 1);
     let second = claim(&store, i64::MAX, 1).await.remove(0);
     assert_eq!(second.url_id, first.url_id);
     assert_ne!(second.lease, first.lease);
@@ -241,7 +241,7 @@ async fn a_stale_completion_in_the_same_batch_as_the_live_one_adds_no_links() {
     let store = SqliteStore::open(&config.store).await.unwrap();
     store.enqueue(&[new_url("page")]).await.unwrap();
     let first = claim(&store, i64::MAX, 1).await.remove(0);
-    store.requeue_in_flight().await.unwrap();
+    store.requeue_abandoned().await.unwrap();
     let second = claim(&store, i64::MAX, 1).await.remove(0);
     let with_link = |job: &trawler::store::Job, link: &str| Completion {
         links: vec![NewUrl { found_on: Some(job.url_id), depth: 1, ..new_url(link) }],
