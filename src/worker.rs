@@ -171,11 +171,15 @@ pub async fn run(
         // Everything logged about this fetch, robots.txt and politeness
         // included, carries the URL's id, host and attempt.
         let span = tracing::info_span!("fetch", url_id = job.url_id, host = %job.host, attempt = job.attempt);
-        let _working = Working::start(&ctx.working);
+        let working = Working::start(&ctx.working);
         let mut completion = match attempt(&ctx, job, &jobs).instrument(span).await {
             Attempted::Completed(completion) => completion,
             Attempted::Parked(job, turn) => {
                 ctx.park(job, turn);
+                // This worker is free again: the producer may take on a new
+                // host for it (it counts free workers when hosts are leased).
+                drop(working);
+                ctx.wake.notify_one();
                 continue;
             }
             Attempted::Stopped => return Ok(()),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use trawler::config::{Config, HostOverride};
 
 use crate::server::TestServer;
-use crate::util::{count_in, crawl_lines, crawl_to_end, engines, result_for, result_in, scalar, test_config};
+use crate::util::{count_in, crawl_lines, engines, result_in};
 
 fn polite(config: &mut Config, concurrency: u32, delay_ms: u64) {
     config.politeness.per_host_concurrency = NonZeroU32::new(concurrency).unwrap();
@@ -116,63 +116,75 @@ async fn a_throttling_host_backs_off_without_slowing_the_others() {
 
 #[tokio::test]
 async fn a_burst_of_concurrent_503s_backs_the_host_off_once() {
-    // A site of the user's own with per-host limits lifted: 20 requests at
-    // once, all answered 503 after 300 ms, so all are sent before the first
-    // answer. One backoff, as for a single 503, not twenty escalations.
-    let server = TestServer::start_on("127.0.0.9");
-    let dir = tempfile::tempdir().unwrap();
-    let urls: Vec<String> = (0..20).map(|i| server.url(&format!("/slow503/300/{i}"))).collect();
-    let (db, stderr) = crawl_to_end(
-        dir.path(),
-        &urls,
-        &["--concurrency", "20"],
-        &[
-            ("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "20"),
-            ("TRAWLER_POLITENESS__BACKOFF_BASE", "2s"),
-            ("TRAWLER_RETRY__MAX_ATTEMPTS", "1"),
-        ],
-    );
-    assert_eq!(server.max_concurrent(), 20, "the burst was not concurrent");
-    let backoffs: Vec<&str> = stderr.lines().filter(|l| l.contains("host backs off")).collect();
-    assert_eq!(backoffs.len(), 1, "{backoffs:#?}");
-    let backoff_ms: u64 =
-        backoffs[0].split("backoff_ms=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    assert!((1000..=2000).contains(&backoff_ms), "{}", backoffs[0]);
-    assert_eq!(
-        scalar(&db, "SELECT count(*) FROM results WHERE state = 'failed' AND http_status = 503").await,
-        20
-    );
+    for engine in engines("a_burst_of_concurrent_503s_backs_the_host_off_once").await {
+        // A site of the user's own with per-host limits lifted: 20 requests
+        // at once, all answered 503 after 300 ms, so all are sent before the
+        // first answer. One backoff, as for a single 503, not twenty
+        // escalations.
+        let server = TestServer::start_on("127.0.0.9");
+        let dir = tempfile::tempdir().unwrap();
+        let urls: Vec<String> = (0..20).map(|i| server.url(&format!("/slow503/300/{i}"))).collect();
+        let (db, stderr) = engine.crawl_to_end_with_env(
+            dir.path(),
+            &urls,
+            &["--concurrency", "20"],
+            &[
+                ("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "20"),
+                ("TRAWLER_POLITENESS__BACKOFF_BASE", "2s"),
+                ("TRAWLER_RETRY__MAX_ATTEMPTS", "1"),
+            ],
+        );
+        assert_eq!(server.max_concurrent(), 20, "the burst was not concurrent");
+        let backoffs: Vec<&str> = stderr.lines().filter(|l| l.contains("host backs off")).collect();
+        assert_eq!(backoffs.len(), 1, "{backoffs:#?}");
+        let backoff_ms: u64 = backoffs[0]
+            .split("backoff_ms=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1000..=2000).contains(&backoff_ms), "{}", backoffs[0]);
+        assert_eq!(
+            count_in(&db, "SELECT count(*) FROM results WHERE state = 'failed' AND http_status = 503").await,
+            20
+        );
+    }
 }
 
 #[tokio::test]
 async fn a_slow_host_holds_no_worker_while_other_hosts_have_work() {
-    let slow = TestServer::start_on("127.0.0.6");
-    let fast = [TestServer::start_on("127.0.0.7"), TestServer::start_on("127.0.0.8")];
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    // Two workers only: one held by the slow host would halve the others.
-    config.crawl.concurrency = NonZeroU32::new(2).unwrap();
-    polite(&mut config, 2, 0);
-    config.hosts.insert(
-        "127.0.0.6".into(),
-        HostOverride { delay: Some(Duration::from_millis(400)), ..Default::default() },
-    );
-    let mut urls: Vec<String> = (0..3).map(|i| slow.url(&format!("/ok/{i}"))).collect();
-    for server in &fast {
-        urls.extend((0..15).map(|i| server.url(&format!("/ok/{i}"))));
-    }
-    crawl_lines(&config, &urls).await;
-
-    let slow_hits = hit_times(&slow);
-    assert_eq!(slow_hits.len(), 3);
-    assert!(min_gap(&slow_hits) + JITTER >= Duration::from_millis(400));
-    for server in &fast {
-        let hits = hit_times(server);
-        assert_eq!(hits.len(), 15);
-        assert!(
-            hits.iter().all(|&t| t < slow_hits[1]),
-            "a fast host's URL waited behind the slow host's delay"
+    for engine in engines("a_slow_host_holds_no_worker_while_other_hosts_have_work").await {
+        let slow = TestServer::start_on("127.0.0.6");
+        let fast = [TestServer::start_on("127.0.0.7"), TestServer::start_on("127.0.0.8")];
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        // Two workers only: one held by the slow host would halve the others.
+        config.crawl.concurrency = NonZeroU32::new(2).unwrap();
+        polite(&mut config, 2, 0);
+        config.hosts.insert(
+            "127.0.0.6".into(),
+            HostOverride { delay: Some(Duration::from_millis(400)), ..Default::default() },
         );
+        let mut urls: Vec<String> = (0..3).map(|i| slow.url(&format!("/ok/{i}"))).collect();
+        for server in &fast {
+            urls.extend((0..15).map(|i| server.url(&format!("/ok/{i}"))));
+        }
+        crawl_lines(&config, &urls).await;
+
+        let slow_hits = hit_times(&slow);
+        assert_eq!(slow_hits.len(), 3);
+        assert!(min_gap(&slow_hits) + JITTER >= Duration::from_millis(400));
+        for server in &fast {
+            let hits = hit_times(server);
+            assert_eq!(hits.len(), 15);
+            assert!(
+                hits.iter().all(|&t| t < slow_hits[1]),
+                "a fast host's URL waited behind the slow host's delay"
+            );
+        }
     }
 }
 
@@ -180,22 +192,24 @@ async fn a_slow_host_holds_no_worker_while_other_hosts_have_work() {
 /// it waits parked, not holding its worker: with one worker and two new
 /// hosts, both robots.txt requests come before either page, and the pages
 /// still keep the delay after their robots.txt.
-#[test]
-fn a_job_waiting_for_its_turn_after_robots_txt_holds_no_worker() {
-    let servers = [TestServer::start_on("127.0.0.79"), TestServer::start_on("127.0.0.80")];
-    let dir = tempfile::tempdir().unwrap();
-    let urls: Vec<String> = servers.iter().map(|s| s.url("/ok/page")).collect();
-    let env = [("TRAWLER_POLITENESS__PER_HOST_DELAY", "1s")];
-    crawl_to_end(dir.path(), &urls, &["--concurrency", "1"], &env);
+#[tokio::test]
+async fn a_job_waiting_for_its_turn_after_robots_txt_holds_no_worker() {
+    for engine in engines("a_job_waiting_for_its_turn_after_robots_txt_holds_no_worker").await {
+        let servers = [TestServer::start_on("127.0.0.79"), TestServer::start_on("127.0.0.80")];
+        let dir = tempfile::tempdir().unwrap();
+        let urls: Vec<String> = servers.iter().map(|s| s.url("/ok/page")).collect();
+        let env = [("TRAWLER_POLITENESS__PER_HOST_DELAY", "1s")];
+        engine.crawl_to_end_with_env(dir.path(), &urls, &["--concurrency", "1"], &env);
 
-    let robots: Vec<Instant> = servers.iter().map(|s| s.robots_hits()[0].at).collect();
-    let pages: Vec<Instant> = servers.iter().map(|s| hit_times(s)[0]).collect();
-    assert!(
-        robots.iter().all(|r| pages.iter().all(|p| r < p)),
-        "a worker waited out a host's delay instead of taking the other host's job"
-    );
-    for (robots, page) in robots.iter().zip(&pages) {
-        assert!(*page - *robots + JITTER >= Duration::from_secs(1));
+        let robots: Vec<Instant> = servers.iter().map(|s| s.robots_hits()[0].at).collect();
+        let pages: Vec<Instant> = servers.iter().map(|s| hit_times(s)[0]).collect();
+        assert!(
+            robots.iter().all(|r| pages.iter().all(|p| r < p)),
+            "a worker waited out a host's delay instead of taking the other host's job"
+        );
+        for (robots, page) in robots.iter().zip(&pages) {
+            assert!(*page - *robots + JITTER >= Duration::from_secs(1));
+        }
     }
 }
 
@@ -205,22 +219,26 @@ fn a_job_waiting_for_its_turn_after_robots_txt_holds_no_worker() {
 #[tokio::test]
 async fn a_stop_while_a_job_is_parked_requeues_its_url() {
     use crate::util::{signal, spawn_crawl_in, wait_until, wait_within};
-    let server = TestServer::start_on("127.0.0.81");
-    let dir = tempfile::tempdir().unwrap();
-    let url = server.url("/ok/parked");
-    let env = [("TRAWLER_POLITENESS__PER_HOST_DELAY", "30s")];
-    let (mut crawl, db) = spawn_crawl_in(dir.path(), std::slice::from_ref(&url), &[], &env);
-    wait_until(Duration::from_secs(10), "robots.txt is fetched", || !server.robots_hits().is_empty());
-    std::thread::sleep(Duration::from_millis(200));
-    signal(&crawl, libc::SIGTERM);
-    let (status, took) = wait_within(&mut crawl, Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0));
-    assert!(took < Duration::from_secs(5), "the stop waited for the parked job's turn: {took:?}");
-    assert!(server.hits().is_empty());
-    assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'queued'").await, 1);
-    assert_eq!(scalar(&db, "SELECT count(*) FROM attempts").await, 0);
+    for engine in engines("a_stop_while_a_job_is_parked_requeues_its_url").await {
+        let server = TestServer::start_on("127.0.0.81");
+        let dir = tempfile::tempdir().unwrap();
+        let url = server.url("/ok/parked");
+        let mut env = vec![("TRAWLER_POLITENESS__PER_HOST_DELAY", "30s")];
+        env.extend(engine.env());
+        let (mut crawl, db) = spawn_crawl_in(dir.path(), std::slice::from_ref(&url), &[], &env);
+        wait_until(Duration::from_secs(10), "robots.txt is fetched", || !server.robots_hits().is_empty());
+        std::thread::sleep(Duration::from_millis(200));
+        signal(&crawl, libc::SIGTERM);
+        let (status, took) = wait_within(&mut crawl, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0));
+        assert!(took < Duration::from_secs(5), "the stop waited for the parked job's turn: {took:?}");
+        assert!(server.hits().is_empty());
+        let db = engine.reading(&db);
+        assert_eq!(count_in(&db, "SELECT count(*) FROM urls WHERE state = 'queued'").await, 1);
+        assert_eq!(count_in(&db, "SELECT count(*) FROM attempts").await, 0);
 
-    crawl_to_end(dir.path(), std::slice::from_ref(&url), &[], &[]);
-    assert_eq!(result_for(&db, &url).await.state, "done");
-    assert_eq!(server.hits().len(), 1);
+        engine.crawl_to_end(dir.path(), std::slice::from_ref(&url), &[]);
+        assert_eq!(result_in(&db, &url).await.state, "done");
+        assert_eq!(server.hits().len(), 1);
+    }
 }

@@ -41,12 +41,43 @@ impl Engine {
     /// [`crawl_to_end`] on this engine; returns a config that reads its
     /// database ([`result_in`], [`count_in`], [`strings_in`]) and the log.
     pub fn crawl_to_end(&self, dir: &Path, lines: &[String], extra: &[&str]) -> (Config, String) {
-        let env: Vec<(&str, &str)> =
-            self.database.iter().map(|d| ("TRAWLER_STORE__URL", d.url.as_str())).collect();
+        self.crawl_to_end_with_env(dir, lines, extra, &[])
+    }
+
+    /// [`Engine::crawl_to_end`] with extra environment variables.
+    pub fn crawl_to_end_with_env(
+        &self,
+        dir: &Path,
+        lines: &[String],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Config, String) {
+        let mut env = env.to_vec();
+        env.extend(self.env());
         let (db, log) = crawl_to_end(dir, lines, extra, &env);
-        let mut config = self.config(dir);
-        config.store.path = db;
-        (config, log)
+        (self.reading(&db), log)
+    }
+
+    /// The environment that points a spawned `trawler` at this engine's
+    /// database: none on SQLite (`--db` names the file), `store.url` on
+    /// PostgreSQL (it wins over `--db FILE`).
+    pub fn env(&self) -> Vec<(&'static str, &str)> {
+        self.database.iter().map(|d| ("TRAWLER_STORE__URL", d.url.as_str())).collect()
+    }
+
+    /// A config that reads the database a command given `--db file` and
+    /// [`Engine::env`] wrote ([`result_in`], [`count_in`], [`strings_in`]).
+    pub fn reading(&self, file: &Path) -> Config {
+        let mut config = self.config(file.parent().expect("a file in a directory"));
+        config.store.path = file.to_owned();
+        config
+    }
+
+    /// [`Daemon::start_with_env`] on this engine's database.
+    pub fn start_daemon(&self, dir: &Path, toml: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut env = env.to_vec();
+        env.extend(self.env());
+        Daemon::start_with_env(dir, toml, &env)
     }
 }
 
@@ -83,7 +114,7 @@ pub async fn result_in(config: &Config, url: &str) -> ResultRow {
 
 /// The first column of every row of a query, in `config`'s database, on
 /// either engine.
-async fn column_in<T>(config: &Config, sql: &str) -> Vec<T>
+pub async fn column_in<T>(config: &Config, sql: &str) -> Vec<T>
 where
     T: Send + Unpin,
     T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
@@ -332,6 +363,8 @@ pub struct Daemon {
     pub db: PathBuf,
     /// The admin endpoints' `host:port`.
     pub admin: String,
+    /// The test's own environment variables, for `trawler enqueue` too.
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -360,7 +393,8 @@ impl Daemon {
             &vars,
         );
         let stderr = Stderr::collect(&mut child);
-        let daemon = Self { child, stderr, notify, config, db, admin };
+        let env = env.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect();
+        let daemon = Self { child, stderr, notify, config, db, admin, env };
         assert!(daemon.next_message().contains("READY=1"));
         daemon
     }
@@ -381,7 +415,8 @@ impl Daemon {
     pub fn enqueue(&self, urls: &[String]) {
         let mut args = vec!["enqueue", "--db", self.db.to_str().unwrap()];
         args.extend(urls.iter().map(String::as_str));
-        let mut enqueue = spawn_trawler(&args);
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut enqueue = spawn_trawler_with_env(&args, &env);
         assert_eq!(wait_within(&mut enqueue, Duration::from_secs(10)).0.code(), Some(0));
     }
 
