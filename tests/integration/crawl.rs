@@ -6,7 +6,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::server::TestServer;
-use crate::util::{count_in, crawl_lines, engines, result_for, result_in, scalar, test_config};
+use crate::util::{column_in, count_in, crawl_lines, engines, result_in, strings_in};
 
 #[tokio::test]
 async fn a_200_is_done_with_its_body_described() {
@@ -152,39 +152,39 @@ async fn a_refused_connection_is_retried_then_failed_as_connect() {
 
 #[tokio::test]
 async fn redirects_are_followed_recorded_and_bounded() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.fetch.max_redirects = 5;
-    let chain = server.url("/redirect/3");
-    let looping = server.url("/loop/a");
-    let too_long = server.url("/redirect/9");
-    crawl_lines(&config, &[chain.clone(), looping.clone(), too_long.clone()]).await;
+    for engine in engines("redirects_are_followed_recorded_and_bounded").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.fetch.max_redirects = 5;
+        let chain = server.url("/redirect/3");
+        let looping = server.url("/loop/a");
+        let too_long = server.url("/redirect/9");
+        crawl_lines(&config, &[chain.clone(), looping.clone(), too_long.clone()]).await;
 
-    let row = result_for(&config.store.path, &chain).await;
-    assert_eq!((row.state.as_str(), row.http_status), ("done", Some(200)));
-    assert_eq!(row.final_url, Some(server.url("/ok/end")));
-    assert_eq!(row.redirects, Some(4));
-    let recorded: String = {
-        let pool = crate::util::reader(&config.store.path).await;
-        sqlx::query_scalar("SELECT redirect_chain FROM attempts WHERE redirects = 4")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
-    let expected: Vec<String> =
-        ["/redirect/3", "/redirect/2", "/redirect/1", "/redirect/0"].iter().map(|p| server.url(p)).collect();
-    assert_eq!(serde_json::from_str::<Vec<String>>(&recorded).unwrap(), expected);
+        let row = result_in(&config, &chain).await;
+        assert_eq!((row.state.as_str(), row.http_status), ("done", Some(200)));
+        assert_eq!(row.final_url, Some(server.url("/ok/end")));
+        assert_eq!(row.redirects, Some(4));
+        let recorded =
+            strings_in(&config, "SELECT CAST(redirect_chain AS TEXT) FROM attempts WHERE redirects = 4")
+                .await;
+        let expected: Vec<String> = ["/redirect/3", "/redirect/2", "/redirect/1", "/redirect/0"]
+            .iter()
+            .map(|p| server.url(p))
+            .collect();
+        assert_eq!(serde_json::from_str::<Vec<String>>(&recorded[0]).unwrap(), expected);
 
-    let row = result_for(&config.store.path, &looping).await;
-    assert_eq!(
-        (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
-        ("failed", Some("redirect_loop"), 1)
-    );
+        let row = result_in(&config, &looping).await;
+        assert_eq!(
+            (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+            ("failed", Some("redirect_loop"), 1)
+        );
 
-    let row = result_for(&config.store.path, &too_long).await;
-    assert_eq!((row.state.as_str(), row.error_kind.as_deref()), ("failed", Some("redirect_limit")));
-    assert_eq!(row.http_status, Some(302));
+        let row = result_in(&config, &too_long).await;
+        assert_eq!((row.state.as_str(), row.error_kind.as_deref()), ("failed", Some("redirect_limit")));
+        assert_eq!(row.http_status, Some(302));
+    }
 }
 
 #[tokio::test]
@@ -208,61 +208,61 @@ async fn a_body_over_the_cap_fails_without_being_read_whole() {
 
 #[tokio::test]
 async fn headers_and_bodies_are_stored_only_when_asked() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    let plain = server.url("/ok/plain");
-    crawl_lines(&config, std::slice::from_ref(&plain)).await;
-    let stored = scalar(
-        &config.store.path,
-        "SELECT count(*) FROM attempts WHERE headers IS NOT NULL OR body IS NOT NULL",
-    )
-    .await;
-    assert_eq!(stored, 0);
+    for engine in engines("headers_and_bodies_are_stored_only_when_asked").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        let plain = server.url("/ok/plain");
+        crawl_lines(&config, std::slice::from_ref(&plain)).await;
+        let stored =
+            count_in(&config, "SELECT count(*) FROM attempts WHERE headers IS NOT NULL OR body IS NOT NULL")
+                .await;
+        assert_eq!(stored, 0);
 
-    config.store.save_headers = true;
-    config.store.save_body = true;
-    // Two URLs serving the same page: its body is stored once, compressed.
-    let (kept, same) = (server.url("/ok/kept"), server.url("/ok/same"));
-    crawl_lines(&config, &[kept.clone(), same]).await;
-    let pool = crate::util::reader(&config.store.path).await;
-    let (headers, encoding, data): (String, String, Vec<u8>) = sqlx::query_as(
-        "SELECT a.headers, b.encoding, b.data FROM attempts a JOIN urls u ON u.id = a.url_id
-         JOIN bodies b ON b.sha256 = a.body_sha256 WHERE u.url = ?",
-    )
-    .bind(&kept)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap();
-    assert!(headers.contains(&("content-type".into(), "text/html; charset=utf-8".into())), "{headers:?}");
-    assert_eq!(encoding, "zstd");
-    assert_eq!(zstd::decode_all(&data[..]).unwrap(), b"<!doctype html><title>ok</title><p>hello");
-    let (bodies, attempts_with_body): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM bodies), (SELECT count(*) FROM attempts WHERE body IS NOT NULL)",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!((bodies, attempts_with_body), (1, 0), "one body, stored once, not in attempts");
+        config.store.save_headers = true;
+        config.store.save_body = true;
+        // Two URLs serving the same page: its body is stored once, compressed.
+        let (kept, same) = (server.url("/ok/kept"), server.url("/ok/same"));
+        crawl_lines(&config, &[kept.clone(), same]).await;
+        let of_kept = format!(
+            "FROM attempts a JOIN urls u ON u.id = a.url_id JOIN bodies b ON b.sha256 = a.body_sha256
+             WHERE u.url = '{kept}'"
+        );
+        let headers = strings_in(&config, &format!("SELECT CAST(a.headers AS TEXT) {of_kept}")).await;
+        let headers: Vec<(String, String)> = serde_json::from_str(&headers[0]).unwrap();
+        assert!(headers.contains(&("content-type".into(), "text/html; charset=utf-8".into())), "{headers:?}");
+        assert_eq!(strings_in(&config, &format!("SELECT b.encoding {of_kept}")).await, ["zstd"]);
+        let data: Vec<Vec<u8>> = column_in(&config, &format!("SELECT b.data {of_kept}")).await;
+        assert_eq!(zstd::decode_all(&data[0][..]).unwrap(), b"<!doctype html><title>ok</title><p>hello");
+        let bodies = count_in(&config, "SELECT count(*) FROM bodies").await;
+        let attempts_with_body =
+            count_in(&config, "SELECT count(*) FROM attempts WHERE body IS NOT NULL").await;
+        assert_eq!((bodies, attempts_with_body), (1, 0), "one body, stored once, not in attempts");
+    }
 }
 
 #[tokio::test]
 async fn the_global_rate_limit_spaces_request_starts() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.crawl.rate = Some(20.0);
-    let urls: Vec<String> = (0..11).map(|i| server.url(&format!("/ok/{i}"))).collect();
-    crawl_lines(&config, &urls).await;
+    for engine in engines("the_global_rate_limit_spaces_request_starts").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.crawl.rate = Some(20.0);
+        let urls: Vec<String> = (0..11).map(|i| server.url(&format!("/ok/{i}"))).collect();
+        crawl_lines(&config, &urls).await;
 
-    let hits = server.hits();
-    assert_eq!(hits.len(), 11);
-    // 20 requests/s with a burst of one: ten gaps of 50 ms at least.
-    let span = hits.last().unwrap().at - hits[0].at;
-    assert!(span >= Duration::from_millis(480), "11 requests in {span:?}");
-    for pair in hits.windows(2) {
-        assert!(pair[1].at - pair[0].at >= Duration::from_millis(35), "gap {:?}", pair[1].at - pair[0].at);
+        let hits = server.hits();
+        assert_eq!(hits.len(), 11);
+        // 20 requests/s with a burst of one: ten gaps of 50 ms at least.
+        let span = hits.last().unwrap().at - hits[0].at;
+        assert!(span >= Duration::from_millis(480), "11 requests in {span:?}");
+        for pair in hits.windows(2) {
+            assert!(
+                pair[1].at - pair[0].at >= Duration::from_millis(35),
+                "gap {:?}",
+                pair[1].at - pair[0].at
+            );
+        }
     }
 }
 

@@ -1,107 +1,106 @@
 //! Link following from seeds: what is enqueued, what is dropped and why,
 //! and the link graph in the database.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    Daemon, count_in, crawl_lines, crawl_to_end, engines, output_of, reader, scalar, spawn_crawl_with_env,
-    spawn_trawler, strings_in, test_config, wait_within, write_input,
+    Daemon, count_in, crawl_lines, engines, output_of, spawn_crawl_with_env, spawn_trawler_with_env,
+    strings_in, wait_within, write_input,
 };
 
 #[tokio::test]
 async fn following_links_crawls_the_site_within_scope_and_depth() {
-    let server = TestServer::start_on("127.0.0.40");
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.discovery.follow = true;
-    config.discovery.max_depth = 3;
-    let summary = crawl_lines(&config, &[server.url("/site/index.html")]).await;
+    for engine in engines("following_links_crawls_the_site_within_scope_and_depth").await {
+        let server = TestServer::start_on("127.0.0.40");
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.discovery.follow = true;
+        config.discovery.max_depth = 3;
+        let summary = crawl_lines(&config, &[server.url("/site/index.html")]).await;
 
-    let db = &config.store.path;
-    let pool = reader(db).await;
-    let rows: Vec<(String, i64, String, Option<i64>)> =
-        sqlx::query_as("SELECT url, depth, state, http_status FROM results ORDER BY url")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    let found: BTreeMap<String, (i64, Option<i64>)> = rows
-        .into_iter()
-        .map(|(url, depth, state, status)| {
-            assert_eq!(state, "done", "{url}");
-            (url.replace(&server.url("/site/"), ""), (depth, status))
-        })
-        .collect();
-    let expected: BTreeMap<String, (i64, Option<i64>)> = [
-        ("index.html", 0, 200),
-        ("a.html", 1, 200),
-        ("b.html", 1, 200),
-        ("deep/1.html", 1, 200),
-        ("missing.html", 2, 404),
-        ("sub/c.html", 2, 200),
-        ("deep/2.html", 2, 200),
-        ("deep/3.html", 3, 200),
-    ]
-    .into_iter()
-    .map(|(p, d, s)| (p.to_owned(), (d, Some(s))))
-    .collect();
-    assert_eq!(found, expected);
-    assert_eq!(summary.done, 8);
+        let site = server.url("/site/");
+        let found = sorted(
+            strings_in(
+                &config,
+                &format!(
+                    "SELECT replace(url, '{site}', '') || ' ' || depth || ' ' || state || ' ' || http_status
+                     FROM results"
+                ),
+            )
+            .await,
+        );
+        assert_eq!(
+            found,
+            [
+                "a.html 1 done 200",
+                "b.html 1 done 200",
+                "deep/1.html 1 done 200",
+                "deep/2.html 2 done 200",
+                "deep/3.html 3 done 200",
+                "index.html 0 done 200",
+                "missing.html 2 done 404",
+                "sub/c.html 2 done 200",
+            ]
+        );
+        assert_eq!(summary.done, 8);
 
-    // Each URL fetched once; nofollow, out-of-scope, trap and too-deep never.
-    let mut fetched: Vec<String> = server.hits().into_iter().map(|h| h.path).collect();
-    fetched.sort();
-    fetched.dedup();
-    assert_eq!(fetched.len(), server.hits().len(), "a URL was fetched twice");
-    for never in ["/site/secret.html", "/site/deep/4.html"] {
-        assert!(!fetched.iter().any(|p| p == never), "{never} was fetched");
+        // Each URL fetched once; nofollow, out-of-scope, trap and too-deep never.
+        let mut fetched: Vec<String> = server.hits().into_iter().map(|h| h.path).collect();
+        fetched.sort();
+        fetched.dedup();
+        assert_eq!(fetched.len(), server.hits().len(), "a URL was fetched twice");
+        for never in ["/site/secret.html", "/site/deep/4.html"] {
+            assert!(!fetched.iter().any(|p| p == never), "{never} was fetched");
+        }
+
+        // Why links were dropped, per page. Pages at the maximum depth
+        // (deep/3) are not parsed at all: their links could not be followed.
+        let dropped = strings_in(
+            &config,
+            &format!(
+                "SELECT replace(u.url, '{site}', '') || ' ' || d.reason || ' ' || d.count
+                 FROM dropped_links d JOIN urls u ON u.id = d.url_id"
+            ),
+        )
+        .await;
+        assert_eq!(
+            sorted(dropped),
+            [
+                "index.html nofollow 1",
+                "index.html not_http 1",
+                "index.html out_of_scope 1",
+                "index.html repeated_segment 1",
+            ]
+        );
+
+        // The link graph: found_on, in-degree, and the broken-link query.
+        let found_on = strings_in(
+            &config,
+            "SELECT p.url FROM urls c JOIN urls p ON p.id = c.found_on WHERE c.url LIKE '%/sub/c.html'",
+        )
+        .await;
+        assert_eq!(found_on, [server.url("/site/b.html")]);
+        let into_index = count_in(
+            &config,
+            "SELECT count(*) FROM links l JOIN urls u ON u.id = l.to_id WHERE u.url LIKE '%/index.html'",
+        )
+        .await;
+        assert_eq!(into_index, 2, "index.html links to itself (canonical) and a.html links back");
+        let broken = strings_in(
+            &config,
+            "SELECT DISTINCT src.url FROM links l JOIN urls src ON src.id = l.from_id
+             JOIN results dst ON dst.url_id = l.to_id WHERE dst.http_status >= 400",
+        )
+        .await;
+        assert_eq!(broken, [server.url("/site/a.html")]);
     }
+}
 
-    // Why links were dropped, per page. Pages at the maximum depth (deep/3)
-    // are not parsed at all: their links could not be followed.
-    let dropped: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT replace(u.url, ?, ''), d.reason, d.count FROM dropped_links d JOIN urls u ON u.id = d.url_id
-         ORDER BY 1, 2",
-    )
-    .bind(server.url("/site/"))
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    let dropped: Vec<(&str, &str, i64)> =
-        dropped.iter().map(|(p, r, n)| (p.as_str(), r.as_str(), *n)).collect();
-    assert_eq!(
-        dropped,
-        [
-            ("index.html", "nofollow", 1),
-            ("index.html", "not_http", 1),
-            ("index.html", "out_of_scope", 1),
-            ("index.html", "repeated_segment", 1),
-        ]
-    );
-
-    // The link graph: found_on, in-degree, and the broken-link query.
-    let found_on: String = sqlx::query_scalar(
-        "SELECT p.url FROM urls c JOIN urls p ON p.id = c.found_on WHERE c.url LIKE '%/sub/c.html'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert!(found_on.ends_with("/site/b.html"), "{found_on}");
-    let into_index = scalar(
-        db,
-        "SELECT count(*) FROM links l JOIN urls u ON u.id = l.to_id WHERE u.url LIKE '%/index.html'",
-    )
-    .await;
-    assert_eq!(into_index, 2, "index.html links to itself (canonical) and a.html links back");
-    let broken: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT src.url FROM links l JOIN urls src ON src.id = l.from_id
-         JOIN results dst ON dst.url_id = l.to_id WHERE dst.http_status >= 400",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(broken, [server.url("/site/a.html")]);
+/// `rows` in order (engines order text by their own collations).
+fn sorted(mut rows: Vec<String>) -> Vec<String> {
+    rows.sort();
+    rows
 }
 
 #[tokio::test]
@@ -118,73 +117,75 @@ async fn without_follow_links_are_not_extracted() {
 
 #[tokio::test]
 async fn page_caps_stop_new_urls_but_keep_links_to_known_ones() {
-    let server = TestServer::start_on("127.0.0.42");
     for (total, per_host, reason) in [(Some(3), None, "max_pages"), (None, Some(3), "max_pages_per_host")] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(dir.path());
-        config.discovery.follow = true;
-        config.discovery.max_pages = total;
-        config.discovery.max_pages_per_host = per_host;
-        crawl_lines(&config, &[server.url("/site/index.html")]).await;
+        for engine in
+            engines(&format!("page_caps_stop_new_urls_but_keep_links_to_known_ones ({reason})")).await
+        {
+            let server = TestServer::start_on("127.0.0.42");
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = engine.config(dir.path());
+            config.discovery.follow = true;
+            config.discovery.max_pages = total;
+            config.discovery.max_pages_per_host = per_host;
+            crawl_lines(&config, &[server.url("/site/index.html")]).await;
 
-        let db = &config.store.path;
-        assert_eq!(scalar(db, "SELECT count(*) FROM urls").await, 3, "{reason}");
-        let capped = scalar(
-            db,
-            &format!("SELECT coalesce(sum(count), 0) FROM dropped_links WHERE reason = '{reason}'"),
-        )
-        .await;
-        assert!(capped >= 1, "{reason} not counted");
-        // a.html (admitted) links back to index.html (known): the edge is kept.
-        let back = scalar(
-            db,
-            "SELECT count(*) FROM links l JOIN urls f ON f.id = l.from_id JOIN urls t ON t.id = l.to_id
-             WHERE f.url LIKE '%/a.html' AND t.url LIKE '%/index.html'",
-        )
-        .await;
-        assert_eq!(back, 1, "{reason}");
+            assert_eq!(count_in(&config, "SELECT count(*) FROM urls").await, 3, "{reason}");
+            let capped = count_in(
+                &config,
+                &format!("SELECT CAST(coalesce(sum(count), 0) AS BIGINT) FROM dropped_links WHERE reason = '{reason}'"),
+            )
+            .await;
+            assert!(capped >= 1, "{reason} not counted");
+            // a.html (admitted) links back to index.html (known): the edge is kept.
+            let back = count_in(
+                &config,
+                "SELECT count(*) FROM links l JOIN urls f ON f.id = l.from_id JOIN urls t ON t.id = l.to_id
+                 WHERE f.url LIKE '%/a.html' AND t.url LIKE '%/index.html'",
+            )
+            .await;
+            assert_eq!(back, 1, "{reason}");
+        }
     }
 }
 
 #[tokio::test]
 async fn a_sitemap_index_seeds_the_urls_of_its_sitemaps() {
-    let server = TestServer::start_on("127.0.0.43");
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.discovery.sitemaps = vec![server.url("/sitemap.xml")];
-    let summary = crawl_lines(&config, &[]).await;
+    for engine in engines("a_sitemap_index_seeds_the_urls_of_its_sitemaps").await {
+        let server = TestServer::start_on("127.0.0.43");
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.discovery.sitemaps = vec![server.url("/sitemap.xml")];
+        let summary = crawl_lines(&config, &[]).await;
 
-    let db = &config.store.path;
-    let pool = reader(db).await;
-    let urls: Vec<(String, i64)> =
-        sqlx::query_as("SELECT url, depth FROM results WHERE state = 'done' ORDER BY url")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    assert_eq!(
-        urls,
-        [(server.url("/ok/s1"), 0), (server.url("/ok/s2"), 0)],
-        "the other host's URL is not taken"
-    );
-    assert_eq!(summary.done, 2);
-    assert_eq!(server.hits_of("/ok/s2").len(), 1);
+        let urls = strings_in(&config, "SELECT url || ' ' || depth FROM results WHERE state = 'done'").await;
+        assert_eq!(
+            sorted(urls),
+            [format!("{} 0", server.url("/ok/s1")), format!("{} 0", server.url("/ok/s2"))],
+            "the other host's URL is not taken"
+        );
+        assert_eq!(summary.done, 2);
+        assert_eq!(server.hits_of("/ok/s2").len(), 1);
+    }
 }
 
 #[tokio::test]
 async fn when_following_robots_txt_sitemap_lines_are_read() {
     use crate::server::RobotsTxt;
-    let server = TestServer::with_robots("127.0.0.44", RobotsTxt::WithSitemap);
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    crawl_lines(&config, &[server.url("/ok/seed")]).await;
-    assert_eq!(scalar(&config.store.path, "SELECT count(*) FROM urls").await, 1, "not without --follow");
-
-    config.discovery.follow = true;
-    let dir = tempfile::tempdir().unwrap();
-    config.store.path = dir.path().join("crawl.db");
-    crawl_lines(&config, &[server.url("/ok/seed2")]).await;
-    let done = scalar(&config.store.path, "SELECT count(*) FROM results WHERE state = 'done'").await;
-    assert_eq!(done, 3, "seed2, s1 and s2");
+    for follow in [false, true] {
+        for engine in engines(&format!("when_following_robots_txt_sitemap_lines_are_read ({follow})")).await {
+            let server = TestServer::with_robots("127.0.0.44", RobotsTxt::WithSitemap);
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = engine.config(dir.path());
+            config.discovery.follow = follow;
+            crawl_lines(&config, &[server.url("/ok/seed")]).await;
+            let done = count_in(&config, "SELECT count(*) FROM results WHERE state = 'done'").await;
+            if follow {
+                assert_eq!(done, 3, "the seed, s1 and s2");
+            } else {
+                assert_eq!(done, 1, "not without --follow");
+            }
+        }
+    }
 }
 
 /// Links are read as a browser reads them: `&amp;` and numeric references
@@ -262,30 +263,35 @@ async fn a_crawl_scoped_to_one_host_makes_no_request_to_another() {
 /// service's `/metrics`.
 #[tokio::test]
 async fn dropped_links_are_reported_in_the_summary_stats_and_metrics() {
+    for engine in engines("dropped_links_are_reported_in_the_summary_stats_and_metrics").await {
+        let server = TestServer::start_on("127.0.0.47");
+        let dir = tempfile::tempdir().unwrap();
+        let seed = server.url("/site/index.html");
+        let input = write_input(dir.path(), std::slice::from_ref(&seed));
+        let db = dir.path().join("crawl.db");
+        // index.html has 9 links (not counting its stylesheet): 2 are kept.
+        let mut env = vec![("TRAWLER_DISCOVERY__MAX_LINKS_PER_PAGE", "2")];
+        env.extend(engine.env());
+        let mut child = spawn_crawl_with_env(input.to_str().unwrap(), &db, &["--follow"], &env);
+        assert_eq!(wait_within(&mut child, Duration::from_secs(30)).0.code(), Some(0));
+        let (stdout, log) = output_of(child);
+        assert!(stdout.contains("links      7 dropped: 7 too_many_links (see dropped_links)"), "{stdout}");
+        assert!(stdout.contains("URLs: 3 done (2 × 2xx, 1 × 404), 0 failed"), "{stdout}");
+        let warnings: Vec<&str> =
+            log.lines().filter(|l| l.contains("discovery.max_links_per_page")).collect();
+        assert_eq!(warnings.len(), 1, "{log}");
+        assert!(warnings[0].contains(&seed), "{log}");
+
+        let mut stats = spawn_trawler_with_env(&["stats", "--db", db.to_str().unwrap()], &engine.env());
+        assert_eq!(wait_within(&mut stats, Duration::from_secs(10)).0.code(), Some(0));
+        let (stdout, _) = output_of(stats);
+        assert!(stdout.contains("dropped    too_many_links 7"), "{stdout}");
+    }
+    // The service counts what it drops, whatever its database.
     let server = TestServer::start_on("127.0.0.47");
     let dir = tempfile::tempdir().unwrap();
-    let seed = server.url("/site/index.html");
-    let input = write_input(dir.path(), std::slice::from_ref(&seed));
-    let db = dir.path().join("crawl.db");
-    // index.html has 9 links (not counting its stylesheet): 2 are kept.
-    let cap = [("TRAWLER_DISCOVERY__MAX_LINKS_PER_PAGE", "2")];
-    let mut child = spawn_crawl_with_env(input.to_str().unwrap(), &db, &["--follow"], &cap);
-    assert_eq!(wait_within(&mut child, Duration::from_secs(30)).0.code(), Some(0));
-    let (stdout, log) = output_of(child);
-    assert!(stdout.contains("links      7 dropped: 7 too_many_links (see dropped_links)"), "{stdout}");
-    assert!(stdout.contains("URLs: 3 done (2 × 2xx, 1 × 404), 0 failed"), "{stdout}");
-    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("discovery.max_links_per_page")).collect();
-    assert_eq!(warnings.len(), 1, "{log}");
-    assert!(warnings[0].contains(&seed), "{log}");
-
-    let mut stats = spawn_trawler(&["stats", "--db", db.to_str().unwrap()]);
-    assert_eq!(wait_within(&mut stats, Duration::from_secs(10)).0.code(), Some(0));
-    let (stdout, _) = output_of(stats);
-    assert!(stdout.contains("dropped    too_many_links 7"), "{stdout}");
-
-    let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), "[discovery]\nfollow = true\nmax_links_per_page = 2\n");
-    daemon.enqueue(&[seed]);
+    daemon.enqueue(&[server.url("/site/index.html")]);
     let metric = r#"trawler_links_dropped_total{reason="too_many_links"} 7"#;
     let url = format!("http://{}/metrics", daemon.admin);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -307,42 +313,37 @@ async fn dropped_links_are_reported_in_the_summary_stats_and_metrics() {
 /// links now followed.
 #[tokio::test]
 async fn depth_is_the_shortest_path_even_when_the_long_one_came_first() {
-    let server = TestServer::start_on("127.0.0.48");
-    let dir = tempfile::tempdir().unwrap();
-    let depth3 = [("TRAWLER_DISCOVERY__MAX_DEPTH", "3")];
-    // The long path first: s → a → b → c, c at the maximum depth.
-    let (db, _) = crawl_to_end(dir.path(), &[server.url("/graph/s.html")], &["--follow"], &depth3);
-    let depths = || async {
-        let pool = reader(&db).await;
-        let rows: Vec<(String, i64, String)> = sqlx::query_as(
-            "SELECT replace(u.url, ?1, ''), u.depth, coalesce(replace(f.url, ?1, ''), '-')
-             FROM urls u LEFT JOIN urls f ON f.id = u.found_on ORDER BY 1",
-        )
-        .bind(server.url("/graph/"))
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-        rows.into_iter().map(|(u, d, f)| format!("{u} {d} {f}")).collect::<Vec<_>>()
-    };
-    assert_eq!(depths().await, ["a.html 1 s.html", "b.html 2 a.html", "c.html 3 b.html", "s.html 0 -"]);
+    for engine in engines("depth_is_the_shortest_path_even_when_the_long_one_came_first").await {
+        let server = TestServer::start_on("127.0.0.48");
+        let dir = tempfile::tempdir().unwrap();
+        let depth3 = ["--follow", "--max-depth", "3"];
+        // The long path first: s → a → b → c, c at the maximum depth.
+        let (config, _) = engine.crawl_to_end(dir.path(), &[server.url("/graph/s.html")], &depth3);
+        let graph = server.url("/graph/");
+        let depths = format!(
+            "SELECT replace(u.url, '{graph}', '') || ' ' || u.depth || ' ' || coalesce(replace(f.url, '{graph}', ''), '-')
+             FROM urls u LEFT JOIN urls f ON f.id = u.found_on"
+        );
+        let depths = || async { sorted(strings_in(&config, &depths).await) };
+        assert_eq!(depths().await, ["a.html 1 s.html", "b.html 2 a.html", "c.html 3 b.html", "s.html 0 -"]);
 
-    // Then a shortcut: t → b.
-    crawl_to_end(dir.path(), &[server.url("/graph/t.html")], &["--follow"], &depth3);
-    assert_eq!(
-        depths().await,
-        [
-            "a.html 1 s.html",
-            "b.html 1 t.html",
-            "c.html 2 b.html",
-            "d.html 3 c.html",
-            "s.html 0 -",
-            "t.html 0 -"
-        ]
-    );
-    assert_eq!(server.hits_of("/graph/c.html").len(), 2, "c fetched again, now parsed");
-    assert_eq!(server.hits_of("/graph/e.html").len(), 0, "d is at the maximum depth");
-    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state <> 'done'").await, 0);
+        // Then a shortcut: t → b.
+        engine.crawl_to_end(dir.path(), &[server.url("/graph/t.html")], &depth3);
+        assert_eq!(
+            depths().await,
+            [
+                "a.html 1 s.html",
+                "b.html 1 t.html",
+                "c.html 2 b.html",
+                "d.html 3 c.html",
+                "s.html 0 -",
+                "t.html 0 -"
+            ]
+        );
+        assert_eq!(server.hits_of("/graph/c.html").len(), 2, "c fetched again, now parsed");
+        assert_eq!(server.hits_of("/graph/e.html").len(), 0, "d is at the maximum depth");
+        assert_eq!(count_in(&config, "SELECT count(*) FROM results WHERE state <> 'done'").await, 0);
+    }
 }
 
 /// Seeds and discovered links are normalized by one function: a page given
@@ -350,17 +351,17 @@ async fn depth_is_the_shortest_path_even_when_the_long_one_came_first() {
 /// stored once. A URL list saved with a byte-order mark loses no line.
 #[tokio::test]
 async fn seeds_and_links_are_normalized_alike_and_a_bom_is_skipped() {
-    let server = TestServer::start_on("127.0.0.49");
-    let dir = tempfile::tempdir().unwrap();
-    let seeds = [
-        format!("\u{feff}{}", server.url("/ok/%7euser/?utm_source=mail&utm_medium=x")),
-        server.url("/linkto?url=/ok/~user/"),
-    ];
-    let (db, _) = crawl_to_end(dir.path(), &seeds, &["--follow"], &[]);
-    let pool = reader(&db).await;
-    let urls: Vec<String> =
-        sqlx::query_scalar("SELECT url FROM urls ORDER BY url").fetch_all(&pool).await.unwrap();
-    assert_eq!(urls, [server.url("/linkto?url=/ok/~user/"), server.url("/ok/~user/")]);
-    assert_eq!(scalar(&db, "SELECT count(*) FROM input_errors").await, 0);
-    assert_eq!(server.hits_of("/ok/~user/").len(), 1);
+    for engine in engines("seeds_and_links_are_normalized_alike_and_a_bom_is_skipped").await {
+        let server = TestServer::start_on("127.0.0.49");
+        let dir = tempfile::tempdir().unwrap();
+        let seeds = [
+            format!("\u{feff}{}", server.url("/ok/%7euser/?utm_source=mail&utm_medium=x")),
+            server.url("/linkto?url=/ok/~user/"),
+        ];
+        let (db, _) = engine.crawl_to_end(dir.path(), &seeds, &["--follow"]);
+        let urls = sorted(strings_in(&db, "SELECT url FROM urls").await);
+        assert_eq!(urls, [server.url("/linkto?url=/ok/~user/"), server.url("/ok/~user/")]);
+        assert_eq!(count_in(&db, "SELECT count(*) FROM input_errors").await, 0);
+        assert_eq!(server.hits_of("/ok/~user/").len(), 1);
+    }
 }

@@ -8,44 +8,47 @@ use trawler::Shutdown;
 use trawler::seeds::SeedSource;
 
 use crate::server::TestServer;
-use crate::util::{count_in, crawl_lines, engines, result_for, test_config, write_input};
+use crate::util::{count_in, crawl_lines, engines, result_in, strings_in, write_input};
 
 #[tokio::test]
 async fn malformed_lines_are_reported_and_the_rest_is_crawled() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let lines = vec![
-        "# seeds for the test".to_owned(),
-        server.url("/ok/first"),
-        "".to_owned(),
-        "not a url".to_owned(),
-        "ftp://127.0.0.1/file".to_owned(),
-        server.url("/ok/second"),
-    ];
-    let summary = crawl_lines(&config, &lines).await;
-    assert_eq!((summary.done, summary.input_lines, summary.input_invalid), (2, 6, 2));
+    for engine in engines("malformed_lines_are_reported_and_the_rest_is_crawled").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine.config(dir.path());
+        let lines = vec![
+            "# seeds for the test".to_owned(),
+            server.url("/ok/first"),
+            "".to_owned(),
+            "not a url".to_owned(),
+            "ftp://127.0.0.1/file".to_owned(),
+            server.url("/ok/second"),
+        ];
+        let summary = crawl_lines(&config, &lines).await;
+        assert_eq!((summary.done, summary.input_lines, summary.input_invalid), (2, 6, 2));
 
-    let pool = crate::util::reader(&config.store.path).await;
-    let errors: Vec<(String, i64, String, String)> =
-        sqlx::query_as("SELECT source, line, text, reason FROM input_errors ORDER BY line")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    let source = dir.path().join("urls.txt").display().to_string();
-    assert_eq!(errors.len(), 2);
-    assert_eq!((&errors[0].0, errors[0].1, errors[0].2.as_str()), (&source, 4, "not a url"));
-    assert!(errors[0].3.contains("relative URL"), "{}", errors[0].3);
-    assert_eq!((errors[1].1, errors[1].2.as_str()), (5, "ftp://127.0.0.1/file"));
-    assert!(errors[1].3.contains("ftp"), "{}", errors[1].3);
+        let errors = strings_in(
+            &config,
+            "SELECT source || '|' || line || '|' || text || '|' || reason FROM input_errors",
+        )
+        .await;
+        let mut errors: Vec<Vec<&str>> = errors.iter().map(|e| e.split('|').collect()).collect();
+        errors.sort_by_key(|e| e[1].parse::<u32>().unwrap());
+        let source = dir.path().join("urls.txt").display().to_string();
+        assert_eq!(errors.len(), 2);
+        assert_eq!(errors[0][..3], [source.as_str(), "4", "not a url"]);
+        assert!(errors[0][3].contains("relative URL"), "{}", errors[0][3]);
+        assert_eq!(errors[1][1..3], ["5", "ftp://127.0.0.1/file"]);
+        assert!(errors[1][3].contains("ftp"), "{}", errors[1][3]);
 
-    // The results view shows rejected lines as failed with invalid_url.
-    let row = result_for(&config.store.path, "not a url").await;
-    assert_eq!(
-        (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
-        ("failed", Some("invalid_url"), 0)
-    );
-    assert_eq!(result_for(&config.store.path, &server.url("/ok/second")).await.state, "done");
+        // The results view shows rejected lines as failed with invalid_url.
+        let row = result_in(&config, "not a url").await;
+        assert_eq!(
+            (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+            ("failed", Some("invalid_url"), 0)
+        );
+        assert_eq!(result_in(&config, &server.url("/ok/second")).await.state, "done");
+    }
 }
 
 #[tokio::test]

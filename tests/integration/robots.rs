@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use crate::server::{RobotsTxt, TestServer};
-use crate::util::{
-    count_in, crawl_lines, engines, result_for, result_in, spawn_crawl, test_config, wait_within, write_input,
-};
+use crate::util::{count_in, crawl_lines, engines, result_in};
 
 #[tokio::test]
 async fn a_disallowed_url_is_never_fetched_and_says_why() {
@@ -34,20 +32,21 @@ async fn a_disallowed_url_is_never_fetched_and_says_why() {
 
 #[tokio::test]
 async fn a_robots_txt_over_512_kib_is_obeyed_as_far_as_it_is_read() {
-    // RFC 9309 §2.5: parse at least the first 500 KiB. The declared length
-    // (600 KiB) must not make the whole file count as missing.
-    let server =
-        TestServer::with_robots("127.0.0.28", RobotsTxt::Padded("User-agent: *\nDisallow: /ok/private\n"));
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crawl.db");
-    let (open, private) = (server.url("/ok/open"), server.url("/ok/private"));
-    let input = write_input(dir.path(), &[open.clone(), private.clone()]);
-    let mut child = spawn_crawl(input.to_str().unwrap(), &db, &[]);
-    assert_eq!(wait_within(&mut child, Duration::from_secs(20)).0.code(), Some(0));
+    for engine in engines("a_robots_txt_over_512_kib_is_obeyed_as_far_as_it_is_read").await {
+        // RFC 9309 §2.5: parse at least the first 500 KiB. The declared
+        // length (600 KiB) must not make the whole file count as missing.
+        let server = TestServer::with_robots(
+            "127.0.0.28",
+            RobotsTxt::Padded("User-agent: *\nDisallow: /ok/private\n"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (open, private) = (server.url("/ok/open"), server.url("/ok/private"));
+        let (db, _) = engine.crawl_to_end(dir.path(), &[open.clone(), private.clone()], &[]);
 
-    assert!(server.hits_of("/ok/private").is_empty(), "a disallowed URL was requested");
-    assert_eq!(result_for(&db, &private).await.error_kind.as_deref(), Some("robots_disallowed"));
-    assert_eq!(result_for(&db, &open).await.state, "done");
+        assert!(server.hits_of("/ok/private").is_empty(), "a disallowed URL was requested");
+        assert_eq!(result_in(&db, &private).await.error_kind.as_deref(), Some("robots_disallowed"));
+        assert_eq!(result_in(&db, &open).await.state, "done");
+    }
 }
 
 #[tokio::test]
@@ -68,25 +67,33 @@ async fn the_group_for_our_token_wins_over_the_star_group() {
 
 #[tokio::test]
 async fn crawl_delay_raises_the_host_delay_up_to_the_cap() {
-    let polite = TestServer::with_robots("127.0.0.22", RobotsTxt::Text("User-agent: *\nCrawl-delay: 0.15\n"));
-    let greedy = TestServer::with_robots("127.0.0.23", RobotsTxt::Text("User-agent: *\nCrawl-delay: 60\n"));
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.robots.max_crawl_delay = Duration::from_millis(250);
-    let mut urls: Vec<String> = (0..4).map(|i| polite.url(&format!("/ok/{i}"))).collect();
-    urls.extend((0..4).map(|i| greedy.url(&format!("/ok/{i}"))));
-    crawl_lines(&config, &urls).await;
+    for engine in engines("crawl_delay_raises_the_host_delay_up_to_the_cap").await {
+        let polite =
+            TestServer::with_robots("127.0.0.22", RobotsTxt::Text("User-agent: *\nCrawl-delay: 0.15\n"));
+        let greedy =
+            TestServer::with_robots("127.0.0.23", RobotsTxt::Text("User-agent: *\nCrawl-delay: 60\n"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        config.robots.max_crawl_delay = Duration::from_millis(250);
+        let mut urls: Vec<String> = (0..4).map(|i| polite.url(&format!("/ok/{i}"))).collect();
+        urls.extend((0..4).map(|i| greedy.url(&format!("/ok/{i}"))));
+        crawl_lines(&config, &urls).await;
 
-    let gaps = |server: &TestServer| {
-        let hits: Vec<_> = server.hits().into_iter().map(|h| h.at).collect();
-        hits.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
-    };
-    let slack = Duration::from_millis(10);
-    assert!(gaps(&polite).iter().all(|&g| g + slack >= Duration::from_millis(150)), "{:?}", gaps(&polite));
-    // 60 s asked, 250 ms allowed by robots.max_crawl_delay.
-    let greedy_gaps = gaps(&greedy);
-    assert!(greedy_gaps.iter().all(|&g| g + slack >= Duration::from_millis(250)), "{greedy_gaps:?}");
-    assert!(greedy_gaps.iter().all(|&g| g < Duration::from_secs(2)), "{greedy_gaps:?}");
+        let gaps = |server: &TestServer| {
+            let hits: Vec<_> = server.hits().into_iter().map(|h| h.at).collect();
+            hits.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+        };
+        let slack = Duration::from_millis(10);
+        assert!(
+            gaps(&polite).iter().all(|&g| g + slack >= Duration::from_millis(150)),
+            "{:?}",
+            gaps(&polite)
+        );
+        // 60 s asked, 250 ms allowed by robots.max_crawl_delay.
+        let greedy_gaps = gaps(&greedy);
+        assert!(greedy_gaps.iter().all(|&g| g + slack >= Duration::from_millis(250)), "{greedy_gaps:?}");
+        assert!(greedy_gaps.iter().all(|&g| g < Duration::from_secs(2)), "{greedy_gaps:?}");
+    }
 }
 
 #[tokio::test]
@@ -163,21 +170,19 @@ async fn a_missing_robots_txt_allows_everything_and_ignoring_skips_it() {
 /// When robots.txt gets no response at all, the URL's error says so plainly.
 #[tokio::test]
 async fn an_unreachable_robots_txt_is_named_in_the_error() {
-    let dir = tempfile::tempdir().unwrap();
-    // Nothing listens there: the connection to robots.txt is refused.
-    let url = "http://127.0.0.29:9/page".to_owned();
-    let (db, _) = crate::util::crawl_to_end(
-        dir.path(),
-        std::slice::from_ref(&url),
-        &[],
-        &[("TRAWLER_RETRY__MAX_ATTEMPTS", "1")],
-    );
-    let row = result_for(&db, &url).await;
-    assert_eq!(row.error_kind.as_deref(), Some("connect"));
-    let message = row.error_message.unwrap();
-    assert!(
-        message.starts_with("robots.txt unreachable (connect: ")
-            && message.contains("the page was not requested (http://127.0.0.29:9/robots.txt)"),
-        "{message}"
-    );
+    for engine in engines("an_unreachable_robots_txt_is_named_in_the_error").await {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing listens there: the connection to robots.txt is refused.
+        let url = "http://127.0.0.29:9/page".to_owned();
+        let once = [("TRAWLER_RETRY__MAX_ATTEMPTS", "1")];
+        let (db, _) = engine.crawl_to_end_with_env(dir.path(), std::slice::from_ref(&url), &[], &once);
+        let row = result_in(&db, &url).await;
+        assert_eq!(row.error_kind.as_deref(), Some("connect"));
+        let message = row.error_message.unwrap();
+        assert!(
+            message.starts_with("robots.txt unreachable (connect: ")
+                && message.contains("the page was not requested (http://127.0.0.29:9/robots.txt)"),
+            "{message}"
+        );
+    }
 }

@@ -7,75 +7,81 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    next_notification, output_of, scalar, signal, spawn_trawler, spawn_trawler_with_env, wait_until,
-    wait_within,
+    count_in, engines, next_notification, output_of, signal, spawn_trawler_with_env, wait_until, wait_within,
 };
 
 #[tokio::test]
 async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
-    let server = TestServer::start_on("127.0.0.50");
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("service.db");
-    let notify_path = dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for engine in engines("the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls").await {
+        let server = TestServer::start_on("127.0.0.50");
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("service.db");
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
 
-    let admin = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().to_string()
-    };
-    let mut daemon = spawn_trawler_with_env(
-        &["run", "--db", db.to_str().unwrap(), "--grace", "2s"],
-        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap()), ("TRAWLER_ADMIN__LISTEN", admin.as_str())],
-    );
-    assert!(next_notification(&notify).contains("READY=1"));
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let get = |path: &str| {
-        let (http, url) = (http.clone(), format!("http://{admin}{path}"));
-        async move {
-            let response = http.get(url).send().await.unwrap();
-            (response.status().as_u16(), response.text().await.unwrap())
+        let admin = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().to_string()
+        };
+        let mut env =
+            vec![("NOTIFY_SOCKET", notify_path.to_str().unwrap()), ("TRAWLER_ADMIN__LISTEN", admin.as_str())];
+        env.extend(engine.env());
+        let mut daemon =
+            spawn_trawler_with_env(&["run", "--db", db.to_str().unwrap(), "--grace", "2s"], &env);
+        assert!(next_notification(&notify).contains("READY=1"));
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let get = |path: &str| {
+            let (http, url) = (http.clone(), format!("http://{admin}{path}"));
+            async move {
+                let response = http.get(url).send().await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            }
+        };
+        assert_eq!(get("/readyz").await.0, 200);
+        assert_eq!(get("/healthz").await.0, 200);
+
+        // An empty frontier keeps the service running.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(daemon.try_wait().unwrap().is_none(), "the service exited with nothing to do");
+
+        // URLs added from another process are fetched within a second or so.
+        let (a, b) = (server.url("/ok/a"), server.url("/ok/b"));
+        let mut enqueue = spawn_trawler_with_env(
+            &["enqueue", &a, &b, "not a url", "--db", db.to_str().unwrap()],
+            &engine.env(),
+        );
+        let (status, _) = wait_within(&mut enqueue, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0));
+        let (stdout, _) = output_of(enqueue);
+        assert!(stdout.contains("2 new URLs (3 lines, 0 already known, 1 rejected)"), "{stdout}");
+        wait_until(Duration::from_secs(5), "the enqueued URLs to be fetched", || server.hits().len() == 2);
+
+        // The metrics count what the database holds.
+        let done_2xx = r#"trawler_fetches_total{outcome="done",status="2xx"} 2"#;
+        let mut metrics = String::new();
+        for _ in 0..50 {
+            metrics = get("/metrics").await.1;
+            if metrics.contains(done_2xx) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    };
-    assert_eq!(get("/readyz").await.0, 200);
-    assert_eq!(get("/healthz").await.0, 200);
+        assert!(metrics.contains(done_2xx), "{metrics}");
+        assert!(metrics.contains("trawler_fetch_duration_seconds_bucket"), "{metrics}");
+        let db = engine.reading(&db);
+        assert_eq!(
+            count_in(&db, "SELECT count(*) FROM attempts WHERE outcome = 'done' AND http_status = 200").await,
+            2
+        );
 
-    // An empty frontier keeps the service running.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(daemon.try_wait().unwrap().is_none(), "the service exited with nothing to do");
-
-    // URLs added from another process are fetched within a second or so.
-    let (a, b) = (server.url("/ok/a"), server.url("/ok/b"));
-    let mut enqueue = spawn_trawler(&["enqueue", &a, &b, "not a url", "--db", db.to_str().unwrap()]);
-    let (status, _) = wait_within(&mut enqueue, Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0));
-    let (stdout, _) = output_of(enqueue);
-    assert!(stdout.contains("2 new URLs (3 lines, 0 already known, 1 rejected)"), "{stdout}");
-    wait_until(Duration::from_secs(5), "the enqueued URLs to be fetched", || server.hits().len() == 2);
-
-    // The metrics count what the database holds.
-    let done_2xx = r#"trawler_fetches_total{outcome="done",status="2xx"} 2"#;
-    let mut metrics = String::new();
-    for _ in 0..50 {
-        metrics = get("/metrics").await.1;
-        if metrics.contains(done_2xx) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        signal(&daemon, libc::SIGTERM);
+        assert!(next_notification(&notify).contains("STOPPING=1"));
+        let (status, took) = wait_within(&mut daemon, Duration::from_secs(3));
+        assert_eq!(status.code(), Some(0));
+        assert!(took < Duration::from_secs(3));
+        assert_eq!(count_in(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 2);
     }
-    assert!(metrics.contains(done_2xx), "{metrics}");
-    assert!(metrics.contains("trawler_fetch_duration_seconds_bucket"), "{metrics}");
-    assert_eq!(
-        scalar(&db, "SELECT count(*) FROM attempts WHERE outcome = 'done' AND http_status = 200").await,
-        2
-    );
-
-    signal(&daemon, libc::SIGTERM);
-    assert!(next_notification(&notify).contains("STOPPING=1"));
-    let (status, took) = wait_within(&mut daemon, Duration::from_secs(3));
-    assert_eq!(status.code(), Some(0));
-    assert!(took < Duration::from_secs(3));
-    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 2);
 }
 
 /// `systemd-analyze verify` and the offline security check, where the tool
