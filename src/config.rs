@@ -400,9 +400,10 @@ pub struct StoreConfig {
     /// by the database's clock. Renewed every third of it; a daemon starts no
     /// request to a host later than its last renewal was sent plus this
     /// minus `fetch.timeout`, and a crashed daemon's hosts go to the others
-    /// this long after its last renewal. At least twice `fetch.timeout`.
+    /// this long after its last renewal. At least twice `fetch.timeout`;
+    /// unset: [`StoreConfig::lease`] picks one.
     #[serde(with = "humantime_serde")]
-    pub lease: Duration,
+    pub lease: Option<Duration>,
     /// SQLite `synchronous` in WAL mode: `"normal"` survives a process crash,
     /// `"full"` also survives a power cut (sqlite.org/pragma.html#pragma_synchronous).
     pub synchronous: Synchronous,
@@ -422,12 +423,26 @@ pub struct StoreConfig {
     pub checkpoint_every: Duration,
 }
 
+impl StoreConfig {
+    /// The host lease length (PostgreSQL): `store.lease` if set, otherwise
+    /// [`DEFAULT_LEASE`] or twice `request_timeout` (`fetch.timeout`),
+    /// whichever is longer, so that a long timeout alone never makes the
+    /// configuration invalid.
+    pub fn lease(&self, request_timeout: Duration) -> Duration {
+        self.lease.unwrap_or_else(|| DEFAULT_LEASE.max(request_timeout.saturating_mul(2)))
+    }
+}
+
+/// The host lease length when `store.lease` is unset and `fetch.timeout` is
+/// at most half of it: a crashed daemon's hosts wait about a minute.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("trawler.db"),
             url: None,
-            lease: Duration::from_secs(60),
+            lease: None,
             synchronous: Synchronous::Normal,
             save_headers: false,
             save_body: false,
@@ -727,7 +742,9 @@ impl Config {
         {
             return invalid("store.url", "must be a postgres:// or postgresql:// URL");
         }
-        if self.store.url.is_some() && self.store.lease < self.fetch.timeout.saturating_mul(2) {
+        if self.store.url.is_some()
+            && self.store.lease(self.fetch.timeout) < self.fetch.timeout.saturating_mul(2)
+        {
             // Renewals a third of the lease apart must keep the deadline
             // (last renewal sent + lease - fetch.timeout) ahead of the next.
             return invalid("store.lease", "must be at least twice fetch.timeout (on PostgreSQL)");
@@ -798,10 +815,21 @@ mod tests {
         config.fetch.timeout = Duration::from_secs(31);
         config.validate().expect("SQLite leases no hosts: any timeout goes");
         config.store.url = Some("postgres://trawler@127.0.0.1/crawl".into());
+        config.store.lease = Some(Duration::from_secs(60));
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("store.lease") && err.contains("twice fetch.timeout"), "{err}");
-        config.store.lease = Duration::from_secs(62);
+        config.store.lease = Some(Duration::from_secs(62));
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn an_unset_lease_outlasts_two_request_timeouts() {
+        let mut config = Config::default();
+        config.store.url = Some("postgres://trawler@127.0.0.1/crawl".into());
+        assert_eq!(config.store.lease(config.fetch.timeout), DEFAULT_LEASE);
+        config.fetch.timeout = Duration::from_secs(45);
+        config.validate().expect("no lease set: one long enough is picked");
+        assert_eq!(config.store.lease(config.fetch.timeout), Duration::from_secs(90));
     }
 
     #[test]

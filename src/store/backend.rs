@@ -47,7 +47,7 @@ impl Backend {
     /// Opens the database `config` names for crawling, creating it if missing
     /// (SQLite) and applying pending migrations: a SQLite file as its one
     /// crawler (its owner); a PostgreSQL database beside any other daemons,
-    /// with host leases of `config.lease` for requests of at most
+    /// with host leases of [`StoreConfig::lease`] for requests of at most
     /// `request_timeout` (`fetch.timeout`). URLs a crashed run left in
     /// flight stay so until the caller runs [`Store::requeue_abandoned`].
     ///
@@ -59,7 +59,8 @@ impl Backend {
     pub async fn open(config: &StoreConfig, request_timeout: Duration) -> Result<Self, StoreError> {
         match &config.url {
             Some(url) => Ok(Self::Postgres(
-                PgStore::open_crawler(url, PG_CONNECTIONS, config.lease, request_timeout).await?,
+                PgStore::open_crawler(url, PG_CONNECTIONS, config.lease(request_timeout), request_timeout)
+                    .await?,
             )),
             None => Ok(Self::Sqlite(SqliteStore::open(config).await?)),
         }
