@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    output_of, scalar, signal, spawn_crawl, spawn_trawler, wait_until, wait_within, write_input,
+    count_in, engines, output_of, scalar, signal, spawn_crawl, spawn_crawl_with_env, spawn_trawler_with_env,
+    wait_until, wait_within, write_input,
 };
 
 fn slow_urls(server: &TestServer, n: usize, ms: u64) -> Vec<String> {
@@ -14,56 +15,72 @@ fn slow_urls(server: &TestServer, n: usize, ms: u64) -> Vec<String> {
 
 #[tokio::test]
 async fn sigterm_mid_crawl_exits_0_loses_nothing_and_a_rerun_completes() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_input(dir.path(), &slow_urls(&server, 150, 40));
-    let db = dir.path().join("crawl.db");
-    let (input, flags) = (input.to_str().unwrap(), ["--concurrency", "4", "--grace", "3s"]);
+    for engine in engines("sigterm_mid_crawl_exits_0_loses_nothing_and_a_rerun_completes").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let input = write_input(dir.path(), &slow_urls(&server, 150, 40));
+        let db = dir.path().join("crawl.db");
+        let (input, flags) = (input.to_str().unwrap(), ["--concurrency", "4", "--grace", "3s"]);
 
-    let mut child = spawn_crawl(input, &db, &flags);
-    wait_until(Duration::from_secs(20), "20 fetches", || server.hits().len() >= 20);
-    signal(&child, libc::SIGTERM);
-    let (status, took) = wait_within(&mut child, Duration::from_secs(4));
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
-    assert!(took < Duration::from_secs(4), "took {took:?}");
-    let (stdout, _) = output_of(child);
-    assert!(stdout.contains("crawl stopped"), "{stdout}");
+        let mut child = spawn_crawl_with_env(input, &db, &flags, &engine.env());
+        wait_until(Duration::from_secs(20), "20 fetches", || server.hits().len() >= 20);
+        signal(&child, libc::SIGTERM);
+        let (status, took) = wait_within(&mut child, Duration::from_secs(4));
+        assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+        let (stdout, _) = output_of(child);
+        assert!(stdout.contains("crawl stopped"), "{stdout}");
 
-    let done = scalar(&db, "SELECT count(*) FROM urls WHERE state = 'done'").await;
-    assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'in_flight'").await, 0);
-    // Every fetch the server answered before the stop was committed.
-    assert_eq!(done, server.hits().len() as i64);
-    assert!(done < 150);
+        let done = count_in(&engine.reading(&db), "SELECT count(*) FROM urls WHERE state = 'done'").await;
+        assert_eq!(
+            count_in(&engine.reading(&db), "SELECT count(*) FROM urls WHERE state = 'in_flight'").await,
+            0
+        );
+        // Every fetch the server answered before the stop was committed.
+        assert_eq!(done, server.hits().len() as i64);
+        assert!(done < 150);
 
-    let mut rerun = spawn_crawl(input, &db, &flags);
-    let (status, _) = wait_within(&mut rerun, Duration::from_secs(30));
-    assert_eq!(status.code(), Some(0));
-    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 150);
-    let per_path = server.hits_per_path();
-    assert_eq!(per_path.len(), 150);
-    assert!(per_path.values().all(|&n| n == 1), "a finished URL was fetched again");
+        let mut rerun = spawn_crawl_with_env(input, &db, &flags, &engine.env());
+        let (status, _) = wait_within(&mut rerun, Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0));
+        assert_eq!(
+            count_in(&engine.reading(&db), "SELECT count(*) FROM results WHERE state = 'done'").await,
+            150
+        );
+        let per_path = server.hits_per_path();
+        assert_eq!(per_path.len(), 150);
+        assert!(per_path.values().all(|&n| n == 1), "a finished URL was fetched again");
+    }
 }
 
 #[tokio::test]
 async fn a_second_signal_cancels_fetches_and_exits_130() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_input(dir.path(), &slow_urls(&server, 10, 20_000));
-    let db = dir.path().join("crawl.db");
-    let flags = ["--concurrency", "3", "--timeout", "60s", "--grace", "60s"];
-    let mut child = spawn_crawl(input.to_str().unwrap(), &db, &flags);
-    wait_until(Duration::from_secs(20), "3 fetches in flight", || server.hits().len() >= 3);
-    signal(&child, libc::SIGINT);
-    std::thread::sleep(Duration::from_millis(200));
-    signal(&child, libc::SIGTERM);
-    let (status, took) = wait_within(&mut child, Duration::from_secs(5));
-    assert_eq!(status.code(), Some(130));
-    assert!(took < Duration::from_secs(3), "took {took:?}");
-    // Nothing finished, nothing stranded: all ten are queued for the next run.
-    assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'queued'").await, 10);
-    assert_eq!(scalar(&db, "SELECT count(*) FROM attempts").await, 0);
+    for engine in engines("a_second_signal_cancels_fetches_and_exits_130").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let input = write_input(dir.path(), &slow_urls(&server, 10, 20_000));
+        let db = dir.path().join("crawl.db");
+        let flags = ["--concurrency", "3", "--timeout", "60s", "--grace", "60s"];
+        let mut child = spawn_crawl_with_env(input.to_str().unwrap(), &db, &flags, &engine.env());
+        wait_until(Duration::from_secs(20), "3 fetches in flight", || server.hits().len() >= 3);
+        signal(&child, libc::SIGINT);
+        std::thread::sleep(Duration::from_millis(200));
+        signal(&child, libc::SIGTERM);
+        let (status, took) = wait_within(&mut child, Duration::from_secs(5));
+        assert_eq!(status.code(), Some(130));
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        // Nothing finished, nothing stranded: all ten are queued for the next run.
+        assert_eq!(
+            count_in(&engine.reading(&db), "SELECT count(*) FROM urls WHERE state = 'queued'").await,
+            10
+        );
+        assert_eq!(count_in(&engine.reading(&db), "SELECT count(*) FROM attempts").await, 0);
+    }
 }
 
+/// On PostgreSQL a killed daemon's hosts wait for their leases to lapse:
+/// `postgres::after_kill_9_a_rerun_on_postgres_crawls_every_url_once_more_at_most`
+/// crawls with a short lease.
 #[tokio::test]
 async fn after_kill_9_a_rerun_crawls_every_url() {
     let server = TestServer::start();
@@ -159,85 +176,108 @@ async fn json_logs_are_one_object_per_line() {
 #[tokio::test]
 async fn urls_can_come_from_stdin() {
     use std::io::Write;
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crawl.db");
-    let mut child = spawn_crawl("-", &db, &[]);
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{}\n{}\nnope", server.url("/ok/a"), server.url("/ok/b")).unwrap();
-    drop(stdin);
-    let (status, _) = wait_within(&mut child, Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0));
-    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 2);
-    assert_eq!(scalar(&db, "SELECT count(*) FROM input_errors WHERE source = '-' AND line = 3").await, 1);
+    for engine in engines("urls_can_come_from_stdin").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("crawl.db");
+        let mut child = spawn_crawl_with_env("-", &db, &[], &engine.env());
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{}\n{}\nnope", server.url("/ok/a"), server.url("/ok/b")).unwrap();
+        drop(stdin);
+        let (status, _) = wait_within(&mut child, Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0));
+        assert_eq!(
+            count_in(&engine.reading(&db), "SELECT count(*) FROM results WHERE state = 'done'").await,
+            2
+        );
+        assert_eq!(
+            count_in(
+                &engine.reading(&db),
+                "SELECT count(*) FROM input_errors WHERE source = '-' AND line = 3"
+            )
+            .await,
+            1
+        );
+    }
 }
 
 #[tokio::test]
 async fn sigterm_stops_a_crawl_fed_by_a_pipe_that_stays_open() {
     use std::io::Write;
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crawl.db");
-    let mut child = spawn_crawl("-", &db, &["--grace", "2s"]);
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{}", server.url("/ok/fed")).unwrap();
-    stdin.flush().unwrap();
-    // URLs are enqueued in batches of 1,000 or at the end of input, so this
-    // one waits in memory; the stop must end the crawl promptly and keep it.
-    std::thread::sleep(Duration::from_millis(300));
-    signal(&child, libc::SIGTERM);
-    let (status, took) = wait_within(&mut child, Duration::from_secs(3));
-    assert_eq!(status.code(), Some(0));
-    assert!(took < Duration::from_secs(3), "took {took:?}");
-    drop(stdin);
-    assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'queued'").await, 1);
+    for engine in engines("sigterm_stops_a_crawl_fed_by_a_pipe_that_stays_open").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("crawl.db");
+        let mut child = spawn_crawl_with_env("-", &db, &["--grace", "2s"], &engine.env());
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{}", server.url("/ok/fed")).unwrap();
+        stdin.flush().unwrap();
+        // URLs are enqueued in batches of 1,000 or at the end of input, so this
+        // one waits in memory; the stop must end the crawl promptly and keep it.
+        std::thread::sleep(Duration::from_millis(300));
+        signal(&child, libc::SIGTERM);
+        let (status, took) = wait_within(&mut child, Duration::from_secs(3));
+        assert_eq!(status.code(), Some(0));
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        drop(stdin);
+        assert_eq!(
+            count_in(&engine.reading(&db), "SELECT count(*) FROM urls WHERE state = 'queued'").await,
+            1
+        );
+    }
 }
 
 #[tokio::test]
 async fn stats_and_export_match_the_database() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let lines = [
-        server.url("/ok/1"),
-        server.url("/ok/2"),
-        server.url("/status/404/x"),
-        server.url("/loop/a"),
-        "junk".into(),
-    ];
-    let input = write_input(dir.path(), &lines);
-    let db = dir.path().join("crawl.db");
-    let mut crawl = spawn_crawl(input.to_str().unwrap(), &db, &[]);
-    assert_eq!(wait_within(&mut crawl, Duration::from_secs(20)).0.code(), Some(0));
-    let db_arg = db.to_str().unwrap();
+    for engine in engines("stats_and_export_match_the_database").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let lines = [
+            server.url("/ok/1"),
+            server.url("/ok/2"),
+            server.url("/status/404/x"),
+            server.url("/loop/a"),
+            "junk".into(),
+        ];
+        let input = write_input(dir.path(), &lines);
+        let db = dir.path().join("crawl.db");
+        let mut crawl = spawn_crawl_with_env(input.to_str().unwrap(), &db, &[], &engine.env());
+        assert_eq!(wait_within(&mut crawl, Duration::from_secs(20)).0.code(), Some(0));
+        let db_arg = db.to_str().unwrap();
 
-    let mut stats = crate::util::spawn_trawler(&["stats", "--json", "--db", db_arg]);
-    assert_eq!(wait_within(&mut stats, Duration::from_secs(10)).0.code(), Some(0));
-    let (stdout, _) = output_of(stats);
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!((report["done"].as_i64(), report["failed"].as_i64()), (Some(3), Some(1)));
-    assert_eq!(report["invalid_lines"].as_i64(), Some(1));
-    assert_eq!(
-        report["outcomes"],
-        serde_json::json!([["2xx", 2], ["4xx", 1], ["invalid_url", 1], ["redirect_loop", 1]])
-    );
-    assert_eq!(
-        report["attempts_last_hour"].as_i64(),
-        Some(scalar(&db, "SELECT count(*) FROM attempts").await)
-    );
+        let mut stats = spawn_trawler_with_env(&["stats", "--json", "--db", db_arg], &engine.env());
+        assert_eq!(wait_within(&mut stats, Duration::from_secs(10)).0.code(), Some(0));
+        let (stdout, _) = output_of(stats);
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!((report["done"].as_i64(), report["failed"].as_i64()), (Some(3), Some(1)));
+        assert_eq!(report["invalid_lines"].as_i64(), Some(1));
+        assert_eq!(
+            report["outcomes"],
+            serde_json::json!([["2xx", 2], ["4xx", 1], ["invalid_url", 1], ["redirect_loop", 1]])
+        );
+        assert_eq!(
+            report["attempts_last_hour"].as_i64(),
+            Some(count_in(&engine.reading(&db), "SELECT count(*) FROM attempts").await)
+        );
 
-    let mut csv = crate::util::spawn_trawler(&["export", "--format", "csv", "--db", db_arg]);
-    assert_eq!(wait_within(&mut csv, Duration::from_secs(10)).0.code(), Some(0));
-    let (stdout, _) = output_of(csv);
-    let rows: Vec<&str> = stdout.lines().collect();
-    assert!(rows[0].starts_with("url_id,url,host,state,http_status"), "{}", rows[0]);
-    assert_eq!(rows.len() as i64 - 1, scalar(&db, "SELECT count(*) FROM results").await);
+        let mut csv = spawn_trawler_with_env(&["export", "--format", "csv", "--db", db_arg], &engine.env());
+        assert_eq!(wait_within(&mut csv, Duration::from_secs(10)).0.code(), Some(0));
+        let (stdout, _) = output_of(csv);
+        let rows: Vec<&str> = stdout.lines().collect();
+        assert!(rows[0].starts_with("url_id,url,host,state,http_status"), "{}", rows[0]);
+        assert_eq!(
+            rows.len() as i64 - 1,
+            count_in(&engine.reading(&db), "SELECT count(*) FROM results").await
+        );
 
-    let mut failed = crate::util::spawn_trawler(&["export", "--state", "failed", "--db", db_arg]);
-    assert_eq!(wait_within(&mut failed, Duration::from_secs(10)).0.code(), Some(0));
-    let (stdout, _) = output_of(failed);
-    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(rows.len(), 2, "the redirect loop and the rejected line");
-    assert!(rows.iter().all(|r| r["state"] == "failed"));
+        let mut failed =
+            spawn_trawler_with_env(&["export", "--state", "failed", "--db", db_arg], &engine.env());
+        assert_eq!(wait_within(&mut failed, Duration::from_secs(10)).0.code(), Some(0));
+        let (stdout, _) = output_of(failed);
+        let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), 2, "the redirect loop and the rejected line");
+        assert!(rows.iter().all(|r| r["state"] == "failed"));
+    }
 }
 
 #[tokio::test]
@@ -291,50 +331,60 @@ async fn a_reader_without_write_access_can_read_a_stopped_crawls_database() {
 
 /// `trawler export … | head`: a reader that goes away ends the export
 /// quietly with exit 0, as `sqlite3` or `grep` end.
-#[test]
-fn export_into_a_closed_pipe_ends_quietly() {
+#[tokio::test]
+async fn export_into_a_closed_pipe_ends_quietly() {
     use std::io::Read;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crawl.db");
-    // Queued URLs are exported too: far more than a pipe's buffer.
-    let urls: Vec<String> = (0..5000).map(|i| format!("http://127.0.0.1:9/never/fetched/{i}")).collect();
-    let input = write_input(dir.path(), &urls);
-    let mut enqueue =
-        spawn_trawler(&["enqueue", "--db", db.to_str().unwrap(), "--file", input.to_str().unwrap()]);
-    assert_eq!(wait_within(&mut enqueue, Duration::from_secs(20)).0.code(), Some(0));
-    for format in ["jsonl", "csv"] {
-        let mut export = spawn_trawler(&["export", "--db", db.to_str().unwrap(), "--format", format]);
-        let mut head = [0u8; 1024];
-        export.stdout.as_mut().unwrap().read_exact(&mut head).unwrap();
-        drop(export.stdout.take());
-        let (status, _) = wait_within(&mut export, Duration::from_secs(20));
-        let (_, log) = output_of(export);
-        assert_eq!(status.code(), Some(0), "{format}: {log}");
-        assert!(!log.contains("ERROR") && !log.to_lowercase().contains("broken pipe"), "{format}: {log}");
+    for engine in engines("export_into_a_closed_pipe_ends_quietly").await {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("crawl.db");
+        // Queued URLs are exported too: far more than a pipe's buffer.
+        let urls: Vec<String> = (0..5000).map(|i| format!("http://127.0.0.1:9/never/fetched/{i}")).collect();
+        let input = write_input(dir.path(), &urls);
+        let mut enqueue = spawn_trawler_with_env(
+            &["enqueue", "--db", db.to_str().unwrap(), "--file", input.to_str().unwrap()],
+            &engine.env(),
+        );
+        assert_eq!(wait_within(&mut enqueue, Duration::from_secs(20)).0.code(), Some(0));
+        for format in ["jsonl", "csv"] {
+            let mut export = spawn_trawler_with_env(
+                &["export", "--db", db.to_str().unwrap(), "--format", format],
+                &engine.env(),
+            );
+            let mut head = [0u8; 1024];
+            export.stdout.as_mut().unwrap().read_exact(&mut head).unwrap();
+            drop(export.stdout.take());
+            let (status, _) = wait_within(&mut export, Duration::from_secs(20));
+            let (_, log) = output_of(export);
+            assert_eq!(status.code(), Some(0), "{format}: {log}");
+            assert!(!log.contains("ERROR") && !log.to_lowercase().contains("broken pipe"), "{format}: {log}");
+        }
     }
 }
 
 /// The progress line's `in_flight` counts fetches the workers are on, at
 /// most `--concurrency`; jobs claimed and waiting in memory are `claimed`.
-#[test]
-fn progress_counts_fetches_in_flight_apart_from_claimed_jobs() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    // 2 workers, 300 ms a page: 6 s, past the first progress line at 5 s.
-    let input = write_input(dir.path(), &slow_urls(&server, 40, 300));
-    let db = dir.path().join("crawl.db");
-    let mut child = spawn_crawl(input.to_str().unwrap(), &db, &["--concurrency", "2"]);
-    let (status, _) = wait_within(&mut child, Duration::from_secs(60));
-    let (_, log) = output_of(child);
-    assert_eq!(status.code(), Some(0), "{log}");
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" progress ")).collect();
-    assert!(!lines.is_empty(), "{log}");
-    for line in lines {
-        let field = |name: &str| -> u64 {
-            let at = line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name}: {line}"));
-            line[at + name.len() + 2..].split(' ').next().unwrap().parse().unwrap()
-        };
-        assert!(field("in_flight") <= 2, "{line}");
-        assert!(field("claimed") >= field("in_flight"), "{line}");
+#[tokio::test]
+async fn progress_counts_fetches_in_flight_apart_from_claimed_jobs() {
+    for engine in engines("progress_counts_fetches_in_flight_apart_from_claimed_jobs").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        // 2 workers, 300 ms a page: 6 s, past the first progress line at 5 s.
+        let input = write_input(dir.path(), &slow_urls(&server, 40, 300));
+        let db = dir.path().join("crawl.db");
+        let mut child =
+            spawn_crawl_with_env(input.to_str().unwrap(), &db, &["--concurrency", "2"], &engine.env());
+        let (status, _) = wait_within(&mut child, Duration::from_secs(60));
+        let (_, log) = output_of(child);
+        assert_eq!(status.code(), Some(0), "{log}");
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(" progress ")).collect();
+        assert!(!lines.is_empty(), "{log}");
+        for line in lines {
+            let field = |name: &str| -> u64 {
+                let at = line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name}: {line}"));
+                line[at + name.len() + 2..].split(' ').next().unwrap().parse().unwrap()
+            };
+            assert!(field("in_flight") <= 2, "{line}");
+            assert!(field("claimed") >= field("in_flight"), "{line}");
+        }
     }
 }
