@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    Daemon, Stderr, WriteLock, output_of, scalar, spawn_crawl, spawn_crawl_with_env, spawn_trawler,
-    wait_until, wait_within, write_input,
+    Daemon, Stderr, WriteLock, count_in, engines, output_of, scalar, spawn_crawl, spawn_crawl_with_env,
+    spawn_trawler_with_env, wait_until, wait_within, write_input,
 };
 
 #[tokio::test]
@@ -101,32 +101,38 @@ async fn healthz_until<F: Future<Output = (u16, String)>>(healthz: &impl Fn() ->
 
 #[tokio::test]
 async fn a_task_that_fails_stops_the_crawl_at_once_with_its_error_last_and_exit_1() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crawl.db");
-    let urls: Vec<String> = (0..20).map(|i| server.url(&format!("/slow/200/{i}"))).collect();
-    let mut args = vec!["enqueue", "--db", db.to_str().unwrap()];
-    args.extend(urls.iter().map(String::as_str));
-    let mut enqueue = spawn_trawler(&args);
-    assert_eq!(wait_within(&mut enqueue, Duration::from_secs(10)).0.code(), Some(0));
+    for engine in engines("a_task_that_fails_stops_the_crawl_at_once_with_its_error_last_and_exit_1").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("crawl.db");
+        let urls: Vec<String> = (0..20).map(|i| server.url(&format!("/slow/200/{i}"))).collect();
+        let mut args = vec!["enqueue", "--db", db.to_str().unwrap()];
+        args.extend(urls.iter().map(String::as_str));
+        let mut enqueue = spawn_trawler_with_env(&args, &engine.env());
+        assert_eq!(wait_within(&mut enqueue, Duration::from_secs(10)).0.code(), Some(0));
 
-    // The input is a directory: it opens, and the first read fails.
-    let unreadable = dir.path().join("not-a-file");
-    std::fs::create_dir(&unreadable).unwrap();
-    let mut child = spawn_crawl(unreadable.to_str().unwrap(), &db, &["--concurrency", "2", "--grace", "20s"]);
-    let (status, _) = wait_within(&mut child, Duration::from_secs(15));
-    let (_, stderr) = output_of(child);
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    let last = stderr.lines().last().unwrap_or_default();
-    assert!(
-        last.contains("ERROR") && last.contains("not-a-file"),
-        "the error is not the last line:\n{stderr}"
-    );
-    // It stopped instead of crawling on, and kept every fetch it made.
-    let done = scalar(&db, "SELECT count(*) FROM urls WHERE state = 'done'").await;
-    assert!(done < 20, "the crawl went on after its input failed");
-    assert_eq!(done, server.hits().len() as i64, "{stderr}");
-    assert_eq!(scalar(&db, "SELECT count(*) FROM urls WHERE state = 'queued'").await, 20 - done);
+        // The input is a directory: it opens, and the first read fails.
+        let unreadable = dir.path().join("not-a-file");
+        std::fs::create_dir(&unreadable).unwrap();
+        let flags = ["--concurrency", "2", "--grace", "20s"];
+        let mut child = spawn_crawl_with_env(unreadable.to_str().unwrap(), &db, &flags, &engine.env());
+        let (status, _) = wait_within(&mut child, Duration::from_secs(15));
+        let (_, stderr) = output_of(child);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.contains("ERROR") && last.contains("not-a-file"),
+            "the error is not the last line:\n{stderr}"
+        );
+        // It stopped instead of crawling on, and kept every fetch it made.
+        let done = count_in(&engine.reading(&db), "SELECT count(*) FROM urls WHERE state = 'done'").await;
+        assert!(done < 20, "the crawl went on after its input failed");
+        assert_eq!(done, server.hits().len() as i64, "{stderr}");
+        assert_eq!(
+            count_in(&engine.reading(&db), "SELECT count(*) FROM urls WHERE state = 'queued'").await,
+            20 - done
+        );
+    }
 }
 
 #[tokio::test]
@@ -243,48 +249,55 @@ async fn a_descriptor_limit_too_low_for_the_concurrency_is_refused_at_start_with
 
 #[tokio::test]
 async fn running_out_of_descriptors_defers_requests_without_blaming_the_host_or_counting_attempts() {
-    let server = TestServer::start_on("127.0.0.76");
-    let dir = tempfile::tempdir().unwrap();
-    let toml = "[crawl]\nconcurrency = 8\n[politeness]\nper_host_concurrency = 8\nper_host_delay = \"0s\"\n";
-    let daemon = Daemon::start(dir.path(), toml);
-    let pid = daemon.child.id();
-    // Warm up: robots.txt and one page fetched, every database connection open.
-    daemon.enqueue(&[server.url("/ok/warm")]);
-    wait_for_done(&daemon.db, 1).await;
+    for engine in
+        engines("running_out_of_descriptors_defers_requests_without_blaming_the_host_or_counting_attempts")
+            .await
+    {
+        let server = TestServer::start_on("127.0.0.76");
+        let dir = tempfile::tempdir().unwrap();
+        let toml =
+            "[crawl]\nconcurrency = 8\n[politeness]\nper_host_concurrency = 8\nper_host_delay = \"0s\"\n";
+        let daemon = engine.start_daemon(dir.path(), toml, &[]);
+        let db = engine.reading(&daemon.db);
+        let pid = daemon.child.id();
+        // Warm up: robots.txt and one page fetched, every database connection open.
+        daemon.enqueue(&[server.url("/ok/warm")]);
+        wait_for_done(&db, 1).await;
 
-    // Leave one spare descriptor (and the one or two of the idle pooled
-    // connection, closed within a second): eight fetches at once cannot all
-    // open a socket.
-    let hard = crate::util::hard_descriptor_limit(pid);
-    crate::util::set_descriptor_limit(pid, crate::util::open_descriptors(pid) + 1, hard);
-    let urls: Vec<String> = (0..12).map(|i| server.url(&format!("/slow/300/{i}"))).collect();
-    daemon.enqueue(&urls);
-    daemon.stderr.wait_for("OUT OF FILE DESCRIPTORS");
+        // Leave one spare descriptor (and the one or two of the idle pooled
+        // connection, closed within a second): eight fetches at once cannot all
+        // open a socket.
+        let hard = crate::util::hard_descriptor_limit(pid);
+        crate::util::set_descriptor_limit(pid, crate::util::open_descriptors(pid) + 1, hard);
+        let urls: Vec<String> = (0..12).map(|i| server.url(&format!("/slow/300/{i}"))).collect();
+        daemon.enqueue(&urls);
+        daemon.stderr.wait_for("OUT OF FILE DESCRIPTORS");
 
-    crate::util::set_descriptor_limit(pid, hard.min(4096), hard);
-    wait_for_done(&daemon.db, 13).await;
-    let log = daemon.stderr.text();
-    // Not an attempt: one row per URL, and every URL done on its first.
-    assert_eq!(scalar(&daemon.db, "SELECT count(*) FROM attempts").await, 13, "{log}");
-    assert_eq!(scalar(&daemon.db, "SELECT max(attempts) FROM urls").await, 1, "{log}");
-    // Not the host's fault.
-    assert!(!log.contains("host backs off"), "{log}");
-    assert_eq!(scalar(&daemon.db, "SELECT max(backoff_until_ms) FROM hosts").await, 0, "{log}");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let metrics =
-        http.get(format!("http://{}/metrics", daemon.admin)).send().await.unwrap().text().await.unwrap();
-    let deferred = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("trawler_requests_deferred_total "))
-        .and_then(|n| n.trim().parse::<u64>().ok());
-    assert!(deferred.is_some_and(|n| n > 0), "{metrics}");
-    daemon.stop();
+        crate::util::set_descriptor_limit(pid, hard.min(4096), hard);
+        wait_for_done(&db, 13).await;
+        let log = daemon.stderr.text();
+        // Not an attempt: one row per URL, and every URL done on its first.
+        assert_eq!(count_in(&db, "SELECT count(*) FROM attempts").await, 13, "{log}");
+        assert_eq!(count_in(&db, "SELECT CAST(max(attempts) AS BIGINT) FROM urls").await, 1, "{log}");
+        // Not the host's fault.
+        assert!(!log.contains("host backs off"), "{log}");
+        assert_eq!(count_in(&db, "SELECT max(backoff_until_ms) FROM hosts").await, 0, "{log}");
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let metrics =
+            http.get(format!("http://{}/metrics", daemon.admin)).send().await.unwrap().text().await.unwrap();
+        let deferred = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("trawler_requests_deferred_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        assert!(deferred.is_some_and(|n| n > 0), "{metrics}");
+        daemon.stop();
+    }
 }
 
 /// Waits (up to 30 s) until `n` URLs of the database are done.
-async fn wait_for_done(db: &std::path::Path, n: i64) {
+async fn wait_for_done(db: &trawler::config::Config, n: i64) {
     for _ in 0..300 {
-        if scalar(db, "SELECT count(*) FROM urls WHERE state = 'done'").await >= n {
+        if count_in(db, "SELECT count(*) FROM urls WHERE state = 'done'").await >= n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -294,18 +307,22 @@ async fn wait_for_done(db: &std::path::Path, n: i64) {
 
 #[tokio::test]
 async fn an_idle_connection_is_kept_for_twice_its_hosts_delay_not_for_minutes() {
-    let server = TestServer::start_on("127.0.0.77");
-    let dir = tempfile::tempdir().unwrap();
-    // The tests' environment sets a short delay; this one needs its own.
-    let daemon = Daemon::start_with_env(dir.path(), "", &[("TRAWLER_POLITENESS__PER_HOST_DELAY", "2s")]);
-    daemon.enqueue(&[server.url("/ok/once")]);
-    wait_for_done(&daemon.db, 1).await;
-    let open = || crate::util::connections_to(server.addr);
-    assert_eq!(open(), 1, "the fetch's connection is pooled");
-    // Kept for the host's next turn (4 s: hyper-util's reaper closes it
-    // within one more period), not for 1 s, nor for reqwest's default 90 s.
-    let idle = std::time::Instant::now();
-    wait_until(Duration::from_secs(15), "the idle connection closed", || open() == 0);
-    assert!(idle.elapsed() >= Duration::from_secs(3), "closed after {:?}", idle.elapsed());
-    daemon.stop();
+    for engine in engines("an_idle_connection_is_kept_for_twice_its_hosts_delay_not_for_minutes").await {
+        let server = TestServer::start_on("127.0.0.77");
+        let dir = tempfile::tempdir().unwrap();
+        // The tests' environment sets a short delay; this one needs its own.
+        let delay = [("TRAWLER_POLITENESS__PER_HOST_DELAY", "2s")];
+        let daemon = engine.start_daemon(dir.path(), "", &delay);
+        let db = engine.reading(&daemon.db);
+        daemon.enqueue(&[server.url("/ok/once")]);
+        wait_for_done(&db, 1).await;
+        let open = || crate::util::connections_to(server.addr);
+        assert_eq!(open(), 1, "the fetch's connection is pooled");
+        // Kept for the host's next turn (4 s: hyper-util's reaper closes it
+        // within one more period), not for 1 s, nor for reqwest's default 90 s.
+        let idle = std::time::Instant::now();
+        wait_until(Duration::from_secs(15), "the idle connection closed", || open() == 0);
+        assert!(idle.elapsed() >= Duration::from_secs(3), "closed after {:?}", idle.elapsed());
+        daemon.stop();
+    }
 }
