@@ -184,8 +184,15 @@ fn print_row(case: &Case, engine: &str, daemons: usize, run: &Run, base: Option<
 async fn claim_latency(admin_url: &str, queued: usize) -> (Duration, Duration) {
     let name = format!("trawler_bench_claims_{queued}");
     let url = fresh_database(admin_url, &name).await;
-    let store =
-        PgStore::open_crawler(&url, 4, Duration::from_secs(60), Duration::from_secs(30)).await.unwrap();
+    let store = PgStore::open_crawler(
+        &url,
+        4,
+        Duration::from_secs(60),
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     for chunk in (0..queued).collect::<Vec<_>>().chunks(10_000) {
         let urls: Vec<NewUrl> = chunk
             .iter()

@@ -372,6 +372,7 @@ async fn start(
     }
     let kept_politeness = politeness.clone();
     tasks.spawn_infallible("leases", keep_leases(store.clone(), politeness.clone(), side_done.clone()));
+    tasks.spawn_infallible("lock waits", watch_lock_waits(store.clone(), side_done.clone()));
     let producer = Producer {
         store: store.clone(),
         jobs: job_tx,
@@ -514,6 +515,30 @@ async fn keep_leases(store: Arc<Backend>, politeness: Arc<Politeness>, done: Can
         }
     }
 }
+
+/// [`Backend::watch_lock_waits`] every [`LOCK_WATCH_EVERY`] until `done`
+/// (PostgreSQL; returns at once on SQLite). A failed look is logged at
+/// debug level and tried again: the loops that write report a database
+/// that cannot be reached.
+async fn watch_lock_waits(store: Arc<Backend>, done: CancellationToken) {
+    let mut tick = tokio::time::interval(LOCK_WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.watch_lock_waits().await {
+            None => return,
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::debug!("cannot look for lock waits: {e}"),
+        }
+    }
+}
+
+/// How often a PostgreSQL crawler looks for statements of its waiting on
+/// another session's lock.
+const LOCK_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a stalled crawl may take to stop gracefully beyond
 /// `shutdown.grace` before the process exits without finishing its stop.

@@ -59,8 +59,14 @@ impl Backend {
     pub async fn open(config: &StoreConfig, request_timeout: Duration) -> Result<Self, StoreError> {
         match &config.url {
             Some(url) => Ok(Self::Postgres(
-                PgStore::open_crawler(url, PG_CONNECTIONS, config.lease(request_timeout), request_timeout)
-                    .await?,
+                PgStore::open_crawler(
+                    url,
+                    PG_CONNECTIONS,
+                    config.lease(request_timeout),
+                    request_timeout,
+                    config.busy_warning,
+                )
+                .await?,
             )),
             None => Ok(Self::Sqlite(SqliteStore::open(config).await?)),
         }
@@ -151,12 +157,25 @@ impl Backend {
     }
 
     /// How long writes have been waiting for another process's lock, shared
-    /// with `/healthz`.
+    /// with `/healthz`: SQLite's database lock, or on PostgreSQL any lock
+    /// another session holds (rows, a table) that this daemon's statements
+    /// wait for ([`Backend::watch_lock_waits`]).
     pub fn lock_waits(&self) -> Arc<LockWaits> {
         match self {
             Backend::Sqlite(s) => s.lock_waits(),
-            // PostgreSQL locks rows, not the database: nothing to wait out.
-            Backend::Postgres(_) => Arc::new(LockWaits::default()),
+            Backend::Postgres(s) => s.lock_waits(),
+        }
+    }
+
+    /// One look for this daemon's statements waiting on another session's
+    /// locks ([`PgStore::watch_lock_waits`]); `None` on SQLite, whose store
+    /// sees its lock waits as they happen.
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn watch_lock_waits(&self) -> Option<Result<(), StoreError>> {
+        match self {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(s) => Some(s.watch_lock_waits().await),
         }
     }
 

@@ -106,10 +106,10 @@ impl LockWaits {
     }
 
     /// Records that a write found the database locked (`context` names the
-    /// operation) and returns how long writes have been waiting. Logs a
-    /// warning once they have waited `warn_after`, and again every
-    /// `warn_after` after that.
-    pub fn busy(&self, context: &'static str) -> Duration {
+    /// operation, or what holds the lock) and returns how long writes have
+    /// been waiting. Logs a warning once they have waited `warn_after`, and
+    /// again every `warn_after` after that.
+    pub fn busy(&self, context: &str) -> Duration {
         let now = Instant::now();
         let mut state = self.lock();
         let since = *state.since.get_or_insert(now);

@@ -27,8 +27,9 @@ use tokio_util::sync::CancellationToken;
 use super::leases::HostLeases;
 use super::rules::{self, duration_ms, to_i64, unix_ms};
 use super::{
-    Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, NewUrl, PageLimits,
-    RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, UrlState,
+    Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl,
+    PageLimits, RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError,
+    UrlState,
 };
 use crate::fetch::ErrorKind;
 use crate::redact::ForLog;
@@ -128,6 +129,9 @@ pub struct PgStore {
     claiming: Mutex<()>,
     /// The host leases this daemon holds.
     leases: Arc<HostLeases>,
+    /// How long this daemon's statements have been waiting for a lock
+    /// another session holds ([`PgStore::watch_lock_waits`]).
+    waits: Arc<LockWaits>,
 }
 
 /// What one round of [`PgStore::keep_leases`] did.
@@ -205,7 +209,8 @@ impl PgStore {
             context: "open",
             source: format!("{shown}: not a PostgreSQL URL: {e}").into(),
         })?;
-        let mut options = options.application_name("trawler");
+        let worker = worker_name();
+        let mut options = options.application_name(&session_name(&worker));
         if let Some(limit) = idle_in_transaction {
             let ms = limit.as_millis().to_string();
             options = options.options([("idle_in_transaction_session_timeout", ms.as_str())]);
@@ -217,7 +222,8 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Database { context: "open", source: format!("{shown}: {e}").into() })?;
         let leases = Arc::new(HostLeases::new(LEASE, Duration::ZERO));
-        Ok(Self { pool, shown, worker: worker_name(), claiming: Mutex::new(()), leases })
+        let waits = Arc::new(LockWaits::default());
+        Ok(Self { pool, shown, worker, claiming: Mutex::new(()), leases, waits })
     }
 
     /// Opens the database as [`open`](Self::open) does, for crawling beside
@@ -227,7 +233,8 @@ impl PgStore {
     /// transaction without a statement (the daemon froze, or lost the
     /// network, between two statements) is ended by the server, so that the
     /// rows it locked do not hold the other daemons up for longer than its
-    /// leases would.
+    /// leases would. Its statements that wait for another session's locks
+    /// are reported after `busy_warning` ([`watch_lock_waits`](Self::watch_lock_waits)).
     ///
     /// Errors: as [`open`](Self::open).
     pub async fn open_crawler(
@@ -235,11 +242,68 @@ impl PgStore {
         max_connections: u32,
         lease: Duration,
         request_timeout: Duration,
+        busy_warning: Duration,
     ) -> Result<Self, StoreError> {
         let mut store = Self::connect(url, max_connections, Some(lease)).await?;
         migrate(&store.pool, &store.shown).await?;
         store.leases = Arc::new(HostLeases::new(lease, request_timeout));
+        store.waits = Arc::new(LockWaits::new(busy_warning));
         Ok(store)
+    }
+
+    /// How long this daemon's statements have been waiting for a lock
+    /// another session holds, shared with `/healthz`, the watchdog and the
+    /// stall guard.
+    pub fn lock_waits(&self) -> Arc<LockWaits> {
+        self.waits.clone()
+    }
+
+    /// Looks once for statements of this daemon's sessions (by
+    /// `application_name`) that have waited [`LOCK_WAIT_NOTICED`] or more
+    /// for a lock another session holds: an analyst's transaction left open
+    /// after an `UPDATE`, a `LOCK TABLE`, a migration. While there are,
+    /// records the wait in [`LockWaits`], which warns every
+    /// `store.busy_warning` naming the session that holds the lock (its pid,
+    /// for `pg_terminate_backend`); once there are none, clears it. The
+    /// statements themselves wait on: PostgreSQL gives them the lock when it
+    /// is released, and nothing is lost meanwhile. Shorter waits (daemons'
+    /// own transactions on the same rows) are not reported.
+    ///
+    /// Reads `pg_stat_activity` and `pg_blocking_pids` (PostgreSQL manual,
+    /// "The Cumulative Statistics System" and "System Information
+    /// Functions"); a role without `pg_read_all_stats` sees another role's
+    /// session without its query.
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn watch_lock_waits(&self) -> Result<(), StoreError> {
+        let blocker: Option<(i32, String, String, f64, String)> = sqlx::query_as(
+            "SELECT b.pid, coalesce(b.usename::text, '?'), coalesce(b.state, '?'),
+                    coalesce(extract(epoch FROM now() - b.xact_start), 0)::float8,
+                    left(coalesce(b.query, ''), 160)
+             FROM pg_stat_activity w
+             CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS blocking(pid)
+             JOIN pg_stat_activity b ON b.pid = blocking.pid
+             WHERE w.application_name = $1 AND w.datname = current_database()
+               AND w.wait_event_type = 'Lock' AND w.state_change <= now() - $2::float8 * interval '1 second'
+             ORDER BY b.xact_start NULLS LAST
+             LIMIT 1",
+        )
+        .bind(session_name(&self.worker))
+        .bind(LOCK_WAIT_NOTICED.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("look for lock waits"))?;
+        match blocker {
+            Some((pid, user, state, in_transaction, query)) => {
+                let query = query.split_whitespace().collect::<Vec<_>>().join(" ");
+                self.waits.busy(&format!(
+                    "blocked by session {pid} (user {user}, {state}, in a transaction for {in_transaction:.0} s; \
+                     last statement: {query})"
+                ));
+            }
+            None => self.waits.cleared(),
+        }
+        Ok(())
     }
 
     /// The schema version the database is at: its newest applied migration.
@@ -608,6 +672,25 @@ async fn relay_until_lost(pool: &PgPool, wake: &Notify) -> sqlx::Error {
 }
 
 /// This run's worker name: `host:pid:random`.
+/// The `application_name` of a worker's sessions: `trawler`, then its
+/// worker name, as PostgreSQL keeps it (at most 63 bytes, NAMEDATALEN - 1;
+/// printable ASCII, as the server would replace the rest). What
+/// [`PgStore::watch_lock_waits`] knows its own sessions by, and what an
+/// operator sees in `pg_stat_activity`.
+fn session_name(worker: &str) -> String {
+    let mut name: String = format!("trawler {worker}")
+        .chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .collect();
+    name.truncate(63);
+    name
+}
+
+/// How long a statement must have waited for another session's lock before
+/// [`PgStore::watch_lock_waits`] counts it: daemons' own transactions on the
+/// same rows wait milliseconds.
+pub const LOCK_WAIT_NOTICED: Duration = Duration::from_secs(1);
+
 fn worker_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    Daemon, Stderr, WriteLock, count_in, engines, output_of, scalar, spawn_crawl, spawn_crawl_with_env,
-    spawn_trawler_with_env, wait_until, wait_within, write_input,
+    Daemon, HeldLock, Stderr, WriteLock, count_in, engines, output_of, scalar, spawn_crawl,
+    spawn_crawl_with_env, spawn_trawler_with_env, wait_until, wait_within, write_input,
 };
 
 #[tokio::test]
@@ -47,43 +47,49 @@ async fn a_database_locked_by_another_writer_is_waited_out_and_the_crawl_goes_on
 
 #[tokio::test]
 async fn healthz_and_the_watchdog_tell_a_lock_wait_from_a_stall() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    // A watchdog of 2 s: WATCHDOG=1 every second while the pipeline is alive.
-    let daemon = Daemon::start_with_env(
-        dir.path(),
-        "[store]\nbusy_warning = \"1s\"\n",
-        &[("WATCHDOG_USEC", "2000000")],
-    );
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let healthz = || {
-        let (http, url) = (http.clone(), format!("http://{}/healthz", daemon.admin));
-        async move {
-            let response = http.get(url).send().await.unwrap();
-            (response.status().as_u16(), response.text().await.unwrap())
+    for engine in engines("healthz_and_the_watchdog_tell_a_lock_wait_from_a_stall").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        // A watchdog of 2 s: WATCHDOG=1 every second while the pipeline is alive.
+        let daemon = engine.start_daemon(
+            dir.path(),
+            "[store]\nbusy_warning = \"1s\"\n",
+            &[("WATCHDOG_USEC", "2000000")],
+        );
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let healthz = || {
+            let (http, url) = (http.clone(), format!("http://{}/healthz", daemon.admin));
+            async move {
+                let response = http.get(url).send().await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            }
+        };
+        assert_eq!(healthz().await.0, 200);
+        // Idle by design (nothing queued): the watchdog is still fed.
+        assert!(daemon.next_message().contains("WATCHDOG=1"));
+        assert!(daemon.next_message().contains("WATCHDOG=1"));
+
+        // The recrawl sweep writes every second, so a held lock blocks writes
+        // even with nothing to fetch; add work too.
+        daemon.enqueue(&[server.url("/ok/before"), server.url("/ok/during")]);
+        let lock = engine.hold_write_lock(&daemon.db).await;
+        let health = healthz_until(&healthz, 503).await;
+        assert!(health.contains("blocked by another process's lock"), "{health}");
+        if let HeldLock::Postgres(_, pid) = &lock {
+            // The warning names the session to end, if it must be.
+            daemon.stderr.wait_for(&format!("blocked by session {pid} (user postgres, idle in transaction"));
         }
-    };
-    assert_eq!(healthz().await.0, 200);
-    // Idle by design (nothing queued): the watchdog is still fed.
-    assert!(daemon.next_message().contains("WATCHDOG=1"));
-    assert!(daemon.next_message().contains("WATCHDOG=1"));
+        // Waiting out a lock is a known, reported cause: no restart.
+        assert!(daemon.next_message().contains("WATCHDOG=1"));
 
-    // The recrawl sweep writes every second, so a held lock blocks writes
-    // even with nothing to fetch; add work too.
-    daemon.enqueue(&[server.url("/ok/before"), server.url("/ok/during")]);
-    let lock = WriteLock::take(&daemon.db).await;
-    let health = healthz_until(&healthz, 503).await;
-    assert!(health.contains("blocked by another process's lock"), "{health}");
-    // Waiting out a lock is a known, reported cause: no restart.
-    assert!(daemon.next_message().contains("WATCHDOG=1"));
-
-    lock.release().await;
-    healthz_until(&healthz, 200).await;
-    daemon.stderr.wait_for("database writable again after");
-    let db = daemon.db.clone();
-    wait_until(Duration::from_secs(10), "the URLs to be fetched", || server.hits().len() == 2);
-    daemon.stop();
-    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 2);
+        lock.release().await;
+        healthz_until(&healthz, 200).await;
+        daemon.stderr.wait_for("database writable again after");
+        let db = engine.reading(&daemon.db);
+        wait_until(Duration::from_secs(10), "the URLs to be fetched", || server.hits().len() == 2);
+        daemon.stop();
+        assert_eq!(count_in(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 2);
+    }
 }
 
 /// Asks `/healthz` every 50 ms until it answers `status` (10 s at most) and

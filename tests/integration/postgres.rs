@@ -25,9 +25,11 @@ use crate::util::{
 
 const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// The lease and request timeout of stores the tests open as a daemon.
+/// The lease, request timeout and lock-wait warning of stores the tests
+/// open as a daemon.
 const LEASE: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_secs(30);
+const BUSY_WARNING: Duration = Duration::from_secs(5);
 
 /// A database of its own for one test, dropped (with its connections) when
 /// this is dropped.
@@ -414,7 +416,7 @@ fn a_capped_crawl_that_keeps_bodies_and_headers_ends_alike_on_both_engines() {
 #[tokio::test]
 async fn a_late_completion_on_postgres_is_kept_as_stale_lease_and_changes_nothing() {
     let Some(pg) = TestDatabase::create("a_late_completion_is_stale").await else { return };
-    let store = PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT).await.unwrap();
+    let store = PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT, BUSY_WARNING).await.unwrap();
     let url = NewUrl { url: "http://a.test/x".into(), host: "a.test".into(), depth: 0, found_on: None };
     assert_eq!(store.enqueue(&[url.clone(), url]).await.unwrap(), 1);
     assert_eq!(store.ready_hosts(i64::MAX, &[], 10, 10).await.unwrap(), ["a.test"]);
@@ -556,7 +558,8 @@ async fn metrics_show_dead_rows_and_a_transaction_that_holds_vacuum_back() {
 #[tokio::test]
 async fn urls_enqueued_by_another_process_wake_an_idle_daemon() {
     let Some(pg) = TestDatabase::create("urls_enqueued_wake_an_idle_daemon").await else { return };
-    let daemon = std::sync::Arc::new(PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT).await.unwrap());
+    let daemon =
+        std::sync::Arc::new(PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT, BUSY_WARNING).await.unwrap());
     let (wake, done) =
         (std::sync::Arc::new(tokio::sync::Notify::new()), tokio_util::sync::CancellationToken::new());
     let relay = tokio::spawn({
@@ -624,7 +627,7 @@ async fn end_trawler_sessions(url: &str) -> i64 {
     let mut admin = PgConnection::connect(url).await.unwrap();
     sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-         WHERE application_name = 'trawler' AND datname = current_database() AND pid <> pg_backend_pid()",
+         WHERE application_name LIKE 'trawler %' AND datname = current_database() AND pid <> pg_backend_pid()",
     )
     .fetch_one(&mut admin)
     .await
@@ -674,7 +677,7 @@ async fn stats_on_a_postgres_database_trawler_never_wrote_says_so_and_creates_no
 #[tokio::test]
 async fn a_stale_and_a_live_completion_of_one_url_in_one_batch_are_told_apart() {
     let Some(pg) = TestDatabase::create("stale_and_live_in_one_batch").await else { return };
-    let store = PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT).await.unwrap();
+    let store = PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT, BUSY_WARNING).await.unwrap();
     let url = NewUrl { url: "http://a.test/page".into(), host: "a.test".into(), depth: 0, found_on: None };
     store.enqueue(&[url]).await.unwrap();
     let first = store.claim(i64::MAX, &[("a.test".into(), 1)]).await.unwrap().jobs.remove(0);
@@ -738,8 +741,8 @@ async fn lease_of(db: &mut PgConnection, host: &str) -> (Option<String>, Option<
 #[tokio::test]
 async fn leases_are_renewed_released_when_idle_recovered_when_lapsed_and_handed_over() {
     let Some(pg) = TestDatabase::create("lease_lifecycle").await else { return };
-    let first = PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT).await.unwrap();
-    let second = PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT).await.unwrap();
+    let first = PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT, BUSY_WARNING).await.unwrap();
+    let second = PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT, BUSY_WARNING).await.unwrap();
     let url = |host: &str, path: &str| NewUrl {
         url: format!("http://{host}/{path}"),
         host: host.into(),
@@ -850,7 +853,7 @@ fn a_redirect_to_a_host_another_daemon_holds_is_handed_over_as_a_url_of_its_own(
     let target = to.url("/ok/target");
     let source = from.url(&format!("/goto?to={target}"));
     // Another daemon holds the target's host.
-    let other = runtime.block_on(PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT)).unwrap();
+    let other = runtime.block_on(PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT, BUSY_WARNING)).unwrap();
     assert!(matches!(runtime.block_on(other.lease_hop("127.0.0.104")).unwrap(), HopLease::Held { .. }));
     let dir = tempfile::tempdir().unwrap();
     let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
@@ -899,7 +902,7 @@ fn a_redirect_to_a_host_another_daemon_holds_is_handed_over_as_a_url_of_its_own(
 async fn a_sitemap_on_a_host_another_daemon_holds_is_read_once_the_host_is_free() {
     let Some(pg) = TestDatabase::create("sitemap_on_a_held_host").await else { return };
     let server = TestServer::start_on("127.0.0.105");
-    let other = PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT).await.unwrap();
+    let other = PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT, BUSY_WARNING).await.unwrap();
     assert!(matches!(other.lease_hop("127.0.0.105").await.unwrap(), HopLease::Held { .. }));
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::util::test_config(dir.path());

@@ -73,6 +73,28 @@ impl Engine {
         config
     }
 
+    /// Takes a lock on the database that the command given `--db file`
+    /// and [`Engine::env`] writes, from a session of the test's, as an
+    /// analyst's open transaction would hold it: SQLite's write lock
+    /// ([`WriteLock`]), or on PostgreSQL `LOCK TABLE attempts IN SHARE
+    /// MODE`, which lets every read through and no attempt be recorded.
+    pub async fn hold_write_lock(&self, file: &Path) -> HeldLock {
+        use sqlx::Connection;
+        match &self.database {
+            None => HeldLock::Sqlite(WriteLock::take(file).await),
+            Some(database) => {
+                let mut session = sqlx::PgConnection::connect(&database.url).await.unwrap();
+                sqlx::raw_sql("BEGIN; LOCK TABLE attempts IN SHARE MODE")
+                    .execute(&mut session)
+                    .await
+                    .unwrap();
+                let pid: i32 =
+                    sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut session).await.unwrap();
+                HeldLock::Postgres(session, pid)
+            }
+        }
+    }
+
     /// [`Daemon::start_with_env`] on this engine's database.
     pub fn start_daemon(&self, dir: &Path, toml: &str, env: &[(&str, &str)]) -> Daemon {
         let mut env = env.to_vec();
@@ -456,6 +478,29 @@ impl WriteLock {
         use sqlx::Connection;
         sqlx::query("ROLLBACK").execute(&mut self.0).await.expect("release the write lock");
         self.0.close().await.unwrap();
+    }
+}
+
+/// A lock held on either engine's database ([`Engine::hold_write_lock`])
+/// until released.
+pub enum HeldLock {
+    Sqlite(WriteLock),
+    /// The session holding the lock, and its process id (what the daemon's
+    /// warning names).
+    Postgres(sqlx::PgConnection, i32),
+}
+
+impl HeldLock {
+    /// Ends the transaction, and with it the lock.
+    pub async fn release(self) {
+        use sqlx::Connection;
+        match self {
+            HeldLock::Sqlite(lock) => lock.release().await,
+            HeldLock::Postgres(mut session, _) => {
+                sqlx::query("ROLLBACK").execute(&mut session).await.unwrap();
+                session.close().await.unwrap();
+            }
+        }
     }
 }
 
