@@ -1,4 +1,6 @@
-//! The SQLite store's contract: leases, exclusive ownership, schema versions.
+//! The store's contract: claims, retries, recrawls on both engines; on
+//! SQLite, exclusive ownership and schema versions. PostgreSQL's own
+//! (host leases, stale completions, newer schemas) are in `postgres.rs`.
 
 use std::time::Duration;
 
@@ -6,14 +8,19 @@ use trawler::store::{
     AttemptRecord, Completion, NewUrl, Next, PageLimits, RecrawlPolicy, SqliteStore, Store, StoreError,
 };
 
-use crate::util::test_config;
+use crate::util::{Engine, count_in, engines, strings_in, test_config};
+
+/// The store of `engine`'s database for `dir`, opened as a crawler.
+async fn open(engine: &Engine, dir: &std::path::Path) -> trawler::store::Backend {
+    trawler::store::Backend::open(&engine.config(dir).store, Duration::from_secs(5)).await.unwrap()
+}
 
 fn new_url(path: &str) -> NewUrl {
     NewUrl { url: format!("http://127.0.0.1/{path}"), host: "127.0.0.1".into(), depth: 0, found_on: None }
 }
 
 /// Claims up to `n` URLs of 127.0.0.1 due at `now_ms`.
-async fn claim(store: &SqliteStore, now_ms: i64, n: u32) -> Vec<trawler::store::Job> {
+async fn claim(store: &impl Store, now_ms: i64, n: u32) -> Vec<trawler::store::Job> {
     store.claim(now_ms, &[("127.0.0.1".to_owned(), n)]).await.unwrap().jobs
 }
 
@@ -63,74 +70,88 @@ async fn a_completion_with_a_stale_lease_changes_nothing() {
 
 #[tokio::test]
 async fn a_retry_waits_for_its_not_before_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&test_config(dir.path()).store).await.unwrap();
-    store.enqueue(&[new_url("later")]).await.unwrap();
-    let job = claim(&store, 1_000, 10).await.remove(0);
-    let retry = Completion { next: Next::RetryAt(5_000), ..done(&job, job.lease) };
-    store.complete(&[retry], PageLimits::default()).await.unwrap();
+    for engine in engines("a_retry_waits_for_its_not_before_time").await {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&engine, dir.path()).await;
+        store.enqueue(&[new_url("later")]).await.unwrap();
+        let job = claim(&store, 1_000, 10).await.remove(0);
+        let retry = Completion { next: Next::RetryAt(5_000), ..done(&job, job.lease) };
+        store.complete(&[retry], PageLimits::default()).await.unwrap();
 
-    assert!(claim(&store, 4_999, 10).await.is_empty());
-    assert_eq!(store.next_ready().await.unwrap(), Some(5_000));
-    assert!(store.ready_hosts(4_999, &[], 10, 10).await.unwrap().is_empty());
-    assert_eq!(store.ready_hosts(5_000, &[], 10, 10).await.unwrap(), ["127.0.0.1"]);
-    let again = claim(&store, 5_000, 10).await;
-    assert_eq!(again.len(), 1);
-    assert_eq!(again[0].attempt, 2);
-    store.close().await;
+        assert!(claim(&store, 4_999, 10).await.is_empty());
+        assert_eq!(store.next_ready().await.unwrap(), Some(5_000));
+        assert!(store.ready_hosts(4_999, &[], 10, 10).await.unwrap().is_empty());
+        assert_eq!(store.ready_hosts(5_000, &[], 10, 10).await.unwrap(), ["127.0.0.1"]);
+        let again = claim(&store, 5_000, 10).await;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempt, 2);
+        store.close().await;
+    }
 }
 
 #[tokio::test]
 async fn one_claim_takes_each_picked_hosts_own_count_of_due_urls() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&test_config(dir.path()).store).await.unwrap();
-    let on = |host: &str, path: &str| NewUrl {
-        url: format!("http://{host}/{path}"),
-        host: host.into(),
-        depth: 0,
-        found_on: None,
-    };
-    let urls: Vec<NewUrl> = ["a.test", "b.test", "c.test"]
-        .iter()
-        .flat_map(|host| (0..4).map(move |i| on(host, &i.to_string())))
-        .collect();
-    store.enqueue(&urls).await.unwrap();
-    // b.test's first URL is retried later: not due at 1_000.
-    let first_b = store.claim(0, &[("b.test".into(), 1)]).await.unwrap().jobs.remove(0);
-    let retry = Completion { next: Next::RetryAt(5_000), ..done(&first_b, first_b.lease) };
-    store.complete(&[retry], PageLimits::default()).await.unwrap();
+    for engine in engines("one_claim_takes_each_picked_hosts_own_count_of_due_urls").await {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&engine, dir.path()).await;
+        let on = |host: &str, path: &str| NewUrl {
+            url: format!("http://{host}/{path}"),
+            host: host.into(),
+            depth: 0,
+            found_on: None,
+        };
+        let urls: Vec<NewUrl> = ["a.test", "b.test", "c.test"]
+            .iter()
+            .flat_map(|host| (0..4).map(move |i| on(host, &i.to_string())))
+            .collect();
+        store.enqueue(&urls).await.unwrap();
+        // b.test's first URL is retried later: not due at 1_000.
+        let first_b = store.claim(0, &[("b.test".into(), 1)]).await.unwrap().jobs.remove(0);
+        let retry = Completion { next: Next::RetryAt(5_000), ..done(&first_b, first_b.lease) };
+        store.complete(&[retry], PageLimits::default()).await.unwrap();
 
-    let picks = [("a.test".to_owned(), 3), ("b.test".to_owned(), 10), ("d.test".to_owned(), 2)];
-    let jobs = store.claim(1_000, &picks).await.unwrap().jobs;
-    let taken: Vec<&str> = jobs.iter().map(|job| job.url.as_str()).collect();
-    assert_eq!(
-        taken,
-        [
-            "http://a.test/0",
-            "http://a.test/1",
-            "http://a.test/2",
-            "http://b.test/1",
-            "http://b.test/2",
-            "http://b.test/3"
-        ],
-        "a.test: its oldest 3; b.test: the 3 due; c.test: not picked; d.test: nothing queued"
-    );
-    assert!(jobs.iter().all(|job| job.lease == jobs[0].lease && job.host == job.url[7..13]));
-    let counts = store.counts().await.unwrap();
-    assert_eq!((counts.in_flight, counts.queued), (6, 6));
+        let picks = [("a.test".to_owned(), 3), ("b.test".to_owned(), 10), ("d.test".to_owned(), 2)];
+        let jobs = store.claim(1_000, &picks).await.unwrap().jobs;
+        let taken: Vec<&str> = jobs.iter().map(|job| job.url.as_str()).collect();
+        assert_eq!(
+            taken,
+            [
+                "http://a.test/0",
+                "http://a.test/1",
+                "http://a.test/2",
+                "http://b.test/1",
+                "http://b.test/2",
+                "http://b.test/3"
+            ],
+            "a.test: its oldest 3; b.test: the 3 due; c.test: not picked; d.test: nothing queued"
+        );
+        // One lease token per claim (SQLite) or per host lease (PostgreSQL).
+        assert!(jobs.iter().all(|job| job.host == job.url[7..13]));
+        let same_host_same_lease =
+            jobs.windows(2).all(|w| w[0].host != w[1].host || w[0].lease == w[1].lease);
+        assert!(same_host_same_lease, "{jobs:?}");
+        let counts = store.counts().await.unwrap();
+        assert_eq!((counts.in_flight, counts.queued), (6, 6));
 
-    // One host alone (a statement of its own): only its due URLs, oldest first.
-    assert!(
-        store.claim(1_000, &[("b.test".into(), 5)]).await.unwrap().jobs.is_empty(),
-        "b.test/0 is due at 5_000"
-    );
-    let c: Vec<String> =
-        store.claim(1_000, &[("c.test".into(), 2)]).await.unwrap().jobs.into_iter().map(|j| j.url).collect();
-    assert_eq!(c, ["http://c.test/0", "http://c.test/1"]);
-    let b = store.claim(5_000, &[("b.test".into(), 5)]).await.unwrap().jobs;
-    assert_eq!(b.iter().map(|j| j.url.as_str()).collect::<Vec<_>>(), ["http://b.test/0"]);
-    assert_eq!(b[0].attempt, 2, "its retry");
-    store.close().await;
+        // One host alone (a statement of its own): only its due URLs, oldest first.
+        assert!(
+            store.claim(1_000, &[("b.test".into(), 5)]).await.unwrap().jobs.is_empty(),
+            "b.test/0 is due at 5_000"
+        );
+        let c: Vec<String> = store
+            .claim(1_000, &[("c.test".into(), 2)])
+            .await
+            .unwrap()
+            .jobs
+            .into_iter()
+            .map(|j| j.url)
+            .collect();
+        assert_eq!(c, ["http://c.test/0", "http://c.test/1"]);
+        let b = store.claim(5_000, &[("b.test".into(), 5)]).await.unwrap().jobs;
+        assert_eq!(b.iter().map(|j| j.url.as_str()).collect::<Vec<_>>(), ["http://b.test/0"]);
+        assert_eq!(b[0].attempt, 2, "its retry");
+        store.close().await;
+    }
 }
 
 #[tokio::test]
@@ -174,64 +195,63 @@ async fn a_database_from_a_newer_trawler_is_refused() {
 
 #[tokio::test]
 async fn a_recrawl_is_a_new_visit_that_keeps_the_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    let store = SqliteStore::open(&config.store).await.unwrap();
-    store.enqueue(&[new_url("a"), new_url("b")]).await.unwrap();
-    let jobs = claim(&store, i64::MAX, 2).await;
-    // "a" took a retry before it was done, and is due again at 1000 ms;
-    // "b" has no recrawl time.
-    let a = jobs.iter().find(|j| j.url.ends_with("/a")).unwrap().clone();
-    let b = jobs.iter().find(|j| j.url.ends_with("/b")).unwrap().clone();
-    let retry = Completion { next: Next::RetryAt(0), ..done(&a, a.lease) };
-    store.complete(&[retry, done(&b, b.lease)], PageLimits::default()).await.unwrap();
-    let a = claim(&store, i64::MAX, 1).await.remove(0);
-    assert_eq!(a.attempt, 2);
-    let finished = Completion { recrawl_after: Some(Duration::from_secs(60)), ..done(&a, a.lease) };
-    store.complete(&[finished], PageLimits::default()).await.unwrap();
-    let due = "SELECT count(*) FROM urls WHERE url LIKE '%/a' AND recrawl_at_ms = finished_ms + 60000";
-    assert_eq!(crate::util::scalar(&config.store.path, due).await, 1, "due a minute after it finished");
+    for engine in engines("a_recrawl_is_a_new_visit_that_keeps_the_history").await {
+        let dir = tempfile::tempdir().unwrap();
+        let config = engine.config(dir.path());
+        let store = open(&engine, dir.path()).await;
+        store.enqueue(&[new_url("a"), new_url("b")]).await.unwrap();
+        let jobs = claim(&store, i64::MAX, 2).await;
+        // "a" took a retry before it was done, and is due again at 1000 ms;
+        // "b" has no recrawl time.
+        let a = jobs.iter().find(|j| j.url.ends_with("/a")).unwrap().clone();
+        let b = jobs.iter().find(|j| j.url.ends_with("/b")).unwrap().clone();
+        let retry = Completion { next: Next::RetryAt(0), ..done(&a, a.lease) };
+        store.complete(&[retry, done(&b, b.lease)], PageLimits::default()).await.unwrap();
+        let a = claim(&store, i64::MAX, 1).await.remove(0);
+        assert_eq!(a.attempt, 2);
+        let finished = Completion { recrawl_after: Some(Duration::from_secs(60)), ..done(&a, a.lease) };
+        store.complete(&[finished], PageLimits::default()).await.unwrap();
+        let due = "SELECT count(*) FROM urls WHERE url LIKE '%/a' AND recrawl_at_ms = finished_ms + 60000";
+        assert_eq!(count_in(&config, due).await, 1, "due a minute after it finished");
 
-    let now = trawler::frontier::now_ms();
-    assert_eq!(store.requeue_recrawls(now, 100).await.unwrap(), 0);
-    assert_eq!(store.requeue_recrawls(now + 61_000, 100).await.unwrap(), 1);
-    let counts = store.counts().await.unwrap();
-    assert_eq!((counts.queued, counts.done), (1, 1));
-    let again = claim(&store, i64::MAX, 10).await;
-    assert_eq!(again.len(), 1);
-    assert_eq!((again[0].url_id, again[0].attempt), (a.url_id, 1), "the retry count starts again");
-    store.complete(&[done(&again[0], again[0].lease)], PageLimits::default()).await.unwrap();
+        let now = trawler::frontier::now_ms();
+        assert_eq!(store.requeue_recrawls(now, 100).await.unwrap(), 0);
+        assert_eq!(store.requeue_recrawls(now + 61_000, 100).await.unwrap(), 1);
+        let counts = store.counts().await.unwrap();
+        assert_eq!((counts.queued, counts.done), (1, 1));
+        let again = claim(&store, i64::MAX, 10).await;
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].url_id, again[0].attempt), (a.url_id, 1), "the retry count starts again");
+        store.complete(&[done(&again[0], again[0].lease)], PageLimits::default()).await.unwrap();
 
-    let db = &config.store.path;
-    let row = |sql: &'static str| crate::util::scalar(db, sql);
-    let sql = "SELECT attempts * 100 + recrawls * 10 + attempts_before FROM urls WHERE url LIKE '%/a'";
-    assert_eq!(row(sql).await, 312, "3 attempts in all, 1 recrawl, 2 before this visit");
-    let numbers =
-        "SELECT group_concat(attempt) FROM (SELECT attempt FROM attempts a JOIN urls u ON u.id = a.url_id
-                   WHERE u.url LIKE '%/a' ORDER BY a.id)";
-    let pool = crate::util::reader(db).await;
-    let numbers: String = sqlx::query_scalar(numbers).fetch_one(&pool).await.unwrap();
-    pool.close().await;
-    assert_eq!(numbers, "1,2,1");
+        let row = |sql: &'static str| count_in(&config, sql);
+        let sql = "SELECT CAST(attempts * 100 + recrawls * 10 + attempts_before AS BIGINT) FROM urls
+                   WHERE url LIKE '%/a'";
+        assert_eq!(row(sql).await, 312, "3 attempts in all, 1 recrawl, 2 before this visit");
+        let numbers = "SELECT CAST(attempt AS TEXT) FROM attempts a JOIN urls u ON u.id = a.url_id
+                       WHERE u.url LIKE '%/a' ORDER BY a.id";
+        assert_eq!(strings_in(&config, numbers).await, ["1", "2", "1"]);
 
-    // A policy puts every finished URL on the schedule, a host's own
-    // setting first; taking the policy away takes them off again.
-    let policy = RecrawlPolicy {
-        default: Some(Duration::from_secs(60)),
-        per_host: [("127.0.0.1".to_owned(), Duration::from_secs(5))].into(),
-    };
-    assert_eq!(store.schedule_recrawls(&policy).await.unwrap(), 2);
-    assert_eq!(store.schedule_recrawls(&policy).await.unwrap(), 0, "nothing changed");
-    assert_eq!(row("SELECT count(*) FROM urls WHERE recrawl_at_ms = finished_ms + 5000").await, 2);
-    // `trawler stats` reports the schedule.
-    let stats = store.stats(trawler::frontier::now_ms()).await.unwrap();
-    assert_eq!(stats.recrawls_scheduled, 2);
-    let next = row("SELECT min(recrawl_at_ms) FROM urls").await;
-    let next = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(next as u64));
-    assert_eq!(stats.next_recrawl_at, Some(next.to_string()));
-    assert_eq!(store.schedule_recrawls(&RecrawlPolicy::default()).await.unwrap(), 2);
-    assert_eq!(row("SELECT count(*) FROM urls WHERE recrawl_at_ms IS NOT NULL").await, 0);
-    store.close().await;
+        // A policy puts every finished URL on the schedule, a host's own
+        // setting first; taking the policy away takes them off again.
+        let policy = RecrawlPolicy {
+            default: Some(Duration::from_secs(60)),
+            per_host: [("127.0.0.1".to_owned(), Duration::from_secs(5))].into(),
+        };
+        assert_eq!(store.schedule_recrawls(&policy).await.unwrap(), 2);
+        assert_eq!(store.schedule_recrawls(&policy).await.unwrap(), 0, "nothing changed");
+        assert_eq!(row("SELECT count(*) FROM urls WHERE recrawl_at_ms = finished_ms + 5000").await, 2);
+        // `trawler stats` reports the schedule.
+        let stats = store.stats(trawler::frontier::now_ms()).await.unwrap();
+        assert_eq!(stats.recrawls_scheduled, 2);
+        let next = row("SELECT min(recrawl_at_ms) FROM urls").await;
+        let next =
+            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(next as u64));
+        assert_eq!(stats.next_recrawl_at, Some(next.to_string()));
+        assert_eq!(store.schedule_recrawls(&RecrawlPolicy::default()).await.unwrap(), 2);
+        assert_eq!(row("SELECT count(*) FROM urls WHERE recrawl_at_ms IS NOT NULL").await, 0);
+        store.close().await;
+    }
 }
 
 #[tokio::test]
