@@ -537,8 +537,9 @@ async fn watch_lock_waits(store: Arc<Backend>, done: CancellationToken) {
 }
 
 /// How often a PostgreSQL crawler looks for statements of its waiting on
-/// another session's lock.
-const LOCK_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// another session's lock: often enough that the warnings every
+/// `store.busy_warning` (at least 1 s) come on time.
+const LOCK_WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How long a stalled crawl may take to stop gracefully beyond
 /// `shutdown.grace` before the process exits without finishing its stop.

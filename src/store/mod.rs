@@ -110,9 +110,16 @@ impl LockWaits {
     /// been waiting. Logs a warning once they have waited `warn_after`, and
     /// again every `warn_after` after that.
     pub fn busy(&self, context: &str) -> Duration {
+        self.busy_for(context, Duration::ZERO)
+    }
+
+    /// [`busy`](Self::busy) for a wait found `waited` after it began (by a
+    /// look from outside, as PostgreSQL's `pg_stat_activity` allows): a
+    /// wait not yet recorded counts from then.
+    pub fn busy_for(&self, context: &str, waited: Duration) -> Duration {
         let now = Instant::now();
         let mut state = self.lock();
-        let since = *state.since.get_or_insert(now);
+        let since = *state.since.get_or_insert(now.checked_sub(waited).unwrap_or(now));
         let waited = now - since;
         let due = state.warned_at.map_or(waited >= self.warn_after, |at| now - at >= self.warn_after);
         if due {

@@ -215,6 +215,14 @@ impl PgStore {
             let ms = limit.as_millis().to_string();
             options = options.options([("idle_in_transaction_session_timeout", ms.as_str())]);
         }
+        // A statement waiting on another session's lock is reported by
+        // `watch_lock_waits`, naming the session; sqlx's own warning for a
+        // slow statement would add the whole SQL of every one that waited.
+        let options = sqlx::ConnectOptions::log_slow_statements(
+            options,
+            log::LevelFilter::Debug,
+            Duration::from_secs(1),
+        );
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(CONNECT_TIMEOUT)
@@ -276,8 +284,9 @@ impl PgStore {
     ///
     /// Errors: the database cannot be read.
     pub async fn watch_lock_waits(&self) -> Result<(), StoreError> {
-        let blocker: Option<(i32, String, String, f64, String)> = sqlx::query_as(
-            "SELECT b.pid, coalesce(b.usename::text, '?'), coalesce(b.state, '?'),
+        let blocker: Option<(f64, i32, String, String, f64, String)> = sqlx::query_as(
+            "SELECT extract(epoch FROM now() - w.state_change)::float8,
+                    b.pid, coalesce(b.usename::text, '?'), coalesce(b.state, '?'),
                     coalesce(extract(epoch FROM now() - b.xact_start), 0)::float8,
                     left(coalesce(b.query, ''), 160)
              FROM pg_stat_activity w
@@ -285,7 +294,7 @@ impl PgStore {
              JOIN pg_stat_activity b ON b.pid = blocking.pid
              WHERE w.application_name = $1 AND w.datname = current_database()
                AND w.wait_event_type = 'Lock' AND w.state_change <= now() - $2::float8 * interval '1 second'
-             ORDER BY b.xact_start NULLS LAST
+             ORDER BY w.state_change, b.xact_start NULLS LAST
              LIMIT 1",
         )
         .bind(session_name(&self.worker))
@@ -294,12 +303,16 @@ impl PgStore {
         .await
         .map_err(db("look for lock waits"))?;
         match blocker {
-            Some((pid, user, state, in_transaction, query)) => {
+            Some((waited, pid, user, state, in_transaction, query)) => {
                 let query = query.split_whitespace().collect::<Vec<_>>().join(" ");
-                self.waits.busy(&format!(
+                let waited = Duration::try_from_secs_f64(waited).unwrap_or_default();
+                self.waits.busy_for(
+                    &format!(
                     "blocked by session {pid} (user {user}, {state}, in a transaction for {in_transaction:.0} s; \
                      last statement: {query})"
-                ));
+                    ),
+                    waited,
+                );
             }
             None => self.waits.cleared(),
         }
@@ -978,35 +991,43 @@ impl Store for PgStore {
         completions: &[Completion],
         limits: PageLimits,
     ) -> Result<Committed, StoreError> {
-        self.writing("record results", || async {
-            let mut tx = self.pool.begin().await?;
-            // URLs first, fenced by their lease: which completions took
-            // effect decides their attempts' outcome.
-            let applied = update_urls(&mut tx, completions).await?;
-            insert_attempts(&mut tx, completions, &applied, &self.worker).await?;
-            let changes = rules::host_changes(completions);
-            if !changes.is_empty() {
-                sqlx::query(
-                    "UPDATE hosts SET work_at_ms = least(hosts.work_at_ms, v.work_at_ms),
+        let committed = self
+            .writing("record results", || async {
+                let mut tx = self.pool.begin().await?;
+                // URLs first, fenced by their lease: which completions took
+                // effect decides their attempts' outcome.
+                let applied = update_urls(&mut tx, completions).await?;
+                insert_attempts(&mut tx, completions, &applied, &self.worker).await?;
+                let changes = rules::host_changes(completions);
+                if !changes.is_empty() {
+                    sqlx::query(
+                        "UPDATE hosts SET work_at_ms = least(hosts.work_at_ms, v.work_at_ms),
                          backoff_until_ms = greatest(hosts.backoff_until_ms, v.backoff_until_ms)
                      FROM unnest($1::text[], $2::int8[], $3::int8[]) AS v(host, work_at_ms, backoff_until_ms)
                      WHERE hosts.host = v.host",
-                )
-                .bind(changes.iter().map(|c| c.0).collect::<Vec<_>>())
-                .bind(changes.iter().map(|c| c.1).collect::<Vec<_>>())
-                .bind(changes.iter().map(|c| c.2).collect::<Vec<_>>())
-                .execute(&mut *tx)
-                .await?;
-            }
-            let pages: Vec<&Completion> = completions
-                .iter()
-                .filter(|c| c.has_links() && applied.contains(&(c.url_id, c.lease)))
-                .collect();
-            let (new_urls, dropped_links) = record_links(&mut tx, &pages, limits).await?;
-            tx.commit().await?;
-            Ok(Committed { applied: applied.len() as u64, new_urls, dropped_links })
-        })
-        .await
+                    )
+                    .bind(changes.iter().map(|c| c.0).collect::<Vec<_>>())
+                    .bind(changes.iter().map(|c| c.1).collect::<Vec<_>>())
+                    .bind(changes.iter().map(|c| c.2).collect::<Vec<_>>())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let pages: Vec<&Completion> = completions
+                    .iter()
+                    .filter(|c| c.has_links() && applied.contains(&(c.url_id, c.lease)))
+                    .collect();
+                let (new_urls, dropped_links) = record_links(&mut tx, &pages, limits).await?;
+                tx.commit().await?;
+                Ok(Committed { applied: applied.len() as u64, new_urls, dropped_links })
+            })
+            .await;
+        if committed.is_ok() {
+            // Results go through: whatever held them is gone (said at once,
+            // not at the next look for lock waits, which a batch crawl's end
+            // may not wait for).
+            self.waits.cleared();
+        }
+        committed
     }
 
     async fn requeue_abandoned(&self) -> Result<u64, StoreError> {

@@ -7,42 +7,47 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    Daemon, HeldLock, Stderr, WriteLock, count_in, engines, output_of, scalar, spawn_crawl,
-    spawn_crawl_with_env, spawn_trawler_with_env, wait_until, wait_within, write_input,
+    Daemon, HeldLock, Stderr, count_in, engines, output_of, scalar, spawn_crawl, spawn_crawl_with_env,
+    spawn_trawler_with_env, wait_until, wait_within, write_input,
 };
 
 #[tokio::test]
 async fn a_database_locked_by_another_writer_is_waited_out_and_the_crawl_goes_on() {
-    let server = TestServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let urls: Vec<String> = (0..60).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
-    let input = write_input(dir.path(), &urls);
-    let db = dir.path().join("crawl.db");
-    let mut child = spawn_crawl_with_env(
-        input.to_str().unwrap(),
-        &db,
-        &["--concurrency", "4"],
-        &[("TRAWLER_STORE__BUSY_WARNING", "1s")],
-    );
-    let stderr = Stderr::collect(&mut child);
-    wait_until(Duration::from_secs(20), "a few results", || server.hits().len() >= 8);
+    for engine in engines("a_database_locked_by_another_writer_is_waited_out_and_the_crawl_goes_on").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let urls: Vec<String> = (0..60).map(|i| server.url(&format!("/slow/20/{i}"))).collect();
+        let input = write_input(dir.path(), &urls);
+        let db = dir.path().join("crawl.db");
+        let mut child = spawn_crawl_with_env(
+            input.to_str().unwrap(),
+            &db,
+            &["--concurrency", "4"],
+            &[&[("TRAWLER_STORE__BUSY_WARNING", "1s")], &engine.env()[..]].concat(),
+        );
+        let stderr = Stderr::collect(&mut child);
+        wait_until(Duration::from_secs(20), "a few results", || server.hits().len() >= 8);
 
-    // An analyst's long write: the crawl must wait, say so, and go on after.
-    let lock = WriteLock::take(&db).await;
-    let log = stderr.wait_for("database locked by another writer for");
-    assert!(child.try_wait().unwrap().is_none(), "the crawl ended under the lock:\n{log}");
-    stderr.wait_for("database locked by another writer for 2 s");
-    lock.release().await;
+        // An analyst's long write: the crawl must wait, say so, and go on after.
+        let lock = engine.hold_write_lock(&db).await;
+        let log = stderr.wait_for("database locked by another writer for");
+        assert!(child.try_wait().unwrap().is_none(), "the crawl ended under the lock:\n{log}");
+        stderr.wait_for("database locked by another writer for 2 s");
+        lock.release().await;
 
-    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
-    let log = stderr.text();
-    assert_eq!(status.code(), Some(0), "{log}");
-    assert!(log.contains("database writable again after"), "{log}");
-    assert!(!log.contains("ERROR"), "{log}");
-    assert_eq!(scalar(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 60);
-    let per_path = server.hits_per_path();
-    assert_eq!(per_path.len(), 60);
-    assert!(per_path.values().all(|&n| n == 1), "a URL was fetched twice: {per_path:?}");
+        let (status, _) = wait_within(&mut child, Duration::from_secs(30));
+        let log = stderr.text();
+        assert_eq!(status.code(), Some(0), "{log}");
+        assert!(log.contains("database writable again after"), "{log}");
+        assert!(!log.contains("ERROR"), "{log}");
+        assert_eq!(
+            count_in(&engine.reading(&db), "SELECT count(*) FROM results WHERE state = 'done'").await,
+            60
+        );
+        let per_path = server.hits_per_path();
+        assert_eq!(per_path.len(), 60);
+        assert!(per_path.values().all(|&n| n == 1), "a URL was fetched twice: {per_path:?}");
+    }
 }
 
 #[tokio::test]
