@@ -699,6 +699,35 @@ fn session_name(worker: &str) -> String {
     name
 }
 
+/// What a round of [`PgStore`]'s `ready_hosts` knows of the other daemons
+/// when it picks new hosts.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    /// Trawler processes connected to the database, this one included.
+    /// Enqueue, stats and export sessions count too, which only makes a
+    /// round take fewer: the rest stay ready for the next.
+    processes: usize,
+    /// Hosts leased (unlapsed), to any daemon.
+    leased: usize,
+    /// Of those, this daemon's.
+    mine: usize,
+}
+
+impl Share {
+    /// How many of a `window` of ready hosts no daemon holds this round
+    /// takes, `wanted` (its idle workers) at most: enough to bring it up to
+    /// its share of the hosts in play (leased ones and the window), and at
+    /// least its share of the window, so that a daemon holding many hosts
+    /// that wait on delays still takes new ones while the others are busy.
+    /// Never none of a window that has some.
+    fn take(self, wanted: usize, window: usize) -> usize {
+        let processes = self.processes.max(1);
+        let of_window = window.div_ceil(processes);
+        let to_even = (self.leased + window).div_ceil(processes).saturating_sub(self.mine);
+        wanted.min(window).min(of_window.max(to_even))
+    }
+}
+
 /// How long a statement must have waited for another session's lock before
 /// [`PgStore::watch_lock_waits`] counts it: daemons' own transactions on the
 /// same rows wait milliseconds.
@@ -931,12 +960,23 @@ impl Store for PgStore {
         // the longest-waiting, NEW_HOST_WINDOW times as many as wanted:
         // daemons that all took the oldest would all pick the same ones,
         // and all but one would come away empty until their next poll.
-        let rows: Vec<(String, i64, bool)> = sqlx::query_as(
-            "(SELECT host, ready_at_ms, true FROM hosts
+        // With the window: how many trawler processes are connected to the
+        // database (`session_name`s in pg_stat_activity), how many hosts
+        // are leased, and how many of them to this daemon. A daemon takes
+        // about its share of the hosts (`fair_share`), so that a few new
+        // hosts are not all taken by whichever daemon's rounds came first.
+        let rows: Vec<(String, i64, bool, i64, i64, i64)> = sqlx::query_as(
+            "WITH share AS (
+                 SELECT (SELECT count(DISTINCT application_name) FROM pg_stat_activity
+                         WHERE datname = current_database() AND application_name LIKE 'trawler %') AS processes,
+                        count(*) AS leased, count(*) FILTER (WHERE lease_owner = $4) AS mine
+                 FROM hosts WHERE lease_owner IS NOT NULL AND lease_expires_at >= now())
+             (SELECT host, ready_at_ms, true, 0::int8, 0::int8, 0::int8 FROM hosts
               WHERE lease_owner = $4 AND ready_at_ms <= $1 AND host <> ALL($2::text[])
               ORDER BY ready_at_ms LIMIT $3)
              UNION ALL
-             (SELECT host, ready_at_ms, false FROM hosts
+             (SELECT host, ready_at_ms, false, share.processes, share.leased, share.mine
+              FROM hosts CROSS JOIN share
               WHERE ready_at_ms <= $1 AND host <> ALL($2::text[])
                 AND (lease_owner IS NULL OR lease_expires_at < now())
               ORDER BY ready_at_ms LIMIT $5)",
@@ -949,14 +989,15 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("ready hosts"))?;
-        let (mut ready, window): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, _, own)| *own);
-        ready.extend(
-            rand::seq::IndexedRandom::choose_multiple(&window[..], &mut rand::rng(), new_limit as usize)
-                .cloned(),
-        );
-        ready.sort_by_key(|(_, ready_at, _)| *ready_at);
+        let (mut ready, window): (Vec<_>, Vec<_>) = rows.into_iter().partition(|row| row.2);
+        let take = window.first().map_or(0, |&(_, _, _, processes, leased, mine)| {
+            let share = Share { processes: processes as usize, leased: leased as usize, mine: mine as usize };
+            share.take(new_limit as usize, window.len())
+        });
+        ready.extend(rand::seq::IndexedRandom::choose_multiple(&window[..], &mut rand::rng(), take).cloned());
+        ready.sort_by_key(|row| row.1);
         ready.truncate(limit as usize);
-        Ok(ready.into_iter().map(|(host, _, _)| host).collect())
+        Ok(ready.into_iter().map(|row| row.0).collect())
     }
 
     async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Claim, StoreError> {
@@ -1630,4 +1671,35 @@ async fn lower_depths(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_takes_its_share_of_new_hosts_and_never_none_of_some() {
+        let share = |processes, leased, mine| Share { processes, leased, mine };
+        // Three daemons, six new hosts: two each, not six to the first up.
+        assert_eq!(share(3, 0, 0).take(32, 6), 2);
+        assert_eq!(share(3, 2, 2).take(32, 4), 2, "its share of the window, though it has its share");
+        assert_eq!(share(3, 2, 0).take(32, 4), 2);
+        assert_eq!(share(3, 4, 0).take(32, 2), 2, "the last brings itself up to its share");
+        assert_eq!(share(3, 0, 0).take(32, 1), 1);
+        assert_eq!(share(3, 0, 0).take(32, 0), 0);
+        // Many hosts: the idle workers bound it, as before.
+        assert_eq!(share(3, 0, 0).take(32, 128), 32);
+        assert_eq!(share(1, 0, 0).take(32, 6), 6);
+        assert_eq!(share(0, 0, 0).take(32, 6), 6, "no count seen: alone");
+        // Holding many hosts that wait on delays: still a share of new ones.
+        assert_eq!(share(3, 120, 100).take(32, 6), 2);
+    }
+
+    #[test]
+    fn session_names_fit_postgresql() {
+        let name = session_name(&format!("{}:123:abcdef01", "h".repeat(80)));
+        assert_eq!(name.len(), 63);
+        assert!(name.starts_with("trawler hhh"));
+        assert_eq!(session_name("héte:1:2"), "trawler h?te:1:2");
+    }
 }

@@ -738,6 +738,36 @@ async fn lease_of(db: &mut PgConnection, host: &str) -> (Option<String>, Option<
     .unwrap()
 }
 
+/// A few new hosts are shared out, not all taken by the daemon whose round
+/// came first: each round takes its share of the ready window, by the
+/// number of trawler processes connected.
+#[tokio::test]
+async fn a_round_takes_its_share_of_a_few_new_hosts() {
+    let Some(pg) = TestDatabase::create("fair_share").await else { return };
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        daemons.push(PgStore::open_crawler(&pg.url, 2, LEASE, TIMEOUT, BUSY_WARNING).await.unwrap());
+    }
+    let urls: Vec<NewUrl> = (0..6)
+        .map(|i| NewUrl {
+            url: format!("http://h{i}.test/"),
+            host: format!("h{i}.test"),
+            depth: 0,
+            found_on: None,
+        })
+        .collect();
+    daemons[0].enqueue(&urls).await.unwrap();
+    let mut taken = Vec::new();
+    for daemon in &daemons {
+        // 32 idle workers each: without shares, the first takes all six.
+        let hosts = daemon.ready_hosts(i64::MAX, &[], 64, 32).await.unwrap();
+        let picks: Vec<(String, u32)> = hosts.iter().map(|h| (h.clone(), 1)).collect();
+        daemon.claim(i64::MAX, &picks).await.unwrap();
+        taken.push(hosts.len());
+    }
+    assert_eq!(taken, [2, 2, 2]);
+}
+
 #[tokio::test]
 async fn leases_are_renewed_released_when_idle_recovered_when_lapsed_and_handed_over() {
     let Some(pg) = TestDatabase::create("lease_lifecycle").await else { return };
