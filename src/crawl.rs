@@ -483,8 +483,9 @@ async fn keep_leases(store: Arc<Backend>, politeness: Arc<Politeness>, done: Can
             _ = done.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        let last_starts = politeness.last_starts(tokio::time::Instant::now());
-        match store.keep_leases(&last_starts, &politeness.hosts_in_flight()).await {
+        let now = tokio::time::Instant::now();
+        let last_starts = politeness.last_starts(now);
+        match store.keep_leases(&last_starts, &politeness.hosts_to_keep(now)).await {
             Ok(Some(round)) => {
                 wait = leases.renew_every();
                 if !round.lost.is_empty() {

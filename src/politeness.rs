@@ -405,9 +405,17 @@ impl Politeness {
             .collect()
     }
 
-    /// Hosts with a job or a redirect hop in flight here.
-    pub fn hosts_in_flight(&self) -> Vec<String> {
-        self.lock().hosts.iter().filter(|(_, s)| s.in_flight > 0).map(|(host, _)| host.clone()).collect()
+    /// Hosts whose lease this daemon keeps though none of their URLs is in
+    /// flight (PostgreSQL): those with a job or a redirect hop in flight
+    /// here, and those in host-level backoff at `now`, whose escalation
+    /// (backoffs in a row) is known only here.
+    pub fn hosts_to_keep(&self, now: Instant) -> Vec<String> {
+        self.lock()
+            .hosts
+            .iter()
+            .filter(|(_, s)| s.in_flight > 0 || s.blocked_until.is_some_and(|until| until > now))
+            .map(|(host, _)| host.clone())
+            .collect()
     }
 
     /// Forgets hosts with nothing in flight, no pending delay or backoff and
@@ -537,6 +545,22 @@ mod tests {
             p.dispatched("a");
         }
         assert_eq!(p.slots("a", t0), 5);
+    }
+
+    #[test]
+    fn hosts_in_flight_or_in_backoff_are_kept_the_rest_given_up() {
+        let p = politeness(2, 0);
+        let t0 = Instant::now();
+        for host in ["fetching", "throttled", "done"] {
+            p.dispatched(host);
+        }
+        let throttled = HostSignal::Throttled { retry_after: Some(Duration::from_secs(7)) };
+        p.finished("throttled", throttled, t0, t0, 0.0);
+        p.finished("done", HostSignal::Healthy, t0, t0, 0.0);
+        let mut kept = p.hosts_to_keep(t0);
+        kept.sort();
+        assert_eq!(kept, ["fetching", "throttled"]);
+        assert_eq!(p.hosts_to_keep(t0 + Duration::from_secs(7)), ["fetching"], "its backoff is over");
     }
 
     #[test]

@@ -225,11 +225,11 @@ impl Backend {
     pub async fn keep_leases(
         &self,
         last_starts: &[(String, Duration)],
-        requesting: &[String],
+        keeping: &[String],
     ) -> Result<Option<LeaseRound>, StoreError> {
         match self {
             Backend::Sqlite(_) => Ok(None),
-            Backend::Postgres(s) => s.keep_leases(last_starts, requesting).await.map(Some),
+            Backend::Postgres(s) => s.keep_leases(last_starts, keeping).await.map(Some),
         }
     }
 

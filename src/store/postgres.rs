@@ -545,9 +545,8 @@ impl PgStore {
     /// lost); gives up the idle ones, hosts with nothing of theirs in
     /// flight, recording when their last request started
     /// (`last_starts`: host and how long ago, from politeness) so that the
-    /// next owner keeps the delay, except hosts this daemon is `requesting`
-    /// from (a redirect hop holds a host's lease without a URL of its own in
-    /// flight); and ends leases of any daemon that
+    /// next owner keeps the delay, except the hosts it is `keeping` (see
+    /// [`release_idle`](Self::release_idle)); and ends leases of any daemon that
     /// lapsed (a crashed daemon's), putting what they held in flight back
     /// in the queue.
     ///
@@ -556,7 +555,7 @@ impl PgStore {
     pub async fn keep_leases(
         &self,
         last_starts: &[(String, Duration)],
-        requesting: &[String],
+        keeping: &[String],
     ) -> Result<LeaseRound, StoreError> {
         let mut round = LeaseRound::default();
         let claiming = self.claiming.lock().await;
@@ -577,22 +576,26 @@ impl PgStore {
         drop(claiming);
         round.renewed = renewed.len() as u64;
         round.lost = self.leases.renewed(sent, &renewed);
-        round.released = self.release_idle(last_starts, requesting).await?;
+        round.released = self.release_idle(last_starts, keeping).await?;
         let (hosts, urls) = self.recover_lapsed().await?;
         (round.recovered_hosts, round.recovered_urls) = (hosts, urls);
         Ok(round)
     }
 
     /// Gives up this daemon's leases on hosts with nothing of theirs in
-    /// flight, except hosts it is `requesting` from: each host's last
-    /// request start (`last_starts`, how long ago, from politeness) is
-    /// recorded for the next owner. Returns how many it gave up.
+    /// flight, except the hosts it is `keeping`: those it has a redirect
+    /// hop in flight to (which holds a lease without a URL of the host's),
+    /// and those in backoff, whose escalation (backoffs in a row) lives in
+    /// this daemon's politeness and would start over with another owner.
+    /// Each host's last request start (`last_starts`, how long ago, from
+    /// politeness) is recorded for the next owner. Returns how many it gave
+    /// up.
     ///
     /// Errors: the database cannot be written.
     pub async fn release_idle(
         &self,
         last_starts: &[(String, Duration)],
-        requesting: &[String],
+        keeping: &[String],
     ) -> Result<u64, StoreError> {
         // In turn with this daemon's claims: a claim that puts URLs of a
         // host in flight has committed before this looks for them (a
@@ -615,7 +618,7 @@ impl PgStore {
                 .bind(&self.worker)
                 .bind(&hosts)
                 .bind(&agos)
-                .bind(requesting)
+                .bind(keeping)
                 .fetch_all(&self.pool)
             })
             .await?;

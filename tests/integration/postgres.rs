@@ -979,3 +979,35 @@ fn robots_txt_is_fetched_once_for_all_the_daemons_of_a_database() {
         .unwrap();
     assert_eq!((shared.0, shared.1.as_slice()), (200, &b"User-agent: *\nDisallow: /private\n"[..]));
 }
+
+/// A host in backoff stays with the daemon that backed it off, though none
+/// of its URLs is in flight: the escalation (backoffs in a row) is known
+/// only there, and another owner would start it over.
+#[tokio::test]
+async fn a_host_in_backoff_keeps_its_lease_through_lease_rounds() {
+    let Some(pg) = TestDatabase::create("backoff_keeps_lease").await else { return };
+    let server = TestServer::start_on("127.0.0.106");
+    let dir = tempfile::tempdir().unwrap();
+    let (flags, env) = short_lease_crawl(&pg.url);
+    let mut env = env.to_vec();
+    // A backoff of 5 to 10 s (the base, less up to half for jitter).
+    env.extend([("TRAWLER_POLITENESS__BACKOFF_BASE", "10s"), ("TRAWLER_RETRY__MAX_ATTEMPTS", "2")]);
+    let url = server.url("/status/503/busy");
+    let (mut child, _) = spawn_crawl_in(dir.path(), std::slice::from_ref(&url), &flags, &env);
+    wait_until(Duration::from_secs(10), "the first 503", || server.hits().len() == 1);
+    // A 3 s lease is kept every second: two rounds at least pass within
+    // the backoff.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut db = PgConnection::connect(&pg.url).await.unwrap();
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT lease_owner FROM hosts WHERE host = '127.0.0.106'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert!(owner.is_some(), "the host in backoff was given up");
+    let (status, _) = wait_within(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    let hits = server.hits();
+    assert_eq!(hits.len(), 2);
+    assert!(hits[1].at - hits[0].at >= Duration::from_millis(4900), "{:?}", hits[1].at - hits[0].at);
+}
