@@ -722,9 +722,14 @@ impl Share {
     /// its share of the hosts in play (leased ones and the window), and at
     /// least its share of the window, so that a daemon holding many hosts
     /// that wait on delays still takes new ones while the others are busy.
-    /// Never none of a window that has some.
+    /// Never none of a window that has some. A window with room for every
+    /// daemon's `wanted` is not shared out: it would only slow the intake.
     fn take(self, wanted: usize, window: usize) -> usize {
         let processes = self.processes.max(1);
+        if window >= wanted.saturating_mul(processes) {
+            // Enough for every daemon to fill its idle workers.
+            return wanted;
+        }
         let of_window = window.div_ceil(processes);
         let to_even = (self.leased + window).div_ceil(processes).saturating_sub(self.mine);
         wanted.min(window).min(of_window.max(to_even))
@@ -1692,6 +1697,8 @@ mod tests {
         assert_eq!(share(3, 0, 0).take(32, 0), 0);
         // Many hosts: the idle workers bound it, as before.
         assert_eq!(share(3, 0, 0).take(32, 128), 32);
+        assert_eq!(share(3, 200, 150).take(8, 24), 8, "room for every daemon's idle workers");
+        assert_eq!(share(3, 200, 150).take(8, 23), 8.min(23usize.div_ceil(3)));
         assert_eq!(share(1, 0, 0).take(32, 6), 6);
         assert_eq!(share(0, 0, 0).take(32, 6), 6, "no count seen: alone");
         // Holding many hosts that wait on delays: still a share of new ones.
