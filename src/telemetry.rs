@@ -41,9 +41,21 @@ impl LogLevel {
         if self.pinned_by_env {
             return Ok(false);
         }
-        let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        let filter = EnvFilter::try_new(with_quiet_notices(directives)).map_err(|e| e.to_string())?;
         self.handle.reload(filter).map_err(|e| e.to_string())?;
         Ok(true)
+    }
+}
+
+/// `directives` with PostgreSQL's notices (sqlx logs them at info, under
+/// `sqlx::postgres::notice`) at warn, unless they name sqlx themselves: the
+/// migrations' `relation "_sqlx_migrations" already exists, skipping` came
+/// with every command on PostgreSQL and says nothing to an operator.
+fn with_quiet_notices(directives: &str) -> String {
+    if directives.contains("sqlx") {
+        directives.to_owned()
+    } else {
+        format!("{directives},sqlx::postgres::notice=warn")
     }
 }
 
@@ -54,9 +66,9 @@ pub fn init(format: LogFormat, level: &str) -> LogLevel {
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
     let pinned_by_env = from_env.is_some();
     let filter = from_env
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .and_then(|v| EnvFilter::try_new(with_quiet_notices(&v)).ok())
+        .or_else(|| EnvFilter::try_new(with_quiet_notices(level)).ok())
+        .unwrap_or_else(|| EnvFilter::new(with_quiet_notices("info")));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
@@ -119,6 +131,13 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn postgresql_notices_are_quiet_unless_asked_for() {
+        assert_eq!(with_quiet_notices("info"), "info,sqlx::postgres::notice=warn");
+        assert_eq!(with_quiet_notices("info,sqlx=debug"), "info,sqlx=debug");
+        EnvFilter::try_new(with_quiet_notices("warn,trawler=debug")).unwrap();
+    }
+
     use std::sync::{Arc, Mutex};
 
     use super::*;
