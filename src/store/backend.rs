@@ -151,8 +151,7 @@ impl Backend {
     pub fn give_up_waiting(&self) {
         match self {
             Backend::Sqlite(s) => s.give_up_waiting(),
-            // Nothing waits for a database-wide lock on PostgreSQL.
-            Backend::Postgres(_) => {}
+            Backend::Postgres(s) => s.give_up_waiting(),
         }
     }
 

@@ -132,6 +132,8 @@ pub struct PgStore {
     /// How long this daemon's statements have been waiting for a lock
     /// another session holds ([`PgStore::watch_lock_waits`]).
     waits: Arc<LockWaits>,
+    /// Cancelled by [`PgStore::give_up_waiting`].
+    give_up: CancellationToken,
 }
 
 /// What one round of [`PgStore::keep_leases`] did.
@@ -231,7 +233,8 @@ impl PgStore {
             .map_err(|e| StoreError::Database { context: "open", source: format!("{shown}: {e}").into() })?;
         let leases = Arc::new(HostLeases::new(LEASE, Duration::ZERO));
         let waits = Arc::new(LockWaits::default());
-        Ok(Self { pool, shown, worker, claiming: Mutex::new(()), leases, waits })
+        let give_up = CancellationToken::new();
+        Ok(Self { pool, shown, worker, claiming: Mutex::new(()), leases, waits, give_up })
     }
 
     /// Opens the database as [`open`](Self::open) does, for crawling beside
@@ -257,6 +260,44 @@ impl PgStore {
         store.leases = Arc::new(HostLeases::new(lease, request_timeout));
         store.waits = Arc::new(LockWaits::new(busy_warning));
         Ok(store)
+    }
+
+    /// Makes this daemon's statements that wait for another session's lock,
+    /// now or later, fail instead (cancelled with `pg_cancel_backend` from a
+    /// session of its own, looked for every [`GIVE_UP_EVERY`] until the pool
+    /// closes); a write that
+    /// fails so says [`StoreError::Busy`]. The crawl's teardown calls it
+    /// once its grace period is over, so that a lock held forever cannot
+    /// hold the process forever. Nothing committed is lost: the cancelled
+    /// transaction rolls back, and its URLs are put back by this daemon's
+    /// release or, failing that, when its leases lapse.
+    pub fn give_up_waiting(&self) {
+        if self.give_up.is_cancelled() {
+            return;
+        }
+        self.give_up.cancel();
+        let (pool, name) = (self.pool.clone(), session_name(&self.worker));
+        tokio::spawn(async move {
+            // A connection of its own: the pool's may all be waiting.
+            use sqlx::Connection;
+            let Ok(mut session) = sqlx::PgConnection::connect_with(&pool.connect_options()).await else {
+                return;
+            };
+            while !pool.is_closed() {
+                let cancelled = sqlx::query(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+                     WHERE application_name = $1 AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+                )
+                .bind(&name)
+                .execute(&mut session)
+                .await;
+                if cancelled.is_err() {
+                    return;
+                }
+                tokio::time::sleep(GIVE_UP_EVERY).await;
+            }
+            let _ = session.close().await;
+        });
     }
 
     /// How long this daemon's statements have been waiting for a lock
@@ -736,6 +777,10 @@ impl Share {
     }
 }
 
+/// How often, once the crawl gave up waiting for locks, this daemon's
+/// statements that wait for one are cancelled.
+const GIVE_UP_EVERY: Duration = Duration::from_millis(100);
+
 /// How long a statement must have waited for another session's lock before
 /// [`PgStore::watch_lock_waits`] counts it: daemons' own transactions on the
 /// same rows wait milliseconds.
@@ -805,6 +850,14 @@ impl PgStore {
             tries += 1;
             match op().await {
                 Err(e) if retry_conflict(&e, tries).await => {}
+                // 57014 query_canceled: by give_up_waiting, while it waited
+                // for another session's lock.
+                Err(sqlx::Error::Database(d))
+                    if self.give_up.is_cancelled() && d.code().as_deref() == Some("57014") =>
+                {
+                    let waited = self.waits.blocked_for().unwrap_or_default();
+                    return Err(StoreError::Busy { context, waited });
+                }
                 other => return other.map_err(db(context)),
             }
         }

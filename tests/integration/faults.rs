@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    Daemon, HeldLock, Stderr, count_in, engines, output_of, scalar, spawn_crawl, spawn_crawl_with_env,
-    spawn_trawler_with_env, wait_until, wait_within, write_input,
+    Daemon, HeldLock, Stderr, count_in, engines, output_of, result_in, scalar, signal, spawn_crawl,
+    spawn_crawl_with_env, spawn_trawler_with_env, wait_until, wait_within, write_input,
 };
 
 #[tokio::test]
@@ -335,5 +335,45 @@ async fn an_idle_connection_is_kept_for_twice_its_hosts_delay_not_for_minutes() 
         wait_until(Duration::from_secs(15), "the idle connection closed", || open() == 0);
         assert!(idle.elapsed() >= Duration::from_secs(3), "closed after {:?}", idle.elapsed());
         daemon.stop();
+    }
+}
+
+/// A stop while another process's lock holds the results back waits the
+/// grace period, then gives up on the lock and exits 1, saying so: no lock
+/// can keep the process from exiting. Nothing committed is lost, and the
+/// URL whose result could not be written is fetched again by the next run.
+#[tokio::test]
+async fn a_stop_under_a_lock_gives_up_after_the_grace_period() {
+    for engine in engines("a_stop_under_a_lock_gives_up_after_the_grace_period").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let mut daemon = engine.start_daemon(
+            dir.path(),
+            "[store]\nbusy_warning = \"1s\"\n[shutdown]\ngrace = \"1s\"\n",
+            &[],
+        );
+        // The lock is taken while the page is on its way: its result waits.
+        let url = server.url("/slow/1500/held-back");
+        daemon.enqueue(std::slice::from_ref(&url));
+        wait_until(Duration::from_secs(10), "the request", || server.hits().len() == 1);
+        let lock = engine.hold_write_lock(&daemon.db).await;
+        daemon.stderr.wait_for("database locked by another writer for");
+
+        signal(&daemon.child, libc::SIGTERM);
+        let (status, took) = wait_within(&mut daemon.child, Duration::from_secs(15));
+        let log = daemon.stderr.text();
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        assert!(log.lines().last().unwrap_or_default().contains("gave up waiting to stop"), "{log}");
+        lock.release().await;
+
+        let db = engine.reading(&daemon.db);
+        assert_eq!(count_in(&db, "SELECT count(*) FROM attempts").await, 0, "no result was written");
+        let input = write_input(dir.path(), &[]);
+        let mut rerun = spawn_crawl_with_env(input.to_str().unwrap(), &daemon.db, &[], &engine.env());
+        let (status, _) = wait_within(&mut rerun, Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "{}", output_of(rerun).1);
+        assert_eq!(result_in(&db, &url).await.state, "done");
+        assert_eq!(server.hits().len(), 2, "fetched again, once");
     }
 }
