@@ -225,9 +225,16 @@ impl PgStore {
             log::LevelFilter::Debug,
             Duration::from_secs(1),
         );
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(CONNECT_TIMEOUT)
+        let mut pool = PgPoolOptions::new().max_connections(max_connections).acquire_timeout(CONNECT_TIMEOUT);
+        if idle_in_transaction.is_some() {
+            // A crawler keeps its connections for its whole run (opened by
+            // `open_crawler`), as the SQLite store keeps its own: a
+            // connection opened midway may find the process out of file
+            // descriptors (its fetches use them up at times, and are
+            // deferred), and a failed connect fails the statement.
+            pool = pool.min_connections(max_connections).idle_timeout(None).max_lifetime(None);
+        }
+        let pool = pool
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Database { context: "open", source: format!("{shown}: {e}").into() })?;
@@ -244,7 +251,8 @@ impl PgStore {
     /// transaction without a statement (the daemon froze, or lost the
     /// network, between two statements) is ended by the server, so that the
     /// rows it locked do not hold the other daemons up for longer than its
-    /// leases would. Its statements that wait for another session's locks
+    /// leases would. Its `max_connections` sessions are opened now and kept
+    /// for the store's life. Its statements that wait for another session's locks
     /// are reported after `busy_warning` ([`watch_lock_waits`](Self::watch_lock_waits)).
     ///
     /// Errors: as [`open`](Self::open).
@@ -257,6 +265,11 @@ impl PgStore {
     ) -> Result<Self, StoreError> {
         let mut store = Self::connect(url, max_connections, Some(lease)).await?;
         migrate(&store.pool, &store.shown).await?;
+        let opened =
+            futures::future::try_join_all((0..max_connections).map(|_| store.pool.acquire())).await.map_err(
+                |e| StoreError::Database { context: "open", source: format!("{}: {e}", store.shown).into() },
+            )?;
+        drop(opened);
         store.leases = Arc::new(HostLeases::new(lease, request_timeout));
         store.waits = Arc::new(LockWaits::new(busy_warning));
         Ok(store)

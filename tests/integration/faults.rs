@@ -273,7 +273,7 @@ async fn running_out_of_descriptors_defers_requests_without_blaming_the_host_or_
         let pid = daemon.child.id();
         // Warm up: robots.txt and one page fetched, every database connection open.
         daemon.enqueue(&[server.url("/ok/warm")]);
-        wait_for_done(&db, 1).await;
+        wait_for_done(&db, 1, &daemon).await;
 
         // Leave one spare descriptor (and the one or two of the idle pooled
         // connection, closed within a second): eight fetches at once cannot all
@@ -285,7 +285,7 @@ async fn running_out_of_descriptors_defers_requests_without_blaming_the_host_or_
         daemon.stderr.wait_for("OUT OF FILE DESCRIPTORS");
 
         crate::util::set_descriptor_limit(pid, hard.min(4096), hard);
-        wait_for_done(&db, 13).await;
+        wait_for_done(&db, 13, &daemon).await;
         let log = daemon.stderr.text();
         // Not an attempt: one row per URL, and every URL done on its first.
         assert_eq!(count_in(&db, "SELECT count(*) FROM attempts").await, 13, "{log}");
@@ -305,15 +305,16 @@ async fn running_out_of_descriptors_defers_requests_without_blaming_the_host_or_
     }
 }
 
-/// Waits (up to 30 s) until `n` URLs of the database are done.
-async fn wait_for_done(db: &trawler::config::Config, n: i64) {
+/// Waits (up to 30 s) until `n` URLs of the database are done; panics
+/// with what `daemon` logged otherwise.
+async fn wait_for_done(db: &trawler::config::Config, n: i64, daemon: &Daemon) {
     for _ in 0..300 {
         if count_in(db, "SELECT count(*) FROM urls WHERE state = 'done'").await >= n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("fewer than {n} URLs done after 30 s");
+    panic!("fewer than {n} URLs done after 30 s:\n{}", daemon.stderr.text());
 }
 
 #[tokio::test]
@@ -326,7 +327,7 @@ async fn an_idle_connection_is_kept_for_twice_its_hosts_delay_not_for_minutes() 
         let daemon = engine.start_daemon(dir.path(), "", &delay);
         let db = engine.reading(&daemon.db);
         daemon.enqueue(&[server.url("/ok/once")]);
-        wait_for_done(&db, 1).await;
+        wait_for_done(&db, 1, &daemon).await;
         let open = || crate::util::connections_to(server.addr);
         assert_eq!(open(), 1, "the fetch's connection is pooled");
         // Kept for the host's next turn (4 s: hyper-util's reaper closes it
