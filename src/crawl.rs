@@ -41,7 +41,7 @@ use crate::stats::{CrawlStats, Summary};
 use crate::store::{Backend, LockWaits, PageLimits, StateCounts, Store, StoreError};
 use crate::systemd::{Heartbeat, Notifier};
 use crate::tasks::Tasks;
-use crate::worker::{RateLimit, WorkerContext};
+use crate::worker::{Leasing, RateLimit, WorkerContext};
 use crate::{progress, worker, writer};
 
 /// Completions buffered between workers and the writer.
@@ -290,7 +290,7 @@ async fn start(
             stats: stats.clone(),
             wake: wake.clone(),
             done: sitemaps_done.clone(),
-            leasing: store.host_leases().map(|leases| (store.clone(), leases)),
+            leasing: Leasing::of(store),
         };
         let fetcher = fetcher.sibling(config.fetch.max_redirects, MAX_SITEMAP_BYTES, true);
         tasks.spawn("sitemaps", async move { task.run(fetcher, sitemap_rx).await })
@@ -308,8 +308,7 @@ async fn start(
         bodies: config.store.save_body.then(|| store.clone()),
         working: stats.working.clone(),
         parked: job_tx.downgrade(),
-        leases: store.host_leases(),
-        hop_leases: store.host_leases().map(|_| store.clone()),
+        leasing: Leasing::of(store),
     });
     let workers = (0..concurrency)
         .map(|_| tasks.spawn("worker", worker::run(ctx.clone(), job_rx.clone(), result_tx.clone())))

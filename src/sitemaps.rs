@@ -43,8 +43,8 @@ use crate::politeness::{HostSignal, Politeness};
 use crate::redact::ForLog;
 use crate::robots::Robots;
 use crate::stats::CrawlStats;
-use crate::store::{Backend, DropReason, HostLeases, NewUrl, Store, StoreError};
-use crate::worker::{host_signal, lease_for_request};
+use crate::store::{DropReason, NewUrl, Store, StoreError};
+use crate::worker::{Leasing, host_signal};
 
 /// URLs read from one sitemap (sitemaps.org: "no more than 50,000 URLs").
 pub const MAX_URLS_PER_SITEMAP: usize = 50_000;
@@ -245,8 +245,8 @@ pub struct SitemapTask<S> {
     /// Return (the crawl is stopping or over).
     pub done: CancellationToken,
     /// Where hosts are leased (PostgreSQL): each request needs its host's
-    /// lease, as a worker's redirect hop does ([`Backend::lease_hop`]).
-    pub leasing: Option<(Arc<Backend>, Arc<HostLeases>)>,
+    /// lease, as a worker's redirect hop does ([`Leasing::for_request`]).
+    pub leasing: Option<Leasing>,
 }
 
 /// How long a sitemap whose host another daemon holds waits before it is
@@ -399,8 +399,8 @@ impl<S: Store> SitemapTask<S> {
                     break;
                 }
             }
-            if let Some((store, _)) = &self.leasing
-                && !lease_for_request(store, &self.politeness, &host).await?
+            if let Some(leasing) = &self.leasing
+                && !leasing.for_request(&self.politeness, &host).await?
             {
                 return Ok(Fetch::HostHeld(host));
             }
@@ -425,8 +425,8 @@ impl<S: Store> SitemapTask<S> {
                 _ = self.done.cancelled() => return { release(&host, Instant::now()); Ok(Fetch::Stopped) },
                 turn = self.politeness.wait_turn(&host) => turn,
             };
-            if let Some((_, leases)) = &self.leasing
-                && !leases.may_start_any(&host)
+            if let Some(leasing) = &self.leasing
+                && !leasing.leases.may_start_any(&host)
             {
                 // The lease was given up or lapsed meanwhile.
                 release(&host, turn);

@@ -57,12 +57,45 @@ pub struct WorkerContext {
     /// The job channel, for parked jobs to go back into at their turn
     /// (weak: the channel still closes when the producer ends).
     pub parked: async_channel::WeakSender<Job>,
-    /// The host leases this daemon holds (PostgreSQL): no request to a host
-    /// starts past its lease's deadline. `None`: no leases to check (SQLite).
-    pub leases: Option<Arc<HostLeases>>,
-    /// Where a redirect hop to another host leases that host first, when
-    /// hosts are leased (PostgreSQL).
-    pub hop_leases: Option<Arc<Backend>>,
+    /// Where hosts are leased (PostgreSQL): no request to a host starts past
+    /// its lease's deadline, and a redirect hop to another host leases that
+    /// host first. `None`: no leases to check (SQLite).
+    pub leasing: Option<Leasing>,
+}
+
+/// Where hosts are leased (PostgreSQL): the store that leases them and the
+/// leases this daemon holds (the store's own, [`Backend::host_leases`]),
+/// for workers and the sitemap task alike.
+#[derive(Clone)]
+pub struct Leasing {
+    pub store: Arc<Backend>,
+    pub leases: Arc<HostLeases>,
+}
+
+impl Leasing {
+    /// `store`'s leasing, if it leases hosts.
+    pub fn of(store: &Arc<Backend>) -> Option<Self> {
+        store.host_leases().map(|leases| Self { store: store.clone(), leases })
+    }
+
+    /// Takes (or keeps) `host`'s lease for a request no claim put under one
+    /// (a redirect hop to another host, a sitemap; [`Backend::lease_hop`]);
+    /// a lease new here tells politeness when the host's last request may
+    /// have started. Returns whether this daemon holds the host: `false`
+    /// when another daemon does.
+    ///
+    /// Errors: the database could not be asked.
+    pub async fn for_request(&self, politeness: &Politeness, host: &str) -> Result<bool, StoreError> {
+        match self.store.lease_hop(host).await? {
+            HopLease::Held { last_start } => {
+                if let Some(ago) = last_start {
+                    politeness.handed_over(host, ago);
+                }
+                Ok(true)
+            }
+            HopLease::HeldByAnother => Ok(false),
+        }
+    }
 }
 
 /// A job whose host's turn is further away than this is parked (see
@@ -243,7 +276,7 @@ enum Attempted {
 /// is not near.
 async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<Job>) -> Attempted {
     let checked = (std::time::SystemTime::now(), Instant::now());
-    if ctx.leases.as_ref().is_some_and(|leases| !leases.may_start(&job.host, job.lease)) {
+    if ctx.leasing.as_ref().is_some_and(|l| !l.leases.may_start(&job.host, job.lease)) {
         // Not even the host's robots.txt: the host may be another daemon's.
         ctx.politeness.skip_start(&job.host);
         return lease_ended(ctx, job);
@@ -496,8 +529,8 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Result<InTurn, Interru
                 break;
             }
             // Its host's lease before any request to it, robots.txt's too.
-            if foreign && let Some(store) = &ctx.hop_leases {
-                match lease_for_request(store, &ctx.politeness, &host).await {
+            if foreign && let Some(leasing) = &ctx.leasing {
+                match leasing.for_request(&ctx.politeness, &host).await {
                     Ok(true) => {}
                     Ok(false) => {
                         redirect_handed_over = attempt.hand_over();
@@ -540,7 +573,7 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Result<InTurn, Interru
             _ = ctx.stop.cancelled() => return { release(ctx); Err(Interrupted::Stopped) },
             turn = ctx.politeness.wait_turn(&host) => turn,
         };
-        if let Some(leases) = &ctx.leases {
+        if let Some(Leasing { leases, .. }) = &ctx.leasing {
             let held = if foreign { leases.may_start_any(&host) } else { leases.may_start(&host, job.lease) };
             if !held {
                 release(ctx);
@@ -559,29 +592,6 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Result<InTurn, Interru
         own = settle(ctx, job, &host, host_signal(&fetched), turn, own);
     }
     Ok(InTurn { fetched, signal: own.0, started: own.1, redirect_handed_over })
-}
-
-/// Takes (or keeps) `host`'s lease for a request no claim put under one (a
-/// redirect hop to another host, a sitemap), where hosts are leased
-/// ([`Backend::lease_hop`]); a lease new here tells politeness when the
-/// host's last request may have started. Returns whether this daemon holds
-/// the host: `false` when another daemon does.
-///
-/// Errors: the database could not be asked.
-pub(crate) async fn lease_for_request(
-    store: &Backend,
-    politeness: &Politeness,
-    host: &str,
-) -> Result<bool, StoreError> {
-    match store.lease_hop(host).await? {
-        HopLease::Held { last_start } => {
-            if let Some(ago) = last_start {
-                politeness.handed_over(host, ago);
-            }
-            Ok(true)
-        }
-        HopLease::HeldByAnother => Ok(false),
-    }
 }
 
 /// Why a redirect hop to `url` must not be requested: when following links,
