@@ -238,7 +238,8 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Database { context: "open", source: format!("{shown}: {e}").into() })?;
-        let leases = Arc::new(HostLeases::new(LEASE, Duration::ZERO));
+        // The default length; `open_crawler` sets the configured one.
+        let leases = Arc::new(HostLeases::new(crate::config::DEFAULT_LEASE, Duration::ZERO));
         let waits = Arc::new(LockWaits::default());
         let give_up = CancellationToken::new();
         Ok(Self { pool, shown, worker, claiming: Mutex::new(()), leases, waits, give_up })
@@ -832,10 +833,6 @@ async fn migrate(pool: &PgPool, shown: &str) -> Result<(), StoreError> {
         Err(e) => Err(StoreError::Database { context: "migrate", source: format!("{shown}: {e}").into() }),
     }
 }
-
-/// How long a host lease lasts without renewal, by the database's clock,
-/// unless the store was opened with another length (`store.lease`).
-const LEASE: Duration = Duration::from_secs(60);
 
 /// How many more hosts than it wants a daemon picks its new hosts from, at
 /// random (see `ready_hosts`).
