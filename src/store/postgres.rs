@@ -314,6 +314,26 @@ impl PgStore {
         });
     }
 
+    /// What a claim round knows of the other daemons when new hosts are
+    /// few: how many trawler processes are connected to the database
+    /// (`session_name`s in `pg_stat_activity`), how many hosts are leased,
+    /// and how many of them to this daemon.
+    ///
+    /// Errors: the database cannot be read.
+    async fn share(&self) -> Result<Share, StoreError> {
+        let (processes, leased, mine): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(DISTINCT application_name) FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name LIKE 'trawler %'),
+                    count(*), count(*) FILTER (WHERE lease_owner = $1)
+             FROM hosts WHERE lease_owner IS NOT NULL AND lease_expires_at >= now()",
+        )
+        .bind(&self.worker)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("count daemons and leases"))?;
+        Ok(Share { processes: processes as usize, leased: leased as usize, mine: mine as usize })
+    }
+
     /// How long this daemon's statements have been waiting for a lock
     /// another session holds, shared with `/healthz`, the watchdog and the
     /// stall guard.
@@ -1031,23 +1051,12 @@ impl Store for PgStore {
         // the longest-waiting, NEW_HOST_WINDOW times as many as wanted:
         // daemons that all took the oldest would all pick the same ones,
         // and all but one would come away empty until their next poll.
-        // With the window: how many trawler processes are connected to the
-        // database (`session_name`s in pg_stat_activity), how many hosts
-        // are leased, and how many of them to this daemon. A daemon takes
-        // about its share of the hosts (`fair_share`), so that a few new
-        // hosts are not all taken by whichever daemon's rounds came first.
-        let rows: Vec<(String, i64, bool, i64, i64, i64)> = sqlx::query_as(
-            "WITH share AS (
-                 SELECT (SELECT count(DISTINCT application_name) FROM pg_stat_activity
-                         WHERE datname = current_database() AND application_name LIKE 'trawler %') AS processes,
-                        count(*) AS leased, count(*) FILTER (WHERE lease_owner = $4) AS mine
-                 FROM hosts WHERE lease_owner IS NOT NULL AND lease_expires_at >= now())
-             (SELECT host, ready_at_ms, true, 0::int8, 0::int8, 0::int8 FROM hosts
+        let rows: Vec<(String, i64, bool)> = sqlx::query_as(
+            "(SELECT host, ready_at_ms, true FROM hosts
               WHERE lease_owner = $4 AND ready_at_ms <= $1 AND host <> ALL($2::text[])
               ORDER BY ready_at_ms LIMIT $3)
              UNION ALL
-             (SELECT host, ready_at_ms, false, share.processes, share.leased, share.mine
-              FROM hosts CROSS JOIN share
+             (SELECT host, ready_at_ms, false FROM hosts
               WHERE ready_at_ms <= $1 AND host <> ALL($2::text[])
                 AND (lease_owner IS NULL OR lease_expires_at < now())
               ORDER BY ready_at_ms LIMIT $5)",
@@ -1061,10 +1070,16 @@ impl Store for PgStore {
         .await
         .map_err(db("ready hosts"))?;
         let (mut ready, window): (Vec<_>, Vec<_>) = rows.into_iter().partition(|row| row.2);
-        let take = window.first().map_or(0, |&(_, _, _, processes, leased, mine)| {
-            let share = Share { processes: processes as usize, leased: leased as usize, mine: mine as usize };
-            share.take(new_limit as usize, window.len())
-        });
+        // A full window has hosts to spare; fewer new hosts than that are
+        // shared out (`Share`), so that they are not all taken by whichever
+        // daemon's rounds came first.
+        let take = if window.is_empty() {
+            0
+        } else if window.len() as i64 >= i64::from(new_limit) * NEW_HOST_WINDOW {
+            new_limit as usize
+        } else {
+            self.share().await?.take(new_limit as usize, window.len())
+        };
         ready.extend(rand::seq::IndexedRandom::choose_multiple(&window[..], &mut rand::rng(), take).cloned());
         ready.sort_by_key(|row| row.1);
         ready.truncate(limit as usize);
