@@ -214,7 +214,10 @@ async fn sigterm_stops_a_crawl_fed_by_a_pipe_that_stays_open() {
         stdin.flush().unwrap();
         // URLs are enqueued in batches of 1,000 or at the end of input, so this
         // one waits in memory; the stop must end the crawl promptly and keep it.
-        std::thread::sleep(Duration::from_millis(300));
+        // Signal once the crawl has read it (a fixed sleep was too short for a
+        // loaded start on PostgreSQL, and a URL still in the pipe is not yet ours).
+        wait_until_read(&stdin, Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(100));
         signal(&child, libc::SIGTERM);
         let (status, took) = wait_within(&mut child, Duration::from_secs(3));
         assert_eq!(status.code(), Some(0));
@@ -386,5 +389,24 @@ async fn progress_counts_fetches_in_flight_apart_from_claimed_jobs() {
             assert!(field("in_flight") <= 2, "{line}");
             assert!(field("claimed") >= field("in_flight"), "{line}");
         }
+    }
+}
+
+/// Waits until the reader of the pipe behind `stdin` has read every byte
+/// written to it (Linux's `FIONREAD` on a pipe's write end counts the unread
+/// bytes, pipe(7)); panics after `limit`.
+fn wait_until_read(stdin: &std::process::ChildStdin, limit: Duration) {
+    use std::os::fd::AsRawFd;
+    let start = std::time::Instant::now();
+    loop {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through the pointer given.
+        let rc = unsafe { libc::ioctl(stdin.as_raw_fd(), libc::FIONREAD, &mut unread) };
+        assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+        if unread == 0 {
+            return;
+        }
+        assert!(start.elapsed() < limit, "the crawl did not read its input within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
