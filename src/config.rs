@@ -284,6 +284,18 @@ pub struct CrawlConfig {
     /// absent) = never. `[hosts."..."] recrawl_after` overrides it per host.
     #[serde(with = "humantime_serde")]
     pub recrawl_after: Option<Duration>,
+    /// Adaptive revisit (Nutch's `AdaptiveFetchSchedule`): each URL keeps
+    /// an interval of its own, starting at its `recrawl_after`, 1.4 times
+    /// longer after a visit that found it unchanged (a 304, or the same
+    /// body) and 0.8 times as long after one that found it changed, within
+    /// `recrawl_min..=recrawl_max`. Off by default.
+    pub adaptive_recrawl: bool,
+    /// The shortest interval adaptive revisit gives a URL.
+    #[serde(with = "humantime_serde")]
+    pub recrawl_min: Duration,
+    /// The longest interval adaptive revisit gives a URL.
+    #[serde(with = "humantime_serde")]
+    pub recrawl_max: Duration,
     /// URLs in flight with no result committed for this long means the crawl
     /// has stalled: it stops with an error (exit status 1). Raised at start
     /// to [`Config::longest_quiet`] when shorter, so that no legitimate
@@ -298,6 +310,9 @@ impl Default for CrawlConfig {
             concurrency: NonZeroU32::new(32).unwrap(),
             rate: None,
             recrawl_after: None,
+            adaptive_recrawl: false,
+            recrawl_min: Duration::from_secs(60 * 60),
+            recrawl_max: Duration::from_secs(30 * 24 * 60 * 60),
             stall_timeout: Duration::from_secs(15 * 60),
         }
     }
@@ -685,6 +700,12 @@ impl Config {
         }
         if self.hosts.values().any(|h| h.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER)) {
             return invalid("hosts.<host>.recrawl_after", "must be at least 1s");
+        }
+        if self.crawl.recrawl_min < MIN_RECRAWL_AFTER {
+            return invalid("crawl.recrawl_min", "must be at least 1s");
+        }
+        if self.crawl.recrawl_max < self.crawl.recrawl_min {
+            return invalid("crawl.recrawl_max", "must not be below crawl.recrawl_min");
         }
         for (name, addresses) in &self.fetch.resolve {
             let host = name.strip_prefix("*.").unwrap_or(name);

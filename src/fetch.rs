@@ -18,14 +18,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
 
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LAST_MODIFIED, LOCATION, RETRY_AFTER,
+};
 use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::config::FetchConfig;
 use crate::links::{Found, LinkExtractor, is_html};
 use crate::redact::ForLog;
-use crate::store::{AttemptRecord, Hop};
+use crate::store::{AttemptRecord, Hop, Validators};
 
 /// Why an attempt did not end with a final HTTP response: the fixed set
 /// stored in `attempts.error_kind`, by [`ErrorKind::as_str`] only.
@@ -122,6 +125,10 @@ pub struct Fetched {
     /// a socket or resolving a name. Not the host's fault, and not an
     /// attempt at the URL.
     pub out_of_descriptors: bool,
+    /// The final response was `304 Not Modified` to the validators the
+    /// attempt sent ([`Attempt::conditional`]): the URL's content is as it
+    /// was, and the record's body fields describe an empty body.
+    pub not_modified: bool,
 }
 
 impl Fetched {
@@ -135,7 +142,14 @@ impl Fetched {
             error_message: Some(message),
             ..Default::default()
         };
-        Fetched { record, error: Some(kind), retry_after, found: None, out_of_descriptors: false }
+        Fetched {
+            record,
+            error: Some(kind),
+            retry_after,
+            found: None,
+            out_of_descriptors: false,
+            not_modified: false,
+        }
     }
 }
 
@@ -146,6 +160,10 @@ struct Progress {
     retry_after: Option<Duration>,
     found: Option<Found>,
     out_of_descriptors: bool,
+    /// Validators the next request sends (the attempt's first only).
+    conditional: Option<Validators>,
+    /// The final response was a 304 to validators this attempt sent.
+    not_modified: bool,
 }
 
 struct Failure(ErrorKind, String);
@@ -486,7 +504,8 @@ impl Fetcher {
     ) -> Result<Option<Url>, Failure> {
         let sent = Instant::now();
         progress.record.ttfb_ms = None;
-        let response = self.send(url).await.map_err(|e| {
+        let conditional = progress.conditional.take();
+        let response = self.send(url, conditional.as_ref()).await.map_err(|e| {
             progress.out_of_descriptors = out_of_descriptors(&e);
             classify(e)
         })?;
@@ -497,6 +516,7 @@ impl Fetcher {
         if let Some(hop) = progress.record.hops.last_mut() {
             hop.http_status = Some(status.as_u16());
         }
+        progress.not_modified = status == reqwest::StatusCode::NOT_MODIFIED && conditional.is_some();
         if status.is_redirection()
             && let Some(location) = response.headers().get(LOCATION)
         {
@@ -509,14 +529,22 @@ impl Fetcher {
     /// server closed just as the request went out fails before any byte of
     /// a response; GET is idempotent, so it is sent again at once, once, on
     /// a fresh connection, within the same attempt (RFC 9110 §9.2.2).
-    async fn send(&self, url: &Url) -> Result<reqwest::Response, reqwest::Error> {
-        match self.client.get(url.clone()).send().await {
+    /// With `conditional`, the request carries its validators
+    /// (`If-None-Match`, `If-Modified-Since`; RFC 9110 §13.1.2, §13.1.3); one
+    /// that is no valid header value is left out.
+    async fn send(
+        &self,
+        url: &Url,
+        conditional: Option<&Validators>,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let headers = conditional.map(conditional_headers).unwrap_or_default();
+        match self.client.get(url.clone()).headers(headers.clone()).send().await {
             Err(e) if closed_before_response(&e) => {
                 tracing::debug!(
                     url = %ForLog(url.as_str()),
                     "connection closed before the response: sent again on a fresh one"
                 );
-                self.client.get(url.clone()).send().await
+                self.client.get(url.clone()).headers(headers).send().await
             }
             other => other,
         }
@@ -563,6 +591,10 @@ impl Fetcher {
         let headers = response.headers();
         let record = &mut progress.record;
         record.content_type = header_text(headers, CONTENT_TYPE.as_str());
+        record.validators = Validators {
+            etag: header_text(headers, ETAG.as_str()),
+            last_modified: header_text(headers, LAST_MODIFIED.as_str()),
+        };
         progress.retry_after = headers.get(RETRY_AFTER).and_then(|v| parse_retry_after(v.as_bytes()));
         if self.save_headers {
             record.headers = Some(headers_json(headers));
@@ -640,6 +672,15 @@ impl Attempt<'_> {
     /// Requests made so far (redirects followed plus one, once started).
     pub fn requests(&self) -> usize {
         self.progress.record.redirect_chain.len() + usize::from(self.started_at.is_some())
+    }
+
+    /// Makes the attempt's first request conditional on `validators` (the
+    /// URL's last response's, for a recrawl), if there are any: a `304 Not
+    /// Modified` to it ends the attempt with [`Fetched::not_modified`].
+    pub fn conditional(&mut self, validators: &Validators) {
+        if self.started_at.is_none() && !validators.is_empty() {
+            self.progress.conditional = Some(validators.clone());
+        }
     }
 
     /// Sends the next request. Afterwards [`next_url`](Self::next_url) is
@@ -755,8 +796,23 @@ impl Attempt<'_> {
             retry_after: self.progress.retry_after,
             found: self.progress.found,
             out_of_descriptors: self.progress.out_of_descriptors,
+            not_modified: self.progress.not_modified && error.is_none(),
         }
     }
+}
+
+/// `If-None-Match` and `If-Modified-Since` for `validators`, leaving out
+/// one that is no valid header value.
+fn conditional_headers(validators: &Validators) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let valid = |text: Option<&str>| text.and_then(|t| HeaderValue::from_str(t).ok());
+    if let Some(etag) = valid(validators.etag.as_deref()) {
+        headers.insert(IF_NONE_MATCH, etag);
+    }
+    if let Some(date) = valid(validators.last_modified.as_deref()) {
+        headers.insert(IF_MODIFIED_SINCE, date);
+    }
+    headers
 }
 
 fn body_too_large(max: u64) -> Failure {

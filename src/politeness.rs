@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, HostOverride, PolitenessConfig};
 use crate::retry::exponential;
-use crate::store::RecrawlPolicy;
+use crate::store::{AdaptiveRecrawl, RecrawlPolicy};
 
 /// What an attempt's outcome says about its host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,15 +101,21 @@ pub struct HostRules {
     /// `crawl.recrawl_after`: how long after it finished a URL is fetched
     /// again, for hosts without their own `recrawl_after`. `None` = never.
     pub recrawl_after: Option<Duration>,
+    /// `crawl.adaptive_recrawl`'s bounds, when it is on.
+    pub adaptive: Option<AdaptiveRecrawl>,
 }
 
 impl HostRules {
     /// The rules in `config`.
     pub fn from_config(config: &Config) -> Self {
+        let crawl = &config.crawl;
         Self {
             politeness: config.politeness.clone(),
             overrides: config.hosts.clone(),
-            recrawl_after: config.crawl.recrawl_after,
+            recrawl_after: crawl.recrawl_after,
+            adaptive: crawl
+                .adaptive_recrawl
+                .then_some(AdaptiveRecrawl { min: crawl.recrawl_min, max: crawl.recrawl_max }),
         }
     }
 
@@ -131,6 +137,7 @@ impl HostRules {
     /// that have their own.
     pub fn recrawl_policy(&self) -> RecrawlPolicy {
         RecrawlPolicy {
+            adaptive: self.adaptive.is_some(),
             default: self.recrawl_after,
             per_host: self
                 .overrides
@@ -166,6 +173,11 @@ impl Politeness {
     /// [`HostRules::recrawl_after`] under the rules in force.
     pub fn recrawl_after(&self, host: &str) -> Option<Duration> {
         self.lock().rules.recrawl_after(host)
+    }
+
+    /// `crawl.adaptive_recrawl`'s bounds under the rules in force, when on.
+    pub fn adaptive_recrawl(&self) -> Option<AdaptiveRecrawl> {
+        self.lock().rules.adaptive
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -483,7 +495,7 @@ mod tests {
     }
 
     fn rules(politeness: PolitenessConfig, overrides: BTreeMap<String, HostOverride>) -> HostRules {
-        HostRules { politeness, overrides, recrawl_after: None }
+        HostRules { politeness, overrides, recrawl_after: None, adaptive: None }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `SIGHUP`: read the configuration again and put into force what can change
 //! while the service runs.
 //!
-//! Reloaded: `crawl.rate`, `crawl.recrawl_after`, `[politeness]`,
+//! Reloaded: `crawl.rate`, `crawl.recrawl_after`, adaptive revisit
+//! (`crawl.adaptive_recrawl`, `recrawl_min`, `recrawl_max`), `[politeness]`,
 //! `[hosts."..."]` and `log.level`. Everything else (the database path, the
 //! worker count, fetch and retry settings, the addresses...) needs a restart:
 //! a changed value is logged as such and the running value stays. A config
@@ -30,7 +31,16 @@ use crate::worker::WorkerContext;
 pub type LoadConfig = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 
 /// Key prefixes (flattened `section.key`) that a reload puts in force.
-const RELOADABLE: [&str; 5] = ["crawl.rate", "crawl.recrawl_after", "politeness.", "hosts.", "log.level"];
+const RELOADABLE: [&str; 8] = [
+    "crawl.rate",
+    "crawl.recrawl_after",
+    "crawl.adaptive_recrawl",
+    "crawl.recrawl_min",
+    "crawl.recrawl_max",
+    "politeness.",
+    "hosts.",
+    "log.level",
+];
 
 /// Reloads on `SIGHUP`. Created before the service starts, so that a
 /// `SIGHUP` arriving during start-up is not the default "terminate".
@@ -129,6 +139,9 @@ fn with_reloadable(running: &Config, new: &Config) -> Config {
     let mut next = running.clone();
     next.crawl.rate = new.crawl.rate;
     next.crawl.recrawl_after = new.crawl.recrawl_after;
+    next.crawl.adaptive_recrawl = new.crawl.adaptive_recrawl;
+    next.crawl.recrawl_min = new.crawl.recrawl_min;
+    next.crawl.recrawl_max = new.crawl.recrawl_max;
     next.politeness = new.politeness.clone();
     next.hosts = new.hosts.clone();
     next.log.level = new.log.level.clone();

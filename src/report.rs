@@ -145,10 +145,22 @@ impl fmt::Display for Text<'_> {
         }
         match &r.next_recrawl_at {
             Some(next) => {
-                writeln!(f, "recrawl    {} URLs scheduled, the next at {next}", r.recrawls_scheduled)
+                writeln!(f, "recrawl    {} URLs scheduled, the next at {next}", r.recrawls_scheduled)?
             }
-            None => writeln!(f, "recrawl    none scheduled"),
+            None => writeln!(f, "recrawl    none scheduled")?,
         }
+        for round in &r.recrawls {
+            writeln!(
+                f,
+                "recrawl {:<3}{} pages: {} changed, {} not modified (304), {} the same body",
+                round.recrawl,
+                round.pages,
+                round.changed,
+                round.not_modified,
+                round.pages - round.changed - round.not_modified
+            )?;
+        }
+        Ok(())
     }
 }
 

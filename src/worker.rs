@@ -324,6 +324,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
             rand::random(),
         );
         match decision {
+            Decision::Done if fetched.not_modified => Next::NotModified,
             Decision::Done => Next::Done,
             Decision::Failed => Next::Failed,
             Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
@@ -349,7 +350,11 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         tracing::info!(host = %job.host, backoff_ms = backoff.as_millis() as u64, "host backs off");
     }
     let mut record = fetched.record;
-    if fetched.error.is_none() && next != Next::Done {
+    if next == Next::NotModified {
+        // No content came: the store keeps the URL's own.
+        (record.content_type, record.body_bytes, record.body_sha256) = (None, None, None);
+    }
+    if fetched.error.is_none() && !next.is_done() {
         // A response arrived, but with a status worth retrying.
         record.error_kind = Some(ErrorKind::HttpStatus);
         record.error_message = record.http_status.map(|s| format!("HTTP {s}"));
@@ -364,7 +369,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
     );
     let recrawl_after = match next {
         Next::RetryAt(_) | Next::Requeue(_) => None,
-        Next::Done | Next::Failed => ctx.politeness.recrawl_after(&job.host),
+        Next::Done | Next::NotModified | Next::Failed => ctx.politeness.recrawl_after(&job.host),
     };
     let completion = Completion {
         url_id: job.url_id,
@@ -377,6 +382,8 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         links,
         dropped_links,
         recrawl_after,
+        revisit: job.revisit,
+        adaptive: ctx.politeness.adaptive_recrawl(),
     };
     Attempted::Completed(completion)
 }
@@ -400,6 +407,8 @@ fn lease_ended(ctx: &WorkerContext, job: Job) -> Attempted {
         links: Vec::new(),
         dropped_links: Vec::new(),
         recrawl_after: None,
+        revisit: job.revisit,
+        adaptive: None,
     })
 }
 
@@ -510,6 +519,7 @@ async fn robots_refusal(ctx: &WorkerContext, url: &str, host: &str) -> Result<Op
 /// could not be leased.
 async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Result<InTurn, Interrupted> {
     let mut attempt = ctx.fetcher.begin(&job.url, follows_from(ctx, job));
+    attempt.conditional(&job.revisit.validators);
     // The job's host: what its last answer said, and when that request began.
     let mut own = (HostSignal::Neutral, Instant::now());
     // The host of the last request sent, and its turn.

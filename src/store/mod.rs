@@ -246,6 +246,36 @@ pub struct Job {
     pub depth: u32,
     /// The claim's lease token, returned with the completion.
     pub lease: i64,
+    /// What the URL's earlier visits left, for a conditional recrawl.
+    pub revisit: Revisit,
+}
+
+/// What a URL's earlier visits left for the next one (`urls` columns of
+/// schema version 6); all `None` on a first visit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revisit {
+    /// The validators to send (RFC 9110 §13.1.2 `If-None-Match`, §13.1.3
+    /// `If-Modified-Since`): the last final response's `ETag` and
+    /// `Last-Modified`, as received.
+    pub validators: Validators,
+    /// SHA-256 (lower-case hex) of the URL's content now.
+    pub body_sha256: Option<String>,
+    /// The URL's own recrawl interval (ms), with `crawl.adaptive_recrawl`.
+    pub recrawl_interval_ms: Option<i64>,
+}
+
+/// A response's validators (RFC 9110 §8.8), as the header values it sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    /// Whether there is anything to make a request conditional with.
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
 }
 
 /// What [`Store::claim`] took.
@@ -300,6 +330,9 @@ impl UrlState {
 pub enum Next {
     /// A final HTTP response: the URL is `done`.
     Done,
+    /// A 304 Not Modified to a conditional recrawl: the URL is `done` with
+    /// the content it had.
+    NotModified,
     /// A final error, or attempts ran out: the URL is `failed`.
     Failed,
     /// Try again once the wall clock reaches this time, in Unix ms.
@@ -314,7 +347,7 @@ impl Next {
     /// The state the URL moves to.
     pub fn state(self) -> UrlState {
         match self {
-            Next::Done => UrlState::Done,
+            Next::Done | Next::NotModified => UrlState::Done,
             Next::Failed => UrlState::Failed,
             Next::RetryAt(_) | Next::Requeue(_) => UrlState::Queued,
         }
@@ -325,6 +358,7 @@ impl Next {
     pub fn outcome(self) -> &'static str {
         match self {
             Next::Done => "done",
+            Next::NotModified => "not_modified",
             Next::Failed => "failed",
             Next::RetryAt(_) => "retry",
             Next::Requeue(_) => "requeue",
@@ -335,8 +369,14 @@ impl Next {
     pub fn due_at(self) -> Option<i64> {
         match self {
             Next::RetryAt(ms) | Next::Requeue(ms) => Some(ms),
-            Next::Done | Next::Failed => None,
+            Next::Done | Next::NotModified | Next::Failed => None,
         }
+    }
+
+    /// Whether the URL got a final response (`done`, its content new or
+    /// confirmed).
+    pub fn is_done(self) -> bool {
+        matches!(self, Next::Done | Next::NotModified)
     }
 }
 
@@ -370,6 +410,8 @@ pub struct AttemptRecord {
     pub body_bytes: Option<u64>,
     /// Lower-case hex SHA-256 of the decoded body.
     pub body_sha256: Option<String>,
+    /// The final response's validators (`ETag`, `Last-Modified`).
+    pub validators: Validators,
     /// JSON array of `[name, value]` pairs, when configured.
     pub headers: Option<String>,
     /// The body, when configured (the worker moves it to `bodies`).
@@ -410,12 +452,44 @@ pub struct Completion {
     /// The host's `recrawl_after`, if any: a finished URL is due again that
     /// long after the store records it as finished. Ignored for a retry.
     pub recrawl_after: Option<std::time::Duration>,
+    /// What the claim said of the URL's earlier visits.
+    pub revisit: Revisit,
+    /// `crawl.adaptive_recrawl`'s bounds, when it is on.
+    pub adaptive: Option<AdaptiveRecrawl>,
+}
+
+/// Adaptive revisit, after Nutch's `AdaptiveFetchSchedule`: a URL found
+/// unchanged waits `1 + INCREASE` times longer next time, a changed one
+/// `1 - DECREASE` times as long, between `min` and `max`. The rates are
+/// Nutch's defaults (`db.fetch.schedule.adaptive.inc_rate` 0.4,
+/// `dec_rate` 0.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveRecrawl {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl AdaptiveRecrawl {
+    pub const INCREASE: f64 = 0.4;
+    pub const DECREASE: f64 = 0.2;
+
+    /// The next interval after one of `interval`, given whether the visit
+    /// found the content `changed`, within `min..=max`.
+    pub fn next(self, interval: Duration, changed: bool) -> Duration {
+        let factor = if changed { 1.0 - Self::DECREASE } else { 1.0 + Self::INCREASE };
+        Duration::try_from_secs_f64(interval.as_secs_f64() * factor)
+            .unwrap_or(self.max)
+            .clamp(self.min, self.max)
+    }
 }
 
 /// When finished URLs are fetched again: `crawl.recrawl_after`, and the hosts
 /// with their own `[hosts."..."] recrawl_after`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecrawlPolicy {
+    /// `crawl.adaptive_recrawl`: a URL's own interval
+    /// (`urls.recrawl_interval_ms`), where it has one, comes first.
+    pub adaptive: bool,
     pub default: Option<std::time::Duration>,
     pub per_host: std::collections::BTreeMap<String, std::time::Duration>,
 }
@@ -471,6 +545,9 @@ pub struct ResultRow {
     pub error_message: Option<String>,
     pub depth: i64,
     pub found_on: Option<i64>,
+    /// When the URL's content last changed (RFC 3339 UTC): the visit that
+    /// found it new; a 304 or an identical body keeps it.
+    pub changed_at: Option<String>,
 }
 
 /// Which rows `trawler export` writes.
@@ -506,6 +583,47 @@ pub struct StatsReport {
     /// Finished URLs with a recrawl time, and the soonest one (RFC 3339).
     pub recrawls_scheduled: u64,
     pub next_recrawl_at: Option<String>,
+    /// What the recrawls found, per recrawl of a page (1 = its first), the
+    /// last 10 of them.
+    pub recrawls: Vec<RecrawlRound>,
+}
+
+/// The visits that were a page's `recrawl`-th (after its first visit with
+/// a final response), and what they found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecrawlRound {
+    pub recrawl: u64,
+    /// Visits with a final response (`done` or `not_modified`).
+    pub pages: u64,
+    /// Of those, a body whose SHA-256 differs from the visit before.
+    pub changed: u64,
+    /// Of those, a 304 Not Modified.
+    pub not_modified: u64,
+}
+
+/// [`RecrawlRound`]s in SQL both engines take: each page's visits with a
+/// final response, numbered, compared with the one before.
+pub(crate) const RECRAWL_ROUNDS_SQL: &str = "WITH visits AS (
+        SELECT outcome, body_sha256,
+               lag(body_sha256) OVER (PARTITION BY url_id ORDER BY id) AS before,
+               row_number() OVER (PARTITION BY url_id ORDER BY id) - 1 AS recrawl
+        FROM attempts WHERE outcome IN ('done', 'not_modified'))
+    SELECT CAST(recrawl AS BIGINT), CAST(count(*) AS BIGINT),
+           CAST(sum(CASE WHEN outcome = 'done' AND body_sha256 <> before THEN 1 ELSE 0 END) AS BIGINT),
+           CAST(sum(CASE WHEN outcome = 'not_modified' THEN 1 ELSE 0 END) AS BIGINT)
+    FROM visits WHERE recrawl > 0 GROUP BY recrawl ORDER BY recrawl DESC LIMIT 10";
+
+impl RecrawlRound {
+    /// The rounds in `rows` of [`RECRAWL_ROUNDS_SQL`], first recrawl first.
+    pub(crate) fn from_rows(rows: Vec<(i64, i64, i64, i64)>) -> Vec<Self> {
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        let mut rounds: Vec<Self> = rows
+            .into_iter()
+            .map(|(r, p, c, m)| Self { recrawl: n(r), pages: n(p), changed: n(c), not_modified: n(m) })
+            .collect();
+        rounds.reverse();
+        rounds
+    }
 }
 
 /// The queries behind [`StatsReport`] that differ between engines (SQL
@@ -529,6 +647,9 @@ pub(crate) trait StatsQueries: Store {
 
     /// Finished URLs with a recrawl time, and the soonest time (Unix ms).
     fn recrawls(&self) -> impl Future<Output = Result<(u64, Option<i64>), StoreError>> + Send;
+
+    /// The rows of [`RECRAWL_ROUNDS_SQL`].
+    fn recrawl_rounds(&self) -> impl Future<Output = Result<Vec<(i64, i64, i64, i64)>, StoreError>> + Send;
 }
 
 /// The `(key, count)` queries of `trawler stats`, in SQL that SQLite and
@@ -565,6 +686,7 @@ pub(crate) async fn stats_report(engine: &impl StatsQueries, now_ms: i64) -> Res
         latency_p95_ms: engine.latency_quantile(now_ms - HOUR_MS, 0.95).await?,
         recrawls_scheduled,
         next_recrawl_at: next_recrawl.map(rules::rfc3339_from_ms),
+        recrawls: RecrawlRound::from_rows(engine.recrawl_rounds().await?),
     })
 }
 

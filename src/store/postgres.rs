@@ -28,8 +28,8 @@ use super::leases::HostLeases;
 use super::rules::{self, duration_ms, to_i64, unix_ms};
 use super::{
     Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl,
-    PageLimits, RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError,
-    UrlState,
+    PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store, StoreError,
+    UrlState, Validators,
 };
 use crate::fetch::ErrorKind;
 use crate::redact::ForLog;
@@ -54,14 +54,15 @@ const RELISTEN_AFTER: Duration = Duration::from_secs(5);
 const STALE_LEASE: &str = "stale_lease";
 
 /// The `results` view as [`ResultRow`] reads it: integers widened to
-/// bigint, `fetched_at` as RFC 3339 UTC text with milliseconds.
+/// bigint, `fetched_at` and `changed_at` as RFC 3339 UTC text with milliseconds.
 macro_rules! results_select {
     () => {
         "SELECT * FROM (SELECT url_id, url, host, state, http_status::int8 AS http_status, error_kind,
                 attempts::int8 AS attempts, elapsed_ms,
                 to_char(fetched_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS fetched_at,
                 fetched_at AS fetched_at_tz, final_url, redirects::int8 AS redirects, content_type, body_bytes,
-                body_sha256, error_message, depth::int8 AS depth, found_on
+                body_sha256, error_message, depth::int8 AS depth, found_on,
+                to_char(changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS changed_at
          FROM results) AS results"
     };
 }
@@ -1007,6 +1008,10 @@ impl StatsQueries for PgStore {
                 .map_err(db("stats"))?;
         Ok((n as u64, next))
     }
+
+    async fn recrawl_rounds(&self) -> Result<Vec<(i64, i64, i64, i64)>, StoreError> {
+        sqlx::query_as(super::RECRAWL_ROUNDS_SQL).fetch_all(&self.pool).await.map_err(db("stats"))
+    }
 }
 
 impl Store for PgStore {
@@ -1260,7 +1265,10 @@ impl Store for PgStore {
         let afters: Vec<i64> = policy.per_host.values().map(|d| duration_ms(*d)).collect();
         let result = sqlx::query(
             "WITH p AS (SELECT * FROM unnest($1::text[], $2::int8[]) AS p(host, after_ms)),
-             due AS (SELECT u.id, u.finished_ms + coalesce(p.after_ms, $3) AS at_ms
+             due AS (SELECT u.id, u.finished_ms + CASE
+                         WHEN coalesce(p.after_ms, $3) IS NULL THEN NULL
+                         WHEN $4 AND u.state = 'done' THEN coalesce(u.recrawl_interval_ms, p.after_ms, $3)
+                         ELSE coalesce(p.after_ms, $3) END AS at_ms
                      FROM urls AS u LEFT JOIN p ON p.host = u.host
                      WHERE u.state IN ('done', 'failed'))
              UPDATE urls SET recrawl_at_ms = due.at_ms FROM due
@@ -1269,6 +1277,7 @@ impl Store for PgStore {
         .bind(&hosts)
         .bind(&afters)
         .bind(policy.default.map(duration_ms))
+        .bind(policy.adaptive)
         .execute(&self.pool)
         .await
         .map_err(db("schedule recrawls"))?;
@@ -1328,21 +1337,22 @@ impl Store for PgStore {
 
 /// A lapsed lease taken over: what its owner had in flight under the
 /// tokens `taken_over` goes back to the queue, and its late completions
-/// will be stale.
+/// will be stale. Returns how many URLs went back.
 async fn requeue_taken_over(
     tx: &mut Transaction<'_, Postgres>,
     taken_over: &[i64],
-) -> Result<(), sqlx::Error> {
-    if !taken_over.is_empty() {
-        sqlx::query(
-            "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
-             WHERE state = 'in_flight' AND lease = ANY($1::int8[])",
-        )
-        .bind(taken_over)
-        .execute(&mut **tx)
-        .await?;
+) -> Result<u64, sqlx::Error> {
+    if taken_over.is_empty() {
+        return Ok(0);
     }
-    Ok(())
+    let requeued = sqlx::query(
+        "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
+         WHERE state = 'in_flight' AND lease = ANY($1::int8[])",
+    )
+    .bind(taken_over)
+    .execute(&mut **tx)
+    .await?;
+    Ok(requeued.rows_affected())
 }
 
 /// A robots.txt another daemon fetched ([`PgStore::shared_robots_txt`]).
@@ -1412,10 +1422,10 @@ async fn claim_in(
         .fetch_all(&mut *tx)
         .await?;
     let taken_over: Vec<i64> = leased.iter().filter_map(|l| l.taken_from).collect();
-    requeue_taken_over(&mut tx, &taken_over).await?;
+    let requeued = requeue_taken_over(&mut tx, &taken_over).await?;
     let counts: Vec<i32> =
         leased.iter().map(|l| i32::try_from(wanted[l.host.as_str()]).unwrap_or(i32::MAX)).collect();
-    let rows: Vec<(i64, String, i32, i32, String, i64)> = sqlx::query_as(
+    let rows: Vec<ClaimedRow> = sqlx::query_as(
         "WITH p AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[]) AS p(host, token, n)),
          c AS (SELECT u.id, p.token FROM p CROSS JOIN LATERAL (
                   SELECT id FROM urls
@@ -1424,8 +1434,8 @@ async fn claim_in(
                   FOR UPDATE SKIP LOCKED) AS u)
          UPDATE urls SET state = 'in_flight', lease = c.token, leased_at_ms = $4
          FROM c WHERE urls.id = c.id
-         RETURNING urls.id, urls.url, urls.attempts - urls.attempts_before, urls.depth, urls.host,
-                   urls.lease",
+         RETURNING urls.id, urls.url, urls.attempts - urls.attempts_before AS attempts, urls.depth, urls.host,
+                   urls.lease, urls.etag, urls.last_modified, urls.body_sha256, urls.recrawl_interval_ms",
     )
     .bind(leased.iter().map(|l| l.host.as_str()).collect::<Vec<_>>())
     .bind(leased.iter().map(|l| l.token).collect::<Vec<_>>())
@@ -1443,20 +1453,48 @@ async fn claim_in(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    if !taken_over.is_empty() {
+        // As the lease round says when it ends lapsed leases first.
+        tracing::info!(
+            hosts = taken_over.len(),
+            urls = requeued,
+            "lapsed host leases ended (a daemon stopped renewing): their URLs are back in the frontier"
+        );
+    }
     leases.granted(sent, leased.iter().map(|l| (l.host.as_str(), l.token)));
     let handed_over = leased.iter().filter_map(Leased::handed_over).collect();
     let jobs = rows
         .into_iter()
-        .map(|(url_id, url, attempts, depth, host, lease)| Job {
-            url_id,
-            url,
-            attempt: u32::try_from(attempts).unwrap_or(0) + 1,
-            depth: u32::try_from(depth).unwrap_or(0),
-            host,
-            lease,
+        .map(|row| Job {
+            url_id: row.id,
+            url: row.url,
+            attempt: u32::try_from(row.attempts).unwrap_or(0) + 1,
+            depth: u32::try_from(row.depth).unwrap_or(0),
+            host: row.host,
+            lease: row.lease,
+            revisit: Revisit {
+                validators: Validators { etag: row.etag, last_modified: row.last_modified },
+                body_sha256: row.body_sha256,
+                recrawl_interval_ms: row.recrawl_interval_ms,
+            },
         })
         .collect();
     Ok(Claim { jobs, handed_over })
+}
+
+/// A URL row a claim put in flight.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    id: i64,
+    url: String,
+    attempts: i32,
+    depth: i32,
+    host: String,
+    lease: i64,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    body_sha256: Option<String>,
+    recrawl_interval_ms: Option<i64>,
 }
 
 /// Applies each completion to its URL row if the row still carries the
@@ -1473,9 +1511,16 @@ async fn update_urls(
         "UPDATE urls SET state = v.state, attempts = urls.attempts_before + v.attempt,
              not_before_ms = v.not_before_ms, lease = NULL, leased_at_ms = NULL,
              finished_ms = coalesce(v.finished_ms, urls.finished_ms),
-             recrawl_at_ms = v.finished_ms + v.recrawl_after_ms
-         FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int4[], $5::int8[], $6::int8[], $7::int8[])
-              AS v(url_id, lease, state, attempt, not_before_ms, finished_ms, recrawl_after_ms)
+             recrawl_at_ms = v.finished_ms + v.recrawl_after_ms,
+             etag = CASE WHEN v.done THEN v.etag ELSE urls.etag END,
+             last_modified = CASE WHEN v.done THEN v.last_modified ELSE urls.last_modified END,
+             body_sha256 = CASE WHEN v.done THEN v.body_sha256 ELSE urls.body_sha256 END,
+             changed_ms = coalesce(v.changed_ms, urls.changed_ms),
+             recrawl_interval_ms = CASE WHEN v.done THEN v.recrawl_interval_ms ELSE urls.recrawl_interval_ms END
+         FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int4[], $5::int8[], $6::int8[], $7::int8[],
+                     $8::bool[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::int8[])
+              AS v(url_id, lease, state, attempt, not_before_ms, finished_ms, recrawl_after_ms,
+                   done, etag, last_modified, body_sha256, changed_ms, recrawl_interval_ms)
          WHERE urls.id = v.url_id AND urls.lease = v.lease AND urls.state = 'in_flight'
          RETURNING urls.id, v.lease",
     )
@@ -1486,6 +1531,17 @@ async fn update_urls(
     .bind(changes.iter().map(|c| c.not_before_ms).collect::<Vec<_>>())
     .bind(changes.iter().map(|c| c.finished_ms).collect::<Vec<_>>())
     .bind(changes.iter().map(|c| c.recrawl_after_ms).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.content.is_some()).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.content.as_ref().and_then(|c| c.validators.etag.as_deref())).collect::<Vec<_>>())
+    .bind(
+        changes
+            .iter()
+            .map(|c| c.content.as_ref().and_then(|c| c.validators.last_modified.as_deref()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(changes.iter().map(|c| c.content.as_ref().and_then(|c| c.body_sha256.as_deref())).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.content.as_ref().and_then(|c| c.changed_ms)).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.content.as_ref().and_then(|c| c.recrawl_interval_ms)).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
     Ok(applied.into_iter().collect())
@@ -1535,14 +1591,20 @@ async fn insert_attempts(
              content_type, body_bytes, body_sha256, headers, worker)
          SELECT coalesce(id, nextval(pg_get_serial_sequence('attempts', 'id'))), url_id, attempt, to_timestamp(started_ms / 1000.0), started_ms, to_timestamp(fetched_ms / 1000.0),
              elapsed_ms, dns_ms, ttfb_ms, outcome, http_status, error_kind, error_message,
-             to_timestamp(retry_ms / 1000.0), final_url, redirects, redirect_chain::jsonb, content_type,
-             body_bytes, body_sha256, headers::jsonb, $20
+             to_timestamp(retry_ms / 1000.0), final_url, redirects, redirect_chain::jsonb,
+             coalesce(v.content_type, c.content_type), coalesce(v.body_bytes, c.body_bytes),
+             coalesce(v.body_sha256, c.body_sha256), headers::jsonb, $20
          FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
                      $8::text[], $9::int4[], $10::text[], $11::text[], $12::int8[], $13::text[], $14::int4[],
                      $15::text[], $16::text[], $17::int8[], $18::text[], $19::text[], $21::int8[])
               AS v(url_id, attempt, started_ms, fetched_ms, elapsed_ms, dns_ms, ttfb_ms, outcome, http_status,
                    error_kind, error_message, retry_ms, final_url, redirects, redirect_chain, content_type,
-                   body_bytes, body_sha256, headers, id)",
+                   body_bytes, body_sha256, headers, id)
+         -- A 304 confirms the content of the URL's last 'done' attempt.
+         LEFT JOIN LATERAL (
+             SELECT a.content_type, a.body_bytes, a.body_sha256 FROM attempts AS a
+             WHERE a.url_id = v.url_id AND a.outcome = 'done' AND v.outcome = 'not_modified'
+             ORDER BY a.id DESC LIMIT 1) AS c ON true",
     )
     .bind(attempts.iter().map(|c| c.url_id).collect::<Vec<_>>())
     .bind(attempts.iter().map(|c| i32::try_from(c.attempt).unwrap_or(i32::MAX)).collect::<Vec<_>>())
@@ -1739,7 +1801,10 @@ async fn lower_depths(
            state = CASE WHEN v.refetch THEN 'queued' ELSE urls.state END,
            lease = CASE WHEN v.refetch THEN NULL ELSE urls.lease END,
            leased_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.leased_at_ms END,
-           not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END
+           not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END,
+           -- A page fetched again for its links must not get a 304.
+           etag = CASE WHEN v.refetch THEN NULL ELSE urls.etag END,
+           last_modified = CASE WHEN v.refetch THEN NULL ELSE urls.last_modified END
          FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bool[]) AS v(id, depth, via, refetch)
          WHERE urls.id = v.id",
     )

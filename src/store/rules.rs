@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Completion, DropReason, NewUrl, Next, UrlState};
+use super::{Completion, DropReason, NewUrl, Next, UrlState, Validators};
 
 /// "No queued URL" in `hosts.work_at_ms`.
 pub(crate) const NEVER: i64 = i64::MAX;
@@ -22,6 +22,21 @@ pub(crate) struct UrlChange {
     pub finished_ms: Option<i64>,
     /// Added to `finished_ms` to give `recrawl_at_ms`.
     pub recrawl_after_ms: Option<i64>,
+    /// The visit's content, for change detection: set only when done.
+    pub content: Option<ContentChange>,
+}
+
+/// What a finished visit sets in its URL's row (schema version 6).
+#[derive(Default)]
+pub(crate) struct ContentChange {
+    /// `urls.etag` and `urls.last_modified` from now on.
+    pub validators: Validators,
+    /// `urls.body_sha256` from now on (the one it had, after a 304).
+    pub body_sha256: Option<String>,
+    /// `urls.changed_ms` from now on, when the content changed.
+    pub changed_ms: Option<i64>,
+    /// `urls.recrawl_interval_ms` from now on, with adaptive revisit.
+    pub recrawl_interval_ms: Option<i64>,
 }
 
 impl Completion {
@@ -36,12 +51,71 @@ impl Completion {
             Next::Requeue(_) => self.attempt - 1,
             _ => self.attempt,
         };
+        let mut recrawl_after_ms = self.recrawl_after.map(duration_ms);
+        let content = self.next.is_done().then(|| {
+            let change = self.content_change(now_ms);
+            if change.recrawl_interval_ms.is_some() {
+                recrawl_after_ms = change.recrawl_interval_ms;
+            }
+            change
+        });
         UrlChange {
             state: self.next.state(),
             attempts,
             not_before_ms,
             finished_ms,
-            recrawl_after_ms: self.recrawl_after.map(duration_ms),
+            recrawl_after_ms,
+            content,
+        }
+    }
+
+    /// Whether this visit found content other than the URL had: a new body
+    /// whose SHA-256 differs (a first visit's always does); not a 304.
+    pub(crate) fn changed(&self) -> bool {
+        self.next == Next::Done
+            && self.record.body_sha256.is_some()
+            && self.record.body_sha256 != self.revisit.body_sha256
+    }
+
+    fn content_change(&self, now_ms: i64) -> ContentChange {
+        let r = &self.record;
+        let old = &self.revisit;
+        let validators = match self.next {
+            // RFC 9111 §4.3.4: a 304's validators replace the stored ones
+            // it sends; the others stay.
+            Next::NotModified => Validators {
+                etag: r.validators.etag.clone().or_else(|| old.validators.etag.clone()),
+                last_modified: r
+                    .validators
+                    .last_modified
+                    .clone()
+                    .or_else(|| old.validators.last_modified.clone()),
+            },
+            // After redirects they are another URL's, and not sent next time.
+            _ if !r.redirect_chain.is_empty() => Validators::default(),
+            _ => r.validators.clone(),
+        };
+        let changed = self.changed();
+        // Adaptive revisit adjusts an interval once there is a visit to
+        // compare with; the first one starts at the host's recrawl_after.
+        let recrawl_interval_ms = match (self.adaptive, self.recrawl_after) {
+            (Some(adaptive), Some(base)) => {
+                let interval =
+                    old.recrawl_interval_ms.map_or(base, |ms| Duration::from_millis(ms.max(0) as u64));
+                let first = old.body_sha256.is_none() && self.next == Next::Done;
+                Some(duration_ms(if first { base } else { adaptive.next(interval, changed) }))
+            }
+            _ => None,
+        };
+        ContentChange {
+            validators,
+            body_sha256: if self.next == Next::Done {
+                r.body_sha256.clone()
+            } else {
+                old.body_sha256.clone()
+            },
+            changed_ms: changed.then_some(now_ms),
+            recrawl_interval_ms,
         }
     }
 
@@ -197,4 +271,99 @@ pub(crate) fn rfc3339_from_ms(ms: i64) -> String {
 
 pub(crate) fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AdaptiveRecrawl, AttemptRecord, Revisit};
+
+    fn visit(
+        next: Next,
+        sha: Option<&str>,
+        revisit: Revisit,
+        adaptive: Option<AdaptiveRecrawl>,
+    ) -> Completion {
+        Completion {
+            url_id: 1,
+            lease: 1,
+            host: "a.test".into(),
+            host_backoff_until_ms: None,
+            attempt: 1,
+            record: AttemptRecord {
+                body_sha256: sha.map(str::to_owned),
+                validators: Validators { etag: Some("\"new\"".into()), last_modified: None },
+                ..Default::default()
+            },
+            next,
+            links: Vec::new(),
+            dropped_links: Vec::new(),
+            recrawl_after: Some(Duration::from_secs(100)),
+            revisit,
+            adaptive,
+        }
+    }
+
+    fn seen(sha: &str, interval_ms: Option<i64>) -> Revisit {
+        Revisit {
+            validators: Validators { etag: Some("\"old\"".into()), last_modified: Some("Mon".into()) },
+            body_sha256: Some(sha.into()),
+            recrawl_interval_ms: interval_ms,
+        }
+    }
+
+    const ADAPTIVE: AdaptiveRecrawl =
+        AdaptiveRecrawl { min: Duration::from_secs(10), max: Duration::from_secs(1000) };
+
+    #[test]
+    fn a_304_keeps_the_content_and_merges_the_validators() {
+        let change = visit(Next::NotModified, None, seen("aa", None), None).url_change(5);
+        assert_eq!(change.state, UrlState::Done);
+        let content = change.content.expect("a done visit sets content");
+        assert_eq!(content.body_sha256.as_deref(), Some("aa"));
+        assert_eq!(content.changed_ms, None);
+        assert_eq!(content.validators.etag.as_deref(), Some("\"new\""), "the 304's ETag replaces the old");
+        assert_eq!(content.validators.last_modified.as_deref(), Some("Mon"), "the others stay");
+    }
+
+    #[test]
+    fn a_new_body_is_a_change_and_the_same_body_is_not() {
+        let changed = visit(Next::Done, Some("bb"), seen("aa", None), None).url_change(5).content.unwrap();
+        assert_eq!((changed.changed_ms, changed.body_sha256.as_deref()), (Some(5), Some("bb")));
+        let same = visit(Next::Done, Some("aa"), seen("aa", None), None).url_change(5).content.unwrap();
+        assert_eq!(same.changed_ms, None);
+        let first = visit(Next::Done, Some("aa"), Revisit::default(), None).url_change(5).content.unwrap();
+        assert_eq!(first.changed_ms, Some(5));
+        assert!(visit(Next::Failed, None, seen("aa", None), None).url_change(5).content.is_none());
+    }
+
+    #[test]
+    fn validators_after_redirects_are_not_kept() {
+        let mut redirected = visit(Next::Done, Some("bb"), seen("aa", None), None);
+        redirected.record.redirect_chain.push("http://a.test/old".into());
+        assert!(redirected.url_change(5).content.unwrap().validators.is_empty());
+    }
+
+    #[test]
+    fn adaptive_revisit_grows_unchanged_and_shrinks_changed_intervals_within_bounds() {
+        let interval = |next, sha, revisit| {
+            let change = visit(next, sha, revisit, Some(ADAPTIVE)).url_change(5);
+            (change.content.unwrap().recrawl_interval_ms, change.recrawl_after_ms)
+        };
+        assert_eq!(interval(Next::Done, Some("aa"), Revisit::default()), (Some(100_000), Some(100_000)));
+        assert_eq!(interval(Next::NotModified, None, seen("aa", None)), (Some(140_000), Some(140_000)));
+        assert_eq!(
+            interval(Next::Done, Some("aa"), seen("aa", Some(200_000))),
+            (Some(280_000), Some(280_000))
+        );
+        assert_eq!(
+            interval(Next::Done, Some("bb"), seen("aa", Some(200_000))),
+            (Some(160_000), Some(160_000))
+        );
+        assert_eq!(interval(Next::Done, Some("aa"), seen("aa", Some(900_000))).0, Some(1_000_000), "max");
+        assert_eq!(interval(Next::Done, Some("bb"), seen("aa", Some(11_000))).0, Some(10_000), "min");
+        // Off: the host's recrawl_after, and no interval of the URL's own.
+        let off = visit(Next::NotModified, None, seen("aa", Some(200_000)), None).url_change(5);
+        assert_eq!((off.content.unwrap().recrawl_interval_ms, off.recrawl_after_ms), (None, Some(100_000)));
+    }
 }

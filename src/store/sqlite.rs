@@ -47,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 use super::rules::{self, duration_ms, rfc3339, rfc3339_from_ms, to_i64, unix_ms};
 use super::{
     Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl,
-    PageLimits, RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError,
-    UrlState,
+    PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store, StoreError,
+    UrlState, Validators,
 };
 use crate::config::{StoreConfig, Synchronous};
 use crate::fetch::ErrorKind;
@@ -63,7 +63,7 @@ macro_rules! claim_sql {
         concat!(
             "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2 WHERE id IN (",
             $ids,
-            ") RETURNING id, url, attempts - attempts_before, depth, host"
+            ") RETURNING id, url, attempts - attempts_before, depth, host, etag, last_modified, body_sha256, recrawl_interval_ms"
         )
     };
 }
@@ -492,8 +492,33 @@ fn take_lock(path: &Path) -> Result<File, StoreError> {
     }
 }
 
+/// Applies pending migrations on the write connection. Foreign keys are off
+/// meanwhile, and checked afterwards: version 6 rebuilds `attempts`, which
+/// `redirect_hops` refers to, and a transaction (sqlx runs each migration in
+/// one) cannot turn them off (sqlite.org/foreignkeys.html, §2 and
+/// lang_altertable.html §7).
+///
+/// Errors: as [`SqliteStore::open`]; a foreign key left broken is a
+/// [`StoreError::Database`] naming the table.
 async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
-    match MIGRATOR.run(pool).await {
+    let mut conn = pool.acquire().await.map_err(db("migrate"))?;
+    sqlx::query("PRAGMA foreign_keys = OFF").execute(&mut *conn).await.map_err(db("migrate"))?;
+    let ran = MIGRATOR.run_direct(&mut *conn).await;
+    let broken: Vec<(String,)> = match &ran {
+        Ok(()) => sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check LIMIT 1")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db("migrate"))?,
+        Err(_) => Vec::new(),
+    };
+    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await.map_err(db("migrate"))?;
+    if let Some((table,)) = broken.first() {
+        return Err(StoreError::Database {
+            context: "migrate",
+            source: format!("{}: a foreign key of table {table} is broken", path.display()).into(),
+        });
+    }
+    match ran {
         Ok(()) => Ok(()),
         Err(MigrateError::VersionMissing(found)) => Err(StoreError::NewerSchema {
             path: path.display().to_string(),
@@ -586,6 +611,10 @@ impl StatsQueries for SqliteStore {
                 .await
                 .map_err(db("stats"))?;
         Ok((n as u64, next))
+    }
+
+    async fn recrawl_rounds(&self) -> Result<Vec<(i64, i64, i64, i64)>, StoreError> {
+        sqlx::query_as(super::RECRAWL_ROUNDS_SQL).fetch_all(&self.read).await.map_err(db("stats"))
     }
 }
 
@@ -691,6 +720,11 @@ impl Store for SqliteStore {
                     depth: row.get(3),
                     host: row.get(4),
                     lease,
+                    revisit: Revisit {
+                        validators: Validators { etag: row.get(5), last_modified: row.get(6) },
+                        body_sha256: row.get(7),
+                        recrawl_interval_ms: row.get(8),
+                    },
                 })
                 .collect();
             // Across hosts too, the URLs queued first go first.
@@ -826,14 +860,22 @@ impl Store for SqliteStore {
             policy.per_host.iter().map(|(h, d)| (h.as_str(), duration_ms(*d))).collect();
         let per_host = &json_array(&per_host);
         self.writing(move || async move {
+            // A URL's own interval (adaptive revisit) applies only where
+            // its host is recrawled at all.
             let result = sqlx::query(
-                "UPDATE urls SET recrawl_at_ms = finished_ms +
-                     coalesce((SELECT value FROM json_each(?1) WHERE key = urls.host), ?2)
-                 WHERE state IN ('done', 'failed') AND recrawl_at_ms IS NOT finished_ms +
-                     coalesce((SELECT value FROM json_each(?1) WHERE key = urls.host), ?2)",
+                "WITH due AS (
+                     SELECT id, finished_ms + CASE WHEN after_ms IS NULL THEN NULL
+                         WHEN ?3 AND state = 'done' THEN coalesce(recrawl_interval_ms, after_ms)
+                         ELSE after_ms END AS at_ms
+                     FROM (SELECT id, state, finished_ms, recrawl_interval_ms,
+                               coalesce((SELECT value FROM json_each(?1) WHERE key = urls.host), ?2) AS after_ms
+                           FROM urls WHERE state IN ('done', 'failed')))
+                 UPDATE urls SET recrawl_at_ms = due.at_ms FROM due
+                 WHERE urls.id = due.id AND urls.recrawl_at_ms IS NOT due.at_ms",
             )
             .bind(per_host)
             .bind(policy.default.map(duration_ms))
+            .bind(policy.adaptive)
             .execute(&self.write)
             .await
             .map_err(db("schedule recrawls"))?;
@@ -913,7 +955,15 @@ async fn insert_attempts(
                 redirect_chain, content_type, body_bytes, body_sha256, headers, body)
           SELECT v.url_id, v.attempt, v.started_at, v.started_ms, v.fetched_at, v.elapsed_ms, v.dns_ms, v.ttfb_ms,
                 v.outcome, v.http_status, v.error_kind, v.error_message, v.retry_at, v.final_url, v.redirects,
-                v.redirect_chain, v.content_type, v.body_bytes, v.body_sha256, v.headers, v.body
+                v.redirect_chain,
+                CASE WHEN v.outcome = 'not_modified' THEN (SELECT content_type FROM attempts AS c
+                     WHERE c.url_id = v.url_id AND c.outcome = 'done' ORDER BY c.id DESC LIMIT 1)
+                     ELSE v.content_type END,
+                CASE WHEN v.outcome = 'not_modified' THEN (SELECT body_bytes FROM attempts AS c
+                     WHERE c.url_id = v.url_id AND c.outcome = 'done' ORDER BY c.id DESC LIMIT 1)
+                     ELSE v.body_bytes END,
+                CASE WHEN v.outcome = 'not_modified' THEN u.body_sha256 ELSE v.body_sha256 END,
+                v.headers, v.body
           FROM v JOIN urls AS u ON u.id = v.url_id AND u.lease = v.lease";
     static PLAIN: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 22, TAIL));
     static WITH_IDS: LazyLock<MultiRow> =
@@ -1017,14 +1067,19 @@ async fn update_urls(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     chunk: &[Completion],
 ) -> Result<u64, StoreError> {
-    const HEAD: &str =
-        "WITH v(url_id, lease, state, attempt, not_before_ms, finished_ms, recrawl_after_ms) AS (VALUES ";
+    const HEAD: &str = "WITH v(url_id, lease, state, attempt, not_before_ms, finished_ms, recrawl_after_ms,
+                done, etag, last_modified, body_sha256, changed_ms, recrawl_interval_ms) AS (VALUES ";
     const TAIL: &str = ") UPDATE urls SET state = v.state, attempts = urls.attempts_before + v.attempt,
                 not_before_ms = v.not_before_ms, lease = NULL, leased_at_ms = NULL,
                 finished_ms = coalesce(v.finished_ms, urls.finished_ms),
-                recrawl_at_ms = v.finished_ms + v.recrawl_after_ms
+                recrawl_at_ms = v.finished_ms + v.recrawl_after_ms,
+                etag = CASE WHEN v.done THEN v.etag ELSE urls.etag END,
+                last_modified = CASE WHEN v.done THEN v.last_modified ELSE urls.last_modified END,
+                body_sha256 = CASE WHEN v.done THEN v.body_sha256 ELSE urls.body_sha256 END,
+                changed_ms = coalesce(v.changed_ms, urls.changed_ms),
+                recrawl_interval_ms = CASE WHEN v.done THEN v.recrawl_interval_ms ELSE urls.recrawl_interval_ms END
           FROM v WHERE urls.id = v.url_id AND urls.lease = v.lease";
-    static STATEMENT: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 7, TAIL));
+    static STATEMENT: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 13, TAIL));
     let mut args = SqliteArguments::default();
     let now = unix_ms(SystemTime::now());
     for c in chunk {
@@ -1036,6 +1091,13 @@ async fn update_urls(
         add(&mut args, change.not_before_ms)?;
         add(&mut args, change.finished_ms)?;
         add(&mut args, change.recrawl_after_ms)?;
+        add(&mut args, change.content.is_some())?;
+        let content = change.content.unwrap_or_default();
+        add(&mut args, content.validators.etag)?;
+        add(&mut args, content.validators.last_modified)?;
+        add(&mut args, content.body_sha256)?;
+        add(&mut args, content.changed_ms)?;
+        add(&mut args, content.recrawl_interval_ms)?;
     }
     Ok(sqlx::query_with(STATEMENT.sql(chunk.len()), args)
         .execute(&mut **tx)
@@ -1192,7 +1254,10 @@ async fn lower_depths(
            state = CASE WHEN v.refetch THEN 'queued' ELSE urls.state END,
            lease = CASE WHEN v.refetch THEN NULL ELSE urls.lease END,
            leased_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.leased_at_ms END,
-           not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END
+           not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END,
+           -- A page fetched again for its links must not get a 304.
+           etag = CASE WHEN v.refetch THEN NULL ELSE urls.etag END,
+           last_modified = CASE WHEN v.refetch THEN NULL ELSE urls.last_modified END
          FROM v WHERE urls.id = v.id",
     )
     .bind(rows_json.as_str())

@@ -16,6 +16,7 @@
 //! - `redirects`: every hop in its host's turn, under its host's robots.txt
 //! - `peers`: HTTP broken mid-way: cut and reset bodies, stale keep-alive
 //!   connections (on `raw`, a TCP peer that misbehaves on purpose)
+//! - `recrawls`: conditional recrawls (304 Not Modified) and adaptive revisit
 //! - `reload`: `trawler run` reloading its config on SIGHUP, and recrawling
 //! - `tls`: HTTPS with a private CA (`fetch.ca_file`)
 //! - `postgres`: the PostgreSQL engine's schema and versions, each test in a
@@ -33,6 +34,7 @@ mod politeness;
 mod postgres;
 mod process;
 mod raw;
+mod recrawls;
 mod redirects;
 mod reload;
 mod resume;

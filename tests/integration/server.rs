@@ -30,6 +30,12 @@
 //!   and query (anything else is 404): links written as a CMS writes them
 //! - `/sitemap.xml`: a sitemap index naming `/sitemap-1.xml`, a `<urlset>`
 //!   of `/ok/s1`, `/ok/s2` (twice) and a URL on another host
+//! - `/versioned/{*rest}`: 200, a page of the server's content version
+//!   ([`TestServer::set_version`], 1 at start) with `ETag: "v{version}"`,
+//!   or 304 to an `If-None-Match` naming it (RFC 9110 §13.1.2)
+//! - `/dated/{*rest}`: as `/versioned/`, but with only a `Last-Modified`
+//!   (the version's day in 2026-01), and 304 to an `If-Modified-Since` at
+//!   or after it
 //! - `/robots.txt` (and `/robots-moved.txt`): as [`Options::robots`] says;
 //!   requests for them are kept apart ([`TestServer::robots_hits`])
 
@@ -76,6 +82,9 @@ pub struct Hit {
     pub at: Instant,
     /// The arrival on the wall clock, to compare with times trawler stores.
     pub wall: std::time::SystemTime,
+    /// The request's `If-None-Match` and `If-Modified-Since`, if sent.
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<String>,
 }
 
 /// What `/robots.txt` answers.
@@ -195,6 +204,8 @@ struct Shared {
     robots_hits: Mutex<Vec<Hit>>,
     counts: Mutex<HashMap<String, u32>>,
     page: Vec<u8>,
+    /// The content version of `/versioned/` and `/dated/` pages.
+    version: std::sync::atomic::AtomicU32,
 }
 
 /// A running server; stops when dropped.
@@ -250,6 +261,7 @@ impl TestServer {
             robots_hits: Mutex::default(),
             counts: Mutex::default(),
             page,
+            version: std::sync::atomic::AtomicU32::new(1),
         });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -284,6 +296,12 @@ impl TestServer {
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Changes what `/versioned/` and `/dated/` pages hold (and their
+    /// validators) to `version`.
+    pub fn set_version(&self, version: u32) {
+        self.shared.version.store(version, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Requests for `/robots.txt` and `/robots-moved.txt`, in arrival order.
@@ -330,6 +348,8 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/ok/{*rest}", get(|| async { html("<!doctype html><title>ok</title><p>hello") }))
         .route("/page/{*rest}", get(page))
+        .route("/versioned/{*rest}", get(versioned))
+        .route("/dated/{*rest}", get(dated))
         .route("/status/{code}/{*rest}", get(status))
         .route("/flaky/{n}/{*rest}", get(flaky))
         .route("/retry-after/{secs}/{*rest}", get(retry_after))
@@ -455,12 +475,52 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next)
     let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
     let host = host.rsplit_once(':').map_or(host, |(name, _)| name).to_owned();
     let (at, wall) = (Instant::now(), std::time::SystemTime::now());
-    log.lock().unwrap().push(Hit { path, path_and_query, host, at, wall });
+    let headers = request.headers();
+    let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    let if_modified_since =
+        headers.get(header::IF_MODIFIED_SINCE).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    log.lock().unwrap().push(Hit { path, path_and_query, host, at, wall, if_none_match, if_modified_since });
     let now = shared.active.fetch_add(1, SeqCst) + 1;
     shared.max_active.fetch_max(now, SeqCst);
     let response = next.run(request).await;
     shared.active.fetch_sub(1, SeqCst);
     response
+}
+
+/// A page of the server's content version: its body, and the validators
+/// of that version.
+fn version_page(shared: &Shared) -> (String, String, String) {
+    let version = shared.version.load(std::sync::atomic::Ordering::SeqCst);
+    let body = format!("<!doctype html><title>version {version}</title><p>content of version {version}");
+    let etag = format!("\"v{version}\"");
+    let last_modified = format!("Thu, {version:02} Jan 2026 00:00:00 GMT");
+    (body, etag, last_modified)
+}
+
+async fn versioned(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    let (body, etag, _) = version_page(&shared);
+    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8".to_owned()), (header::ETAG, etag)], body)
+        .into_response()
+}
+
+async fn dated(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    let (body, _, last_modified) = version_page(&shared);
+    let day = |text: &str| text.get(5..7).and_then(|d| d.trim().parse::<u32>().ok());
+    let since = headers.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(day);
+    if since.is_some_and(|since| Some(since) >= day(&last_modified)) {
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8".to_owned()),
+            (header::LAST_MODIFIED, last_modified),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn html(body: &'static str) -> Response {

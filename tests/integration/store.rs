@@ -37,6 +37,8 @@ pub fn done(job: &trawler::store::Job, lease: i64) -> Completion {
         links: Vec::new(),
         dropped_links: Vec::new(),
         recrawl_after: None,
+        revisit: job.revisit.clone(),
+        adaptive: None,
     }
 }
 
@@ -235,6 +237,7 @@ async fn a_recrawl_is_a_new_visit_that_keeps_the_history() {
         // A policy puts every finished URL on the schedule, a host's own
         // setting first; taking the policy away takes them off again.
         let policy = RecrawlPolicy {
+            adaptive: false,
             default: Some(Duration::from_secs(60)),
             per_host: [("127.0.0.1".to_owned(), Duration::from_secs(5))].into(),
         };
