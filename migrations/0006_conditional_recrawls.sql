@@ -27,8 +27,10 @@ CREATE TABLE attempts_v6 (
     -- What the crawler decided after this attempt: done, retry or failed;
     -- not_modified: a recrawl answered 304 Not Modified to its validators,
     -- and the URL is done with the content it had (content_type,
-    -- body_bytes and body_sha256 are that content's).
-    outcome        TEXT    NOT NULL CHECK (outcome IN ('done', 'retry', 'failed', 'not_modified')),
+    -- body_bytes and body_sha256 are that content's); skipped: a 2xx of a
+    -- type fetch.accept_content_types leaves out, whose body was not read
+    -- (error_message says which type), and the URL is done.
+    outcome        TEXT    NOT NULL CHECK (outcome IN ('done', 'retry', 'failed', 'not_modified', 'skipped')),
     http_status    INTEGER,
     -- NULL when the attempt got a final HTTP response; otherwise one of
     -- timeout, connect, dns, tls, read, protocol, redirect_limit, redirect_loop,

@@ -354,6 +354,11 @@ pub struct FetchConfig {
     /// (an internal CA, a test server's self-signed one). Read at start: a
     /// file that cannot be read or holds no certificate stops the start.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Media types worth a body (`"text/html"`, or `"text/*"` for a whole
+    /// type). A 2xx response of another `Content-Type` (one without is
+    /// `application/octet-stream`, RFC 9110 §8.3) is not read: its attempt
+    /// ends after the headers with outcome `skipped`. Empty = every type.
+    pub accept_content_types: Vec<String>,
 }
 
 impl Default for FetchConfig {
@@ -368,6 +373,7 @@ impl Default for FetchConfig {
             allow_ips: Vec::new(),
             resolve: BTreeMap::new(),
             ca_file: None,
+            accept_content_types: Vec::new(),
         }
     }
 }
@@ -700,6 +706,14 @@ impl Config {
         }
         if self.hosts.values().any(|h| h.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER)) {
             return invalid("hosts.<host>.recrawl_after", "must be at least 1s");
+        }
+        if let Some(bad) =
+            self.fetch.accept_content_types.iter().find(|t| crate::fetch::AcceptTypes::parse(t).is_none())
+        {
+            return invalid(
+                "fetch.accept_content_types",
+                &format!("{bad:?} is not a media type such as \"text/html\" or \"text/*\""),
+            );
         }
         if self.crawl.recrawl_min < MIN_RECRAWL_AFTER {
             return invalid("crawl.recrawl_min", "must be at least 1s");

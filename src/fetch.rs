@@ -129,6 +129,9 @@ pub struct Fetched {
     /// attempt sent ([`Attempt::conditional`]): the URL's content is as it
     /// was, and the record's body fields describe an empty body.
     pub not_modified: bool,
+    /// The final response was a 2xx of a type `fetch.accept_content_types`
+    /// leaves out: this says so, and its body was not read.
+    pub skipped: Option<String>,
 }
 
 impl Fetched {
@@ -149,6 +152,7 @@ impl Fetched {
             found: None,
             out_of_descriptors: false,
             not_modified: false,
+            skipped: None,
         }
     }
 }
@@ -162,6 +166,8 @@ struct Progress {
     out_of_descriptors: bool,
     /// Validators the next request sends (the attempt's first only).
     conditional: Option<Validators>,
+    /// Why the final response's body was not read, if it was not.
+    skipped: Option<String>,
     /// The final response was a 304 to validators this attempt sent.
     not_modified: bool,
 }
@@ -180,6 +186,8 @@ pub struct Fetcher {
     /// when its declared length is over it, rather than refusing it before
     /// reading: for robots.txt (RFC 9309 §2.5).
     keep_prefix: bool,
+    /// `fetch.accept_content_types`: 2xx bodies of other types are not read.
+    accept: Option<Arc<AcceptTypes>>,
     /// Where requests may go (`fetch.deny_ips`, `fetch.allow_ips`).
     addresses: Arc<AddressPolicy>,
     /// The client's resolver, also used to time each request's lookup.
@@ -425,6 +433,7 @@ impl Fetcher {
             save_body,
             extract_links: None,
             keep_prefix: false,
+            accept: AcceptTypes::from_config(&config.accept_content_types).map(Arc::new),
             addresses,
             resolver,
         })
@@ -435,7 +444,8 @@ impl Fetcher {
     /// certificates, and a connection opened for robots.txt then serves the
     /// host's pages) with its own per-attempt limits: `max_redirects`,
     /// `max_body_bytes` (bytes) and whether bodies are kept. It extracts no
-    /// links and stores no headers.
+    /// links, stores no headers and reads every type (robots.txt is
+    /// `text/plain`, a sitemap XML).
     pub fn sibling(&self, max_redirects: u32, max_body_bytes: NonZeroU64, save_body: bool) -> Self {
         Self {
             client: self.client.clone(),
@@ -444,6 +454,7 @@ impl Fetcher {
             save_body,
             extract_links: None,
             keep_prefix: false,
+            accept: None,
             addresses: self.addresses.clone(),
             resolver: self.resolver.clone(),
         }
@@ -598,6 +609,15 @@ impl Fetcher {
         progress.retry_after = headers.get(RETRY_AFTER).and_then(|v| parse_retry_after(v.as_bytes()));
         if self.save_headers {
             record.headers = Some(headers_json(headers));
+        }
+        if let Some(accept) = self.accept.as_deref().filter(|_| response.status().is_success()) {
+            let media_type = record.content_type.as_deref().unwrap_or("application/octet-stream");
+            if !accept.accepts(media_type) {
+                progress.skipped = Some(format!(
+                    "Content-Type {media_type} is not in fetch.accept_content_types: body not read"
+                ));
+                return Ok(());
+            }
         }
         let max = self.config.max_body_bytes.get();
         let declared = header_text(headers, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
@@ -797,7 +817,58 @@ impl Attempt<'_> {
             found: self.progress.found,
             out_of_descriptors: self.progress.out_of_descriptors,
             not_modified: self.progress.not_modified && error.is_none(),
+            skipped: self.progress.skipped.filter(|_| error.is_none()),
         }
+    }
+}
+
+/// Media types worth reading a body of (`fetch.accept_content_types`):
+/// whole types (`text/*`) and exact ones (`text/html`), compared without
+/// parameters and case (RFC 9110 §8.3.1), as the `mime` crate parses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptTypes {
+    /// Exact `type/subtype`s, lower-case.
+    exact: Vec<String>,
+    /// Types every subtype of which is accepted (`*` for all).
+    whole: Vec<String>,
+}
+
+impl AcceptTypes {
+    /// The types listed in `fetch.accept_content_types`; `None` when the
+    /// list is empty (every type) or an entry is no media type (the config
+    /// is checked for that at start).
+    pub fn from_config(list: &[String]) -> Option<Self> {
+        if list.is_empty() {
+            return None;
+        }
+        let mut accept = Self { exact: Vec::new(), whole: Vec::new() };
+        for entry in list {
+            match Self::parse(entry)? {
+                (kind, None) => accept.whole.push(kind),
+                (kind, Some(subtype)) => accept.exact.push(format!("{kind}/{subtype}")),
+            }
+        }
+        Some(accept)
+    }
+
+    /// `(type, Some(subtype))` of a media type, `(type, None)` for `type/*`
+    /// (and `*/*`), lower-case; `None` when `text` is neither.
+    pub fn parse(text: &str) -> Option<(String, Option<String>)> {
+        let parsed: mime::Mime = text.trim().parse().ok()?;
+        let kind = parsed.type_().as_str().to_ascii_lowercase();
+        match parsed.subtype() {
+            mime::STAR => Some((kind, None)),
+            subtype => (kind != "*").then(|| (kind, Some(subtype.as_str().to_ascii_lowercase()))),
+        }
+    }
+
+    /// Whether a response of `content_type` (a header value, parameters
+    /// and all) is accepted. One that does not parse is not.
+    pub fn accepts(&self, content_type: &str) -> bool {
+        let Ok(parsed) = content_type.trim().parse::<mime::Mime>() else { return false };
+        let kind = parsed.type_().as_str().to_ascii_lowercase();
+        let essence = format!("{kind}/{}", parsed.subtype().as_str().to_ascii_lowercase());
+        self.exact.contains(&essence) || self.whole.iter().any(|w| w == "*" || *w == kind)
     }
 }
 
@@ -982,6 +1053,22 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accepted_types_match_without_parameters_or_case() {
+        let list = ["text/HTML", "image/*"].map(str::to_owned);
+        let accept = AcceptTypes::from_config(&list).unwrap();
+        assert!(accept.accepts("text/html; charset=utf-8"));
+        assert!(accept.accepts("Image/PNG"));
+        assert!(!accept.accepts("text/plain"));
+        assert!(!accept.accepts("application/xhtml+xml"));
+        assert!(!accept.accepts("not a type"));
+        let all = AcceptTypes::from_config(&["*/*".to_owned()]).unwrap();
+        assert!(all.accepts("application/pdf"));
+        assert_eq!(AcceptTypes::from_config(&[]), None, "empty: every type, nothing checked");
+        assert_eq!(AcceptTypes::parse("html"), None);
+        assert_eq!(AcceptTypes::parse("*/html"), None);
+    }
 
     #[test]
     fn resolve_overrides_match_names_then_the_longest_domain() {

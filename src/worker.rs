@@ -325,6 +325,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         );
         match decision {
             Decision::Done if fetched.not_modified => Next::NotModified,
+            Decision::Done if fetched.skipped.is_some() => Next::Skipped,
             Decision::Done => Next::Done,
             Decision::Failed => Next::Failed,
             Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
@@ -354,7 +355,10 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         // No content came: the store keeps the URL's own.
         (record.content_type, record.body_bytes, record.body_sha256) = (None, None, None);
     }
-    if fetched.error.is_none() && !next.is_done() {
+    if next == Next::Skipped {
+        record.error_message = fetched.skipped;
+    }
+    if fetched.error.is_none() && !next.is_done() && next != Next::Skipped {
         // A response arrived, but with a status worth retrying.
         record.error_kind = Some(ErrorKind::HttpStatus);
         record.error_message = record.http_status.map(|s| format!("HTTP {s}"));
@@ -369,7 +373,9 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
     );
     let recrawl_after = match next {
         Next::RetryAt(_) | Next::Requeue(_) => None,
-        Next::Done | Next::NotModified | Next::Failed => ctx.politeness.recrawl_after(&job.host),
+        Next::Done | Next::NotModified | Next::Skipped | Next::Failed => {
+            ctx.politeness.recrawl_after(&job.host)
+        }
     };
     let completion = Completion {
         url_id: job.url_id,

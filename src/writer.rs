@@ -78,7 +78,7 @@ pub async fn run<S: Store>(
                     retried = true;
                     continue;
                 }
-                Next::Done | Next::NotModified => {
+                Next::Done | Next::NotModified | Next::Skipped => {
                     stats.done.fetch_add(1, Ordering::Relaxed);
                     *done_statuses.entry(c.record.http_status.unwrap_or(0)).or_default() += 1;
                     stats.finished.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 
 ALTER TABLE attempts DROP CONSTRAINT attempts_outcome_check;
 ALTER TABLE attempts ADD CONSTRAINT attempts_outcome_check
-    CHECK (outcome IN ('done', 'retry', 'failed', 'stale_lease', 'not_modified'));
+    CHECK (outcome IN ('done', 'retry', 'failed', 'stale_lease', 'not_modified', 'skipped'));
 
 ALTER TABLE urls ADD COLUMN etag text;
 ALTER TABLE urls ADD COLUMN last_modified text;

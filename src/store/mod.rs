@@ -333,6 +333,9 @@ pub enum Next {
     /// A 304 Not Modified to a conditional recrawl: the URL is `done` with
     /// the content it had.
     NotModified,
+    /// A 2xx whose type `fetch.accept_content_types` leaves out: the URL is
+    /// `done`, its body not read.
+    Skipped,
     /// A final error, or attempts ran out: the URL is `failed`.
     Failed,
     /// Try again once the wall clock reaches this time, in Unix ms.
@@ -347,7 +350,7 @@ impl Next {
     /// The state the URL moves to.
     pub fn state(self) -> UrlState {
         match self {
-            Next::Done | Next::NotModified => UrlState::Done,
+            Next::Done | Next::NotModified | Next::Skipped => UrlState::Done,
             Next::Failed => UrlState::Failed,
             Next::RetryAt(_) | Next::Requeue(_) => UrlState::Queued,
         }
@@ -359,6 +362,7 @@ impl Next {
         match self {
             Next::Done => "done",
             Next::NotModified => "not_modified",
+            Next::Skipped => "skipped",
             Next::Failed => "failed",
             Next::RetryAt(_) => "retry",
             Next::Requeue(_) => "requeue",
@@ -369,7 +373,7 @@ impl Next {
     pub fn due_at(self) -> Option<i64> {
         match self {
             Next::RetryAt(ms) | Next::Requeue(ms) => Some(ms),
-            Next::Done | Next::NotModified | Next::Failed => None,
+            Next::Done | Next::NotModified | Next::Skipped | Next::Failed => None,
         }
     }
 

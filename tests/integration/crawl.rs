@@ -323,3 +323,42 @@ async fn a_decompression_bomb_is_stopped_at_the_decoded_size_cap() {
         assert_eq!(row.http_status, Some(200));
     }
 }
+
+#[tokio::test]
+async fn a_type_outside_accept_content_types_is_skipped_after_its_headers() {
+    for engine in engines("a_type_outside_accept_content_types_is_skipped_after_its_headers").await {
+        let server = crate::server::TestServer::with_robots(
+            "127.0.0.1",
+            crate::server::RobotsTxt::Text("User-agent: *\nDisallow: /ok/private\n"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (page, big, text, missing, private) = (
+            server.url("/ok/page"),
+            server.url("/big/20000000"),
+            server.url("/gzip/plain"),
+            server.url("/status/404/gone"),
+            server.url("/ok/private"),
+        );
+        let lines = [page.clone(), big.clone(), text.clone(), missing.clone(), private.clone()];
+        let toml = "[fetch]\naccept_content_types = [\"text/HTML\", \"image/*\"]\n";
+        let db = engine.crawl_with_config(dir.path(), &lines, toml);
+
+        let outcome = |url: &str| {
+            format!("SELECT a.outcome FROM attempts a JOIN urls u ON u.id = a.url_id WHERE u.url = '{url}'")
+        };
+        assert_eq!(strings_in(&db, &outcome(&page)).await, ["done"]);
+        assert_eq!(result_in(&db, &page).await.body_bytes, Some(40));
+        // 20 MB over the 10 MiB cap, but no byte of it is read.
+        let skipped = result_in(&db, &big).await;
+        assert_eq!(strings_in(&db, &outcome(&big)).await, ["skipped"]);
+        assert_eq!((skipped.state.as_str(), skipped.http_status), ("done", Some(200)));
+        assert_eq!((skipped.body_bytes, skipped.error_kind.as_deref()), (None, None));
+        let why = skipped.error_message.unwrap_or_default();
+        assert!(why.contains("application/octet-stream") && why.contains("accept_content_types"), "{why}");
+        assert_eq!(strings_in(&db, &outcome(&text)).await, ["skipped"]);
+        // Only 2xx bodies are refused; robots.txt (text/plain) is still read.
+        assert_eq!(strings_in(&db, &outcome(&missing)).await, ["done"]);
+        assert_eq!(result_in(&db, &missing).await.http_status, Some(404));
+        assert_eq!(result_in(&db, &private).await.error_kind.as_deref(), Some("robots_disallowed"));
+    }
+}
