@@ -296,6 +296,15 @@ pub struct CrawlConfig {
     /// The longest interval adaptive revisit gives a URL.
     #[serde(with = "humantime_serde")]
     pub recrawl_max: Duration,
+    /// A batch crawl (`trawler crawl`) that has run this long stops as the
+    /// first SIGTERM stops it (fetches in flight get `shutdown.grace`,
+    /// unfinished URLs stay queued for a rerun) and exits 0, its summary
+    /// saying why: Scrapy's `CLOSESPIDER_TIMEOUT`. Unset = no limit.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Option<Duration>,
+    /// A batch crawl that has read this many body bytes (decoded, as
+    /// committed) stops the same way. Unset = no limit.
+    pub max_bytes: Option<u64>,
     /// URLs in flight with no result committed for this long means the crawl
     /// has stalled: it stops with an error (exit status 1). Raised at start
     /// to [`Config::longest_quiet`] when shorter, so that no legitimate
@@ -313,6 +322,8 @@ impl Default for CrawlConfig {
             adaptive_recrawl: false,
             recrawl_min: Duration::from_secs(60 * 60),
             recrawl_max: Duration::from_secs(30 * 24 * 60 * 60),
+            max_duration: None,
+            max_bytes: None,
             stall_timeout: Duration::from_secs(15 * 60),
         }
     }

@@ -188,6 +188,8 @@ struct Running {
     /// on with its lease when the crawl ends.
     politeness: Arc<Politeness>,
     shutdown: Shutdown,
+    /// Why a budget stopped the crawl, once one has.
+    budget: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Recovers the store, builds everything that can fail, then starts every
@@ -252,6 +254,8 @@ async fn start(
         Mode::Batch => None,
         Mode::Service(reloader) => Some(Service::bind(config, store, tasks, reloader).await?),
     };
+    // Budgets end a batch crawl; the service has no end to bring forward.
+    let service_is_none = service.is_none();
 
     // Nothing below fails: start the tasks.
     let wake = Arc::new(Notify::new());
@@ -399,6 +403,17 @@ async fn start(
         }
     };
     tasks.spawn_infallible("stop notification", stopping);
+    let budget = Arc::new(std::sync::OnceLock::new());
+    let budgeted = config.crawl.max_duration.is_some() || config.crawl.max_bytes.is_some();
+    if service_is_none && budgeted {
+        let watch = Budget {
+            max_duration: config.crawl.max_duration,
+            max_bytes: config.crawl.max_bytes,
+            stats: stats.clone(),
+            reached: budget.clone(),
+        };
+        tasks.spawn_infallible("budget", watch.run(Instant::now(), shutdown.clone(), side_done.clone()));
+    }
     Ok(Running {
         tasks: tasks.clone(),
         producer,
@@ -411,6 +426,7 @@ async fn start(
         stats,
         politeness: kept_politeness,
         shutdown: shutdown.clone(),
+        budget,
     })
 }
 
@@ -462,6 +478,7 @@ impl Running {
             latency_max_us: latency.max(),
             stopped: self.shutdown.is_stopping(),
             forced: self.shutdown.is_forced(),
+            budget: self.budget.get().cloned(),
         })
     }
 }
@@ -611,6 +628,58 @@ fn exit_unless_stopped_within(limit: std::time::Duration) {
         );
         std::process::exit(1);
     });
+}
+
+/// A batch crawl's budgets (`crawl.max_duration`, `crawl.max_bytes`), as
+/// Scrapy's `CLOSESPIDER_TIMEOUT` and friends: the first one reached stops
+/// the crawl as the first SIGTERM does, and says which in `reached`.
+struct Budget {
+    max_duration: Option<std::time::Duration>,
+    /// Body bytes committed (`CrawlStats::bytes`).
+    max_bytes: Option<u64>,
+    stats: Arc<CrawlStats>,
+    reached: Arc<std::sync::OnceLock<String>>,
+}
+
+impl Budget {
+    /// How often committed bytes are looked at: a few pages' worth of
+    /// overshoot at most, for nothing measurable.
+    const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+    /// Watches from `started` until a budget is reached (then stops
+    /// `shutdown`), the crawl stops, or `done`.
+    async fn run(self, started: Instant, shutdown: Shutdown, done: CancellationToken) {
+        let deadline = self.max_duration.map(|d| tokio::time::Instant::from_std(started) + d);
+        let mut look = tokio::time::interval(Self::LOOK_EVERY);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let why = loop {
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = shutdown.stop_token().cancelled() => return,
+                _ = sleep_until(deadline) => {
+                    let limit = humantime::format_duration(self.max_duration.unwrap_or_default());
+                    break format!("crawl.max_duration ({limit}) reached");
+                }
+                _ = look.tick(), if self.max_bytes.is_some() => {
+                    let read = self.stats.bytes.load(Ordering::Relaxed);
+                    if let Some(max) = self.max_bytes.filter(|max| read >= *max) {
+                        break format!("crawl.max_bytes ({max} bytes) reached");
+                    }
+                }
+            }
+        };
+        tracing::info!("{why}: stopping; fetches in flight may finish within the grace period");
+        let _ = self.reached.set(why);
+        shutdown.stop();
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// After the first stop, fetches in flight get `grace`, then are dropped

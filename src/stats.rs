@@ -98,6 +98,10 @@ pub struct Summary {
     pub stopped: bool,
     /// A second signal cancelled fetches in flight (exit status 130).
     pub forced: bool,
+    /// The budget that stopped the run (`crawl.max_duration`,
+    /// `crawl.max_bytes`), as the summary says it: `"crawl.max_bytes (1000
+    /// bytes) reached"`.
+    pub budget: Option<String>,
 }
 
 impl Summary {
@@ -127,7 +131,10 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.counts;
         let verb = if self.stopped { "stopped" } else { "finished" };
-        writeln!(f, "crawl {verb} after {:.1} s", self.elapsed.as_secs_f64())?;
+        match &self.budget {
+            Some(why) => writeln!(f, "crawl {verb} after {:.1} s: {why}", self.elapsed.as_secs_f64())?,
+            None => writeln!(f, "crawl {verb} after {:.1} s", self.elapsed.as_secs_f64())?,
+        }
         // "done" means a final response, whatever its status: say which.
         let mut statuses = Vec::new();
         let success: u64 = self.done_statuses.range(200..300).map(|(_, n)| n).sum();
@@ -222,6 +229,7 @@ mod tests {
             latency_max_us: 12000,
             stopped: true,
             forced: false,
+            budget: Some("crawl.max_bytes (2048 bytes) reached".into()),
         };
         assert_eq!(summary.pages_per_second(), 5.0);
         let text = summary.to_string();
@@ -235,5 +243,9 @@ mod tests {
         );
         assert!(text.contains("p50 1.5 ms, p95 9.0 ms, max 12.0 ms"), "{text}");
         assert!(text.contains("run the same command again"), "{text}");
+        assert!(
+            text.starts_with("crawl stopped after 2.0 s: crawl.max_bytes (2048 bytes) reached\n"),
+            "{text}"
+        );
     }
 }

@@ -134,3 +134,44 @@ async fn a_crawl_without_input_on_a_finished_database_does_nothing() {
         assert_eq!((summary.done, summary.attempts, summary.counts.done), (0, 0, 5));
     }
 }
+
+#[tokio::test]
+async fn a_crawl_budget_ends_the_run_gracefully_and_a_rerun_goes_on() {
+    use crate::util::{output_of, spawn_crawl_in, wait_within};
+    for engine in engines("a_crawl_budget_ends_the_run_gracefully_and_a_rerun_goes_on").await {
+        for (budget, limit, said) in [
+            ("TRAWLER_CRAWL__MAX_BYTES", "20", "crawl.max_bytes (20 bytes) reached"),
+            ("TRAWLER_CRAWL__MAX_DURATION", "1s", "crawl.max_duration (1s) reached"),
+        ] {
+            let server = TestServer::start();
+            let dir = tempfile::tempdir().unwrap();
+            // Each page is "finally" (7 bytes), 100 ms after it is asked for,
+            // one at a time: 30 take 3 s.
+            let lines: Vec<String> = (0..30).map(|i| server.url(&format!("/slow/100/{i}"))).collect();
+            let mut env = engine.env();
+            env.push((budget, limit));
+            let (mut child, db) = spawn_crawl_in(dir.path(), &lines, &["--concurrency", "1"], &env);
+            let (status, took) = wait_within(&mut child, Duration::from_secs(20));
+            let (summary, log) = output_of(child);
+            assert_eq!(status.code(), Some(0), "{log}");
+            assert!(summary.starts_with("crawl stopped after") && summary.contains(said), "{summary}");
+            assert!(log.contains(said), "{log}");
+            assert!(took < Duration::from_secs(3), "{took:?}");
+            // One PostgreSQL database serves both budgets: count this server's.
+            let db = engine.reading(&db);
+            let mine = server.url("/");
+            let in_state = |state: &str| {
+                format!("SELECT count(*) FROM results WHERE state = '{state}' AND url LIKE '{mine}%'")
+            };
+            let (done, queued) =
+                (count_in(&db, &in_state("done")).await, count_in(&db, &in_state("queued")).await);
+            assert!((3..25).contains(&done), "{budget}: {done} done");
+            assert_eq!(done + queued, 30, "nothing lost");
+
+            // The budget is per run: the same command goes on from there.
+            let (db, _) = engine.crawl_to_end(dir.path(), &lines, &["--concurrency", "8"]);
+            assert_eq!(count_in(&db, &in_state("done")).await, 30);
+            assert!(server.hits_per_path().values().all(|n| *n == 1), "no page fetched twice");
+        }
+    }
+}
