@@ -872,6 +872,12 @@ impl AcceptTypes {
     }
 }
 
+/// The reason phrase RFC 9110 §15 gives `status` ("Not Modified"), or ""
+/// for a status it does not name.
+pub fn reason_phrase(status: u16) -> &'static str {
+    reqwest::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
+}
+
 /// `If-None-Match` and `If-Modified-Since` for `validators`, leaving out
 /// one that is no valid header value.
 fn conditional_headers(validators: &Validators) -> HeaderMap {

@@ -33,6 +33,7 @@
 //! | [`writer`] | batching completions into transactions |
 //! | [`store`] | the frontier interface with lease semantics; [`store::Backend`] is what callers hold, one variant per database engine ([`store::sqlite`], [`store::postgres`]) |
 //! | [`report`] | `trawler stats` and `trawler export`, read-only |
+//! | [`warc`] | `trawler export --format warc`: WARC 1.1 records of the stored responses |
 //! | [`redact`] | no credentials, secret query values or control characters in logs |
 //! | [`stats`], [`progress`] | counters, summary, progress bar / progress lines |
 //! | [`systemd`] | `sd_notify` readiness, stopping, and a watchdog fed by heartbeats |
@@ -63,6 +64,7 @@ pub mod store;
 pub mod systemd;
 pub mod tasks;
 pub mod telemetry;
+pub mod warc;
 pub mod worker;
 pub mod writer;
 

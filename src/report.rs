@@ -22,6 +22,8 @@ pub enum ExportFormat {
     Jsonl,
     /// Comma-separated, with a header row (RFC 4180 quoting).
     Csv,
+    /// WARC 1.1, gzipped per record: the stored responses (see `warc.rs`).
+    Warc,
 }
 
 /// Writes a stats snapshot of the database `config` names to `out`, as text or
@@ -76,6 +78,7 @@ pub async fn export(
                 }
                 out.flush()?;
             }
+            ExportFormat::Warc => rows = archive(&store, filter, out).await?,
         }
         Ok::<_, CrawlError>(())
     }
@@ -86,6 +89,36 @@ pub async fn export(
         Err(e) => Err(e),
         Ok(()) => Ok(rows),
     }
+}
+
+/// Writes the attempts with a final response as WARC records (see
+/// `warc.rs`), a body read from the store at a time. Returns how many
+/// attempts were archived; says how many had no stored body.
+async fn archive(store: &Backend, filter: &ExportFilter, out: impl Write) -> Result<u64, CrawlError> {
+    let software = concat!("trawler/", env!("CARGO_PKG_VERSION"));
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let mut warc = crate::warc::WarcWriter::new(std::io::BufWriter::new(out), software, &now)?;
+    let mut attempts = std::pin::pin!(store.archive(filter));
+    let mut archived = 0;
+    while let Some(attempt) = attempts.next().await {
+        let attempt = attempt?;
+        let body = match attempt.body_sha256.as_deref().filter(|_| attempt.outcome == "done") {
+            Some(sha256) => store.body(sha256).await?,
+            None => None,
+        };
+        warc.attempt(&attempt, body.as_deref())?;
+        archived += 1;
+    }
+    let written = warc.finish()?;
+    if written.without_body > 0 {
+        tracing::warn!(
+            responses = written.without_body,
+            "responses without a stored body (store.save_body was off when they were fetched) \
+             are written as metadata records: status, type, size and digest, no content"
+        );
+    }
+    tracing::info!(responses = written.responses, revisits = written.revisits, "WARC written");
+    Ok(archived)
 }
 
 /// A CSV error as an I/O error, keeping the kind of one that was I/O (a

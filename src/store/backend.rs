@@ -15,8 +15,8 @@ use super::leases::HostLeases;
 use super::postgres::{HopLease, LeaseRound, PgStore, QueueHealth, SharedRobotsTxt};
 use super::sqlite::{Checkpoint, SqliteStore};
 use super::{
-    Claim, Committed, Completion, ExportFilter, InputError, LockWaits, NewUrl, PageLimits, RecrawlPolicy,
-    ResultRow, StateCounts, StatsReport, Store, StoreError,
+    ArchivedAttempt, Claim, Committed, Completion, ExportFilter, InputError, LockWaits, NewUrl, PageLimits,
+    RecrawlPolicy, ResultRow, StateCounts, StatsReport, Store, StoreError,
 };
 use crate::config::StoreConfig;
 
@@ -109,6 +109,22 @@ impl Backend {
     /// stream: memory stays flat however many rows there are.
     pub fn export<'a>(&'a self, filter: &'a ExportFilter) -> BoxStream<'a, Result<ResultRow, StoreError>> {
         each!(self, s => Box::pin(s.export(filter)))
+    }
+
+    /// The attempts with a final response of the URLs matching `filter`,
+    /// oldest first, as a stream, for a WARC archive.
+    pub fn archive<'a>(
+        &'a self,
+        filter: &'a ExportFilter,
+    ) -> BoxStream<'a, Result<ArchivedAttempt, StoreError>> {
+        each!(self, s => Box::pin(s.archive(filter)))
+    }
+
+    /// The stored body (`store.save_body`) with this SHA-256, decoded.
+    ///
+    /// Errors: the database cannot be read, or the stored frame is corrupt.
+    pub async fn body(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        each!(self, s => s.body(sha256).await)
     }
 
     /// The `results` row of the URL with id `url_id`, if there is one.

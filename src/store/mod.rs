@@ -554,6 +554,38 @@ pub struct ResultRow {
     pub changed_at: Option<String>,
 }
 
+/// An attempt with a final response, as `trawler export --format warc`
+/// archives it (outcomes `done` and `not_modified`), with its URL.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ArchivedAttempt {
+    /// `attempts.id`.
+    pub id: i64,
+    /// The URL asked for, and the one that answered (after redirects).
+    pub url: String,
+    pub final_url: Option<String>,
+    /// When the response ended, RFC 3339 UTC with milliseconds.
+    pub fetched_at: String,
+    /// `done` or `not_modified`.
+    pub outcome: String,
+    pub http_status: Option<i64>,
+    pub content_type: Option<String>,
+    /// The decoded body's length and SHA-256 (lower-case hex); a 304's are
+    /// those of the content it confirmed.
+    pub body_bytes: Option<i64>,
+    pub body_sha256: Option<String>,
+    /// The response's headers as a JSON array of `[name, value]`, when
+    /// `store.save_headers` was on.
+    pub headers: Option<String>,
+}
+
+/// A stored body's zstd frame (`bodies.data`) decoded.
+///
+/// Errors: a corrupt frame, as [`StoreError::Database`].
+pub(crate) fn decompress_body(zstd: &[u8]) -> Result<Vec<u8>, StoreError> {
+    zstd::stream::decode_all(zstd)
+        .map_err(|e| StoreError::Database { context: "decode a body", source: Box::new(e) })
+}
+
 /// Which rows `trawler export` writes.
 #[derive(Debug, Clone, Default)]
 pub struct ExportFilter {

@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use super::leases::HostLeases;
 use super::rules::{self, duration_ms, to_i64, unix_ms};
 use super::{
-    Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl,
-    PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store, StoreError,
-    UrlState, Validators,
+    ArchivedAttempt, Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits,
+    NewUrl, PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store,
+    StoreError, UrlState, Validators,
 };
 use crate::fetch::ErrorKind;
 use crate::redact::ForLog;
@@ -431,6 +431,37 @@ impl PgStore {
         .bind(filter.since.as_deref())
         .fetch(&self.pool)
         .map_err(|e| StoreError::Database { context: "export", source: Box::new(e) })
+    }
+
+    /// As [`SqliteStore::archive`](super::SqliteStore::archive).
+    pub fn archive<'a>(
+        &'a self,
+        filter: &'a ExportFilter,
+    ) -> impl futures::Stream<Item = Result<ArchivedAttempt, StoreError>> + 'a {
+        sqlx::query_as::<_, ArchivedAttempt>(
+            "SELECT a.id, u.url, a.final_url,
+                    to_char(a.fetched_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS fetched_at,
+                    a.outcome, a.http_status::int8 AS http_status, a.content_type, a.body_bytes, a.body_sha256,
+                    a.headers::text AS headers
+             FROM attempts AS a JOIN urls AS u ON u.id = a.url_id
+             WHERE a.outcome IN ('done', 'not_modified')
+               AND ($1::text IS NULL OR u.state = $1) AND ($2::timestamptz IS NULL OR a.fetched_at >= $2::timestamptz)
+             ORDER BY a.id",
+        )
+        .bind(filter.state.as_deref())
+        .bind(filter.since.as_deref())
+        .fetch(&self.pool)
+        .map_err(|e| StoreError::Database { context: "export", source: Box::new(e) })
+    }
+
+    /// As [`SqliteStore::body`](super::SqliteStore::body).
+    pub async fn body(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let data: Option<Vec<u8>> = sqlx::query_scalar("SELECT data FROM bodies WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read a body"))?;
+        data.map(|zstd| super::decompress_body(&zstd)).transpose()
     }
 
     /// The `results` row of the URL with id `url_id`, if there is one.

@@ -46,9 +46,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::rules::{self, duration_ms, rfc3339, rfc3339_from_ms, to_i64, unix_ms};
 use super::{
-    Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl,
-    PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store, StoreError,
-    UrlState, Validators,
+    ArchivedAttempt, Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits,
+    NewUrl, PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store,
+    StoreError, UrlState, Validators,
 };
 use crate::config::{StoreConfig, Synchronous};
 use crate::fetch::ErrorKind;
@@ -253,6 +253,41 @@ impl SqliteStore {
         .bind(filter.since.as_deref())
         .fetch(&self.read)
         .map_err(|e| StoreError::Database { context: "export", source: Box::new(e) })
+    }
+
+    /// The attempts with a final response (`done`, `not_modified`) of the
+    /// URLs matching `filter` (`since` applies to the attempt), in the order
+    /// they were made, as a stream.
+    pub fn archive<'a>(
+        &'a self,
+        filter: &'a ExportFilter,
+    ) -> impl futures::Stream<Item = Result<ArchivedAttempt, StoreError>> + 'a {
+        use futures::TryStreamExt;
+        sqlx::query_as::<_, ArchivedAttempt>(
+            "SELECT a.id, u.url, a.final_url, a.fetched_at, a.outcome, a.http_status, a.content_type,
+                    a.body_bytes, a.body_sha256, a.headers
+             FROM attempts AS a JOIN urls AS u ON u.id = a.url_id
+             WHERE a.outcome IN ('done', 'not_modified')
+               AND (?1 IS NULL OR u.state = ?1) AND (?2 IS NULL OR a.fetched_at >= ?2)
+             ORDER BY a.id",
+        )
+        .bind(filter.state.as_deref())
+        .bind(filter.since.as_deref())
+        .fetch(&self.read)
+        .map_err(|e| StoreError::Database { context: "export", source: Box::new(e) })
+    }
+
+    /// The stored body with this SHA-256 (`bodies`), decoded, if there is
+    /// one.
+    ///
+    /// Errors: the database cannot be read, or the stored frame is corrupt.
+    pub async fn body(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let data: Option<Vec<u8>> = sqlx::query_scalar("SELECT data FROM bodies WHERE sha256 = ?1")
+            .bind(sha256)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(db("read a body"))?;
+        data.map(|zstd| super::decompress_body(&zstd)).transpose()
     }
 
     /// The `results` row of the URL with id `url_id`, if there is one.

@@ -11,6 +11,7 @@
 //! - `service`: `trawler run` as systemd runs it, fed by `trawler enqueue`
 //! - `addresses`: `fetch.deny_ips`, however an address is written
 //! - `api`: the service's HTTP API
+//! - `archive`: `trawler export --format warc`, read back with the `warc` crate
 //! - `faults`: a locked database, a failing task, a full disk
 //! - `secrets`: no credentials or secret query values in logs or the database
 //! - `redirects`: every hop in its host's turn, under its host's robots.txt
@@ -26,6 +27,7 @@
 
 mod addresses;
 mod api;
+mod archive;
 mod crawl;
 mod discovery;
 mod faults;
