@@ -135,6 +135,9 @@ pub struct CrawlFlags {
     /// A sitemap or sitemap index whose URLs are seeds; repeatable [config: discovery.sitemaps].
     #[arg(long = "sitemap", value_name = "URL")]
     pub sitemaps: Vec<String>,
+    /// An RSS or Atom feed whose entries' links are seeds; repeatable [config: discovery.feeds].
+    #[arg(long = "feed", value_name = "URL")]
+    pub feeds: Vec<String>,
 }
 
 impl CommonArgs {
@@ -191,6 +194,9 @@ impl CrawlFlags {
         }
         if !self.sitemaps.is_empty() {
             set(&mut out, "discovery", "sitemaps", json!(self.sitemaps));
+        }
+        if !self.feeds.is_empty() {
+            set(&mut out, "discovery", "feeds", json!(self.feeds));
         }
         out
     }

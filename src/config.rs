@@ -218,6 +218,9 @@ pub struct DiscoveryConfig {
     /// Sitemaps (or sitemap indexes) whose URLs are seeds. Flag: `--sitemap`.
     /// When following, robots.txt `Sitemap:` lines are added to these.
     pub sitemaps: Vec<String>,
+    /// RSS or Atom feeds whose entries' links are seeds, read at the start
+    /// of each crawl and judged as a `--sitemap`'s URLs. Flag: `--feed`.
+    pub feeds: Vec<String>,
 }
 
 impl Default for DiscoveryConfig {
@@ -239,6 +242,7 @@ impl Default for DiscoveryConfig {
             max_pages: None,
             max_pages_per_host: None,
             sitemaps: Vec::new(),
+            feeds: Vec::new(),
         }
     }
 }

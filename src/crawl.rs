@@ -249,6 +249,7 @@ async fn start(
     let politeness = Arc::new(Politeness::new(rules, config.retry.retry_after_max));
     let (sitemap_queue, sitemap_rx) = SitemapQueue::new();
     config.discovery.sitemaps.iter().for_each(|s| sitemap_queue.submit(s.clone(), Origin::User));
+    config.discovery.feeds.iter().for_each(|f| sitemap_queue.submit_feed(f.clone()));
     let robots = robots(config, store, &fetcher, &politeness, &sitemap_queue);
     let service = match mode {
         Mode::Batch => None,

@@ -1,5 +1,8 @@
 //! Sitemaps (sitemaps.org protocol 0.9) as a source of seeds: `--sitemap URL`
-//! and, when following links, the `Sitemap:` lines of robots.txt.
+//! and, when following links, the `Sitemap:` lines of robots.txt; and RSS
+//! and Atom feeds (`--feed URL`), whose entries' links are seeds as a
+//! user's sitemap's URLs are (parsed by the `feed-rs` crate: RSS 0.9x, 1.0,
+//! 2.0, Atom 1.0, JSON Feed).
 //!
 //! A sitemap is either a `<urlset>` of `<url><loc>` entries, which are
 //! enqueued at depth 0, or a `<sitemapindex>` of `<sitemap><loc>` entries,
@@ -159,6 +162,25 @@ pub fn judge(
     (urls, dropped)
 }
 
+/// The page URLs the entries of a feed at `feed_url` link to (each
+/// entry's `alternate` link, Atom's default, or its one link without a
+/// `rel`; enclosures and other relations are not pages), relative ones
+/// resolved against the feed, at most `max`.
+///
+/// Errors: `feed-rs` found no RSS, Atom or JSON Feed document.
+pub fn parse_feed(body: &[u8], feed_url: &Url, max: usize) -> Result<Vec<String>, String> {
+    let feed = feed_rs::parser::Builder::new()
+        .base_uri(Some(feed_url.as_str()))
+        .build()
+        .parse(body)
+        .map_err(|e| e.to_string())?;
+    let pages = feed.entries.iter().filter_map(|entry| {
+        let link = entry.links.iter().find(|l| l.rel.as_deref().is_none_or(|rel| rel == "alternate"))?;
+        Some(feed_url.join(link.href.trim()).map_or_else(|_| link.href.clone(), String::from))
+    });
+    Ok(pages.take(max).collect())
+}
+
 /// Where a sitemap came from, which decides what it may list (sitemaps.org,
 /// "Sitemap file location" and "Sitemaps & Cross Submits").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +201,8 @@ struct Queued {
     origin: Origin,
     /// The sitemap index that named it, if one did.
     index: Option<Url>,
+    /// An RSS or Atom feed (`--feed`), not a sitemap.
+    feed: bool,
 }
 
 impl Queued {
@@ -213,7 +237,13 @@ impl SitemapQueue {
 
     /// Asks for `url` to be fetched and its URLs enqueued.
     pub fn submit(&self, url: String, origin: Origin) {
-        self.send(Queued { url, origin, index: None });
+        self.send(Queued { url, origin, index: None, feed: false });
+    }
+
+    /// Asks for the feed at `url` (`--feed`) to be fetched and its entries'
+    /// links enqueued, judged as a user's sitemap's URLs are.
+    pub fn submit_feed(&self, url: String) {
+        self.send(Queued { url, origin: Origin::User, index: None, feed: true });
     }
 
     fn send(&self, queued: Queued) {
@@ -339,13 +369,26 @@ impl<S: Store> SitemapTask<S> {
             );
             return Ok(None);
         };
+        if queued.feed {
+            match parse_feed(&body, &sitemap_url, MAX_URLS_PER_SITEMAP) {
+                Err(e) => tracing::warn!(url = %ForLog(url), "feed not parsed: {e}"),
+                Ok(links) => {
+                    let (urls, dropped) = judge(&self.discovery, &queued.origin, &sitemap_url, &links);
+                    let new = self.store.enqueue(&urls).await?;
+                    self.stats.known.fetch_add(new, Ordering::Relaxed);
+                    let dropped: u64 = dropped.values().sum();
+                    tracing::info!(url = %ForLog(url), entries = links.len(), enqueued = new, dropped, "feed");
+                }
+            }
+            return Ok(None);
+        }
         match parse(&body, MAX_URLS_PER_SITEMAP) {
             Err(e) => tracing::warn!(url = %ForLog(url), "sitemap not parsed: {e}"),
             Ok(Sitemap::Index(sitemaps)) => {
                 tracing::info!(url = %ForLog(url), sitemaps = sitemaps.len(), "sitemap index");
                 for child in sitemaps {
                     let index = Some(sitemap_url.clone());
-                    self.queue.send(Queued { url: child, origin: queued.origin.clone(), index });
+                    self.queue.send(Queued { url: child, origin: queued.origin.clone(), index, feed: false });
                 }
             }
             Ok(Sitemap::Urls(locs)) => {
@@ -450,6 +493,16 @@ impl<S: Store> SitemapTask<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_feeds_entries_give_their_page_links() {
+        let base = Url::parse("http://news.test/feeds/all.json").unwrap();
+        let json = br#"{"version": "https://jsonfeed.org/version/1.1", "title": "t",
+            "items": [{"id": "1", "url": "http://news.test/a"}, {"id": "2", "url": "/b"}]}"#;
+        assert_eq!(parse_feed(json, &base, 10).unwrap(), ["http://news.test/a", "http://news.test/b"]);
+        assert_eq!(parse_feed(json, &base, 1).unwrap().len(), 1, "capped");
+        assert!(parse_feed(b"<html>not a feed</html>", &base, 10).is_err());
+    }
 
     #[test]
     fn parses_urlsets_and_indexes() {

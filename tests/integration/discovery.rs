@@ -365,3 +365,25 @@ async fn seeds_and_links_are_normalized_alike_and_a_bom_is_skipped() {
         assert_eq!(server.hits_of("/ok/~user/").len(), 1);
     }
 }
+
+#[tokio::test]
+async fn the_links_of_rss_and_atom_feeds_are_seeds() {
+    for engine in engines("the_links_of_rss_and_atom_feeds_are_seeds").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let (rss, atom) = (server.url("/feed.xml"), server.url("/atom.xml"));
+        let (db, log) = engine.crawl_to_end(dir.path(), &[], &["--feed", &rss, "--feed", &atom]);
+        let urls =
+            strings_in(&db, "SELECT url || ' ' || CAST(depth AS TEXT) || ' ' || state FROM urls").await;
+        let mut urls = urls;
+        urls.sort();
+        let expect: Vec<String> = ["/ok/atom1", "/ok/atom2", "/ok/rss1", "/ok/rss2"]
+            .iter()
+            .map(|p| format!("{} 0 done", server.url(p)))
+            .collect();
+        assert_eq!(urls, expect, "entries' page links only, tracking parameters stripped, in scope");
+        assert!(log.contains("feed") && log.contains("enqueued=2") && log.contains("dropped=1"), "{log}");
+        let fetched = server.hits_per_path();
+        assert!(!fetched.contains_key("/ok/audio") && !fetched.contains_key("/ok/edit"), "{fetched:?}");
+    }
+}

@@ -36,6 +36,10 @@
 //! - `/dated/{*rest}`: as `/versioned/`, but with only a `Last-Modified`
 //!   (the version's day in 2026-01), and 304 to an `If-Modified-Since` at
 //!   or after it
+//! - `/feed.xml`: RSS 2.0 items linking `/ok/rss1`, `/ok/rss2?utm_source=rss`,
+//!   a URL on another host, and an enclosure only; `/atom.xml`: Atom
+//!   entries linking `/ok/atom1` (alternate, beside an edit link) and
+//!   `/ok/atom2` (relative, no rel)
 //! - `/robots.txt` (and `/robots-moved.txt`): as [`Options::robots`] says;
 //!   requests for them are kept apart ([`TestServer::robots_hits`])
 
@@ -431,6 +435,38 @@ fn router(shared: Arc<Shared>) -> Router {
                     r#"<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
                     <sitemap><loc>http://{host}/sitemap-1.xml</loc></sitemap></sitemapindex>"#
                 )
+            }),
+        )
+        .route(
+            "/feed.xml",
+            get(|headers: axum::http::HeaderMap| async move {
+                let host = host_of(&headers);
+                let rss = format!(
+                    r#"<?xml version="1.0"?><rss version="2.0"><channel><title>news</title>
+                    <link>http://{host}/</link><description>d</description>
+                    <item><title>one</title><link>http://{host}/ok/rss1</link></item>
+                    <item><title>two</title><link>http://{host}/ok/rss2?utm_source=rss</link></item>
+                    <item><title>elsewhere</title><link>http://127.0.0.99/elsewhere</link></item>
+                    <item><title>podcast</title><enclosure url="http://{host}/ok/audio" length="1" type="audio/mpeg"/></item>
+                    </channel></rss>"#
+                );
+                ([(header::CONTENT_TYPE, "application/rss+xml")], rss)
+            }),
+        )
+        .route(
+            "/atom.xml",
+            get(|headers: axum::http::HeaderMap| async move {
+                let host = host_of(&headers);
+                let atom = format!(
+                    r#"<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">
+                    <title>t</title><id>urn:x</id><updated>2026-01-01T00:00:00Z</updated>
+                    <entry><title>a</title><id>urn:a</id><updated>2026-01-01T00:00:00Z</updated>
+                      <link rel="alternate" href="http://{host}/ok/atom1"/><link rel="edit" href="http://{host}/ok/edit"/></entry>
+                    <entry><title>b</title><id>urn:b</id><updated>2026-01-01T00:00:00Z</updated>
+                      <link href="/ok/atom2"/></entry>
+                    </feed>"#
+                );
+                ([(header::CONTENT_TYPE, "application/atom+xml")], atom)
             }),
         )
         .route(
