@@ -272,6 +272,64 @@ pub struct HostOverride {
     /// Replaces `crawl.recrawl_after` for this host.
     #[serde(with = "humantime_serde")]
     pub recrawl_after: Option<Duration>,
+    /// Request headers sent to this host only (its pages, robots.txt and
+    /// sitemaps; not a redirect hop to another host). Plain values: a
+    /// secret goes in `secret_headers`.
+    pub headers: BTreeMap<String, String>,
+    /// Headers whose values are secrets, each a [`SecretRef`]:
+    /// `"env:NAME"` or `"file:PATH"`, read at start.
+    pub secret_headers: BTreeMap<String, String>,
+    /// HTTP basic authentication (RFC 7617): the user, and the password as
+    /// a [`SecretRef`].
+    pub basic_auth_user: Option<String>,
+    pub basic_auth_password: Option<String>,
+    /// A bearer token (RFC 6750) as a [`SecretRef`].
+    pub bearer_token: Option<String>,
+    /// A `Cookie` header value (`"a=1; b=2"`) as a [`SecretRef`].
+    pub cookies: Option<String>,
+    /// The proxy this host's requests go through, instead of `fetch.proxy`
+    /// (`http://`, `https://` or `socks5://`; no credentials in it).
+    pub proxy: Option<String>,
+    /// Accept any certificate from this host: an expired or self-signed
+    /// one, or another name's. Logged as a warning at start. Off.
+    pub accept_invalid_certs: bool,
+}
+
+/// The keys of `[hosts."..."]` that `SIGHUP` reloads: politeness and
+/// recrawling. The request settings are the HTTP client's, built at start.
+pub const RELOADABLE_HOST_KEYS: [&str; 3] = ["delay", "concurrency", "recrawl_after"];
+
+/// Where a secret is read from, never the secret itself: `"env:NAME"` (an
+/// environment variable) or `"file:PATH"` (a file's contents, trailing line
+/// breaks removed). Config files hold only these references, so `trawler
+/// config` can print them.
+pub struct SecretRef;
+
+impl SecretRef {
+    /// Reads the secret `reference` names.
+    ///
+    /// Errors: not `env:` or `file:`, an unset or empty variable, an
+    /// unreadable or empty file; the message names the variable or file,
+    /// never a value.
+    pub fn read(reference: &str) -> Result<String, String> {
+        let value = if let Some(name) = reference.strip_prefix("env:") {
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
+        } else if let Some(path) = reference.strip_prefix("file:") {
+            std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?
+        } else {
+            return Err("secrets are \"env:NAME\" or \"file:PATH\", never written inline".to_owned());
+        };
+        let value = value.trim_end_matches(['\r', '\n']).to_owned();
+        if value.is_empty() {
+            return Err(format!("{reference} is empty"));
+        }
+        Ok(value)
+    }
+
+    /// Whether `reference` has a form [`SecretRef::read`] takes.
+    pub fn is_reference(reference: &str) -> bool {
+        reference.starts_with("env:") || reference.starts_with("file:")
+    }
 }
 
 /// The worker pool and the global rate limit.
@@ -374,6 +432,19 @@ pub struct FetchConfig {
     /// `application/octet-stream`, RFC 9110 §8.3) is not read: its attempt
     /// ends after the headers with outcome `skipped`. Empty = every type.
     pub accept_content_types: Vec<String>,
+    /// A proxy for every request (`http://`, `https://` or `socks5://`
+    /// host:port; no credentials in it), unless the host has its own
+    /// `[hosts."..."] proxy` or is in `no_proxy`. Unset = direct. The
+    /// target's address still goes through `deny_ips` before the request
+    /// is sent to the proxy.
+    pub proxy: Option<String>,
+    /// Hosts reached directly despite `proxy`: a name, or `.` and a domain
+    /// for every name under it (`".corp.example"`), as curl's `NO_PROXY`.
+    pub no_proxy: Vec<String>,
+    /// Also use the proxies the environment names (`HTTP_PROXY`,
+    /// `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`, as reqwest reads them), after
+    /// the config's. Off: a crawler's requests go where its config says.
+    pub proxy_from_env: bool,
 }
 
 impl Default for FetchConfig {
@@ -389,6 +460,9 @@ impl Default for FetchConfig {
             resolve: BTreeMap::new(),
             ca_file: None,
             accept_content_types: Vec::new(),
+            proxy: None,
+            no_proxy: Vec::new(),
+            proxy_from_env: false,
         }
     }
 }
@@ -730,6 +804,47 @@ impl Config {
                 &format!("{bad:?} is not a media type such as \"text/html\" or \"text/*\""),
             );
         }
+        for host in self.hosts.values() {
+            let secrets = host.secret_headers.values().map(Some).chain([
+                host.basic_auth_password.as_ref(),
+                host.bearer_token.as_ref(),
+                host.cookies.as_ref(),
+            ]);
+            if secrets.flatten().any(|s| !SecretRef::is_reference(s)) {
+                return invalid(
+                    "hosts.<host>.secret_headers, basic_auth_password, bearer_token, cookies",
+                    "secrets are \"env:NAME\" or \"file:PATH\", never written inline",
+                );
+            }
+            if host.basic_auth_user.is_some() && host.bearer_token.is_some() {
+                return invalid(
+                    "hosts.<host>.bearer_token",
+                    "one Authorization: basic_auth_user or bearer_token",
+                );
+            }
+            if host.basic_auth_user.is_some() != host.basic_auth_password.is_some() {
+                return invalid(
+                    "hosts.<host>.basic_auth_user",
+                    "needs basic_auth_password, and the other way round",
+                );
+            }
+        }
+        let proxies = self.hosts.values().filter_map(|h| h.proxy.as_ref()).chain(self.fetch.proxy.as_ref());
+        for proxy in proxies {
+            match url::Url::parse(proxy) {
+                Ok(url)
+                    if matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h")
+                        && url.host_str().is_some()
+                        && url.username().is_empty()
+                        && url.password().is_none() => {}
+                _ => {
+                    return invalid(
+                        "fetch.proxy (or hosts.<host>.proxy)",
+                        "an http://, https:// or socks5:// URL with a host and no credentials",
+                    );
+                }
+            }
+        }
         if self.crawl.recrawl_min < MIN_RECRAWL_AFTER {
             return invalid("crawl.recrawl_min", "must be at least 1s");
         }
@@ -998,9 +1113,29 @@ mod tests {
             "api".into(),
             toml::Value::Table([("listen".to_owned(), 0.into())].into_iter().collect()),
         );
-        let hosts = example.lines().skip_while(|l| !l.starts_with("# [hosts.")).take(4).collect::<Vec<_>>();
-        assert_eq!(hosts.len(), 4, "a commented [hosts.\"...\"] example with every key");
-        for (line, key) in hosts[1..].iter().zip(["delay", "concurrency", "recrawl_after"]) {
+        let keys = [
+            "delay",
+            "concurrency",
+            "recrawl_after",
+            "headers",
+            "secret_headers",
+            "basic_auth_user",
+            "basic_auth_password",
+            "bearer_token",
+            "cookies",
+            "proxy",
+            "accept_invalid_certs",
+        ];
+        let hosts = example
+            .lines()
+            .skip_while(|l| !l.starts_with("# [hosts."))
+            .take(keys.len() + 1)
+            .collect::<Vec<_>>();
+        assert_eq!(hosts.len(), keys.len() + 1, "a commented [hosts.\"...\"] example with every key");
+        let example_host: HostOverride =
+            toml::from_str(&hosts[1..].iter().map(|l| &l[2..]).collect::<Vec<_>>().join("\n")).unwrap();
+        assert_eq!(example_host.delay, Some(Duration::from_secs(2)), "the example parses");
+        for (line, key) in hosts[1..].iter().zip(keys) {
             assert!(line.starts_with(&format!("# {key} =")), "{hosts:?}");
         }
         for (section, keys) in defaults {

@@ -238,7 +238,13 @@ async fn start(
         config.hosts.values().filter_map(|h| h.delay).chain([politeness_config.per_host_delay]),
     );
     tracing::debug!(?pool, "idle HTTP connections kept");
-    let mut fetcher = Fetcher::new(&config.fetch, config.store.save_headers, config.store.save_body, pool)?;
+    let mut fetcher = Fetcher::with_hosts(
+        &config.fetch,
+        &config.hosts,
+        config.store.save_headers,
+        config.store.save_body,
+        pool,
+    )?;
     let discovery = match config.discovery.follow {
         true => Some(Discovery::new(config.discovery.clone())),
         false => None,

@@ -188,6 +188,11 @@ pub struct Fetcher {
     keep_prefix: bool,
     /// `fetch.accept_content_types`: 2xx bodies of other types are not read.
     accept: Option<Arc<AcceptTypes>>,
+    /// What is sent to one host only, by host name (`[hosts."..."]`).
+    host_headers: Arc<HashMap<String, HeaderMap>>,
+    /// The client for the hosts that may present any certificate
+    /// (`[hosts."..."] accept_invalid_certs`), and those hosts.
+    insecure: Option<(reqwest::Client, Arc<std::collections::HashSet<String>>)>,
     /// Where requests may go (`fetch.deny_ips`, `fetch.allow_ips`).
     addresses: Arc<AddressPolicy>,
     /// The client's resolver, also used to time each request's lookup.
@@ -310,6 +315,8 @@ struct Resolver {
     overrides: Overrides,
     /// Built on first use, inside the runtime hickory's sockets need.
     lookup: std::sync::OnceLock<Lookup>,
+    /// Names answered without `policy`: the configured proxies'.
+    exempt: std::collections::HashSet<String>,
 }
 
 impl Resolver {
@@ -318,6 +325,9 @@ impl Resolver {
             Some(addresses) => addresses.to_vec(),
             None => self.lookup.get_or_init(Lookup::new).ips(host).await?,
         };
+        if self.exempt.contains(host) {
+            return Ok(resolved);
+        }
         let permitted: Vec<IpAddr> = resolved.iter().copied().filter(|ip| self.policy.permits(*ip)).collect();
         match (permitted.is_empty(), resolved.first()) {
             (true, Some(refused)) => Err(Box::new(BlockedAddress { host: host.to_owned(), ip: *refused })),
@@ -344,6 +354,9 @@ impl reqwest::dns::Resolve for CheckedResolver {
 pub enum ClientError {
     #[error("fetch.ca_file {}: {reason}", path.display())]
     CaFile { path: std::path::PathBuf, reason: String },
+    /// A `[hosts."..."]` secret could not be read, or is no header value.
+    #[error("{key}: {reason}")]
+    Secret { key: String, reason: String },
     #[error(transparent)]
     Client(#[from] reqwest::Error),
 }
@@ -408,26 +421,77 @@ impl Fetcher {
         save_body: bool,
         pool: Pool,
     ) -> Result<Self, ClientError> {
+        Self::with_hosts(config, &BTreeMap::new(), save_headers, save_body, pool)
+    }
+
+    /// [`Fetcher::new`] with the request settings of `hosts`
+    /// (`[hosts."..."]`): headers, credentials and cookies sent to each
+    /// host only, its proxy, and whether any certificate is accepted from it.
+    ///
+    /// Errors: as [`Fetcher::new`]; a secret that cannot be read.
+    pub fn with_hosts(
+        config: &FetchConfig,
+        hosts: &BTreeMap<String, crate::config::HostOverride>,
+        save_headers: bool,
+        save_body: bool,
+        pool: Pool,
+    ) -> Result<Self, ClientError> {
         let addresses = Arc::new(AddressPolicy::new(config));
-        let mut client = reqwest::Client::builder()
-            .user_agent(&config.user_agent)
-            .connect_timeout(config.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .pool_max_idle_per_host(pool.max_idle_per_host)
-            .pool_idle_timeout(pool.idle_timeout);
+        let proxies = Proxies::new(config, hosts);
+        // A proxy named by its host name is connected to as the config
+        // says: its address is not a crawl target, so deny_ips does not
+        // apply to it (the target's address does, before each request).
+        let exempt = proxies.names();
         let resolver = Arc::new(Resolver {
             policy: addresses.clone(),
             overrides: Overrides::new(&config.resolve),
             lookup: std::sync::OnceLock::new(),
+            exempt,
         });
-        client = client.dns_resolver(Arc::new(CheckedResolver(resolver.clone())));
-        if let Some(path) = &config.ca_file {
-            client = client.tls_certs_merge(read_ca_file(path)?);
+        let build = |insecure: bool| -> Result<reqwest::Client, ClientError> {
+            let mut client = reqwest::Client::builder()
+                .user_agent(&config.user_agent)
+                .connect_timeout(config.connect_timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(pool.max_idle_per_host)
+                .pool_idle_timeout(pool.idle_timeout)
+                .dns_resolver(Arc::new(CheckedResolver(resolver.clone())));
+            if !config.proxy_from_env {
+                client = client.no_proxy();
+            }
+            if let Some(proxy) = proxies.reqwest() {
+                client = client.proxy(proxy);
+            }
+            if let Some(path) = &config.ca_file {
+                client = client.tls_certs_merge(read_ca_file(path)?);
+            }
+            if insecure {
+                client = client.tls_danger_accept_invalid_certs(true);
+            }
+            Ok(client.build()?)
+        };
+        let client = build(false)?;
+        let lax: std::collections::HashSet<String> =
+            hosts.iter().filter(|(_, h)| h.accept_invalid_certs).map(|(name, _)| name.clone()).collect();
+        for host in &lax {
+            tracing::warn!(
+                host = %host,
+                "hosts.\"{host}\".accept_invalid_certs: ANY certificate is accepted from this host, \
+                 so anyone on the network path can read and change what it serves"
+            );
         }
-        let client = client.build()?;
+        let insecure = if lax.is_empty() { None } else { Some((build(true)?, Arc::new(lax))) };
+        let host_headers = hosts
+            .iter()
+            .map(|(name, host)| Ok((name.clone(), host_request_headers(name, host)?)))
+            .filter(|h: &Result<(String, HeaderMap), ClientError>| {
+                h.as_ref().map_or(true, |(_, m)| !m.is_empty())
+            })
+            .collect::<Result<HashMap<_, _>, _>>()?;
         Ok(Self {
             client,
+            host_headers: Arc::new(host_headers),
+            insecure,
             config: config.clone(),
             save_headers,
             save_body,
@@ -455,6 +519,8 @@ impl Fetcher {
             extract_links: None,
             keep_prefix: false,
             accept: None,
+            host_headers: self.host_headers.clone(),
+            insecure: self.insecure.clone(),
             addresses: self.addresses.clone(),
             resolver: self.resolver.clone(),
         }
@@ -548,14 +614,24 @@ impl Fetcher {
         url: &Url,
         conditional: Option<&Validators>,
     ) -> Result<reqwest::Response, reqwest::Error> {
-        let headers = conditional.map(conditional_headers).unwrap_or_default();
-        match self.client.get(url.clone()).headers(headers.clone()).send().await {
+        let mut headers = conditional.map(conditional_headers).unwrap_or_default();
+        let host = url.host_str().unwrap_or_default();
+        // The host's own headers go to that host only: never to another
+        // one, a redirect's target included.
+        if let Some(own) = self.host_headers.get(host) {
+            headers.extend(own.clone());
+        }
+        let client = match &self.insecure {
+            Some((lax, hosts)) if hosts.contains(host) => lax,
+            _ => &self.client,
+        };
+        match client.get(url.clone()).headers(headers.clone()).send().await {
             Err(e) if closed_before_response(&e) => {
                 tracing::debug!(
                     url = %ForLog(url.as_str()),
                     "connection closed before the response: sent again on a fresh one"
                 );
-                self.client.get(url.clone()).headers(headers).send().await
+                client.get(url.clone()).headers(headers).send().await
             }
             other => other,
         }
@@ -869,6 +945,120 @@ impl AcceptTypes {
         let kind = parsed.type_().as_str().to_ascii_lowercase();
         let essence = format!("{kind}/{}", parsed.subtype().as_str().to_ascii_lowercase());
         self.exact.contains(&essence) || self.whole.iter().any(|w| w == "*" || *w == kind)
+    }
+}
+
+/// The headers `[hosts."name"]` sends to its host: plain `headers`, then
+/// `secret_headers`, basic or bearer `Authorization` and `Cookie`, read
+/// from their secrets now and marked sensitive (hyper leaves them out of
+/// its debug output).
+///
+/// Errors: a secret that cannot be read, or a name or value that is no
+/// valid header; the message names the key, never the value.
+fn host_request_headers(name: &str, host: &crate::config::HostOverride) -> Result<HeaderMap, ClientError> {
+    use crate::config::SecretRef;
+    use reqwest::header::{AUTHORIZATION, COOKIE, HeaderName};
+    let fail =
+        |key: &str, reason: String| ClientError::Secret { key: format!("hosts.\"{name}\".{key}"), reason };
+    let header_name = |key: &str, header: &str| {
+        HeaderName::from_bytes(header.as_bytes())
+            .map_err(|_| fail(key, format!("{header:?} is not a header name")))
+    };
+    let secret = |key: &str, reference: &str| -> Result<HeaderValue, ClientError> {
+        let text = SecretRef::read(reference).map_err(|reason| fail(key, reason))?;
+        let mut value =
+            HeaderValue::from_str(&text).map_err(|_| fail(key, "not a valid header value".to_owned()))?;
+        value.set_sensitive(true);
+        Ok(value)
+    };
+    let mut headers = HeaderMap::new();
+    for (header, value) in &host.headers {
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| fail("headers", format!("{header}: not a valid header value")))?;
+        headers.insert(header_name("headers", header)?, value);
+    }
+    for (header, reference) in &host.secret_headers {
+        headers.insert(header_name("secret_headers", header)?, secret("secret_headers", reference)?);
+    }
+    if let (Some(user), Some(reference)) = (&host.basic_auth_user, &host.basic_auth_password) {
+        let password = SecretRef::read(reference).map_err(|reason| fail("basic_auth_password", reason))?;
+        // RFC 7617 §2: base64 of user-id ":" password, UTF-8.
+        let token = data_encoding::BASE64.encode(format!("{user}:{password}").as_bytes());
+        let mut value = HeaderValue::from_str(&format!("Basic {token}"))
+            .map_err(|_| fail("basic_auth_user", "not a valid header value".to_owned()))?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    if let Some(reference) = &host.bearer_token {
+        let token = SecretRef::read(reference).map_err(|reason| fail("bearer_token", reason))?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| fail("bearer_token", "not a valid header value".to_owned()))?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    if let Some(reference) = &host.cookies {
+        headers.insert(COOKIE, secret("cookies", reference)?);
+    }
+    Ok(headers)
+}
+
+/// Where requests go through a proxy: `fetch.proxy` for every host not in
+/// `fetch.no_proxy`, and each `[hosts."..."] proxy` for its host.
+struct Proxies {
+    default: Option<Url>,
+    no_proxy: Vec<String>,
+    per_host: HashMap<String, Url>,
+}
+
+impl Proxies {
+    fn new(config: &FetchConfig, hosts: &BTreeMap<String, crate::config::HostOverride>) -> Self {
+        // The config was validated: every proxy parses.
+        let parse = |text: &String| Url::parse(text).ok();
+        Self {
+            default: config.proxy.as_ref().and_then(parse),
+            no_proxy: config.no_proxy.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            per_host: hosts
+                .iter()
+                .filter_map(|(name, h)| Some((name.clone(), parse(h.proxy.as_ref()?)?)))
+                .collect(),
+        }
+    }
+
+    /// The proxy for a request to `host`, if any.
+    fn for_host(&self, host: &str) -> Option<Url> {
+        if let Some(own) = self.per_host.get(host) {
+            return Some(own.clone());
+        }
+        let bypass = self.no_proxy.iter().any(|entry| match entry.strip_prefix('.') {
+            Some(domain) => host.ends_with(&format!(".{domain}")) || host == domain,
+            None => host == entry,
+        });
+        if bypass { None } else { self.default.clone() }
+    }
+
+    /// The proxies' host names (not IP literals), which the resolver
+    /// answers without applying `deny_ips`.
+    fn names(&self) -> std::collections::HashSet<String> {
+        self.default
+            .iter()
+            .chain(self.per_host.values())
+            .filter(|u| matches!(u.host(), Some(url::Host::Domain(_))))
+            .filter_map(|u| u.host_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// One reqwest proxy that asks [`Proxies::for_host`], or `None` when
+    /// no proxy is configured.
+    fn reqwest(&self) -> Option<reqwest::Proxy> {
+        if self.default.is_none() && self.per_host.is_empty() {
+            return None;
+        }
+        let proxies = Self {
+            default: self.default.clone(),
+            no_proxy: self.no_proxy.clone(),
+            per_host: self.per_host.clone(),
+        };
+        Some(reqwest::Proxy::custom(move |url| proxies.for_host(url.host_str()?)))
     }
 }
 

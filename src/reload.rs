@@ -20,7 +20,7 @@ use signal_hook_tokio::Signals;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, HostOverride, RELOADABLE_HOST_KEYS};
 use crate::politeness::HostRules;
 use crate::store::{Backend, Store};
 use crate::systemd::Notifier;
@@ -31,14 +31,13 @@ use crate::worker::WorkerContext;
 pub type LoadConfig = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 
 /// Key prefixes (flattened `section.key`) that a reload puts in force.
-const RELOADABLE: [&str; 8] = [
+const RELOADABLE: [&str; 7] = [
     "crawl.rate",
     "crawl.recrawl_after",
     "crawl.adaptive_recrawl",
     "crawl.recrawl_min",
     "crawl.recrawl_max",
     "politeness.",
-    "hosts.",
     "log.level",
 ];
 
@@ -143,7 +142,21 @@ fn with_reloadable(running: &Config, new: &Config) -> Config {
     next.crawl.recrawl_min = new.crawl.recrawl_min;
     next.crawl.recrawl_max = new.crawl.recrawl_max;
     next.politeness = new.politeness.clone();
-    next.hosts = new.hosts.clone();
+    // A host's politeness and recrawl keys, not its request settings.
+    next.hosts = new
+        .hosts
+        .iter()
+        .map(|(name, new)| {
+            let kept = running.hosts.get(name).cloned().unwrap_or_default();
+            let limits = HostOverride {
+                delay: new.delay,
+                concurrency: new.concurrency,
+                recrawl_after: new.recrawl_after,
+                ..kept
+            };
+            (name.clone(), limits)
+        })
+        .collect();
     next.log.level = new.log.level.clone();
     next
 }
@@ -153,13 +166,30 @@ fn with_reloadable(running: &Config, new: &Config) -> Config {
 /// restart.
 pub fn changed_keys(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
     let (old, new) = (flatten(old), flatten(new));
+    // A host table added or removed changes only the keys it sets: one
+    // side's missing key is the other's default.
+    let mut blank = Config::default();
+    blank.hosts.insert(String::new(), HostOverride::default());
+    let defaults: BTreeMap<String, toml::Value> = flatten(&blank)
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("hosts.\"\".")?.to_owned(), v)))
+        .collect();
+    let value = |map: &BTreeMap<String, toml::Value>, k: &str| {
+        map.get(k).cloned().or_else(|| {
+            let key = k.strip_prefix("hosts.")?.rsplit_once("\".")?.1;
+            defaults.get(key).cloned()
+        })
+    };
     let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
     keys.sort();
     keys.dedup();
-    keys.into_iter()
-        .filter(|k| old.get(*k) != new.get(*k))
-        .cloned()
-        .partition(|k| RELOADABLE.iter().any(|prefix| k.starts_with(prefix)))
+    keys.into_iter().filter(|k| value(&old, k) != value(&new, k)).cloned().partition(|k| {
+        match k.strip_prefix("hosts.") {
+            // `"name".key`: the key right after the quoted host name.
+            Some(rest) => rest.rsplit_once("\".").is_some_and(|(_, key)| RELOADABLE_HOST_KEYS.contains(&key)),
+            None => RELOADABLE.iter().any(|prefix| k.starts_with(prefix)),
+        }
+    })
 }
 
 fn flatten(config: &Config) -> BTreeMap<String, toml::Value> {

@@ -19,6 +19,7 @@
 //!   connections (on `raw`, a TCP peer that misbehaves on purpose)
 //! - `recrawls`: conditional recrawls (304 Not Modified) and adaptive revisit
 //! - `reload`: `trawler run` reloading its config on SIGHUP, and recrawling
+//! - `requests`: per-host headers, credentials, cookies, proxies and certificates
 //! - `tls`: HTTPS with a private CA (`fetch.ca_file`)
 //! - `postgres`: the PostgreSQL engine's schema and versions, each test in a
 //!   database of its own (skipped, and saying so, without a server)
@@ -39,6 +40,7 @@ mod raw;
 mod recrawls;
 mod redirects;
 mod reload;
+mod requests;
 mod resume;
 mod robots;
 mod scale_out;

@@ -39,7 +39,7 @@ async fn the_per_host_gap_and_concurrency_are_never_exceeded() {
             HostOverride {
                 delay: Some(Duration::from_millis(120)),
                 concurrency: NonZeroU32::new(1),
-                recrawl_after: None,
+                ..HostOverride::default()
             },
         );
         // Responses (150 ms) outlast the delay (50 ms), so requests to a overlap

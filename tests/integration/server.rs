@@ -89,6 +89,15 @@ pub struct Hit {
     /// The request's `If-None-Match` and `If-Modified-Since`, if sent.
     pub if_none_match: Option<String>,
     pub if_modified_since: Option<String>,
+    /// Every request header, lower-case name and value, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Hit {
+    /// The value of request header `name` (lower-case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// What `/robots.txt` answers.
@@ -515,7 +524,20 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next)
     let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|h| h.to_str().ok()).map(str::to_owned);
     let if_modified_since =
         headers.get(header::IF_MODIFIED_SINCE).and_then(|h| h.to_str().ok()).map(str::to_owned);
-    log.lock().unwrap().push(Hit { path, path_and_query, host, at, wall, if_none_match, if_modified_since });
+    let all = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()));
+    let headers = all.collect();
+    log.lock().unwrap().push(Hit {
+        path,
+        path_and_query,
+        host,
+        at,
+        wall,
+        if_none_match,
+        if_modified_since,
+        headers,
+    });
     let now = shared.active.fetch_add(1, SeqCst) + 1;
     shared.max_active.fetch_max(now, SeqCst);
     let response = next.run(request).await;
