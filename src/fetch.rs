@@ -964,13 +964,15 @@ fn host_request_headers(name: &str, host: &crate::config::HostOverride) -> Resul
         HeaderName::from_bytes(header.as_bytes())
             .map_err(|_| fail(key, format!("{header:?} is not a header name")))
     };
-    let secret = |key: &str, reference: &str| -> Result<HeaderValue, ClientError> {
+    // A secret read from `reference`, made a header value by `form`.
+    let secret = |key: &str, reference: &str, form: &dyn Fn(String) -> String| {
         let text = SecretRef::read(reference).map_err(|reason| fail(key, reason))?;
-        let mut value =
-            HeaderValue::from_str(&text).map_err(|_| fail(key, "not a valid header value".to_owned()))?;
+        let mut value = HeaderValue::from_str(&form(text))
+            .map_err(|_| fail(key, "not a valid header value".to_owned()))?;
         value.set_sensitive(true);
-        Ok(value)
+        Ok::<_, ClientError>(value)
     };
+    let plain = |text: String| text;
     let mut headers = HeaderMap::new();
     for (header, value) in &host.headers {
         let value = HeaderValue::from_str(value)
@@ -978,26 +980,20 @@ fn host_request_headers(name: &str, host: &crate::config::HostOverride) -> Resul
         headers.insert(header_name("headers", header)?, value);
     }
     for (header, reference) in &host.secret_headers {
-        headers.insert(header_name("secret_headers", header)?, secret("secret_headers", reference)?);
+        headers.insert(header_name("secret_headers", header)?, secret("secret_headers", reference, &plain)?);
     }
     if let (Some(user), Some(reference)) = (&host.basic_auth_user, &host.basic_auth_password) {
-        let password = SecretRef::read(reference).map_err(|reason| fail("basic_auth_password", reason))?;
         // RFC 7617 §2: base64 of user-id ":" password, UTF-8.
-        let token = data_encoding::BASE64.encode(format!("{user}:{password}").as_bytes());
-        let mut value = HeaderValue::from_str(&format!("Basic {token}"))
-            .map_err(|_| fail("basic_auth_user", "not a valid header value".to_owned()))?;
-        value.set_sensitive(true);
-        headers.insert(AUTHORIZATION, value);
+        let basic = |password: String| {
+            format!("Basic {}", data_encoding::BASE64.encode(format!("{user}:{password}").as_bytes()))
+        };
+        headers.insert(AUTHORIZATION, secret("basic_auth_password", reference, &basic)?);
     }
     if let Some(reference) = &host.bearer_token {
-        let token = SecretRef::read(reference).map_err(|reason| fail("bearer_token", reason))?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| fail("bearer_token", "not a valid header value".to_owned()))?;
-        value.set_sensitive(true);
-        headers.insert(AUTHORIZATION, value);
+        headers.insert(AUTHORIZATION, secret("bearer_token", reference, &|token| format!("Bearer {token}"))?);
     }
     if let Some(reference) = &host.cookies {
-        headers.insert(COOKIE, secret("cookies", reference)?);
+        headers.insert(COOKIE, secret("cookies", reference, &plain)?);
     }
     Ok(headers)
 }

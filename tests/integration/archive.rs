@@ -15,7 +15,7 @@ use crate::util::{spawn_trawler_with_env, wait_within};
 
 /// One record as read back: its type, headers by lower-case name, block.
 #[derive(Debug)]
-struct Read_ {
+struct ReadBack {
     kind: RecordType,
     headers: BTreeMap<String, String>,
     block: Vec<u8>,
@@ -23,7 +23,7 @@ struct Read_ {
 
 /// Runs `trawler export --format warc` on `db` into `dir/crawl.warc.gz`,
 /// reads it back, and returns the records and what the export logged.
-fn export(dir: &Path, db: &Path, env: &[(&str, &str)]) -> (Vec<Read_>, String) {
+fn export(dir: &Path, db: &Path, env: &[(&str, &str)]) -> (Vec<ReadBack>, String) {
     let mut child =
         spawn_trawler_with_env(&["export", "--format", "warc", "--db", db.to_str().unwrap()], env);
     let mut bytes = Vec::new();
@@ -48,7 +48,7 @@ fn export(dir: &Path, db: &Path, env: &[(&str, &str)]) -> (Vec<Read_>, String) {
             let kind = RecordType::from(
                 header.headers.get(&WarcHeader::WarcType).map_or("", |v| std::str::from_utf8(v).unwrap()),
             );
-            Read_ { kind, headers, block }
+            ReadBack { kind, headers, block }
         })
         .collect();
     (records, log)
@@ -85,12 +85,13 @@ async fn a_warc_holds_responses_requests_and_revisits_that_a_reader_checks() {
         let (records, _) = export(dir.path(), &db, &env);
 
         assert_eq!(records[0].kind, RecordType::WarcInfo);
-        let of = |uri: &str, kind: RecordType| -> Vec<&Read_> {
+        let of = |uri: &str, kind: RecordType| -> Vec<&ReadBack> {
             records.iter().filter(|r| r.kind == kind && r.headers["warc-target-uri"] == uri).collect()
         };
         let ok_body = b"<!doctype html><title>ok</title><p>hello";
         // /ok/a and /ok/b serve one body: one response, the other copies revisits.
-        let ok_responses: Vec<&Read_> = [&a, &b].iter().flat_map(|u| of(u, RecordType::Response)).collect();
+        let ok_responses: Vec<&ReadBack> =
+            [&a, &b].iter().flat_map(|u| of(u, RecordType::Response)).collect();
         assert_eq!(ok_responses.len(), 1, "{records:#?}");
         let response = ok_responses[0];
         assert_eq!(http_body(&response.block), ok_body);
@@ -98,7 +99,7 @@ async fn a_warc_holds_responses_requests_and_revisits_that_a_reader_checks() {
         assert_eq!(response.headers["warc-block-digest"], digest(&response.block));
         assert_eq!(response.headers["content-type"], "application/http;msgtype=response");
         assert!(response.block.starts_with(b"HTTP/1.1 200 OK\r\n"));
-        let ok_revisits: Vec<&Read_> = [&a, &b].iter().flat_map(|u| of(u, RecordType::Revisit)).collect();
+        let ok_revisits: Vec<&ReadBack> = [&a, &b].iter().flat_map(|u| of(u, RecordType::Revisit)).collect();
         assert_eq!(ok_revisits.len(), 3, "the copy, and both URLs on the second visit");
         for revisit in &ok_revisits {
             assert!(revisit.headers["warc-profile"].ends_with("/revisit/identical-payload-digest"));

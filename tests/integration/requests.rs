@@ -130,25 +130,19 @@ async fn accept_invalid_certs_trusts_one_host_and_says_so_loudly() {
         let ca = TestCa::new();
         let server = TestServer::with_options(Options { tls: Some(ca.server.clone()), ..Options::default() });
         let url = format!("https://localhost:{}/ok/lax", server.addr.port());
-        let dir = tempfile::tempdir().unwrap();
-        let (db, log) = engine.crawl_to_end_with_env(
-            dir.path(),
-            std::slice::from_ref(&url),
-            &[],
-            &[("TRAWLER_HOSTS__localhost__ACCEPT_INVALID_CERTS", "true")],
-        );
+        let lax = [("TRAWLER_HOSTS__localhost__ACCEPT_INVALID_CERTS", "true")];
+        let crawl = |url: &String| {
+            let dir = tempfile::tempdir().unwrap();
+            let crawled = engine.crawl_to_end_with_env(dir.path(), std::slice::from_ref(url), &[], &lax);
+            (crawled, dir)
+        };
+        let ((db, log), _dir) = crawl(&url);
         let row = result_in(&db, &url).await;
         assert_eq!((row.state.as_str(), row.http_status), ("done", Some(200)), "{:?}", row.error_message);
         assert!(log.contains("ANY certificate is accepted from this host"), "{log}");
         // Another host name for the same server is held to the rules.
         let strict = format!("https://127.0.0.1:{}/ok/strict", server.addr.port());
-        let dir = tempfile::tempdir().unwrap();
-        let (db, _) = engine.crawl_to_end_with_env(
-            dir.path(),
-            std::slice::from_ref(&strict),
-            &[],
-            &[("TRAWLER_HOSTS__localhost__ACCEPT_INVALID_CERTS", "true")],
-        );
+        let ((db, _), _dir) = crawl(&strict);
         assert_eq!(result_in(&db, &strict).await.error_kind.as_deref(), Some("tls"));
     }
 }
