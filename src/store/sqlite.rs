@@ -336,6 +336,14 @@ impl SqliteStore {
             // (sqlite.org/pragma.html#pragma_journal_size_limit).
             .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string())
             .foreign_keys(true);
+        // A write waiting for another process's lock is reported by
+        // `LockWaits`, and a long migration by `migrate`; sqlx's own warning
+        // for a slow statement would log the whole SQL of each.
+        let options = sqlx::ConnectOptions::log_slow_statements(
+            options,
+            log::LevelFilter::Debug,
+            std::time::Duration::from_secs(1),
+        );
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -537,6 +545,19 @@ fn take_lock(path: &Path) -> Result<File, StoreError> {
 /// [`StoreError::Database`] naming the table.
 async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
     let mut conn = pool.acquire().await.map_err(db("migrate"))?;
+    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    // No table yet on a new file: nothing to upgrade.
+    let at: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or(None);
+    if let Some(at) = at.filter(|at| *at < latest) {
+        tracing::info!(
+            "upgrading {} from schema version {at} to {latest}; on a large database this takes a while \
+             (version 6 copies the attempts table once)",
+            path.display()
+        );
+    }
     sqlx::query("PRAGMA foreign_keys = OFF").execute(&mut *conn).await.map_err(db("migrate"))?;
     let ran = MIGRATOR.run_direct(&mut *conn).await;
     let broken: Vec<(String,)> = match &ran {

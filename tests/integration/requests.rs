@@ -146,3 +146,26 @@ async fn accept_invalid_certs_trusts_one_host_and_says_so_loudly() {
         assert_eq!(result_in(&db, &strict).await.error_kind.as_deref(), Some("tls"));
     }
 }
+
+#[tokio::test]
+async fn the_environments_proxy_is_used_only_when_the_config_says_so() {
+    for engine in engines("the_environments_proxy_is_used_only_when_the_config_says_so").await {
+        let (proxy, target) = (TestServer::start_on("127.0.0.66"), TestServer::start_on("127.0.0.67"));
+        let from_env = format!("http://127.0.0.66:{}", proxy.addr.port());
+        for opt_in in ["false", "true"] {
+            let dir = tempfile::tempdir().unwrap();
+            let url = target.url(&format!("/ok/{opt_in}"));
+            let env = [
+                ("HTTP_PROXY", from_env.as_str()),
+                ("http_proxy", from_env.as_str()),
+                ("TRAWLER_FETCH__PROXY_FROM_ENV", opt_in),
+                ("TRAWLER_ROBOTS__OBEY", "false"),
+            ];
+            let (db, _) = engine.crawl_to_end_with_env(dir.path(), std::slice::from_ref(&url), &[], &env);
+            assert_eq!(result_in(&db, &url).await.http_status, Some(200));
+        }
+        let paths = |server: &TestServer| server.hits().iter().map(|h| h.path.clone()).collect::<Vec<_>>();
+        assert_eq!(paths(&target), ["/ok/false"], "direct unless proxy_from_env");
+        assert_eq!(paths(&proxy), ["/ok/true"], "the environment's proxy with proxy_from_env");
+    }
+}
