@@ -127,11 +127,12 @@ pub struct Fetched {
     pub out_of_descriptors: bool,
     /// The final response was `304 Not Modified` to the validators the
     /// attempt sent ([`Attempt::conditional`]): the URL's content is as it
-    /// was, and the record's body fields describe an empty body.
+    /// was, and the record has no content fields (type, size, hash).
     pub not_modified: bool,
     /// The final response was a 2xx of a type `fetch.accept_content_types`
-    /// leaves out: this says so, and its body was not read.
-    pub skipped: Option<String>,
+    /// leaves out: its body was not read, and the record's
+    /// `error_message` says which type it was.
+    pub skipped: bool,
 }
 
 impl Fetched {
@@ -152,7 +153,7 @@ impl Fetched {
             found: None,
             out_of_descriptors: false,
             not_modified: false,
-            skipped: None,
+            skipped: false,
         }
     }
 }
@@ -886,14 +887,27 @@ impl Attempt<'_> {
                 Some(ErrorKind::Timeout)
             }
         };
+        let not_modified = self.progress.not_modified && error.is_none();
+        if not_modified {
+            // No content came (the empty body read says nothing of it): the
+            // store keeps the URL's own.
+            (record.content_type, record.body_bytes, record.body_sha256) = (None, None, None);
+        }
+        let skipped = match self.progress.skipped.filter(|_| error.is_none()) {
+            Some(why) => {
+                record.error_message = Some(why);
+                true
+            }
+            None => false,
+        };
         Fetched {
             record,
             error,
             retry_after: self.progress.retry_after,
             found: self.progress.found,
             out_of_descriptors: self.progress.out_of_descriptors,
-            not_modified: self.progress.not_modified && error.is_none(),
-            skipped: self.progress.skipped.filter(|_| error.is_none()),
+            not_modified,
+            skipped,
         }
     }
 }

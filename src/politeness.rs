@@ -170,14 +170,12 @@ impl Politeness {
         self.lock().rules = rules;
     }
 
-    /// [`HostRules::recrawl_after`] under the rules in force.
-    pub fn recrawl_after(&self, host: &str) -> Option<Duration> {
-        self.lock().rules.recrawl_after(host)
-    }
-
-    /// `crawl.adaptive_recrawl`'s bounds under the rules in force, when on.
-    pub fn adaptive_recrawl(&self) -> Option<AdaptiveRecrawl> {
-        self.lock().rules.adaptive
+    /// When a finished URL of `host` is due again under the rules in
+    /// force: [`HostRules::recrawl_after`], and `crawl.adaptive_recrawl`'s
+    /// bounds when it is on. One look, once per finished fetch.
+    pub fn recrawl(&self, host: &str) -> (Option<Duration>, Option<AdaptiveRecrawl>) {
+        let rules = &self.lock().rules;
+        (rules.recrawl_after(host), rules.adaptive)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -666,8 +664,8 @@ mod tests {
         rules.overrides.get_mut("slow.example").unwrap().recrawl_after = Some(Duration::from_secs(60));
         p.set_rules(rules);
         assert_eq!(p.slots("a", t0), 5, "no delay any more");
-        assert_eq!(p.recrawl_after("slow.example"), Some(Duration::from_secs(60)));
-        assert_eq!(p.recrawl_after("a"), None);
+        assert_eq!(p.recrawl("slow.example").0, Some(Duration::from_secs(60)));
+        assert_eq!(p.recrawl("a"), (None, None));
     }
 
     #[tokio::test(start_paused = true)]

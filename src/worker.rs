@@ -325,7 +325,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         );
         match decision {
             Decision::Done if fetched.not_modified => Next::NotModified,
-            Decision::Done if fetched.skipped.is_some() => Next::Skipped,
+            Decision::Done if fetched.skipped => Next::Skipped,
             Decision::Done => Next::Done,
             Decision::Failed => Next::Failed,
             Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
@@ -351,13 +351,6 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         tracing::info!(host = %job.host, backoff_ms = backoff.as_millis() as u64, "host backs off");
     }
     let mut record = fetched.record;
-    if next == Next::NotModified {
-        // No content came: the store keeps the URL's own.
-        (record.content_type, record.body_bytes, record.body_sha256) = (None, None, None);
-    }
-    if next == Next::Skipped {
-        record.error_message = fetched.skipped;
-    }
     if fetched.error.is_none() && !next.is_done() && next != Next::Skipped {
         // A response arrived, but with a status worth retrying.
         record.error_kind = Some(ErrorKind::HttpStatus);
@@ -371,11 +364,9 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         outcome = next.outcome(),
         "fetched"
     );
-    let recrawl_after = match next {
-        Next::RetryAt(_) | Next::Requeue(_) => None,
-        Next::Done | Next::NotModified | Next::Skipped | Next::Failed => {
-            ctx.politeness.recrawl_after(&job.host)
-        }
+    let (recrawl_after, adaptive) = match next {
+        Next::RetryAt(_) | Next::Requeue(_) => (None, None),
+        Next::Done | Next::NotModified | Next::Skipped | Next::Failed => ctx.politeness.recrawl(&job.host),
     };
     let completion = Completion {
         url_id: job.url_id,
@@ -389,7 +380,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         dropped_links,
         recrawl_after,
         revisit: job.revisit,
-        adaptive: ctx.politeness.adaptive_recrawl(),
+        adaptive,
     };
     Attempted::Completed(completion)
 }
