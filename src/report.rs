@@ -102,7 +102,7 @@ async fn archive(store: &Backend, filter: &ExportFilter, out: impl Write) -> Res
     let mut archived = 0;
     while let Some(attempt) = attempts.next().await {
         let attempt = attempt?;
-        let body = match attempt.body_sha256.as_deref().filter(|_| attempt.outcome == "done") {
+        let body = match attempt.body_sha256.as_deref().filter(|_| warc.needs_body(&attempt)) {
             Some(sha256) => store.body(sha256).await?,
             None => None,
         };

@@ -79,8 +79,16 @@ impl<W: Write> WarcWriter<W> {
         Ok(Self { out, written: Written::default(), originals: HashMap::new() })
     }
 
+    /// Whether [`attempt`](Self::attempt) writes `attempt`'s body: a `done`
+    /// attempt whose content is not in the file yet. Otherwise it writes a
+    /// revisit or a metadata record, and reading the body would be wasted.
+    pub fn needs_body(&self, attempt: &ArchivedAttempt) -> bool {
+        attempt.outcome == "done"
+            && attempt.body_sha256.as_ref().is_some_and(|sha| !self.originals.contains_key(sha))
+    }
+
     /// Writes the records of one attempt; `body` is its decoded body, when
-    /// stored.
+    /// stored and [`needs_body`](Self::needs_body) says it is wanted.
     ///
     /// Errors: `out` cannot be written.
     pub fn attempt(&mut self, attempt: &ArchivedAttempt, body: Option<&[u8]>) -> std::io::Result<()> {
@@ -90,7 +98,8 @@ impl<W: Write> WarcWriter<W> {
         let payload_digest = attempt.body_sha256.as_deref().and_then(base32_digest);
         let original = attempt.body_sha256.as_deref().and_then(|sha| self.originals.get(sha));
         let not_modified = attempt.outcome == "not_modified";
-        if let Some(original) = original.filter(|_| not_modified || body.is_some()) {
+        // Content already in the file: a 304, or the same body again.
+        if let Some(original) = original {
             let profile = if not_modified { NOT_MODIFIED_PROFILE } else { IDENTICAL_PROFILE };
             let block = http_head(status, attempt, None);
             let mut headers = vec![
