@@ -276,16 +276,16 @@ pub struct HostOverride {
     /// sitemaps; not a redirect hop to another host). Plain values: a
     /// secret goes in `secret_headers`.
     pub headers: BTreeMap<String, String>,
-    /// Headers whose values are secrets, each a [`SecretRef`]:
+    /// Headers whose values are secrets, each a secret reference ([`read_secret`]):
     /// `"env:NAME"` or `"file:PATH"`, read at start.
     pub secret_headers: BTreeMap<String, String>,
     /// HTTP basic authentication (RFC 7617): the user, and the password as
-    /// a [`SecretRef`].
+    /// a secret reference ([`read_secret`]).
     pub basic_auth_user: Option<String>,
     pub basic_auth_password: Option<String>,
-    /// A bearer token (RFC 6750) as a [`SecretRef`].
+    /// A bearer token (RFC 6750) as a secret reference ([`read_secret`]).
     pub bearer_token: Option<String>,
-    /// A `Cookie` header value (`"a=1; b=2"`) as a [`SecretRef`].
+    /// A `Cookie` header value (`"a=1; b=2"`) as a secret reference ([`read_secret`]).
     pub cookies: Option<String>,
     /// The proxy this host's requests go through, instead of `fetch.proxy`
     /// (`http://`, `https://` or `socks5://`; no credentials in it).
@@ -299,37 +299,31 @@ pub struct HostOverride {
 /// recrawling. The request settings are the HTTP client's, built at start.
 pub const RELOADABLE_HOST_KEYS: [&str; 3] = ["delay", "concurrency", "recrawl_after"];
 
-/// Where a secret is read from, never the secret itself: `"env:NAME"` (an
-/// environment variable) or `"file:PATH"` (a file's contents, trailing line
-/// breaks removed). Config files hold only these references, so `trawler
-/// config` can print them.
-pub struct SecretRef;
-
-impl SecretRef {
-    /// Reads the secret `reference` names.
-    ///
-    /// Errors: not `env:` or `file:`, an unset or empty variable, an
-    /// unreadable or empty file; the message names the variable or file,
-    /// never a value.
-    pub fn read(reference: &str) -> Result<String, String> {
-        let value = if let Some(name) = reference.strip_prefix("env:") {
-            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
-        } else if let Some(path) = reference.strip_prefix("file:") {
-            std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?
-        } else {
-            return Err("secrets are \"env:NAME\" or \"file:PATH\", never written inline".to_owned());
-        };
-        let value = value.trim_end_matches(['\r', '\n']).to_owned();
-        if value.is_empty() {
-            return Err(format!("{reference} is empty"));
-        }
-        Ok(value)
+/// Reads the secret that `reference` names. A secret in the config is a
+/// reference, never the secret itself: `"env:NAME"` (an environment
+/// variable) or `"file:PATH"` (a file's contents, trailing line breaks
+/// removed), so `trawler config` can print every setting.
+///
+/// Errors: not `env:` or `file:`, an unset or empty variable, an unreadable
+/// or empty file; the message names the variable or file, never a value.
+pub fn read_secret(reference: &str) -> Result<String, String> {
+    let value = if let Some(name) = reference.strip_prefix("env:") {
+        std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
+    } else if let Some(path) = reference.strip_prefix("file:") {
+        std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?
+    } else {
+        return Err("secrets are \"env:NAME\" or \"file:PATH\", never written inline".to_owned());
+    };
+    let value = value.trim_end_matches(['\r', '\n']).to_owned();
+    if value.is_empty() {
+        return Err(format!("{reference} is empty"));
     }
+    Ok(value)
+}
 
-    /// Whether `reference` has a form [`SecretRef::read`] takes.
-    pub fn is_reference(reference: &str) -> bool {
-        reference.starts_with("env:") || reference.starts_with("file:")
-    }
+/// Whether `text` is a secret reference [`read_secret`] takes.
+pub fn is_secret_reference(text: &str) -> bool {
+    text.starts_with("env:") || text.starts_with("file:")
 }
 
 /// The worker pool and the global rate limit.
@@ -810,7 +804,7 @@ impl Config {
                 host.bearer_token.as_ref(),
                 host.cookies.as_ref(),
             ]);
-            if secrets.flatten().any(|s| !SecretRef::is_reference(s)) {
+            if secrets.flatten().any(|s| !is_secret_reference(s)) {
                 return invalid(
                     "hosts.<host>.secret_headers, basic_auth_password, bearer_token, cookies",
                     "secrets are \"env:NAME\" or \"file:PATH\", never written inline",

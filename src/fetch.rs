@@ -482,13 +482,13 @@ impl Fetcher {
             );
         }
         let insecure = if lax.is_empty() { None } else { Some((build(true)?, Arc::new(lax))) };
-        let host_headers = hosts
-            .iter()
-            .map(|(name, host)| Ok((name.clone(), host_request_headers(name, host)?)))
-            .filter(|h: &Result<(String, HeaderMap), ClientError>| {
-                h.as_ref().map_or(true, |(_, m)| !m.is_empty())
-            })
-            .collect::<Result<HashMap<_, _>, _>>()?;
+        let mut host_headers = HashMap::new();
+        for (name, host) in hosts {
+            let headers = host_request_headers(name, host)?;
+            if !headers.is_empty() {
+                host_headers.insert(name.clone(), headers);
+            }
+        }
         Ok(Self {
             client,
             host_headers: Arc::new(host_headers),
@@ -970,7 +970,7 @@ impl AcceptTypes {
 /// Errors: a secret that cannot be read, or a name or value that is no
 /// valid header; the message names the key, never the value.
 fn host_request_headers(name: &str, host: &crate::config::HostOverride) -> Result<HeaderMap, ClientError> {
-    use crate::config::SecretRef;
+    use crate::config::read_secret;
     use reqwest::header::{AUTHORIZATION, COOKIE, HeaderName};
     let fail =
         |key: &str, reason: String| ClientError::Secret { key: format!("hosts.\"{name}\".{key}"), reason };
@@ -980,7 +980,7 @@ fn host_request_headers(name: &str, host: &crate::config::HostOverride) -> Resul
     };
     // A secret read from `reference`, made a header value by `form`.
     let secret = |key: &str, reference: &str, form: &dyn Fn(String) -> String| {
-        let text = SecretRef::read(reference).map_err(|reason| fail(key, reason))?;
+        let text = read_secret(reference).map_err(|reason| fail(key, reason))?;
         let mut value = HeaderValue::from_str(&form(text))
             .map_err(|_| fail(key, "not a valid header value".to_owned()))?;
         value.set_sensitive(true);
@@ -1014,6 +1014,7 @@ fn host_request_headers(name: &str, host: &crate::config::HostOverride) -> Resul
 
 /// Where requests go through a proxy: `fetch.proxy` for every host not in
 /// `fetch.no_proxy`, and each `[hosts."..."] proxy` for its host.
+#[derive(Clone)]
 struct Proxies {
     default: Option<Url>,
     no_proxy: Vec<String>,
@@ -1063,11 +1064,7 @@ impl Proxies {
         if self.default.is_none() && self.per_host.is_empty() {
             return None;
         }
-        let proxies = Self {
-            default: self.default.clone(),
-            no_proxy: self.no_proxy.clone(),
-            per_host: self.per_host.clone(),
-        };
+        let proxies = self.clone();
         Some(reqwest::Proxy::custom(move |url| proxies.for_host(url.host_str()?)))
     }
 }
