@@ -259,4 +259,27 @@ mod tests {
         assert!(reloadable.is_empty(), "every reloadable key is applied: {reloadable:?}");
         assert_eq!(restart_only, ["crawl.concurrency"]);
     }
+
+    #[test]
+    fn a_hosts_politeness_reloads_and_its_request_settings_wait_for_a_restart() {
+        let mut running = Config::default();
+        let host = HostOverride { bearer_token: Some("env:OLD".into()), ..Default::default() };
+        running.hosts.insert("a.example".into(), host);
+        let mut new = running.clone();
+        let changed = new.hosts.get_mut("a.example").unwrap();
+        changed.delay = Some(Duration::from_secs(2));
+        changed.bearer_token = Some("env:NEW".into());
+        changed.headers.insert("delay".into(), "a header named like a key".into());
+        let (reloadable, restart_only) = changed_keys(&running, &new);
+        assert_eq!(reloadable, ["hosts.\"a.example\".delay"]);
+        assert_eq!(restart_only, ["hosts.\"a.example\".bearer_token", "hosts.\"a.example\".headers.delay"]);
+        // The client keeps what it was built with, and the config says so.
+        let next = with_reloadable(&running, &new);
+        let kept = &next.hosts["a.example"];
+        assert_eq!(
+            (kept.delay, kept.bearer_token.as_deref()),
+            (Some(Duration::from_secs(2)), Some("env:OLD"))
+        );
+        assert!(kept.headers.is_empty());
+    }
 }
