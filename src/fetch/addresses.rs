@@ -1,0 +1,185 @@
+//! Where requests may go: the address policy (`fetch.deny_ips`,
+//! `fetch.allow_ips`), `fetch.resolve` overrides, and the resolver every
+//! connection asks, which answers only with the addresses the policy permits
+//! (no DNS rebinding between a check and the connect).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::config::FetchConfig;
+
+/// Which addresses requests may go to: those not in `fetch.deny_ips`, and
+/// those in `fetch.allow_ips`. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+/// is judged as the IPv4 address it carries too, so writing an address
+/// another way cannot get around a rule.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AddressPolicy {
+    deny: Vec<IpNet>,
+    allow: Vec<IpNet>,
+}
+
+impl AddressPolicy {
+    pub fn new(config: &FetchConfig) -> Self {
+        Self { deny: config.deny_ips.clone(), allow: config.allow_ips.clone() }
+    }
+
+    /// Whether a connection to `ip` may be made.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        let forms = [ip, ip.to_canonical()];
+        let listed = |nets: &[IpNet]| forms.iter().any(|ip| nets.iter().any(|net| net.contains(ip)));
+        !listed(&self.deny) || listed(&self.allow)
+    }
+}
+
+/// The error a refused address fails with, found in reqwest's error chain by
+/// [`classify`].
+#[derive(Debug, thiserror::Error)]
+#[error("address {ip} of {host} is refused by fetch.deny_ips")]
+pub(super) struct BlockedAddress {
+    pub(super) host: String,
+    pub(super) ip: IpAddr,
+}
+
+/// `fetch.resolve`: host names answered without DNS, exact names first,
+/// then `*.` domains, longest first.
+#[derive(Debug, Default)]
+pub(super) struct Overrides {
+    pub(super) names: HashMap<String, Vec<IpAddr>>,
+    /// (`".example.test"`, addresses), longest suffix first.
+    pub(super) domains: Vec<(String, Vec<IpAddr>)>,
+}
+
+impl Overrides {
+    pub(super) fn new(config: &BTreeMap<String, Vec<IpAddr>>) -> Self {
+        let mut overrides = Self::default();
+        for (name, addresses) in config {
+            match name.strip_prefix('*') {
+                Some(suffix) => overrides.domains.push((suffix.to_owned(), addresses.clone())),
+                None => {
+                    overrides.names.insert(name.clone(), addresses.clone());
+                }
+            }
+        }
+        overrides.domains.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        overrides
+    }
+
+    /// The addresses `host` (lower case, as `url` gives it) is answered
+    /// with, if it is overridden.
+    pub(super) fn lookup(&self, host: &str) -> Option<&[IpAddr]> {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        self.names.get(host).map(Vec::as_slice).or_else(|| {
+            self.domains
+                .iter()
+                .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                .map(|(_, addresses)| addresses.as_slice())
+        })
+    }
+}
+
+/// Where names not in `fetch.resolve` are looked up.
+pub(super) enum Lookup {
+    /// hickory-dns's async resolver, configured from `/etc/resolv.conf` and
+    /// answering from `/etc/hosts` first; it caches answers for their TTL
+    /// (at most 8,192 of them; hickory-resolver's `ResolverOpts` defaults).
+    Hickory(Box<hickory_resolver::TokioResolver>),
+    /// getaddrinfo(3) on tokio's blocking pool, uncached (reqwest's default),
+    /// where the system's resolver configuration cannot be read.
+    System,
+}
+
+impl Lookup {
+    pub(super) fn new() -> Self {
+        let built = hickory_resolver::TokioResolver::builder_tokio().and_then(|builder| builder.build());
+        match built {
+            Ok(resolver) => Self::Hickory(Box::new(resolver)),
+            Err(e) => {
+                tracing::warn!(
+                    "DNS: the system's resolver configuration is unusable ({e}); using getaddrinfo"
+                );
+                Self::System
+            }
+        }
+    }
+
+    pub(super) async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, BoxError> {
+        match self {
+            Self::Hickory(resolver) => Ok(resolver.lookup_ip(host).await?.iter().collect()),
+            Self::System => Ok(tokio::net::lookup_host((host, 0)).await?.map(|a| a.ip()).collect()),
+        }
+    }
+}
+
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Name resolution for every request: `fetch.resolve`, else DNS
+/// ([`Lookup`]), less the addresses the policy refuses, so that the check
+/// is on the very addresses connected to (no DNS rebinding between a check
+/// and the connect). A name with only refused addresses fails with
+/// [`BlockedAddress`]. The attempt resolves a request's name itself first,
+/// to time it (`attempts.dns_ms`); the connect, if one is needed, then
+/// asks again and is answered from the cache.
+pub(super) struct Resolver {
+    pub(super) policy: Arc<AddressPolicy>,
+    pub(super) overrides: Overrides,
+    /// Built on first use, inside the runtime hickory's sockets need.
+    pub(super) lookup: std::sync::OnceLock<Lookup>,
+    /// Names answered without `policy`: the configured proxies'.
+    pub(super) exempt: std::collections::HashSet<String>,
+}
+
+impl Resolver {
+    pub(super) async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, BoxError> {
+        let resolved = match self.overrides.lookup(host) {
+            Some(addresses) => addresses.to_vec(),
+            None => self.lookup.get_or_init(Lookup::new).ips(host).await?,
+        };
+        if self.exempt.contains(host) {
+            return Ok(resolved);
+        }
+        let permitted: Vec<IpAddr> = resolved.iter().copied().filter(|ip| self.policy.permits(*ip)).collect();
+        match (permitted.is_empty(), resolved.first()) {
+            (true, Some(refused)) => Err(Box::new(BlockedAddress { host: host.to_owned(), ip: *refused })),
+            _ => Ok(permitted),
+        }
+    }
+}
+
+/// [`Resolver`] as reqwest's resolver.
+pub(super) struct CheckedResolver(pub(super) Arc<Resolver>);
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let resolver = self.0.clone();
+        Box::pin(async move {
+            let ips = resolver.resolve(name.as_str()).await?;
+            Ok(Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0))) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn resolve_overrides_match_names_then_the_longest_domain() {
+        let ip = |s: &str| vec![s.parse::<IpAddr>().unwrap()];
+        let config = BTreeMap::from([
+            ("*.example.test".to_owned(), ip("127.0.0.2")),
+            ("*.deep.example.test".to_owned(), ip("127.0.0.3")),
+            ("www.deep.example.test".to_owned(), ip("::1")),
+        ]);
+        let overrides = Overrides::new(&config);
+        let found = |host| overrides.lookup(host).map(|a| a[0].to_string());
+        assert_eq!(found("a.example.test").as_deref(), Some("127.0.0.2"));
+        assert_eq!(found("a.deep.example.test").as_deref(), Some("127.0.0.3"));
+        assert_eq!(found("www.deep.example.test.").as_deref(), Some("::1"));
+        // The domain itself is not under `*.`, nor is a name that only ends alike.
+        assert_eq!(found("example.test"), None);
+        assert_eq!(found("badexample.test"), None);
+    }
+}
