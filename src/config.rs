@@ -35,7 +35,7 @@ pub enum ConfigError {
     Load(#[from] Box<figment::Error>),
     /// A value parsed but is not allowed.
     #[error("invalid setting `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid { key: String, reason: String },
 }
 
 /// The whole effective configuration.
@@ -324,6 +324,156 @@ pub fn read_secret(reference: &str) -> Result<String, String> {
 /// Whether `text` is a secret reference [`read_secret`] takes.
 pub fn is_secret_reference(text: &str) -> bool {
     text.starts_with("env:") || text.starts_with("file:")
+}
+
+/// What a `[hosts."KEY"]` key names (see `gate/credentials.rs` for where
+/// each sends what).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKey {
+    /// A host as URLs carry it: lower case, IDNA, an IPv4 address in dotted
+    /// form (`2130706433` is `127.0.0.1`), an IPv6 one in brackets. Its
+    /// limits and plain headers apply to every scheme and port of it; its
+    /// secrets go to `https://` on port 443 only.
+    Host(String),
+    /// One origin, `scheme://host[:port]` as the `url` crate serializes it
+    /// (RFC 6454; a default port left out): its headers and secrets go there
+    /// only.
+    Origin(String),
+}
+
+impl HostKey {
+    /// Reads a key, normalized the way URLs are (the `url` crate's WHATWG
+    /// host parsing).
+    ///
+    /// Errors: why the key can never match a request: not a host, a port
+    /// without a scheme, a path, credentials, another scheme than http(s).
+    pub fn parse(key: &str) -> Result<Self, String> {
+        if key.contains("://") {
+            let url = url::Url::parse(key)
+                .map_err(|e| format!("not an origin such as \"https://example.org:8443\": {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err("an origin is http:// or https://".to_owned());
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(
+                    "no credentials in a key: they are secrets (basic_auth_user, basic_auth_password)"
+                        .to_owned(),
+                );
+            }
+            if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+                return Err("an origin has no path, query or fragment".to_owned());
+            }
+            return Ok(Self::Origin(url.origin().ascii_serialization()));
+        }
+        if let Ok(ip) = key.parse::<std::net::Ipv6Addr>() {
+            return Ok(Self::Host(format!("[{ip}]")));
+        }
+        let url = url::Url::parse(&format!("http://{key}/"))
+            .map_err(|e| format!("not a host name or address: {e}"))?;
+        let bracketed = key.starts_with('[') && key.ends_with(']');
+        if url.port().is_some() || (key.contains(':') && !bracketed) {
+            return Err(format!(
+                "a port needs a scheme: name the origin, as \"https://{key}\" or \"http://{key}\""
+            ));
+        }
+        if !url.username().is_empty()
+            || url.path() != "/"
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err("not a host name or address".to_owned());
+        }
+        Ok(Self::Host(url.host_str().unwrap_or_default().to_owned()))
+    }
+
+    /// The key as written once normalized.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Host(text) | Self::Origin(text) => text,
+        }
+    }
+}
+
+/// `hosts` with every key normalized ([`HostKey::parse`]), so that
+/// `[hosts."Example.ORG"]` is the `example.org` that URLs carry.
+///
+/// Errors: a key that names no host or origin, or two keys that name the
+/// same one; both name the keys as written.
+pub fn normalize_host_keys(
+    hosts: BTreeMap<String, HostOverride>,
+) -> Result<BTreeMap<String, HostOverride>, ConfigError> {
+    let mut normalized = BTreeMap::new();
+    let mut written: BTreeMap<String, String> = BTreeMap::new();
+    for (key, host) in hosts {
+        let invalid = |reason: String| ConfigError::Invalid { key: format!("hosts.\"{key}\""), reason };
+        let parsed = HostKey::parse(&key).map_err(invalid)?;
+        let name = parsed.as_str().to_owned();
+        if let Some(other) = written.get(&name) {
+            return Err(invalid(format!(
+                "names the same host as hosts.\"{other}\" ({name}: keys are compared as URLs are)"
+            )));
+        }
+        written.insert(name.clone(), key.clone());
+        normalized.insert(name, host);
+    }
+    Ok(normalized)
+}
+
+/// Checks one `[hosts."key"]` entry: a normalized key (a config built in
+/// code skips [`normalize_host_keys`]), only what an origin may set under
+/// an origin key, secrets as references, and one well-formed credential.
+///
+/// Errors: [`ConfigError::Invalid`] naming `hosts."key".field`.
+fn validate_host(key: &str, host: &HostOverride) -> Result<(), ConfigError> {
+    let invalid = |field: &str, reason: &str| {
+        Err(ConfigError::Invalid { key: format!("hosts.\"{key}\"{field}"), reason: reason.to_owned() })
+    };
+    match HostKey::parse(key) {
+        Err(why) => return invalid("", &why),
+        Ok(parsed) if parsed.as_str() != key => {
+            return invalid("", &format!("write it as \"{}\", as URLs carry it", parsed.as_str()));
+        }
+        Ok(HostKey::Origin(_)) => {
+            let per_host = [
+                ("delay", host.delay.is_some()),
+                ("concurrency", host.concurrency.is_some()),
+                ("recrawl_after", host.recrawl_after.is_some()),
+                ("proxy", host.proxy.is_some()),
+                ("accept_invalid_certs", host.accept_invalid_certs),
+            ];
+            if let Some((field, _)) = per_host.iter().find(|(_, set)| *set) {
+                return invalid(
+                    &format!(".{field}"),
+                    "politeness, recrawling, proxies and certificates are a host's: set them under its name",
+                );
+            }
+        }
+        Ok(HostKey::Host(_)) => {}
+    }
+    let secrets = host.secret_headers.values().map(Some).chain([
+        host.basic_auth_password.as_ref(),
+        host.bearer_token.as_ref(),
+        host.cookies.as_ref(),
+    ]);
+    if secrets.flatten().any(|s| !is_secret_reference(s)) {
+        return invalid(
+            "",
+            "secret_headers, basic_auth_password, bearer_token and cookies are \"env:NAME\" or \"file:PATH\", never written inline",
+        );
+    }
+    if host.basic_auth_user.is_some() && host.bearer_token.is_some() {
+        return invalid(".bearer_token", "one Authorization: basic_auth_user or bearer_token");
+    }
+    if host.basic_auth_user.is_some() != host.basic_auth_password.is_some() {
+        return invalid(".basic_auth_user", "needs basic_auth_password, and the other way round");
+    }
+    if host.basic_auth_user.as_deref().is_some_and(|u| u.contains(':') || u.chars().any(char::is_control)) {
+        return invalid(
+            ".basic_auth_user",
+            "a user name holds no ':' and no control character (RFC 7617 §2)",
+        );
+    }
+    Ok(())
 }
 
 /// The worker pool and the global rate limit.
@@ -745,7 +895,7 @@ impl Config {
         if let Some(file) = file {
             if !file.is_file() {
                 return Err(ConfigError::Invalid {
-                    key: "--config",
+                    key: "--config".to_owned(),
                     reason: format!("{} is not a readable file", file.display()),
                 });
             }
@@ -758,6 +908,7 @@ impl Config {
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)?;
+        let config = Config { hosts: normalize_host_keys(config.hosts)?, ..config };
         config.validate()?;
         Ok(config)
     }
@@ -767,7 +918,9 @@ impl Config {
     /// already refused by serde with the key named). Errors:
     /// [`ConfigError::Invalid`] naming the first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_owned() });
+        let invalid = |key: &str, reason: &str| {
+            Err(ConfigError::Invalid { key: key.to_owned(), reason: reason.to_owned() })
+        };
         if self.crawl.concurrency.get() > 10_000 {
             return invalid("crawl.concurrency", "must be at most 10000");
         }
@@ -798,30 +951,8 @@ impl Config {
                 &format!("{bad:?} is not a media type such as \"text/html\" or \"text/*\""),
             );
         }
-        for host in self.hosts.values() {
-            let secrets = host.secret_headers.values().map(Some).chain([
-                host.basic_auth_password.as_ref(),
-                host.bearer_token.as_ref(),
-                host.cookies.as_ref(),
-            ]);
-            if secrets.flatten().any(|s| !is_secret_reference(s)) {
-                return invalid(
-                    "hosts.<host>.secret_headers, basic_auth_password, bearer_token, cookies",
-                    "secrets are \"env:NAME\" or \"file:PATH\", never written inline",
-                );
-            }
-            if host.basic_auth_user.is_some() && host.bearer_token.is_some() {
-                return invalid(
-                    "hosts.<host>.bearer_token",
-                    "one Authorization: basic_auth_user or bearer_token",
-                );
-            }
-            if host.basic_auth_user.is_some() != host.basic_auth_password.is_some() {
-                return invalid(
-                    "hosts.<host>.basic_auth_user",
-                    "needs basic_auth_password, and the other way round",
-                );
-            }
+        for (key, host) in &self.hosts {
+            validate_host(key, host)?;
         }
         let proxies = self.hosts.values().filter_map(|h| h.proxy.as_ref()).chain(self.fetch.proxy.as_ref());
         for proxy in proxies {

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::fetch::{Fetcher, Pool};
 use crate::frontier::{Producer, ProducerError};
+use crate::gate::{Credentials, Gate, Leasing, RateLimit};
 use crate::links::Discovery;
 use crate::politeness::{HostRules, Politeness};
 use crate::reload::{Live, Reloader};
@@ -41,7 +42,7 @@ use crate::stats::{CrawlStats, Summary};
 use crate::store::{Backend, LockWaits, PageLimits, StateCounts, Store, StoreError};
 use crate::systemd::{Heartbeat, Notifier};
 use crate::tasks::Tasks;
-use crate::worker::{Leasing, RateLimit, WorkerContext};
+use crate::worker::WorkerContext;
 use crate::{progress, worker, writer};
 
 /// Completions buffered between workers and the writer.
@@ -256,7 +257,17 @@ async fn start(
     let (sitemap_queue, sitemap_rx) = SitemapQueue::new();
     config.discovery.sitemaps.iter().for_each(|s| sitemap_queue.submit(s.clone(), Origin::User));
     config.discovery.feeds.iter().for_each(|f| sitemap_queue.submit_feed(f.clone()));
-    let robots = robots(config, store, &fetcher, &politeness, &sitemap_queue);
+    let robots = robots(config, store, &politeness, &sitemap_queue);
+    let gate = Arc::new(Gate {
+        politeness: politeness.clone(),
+        rate: RateLimit::new(config.crawl.rate),
+        robots,
+        robots_fetcher: Robots::fetcher(&fetcher),
+        scope: Discovery::new(config.discovery.clone()),
+        following: config.discovery.follow,
+        leasing: Leasing::of(store),
+        credentials: Credentials::from_config(&config.hosts)?,
+    });
     let service = match mode {
         Mode::Batch => None,
         Mode::Service(reloader) => Some(Service::bind(config, store, tasks, reloader).await?),
@@ -295,13 +306,11 @@ async fn start(
         let task = SitemapTask {
             store: store.clone(),
             queue: sitemap_queue.clone(),
-            politeness: politeness.clone(),
-            robots: robots.clone(),
+            gate: gate.clone(),
             discovery: Discovery::new(config.discovery.clone()),
             stats: stats.clone(),
             wake: wake.clone(),
             done: sitemaps_done.clone(),
-            leasing: Leasing::of(store),
         };
         let fetcher = fetcher.sibling(config.fetch.max_redirects, MAX_SITEMAP_BYTES, true);
         tasks.spawn("sitemaps", async move { task.run(fetcher, sitemap_rx).await })
@@ -309,17 +318,14 @@ async fn start(
     let ctx = Arc::new(WorkerContext {
         fetcher,
         retry: config.retry.clone(),
-        rate: RateLimit::new(config.crawl.rate),
-        robots,
+        gate,
         discovery,
-        politeness: politeness.clone(),
         wake: wake.clone(),
         stop: stop.clone(),
         abort: abort.clone(),
         bodies: config.store.save_body.then(|| store.clone()),
         working: stats.working.clone(),
         parked: job_tx.downgrade(),
-        leasing: Leasing::of(store),
     });
     let workers = (0..concurrency)
         .map(|_| tasks.spawn("worker", worker::run(ctx.clone(), job_rx.clone(), result_tx.clone())))
@@ -737,7 +743,6 @@ pub async fn enqueue(
 fn robots(
     config: &Config,
     store: &Arc<Backend>,
-    pages: &Fetcher,
     politeness: &Arc<Politeness>,
     sitemaps: &SitemapQueue,
 ) -> Option<Arc<Robots>> {
@@ -748,7 +753,7 @@ fn robots(
         return None;
     }
     let sitemaps = config.discovery.follow.then(|| sitemaps.clone());
-    let robots = Robots::new(config.robots.clone(), pages, politeness.clone(), sitemaps);
+    let robots = Robots::new(config.robots.clone(), politeness.clone(), sitemaps);
     // Daemons sharing a database share robots.txt too (PostgreSQL).
     let robots = match store.host_leases() {
         Some(_) => robots.sharing(store.clone()),

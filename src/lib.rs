@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! seeds (file/stdin) ─▶ frontier (SQLite: urls) ─▶ producer ─▶ bounded async_channel<Job> ─▶ N workers
-//! worker: host turn + rate limit ─▶ fetch (reqwest) ─▶ retry decision ─▶ writer task ─▶ SQLite (attempts, urls)
+//! worker: gate (scope, lease, robots.txt, turn, rate limit, credentials) ─▶ fetch (reqwest) ─▶ retry decision ─▶ writer task ─▶ SQLite (attempts, urls)
 //! signals ─▶ cancellation tokens ─▶ producer stops, workers drain, writer flushes, leftovers requeued
 //! ```
 //!
@@ -27,8 +27,9 @@
 //! | [`links`] | link extraction (lol_html), normalization, scope and trap guards |
 //! | [`sitemaps`] | sitemap and sitemap-index seeds (quick-xml) |
 //! | [`robots`] | robots.txt (RFC 9309): fetch, cache, verdicts, Crawl-delay |
-//! | [`worker`] | rate limit, fetch, decide, hand to the writer |
-//! | [`fetch`] | one HTTP attempt; the only module that knows reqwest |
+//! | [`gate`] | the one gate every request passes: scope, lease, robots.txt, politeness, rate limit, credentials by origin |
+//! | [`worker`] | a job through the gate, the retry decision, hand to the writer |
+//! | [`fetch`] | one HTTP attempt; the only module that knows reqwest (address policy, proxies, redirects, bodies) |
 //! | [`retry`] | the pure retry/backoff decision |
 //! | [`writer`] | batching completions into transactions |
 //! | [`store`] | the frontier interface with lease semantics; [`store::Backend`] is what callers hold, one variant per database engine ([`store::sqlite`], [`store::postgres`]) |
@@ -46,6 +47,7 @@ pub mod crawl;
 pub mod descriptors;
 pub mod fetch;
 pub mod frontier;
+pub mod gate;
 pub mod links;
 pub mod listen;
 pub mod politeness;

@@ -89,6 +89,14 @@ impl Reloader {
     }
 
     async fn apply(&self, live: &mut Live, new: Config) {
+        // Secrets were read at start and stay; one that cannot be read now
+        // would stop the next start, which the operator should hear of now.
+        for (key, why) in crate::gate::unreadable_secrets(&new.hosts) {
+            tracing::warn!(
+                key = %key,
+                "SIGHUP: {key}: {why}: the running value stays in force, but the next start will fail"
+            );
+        }
         let (reloadable, restart_only) = changed_keys(&live.config, &new);
         for key in &restart_only {
             tracing::warn!(key = %key, "SIGHUP: `{key}` changed; it takes effect after a restart");
@@ -97,12 +105,12 @@ impl Reloader {
         let old = std::mem::replace(&mut live.config, next);
         let config = &live.config;
         if config.crawl.rate != old.crawl.rate {
-            live.ctx.rate.set(config.crawl.rate);
+            live.ctx.gate.rate.set(config.crawl.rate);
         }
         let (rules, old_rules) = (HostRules::from_config(config), HostRules::from_config(&old));
         if rules != old_rules {
             let policy = rules.recrawl_policy();
-            live.ctx.politeness.set_rules(rules);
+            live.ctx.gate.politeness.set_rules(rules);
             if policy != old_rules.recrawl_policy() {
                 match live.store.schedule_recrawls(&policy).await {
                     Ok(n) => tracing::info!(urls = n, "SIGHUP: recrawl times rescheduled"),

@@ -2,7 +2,8 @@
 //!
 //! One robots.txt per origin (scheme, host, port; RFC 9309 §2.3), fetched
 //! the first time a URL of that origin is about to be fetched, through the
-//! host's politeness turn like any other request, and cached for
+//! crawl's gate (`gate.rs`: the host's turn, address policy, credentials of
+//! the origin) like any other request, and cached for
 //! `robots.cache_ttl`. Concurrent workers wait for the one fetch in progress
 //! instead of fetching it again. How the fetch ends decides the rules
 //! (RFC 9309 §2.3.1):
@@ -47,6 +48,14 @@ pub const MAX_ROBOTS_BYTES: NonZeroU64 = NonZeroU64::new(512 * 1024).unwrap();
 /// Redirects followed for robots.txt (RFC 9309 §2.3.1.2: at least five).
 const MAX_ROBOTS_REDIRECTS: u32 = 5;
 
+/// How robots.txt is requested: given the robots.txt URL and the host of
+/// the request it is fetched for, returns what was fetched. The crawl's gate
+/// (`gate.rs`) passes its own walk, so robots.txt passes the gate too.
+pub type FetchRobotsTxt<'a> = dyn Fn(String, String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Fetched> + Send + 'a>>
+    + Send
+    + Sync
+    + 'a;
+
 /// What robots.txt says about one URL.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -56,7 +65,16 @@ pub enum Verdict {
     Disallowed { robots_url: String },
     /// Do not fetch it now: robots.txt is unreachable; try again after
     /// `retry_in`. `cause` is the fetch error when there was no response.
-    Unreachable { robots_url: String, retry_in: Duration, cause: Option<(ErrorKind, String)> },
+    Unreachable { robots_url: String, retry_in: Duration, cause: Option<NoResponse> },
+}
+
+/// Why robots.txt got no response at all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoResponse {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// How long its request took (waiting for its turn not counted).
+    pub took: Duration,
 }
 
 /// Why robots.txt rules a request out now: the error that ends the attempt.
@@ -66,6 +84,9 @@ pub struct Refusal {
     pub message: String,
     /// When to try again, for a robots.txt that answered 5xx.
     pub retry_after: Option<Duration>,
+    /// Time the attempt spent on requests of its own: the robots.txt
+    /// request that got no response, which fails the attempt with it.
+    pub took: Duration,
 }
 
 impl Verdict {
@@ -77,23 +98,28 @@ impl Verdict {
                 kind: ErrorKind::RobotsDisallowed,
                 message: format!("disallowed by {robots_url}"),
                 retry_after: None,
+                took: Duration::ZERO,
             }),
             // No response from the host at all: the attempt fails as the
             // fetch of robots.txt did, and is retried like one.
-            Verdict::Unreachable { robots_url, cause: Some((kind, message)), .. } => Some(Refusal {
-                kind,
-                message: format!(
-                    "robots.txt unreachable ({}: {message}): the page was not requested ({robots_url})",
-                    kind.as_str()
-                ),
-                retry_after: None,
-            }),
+            Verdict::Unreachable { robots_url, cause: Some(NoResponse { kind, message, took }), .. } => {
+                Some(Refusal {
+                    kind,
+                    message: format!(
+                        "robots.txt unreachable ({}: {message}): the page was not requested ({robots_url})",
+                        kind.as_str()
+                    ),
+                    retry_after: None,
+                    took,
+                })
+            }
             Verdict::Unreachable { robots_url, retry_in, cause: None } => Some(Refusal {
                 kind: ErrorKind::RobotsUnreachable,
                 message: format!(
                     "robots.txt answered 5xx, which disallows the host for now: the page was not requested ({robots_url})"
                 ),
                 retry_after: Some(retry_in),
+                took: Duration::ZERO,
             }),
         }
     }
@@ -110,7 +136,7 @@ struct Entry {
     crawl_delay: Option<Duration>,
     expires: Instant,
     /// Why robots.txt got no response, for `DisallowAll` entries.
-    cause: Option<(ErrorKind, String)>,
+    cause: Option<NoResponse>,
 }
 
 /// One origin's cached rules. Checks read `entry` (a plain read lock, held
@@ -129,7 +155,6 @@ pub struct Robots {
     config: RobotsConfig,
     /// Where `Sitemap:` lines go, when following links.
     sitemaps: Option<SitemapQueue>,
-    fetcher: Fetcher,
     politeness: Arc<Politeness>,
     /// Most recently checked last.
     origins: Mutex<lru::LruCache<String, Slot>>,
@@ -139,26 +164,24 @@ pub struct Robots {
 }
 
 impl Robots {
-    /// Builds the cache, fetching on the crawl's client (`pages`'s: same
-    /// user agent, timeouts, address policy and connection pool) with its
-    /// own limits: 5 redirects, 512 KiB.
-    pub fn new(
-        config: RobotsConfig,
-        pages: &Fetcher,
-        politeness: Arc<Politeness>,
-        sitemaps: Option<SitemapQueue>,
-    ) -> Self {
-        // A file over the cap is parsed as far as the cap (RFC 9309 §2.5),
-        // even when its Content-Length says how large it is.
-        let fetcher = pages.sibling(MAX_ROBOTS_REDIRECTS, MAX_ROBOTS_BYTES, true).keeping_prefix();
+    /// Builds the cache. `politeness` learns each host's `Crawl-delay`.
+    pub fn new(config: RobotsConfig, politeness: Arc<Politeness>, sitemaps: Option<SitemapQueue>) -> Self {
         Self {
             config,
-            fetcher,
             politeness,
             sitemaps,
             origins: Mutex::new(lru::LruCache::new(MAX_CACHED_ORIGINS)),
             shared: None,
         }
+    }
+
+    /// The fetcher robots.txt is requested with: the crawl's client
+    /// (`pages`'s: same user agent, timeouts, address policy and connection
+    /// pool) with robots.txt's own limits: 5 redirects, 512 KiB, a file over
+    /// the cap parsed as far as the cap (RFC 9309 §2.5) even when its
+    /// Content-Length says how large it is.
+    pub fn fetcher(pages: &Fetcher) -> Fetcher {
+        pages.sibling(MAX_ROBOTS_REDIRECTS, MAX_ROBOTS_BYTES, true).keeping_prefix()
     }
 
     /// Shares robots.txt through `store` with the other daemons crawling
@@ -175,9 +198,9 @@ impl Robots {
     }
 
     /// What robots.txt says about `url` (whose host is `host`), fetching the
-    /// origin's robots.txt first if it is not cached. Cancel safe: a fetch
-    /// abandoned halfway leaves the origin uncached.
-    pub async fn check(&self, url: &str, host: &str) -> Verdict {
+    /// origin's robots.txt with `fetch` first if it is not cached. Cancel
+    /// safe: a fetch abandoned halfway leaves the origin uncached.
+    pub async fn check(&self, url: &str, host: &str, fetch: &FetchRobotsTxt<'_>) -> Verdict {
         let Some(origin) = origin_of(url) else {
             return Verdict::Allowed { crawl_delay: None };
         };
@@ -189,7 +212,7 @@ impl Robots {
                 match cached(&slot) {
                     Some(entry) => entry,
                     None => {
-                        let entry = Arc::new(self.fetch(origin, host).await);
+                        let entry = Arc::new(self.fetch(origin, host, fetch).await);
                         *slot.entry.write().unwrap_or_else(|p| p.into_inner()) = Some(entry.clone());
                         entry
                     }
@@ -215,8 +238,8 @@ impl Robots {
     }
 
     /// The rules of `origin`'s robots.txt: another daemon's copy when one
-    /// is shared and unexpired, else fetched in `host`'s turn (and shared).
-    async fn fetch(&self, origin: &str, host: &str) -> Entry {
+    /// is shared and unexpired, else fetched with `fetch` (and shared).
+    async fn fetch(&self, origin: &str, host: &str, fetch: &FetchRobotsTxt<'_>) -> Entry {
         let robots_url = &format!("{origin}/robots.txt");
         if let Some(store) = &self.shared {
             match store.shared_robots_txt(origin).await {
@@ -235,12 +258,15 @@ impl Robots {
                 Err(e) => tracing::warn!(%robots_url, "cannot read the shared robots.txt ({e}): fetching it"),
             }
         }
-        self.politeness.wait_turn(host).await;
-        let fetched = self.fetcher.fetch(robots_url).await;
+        let fetched = fetch(robots_url.clone(), host.to_owned()).await;
         let now = Instant::now();
         let status = fetched.record.http_status;
         let cause = match (fetched.error, status) {
-            (Some(kind), None) => Some((kind, fetched.record.error_message.clone().unwrap_or_default())),
+            (Some(kind), None) => Some(NoResponse {
+                kind,
+                message: fetched.record.error_message.clone().unwrap_or_default(),
+                took: Duration::from_micros(fetched.record.elapsed_us),
+            }),
             _ => None,
         };
         let body = fetched.record.body.as_deref().unwrap_or_default();
@@ -349,13 +375,11 @@ mod tests {
     #[tokio::test]
     async fn a_full_cache_drops_the_least_recently_checked_origin() {
         let config = crate::config::Config::default();
-        let pages = Fetcher::new(&config.fetch, false, false, crate::fetch::Pool::for_politeness(1, [1], []))
-            .expect("client");
         let politeness = Arc::new(Politeness::new(
             crate::politeness::HostRules::from_config(&config),
             Duration::from_secs(30),
         ));
-        let robots = Robots::new(config.robots.clone(), &pages, politeness, None);
+        let robots = Robots::new(config.robots.clone(), politeness, None);
         let origin = |i: usize| format!("http://h{i}.test");
         let busy = robots.slot(&origin(0));
         for i in 1..MAX_CACHED_ORIGINS.get() {

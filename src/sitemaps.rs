@@ -22,10 +22,10 @@
 //! Listed URLs then pass the rules links pass (scope from A, or from the
 //! user's sitemap; allow/deny; trap guards) and are normalized as links are;
 //! the others are counted in the log. Every request for a sitemap, redirect
-//! hops included, is made as a worker makes one: checked against its host's
-//! robots.txt and `fetch.deny_ips`, in the host's turn and under its
-//! concurrency, and its answer updates the host's backoff. A redirect out of
-//! scope is not followed.
+//! hops included, passes the crawl's gate as a worker's does (`gate.rs`):
+//! scope of where it was named, its host's lease, robots.txt, the host's turn
+//! and concurrency, credentials of its origin, `fetch.deny_ips`; its answer
+//! updates the host's backoff. A redirect out of scope is not followed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroU64;
@@ -36,18 +36,15 @@ use quick_xml::Reader;
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::Event;
 use tokio::sync::{Notify, mpsc};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::fetch::{ErrorKind, Fetched, Fetcher, parse_http_url};
+use crate::fetch::{ErrorKind, Fetcher, parse_http_url};
+use crate::gate::{Errand, Gate, Interrupted, Stops};
 use crate::links::Discovery;
-use crate::politeness::{HostSignal, Politeness};
 use crate::redact::ForLog;
-use crate::robots::Robots;
 use crate::stats::CrawlStats;
 use crate::store::{DropReason, NewUrl, Store, StoreError};
-use crate::worker::{Leasing, host_signal};
 
 /// URLs read from one sitemap (sitemaps.org: "no more than 50,000 URLs").
 pub const MAX_URLS_PER_SITEMAP: usize = 50_000;
@@ -263,9 +260,9 @@ impl SitemapQueue {
 pub struct SitemapTask<S> {
     pub store: Arc<S>,
     pub queue: SitemapQueue,
-    pub politeness: Arc<Politeness>,
-    /// robots.txt rules for every request, unless `robots.obey` is off.
-    pub robots: Option<Arc<Robots>>,
+    /// What every request passes (scope of where the sitemap was named,
+    /// lease, robots.txt, its host's turn, credentials), as a worker's do.
+    pub gate: Arc<Gate>,
     /// The rules listed URLs pass (scope, allow/deny, trap guards), as
     /// links do, and sitemap files too (scope).
     pub discovery: Discovery,
@@ -274,24 +271,11 @@ pub struct SitemapTask<S> {
     pub wake: Arc<Notify>,
     /// Return (the crawl is stopping or over).
     pub done: CancellationToken,
-    /// Where hosts are leased (PostgreSQL): each request needs its host's
-    /// lease, as a worker's redirect hop does ([`Leasing::for_request`]).
-    pub leasing: Option<Leasing>,
 }
 
 /// How long a sitemap whose host another daemon holds waits before it is
 /// tried again.
 const DEFER_HELD: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// How a sitemap's fetch ended.
-enum Fetch {
-    /// Boxed: one per sitemap, and the other variants are small.
-    Fetched(Box<Fetched>),
-    /// A request's host is another daemon's: to be tried again later.
-    HostHeld(String),
-    /// The crawl stopped first.
-    Stopped,
-}
 
 impl<S: Store> SitemapTask<S> {
     /// Processes submitted sitemaps until `done`, fetching with `fetcher`
@@ -345,17 +329,19 @@ impl<S: Store> SitemapTask<S> {
             tracing::warn!(url = %ForLog(url), "sitemap URL is not an absolute http(s) URL");
             return Ok(None);
         };
-        if let Some(anchor) = queued.anchor().filter(|a| !self.discovery.in_scope(a, &sitemap_url)) {
-            tracing::warn!(url = %ForLog(url), named_by = %anchor, "sitemap out of the crawl's scope: not fetched");
-            return Ok(None);
-        }
-        let fetched = match self.fetch_in_turn(fetcher, &queued, &sitemap_url).await? {
-            Fetch::Fetched(fetched) => *fetched,
-            Fetch::Stopped => return Ok(None),
-            Fetch::HostHeld(host) => {
+        // Requests stay in scope of where the sitemap was named; the user's
+        // own sitemap goes anywhere, and its redirects too.
+        let errand = Errand::Sitemap { anchor: queued.anchor() };
+        let stops = Stops { waiting: &self.done, sending: &self.done };
+        let fetched = match self.gate.walk(fetcher.begin(url, false), &errand, stops).await {
+            Ok(walked) => walked.fetched,
+            Err(Interrupted::Stopped) => return Ok(None),
+            Err(Interrupted::HostHeld(host)) => {
                 tracing::debug!(url = %ForLog(url), %host, "sitemap's host is another daemon's: tried again later");
                 return Ok(Some(queued));
             }
+            Err(Interrupted::LeaseEnded) => return Ok(Some(queued)),
+            Err(Interrupted::Store(e)) => return Err(e),
         };
         let (Some(200..=299), None, Some(body)) =
             (fetched.record.http_status, fetched.error, fetched.record.body)
@@ -401,92 +387,6 @@ impl<S: Store> SitemapTask<S> {
             }
         }
         Ok(None)
-    }
-
-    /// Fetches a sitemap with each request (redirect hops included) in its
-    /// host's turn, as a worker fetches a page: robots.txt, the crawl's
-    /// scope (for hops), the host's concurrency and delay, and its answer
-    /// updating the host's backoff; where hosts are leased, under its host's
-    /// lease (taken if free), before its robots.txt too.
-    ///
-    /// Errors: a host's lease could not be taken (the database failed).
-    async fn fetch_in_turn(
-        &self,
-        fetcher: &Fetcher,
-        queued: &Queued,
-        sitemap_url: &Url,
-    ) -> Result<Fetch, StoreError> {
-        // Redirects stay in scope of where the sitemap was named, or of the
-        // user's sitemap itself.
-        let from = queued.anchor().unwrap_or(sitemap_url);
-        let mut attempt = fetcher.begin(&queued.url, false);
-        // The host of the last request sent, and its turn.
-        let mut last: Option<(String, Instant)> = None;
-        while let Some(url) = attempt.next_url() {
-            let url = url.clone();
-            let host = url.host_str().unwrap_or_default().to_owned();
-            if let Some((previous, turn)) = last.take() {
-                // Its answer was a redirect: the host is healthy.
-                self.politeness.finished(
-                    &previous,
-                    HostSignal::Healthy,
-                    turn,
-                    Instant::now(),
-                    rand::random(),
-                );
-                if !self.discovery.in_scope(from, &url) {
-                    attempt.refuse(
-                        ErrorKind::OutOfScope,
-                        format!("redirect to {url}, out of the crawl's scope"),
-                    );
-                    break;
-                }
-            }
-            if let Some(leasing) = &self.leasing
-                && !leasing.for_request(&self.politeness, &host).await?
-            {
-                return Ok(Fetch::HostHeld(host));
-            }
-            if let Some(robots) = &self.robots {
-                let verdict = tokio::select! {
-                    _ = self.done.cancelled() => return Ok(Fetch::Stopped),
-                    verdict = robots.check(url.as_str(), &host) => verdict,
-                };
-                if let Some(refusal) = verdict.refusal() {
-                    attempt.refuse(refusal.kind, refusal.message);
-                    break;
-                }
-            }
-            tokio::select! {
-                _ = self.done.cancelled() => return Ok(Fetch::Stopped),
-                _ = self.politeness.acquire(&host) => {}
-            }
-            let release = |host: &str, turn| {
-                self.politeness.finished(host, HostSignal::Neutral, turn, Instant::now(), 0.0);
-            };
-            let turn = tokio::select! {
-                _ = self.done.cancelled() => return { release(&host, Instant::now()); Ok(Fetch::Stopped) },
-                turn = self.politeness.wait_turn(&host) => turn,
-            };
-            if let Some(leasing) = &self.leasing
-                && !leasing.leases.may_start_any(&host)
-            {
-                // The lease was given up or lapsed meanwhile.
-                release(&host, turn);
-                return Ok(Fetch::HostHeld(host));
-            }
-            tokio::select! {
-                _ = self.done.cancelled() => return { release(&host, turn); Ok(Fetch::Stopped) },
-                _ = attempt.request() => {}
-            }
-            last = Some((host, turn));
-        }
-        let fetched = attempt.finish();
-        if let Some((host, turn)) = last {
-            let signal = host_signal(&fetched);
-            self.politeness.finished(&host, signal, turn, Instant::now(), rand::random());
-        }
-        Ok(Fetch::Fetched(Box::new(fetched)))
     }
 }
 

@@ -1,8 +1,8 @@
-//! A worker: receive a job, wait for its host's turn and the global rate
-//! limiter, fetch, decide, tell politeness how the host behaved, hand the
-//! completion to the writer. A fixed pool of these drains the job channel.
-//! Each redirect hop is a request of its own: robots.txt, turn, delay and
-//! concurrency of its host, and its answer updates that host.
+//! A worker: receive a job, make its requests through the crawl's gate
+//! (`gate.rs`: scope, lease, robots.txt, its host's turn and the global
+//! rate limit, credentials; each redirect hop a request of its own), decide,
+//! tell politeness how the host behaved, hand the completion to the writer.
+//! A fixed pool of these drains the job channel.
 //!
 //! Only waiting (for a job, a slot, a turn, the limiter) races the stop
 //! token: a request that started runs to its end (bounded by
@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -24,24 +23,22 @@ use url::Url;
 use crate::config::RetryConfig;
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
 use crate::frontier::{now_ms, wants_refill};
+use crate::gate::{Errand, Gate, Interrupted, Stops, Walked, host_signal};
 use crate::links::Discovery;
-use crate::politeness::{HostSignal, Politeness};
+use crate::politeness::HostSignal;
 use crate::redact::ForLog;
 use crate::retry::{Decision, decide};
-use crate::robots::{Refusal, Robots};
-use crate::store::{AttemptRecord, Backend, DropReason, HopLease, HostLeases, NewUrl, Store, StoreError};
+use crate::robots::Refusal;
+use crate::store::{AttemptRecord, Backend, DropReason, NewUrl, Store, StoreError};
 use crate::store::{Completion, Job, Next};
 
 /// What every worker shares.
 pub struct WorkerContext {
     pub fetcher: Fetcher,
     pub retry: RetryConfig,
-    /// The global request-rate limit (`crawl.rate`), replaceable by a reload.
-    pub rate: RateLimit,
-    /// Per-host limits, shared with the producer.
-    pub politeness: Arc<Politeness>,
-    /// robots.txt rules, unless `robots.obey` is off.
-    pub robots: Option<Arc<Robots>>,
+    /// What every request passes: scope, leases, robots.txt, politeness
+    /// (shared with the producer), the rate limit, credentials.
+    pub gate: Arc<Gate>,
     /// Link-following rules, when `discovery.follow` is on.
     pub discovery: Option<Discovery>,
     /// Wakes the producer when a fetch finishes (its host has a free slot).
@@ -57,45 +54,6 @@ pub struct WorkerContext {
     /// The job channel, for parked jobs to go back into at their turn
     /// (weak: the channel still closes when the producer ends).
     pub parked: async_channel::WeakSender<Job>,
-    /// Where hosts are leased (PostgreSQL): no request to a host starts past
-    /// its lease's deadline, and a redirect hop to another host leases that
-    /// host first. `None`: no leases to check (SQLite).
-    pub leasing: Option<Leasing>,
-}
-
-/// Where hosts are leased (PostgreSQL): the store that leases them and the
-/// leases this daemon holds (the store's own, [`Backend::host_leases`]),
-/// for workers and the sitemap task alike.
-#[derive(Clone)]
-pub struct Leasing {
-    pub store: Arc<Backend>,
-    pub leases: Arc<HostLeases>,
-}
-
-impl Leasing {
-    /// `store`'s leasing, if it leases hosts.
-    pub fn of(store: &Arc<Backend>) -> Option<Self> {
-        store.host_leases().map(|leases| Self { store: store.clone(), leases })
-    }
-
-    /// Takes (or keeps) `host`'s lease for a request no claim put under one
-    /// (a redirect hop to another host, a sitemap; [`Backend::lease_hop`]);
-    /// a lease new here tells politeness when the host's last request may
-    /// have started. Returns whether this daemon holds the host: `false`
-    /// when another daemon does.
-    ///
-    /// Errors: the database could not be asked.
-    pub async fn for_request(&self, politeness: &Politeness, host: &str) -> Result<bool, StoreError> {
-        match self.store.lease_hop(host).await? {
-            HopLease::Held { last_start } => {
-                if let Some(ago) = last_start {
-                    politeness.handed_over(host, ago);
-                }
-                Ok(true)
-            }
-            HopLease::HeldByAnother => Ok(false),
-        }
-    }
 }
 
 /// A job whose host's turn is further away than this is parked (see
@@ -139,48 +97,6 @@ impl Drop for Working<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// The global request-rate limit, `None` for none. A reload replaces it with
-/// [`RateLimit::set`]; a worker waiting on the old limiter stops waiting and
-/// asks the new one, so lowering a very slow rate takes effect at once.
-pub struct RateLimit(watch::Sender<Option<Arc<DefaultDirectRateLimiter>>>);
-
-impl RateLimit {
-    /// A limit of `rate` request starts per second, or none.
-    pub fn new(rate: Option<f64>) -> Self {
-        Self(watch::Sender::new(rate.map(|r| Arc::new(rate_limiter(r)))))
-    }
-
-    /// Replaces the limit (a fresh limiter: the new rate starts from a full
-    /// burst).
-    pub fn set(&self, rate: Option<f64>) {
-        self.0.send_replace(rate.map(|r| Arc::new(rate_limiter(r))));
-    }
-
-    /// Waits until a request may start under the limit in force. Cancel safe.
-    pub async fn until_ready(&self) {
-        let mut changes = self.0.subscribe();
-        loop {
-            let Some(limiter) = changes.borrow_and_update().clone() else { return };
-            tokio::select! {
-                _ = limiter.until_ready() => return,
-                _ = changes.changed() => {}
-            }
-        }
-    }
-}
-
-/// A `governor` limiter allowing `rate` request starts per second. The burst
-/// is 10 ms worth of requests (at least one), so a high rate is not throttled
-/// by timer granularity while a low one stays evenly spaced.
-pub fn rate_limiter(rate: f64) -> DefaultDirectRateLimiter {
-    let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
-    let burst = ((rate / 100.0).ceil() as u32).max(1);
-    let quota = Quota::with_period(period)
-        .expect("period is above zero")
-        .allow_burst(std::num::NonZeroU32::new(burst).expect("burst is at least one"));
-    RateLimiter::direct(quota)
 }
 
 /// Runs one worker until the channel closes, `stop` is cancelled between
@@ -273,41 +189,57 @@ enum Attempted {
 }
 
 /// One job from robots.txt to completion, or parked when its host's turn
-/// is not near.
+/// is not near. Every request passes the crawl's gate ([`Gate::walk`]).
 async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<Job>) -> Attempted {
-    let checked = (std::time::SystemTime::now(), Instant::now());
-    if ctx.leasing.as_ref().is_some_and(|l| !l.leases.may_start(&job.host, job.lease)) {
+    let gate = &ctx.gate;
+    if !gate.may_start(&job) {
         // Not even the host's robots.txt: the host may be another daemon's.
-        ctx.politeness.skip_start(&job.host);
+        gate.politeness.skip_start(&job.host);
         return lease_ended(ctx, job);
     }
-    let Ok(refusal) = robots_refusal(ctx, &job.url, &job.host).await else { return Attempted::Stopped };
+    let stops = Stops { waiting: &ctx.stop, sending: &ctx.abort };
+    // robots.txt first (fetched through the gate if it is not cached), so
+    // that a new host's page waits its turn after robots.txt's, parked.
+    let refusal = match Url::parse(&job.url) {
+        Ok(url) => tokio::select! {
+            biased;
+            _ = ctx.stop.cancelled() => return Attempted::Stopped,
+            refusal = gate.robots_refusal(&url, &job.host, stops) => refusal,
+        },
+        Err(_) => None,
+    };
     if refusal.is_none()
-        && let Some(turn) = ctx.politeness.next_turn(&job.host, Instant::now() + PARK_BEYOND)
+        && let Some(turn) = gate.politeness.next_turn(&job.host, Instant::now() + PARK_BEYOND)
     {
         return Attempted::Parked(job, turn);
     }
-    let mut handed_over = None;
-    let (fetched, signal, started) = match refusal {
-        None => match fetch_in_turn(ctx, &job).await {
-            Ok(InTurn { fetched, signal, started, redirect_handed_over }) => {
-                handed_over = redirect_handed_over;
-                (fetched, signal, started)
+    let (fetched, signal, started, handed_over) = match refusal {
+        None => {
+            let mut attempt = ctx.fetcher.begin(&job.url, follows_from(ctx, &job));
+            attempt.conditional(&job.revisit.validators);
+            match gate.walk(attempt, &Errand::Page(&job), stops).await {
+                Ok(Walked { fetched, own: (signal, started), handed_over }) => {
+                    (fetched, signal, started, handed_over)
+                }
+                Err(Interrupted::Stopped) => return Attempted::Stopped,
+                Err(Interrupted::LeaseEnded | Interrupted::HostHeld(_)) => return lease_ended(ctx, job),
+                Err(Interrupted::Store(e)) => {
+                    tracing::warn!("cannot lease a redirect's host: {e}; the URL goes back to the frontier");
+                    return lease_ended(ctx, job);
+                }
             }
-            Err(Interrupted::Stopped) => return Attempted::Stopped,
-            Err(Interrupted::LeaseEnded) => return lease_ended(ctx, job),
-        },
-        Some(Refusal { kind, message, retry_after }) => {
-            // No request made: the host's state is as it was now.
-            ctx.politeness.skip_start(&job.host);
+        }
+        Some(Refusal { kind, message, retry_after, took }) => {
+            // No request made: the host's state is as it was now. The
+            // attempt's time is that of the robots.txt request that failed
+            // it, if one did; waiting for turns is not an attempt's.
+            gate.politeness.skip_start(&job.host);
             let mut fetched = Fetched::without_request(kind, message, retry_after);
-            // The attempt's time went to robots.txt: fetching it (and
-            // failing, perhaps after seconds), or waiting for that fetch.
-            fetched.record.started_at = Some(checked.0);
-            fetched.record.elapsed_ms = checked.1.elapsed().as_millis() as u64;
-            fetched.record.elapsed_us = checked.1.elapsed().as_micros() as u64;
+            fetched.record.started_at = Some(std::time::SystemTime::now() - took);
+            fetched.record.elapsed_ms = took.as_millis() as u64;
+            fetched.record.elapsed_us = took.as_micros() as u64;
             let signal = host_signal(&fetched);
-            (fetched, signal, Instant::now())
+            (fetched, signal, Instant::now(), None)
         }
     };
     let next = if fetched.out_of_descriptors {
@@ -341,7 +273,8 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         let host = target.host_str().unwrap_or_default().to_owned();
         links.push(NewUrl { url: target.into(), host, depth: job.depth, found_on: Some(job.url_id) });
     }
-    let host_backoff = ctx.politeness.finished(&job.host, signal, started, Instant::now(), rand::random());
+    let host_backoff =
+        ctx.gate.politeness.finished(&job.host, signal, started, Instant::now(), rand::random());
     // Above the refill mark the producer has nothing to do, and waking it
     // on every fetch costs; a freed host slot only matters below it.
     if wants_refill(jobs.len(), jobs.capacity().unwrap_or(0)) {
@@ -366,7 +299,9 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
     );
     let (recrawl_after, adaptive) = match next {
         Next::RetryAt(_) | Next::Requeue(_) => (None, None),
-        Next::Done | Next::NotModified | Next::Skipped | Next::Failed => ctx.politeness.recrawl(&job.host),
+        Next::Done | Next::NotModified | Next::Skipped | Next::Failed => {
+            ctx.gate.politeness.recrawl(&job.host)
+        }
     };
     let completion = Completion {
         url_id: job.url_id,
@@ -391,7 +326,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
 /// is left to the host's new owner otherwise (the store fences it).
 fn lease_ended(ctx: &WorkerContext, job: Job) -> Attempted {
     tracing::debug!(url = %ForLog(&job.url), "the host's lease ended before the request: back to the frontier");
-    ctx.politeness.finished(&job.host, HostSignal::Neutral, Instant::now(), Instant::now(), 0.0);
+    ctx.gate.politeness.finished(&job.host, HostSignal::Neutral, Instant::now(), Instant::now(), 0.0);
     ctx.wake.notify_one();
     Attempted::Completed(Completion {
         url_id: job.url_id,
@@ -457,199 +392,4 @@ fn discover(discovery: &Discovery, job: &Job, fetched: &Fetched) -> (Vec<NewUrl>
 /// Whether links on this job's page could be followed (not at max depth).
 fn follows_from(ctx: &WorkerContext, job: &Job) -> bool {
     ctx.discovery.as_ref().is_some_and(|d| d.follows_from(job.depth))
-}
-
-/// The crawl was told to stop while waiting.
-struct Stopped;
-
-/// What [`fetch_in_turn`] fetched.
-struct InTurn {
-    fetched: Fetched,
-    /// What the answers say about the job's host.
-    signal: HostSignal,
-    /// When the job's host's last request started.
-    started: Instant,
-    /// The target of a redirect to a host another daemon holds: not
-    /// requested here, to be crawled as a URL of its own.
-    redirect_handed_over: Option<Url>,
-}
-
-/// Why a job's requests ended before it had an answer.
-enum Interrupted {
-    /// The crawl was told to stop before a request started, or aborted one.
-    Stopped,
-    /// The lease of the job's host ended, or reached its deadline, before a
-    /// request to it could start.
-    LeaseEnded,
-}
-
-/// What robots.txt says about a request for `url` on `host`: `None` when it
-/// may be made (or robots.txt is ignored). Fetches the host's robots.txt
-/// first if it is not cached.
-async fn robots_refusal(ctx: &WorkerContext, url: &str, host: &str) -> Result<Option<Refusal>, Stopped> {
-    let Some(robots) = &ctx.robots else { return Ok(None) };
-    let verdict = tokio::select! {
-        biased;
-        _ = ctx.stop.cancelled() => return Err(Stopped),
-        verdict = robots.check(url, host) => verdict,
-    };
-    Ok(verdict.refusal())
-}
-
-/// Fetches the job's URL, each request in its host's turn: the first
-/// request in the job's host's (whose slot the producer took), and every
-/// redirect hop as a request of its own to its host, checked against that
-/// host's robots.txt, waiting for its turn and delay, and, on another host,
-/// for a free slot under that host's concurrency, whose politeness state
-/// its answer then updates. Returns what was fetched, with what it says
-/// about the job's host and when the job's host's last request started.
-///
-/// Where hosts are leased (PostgreSQL), every request needs its host's
-/// lease: the job's, or, for a hop to another host, a lease taken for it
-/// ([`Backend::lease_hop`]). A hop to a host another daemon holds is not
-/// requested: the attempt ends at the redirect, whose target is handed over
-/// (as distributed crawlers such as Heritrix and StormCrawler queue every
-/// redirect target), so the other daemon's politeness stays whole.
-///
-/// Errors: stopped before a request started, or aborted during one; or a
-/// request was due after its host's lease's deadline, or the hop's host
-/// could not be leased.
-async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Result<InTurn, Interrupted> {
-    let mut attempt = ctx.fetcher.begin(&job.url, follows_from(ctx, job));
-    attempt.conditional(&job.revisit.validators);
-    // The job's host: what its last answer said, and when that request began.
-    let mut own = (HostSignal::Neutral, Instant::now());
-    // The host of the last request sent, and its turn.
-    let mut last: Option<(String, Instant)> = None;
-    let mut redirect_handed_over = None;
-    while let Some(url) = attempt.next_url() {
-        let url = url.clone();
-        let host = url.host_str().unwrap_or_default().to_owned();
-        let foreign = host != job.host;
-        if attempt.requests() > 0 {
-            if let Some((previous, turn)) = last.take() {
-                // Its answer was a redirect: the host is healthy.
-                own = settle(ctx, job, &previous, HostSignal::Healthy, turn, own);
-            }
-            if let Some(refusal) = hop_out_of_scope(ctx, job, &url) {
-                attempt.refuse(refusal.kind, refusal.message);
-                break;
-            }
-            // Its host's lease before any request to it, robots.txt's too.
-            if foreign && let Some(leasing) = &ctx.leasing {
-                match leasing.for_request(&ctx.politeness, &host).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        redirect_handed_over = attempt.hand_over();
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(%host, "cannot lease a redirect's host: {e}; the URL goes back to the frontier");
-                        return Err(Interrupted::LeaseEnded);
-                    }
-                }
-            }
-            let refusal =
-                robots_refusal(ctx, url.as_str(), &host).await.map_err(|Stopped| Interrupted::Stopped)?;
-            if let Some(refusal) = refusal {
-                let message = format!("redirect to {url}: {}", refusal.message);
-                attempt.refuse(refusal.kind, message);
-                break;
-            }
-        }
-        if foreign {
-            tokio::select! {
-                biased;
-                _ = ctx.stop.cancelled() => return Err(Interrupted::Stopped),
-                _ = ctx.politeness.acquire(&host) => {}
-            }
-        }
-        let release = |ctx: &WorkerContext| {
-            if foreign {
-                ctx.politeness.finished(&host, HostSignal::Neutral, Instant::now(), Instant::now(), 0.0);
-            }
-        };
-        // The rate limit first: the request must start right after its turn.
-        tokio::select! {
-            biased;
-            _ = ctx.stop.cancelled() => return { release(ctx); Err(Interrupted::Stopped) },
-            _ = ctx.rate.until_ready() => {}
-        }
-        let turn = tokio::select! {
-            biased;
-            _ = ctx.stop.cancelled() => return { release(ctx); Err(Interrupted::Stopped) },
-            turn = ctx.politeness.wait_turn(&host) => turn,
-        };
-        if let Some(Leasing { leases, .. }) = &ctx.leasing {
-            let held = if foreign { leases.may_start_any(&host) } else { leases.may_start(&host, job.lease) };
-            if !held {
-                release(ctx);
-                return Err(Interrupted::LeaseEnded);
-            }
-        }
-        tokio::select! {
-            biased;
-            _ = ctx.abort.cancelled() => return { release(ctx); Err(Interrupted::Stopped) },
-            _ = attempt.request() => {}
-        }
-        last = Some((host, turn));
-    }
-    let fetched = attempt.finish();
-    if let Some((host, turn)) = last {
-        own = settle(ctx, job, &host, host_signal(&fetched), turn, own);
-    }
-    Ok(InTurn { fetched, signal: own.0, started: own.1, redirect_handed_over })
-}
-
-/// Why a redirect hop to `url` must not be requested: when following links,
-/// a discovered page (not a seed, which is the user's choice, as are its
-/// redirects) may only redirect within the crawl's scope from its own URL,
-/// as its links must (Scrapy's offsite filtering of redirects does the same).
-fn hop_out_of_scope(ctx: &WorkerContext, job: &Job, url: &Url) -> Option<Refusal> {
-    let discovery = ctx.discovery.as_ref().filter(|_| job.depth > 0)?;
-    let from = Url::parse(&job.url).ok()?;
-    (!discovery.in_scope(&from, url)).then(|| Refusal {
-        kind: ErrorKind::OutOfScope,
-        message: format!("redirect to {url}, out of the crawl's scope: not requested"),
-        retry_after: None,
-    })
-}
-
-/// Puts what the answer of a request to `host` (sent at `turn`) says into
-/// politeness: at once for another host than the job's (releasing the slot
-/// the hop took), or as the job's host's latest state, returned, which the
-/// job's completion settles.
-fn settle(
-    ctx: &WorkerContext,
-    job: &Job,
-    host: &str,
-    signal: HostSignal,
-    turn: Instant,
-    own: (HostSignal, Instant),
-) -> (HostSignal, Instant) {
-    if host == job.host {
-        return (signal, turn);
-    }
-    if let Some(backoff) = ctx.politeness.finished(host, signal, turn, Instant::now(), rand::random()) {
-        tracing::info!(%host, backoff_ms = backoff.as_millis() as u64, "host backs off");
-    }
-    own
-}
-
-/// What an attempt says about its host: 429 and 503 ask the whole host to slow
-/// down (RFC 6585 §4, RFC 9110 §15.6.4); failing to reach it at all counts
-/// towards a host backoff; any other response shows it is healthy.
-pub(crate) fn host_signal(fetched: &Fetched) -> HostSignal {
-    if fetched.out_of_descriptors {
-        // This process's limit, not the host's doing.
-        return HostSignal::Neutral;
-    }
-    match (fetched.error, fetched.record.http_status) {
-        (None, Some(429 | 503)) => HostSignal::Throttled { retry_after: fetched.retry_after },
-        (None, _) => HostSignal::Healthy,
-        (Some(ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Dns | ErrorKind::Read), _) => {
-            HostSignal::Unreachable
-        }
-        (Some(_), _) => HostSignal::Neutral,
-    }
 }

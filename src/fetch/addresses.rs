@@ -115,47 +115,73 @@ impl Lookup {
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why a name is resolved, which decides how the address policy applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// To connect to it: only its permitted addresses are answered, and
+    /// only those are connected to.
+    Connect,
+    /// A request a proxy carries: the proxy resolves the name again and may
+    /// pick any of its addresses, so every one must be permitted.
+    Proxied,
+    /// To connect to the request's proxy, which the config names: not a
+    /// crawl target, answered as it is.
+    Proxy,
+}
+
 /// Name resolution for every request: `fetch.resolve`, else DNS
-/// ([`Lookup`]), less the addresses the policy refuses, so that the check
-/// is on the very addresses connected to (no DNS rebinding between a check
-/// and the connect). A name with only refused addresses fails with
-/// [`BlockedAddress`]. The attempt resolves a request's name itself first,
-/// to time it (`attempts.dns_ms`); the connect, if one is needed, then
-/// asks again and is answered from the cache.
+/// ([`Lookup`]), then the address policy as [`Purpose`] says, so that the
+/// check is on the very addresses connected to (no DNS rebinding between a
+/// check and the connect). A name with a refused address it may not use
+/// fails with [`BlockedAddress`]. The attempt resolves a request's name
+/// itself first, to check and time it (`attempts.dns_ms`); the connect, if
+/// one is needed, then asks again and is answered from the cache.
 pub(super) struct Resolver {
     pub(super) policy: Arc<AddressPolicy>,
     pub(super) overrides: Overrides,
     /// Built on first use, inside the runtime hickory's sockets need.
     pub(super) lookup: std::sync::OnceLock<Lookup>,
-    /// Names answered without `policy`: the configured proxies'.
-    pub(super) exempt: std::collections::HashSet<String>,
 }
 
 impl Resolver {
-    pub(super) async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, BoxError> {
+    pub(super) async fn resolve(&self, host: &str, purpose: Purpose) -> Result<Vec<IpAddr>, BoxError> {
         let resolved = match self.overrides.lookup(host) {
             Some(addresses) => addresses.to_vec(),
             None => self.lookup.get_or_init(Lookup::new).ips(host).await?,
         };
-        if self.exempt.contains(host) {
-            return Ok(resolved);
-        }
-        let permitted: Vec<IpAddr> = resolved.iter().copied().filter(|ip| self.policy.permits(*ip)).collect();
-        match (permitted.is_empty(), resolved.first()) {
-            (true, Some(refused)) => Err(Box::new(BlockedAddress { host: host.to_owned(), ip: *refused })),
-            _ => Ok(permitted),
+        let refused = |ip: &IpAddr| Box::new(BlockedAddress { host: host.to_owned(), ip: *ip });
+        match purpose {
+            Purpose::Proxy => Ok(resolved),
+            Purpose::Proxied => match resolved.iter().find(|ip| !self.policy.permits(**ip)) {
+                Some(ip) => Err(refused(ip)),
+                None => Ok(resolved),
+            },
+            Purpose::Connect => {
+                let permitted: Vec<IpAddr> =
+                    resolved.iter().copied().filter(|ip| self.policy.permits(*ip)).collect();
+                match (permitted.is_empty(), resolved.first()) {
+                    (true, Some(ip)) => Err(refused(ip)),
+                    _ => Ok(permitted),
+                }
+            }
         }
     }
 }
 
-/// [`Resolver`] as reqwest's resolver.
+/// [`Resolver`] as reqwest's resolver, for every connection it opens: the
+/// connection to the proxy of the request being sent is
+/// [`Purpose::Proxy`], every other one [`Purpose::Connect`].
 pub(super) struct CheckedResolver(pub(super) Arc<Resolver>);
 
 impl reqwest::dns::Resolve for CheckedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let resolver = self.0.clone();
+        let purpose = match super::sending::is_current_proxy(name.as_str()) {
+            true => Purpose::Proxy,
+            false => Purpose::Connect,
+        };
         Box::pin(async move {
-            let ips = resolver.resolve(name.as_str()).await?;
+            let ips = resolver.resolve(name.as_str(), purpose).await?;
             Ok(Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0))) as reqwest::dns::Addrs)
         })
     }
@@ -166,7 +192,7 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn resolve_overrides_match_names_then_the_longest_domain() {
+    fn resolve_overrides_match_names_then_the_longest_domain() {
         let ip = |s: &str| vec![s.parse::<IpAddr>().unwrap()];
         let config = BTreeMap::from([
             ("*.example.test".to_owned(), ip("127.0.0.2")),

@@ -3,6 +3,7 @@
 //! within its caps, hashed and passed to link extraction as it streams.
 
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{
@@ -12,9 +13,10 @@ use reqwest::header::{
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::addresses::BlockedAddress;
+use super::addresses::{BlockedAddress, Purpose};
 use super::content::{header_text, headers_json, parse_retry_after};
 use super::errors::{Failure, classify, closed_before_response, lookup_failure, out_of_descriptors};
+use super::sending::{Cleared, SENDING, Sending};
 use super::{ErrorKind, Fetched, Fetcher, check_http};
 use crate::links::{Found, LinkExtractor, is_html};
 use crate::redact::ForLog;
@@ -73,57 +75,77 @@ impl Attempt<'_> {
         }
     }
 
-    /// Sends the next request. Afterwards [`next_url`](Self::next_url) is
-    /// the redirect's target, or `None` when the response was final or the
-    /// request failed. Cancel safe as [`Fetcher::fetch`] is.
-    pub async fn request(&mut self) {
+    /// Sends the next request, as the crawl's gate `cleared` it (the
+    /// headers it carries, its turn once its connection is ready).
+    /// Afterwards [`next_url`](Self::next_url) is the redirect's target, or
+    /// `None` when the response was final or the request failed.
+    ///
+    /// The target's address is checked first: an IP literal against
+    /// `fetch.deny_ips`, a name by resolving it (timed, within the attempt's
+    /// time; the connect then gets the same answer from the resolver's
+    /// cache). A request a proxy carries is refused if any address of its
+    /// name is denied, as the proxy resolves the name itself.
+    ///
+    /// Cancel safe: dropping it abandons the attempt and records nothing.
+    pub async fn request(&mut self, cleared: Cleared) {
         let Some(url) = self.next.take() else { return };
+        let fetcher = self.fetcher;
         // An IP literal is never resolved, so the resolver cannot check it.
         let literal = match url.host() {
             Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
             Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
             _ => None,
         };
-        if let Some(ip) = literal.filter(|ip| !self.fetcher.addresses.permits(*ip)) {
+        if let Some(ip) = literal.filter(|ip| !fetcher.addresses.permits(*ip)) {
             let refused = BlockedAddress { host: url.host_str().unwrap_or_default().to_owned(), ip };
             self.next = Some(url);
             self.refuse(ErrorKind::BlockedAddress, refused.to_string());
             return;
         }
+        let host = url.host_str().unwrap_or_default().to_owned();
         let now = SystemTime::now();
         if self.started_at.is_none() {
             self.started_at = Some(now);
         } else {
-            let host = url.host_str().unwrap_or_default().to_owned();
-            self.progress.record.hops.push(Hop {
-                url: url.to_string(),
-                host,
-                started_at: now,
-                http_status: None,
-            });
+            let hop = Hop { url: url.to_string(), host: host.clone(), started_at: now, http_status: None };
+            self.progress.record.hops.push(hop);
         }
-        let limit = self.fetcher.config.timeout;
+        let purpose = if fetcher.proxies.is_proxied(&host) { Purpose::Proxied } else { Purpose::Connect };
+        let sending = Arc::new(Sending {
+            proxy: fetcher.proxies.proxy_name(&host),
+            on_connected: cleared.on_connected,
+            sent: Mutex::new(None),
+        });
+        let limit = fetcher.config.timeout;
         let start = Instant::now();
-        // A name is resolved first, timed, within the attempt's time; the
-        // connect then gets the same answer from the resolver's cache.
         let name = url.host_str().filter(|_| literal.is_none());
         let mut dns = None;
-        let fetcher = self.fetcher;
+        let (extract, headers) = (self.extract, cleared.headers);
         let progress = &mut self.progress;
-        let sent = tokio::time::timeout(limit.saturating_sub(self.spent), async {
+        let request = async {
             if let Some(name) = name {
                 let resolving = Instant::now();
-                let resolved = fetcher.resolver.resolve(name).await;
+                let resolved = fetcher.resolver.resolve(name, purpose).await;
                 dns = Some(resolving.elapsed());
                 resolved.map_err(|e| lookup_failure(&*e, progress))?;
             }
-            fetcher.request_once(&url, self.extract, progress).await
-        })
-        .await;
+            fetcher.request_once(&url, extract, headers, progress).await
+        };
+        let sent =
+            tokio::time::timeout(limit.saturating_sub(self.spent), SENDING.scope(sending.clone(), request))
+                .await;
         self.spent += start.elapsed();
         if let Some(dns) = dns {
             let total = self.progress.record.dns_ms.unwrap_or(0) + dns.as_millis() as u64;
             self.progress.record.dns_ms = Some(total);
+        }
+        // On a new connection the request went out once it was set up, in
+        // its turn: that is when the site saw it start.
+        if let Some((_, at)) = *sending.sent.lock().unwrap_or_else(|p| p.into_inner()) {
+            match self.progress.record.hops.last_mut() {
+                Some(hop) => hop.started_at = at,
+                None => self.started_at = Some(at),
+            }
         }
         match sent {
             Ok(Ok(Some(next))) => self.next = Some(next),
@@ -152,7 +174,14 @@ impl Attempt<'_> {
     /// Ends the attempt without sending the next request: `kind` (e.g.
     /// robots.txt disallows the redirect's target) says why.
     pub fn refuse(&mut self, kind: ErrorKind, message: String) {
+        self.refuse_until(kind, message, None);
+    }
+
+    /// [`refuse`](Self::refuse), saying when the request may be tried again
+    /// (as a `Retry-After` would).
+    pub fn refuse_until(&mut self, kind: ErrorKind, message: String, retry_after: Option<Duration>) {
         if let Some(url) = self.next.take() {
+            self.progress.retry_after = retry_after;
             self.progress.record.final_url = Some(url.to_string());
             self.progress.record.http_status = None;
             self.outcome = Some(Err(Failure(kind, message)));
@@ -212,12 +241,13 @@ impl Fetcher {
         &self,
         url: &Url,
         extract: bool,
+        headers: HeaderMap,
         progress: &mut Progress,
     ) -> Result<Option<Url>, Failure> {
         let sent = Instant::now();
         progress.record.ttfb_ms = None;
         let conditional = progress.conditional.take();
-        let response = self.send(url, conditional.as_ref()).await.map_err(|e| {
+        let response = self.send(url, conditional.as_ref(), headers).await.map_err(|e| {
             progress.out_of_descriptors = out_of_descriptors(&e);
             classify(e)
         })?;
@@ -228,8 +258,20 @@ impl Fetcher {
         if let Some(hop) = progress.record.hops.last_mut() {
             hop.http_status = Some(status.as_u16());
         }
-        progress.not_modified = status == reqwest::StatusCode::NOT_MODIFIED && conditional.is_some();
-        if status.is_redirection()
+        if status == reqwest::StatusCode::NOT_MODIFIED {
+            // RFC 9110 §15.4.5: a 304 answers a conditional request only;
+            // to one that sent no validators it says nothing of the content.
+            if conditional.is_none() {
+                return Err(Failure(
+                    ErrorKind::Protocol,
+                    "304 Not Modified to a request that sent no validators: no content to keep".to_owned(),
+                ));
+            }
+            progress.not_modified = true;
+        }
+        // RFC 9110 §15.4: only these redirect to `Location`; a 300 (a
+        // choice), 304, 305 (deprecated) or an unknown 3xx is final.
+        if matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
             && let Some(location) = response.headers().get(LOCATION)
         {
             return self.next_hop(url, location.as_bytes(), &mut progress.record).map(Some);
@@ -248,14 +290,13 @@ impl Fetcher {
         &self,
         url: &Url,
         conditional: Option<&Validators>,
+        cleared: HeaderMap,
     ) -> Result<reqwest::Response, reqwest::Error> {
-        let mut headers = conditional.map(conditional_headers).unwrap_or_default();
-        let host = url.host_str().unwrap_or_default();
-        // The host's own headers go to that host only: never to another
-        // one, a redirect's target included.
-        if let Some(own) = self.host_headers.get(host) {
-            headers.extend(own.clone());
+        let mut headers = cleared;
+        if let Some(conditional) = conditional {
+            headers.extend(conditional_headers(conditional));
         }
+        let host = url.host_str().unwrap_or_default();
         let client = match &self.insecure {
             Some((lax, hosts)) if hosts.contains(host) => lax,
             _ => &self.client,
@@ -318,10 +359,14 @@ impl Fetcher {
         let headers = response.headers();
         let record = &mut progress.record;
         record.content_type = header_text(headers, CONTENT_TYPE.as_str());
-        record.validators = Validators {
-            etag: header_text(headers, ETAG.as_str()),
-            last_modified: header_text(headers, LAST_MODIFIED.as_str()),
-        };
+        // Validators describe content: a 2xx's, or those a 304 updates
+        // (RFC 9111 §4.3.4). An error page's are not revalidated later.
+        if response.status().is_success() || progress.not_modified {
+            record.validators = Validators {
+                etag: header_text(headers, ETAG.as_str()),
+                last_modified: header_text(headers, LAST_MODIFIED.as_str()),
+            };
+        }
         progress.retry_after = headers.get(RETRY_AFTER).and_then(|v| parse_retry_after(v.as_bytes()));
         if self.save_headers {
             record.headers = Some(headers_json(headers));

@@ -2,14 +2,15 @@
 //! no automatic redirects, the idle-connection pool ([`Pool`]), extra CA
 //! certificates, proxies, and the resolver that applies the address policy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::Fetcher;
 use super::addresses::{AddressPolicy, CheckedResolver, Overrides, Resolver};
 use super::content::AcceptTypes;
-use super::hosts::{Proxies, host_request_headers};
+use super::proxies::Proxies;
+use super::sending::PacedConnectLayer;
 use crate::config::FetchConfig;
 
 /// Why the HTTP client could not be built.
@@ -87,11 +88,12 @@ impl Fetcher {
         Self::with_hosts(config, &BTreeMap::new(), save_headers, save_body, pool)
     }
 
-    /// [`Fetcher::new`] with the request settings of `hosts`
-    /// (`[hosts."..."]`): headers, credentials and cookies sent to each
-    /// host only, its proxy, and whether any certificate is accepted from it.
+    /// [`Fetcher::new`] with the client settings of `hosts`
+    /// (`[hosts."..."]`): each host's proxy, and whether any certificate is
+    /// accepted from it. (What a request carries for its host or origin is
+    /// the gate's: `gate::Credentials`.)
     ///
-    /// Errors: as [`Fetcher::new`]; a secret that cannot be read.
+    /// Errors: as [`Fetcher::new`].
     pub fn with_hosts(
         config: &FetchConfig,
         hosts: &BTreeMap<String, crate::config::HostOverride>,
@@ -101,15 +103,10 @@ impl Fetcher {
     ) -> Result<Self, ClientError> {
         let addresses = Arc::new(AddressPolicy::new(config));
         let proxies = Proxies::new(config, hosts);
-        // A proxy named by its host name is connected to as the config
-        // says: its address is not a crawl target, so deny_ips does not
-        // apply to it (the target's address does, before each request).
-        let exempt = proxies.names();
         let resolver = Arc::new(Resolver {
             policy: addresses.clone(),
             overrides: Overrides::new(&config.resolve),
             lookup: std::sync::OnceLock::new(),
-            exempt,
         });
         let build = |insecure: bool| -> Result<reqwest::Client, ClientError> {
             let mut client = reqwest::Client::builder()
@@ -118,7 +115,8 @@ impl Fetcher {
                 .redirect(reqwest::redirect::Policy::none())
                 .pool_max_idle_per_host(pool.max_idle_per_host)
                 .pool_idle_timeout(pool.idle_timeout)
-                .dns_resolver(Arc::new(CheckedResolver(resolver.clone())));
+                .dns_resolver(Arc::new(CheckedResolver(resolver.clone())))
+                .connector_layer(PacedConnectLayer);
             if !config.proxy_from_env {
                 client = client.no_proxy();
             }
@@ -144,17 +142,10 @@ impl Fetcher {
             );
         }
         let insecure = if lax.is_empty() { None } else { Some((build(true)?, Arc::new(lax))) };
-        let mut host_headers = HashMap::new();
-        for (name, host) in hosts {
-            let headers = host_request_headers(name, host)?;
-            if !headers.is_empty() {
-                host_headers.insert(name.clone(), headers);
-            }
-        }
         Ok(Self {
             client,
-            host_headers: Arc::new(host_headers),
             insecure,
+            proxies: Arc::new(proxies),
             config: config.clone(),
             save_headers,
             save_body,

@@ -15,7 +15,8 @@
 //! | `outcome.rs` | what an attempt ends with: [`ErrorKind`], [`Fetched`] |
 //! | `addresses.rs` | the address policy (`fetch.deny_ips`) and name resolution |
 //! | `client.rs` | building the reqwest clients: pool, certificates, proxies |
-//! | `hosts.rs` | per-host request settings: headers, secrets, proxies |
+//! | `proxies.rs` | which proxy, if any, carries a request |
+//! | `sending.rs` | one request while it is sent: its route, its turn as sent |
 //! | `attempt.rs` | the request, redirect and body state machine ([`Attempt`]) |
 //! | `content.rs` | content types, response headers, `Retry-After` |
 //! | `errors.rs` | reqwest's errors as our [`ErrorKind`]s |
@@ -25,15 +26,14 @@ mod attempt;
 mod client;
 mod content;
 mod errors;
-mod hosts;
 mod outcome;
+mod proxies;
+mod sending;
 
-use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::HeaderMap;
 use url::Url;
 
 use crate::config::FetchConfig;
@@ -43,6 +43,7 @@ pub use attempt::Attempt;
 pub use client::{ClientError, Pool};
 pub use content::{AcceptTypes, parse_retry_after, reason_phrase};
 pub use outcome::{ErrorKind, Fetched};
+pub use sending::{Cleared, ConnectedHook};
 
 use addresses::Resolver;
 use attempt::Progress;
@@ -62,15 +63,16 @@ pub struct Fetcher {
     keep_prefix: bool,
     /// `fetch.accept_content_types`: 2xx bodies of other types are not read.
     accept: Option<Arc<AcceptTypes>>,
-    /// What is sent to one host only, by host name (`[hosts."..."]`).
-    host_headers: Arc<HashMap<String, HeaderMap>>,
     /// The client for the hosts that may present any certificate
     /// (`[hosts."..."] accept_invalid_certs`), and those hosts.
     insecure: Option<(reqwest::Client, Arc<std::collections::HashSet<String>>)>,
     /// Where requests may go (`fetch.deny_ips`, `fetch.allow_ips`).
     addresses: Arc<AddressPolicy>,
-    /// The client's resolver, also used to time each request's lookup.
+    /// The client's resolver, also used to check and time each request's
+    /// lookup.
     resolver: Arc<Resolver>,
+    /// Which requests go through a proxy, and which.
+    proxies: Arc<proxies::Proxies>,
 }
 
 impl Fetcher {
@@ -90,10 +92,10 @@ impl Fetcher {
             extract_links: None,
             keep_prefix: false,
             accept: None,
-            host_headers: self.host_headers.clone(),
             insecure: self.insecure.clone(),
             addresses: self.addresses.clone(),
             resolver: self.resolver.clone(),
+            proxies: self.proxies.clone(),
         }
     }
 
@@ -108,18 +110,6 @@ impl Fetcher {
     /// 2xx HTML responses, streaming, as they are read.
     pub fn with_link_extraction(self, max_links: usize) -> Self {
         Self { extract_links: Some(max_links), ..self }
-    }
-
-    /// Makes one attempt at `url`, following redirects without any gate
-    /// between hops, within `fetch.timeout`. Cancel safe: dropping it
-    /// abandons the attempt and records nothing. (The crawl's workers drive
-    /// an [`Attempt`] themselves, so that each hop waits its host's turn.)
-    pub async fn fetch(&self, url: &str) -> Fetched {
-        let mut attempt = self.begin(url, true);
-        while attempt.next_url().is_some() {
-            attempt.request().await;
-        }
-        attempt.finish()
     }
 
     /// Starts an attempt at `url`, extracting links from its final response

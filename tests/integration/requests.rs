@@ -1,30 +1,39 @@
 //! What requests carry per host (`[hosts."..."]` headers, credentials,
 //! cookies, proxy, certificates) and where they may go: secrets from the
-//! environment or files, sent to their host only, never logged or stored.
+//! environment or files, sent to their origin only, never logged or stored.
 //! Through the real binary; every address is on loopback.
 
 use std::time::Duration;
 
 use crate::server::{Options, TestCa, TestServer};
-use crate::util::{engines, output_of, result_in, spawn_crawl_in, spawn_trawler_with_env, wait_within};
+use crate::util::{
+    Daemon, engines, output_of, result_in, spawn_crawl_in, spawn_trawler_with_env, wait_until, wait_within,
+};
 
 #[tokio::test]
-async fn a_hosts_headers_and_secrets_go_to_that_host_only() {
-    for engine in engines("a_hosts_headers_and_secrets_go_to_that_host_only").await {
-        let (own, other) = (TestServer::start_on("127.0.0.61"), TestServer::start_on("127.0.0.62"));
+async fn secrets_go_to_their_origin_only_and_plain_headers_follow_the_host() {
+    for engine in engines("secrets_go_to_their_origin_only_and_plain_headers_follow_the_host").await {
+        let own = TestServer::start_on("127.0.0.61");
+        let (other_port, other_host) =
+            (TestServer::start_on("127.0.0.61"), TestServer::start_on("127.0.0.62"));
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "tok-3141-secret\n").unwrap();
+        // Keys as an operator may write them: 2130706493 is 127.0.0.61, and
+        // the origin's scheme in capitals; both are normalized as URLs are.
         let toml = format!(
-            "[hosts.\"127.0.0.61\"]\nheaders = {{ \"X-Team\" = \"crawl\" }}\n\
+            "[hosts.\"2130706493\"]\nheaders = {{ \"X-Team\" = \"crawl\" }}\n\
+             [hosts.\"HTTP://127.0.0.61:{}\"]\n\
              secret_headers = {{ \"X-Api-Key\" = \"env:T_API_KEY\" }}\n\
              bearer_token = \"file:{}\"\ncookies = \"env:T_COOKIES\"\n",
+            own.addr.port(),
             token.display()
         );
         let config = dir.path().join("trawler.toml");
         std::fs::write(&config, &toml).unwrap();
-        let redirect = own.url(&format!("/goto?to={}", other.url("/ok/elsewhere")));
-        let lines = [own.url("/ok/page"), redirect];
+        let to_other_port = own.url(&format!("/goto?to={}", other_port.url("/ok/elsewhere")));
+        let to_other_host = own.url(&format!("/goto?to={}", other_host.url("/ok/far")));
+        let lines = [own.url("/ok/page"), to_other_port.clone(), to_other_host];
         let mut env = engine.env();
         env.extend([("T_API_KEY", "key-2718-secret"), ("T_COOKIES", "session=cookie-1618-secret")]);
         let (db, log) =
@@ -36,15 +45,23 @@ async fn a_hosts_headers_and_secrets_go_to_that_host_only() {
         assert_eq!(page.header("authorization"), Some("Bearer tok-3141-secret"));
         assert_eq!(page.header("cookie"), Some("session=cookie-1618-secret"));
         let robots = &own.robots_hits()[0];
-        assert_eq!(robots.header("x-api-key"), Some("key-2718-secret"), "the same host's robots.txt");
-        // The redirect's target is another host: none of it goes there.
-        let elsewhere = other.hits();
-        assert_eq!(elsewhere.len(), 1);
-        let leaked = |h: &crate::server::Hit| {
-            ["x-team", "x-api-key", "authorization", "cookie"].iter().any(|n| h.header(n).is_some())
+        assert_eq!(robots.header("x-api-key"), Some("key-2718-secret"), "the same origin's robots.txt");
+        let secret = |h: &crate::server::Hit| {
+            ["x-api-key", "authorization", "cookie"].iter().any(|n| h.header(n).is_some())
         };
-        assert!(!leaked(&elsewhere[0]) && !leaked(&other.robots_hits()[0]), "{elsewhere:?}");
-        let followed = result_in(&db, &lines[1]).await;
+        // Another port of the same host: its plain header, no secret, on
+        // its robots.txt and its page (curl's rule since CVE-2022-27776).
+        let elsewhere: Vec<_> = other_port.hits().into_iter().chain(other_port.robots_hits()).collect();
+        assert_eq!(elsewhere.len(), 2, "{elsewhere:?}");
+        for hit in &elsewhere {
+            assert!(!secret(hit), "a secret went to another port: {hit:?}");
+            assert_eq!(hit.header("x-team"), Some("crawl"), "{hit:?}");
+        }
+        // Another host: nothing of it.
+        let far: Vec<_> = other_host.hits().into_iter().chain(other_host.robots_hits()).collect();
+        assert_eq!(far.len(), 2, "{far:?}");
+        assert!(far.iter().all(|h| !secret(h) && h.header("x-team").is_none()), "{far:?}");
+        let followed = result_in(&db, &to_other_port).await;
         assert_eq!((followed.http_status, followed.redirects), (Some(200), Some(1)));
 
         // Never logged, stored or printed by `trawler config`.
@@ -56,6 +73,8 @@ async fn a_hosts_headers_and_secrets_go_to_that_host_only() {
         wait_within(&mut shown, Duration::from_secs(10));
         let (printed, _) = output_of(shown);
         assert!(printed.contains("env:T_API_KEY"), "{printed}");
+        assert!(printed.contains(&format!("[hosts.\"http://127.0.0.61:{}\"]", own.addr.port())), "{printed}");
+        assert!(printed.contains("[hosts.\"127.0.0.61\"]"), "the key as URLs carry it: {printed}");
         for secret in ["key-2718-secret", "tok-3141-secret", "cookie-1618-secret"] {
             for (what, text) in [("log", &log), ("export", &rows), ("config", &printed)] {
                 assert!(!text.contains(secret), "{secret} in the {what}: {text}");
@@ -69,6 +88,51 @@ async fn a_hosts_headers_and_secrets_go_to_that_host_only() {
     }
 }
 
+#[tokio::test]
+async fn no_secret_follows_a_redirect_from_https_to_plain_http() {
+    for engine in engines("no_secret_follows_a_redirect_from_https_to_plain_http").await {
+        let ca = TestCa::new();
+        let tls = TestServer::with_options(Options { tls: Some(ca.server.clone()), ..Options::default() });
+        let plain = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca.pem).unwrap();
+        let origin = format!("https://localhost:{}", tls.addr.port());
+        let toml = format!(
+            "[fetch]\nca_file = {:?}\n\
+             [hosts.\"{origin}\"]\nbasic_auth_user = \"crawler\"\nbasic_auth_password = \"env:T_PASS\"\n\
+             secret_headers = {{ \"X-Api-Key\" = \"env:T_API_KEY\" }}\n\
+             [hosts.\"localhost\"]\nsecret_headers = {{ \"X-Bare\" = \"env:T_BARE\" }}\n",
+            ca_file.to_str().unwrap()
+        );
+        let seed = format!("{origin}/goto?to=http://localhost:{}/ok/plain", plain.addr.port());
+        let env = [("T_PASS", "pw-5772-secret"), ("T_API_KEY", "key-1414-secret"), ("T_BARE", "bare-secret")];
+        let config = dir.path().join("trawler.toml");
+        std::fs::write(&config, &toml).unwrap();
+        let (db, _) = engine.crawl_to_end_with_env(
+            dir.path(),
+            std::slice::from_ref(&seed),
+            &["--config", config.to_str().unwrap()],
+            &env,
+        );
+        assert_eq!(result_in(&db, &seed).await.http_status, Some(200));
+
+        let redirect = tls.hits().into_iter().find(|h| h.path == "/goto").expect("the https page");
+        // RFC 7617 §2: base64("crawler:pw-5772-secret").
+        assert_eq!(redirect.header("authorization"), Some("Basic Y3Jhd2xlcjpwdy01NzcyLXNlY3JldA=="));
+        assert_eq!(redirect.header("x-api-key"), Some("key-1414-secret"));
+        // A bare name's secrets go to https on port 443 only.
+        assert_eq!(redirect.header("x-bare"), None);
+        let cleartext: Vec<_> = plain.hits().into_iter().chain(plain.robots_hits()).collect();
+        assert_eq!(cleartext.len(), 2, "{cleartext:?}");
+        for hit in &cleartext {
+            for name in ["authorization", "x-api-key", "x-bare"] {
+                assert_eq!(hit.header(name), None, "{name} went in clear to {hit:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_secret_written_inline_or_missing_stops_the_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,11 +141,26 @@ fn a_secret_written_inline_or_missing_stops_the_start_naming_the_key() {
         ("[hosts.\"a.test\"]\nbearer_token = \"env:T_UNSET_TOKEN\"\n", "hosts.\"a.test\".bearer_token"),
         ("[hosts.\"a.test\"]\ncookies = \"file:/nonexistent/cookies\"\n", "/nonexistent/cookies"),
         ("[fetch]\nproxy = \"http://user:pw@127.0.0.1:3128\"\n", "no credentials"),
+        // Keys that could never match a request.
+        ("[hosts.\"a.test:8443\"]\ndelay = \"1s\"\n", "`hosts.\"a.test:8443\"`: a port needs a scheme"),
+        ("[hosts.\"A.test\"]\ndelay = \"1s\"\n[hosts.\"a.test\"]\ndelay = \"2s\"\n", "names the same host"),
+        ("[hosts.\"https://a.test:8443\"]\ndelay = \"1s\"\n", "`hosts.\"https://a.test:8443\".delay`"),
+        ("[hosts.\"a.test/path\"]\ndelay = \"1s\"\n", "`hosts.\"a.test/path\"`: not a host"),
+        // A credential that would be silently wrong.
+        (
+            "[hosts.\"a.test\"]\nbasic_auth_user = \"me:you\"\nbasic_auth_password = \"env:T_PASSWORD\"\n",
+            "hosts.\"a.test\".basic_auth_user",
+        ),
+        (
+            "[hosts.\"a.test\"]\nbasic_auth_user = \"me\"\nbasic_auth_password = \"env:T_BROKEN_PASSWORD\"\n",
+            "hosts.\"a.test\".basic_auth_password: env:T_BROKEN_PASSWORD holds a control character",
+        ),
     ] {
         let config = dir.path().join("trawler.toml");
         std::fs::write(&config, toml).unwrap();
         let flags = ["--config", config.to_str().unwrap()];
-        let (mut child, _) = spawn_crawl_in(dir.path(), &["http://127.0.0.1:9/".to_owned()], &flags, &[]);
+        let env = [("T_PASSWORD", "hunter2"), ("T_BROKEN_PASSWORD", "hunter2\r\nX-Injected: 1")];
+        let (mut child, _) = spawn_crawl_in(dir.path(), &["http://127.0.0.1:9/".to_owned()], &flags, &env);
         let (status, _) = wait_within(&mut child, Duration::from_secs(30));
         let (_, log) = output_of(child);
         assert_eq!(status.code(), Some(1), "{log}");
@@ -168,4 +247,29 @@ async fn the_environments_proxy_is_used_only_when_the_config_says_so() {
         assert_eq!(paths(&target), ["/ok/false"], "direct unless proxy_from_env");
         assert_eq!(paths(&proxy), ["/ok/true"], "the environment's proxy with proxy_from_env");
     }
+}
+
+#[test]
+fn a_reload_whose_secret_vanished_keeps_the_running_one_and_says_so() {
+    let server = TestServer::start_on("127.0.0.68");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok-2236-secret\n").unwrap();
+    let toml = format!(
+        "[hosts.\"http://127.0.0.68:{}\"]\nbearer_token = \"file:{}\"\n",
+        server.addr.port(),
+        token.display()
+    );
+    let daemon = Daemon::start_with_env(dir.path(), &toml, &[]);
+    std::fs::remove_file(&token).unwrap();
+    daemon.reload(&toml);
+    let log = daemon.stderr.wait_for("the next start will fail");
+    assert!(log.contains("hosts.\"http://127.0.0.68:") && log.contains(".bearer_token"), "{log}");
+    assert!(log.contains(token.to_str().unwrap()), "names the file: {log}");
+
+    // The running value is still sent.
+    daemon.enqueue(&[server.url("/ok/after-reload")]);
+    wait_until(Duration::from_secs(10), "the page after the reload", || !server.hits().is_empty());
+    assert_eq!(server.hits()[0].header("authorization"), Some("Bearer tok-2236-secret"));
+    daemon.stop();
 }

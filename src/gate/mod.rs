@@ -1,0 +1,438 @@
+//! The one gate every request passes, whatever asked for it: a job's page,
+//! each redirect hop, robots.txt, a sitemap, a feed. [`Gate::walk`] drives
+//! an [`Attempt`] a request at a time and clears each one in this order:
+//!
+//! 1. **scope**: a hop of a discovered page (depth > 0, when following links)
+//!    stays in `discovery.scope` of the page (as Scrapy's offsite filter
+//!    does redirects); a sitemap and its hops stay in scope of the robots.txt
+//!    or index that named it; seeds, their hops and robots.txt go anywhere;
+//! 2. **lease** (PostgreSQL): a request needs its host's lease, the job's
+//!    own or one taken for it ([`Leasing`]); a page's hop to a host another
+//!    daemon holds is handed over, a sitemap waits;
+//! 3. **robots.txt** of the request's origin (not for robots.txt itself),
+//!    fetched through this gate first if it is not cached;
+//! 4. **politeness**: a slot under the host's concurrency (the producer
+//!    took the job's own; robots.txt rides on the request that needs it),
+//!    the global rate limit, and the host's turn, which is taken again once
+//!    a new connection is set up, so the gap the site sees is never under
+//!    the delay ([`Politeness::connected`]);
+//! 5. **the lease again** at the turn: no request starts past its deadline;
+//! 6. **credentials by origin** ([`Credentials`]): secrets go to the origin
+//!    they were configured for, and nowhere else;
+//! 7. **address policy**, applied by the fetch itself on the addresses it
+//!    connects to (`fetch/addresses.rs`), so no DNS answer can get around it.
+//!
+//! Each answer then goes to its host's politeness state (backoff), except
+//! robots.txt's, which decide the rules instead.
+
+mod credentials;
+mod rate;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+pub use credentials::{Credentials, unreadable_secrets};
+pub use rate::{RateLimit, rate_limiter};
+
+use crate::fetch::{Attempt, Cleared, ConnectedHook, ErrorKind, Fetched, Fetcher};
+use crate::links::Discovery;
+use crate::politeness::{HostSignal, Politeness};
+use crate::robots::{Refusal, Robots};
+use crate::store::{Backend, HopLease, HostLeases, Job, StoreError};
+
+/// Everything a request is judged by, shared by the workers, the sitemap
+/// task and robots.txt.
+pub struct Gate {
+    /// Per-host concurrency, delay and backoff.
+    pub politeness: Arc<Politeness>,
+    /// The global request-rate limit (`crawl.rate`), replaceable by a reload.
+    pub rate: RateLimit,
+    /// robots.txt rules, unless `robots.obey` is off.
+    pub robots: Option<Arc<Robots>>,
+    /// robots.txt requests: the crawl's client with robots.txt's limits
+    /// ([`Robots::fetcher`]).
+    pub robots_fetcher: Fetcher,
+    /// `discovery.scope`, for hops and sitemaps.
+    pub scope: Discovery,
+    /// Whether links are followed: only then do a page's hops keep to scope.
+    pub following: bool,
+    /// Where hosts are leased (PostgreSQL); `None` on SQLite.
+    pub leasing: Option<Leasing>,
+    /// What requests carry for their host and origin.
+    pub credentials: Credentials,
+}
+
+/// What one walk is for, which decides the checks its requests get.
+pub enum Errand<'a> {
+    /// A job's page. The producer took a slot of the job's host for it,
+    /// under the job's lease.
+    Page(&'a Job),
+    /// A sitemap or feed; its requests stay in scope of `anchor` (the
+    /// robots.txt or index that named it), when there is one.
+    Sitemap { anchor: Option<&'a Url> },
+    /// An origin's robots.txt, for a request about to be made there.
+    RobotsTxt,
+}
+
+/// The tokens a walk stops on.
+#[derive(Clone, Copy)]
+pub struct Stops<'a> {
+    /// Stop waiting (for a lease, robots.txt, a slot, a turn).
+    pub waiting: &'a CancellationToken,
+    /// Drop the request in flight.
+    pub sending: &'a CancellationToken,
+}
+
+/// What a walk fetched.
+pub struct Walked {
+    pub fetched: Fetched,
+    /// For a page: what the answers said of the job's host and when its
+    /// last request started, which the job's completion settles
+    /// ([`Politeness::finished`]). `Neutral` and the walk's start when no
+    /// request was made to it.
+    pub own: (HostSignal, Instant),
+    /// The target of a page's redirect to a host another daemon holds: not
+    /// requested here, to be crawled as a URL of its own.
+    pub handed_over: Option<Url>,
+}
+
+/// Why a walk ended before its attempt did.
+#[derive(Debug)]
+pub enum Interrupted {
+    /// The crawl stopped before a request started, or aborted one.
+    Stopped,
+    /// The job's lease ended, or reached its deadline, before a request to
+    /// its host could start.
+    LeaseEnded,
+    /// A host the walk needs is another daemon's (a sitemap's), or its lease
+    /// lapsed before the request's turn: to be tried again later.
+    HostHeld(String),
+    /// A lease could not be asked for: the database failed.
+    Store(StoreError),
+}
+
+impl Gate {
+    /// Whether the job's host is still this daemon's to fetch from under the
+    /// job's lease (always, where hosts are not leased).
+    pub fn may_start(&self, job: &Job) -> bool {
+        self.leasing.as_ref().is_none_or(|l| l.leases.may_start(&job.host, job.lease))
+    }
+
+    /// What robots.txt says about `url` on `host`: `None` when it may be
+    /// requested (or robots.txt is ignored). Fetches the origin's robots.txt
+    /// through this gate first if it is not cached. Cancel safe.
+    pub async fn robots_refusal(&self, url: &Url, host: &str, stops: Stops<'_>) -> Option<Refusal> {
+        let robots = self.robots.as_ref()?;
+        let fetch = |robots_url: String, host: String| self.fetch_robots_txt(robots_url, host, stops);
+        robots.check(url.as_str(), host, &fetch).await.refusal()
+    }
+
+    /// Fetches a robots.txt through the gate ([`Errand::RobotsTxt`]) for a
+    /// request to `host`. Boxed, as it is a walk inside a walk.
+    fn fetch_robots_txt<'a>(
+        &'a self,
+        robots_url: String,
+        host: String,
+        stops: Stops<'a>,
+    ) -> Pin<Box<dyn Future<Output = Fetched> + Send + 'a>> {
+        Box::pin(async move {
+            let attempt = self.robots_fetcher.begin(&robots_url, false);
+            match self.walk(attempt, &Errand::RobotsTxt, stops).await {
+                Ok(walked) => walked.fetched,
+                // The crawl is stopping, or a lease could not be asked for:
+                // no rules, not cached.
+                Err(why) => Fetched::without_request(
+                    ErrorKind::Timeout,
+                    format!("robots.txt of {host} not fetched: {why:?}"),
+                    None,
+                ),
+            }
+        })
+    }
+
+    /// Makes `attempt`'s requests, each cleared by the gate (see the module
+    /// docs) for `errand`, until its response is final or a check refuses
+    /// a request (which ends the attempt with the check's error, no
+    /// request made).
+    ///
+    /// Errors: see [`Interrupted`].
+    pub async fn walk(
+        &self,
+        mut attempt: Attempt<'_>,
+        errand: &Errand<'_>,
+        stops: Stops<'_>,
+    ) -> Result<Walked, Interrupted> {
+        let mut own = (HostSignal::Neutral, Instant::now());
+        // The host of the last request sent, and its turn.
+        let mut last: Option<(String, Instant)> = None;
+        let mut handed_over = None;
+        while let Some(url) = attempt.next_url() {
+            let url = url.clone();
+            let host = url.host_str().unwrap_or_default().to_owned();
+            let hop = attempt.requests() > 0;
+            if let Some((previous, turn)) = last.take() {
+                // Its answer was a redirect: the host is healthy.
+                own = self.settle(errand, &previous, HostSignal::Healthy, turn, own);
+            }
+            if let Some(refusal) = self.out_of_scope(errand, &url, hop) {
+                attempt.refuse(refusal.kind, refusal.message);
+                break;
+            }
+            // A job's first request, refused before its turn, makes the
+            // host wait for no start.
+            let unstarted = |gate: &Self| {
+                if let (Errand::Page(job), false) = (errand, hop) {
+                    gate.politeness.skip_start(&job.host);
+                }
+            };
+            match self.lease(errand, &host, hop).await {
+                Ok(true) => {}
+                Ok(false) => match errand {
+                    Errand::Page(_) if hop => {
+                        handed_over = attempt.hand_over();
+                        break;
+                    }
+                    Errand::Page(_) => {
+                        unstarted(self);
+                        return Err(Interrupted::LeaseEnded);
+                    }
+                    Errand::Sitemap { .. } => return Err(Interrupted::HostHeld(host)),
+                    Errand::RobotsTxt => {
+                        // Not followed, as a chain of more than five
+                        // redirects is not (RFC 9309 §2.3.1.2).
+                        let message =
+                            format!("robots.txt redirects to {url}, whose host another daemon holds");
+                        attempt.refuse(ErrorKind::RedirectLimit, message);
+                        break;
+                    }
+                },
+                Err(e) => return Err(Interrupted::Store(e)),
+            }
+            if !matches!(errand, Errand::RobotsTxt) {
+                let refusal = tokio::select! {
+                    biased;
+                    _ = stops.waiting.cancelled() => return Err(Interrupted::Stopped),
+                    refusal = self.robots_refusal(&url, &host, stops) => refusal,
+                };
+                if let Some(Refusal { kind, message, retry_after, .. }) = refusal {
+                    unstarted(self);
+                    let message = if hop { format!("redirect to {url}: {message}") } else { message };
+                    attempt.refuse_until(kind, message, retry_after);
+                    break;
+                }
+            }
+            let turn = self.turn(errand, &host, stops).await?;
+            if !self.lease_holds(errand, &host, hop) {
+                self.release(errand, &host, turn);
+                return Err(match errand {
+                    Errand::Sitemap { .. } => Interrupted::HostHeld(host),
+                    _ => Interrupted::LeaseEnded,
+                });
+            }
+            let cleared = Cleared {
+                headers: self.credentials.for_request(&url),
+                on_connected: Some(self.paced(&host, turn)),
+            };
+            tokio::select! {
+                biased;
+                _ = stops.sending.cancelled() => {
+                    self.release(errand, &host, turn);
+                    return Err(Interrupted::Stopped);
+                }
+                _ = attempt.request(cleared) => {}
+            }
+            last = Some((host, turn));
+        }
+        let fetched = attempt.finish();
+        match last {
+            Some((host, turn)) => own = self.settle(errand, &host, host_signal(&fetched), turn, own),
+            // No request made to the job's host: what its refusal says
+            // (robots.txt unreachable counts as the host unreachable).
+            None => own.0 = host_signal(&fetched),
+        }
+        Ok(Walked { fetched, own, handed_over })
+    }
+
+    /// Why a request for `url` must not be made: it leaves the scope the
+    /// errand must keep to (see the module docs).
+    fn out_of_scope(&self, errand: &Errand<'_>, url: &Url, hop: bool) -> Option<Refusal> {
+        let from = match errand {
+            Errand::Page(job) if hop && self.following && job.depth > 0 => Url::parse(&job.url).ok()?,
+            Errand::Sitemap { anchor: Some(anchor) } => (*anchor).clone(),
+            _ => return None,
+        };
+        let message = match hop {
+            true => format!("redirect to {url}, out of the crawl's scope: not requested"),
+            false => format!("sitemap out of the crawl's scope: {url} not requested"),
+        };
+        let refusal = Refusal {
+            kind: ErrorKind::OutOfScope,
+            message,
+            retry_after: None,
+            took: std::time::Duration::ZERO,
+        };
+        (!self.scope.in_scope(&from, url)).then_some(refusal)
+    }
+
+    /// Whether this daemon holds `host` for the request, taking its lease if
+    /// it is free where the request has none yet: a hop to another host, a
+    /// sitemap, a hop of robots.txt. Always, where hosts are not leased.
+    async fn lease(&self, errand: &Errand<'_>, host: &str, hop: bool) -> Result<bool, StoreError> {
+        let Some(leasing) = &self.leasing else { return Ok(true) };
+        match errand {
+            Errand::Page(job) if host == job.host => Ok(leasing.leases.may_start(host, job.lease)),
+            // robots.txt is fetched for a request whose host is held.
+            Errand::RobotsTxt if !hop => Ok(true),
+            _ => leasing.for_request(&self.politeness, host).await,
+        }
+    }
+
+    /// Whether the lease still allows the request at its turn.
+    fn lease_holds(&self, errand: &Errand<'_>, host: &str, hop: bool) -> bool {
+        let Some(Leasing { leases, .. }) = &self.leasing else { return true };
+        match errand {
+            Errand::Page(job) if host == job.host => leases.may_start(host, job.lease),
+            Errand::RobotsTxt if !hop => true,
+            _ => leases.may_start_any(host),
+        }
+    }
+
+    /// Whether the request takes a slot of its host's concurrency of its
+    /// own: not a job's request to its own host (the producer took that
+    /// slot), nor robots.txt (made for a request that has one).
+    fn takes_slot(errand: &Errand<'_>, host: &str) -> bool {
+        match errand {
+            Errand::Page(job) => host != job.host,
+            Errand::Sitemap { .. } => true,
+            Errand::RobotsTxt => false,
+        }
+    }
+
+    /// Waits for a slot (if the request takes one), the rate limit and the
+    /// host's turn; returns the turn. Cancel safe: a slot taken is given
+    /// back when stopped.
+    async fn turn(&self, errand: &Errand<'_>, host: &str, stops: Stops<'_>) -> Result<Instant, Interrupted> {
+        if Self::takes_slot(errand, host) {
+            tokio::select! {
+                biased;
+                _ = stops.waiting.cancelled() => return Err(Interrupted::Stopped),
+                _ = self.politeness.acquire(host) => {}
+            }
+        }
+        // The rate limit first: the request must start right after its turn.
+        tokio::select! {
+            biased;
+            _ = stops.waiting.cancelled() => {
+                self.release(errand, host, Instant::now());
+                return Err(Interrupted::Stopped);
+            }
+            _ = self.rate.until_ready() => {}
+        }
+        tokio::select! {
+            biased;
+            _ = stops.waiting.cancelled() => {
+                self.release(errand, host, Instant::now());
+                Err(Interrupted::Stopped)
+            }
+            turn = self.politeness.wait_turn(host) => Ok(turn),
+        }
+    }
+
+    /// Gives back the slot a request took, with nothing said of the host.
+    fn release(&self, errand: &Errand<'_>, host: &str, turn: Instant) {
+        if Self::takes_slot(errand, host) {
+            self.politeness.finished(host, HostSignal::Neutral, turn, Instant::now(), 0.0);
+        }
+    }
+
+    /// The hook that takes `host`'s turn again once a request's new
+    /// connection is ready ([`Politeness::connected`]).
+    fn paced(&self, host: &str, turn: Instant) -> ConnectedHook {
+        let (politeness, host) = (self.politeness.clone(), host.to_owned());
+        Arc::new(move || {
+            let (politeness, host) = (politeness.clone(), host.clone());
+            Box::pin(async move { politeness.connected(&host, turn).await })
+        })
+    }
+
+    /// Puts what the answer of a request to `host` (sent at `turn`) says
+    /// into politeness: at once where the request took a slot of its own
+    /// (releasing it), as the job's host's latest state for a page's own
+    /// host (returned, for the job's completion to settle), or nowhere for
+    /// robots.txt (its answer decides the rules).
+    fn settle(
+        &self,
+        errand: &Errand<'_>,
+        host: &str,
+        signal: HostSignal,
+        turn: Instant,
+        own: (HostSignal, Instant),
+    ) -> (HostSignal, Instant) {
+        match errand {
+            Errand::Page(job) if host == job.host => return (signal, turn),
+            Errand::RobotsTxt => return own,
+            _ => {}
+        }
+        if let Some(backoff) = self.politeness.finished(host, signal, turn, Instant::now(), rand::random()) {
+            tracing::info!(%host, backoff_ms = backoff.as_millis() as u64, "host backs off");
+        }
+        own
+    }
+}
+
+/// Where hosts are leased (PostgreSQL): the store that leases them and the
+/// leases this daemon holds (the store's own, [`Backend::host_leases`]).
+#[derive(Clone)]
+pub struct Leasing {
+    pub store: Arc<Backend>,
+    pub leases: Arc<HostLeases>,
+}
+
+impl Leasing {
+    /// `store`'s leasing, if it leases hosts.
+    pub fn of(store: &Arc<Backend>) -> Option<Self> {
+        store.host_leases().map(|leases| Self { store: store.clone(), leases })
+    }
+
+    /// Takes (or keeps) `host`'s lease for a request no claim put under one
+    /// (a redirect hop to another host, a sitemap; [`Backend::lease_hop`]);
+    /// a lease new here tells politeness when the host's last request may
+    /// have started. Returns whether this daemon holds the host: `false`
+    /// when another daemon does.
+    ///
+    /// Errors: the database could not be asked.
+    pub async fn for_request(&self, politeness: &Politeness, host: &str) -> Result<bool, StoreError> {
+        match self.store.lease_hop(host).await? {
+            HopLease::Held { last_start } => {
+                if let Some(ago) = last_start {
+                    politeness.handed_over(host, ago);
+                }
+                Ok(true)
+            }
+            HopLease::HeldByAnother => Ok(false),
+        }
+    }
+}
+
+/// What an attempt says about its host: 429 and 503 ask the whole host to slow
+/// down (RFC 6585 §4, RFC 9110 §15.6.4); failing to reach it at all counts
+/// towards a host backoff; any other response shows it is healthy.
+pub fn host_signal(fetched: &Fetched) -> HostSignal {
+    if fetched.out_of_descriptors {
+        // This process's limit, not the host's doing.
+        return HostSignal::Neutral;
+    }
+    match (fetched.error, fetched.record.http_status) {
+        (None, Some(429 | 503)) => HostSignal::Throttled { retry_after: fetched.retry_after },
+        (None, _) => HostSignal::Healthy,
+        (Some(ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Dns | ErrorKind::Read), _) => {
+            HostSignal::Unreachable
+        }
+        (Some(_), _) => HostSignal::Neutral,
+    }
+}
