@@ -103,7 +103,12 @@ impl Completion {
                 let interval =
                     old.recrawl_interval_ms.map_or(base, |ms| Duration::from_millis(ms.max(0) as u64));
                 let first = old.body_sha256.is_none() && self.next == Next::Done;
-                Some(duration_ms(if first { base } else { adaptive.next(interval, changed) }))
+                let next = match first {
+                    // Within the bounds from the first visit on, as later ones are.
+                    true => base.clamp(adaptive.min, adaptive.max),
+                    false => adaptive.next(interval, changed),
+                };
+                Some(duration_ms(next))
             }
             _ => None,
         };
@@ -362,6 +367,13 @@ mod tests {
         );
         assert_eq!(interval(Next::Done, Some("aa"), seen("aa", Some(900_000))).0, Some(1_000_000), "max");
         assert_eq!(interval(Next::Done, Some("bb"), seen("aa", Some(11_000))).0, Some(10_000), "min");
+        // The first visit's interval, the host's recrawl_after, is held to
+        // the bounds too.
+        let mut first = visit(Next::Done, Some("aa"), Revisit::default(), Some(ADAPTIVE));
+        first.recrawl_after = Some(Duration::from_secs(5));
+        assert_eq!(first.url_change(5).recrawl_after_ms, Some(10_000), "min, from the first visit");
+        first.recrawl_after = Some(Duration::from_secs(5000));
+        assert_eq!(first.url_change(5).recrawl_after_ms, Some(1_000_000), "max, from the first visit");
         // Off: the host's recrawl_after, and no interval of the URL's own.
         let off = visit(Next::NotModified, None, seen("aa", Some(200_000)), None).url_change(5);
         assert_eq!((off.content.unwrap().recrawl_interval_ms, off.recrawl_after_ms), (None, Some(100_000)));

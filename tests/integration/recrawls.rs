@@ -180,3 +180,52 @@ async fn a_version_5_database_is_upgraded_keeping_every_attempt_and_hop() {
     assert_eq!(result_in(&db, &server.url("/ok/new")).await.http_status, Some(200));
     assert_eq!(count_in(&db, "SELECT max(version) FROM _sqlx_migrations").await, 6);
 }
+
+#[tokio::test]
+async fn only_redirects_are_followed_and_a_304_without_validators_is_no_content() {
+    for engine in engines("only_redirects_are_followed_and_a_304_without_validators_is_no_content").await {
+        let server = TestServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let moved = |code: u16| server.url(&format!("/moved/{code}/a"));
+        let missing = server.url("/etag404/a");
+        let mut lines: Vec<String> = [300, 301, 304, 305, 307, 399].map(moved).to_vec();
+        lines.push(missing.clone());
+        let env = [("TRAWLER_CRAWL__RECRAWL_AFTER", "1s")];
+        let crawl = || engine.crawl_to_end_with_env(dir.path(), &lines, &[], &env).0;
+        let db = crawl();
+
+        // RFC 9110 §15.4: 301, 302, 303, 307 and 308 redirect; 300, 305 and
+        // an unknown 3xx are final responses, Location or not.
+        for code in [300, 305, 399] {
+            assert_eq!(visits(&db, &moved(code)).await, [format!("done {code}")], "{code}");
+        }
+        for code in [301, 307] {
+            let row = result_in(&db, &moved(code)).await;
+            assert_eq!((row.http_status, row.redirects), (Some(200), Some(1)), "{code}");
+        }
+        let mut targets: Vec<String> =
+            server.hits().into_iter().filter(|h| h.path.starts_with("/ok/")).map(|h| h.path).collect();
+        targets.sort();
+        assert_eq!(targets, ["/ok/target-301", "/ok/target-307"]);
+        // A 304 to a request without validators is no content of the URL's,
+        // and its Location is not followed.
+        let not_modified = result_in(&db, &moved(304)).await;
+        assert_eq!(
+            (not_modified.state.as_str(), not_modified.error_kind.as_deref(), not_modified.body_sha256),
+            ("failed", Some("protocol"), None),
+            "{:?}",
+            not_modified.error_message
+        );
+        assert_eq!(count_in(&db, "SELECT count(*) FROM urls WHERE etag IS NOT NULL").await, 0);
+
+        // An error page's validators are not kept, so its recrawl is not
+        // conditional and the 404 stays a 404.
+        std::thread::sleep(Duration::from_millis(1100));
+        let db = crawl();
+        let requests = server.hits().into_iter().filter(|h| h.path == "/etag404/a").collect::<Vec<_>>();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[1].if_none_match, None);
+        assert_eq!(visits(&db, &missing).await, ["done 404", "done 404"]);
+        assert_eq!(result_in(&db, &missing).await.http_status, Some(404));
+    }
+}

@@ -273,3 +273,49 @@ fn a_reload_whose_secret_vanished_keeps_the_running_one_and_says_so() {
     assert_eq!(server.hits()[0].header("authorization"), Some("Bearer tok-2236-secret"));
     daemon.stop();
 }
+
+#[tokio::test]
+async fn a_proxy_opens_no_door_past_deny_ips() {
+    for engine in engines("a_proxy_opens_no_door_past_deny_ips").await {
+        // The proxy is named `localhost` (it answers every request itself);
+        // `localhost` as a crawl target is judged like any other name.
+        let (proxy, internal) = (TestServer::start(), TestServer::start());
+        let allowed = TestServer::start_on("127.0.0.64");
+        let dir = tempfile::tempdir().unwrap();
+        let proxy_url = format!("http://localhost:{}", proxy.addr.port());
+        let toml = format!(
+            "[fetch]\ndeny_ips = [\"127.0.0.0/8\", \"::1/128\"]\nallow_ips = [\"127.0.0.64/32\"]\n\
+             resolve = {{ \"ok.test\" = [\"127.0.0.64\"], \"mixed.test\" = [\"127.0.0.64\", \"127.0.0.65\"], \
+             \"direct-mixed.test\" = [\"127.0.0.65\", \"127.0.0.64\"] }}\n\
+             [hosts.\"ok.test\"]\nproxy = \"{proxy_url}\"\n[hosts.\"mixed.test\"]\nproxy = \"{proxy_url}\"\n\
+             [robots]\nobey = false\n"
+        );
+        let (port, internal_port) = (allowed.addr.port(), internal.addr.port());
+        let via = format!("http://ok.test:{port}/ok/via");
+        let direct = format!("http://localhost:{internal_port}/ok/direct");
+        let hop = allowed.url(&format!("/goto?to=http://localhost:{internal_port}/ok/hop"));
+        let mixed_via = format!("http://mixed.test:{port}/ok/mixed-via");
+        let mixed_direct = format!("http://direct-mixed.test:{port}/ok/mixed-direct");
+        let lines = [via.clone(), direct.clone(), hop.clone(), mixed_via.clone(), mixed_direct.clone()];
+        let db = engine.crawl_with_config(dir.path(), &lines, &toml);
+
+        assert_eq!(result_in(&db, &via).await.http_status, Some(200));
+        let proxied: Vec<String> = proxy.hits().iter().map(|h| format!("{} {}", h.host, h.path)).collect();
+        assert_eq!(proxied, ["ok.test /ok/via"], "only ok.test went through the proxy");
+        // The proxy's name as a target, directly or by a redirect: refused.
+        assert!(internal.hits().is_empty(), "{:?}", internal.hits());
+        for url in [&direct, &hop] {
+            let row = result_in(&db, url).await;
+            assert_eq!(row.error_kind.as_deref(), Some("blocked_address"), "{url}: {:?}", row.error_message);
+        }
+        // Through a proxy, which resolves names itself, one denied address
+        // refuses the name; directly, the permitted address is connected to.
+        let row = result_in(&db, &mixed_via).await;
+        assert_eq!(row.error_kind.as_deref(), Some("blocked_address"), "{:?}", row.error_message);
+        assert!(row.error_message.as_deref().is_some_and(|m| m.contains("127.0.0.65")), "{row:?}");
+        assert_eq!(result_in(&db, &mixed_direct).await.http_status, Some(200));
+        let mut direct_hits: Vec<String> = allowed.hits().iter().map(|h| h.path.clone()).collect();
+        direct_hits.sort();
+        assert_eq!(direct_hits, ["/goto", "/ok/mixed-direct"]);
+    }
+}

@@ -8,6 +8,8 @@
 //!   (which `/robots.txt` waits too)
 //!   (with `random_pages`, incompressible and different for every path)
 //! - `/status/{code}/{*rest}`: that status
+//! - `/moved/{code}/{*rest}`: that status with `Location: /ok/target-{code}`
+//! - `/etag404/{*rest}`: 404 with `ETag: "e404"`, or 304 to an `If-None-Match` naming it
 //! - `/flaky/{n}/{*rest}`: 503 for the first `n` requests of the path, then 200
 //! - `/retry-after/{secs}/{*rest}`: 429 with `Retry-After: secs` the first time, then 200
 //! - `/slow/{ms}/{*rest}`: 200 after `ms` milliseconds
@@ -364,6 +366,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/versioned/{*rest}", get(versioned))
         .route("/dated/{*rest}", get(dated))
         .route("/status/{code}/{*rest}", get(status))
+        .route("/moved/{code}/{*rest}", get(moved))
+        .route("/etag404/{*rest}", get(etag404))
         .route("/flaky/{n}/{*rest}", get(flaky))
         .route("/retry-after/{secs}/{*rest}", get(retry_after))
         .route("/slow/{ms}/{*rest}", get(slow))
@@ -613,6 +617,19 @@ async fn page(State(shared): State<Arc<Shared>>, uri: axum::http::Uri) -> Respon
 
 async fn status(Path((code, _)): Path<(u16, String)>) -> Response {
     StatusCode::from_u16(code).unwrap().into_response()
+}
+
+async fn moved(Path((code, _)): Path<(u16, String)>) -> Response {
+    let to = format!("/ok/target-{code}");
+    (StatusCode::from_u16(code).unwrap(), [(header::LOCATION, to)]).into_response()
+}
+
+async fn etag404(headers: axum::http::HeaderMap) -> Response {
+    let etag = "\"e404\"";
+    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    (StatusCode::NOT_FOUND, [(header::ETAG, etag)], "no such page").into_response()
 }
 
 async fn flaky(State(shared): State<Arc<Shared>>, Path((n, rest)): Path<(u32, String)>) -> Response {
