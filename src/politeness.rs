@@ -726,6 +726,31 @@ mod tests {
         assert_eq!(p.next_turn("a", t0), Some(t0 + Duration::from_millis(400)));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_connection_moves_the_start_the_site_sees() {
+        let p = politeness(2, 300);
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        // robots.txt's turn at t0; its connection is ready 200 ms later.
+        let robots = p.wait_turn("a").await;
+        assert_eq!(robots, t0);
+        tokio::time::advance(ms(200)).await;
+        p.connected("a", robots).await;
+        assert_eq!(Instant::now(), t0 + ms(200), "no other request went out: sent at once");
+        // The page's turn is a delay after what the site saw.
+        assert_eq!(p.wait_turn("a").await, t0 + ms(500));
+        // A second request whose connection is ready after another request
+        // went out waits a delay after that one.
+        let slow = p.wait_turn("b").await;
+        tokio::time::advance(ms(300)).await;
+        let pooled = p.wait_turn("b").await;
+        assert_eq!(pooled, slow + ms(300));
+        tokio::time::advance(ms(100)).await;
+        p.connected("b", slow).await;
+        assert_eq!(Instant::now(), pooled + ms(300));
+        assert_eq!(p.next_turn("b", Instant::now()), Some(Instant::now() + ms(300)));
+    }
+
     #[test]
     fn idle_hosts_are_forgotten() {
         let p = politeness(2, 100);

@@ -21,6 +21,7 @@
 //! - `reload`: `trawler run` reloading its config on SIGHUP, and recrawling
 //! - `requests`: per-host headers, credentials, cookies, proxies and certificates
 //! - `tls`: HTTPS with a private CA (`fetch.ca_file`)
+//! - `socks`: a SOCKS5 proxy on loopback whose connections take a while to set up
 //! - `postgres`: the PostgreSQL engine's schema and versions, each test in a
 //!   database of its own (skipped, and saying so, without a server)
 //! - `scale_out`: three daemons sharing one crawl on PostgreSQL, one of them
@@ -47,6 +48,7 @@ mod scale_out;
 mod secrets;
 mod server;
 mod service;
+mod socks;
 mod store;
 mod tls;
 mod util;

@@ -242,3 +242,38 @@ async fn a_stop_while_a_job_is_parked_requeues_its_url() {
         assert_eq!(server.hits().len(), 1);
     }
 }
+
+#[tokio::test]
+async fn the_gap_the_site_sees_holds_when_connections_take_long_to_set_up() {
+    for engine in engines("the_gap_the_site_sees_holds_when_connections_take_long_to_set_up").await {
+        // Every connection through the proxy takes 200 ms to set up: a
+        // request on a new connection reaches the site that much after its
+        // turn, and the next one must still come a whole delay after it.
+        let proxy = crate::socks::SocksProxy::start("127.0.0.1", Duration::from_millis(200));
+        let allow_all = || crate::server::RobotsTxt::Text("User-agent: *\nAllow: /\n");
+        let hosts =
+            ["127.0.0.81", "127.0.0.82", "127.0.0.83"].map(|ip| TestServer::with_robots(ip, allow_all()));
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = engine.config(dir.path());
+        polite(&mut config, 2, 300);
+        config.fetch.proxy = Some(proxy.url());
+        let urls: Vec<String> =
+            hosts.iter().flat_map(|h| (0..3).map(move |i| h.url(&format!("/ok/{i}")))).collect();
+        let summary = crawl_lines(&config, &urls).await;
+        assert_eq!(summary.done, 9);
+        assert!(proxy.connects().len() >= 3, "through the proxy: {:?}", proxy.connects());
+
+        for host in &hosts {
+            // robots.txt and the pages, as the site saw them arrive.
+            let mut arrivals: Vec<Instant> = host.robots_hits().into_iter().map(|h| h.at).collect();
+            arrivals.extend(hit_times(host));
+            arrivals.sort();
+            assert_eq!(arrivals.len(), 4);
+            let gap = min_gap(&arrivals);
+            assert!(gap + JITTER >= Duration::from_millis(300), "{}: {gap:?} between requests", host.addr);
+        }
+        // What was sent is what host_politeness measures.
+        let gaps = "SELECT min(min_gap_ms) FROM host_politeness";
+        assert!(count_in(&config, gaps).await >= 300 - JITTER.as_millis() as i64);
+    }
+}
