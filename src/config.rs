@@ -567,6 +567,10 @@ pub struct FetchConfig {
     /// `deny_ips`, and the URL keeps its host name (the `Host` header, TLS
     /// name, politeness and robots.txt are the name's).
     pub resolve: BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// DNS servers asked instead of those of `/etc/resolv.conf` (UDP, then
+    /// TCP), as `"ip:port"`: a local caching resolver for a crawl of many
+    /// hosts, say. Empty = the system's configuration.
+    pub nameservers: Vec<SocketAddr>,
     /// A PEM file of CA certificates trusted for HTTPS besides the system's
     /// (an internal CA, a test server's self-signed one). Read at start: a
     /// file that cannot be read or holds no certificate stops the start.
@@ -602,6 +606,7 @@ impl Default for FetchConfig {
             deny_ips: Vec::new(),
             allow_ips: Vec::new(),
             resolve: BTreeMap::new(),
+            nameservers: Vec::new(),
             ca_file: None,
             accept_content_types: Vec::new(),
             proxy: None,

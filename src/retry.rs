@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::config::RetryConfig;
-use crate::fetch::ErrorKind;
+use crate::fetch::{ErrorKind, Fetched};
 
 /// What happens to a URL after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +57,22 @@ pub fn decide(
         _ => None,
     };
     Decision::Retry(server_asked.unwrap_or_else(|| backoff(config, attempt, jitter)))
+}
+
+/// Attempts in all at a host name that does not exist (an NXDOMAIN answer):
+/// the first and one retry, in case a resolver erred or the name was just
+/// created. A server failure (SERVFAIL) or no answer keeps the usual
+/// retries, as it says nothing of the name.
+pub const NXDOMAIN_ATTEMPTS: u32 = 2;
+
+/// [`decide`] for what attempt number `attempt` fetched, with
+/// [`NXDOMAIN_ATTEMPTS`] for a name that does not exist.
+pub fn decide_fetched(config: &RetryConfig, attempt: u32, fetched: &Fetched, jitter: f64) -> Decision {
+    if fetched.name_not_found && attempt >= NXDOMAIN_ATTEMPTS {
+        return Decision::Failed;
+    }
+    let record = &fetched.record;
+    decide(config, attempt, record.http_status, fetched.error, fetched.retry_after, jitter)
 }
 
 /// Exponential backoff with "equal jitter" (AWS Architecture Blog, "Exponential
@@ -126,6 +142,16 @@ mod tests {
         let decided = decide(&c, 1, None, Some(ErrorKind::RobotsUnreachable), wait, 0.0);
         assert_eq!(decided, Decision::Retry(Duration::from_secs(30)));
         assert_eq!(decide(&c, 4, None, Some(ErrorKind::RobotsUnreachable), wait, 0.0), Decision::Failed);
+    }
+
+    #[test]
+    fn a_name_that_does_not_exist_is_final_after_one_retry() {
+        let mut fetched = Fetched::without_request(ErrorKind::Dns, "dns error".into(), None);
+        assert!(matches!(decide_fetched(&config(), 1, &fetched, 0.0), Decision::Retry(_)));
+        assert!(matches!(decide_fetched(&config(), 2, &fetched, 0.0), Decision::Retry(_)), "SERVFAIL");
+        fetched.name_not_found = true;
+        assert!(matches!(decide_fetched(&config(), 1, &fetched, 0.0), Decision::Retry(_)));
+        assert_eq!(decide_fetched(&config(), 2, &fetched, 0.0), Decision::Failed, "NXDOMAIN");
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct NoResponse {
     pub message: String,
     /// How long its request took (waiting for its turn not counted).
     pub took: Duration,
+    /// The host name does not exist (NXDOMAIN).
+    pub name_not_found: bool,
 }
 
 /// Why robots.txt rules a request out now: the error that ends the attempt.
@@ -87,6 +89,8 @@ pub struct Refusal {
     /// Time the attempt spent on requests of its own: the robots.txt
     /// request that got no response, which fails the attempt with it.
     pub took: Duration,
+    /// That request found the host name does not exist (NXDOMAIN).
+    pub name_not_found: bool,
 }
 
 impl Verdict {
@@ -99,20 +103,24 @@ impl Verdict {
                 message: format!("disallowed by {robots_url}"),
                 retry_after: None,
                 took: Duration::ZERO,
+                name_not_found: false,
             }),
             // No response from the host at all: the attempt fails as the
             // fetch of robots.txt did, and is retried like one.
-            Verdict::Unreachable { robots_url, cause: Some(NoResponse { kind, message, took }), .. } => {
-                Some(Refusal {
-                    kind,
-                    message: format!(
-                        "robots.txt unreachable ({}: {message}): the page was not requested ({robots_url})",
-                        kind.as_str()
-                    ),
-                    retry_after: None,
-                    took,
-                })
-            }
+            Verdict::Unreachable {
+                robots_url,
+                cause: Some(NoResponse { kind, message, took, name_not_found }),
+                ..
+            } => Some(Refusal {
+                kind,
+                message: format!(
+                    "robots.txt unreachable ({}: {message}): the page was not requested ({robots_url})",
+                    kind.as_str()
+                ),
+                retry_after: None,
+                took,
+                name_not_found,
+            }),
             Verdict::Unreachable { robots_url, retry_in, cause: None } => Some(Refusal {
                 kind: ErrorKind::RobotsUnreachable,
                 message: format!(
@@ -120,6 +128,7 @@ impl Verdict {
                 ),
                 retry_after: Some(retry_in),
                 took: Duration::ZERO,
+                name_not_found: false,
             }),
         }
     }
@@ -266,6 +275,7 @@ impl Robots {
                 kind,
                 message: fetched.record.error_message.clone().unwrap_or_default(),
                 took: Duration::from_micros(fetched.record.elapsed_us),
+                name_not_found: fetched.name_not_found,
             }),
             _ => None,
         };

@@ -27,7 +27,7 @@ use crate::gate::{Errand, Gate, Interrupted, Stops, Walked, host_signal};
 use crate::links::Discovery;
 use crate::politeness::HostSignal;
 use crate::redact::ForLog;
-use crate::retry::{Decision, decide};
+use crate::retry::{Decision, decide_fetched};
 use crate::robots::Refusal;
 use crate::store::{AttemptRecord, Backend, DropReason, NewUrl, Store, StoreError};
 use crate::store::{Completion, Job, Next};
@@ -229,12 +229,13 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
                 }
             }
         }
-        Some(Refusal { kind, message, retry_after, took }) => {
+        Some(Refusal { kind, message, retry_after, took, name_not_found }) => {
             // No request made: the host's state is as it was now. The
             // attempt's time is that of the robots.txt request that failed
             // it, if one did; waiting for turns is not an attempt's.
             gate.politeness.skip_start(&job.host);
             let mut fetched = Fetched::without_request(kind, message, retry_after);
+            fetched.name_not_found = name_not_found;
             fetched.record.started_at = Some(std::time::SystemTime::now() - took);
             fetched.record.elapsed_ms = took.as_millis() as u64;
             fetched.record.elapsed_us = took.as_micros() as u64;
@@ -247,14 +248,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         warn_out_of_descriptors(&fetched);
         Next::Requeue(now_ms() + DEFERRED_FOR.as_millis() as i64)
     } else {
-        let decision = decide(
-            &ctx.retry,
-            job.attempt,
-            fetched.record.http_status,
-            fetched.error,
-            fetched.retry_after,
-            rand::random(),
-        );
+        let decision = decide_fetched(&ctx.retry, job.attempt, &fetched, rand::random());
         match decision {
             Decision::Done if fetched.not_modified => Next::NotModified,
             Decision::Done if fetched.skipped => Next::Skipped,

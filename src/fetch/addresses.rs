@@ -83,8 +83,9 @@ impl Overrides {
 /// Where names not in `fetch.resolve` are looked up.
 pub(super) enum Lookup {
     /// hickory-dns's async resolver, configured from `/etc/resolv.conf` and
-    /// answering from `/etc/hosts` first; it caches answers for their TTL
-    /// (at most 8,192 of them; hickory-resolver's `ResolverOpts` defaults).
+    /// answering from `/etc/hosts` first, or asking `fetch.nameservers`
+    /// only; it caches answers for their TTL (at most 8,192 of them;
+    /// hickory-resolver's `ResolverOpts` defaults).
     Hickory(Box<hickory_resolver::TokioResolver>),
     /// getaddrinfo(3) on tokio's blocking pool, uncached (reqwest's default),
     /// where the system's resolver configuration cannot be read.
@@ -92,8 +93,31 @@ pub(super) enum Lookup {
 }
 
 impl Lookup {
-    pub(super) fn new() -> Self {
-        let built = hickory_resolver::TokioResolver::builder_tokio().and_then(|builder| builder.build());
+    /// The system's resolver configuration, or `nameservers` (UDP, then TCP)
+    /// when there are any.
+    pub(super) fn new(nameservers: &[SocketAddr]) -> Self {
+        use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+        let built = if nameservers.is_empty() {
+            hickory_resolver::TokioResolver::builder_tokio().and_then(|builder| builder.build())
+        } else {
+            let servers = nameservers
+                .iter()
+                .map(|server| {
+                    let on = |mut connection: ConnectionConfig| {
+                        connection.port = server.port();
+                        connection
+                    };
+                    NameServerConfig::new(
+                        server.ip(),
+                        true,
+                        vec![on(ConnectionConfig::udp()), on(ConnectionConfig::tcp())],
+                    )
+                })
+                .collect();
+            let config = ResolverConfig::from_parts(None, Vec::new(), servers);
+            let provider = hickory_resolver::net::runtime::TokioRuntimeProvider::default();
+            hickory_resolver::TokioResolver::builder_with_config(config, provider).build()
+        };
         match built {
             Ok(resolver) => Self::Hickory(Box::new(resolver)),
             Err(e) => {
@@ -139,6 +163,8 @@ pub(super) enum Purpose {
 pub(super) struct Resolver {
     pub(super) policy: Arc<AddressPolicy>,
     pub(super) overrides: Overrides,
+    /// `fetch.nameservers`: asked instead of the system's, when set.
+    pub(super) nameservers: Vec<SocketAddr>,
     /// Built on first use, inside the runtime hickory's sockets need.
     pub(super) lookup: std::sync::OnceLock<Lookup>,
 }
@@ -147,7 +173,7 @@ impl Resolver {
     pub(super) async fn resolve(&self, host: &str, purpose: Purpose) -> Result<Vec<IpAddr>, BoxError> {
         let resolved = match self.overrides.lookup(host) {
             Some(addresses) => addresses.to_vec(),
-            None => self.lookup.get_or_init(Lookup::new).ips(host).await?,
+            None => self.lookup.get_or_init(|| Lookup::new(&self.nameservers)).ips(host).await?,
         };
         let refused = |ip: &IpAddr| Box::new(BlockedAddress { host: host.to_owned(), ip: *ip });
         match purpose {
@@ -166,6 +192,28 @@ impl Resolver {
             }
         }
     }
+}
+
+/// Whether `error` says the name does not exist: an authoritative NXDOMAIN
+/// (RFC 1035 §4.1.1 RCODE 3; RFC 8020: nothing exists under it either), as
+/// hickory-dns reports it. Not a server failure or a timeout.
+pub(super) fn name_does_not_exist(error: &(dyn std::error::Error + 'static)) -> bool {
+    use hickory_resolver::net::{DnsError, NetError};
+    use hickory_resolver::proto::op::ResponseCode;
+    let mut source = Some(error);
+    while let Some(e) = source {
+        let dns = e.downcast_ref::<NetError>().and_then(|e| match e {
+            NetError::Dns(dns) => Some(dns),
+            _ => None,
+        });
+        match dns {
+            Some(DnsError::NoRecordsFound(no)) if no.response_code == ResponseCode::NXDomain => return true,
+            Some(DnsError::ResponseCode(ResponseCode::NXDomain)) => return true,
+            _ => {}
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// [`Resolver`] as reqwest's resolver, for every connection it opens: the

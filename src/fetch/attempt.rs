@@ -35,6 +35,8 @@ pub(super) struct Progress {
     pub(super) skipped: Option<String>,
     /// The final response was a 304 to validators this attempt sent.
     pub(super) not_modified: bool,
+    /// A name the attempt needed does not exist (NXDOMAIN).
+    pub(super) name_not_found: bool,
 }
 
 /// One attempt in progress: a request at a time, so that the caller can
@@ -228,6 +230,7 @@ impl Attempt<'_> {
             retry_after: self.progress.retry_after,
             found: self.progress.found,
             out_of_descriptors: self.progress.out_of_descriptors,
+            name_not_found: self.progress.name_not_found && error == Some(ErrorKind::Dns),
             not_modified,
             skipped,
         }

@@ -106,6 +106,7 @@ impl Fetcher {
         let resolver = Arc::new(Resolver {
             policy: addresses.clone(),
             overrides: Overrides::new(&config.resolve),
+            nameservers: config.nameservers.clone(),
             lookup: std::sync::OnceLock::new(),
         });
         let build = |insecure: bool| -> Result<reqwest::Client, ClientError> {

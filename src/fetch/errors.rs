@@ -18,6 +18,10 @@ pub(super) fn lookup_failure(
         return Failure(ErrorKind::BlockedAddress, blocked.to_string());
     }
     progress.out_of_descriptors = out_of_descriptors(error);
+    if super::addresses::name_does_not_exist(error) {
+        progress.name_not_found = true;
+        return Failure(ErrorKind::Dns, format!("dns error: the name does not exist (NXDOMAIN): {error}"));
+    }
     Failure(ErrorKind::Dns, format!("dns error: {error}"))
 }
 

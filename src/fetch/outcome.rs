@@ -101,6 +101,10 @@ pub struct Fetched {
     /// a socket or resolving a name. Not the host's fault, and not an
     /// attempt at the URL.
     pub out_of_descriptors: bool,
+    /// The attempt failed as [`ErrorKind::Dns`] because a name does not
+    /// exist (an NXDOMAIN answer), which another try soon is unlikely to
+    /// change: final after one retry ([`crate::retry::decide`]).
+    pub name_not_found: bool,
     /// The final response was `304 Not Modified` to the validators the
     /// attempt sent ([`Attempt::conditional`]): the URL's content is as it
     /// was, and the record has no content fields (type, size, hash).
@@ -128,6 +132,7 @@ impl Fetched {
             retry_after,
             found: None,
             out_of_descriptors: false,
+            name_not_found: false,
             not_modified: false,
             skipped: false,
         }

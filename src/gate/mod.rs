@@ -275,6 +275,7 @@ impl Gate {
             message,
             retry_after: None,
             took: std::time::Duration::ZERO,
+            name_not_found: false,
         };
         (!self.scope.in_scope(&from, url)).then_some(refusal)
     }

@@ -157,3 +157,46 @@ async fn each_attempt_records_its_time_to_first_byte() {
         assert!(count_in(&db, &timing(&refused)).await < 0, "no response, no time to first byte");
     }
 }
+
+#[tokio::test]
+async fn a_name_that_does_not_exist_is_final_after_one_retry() {
+    use crate::dns::{Answer, DnsServer};
+    for engine in engines("a_name_that_does_not_exist_is_final_after_one_retry").await {
+        let server = crate::server::TestServer::start_on("127.0.0.91");
+        let dns = DnsServer::start(
+            "127.0.0.92",
+            &[
+                ("exists.test", Answer::Address("127.0.0.91".parse().unwrap())),
+                ("gone.test", Answer::NxDomain),
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = server.addr.port();
+        let (exists, gone, failing) = (
+            format!("http://exists.test:{port}/ok/a"),
+            format!("http://gone.test:{port}/ok/b"),
+            format!("http://servfail.test:{port}/ok/c"),
+        );
+        let toml = format!(
+            "[fetch]\nnameservers = [\"{}\"]\n[retry]\nmax_attempts = 4\nbackoff_base = \"20ms\"\nbackoff_max = \"50ms\"\n\
+             [politeness]\nbackoff_base = \"20ms\"\nbackoff_max = \"50ms\"\n",
+            dns.addr
+        );
+        let db =
+            engine.crawl_with_config(dir.path(), &[exists.clone(), gone.clone(), failing.clone()], &toml);
+
+        assert_eq!(result_in(&db, &exists).await.http_status, Some(200));
+        // NXDOMAIN: one retry, then final, saying why.
+        let row = result_in(&db, &gone).await;
+        assert_eq!(
+            (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+            ("failed", Some("dns"), 2),
+            "{row:?}"
+        );
+        assert!(row.error_message.as_deref().is_some_and(|m| m.contains("does not exist")), "{row:?}");
+        // SERVFAIL says nothing of the name: every attempt is made.
+        let row = result_in(&db, &failing).await;
+        assert_eq!((row.state.as_str(), row.error_kind.as_deref(), row.attempts), ("failed", Some("dns"), 4));
+        assert!(dns.queries_for("gone.test") >= 1);
+    }
+}

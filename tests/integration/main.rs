@@ -21,6 +21,7 @@
 //! - `reload`: `trawler run` reloading its config on SIGHUP, and recrawling
 //! - `requests`: per-host headers, credentials, cookies, proxies and certificates
 //! - `tls`: HTTPS with a private CA (`fetch.ca_file`)
+//! - `dns`: a DNS server on loopback (`fetch.nameservers`), for names that do not exist
 //! - `socks`: a SOCKS5 proxy on loopback whose connections take a while to set up
 //! - `postgres`: the PostgreSQL engine's schema and versions, each test in a
 //!   database of its own (skipped, and saying so, without a server)
@@ -32,6 +33,7 @@ mod api;
 mod archive;
 mod crawl;
 mod discovery;
+mod dns;
 mod faults;
 mod peers;
 mod politeness;
