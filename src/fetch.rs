@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::config::FetchConfig;
-use crate::links::{Found, LinkExtractor, is_html};
+use crate::links::{Directives, Found, LinkExtractor, is_html};
 use crate::redact::ForLog;
 use crate::store::{AttemptRecord, Hop, Validators};
 
@@ -183,6 +183,10 @@ pub struct Fetcher {
     save_body: bool,
     /// Extract up to this many links from 2xx HTML bodies.
     extract_links: Option<usize>,
+    /// The product token whose page-level robots directives apply
+    /// (`robots.user_agent_token`): `X-Robots-Tag: TOKEN: noindex`,
+    /// `<meta name="TOKEN">` (`links::Directives`).
+    robots_token: Arc<str>,
     /// Read a body over the cap up to the cap (and keep that prefix) even
     /// when its declared length is over it, rather than refusing it before
     /// reading: for robots.txt (RFC 9309 §2.5).
@@ -497,6 +501,7 @@ impl Fetcher {
             save_headers,
             save_body,
             extract_links: None,
+            robots_token: crate::config::RobotsConfig::default().user_agent_token.into(),
             keep_prefix: false,
             accept: AcceptTypes::from_config(&config.accept_content_types).map(Arc::new),
             addresses,
@@ -518,6 +523,7 @@ impl Fetcher {
             save_headers: false,
             save_body,
             extract_links: None,
+            robots_token: self.robots_token.clone(),
             keep_prefix: false,
             accept: None,
             host_headers: self.host_headers.clone(),
@@ -532,6 +538,12 @@ impl Fetcher {
     /// `Content-Length` is over the cap, for callers that use a prefix.
     pub fn keeping_prefix(self) -> Self {
         Self { keep_prefix: true, ..self }
+    }
+
+    /// Reads page-level robots directives for `token`
+    /// (`robots.user_agent_token`; without this, trawler's default).
+    pub fn with_robots_token(self, token: &str) -> Self {
+        Self { robots_token: token.into(), ..self }
     }
 
     /// Also extract links (at most `max_links` per page) from the bodies of
@@ -687,6 +699,14 @@ impl Fetcher {
         if self.save_headers {
             record.headers = Some(headers_json(headers));
         }
+        // Page-level robots directives (links.rs): the header's now, a
+        // parsed page's meta tags once it is read.
+        let x_robots_tag = headers.get_all("x-robots-tag").iter().map(HeaderValue::as_bytes);
+        let said = Directives::from_x_robots_tag(x_robots_tag, &self.robots_token);
+        if response.status().is_success() {
+            record.noindex =
+                (said.noindex || !is_html(record.content_type.as_deref())).then_some(said.noindex);
+        }
         if let Some(accept) = self.accept.as_deref().filter(|_| response.status().is_success()) {
             let media_type = record.content_type.as_deref().unwrap_or("application/octet-stream");
             if !accept.accepts(media_type) {
@@ -712,7 +732,7 @@ impl Fetcher {
         let mut extractor = self
             .extract_links
             .filter(|_| extract && response.status().is_success() && is_html(record.content_type.as_deref()))
-            .map(LinkExtractor::new);
+            .map(|max| LinkExtractor::new(max, &self.robots_token, record.content_type.as_deref()));
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             len += chunk.len() as u64;
             if len > max {
@@ -737,7 +757,14 @@ impl Fetcher {
         record.body_bytes = Some(len);
         record.body_sha256 = Some(format!("{:x}", hasher.finalize()));
         record.body = kept;
-        progress.found = extractor.map(LinkExtractor::finish);
+        progress.found = extractor.map(|extractor| {
+            let mut found = extractor.finish();
+            found.directives = found.directives.union(said);
+            found
+        });
+        if let Some(found) = &progress.found {
+            progress.record.noindex = Some(found.directives.noindex);
+        }
         Ok(())
     }
 }
