@@ -245,9 +245,10 @@ async fn start(
         config.store.save_headers,
         config.store.save_body,
         pool,
-    )?;
+    )?
+    .with_robots_token(&config.robots.user_agent_token);
     let discovery = match config.discovery.follow {
-        true => Some(Discovery::new(config.discovery.clone())),
+        true => Some(Discovery::new(config.discovery.clone()).obeying_robots(config.robots.obey)),
         false => None,
     };
     if let Some(discovery) = &discovery {

@@ -257,9 +257,9 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
             Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
         }
     };
-    let (mut links, dropped_links) = match (&ctx.discovery, next) {
+    let (mut links, dropped_links, canonical) = match (&ctx.discovery, next) {
         (Some(discovery), Next::Done) => discover(discovery, &job, &fetched),
-        _ => (Vec::new(), Vec::new()),
+        _ => (Vec::new(), Vec::new(), None),
     };
     if let Some(target) = handed_over.filter(|_| next == Next::Done) {
         // Its host is another daemon's: the target is crawled there, as a
@@ -278,6 +278,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         tracing::info!(host = %job.host, backoff_ms = backoff.as_millis() as u64, "host backs off");
     }
     let mut record = fetched.record;
+    record.canonical_url = canonical;
     if fetched.error.is_none() && !next.is_done() && next != Next::Skipped {
         // A response arrived, but with a status worth retrying.
         record.error_kind = Some(ErrorKind::HttpStatus);
@@ -368,19 +369,24 @@ fn warn_out_of_descriptors(fetched: &Fetched) {
 }
 
 /// The links of a fetched page that discovery's rules let through, as URLs
-/// one level deeper found on this one, and the dropped ones by reason.
-fn discover(discovery: &Discovery, job: &Job, fetched: &Fetched) -> (Vec<NewUrl>, Vec<(DropReason, u64)>) {
+/// one level deeper found on this one, the dropped ones by reason, and the
+/// page's canonical URL.
+fn discover(
+    discovery: &Discovery,
+    job: &Job,
+    fetched: &Fetched,
+) -> (Vec<NewUrl>, Vec<(DropReason, u64)>, Option<String>) {
     let (Some(found), Some(page)) = (&fetched.found, fetched.record.final_url.as_deref()) else {
-        return (Vec::new(), Vec::new());
+        return (Vec::new(), Vec::new(), None);
     };
-    let Ok(page) = url::Url::parse(page) else { return (Vec::new(), Vec::new()) };
+    let Ok(page) = url::Url::parse(page) else { return (Vec::new(), Vec::new(), None) };
     let judged = discovery.judge(&page, job.depth, found);
     let links = judged
         .links
         .into_iter()
         .map(|l| NewUrl { url: l.url, host: l.host, depth: job.depth + 1, found_on: Some(job.url_id) })
         .collect();
-    (links, judged.dropped.into_iter().collect())
+    (links, judged.dropped.into_iter().collect(), judged.canonical)
 }
 
 /// Whether links on this job's page could be followed (not at max depth).

@@ -18,7 +18,7 @@ use super::content::{header_text, headers_json, parse_retry_after};
 use super::errors::{Failure, classify, closed_before_response, lookup_failure, out_of_descriptors};
 use super::sending::{Cleared, SENDING, Sending};
 use super::{ErrorKind, Fetched, Fetcher, check_http};
-use crate::links::{Found, LinkExtractor, is_html};
+use crate::links::{Directives, Found, LinkExtractor, is_html};
 use crate::redact::ForLog;
 use crate::store::{AttemptRecord, Hop, Validators};
 
@@ -374,6 +374,14 @@ impl Fetcher {
         if self.save_headers {
             record.headers = Some(headers_json(headers));
         }
+        // Page-level robots directives (links.rs): the header's now, a
+        // parsed page's meta tags once it is read.
+        let x_robots_tag = headers.get_all("x-robots-tag").iter().map(HeaderValue::as_bytes);
+        let said = Directives::from_x_robots_tag(x_robots_tag, &self.robots_token);
+        if response.status().is_success() {
+            record.noindex =
+                (said.noindex || !is_html(record.content_type.as_deref())).then_some(said.noindex);
+        }
         if let Some(accept) = self.accept.as_deref().filter(|_| response.status().is_success()) {
             let media_type = record.content_type.as_deref().unwrap_or("application/octet-stream");
             if !accept.accepts(media_type) {
@@ -399,7 +407,7 @@ impl Fetcher {
         let mut extractor = self
             .extract_links
             .filter(|_| extract && response.status().is_success() && is_html(record.content_type.as_deref()))
-            .map(LinkExtractor::new);
+            .map(|max| LinkExtractor::new(max, &self.robots_token, record.content_type.as_deref()));
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             len += chunk.len() as u64;
             if len > max {
@@ -424,7 +432,14 @@ impl Fetcher {
         record.body_bytes = Some(len);
         record.body_sha256 = Some(format!("{:x}", hasher.finalize()));
         record.body = kept;
-        progress.found = extractor.map(LinkExtractor::finish);
+        progress.found = extractor.map(|extractor| {
+            let mut found = extractor.finish();
+            found.directives = found.directives.union(said);
+            found
+        });
+        if let Some(found) = &progress.found {
+            progress.record.noindex = Some(found.directives.noindex);
+        }
         Ok(())
     }
 }

@@ -151,6 +151,7 @@ impl Fetcher {
             save_headers,
             save_body,
             extract_links: None,
+            robots_token: crate::config::RobotsConfig::default().user_agent_token.into(),
             keep_prefix: false,
             accept: AcceptTypes::from_config(&config.accept_content_types).map(Arc::new),
             addresses,

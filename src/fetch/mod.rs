@@ -57,6 +57,10 @@ pub struct Fetcher {
     save_body: bool,
     /// Extract up to this many links from 2xx HTML bodies.
     extract_links: Option<usize>,
+    /// The product token whose page-level robots directives apply
+    /// (`robots.user_agent_token`): `X-Robots-Tag: TOKEN: noindex`,
+    /// `<meta name="TOKEN">` (`links::Directives`).
+    robots_token: Arc<str>,
     /// Read a body over the cap up to the cap (and keep that prefix) even
     /// when its declared length is over it, rather than refusing it before
     /// reading: for robots.txt (RFC 9309 §2.5).
@@ -90,6 +94,7 @@ impl Fetcher {
             save_headers: false,
             save_body,
             extract_links: None,
+            robots_token: self.robots_token.clone(),
             keep_prefix: false,
             accept: None,
             insecure: self.insecure.clone(),
@@ -104,6 +109,12 @@ impl Fetcher {
     /// `Content-Length` is over the cap, for callers that use a prefix.
     pub fn keeping_prefix(self) -> Self {
         Self { keep_prefix: true, ..self }
+    }
+
+    /// Reads page-level robots directives for `token`
+    /// (`robots.user_agent_token`; without this, trawler's default).
+    pub fn with_robots_token(self, token: &str) -> Self {
+        Self { robots_token: token.into(), ..self }
     }
 
     /// Also extract links (at most `max_links` per page) from the bodies of

@@ -184,6 +184,10 @@ pub enum DropReason {
     MaxPages,
     /// Its host has `discovery.max_pages_per_host` URLs stored already.
     MaxPagesPerHost,
+    /// The page says `nofollow` for this crawler: its robots meta tag
+    /// (`robots` or `robots.user_agent_token`) or `X-Robots-Tag` header
+    /// (schema version 7).
+    PageNofollow,
 }
 
 impl DropReason {
@@ -203,6 +207,7 @@ impl DropReason {
             DropReason::TooManyLinks => "too_many_links",
             DropReason::MaxPages => "max_pages",
             DropReason::MaxPagesPerHost => "max_pages_per_host",
+            DropReason::PageNofollow => "page_nofollow",
         }
     }
 }
@@ -420,6 +425,14 @@ pub struct AttemptRecord {
     pub headers: Option<String>,
     /// The body, when configured (the worker moves it to `bodies`).
     pub body: Option<Vec<u8>>,
+    /// For a 2xx final response: whether it says `noindex` for this crawler
+    /// (`X-Robots-Tag`, or a robots meta tag of a page parsed for links);
+    /// `None` when that is not known (no 2xx, or an HTML page not parsed
+    /// and no header saying so). Schema version 7.
+    pub noindex: Option<bool>,
+    /// The page's `<link rel=canonical>`, resolved and normalized, for a
+    /// page parsed for links. Schema version 7.
+    pub canonical_url: Option<String>,
 }
 
 /// A request an attempt made after its first one, following a redirect.

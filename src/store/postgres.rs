@@ -1619,18 +1619,19 @@ async fn insert_attempts(
     sqlx::query(
         "INSERT INTO attempts (id, url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, ttfb_ms,
              outcome, http_status, error_kind, error_message, retry_at, final_url, redirects, redirect_chain,
-             content_type, body_bytes, body_sha256, headers, worker)
+             content_type, body_bytes, body_sha256, headers, worker, noindex, canonical_url)
          SELECT coalesce(id, nextval(pg_get_serial_sequence('attempts', 'id'))), url_id, attempt, to_timestamp(started_ms / 1000.0), started_ms, to_timestamp(fetched_ms / 1000.0),
              elapsed_ms, dns_ms, ttfb_ms, outcome, http_status, error_kind, error_message,
              to_timestamp(retry_ms / 1000.0), final_url, redirects, redirect_chain::jsonb,
              coalesce(v.content_type, c.content_type), coalesce(v.body_bytes, c.body_bytes),
-             coalesce(v.body_sha256, c.body_sha256), headers::jsonb, $20
+             coalesce(v.body_sha256, c.body_sha256), headers::jsonb, $20, noindex, canonical_url
          FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
                      $8::text[], $9::int4[], $10::text[], $11::text[], $12::int8[], $13::text[], $14::int4[],
-                     $15::text[], $16::text[], $17::int8[], $18::text[], $19::text[], $21::int8[])
+                     $15::text[], $16::text[], $17::int8[], $18::text[], $19::text[], $21::int8[],
+                     $22::bool[], $23::text[])
               AS v(url_id, attempt, started_ms, fetched_ms, elapsed_ms, dns_ms, ttfb_ms, outcome, http_status,
                    error_kind, error_message, retry_ms, final_url, redirects, redirect_chain, content_type,
-                   body_bytes, body_sha256, headers, id)
+                   body_bytes, body_sha256, headers, id, noindex, canonical_url)
          -- A 304 confirms the content of the URL's last 'done' attempt.
          LEFT JOIN LATERAL (
              SELECT a.content_type, a.body_bytes, a.body_sha256 FROM attempts AS a
@@ -1658,6 +1659,8 @@ async fn insert_attempts(
     .bind(records().map(|r| r.headers.as_deref()).collect::<Vec<_>>())
     .bind(worker)
     .bind(&ids)
+    .bind(records().map(|r| r.noindex).collect::<Vec<_>>())
+    .bind(records().map(|r| r.canonical_url.as_deref()).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     let hops: Vec<(i64, i32, &Hop)> = ids

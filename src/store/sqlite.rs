@@ -72,7 +72,7 @@ macro_rules! claim_sql {
 /// that only a handful of distinct statements exist, each prepared once and
 /// then reused from sqlx's per-connection statement cache: preparing a fresh
 /// 500-row statement for every batch size cost a sixth of the write thread's
-/// time. The largest binds 256 × 22 values, under SQLite's 32,766 per
+/// time. The largest binds 256 × 24 values, under SQLite's 32,766 per
 /// statement (SQLITE_MAX_VARIABLE_NUMBER since 3.32.0).
 const STATEMENT_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
 
@@ -1005,10 +1005,10 @@ async fn insert_attempts(
     // Only attempts whose URL still carries their lease are kept.
     const HEAD: &str = "WITH v(url_id, lease, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, ttfb_ms,
                 outcome, http_status, error_kind, error_message, retry_at, final_url, redirects, redirect_chain,
-                content_type, body_bytes, body_sha256, headers, body) AS (VALUES ";
+                content_type, body_bytes, body_sha256, headers, body, noindex, canonical_url) AS (VALUES ";
     const TAIL: &str = ") INSERT INTO attempts (url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms,
                 ttfb_ms, outcome, http_status, error_kind, error_message, retry_at, final_url, redirects,
-                redirect_chain, content_type, body_bytes, body_sha256, headers, body)
+                redirect_chain, content_type, body_bytes, body_sha256, headers, body, noindex, canonical_url)
           SELECT v.url_id, v.attempt, v.started_at, v.started_ms, v.fetched_at, v.elapsed_ms, v.dns_ms, v.ttfb_ms,
                 v.outcome, v.http_status, v.error_kind, v.error_message, v.retry_at, v.final_url, v.redirects,
                 v.redirect_chain,
@@ -1019,11 +1019,11 @@ async fn insert_attempts(
                      WHERE c.url_id = v.url_id AND c.outcome = 'done' ORDER BY c.id DESC LIMIT 1)
                      ELSE v.body_bytes END,
                 CASE WHEN v.outcome = 'not_modified' THEN u.body_sha256 ELSE v.body_sha256 END,
-                v.headers, v.body
+                v.headers, v.body, v.noindex, v.canonical_url
           FROM v JOIN urls AS u ON u.id = v.url_id AND u.lease = v.lease";
-    static PLAIN: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 22, TAIL));
+    static PLAIN: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 24, TAIL));
     static WITH_IDS: LazyLock<MultiRow> =
-        LazyLock::new(|| MultiRow::new(HEAD, 22, &format!("{TAIL} RETURNING url_id, id")));
+        LazyLock::new(|| MultiRow::new(HEAD, 24, &format!("{TAIL} RETURNING url_id, id")));
     let mut args = SqliteArguments::default();
     let now = SystemTime::now();
     for c in chunk {
@@ -1054,6 +1054,8 @@ async fn insert_attempts(
         add(&mut args, r.body_sha256.as_deref())?;
         add(&mut args, r.headers.as_deref())?;
         add(&mut args, r.body.as_deref())?;
+        add(&mut args, r.noindex)?;
+        add(&mut args, r.canonical_url.as_deref())?;
     }
     if chunk.iter().all(|c| c.record.hops.is_empty()) {
         sqlx::query_with(PLAIN.sql(chunk.len()), args)

@@ -387,3 +387,132 @@ async fn the_links_of_rss_and_atom_feeds_are_seeds() {
         assert!(!fetched.contains_key("/ok/audio") && !fetched.contains_key("/ok/edit"), "{fetched:?}");
     }
 }
+
+/// A page's own robots directives: `nofollow` in a robots meta tag (or one
+/// for trawler's token, or `none`) or an `X-Robots-Tag` header keeps its
+/// links from being followed, counted as `page_nofollow`; `noindex` and the
+/// canonical link are stored on the attempt. Rules for other crawlers do
+/// not apply. Hrefs lose only what a browser trims: `&nbsp;x.html` is a
+/// page of its own, not the page itself.
+#[tokio::test]
+async fn a_page_that_says_nofollow_is_not_followed_and_noindex_and_canonical_are_stored() {
+    for engine in
+        engines("a_page_that_says_nofollow_is_not_followed_and_noindex_and_canonical_are_stored").await
+    {
+        let server = TestServer::start_on("127.0.0.57");
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = engine.crawl_to_end(dir.path(), &[server.url("/directives/index.html")], &["--follow"]);
+
+        let fetched: std::collections::BTreeSet<String> = server.hits().into_iter().map(|h| h.path).collect();
+        for followed in [
+            "/ok/meta-other",
+            "/ok/header-other",
+            "/ok/trimmed",
+            "/directives/%C2%A0x.html",
+            "/directives/%C2%A0",
+        ] {
+            assert!(fetched.contains(followed), "{followed} was not fetched: {fetched:?}");
+        }
+        for not_followed in [
+            "/ok/meta-nofollow",
+            "/ok/meta-none",
+            "/ok/meta-token",
+            "/ok/header-nofollow",
+            "/ok/header-token",
+            "/directives/canonical.html",
+        ] {
+            assert!(!fetched.contains(not_followed), "{not_followed} was fetched");
+        }
+        let base = server.url("/directives/");
+        let dropped = strings_in(
+            &db,
+            &format!(
+                "SELECT replace(u.url, '{base}', '') || ' ' || d.reason || ' ' || d.count
+                 FROM dropped_links d JOIN urls u ON u.id = d.url_id"
+            ),
+        )
+        .await;
+        assert_eq!(
+            sorted(dropped),
+            [
+                "header-nofollow.html page_nofollow 1",
+                "header-token.html page_nofollow 1",
+                "meta-nofollow.html page_nofollow 2",
+                "meta-none.html page_nofollow 1",
+                "meta-token.html page_nofollow 1",
+            ]
+        );
+        let noindex = strings_in(
+            &db,
+            &format!(
+                "SELECT replace(u.url, '{base}', '') || ' ' ||
+                     CASE WHEN a.noindex THEN 'noindex' WHEN NOT a.noindex THEN 'index' ELSE '-' END
+                 FROM attempts a JOIN urls u ON u.id = a.url_id WHERE u.url LIKE '{base}%'"
+            ),
+        )
+        .await;
+        assert_eq!(
+            sorted(noindex),
+            [
+                "%C2%A0 -",
+                "%C2%A0x.html -",
+                "doc.pdf noindex",
+                "header-nofollow.html index",
+                "header-other.html index",
+                "header-token.html noindex",
+                "index.html index",
+                "meta-nofollow.html noindex",
+                "meta-none.html noindex",
+                "meta-other.html index",
+                "meta-token.html index",
+                "nbsp.html index",
+            ]
+        );
+        let canonical =
+            strings_in(&db, "SELECT canonical_url FROM attempts WHERE canonical_url IS NOT NULL").await;
+        assert_eq!(
+            canonical,
+            [server.url("/directives/canonical.html")],
+            "resolved, tracking parameter stripped"
+        );
+    }
+}
+
+/// `--ignore-robots` ignores a page's own `nofollow` too (as Heritrix's
+/// "ignore" robots policy does); its `noindex` is still recorded.
+#[tokio::test]
+async fn ignoring_robots_follows_the_links_of_a_nofollow_page() {
+    for engine in engines("ignoring_robots_follows_the_links_of_a_nofollow_page").await {
+        let server = TestServer::start_on("127.0.0.58");
+        let dir = tempfile::tempdir().unwrap();
+        let seed = server.url("/directives/meta-nofollow.html");
+        let (db, _) =
+            engine.crawl_to_end(dir.path(), std::slice::from_ref(&seed), &["--follow", "--ignore-robots"]);
+        assert_eq!(server.hits_of("/ok/meta-nofollow").len(), 1);
+        assert_eq!(count_in(&db, "SELECT count(*) FROM dropped_links").await, 0);
+        assert_eq!(count_in(&db, "SELECT count(*) FROM attempts WHERE noindex").await, 1);
+    }
+}
+
+/// A UTF-16 page is decoded by its byte-order mark, as browsers do, and its
+/// links (and robots meta tag) are read; a page in a charset that browsers
+/// refuse to decode yields nothing, and the log says why.
+#[tokio::test]
+async fn a_utf_16_page_yields_its_links_and_an_undecodable_one_a_warning() {
+    for engine in engines("a_utf_16_page_yields_its_links_and_an_undecodable_one_a_warning").await {
+        let server = TestServer::start_on("127.0.0.59");
+        let dir = tempfile::tempdir().unwrap();
+        let seeds = ["/utf16/le.html", "/utf16/be.html", "/utf16/refused.html"].map(|p| server.url(p));
+        let (db, log) = engine.crawl_to_end(dir.path(), &seeds, &["--follow"]);
+
+        assert_eq!(server.hits_of("/ok/utf16").len(), 1, "{:?}", server.hits());
+        assert_eq!(server.hits_of("/ok/f%C3%BCr").len(), 1, "{:?}", server.hits());
+        assert!(server.hits_of("/ok/refused").is_empty());
+        let noindex =
+            count_in(&db, "SELECT count(*) FROM attempts a JOIN urls u ON u.id = a.url_id WHERE a.noindex")
+                .await;
+        assert_eq!(noindex, 2, "both UTF-16 pages' meta tags were read");
+        assert!(log.contains("a page declares a charset that browsers do not decode"), "{log}");
+        assert!(log.contains("iso-2022-kr"), "{log}");
+    }
+}

@@ -186,3 +186,161 @@ async fn an_unreachable_robots_txt_is_named_in_the_error() {
         );
     }
 }
+
+/// RFC 9309 §2.2.2: rules and URLs compare after the same percent-decoding,
+/// whichever way either is spelled, a redirect's target included.
+#[tokio::test]
+async fn percent_encoded_rules_match_the_urls_they_name_however_spelled() {
+    for engine in engines("percent_encoded_rules_match_the_urls_they_name_however_spelled").await {
+        let robots = "User-agent: *\nDisallow: /%7Ejoe/\nDisallow: /%61dmin/\nDisallow: /a%3cd.html\n";
+        let server = TestServer::with_robots("127.0.0.30", RobotsTxt::Text(robots));
+        let to = url::form_urlencoded::byte_serialize(server.url("/%7Ejoe/r").as_bytes()).collect::<String>();
+        let goto = format!("/goto?to={to}");
+        let seeds = [
+            "/~joe/a",
+            "/%7Ejoe/b",
+            "/%7ejoe/c",
+            "/admin/d",
+            "/%61dmin/e",
+            "/a%3cd.html",
+            goto.as_str(),
+            "/ok/open",
+        ]
+        .map(|path| server.url(path));
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = engine.crawl_to_end(dir.path(), &seeds, &[]);
+
+        let mut fetched: Vec<String> = server.hits().into_iter().map(|h| h.path).collect();
+        fetched.sort();
+        assert_eq!(fetched, ["/goto", "/ok/open"], "only the allowed URL and the redirect were requested");
+        for path in ["/~joe/a", "/~joe/b", "/~joe/c", "/admin/d", "/admin/e", "/a%3Cd.html"] {
+            let row = result_in(&db, &server.url(path)).await;
+            assert_eq!(
+                (row.state.as_str(), row.error_kind.as_deref()),
+                ("failed", Some("robots_disallowed")),
+                "{path}"
+            );
+        }
+        let redirected = result_in(&db, &server.url(&goto)).await;
+        assert_eq!(redirected.error_kind.as_deref(), Some("robots_disallowed"));
+        assert_eq!(result_in(&db, &server.url("/ok/open")).await.state, "done");
+    }
+}
+
+/// A group written for `trawler/1.0` or `Trawler Bot` is trawler's (the
+/// product token, as Google's parser reads it), not the `*` group.
+#[tokio::test]
+async fn a_group_for_the_token_with_a_version_or_a_word_is_ours() {
+    for engine in engines("a_group_for_the_token_with_a_version_or_a_word_is_ours").await {
+        let versioned = TestServer::with_robots(
+            "127.0.0.31",
+            RobotsTxt::Text("User-agent: trawler/1.0\nDisallow: /ok/private\n\nUser-agent: *\nDisallow: /\n"),
+        );
+        let worded = TestServer::with_robots(
+            "127.0.0.32",
+            RobotsTxt::Text("User-agent: *\nDisallow: /\n\nUser-agent: Trawler Bot\nDisallow: /ok/private\n"),
+        );
+        let seeds: Vec<String> = [&versioned, &worded]
+            .iter()
+            .flat_map(|server| [server.url("/ok/open"), server.url("/ok/private")])
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = engine.crawl_to_end(dir.path(), &seeds, &[]);
+        for server in [&versioned, &worded] {
+            assert_eq!(result_in(&db, &server.url("/ok/open")).await.state, "done", "{}", server.addr);
+            let private = result_in(&db, &server.url("/ok/private")).await;
+            assert_eq!(private.error_kind.as_deref(), Some("robots_disallowed"), "{}", server.addr);
+            assert!(server.hits_of("/ok/private").is_empty());
+        }
+    }
+}
+
+/// A 200 robots.txt whose gzip body cannot be decoded is the server's
+/// error (RFC 9309 §2.3.1.4; Google treats invalid responses as server
+/// errors): the host is disallowed for `robots.unreachable_retry`, and the
+/// log and the attempt say what happened, not "5xx".
+#[tokio::test]
+async fn a_robots_txt_whose_body_cannot_be_decoded_says_so_and_disallows_for_now() {
+    use crate::raw::{RawServer, Reply, head};
+    for engine in engines("a_robots_txt_whose_body_cannot_be_decoded_says_so_and_disallows_for_now").await {
+        let server = RawServer::start("127.0.0.33", |path, _| {
+            let garbage = b"this is not gzip at all, whatever the header says";
+            let length = format!("Content-Length: {}", garbage.len());
+            match path {
+                "/robots.txt" => {
+                    let mut answer =
+                        head("200 OK", &["Content-Encoding: gzip", "Content-Type: text/plain", &length]);
+                    answer.extend_from_slice(garbage);
+                    Reply::Close(answer)
+                }
+                _ => Reply::Close(head("200 OK", &["Content-Type: text/html", "Content-Length: 0"])),
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let url = server.url("/page");
+        let env = [("TRAWLER_ROBOTS__UNREACHABLE_RETRY", "200ms"), ("TRAWLER_RETRY__MAX_ATTEMPTS", "2")];
+        let (db, log) = engine.crawl_to_end_with_env(dir.path(), std::slice::from_ref(&url), &[], &env);
+
+        let row = result_in(&db, &url).await;
+        assert_eq!((row.state.as_str(), row.error_kind.as_deref()), ("failed", Some("robots_unreachable")));
+        let message = row.error_message.unwrap();
+        assert!(
+            message.starts_with("robots.txt answered 200 with a body that could not be decoded (protocol: ")
+                && message.contains("), which disallows the host for now: the page was not requested (")
+                && !message.contains("5xx"),
+            "{message}"
+        );
+        assert!(log.contains("robots.txt answered 200 with a body that could not be decoded"), "{log}");
+        let requests = server.requests();
+        assert!(
+            requests.iter().all(|(path, _)| path == "/robots.txt"),
+            "the page was requested: {requests:?}"
+        );
+        assert_eq!(requests.len(), 2, "fetched again after robots.unreachable_retry");
+    }
+}
+
+/// A robots.txt whose connection breaks mid-body got no answer to go by:
+/// the attempt fails as `read` and is retried like a fetch, soon, rather
+/// than parking the host for `robots.unreachable_retry` (10 minutes here).
+#[tokio::test]
+async fn a_robots_txt_broken_off_mid_body_is_retried_like_a_fetch() {
+    use crate::raw::{RawServer, Reply, head};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    for engine in engines("a_robots_txt_broken_off_mid_body_is_retried_like_a_fetch").await {
+        let robots_requests = AtomicUsize::new(0);
+        let server = RawServer::start("127.0.0.34", move |path, _| {
+            let rules = b"User-agent: *\nDisallow: /private\n";
+            match path {
+                "/robots.txt" if robots_requests.fetch_add(1, Ordering::SeqCst) == 0 => {
+                    // Twice as long as what is sent before the close.
+                    let mut answer = head("200 OK", &[&format!("Content-Length: {}", rules.len() * 2)]);
+                    answer.extend_from_slice(rules);
+                    Reply::Close(answer)
+                }
+                "/robots.txt" => {
+                    let mut answer = head("200 OK", &[&format!("Content-Length: {}", rules.len())]);
+                    answer.extend_from_slice(rules);
+                    Reply::Close(answer)
+                }
+                _ => Reply::Close(head("200 OK", &["Content-Type: text/html", "Content-Length: 0"])),
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let url = server.url("/page");
+        let env = [("TRAWLER_RETRY__BACKOFF_BASE", "10ms"), ("TRAWLER_RETRY__BACKOFF_MAX", "20ms")];
+        let (db, _) = engine.crawl_to_end_with_env(dir.path(), std::slice::from_ref(&url), &[], &env);
+
+        let row = result_in(&db, &url).await;
+        assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(200), 2));
+        let first = crate::util::strings_in(
+            &db,
+            "SELECT error_kind || ' ' || outcome || ' ' || error_message FROM attempts WHERE attempt = 1",
+        )
+        .await;
+        assert!(
+            matches!(&first[..], [one] if one.starts_with("read retry robots.txt unreachable (read: ")),
+            "{first:?}"
+        );
+    }
+}

@@ -44,6 +44,12 @@
 //!   `/ok/atom2` (relative, no rel)
 //! - `/robots.txt` (and `/robots-moved.txt`): as [`Options::robots`] says;
 //!   requests for them are kept apart ([`TestServer::robots_hits`])
+//! - `/directives/...`: the pages of [`DIRECTIVES`], with their headers:
+//!   robots meta tags, `X-Robots-Tag`, a canonical link, `&nbsp;` hrefs
+//! - `/utf16/le.html`, `/utf16/be.html`: [`UTF16_PAGE`] in UTF-16 with a
+//!   byte-order mark, served as `text/html; charset=utf-16`;
+//!   `/utf16/refused.html`: an ASCII page served as
+//!   `charset=iso-2022-kr`, which browsers do not decode
 
 #![allow(dead_code)]
 
@@ -509,9 +515,112 @@ fn router(shared: Arc<Shared>) -> Router {
                 (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, secs.to_string())]).into_response()
             }),
         )
+        .route("/directives/{*rest}", get(directives))
+        .route("/utf16/{name}", get(utf16))
         .layer(middleware::from_fn_with_state(shared.clone(), record))
         .with_state(shared)
 }
+
+/// A page of [`DIRECTIVES`], or 404.
+async fn directives(Path(rest): Path<String>) -> Response {
+    let Some((_, content_type, headers, body)) = DIRECTIVES.iter().find(|(path, ..)| *path == rest) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let mut response = ([(header::CONTENT_TYPE, *content_type)], *body).into_response();
+    for (name, value) in *headers {
+        response.headers_mut().append(*name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// [`UTF16_PAGE`] in UTF-16, little- or big-endian by its byte-order mark,
+/// or an undecodable charset.
+async fn utf16(Path(name): Path<String>) -> Response {
+    let units = UTF16_PAGE.encode_utf16();
+    let body: Vec<u8> = match name.as_str() {
+        "le.html" => [0xFF, 0xFE].into_iter().chain(units.flat_map(u16::to_le_bytes)).collect(),
+        "be.html" => [0xFE, 0xFF].into_iter().chain(units.flat_map(u16::to_be_bytes)).collect(),
+        "refused.html" => {
+            let page = r#"<a href="/ok/refused">a link no browser shows</a>"#;
+            return ([(header::CONTENT_TYPE, "text/html; charset=iso-2022-kr")], page).into_response();
+        }
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-16")], body).into_response()
+}
+
+/// The page `/utf16/...` serves: a robots meta tag, a link on its own host
+/// and one with a non-ASCII path.
+pub const UTF16_PAGE: &str = r#"<!doctype html><meta name="robots" content="noindex"><title>UTF-16</title>
+<a href="/ok/utf16">ASCII</a> <a href="/ok/für">non-ASCII</a>"#;
+
+/// A page of [`DIRECTIVES`]: its path, `Content-Type`, extra headers
+/// (`(name, value)`, a name may repeat) and body.
+pub type DirectivePage = (&'static str, &'static str, &'static [(&'static str, &'static str)], &'static str);
+
+/// `/directives/...`. Each page links to a `/ok/` page named after it;
+/// `index.html` links to them all.
+pub const DIRECTIVES: &[DirectivePage] = &[
+    (
+        "index.html",
+        "text/html",
+        &[],
+        r#"<a href="meta-nofollow.html">1</a> <a href="meta-none.html">2</a> <a href="meta-token.html">3</a>
+        <a href="meta-other.html">4</a> <a href="header-nofollow.html">5</a> <a href="header-token.html">6</a>
+        <a href="header-other.html">7</a> <a href="doc.pdf">8</a> <a href="nbsp.html">9</a>"#,
+    ),
+    (
+        "meta-nofollow.html",
+        "text/html",
+        &[],
+        r#"<head><meta name="robots" content="noindex, nofollow">
+        <link rel="canonical" href="/directives/canonical.html?utm_source=feed"></head>
+        <a href="/ok/meta-nofollow">x</a>"#,
+    ),
+    (
+        "meta-none.html",
+        "text/html",
+        &[],
+        r#"<META NAME="Robots" CONTENT="none"><a href="/ok/meta-none">x</a>"#,
+    ),
+    (
+        "meta-token.html",
+        "text/html",
+        &[],
+        r#"<meta name="Trawler" content="nofollow"><a href="/ok/meta-token">x</a>"#,
+    ),
+    (
+        "meta-other.html",
+        "text/html",
+        &[],
+        r#"<meta name="otherbot" content="noindex, nofollow"><a href="/ok/meta-other">x</a>"#,
+    ),
+    (
+        "header-nofollow.html",
+        "text/html",
+        &[("x-robots-tag", "nofollow")],
+        r#"<a href="/ok/header-nofollow">x</a>"#,
+    ),
+    (
+        "header-token.html",
+        "text/html",
+        &[("x-robots-tag", "otherbot: noindex"), ("x-robots-tag", "trawler: noindex, nofollow")],
+        r#"<a href="/ok/header-token">x</a>"#,
+    ),
+    (
+        "header-other.html",
+        "text/html",
+        &[("x-robots-tag", "otherbot: none")],
+        r#"<a href="/ok/header-other">x</a>"#,
+    ),
+    ("doc.pdf", "application/pdf", &[("x-robots-tag", "noindex")], "%PDF-1.4 not really"),
+    (
+        "nbsp.html",
+        "text/html",
+        &[],
+        r#"<a href="&nbsp;x.html">1</a> <a href="&nbsp;">2</a> <a href=" /ok/trimmed&#10;">3</a>"#,
+    ),
+];
 
 async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     if !shared.options.record {
