@@ -387,3 +387,30 @@ async fn the_links_of_rss_and_atom_feeds_are_seeds() {
         assert!(!fetched.contains_key("/ok/audio") && !fetched.contains_key("/ok/edit"), "{fetched:?}");
     }
 }
+
+/// A sitemap gzipped as a file (`sitemap.xml.gz` served as
+/// `application/gzip`, without `Content-Encoding`) is decompressed, as
+/// sitemaps.org allows; a corrupt one is reported and read no further. A
+/// JSON Feed's items' `url`s are seeds, relative ones resolved, and an
+/// item's `external_url` is not its page.
+#[tokio::test]
+async fn gzipped_sitemap_files_and_json_feeds_are_read() {
+    for engine in engines("gzipped_sitemap_files_and_json_feeds_are_read").await {
+        let server = TestServer::start_on("127.0.0.57");
+        let dir = tempfile::tempdir().unwrap();
+        let (gz, corrupt, json) =
+            (server.url("/sitemap.xml.gz"), server.url("/corrupt.xml.gz"), server.url("/feed.json"));
+        let args = ["--sitemap", &gz, "--sitemap", &corrupt, "--feed", &json];
+        let (db, log) = engine.crawl_to_end(dir.path(), &[], &args);
+        let urls = sorted(
+            strings_in(&db, "SELECT url || ' ' || CAST(depth AS TEXT) || ' ' || state FROM urls").await,
+        );
+        let expect: Vec<String> = ["/ok/gz1", "/ok/gz2", "/ok/json1", "/ok/json2"]
+            .iter()
+            .map(|p| format!("{} 0 done", server.url(p)))
+            .collect();
+        assert_eq!(urls, expect, "{log}");
+        let warning = log.lines().find(|l| l.contains("sitemap not read")).unwrap_or_else(|| panic!("{log}"));
+        assert!(warning.contains("not valid gzip") && warning.contains("/corrupt.xml.gz"), "{warning}");
+    }
+}
