@@ -414,3 +414,30 @@ async fn gzipped_sitemap_files_and_json_feeds_are_read() {
         assert!(warning.contains("not valid gzip") && warning.contains("/corrupt.xml.gz"), "{warning}");
     }
 }
+
+/// The last progress line's `finished` and `total` are the database's: a
+/// page fetched again for its links (a shorter path to it turned up, and it
+/// was at the maximum depth) is one URL finished, not two, so `finished`
+/// never passes `total` (issue 23: "6,638 of 6,565" in a `--follow` crawl).
+#[tokio::test]
+async fn progress_counts_a_page_fetched_again_for_its_links_once() {
+    for engine in engines("progress_counts_a_page_fetched_again_for_its_links_once").await {
+        let server = TestServer::start_on("127.0.0.58");
+        let dir = tempfile::tempdir().unwrap();
+        let depth3 = ["--follow", "--max-depth", "3"];
+        // s → a → b → c, c at the maximum depth; then t → b, a shortcut.
+        engine.crawl_to_end(dir.path(), &[server.url("/graph/s.html")], &depth3);
+        let (db, log) = engine.crawl_to_end(dir.path(), &[server.url("/graph/t.html")], &depth3);
+        assert_eq!(server.hits_of("/graph/c.html").len(), 2, "c fetched again, now parsed");
+
+        let last = log.lines().rfind(|l| l.contains(" progress ")).unwrap_or_else(|| panic!("{log}"));
+        let field = |name: &str| -> i64 {
+            let at = last.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name}: {last}"));
+            last[at + name.len() + 2..].split(' ').next().unwrap().parse().unwrap()
+        };
+        let stored = count_in(&db, "SELECT count(*) FROM urls").await;
+        let finished = count_in(&db, "SELECT count(*) FROM urls WHERE state IN ('done', 'failed')").await;
+        assert_eq!((field("finished"), field("total")), (finished, stored), "{last}");
+        assert_eq!(stored, 6, "s, a, b, c, d, t");
+    }
+}
