@@ -727,9 +727,9 @@ async fn big_feed(
                 "application/atom+xml",
             ),
             "json" => (
-                "{\"version\":\"https://jsonfeed.org/version/1.1\",\"items\":[",
+                "{\"version\":\"https://jsonfeed.org/version/1.1\",\"title\":\"bench\",\"items\":[",
                 "{\"id\":\"{i}\",\"url\":\"/ok/{i}\"},",
-                "{}]}",
+                "{\"id\":\"end\"}]}",
                 "application/feed+json",
             ),
             "sitemap" => {
