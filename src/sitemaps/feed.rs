@@ -2,12 +2,13 @@
 //! 1.0, 2.0), Atom 1.0 or JSON Feed (1.0, 1.1) document, read as a stream
 //! that keeps at most the cap's worth of links and builds no tree.
 //!
-//! A feed may hold a million entries in its 50 MB ([`super::MAX_SITEMAP_BYTES`]);
-//! a parser that materializes them all costs 50 times the body (feed-rs
-//! did: 1.74 GB for a 33 MB JSON Feed, 1.44 GB for a 34 MB RSS feed). Here XML is read
-//! event by event with `quick-xml`, and JSON Feed through `serde` visitors
-//! that skip (`IgnoredAny`) everything but each item's `url`, so memory is
-//! the body plus the links kept.
+//! A feed may hold a million entries in its 50 MB
+//! ([`super::MAX_SITEMAP_BYTES`]); a parser that materializes them all
+//! costs 50 times the body (feed-rs did: 1.74 GB for a 33 MB JSON Feed,
+//! 1.44 GB for a 34 MB RSS feed). Here XML is read event by event with
+//! `quick-xml`, and JSON Feed through `serde` visitors that skip
+//! (`IgnoredAny`) everything but each item's `url`, so memory is the body
+//! plus the links kept (`benches/feeds.rs`).
 //!
 //! What an entry's page is: an RSS `<item>`'s `<link>` text; an Atom
 //! `<entry>`'s first `<link>` whose `rel` is `alternate` or absent (RFC
