@@ -1,6 +1,6 @@
 //! Progress while a crawl runs: an `indicatif` bar on a terminal, otherwise a
-//! log line every [`LOG_EVERY`]. Also the `tracing` writer that keeps log
-//! lines from tearing the bar.
+//! log line every [`LOG_EVERY`] and one at the end. Also the `tracing` writer
+//! that keeps log lines from tearing the bar.
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
@@ -17,7 +17,8 @@ pub const LOG_EVERY: Duration = Duration::from_secs(5);
 /// The bar being drawn, if any, so that log lines can be printed above it.
 static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
-/// Reports progress until `done` is cancelled. Reads only the atomic counters.
+/// Reports progress until `done` is cancelled (a progress line then, when
+/// there is no bar). Reads only the atomic counters.
 pub async fn report(stats: Arc<CrawlStats>, done: CancellationToken) {
     let get = CrawlStats::get;
     if std::io::stderr().is_terminal() {
@@ -47,24 +48,30 @@ pub async fn report(stats: Arc<CrawlStats>, done: CancellationToken) {
     } else {
         let start = Instant::now();
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + LOG_EVERY, LOG_EVERY);
-        let mut last = get(&stats.done) + get(&stats.failed);
+        let (mut last, mut last_at) = (get(&stats.done) + get(&stats.failed), Instant::now());
         loop {
-            tokio::select! {
-                _ = done.cancelled() => break,
-                _ = tick.tick() => {}
-            }
+            let end = tokio::select! {
+                _ = done.cancelled() => true,
+                _ = tick.tick() => false,
+            };
+            // One line more at the end: where the run left the frontier,
+            // as a log reader (or a dashboard fed by the log) last sees it.
             let this_run = get(&stats.done) + get(&stats.failed);
+            let secs = last_at.elapsed().as_secs_f64();
             tracing::info!(
                 finished = get(&stats.finished),
                 total = get(&stats.known),
                 failed_this_run = get(&stats.failed),
                 in_flight = get(&stats.working),
                 claimed = get(&stats.outstanding),
-                pages_per_s = (this_run - last) as f64 / LOG_EVERY.as_secs_f64(),
+                pages_per_s = if secs > 0.0 { (this_run - last) as f64 / secs } else { 0.0 },
                 elapsed_s = start.elapsed().as_secs(),
                 "progress"
             );
-            last = this_run;
+            if end {
+                break;
+            }
+            (last, last_at) = (this_run, Instant::now());
         }
     }
 }

@@ -163,7 +163,7 @@ async fn recrawl_due(
         if n > 0 {
             tracing::debug!(urls = n, "due for a recrawl: back in the frontier");
             metrics::counter!("trawler_recrawls_total").increment(n);
-            stats.finished.fetch_sub(n.min(CrawlStats::get(&stats.finished)), Ordering::Relaxed);
+            stats.reopened(n);
             wake.notify_one();
         }
     }

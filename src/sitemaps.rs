@@ -1,15 +1,19 @@
 //! Sitemaps (sitemaps.org protocol 0.9) as a source of seeds: `--sitemap URL`
-//! and, when following links, the `Sitemap:` lines of robots.txt; and RSS
-//! and Atom feeds (`--feed URL`), whose entries' links are seeds as a
-//! user's sitemap's URLs are (parsed by the `feed-rs` crate: RSS 0.9x, 1.0,
-//! 2.0, Atom 1.0, JSON Feed).
+//! and, when following links, the `Sitemap:` lines of robots.txt; and RSS,
+//! Atom and JSON feeds (`--feed URL`), whose entries' links are seeds as a
+//! user's sitemap's URLs are ([`feed`]: RSS 0.9x, 1.0, 2.0, Atom 1.0, JSON
+//! Feed 1.x).
 //!
 //! A sitemap is either a `<urlset>` of `<url><loc>` entries, which are
 //! enqueued at depth 0, or a `<sitemapindex>` of `<sitemap><loc>` entries,
 //! which are fetched in turn. XML is read with `quick-xml`. Per the protocol a
-//! sitemap lists at most 50,000 URLs (the rest are ignored). At most
-//! [`MAX_SITEMAPS`] sitemaps are fetched per crawl, so an index loop or a huge
-//! index cannot run away.
+//! sitemap lists at most 50,000 URLs (the rest are ignored) in at most 50 MB,
+//! uncompressed: a gzipped file (`sitemap.xml.gz`, served as
+//! `application/gzip` without `Content-Encoding`) is decompressed up to that
+//! size. At most [`MAX_SITEMAPS`] sitemaps are fetched per crawl, so an index
+//! loop or a huge index cannot run away. Memory per sitemap or feed is its
+//! body, decompressed, plus the URLs kept: documents are read as streams of
+//! events, never as trees.
 //!
 //! What a sitemap may take the crawl to depends on its [`Origin`]:
 //! - one named by host A's robots.txt is fetched only if it is in the
@@ -27,7 +31,10 @@
 //! and concurrency, credentials of its origin, `fetch.deny_ips`; its answer
 //! updates the host's backoff. A redirect out of scope is not followed.
 
+mod feed;
+
 use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +52,8 @@ use crate::links::Discovery;
 use crate::redact::ForLog;
 use crate::stats::CrawlStats;
 use crate::store::{DropReason, NewUrl, Store, StoreError};
+
+pub use feed::parse_feed;
 
 /// URLs read from one sitemap (sitemaps.org: "no more than 50,000 URLs").
 pub const MAX_URLS_PER_SITEMAP: usize = 50_000;
@@ -64,50 +73,37 @@ pub enum Sitemap {
     Index(Vec<String>),
 }
 
-/// Parses a sitemap or sitemap index, keeping at most `max` `<loc>` values.
+/// Parses a sitemap or sitemap index, keeping at most `max` `<loc>` values:
+/// the rest of the document is not read (sitemaps.org: URLs past 50,000
+/// are ignored).
 ///
-/// Errors: malformed XML, or a root element that is neither `urlset` nor
-/// `sitemapindex`.
+/// Errors: malformed XML before the cap, or a root element that is neither
+/// `urlset` nor `sitemapindex`.
 pub fn parse(xml: &[u8], max: usize) -> Result<Sitemap, String> {
     let mut reader = Reader::from_reader(xml);
-    let mut buf = Vec::new();
+    let at = |reader: &Reader<&[u8]>, e: &dyn std::fmt::Display| {
+        format!("{e} (at byte {})", reader.error_position())
+    };
     let mut index = None;
     let mut locs = Vec::new();
     let mut loc: Option<String> = None;
-    loop {
-        let event = reader.read_event_into(&mut buf).map_err(|e| e.to_string())?;
-        match event {
+    while locs.len() < max {
+        match reader.read_event().map_err(|e| at(&reader, &e))? {
             Event::Start(e) => match e.local_name().as_ref() {
                 b"urlset" if index.is_none() => index = Some(false),
                 b"sitemapindex" if index.is_none() => index = Some(true),
                 b"loc" => loc = Some(String::new()),
                 _ => {}
             },
-            Event::Text(t) => {
+            text @ (Event::Text(_) | Event::CData(_) | Event::GeneralRef(_)) => {
                 if let Some(loc) = loc.as_mut() {
-                    loc.push_str(&t.decode().map_err(|e| e.to_string())?);
-                }
-            }
-            Event::CData(c) => {
-                if let Some(loc) = loc.as_mut() {
-                    loc.push_str(&c.decode().map_err(|e| e.to_string())?);
-                }
-            }
-            Event::GeneralRef(r) => {
-                if let Some(loc) = loc.as_mut() {
-                    if let Some(c) = r.resolve_char_ref().map_err(|e| e.to_string())? {
-                        loc.push(c);
-                    } else if let Some(text) =
-                        resolve_predefined_entity(&r.decode().map_err(|e| e.to_string())?)
-                    {
-                        loc.push_str(text);
-                    }
+                    append_text(&text, loc).map_err(|e| at(&reader, &e))?;
                 }
             }
             Event::End(e) if e.local_name().as_ref() == b"loc" => {
                 if let Some(loc) = loc.take() {
                     let loc = loc.trim();
-                    if !loc.is_empty() && locs.len() < max {
+                    if !loc.is_empty() {
                         locs.push(loc.to_owned());
                     }
                 }
@@ -115,13 +111,59 @@ pub fn parse(xml: &[u8], max: usize) -> Result<Sitemap, String> {
             Event::Eof => break,
             _ => {}
         }
-        buf.clear();
     }
     match index {
         Some(true) => Ok(Sitemap::Index(locs)),
         Some(false) => Ok(Sitemap::Urls(locs)),
         None => Err("not a sitemap: the root is neither <urlset> nor <sitemapindex>".to_owned()),
     }
+}
+
+/// Appends the text an XML text, CDATA or reference event stands for to
+/// `text`: character references and the five predefined entities resolved,
+/// any other entity dropped (no DTD is read, so none can expand).
+fn append_text(event: &Event<'_>, text: &mut String) -> Result<(), String> {
+    match event {
+        Event::Text(t) => text.push_str(&t.decode().map_err(|e| e.to_string())?),
+        Event::CData(c) => text.push_str(&c.decode().map_err(|e| e.to_string())?),
+        Event::GeneralRef(r) => {
+            if let Some(c) = r.resolve_char_ref().map_err(|e| e.to_string())? {
+                text.push(c);
+            } else if let Some(s) = resolve_predefined_entity(&r.decode().map_err(|e| e.to_string())?) {
+                text.push_str(s);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The gzip magic number (RFC 1952 §2.3.1). No XML or JSON document starts
+/// with these bytes, so a body that does is a gzipped file whatever its
+/// `Content-Type` says (`application/gzip`, `application/x-gzip`,
+/// `application/octet-stream`).
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// A fetched sitemap or feed as a document: a gzipped file (`.xml.gz`,
+/// served without `Content-Encoding`, so not decoded by the fetch; sitemaps.org
+/// allows it) decompressed, at most `max` bytes of it; any other body as it is.
+///
+/// Errors: corrupt gzip, or more than `max` bytes once decompressed (the
+/// protocol's 50 MB cap; a gzip bomb stops there).
+pub fn unpacked(body: Vec<u8>, max: NonZeroU64) -> Result<Vec<u8>, String> {
+    if !body.starts_with(&GZIP_MAGIC) {
+        return Ok(body);
+    }
+    let mut document = Vec::new();
+    // Multi-member: `cat a.gz b.gz` is one valid gzip file (RFC 1952 §2.2).
+    flate2::read::MultiGzDecoder::new(body.as_slice())
+        .take(max.get() + 1)
+        .read_to_end(&mut document)
+        .map_err(|e| format!("not valid gzip: {e}"))?;
+    if document.len() as u64 > max.get() {
+        return Err(format!("over {} bytes once decompressed", max.get()));
+    }
+    Ok(document)
 }
 
 /// The URLs a sitemap at `sitemap_url` lists that are crawled (as
@@ -157,25 +199,6 @@ pub fn judge(
         }
     }
     (urls, dropped)
-}
-
-/// The page URLs the entries of a feed at `feed_url` link to (each
-/// entry's `alternate` link, Atom's default, or its one link without a
-/// `rel`; enclosures and other relations are not pages), relative ones
-/// resolved against the feed, at most `max`.
-///
-/// Errors: `feed-rs` found no RSS, Atom or JSON Feed document.
-pub fn parse_feed(body: &[u8], feed_url: &Url, max: usize) -> Result<Vec<String>, String> {
-    let feed = feed_rs::parser::Builder::new()
-        .base_uri(Some(feed_url.as_str()))
-        .build()
-        .parse(body)
-        .map_err(|e| e.to_string())?;
-    let pages = feed.entries.iter().filter_map(|entry| {
-        let link = entry.links.iter().find(|l| l.rel.as_deref().is_none_or(|rel| rel == "alternate"))?;
-        Some(feed_url.join(link.href.trim()).map_or_else(|_| link.href.clone(), String::from))
-    });
-    Ok(pages.take(max).collect())
 }
 
 /// Where a sitemap came from, which decides what it may list (sitemaps.org,
@@ -355,6 +378,14 @@ impl<S: Store> SitemapTask<S> {
             );
             return Ok(None);
         };
+        let what = if queued.feed { "feed" } else { "sitemap" };
+        let body = match unpacked(body, MAX_SITEMAP_BYTES) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(url = %ForLog(url), "{what} not read: {e}");
+                return Ok(None);
+            }
+        };
         if queued.feed {
             match parse_feed(&body, &sitemap_url, MAX_URLS_PER_SITEMAP) {
                 Err(e) => tracing::warn!(url = %ForLog(url), "feed not parsed: {e}"),
@@ -395,16 +426,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_feeds_entries_give_their_page_links() {
-        let base = Url::parse("http://news.test/feeds/all.json").unwrap();
-        let json = br#"{"version": "https://jsonfeed.org/version/1.1", "title": "t",
-            "items": [{"id": "1", "url": "http://news.test/a"}, {"id": "2", "url": "/b"}]}"#;
-        assert_eq!(parse_feed(json, &base, 10).unwrap(), ["http://news.test/a", "http://news.test/b"]);
-        assert_eq!(parse_feed(json, &base, 1).unwrap().len(), 1, "capped");
-        assert!(parse_feed(b"<html>not a feed</html>", &base, 10).is_err());
-    }
-
-    #[test]
     fn parses_urlsets_and_indexes() {
         let urlset = br#"<?xml version="1.0" encoding="UTF-8"?>
             <urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
@@ -426,6 +447,37 @@ mod tests {
         assert_eq!(parse(index, 10).unwrap(), Sitemap::Index(vec!["http://example.org/s1.xml".into()]));
         assert!(parse(b"<html><body>not xml at all", 10).is_err());
         assert!(parse(b"<urlset><url><loc>x</url>", 10).is_err(), "mismatched tags");
+        // Past the cap nothing is read: not even the syntax error after it.
+        let capped = b"<urlset><url><loc>http://example.org/1</loc></url><url><loc>x</url>";
+        assert_eq!(parse(capped, 1).unwrap(), Sitemap::Urls(vec!["http://example.org/1".into()]));
+        // Declared encodings are honoured (`quick-xml`'s `encoding`).
+        let latin1 = b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><urlset><url><loc>http://example.org/caf\xe9</loc></url></urlset>";
+        assert_eq!(parse(latin1, 10).unwrap(), Sitemap::Urls(vec!["http://example.org/caf\u{e9}".into()]));
+    }
+
+    #[test]
+    fn gzipped_files_are_decompressed_within_the_cap() {
+        use std::io::Write;
+        let gzip = |plain: &[u8]| {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            encoder.write_all(plain).unwrap();
+            encoder.finish().unwrap()
+        };
+        let max = NonZeroU64::new(1024).unwrap();
+        let xml = b"<urlset><url><loc>http://example.org/a</loc></url></urlset>".to_vec();
+        assert_eq!(unpacked(xml.clone(), max).unwrap(), xml, "not gzip: as it is");
+        assert_eq!(unpacked(gzip(&xml), max).unwrap(), xml);
+        // Two members are one file (RFC 1952 §2.2).
+        let (a, b) = xml.split_at(20);
+        assert_eq!(unpacked([gzip(a), gzip(b)].concat(), max).unwrap(), xml);
+        // A bomb stops at the cap: 1 MiB of zeros, 1 KiB allowed.
+        let bomb = gzip(&vec![0; 1 << 20]);
+        assert!(bomb.len() < 8 * 1024);
+        assert!(unpacked(bomb, max).unwrap_err().contains("over 1024 bytes once decompressed"));
+        assert!(unpacked(gzip(&[b'x'; 1024]), max).is_ok(), "exactly the cap is allowed");
+        let mut corrupt = gzip(&xml);
+        corrupt.truncate(corrupt.len() / 2);
+        assert!(unpacked(corrupt, max).unwrap_err().starts_with("not valid gzip"));
     }
 
     #[test]

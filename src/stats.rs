@@ -20,6 +20,9 @@ pub struct CrawlStats {
     /// URLs in the store (any state): the progress bar's length.
     pub known: AtomicU64,
     /// URLs in the store that are `done` or `failed`: the bar's position.
+    /// Counted from the store's own reports (a completion that took effect
+    /// adds one, a finished URL queued again takes one away), so that it
+    /// follows the store and never passes `known`.
     pub finished: AtomicU64,
     /// URLs this run finished as `done`.
     pub done: AtomicU64,
@@ -50,6 +53,18 @@ pub struct CrawlStats {
 impl CrawlStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` finished URLs that went back in the queue (a recrawl, a
+    /// page fetched again for its links) off `finished`. Saturating: on
+    /// PostgreSQL they may include URLs another daemon finished, which this
+    /// run's count never held.
+    pub fn reopened(&self, n: u64) {
+        if n > 0 {
+            let _ = self
+                .finished
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| Some(f.saturating_sub(n)));
+        }
     }
 
     /// Adds `n` to `key`'s count in `map`.

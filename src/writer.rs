@@ -67,7 +67,13 @@ pub async fn run<S: Store>(
         let mut retried = false;
         // Folded per batch: one lock for the batch, not one per page.
         let mut done_statuses: BTreeMap<u16, u64> = BTreeMap::new();
+        // Pages found again by a shorter path go back in the queue: no
+        // longer finished.
+        stats.reopened(committed.reopened);
         for c in &batch {
+            // A stale completion (its URL taken back meanwhile) finished and
+            // scheduled nothing: its URL is fetched again, and counted then.
+            let live = committed.took_effect(c);
             match c.next {
                 Next::Requeue(_) => {
                     // Not an attempt: nothing was fetched.
@@ -77,6 +83,8 @@ pub async fn run<S: Store>(
                     }
                     retried = true;
                     continue;
+                }
+                Next::Done | Next::NotModified | Next::Skipped | Next::Failed | Next::RetryAt(_) if !live => {
                 }
                 Next::Done | Next::NotModified | Next::Skipped => {
                     stats.done.fetch_add(1, Ordering::Relaxed);

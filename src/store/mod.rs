@@ -15,7 +15,7 @@ pub mod postgres;
 mod rules;
 pub mod sqlite;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
 use crate::fetch::ErrorKind;
@@ -535,11 +535,25 @@ pub struct PageLimits {
 pub struct Committed {
     /// Completions applied (the rest were stale).
     pub applied: u64,
+    /// The (URL id, lease) of each completion applied: a stale one (its URL
+    /// was taken back, or leased again, meanwhile) changed no URL's state.
+    pub live: BTreeSet<(i64, i64)>,
+    /// Finished (`done`) URLs this batch put back in the queue: pages found
+    /// at the maximum depth, and so not parsed, to which a shorter path
+    /// turned up (`discovery.max_depth`). They are no longer finished.
+    pub reopened: u64,
     /// Discovered URLs that were new to the store.
     pub new_urls: u64,
     /// Links dropped on the applied pages, by reason, the page limits
     /// (`max_pages`, `max_pages_per_host`) included.
     pub dropped_links: BTreeMap<DropReason, u64>,
+}
+
+impl Committed {
+    /// Whether `completion` took effect: its URL moved to the state it says.
+    pub fn took_effect(&self, completion: &Completion) -> bool {
+        self.live.contains(&(completion.url_id, completion.lease))
+    }
 }
 
 /// One row of the `results` view, for `trawler export`.

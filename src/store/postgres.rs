@@ -1179,9 +1179,15 @@ impl Store for PgStore {
                     .iter()
                     .filter(|c| c.has_links() && applied.contains(&(c.url_id, c.lease)))
                     .collect();
-                let (new_urls, dropped_links) = record_links(&mut tx, &pages, limits).await?;
+                let (new_urls, dropped_links, reopened) = record_links(&mut tx, &pages, limits).await?;
                 tx.commit().await?;
-                Ok(Committed { applied: applied.len() as u64, new_urls, dropped_links })
+                Ok(Committed {
+                    applied: applied.len() as u64,
+                    live: applied,
+                    reopened,
+                    new_urls,
+                    dropped_links,
+                })
             })
             .await;
         if committed.is_ok() {
@@ -1686,15 +1692,16 @@ async fn insert_attempts(
 }
 
 /// Enqueues the pages' discovered links, records the link graph and the
-/// dropped-link counts. Returns how many URLs were new, and the links
-/// dropped by reason.
+/// dropped-link counts. Returns how many URLs were new, the links dropped
+/// by reason, and how many `done` URLs went back in the queue
+/// ([`lower_depths`]).
 async fn record_links(
     tx: &mut Transaction<'_, Postgres>,
     pages: &[&Completion],
     limits: PageLimits,
-) -> Result<(u64, BTreeMap<DropReason, u64>), sqlx::Error> {
+) -> Result<(u64, BTreeMap<DropReason, u64>, u64), sqlx::Error> {
     if pages.is_empty() {
-        return Ok((0, BTreeMap::new()));
+        return Ok((0, BTreeMap::new(), 0));
     }
     let page_depths: BTreeMap<i64, u32> =
         sqlx::query_as::<_, (i64, i32)>("SELECT id, depth FROM urls WHERE id = ANY($1::int8[])")
@@ -1708,7 +1715,7 @@ async fn record_links(
     let discovered: Vec<&NewUrl> = discovered.iter().collect();
     let (admitted, capped) = apply_page_limits(tx, &discovered, limits).await?;
     let new = insert_urls(tx, &admitted).await?;
-    lower_depths(tx, &admitted, limits.max_depth).await?;
+    let reopened = lower_depths(tx, &admitted, limits.max_depth).await?;
     let edges: Vec<(i64, &str)> =
         pages.iter().flat_map(|c| c.links.iter().map(|l| (c.url_id, l.url.as_str()))).collect();
     if !edges.is_empty() {
@@ -1742,7 +1749,7 @@ async fn record_links(
         .execute(&mut **tx)
         .await?;
     }
-    Ok((new, by_reason))
+    Ok((new, by_reason, reopened))
 }
 
 /// Splits discovered links into those that may be inserted under `limits`
@@ -1792,14 +1799,15 @@ async fn apply_page_limits(
 /// just-recorded `links`, as SQLite's engine does (see there): lowered URLs
 /// and their descendants through the link graph get the lower depth, and a
 /// page that was not parsed at `max_depth` and now lies above it is queued
-/// to be fetched again.
+/// to be fetched again. Returns how many `done` URLs it put back in the
+/// queue.
 async fn lower_depths(
     tx: &mut Transaction<'_, Postgres>,
     links: &[NewUrl],
     max_depth: u32,
-) -> Result<(), sqlx::Error> {
+) -> Result<u64, sqlx::Error> {
     if links.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let candidates = rules::shortest_paths(links);
     let lowered: Vec<(i64, i32, Option<i64>, i32, String)> = sqlx::query_as(
@@ -1821,7 +1829,7 @@ async fn lower_depths(
     .fetch_all(&mut **tx)
     .await?;
     if lowered.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let refetch: Vec<bool> = lowered
         .iter()
@@ -1855,7 +1863,8 @@ async fn lower_depths(
             .execute(&mut **tx)
             .await?;
     }
-    Ok(())
+    let reopened = lowered.iter().zip(&refetch).filter(|(l, refetch)| **refetch && l.4 == "done").count();
+    Ok(reopened as u64)
 }
 
 #[cfg(test)]

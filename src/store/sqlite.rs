@@ -810,7 +810,9 @@ impl Store for SqliteStore {
         self.writing(move || async move {
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
             // Read before the updates below clear the leases.
-            let pages = live_pages(&mut tx, completions).await?;
+            let live = live_completions(&mut tx, completions).await?;
+            let pages: Vec<&Completion> =
+                completions.iter().filter(|c| c.has_links() && live.contains(&(c.url_id, c.lease))).collect();
             let mut applied = 0;
             // Attempts first: their insert checks the lease, which updating
             // the URLs clears. A requeue made no attempt.
@@ -822,9 +824,9 @@ impl Store for SqliteStore {
                 applied += update_urls(&mut tx, chunk).await?;
             }
             update_hosts(&mut tx, completions).await?;
-            let (new_urls, dropped_links) = record_links(&mut tx, &pages, limits).await?;
+            let (new_urls, dropped_links, reopened) = record_links(&mut tx, &pages, limits).await?;
             tx.commit().await.map_err(db("commit results"))?;
-            Ok(Committed { applied, new_urls, dropped_links })
+            Ok(Committed { applied, live, reopened, new_urls, dropped_links })
         })
         .await
     }
@@ -1094,20 +1096,20 @@ async fn insert_attempts(
     Ok(())
 }
 
-/// The pages with links among `completions` whose URL still carries their
-/// lease: a stale page must not add to the link graph. Read before the
-/// batch's updates clear the leases, and by (URL, lease): a batch may hold a
-/// stale and the live completion of one URL.
-async fn live_pages<'c>(
+/// The (URL id, lease) of the `completions` whose URL still carries their
+/// lease: the ones that will take effect (a stale page must not add to the
+/// link graph, nor count as finished). Read before the batch's updates clear
+/// the leases, and by (URL, lease): a batch may hold a stale and the live
+/// completion of one URL.
+async fn live_completions(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
-    completions: &'c [Completion],
-) -> Result<Vec<&'c Completion>, StoreError> {
-    let pages: Vec<&Completion> = completions.iter().filter(|c| c.has_links()).collect();
-    if pages.is_empty() {
-        return Ok(pages);
+    completions: &[Completion],
+) -> Result<BTreeSet<(i64, i64)>, StoreError> {
+    if completions.is_empty() {
+        return Ok(BTreeSet::new());
     }
-    let ids: Vec<i64> = pages.iter().map(|c| c.url_id).collect();
-    let live: BTreeSet<(i64, i64)> = sqlx::query_as(
+    let ids: Vec<i64> = completions.iter().map(|c| c.url_id).collect();
+    let leases: BTreeSet<(i64, i64)> = sqlx::query_as(
         "SELECT id, lease FROM urls WHERE id IN (SELECT value FROM json_each(?1)) AND lease IS NOT NULL",
     )
     .bind(json_array(&ids))
@@ -1116,7 +1118,7 @@ async fn live_pages<'c>(
     .map_err(db("look up leases"))?
     .into_iter()
     .collect();
-    Ok(pages.into_iter().filter(|c| live.contains(&(c.url_id, c.lease))).collect())
+    Ok(completions.iter().map(|c| (c.url_id, c.lease)).filter(|l| leases.contains(l)).collect())
 }
 
 /// Applies each completion to its URL if the URL still carries the
@@ -1209,13 +1211,14 @@ async fn insert_urls(tx: &mut sqlx::Transaction<'_, Sqlite>, urls: &[NewUrl]) ->
 }
 
 /// Enqueues the pages' discovered links, records the link graph and the
-/// dropped-link counts. Returns how many URLs were new, and the links
-/// dropped by reason.
+/// dropped-link counts. Returns how many URLs were new, the links dropped
+/// by reason, and how many `done` URLs went back in the queue
+/// ([`lower_depths`]).
 async fn record_links(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     pages: &[&Completion],
     limits: PageLimits,
-) -> Result<(u64, BTreeMap<DropReason, u64>), StoreError> {
+) -> Result<(u64, BTreeMap<DropReason, u64>, u64), StoreError> {
     // Depth is the shortest distance from a seed: a page's links are one
     // deeper than the page is now, which may be less than when it was
     // claimed, and a link to a stored URL may be a shorter path to it.
@@ -1232,7 +1235,7 @@ async fn record_links(
     let discovered: Vec<&NewUrl> = discovered.iter().collect();
     let (admitted, capped) = apply_page_limits(tx, &discovered, limits).await?;
     let new = insert_urls(tx, &admitted).await?;
-    lower_depths(tx, &admitted, limits.max_depth).await?;
+    let reopened = lower_depths(tx, &admitted, limits.max_depth).await?;
     for page in pages.iter().filter(|c| !c.links.is_empty()) {
         let targets: Vec<&str> = page.links.iter().map(|l| l.url.as_str()).collect();
         sqlx::query(
@@ -1254,7 +1257,7 @@ async fn record_links(
         q.push(" ON CONFLICT (url_id, reason) DO UPDATE SET count = dropped_links.count + excluded.count");
         q.build().execute(&mut **tx).await.map_err(db("record dropped links"))?;
     }
-    Ok((new, by_reason))
+    Ok((new, by_reason, reopened))
 }
 
 /// Makes each URL's `depth` its shortest distance from a seed, given the
@@ -1263,14 +1266,15 @@ async fn record_links(
 /// as `found_on`, and so do its descendants through the link graph. A page
 /// that was at `max_depth` (so not parsed) and is now above it is queued to
 /// be fetched again, its links now allowed; one in flight is taken back (its
-/// completion becomes stale) for the same reason.
+/// completion becomes stale) for the same reason. Returns how many `done`
+/// URLs it put back in the queue.
 async fn lower_depths(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     links: &[NewUrl],
     max_depth: u32,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     if links.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let candidates = rules::shortest_paths(links);
     // The lowered URLs and their descendants, each with its new depth, the
@@ -1294,8 +1298,14 @@ async fn lower_depths(
     .await
     .map_err(db("find shorter paths"))?;
     if lowered.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
+    let reopened = lowered
+        .iter()
+        .filter(|(_, depth, _, before, state)| {
+            rules::refetch_when_lowered(*before, *depth, max_depth, state) && state == "done"
+        })
+        .count() as u64;
     let rows: Vec<(i64, i64, Option<i64>, bool)> = lowered
         .into_iter()
         .map(|(id, depth, via, before, state)| {
@@ -1333,7 +1343,7 @@ async fn lower_depths(
         .await
         .map_err(db("wake hosts of refetched pages"))?;
     }
-    Ok(())
+    Ok(reopened)
 }
 
 /// Splits discovered links into those that may be inserted under `limits`

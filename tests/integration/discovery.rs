@@ -516,3 +516,57 @@ async fn a_utf_16_page_yields_its_links_and_an_undecodable_one_a_warning() {
         assert!(log.contains("iso-2022-kr"), "{log}");
     }
 }
+
+/// A sitemap gzipped as a file (`sitemap.xml.gz` served as
+/// `application/gzip`, without `Content-Encoding`) is decompressed, as
+/// sitemaps.org allows; a corrupt one is reported and read no further. A
+/// JSON Feed's items' `url`s are seeds, relative ones resolved, and an
+/// item's `external_url` is not its page.
+#[tokio::test]
+async fn gzipped_sitemap_files_and_json_feeds_are_read() {
+    for engine in engines("gzipped_sitemap_files_and_json_feeds_are_read").await {
+        let server = TestServer::start_on("127.0.0.57");
+        let dir = tempfile::tempdir().unwrap();
+        let (gz, corrupt, json) =
+            (server.url("/sitemap.xml.gz"), server.url("/corrupt.xml.gz"), server.url("/feed.json"));
+        let args = ["--sitemap", &gz, "--sitemap", &corrupt, "--feed", &json];
+        let (db, log) = engine.crawl_to_end(dir.path(), &[], &args);
+        let urls = sorted(
+            strings_in(&db, "SELECT url || ' ' || CAST(depth AS TEXT) || ' ' || state FROM urls").await,
+        );
+        let expect: Vec<String> = ["/ok/gz1", "/ok/gz2", "/ok/json1", "/ok/json2"]
+            .iter()
+            .map(|p| format!("{} 0 done", server.url(p)))
+            .collect();
+        assert_eq!(urls, expect, "{log}");
+        let warning = log.lines().find(|l| l.contains("sitemap not read")).unwrap_or_else(|| panic!("{log}"));
+        assert!(warning.contains("not valid gzip") && warning.contains("/corrupt.xml.gz"), "{warning}");
+    }
+}
+
+/// The last progress line's `finished` and `total` are the database's: a
+/// page fetched again for its links (a shorter path to it turned up, and it
+/// was at the maximum depth) is one URL finished, not two, so `finished`
+/// never passes `total` (issue 23: "6,638 of 6,565" in a `--follow` crawl).
+#[tokio::test]
+async fn progress_counts_a_page_fetched_again_for_its_links_once() {
+    for engine in engines("progress_counts_a_page_fetched_again_for_its_links_once").await {
+        let server = TestServer::start_on("127.0.0.58");
+        let dir = tempfile::tempdir().unwrap();
+        let depth3 = ["--follow", "--max-depth", "3"];
+        // s → a → b → c, c at the maximum depth; then t → b, a shortcut.
+        engine.crawl_to_end(dir.path(), &[server.url("/graph/s.html")], &depth3);
+        let (db, log) = engine.crawl_to_end(dir.path(), &[server.url("/graph/t.html")], &depth3);
+        assert_eq!(server.hits_of("/graph/c.html").len(), 2, "c fetched again, now parsed");
+
+        let last = log.lines().rfind(|l| l.contains(" progress ")).unwrap_or_else(|| panic!("{log}"));
+        let field = |name: &str| -> i64 {
+            let at = last.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name}: {last}"));
+            last[at + name.len() + 2..].split(' ').next().unwrap().parse().unwrap()
+        };
+        let stored = count_in(&db, "SELECT count(*) FROM urls").await;
+        let finished = count_in(&db, "SELECT count(*) FROM urls WHERE state IN ('done', 'failed')").await;
+        assert_eq!((field("finished"), field("total")), (finished, stored), "{last}");
+        assert_eq!(stored, 6, "s, a, b, c, d, t");
+    }
+}

@@ -14,6 +14,8 @@ async fn credentials_and_secret_query_values_are_never_logged_or_stored() {
         let lines = [
             with_credentials,
             server.url("/ok/q?access_token=SECRET123&page=2"),
+            // A login redirect's target, itself carrying a token (issue 23).
+            server.url(&format!("/ok/login?next={}", encoded(&server.url("/ok/cb?token=NESTED789")))),
             server.url("/credlink"),
             server.url("/credredirect"),
             "junk \u{1b}[2J line".to_owned(),
@@ -21,10 +23,11 @@ async fn credentials_and_secret_query_values_are_never_logged_or_stored() {
         let debug = [("RUST_LOG", "info,trawler=debug")];
         let (db, log) = engine.crawl_to_end_with_env(dir.path(), &lines, &["--follow"], &debug);
 
-        for secret in ["hunter2", "SECRET123", "linkpass", "redirpass"] {
+        for secret in ["hunter2", "SECRET123", "NESTED789", "linkpass", "redirpass"] {
             assert!(!log.contains(secret), "{secret} is in the log:\n{log}");
         }
         assert!(log.contains("access_token=***"), "{log}");
+        assert!(log.contains("%3Ftoken%3D***"), "{log}");
         assert!(!log.contains('\u{1b}'), "a control character reached the log");
         assert!(log.contains(r"junk \u{1b}[2J line"), "{log}");
 
@@ -52,4 +55,9 @@ async fn credentials_and_secret_query_values_are_never_logged_or_stored() {
             assert_eq!(server.hits_of(path).len(), 1, "{path} was not fetched without its credentials");
         }
     }
+}
+
+/// `text` percent-encoded as a query value.
+fn encoded(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }

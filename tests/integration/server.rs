@@ -42,6 +42,17 @@
 //!   a URL on another host, and an enclosure only; `/atom.xml`: Atom
 //!   entries linking `/ok/atom1` (alternate, beside an edit link) and
 //!   `/ok/atom2` (relative, no rel)
+//! - `/feed.json`: a JSON Feed whose items link `/ok/json1` and, relative,
+//!   `/ok/json2`, and one item with only an `external_url` (`/ok/external`)
+//! - `/sitemap.xml.gz`: a `<urlset>` of `/ok/gz1` and `/ok/gz2`, gzipped as
+//!   a file, served as `application/gzip` without `Content-Encoding` (as
+//!   sitemaps.org's `.xml.gz` usually are); `/corrupt.xml.gz`: its first
+//!   half only
+//! - `/big-feed/{format}/{entries}`: a feed (`rss`, `atom` or `json`) or a
+//!   sitemap (`sitemap`) of that many entries, each linking `/ok/{i}`, as
+//!   small as each format allows (the benchmark's 1,000,000-entry feeds)
+//! - `/bomb.xml.gz/{mib}`: a `<urlset>` padded with that many MiB of spaces,
+//!   gzipped as a file (a few KiB per MiB), as `application/x-gzip`
 //! - `/robots.txt` (and `/robots-moved.txt`): as [`Options::robots`] says;
 //!   requests for them are kept apart ([`TestServer::robots_hits`])
 //! - `/directives/...`: the pages of [`DIRECTIVES`], with their headers:
@@ -489,6 +500,33 @@ fn router(shared: Arc<Shared>) -> Router {
             }),
         )
         .route(
+            "/feed.json",
+            get(|headers: axum::http::HeaderMap| async move {
+                let host = host_of(&headers);
+                let json = format!(
+                    r#"{{"version": "https://jsonfeed.org/version/1.1", "title": "news",
+                    "items": [{{"id": "1", "url": "http://{host}/ok/json1", "title": "one"}},
+                              {{"id": "2", "url": "/ok/json2", "tags": ["a", "b"]}},
+                              {{"id": "3", "external_url": "http://{host}/ok/external"}}]}}"#
+                );
+                ([(header::CONTENT_TYPE, "application/feed+json")], json)
+            }),
+        )
+        .route(
+            "/sitemap.xml.gz",
+            get(|headers: axum::http::HeaderMap| async move { gzip_file(&gz_sitemap(&host_of(&headers))) }),
+        )
+        .route(
+            "/corrupt.xml.gz",
+            get(|headers: axum::http::HeaderMap| async move {
+                let mut body = gzip(gz_sitemap(&host_of(&headers)).as_bytes());
+                body.truncate(body.len() / 2);
+                ([(header::CONTENT_TYPE, "application/gzip")], body).into_response()
+            }),
+        )
+        .route("/big-feed/{format}/{entries}", get(big_feed))
+        .route("/bomb.xml.gz/{mib}", get(sitemap_bomb))
+        .route(
             "/sitemap-1.xml",
             get(|headers: axum::http::HeaderMap| async move {
                 let host = host_of(&headers);
@@ -778,6 +816,80 @@ async fn bomb(Path(mib): Path<usize>) -> Response {
     // Compressing takes a while: off the server's only runtime thread.
     let body = tokio::task::spawn_blocking(move || gzip(&vec![0; mib << 20])).await.unwrap();
     gzipped(body)
+}
+
+/// The `<urlset>` of `/sitemap.xml.gz`.
+fn gz_sitemap(host: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
+        <url><loc>http://{host}/ok/gz1</loc></url><url><loc>http://{host}/ok/gz2</loc></url></urlset>"#
+    )
+}
+
+/// `plain` gzipped as a file: `application/gzip`, no `Content-Encoding`.
+fn gzip_file(plain: &str) -> Response {
+    ([(header::CONTENT_TYPE, "application/gzip")], gzip(plain.as_bytes())).into_response()
+}
+
+async fn big_feed(
+    Path((format, entries)): Path<(String, usize)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let host = host_of(&headers);
+    // Built off the server's only runtime thread: up to tens of MB.
+    let made = tokio::task::spawn_blocking(move || {
+        use std::fmt::Write;
+        let (head, entry, tail, content_type) = match format.as_str() {
+            "rss" => (
+                "<rss version=\"2.0\"><channel>",
+                "<item><link>/ok/{i}</link></item>",
+                "</channel></rss>",
+                "application/rss+xml",
+            ),
+            "atom" => (
+                "<feed xmlns=\"http://www.w3.org/2005/Atom\">",
+                "<entry><link href=\"/ok/{i}\"/></entry>",
+                "</feed>",
+                "application/atom+xml",
+            ),
+            "json" => (
+                "{\"version\":\"https://jsonfeed.org/version/1.1\",\"title\":\"bench\",\"items\":[",
+                "{\"id\":\"{i}\",\"url\":\"/ok/{i}\"},",
+                "{\"id\":\"end\"}]}",
+                "application/feed+json",
+            ),
+            "sitemap" => {
+                ("<urlset>", "<url><loc>http://{host}/ok/{i}</loc></url>", "</urlset>", "application/xml")
+            }
+            _ => return None,
+        };
+        let mut body =
+            String::with_capacity(head.len() + entries * (entry.len() + host.len() + 4) + tail.len());
+        body.push_str(head);
+        for i in 0..entries {
+            let _ = write!(body, "{}", entry.replace("{i}", &i.to_string()).replace("{host}", &host));
+        }
+        body.push_str(tail);
+        Some((content_type, body))
+    });
+    match made.await.unwrap() {
+        Some((content_type, body)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn sitemap_bomb(Path(mib): Path<usize>) -> Response {
+    // Members of one gzip file (RFC 1952 §2.2): one MiB compressed once.
+    let body = tokio::task::spawn_blocking(move || {
+        let spaces = gzip(&vec![b' '; 1 << 20]);
+        let mut body = gzip(b"<urlset><url><loc>http://127.0.0.99/bomb</loc></url>");
+        for _ in 0..mib {
+            body.extend_from_slice(&spaces);
+        }
+        body.extend_from_slice(&gzip(b"</urlset>"));
+        body
+    });
+    ([(header::CONTENT_TYPE, "application/x-gzip")], body.await.unwrap()).into_response()
 }
 
 async fn robots_txt(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {

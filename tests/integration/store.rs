@@ -277,3 +277,42 @@ async fn a_stale_completion_in_the_same_batch_as_the_live_one_adds_no_links() {
     assert_eq!(crate::util::scalar(&config.store.path, "SELECT count(*) FROM attempts").await, 1);
     store.close().await;
 }
+
+/// A committed batch says what it did to the count of finished URLs, which
+/// the crawl's progress follows: which completions took effect, and how
+/// many `done` URLs went back in the queue. Here a shorter path to pages at
+/// the maximum depth (so not parsed) sends back one that is done and takes
+/// back one in flight, whose late completion then finishes nothing.
+#[tokio::test]
+async fn a_batch_reports_completions_that_took_effect_and_urls_queued_again() {
+    for engine in engines("a_batch_reports_completions_that_took_effect_and_urls_queued_again").await {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&engine, dir.path()).await;
+        let deep = |path: &str| NewUrl { depth: 2, ..new_url(path) };
+        store.enqueue(&[deep("done-deep"), deep("flying-deep"), new_url("seed")]).await.unwrap();
+        let jobs = claim(&store, i64::MAX, 10).await;
+        let job = |path: &str| jobs.iter().find(|j| j.url.ends_with(path)).unwrap().clone();
+        let (done_deep, flying_deep, seed) = (job("done-deep"), job("flying-deep"), job("seed"));
+        let limits = PageLimits { max_depth: 2, ..PageLimits::default() };
+
+        let committed = store.complete(&[done(&done_deep, done_deep.lease)], limits).await.unwrap();
+        assert!(committed.took_effect(&done(&done_deep, done_deep.lease)));
+        assert_eq!(committed.reopened, 0);
+
+        let links = ["done-deep", "flying-deep"]
+            .map(|path| NewUrl { found_on: Some(seed.url_id), depth: 1, ..new_url(path) })
+            .to_vec();
+        let seed_done = Completion { links, ..done(&seed, seed.lease) };
+        let committed = store.complete(std::slice::from_ref(&seed_done), limits).await.unwrap();
+        assert!(committed.took_effect(&seed_done));
+        assert_eq!(committed.reopened, 1, "done-deep is queued again; flying-deep was not finished");
+
+        let late = done(&flying_deep, flying_deep.lease);
+        let committed = store.complete(std::slice::from_ref(&late), limits).await.unwrap();
+        assert!(!committed.took_effect(&late), "flying-deep was taken back: its completion is stale");
+        assert_eq!(committed.applied, 0);
+        let counts = store.counts().await.unwrap();
+        assert_eq!((counts.done, counts.queued, counts.in_flight), (1, 2, 0));
+        store.close().await;
+    }
+}
