@@ -420,16 +420,16 @@ impl<S: Store> SitemapTask<S> {
         // user's sitemap itself.
         let from = queued.anchor().unwrap_or(sitemap_url);
         let mut attempt = fetcher.begin(&queued.url, false);
-        // The host of the last request sent, and its turn.
-        let mut last: Option<(String, Instant)> = None;
+        // The host and port of the last request sent, and its turn.
+        let mut last: Option<(String, u16, Instant)> = None;
         while let Some(url) = attempt.next_url() {
             let url = url.clone();
             let host = url.host_str().unwrap_or_default().to_owned();
-            if let Some((previous, turn)) = last.take() {
+            if let Some((previous, port, turn)) = last.take() {
                 // Its answer was a redirect: the host is healthy.
                 self.politeness.finished(
                     &previous,
-                    HostSignal::Healthy,
+                    HostSignal::Healthy { port },
                     turn,
                     Instant::now(),
                     rand::random(),
@@ -479,11 +479,12 @@ impl<S: Store> SitemapTask<S> {
                 _ = self.done.cancelled() => return { release(&host, turn); Ok(Fetch::Stopped) },
                 _ = attempt.request() => {}
             }
-            last = Some((host, turn));
+            let port = url.port_or_known_default().unwrap_or_default();
+            last = Some((host, port, turn));
         }
         let fetched = attempt.finish();
-        if let Some((host, turn)) = last {
-            let signal = host_signal(&fetched);
+        if let Some((host, port, turn)) = last {
+            let signal = host_signal(&fetched, port);
             self.politeness.finished(&host, signal, turn, Instant::now(), rand::random());
         }
         Ok(Fetch::Fetched(Box::new(fetched)))

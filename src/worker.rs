@@ -306,7 +306,8 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
             fetched.record.started_at = Some(checked.0);
             fetched.record.elapsed_ms = checked.1.elapsed().as_millis() as u64;
             fetched.record.elapsed_us = checked.1.elapsed().as_micros() as u64;
-            let signal = host_signal(&fetched);
+            // robots.txt is the job's origin's: its port is the job URL's.
+            let signal = host_signal(&fetched, port_of(&job.url));
             (fetched, signal, Instant::now())
         }
     };
@@ -341,14 +342,16 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         let host = target.host_str().unwrap_or_default().to_owned();
         links.push(NewUrl { url: target.into(), host, depth: job.depth, found_on: Some(job.url_id) });
     }
+    // What a retry gets is first of all its URL's (a 503 again for one path).
+    let signal = if job.attempt > 1 { signal.of_retry() } else { signal };
     let host_backoff = ctx.politeness.finished(&job.host, signal, started, Instant::now(), rand::random());
     // Above the refill mark the producer has nothing to do, and waking it
     // on every fetch costs; a freed host slot only matters below it.
     if wants_refill(jobs.len(), jobs.capacity().unwrap_or(0)) {
         ctx.wake.notify_one();
     }
-    if let Some(backoff) = host_backoff {
-        tracing::info!(host = %job.host, backoff_ms = backoff.as_millis() as u64, "host backs off");
+    if let Some(change) = host_backoff {
+        change.log(&job.host);
     }
     let mut record = fetched.record;
     if fetched.error.is_none() && !next.is_done() && next != Next::Skipped {
@@ -372,7 +375,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         url_id: job.url_id,
         lease: job.lease,
         host: job.host,
-        host_backoff_until_ms: host_backoff.map(|d| now_ms() + d.as_millis() as i64),
+        host_backoff_until_ms: host_backoff.map(|change| now_ms() + change.left().as_millis() as i64),
         attempt: job.attempt,
         record,
         next,
@@ -519,17 +522,17 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Result<InTurn, Interru
     attempt.conditional(&job.revisit.validators);
     // The job's host: what its last answer said, and when that request began.
     let mut own = (HostSignal::Neutral, Instant::now());
-    // The host of the last request sent, and its turn.
-    let mut last: Option<(String, Instant)> = None;
+    // The host and port of the last request sent, and its turn.
+    let mut last: Option<(String, u16, Instant)> = None;
     let mut redirect_handed_over = None;
     while let Some(url) = attempt.next_url() {
         let url = url.clone();
         let host = url.host_str().unwrap_or_default().to_owned();
         let foreign = host != job.host;
         if attempt.requests() > 0 {
-            if let Some((previous, turn)) = last.take() {
+            if let Some((previous, port, turn)) = last.take() {
                 // Its answer was a redirect: the host is healthy.
-                own = settle(ctx, job, &previous, HostSignal::Healthy, turn, own);
+                own = settle(ctx, job, &previous, HostSignal::Healthy { port }, turn, own);
             }
             if let Some(refusal) = hop_out_of_scope(ctx, job, &url) {
                 attempt.refuse(refusal.kind, refusal.message);
@@ -592,11 +595,12 @@ async fn fetch_in_turn(ctx: &WorkerContext, job: &Job) -> Result<InTurn, Interru
             _ = ctx.abort.cancelled() => return { release(ctx); Err(Interrupted::Stopped) },
             _ = attempt.request() => {}
         }
-        last = Some((host, turn));
+        let port = url.port_or_known_default().unwrap_or_default();
+        last = Some((host, port, turn));
     }
     let fetched = attempt.finish();
-    if let Some((host, turn)) = last {
-        own = settle(ctx, job, &host, host_signal(&fetched), turn, own);
+    if let Some((host, port, turn)) = last {
+        own = settle(ctx, job, &host, host_signal(&fetched, port), turn, own);
     }
     Ok(InTurn { fetched, signal: own.0, started: own.1, redirect_handed_over })
 }
@@ -630,26 +634,37 @@ fn settle(
     if host == job.host {
         return (signal, turn);
     }
-    if let Some(backoff) = ctx.politeness.finished(host, signal, turn, Instant::now(), rand::random()) {
-        tracing::info!(%host, backoff_ms = backoff.as_millis() as u64, "host backs off");
+    if let Some(change) = ctx.politeness.finished(host, signal, turn, Instant::now(), rand::random()) {
+        change.log(host);
     }
     own
 }
 
-/// What an attempt says about its host: 429 and 503 ask the whole host to slow
-/// down (RFC 6585 §4, RFC 9110 §15.6.4); failing to reach it at all counts
-/// towards a host backoff; any other response shows it is healthy.
-pub(crate) fn host_signal(fetched: &Fetched) -> HostSignal {
+/// What an attempt whose last request went to `port` says about its host:
+/// 429 and 503 ask the whole host to slow down (RFC 6585 §4, RFC 9110
+/// §15.6.4); any other response shows it serves on that port; no answer at
+/// all (a timeout before any response, DNS) counts towards a host backoff,
+/// and so does a connection refused or reset, unless the host answers on
+/// another port. A response that began and then broke or stalled says
+/// nothing of the host: it answered, and the URL is retried.
+pub(crate) fn host_signal(fetched: &Fetched, port: u16) -> HostSignal {
     if fetched.out_of_descriptors {
         // This process's limit, not the host's doing.
         return HostSignal::Neutral;
     }
+    // The last request's own: a status may be an earlier redirect's.
+    let answered = fetched.record.ttfb_ms.is_some();
     match (fetched.error, fetched.record.http_status) {
         (None, Some(429 | 503)) => HostSignal::Throttled { retry_after: fetched.retry_after },
-        (None, _) => HostSignal::Healthy,
-        (Some(ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Dns | ErrorKind::Read), _) => {
-            HostSignal::Unreachable
-        }
+        (None, _) => HostSignal::Healthy { port },
+        (Some(_), _) if answered => HostSignal::Neutral,
+        (Some(ErrorKind::Timeout | ErrorKind::Dns), _) => HostSignal::Unreachable,
+        (Some(ErrorKind::Connect), _) => HostSignal::ConnectFailed { port },
         (Some(_), _) => HostSignal::Neutral,
     }
+}
+
+/// The port of `url` (its scheme's default when it names none).
+fn port_of(url: &str) -> u16 {
+    Url::parse(url).ok().and_then(|u| u.port_or_known_default()).unwrap_or_default()
 }
