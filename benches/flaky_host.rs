@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! cargo bench --bench flaky_host                 # 3 rounds
-//! cargo bench --bench flaky_host -- --rounds 5
+//! cargo bench --bench flaky_host -- --rounds 5 --log /tmp/flaky   # each round's log: /tmp/flaky.N
 //! cargo test --release --bench flaky_host        # the same, without cargo bench's profile
 //! ```
 //!
@@ -36,25 +36,39 @@ use server::TestServer;
 /// The wall time the issue asks for.
 const TARGET: Duration = Duration::from_secs(20);
 
-/// The input: the issue's mix, the URLs that fail at first spread evenly
-/// among those that answer at once.
+/// The input: the issue's mix, each kind spread evenly through it, the
+/// URLs that fail at first among those that answer at once.
 fn urls(server: &TestServer, refused_port: u16) -> Vec<String> {
-    let mut failing: Vec<String> = Vec::new();
-    failing.extend((0..20).map(|i| server.url(&format!("/flaky/2/{i}"))));
-    failing.extend((0..5).map(|i| server.url(&format!("/retry-after/1/{i}"))));
-    failing.extend((0..5).map(|i| server.url(&format!("/slow/5000/{i}"))));
-    failing.extend((0..3).map(|i| server.url(&format!("/stall/{i}"))));
-    failing.extend((0..5).map(|i| format!("http://127.0.0.1:{refused_port}/refused/{i}")));
-    let mut fine: Vec<String> = Vec::new();
-    fine.extend((0..292).map(|i| server.url(&format!("/ok/{i}"))));
-    fine.extend((0..20).map(|i| server.url(&format!("/goto?to={}", server.url(&format!("/ok/r{i}"))))));
-    fine.extend((0..20).map(|i| server.url(&format!("/status/404/{i}"))));
-    let (total, every) = (failing.len() + fine.len(), (failing.len() + fine.len()) / failing.len());
-    let (mut failing, mut fine) = (failing.into_iter(), fine.into_iter());
-    let mut mixed: Vec<String> =
-        (0..total).filter_map(|i| if i % every == every / 2 { failing.next() } else { fine.next() }).collect();
-    mixed.extend(failing.chain(fine));
-    mixed
+    let kind = |n: usize, url: &dyn Fn(usize) -> String| (0..n).map(url).collect::<Vec<String>>();
+    let failing = spread(vec![
+        kind(20, &|i| server.url(&format!("/flaky/2/{i}"))),
+        kind(5, &|i| server.url(&format!("/retry-after/1/{i}"))),
+        kind(5, &|i| server.url(&format!("/slow/5000/{i}"))),
+        kind(3, &|i| server.url(&format!("/stall/{i}"))),
+        kind(5, &|i| format!("http://127.0.0.1:{refused_port}/refused/{i}")),
+    ]);
+    let fine = spread(vec![
+        kind(292, &|i| server.url(&format!("/ok/{i}"))),
+        kind(20, &|i| server.url(&format!("/goto?to={}", server.url(&format!("/ok/r{i}"))))),
+        kind(20, &|i| server.url(&format!("/status/404/{i}"))),
+    ]);
+    spread(vec![failing, fine])
+}
+
+/// The lists merged, each spread evenly through the result (in order
+/// within itself).
+fn spread(lists: Vec<Vec<String>>) -> Vec<String> {
+    let total: usize = lists.iter().map(Vec::len).sum();
+    let mut tagged: Vec<(f64, String)> = lists
+        .into_iter()
+        .flat_map(|list| {
+            let n = list.len() as f64;
+            list.into_iter().enumerate().map(move |(i, url)| ((i as f64 + 0.5) / n, url))
+        })
+        .collect();
+    tagged.sort_by(|a, b| a.0.total_cmp(&b.0));
+    debug_assert_eq!(tagged.len(), total);
+    tagged.into_iter().map(|(_, url)| url).collect()
 }
 
 /// A port on 127.0.0.1 where nothing listens: bound, then let go.
@@ -73,15 +87,18 @@ fn crawl(input: &Path, dir: &Path) -> (Duration, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_trawler"))
         .args(["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap()])
         .args(["--concurrency", "16", "--max-attempts", "3", "--timeout", "1s"])
-        .env("RUST_LOG", "info")
+        // RUST_LOG=info,trawler::worker=debug adds a line per fetch to --log.
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
         .env("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "16")
         .env("TRAWLER_POLITENESS__PER_HOST_DELAY", "0s")
         .stdin(Stdio::null())
         .output()
         .expect("run trawler");
     let wall = start.elapsed();
-    let (summary, log) =
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let (summary, log) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(out.status.success(), "trawler failed:\n{log}");
     (wall, summary, log)
 }
@@ -107,11 +124,12 @@ fn backoffs(log: &str) -> Vec<String> {
 }
 
 fn main() {
-    let mut rounds = 3;
+    let (mut rounds, mut log_to) = (3, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--rounds" => rounds = args.next().and_then(|n| n.parse().ok()).expect("--rounds N"),
+            "--log" => log_to = Some(args.next().expect("--log FILE")),
             // `cargo bench` passes `--bench`; `cargo test` may pass filters.
             _ => {}
         }
@@ -128,6 +146,9 @@ fn main() {
         }
         drop(file);
         let (wall, summary, log) = crawl(&input, dir.path());
+        if let Some(file) = &log_to {
+            std::fs::write(format!("{file}.{round}"), &log).expect("write the log");
+        }
         worst = worst.max(wall);
         let outcome = summary.lines().find(|l| l.contains("done")).unwrap_or_default().trim().to_owned();
         println!("round {round}: {:.1} s; {outcome}", wall.as_secs_f64());
