@@ -1,28 +1,26 @@
 //! A host's backoff: when the whole host must wait, and how long, from what
 //! its answers say ([`HostSignal`]). The rule (README, "Host backoff"):
 //!
-//! - A host backs off when it throttles: a 429 or 503 to a URL's first
-//!   attempt backs it off for its `Retry-After` (capped), else
-//!   exponentially from `politeness.backoff_base`. A throttle to a retry is
-//!   the URL's (it is retried on its own backoff, `Retry-After` included):
-//!   one URL's repeated 503 is not the host throttling.
-//! - Or when it cannot be reached at all: `politeness.
-//!   connect_failures_before_backoff` requests in a row get no answer
-//!   (timeout, DNS), each sent after the previous failure came back, with
-//!   no answer between. A connection to one port refused (or reset before a
-//!   response) is that port's failure, not the host's, while the host last
-//!   answered on another port.
-//! - Escalation counts backoff periods that brought only throttles and
-//!   failures: any success (an answer but 429 and 503) starts it over.
-//!   Throttles and failures of requests sent before the current backoff
-//!   began were part of the burst that began it and change nothing (twenty
-//!   concurrent 503s back a host off once).
-//! - A throttle is its URL's, not the host's, once the host served a
-//!   request after throttling one: a 503 without `Retry-After` of a request
-//!   sent before one the host has already served backs nothing off, and a
-//!   success that comes back while the host is backed off ends the backoff
-//!   at once. A `Retry-After` is the server's own figure: it is always
-//!   honoured, and a success never shortens it.
+//! - A 429 or 503 backs the host off: for its `Retry-After` (capped at
+//!   `retry.retry_after_max`), else for `politeness.backoff_base ×
+//!   2^(n−1)` (equal jitter, capped at `politeness.backoff_max`). It is its
+//!   URL's, not the host's, and backs nothing off, when it answers a URL's
+//!   retry ([`HostSignal::of_retry`]: one URL's repeated 503 is not the host
+//!   throttling), or, without `Retry-After`, when the host has already
+//!   served a request sent after it.
+//! - So do `politeness.connect_failures_before_backoff` requests in a row
+//!   that get no answer (timeout, DNS), each sent after the previous failure
+//!   came back, with no answer between. A connection refused (or reset
+//!   before a response) is its port's failure, not the host's, while the
+//!   host last answered on another port.
+//! - n counts backoff periods that brought only throttles and failures: any
+//!   success (an answer but 429 and 503) starts it over. Throttles and
+//!   failures of requests sent before the current backoff began were part
+//!   of the burst that began it and change nothing (twenty concurrent 503s
+//!   back a host off once).
+//! - A success that comes back while the host is backed off ends the
+//!   backoff at once: the host served a request after it throttled one. A
+//!   `Retry-After` is the server's own figure, never cut short.
 //!
 //! Per-URL failures (a URL that times out, a 503 for one path) are thus the
 //! URL's retry business ([`crate::retry`]), at most one short backoff of
@@ -114,6 +112,7 @@ pub(super) struct BackoffRules {
 }
 
 impl BackoffRules {
+    /// The rule's settings from `[politeness]` and `retry.retry_after_max`.
     pub fn new(config: &PolitenessConfig, retry_after_max: Duration) -> Self {
         Self {
             base: config.backoff_base,
