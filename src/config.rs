@@ -118,16 +118,19 @@ pub struct PolitenessConfig {
     #[serde(with = "humantime_serde")]
     pub per_host_delay: Duration,
     /// Host-level backoff after a 429 or 503, or after
-    /// `connect_failures_before_backoff` connection failures in a row: the
-    /// whole host waits `backoff_base * 2^(n-1)` (n = times in a row, capped at
+    /// `connect_failures_before_backoff` requests in a row with no answer:
+    /// the whole host waits `backoff_base * 2^(n-1)` (n = backoffs in a row
+    /// with only throttles and failures between, capped at
     /// `backoff_max`, equal jitter), or its `Retry-After` (capped by
-    /// `retry.retry_after_max`) when it sent one.
+    /// `retry.retry_after_max`) when it sent one. The rule:
+    /// [`crate::politeness`]'s `backoff` module.
     #[serde(with = "humantime_serde")]
     pub backoff_base: Duration,
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
-    /// Timeouts and connection or DNS failures in a row that put a host in
-    /// backoff.
+    /// Requests in a row that get no answer (timeouts, DNS failures,
+    /// refused connections while the host answers on no other port), each
+    /// sent after the previous failure came back, that put a host in backoff.
     pub connect_failures_before_backoff: NonZeroU32,
 }
 

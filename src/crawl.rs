@@ -300,7 +300,15 @@ async fn start(
     };
     let writer = tasks.spawn(
         "writer",
-        writer::run(store.clone(), result_rx, stats.clone(), wake.clone(), limits, writer_beat.clone()),
+        writer::run(
+            store.clone(),
+            result_rx,
+            stats.clone(),
+            wake.clone(),
+            limits,
+            writer_beat.clone(),
+            politeness.clone(),
+        ),
     );
     let sitemaps_done = CancellationToken::new();
     let sitemaps = {

@@ -1,6 +1,7 @@
 //! Per-host politeness: at most `per_host_concurrency` requests in flight to a
 //! host, at least `per_host_delay` between two request starts to it, and
-//! host-level backoff when it throttles (429/503) or keeps failing to connect.
+//! host-level backoff when it throttles (429/503) or cannot be reached at
+//! all (the rule, with its tests: `politeness/backoff.rs`).
 //!
 //! Two parties share one [`Politeness`]:
 //! - the producer asks which hosts may take a job now ([`Politeness::busy_hosts`],
@@ -22,21 +23,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{Config, HostOverride, PolitenessConfig};
-use crate::retry::exponential;
 use crate::store::{AdaptiveRecrawl, RecrawlPolicy};
 
-/// What an attempt's outcome says about its host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostSignal {
-    /// A response that is not a throttle: the host is healthy.
-    Healthy,
-    /// 429 or 503, with the server's `Retry-After` if it sent one.
-    Throttled { retry_after: Option<Duration> },
-    /// A timeout, connection or DNS failure.
-    Unreachable,
-    /// Nothing about the host (e.g. a body over the cap).
-    Neutral,
-}
+mod backoff;
+
+pub use backoff::{BackoffChange, HostSignal};
+use backoff::{BackoffRules, HostBackoff};
 
 #[derive(Debug, Default)]
 struct HostState {
@@ -49,26 +41,15 @@ struct HostState {
     /// When its last request actually started (its turn, or later if the
     /// task woke late).
     last_start: Option<Instant>,
-    /// Host-level backoff end.
-    blocked_until: Option<Instant>,
-    /// Unreachable outcomes in a row.
-    failures_in_a_row: u32,
-    /// Backoffs in a row (the exponent of the next one).
-    backoffs_in_a_row: u32,
-    /// When the latest backoff began: outcomes of requests started before
-    /// it belong to the burst that caused it and change nothing.
-    backoff_began: Option<Instant>,
+    /// Host-level backoff, and what decides the next one.
+    backoff: HostBackoff,
     /// The host's robots.txt `Crawl-delay`, when it raises the delay.
     crawl_delay: Option<Duration>,
 }
 
 impl HostState {
     fn is_idle(&self, now: Instant) -> bool {
-        self.in_flight == 0
-            && self.failures_in_a_row == 0
-            && self.backoffs_in_a_row == 0
-            && self.next_start.is_none_or(|t| t <= now)
-            && self.blocked_until.is_none_or(|t| t <= now)
+        self.in_flight == 0 && self.backoff.is_settled(now) && self.next_start.is_none_or(|t| t <= now)
     }
 }
 
@@ -219,7 +200,7 @@ impl Politeness {
         self.lock()
             .hosts
             .values()
-            .flat_map(|s| [s.next_start, s.blocked_until])
+            .flat_map(|s| [s.next_start, s.backoff.until()])
             .flatten()
             .filter(|&t| t > now)
             .min()
@@ -363,14 +344,18 @@ impl Politeness {
     }
 
     /// Records that a job for `host`, whose request started at `started`
-    /// (its reserved turn), finished with `signal`. Returns the host-level
-    /// backoff that starts now, if this outcome started one.
+    /// (its reserved turn), finished with `signal` at `now`, and releases
+    /// its slot. `jitter` is uniform in [0, 1). Returns how the host's
+    /// backoff changed, if it did, for the log and the store.
     ///
-    /// Escalation counts backoff periods, not responses: an outcome of a
-    /// request that started before the host's current backoff began was part
-    /// of the burst that started it, so it neither escalates the backoff nor
-    /// counts towards the next one, nor resets the streak. Twenty concurrent
-    /// 503s back a host off once, as one 503 does.
+    /// The rule is `politeness/backoff.rs`'s: a host backs off when it
+    /// throttles or cannot be reached at all; escalation counts backoff
+    /// periods that brought only throttles and failures (a burst of twenty
+    /// concurrent 503s backs off once, as one 503 does); a success ends a
+    /// backoff the server did not ask for; a refused port is that port's
+    /// failure while the host answers on another. A backoff holds the
+    /// host's next turn until it ends; a cut gives the turn back (the delay
+    /// after the last start still holds).
     pub fn finished(
         &self,
         host: &str,
@@ -378,46 +363,34 @@ impl Politeness {
         started: Instant,
         now: Instant,
         jitter: f64,
-    ) -> Option<Duration> {
+    ) -> Option<BackoffChange> {
         let mut inner = self.lock();
         let Inner { rules, hosts } = &mut *inner;
-        let config = &rules.politeness;
+        let backoff_rules = BackoffRules::new(&rules.politeness, self.retry_after_max);
         let state = hosts.entry(host.to_owned()).or_default();
         state.in_flight = state.in_flight.saturating_sub(1);
         self.freed.notify_waiters();
-        if state.backoff_began.is_some_and(|began| started < began) {
-            return None;
+        let change = state.backoff.observe(signal, started, now, jitter, &backoff_rules)?;
+        let until = state.backoff.until().unwrap_or(now);
+        match change {
+            BackoffChange::Began(_) => {
+                state.next_start = Some(state.next_start.map_or(until, |t| t.max(until)))
+            }
+            BackoffChange::Cut { .. } => {
+                let delay = effective_delay(state, rules.limits(host));
+                let turn = state.last_start.map_or(until, |last| until.max(last + delay));
+                state.next_start = state.next_start.map(|t| t.min(turn));
+            }
         }
-        let backoff = match signal {
-            HostSignal::Healthy => {
-                state.failures_in_a_row = 0;
-                state.backoffs_in_a_row = 0;
-                None
-            }
-            HostSignal::Neutral => None,
-            HostSignal::Throttled { retry_after } => {
-                state.failures_in_a_row = 0;
-                state.backoffs_in_a_row += 1;
-                Some(retry_after.map(|d| d.min(self.retry_after_max)).unwrap_or_else(|| {
-                    exponential(config.backoff_base, config.backoff_max, state.backoffs_in_a_row, jitter)
-                }))
-            }
-            HostSignal::Unreachable => {
-                state.failures_in_a_row += 1;
-                (state.failures_in_a_row >= config.connect_failures_before_backoff.get()).then(|| {
-                    state.failures_in_a_row = 0;
-                    state.backoffs_in_a_row += 1;
-                    exponential(config.backoff_base, config.backoff_max, state.backoffs_in_a_row, jitter)
-                })
-            }
-        };
-        if let Some(backoff) = backoff {
-            let until = now + backoff;
-            state.backoff_began = Some(now);
-            state.blocked_until = Some(state.blocked_until.map_or(until, |t| t.max(until)));
-            state.next_start = Some(state.next_start.map_or(until, |t| t.max(until)));
-        }
-        backoff
+        Some(change)
+    }
+
+    /// How long `host`'s backoff lasts from `now` (zero when it is over or
+    /// there is none): what the store keeps for a host whose backoff
+    /// changed, read when it is committed.
+    pub fn backoff_left(&self, host: &str, now: Instant) -> Duration {
+        let until = self.lock().hosts.get(host).and_then(|s| s.backoff.until());
+        until.map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
     }
 
     /// Records that `host`'s last request, made by another daemon before
@@ -461,7 +434,7 @@ impl Politeness {
         self.lock()
             .hosts
             .iter()
-            .filter(|(_, s)| s.in_flight > 0 || s.blocked_until.is_some_and(|until| until > now))
+            .filter(|(_, s)| s.in_flight > 0 || s.backoff.blocks(now))
             .map(|(host, _)| host.clone())
             .collect()
     }
@@ -474,7 +447,7 @@ impl Politeness {
 
     /// Hosts in host-level backoff at `now` (for metrics).
     pub fn hosts_in_backoff(&self, now: Instant) -> usize {
-        self.lock().hosts.values().filter(|s| s.blocked_until.is_some_and(|t| t > now)).count()
+        self.lock().hosts.values().filter(|s| s.backoff.blocks(now)).count()
     }
 
     /// Hosts currently tracked.
@@ -492,7 +465,7 @@ fn effective_delay(state: &HostState, limits: HostLimits) -> Duration {
 fn slots_of(state: &HostState, limits: HostLimits, now: Instant) -> u32 {
     let limits = HostLimits { delay: effective_delay(state, limits), ..limits };
     let free = limits.concurrency.saturating_sub(state.in_flight);
-    let blocked = state.blocked_until.is_some_and(|t| t > now);
+    let blocked = state.backoff.blocks(now);
     let waiting =
         !limits.delay.is_zero() && (state.unstarted > 0 || state.next_start.is_some_and(|t| t > now));
     if free == 0 || blocked || waiting {
@@ -580,7 +553,7 @@ mod tests {
         // A start reserved early is still pushed to the delay's end.
         assert_eq!(p.reserve("a", t0 + Duration::from_millis(100)), t1);
         assert_eq!(p.slots("a", t1 + Duration::from_millis(250)), 0, "at its concurrency of 2");
-        p.finished("a", HostSignal::Healthy, t1, t1, 0.0);
+        p.finished("a", HostSignal::Healthy { port: 80 }, t1, t1, 0.0);
         assert_eq!(p.slots("a", t1 + Duration::from_millis(250)), 1);
     }
 
@@ -604,7 +577,7 @@ mod tests {
         }
         let throttled = HostSignal::Throttled { retry_after: Some(Duration::from_secs(7)) };
         p.finished("throttled", throttled, t0, t0, 0.0);
-        p.finished("done", HostSignal::Healthy, t0, t0, 0.0);
+        p.finished("done", HostSignal::Healthy { port: 80 }, t0, t0, 0.0);
         let mut kept = p.hosts_to_keep(t0);
         kept.sort();
         assert_eq!(kept, ["fetching", "throttled"]);
@@ -615,27 +588,17 @@ mod tests {
     fn a_throttle_backs_the_host_off_honouring_retry_after() {
         let p = politeness(2, 0);
         let t0 = Instant::now();
+        let secs = Duration::from_secs;
         p.dispatched("a");
-        let backoff =
-            p.finished("a", HostSignal::Throttled { retry_after: Some(Duration::from_secs(7)) }, t0, t0, 0.0);
-        assert_eq!(backoff, Some(Duration::from_secs(7)));
-        assert_eq!(p.slots("a", t0 + Duration::from_secs(6)), 0);
+        let asked = |after| HostSignal::Throttled { retry_after: Some(secs(after)) };
+        assert_eq!(p.finished("a", asked(7), t0, t0, 0.0), Some(BackoffChange::Began(secs(7))));
+        assert_eq!(p.slots("a", t0 + secs(6)), 0);
+        assert_eq!(p.next_turn("a", t0), Some(t0 + secs(7)), "its next turn waits too");
         assert_eq!(p.slots("b", t0), 2, "other hosts are unaffected");
-        assert_eq!(p.slots("a", t0 + Duration::from_secs(7)), 2);
-        // Without Retry-After: exponential from backoff_base, doubling.
-        assert_eq!(
-            p.finished("a", HostSignal::Throttled { retry_after: None }, t0, t0, 0.0),
-            Some(Duration::from_secs(4))
-        );
-        // A huge Retry-After is capped.
-        let capped = p.finished(
-            "a",
-            HostSignal::Throttled { retry_after: Some(Duration::from_secs(3600)) },
-            t0,
-            t0,
-            0.0,
-        );
-        assert_eq!(capped, Some(Duration::from_secs(30)));
+        assert_eq!(p.slots("a", t0 + secs(7)), 2);
+        // A huge Retry-After is capped at retry.retry_after_max.
+        let t1 = t0 + secs(7);
+        assert_eq!(p.finished("a", asked(3600), t1, t1, 0.0), Some(BackoffChange::Began(secs(30))));
     }
 
     #[test]
@@ -648,9 +611,12 @@ mod tests {
         let (t1, throttled) = (t0 + Duration::from_millis(300), HostSignal::Throttled { retry_after: None });
         // The first of 20 concurrent 503s backs the host off for backoff_base
         // (full jitter)...
-        assert_eq!(p.finished("a", throttled, t0, t1, 1.0), Some(Duration::from_secs(4)));
+        assert_eq!(
+            p.finished("a", throttled, t0, t1, 1.0),
+            Some(BackoffChange::Began(Duration::from_secs(4)))
+        );
         // ...and the other 19, sent before that, change nothing: no escalation,
-        // and neither do successes or failures from that burst.
+        // and neither do failures from that burst.
         for _ in 0..17 {
             assert_eq!(p.finished("a", throttled, t0, t1 + Duration::from_millis(5), 1.0), None);
         }
@@ -661,21 +627,42 @@ mod tests {
         // A request sent after the backoff began and throttled again escalates.
         let t2 = t1 + Duration::from_secs(4);
         p.dispatched("a");
-        assert_eq!(p.finished("a", throttled, t2, t2, 1.0), Some(Duration::from_secs(8)));
+        assert_eq!(
+            p.finished("a", throttled, t2, t2, 1.0),
+            Some(BackoffChange::Began(Duration::from_secs(8)))
+        );
     }
 
     #[test]
-    fn repeated_connection_failures_back_the_host_off() {
-        let p = politeness(2, 0);
+    fn a_success_cuts_the_backoff_and_gives_the_turn_back_within_the_delay() {
+        let p = politeness(2, 250);
+        let ms = Duration::from_millis;
         let t0 = Instant::now();
-        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, t0, 0.0), None);
-        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, t0, 0.0), Some(Duration::from_secs(2)));
-        assert_eq!(p.finished("a", HostSignal::Healthy, t0, t0, 0.0), None);
-        assert_eq!(
-            p.finished("a", HostSignal::Unreachable, t0, t0, 0.0),
-            None,
-            "a success resets the streak"
-        );
+        p.dispatched("a");
+        assert_eq!(p.reserve("a", t0), t0);
+        assert_eq!(p.start("a", t0), None);
+        // Its answer is a 503 (one path's): the host backs off, its next turn
+        // with it.
+        let throttled = HostSignal::Throttled { retry_after: None };
+        assert_eq!(p.finished("a", throttled, t0, t0 + ms(10), 1.0), Some(BackoffChange::Began(ms(4000))));
+        assert_eq!(p.next_turn("a", t0 + ms(10)), Some(t0 + ms(4010)));
+        // A request sent after it (a redirect hop of another job) succeeds:
+        // the 503 was its URL's. The turn is back, the delay still holds.
+        let cut = p.finished("a", HostSignal::Healthy { port: 80 }, t0 + ms(5), t0 + ms(20), 1.0);
+        assert_eq!(cut, Some(BackoffChange::Cut { left: Duration::ZERO }));
+        assert_eq!(p.next_turn("a", t0 + ms(20)), Some(t0 + ms(250)));
+        assert_eq!(p.slots("a", t0 + ms(250)), 1);
+        assert_eq!(p.hosts_in_backoff(t0 + ms(20)), 0);
+    }
+
+    #[test]
+    fn failures_in_a_row_back_the_host_off_after_the_configured_count() {
+        let p = politeness(2, 0);
+        let (t0, second) = (Instant::now(), Duration::from_secs(1));
+        // connect_failures_before_backoff = 2, each sent after the last failed.
+        assert_eq!(p.finished("a", HostSignal::Unreachable, t0, t0 + second, 0.0), None);
+        let second_failure = p.finished("a", HostSignal::Unreachable, t0 + second, t0 + second * 2, 0.0);
+        assert_eq!(second_failure, Some(BackoffChange::Began(Duration::from_secs(2))));
     }
 
     #[test]
@@ -757,7 +744,7 @@ mod tests {
         let t0 = Instant::now();
         p.dispatched("a");
         p.reserve("a", t0);
-        p.finished("a", HostSignal::Healthy, t0, t0, 0.0);
+        p.finished("a", HostSignal::Healthy { port: 80 }, t0, t0, 0.0);
         p.prune(t0);
         assert_eq!(p.tracked_hosts(), 1, "still within its delay");
         p.prune(t0 + Duration::from_millis(100));

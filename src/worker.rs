@@ -23,7 +23,7 @@ use url::Url;
 use crate::config::RetryConfig;
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
 use crate::frontier::{now_ms, wants_refill};
-use crate::gate::{Errand, Gate, Interrupted, Stops, Walked, host_signal};
+use crate::gate::{Errand, Gate, Interrupted, Stops, Walked, host_signal, port_of};
 use crate::links::Discovery;
 use crate::politeness::HostSignal;
 use crate::redact::ForLog;
@@ -239,7 +239,8 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
             fetched.record.started_at = Some(std::time::SystemTime::now() - took);
             fetched.record.elapsed_ms = took.as_millis() as u64;
             fetched.record.elapsed_us = took.as_micros() as u64;
-            let signal = host_signal(&fetched);
+            // robots.txt is the job's origin's: its port is the job URL's.
+            let signal = host_signal(&fetched, port_of(&job.url));
             (fetched, signal, Instant::now(), None)
         }
     };
@@ -267,6 +268,8 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         let host = target.host_str().unwrap_or_default().to_owned();
         links.push(NewUrl { url: target.into(), host, depth: job.depth, found_on: Some(job.url_id) });
     }
+    // What a retry gets is first of all its URL's (a 503 again for one path).
+    let signal = if job.attempt > 1 { signal.of_retry() } else { signal };
     let host_backoff =
         ctx.gate.politeness.finished(&job.host, signal, started, Instant::now(), rand::random());
     // Above the refill mark the producer has nothing to do, and waking it
@@ -274,8 +277,8 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
     if wants_refill(jobs.len(), jobs.capacity().unwrap_or(0)) {
         ctx.wake.notify_one();
     }
-    if let Some(backoff) = host_backoff {
-        tracing::info!(host = %job.host, backoff_ms = backoff.as_millis() as u64, "host backs off");
+    if let Some(change) = host_backoff {
+        change.log(&job.host);
     }
     let mut record = fetched.record;
     record.canonical_url = canonical;
@@ -302,7 +305,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         url_id: job.url_id,
         lease: job.lease,
         host: job.host,
-        host_backoff_until_ms: host_backoff.map(|d| now_ms() + d.as_millis() as i64),
+        host_backoff_until_ms: host_backoff.map(|change| now_ms() + change.left().as_millis() as i64),
         attempt: job.attempt,
         record,
         next,

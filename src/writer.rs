@@ -15,6 +15,8 @@ use hdrhistogram::Histogram;
 use tokio::sync::{Notify, mpsc};
 
 use crate::admin::{self, status_class};
+use crate::frontier::now_ms;
+use crate::politeness::Politeness;
 use crate::stats::{CrawlStats, latency_histogram};
 use crate::store::{Completion, Next, PageLimits, Store, StoreError};
 use crate::systemd::Heartbeat;
@@ -29,7 +31,9 @@ const IDLE_BEAT: std::time::Duration = std::time::Duration::from_secs(1);
 /// latency histogram (µs) of what it committed. Beats `heartbeat` after
 /// every commit and every [`IDLE_BEAT`] while idle, so only a commit that
 /// never returns silences it (a commit waiting for another process's lock is
-/// reported by the store instead).
+/// reported by the store instead). A host backoff a completion changed is
+/// stored as `politeness` has it at the commit (see [`Completion`]'s
+/// `host_backoff_until_ms`).
 ///
 /// Errors: the first store failure; completions not yet committed are lost
 /// from memory, and their URLs stay in flight, to be requeued.
@@ -40,6 +44,7 @@ pub async fn run<S: Store>(
     wake: Arc<Notify>,
     limits: PageLimits,
     heartbeat: Arc<Heartbeat>,
+    politeness: Arc<Politeness>,
 ) -> Result<Histogram<u64>, StoreError> {
     let mut latency = latency_histogram();
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -53,6 +58,15 @@ pub async fn run<S: Store>(
         };
         if received == 0 {
             break;
+        }
+        // A backoff's end as politeness has it now, not as it was when each
+        // completion was made: a success that cut a backoff short may reach
+        // the writer before the throttle that began it, and the later
+        // commit must store the later decision.
+        let (now, now_ms) = (tokio::time::Instant::now(), now_ms());
+        for c in batch.iter_mut().filter(|c| c.host_backoff_until_ms.is_some()) {
+            let left = politeness.backoff_left(&c.host, now);
+            c.host_backoff_until_ms = Some(now_ms + left.as_millis() as i64);
         }
         let committed = store.complete(&batch, limits).await?;
         if committed.new_urls > 0 {
@@ -111,8 +125,10 @@ pub async fn run<S: Store>(
             CrawlStats::add(&stats.done_statuses, status, n);
         }
         let before = stats.outstanding.fetch_sub(batch.len() as u64, Ordering::SeqCst);
-        if retried || committed.new_urls > 0 || before == batch.len() as u64 {
-            // A retry may be due before the producer's next look, or the
+        let backoff_changed = batch.iter().any(|c| c.host_backoff_until_ms.is_some());
+        if retried || committed.new_urls > 0 || before == batch.len() as u64 || backoff_changed {
+            // A retry may be due before the producer's next look, a host's
+            // backoff cut short lets its URLs be claimed now, or the
             // frontier may just have become idle.
             wake.notify_one();
         }

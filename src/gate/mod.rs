@@ -168,16 +168,17 @@ impl Gate {
         stops: Stops<'_>,
     ) -> Result<Walked, Interrupted> {
         let mut own = (HostSignal::Neutral, Instant::now());
-        // The host of the last request sent, and its turn.
-        let mut last: Option<(String, Instant)> = None;
+        let first_port = attempt.next_url().and_then(Url::port_or_known_default).unwrap_or_default();
+        // The host and port of the last request sent, and its turn.
+        let mut last: Option<(String, u16, Instant)> = None;
         let mut handed_over = None;
         while let Some(url) = attempt.next_url() {
             let url = url.clone();
             let host = url.host_str().unwrap_or_default().to_owned();
             let hop = attempt.requests() > 0;
-            if let Some((previous, turn)) = last.take() {
-                // Its answer was a redirect: the host is healthy.
-                own = self.settle(errand, &previous, HostSignal::Healthy, turn, own);
+            if let Some((previous, port, turn)) = last.take() {
+                // Its answer was a redirect: the host serves on that port.
+                own = self.settle(errand, &previous, HostSignal::Healthy { port }, turn, own);
             }
             if let Some(refusal) = self.out_of_scope(errand, &url, hop) {
                 attempt.refuse(refusal.kind, refusal.message);
@@ -246,14 +247,17 @@ impl Gate {
                 }
                 _ = attempt.request(cleared) => {}
             }
-            last = Some((host, turn));
+            let port = url.port_or_known_default().unwrap_or_default();
+            last = Some((host, port, turn));
         }
         let fetched = attempt.finish();
         match last {
-            Some((host, turn)) => own = self.settle(errand, &host, host_signal(&fetched), turn, own),
+            Some((host, port, turn)) => {
+                own = self.settle(errand, &host, host_signal(&fetched, port), turn, own);
+            }
             // No request made to the job's host: what its refusal says
             // (robots.txt unreachable counts as the host unreachable).
-            None => own.0 = host_signal(&fetched),
+            None => own.0 = host_signal(&fetched, first_port),
         }
         Ok(Walked { fetched, own, handed_over })
     }
@@ -379,8 +383,8 @@ impl Gate {
             Errand::RobotsTxt => return own,
             _ => {}
         }
-        if let Some(backoff) = self.politeness.finished(host, signal, turn, Instant::now(), rand::random()) {
-            tracing::info!(%host, backoff_ms = backoff.as_millis() as u64, "host backs off");
+        if let Some(change) = self.politeness.finished(host, signal, turn, Instant::now(), rand::random()) {
+            change.log(host);
         }
         own
     }
@@ -420,20 +424,31 @@ impl Leasing {
     }
 }
 
-/// What an attempt says about its host: 429 and 503 ask the whole host to slow
-/// down (RFC 6585 §4, RFC 9110 §15.6.4); failing to reach it at all counts
-/// towards a host backoff; any other response shows it is healthy.
-pub fn host_signal(fetched: &Fetched) -> HostSignal {
+/// What an attempt whose last request went to `port` says about its host:
+/// 429 and 503 ask the whole host to slow down (RFC 6585 §4, RFC 9110
+/// §15.6.4); any other response shows it serves on that port; no answer at
+/// all (a timeout before any response, DNS) counts towards a host backoff,
+/// and so does a connection refused or reset, unless the host answers on
+/// another port. A response that began and then broke or stalled says
+/// nothing of the host: it answered, and the URL is retried.
+pub fn host_signal(fetched: &Fetched, port: u16) -> HostSignal {
     if fetched.out_of_descriptors {
         // This process's limit, not the host's doing.
         return HostSignal::Neutral;
     }
+    // The last request's own: a status may be an earlier redirect's.
+    let answered = fetched.record.ttfb_ms.is_some();
     match (fetched.error, fetched.record.http_status) {
         (None, Some(429 | 503)) => HostSignal::Throttled { retry_after: fetched.retry_after },
-        (None, _) => HostSignal::Healthy,
-        (Some(ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Dns | ErrorKind::Read), _) => {
-            HostSignal::Unreachable
-        }
+        (None, _) => HostSignal::Healthy { port },
+        (Some(_), _) if answered => HostSignal::Neutral,
+        (Some(ErrorKind::Timeout | ErrorKind::Dns), _) => HostSignal::Unreachable,
+        (Some(ErrorKind::Connect), _) => HostSignal::ConnectFailed { port },
         (Some(_), _) => HostSignal::Neutral,
     }
+}
+
+/// The port of `url` (its scheme's default when it names none).
+pub fn port_of(url: &str) -> u16 {
+    Url::parse(url).ok().and_then(|u| u.port_or_known_default()).unwrap_or_default()
 }

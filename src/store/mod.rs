@@ -454,8 +454,12 @@ pub struct Completion {
     pub url_id: i64,
     pub lease: i64,
     pub host: String,
-    /// A host-level backoff this attempt started: the host is not fetched
-    /// again before this time (Unix ms).
+    /// When the host's backoff ends (Unix ms), if this attempt's answer
+    /// began one or cut it short (politeness decides; see
+    /// [`crate::politeness::BackoffChange`]): replaces the stored end, so
+    /// that a cut one lets the host be claimed again sooner. The writer sets
+    /// it to politeness' end at the commit, so that the last commit stores
+    /// the latest decision whatever order completions arrive in.
     pub host_backoff_until_ms: Option<i64>,
     /// The attempt's number within the URL's current visit (1 = first; a
     /// recrawl starts again at 1). The URL's `attempts` counts all visits.

@@ -1165,7 +1165,8 @@ impl Store for PgStore {
                 if !changes.is_empty() {
                     sqlx::query(
                         "UPDATE hosts SET work_at_ms = least(hosts.work_at_ms, v.work_at_ms),
-                         backoff_until_ms = greatest(hosts.backoff_until_ms, v.backoff_until_ms)
+                         backoff_until_ms = CASE v.backoff_until_ms WHEN 0 THEN hosts.backoff_until_ms
+                                            ELSE v.backoff_until_ms END
                      FROM unnest($1::text[], $2::int8[], $3::int8[]) AS v(host, work_at_ms, backoff_until_ms)
                      WHERE hosts.host = v.host",
                     )

@@ -136,8 +136,9 @@ impl Completion {
 }
 
 /// Per host touched by `completions` that needs it: `(host, work_at_ms,
-/// backoff_until_ms)`, the earliest retry and the latest host backoff, to
-/// be merged with the row's (`min` and `max`). Folded per host, as an
+/// backoff_until_ms)`, the earliest retry, to be merged with the row's
+/// (`min`), and the host's backoff end as the last completion that changed
+/// it left it, to replace the row's (0: unchanged). Folded per host, as an
 /// `UPDATE … FROM` applies one joined row per target row; sorted by host,
 /// so concurrent writers lock hosts in one order.
 pub(crate) fn host_changes(completions: &[Completion]) -> Vec<(&str, i64, i64)> {
@@ -150,7 +151,9 @@ pub(crate) fn host_changes(completions: &[Completion]) -> Vec<(&str, i64, i64)> 
         }
         let entry = per_host.entry(&c.host).or_insert((NEVER, 0));
         entry.0 = entry.0.min(retry_at);
-        entry.1 = entry.1.max(backoff_until);
+        if backoff_until != 0 {
+            entry.1 = backoff_until;
+        }
     }
     per_host.into_iter().map(|(host, (work_at, backoff_until))| (host, work_at, backoff_until)).collect()
 }
@@ -377,5 +380,23 @@ mod tests {
         // Off: the host's recrawl_after, and no interval of the URL's own.
         let off = visit(Next::NotModified, None, seen("aa", Some(200_000)), None).url_change(5);
         assert_eq!((off.content.unwrap().recrawl_interval_ms, off.recrawl_after_ms), (None, Some(100_000)));
+    }
+
+    #[test]
+    fn the_last_backoff_change_of_a_batch_is_the_hosts() {
+        let with = |next, backoff_until_ms| Completion {
+            host_backoff_until_ms: backoff_until_ms,
+            ..visit(next, None, Revisit::default(), None)
+        };
+        // A backoff began, then a success cut it short, then an answer that
+        // changed nothing: the cut stands, and the earliest retry.
+        let batch = [
+            with(Next::RetryAt(500), Some(9_000)),
+            with(Next::Done, Some(1_200)),
+            with(Next::RetryAt(700), None),
+        ];
+        assert_eq!(host_changes(&batch), [("a.test", 500, 1_200)]);
+        // Nothing to change: no row.
+        assert_eq!(host_changes(&[with(Next::Done, None)]), []);
     }
 }

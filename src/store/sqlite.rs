@@ -1409,7 +1409,8 @@ async fn update_hosts(
         });
         q.push(
             ") UPDATE hosts SET work_at_ms = min(hosts.work_at_ms, v.work_at_ms),
-                    backoff_until_ms = max(hosts.backoff_until_ms, v.backoff_until_ms)
+                    backoff_until_ms = CASE v.backoff_until_ms WHEN 0 THEN hosts.backoff_until_ms
+                                       ELSE v.backoff_until_ms END
               FROM v WHERE hosts.host = v.host",
         );
         q.build().execute(&mut **tx).await.map_err(db("update hosts"))?;

@@ -277,3 +277,141 @@ async fn the_gap_the_site_sees_holds_when_connections_take_long_to_set_up() {
         assert!(count_in(&config, gaps).await >= 300 - JITTER.as_millis() as i64);
     }
 }
+
+/// The host backoffs a crawl logged, in order: `(began, backoff_ms)`, with
+/// `began` false for one a success cut short (`backoff_ms` is what was left).
+fn backoff_changes(log: &str) -> Vec<(bool, u64)> {
+    log.lines()
+        .filter_map(|line| {
+            let began = if line.contains("host backs off") {
+                true
+            } else if line.contains("host backoff cut short") {
+                false
+            } else {
+                return None;
+            };
+            let ms = line.split("backoff_ms=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+            Some((began, ms))
+        })
+        .collect()
+}
+
+/// A 503 for one path backs the host off; a request in flight beside it then
+/// succeeds, which ends the backoff: the host's next request goes at once,
+/// not after the backoff, and the store holds the backoff as cut.
+#[tokio::test]
+async fn a_success_ends_the_hosts_backoff_and_its_next_request_goes_at_once() {
+    for engine in engines("a_success_ends_the_hosts_backoff_and_its_next_request_goes_at_once").await {
+        let server = TestServer::start_on("127.0.0.110");
+        let dir = tempfile::tempdir().unwrap();
+        // Both of the first two are sent at once; the 503 comes back after
+        // 200 ms, the 200 beside it after 400 ms.
+        let urls =
+            [server.url("/slow503/200/one-path"), server.url("/slow/400/beside"), server.url("/ok/next")];
+        let env =
+            [("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "2"), ("TRAWLER_POLITENESS__BACKOFF_BASE", "4s")];
+        let (db, log) = engine.crawl_to_end_with_env(dir.path(), &urls, &["--max-attempts", "1"], &env);
+
+        let changes = backoff_changes(&log);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(changes[0].0 && (2000..4000).contains(&changes[0].1), "a first backoff: {changes:?}");
+        assert_eq!(changes[1], (false, 0), "ended by the success");
+        // Without the cut, the next request would wait at least half of
+        // backoff_base (2 s) after the 503.
+        let (throttled, next) = (server.hits_of("/slow503/200/one-path")[0], server.hits_of("/ok/next")[0]);
+        let after = Duration::from_millis(200) + Duration::from_secs(2);
+        assert!(next - throttled < after, "the next request waited out the backoff: {:?}", next - throttled);
+        let next_wall = server.hits().into_iter().find(|h| h.path == "/ok/next").unwrap().wall;
+        let next_ms = next_wall.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let until = count_in(&db, "SELECT backoff_until_ms FROM hosts WHERE host = '127.0.0.110'").await;
+        assert!(0 < until && until <= next_ms, "the stored backoff was not cut: {until} > {next_ms}");
+    }
+}
+
+/// Three periods, each a 503 for one path and a success beside it: each
+/// backs the host off at the first step and is cut short, none escalates.
+#[tokio::test]
+async fn periods_that_bring_successes_do_not_escalate_the_backoff() {
+    for engine in engines("periods_that_bring_successes_do_not_escalate_the_backoff").await {
+        let server = TestServer::start_on("127.0.0.111");
+        let dir = tempfile::tempdir().unwrap();
+        let urls: Vec<String> = (1..=3)
+            .flat_map(|n| [server.url(&format!("/slow503/100/p{n}")), server.url(&format!("/slow/300/q{n}"))])
+            .collect();
+        let env =
+            [("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "2"), ("TRAWLER_POLITENESS__BACKOFF_BASE", "1s")];
+        let (_, log) = engine.crawl_to_end_with_env(dir.path(), &urls, &["--max-attempts", "1"], &env);
+
+        // A first step is under backoff_base (1 s, equal jitter); a second
+        // would be at least that.
+        let changes = backoff_changes(&log);
+        let expected: Vec<bool> = [true, false].repeat(3);
+        assert_eq!(changes.iter().map(|c| c.0).collect::<Vec<_>>(), expected, "{changes:?}");
+        assert!(changes.iter().all(|&(_, ms)| ms < 1000), "escalated: {changes:?}");
+    }
+}
+
+/// A URL's retry that gets a 503 again (a flaky path) is that URL's: it waits
+/// on its own backoff, and the host, which served others meanwhile, does not
+/// back off again.
+#[tokio::test]
+async fn a_urls_repeated_503_backs_the_host_off_once() {
+    for engine in engines("a_urls_repeated_503_backs_the_host_off_once").await {
+        let server = TestServer::start_on("127.0.0.113");
+        let dir = tempfile::tempdir().unwrap();
+        // One at a time: the flaky URL, then the others while its retry
+        // waits, then its retries.
+        let urls = [server.url("/flaky/2/path"), server.url("/ok/a"), server.url("/ok/b")];
+        let env = [
+            ("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "1"),
+            ("TRAWLER_POLITENESS__BACKOFF_BASE", "1s"),
+            ("TRAWLER_RETRY__BACKOFF_BASE", "20ms"),
+            ("TRAWLER_RETRY__BACKOFF_MAX", "100ms"),
+        ];
+        let (db, log) = engine.crawl_to_end_with_env(dir.path(), &urls, &["--max-attempts", "3"], &env);
+
+        let changes = backoff_changes(&log);
+        assert_eq!(changes.iter().filter(|c| c.0).count(), 1, "{changes:?}");
+        let row = result_in(&db, &urls[0]).await;
+        assert_eq!((row.state.as_str(), row.http_status, row.attempts), ("done", Some(200), 3));
+        assert_eq!(server.hits_of("/flaky/2/path").len(), 3);
+    }
+}
+
+/// URLs on a port of the host's address where nothing listens fail on their
+/// own (refused, retried, failed as `connect`), whether robots.txt or the
+/// page is refused: the host answers on its other port, so it never backs off.
+#[tokio::test]
+async fn a_refused_port_is_that_ports_failure_not_the_hosts() {
+    for engine in engines("a_refused_port_is_that_ports_failure_not_the_hosts").await {
+        let server = TestServer::start_on("127.0.0.112");
+        let closed = std::net::TcpListener::bind("127.0.0.112:0").unwrap().local_addr().unwrap().port();
+        let mut urls: Vec<String> = (0..3).map(|i| server.url(&format!("/ok/{i}"))).collect();
+        let refused: Vec<String> =
+            (0..4).map(|i| format!("http://127.0.0.112:{closed}/nobody/{i}")).collect();
+        urls.extend(refused.iter().cloned());
+        // One request at a time, so the host has answered on its port first.
+        let env = [
+            ("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "1"),
+            ("TRAWLER_POLITENESS__BACKOFF_BASE", "1s"),
+            ("TRAWLER_RETRY__BACKOFF_BASE", "20ms"),
+            ("TRAWLER_RETRY__BACKOFF_MAX", "100ms"),
+        ];
+        for robots in [&[][..], &["--ignore-robots"][..]] {
+            let dir = tempfile::tempdir().unwrap();
+            let args = [&["--max-attempts", "3"][..], robots].concat();
+            let (db, log) = engine.crawl_to_end_with_env(dir.path(), &urls, &args, &env);
+
+            assert_eq!(backoff_changes(&log), [], "{robots:?}");
+            for url in &refused {
+                let row = result_in(&db, url).await;
+                assert_eq!(
+                    (row.state.as_str(), row.error_kind.as_deref(), row.attempts),
+                    ("failed", Some("connect"), 3)
+                );
+            }
+            let until = count_in(&db, "SELECT backoff_until_ms FROM hosts WHERE host = '127.0.0.112'").await;
+            assert_eq!(until, 0, "{robots:?}");
+        }
+    }
+}
