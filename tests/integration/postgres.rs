@@ -65,6 +65,26 @@ impl TestDatabase {
         let (base, _) = server.rsplit_once('/').expect("a database URL ends in /name");
         Some(Self { url: format!("{base}/{name}"), server, name })
     }
+
+    /// Lets sessions connect to the database or not (`ALLOW_CONNECTIONS`,
+    /// as an administrator does for maintenance), from the server's own
+    /// database; refusing also ends every session the database has.
+    pub async fn allow_connections(&self, allow: bool) {
+        let mut admin = PgConnection::connect(&self.server).await.unwrap();
+        let name = &self.name;
+        sqlx::raw_sql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        if !allow {
+            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+                .bind(name)
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+        admin.close().await.unwrap();
+    }
 }
 
 impl Drop for TestDatabase {
