@@ -174,6 +174,77 @@ async fn a_daemon_rides_out_ended_sessions_and_a_database_refusing_connections_a
     assert_eq!(attempts_per_url(&pg.url).await, requests_per_url(&server));
 }
 
+/// A daemon frozen (SIGSTOP) inside its writer's transaction for longer
+/// than the server lets a session idle in one (its lease) finds the session
+/// ended on waking: it writes its results again on a new one, losing none.
+#[tokio::test]
+async fn a_daemon_frozen_inside_a_transaction_past_its_session_s_end_records_what_it_fetched() {
+    let Some(pg) = TestDatabase::create("frozen_in_a_transaction").await else { return };
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // 3 s leases: the server ends a session idle that long in a transaction.
+    let config = "[fetch]\ntimeout = \"1s\"\n[store]\nlease = \"3s\"\n[log]\nlevel = \"info\"\n";
+    let mut daemon = Daemon::start_with_env(dir.path(), config, &[("TRAWLER_STORE__URL", &pg.url)]);
+    let mut db = PgConnection::connect(&pg.url).await.unwrap();
+    // The writer's first transaction sleeps in its middle, for the test to
+    // freeze the daemon there.
+    sqlx::raw_sql(
+        "CREATE TABLE slow_once (at timestamptz);
+         CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NOT EXISTS (SELECT 1 FROM slow_once) THEN
+                 INSERT INTO slow_once VALUES (now());
+                 PERFORM pg_sleep(2);
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER slow_write AFTER INSERT ON attempts FOR EACH STATEMENT EXECUTE FUNCTION slow_write();",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let urls: Vec<String> = (0..30).map(|i| server.url(&format!("/slow/50/{i}"))).collect();
+    daemon.enqueue(&urls);
+
+    let session = format!("trawler %:{}:%", daemon.child.id());
+    let sleeping =
+        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE $1 AND wait_event = 'PgSleep'";
+    let mut writer: Option<i32> = None;
+    let start = Instant::now();
+    while writer.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the writer's transaction never slept");
+        writer = sqlx::query_scalar(sleeping).bind(&session).fetch_optional(&mut db).await.unwrap();
+    }
+    crate::util::signal(&daemon.child, libc::SIGSTOP);
+    // Its statement ends; its session waits, idle in its transaction, until
+    // the server ends it.
+    let start = Instant::now();
+    loop {
+        let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(writer)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        if alive == 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the server kept the session");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    crate::util::signal(&daemon.child, libc::SIGCONT);
+
+    let start = Instant::now();
+    while finished(&pg.url).await < urls.len() as i64 {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", daemon.stderr.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = daemon.stderr.text();
+    assert!(daemon.child.try_wait().unwrap().is_none(), "{log}");
+    daemon.stop();
+    assert!(!log.contains("ERROR"), "{log}");
+    assert_eq!(attempts_per_url(&pg.url).await, requests_per_url(&server));
+}
+
 #[tokio::test]
 async fn past_the_outage_grace_the_daemon_exits_1_naming_the_cause() {
     let Some(pg) = TestDatabase::create("past_the_outage_grace").await else { return };
