@@ -6,8 +6,10 @@
 //! `failed` | back to `queued` with a not-before time (retry). Every transition
 //! out of `in_flight` is a [`Completion`] that carries the claim's lease token;
 //! a completion whose token no longer matches the row is stale and changes
-//! nothing. Only the engines' modules (`sqlite.rs`, `postgres.rs`) know sqlx: no
-//! sqlx type crosses this boundary.
+//! nothing. Only the engines' modules (`sqlite.rs`, `postgres.rs`) and the
+//! classification of their errors (`faults.rs`) know sqlx: no sqlx type
+//! crosses this boundary. What a failed operation means, and how it is
+//! waited out, is `faults.rs`.
 
 mod backend;
 mod faults;
