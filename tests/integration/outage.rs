@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
+use trawler::store::{Completion, NewUrl, PageLimits, PgStore, Store};
+
 use crate::postgres::TestDatabase;
 use crate::server::TestServer;
 use crate::util::{Daemon, spawn_crawl_in, wait_until, wait_within};
@@ -243,6 +245,56 @@ async fn a_daemon_frozen_inside_a_transaction_past_its_session_s_end_records_wha
     daemon.stop();
     assert!(!log.contains("ERROR"), "{log}");
     assert_eq!(attempts_per_url(&pg.url).await, requests_per_url(&server));
+}
+
+/// A claim or a commit whose answer was lost with its connection (it may
+/// have committed) is tried again without leaving a URL in flight that no
+/// job carries, and without recording an attempt twice.
+#[tokio::test]
+async fn a_claim_or_commit_tried_again_after_its_answer_was_lost_strands_and_doubles_nothing() {
+    let Some(pg) = TestDatabase::create("tried_again").await else { return };
+    let (lease, timeout, warning) =
+        (Duration::from_secs(60), Duration::from_secs(30), Duration::from_secs(5));
+    let store = PgStore::open_crawler(&pg.url, 2, lease, timeout, warning).await.unwrap();
+    let urls: Vec<NewUrl> = (0..3)
+        .map(|i| NewUrl {
+            url: format!("http://a.test/{i}"),
+            host: "a.test".into(),
+            depth: 0,
+            found_on: None,
+        })
+        .collect();
+    store.enqueue(&urls).await.unwrap();
+    let (now, picks) = (trawler::frontier::now_ms(), [("a.test".to_owned(), 3)]);
+    // The first try committed; its answer never came.
+    assert_eq!(store.claim(now, &picks).await.unwrap().jobs.len(), 3);
+    let jobs = store.claim_again(now, &picks, true).await.unwrap().jobs;
+    assert_eq!(jobs.len(), 3, "the lost claim's URLs are claimed again, not left in flight");
+
+    let completions: Vec<Completion> = jobs
+        .iter()
+        .map(|job| {
+            let mut completion = crate::store::done(job, job.lease);
+            completion.record.started_at = Some(std::time::SystemTime::now());
+            completion
+        })
+        .collect();
+    let limits = PageLimits { total: None, per_host: None, max_depth: 3 };
+    assert_eq!(store.complete(&completions, limits).await.unwrap().applied, 3);
+    // The first try committed; its answer never came.
+    store.complete_again(&completions, limits, true).await.unwrap();
+    let mut db = PgConnection::connect(&pg.url).await.unwrap();
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT outcome, count(*) FROM attempts GROUP BY outcome")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(rows, [("done".to_owned(), 3)], "recorded once, none as stale_lease");
+    let in_flight: i64 = sqlx::query_scalar("SELECT count(*) FROM urls WHERE state <> 'done'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(in_flight, 0);
+    store.close().await;
 }
 
 #[tokio::test]
