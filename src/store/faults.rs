@@ -54,7 +54,7 @@ impl Blocker {
             Blocker::AnotherProcess => "locked by another writer",
             Blocker::ThisProcess => {
                 "waiting for a write of this process's own that is still running \
-                 (not another process's lock: a slow or hung disk, or a statement that does not end)"
+                 (not another process's lock: a long write, or a slow or hung disk)"
             }
         }
     }
@@ -511,10 +511,17 @@ where
                     }
                 }
             }
-            Fault::Waiting(_) if watch.give_up.is_cancelled() => return Err(error),
             Fault::Waiting(blocker) => {
-                watch.waits.busy(blocker, context);
+                // A pool's timeout says the wait has lasted that long already.
+                let so_far = match &error {
+                    StoreError::Busy { waited, .. } => *waited,
+                    _ => Duration::ZERO,
+                };
+                let so_far = watch.waits.busy_for(blocker, context, so_far);
                 waited = true;
+                if watch.give_up.is_cancelled() {
+                    return Err(StoreError::Busy { context, waited: so_far, blocker });
+                }
             }
         }
         tokio::select! {

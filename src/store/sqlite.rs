@@ -617,7 +617,13 @@ async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
 /// (SQLite knows no outage: its file is local).
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |e| match sqlite_kind(&e) {
-        Kind::Locked(blocker) => StoreError::Busy { context, waited: Duration::ZERO, blocker },
+        // A pool's timeout: the one write connection was held that long (at
+        // least; the read pool waits longer).
+        Kind::Locked(blocker) => {
+            let waited =
+                if matches!(e, sqlx::Error::PoolTimedOut) { OWN_WRITE_NOTICED } else { Duration::ZERO };
+            StoreError::Busy { context, waited, blocker }
+        }
         Kind::Full => StoreError::DiskFull { context },
         Kind::Unreachable | Kind::Other => StoreError::Database { context, source: Box::new(e) },
     }
