@@ -1,8 +1,9 @@
 //! The service's admin HTTP server (`trawler run`, `admin.listen`, default
 //! 127.0.0.1:9187): Prometheus metrics at `/metrics` (the `metrics` crate's
 //! facade, rendered by `metrics-exporter-prometheus`), `/healthz` (alive:
-//! no task has failed, and writes are not blocked by another process's lock
-//! for longer than `store.busy_warning`) and `/readyz` (start-up finished).
+//! no task has failed, the database is not away, and writes have not been
+//! waiting for a lock or a slow write for longer than `store.busy_warning`;
+//! the 503's text says which) and `/readyz` (start-up finished).
 //!
 //! Metrics recorded by the crawl (names follow Prometheus conventions):
 //! - `trawler_fetches_total{outcome, status}`: committed attempts by outcome
@@ -34,7 +35,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::LockWaits;
+use crate::store::{Blocker, LockWaits, Outage};
 
 /// How often the gauges are refreshed from the store.
 pub const GAUGE_EVERY: Duration = Duration::from_secs(5);
@@ -50,8 +51,10 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Set when a task failed for good: the service is stopping.
     pub failed: Arc<AtomicBool>,
-    /// How long the store's writes have waited for another process's lock.
+    /// How long the store's statements have waited, and for what.
     pub lock_waits: Arc<LockWaits>,
+    /// Whether the database is away, since when and why.
+    pub outage: Arc<Outage>,
 }
 
 /// Set once a recorder is installed. Without one the `metrics` macros are
@@ -104,9 +107,27 @@ async fn healthz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
     if health.failed.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "a task failed: stopping\n".to_owned());
     }
-    if health.lock_waits.is_stalled() {
-        let waited = health.lock_waits.blocked_for().unwrap_or_default().as_secs();
-        let text = format!("database writes blocked by another process's lock for {waited} s\n");
+    if let Some((down, cause)) = health.outage.describe() {
+        let grace = humantime::format_duration(health.outage.grace());
+        let text = format!(
+            "database unreachable for {} s ({cause}); waiting for it up to store.outage_grace ({grace})\n",
+            down.as_secs()
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, text);
+    }
+    if health.lock_waits.is_stalled()
+        && let Some((blocker, waited)) = health.lock_waits.waiting()
+    {
+        let text = match blocker {
+            Blocker::AnotherProcess => {
+                format!("database writes blocked by another process's lock for {} s\n", waited.as_secs())
+            }
+            Blocker::ThisProcess => format!(
+                "database writes waiting {} s for a write of this process's own that is still running \
+                 (a slow or hung disk?)\n",
+                waited.as_secs()
+            ),
+        };
         return (StatusCode::SERVICE_UNAVAILABLE, text);
     }
     (StatusCode::OK, "ok\n".to_owned())

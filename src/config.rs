@@ -680,6 +680,17 @@ pub struct StoreConfig {
     /// waiting for the lock however long it is held.
     #[serde(with = "humantime_serde")]
     pub busy_warning: Duration,
+    /// How long a crawl waits for its database to come back when it goes
+    /// away (PostgreSQL: a server restart or failover, a session ended, a
+    /// database refusing connections, a network cut): every task tries
+    /// again with backoff, `/healthz` answers 503, what was fetched is kept;
+    /// past this, the crawl stops with exit status 1 naming the cause. At
+    /// least twice [`StoreConfig::lease`] on PostgreSQL, so that a daemon
+    /// riding an outage out outlives its leases (others take its hosts,
+    /// and its late results are kept as `stale_lease`); unset:
+    /// [`StoreConfig::outage_grace`] picks one.
+    #[serde(with = "humantime_serde")]
+    pub outage_grace: Option<Duration>,
     /// How often the WAL is checkpointed and truncated while a crawl runs.
     #[serde(with = "humantime_serde")]
     pub checkpoint_every: Duration,
@@ -693,7 +704,20 @@ impl StoreConfig {
     pub fn lease(&self, request_timeout: Duration) -> Duration {
         self.lease.unwrap_or_else(|| DEFAULT_LEASE.max(request_timeout.saturating_mul(2)))
     }
+
+    /// How long a crawl waits for its database to come back: `outage_grace`
+    /// if set, otherwise [`DEFAULT_OUTAGE_GRACE`] or twice the lease
+    /// ([`StoreConfig::lease`] for `request_timeout`), whichever is longer,
+    /// so that a long lease alone never makes the configuration invalid.
+    pub fn outage_grace(&self, request_timeout: Duration) -> Duration {
+        self.outage_grace
+            .unwrap_or_else(|| DEFAULT_OUTAGE_GRACE.max(self.lease(request_timeout).saturating_mul(2)))
+    }
 }
+
+/// How long a crawl waits for its database to come back when
+/// `store.outage_grace` is unset and the lease is at most half of it.
+pub const DEFAULT_OUTAGE_GRACE: Duration = Duration::from_secs(120);
 
 /// The host lease length when `store.lease` is unset and `fetch.timeout` is
 /// at most half of it: a crashed daemon's hosts wait about a minute.
@@ -709,6 +733,7 @@ impl Default for StoreConfig {
             save_headers: false,
             save_body: false,
             busy_warning: Duration::from_secs(5),
+            outage_grace: None,
             checkpoint_every: Duration::from_secs(60),
         }
     }
@@ -1047,6 +1072,16 @@ impl Config {
             // (last renewal sent + lease - fetch.timeout) ahead of the next.
             return invalid("store.lease", "must be at least twice fetch.timeout (on PostgreSQL)");
         }
+        if let Some(grace) = self.store.outage_grace {
+            if grace < Duration::from_secs(1) {
+                return invalid("store.outage_grace", "must be at least 1s");
+            }
+            if self.store.url.is_some() && grace < self.store.lease(self.fetch.timeout).saturating_mul(2) {
+                // Riding an outage out past its leases' lapse is what hands
+                // its hosts to the other daemons without losing its results.
+                return invalid("store.outage_grace", "must be at least twice store.lease (on PostgreSQL)");
+            }
+        }
         Ok(())
     }
 
@@ -1118,6 +1153,24 @@ mod tests {
         assert!(err.contains("store.lease") && err.contains("twice fetch.timeout"), "{err}");
         config.store.lease = Some(Duration::from_secs(62));
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn an_outage_grace_must_outlast_two_leases_on_postgresql_only() {
+        let mut config = Config::default();
+        config.store.outage_grace = Some(Duration::from_secs(30));
+        config.validate().expect("SQLite leases no hosts");
+        config.store.url = Some("postgres://trawler@127.0.0.1/crawl".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("store.outage_grace") && err.contains("twice store.lease"), "{err}");
+        config.store.outage_grace = Some(Duration::from_secs(120));
+        config.validate().expect("twice the default lease");
+        config.store.outage_grace = None;
+        config.fetch.timeout = Duration::from_secs(45);
+        config.validate().expect("unset: long enough for any lease");
+        assert_eq!(config.store.outage_grace(config.fetch.timeout), Duration::from_secs(180));
+        config.store.outage_grace = Some(Duration::ZERO);
+        assert!(config.validate().unwrap_err().to_string().contains("at least 1s"));
     }
 
     #[test]

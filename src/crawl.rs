@@ -39,7 +39,7 @@ use crate::service::Service;
 use crate::shutdown::Shutdown;
 use crate::sitemaps::{MAX_SITEMAP_BYTES, Origin, SitemapQueue, SitemapTask};
 use crate::stats::{CrawlStats, Summary};
-use crate::store::{Backend, LockWaits, PageLimits, StateCounts, Store, StoreError};
+use crate::store::{Backend, LockWaits, Outage, PageLimits, PinnedWal, StateCounts, Store, StoreError};
 use crate::systemd::{Heartbeat, Notifier};
 use crate::tasks::Tasks;
 use crate::worker::WorkerContext;
@@ -369,7 +369,7 @@ async fn start(
             "crawl.stall_timeout raised to the longest legitimate wait"
         );
     }
-    let guard = StallGuard { stats: stats.clone(), waits: store.lock_waits(), after };
+    let guard = StallGuard { stats: stats.clone(), waits: store.lock_waits(), outage: store.outage(), after };
     let (done, exit_after) = (side_done.clone(), config.shutdown.grace + STALL_EXIT_MARGIN);
     tasks.spawn("stall guard", async move {
         let stalled = guard.run(done).await;
@@ -585,8 +585,11 @@ const LOCK_WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 const STALL_EXIT_MARGIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Ends a crawl that has stopped making progress: URLs are in flight (claimed,
-/// not committed) but the writer has committed nothing for `after`, and no
-/// other process's lock explains it (the store reports that one itself).
+/// not committed) but the writer has committed nothing for `after`, and
+/// neither another process's lock nor the database away explains it (the
+/// store reports those itself, and bounds an outage by
+/// `store.outage_grace`). A write of trawler's own that does not return is
+/// a stall.
 /// Every loop may still be beating, so systemd's watchdog alone cannot see
 /// this (a robots.txt cache that evicted what it still needed once kept every
 /// worker busy and nothing finished).
@@ -595,6 +598,8 @@ struct StallGuard {
     /// The store's lock waits: time blocked by another process's lock is
     /// reported by the store, and is no stall.
     waits: Arc<LockWaits>,
+    /// The database away: reported, and bounded, by the store.
+    outage: Arc<Outage>,
     /// `crawl.stall_timeout`, raised to the longest legitimate wait
     /// ([`Config::stall_timeout`]), as the last reload left it.
     after: watch::Receiver<std::time::Duration>,
@@ -619,7 +624,8 @@ impl StallGuard {
             let now = tokio::time::Instant::now();
             let committed = self.committed();
             let in_flight = self.stats.outstanding.load(Ordering::SeqCst);
-            if committed != last.0 || in_flight == 0 || self.waits.blocked_for().is_some() {
+            let excused = self.waits.blocked_by_another().is_some() || self.outage.down_for().is_some();
+            if committed != last.0 || in_flight == 0 || excused {
                 last = (committed, now);
                 continue;
             }
@@ -773,11 +779,9 @@ fn robots(
 
 type Input = (SeedSource, Box<dyn tokio::io::AsyncRead + Send + Unpin>);
 
-/// Checkpoints pinned in a row between two warnings about it.
-const PINNED_WARN_EVERY: u32 = 10;
-
 /// Checkpoints and truncates the WAL every `every` until `done`, warning
-/// when a reader in another process keeps it from being truncated, and
+/// when a reader in another process keeps it from being truncated (at
+/// first, and again at each doubling of the WAL: [`PinnedWal`]), and
 /// reporting what is left as `trawler_wal_bytes`.
 ///
 /// Errors: the database cannot be written (a lock is waited out).
@@ -789,7 +793,8 @@ async fn checkpoints(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut pinned_in_a_row = 0u32;
+    let mut pinned = PinnedWal::default();
+    let mut was_pinned = false;
     loop {
         tokio::select! {
             _ = done.cancelled() => return Ok(()),
@@ -799,22 +804,23 @@ async fn checkpoints(
             return Ok(());
         };
         metrics::gauge!("trawler_wal_bytes").set(checkpoint.wal_bytes_left() as f64);
+        let warn = pinned.observe(&checkpoint);
         if !checkpoint.pinned() {
-            if pinned_in_a_row > 0 {
+            if was_pinned {
                 tracing::info!("WAL checkpointed and truncated again");
             }
-            pinned_in_a_row = 0;
+            was_pinned = false;
             continue;
         }
+        was_pinned = true;
         metrics::counter!("trawler_wal_pinned_total").increment(1);
-        if pinned_in_a_row.is_multiple_of(PINNED_WARN_EVERY) {
+        if warn {
             tracing::warn!(
                 wal_mib = checkpoint.wal_bytes_left() / (1024 * 1024),
                 "a reader is keeping the WAL from being truncated (a long query or an open transaction in \
                  another process): it grows until that reader finishes"
             );
         }
-        pinned_in_a_row += 1;
     }
 }
 
@@ -870,6 +876,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::store::Blocker;
 
     fn guard(in_flight: u64) -> StallGuard {
         let stats = Arc::new(CrawlStats::default());
@@ -877,6 +884,7 @@ mod tests {
         StallGuard {
             stats,
             waits: Arc::new(LockWaits::new(Duration::from_secs(5))),
+            outage: Arc::new(Outage::new(Duration::from_secs(120), Duration::from_secs(5))),
             after: watch::channel(Duration::from_secs(60)).1,
         }
     }
@@ -936,7 +944,19 @@ mod tests {
 
         // Writes waiting for another process's lock, which the store reports.
         let locked = guard(3);
-        locked.waits.busy("test");
+        locked.waits.busy(Blocker::AnotherProcess, "test");
         assert!(run_for_ten_minutes(locked).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_of_its_own_that_hangs_is_a_stall_and_an_outage_is_not() {
+        let hung = guard(3);
+        hung.waits.busy(Blocker::ThisProcess, "claim");
+        assert!(matches!(run_for_ten_minutes(hung).await, Err(CrawlError::Stalled { .. })));
+
+        // The store bounds an outage by its grace; the guard leaves it be.
+        let away = guard(3);
+        away.outage.failed("connection refused".into());
+        assert!(run_for_ten_minutes(away).await.is_ok());
     }
 }

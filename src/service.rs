@@ -59,6 +59,7 @@ impl Service {
             ready: Default::default(),
             failed: tasks.failed_flag(),
             lock_waits: store.lock_waits(),
+            outage: store.outage(),
         });
         let api_config = config.api.clone();
         Ok(Self { store: store.clone(), health, metrics, admin, api, api_config, reloader })
@@ -98,8 +99,11 @@ impl Service {
         if let Some(reloader) = self.reloader {
             tasks.spawn_infallible("reload", reloader.run(live, done.clone()));
         }
-        let waits = store.lock_waits();
-        let excused = move || waits.blocked_for().is_some();
+        // Known, reported pauses a restart would not end: another process's
+        // lock, and the database away (bounded by store.outage_grace). A
+        // write of this process's own that does not return is no excuse.
+        let (waits, outage) = (store.lock_waits(), store.outage());
+        let excused = move || waits.blocked_by_another().is_some() || outage.down_for().is_some();
         tasks.spawn_infallible("watchdog", systemd::watchdog(notifier, beats.into(), excused, done.clone()));
         self.health.ready.store(true, Ordering::SeqCst);
     }
@@ -145,7 +149,8 @@ async fn refresh_gauges(
 /// The service's recrawl loop: every [`RECRAWL_EVERY`], due URLs go back in
 /// the frontier and the producer is woken.
 ///
-/// Errors: a store failure (a locked database is waited out by the store).
+/// Errors: a store failure (a locked database, and one away within
+/// `store.outage_grace`, are waited out by the store).
 async fn recrawl_due(
     store: Arc<Backend>,
     stats: Arc<CrawlStats>,

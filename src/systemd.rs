@@ -124,9 +124,11 @@ const MIN_STALE_AFTER: Duration = Duration::from_secs(5);
 /// Pings systemd's watchdog every half interval while the pipeline is
 /// alive, until `done`: every loop in `beats` beat recently, or `excused`
 /// says the pause has a known, reported cause that a restart would not cure
-/// (writes waiting out another process's lock, which the log and `/healthz`
-/// report). A stuck loop stops the pings, and systemd restarts the service
-/// (`WatchdogSec=` in the unit). Does nothing without a watchdog.
+/// (writes waiting out another process's lock, or the database away within
+/// `store.outage_grace`, which the log and `/healthz` report; not a write of
+/// trawler's own that does not return, which a restart may cure). A stuck
+/// loop stops the pings, and systemd restarts the service (`WatchdogSec=`
+/// in the unit). Does nothing without a watchdog.
 pub async fn watchdog(
     notifier: Arc<Notifier>,
     beats: Vec<Arc<Heartbeat>>,

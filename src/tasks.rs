@@ -8,6 +8,11 @@
 //! This is what keeps a dead task from leaving the others waiting on it
 //! forever, as vector's topology does with its `abort_tx`: a writer that
 //! fails no longer leaves the producer claiming for workers that are gone.
+//!
+//! What is a failure is decided once, in the store (`store/faults.rs`), for
+//! every task alike: a lock, a write of its own still running, or the
+//! database away within `store.outage_grace` is waited out inside the
+//! store's operation, so no task stops on an error another would ride out.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;

@@ -48,14 +48,17 @@ impl LogLevel {
 }
 
 /// `directives` with PostgreSQL's notices (sqlx logs them at info, under
-/// `sqlx::postgres::notice`) at warn, unless they name sqlx themselves: the
-/// migrations' `relation "_sqlx_migrations" already exists, skipping` came
-/// with every command on PostgreSQL and says nothing to an operator.
+/// `sqlx::postgres::notice`) at warn, and sqlx's pool's own reports of
+/// broken connections (`sqlx_core::pool`, info and warn, one per connection)
+/// at error, unless they name sqlx themselves: the migrations' `relation
+/// "_sqlx_migrations" already exists, skipping` came with every command on
+/// PostgreSQL and says nothing to an operator, and the pool's lines came by
+/// the dozen with every server restart, which the store reports once.
 fn with_quiet_notices(directives: &str) -> String {
     if directives.contains("sqlx") {
         directives.to_owned()
     } else {
-        format!("{directives},sqlx::postgres::notice=warn")
+        format!("{directives},sqlx::postgres::notice=warn,sqlx_core::pool=error")
     }
 }
 
@@ -133,7 +136,7 @@ where
 mod tests {
     #[test]
     fn postgresql_notices_are_quiet_unless_asked_for() {
-        assert_eq!(with_quiet_notices("info"), "info,sqlx::postgres::notice=warn");
+        assert_eq!(with_quiet_notices("info"), "info,sqlx::postgres::notice=warn,sqlx_core::pool=error");
         assert_eq!(with_quiet_notices("info,sqlx=debug"), "info,sqlx=debug");
         EnvFilter::try_new(with_quiet_notices("warn,trawler=debug")).unwrap();
     }

@@ -30,13 +30,21 @@ const IDLE_BEAT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Commits completions until every sender is dropped, then returns the
 /// latency histogram (µs) of what it committed. Beats `heartbeat` after
 /// every commit and every [`IDLE_BEAT`] while idle, so only a commit that
-/// never returns silences it (a commit waiting for another process's lock is
-/// reported by the store instead). A host backoff a completion changed is
+/// does not return silences it (one waiting for another process's lock, or
+/// for the database to come back, is reported by the store instead, which
+/// systemd's watchdog is told). A host backoff a completion changed is
 /// stored as `politeness` has it at the commit (see [`Completion`]'s
 /// `host_backoff_until_ms`).
 ///
-/// Errors: the first store failure; completions not yet committed are lost
-/// from memory, and their URLs stay in flight, to be requeued.
+/// While the store waits (a lock; the database away, within
+/// `store.outage_grace`), the batch stays here and later completions wait
+/// in the channel, whose bound holds the workers back: all are committed
+/// once the database answers, as `stale_lease` where a lease was lost
+/// meanwhile.
+///
+/// Errors: the first store failure (an outage past its grace is one);
+/// completions not yet committed are lost from memory, and their URLs stay
+/// in flight, to be requeued.
 pub async fn run<S: Store>(
     store: Arc<S>,
     mut results: mpsc::Receiver<Completion>,

@@ -2,6 +2,11 @@
 //! database engine. Callers (crawl, API, reload, stats, export, enqueue)
 //! never name an engine's own type; adding an engine is a variant here and a
 //! module beside `sqlite.rs`, with the [`Store`] trait written once for it.
+//!
+//! Every operation goes through `faults::ride`, so every task of a crawl
+//! waits out what another would: a lock, a write of its own still running,
+//! the database away within `store.outage_grace`. A crawl's tasks see
+//! failures only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,6 +16,7 @@ use futures::stream::BoxStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::faults::{self, Outage, Watch};
 use super::leases::HostLeases;
 use super::postgres::{HopLease, LeaseRound, PgStore, QueueHealth, SharedRobotsTxt};
 use super::sqlite::{Checkpoint, SqliteStore};
@@ -33,6 +39,14 @@ pub enum Backend {
 /// input, the API and the gauges each need one at times.
 const PG_CONNECTIONS: u32 = 8;
 
+/// `$body`, with `$s` bound to the engine's own store, through
+/// [`Backend::ride`] as the operation `$context`.
+macro_rules! ridden {
+    ($self:expr, $context:literal, $s:ident => $body:expr) => {
+        $self.ride($context, |_| async move { each!($self, $s => $body) }).await
+    };
+}
+
 /// Runs `$body` with `$s` bound to the engine's own store.
 macro_rules! each {
     ($self:expr, $s:ident => $body:expr) => {
@@ -50,6 +64,9 @@ impl Backend {
     /// with host leases of [`StoreConfig::lease`] for requests of at most
     /// `request_timeout` (`fetch.timeout`). URLs a crashed run left in
     /// flight stay so until the caller runs [`Store::requeue_abandoned`].
+    /// Once open, the database going away is waited for
+    /// ([`StoreConfig::outage_grace`]); at opening it is an error at once,
+    /// naming the cause (a refused connection, a wrong password).
     ///
     /// Errors: [`StoreError::Locked`] when another crawler owns the SQLite
     /// file;
@@ -66,10 +83,37 @@ impl Backend {
                     request_timeout,
                     config.busy_warning,
                 )
-                .await?,
+                .await?
+                .with_outage_grace(config.outage_grace(request_timeout)),
             )),
             None => Ok(Self::Sqlite(SqliteStore::open(config).await?)),
         }
+    }
+
+    /// How this store waits for locks and outages.
+    fn watch(&self) -> &Watch {
+        each!(self, s => s.watch())
+    }
+
+    /// Runs `op` (what it does: `context`) through `faults::ride`: locks
+    /// and this process's own slow writes waited out, the database away
+    /// waited for within its grace. `op` is told whether an earlier try
+    /// found the database away.
+    async fn ride<T, F>(&self, context: &'static str, op: impl FnMut(bool) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let explain = match self {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(s) => Some(s),
+        };
+        faults::ride(self.watch(), context, explain, op).await
+    }
+
+    /// Whether the database is away now, since when and why, shared with
+    /// `/healthz`, the stall guard and the watchdog.
+    pub fn outage(&self) -> Arc<Outage> {
+        self.watch().outage.clone()
     }
 
     /// Opens the database to add URLs (`trawler enqueue`), whether or not a
@@ -124,21 +168,21 @@ impl Backend {
     ///
     /// Errors: the database cannot be read, or the stored frame is corrupt.
     pub async fn body(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        each!(self, s => s.body(sha256).await)
+        ridden!(self, "read a body", s => s.body(sha256).await)
     }
 
     /// The `results` row of the URL with id `url_id`, if there is one.
     ///
     /// Errors: the database cannot be read.
     pub async fn result(&self, url_id: i64) -> Result<Option<ResultRow>, StoreError> {
-        each!(self, s => s.result(url_id).await)
+        ridden!(self, "read one result", s => s.result(url_id).await)
     }
 
     /// The ids of those of `urls` that are stored, by URL.
     ///
     /// Errors: the database cannot be read.
     pub async fn ids(&self, urls: &[&str]) -> Result<BTreeMap<String, i64>, StoreError> {
-        each!(self, s => s.ids(urls).await)
+        ridden!(self, "look up URL ids", s => s.ids(urls).await)
     }
 
     /// A snapshot for `trawler stats` at `now_ms` (Unix ms), read while a
@@ -146,7 +190,7 @@ impl Backend {
     ///
     /// Errors: the database cannot be read.
     pub async fn stats(&self, now_ms: i64) -> Result<StatsReport, StoreError> {
-        each!(self, s => s.stats(now_ms).await)
+        ridden!(self, "stats", s => s.stats(now_ms).await)
     }
 
     /// Truncates the engine's write-ahead log if it keeps one that only a
@@ -156,13 +200,14 @@ impl Backend {
     /// Errors: the database cannot be written.
     pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         match self {
-            Backend::Sqlite(s) => s.checkpoint().await.map(Some),
+            Backend::Sqlite(s) => self.ride("checkpoint", |_| s.checkpoint()).await.map(Some),
             Backend::Postgres(_) => Ok(None),
         }
     }
 
-    /// Makes writes waiting for another process's lock fail with
-    /// [`StoreError::Busy`] instead of waiting on (the crawl's teardown,
+    /// Makes statements waiting for a lock fail with [`StoreError::Busy`],
+    /// and operations waiting for the database to come back with
+    /// [`StoreError::Outage`], instead of waiting on (the crawl's teardown,
     /// after its grace period).
     pub fn give_up_waiting(&self) {
         match self {
@@ -171,15 +216,13 @@ impl Backend {
         }
     }
 
-    /// How long writes have been waiting for another process's lock, shared
-    /// with `/healthz`: SQLite's database lock, or on PostgreSQL any lock
-    /// another session holds (rows, a table) that this daemon's statements
+    /// How long statements have been waiting, and for what, shared with
+    /// `/healthz`, the stall guard and the watchdog: SQLite's database lock
+    /// or its one write connection held by a write still running, or on
+    /// PostgreSQL any lock (rows, a table) that this daemon's statements
     /// wait for ([`Backend::watch_lock_waits`]).
     pub fn lock_waits(&self) -> Arc<LockWaits> {
-        match self {
-            Backend::Sqlite(s) => s.lock_waits(),
-            Backend::Postgres(s) => s.lock_waits(),
-        }
+        self.watch().waits.clone()
     }
 
     /// One look for this daemon's statements waiting on another session's
@@ -190,7 +233,7 @@ impl Backend {
     pub async fn watch_lock_waits(&self) -> Option<Result<(), StoreError>> {
         match self {
             Backend::Sqlite(_) => None,
-            Backend::Postgres(s) => Some(s.watch_lock_waits().await),
+            Backend::Postgres(s) => Some(self.ride("look for lock waits", |_| s.watch_lock_waits()).await),
         }
     }
 
@@ -198,7 +241,7 @@ impl Backend {
     ///
     /// Errors: the read failed.
     pub async fn oldest_lease_ms(&self) -> Result<Option<i64>, StoreError> {
-        each!(self, s => s.oldest_lease_ms().await)
+        ridden!(self, "oldest lease", s => s.oldest_lease_ms().await)
     }
 
     /// The queue tables' health where the engine reports it (PostgreSQL:
@@ -209,7 +252,7 @@ impl Backend {
     pub async fn queue_health(&self) -> Result<Option<QueueHealth>, StoreError> {
         match self {
             Backend::Sqlite(_) => Ok(None),
-            Backend::Postgres(s) => s.queue_health().await.map(Some),
+            Backend::Postgres(s) => self.ride("queue health", |_| s.queue_health()).await.map(Some),
         }
     }
 
@@ -244,7 +287,9 @@ impl Backend {
     ) -> Result<Option<LeaseRound>, StoreError> {
         match self {
             Backend::Sqlite(_) => Ok(None),
-            Backend::Postgres(s) => s.keep_leases(last_starts, keeping).await.map(Some),
+            Backend::Postgres(s) => {
+                self.ride("keep host leases", |_| s.keep_leases(last_starts, keeping)).await.map(Some)
+            }
         }
     }
 
@@ -256,7 +301,9 @@ impl Backend {
     pub async fn shared_robots_txt(&self, origin: &str) -> Result<Option<SharedRobotsTxt>, StoreError> {
         match self {
             Backend::Sqlite(_) => Ok(None),
-            Backend::Postgres(s) => s.shared_robots_txt(origin).await,
+            Backend::Postgres(s) => {
+                self.ride("read a shared robots.txt", |_| s.shared_robots_txt(origin)).await
+            }
         }
     }
 
@@ -273,7 +320,9 @@ impl Backend {
     ) -> Result<(), StoreError> {
         match self {
             Backend::Sqlite(_) => Ok(()),
-            Backend::Postgres(s) => s.share_robots_txt(origin, http_status, body, ttl).await,
+            Backend::Postgres(s) => {
+                self.ride("share a robots.txt", |_| s.share_robots_txt(origin, http_status, body, ttl)).await
+            }
         }
     }
 
@@ -284,7 +333,7 @@ impl Backend {
     pub async fn lease_hop(&self, host: &str) -> Result<HopLease, StoreError> {
         match self {
             Backend::Sqlite(_) => Ok(HopLease::Held { last_start: None }),
-            Backend::Postgres(s) => s.lease_hop(host).await,
+            Backend::Postgres(s) => self.ride("lease a redirect's host", |_| s.lease_hop(host)).await,
         }
     }
 
@@ -297,11 +346,11 @@ impl Backend {
 
 impl Store for Backend {
     async fn enqueue(&self, urls: &[NewUrl]) -> Result<u64, StoreError> {
-        each!(self, s => s.enqueue(urls).await)
+        ridden!(self, "enqueue", s => s.enqueue(urls).await)
     }
 
     async fn record_input_errors(&self, errors: &[InputError]) -> Result<(), StoreError> {
-        each!(self, s => s.record_input_errors(errors).await)
+        ridden!(self, "record input errors", s => s.record_input_errors(errors).await)
     }
 
     async fn ready_hosts(
@@ -311,11 +360,17 @@ impl Store for Backend {
         limit: u32,
         new_limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        each!(self, s => s.ready_hosts(now_ms, busy, limit, new_limit).await)
+        ridden!(self, "ready hosts", s => s.ready_hosts(now_ms, busy, limit, new_limit).await)
     }
 
     async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Claim, StoreError> {
-        each!(self, s => s.claim(now_ms, picks).await)
+        self.ride("claim", |again| async move {
+            match self {
+                Backend::Sqlite(s) => s.claim(now_ms, picks).await,
+                Backend::Postgres(s) => s.claim_again(now_ms, picks, again).await,
+            }
+        })
+        .await
     }
 
     async fn complete(
@@ -323,42 +378,48 @@ impl Store for Backend {
         completions: &[Completion],
         limits: PageLimits,
     ) -> Result<Committed, StoreError> {
-        each!(self, s => s.complete(completions, limits).await)
+        self.ride("record results", |again| async move {
+            match self {
+                Backend::Sqlite(s) => s.complete(completions, limits).await,
+                Backend::Postgres(s) => s.complete_again(completions, limits, again).await,
+            }
+        })
+        .await
     }
 
     async fn requeue_abandoned(&self) -> Result<u64, StoreError> {
-        each!(self, s => s.requeue_abandoned().await)
+        ridden!(self, "requeue abandoned URLs", s => s.requeue_abandoned().await)
     }
 
     async fn release(&self, last_starts: &[(String, Duration)]) -> Result<u64, StoreError> {
-        each!(self, s => s.release(last_starts).await)
+        ridden!(self, "release host leases", s => s.release(last_starts).await)
     }
 
     async fn next_ready(&self) -> Result<Option<i64>, StoreError> {
-        each!(self, s => s.next_ready().await)
+        ridden!(self, "next ready host", s => s.next_ready().await)
     }
 
     async fn has_queued(&self) -> Result<bool, StoreError> {
-        each!(self, s => s.has_queued().await)
+        ridden!(self, "look for queued URLs", s => s.has_queued().await)
     }
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
-        each!(self, s => s.counts().await)
+        ridden!(self, "count URLs", s => s.counts().await)
     }
 
     async fn schedule_recrawls(&self, policy: &RecrawlPolicy) -> Result<u64, StoreError> {
-        each!(self, s => s.schedule_recrawls(policy).await)
+        ridden!(self, "schedule recrawls", s => s.schedule_recrawls(policy).await)
     }
 
     async fn has_body(&self, sha256: &str) -> Result<bool, StoreError> {
-        each!(self, s => s.has_body(sha256).await)
+        ridden!(self, "look up a body", s => s.has_body(sha256).await)
     }
 
     async fn save_body(&self, sha256: &str, bytes: u64, zstd: &[u8]) -> Result<(), StoreError> {
-        each!(self, s => s.save_body(sha256, bytes, zstd).await)
+        ridden!(self, "store a body", s => s.save_body(sha256, bytes, zstd).await)
     }
 
     async fn requeue_recrawls(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError> {
-        each!(self, s => s.requeue_recrawls(now_ms, limit).await)
+        ridden!(self, "requeue recrawls", s => s.requeue_recrawls(now_ms, limit).await)
     }
 }

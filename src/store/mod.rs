@@ -6,10 +6,13 @@
 //! `failed` | back to `queued` with a not-before time (retry). Every transition
 //! out of `in_flight` is a [`Completion`] that carries the claim's lease token;
 //! a completion whose token no longer matches the row is stale and changes
-//! nothing. Only the engines' modules (`sqlite.rs`, `postgres.rs`) know sqlx: no
-//! sqlx type crosses this boundary.
+//! nothing. Only the engines' modules (`sqlite.rs`, `postgres.rs`) and the
+//! classification of their errors (`faults.rs`) know sqlx: no sqlx type
+//! crosses this boundary. What a failed operation means, and how it is
+//! waited out, is `faults.rs`.
 
 mod backend;
+mod faults;
 mod leases;
 pub mod postgres;
 mod rules;
@@ -19,17 +22,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
 use crate::fetch::ErrorKind;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 pub use backend::Backend;
+pub use faults::{Blocker, Fault, LockWaits, Outage, Watch};
 pub use leases::HostLeases;
 pub use postgres::{HopLease, LeaseRound, PgStore, QueueHealth, SharedRobotsTxt};
-pub use sqlite::{Checkpoint, SqliteStore};
+pub use sqlite::{Checkpoint, PinnedWal, SqliteStore};
 
-/// A store operation that failed. Any of these stops the crawl: results could
-/// no longer be recorded. (A database locked by another process is not one
-/// of them: writes wait for the lock, see [`LockWaits`].)
+/// A store operation that failed. What it means for the caller, whether to
+/// wait or stop, is [`StoreError::fault`]: a crawl's store waits out locks
+/// and outages itself ([`Backend`]), so a crawl's tasks see only failures,
+/// and any of those stops the crawl.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another process holds the database's lock file.
@@ -45,16 +49,32 @@ pub enum StoreError {
          use a newer trawler or another database"
     )]
     NewerSchema { path: String, found: i64, known: i64 },
-    /// Another process held the database's write lock, and the store was
-    /// told to stop waiting (the crawl is being torn down after its grace
-    /// period). Until then a busy database is waited out, never returned.
-    #[error("database {context}: locked by another writer for {} s; gave up waiting to stop", waited.as_secs())]
-    Busy { context: &'static str, waited: Duration },
+    /// A statement waits on `blocker` (another process's lock, or a
+    /// statement of this process's own still running). Waited out by the
+    /// store; returned only once the store was told to stop waiting (the
+    /// crawl is being torn down after its grace period), with how long it
+    /// had waited.
+    #[error("database {context}: {} for {} s; gave up waiting to stop", blocker.waiting_for(), waited.as_secs())]
+    Busy { context: &'static str, waited: Duration, blocker: Blocker },
     /// The file system is full (SQLITE_FULL): nothing more can be recorded.
     /// Committed results are intact; what was not committed is fetched again
     /// by the next run.
     #[error("database {context}: disk full: free space and rerun")]
     DiskFull { context: &'static str },
+    /// The database could not be reached, or ended the connection (see
+    /// `faults::postgres_kind`): one try of an operation during an outage.
+    /// A crawl's store tries again ([`Fault::Outage`]).
+    #[error("database {context}: {source}")]
+    Unreachable {
+        context: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database stayed away for `waited`, longer than `grace`
+    /// (`store.outage_grace`), or until the crawl's teardown gave up
+    /// waiting (`grace` is `None`); `cause` is the last error that said so.
+    #[error("database {context}: unreachable for {} s, {}: {cause}", waited.as_secs(), outage_end(*grace))]
+    Outage { context: &'static str, waited: Duration, grace: Option<Duration>, cause: String },
     /// Opening, migrating, reading or writing failed.
     #[error("database {context}: {source}")]
     Database {
@@ -64,93 +84,44 @@ pub enum StoreError {
     },
 }
 
-/// How long the store's writes have been waiting for another process's
-/// write lock (an analyst's `BEGIN IMMEDIATE`, a backup tool): the store
-/// waits such a lock out for as long as it takes, logging a warning every
-/// `warn_after`; `/healthz` reads [`LockWaits::blocked_for`]. Shared between
-/// the store and the admin endpoints.
-#[derive(Debug)]
-pub struct LockWaits {
-    /// How long writes may wait before it is reported (`store.busy_warning`).
-    pub warn_after: Duration,
-    state: Mutex<WaitState>,
+/// How an outage's wait ended, for [`StoreError::Outage`].
+fn outage_end(grace: Option<Duration>) -> String {
+    match grace {
+        Some(grace) => format!("longer than store.outage_grace ({})", humantime::format_duration(grace)),
+        None => "gave up waiting to stop".to_owned(),
+    }
 }
 
-#[derive(Debug, Default)]
-struct WaitState {
-    /// When the writes now waiting started to (the earliest of them).
-    since: Option<Instant>,
-    /// When the last warning about it was logged.
-    warned_at: Option<Instant>,
-}
-
-impl LockWaits {
-    /// Nothing waiting; report waits longer than `warn_after`.
-    pub fn new(warn_after: Duration) -> Self {
-        Self { warn_after, state: Mutex::default() }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, WaitState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// How long writes have been blocked, if they are now.
-    pub fn blocked_for(&self) -> Option<Duration> {
-        self.lock().since.map(|since| since.elapsed())
-    }
-
-    /// Whether writes have been blocked for longer than `warn_after`: the
-    /// service reports itself unhealthy then.
-    pub fn is_stalled(&self) -> bool {
-        self.blocked_for().is_some_and(|waited| waited >= self.warn_after)
-    }
-
-    /// Records that a write found the database locked (`context` names the
-    /// operation, or what holds the lock) and returns how long writes have
-    /// been waiting. Logs a warning once they have waited `warn_after`, and
-    /// again every `warn_after` after that.
-    pub fn busy(&self, context: &str) -> Duration {
-        self.busy_for(context, Duration::ZERO)
-    }
-
-    /// [`busy`](Self::busy) for a wait found `waited` after it began (by a
-    /// look from outside, as PostgreSQL's `pg_stat_activity` allows): a
-    /// wait not yet recorded counts from then.
-    pub fn busy_for(&self, context: &str, waited: Duration) -> Duration {
-        let now = Instant::now();
-        let mut state = self.lock();
-        let since = *state.since.get_or_insert(now.checked_sub(waited).unwrap_or(now));
-        let waited = now - since;
-        let due = state.warned_at.map_or(waited >= self.warn_after, |at| now - at >= self.warn_after);
-        if due {
-            state.warned_at = Some(now);
-            tracing::warn!(
-                operation = context,
-                "database locked by another writer for {} s; waiting for it (nothing is lost meanwhile)",
-                waited.as_secs()
-            );
+impl StoreError {
+    /// What the error means for the caller: the one classification every
+    /// task's store operations go by (see `store/faults.rs`).
+    pub fn fault(&self) -> Fault {
+        match self {
+            StoreError::Unreachable { .. } => Fault::Outage,
+            StoreError::Busy { blocker, .. } => Fault::Waiting(*blocker),
+            _ => Fault::Failure,
         }
-        waited
     }
 
-    /// Records that a write went through: whatever blocked writes is gone.
-    /// Says so when the wait was reported, or long enough for `/healthz` to
-    /// have answered 503 (which a retry's backoff can reach before the next
-    /// warning is due).
-    pub fn cleared(&self) {
-        let mut state = self.lock();
-        if let Some(since) =
-            state.since.filter(|s| state.warned_at.is_some() || s.elapsed() >= self.warn_after)
-        {
-            tracing::info!("database writable again after {} s", since.elapsed().as_secs());
+    /// Whether it is a pool's timeout: no connection within the pool's
+    /// wait (a cause that says little on its own).
+    pub(crate) fn is_pool_timeout(&self) -> bool {
+        let source = match self {
+            StoreError::Unreachable { source, .. } | StoreError::Database { source, .. } => source,
+            _ => return false,
+        };
+        matches!(source.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::PoolTimedOut))
+    }
+
+    /// The error's own cause, without the operation's name.
+    pub(crate) fn cause(&self) -> String {
+        match self {
+            StoreError::Unreachable { source, .. } | StoreError::Database { source, .. } => {
+                source.to_string()
+            }
+            StoreError::Outage { cause, .. } => cause.clone(),
+            other => other.to_string(),
         }
-        *state = WaitState::default();
-    }
-}
-
-impl Default for LockWaits {
-    fn default() -> Self {
-        Self::new(Duration::from_secs(5))
     }
 }
 

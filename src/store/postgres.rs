@@ -24,12 +24,13 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::faults::{Blocker, Kind, postgres_kind};
 use super::leases::HostLeases;
 use super::rules::{self, duration_ms, to_i64, unix_ms};
 use super::{
     ArchivedAttempt, Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits,
-    NewUrl, PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store,
-    StoreError, UrlState, Validators,
+    NewUrl, Outage, PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport,
+    Store, StoreError, UrlState, Validators, Watch,
 };
 use crate::fetch::ErrorKind;
 use crate::redact::ForLog;
@@ -131,10 +132,9 @@ pub struct PgStore {
     /// The host leases this daemon holds.
     leases: Arc<HostLeases>,
     /// How long this daemon's statements have been waiting for a lock
-    /// another session holds ([`PgStore::watch_lock_waits`]).
-    waits: Arc<LockWaits>,
-    /// Cancelled by [`PgStore::give_up_waiting`].
-    give_up: CancellationToken,
+    /// ([`PgStore::watch_lock_waits`]), whether the database is away, and
+    /// the token [`PgStore::give_up_waiting`] cancels.
+    watch: Watch,
 }
 
 /// What one round of [`PgStore::keep_leases`] did.
@@ -226,6 +226,14 @@ impl PgStore {
             log::LevelFilter::Debug,
             Duration::from_secs(1),
         );
+        // sqlx's pool tries a refused connection again until its acquire
+        // timeout, then says only "pool timed out while waiting for an open
+        // connection": one connection of its own first names the cause at
+        // once (refused, no such database, a password refused).
+        connect_once(&options).await.map_err(|cause| StoreError::Database {
+            context: "open",
+            source: format!("{shown}: {cause}").into(),
+        })?;
         let mut pool = PgPoolOptions::new().max_connections(max_connections).acquire_timeout(CONNECT_TIMEOUT);
         if idle_in_transaction.is_some() {
             // A crawler keeps its connections for its whole run (opened by
@@ -241,9 +249,35 @@ impl PgStore {
             .map_err(|e| StoreError::Database { context: "open", source: format!("{shown}: {e}").into() })?;
         // The default length; `open_crawler` sets the configured one.
         let leases = Arc::new(HostLeases::new(crate::config::DEFAULT_LEASE, Duration::ZERO));
-        let waits = Arc::new(LockWaits::default());
-        let give_up = CancellationToken::new();
-        Ok(Self { pool, shown, worker, claiming: Mutex::new(()), leases, waits, give_up })
+        let watch = Watch::default();
+        Ok(Self { pool, shown, worker, claiming: Mutex::new(()), leases, watch })
+    }
+
+    /// Waits `grace` for the database to come back when it goes away
+    /// (`store.outage_grace`; see `faults::ride`). A store opened without
+    /// it reports an unreachable database at once.
+    pub fn with_outage_grace(mut self, grace: Duration) -> Self {
+        self.watch.outage = Arc::new(Outage::new(grace, self.watch.waits.warn_after));
+        self
+    }
+
+    /// How this store waits for locks and outages, for [`super::Backend`].
+    pub(super) fn watch(&self) -> &Watch {
+        &self.watch
+    }
+
+    /// Why no connection can be had, found by opening one of its own:
+    /// sqlx's pool says only that it timed out. Names the error, or that
+    /// the server did not answer within [`CONNECT_TIMEOUT`], or that it
+    /// does answer (this daemon's connections are then all taken by
+    /// statements that do not end).
+    pub(crate) async fn connection_trouble(&self) -> String {
+        match connect_once(&self.pool.connect_options()).await {
+            Ok(()) => "the server answers; every connection of this daemon's is taken by a statement \
+                       that has not ended"
+                .to_owned(),
+            Err(cause) => cause,
+        }
     }
 
     /// Opens the database as [`open`](Self::open) does, for crawling beside
@@ -273,7 +307,7 @@ impl PgStore {
             )?;
         drop(opened);
         store.leases = Arc::new(HostLeases::new(lease, request_timeout));
-        store.waits = Arc::new(LockWaits::new(busy_warning));
+        store.watch.waits = Arc::new(LockWaits::new(busy_warning));
         Ok(store)
     }
 
@@ -287,10 +321,10 @@ impl PgStore {
     /// transaction rolls back, and its URLs are put back by this daemon's
     /// release or, failing that, when its leases lapse.
     pub fn give_up_waiting(&self) {
-        if self.give_up.is_cancelled() {
+        if self.watch.give_up.is_cancelled() {
             return;
         }
-        self.give_up.cancel();
+        self.watch.give_up.cancel();
         let (pool, name) = (self.pool.clone(), session_name(&self.worker));
         tokio::spawn(async move {
             // A connection of its own: the pool's may all be waiting.
@@ -339,19 +373,26 @@ impl PgStore {
     /// another session holds, shared with `/healthz`, the watchdog and the
     /// stall guard.
     pub fn lock_waits(&self) -> Arc<LockWaits> {
-        self.waits.clone()
+        self.watch.waits.clone()
     }
 
     /// Looks once for statements of this daemon's sessions (by
     /// `application_name`) that have waited [`LOCK_WAIT_NOTICED`] or more
-    /// for a lock another session holds: an analyst's transaction left open
-    /// after an `UPDATE`, a `LOCK TABLE`, a migration. While there are,
-    /// records the wait in [`LockWaits`], which warns every
-    /// `store.busy_warning` naming the session that holds the lock (its pid,
-    /// for `pg_terminate_backend`); once there are none, clears it. The
-    /// statements themselves wait on: PostgreSQL gives them the lock when it
-    /// is released, and nothing is lost meanwhile. Shorter waits (daemons'
-    /// own transactions on the same rows) are not reported.
+    /// for a lock: an analyst's transaction left open after an `UPDATE`, a
+    /// `LOCK TABLE`, a migration. While there are, records the wait in
+    /// [`LockWaits`], which warns every `store.busy_warning` naming the
+    /// session that holds the lock (its pid, for `pg_terminate_backend`);
+    /// once there are none, clears it. The statements themselves wait on:
+    /// PostgreSQL gives them the lock when it is released, and nothing is
+    /// lost meanwhile. Shorter waits (daemons' own transactions on the same
+    /// rows) are not reported.
+    ///
+    /// A lock held by a session of another process is what it seems
+    /// ([`Blocker::AnotherProcess`], which excuses systemd's watchdog); one
+    /// held by this daemon's own session is a statement of its own that
+    /// has not ended ([`Blocker::ThisProcess`]: a hung write, which does
+    /// not), and is reported as that. When both are found, another
+    /// process's lock is named.
     ///
     /// Reads `pg_stat_activity` and `pg_blocking_pids` (PostgreSQL manual,
     /// "The Cumulative Statistics System" and "System Information
@@ -360,17 +401,17 @@ impl PgStore {
     ///
     /// Errors: the database cannot be read.
     pub async fn watch_lock_waits(&self) -> Result<(), StoreError> {
-        let blocker: Option<(f64, i32, String, String, f64, String)> = sqlx::query_as(
+        let blocker: Option<(f64, i32, String, String, f64, String, bool)> = sqlx::query_as(
             "SELECT extract(epoch FROM now() - w.state_change)::float8,
                     b.pid, coalesce(b.usename::text, '?'), coalesce(b.state, '?'),
                     coalesce(extract(epoch FROM now() - b.xact_start), 0)::float8,
-                    left(coalesce(b.query, ''), 160)
+                    left(coalesce(b.query, ''), 160), b.application_name IS NOT DISTINCT FROM $1
              FROM pg_stat_activity w
              CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS blocking(pid)
              JOIN pg_stat_activity b ON b.pid = blocking.pid
              WHERE w.application_name = $1 AND w.datname = current_database()
                AND w.wait_event_type = 'Lock' AND w.state_change <= now() - $2::float8 * interval '1 second'
-             ORDER BY w.state_change, b.xact_start NULLS LAST
+             ORDER BY b.application_name IS NOT DISTINCT FROM $1, w.state_change, b.xact_start NULLS LAST
              LIMIT 1",
         )
         .bind(session_name(&self.worker))
@@ -379,18 +420,23 @@ impl PgStore {
         .await
         .map_err(db("look for lock waits"))?;
         match blocker {
-            Some((waited, pid, user, state, in_transaction, query)) => {
+            Some((waited, pid, user, state, in_transaction, query, own)) => {
                 let query = query.split_whitespace().collect::<Vec<_>>().join(" ");
                 let waited = Duration::try_from_secs_f64(waited).unwrap_or_default();
-                self.waits.busy_for(
+                let (blocker, whose) = match own {
+                    false => (Blocker::AnotherProcess, "blocked by session"),
+                    true => (Blocker::ThisProcess, "held by this daemon's own session"),
+                };
+                self.watch.waits.busy_for(
+                    blocker,
                     &format!(
-                    "blocked by session {pid} (user {user}, {state}, in a transaction for {in_transaction:.0} s; \
-                     last statement: {query})"
+                        "{whose} {pid} (user {user}, {state}, in a transaction for {in_transaction:.0} s; \
+                         last statement: {query})"
                     ),
                     waited,
                 );
             }
-            None => self.waits.cleared(),
+            None => self.watch.waits.cleared(),
         }
         Ok(())
     }
@@ -533,11 +579,16 @@ impl PgStore {
                 _ = done.cancelled() => return,
                 error = relay_until_lost(&self.pool, &wake) => error,
             };
-            tracing::warn!(
-                "not listening for new work on {} ({error}); polling instead, listening again in {} s",
-                self.shown,
-                RELISTEN_AFTER.as_secs()
-            );
+            // While the database is away, the outage's own warnings say so.
+            if self.watch.outage.down_for().is_some() || postgres_kind(&error) == Kind::Unreachable {
+                tracing::debug!("not listening for new work on {} ({error}); polling instead", self.shown);
+            } else {
+                tracing::warn!(
+                    "not listening for new work on {} ({error}); polling instead, listening again in {} s",
+                    self.shown,
+                    RELISTEN_AFTER.as_secs()
+                );
+            }
             tokio::select! {
                 _ = done.cancelled() => return,
                 _ = tokio::time::sleep(RELISTEN_AFTER) => {}
@@ -915,10 +966,10 @@ impl PgStore {
                 // 57014 query_canceled: by give_up_waiting, while it waited
                 // for another session's lock.
                 Err(sqlx::Error::Database(d))
-                    if self.give_up.is_cancelled() && d.code().as_deref() == Some("57014") =>
+                    if self.watch.give_up.is_cancelled() && d.code().as_deref() == Some("57014") =>
                 {
-                    let waited = self.waits.blocked_for().unwrap_or_default();
-                    return Err(StoreError::Busy { context, waited });
+                    let (blocker, waited) = self.watch.waits.waiting().unwrap_or_default();
+                    return Err(StoreError::Busy { context, waited, blocker });
                 }
                 other => return other.map_err(db(context)),
             }
@@ -948,12 +999,32 @@ fn last_start_arrays(last_starts: &[(String, Duration)]) -> (Vec<&str>, Vec<f64>
     last_starts.iter().map(|(host, ago)| (host.as_str(), ago.as_secs_f64())).unzip()
 }
 
-/// A store error for `e` in `context`: disk full (SQLSTATE 53100) is
-/// [`StoreError::DiskFull`], anything else [`StoreError::Database`].
+/// A store error for `e` in `context`, as `faults::postgres_kind` sorts
+/// it: the database away is [`StoreError::Unreachable`], a full disk
+/// [`StoreError::DiskFull`], anything else [`StoreError::Database`]. (A
+/// lock is waited for by the statement itself, not returned.)
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |e| match &e {
-        sqlx::Error::Database(d) if d.code().as_deref() == Some("53100") => StoreError::DiskFull { context },
-        _ => StoreError::Database { context, source: Box::new(e) },
+    move |e| match postgres_kind(&e) {
+        Kind::Unreachable => StoreError::Unreachable { context, source: Box::new(e) },
+        Kind::Full => StoreError::DiskFull { context },
+        Kind::Locked(_) | Kind::Other => StoreError::Database { context, source: Box::new(e) },
+    }
+}
+
+/// Opens one connection with `options` and closes it, within
+/// [`CONNECT_TIMEOUT`]. Errors: what connecting failed with, as text.
+async fn connect_once(options: &PgConnectOptions) -> Result<(), String> {
+    use sqlx::Connection;
+    match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(options)).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {} s (a host that is down, or a network that drops the packets)",
+            CONNECT_TIMEOUT.as_secs()
+        )),
     }
 }
 
@@ -1001,6 +1072,113 @@ async fn insert_urls(tx: &mut Transaction<'_, Postgres>, urls: &[NewUrl]) -> Res
         .await?;
     }
     Ok(hosts.len() as u64)
+}
+
+impl PgStore {
+    /// [`Store::claim`]; `again` when an earlier try of this very claim
+    /// (the same `now_ms` and `picks`) found the database away: that try
+    /// may have committed before its answer was lost, leaving URLs in
+    /// flight under this daemon's leases that no job carries and no lease
+    /// round would free while the host stays leased here. Those (claimed
+    /// at `now_ms` on these hosts) go back to the queue first, in the same
+    /// transaction, and are claimed again.
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn claim_again(
+        &self,
+        now_ms: i64,
+        picks: &[(String, u32)],
+        again: bool,
+    ) -> Result<Claim, StoreError> {
+        let hosts: Vec<&str> = {
+            let mut hosts: Vec<&str> = picks.iter().map(|(host, _)| host.as_str()).collect();
+            hosts.sort_unstable();
+            hosts.dedup();
+            hosts
+        };
+        let wanted: BTreeMap<&str, u32> = picks.iter().map(|(host, n)| (host.as_str(), *n)).collect();
+        let _claiming = self.claiming.lock().await;
+        let mut tries = 0;
+        let mut claim = loop {
+            tries += 1;
+            let sent = tokio::time::Instant::now();
+            let claimed = match self.pool.begin().await {
+                Ok(tx) => {
+                    let claim =
+                        Claiming { worker: &self.worker, hosts: &hosts, wanted: &wanted, now_ms, again };
+                    claim_in(tx, claim, &self.leases, sent).await
+                }
+                Err(e) => Err(e),
+            };
+            match claimed {
+                Err(e) if retry_conflict(&e, tries).await => {}
+                other => break other.map_err(db("claim"))?,
+            }
+        };
+        // Across hosts too, the URLs queued first go first.
+        claim.jobs.sort_unstable_by_key(|job| job.url_id);
+        Ok(claim)
+    }
+
+    /// [`Store::complete`]; `again` when an earlier try of these very
+    /// completions found the database away: that try may have committed
+    /// before its answer was lost, so attempts already recorded (by this
+    /// worker, for the URL, its attempt number and start) are not recorded
+    /// twice. Their URLs' leases are gone then, so nothing else is applied
+    /// twice.
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn complete_again(
+        &self,
+        completions: &[Completion],
+        limits: PageLimits,
+        again: bool,
+    ) -> Result<Committed, StoreError> {
+        let committed = self
+            .writing("record results", || async {
+                let mut tx = self.pool.begin().await?;
+                // URLs first, fenced by their lease: which completions took
+                // effect decides their attempts' outcome.
+                let applied = update_urls(&mut tx, completions).await?;
+                insert_attempts(&mut tx, completions, &applied, &self.worker, again).await?;
+                let changes = rules::host_changes(completions);
+                if !changes.is_empty() {
+                    sqlx::query(
+                        "UPDATE hosts SET work_at_ms = least(hosts.work_at_ms, v.work_at_ms),
+                         backoff_until_ms = CASE v.backoff_until_ms WHEN 0 THEN hosts.backoff_until_ms
+                                            ELSE v.backoff_until_ms END
+                     FROM unnest($1::text[], $2::int8[], $3::int8[]) AS v(host, work_at_ms, backoff_until_ms)
+                     WHERE hosts.host = v.host",
+                    )
+                    .bind(changes.iter().map(|c| c.0).collect::<Vec<_>>())
+                    .bind(changes.iter().map(|c| c.1).collect::<Vec<_>>())
+                    .bind(changes.iter().map(|c| c.2).collect::<Vec<_>>())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let pages: Vec<&Completion> = completions
+                    .iter()
+                    .filter(|c| c.has_links() && applied.contains(&(c.url_id, c.lease)))
+                    .collect();
+                let (new_urls, dropped_links, reopened) = record_links(&mut tx, &pages, limits).await?;
+                tx.commit().await?;
+                Ok(Committed {
+                    applied: applied.len() as u64,
+                    live: applied,
+                    reopened,
+                    new_urls,
+                    dropped_links,
+                })
+            })
+            .await;
+        if committed.is_ok() {
+            // Results go through: whatever held them is gone (said at once,
+            // not at the next look for lock waits, which a batch crawl's end
+            // may not wait for).
+            self.watch.waits.cleared();
+        }
+        committed
+    }
 }
 
 impl StatsQueries for PgStore {
@@ -1123,30 +1301,7 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Claim, StoreError> {
-        let hosts: Vec<&str> = {
-            let mut hosts: Vec<&str> = picks.iter().map(|(host, _)| host.as_str()).collect();
-            hosts.sort_unstable();
-            hosts.dedup();
-            hosts
-        };
-        let wanted: BTreeMap<&str, u32> = picks.iter().map(|(host, n)| (host.as_str(), *n)).collect();
-        let _claiming = self.claiming.lock().await;
-        let mut tries = 0;
-        let mut claim = loop {
-            tries += 1;
-            let sent = tokio::time::Instant::now();
-            let claimed = match self.pool.begin().await {
-                Ok(tx) => claim_in(tx, &self.worker, &hosts, &wanted, now_ms, &self.leases, sent).await,
-                Err(e) => Err(e),
-            };
-            match claimed {
-                Err(e) if retry_conflict(&e, tries).await => {}
-                other => break other.map_err(db("claim"))?,
-            }
-        };
-        // Across hosts too, the URLs queued first go first.
-        claim.jobs.sort_unstable_by_key(|job| job.url_id);
-        Ok(claim)
+        self.claim_again(now_ms, picks, false).await
     }
 
     async fn complete(
@@ -1154,50 +1309,7 @@ impl Store for PgStore {
         completions: &[Completion],
         limits: PageLimits,
     ) -> Result<Committed, StoreError> {
-        let committed = self
-            .writing("record results", || async {
-                let mut tx = self.pool.begin().await?;
-                // URLs first, fenced by their lease: which completions took
-                // effect decides their attempts' outcome.
-                let applied = update_urls(&mut tx, completions).await?;
-                insert_attempts(&mut tx, completions, &applied, &self.worker).await?;
-                let changes = rules::host_changes(completions);
-                if !changes.is_empty() {
-                    sqlx::query(
-                        "UPDATE hosts SET work_at_ms = least(hosts.work_at_ms, v.work_at_ms),
-                         backoff_until_ms = CASE v.backoff_until_ms WHEN 0 THEN hosts.backoff_until_ms
-                                            ELSE v.backoff_until_ms END
-                     FROM unnest($1::text[], $2::int8[], $3::int8[]) AS v(host, work_at_ms, backoff_until_ms)
-                     WHERE hosts.host = v.host",
-                    )
-                    .bind(changes.iter().map(|c| c.0).collect::<Vec<_>>())
-                    .bind(changes.iter().map(|c| c.1).collect::<Vec<_>>())
-                    .bind(changes.iter().map(|c| c.2).collect::<Vec<_>>())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                let pages: Vec<&Completion> = completions
-                    .iter()
-                    .filter(|c| c.has_links() && applied.contains(&(c.url_id, c.lease)))
-                    .collect();
-                let (new_urls, dropped_links, reopened) = record_links(&mut tx, &pages, limits).await?;
-                tx.commit().await?;
-                Ok(Committed {
-                    applied: applied.len() as u64,
-                    live: applied,
-                    reopened,
-                    new_urls,
-                    dropped_links,
-                })
-            })
-            .await;
-        if committed.is_ok() {
-            // Results go through: whatever held them is gone (said at once,
-            // not at the next look for lock waits, which a batch crawl's end
-            // may not wait for).
-            self.waits.cleared();
-        }
-        committed
+        self.complete_again(completions, limits, false).await
     }
 
     async fn requeue_abandoned(&self) -> Result<u64, StoreError> {
@@ -1437,6 +1549,20 @@ impl Leased {
     }
 }
 
+/// What one claim asks for ([`claim_in`]).
+struct Claiming<'a> {
+    /// This daemon's worker name.
+    worker: &'a str,
+    /// The hosts, sorted.
+    hosts: &'a [&'a str],
+    /// How many URLs of each host.
+    wanted: &'a BTreeMap<&'a str, u32>,
+    /// The claim's time (Unix ms): URLs due by then, marked claimed then.
+    now_ms: i64,
+    /// An earlier try of this claim may have committed ([`PgStore::claim_again`]).
+    again: bool,
+}
+
 /// Claims, in `tx`, up to `wanted[host]` due URLs of each of `hosts`
 /// (sorted), under a lease of each host for `worker`: hosts no other daemon
 /// holds (or whose lease lapsed) are leased, and a host this daemon holds
@@ -1444,13 +1570,11 @@ impl Leased {
 /// `sent`, when the transaction began, once it commits.
 async fn claim_in(
     mut tx: Transaction<'_, Postgres>,
-    worker: &str,
-    hosts: &[&str],
-    wanted: &BTreeMap<&str, u32>,
-    now_ms: i64,
+    claiming: Claiming<'_>,
     leases: &HostLeases,
     sent: tokio::time::Instant,
 ) -> Result<Claim, sqlx::Error> {
+    let Claiming { worker, hosts, wanted, now_ms, again } = claiming;
     // As its first statement: see lease_hosts_sql! on waiting for locks.
     let leased: Vec<Leased> = sqlx::query_as(lease_hosts_sql!())
         .bind(hosts)
@@ -1461,6 +1585,18 @@ async fn claim_in(
         .await?;
     let taken_over: Vec<i64> = leased.iter().filter_map(|l| l.taken_from).collect();
     let requeued = requeue_taken_over(&mut tx, &taken_over).await?;
+    if again {
+        // An earlier try's claims, if it committed: only a claim at this
+        // very millisecond, under these leases, can have made them.
+        sqlx::query(
+            "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
+             WHERE state = 'in_flight' AND lease = ANY($1::int8[]) AND leased_at_ms = $2",
+        )
+        .bind(leased.iter().map(|l| l.token).collect::<Vec<_>>())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
     let counts: Vec<i32> =
         leased.iter().map(|l| i32::try_from(wanted[l.host.as_str()]).unwrap_or(i32::MAX)).collect();
     let rows: Vec<ClaimedRow> = sqlx::query_as(
@@ -1593,12 +1729,28 @@ async fn insert_attempts(
     completions: &[Completion],
     applied: &BTreeSet<(i64, i64)>,
     worker: &str,
+    again: bool,
 ) -> Result<(), sqlx::Error> {
-    let attempts: Vec<&Completion> = completions.iter().filter(|c| c.is_attempt()).collect();
+    let now = SystemTime::now();
+    let started_ms = |c: &Completion| unix_ms(c.record.started_at.unwrap_or(now));
+    let mut attempts: Vec<&Completion> = completions.iter().filter(|c| c.is_attempt()).collect();
+    if again && !attempts.is_empty() {
+        let recorded: BTreeSet<(i64, i32, i64)> = sqlx::query_as(
+            "SELECT url_id, attempt, started_ms FROM attempts WHERE worker = $1 AND url_id = ANY($2::int8[])",
+        )
+        .bind(worker)
+        .bind(attempts.iter().map(|c| c.url_id).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+        attempts.retain(|c| {
+            !recorded.contains(&(c.url_id, i32::try_from(c.attempt).unwrap_or(i32::MAX), started_ms(c)))
+        });
+    }
     if attempts.is_empty() {
         return Ok(());
     }
-    let now = SystemTime::now();
     let records = || attempts.iter().map(|c| &c.record);
     let outcome =
         |c: &Completion| if applied.contains(&(c.url_id, c.lease)) { c.next.outcome() } else { STALE_LEASE };
@@ -1647,7 +1799,7 @@ async fn insert_attempts(
     )
     .bind(attempts.iter().map(|c| c.url_id).collect::<Vec<_>>())
     .bind(attempts.iter().map(|c| i32::try_from(c.attempt).unwrap_or(i32::MAX)).collect::<Vec<_>>())
-    .bind(records().map(|r| unix_ms(r.started_at.unwrap_or(now))).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|c| started_ms(c)).collect::<Vec<_>>())
     .bind(records().map(|r| unix_ms(r.fetched_at.unwrap_or(now))).collect::<Vec<_>>())
     .bind(records().map(|r| to_i64(r.elapsed_ms)).collect::<Vec<_>>())
     .bind(records().map(|r| r.dns_ms.map(to_i64)).collect::<Vec<_>>())

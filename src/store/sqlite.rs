@@ -9,8 +9,12 @@
 //! write waits it out: SQLite's busy handler waits [`BUSY_SLICE`] at a time,
 //! and a write that still finds the database locked (`SQLITE_BUSY`) is tried
 //! again with backoff, for as long as it takes, while [`LockWaits`] logs how
-//! long and `/healthz` reports it. Only the crawl's teardown gives up waiting
-//! ([`SqliteStore::give_up_waiting`]). A connection whose transaction failed
+//! long and `/healthz` reports it. A write that waits more than
+//! [`OWN_WRITE_NOTICED`] for the one write connection waits for a write of
+//! this process's own that has not returned (a slow or hung disk): it waits
+//! on too, but is reported as that, and excuses neither systemd's watchdog
+//! nor the stall guard (`faults::Blocker`). Only the crawl's teardown gives
+//! up waiting ([`SqliteStore::give_up_waiting`]). A connection whose transaction failed
 //! (SQLite may have rolled it back itself, e.g. on `SQLITE_FULL`) is closed
 //! rather than returned to the pool, so the next write starts clean.
 //!
@@ -42,13 +46,13 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Arguments, Connection, QueryBuilder, Row, Sqlite};
-use tokio_util::sync::CancellationToken;
 
+use super::faults::{Kind, sqlite_kind};
 use super::rules::{self, duration_ms, rfc3339, rfc3339_from_ms, to_i64, unix_ms};
 use super::{
     ArchivedAttempt, Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits,
     NewUrl, PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store,
-    StoreError, UrlState, Validators,
+    StoreError, UrlState, Validators, Watch,
 };
 use crate::config::{StoreConfig, Synchronous};
 use crate::fetch::ErrorKind;
@@ -142,9 +146,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// teardown can give up.
 const BUSY_SLICE: Duration = Duration::from_millis(250);
 
-/// Pauses between tries of a write that found the database locked: doubling
-/// from the first to the last (on top of each try's [`BUSY_SLICE`]).
-const BUSY_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
+/// How long a write waits for the one write connection before it counts
+/// as waiting for this process's own write still holding it (see
+/// [`Blocker::ThisProcess`]; the wait goes on, reported as that).
+const OWN_WRITE_NOTICED: Duration = Duration::from_secs(1);
 
 /// The largest the WAL is kept after a checkpoint reset it: 64 MiB.
 const JOURNAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
@@ -175,17 +180,50 @@ impl Checkpoint {
     }
 }
 
+/// The smallest WAL size a doubling is counted from, for
+/// [`PinnedWal::observe`]: doublings of a few KiB are no news.
+const WAL_WARN_FLOOR: i64 = 8 * 1024 * 1024;
+
+/// When a WAL that a reader keeps from being truncated is worth a warning:
+/// at the first pinned checkpoint, then each time the WAL has doubled since
+/// the last warning (from [`WAL_WARN_FLOOR`] at least), so a WAL growing
+/// from 14 to 150 MiB is reported at 14, 28, 56 and 112 MiB, and one that
+/// stays pinned at one size only once. A checkpoint that truncates starts
+/// it over.
+#[derive(Debug, Default)]
+pub struct PinnedWal {
+    /// The WAL's size at the last warning, while it stays pinned.
+    warned_at: Option<i64>,
+}
+
+impl PinnedWal {
+    /// Takes in a checkpoint's result; returns whether to warn now.
+    pub fn observe(&mut self, checkpoint: &Checkpoint) -> bool {
+        if !checkpoint.pinned() {
+            self.warned_at = None;
+            return false;
+        }
+        let size = checkpoint.wal_bytes_left();
+        let due = match self.warned_at {
+            None => true,
+            Some(last) => size >= last.max(WAL_WARN_FLOOR).saturating_mul(2),
+        };
+        if due {
+            self.warned_at = Some(size);
+        }
+        due
+    }
+}
+
 /// A trawler database opened for crawling. See the module docs.
 pub struct SqliteStore {
     /// The single write connection.
     write: SqlitePool,
     /// Read-only connections for counts and queries.
     read: SqlitePool,
-    /// How long writes have waited for another process's lock.
-    waits: Arc<LockWaits>,
-    /// Cancelled to make writes waiting for a lock fail with
-    /// [`StoreError::Busy`] instead of waiting on.
-    give_up: CancellationToken,
+    /// How long writes have waited for a lock, and the token that ends the
+    /// waiting ([`StoreError::Busy`] then).
+    watch: Watch,
     /// Held open for the store's lifetime: dropping it releases the lock.
     /// `None` for a store opened with [`SqliteStore::open_shared`].
     _lock: Option<File>,
@@ -233,8 +271,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db_at("open read-only", path))?;
-        let waits = Arc::new(LockWaits::default());
-        Ok(Self { write: read.clone(), read, waits, give_up: CancellationToken::new(), _lock: None })
+        Ok(Self { write: read.clone(), read, watch: Watch::default(), _lock: None })
     }
 
     /// The `results` view's rows matching `filter`, in `url_id` order, as a
@@ -349,9 +386,12 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            // Waiting for the one connection is waiting for the lock, which
-            // `writing` reports and retries: no need to time it out early.
-            .acquire_timeout(BUSY_BACKOFF.1 * 10)
+            // Waiting longer for the one connection than SQLite's busy
+            // handler waits for a lock (BUSY_SLICE, after which the write
+            // gives the connection up and tries again) is waiting for a
+            // write of this process's own that has not returned (a slow or
+            // hung disk): `writing` reports it as that, and waits on.
+            .acquire_timeout(OWN_WRITE_NOTICED)
             // A transaction that failed may have been rolled back by SQLite
             // behind sqlx's back (SQLITE_FULL, SQLITE_IOERR), leaving sqlx's
             // transaction depth at one: every later `BEGIN` on that
@@ -376,14 +416,13 @@ impl SqliteStore {
                 .max_lifetime(None)
                 .connect_lazy_with(read_options),
             write,
-            waits: Arc::new(LockWaits::new(config.busy_warning)),
-            give_up: CancellationToken::new(),
+            watch: Watch::new(config.busy_warning, config.outage_grace(Duration::ZERO)),
             _lock: lock,
         };
         // Opening sets WAL mode and migrating writes: both may have to wait
         // for another process's lock, like any write.
         let (pool, at) = (&store.write, path.as_path());
-        store.writing(move || migrate(pool, at)).await?;
+        store.writing("migrate", move || migrate(pool, at)).await?;
         let opened = futures::future::try_join_all((0..READ_CONNECTIONS).map(|_| store.read.acquire()))
             .await
             .map_err(db_at("open read-only", &path))?;
@@ -391,39 +430,24 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// Runs the write `op` until it does not fail with [`StoreError::Busy`]:
-    /// another process holds the write lock, so wait (backing off, reporting
-    /// through [`LockWaits`]) and try again, for as long as it takes, unless
-    /// [`give_up_waiting`](Self::give_up_waiting) was called. `op` must be a
-    /// whole transaction (or one statement), so that trying it again is safe.
-    async fn writing<T, F>(&self, mut op: impl FnMut() -> F) -> Result<T, StoreError>
+    /// Runs the write `op` (what it does: `context`) until it does not fail
+    /// with [`StoreError::Busy`]: another process holds the write lock, or
+    /// this process's own write still holds the one write connection, so
+    /// wait (backing off, reporting through [`LockWaits`]) and try again,
+    /// for as long as it takes, unless
+    /// [`give_up_waiting`](Self::give_up_waiting) was called (see
+    /// `faults::ride`). `op` must be a whole transaction (or one
+    /// statement), so that trying it again is safe.
+    async fn writing<T, F>(&self, context: &'static str, mut op: impl FnMut() -> F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, StoreError>>,
     {
-        let mut pause = BUSY_BACKOFF.0;
-        let mut waited = false;
-        loop {
-            match op().await {
-                Err(StoreError::Busy { context, .. }) => {
-                    let so_far = self.waits.busy(context);
-                    waited = true;
-                    if self.give_up.is_cancelled() {
-                        return Err(StoreError::Busy { context, waited: so_far });
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = self.give_up.cancelled() => {}
-                    }
-                    pause = (pause * 2).min(BUSY_BACKOFF.1);
-                }
-                other => {
-                    if waited && other.is_ok() {
-                        self.waits.cleared();
-                    }
-                    return other;
-                }
-            }
-        }
+        super::faults::ride(&self.watch, context, None, |_| op()).await
+    }
+
+    /// How this store waits for locks, for [`super::Backend`].
+    pub(super) fn watch(&self) -> &Watch {
+        &self.watch
     }
 
     /// Copies the WAL into the database and truncates it to zero bytes
@@ -435,7 +459,7 @@ impl SqliteStore {
     /// Errors: the database cannot be written.
     pub async fn checkpoint(&self) -> Result<Checkpoint, StoreError> {
         let (busy, wal_pages, checkpointed): (i64, i64, i64) = self
-            .writing(move || async move {
+            .writing("checkpoint", move || async move {
                 sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
                     .fetch_one(&self.write)
                     .await
@@ -452,13 +476,13 @@ impl SqliteStore {
     /// waiting on: the crawl's teardown calls it once its grace period is
     /// over, so that a lock held forever cannot hold the process forever.
     pub fn give_up_waiting(&self) {
-        self.give_up.cancel();
+        self.watch.give_up.cancel();
     }
 
     /// How long writes have been waiting for another process's lock, shared
     /// with `/healthz`.
     pub fn lock_waits(&self) -> Arc<LockWaits> {
-        self.waits.clone()
+        self.watch.waits.clone()
     }
 
     /// When the oldest claim still in flight was taken (Unix ms), if any.
@@ -581,7 +605,7 @@ async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
             found,
             known: MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0),
         }),
-        Err(MigrateError::Execute(e)) if !matches!(classify(&e), Class::Other) => Err(db("migrate")(e)),
+        Err(MigrateError::Execute(e)) if sqlite_kind(&e) != Kind::Other => Err(db("migrate")(e)),
         Err(e) => Err(StoreError::Database {
             context: "migrate",
             source: format!("{}: {e}", path.display()).into(),
@@ -589,45 +613,26 @@ async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// What a failed operation means for the caller.
-enum Class {
-    /// Another connection holds the lock (SQLITE_BUSY, SQLITE_LOCKED), or
-    /// the one write connection is taken by a write that waits for it.
-    Busy,
-    /// SQLITE_FULL: the disk or the file system's quota is full.
-    Full,
-    Other,
-}
-
-/// Sorts an error by SQLite's primary result code (sqlite.org/rescode.html;
-/// sqlx reports the extended code, whose low byte is the primary one).
-fn classify(e: &sqlx::Error) -> Class {
-    const SQLITE_BUSY: i32 = 5;
-    const SQLITE_LOCKED: i32 = 6;
-    const SQLITE_FULL: i32 = 13;
-    match e {
-        sqlx::Error::PoolTimedOut => Class::Busy,
-        sqlx::Error::Database(e) => match e.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff) {
-            Some(SQLITE_BUSY | SQLITE_LOCKED) => Class::Busy,
-            Some(SQLITE_FULL) => Class::Full,
-            _ => Class::Other,
-        },
-        _ => Class::Other,
-    }
-}
-
+/// A store error for `e` in `context`, as `faults::sqlite_kind` sorts it
+/// (SQLite knows no outage: its file is local).
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |e| match classify(&e) {
-        Class::Busy => StoreError::Busy { context, waited: Duration::ZERO },
-        Class::Full => StoreError::DiskFull { context },
-        Class::Other => StoreError::Database { context, source: Box::new(e) },
+    move |e| match sqlite_kind(&e) {
+        // A pool's timeout: the one write connection was held that long (at
+        // least; the read pool waits longer).
+        Kind::Locked(blocker) => {
+            let waited =
+                if matches!(e, sqlx::Error::PoolTimedOut) { OWN_WRITE_NOTICED } else { Duration::ZERO };
+            StoreError::Busy { context, waited, blocker }
+        }
+        Kind::Full => StoreError::DiskFull { context },
+        Kind::Unreachable | Kind::Other => StoreError::Database { context, source: Box::new(e) },
     }
 }
 
 fn db_at(context: &'static str, path: &Path) -> impl FnOnce(sqlx::Error) -> StoreError {
     let path = path.display().to_string();
-    move |e| match classify(&e) {
-        Class::Other => StoreError::Database { context, source: format!("{path}: {e}").into() },
+    move |e| match sqlite_kind(&e) {
+        Kind::Other => StoreError::Database { context, source: format!("{path}: {e}").into() },
         _ => db(context)(e),
     }
 }
@@ -676,7 +681,7 @@ impl StatsQueries for SqliteStore {
 
 impl Store for SqliteStore {
     async fn enqueue(&self, urls: &[NewUrl]) -> Result<u64, StoreError> {
-        self.writing(move || async move {
+        self.writing("enqueue", move || async move {
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
             let new = insert_urls(&mut tx, urls).await?;
             tx.commit().await.map_err(db("commit enqueue"))?;
@@ -686,7 +691,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_input_errors(&self, errors: &[InputError]) -> Result<(), StoreError> {
-        self.writing(move || async move {
+        self.writing("record input errors", move || async move {
             let recorded_at = rfc3339(SystemTime::now());
             for chunk in statement_chunks(errors) {
                 let mut q = QueryBuilder::<Sqlite>::new(
@@ -728,7 +733,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Claim, StoreError> {
-        self.writing(move || async move {
+        self.writing("claim", move || async move {
             let lease: i64 = rand::random();
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
             let rows = match picks {
@@ -807,7 +812,7 @@ impl Store for SqliteStore {
         completions: &[Completion],
         limits: PageLimits,
     ) -> Result<Committed, StoreError> {
-        self.writing(move || async move {
+        self.writing("record results", move || async move {
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
             // Read before the updates below clear the leases.
             let live = live_completions(&mut tx, completions).await?;
@@ -832,7 +837,7 @@ impl Store for SqliteStore {
     }
 
     async fn requeue_abandoned(&self) -> Result<u64, StoreError> {
-        self.writing(move || async move {
+        self.writing("requeue in-flight URLs", move || async move {
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
             sqlx::query(
                 "UPDATE hosts SET work_at_ms = 0
@@ -917,7 +922,7 @@ impl Store for SqliteStore {
         let per_host: BTreeMap<&str, i64> =
             policy.per_host.iter().map(|(h, d)| (h.as_str(), duration_ms(*d))).collect();
         let per_host = &json_array(&per_host);
-        self.writing(move || async move {
+        self.writing("schedule recrawls", move || async move {
             // A URL's own interval (adaptive revisit) applies only where
             // its host is recrawled at all.
             let result = sqlx::query(
@@ -952,7 +957,7 @@ impl Store for SqliteStore {
 
     async fn save_body(&self, sha256: &str, bytes: u64, zstd: &[u8]) -> Result<(), StoreError> {
         let stored_at = &rfc3339(SystemTime::now());
-        self.writing(move || async move {
+        self.writing("store a body", move || async move {
             sqlx::query(
                 "INSERT INTO bodies (sha256, bytes, encoding, data, stored_at) VALUES (?1, ?2, 'zstd', ?3, ?4)
                  ON CONFLICT (sha256) DO NOTHING",
@@ -970,7 +975,7 @@ impl Store for SqliteStore {
     }
 
     async fn requeue_recrawls(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError> {
-        self.writing(move || async move {
+        self.writing("requeue recrawls", move || async move {
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
             let hosts: Vec<String> = sqlx::query_scalar(
                 "UPDATE urls SET state = 'queued', not_before_ms = 0, recrawl_at_ms = NULL,
@@ -1421,6 +1426,27 @@ async fn update_hosts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pinned_wal_is_warned_about_at_first_and_at_each_doubling() {
+        let mib = 1024 * 1024 / 4096;
+        let pinned = |mib_pages: i64| Checkpoint {
+            busy: true,
+            wal_pages: mib_pages,
+            checkpointed: 0,
+            page_size: 4096,
+        };
+        let mut wal = PinnedWal::default();
+        let warned: Vec<i64> = [14, 14, 20, 27, 28, 40, 56, 100, 112, 150]
+            .into_iter()
+            .filter(|&size| wal.observe(&pinned(size * mib)))
+            .collect();
+        assert_eq!(warned, [14, 28, 56, 112]);
+        assert!(!wal.observe(&Checkpoint { busy: false, wal_pages: 10, checkpointed: 10, page_size: 4096 }));
+        assert!(wal.observe(&pinned(mib)), "pinned again after a truncation: news again");
+        assert!(!wal.observe(&pinned(2 * mib)), "doublings of a small WAL count from the floor");
+        assert!(wal.observe(&pinned(16 * mib)));
+    }
 
     #[test]
     fn multi_row_statements_have_a_placeholder_group_per_row() {

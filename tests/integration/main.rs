@@ -13,6 +13,8 @@
 //! - `api`: the service's HTTP API
 //! - `archive`: `trawler export --format warc`, read back with the `warc` crate
 //! - `faults`: a locked database, a failing task, a full disk
+//! - `outage`: the database away for a while (sessions ended, connections
+//!   refused), past `store.outage_grace`, at start; a write of its own that hangs
 //! - `secrets`: no credentials or secret query values in logs or the database
 //! - `redirects`: every hop in its host's turn, under its host's robots.txt
 //! - `peers`: HTTP broken mid-way: cut and reset bodies, stale keep-alive
@@ -35,6 +37,7 @@ mod crawl;
 mod discovery;
 mod dns;
 mod faults;
+mod outage;
 mod peers;
 mod politeness;
 mod postgres;
