@@ -61,6 +61,10 @@ pub struct Politeness {
     /// Notified whenever a request finishes, for redirect hops waiting for
     /// a free slot on their host ([`Politeness::acquire`]).
     freed: tokio::sync::Notify,
+    /// Notified whenever a host's backoff is cut short, for requests and
+    /// parked jobs waiting for a turn the backoff had pushed back
+    /// ([`wait_turn`](Self::wait_turn), [`turn_moved`](Self::turn_moved)).
+    cut: tokio::sync::Notify,
 }
 
 /// The rules and the active hosts under one lock: every decision reads both,
@@ -142,6 +146,7 @@ impl Politeness {
             retry_after_max,
             inner: Mutex::new(Inner { rules, hosts: HashMap::new() }),
             freed: tokio::sync::Notify::new(),
+            cut: tokio::sync::Notify::new(),
         }
     }
 
@@ -282,13 +287,56 @@ impl Politeness {
     /// which is what `host_politeness` measures. Cancel safe (the
     /// reservation stays taken, which only spaces later requests more).
     pub async fn wait_turn(&self, host: &str) -> Instant {
-        let at = self.reserve(host, Instant::now());
-        tokio::time::sleep_until(at).await;
+        let mut at = self.reserve(host, Instant::now());
+        loop {
+            let cut = self.cut.notified();
+            tokio::pin!(cut);
+            cut.as_mut().enable();
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => break,
+                // A backoff that held this turn back may have been cut.
+                _ = cut => at = self.reserve_earlier(host, at, Instant::now()),
+            }
+        }
         loop {
             let now = Instant::now();
             match self.start(host, now) {
                 None => return now,
                 Some(later) => tokio::time::sleep_until(later).await,
+            }
+        }
+    }
+
+    /// A turn for `host` earlier than `reserved`, if its next turn has
+    /// moved back since (a cut backoff), taken in its place; else
+    /// `reserved`.
+    fn reserve_earlier(&self, host: &str, reserved: Instant, now: Instant) -> Instant {
+        let mut inner = self.lock();
+        let limits = inner.rules.limits(host);
+        let Some(state) = inner.hosts.get_mut(host) else { return reserved };
+        match state.next_start {
+            Some(next) if next < reserved => {
+                let at = next.max(now);
+                state.next_start = Some(at + effective_delay(state, limits));
+                at
+            }
+            _ => reserved,
+        }
+    }
+
+    /// Waits until `host`'s next turn moves earlier than `turn` (a backoff
+    /// cut short), and returns the new one: for a job parked until `turn`.
+    /// Cancel safe.
+    pub async fn turn_moved(&self, host: &str, turn: Instant) -> Instant {
+        loop {
+            let cut = self.cut.notified();
+            tokio::pin!(cut);
+            cut.as_mut().enable();
+            let next = self.lock().hosts.get(host).and_then(|s| s.next_start);
+            match next {
+                Some(next) if next < turn => return next,
+                None => return Instant::now(),
+                _ => cut.await,
             }
         }
     }
@@ -380,6 +428,8 @@ impl Politeness {
                 let delay = effective_delay(state, rules.limits(host));
                 let turn = state.last_start.map_or(until, |last| until.max(last + delay));
                 state.next_start = state.next_start.map(|t| t.min(turn));
+                // Requests and parked jobs waiting out the backoff go now.
+                self.cut.notify_waiters();
             }
         }
         Some(change)
@@ -736,6 +786,34 @@ mod tests {
         p.connected("b", slow).await;
         assert_eq!(Instant::now(), pooled + ms(300));
         assert_eq!(p.next_turn("b", Instant::now()), Some(Instant::now() + ms(300)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_held_back_by_a_backoff_comes_at_once_when_the_backoff_is_cut() {
+        let p = std::sync::Arc::new(politeness(2, 0));
+        let t0 = Instant::now();
+        p.dispatched("a");
+        p.dispatched("a");
+        let began = p.finished("a", HostSignal::Throttled { retry_after: None }, t0, t0, 1.0);
+        assert!(matches!(began, Some(BackoffChange::Began(_))), "{began:?}");
+        let until = p.next_turn("a", t0).expect("held back by the backoff");
+        // A request waiting for its turn, and a job parked until then.
+        let waiting = tokio::spawn({
+            let p = p.clone();
+            async move { p.wait_turn("a").await }
+        });
+        let parked = tokio::spawn({
+            let p = p.clone();
+            async move { p.turn_moved("a", until).await }
+        });
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished() && !parked.is_finished());
+        // A success sent after the backoff began cuts it.
+        let now = Instant::now();
+        let cut = p.finished("a", HostSignal::Healthy { port: 80 }, now, now, 1.0);
+        assert!(matches!(cut, Some(BackoffChange::Cut { .. })), "{cut:?}");
+        assert_eq!(waiting.await.unwrap(), now, "the waiting request went at once");
+        assert!(parked.await.unwrap() <= now, "the parked job was woken");
     }
 
     #[test]

@@ -69,15 +69,20 @@ impl WorkerContext {
     /// (the store); if the crawl stops first it is dropped here and its URL
     /// requeued with every other unfinished lease on the way out.
     fn park(&self, job: Job, turn: Instant) {
-        let (jobs, stop) = (self.parked.clone(), self.stop.clone());
+        let (jobs, stop, politeness) = (self.parked.clone(), self.stop.clone(), self.gate.politeness.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = tokio::time::sleep_until(turn) => {
-                    if let Some(jobs) = jobs.upgrade() {
-                        let _ = jobs.send(job).await;
-                    }
+            let mut turn = turn;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(turn) => break,
+                    // A backoff that held the host back was cut short.
+                    moved = politeness.turn_moved(&job.host, turn) => turn = moved,
                 }
+            }
+            if let Some(jobs) = jobs.upgrade() {
+                let _ = jobs.send(job).await;
             }
         });
     }
