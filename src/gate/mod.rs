@@ -452,3 +452,115 @@ pub fn host_signal(fetched: &Fetched, port: u16) -> HostSignal {
 pub fn port_of(url: &str) -> u16 {
     Url::parse(url).ok().and_then(|u| u.port_or_known_default()).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::fetch::Pool;
+    use crate::politeness::HostRules;
+    use crate::store::Revisit;
+
+    fn gate_for(config: &Config) -> Gate {
+        let pages = Fetcher::new(&config.fetch, false, false, Pool::for_politeness(1, [1], [])).unwrap();
+        Gate {
+            politeness: Arc::new(Politeness::new(HostRules::from_config(config), Duration::from_secs(30))),
+            rate: RateLimit::new(None),
+            robots: None,
+            robots_fetcher: Robots::fetcher(&pages),
+            scope: Discovery::new(config.discovery.clone()),
+            following: config.discovery.follow,
+            leasing: None,
+            credentials: Credentials::default(),
+        }
+    }
+
+    fn job(url: &str, depth: u32) -> Job {
+        let host = Url::parse(url).unwrap().host_str().unwrap().to_owned();
+        Job { url_id: 1, url: url.into(), host, attempt: 1, depth, lease: 1, revisit: Revisit::default() }
+    }
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn scope_binds_discovered_pages_hops_and_sitemaps_not_seeds_or_robots_txt() {
+        let mut config = Config::default();
+        config.discovery.follow = true;
+        let gate = gate_for(&config);
+        let away = url("http://elsewhere.test/x");
+        let (seed, found) = (job("http://site.test/a", 0), job("http://site.test/b", 1));
+        assert!(gate.out_of_scope(&Errand::Page(&seed), &away, true).is_none(), "a seed's hops go anywhere");
+        let refused = gate.out_of_scope(&Errand::Page(&found), &away, true).expect("a discovered page's hop");
+        assert_eq!(refused.kind, ErrorKind::OutOfScope);
+        assert!(gate.out_of_scope(&Errand::Page(&found), &url("http://site.test/c"), true).is_none());
+        let named_by = url("http://site.test/robots.txt");
+        let sitemap = Errand::Sitemap { anchor: Some(&named_by) };
+        assert!(gate.out_of_scope(&sitemap, &away, false).is_some(), "a sitemap named elsewhere");
+        assert!(gate.out_of_scope(&Errand::Sitemap { anchor: None }, &away, false).is_none(), "the user's");
+        assert!(gate.out_of_scope(&Errand::RobotsTxt, &away, true).is_none());
+        // Not following links: a page's redirects are not held to scope.
+        config.discovery.follow = false;
+        let not_following = gate_for(&config);
+        assert!(not_following.out_of_scope(&Errand::Page(&found), &away, true).is_none());
+    }
+
+    #[test]
+    fn only_requests_no_one_took_a_slot_for_take_one() {
+        let page = job("http://site.test/a", 0);
+        assert!(!Gate::takes_slot(&Errand::Page(&page), "site.test"), "the producer took it");
+        assert!(Gate::takes_slot(&Errand::Page(&page), "other.test"), "a hop to another host");
+        assert!(Gate::takes_slot(&Errand::Sitemap { anchor: None }, "site.test"));
+        assert!(!Gate::takes_slot(&Errand::RobotsTxt, "site.test"), "rides on the request it is for");
+    }
+
+    #[test]
+    fn what_an_answer_says_of_its_host() {
+        let answered = |status: u16| {
+            let mut fetched = Fetched::without_request(ErrorKind::Timeout, String::new(), None);
+            (fetched.error, fetched.record.error_kind) = (None, None);
+            (fetched.record.http_status, fetched.record.ttfb_ms) = (Some(status), Some(5));
+            fetched
+        };
+        assert_eq!(host_signal(&answered(404), 8080), HostSignal::Healthy { port: 8080 });
+        assert_eq!(host_signal(&answered(503), 80), HostSignal::Throttled { retry_after: None });
+        let refused = Fetched::without_request(ErrorKind::Connect, String::new(), None);
+        assert_eq!(host_signal(&refused, 8443), HostSignal::ConnectFailed { port: 8443 });
+        let timed_out = Fetched::without_request(ErrorKind::Timeout, String::new(), None);
+        assert_eq!(host_signal(&timed_out, 80), HostSignal::Unreachable);
+        let mut broken = answered(200);
+        broken.error = Some(ErrorKind::Read);
+        assert_eq!(host_signal(&broken, 80), HostSignal::Neutral, "it answered; the body broke");
+        assert_eq!(port_of("https://a.test/x"), 443);
+        assert_eq!(port_of("http://a.test:8080/x"), 8080);
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_is_never_sent() {
+        // Every address is denied: the walk ends without a connection, as
+        // the refusal of the request, for any errand.
+        let mut config = Config::default();
+        config.fetch.deny_ips = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+        config.fetch.resolve.insert("site.test".into(), vec!["127.0.0.1".parse().unwrap()]);
+        let gate = gate_for(&config);
+        let pages = Fetcher::new(&config.fetch, false, false, Pool::for_politeness(1, [1], [])).unwrap();
+        let token = CancellationToken::new();
+        let stops = Stops { waiting: &token, sending: &token };
+        for target in ["http://site.test/robots.txt", "http://127.0.0.1:9/robots.txt"] {
+            let walked = gate.walk(pages.begin(target, false), &Errand::RobotsTxt, stops).await.unwrap();
+            assert_eq!(walked.fetched.error, Some(ErrorKind::BlockedAddress), "{target}");
+            assert_eq!(walked.fetched.record.http_status, None);
+        }
+        // A sitemap named by another host's robots.txt, out of scope: not
+        // even resolved.
+        let named_by = url("http://other.test/robots.txt");
+        let sitemap = Errand::Sitemap { anchor: Some(&named_by) };
+        let walked =
+            gate.walk(pages.begin("http://site.test/sitemap.xml", false), &sitemap, stops).await.unwrap();
+        assert_eq!(walked.fetched.error, Some(ErrorKind::OutOfScope));
+        assert_eq!(walked.fetched.record.dns_ms, None);
+    }
+}
