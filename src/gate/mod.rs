@@ -101,6 +101,15 @@ pub struct Walked {
     pub handed_over: Option<Url>,
 }
 
+/// How the checks before a request's turn ended ([`Gate::check`]).
+enum Checked {
+    /// The request may wait for its turn.
+    Passed,
+    /// The attempt ended before the request: refused (the attempt says
+    /// why), or handed over at a redirect to `handed_over`.
+    Ended { handed_over: Option<Url> },
+}
+
 /// Why a walk ended before its attempt did.
 #[derive(Debug)]
 pub enum Interrupted {
@@ -180,50 +189,10 @@ impl Gate {
                 // Its answer was a redirect: the host serves on that port.
                 own = self.settle(errand, &previous, HostSignal::Healthy { port }, turn, own);
             }
-            if let Some(refusal) = self.out_of_scope(errand, &url, hop) {
-                attempt.refuse(refusal.kind, refusal.message);
-                break;
-            }
-            // A job's first request, refused before its turn, makes the
-            // host wait for no start.
-            let unstarted = |gate: &Self| {
-                if let (Errand::Page(job), false) = (errand, hop) {
-                    gate.politeness.skip_start(&job.host);
-                }
-            };
-            match self.lease(errand, &host, hop).await {
-                Ok(true) => {}
-                Ok(false) => match errand {
-                    Errand::Page(_) if hop => {
-                        handed_over = attempt.hand_over();
-                        break;
-                    }
-                    Errand::Page(_) => {
-                        unstarted(self);
-                        return Err(Interrupted::LeaseEnded);
-                    }
-                    Errand::Sitemap { .. } => return Err(Interrupted::HostHeld(host)),
-                    Errand::RobotsTxt => {
-                        // Not followed, as a chain of more than five
-                        // redirects is not (RFC 9309 §2.3.1.2).
-                        let message =
-                            format!("robots.txt redirects to {url}, whose host another daemon holds");
-                        attempt.refuse(ErrorKind::RedirectLimit, message);
-                        break;
-                    }
-                },
-                Err(e) => return Err(Interrupted::Store(e)),
-            }
-            if !matches!(errand, Errand::RobotsTxt) {
-                let refusal = tokio::select! {
-                    biased;
-                    _ = stops.waiting.cancelled() => return Err(Interrupted::Stopped),
-                    refusal = self.robots_refusal(&url, &host, stops) => refusal,
-                };
-                if let Some(Refusal { kind, message, retry_after, .. }) = refusal {
-                    unstarted(self);
-                    let message = if hop { format!("redirect to {url}: {message}") } else { message };
-                    attempt.refuse_until(kind, message, retry_after);
+            match self.check(&mut attempt, errand, &url, hop, stops).await? {
+                Checked::Passed => {}
+                Checked::Ended { handed_over: target } => {
+                    handed_over = target;
                     break;
                 }
             }
@@ -260,6 +229,68 @@ impl Gate {
             None => own.0 = host_signal(&fetched, first_port),
         }
         Ok(Walked { fetched, own, handed_over })
+    }
+
+    /// The checks before a request's turn: scope, lease, robots.txt. A
+    /// refusal ends `attempt` with the check's error, no request made; a
+    /// page's hop to a host another daemon holds ends it at the redirect,
+    /// whose target is handed over.
+    ///
+    /// Errors: see [`Interrupted`].
+    async fn check(
+        &self,
+        attempt: &mut Attempt<'_>,
+        errand: &Errand<'_>,
+        url: &Url,
+        hop: bool,
+        stops: Stops<'_>,
+    ) -> Result<Checked, Interrupted> {
+        let ended = Ok(Checked::Ended { handed_over: None });
+        let host = url.host_str().unwrap_or_default();
+        if let Some(refusal) = self.out_of_scope(errand, url, hop) {
+            attempt.refuse(refusal.kind, refusal.message);
+            return ended;
+        }
+        // A job's first request, refused before its turn, makes the host
+        // wait for no start.
+        let unstarted = || {
+            if let (Errand::Page(job), false) = (errand, hop) {
+                self.politeness.skip_start(&job.host);
+            }
+        };
+        match self.lease(errand, host, hop).await {
+            Ok(true) => {}
+            Ok(false) => match errand {
+                Errand::Page(_) if hop => return Ok(Checked::Ended { handed_over: attempt.hand_over() }),
+                Errand::Page(_) => {
+                    unstarted();
+                    return Err(Interrupted::LeaseEnded);
+                }
+                Errand::Sitemap { .. } => return Err(Interrupted::HostHeld(host.to_owned())),
+                Errand::RobotsTxt => {
+                    // Not followed, as a chain of more than five redirects
+                    // is not (RFC 9309 §2.3.1.2).
+                    let message = format!("robots.txt redirects to {url}, whose host another daemon holds");
+                    attempt.refuse(ErrorKind::RedirectLimit, message);
+                    return ended;
+                }
+            },
+            Err(e) => return Err(Interrupted::Store(e)),
+        }
+        if !matches!(errand, Errand::RobotsTxt) {
+            let refusal = tokio::select! {
+                biased;
+                _ = stops.waiting.cancelled() => return Err(Interrupted::Stopped),
+                refusal = self.robots_refusal(url, host, stops) => refusal,
+            };
+            if let Some(Refusal { kind, message, retry_after, .. }) = refusal {
+                unstarted();
+                let message = if hop { format!("redirect to {url}: {message}") } else { message };
+                attempt.refuse_until(kind, message, retry_after);
+                return ended;
+            }
+        }
+        Ok(Checked::Passed)
     }
 
     /// Why a request for `url` must not be made: it leaves the scope the
