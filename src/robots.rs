@@ -257,7 +257,7 @@ impl Robots {
             Rules::AllowAll => Verdict::Allowed { crawl_delay: None },
             Rules::DisallowAll(why) => Verdict::Unreachable {
                 robots_url: robots_url(),
-                retry_in: entry.expires.saturating_duration_since(Instant::now()),
+                retry_in: past(entry.expires),
                 why: why.clone(),
             },
             // The URL's path and query normalized as the rules' paths were
@@ -404,6 +404,15 @@ impl Robots {
         }
         Some(asked)
     }
+}
+
+/// How long from now until just past `expires`: whole milliseconds, rounded
+/// up, and one more, as a URL's retry time is kept in milliseconds of
+/// another clock; a retry due a moment before the entry expires would find
+/// it still in force and be refused again.
+fn past(expires: Instant) -> Duration {
+    let left = expires.saturating_duration_since(Instant::now());
+    Duration::from_millis(left.as_micros().div_ceil(1000) as u64 + 1)
 }
 
 /// The unexpired cached entry of `slot`, if any.
