@@ -196,73 +196,133 @@ enum Attempted {
 /// One job from robots.txt to completion, or parked when its host's turn
 /// is not near. Every request passes the crawl's gate ([`Gate::walk`]).
 async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<Job>) -> Attempted {
+    let page = match request(ctx, &job).await {
+        Ok(page) => page,
+        Err(NotRequested::Stopped) => return Attempted::Stopped,
+        Err(NotRequested::Park(turn)) => return Attempted::Parked(job, turn),
+        Err(NotRequested::LeaseEnded) => return lease_ended(ctx, job),
+    };
+    let next = next_step(ctx, &job, &page.fetched);
+    // What a retry gets is first of all its URL's (a 503 again for one path).
+    let signal = if job.attempt > 1 { page.signal.of_retry() } else { page.signal };
+    let host_backoff =
+        ctx.gate.politeness.finished(&job.host, signal, page.started, Instant::now(), rand::random());
+    // Above the refill mark the producer has nothing to do, and waking it
+    // on every fetch costs; a freed host slot only matters below it.
+    if wants_refill(jobs.len(), jobs.capacity().unwrap_or(0)) {
+        ctx.wake.notify_one();
+    }
+    if let Some(change) = host_backoff {
+        change.log(&job.host);
+    }
+    let host_backoff_until_ms = host_backoff.map(|change| now_ms() + change.left().as_millis() as i64);
+    Attempted::Completed(completion(ctx, job, page, next, host_backoff_until_ms))
+}
+
+/// What a job's requests brought.
+struct Page {
+    fetched: Fetched,
+    /// What the answers said of the job's host, and when its last request
+    /// started (for [`Politeness::finished`](crate::politeness::Politeness::finished)).
+    signal: HostSignal,
+    started: Instant,
+    /// The target of a redirect to a host another daemon holds.
+    handed_over: Option<Url>,
+}
+
+/// Why a job made no request now.
+enum NotRequested {
+    Stopped,
+    /// Its host's turn is this far off: park it.
+    Park(Instant),
+    /// Its host's lease ended (or could not be asked for) first.
+    LeaseEnded,
+}
+
+/// The job's requests, through the gate: its host's lease, robots.txt
+/// (fetched first if it is not cached, so that a new host's page waits its
+/// turn after robots.txt's, parked), then the walk. A refusal by robots.txt
+/// is a page with no request.
+async fn request(ctx: &WorkerContext, job: &Job) -> Result<Page, NotRequested> {
     let gate = &ctx.gate;
-    if !gate.may_start(&job) {
+    if !gate.may_start(job) {
         // Not even the host's robots.txt: the host may be another daemon's.
         gate.politeness.skip_start(&job.host);
-        return lease_ended(ctx, job);
+        return Err(NotRequested::LeaseEnded);
     }
     let stops = Stops { waiting: &ctx.stop, sending: &ctx.abort };
-    // robots.txt first (fetched through the gate if it is not cached), so
-    // that a new host's page waits its turn after robots.txt's, parked.
     let refusal = match Url::parse(&job.url) {
         Ok(url) => tokio::select! {
             biased;
-            _ = ctx.stop.cancelled() => return Attempted::Stopped,
+            _ = ctx.stop.cancelled() => return Err(NotRequested::Stopped),
             refusal = gate.robots_refusal(&url, &job.host, stops) => refusal,
         },
         Err(_) => None,
     };
-    if refusal.is_none()
-        && let Some(turn) = gate.politeness.next_turn(&job.host, Instant::now() + PARK_BEYOND)
-    {
-        return Attempted::Parked(job, turn);
+    if let Some(refusal) = refusal {
+        return Ok(refused(gate, job, refusal));
     }
-    let (fetched, signal, started, handed_over) = match refusal {
-        None => {
-            let mut attempt = ctx.fetcher.begin(&job.url, follows_from(ctx, &job));
-            attempt.conditional(&job.revisit.validators);
-            match gate.walk(attempt, &Errand::Page(&job), stops).await {
-                Ok(Walked { fetched, own: (signal, started), handed_over }) => {
-                    (fetched, signal, started, handed_over)
-                }
-                Err(Interrupted::Stopped) => return Attempted::Stopped,
-                Err(Interrupted::LeaseEnded | Interrupted::HostHeld(_)) => return lease_ended(ctx, job),
-                Err(Interrupted::Store(e)) => {
-                    tracing::warn!("cannot lease a redirect's host: {e}; the URL goes back to the frontier");
-                    return lease_ended(ctx, job);
-                }
-            }
+    if let Some(turn) = gate.politeness.next_turn(&job.host, Instant::now() + PARK_BEYOND) {
+        return Err(NotRequested::Park(turn));
+    }
+    let mut attempt = ctx.fetcher.begin(&job.url, follows_from(ctx, job));
+    attempt.conditional(&job.revisit.validators);
+    match gate.walk(attempt, &Errand::Page(job), stops).await {
+        Ok(Walked { fetched, own: (signal, started), handed_over }) => {
+            Ok(Page { fetched, signal, started, handed_over })
         }
-        Some(Refusal { kind, message, retry_after, took, name_not_found }) => {
-            // No request made: the host's state is as it was now. The
-            // attempt's time is that of the robots.txt request that failed
-            // it, if one did; waiting for turns is not an attempt's.
-            gate.politeness.skip_start(&job.host);
-            let mut fetched = Fetched::without_request(kind, message, retry_after);
-            fetched.name_not_found = name_not_found;
-            fetched.record.started_at = Some(std::time::SystemTime::now() - took);
-            fetched.record.elapsed_ms = took.as_millis() as u64;
-            fetched.record.elapsed_us = took.as_micros() as u64;
-            // robots.txt is the job's origin's: its port is the job URL's.
-            let signal = host_signal(&fetched, port_of(&job.url));
-            (fetched, signal, Instant::now(), None)
+        Err(Interrupted::Stopped) => Err(NotRequested::Stopped),
+        Err(Interrupted::LeaseEnded | Interrupted::HostHeld(_)) => Err(NotRequested::LeaseEnded),
+        Err(Interrupted::Store(e)) => {
+            tracing::warn!("cannot lease a redirect's host: {e}; the URL goes back to the frontier");
+            Err(NotRequested::LeaseEnded)
         }
-    };
-    let next = if fetched.out_of_descriptors {
-        // Not an attempt, and not the host's doing (its signal is neutral).
-        warn_out_of_descriptors(&fetched);
-        Next::Requeue(now_ms() + DEFERRED_FOR.as_millis() as i64)
-    } else {
-        let decision = decide_fetched(&ctx.retry, job.attempt, &fetched, rand::random());
-        match decision {
-            Decision::Done if fetched.not_modified => Next::NotModified,
-            Decision::Done if fetched.skipped => Next::Skipped,
-            Decision::Done => Next::Done,
-            Decision::Failed => Next::Failed,
-            Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
-        }
-    };
+    }
+}
+
+/// The page of a job robots.txt refused: no request made, so the host's
+/// state is as it was. The attempt's time is that of the robots.txt request
+/// that failed it, if one did; waiting for turns is not an attempt's.
+fn refused(gate: &Gate, job: &Job, refusal: Refusal) -> Page {
+    let Refusal { kind, message, retry_after, took, name_not_found } = refusal;
+    gate.politeness.skip_start(&job.host);
+    let mut fetched = Fetched::without_request(kind, message, retry_after);
+    fetched.name_not_found = name_not_found;
+    fetched.record.started_at = Some(std::time::SystemTime::now() - took);
+    fetched.record.elapsed_ms = took.as_millis() as u64;
+    fetched.record.elapsed_us = took.as_micros() as u64;
+    // robots.txt is the job's origin's: its port is the job URL's.
+    let signal = host_signal(&fetched, port_of(&job.url));
+    Page { fetched, signal, started: Instant::now(), handed_over: None }
+}
+
+/// What becomes of the URL after what `fetched` says: the retry decision,
+/// or a deferral when the request could not be made for lack of file
+/// descriptors (not an attempt, and not the host's doing).
+fn next_step(ctx: &WorkerContext, job: &Job, fetched: &Fetched) -> Next {
+    if fetched.out_of_descriptors {
+        warn_out_of_descriptors(fetched);
+        return Next::Requeue(now_ms() + DEFERRED_FOR.as_millis() as i64);
+    }
+    match decide_fetched(&ctx.retry, job.attempt, fetched, rand::random()) {
+        Decision::Done if fetched.not_modified => Next::NotModified,
+        Decision::Done if fetched.skipped => Next::Skipped,
+        Decision::Done => Next::Done,
+        Decision::Failed => Next::Failed,
+        Decision::Retry(delay) => Next::RetryAt(now_ms() + delay.as_millis() as i64),
+    }
+}
+
+/// The completion the writer records for `job`: its attempt's record, the
+/// links it found (and a handed-over redirect target), its recrawl time.
+fn completion(
+    ctx: &WorkerContext,
+    job: Job,
+    page: Page,
+    next: Next,
+    host_backoff_until_ms: Option<i64>,
+) -> Completion {
+    let Page { fetched, handed_over, .. } = page;
     let (mut links, dropped_links, canonical) = match (&ctx.discovery, next) {
         (Some(discovery), Next::Done) => discover(discovery, &job, &fetched),
         _ => (Vec::new(), Vec::new(), None),
@@ -272,18 +332,6 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         // URL of its own at this one's depth.
         let host = target.host_str().unwrap_or_default().to_owned();
         links.push(NewUrl { url: target.into(), host, depth: job.depth, found_on: Some(job.url_id) });
-    }
-    // What a retry gets is first of all its URL's (a 503 again for one path).
-    let signal = if job.attempt > 1 { signal.of_retry() } else { signal };
-    let host_backoff =
-        ctx.gate.politeness.finished(&job.host, signal, started, Instant::now(), rand::random());
-    // Above the refill mark the producer has nothing to do, and waking it
-    // on every fetch costs; a freed host slot only matters below it.
-    if wants_refill(jobs.len(), jobs.capacity().unwrap_or(0)) {
-        ctx.wake.notify_one();
-    }
-    if let Some(change) = host_backoff {
-        change.log(&job.host);
     }
     let mut record = fetched.record;
     record.canonical_url = canonical;
@@ -306,11 +354,11 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
             ctx.gate.politeness.recrawl(&job.host)
         }
     };
-    let completion = Completion {
+    Completion {
         url_id: job.url_id,
         lease: job.lease,
         host: job.host,
-        host_backoff_until_ms: host_backoff.map(|change| now_ms() + change.left().as_millis() as i64),
+        host_backoff_until_ms,
         attempt: job.attempt,
         record,
         next,
@@ -319,8 +367,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
         recrawl_after,
         revisit: job.revisit,
         adaptive,
-    };
-    Attempted::Completed(completion)
+    }
 }
 
 /// The completion of a job whose host's lease ended (or passed its

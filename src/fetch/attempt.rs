@@ -353,18 +353,38 @@ impl Fetcher {
         Ok(next)
     }
 
+    /// Reads the final response: what its headers say, then its body
+    /// unless `fetch.accept_content_types` leaves its type out.
     pub(super) async fn read_final(
         &self,
-        mut response: reqwest::Response,
+        response: reqwest::Response,
         extract: bool,
         progress: &mut Progress,
     ) -> Result<(), Failure> {
-        let headers = response.headers();
+        let said = self.read_headers(&response, progress);
+        if let Some(accept) = self.accept.as_deref().filter(|_| response.status().is_success()) {
+            let media_type = progress.record.content_type.as_deref().unwrap_or("application/octet-stream");
+            if !accept.accepts(media_type) {
+                progress.skipped = Some(format!(
+                    "Content-Type {media_type} is not in fetch.accept_content_types: body not read"
+                ));
+                return Ok(());
+            }
+        }
+        self.read_body(response, extract, said, progress).await
+    }
+
+    /// What the final response's headers say, into the record: type,
+    /// validators, `Retry-After`, the headers themselves when kept, and the
+    /// page-level robots directives of `X-Robots-Tag` (returned, for the
+    /// page's meta tags to join).
+    fn read_headers(&self, response: &reqwest::Response, progress: &mut Progress) -> Directives {
+        let (headers, success) = (response.headers(), response.status().is_success());
         let record = &mut progress.record;
         record.content_type = header_text(headers, CONTENT_TYPE.as_str());
         // Validators describe content: a 2xx's, or those a 304 updates
         // (RFC 9111 §4.3.4). An error page's are not revalidated later.
-        if response.status().is_success() || progress.not_modified {
+        if success || progress.not_modified {
             record.validators = Validators {
                 etag: header_text(headers, ETAG.as_str()),
                 last_modified: header_text(headers, LAST_MODIFIED.as_str()),
@@ -374,25 +394,30 @@ impl Fetcher {
         if self.save_headers {
             record.headers = Some(headers_json(headers));
         }
-        // Page-level robots directives (links.rs): the header's now, a
-        // parsed page's meta tags once it is read.
         let x_robots_tag = headers.get_all("x-robots-tag").iter().map(HeaderValue::as_bytes);
         let said = Directives::from_x_robots_tag(x_robots_tag, &self.robots_token);
-        if response.status().is_success() {
+        if success {
             record.noindex =
                 (said.noindex || !is_html(record.content_type.as_deref())).then_some(said.noindex);
         }
-        if let Some(accept) = self.accept.as_deref().filter(|_| response.status().is_success()) {
-            let media_type = record.content_type.as_deref().unwrap_or("application/octet-stream");
-            if !accept.accepts(media_type) {
-                progress.skipped = Some(format!(
-                    "Content-Type {media_type} is not in fetch.accept_content_types: body not read"
-                ));
-                return Ok(());
-            }
-        }
+        said
+    }
+
+    /// Reads the body within `fetch.max_body_bytes`, hashing it, keeping it
+    /// when bodies are saved (a prefix over the cap for callers that use
+    /// one), and passing a 2xx HTML page to link extraction as it streams,
+    /// whose meta tags join the header's directives `said`.
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        extract: bool,
+        said: Directives,
+        progress: &mut Progress,
+    ) -> Result<(), Failure> {
+        let record = &mut progress.record;
         let max = self.config.max_body_bytes.get();
-        let declared = header_text(headers, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            header_text(response.headers(), CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
         // A compressed body's Content-Length is the encoded size: only a
         // declared size already over the cap can be refused before reading.
         if declared.is_some_and(|n| n > max) && !self.keep_prefix {
@@ -432,13 +457,11 @@ impl Fetcher {
         record.body_bytes = Some(len);
         record.body_sha256 = Some(format!("{:x}", hasher.finalize()));
         record.body = kept;
-        progress.found = extractor.map(|extractor| {
+        if let Some(extractor) = extractor {
             let mut found = extractor.finish();
             found.directives = found.directives.union(said);
-            found
-        });
-        if let Some(found) = &progress.found {
-            progress.record.noindex = Some(found.directives.noindex);
+            record.noindex = Some(found.directives.noindex);
+            progress.found = Some(found);
         }
         Ok(())
     }
