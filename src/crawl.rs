@@ -264,7 +264,7 @@ async fn start(
         rate: RateLimit::new(config.crawl.rate),
         robots,
         robots_fetcher: Robots::fetcher(&fetcher),
-        scope: Discovery::new(config.discovery.clone()),
+        scope: config.discovery.scope,
         following: config.discovery.follow,
         leasing: Leasing::of(store),
         credentials: Credentials::from_config(&config.hosts)?,

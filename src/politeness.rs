@@ -43,6 +43,11 @@ struct HostState {
     last_start: Option<Instant>,
     /// Host-level backoff, and what decides the next one.
     backoff: HostBackoff,
+    /// Notified when the host's backoff is cut short, for requests and
+    /// parked jobs waiting for a turn it had pushed back
+    /// ([`Politeness::wait_turn`], [`Politeness::turn_moved`]); made for the
+    /// first of them.
+    cut: Option<std::sync::Arc<tokio::sync::Notify>>,
     /// The host's robots.txt `Crawl-delay`, when it raises the delay.
     crawl_delay: Option<Duration>,
 }
@@ -61,10 +66,6 @@ pub struct Politeness {
     /// Notified whenever a request finishes, for redirect hops waiting for
     /// a free slot on their host ([`Politeness::acquire`]).
     freed: tokio::sync::Notify,
-    /// Notified whenever a host's backoff is cut short, for requests and
-    /// parked jobs waiting for a turn the backoff had pushed back
-    /// ([`wait_turn`](Self::wait_turn), [`turn_moved`](Self::turn_moved)).
-    cut: tokio::sync::Notify,
 }
 
 /// The rules and the active hosts under one lock: every decision reads both,
@@ -146,7 +147,6 @@ impl Politeness {
             retry_after_max,
             inner: Mutex::new(Inner { rules, hosts: HashMap::new() }),
             freed: tokio::sync::Notify::new(),
-            cut: tokio::sync::Notify::new(),
         }
     }
 
@@ -288,8 +288,9 @@ impl Politeness {
     /// reservation stays taken, which only spaces later requests more).
     pub async fn wait_turn(&self, host: &str) -> Instant {
         let mut at = self.reserve(host, Instant::now());
+        let cuts = self.cuts(host);
         loop {
-            let cut = self.cut.notified();
+            let cut = cuts.notified();
             tokio::pin!(cut);
             cut.as_mut().enable();
             tokio::select! {
@@ -305,6 +306,13 @@ impl Politeness {
                 Some(later) => tokio::time::sleep_until(later).await,
             }
         }
+    }
+
+    /// What notifies a cut of `host`'s backoff.
+    fn cuts(&self, host: &str) -> std::sync::Arc<tokio::sync::Notify> {
+        let mut inner = self.lock();
+        let state = inner.hosts.entry(host.to_owned()).or_default();
+        state.cut.get_or_insert_with(Default::default).clone()
     }
 
     /// A turn for `host` earlier than `reserved`, if its next turn has
@@ -328,8 +336,9 @@ impl Politeness {
     /// cut short), and returns the new one: for a job parked until `turn`.
     /// Cancel safe.
     pub async fn turn_moved(&self, host: &str, turn: Instant) -> Instant {
+        let cuts = self.cuts(host);
         loop {
-            let cut = self.cut.notified();
+            let cut = cuts.notified();
             tokio::pin!(cut);
             cut.as_mut().enable();
             let next = self.lock().hosts.get(host).and_then(|s| s.next_start);
@@ -429,7 +438,9 @@ impl Politeness {
                 let turn = state.last_start.map_or(until, |last| until.max(last + delay));
                 state.next_start = state.next_start.map(|t| t.min(turn));
                 // Requests and parked jobs waiting out the backoff go now.
-                self.cut.notify_waiters();
+                if let Some(cut) = &state.cut {
+                    cut.notify_waiters();
+                }
             }
         }
         Some(change)

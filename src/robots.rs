@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::config::RobotsConfig;
-use crate::fetch::{ErrorKind, Fetched, Fetcher};
+use crate::fetch::{ErrorKind, Fetched, Fetcher, Refusal};
 use crate::links::normalize_path_pattern;
 use crate::politeness::Politeness;
 use crate::sitemaps::{Origin, SitemapQueue};
@@ -99,20 +99,6 @@ pub struct NoResponse {
     /// How long its request took (waiting for its turn not counted).
     pub took: Duration,
     /// The host name does not exist (NXDOMAIN).
-    pub name_not_found: bool,
-}
-
-/// Why robots.txt rules a request out now: the error that ends the attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    pub kind: ErrorKind,
-    pub message: String,
-    /// When to try again, for a robots.txt that answered 5xx.
-    pub retry_after: Option<Duration>,
-    /// Time the attempt spent on requests of its own: the robots.txt
-    /// request that got no response, which fails the attempt with it.
-    pub took: Duration,
-    /// That request found the host name does not exist (NXDOMAIN).
     pub name_not_found: bool,
 }
 

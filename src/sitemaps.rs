@@ -363,7 +363,8 @@ impl<S: Store> SitemapTask<S> {
                 tracing::debug!(url = %ForLog(url), %host, "sitemap's host is another daemon's: tried again later");
                 return Ok(Some(queued));
             }
-            Err(Interrupted::LeaseEnded) => return Ok(Some(queued)),
+            // A sitemap is not parked (only a job is): tried again later.
+            Err(Interrupted::LeaseEnded | Interrupted::Park(_)) => return Ok(Some(queued)),
             Err(Interrupted::Store(e)) => return Err(e),
         };
         let (Some(200..=299), None, Some(body)) =

@@ -23,12 +23,11 @@ use url::Url;
 use crate::config::RetryConfig;
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
 use crate::frontier::{now_ms, wants_refill};
-use crate::gate::{Errand, Gate, Interrupted, Stops, Walked, host_signal, port_of};
+use crate::gate::{Errand, Gate, Interrupted, Stops, Walked};
 use crate::links::Discovery;
 use crate::politeness::HostSignal;
 use crate::redact::ForLog;
 use crate::retry::{Decision, decide_fetched};
-use crate::robots::Refusal;
 use crate::store::{AttemptRecord, Backend, DropReason, NewUrl, Store, StoreError};
 use crate::store::{Completion, Job, Next};
 
@@ -55,10 +54,6 @@ pub struct WorkerContext {
     /// (weak: the channel still closes when the producer ends).
     pub parked: async_channel::WeakSender<Job>,
 }
-
-/// A job whose host's turn is further away than this is parked (see
-/// [`WorkerContext::park`]) rather than waited for by its worker.
-const PARK_BEYOND: Duration = Duration::from_millis(10);
 
 impl WorkerContext {
     /// Sends `job` back into the job channel at `turn`, without holding a
@@ -187,7 +182,7 @@ fn compress(body: &[u8]) -> std::io::Result<Vec<u8>> {
 )]
 enum Attempted {
     Completed(Completion),
-    /// Its host's turn is later than [`PARK_BEYOND`]: to be parked until then.
+    /// Its host's turn is later than [`PARK_BEYOND`](crate::gate::PARK_BEYOND): to be parked until then.
     Parked(Job, Instant),
     /// Stopped before the request started, or aborted during it.
     Stopped,
@@ -239,61 +234,26 @@ enum NotRequested {
     LeaseEnded,
 }
 
-/// The job's requests, through the gate: its host's lease, robots.txt
-/// (fetched first if it is not cached, so that a new host's page waits its
-/// turn after robots.txt's, parked), then the walk. A refusal by robots.txt
-/// is a page with no request.
+/// The job's requests, through the gate ([`Gate::walk`]): its host's
+/// lease, robots.txt (fetched first if it is not cached, so that a new
+/// host's page waits its turn after robots.txt's, parked), its turn. A
+/// refusal (robots.txt, say) is a page with no request.
 async fn request(ctx: &WorkerContext, job: &Job) -> Result<Page, NotRequested> {
-    let gate = &ctx.gate;
-    if !gate.may_start(job) {
-        // Not even the host's robots.txt: the host may be another daemon's.
-        gate.politeness.skip_start(&job.host);
-        return Err(NotRequested::LeaseEnded);
-    }
     let stops = Stops { waiting: &ctx.stop, sending: &ctx.abort };
-    let refusal = match Url::parse(&job.url) {
-        Ok(url) => tokio::select! {
-            biased;
-            _ = ctx.stop.cancelled() => return Err(NotRequested::Stopped),
-            refusal = gate.robots_refusal(&url, &job.host, stops) => refusal,
-        },
-        Err(_) => None,
-    };
-    if let Some(refusal) = refusal {
-        return Ok(refused(gate, job, refusal));
-    }
-    if let Some(turn) = gate.politeness.next_turn(&job.host, Instant::now() + PARK_BEYOND) {
-        return Err(NotRequested::Park(turn));
-    }
     let mut attempt = ctx.fetcher.begin(&job.url, follows_from(ctx, job));
     attempt.conditional(&job.revisit.validators);
-    match gate.walk(attempt, &Errand::Page(job), stops).await {
+    match ctx.gate.walk(attempt, &Errand::Page(job), stops).await {
         Ok(Walked { fetched, own: (signal, started), handed_over }) => {
             Ok(Page { fetched, signal, started, handed_over })
         }
         Err(Interrupted::Stopped) => Err(NotRequested::Stopped),
+        Err(Interrupted::Park(turn)) => Err(NotRequested::Park(turn)),
         Err(Interrupted::LeaseEnded | Interrupted::HostHeld(_)) => Err(NotRequested::LeaseEnded),
         Err(Interrupted::Store(e)) => {
             tracing::warn!("cannot lease a redirect's host: {e}; the URL goes back to the frontier");
             Err(NotRequested::LeaseEnded)
         }
     }
-}
-
-/// The page of a job robots.txt refused: no request made, so the host's
-/// state is as it was. The attempt's time is that of the robots.txt request
-/// that failed it, if one did; waiting for turns is not an attempt's.
-fn refused(gate: &Gate, job: &Job, refusal: Refusal) -> Page {
-    let Refusal { kind, message, retry_after, took, name_not_found } = refusal;
-    gate.politeness.skip_start(&job.host);
-    let mut fetched = Fetched::without_request(kind, message, retry_after);
-    fetched.name_not_found = name_not_found;
-    fetched.record.started_at = Some(std::time::SystemTime::now() - took);
-    fetched.record.elapsed_ms = took.as_millis() as u64;
-    fetched.record.elapsed_us = took.as_micros() as u64;
-    // robots.txt is the job's origin's: its port is the job URL's.
-    let signal = host_signal(&fetched, port_of(&job.url));
-    Page { fetched, signal, started: Instant::now(), handed_over: None }
 }
 
 /// What becomes of the URL after what `fetched` says: the retry decision,

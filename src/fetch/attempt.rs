@@ -17,7 +17,7 @@ use super::addresses::{BlockedAddress, Purpose};
 use super::content::{header_text, headers_json, parse_retry_after};
 use super::errors::{Failure, classify, closed_before_response, lookup_failure, out_of_descriptors};
 use super::sending::{Cleared, SENDING, Sending};
-use super::{ErrorKind, Fetched, Fetcher, check_http};
+use super::{ErrorKind, Fetched, Fetcher, Refusal, check_http};
 use crate::links::{Directives, Found, LinkExtractor, is_html};
 use crate::redact::ForLog;
 use crate::store::{AttemptRecord, Hop, Validators};
@@ -101,7 +101,7 @@ impl Attempt<'_> {
         if let Some(ip) = literal.filter(|ip| !fetcher.addresses.permits(*ip)) {
             let refused = BlockedAddress { host: url.host_str().unwrap_or_default().to_owned(), ip };
             self.next = Some(url);
-            self.refuse(ErrorKind::BlockedAddress, refused.to_string());
+            self.refuse(Refusal::new(ErrorKind::BlockedAddress, refused.to_string()));
             return;
         }
         let host = url.host_str().unwrap_or_default().to_owned();
@@ -112,9 +112,10 @@ impl Attempt<'_> {
             let hop = Hop { url: url.to_string(), host: host.clone(), started_at: now, http_status: None };
             self.progress.record.hops.push(hop);
         }
-        let purpose = if fetcher.proxies.is_proxied(&host) { Purpose::Proxied } else { Purpose::Connect };
+        let route = fetcher.proxies.route(&host);
+        let purpose = if route.is_some() { Purpose::Proxied } else { Purpose::Connect };
         let sending = Arc::new(Sending {
-            proxy: fetcher.proxies.proxy_name(&host),
+            proxy: route.flatten(),
             on_connected: cleared.on_connected,
             sent: Mutex::new(None),
         });
@@ -173,21 +174,22 @@ impl Attempt<'_> {
         Some(target)
     }
 
-    /// Ends the attempt without sending the next request: `kind` (e.g.
-    /// robots.txt disallows the redirect's target) says why.
-    pub fn refuse(&mut self, kind: ErrorKind, message: String) {
-        self.refuse_until(kind, message, None);
-    }
-
-    /// [`refuse`](Self::refuse), saying when the request may be tried again
-    /// (as a `Retry-After` would).
-    pub fn refuse_until(&mut self, kind: ErrorKind, message: String, retry_after: Option<Duration>) {
-        if let Some(url) = self.next.take() {
-            self.progress.retry_after = retry_after;
-            self.progress.record.final_url = Some(url.to_string());
-            self.progress.record.http_status = None;
-            self.outcome = Some(Err(Failure(kind, message)));
+    /// Ends the attempt without sending the next request, as `refusal`
+    /// says (e.g. robots.txt disallows the redirect's target): its error,
+    /// when to try again, and the time of the request that failed it (a
+    /// robots.txt that got no response), which is the attempt's own.
+    pub fn refuse(&mut self, refusal: Refusal) {
+        let Some(url) = self.next.take() else { return };
+        let Refusal { kind, message, retry_after, took, name_not_found } = refusal;
+        self.progress.retry_after = retry_after;
+        self.progress.name_not_found |= name_not_found;
+        self.progress.record.final_url = Some(url.to_string());
+        self.progress.record.http_status = None;
+        if self.started_at.is_none() && !took.is_zero() {
+            self.started_at = Some(SystemTime::now() - took);
         }
+        self.spent += took;
+        self.outcome = Some(Err(Failure(kind, message)));
     }
 
     /// What the attempt observed, ready to store.

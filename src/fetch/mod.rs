@@ -42,7 +42,7 @@ pub use addresses::AddressPolicy;
 pub use attempt::Attempt;
 pub use client::{ClientError, Pool};
 pub use content::{AcceptTypes, parse_retry_after, reason_phrase};
-pub use outcome::{ErrorKind, Fetched};
+pub use outcome::{ErrorKind, Fetched, Refusal};
 pub use sending::{Cleared, ConnectedHook};
 
 use addresses::Resolver;
@@ -165,6 +165,22 @@ fn check_http(url: &Url) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_request_keeps_the_time_and_the_cause_of_what_refused_it() {
+        let config = FetchConfig::default();
+        let fetcher = Fetcher::new(&config, false, false, Pool::for_politeness(1, [1], [])).unwrap();
+        let mut attempt = fetcher.begin("http://gone.test/a", false);
+        let took = Duration::from_millis(30);
+        let message = "robots.txt unreachable (dns: the name does not exist)".to_owned();
+        attempt.refuse(Refusal { took, name_not_found: true, ..Refusal::new(ErrorKind::Dns, message) });
+        assert!(attempt.next_url().is_none(), "nothing more is sent");
+        let fetched = attempt.finish();
+        assert_eq!((fetched.error, fetched.name_not_found), (Some(ErrorKind::Dns), true));
+        assert_eq!((fetched.record.elapsed_ms, fetched.record.http_status), (30, None));
+        let started = fetched.record.started_at.unwrap();
+        assert!(fetched.record.fetched_at.unwrap().duration_since(started).unwrap() >= took);
+    }
 
     #[test]
     fn only_absolute_http_urls_are_accepted() {

@@ -138,3 +138,26 @@ impl Fetched {
         }
     }
 }
+
+/// Why a request is not made: the error that ends its attempt
+/// ([`Attempt::refuse`](super::Attempt::refuse)), as the crawl's gate, or
+/// robots.txt, decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// When to try again (a robots.txt that answered 5xx).
+    pub retry_after: Option<Duration>,
+    /// Time the attempt spent on requests of its own: the robots.txt
+    /// request that got no response, which fails the attempt with it.
+    pub took: Duration,
+    /// That request found the host name does not exist (NXDOMAIN).
+    pub name_not_found: bool,
+}
+
+impl Refusal {
+    /// A refusal that cost no request.
+    pub fn new(kind: ErrorKind, message: String) -> Self {
+        Self { kind, message, retry_after: None, took: Duration::ZERO, name_not_found: false }
+    }
+}

@@ -81,7 +81,10 @@ impl Credentials {
         if let Some(own) = url.host_str().and_then(|host| self.by_host.get(host)) {
             headers.extend(own.clone());
         }
-        if let Some(own) = self.by_origin.get(&url.origin().ascii_serialization()) {
+        // Most crawls set no secrets: no origin to serialize per request.
+        if !self.by_origin.is_empty()
+            && let Some(own) = self.by_origin.get(&url.origin().ascii_serialization())
+        {
             headers.extend(own.clone());
         }
         headers

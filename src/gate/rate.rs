@@ -40,7 +40,7 @@ impl RateLimit {
 /// A `governor` limiter allowing `rate` request starts per second. The burst
 /// is 10 ms worth of requests (at least one), so a high rate is not throttled
 /// by timer granularity while a low one stays evenly spaced.
-pub fn rate_limiter(rate: f64) -> DefaultDirectRateLimiter {
+fn rate_limiter(rate: f64) -> DefaultDirectRateLimiter {
     let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
     let burst = ((rate / 100.0).ceil() as u32).max(1);
     let quota = Quota::with_period(period)
