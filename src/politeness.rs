@@ -542,6 +542,7 @@ fn slots_of(state: &HostState, limits: HostLimits, now: Instant) -> u32 {
 mod tests {
     use std::num::NonZeroU32;
 
+    use super::backoff::ANSWER_KEPT;
     use super::*;
 
     fn politeness(concurrency: u32, delay_ms: u64) -> Politeness {
@@ -837,6 +838,24 @@ mod tests {
         p.prune(t0);
         assert_eq!(p.tracked_hosts(), 1, "still within its delay");
         p.prune(t0 + Duration::from_millis(100));
+        assert_eq!(p.tracked_hosts(), 1, "the port it answered on is remembered");
+        p.prune(t0 + ANSWER_KEPT);
         assert_eq!(p.tracked_hosts(), 0);
+    }
+
+    /// The CI failure of `a_refused_port_is_that_ports_failure_not_the_hosts`:
+    /// pruned between a refused URL's retries, the host forgot the port it
+    /// answered on and the refusals backed it off.
+    #[test]
+    fn an_idle_host_remembers_the_port_it_answered_on() {
+        let p = politeness(1, 0);
+        let t0 = Instant::now();
+        p.finished("a", HostSignal::Healthy { port: 80 }, t0, t0, 0.0);
+        for n in 1..=4 {
+            let at = t0 + Duration::from_secs(n);
+            p.prune(at);
+            let refused = p.finished("a", HostSignal::ConnectFailed { port: 8081 }, at, at, 0.0);
+            assert_eq!(refused, None, "refusal {n}");
+        }
     }
 }

@@ -12,7 +12,7 @@
 //!   that get no answer (timeout, DNS), each sent after the previous failure
 //!   came back, with no answer between. A connection refused (or reset
 //!   before a response) is its port's failure, not the host's, while the
-//!   host last answered on another port.
+//!   host last answered on another port (within [`ANSWER_KEPT`]).
 //! - n counts backoff periods that brought only throttles and failures: any
 //!   success (an answer but 429 and 503) starts it over. Throttles and
 //!   failures of requests sent before the current backoff began were part
@@ -98,6 +98,11 @@ impl BackoffChange {
     }
 }
 
+/// How long after its latest success a host's state is kept, idle, for the
+/// port it answered on: twice the default `retry.backoff_max` (1 min), so
+/// a refused URL's retries still find it.
+pub(super) const ANSWER_KEPT: Duration = Duration::from_secs(120);
+
 /// The settings the rule reads.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct BackoffRules {
@@ -149,6 +154,9 @@ pub(super) struct HostBackoff {
     last_failure_at: Option<Instant>,
     /// The port of the host's latest success, cleared when that port fails.
     answered_on: Option<u16>,
+    /// When that success came back: the port is remembered
+    /// ([`HostBackoff::is_settled`]) for [`ANSWER_KEPT`] after.
+    answered_at: Option<Instant>,
     /// When the latest-sent request that the host served successfully was
     /// sent: a throttle of a request sent before is its URL's.
     served_sent_at: Option<Instant>,
@@ -166,9 +174,13 @@ impl HostBackoff {
     }
 
     /// Whether there is nothing to remember at `now`: no backoff in force,
-    /// no failure streak, no escalation to continue.
+    /// no failure streak, no escalation to continue, no port that answered
+    /// within [`ANSWER_KEPT`] (forgetting it would make the retries of URLs
+    /// on a refused port the host's failures).
     pub fn is_settled(&self, now: Instant) -> bool {
-        !self.blocks(now) && self.failures == 0 && self.level == 0
+        let answered_lately =
+            self.answered_at.is_some_and(|at| now.saturating_duration_since(at) < ANSWER_KEPT);
+        !self.blocks(now) && self.failures == 0 && self.level == 0 && !answered_lately
     }
 
     /// Takes in the answer to a request to the host sent at `started` that
@@ -185,7 +197,7 @@ impl HostBackoff {
         match signal {
             HostSignal::Neutral => None,
             HostSignal::Healthy { port } => {
-                self.answered_on = Some(port);
+                (self.answered_on, self.answered_at) = (Some(port), Some(now));
                 self.served_sent_at = Some(self.served_sent_at.map_or(started, |t| t.max(started)));
                 self.clear_failures();
                 self.level = 0;
@@ -207,7 +219,7 @@ impl HostBackoff {
             HostSignal::ConnectFailed { port } => match self.answered_on {
                 Some(other) if other != port => None,
                 _ => {
-                    self.answered_on = None;
+                    (self.answered_on, self.answered_at) = (None, None);
                     self.failed(started, now, jitter, rules)
                 }
             },
@@ -439,14 +451,16 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_left_to_remember_once_a_success_comes() {
+    fn nothing_is_left_to_remember_a_while_after_a_success() {
         let mut host = Host::new();
         assert!(host.state.is_settled(host.t0));
         host.answer(THROTTLED, 0, 10);
         assert!(!host.state.is_settled(host.t0 + ms(4010)), "its escalation is still to continue");
         host.answer(OK, 4010, 4020);
-        assert!(host.state.is_settled(host.t0 + ms(4020)));
+        assert!(!host.state.is_settled(host.t0 + ms(4020)), "the port it answered on");
+        let kept = ms(4020) + ANSWER_KEPT;
+        assert!(host.state.is_settled(host.t0 + kept));
         host.answer(HostSignal::Unreachable, 4020, 5020);
-        assert!(!host.state.is_settled(host.t0 + ms(5020)), "a failure streak");
+        assert!(!host.state.is_settled(host.t0 + kept), "a failure streak");
     }
 }
