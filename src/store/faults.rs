@@ -489,27 +489,7 @@ where
             }
             Fault::Outage => {
                 again = true;
-                let mut cause = error.cause();
-                if error.is_pool_timeout()
-                    && watch.outage.warning_due()
-                    && let Some(store) = explain
-                {
-                    cause = format!("{cause}; connecting now: {}", store.connection_trouble().await);
-                }
-                match watch.outage.failed(cause.clone()) {
-                    Verdict::Over { .. } if watch.outage.grace().is_zero() => return Err(error),
-                    Verdict::Over { waited } => return Err(outage_over(watch, context, waited, cause)),
-                    Verdict::Retry { waited, warn: true } => tracing::warn!(
-                        operation = context,
-                        "database unreachable for {} s ({cause}); trying again until store.outage_grace ({}) \
-                         is over, keeping what was fetched meanwhile",
-                        waited.as_secs(),
-                        humantime::format_duration(watch.outage.grace())
-                    ),
-                    Verdict::Retry { .. } => {
-                        tracing::debug!(operation = context, "database unreachable ({cause}); trying again")
-                    }
-                }
+                outage_met(watch, context, explain, error).await?;
             }
             Fault::Waiting(blocker) => {
                 // A pool's timeout says the wait has lasted that long already.
@@ -529,16 +509,61 @@ where
             _ = watch.give_up.cancelled() => {}
         }
         pause = (pause * 2).min(PAUSES.1);
-        if watch.give_up.is_cancelled() {
-            if let Some(down) = watch.outage.down_for() {
-                let cause = watch.outage.describe().map(|(_, cause)| cause).unwrap_or_default();
-                return Err(outage_over(watch, context, down, cause));
-            }
-            if let Some((blocker, waited)) = watch.waits.waiting() {
-                return Err(StoreError::Busy { context, waited, blocker });
-            }
+        if let Some(error) = given_up(watch, context) {
+            return Err(error);
         }
     }
+}
+
+/// Takes in that `error`, an outage, met `context`: warns (at most as
+/// often as [`Outage::warning_due`] says), asking `explain` for a better
+/// cause than a pool's timeout.
+///
+/// Errors: `error` itself without a grace; [`StoreError::Outage`] once the
+/// grace is over.
+async fn outage_met(
+    watch: &Watch,
+    context: &'static str,
+    explain: Option<&PgStore>,
+    error: StoreError,
+) -> Result<(), StoreError> {
+    let mut cause = error.cause();
+    if error.is_pool_timeout()
+        && watch.outage.warning_due()
+        && let Some(store) = explain
+    {
+        cause = format!("{cause}; connecting now: {}", store.connection_trouble().await);
+    }
+    match watch.outage.failed(cause.clone()) {
+        Verdict::Over { .. } if watch.outage.grace().is_zero() => return Err(error),
+        Verdict::Over { waited } => return Err(outage_over(watch, context, waited, cause)),
+        Verdict::Retry { waited, warn: true } => tracing::warn!(
+            operation = context,
+            "database unreachable for {} s ({cause}); trying again until store.outage_grace ({}) \
+             is over, keeping what was fetched meanwhile",
+            waited.as_secs(),
+            humantime::format_duration(watch.outage.grace())
+        ),
+        Verdict::Retry { .. } => {
+            tracing::debug!(operation = context, "database unreachable ({cause}); trying again")
+        }
+    }
+    Ok(())
+}
+
+/// The error to stop `context` with once the crawl's teardown gave up
+/// waiting ([`Watch::give_up`]), if it did: the outage or the lock it
+/// waited on.
+fn given_up(watch: &Watch, context: &'static str) -> Option<StoreError> {
+    if !watch.give_up.is_cancelled() {
+        return None;
+    }
+    if let Some(down) = watch.outage.down_for() {
+        let cause = watch.outage.describe().map(|(_, cause)| cause).unwrap_or_default();
+        return Some(outage_over(watch, context, down, cause));
+    }
+    let (blocker, waited) = watch.waits.waiting()?;
+    Some(StoreError::Busy { context, waited, blocker })
 }
 
 /// The error of an operation that stopped waiting for the database: its
