@@ -12,6 +12,7 @@
 //! waited out, is `faults.rs`.
 
 mod backend;
+mod batch;
 mod faults;
 mod leases;
 pub mod postgres;
@@ -25,6 +26,7 @@ use crate::fetch::ErrorKind;
 use std::time::{Duration, SystemTime};
 
 pub use backend::Backend;
+pub use batch::Outcome;
 pub use faults::{Blocker, Fault, LockWaits, Outage, Watch};
 pub use leases::HostLeases;
 pub use postgres::{HopLease, LeaseRound, PgStore, QueueHealth, SharedRobotsTxt};
@@ -332,17 +334,11 @@ impl Next {
         }
     }
 
-    /// The attempt's `outcome` column ("requeue" is never stored: a
-    /// requeue is not an attempt).
+    /// The attempt's `outcome` column when it takes effect ([`Outcome`]),
+    /// or "requeue" (never stored: a requeue is not an attempt), for logs
+    /// and metrics.
     pub fn outcome(self) -> &'static str {
-        match self {
-            Next::Done => "done",
-            Next::NotModified => "not_modified",
-            Next::Skipped => "skipped",
-            Next::Failed => "failed",
-            Next::RetryAt(_) => "retry",
-            Next::Requeue(_) => "requeue",
-        }
+        Outcome::of(self).map_or("requeue", Outcome::as_str)
     }
 
     /// When the URL is due again, if it stays queued (Unix ms).

@@ -24,13 +24,14 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::batch::{self, AttemptRow, BatchWrites, LinksWritten};
 use super::faults::{Blocker, Kind, postgres_kind};
 use super::leases::HostLeases;
-use super::rules::{self, duration_ms, to_i64, unix_ms};
+use super::rules::{self, UrlChange, duration_ms, to_i64, unix_ms};
 use super::{
-    ArchivedAttempt, Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits,
-    NewUrl, Outage, PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport,
-    Store, StoreError, UrlState, Validators, Watch,
+    ArchivedAttempt, Claim, Committed, Completion, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl,
+    Outage, PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store,
+    StoreError, UrlState, Validators, Watch,
 };
 use crate::fetch::ErrorKind;
 use crate::redact::ForLog;
@@ -50,9 +51,6 @@ const WORK_CHANNEL: &str = "trawler_work";
 /// How long the relay of work notifications waits before listening again
 /// after its connection failed (the producer's own poll covers the gap).
 const RELISTEN_AFTER: Duration = Duration::from_secs(5);
-
-/// `attempts.outcome` of a completion whose lease was lost.
-const STALE_LEASE: &str = "stale_lease";
 
 /// The `results` view as [`ResultRow`] reads it: integers widened to
 /// bigint, `fetched_at` and `changed_at` as RFC 3339 UTC text with milliseconds.
@@ -1137,38 +1135,11 @@ impl PgStore {
         let committed = self
             .writing("record results", || async {
                 let mut tx = self.pool.begin().await?;
-                // URLs first, fenced by their lease: which completions took
-                // effect decides their attempts' outcome.
-                let applied = update_urls(&mut tx, completions).await?;
-                insert_attempts(&mut tx, completions, &applied, &self.worker, again).await?;
-                let changes = rules::host_changes(completions);
-                if !changes.is_empty() {
-                    sqlx::query(
-                        "UPDATE hosts SET work_at_ms = least(hosts.work_at_ms, v.work_at_ms),
-                         backoff_until_ms = CASE v.backoff_until_ms WHEN 0 THEN hosts.backoff_until_ms
-                                            ELSE v.backoff_until_ms END
-                     FROM unnest($1::text[], $2::int8[], $3::int8[]) AS v(host, work_at_ms, backoff_until_ms)
-                     WHERE hosts.host = v.host",
-                    )
-                    .bind(changes.iter().map(|c| c.0).collect::<Vec<_>>())
-                    .bind(changes.iter().map(|c| c.1).collect::<Vec<_>>())
-                    .bind(changes.iter().map(|c| c.2).collect::<Vec<_>>())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                let pages: Vec<&Completion> = completions
-                    .iter()
-                    .filter(|c| c.has_links() && applied.contains(&(c.url_id, c.lease)))
-                    .collect();
-                let (new_urls, dropped_links, reopened) = record_links(&mut tx, &pages, limits).await?;
+                let mut engine = PgBatch { tx: &mut tx, worker: &self.worker, again };
+                let committed =
+                    batch::write_batch(&mut engine, completions, limits, SystemTime::now()).await?;
                 tx.commit().await?;
-                Ok(Committed {
-                    applied: applied.len() as u64,
-                    live: applied,
-                    reopened,
-                    new_urls,
-                    dropped_links,
-                })
+                Ok(committed)
             })
             .await;
         if committed.is_ok() {
@@ -1597,35 +1568,7 @@ async fn claim_in(
         .execute(&mut *tx)
         .await?;
     }
-    let counts: Vec<i32> =
-        leased.iter().map(|l| i32::try_from(wanted[l.host.as_str()]).unwrap_or(i32::MAX)).collect();
-    let rows: Vec<ClaimedRow> = sqlx::query_as(
-        "WITH p AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[]) AS p(host, token, n)),
-         c AS (SELECT u.id, p.token FROM p CROSS JOIN LATERAL (
-                  SELECT id FROM urls
-                  WHERE host = p.host AND state = 'queued' AND not_before_ms <= $4
-                  ORDER BY not_before_ms, id LIMIT p.n
-                  FOR UPDATE SKIP LOCKED) AS u)
-         UPDATE urls SET state = 'in_flight', lease = c.token, leased_at_ms = $4
-         FROM c WHERE urls.id = c.id
-         RETURNING urls.id, urls.url, urls.attempts - urls.attempts_before AS attempts, urls.depth, urls.host,
-                   urls.lease, urls.etag, urls.last_modified, urls.body_sha256, urls.recrawl_interval_ms",
-    )
-    .bind(leased.iter().map(|l| l.host.as_str()).collect::<Vec<_>>())
-    .bind(leased.iter().map(|l| l.token).collect::<Vec<_>>())
-    .bind(&counts)
-    .bind(now_ms)
-    .fetch_all(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE hosts SET work_at_ms = coalesce(
-             (SELECT min(not_before_ms) FROM urls WHERE urls.host = hosts.host AND urls.state = 'queued'),
-             9223372036854775807)
-         WHERE host = ANY($1::text[])",
-    )
-    .bind(leased.iter().map(|l| l.host.as_str()).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
+    let rows = claim_urls(&mut tx, &leased, wanted, now_ms).await?;
     tx.commit().await?;
     if !taken_over.is_empty() {
         // As the lease round says when it ends lapsed leases first.
@@ -1637,22 +1580,7 @@ async fn claim_in(
     }
     leases.granted(sent, leased.iter().map(|l| (l.host.as_str(), l.token)));
     let handed_over = leased.iter().filter_map(Leased::handed_over).collect();
-    let jobs = rows
-        .into_iter()
-        .map(|row| Job {
-            url_id: row.id,
-            url: row.url,
-            attempt: u32::try_from(row.attempts).unwrap_or(0) + 1,
-            depth: u32::try_from(row.depth).unwrap_or(0),
-            host: row.host,
-            lease: row.lease,
-            revisit: Revisit {
-                validators: Validators { etag: row.etag, last_modified: row.last_modified },
-                body_sha256: row.body_sha256,
-                recrawl_interval_ms: row.recrawl_interval_ms,
-            },
-        })
-        .collect();
+    let jobs = rows.into_iter().map(Job::from).collect();
     Ok(Claim { jobs, handed_over })
 }
 
@@ -1671,16 +1599,147 @@ struct ClaimedRow {
     recrawl_interval_ms: Option<i64>,
 }
 
-/// Applies each completion to its URL row if the row still carries the
-/// completion's lease. Returns the `(url_id, lease)` of the completions it
-/// applied: a batch may hold a stale and the live completion of one URL, so
-/// the URL alone does not say which took effect.
+impl From<ClaimedRow> for Job {
+    fn from(row: ClaimedRow) -> Self {
+        Job {
+            url_id: row.id,
+            url: row.url,
+            attempt: u32::try_from(row.attempts).unwrap_or(0) + 1,
+            depth: u32::try_from(row.depth).unwrap_or(0),
+            host: row.host,
+            lease: row.lease,
+            revisit: Revisit {
+                validators: Validators { etag: row.etag, last_modified: row.last_modified },
+                body_sha256: row.body_sha256,
+                recrawl_interval_ms: row.recrawl_interval_ms,
+            },
+        }
+    }
+}
+
+/// Puts up to `wanted` due URLs of each of the `leased` hosts in flight
+/// under its lease's token, and moves the hosts' `work_at_ms` to their next
+/// queued URL. Rows a concurrent statement holds are skipped.
+async fn claim_urls(
+    tx: &mut Transaction<'_, Postgres>,
+    leased: &[Leased],
+    wanted: &BTreeMap<&str, u32>,
+    now_ms: i64,
+) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+    let counts: Vec<i32> =
+        leased.iter().map(|l| i32::try_from(wanted[l.host.as_str()]).unwrap_or(i32::MAX)).collect();
+    let rows: Vec<ClaimedRow> = sqlx::query_as(
+        "WITH p AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[]) AS p(host, token, n)),
+         c AS (SELECT u.id, p.token FROM p CROSS JOIN LATERAL (
+                  SELECT id FROM urls
+                  WHERE host = p.host AND state = 'queued' AND not_before_ms <= $4
+                  ORDER BY not_before_ms, id LIMIT p.n
+                  FOR UPDATE SKIP LOCKED) AS u)
+         UPDATE urls SET state = 'in_flight', lease = c.token, leased_at_ms = $4
+         FROM c WHERE urls.id = c.id
+         RETURNING urls.id, urls.url, urls.attempts - urls.attempts_before AS attempts, urls.depth, urls.host,
+                   urls.lease, urls.etag, urls.last_modified, urls.body_sha256, urls.recrawl_interval_ms",
+    )
+    .bind(leased.iter().map(|l| l.host.as_str()).collect::<Vec<_>>())
+    .bind(leased.iter().map(|l| l.token).collect::<Vec<_>>())
+    .bind(&counts)
+    .bind(now_ms)
+    .fetch_all(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE hosts SET work_at_ms = coalesce(
+             (SELECT min(not_before_ms) FROM urls WHERE urls.host = hosts.host AND urls.state = 'queued'),
+             9223372036854775807)
+         WHERE host = ANY($1::text[])",
+    )
+    .bind(leased.iter().map(|l| l.host.as_str()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(rows)
+}
+
+/// [`BatchWrites`] on a PostgreSQL transaction of daemon `worker`;
+/// `again`: the batch may have been committed already (its commit's answer
+/// was lost), so attempts already recorded are not inserted twice.
+struct PgBatch<'t, 'c> {
+    tx: &'t mut Transaction<'c, Postgres>,
+    worker: &'t str,
+    again: bool,
+}
+
+impl BatchWrites for PgBatch<'_, '_> {
+    type Error = sqlx::Error;
+
+    async fn update_urls(
+        &mut self,
+        completions: &[Completion],
+        changes: &[UrlChange],
+    ) -> Result<BTreeSet<(i64, i64)>, sqlx::Error> {
+        update_urls(self.tx, completions, changes).await
+    }
+
+    async fn insert_attempts(&mut self, rows: &[AttemptRow<'_>]) -> Result<(), sqlx::Error> {
+        let mut rows: Vec<&AttemptRow> = rows.iter().collect();
+        if self.again {
+            let recorded = recorded_attempts(self.tx, &rows, self.worker).await?;
+            rows.retain(|r| {
+                !recorded.contains(&(r.url_id, i32::try_from(r.attempt).unwrap_or(i32::MAX), r.started_ms))
+            });
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // Redirect hops need their attempt's id, and a batch may hold two
+        // attempts of one URL (a stale one and the live one), so when any
+        // attempt has hops the ids are taken first and hops find theirs by
+        // position. Otherwise (most batches) the insert takes them itself:
+        // an empty array unnests to NULLs beside the others.
+        let ids: Vec<i64> = if rows.iter().any(|r| !r.record.hops.is_empty()) {
+            sqlx::query_scalar(
+                "SELECT nextval(pg_get_serial_sequence('attempts', 'id')) FROM generate_series(1, $1)",
+            )
+            .bind(rows.len() as i64)
+            .fetch_all(&mut **self.tx)
+            .await?
+        } else {
+            Vec::new()
+        };
+        insert_attempts(self.tx, &rows, &ids, self.worker).await?;
+        insert_hops(self.tx, &rows, &ids).await
+    }
+
+    async fn update_hosts(&mut self, changes: &[(&str, i64, i64)]) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE hosts SET work_at_ms = least(hosts.work_at_ms, v.work_at_ms),
+             backoff_until_ms = CASE v.backoff_until_ms WHEN 0 THEN hosts.backoff_until_ms
+                                ELSE v.backoff_until_ms END
+             FROM unnest($1::text[], $2::int8[], $3::int8[]) AS v(host, work_at_ms, backoff_until_ms)
+             WHERE hosts.host = v.host",
+        )
+        .bind(changes.iter().map(|c| c.0).collect::<Vec<_>>())
+        .bind(changes.iter().map(|c| c.1).collect::<Vec<_>>())
+        .bind(changes.iter().map(|c| c.2).collect::<Vec<_>>())
+        .execute(&mut **self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_links(
+        &mut self,
+        pages: &[&Completion],
+        limits: PageLimits,
+    ) -> Result<LinksWritten, sqlx::Error> {
+        record_links(self.tx, pages, limits).await
+    }
+}
+
+/// Applies `changes[i]` to `completions[i]`'s URL where the URL still
+/// carries its lease and is in flight; returns the (URL id, lease) applied.
 async fn update_urls(
     tx: &mut Transaction<'_, Postgres>,
     completions: &[Completion],
+    changes: &[UrlChange],
 ) -> Result<BTreeSet<(i64, i64)>, sqlx::Error> {
-    let now = unix_ms(SystemTime::now());
-    let changes: Vec<_> = completions.iter().map(|c| c.url_change(now)).collect();
     let applied: Vec<(i64, i64)> = sqlx::query_as(
         "UPDATE urls SET state = v.state, attempts = urls.attempts_before + v.attempt,
              not_before_ms = v.not_before_ms, lease = NULL, leased_at_ms = NULL,
@@ -1721,60 +1780,32 @@ async fn update_urls(
     Ok(applied.into_iter().collect())
 }
 
-/// Records the attempts of `completions` (a requeue made none): those whose
-/// URL the batch did not update (`applied`) carry `stale_lease` as their
-/// outcome, so a late report of a lost lease is kept and changes nothing.
+/// The attempts of `rows` that daemon `worker` has recorded already, as
+/// `(url_id, attempt, started_ms)`.
+async fn recorded_attempts(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[&AttemptRow<'_>],
+    worker: &str,
+) -> Result<BTreeSet<(i64, i32, i64)>, sqlx::Error> {
+    Ok(sqlx::query_as(
+        "SELECT url_id, attempt, started_ms FROM attempts WHERE worker = $1 AND url_id = ANY($2::int8[])",
+    )
+    .bind(worker)
+    .bind(rows.iter().map(|r| r.url_id).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect())
+}
+
+/// Inserts `rows`, with `ids` when given (else the sequence's).
 async fn insert_attempts(
     tx: &mut Transaction<'_, Postgres>,
-    completions: &[Completion],
-    applied: &BTreeSet<(i64, i64)>,
+    rows: &[&AttemptRow<'_>],
+    ids: &[i64],
     worker: &str,
-    again: bool,
 ) -> Result<(), sqlx::Error> {
-    let now = SystemTime::now();
-    let started_ms = |c: &Completion| unix_ms(c.record.started_at.unwrap_or(now));
-    let mut attempts: Vec<&Completion> = completions.iter().filter(|c| c.is_attempt()).collect();
-    if again && !attempts.is_empty() {
-        let recorded: BTreeSet<(i64, i32, i64)> = sqlx::query_as(
-            "SELECT url_id, attempt, started_ms FROM attempts WHERE worker = $1 AND url_id = ANY($2::int8[])",
-        )
-        .bind(worker)
-        .bind(attempts.iter().map(|c| c.url_id).collect::<Vec<_>>())
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .collect();
-        attempts.retain(|c| {
-            !recorded.contains(&(c.url_id, i32::try_from(c.attempt).unwrap_or(i32::MAX), started_ms(c)))
-        });
-    }
-    if attempts.is_empty() {
-        return Ok(());
-    }
-    let records = || attempts.iter().map(|c| &c.record);
-    let outcome =
-        |c: &Completion| if applied.contains(&(c.url_id, c.lease)) { c.next.outcome() } else { STALE_LEASE };
-    let chains: Vec<Option<String>> = records()
-        .map(|r| {
-            (!r.redirect_chain.is_empty())
-                .then(|| serde_json::to_string(&r.redirect_chain).unwrap_or_default())
-        })
-        .collect();
-    // Redirect hops need their attempt's id, and a batch may hold two
-    // attempts of one URL (a stale one and the live one), so when any
-    // attempt has hops the ids are taken first and hops find theirs by
-    // position. Otherwise (most batches) the insert takes them itself: an
-    // empty array unnests to NULLs beside the others.
-    let ids: Vec<i64> = if attempts.iter().any(|c| !c.record.hops.is_empty()) {
-        sqlx::query_scalar(
-            "SELECT nextval(pg_get_serial_sequence('attempts', 'id')) FROM generate_series(1, $1)",
-        )
-        .bind(attempts.len() as i64)
-        .fetch_all(&mut **tx)
-        .await?
-    } else {
-        Vec::new()
-    };
+    let records = || rows.iter().map(|r| r.record);
     sqlx::query(
         "INSERT INTO attempts (id, url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, ttfb_ms,
              outcome, http_status, error_kind, error_message, retry_at, final_url, redirects, redirect_chain,
@@ -1782,50 +1813,62 @@ async fn insert_attempts(
          SELECT coalesce(id, nextval(pg_get_serial_sequence('attempts', 'id'))), url_id, attempt, to_timestamp(started_ms / 1000.0), started_ms, to_timestamp(fetched_ms / 1000.0),
              elapsed_ms, dns_ms, ttfb_ms, outcome, http_status, error_kind, error_message,
              to_timestamp(retry_ms / 1000.0), final_url, redirects, redirect_chain::jsonb,
-             coalesce(v.content_type, c.content_type), coalesce(v.body_bytes, c.body_bytes),
-             coalesce(v.body_sha256, c.body_sha256), headers::jsonb, $20, noindex, canonical_url
+             CASE WHEN v.inherits THEN c.content_type ELSE v.content_type END,
+             CASE WHEN v.inherits THEN c.body_bytes ELSE v.body_bytes END,
+             v.body_sha256, headers::jsonb, $20, noindex, canonical_url
          FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
                      $8::text[], $9::int4[], $10::text[], $11::text[], $12::int8[], $13::text[], $14::int4[],
                      $15::text[], $16::text[], $17::int8[], $18::text[], $19::text[], $21::int8[],
-                     $22::bool[], $23::text[])
+                     $22::bool[], $23::text[], $24::bool[])
               AS v(url_id, attempt, started_ms, fetched_ms, elapsed_ms, dns_ms, ttfb_ms, outcome, http_status,
                    error_kind, error_message, retry_ms, final_url, redirects, redirect_chain, content_type,
-                   body_bytes, body_sha256, headers, id, noindex, canonical_url)
-         -- A 304 confirms the content of the URL's last 'done' attempt.
+                   body_bytes, body_sha256, headers, id, noindex, canonical_url, inherits)
+         -- A 304 that took effect confirms the content of the URL's last
+         -- 'done' attempt (batch::AttemptRow::inherits_content).
          LEFT JOIN LATERAL (
-             SELECT a.content_type, a.body_bytes, a.body_sha256 FROM attempts AS a
-             WHERE a.url_id = v.url_id AND a.outcome = 'done' AND v.outcome = 'not_modified'
+             SELECT a.content_type, a.body_bytes FROM attempts AS a
+             WHERE v.inherits AND a.url_id = v.url_id AND a.outcome = 'done'
              ORDER BY a.id DESC LIMIT 1) AS c ON true",
     )
-    .bind(attempts.iter().map(|c| c.url_id).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|c| i32::try_from(c.attempt).unwrap_or(i32::MAX)).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|c| started_ms(c)).collect::<Vec<_>>())
-    .bind(records().map(|r| unix_ms(r.fetched_at.unwrap_or(now))).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.url_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.started_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.fetched_ms).collect::<Vec<_>>())
     .bind(records().map(|r| to_i64(r.elapsed_ms)).collect::<Vec<_>>())
     .bind(records().map(|r| r.dns_ms.map(to_i64)).collect::<Vec<_>>())
     .bind(records().map(|r| r.ttfb_ms.map(to_i64)).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|c| outcome(c)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
     .bind(records().map(|r| r.http_status.map(i32::from)).collect::<Vec<_>>())
     .bind(records().map(|r| r.error_kind.map(ErrorKind::as_str)).collect::<Vec<_>>())
     .bind(records().map(|r| r.error_message.as_deref()).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|c| c.next.due_at()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.retry_ms).collect::<Vec<_>>())
     .bind(records().map(|r| r.final_url.as_deref()).collect::<Vec<_>>())
     .bind(records().map(|r| i32::try_from(r.redirect_chain.len()).unwrap_or(i32::MAX)).collect::<Vec<_>>())
-    .bind(&chains)
+    .bind(rows.iter().map(|r| r.redirect_chain.as_deref()).collect::<Vec<_>>())
     .bind(records().map(|r| r.content_type.as_deref()).collect::<Vec<_>>())
     .bind(records().map(|r| r.body_bytes.map(to_i64)).collect::<Vec<_>>())
-    .bind(records().map(|r| r.body_sha256.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.body_sha256).collect::<Vec<_>>())
     .bind(records().map(|r| r.headers.as_deref()).collect::<Vec<_>>())
     .bind(worker)
-    .bind(&ids)
+    .bind(ids)
     .bind(records().map(|r| r.noindex).collect::<Vec<_>>())
     .bind(records().map(|r| r.canonical_url.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.inherits_content).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Inserts the redirect hops of `rows`, whose attempts have `ids`.
+async fn insert_hops(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[&AttemptRow<'_>],
+    ids: &[i64],
+) -> Result<(), sqlx::Error> {
     let hops: Vec<(i64, i32, &Hop)> = ids
         .iter()
-        .zip(&attempts)
-        .flat_map(|(id, c)| c.record.hops.iter().enumerate().map(move |(i, hop)| (*id, i as i32 + 1, hop)))
+        .zip(rows)
+        .flat_map(|(id, r)| r.record.hops.iter().enumerate().map(move |(i, hop)| (*id, i as i32 + 1, hop)))
         .collect();
     if !hops.is_empty() {
         sqlx::query(
@@ -1852,7 +1895,7 @@ async fn record_links(
     tx: &mut Transaction<'_, Postgres>,
     pages: &[&Completion],
     limits: PageLimits,
-) -> Result<(u64, BTreeMap<DropReason, u64>, u64), sqlx::Error> {
+) -> Result<LinksWritten, sqlx::Error> {
     if pages.is_empty() {
         return Ok((0, BTreeMap::new(), 0));
     }

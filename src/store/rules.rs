@@ -124,11 +124,6 @@ impl Completion {
         }
     }
 
-    /// Whether the completion recorded an attempt (a requeue did not).
-    pub(crate) fn is_attempt(&self) -> bool {
-        !matches!(self.next, Next::Requeue(_))
-    }
-
     /// Whether the page brought links to record.
     pub(crate) fn has_links(&self) -> bool {
         !self.links.is_empty() || !self.dropped_links.is_empty()

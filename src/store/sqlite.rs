@@ -47,12 +47,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{Arguments, Connection, QueryBuilder, Row, Sqlite};
 
+use super::batch::{self, AttemptRow, BatchWrites, LinksWritten};
 use super::faults::{Kind, sqlite_kind};
-use super::rules::{self, duration_ms, rfc3339, rfc3339_from_ms, to_i64, unix_ms};
+use super::rules::{self, UrlChange, duration_ms, rfc3339, rfc3339_from_ms, to_i64, unix_ms};
 use super::{
-    ArchivedAttempt, Claim, Committed, Completion, DropReason, ExportFilter, Hop, InputError, Job, LockWaits,
-    NewUrl, PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store,
-    StoreError, UrlState, Validators, Watch,
+    ArchivedAttempt, Claim, Committed, Completion, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl,
+    PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store, StoreError,
+    UrlState, Validators, Watch,
 };
 use crate::config::{StoreConfig, Synchronous};
 use crate::fetch::ErrorKind;
@@ -578,7 +579,7 @@ async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
     if let Some(at) = at.filter(|at| *at < latest) {
         tracing::info!(
             "upgrading {} from schema version {at} to {latest}; on a large database this takes a while \
-             (version 6 copies the attempts table once)",
+             (versions 6 and 8 copy the attempts table once each)",
             path.display()
         );
     }
@@ -814,24 +815,10 @@ impl Store for SqliteStore {
     ) -> Result<Committed, StoreError> {
         self.writing("record results", move || async move {
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-            // Read before the updates below clear the leases.
-            let live = live_completions(&mut tx, completions).await?;
-            let pages: Vec<&Completion> =
-                completions.iter().filter(|c| c.has_links() && live.contains(&(c.url_id, c.lease))).collect();
-            let mut applied = 0;
-            // Attempts first: their insert checks the lease, which updating
-            // the URLs clears. A requeue made no attempt.
-            let attempts: Vec<&Completion> = completions.iter().filter(|c| c.is_attempt()).collect();
-            for chunk in statement_chunks(&attempts) {
-                insert_attempts(&mut tx, chunk).await?;
-            }
-            for chunk in statement_chunks(completions) {
-                applied += update_urls(&mut tx, chunk).await?;
-            }
-            update_hosts(&mut tx, completions).await?;
-            let (new_urls, dropped_links, reopened) = record_links(&mut tx, &pages, limits).await?;
+            let committed =
+                batch::write_batch(&mut SqliteBatch(&mut tx), completions, limits, SystemTime::now()).await?;
             tx.commit().await.map_err(db("commit results"))?;
-            Ok(Committed { applied, live, reopened, new_urls, dropped_links })
+            Ok(committed)
         })
         .await
     }
@@ -1005,83 +992,126 @@ impl Store for SqliteStore {
     }
 }
 
+/// [`BatchWrites`] on an SQLite write transaction.
+struct SqliteBatch<'t, 'c>(&'t mut sqlx::Transaction<'c, Sqlite>);
+
+impl BatchWrites for SqliteBatch<'_, '_> {
+    type Error = StoreError;
+
+    async fn update_urls(
+        &mut self,
+        completions: &[Completion],
+        changes: &[UrlChange],
+    ) -> Result<BTreeSet<(i64, i64)>, StoreError> {
+        // Read before the updates clear the leases: SQLite's RETURNING
+        // cannot name the lease a row had.
+        let live = live_completions(self.0, completions).await?;
+        let rows: Vec<(&Completion, &UrlChange)> = completions.iter().zip(changes).collect();
+        for chunk in statement_chunks(&rows) {
+            update_urls(self.0, chunk).await?;
+        }
+        Ok(live)
+    }
+
+    async fn insert_attempts(&mut self, rows: &[AttemptRow<'_>]) -> Result<(), StoreError> {
+        // Hops need their attempt's id, and a batch may hold two attempts
+        // of one URL (a stale one and the live one): ids are given here,
+        // after the largest, under the write lock the transaction holds.
+        let ids: Vec<Option<i64>> = if rows.iter().any(|r| !r.record.hops.is_empty()) {
+            let last: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM attempts")
+                .fetch_one(&mut **self.0)
+                .await
+                .map_err(db("record attempts"))?;
+            (1..=rows.len() as i64).map(|n| Some(last + n)).collect()
+        } else {
+            vec![None; rows.len()]
+        };
+        let rows: Vec<(Option<i64>, &AttemptRow)> = ids.iter().copied().zip(rows).collect();
+        for chunk in statement_chunks(&rows) {
+            insert_attempts(self.0, chunk).await?;
+        }
+        insert_hops(self.0, &rows).await
+    }
+
+    async fn update_hosts(&mut self, changes: &[(&str, i64, i64)]) -> Result<(), StoreError> {
+        update_hosts(self.0, changes).await
+    }
+
+    async fn record_links(
+        &mut self,
+        pages: &[&Completion],
+        limits: PageLimits,
+    ) -> Result<LinksWritten, StoreError> {
+        record_links(self.0, pages, limits).await
+    }
+}
+
+/// Inserts one statement's worth of `attempts` rows, each with its id if
+/// given (`None`: SQLite picks it).
 async fn insert_attempts(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
-    chunk: &[&Completion],
+    chunk: &[(Option<i64>, &AttemptRow<'_>)],
 ) -> Result<(), StoreError> {
-    // Only attempts whose URL still carries their lease are kept.
-    const HEAD: &str = "WITH v(url_id, lease, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, ttfb_ms,
+    const HEAD: &str = "WITH v(id, url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, ttfb_ms,
                 outcome, http_status, error_kind, error_message, retry_at, final_url, redirects, redirect_chain,
-                content_type, body_bytes, body_sha256, headers, body, noindex, canonical_url) AS (VALUES ";
-    const TAIL: &str = ") INSERT INTO attempts (url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms,
-                ttfb_ms, outcome, http_status, error_kind, error_message, retry_at, final_url, redirects,
-                redirect_chain, content_type, body_bytes, body_sha256, headers, body, noindex, canonical_url)
-          SELECT v.url_id, v.attempt, v.started_at, v.started_ms, v.fetched_at, v.elapsed_ms, v.dns_ms, v.ttfb_ms,
-                v.outcome, v.http_status, v.error_kind, v.error_message, v.retry_at, v.final_url, v.redirects,
-                v.redirect_chain,
-                CASE WHEN v.outcome = 'not_modified' THEN (SELECT content_type FROM attempts AS c
-                     WHERE c.url_id = v.url_id AND c.outcome = 'done' ORDER BY c.id DESC LIMIT 1)
-                     ELSE v.content_type END,
-                CASE WHEN v.outcome = 'not_modified' THEN (SELECT body_bytes FROM attempts AS c
-                     WHERE c.url_id = v.url_id AND c.outcome = 'done' ORDER BY c.id DESC LIMIT 1)
-                     ELSE v.body_bytes END,
-                CASE WHEN v.outcome = 'not_modified' THEN u.body_sha256 ELSE v.body_sha256 END,
-                v.headers, v.body, v.noindex, v.canonical_url
-          FROM v JOIN urls AS u ON u.id = v.url_id AND u.lease = v.lease";
-    static PLAIN: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 24, TAIL));
-    static WITH_IDS: LazyLock<MultiRow> =
-        LazyLock::new(|| MultiRow::new(HEAD, 24, &format!("{TAIL} RETURNING url_id, id")));
+                content_type, body_bytes, body_sha256, headers, noindex, canonical_url, inherits) AS (VALUES ";
+    // A 304 that took effect confirms the content of the URL's last 'done'
+    // attempt (batch::AttemptRow::inherits_content).
+    const TAIL: &str = ") INSERT INTO attempts (id, url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms,
+                dns_ms, ttfb_ms, outcome, http_status, error_kind, error_message, retry_at, final_url, redirects,
+                redirect_chain, content_type, body_bytes, body_sha256, headers, noindex, canonical_url)
+          SELECT v.id, v.url_id, v.attempt, v.started_at, v.started_ms, v.fetched_at, v.elapsed_ms, v.dns_ms,
+                v.ttfb_ms, v.outcome, v.http_status, v.error_kind, v.error_message, v.retry_at, v.final_url,
+                v.redirects, v.redirect_chain,
+                CASE WHEN v.inherits THEN c.content_type ELSE v.content_type END,
+                CASE WHEN v.inherits THEN c.body_bytes ELSE v.body_bytes END,
+                v.body_sha256, v.headers, v.noindex, v.canonical_url
+          FROM v LEFT JOIN attempts AS c ON v.inherits AND c.id = (SELECT max(a.id) FROM attempts AS a
+                WHERE a.url_id = v.url_id AND a.outcome = 'done')";
+    static STATEMENT: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 24, TAIL));
     let mut args = SqliteArguments::default();
-    let now = SystemTime::now();
-    for c in chunk {
-        let r = &c.record;
-        add(&mut args, c.url_id)?;
-        add(&mut args, c.lease)?;
-        add(&mut args, c.attempt)?;
-        add(&mut args, rfc3339(r.started_at.unwrap_or(now)))?;
-        add(&mut args, unix_ms(r.started_at.unwrap_or(now)))?;
-        add(&mut args, rfc3339(r.fetched_at.unwrap_or(now)))?;
+    for (id, row) in chunk {
+        let r = row.record;
+        add(&mut args, *id)?;
+        add(&mut args, row.url_id)?;
+        add(&mut args, row.attempt)?;
+        add(&mut args, rfc3339_from_ms(row.started_ms))?;
+        add(&mut args, row.started_ms)?;
+        add(&mut args, rfc3339_from_ms(row.fetched_ms))?;
         add(&mut args, to_i64(r.elapsed_ms))?;
         add(&mut args, r.dns_ms.map(to_i64))?;
         add(&mut args, r.ttfb_ms.map(to_i64))?;
-        add(&mut args, c.next.outcome())?;
+        add(&mut args, row.outcome.as_str())?;
         add(&mut args, r.http_status)?;
         add(&mut args, r.error_kind.map(ErrorKind::as_str))?;
         add(&mut args, r.error_message.as_deref())?;
-        add(&mut args, c.next.due_at().map(rfc3339_from_ms))?;
+        add(&mut args, row.retry_ms.map(rfc3339_from_ms))?;
         add(&mut args, r.final_url.as_deref())?;
         add(&mut args, r.redirect_chain.len() as i64)?;
-        add(
-            &mut args,
-            (!r.redirect_chain.is_empty())
-                .then(|| serde_json::to_string(&r.redirect_chain).unwrap_or_default()),
-        )?;
+        add(&mut args, row.redirect_chain.as_deref())?;
         add(&mut args, r.content_type.as_deref())?;
         add(&mut args, r.body_bytes.map(to_i64))?;
-        add(&mut args, r.body_sha256.as_deref())?;
+        add(&mut args, row.body_sha256)?;
         add(&mut args, r.headers.as_deref())?;
-        add(&mut args, r.body.as_deref())?;
         add(&mut args, r.noindex)?;
         add(&mut args, r.canonical_url.as_deref())?;
+        add(&mut args, row.inherits_content)?;
     }
-    if chunk.iter().all(|c| c.record.hops.is_empty()) {
-        sqlx::query_with(PLAIN.sql(chunk.len()), args)
-            .execute(&mut **tx)
-            .await
-            .map_err(db("record attempts"))?;
-        return Ok(());
-    }
-    // Redirect hops need their attempt's id. A URL has one live lease, so
-    // its url_id names the one attempt of the chunk that was inserted.
-    let ids: BTreeMap<i64, i64> = sqlx::query_as_with(WITH_IDS.sql(chunk.len()), args)
-        .fetch_all(&mut **tx)
+    sqlx::query_with(STATEMENT.sql(chunk.len()), args)
+        .execute(&mut **tx)
         .await
-        .map_err(db("record attempts"))?
-        .into_iter()
-        .collect();
-    let hops: Vec<(i64, usize, &Hop)> = chunk
+        .map_err(db("record attempts"))?;
+    Ok(())
+}
+
+/// Inserts the redirect hops of the attempts given ids.
+async fn insert_hops(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    rows: &[(Option<i64>, &AttemptRow<'_>)],
+) -> Result<(), StoreError> {
+    let hops: Vec<(i64, usize, &Hop)> = rows
         .iter()
-        .filter_map(|c| Some((*ids.get(&c.url_id)?, &c.record.hops)))
+        .filter_map(|(id, row)| Some(((*id)?, &row.record.hops)))
         .flat_map(|(id, hops)| hops.iter().enumerate().map(move |(i, hop)| (id, i + 1, hop)))
         .collect();
     for rows in statement_chunks(&hops) {
@@ -1102,10 +1132,9 @@ async fn insert_attempts(
 }
 
 /// The (URL id, lease) of the `completions` whose URL still carries their
-/// lease: the ones that will take effect (a stale page must not add to the
-/// link graph, nor count as finished). Read before the batch's updates clear
-/// the leases, and by (URL, lease): a batch may hold a stale and the live
-/// completion of one URL.
+/// lease and is in flight: the ones that will take effect. Read before the
+/// batch's updates clear the leases, and by (URL, lease): a batch may hold
+/// a stale and the live completion of one URL.
 async fn live_completions(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     completions: &[Completion],
@@ -1115,7 +1144,8 @@ async fn live_completions(
     }
     let ids: Vec<i64> = completions.iter().map(|c| c.url_id).collect();
     let leases: BTreeSet<(i64, i64)> = sqlx::query_as(
-        "SELECT id, lease FROM urls WHERE id IN (SELECT value FROM json_each(?1)) AND lease IS NOT NULL",
+        "SELECT id, lease FROM urls WHERE id IN (SELECT value FROM json_each(?1)) AND lease IS NOT NULL
+           AND state = 'in_flight'",
     )
     .bind(json_array(&ids))
     .fetch_all(&mut **tx)
@@ -1126,12 +1156,12 @@ async fn live_completions(
     Ok(completions.iter().map(|c| (c.url_id, c.lease)).filter(|l| leases.contains(l)).collect())
 }
 
-/// Applies each completion to its URL if the URL still carries the
-/// completion's lease. Returns how many it applied.
+/// Applies each change to its completion's URL if the URL still carries
+/// the completion's lease and is in flight.
 async fn update_urls(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
-    chunk: &[Completion],
-) -> Result<u64, StoreError> {
+    chunk: &[(&Completion, &UrlChange)],
+) -> Result<(), StoreError> {
     const HEAD: &str = "WITH v(url_id, lease, state, attempt, not_before_ms, finished_ms, recrawl_after_ms,
                 done, etag, last_modified, body_sha256, changed_ms, recrawl_interval_ms) AS (VALUES ";
     const TAIL: &str = ") UPDATE urls SET state = v.state, attempts = urls.attempts_before + v.attempt,
@@ -1143,12 +1173,10 @@ async fn update_urls(
                 body_sha256 = CASE WHEN v.done THEN v.body_sha256 ELSE urls.body_sha256 END,
                 changed_ms = coalesce(v.changed_ms, urls.changed_ms),
                 recrawl_interval_ms = CASE WHEN v.done THEN v.recrawl_interval_ms ELSE urls.recrawl_interval_ms END
-          FROM v WHERE urls.id = v.url_id AND urls.lease = v.lease";
+          FROM v WHERE urls.id = v.url_id AND urls.lease = v.lease AND urls.state = 'in_flight'";
     static STATEMENT: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 13, TAIL));
     let mut args = SqliteArguments::default();
-    let now = unix_ms(SystemTime::now());
-    for c in chunk {
-        let change = c.url_change(now);
+    for (c, change) in chunk {
         add(&mut args, c.url_id)?;
         add(&mut args, c.lease)?;
         add(&mut args, change.state.as_str())?;
@@ -1157,18 +1185,15 @@ async fn update_urls(
         add(&mut args, change.finished_ms)?;
         add(&mut args, change.recrawl_after_ms)?;
         add(&mut args, change.content.is_some())?;
-        let content = change.content.unwrap_or_default();
-        add(&mut args, content.validators.etag)?;
-        add(&mut args, content.validators.last_modified)?;
-        add(&mut args, content.body_sha256)?;
-        add(&mut args, content.changed_ms)?;
-        add(&mut args, content.recrawl_interval_ms)?;
+        let content = change.content.as_ref();
+        add(&mut args, content.and_then(|c| c.validators.etag.as_deref()))?;
+        add(&mut args, content.and_then(|c| c.validators.last_modified.as_deref()))?;
+        add(&mut args, content.and_then(|c| c.body_sha256.as_deref()))?;
+        add(&mut args, content.and_then(|c| c.changed_ms))?;
+        add(&mut args, content.and_then(|c| c.recrawl_interval_ms))?;
     }
-    Ok(sqlx::query_with(STATEMENT.sql(chunk.len()), args)
-        .execute(&mut **tx)
-        .await
-        .map_err(db("update URLs"))?
-        .rows_affected())
+    sqlx::query_with(STATEMENT.sql(chunk.len()), args).execute(&mut **tx).await.map_err(db("update URLs"))?;
+    Ok(())
 }
 
 /// Inserts URLs not known yet, and marks their hosts as having work, in the
@@ -1223,7 +1248,7 @@ async fn record_links(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     pages: &[&Completion],
     limits: PageLimits,
-) -> Result<(u64, BTreeMap<DropReason, u64>, u64), StoreError> {
+) -> Result<LinksWritten, StoreError> {
     // Depth is the shortest distance from a seed: a page's links are one
     // deeper than the page is now, which may be less than when it was
     // claimed, and a link to a stored URL may be a shorter path to it.
@@ -1401,13 +1426,12 @@ async fn apply_page_limits(
 }
 
 /// Moves hosts' `work_at_ms` earlier for retries and records host backoffs
-/// ([`rules::host_changes`]).
+/// ([`rules::host_changes`]: `(host, work_at_ms, backoff_until_ms)`).
 async fn update_hosts(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
-    completions: &[Completion],
+    rows: &[(&str, i64, i64)],
 ) -> Result<(), StoreError> {
-    let rows = rules::host_changes(completions);
-    for chunk in statement_chunks(&rows) {
+    for chunk in statement_chunks(rows) {
         let mut q = QueryBuilder::<Sqlite>::new("WITH v(host, work_at_ms, backoff_until_ms) AS (");
         q.push_values(chunk, |mut row, (host, work_at, backoff_until)| {
             row.push_bind(*host).push_bind(*work_at).push_bind(*backoff_until);

@@ -67,6 +67,13 @@ async fn a_completion_with_a_stale_lease_changes_nothing() {
     );
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.in_flight, counts.done, counts.queued), (0, 1, 1));
+    // Both requests are in `attempts`, the late one as PostgreSQL records
+    // it; `results` shows the one that took effect.
+    let path = &config.store.path;
+    let outcomes = crate::util::strings(path, "SELECT outcome FROM attempts ORDER BY id").await;
+    assert_eq!(outcomes, ["stale_lease", "done"]);
+    let result = "SELECT state || ' ' || coalesce(CAST(http_status AS TEXT), '-') FROM results WHERE url_id IS NOT NULL ORDER BY url_id";
+    assert_eq!(crate::util::strings(path, result).await, ["done 200", "queued -"]);
     store.close().await;
 }
 
@@ -274,7 +281,9 @@ async fn a_stale_completion_in_the_same_batch_as_the_live_one_adds_no_links() {
     assert_eq!(store.complete(&batch, PageLimits::default()).await.unwrap().applied, 1);
     let urls = crate::util::strings(&config.store.path, "SELECT url FROM urls ORDER BY id").await;
     assert_eq!(urls, ["http://127.0.0.1/page", "http://127.0.0.1/from-live"]);
-    assert_eq!(crate::util::scalar(&config.store.path, "SELECT count(*) FROM attempts").await, 1);
+    // Both requests were made: the late one is kept, and changed nothing.
+    let outcomes = crate::util::strings(&config.store.path, "SELECT outcome FROM attempts ORDER BY id").await;
+    assert_eq!(outcomes, ["stale_lease", "done"]);
     store.close().await;
 }
 
