@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use indicatif::HumanBytes;
 
 use crate::store::{DropReason, StateCounts};
 
@@ -131,17 +132,6 @@ fn ms(us: u64) -> String {
     format!("{:.1} ms", us as f64 / 1000.0)
 }
 
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
-}
-
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.counts;
@@ -170,7 +160,8 @@ impl fmt::Display for Summary {
             self.attempts,
             self.retries
         )?;
-        writeln!(f, "  speed      {:.1} pages/s, {} read", self.pages_per_second(), bytes(self.bytes))?;
+        // Binary prefixes, two decimals: "512 B", "1.50 KiB", "17.60 MiB".
+        writeln!(f, "  speed      {:.1} pages/s, {} read", self.pages_per_second(), HumanBytes(self.bytes))?;
         writeln!(
             f,
             "  latency    p50 {}, p95 {}, max {}",
@@ -223,9 +214,6 @@ mod tests {
 
     #[test]
     fn formats_sizes_and_rates() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
         let summary = Summary {
             elapsed: Duration::from_secs(2),
             counts: StateCounts { done: 9, failed: 1, queued: 2, ..Default::default() },
@@ -262,5 +250,12 @@ mod tests {
             text.starts_with("crawl stopped after 2.0 s: crawl.max_bytes (2048 bytes) reached\n"),
             "{text}"
         );
+        // Sizes as indicatif's `HumanBytes` writes them: bytes whole, then
+        // binary prefixes with two decimals.
+        assert!(text.contains("speed      5.0 pages/s, 2.00 KiB read"), "{text}");
+        for (bytes, read) in [(512, "512 B read"), (1536, "1.50 KiB read"), (3 << 20, "3.00 MiB read")] {
+            let text = Summary { bytes, ..summary.clone() }.to_string();
+            assert!(text.contains(read), "{text}");
+        }
     }
 }
