@@ -48,6 +48,7 @@ pub mod descriptors;
 pub mod fetch;
 pub mod frontier;
 pub mod gate;
+pub mod job;
 pub mod links;
 pub mod listen;
 pub mod politeness;

@@ -26,8 +26,9 @@ use lol_html::{element, send, text};
 use url::Url;
 
 use crate::config::{DiscoveryConfig, Scope};
+use crate::job::DropReason;
 use crate::redact::ForLog;
-use crate::store::{DropReason, NewUrl};
+use crate::store::NewUrl;
 
 pub use directives::Directives;
 

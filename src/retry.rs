@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use crate::config::RetryConfig;
-use crate::fetch::{ErrorKind, Fetched};
+use crate::fetch::Fetched;
+use crate::job::ErrorKind;
 
 /// What happens to a URL after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

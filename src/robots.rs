@@ -38,7 +38,8 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::config::RobotsConfig;
-use crate::fetch::{ErrorKind, Fetched, Fetcher, Refusal};
+use crate::fetch::{Fetched, Fetcher, Refusal};
+use crate::job::ErrorKind;
 use crate::links::normalize_path_pattern;
 use crate::politeness::Politeness;
 use crate::sitemaps::{Origin, SitemapQueue};

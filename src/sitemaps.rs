@@ -46,12 +46,13 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::fetch::{ErrorKind, Fetcher, parse_http_url};
+use crate::fetch::{Fetcher, parse_http_url};
 use crate::gate::{Errand, Gate, Interrupted, Stops};
+use crate::job::{DropReason, ErrorKind};
 use crate::links::Discovery;
 use crate::redact::ForLog;
 use crate::stats::CrawlStats;
-use crate::store::{DropReason, NewUrl, Store, StoreError};
+use crate::store::{NewUrl, Store, StoreError};
 
 pub use feed::parse_feed;
 

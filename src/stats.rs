@@ -13,7 +13,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use indicatif::HumanBytes;
 
-use crate::store::{DropReason, StateCounts};
+use crate::job::DropReason;
+use crate::store::StateCounts;
 
 /// Live counters. All are monotonic except `outstanding`.
 #[derive(Debug, Default)]

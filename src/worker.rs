@@ -21,15 +21,15 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::config::RetryConfig;
-use crate::fetch::{ErrorKind, Fetched, Fetcher};
+use crate::fetch::{Fetched, Fetcher};
 use crate::frontier::{now_ms, wants_refill};
 use crate::gate::{Errand, Gate, Interrupted, Stops, Walked};
+use crate::job::{AttemptRecord, Completion, DropReason, ErrorKind, Job, Next};
 use crate::links::Discovery;
 use crate::politeness::HostSignal;
 use crate::redact::ForLog;
 use crate::retry::{Decision, decide_fetched};
-use crate::store::{AttemptRecord, Backend, DropReason, NewUrl, Store, StoreError};
-use crate::store::{Completion, Job, Next};
+use crate::store::{Backend, NewUrl, Store, StoreError};
 
 /// What every worker shares.
 pub struct WorkerContext {

@@ -2,9 +2,9 @@
 //! errors and body errors as predicates; DNS and TLS failures are told apart
 //! by the errors in the source chain.
 
-use super::ErrorKind;
 use super::addresses::BlockedAddress;
 use super::attempt::Progress;
+use crate::job::ErrorKind;
 
 pub(super) struct Failure(pub(super) ErrorKind, pub(super) String);
 

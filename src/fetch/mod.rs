@@ -12,7 +12,7 @@
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | `outcome.rs` | what an attempt ends with: [`ErrorKind`], [`Fetched`] |
+//! | `outcome.rs` | what an attempt ends with: [`Fetched`], [`Refusal`] |
 //! | `addresses.rs` | the address policy (`fetch.deny_ips`) and name resolution |
 //! | `client.rs` | building the reqwest clients: pool, certificates, proxies |
 //! | `proxies.rs` | which proxy, if any, carries a request |
@@ -42,7 +42,9 @@ pub use addresses::AddressPolicy;
 pub use attempt::Attempt;
 pub use client::{ClientError, Pool};
 pub use content::{AcceptTypes, parse_retry_after, reason_phrase};
-pub use outcome::{ErrorKind, Fetched, Refusal};
+pub use outcome::{Fetched, Refusal};
+// What a fetch fails with is the crawl's vocabulary (`crate::job`).
+pub use crate::job::ErrorKind;
 pub use sending::{Cleared, ConnectedHook};
 
 use addresses::Resolver;

@@ -1,88 +1,10 @@
-//! What one attempt ends with: the error kinds stored in
-//! `attempts.error_kind`, and [`Fetched`], everything observed, ready to store.
+//! What one attempt ends with: [`Fetched`], everything observed, ready to
+//! store, or the [`Refusal`] that kept a request from being sent.
 
 use std::time::{Duration, SystemTime};
 
+use crate::job::{AttemptRecord, ErrorKind};
 use crate::links::Found;
-use crate::store::AttemptRecord;
-
-/// Why an attempt did not end with a final HTTP response: the fixed set
-/// stored in `attempts.error_kind`, by [`ErrorKind::as_str`] only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// `fetch.timeout` (the whole attempt) or `fetch.connect_timeout` ran out.
-    Timeout,
-    /// The TCP connection was refused, reset or closed before a response.
-    Connect,
-    /// The host name did not resolve.
-    Dns,
-    /// The TLS handshake failed (certificate, protocol).
-    Tls,
-    /// The connection failed while the body was being read: reset, or
-    /// closed before the declared `Content-Length` (compressed or not).
-    Read,
-    /// The server's response was not valid HTTP or its encoding was corrupt.
-    Protocol,
-    /// More than `fetch.max_redirects` redirects.
-    RedirectLimit,
-    /// A redirect led back to a URL already visited in this attempt.
-    RedirectLoop,
-    /// The body (decoded) exceeded `fetch.max_body_bytes`.
-    BodyTooLarge,
-    /// The URL, or a redirect's `Location`, is not an absolute http(s) URL.
-    InvalidUrl,
-    /// robots.txt disallows the URL; no request was made.
-    RobotsDisallowed,
-    /// The host's robots.txt answered 5xx or could not be fetched, which
-    /// means "disallow all for now" (RFC 9309 §2.3.1.4); no request was made.
-    RobotsUnreachable,
-    /// The address the host resolved to (or the IP literal) is refused by
-    /// `fetch.deny_ips`; no connection was made.
-    BlockedAddress,
-    /// A redirect led out of the crawl's scope (`discovery.scope`, when
-    /// following links); its target was not requested.
-    OutOfScope,
-    /// A response arrived, with a status worth retrying (408, 429, 5xx):
-    /// set by the worker when the retry policy says so, never by a fetch.
-    HttpStatus,
-}
-
-impl ErrorKind {
-    /// The name stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Connect => "connect",
-            ErrorKind::Dns => "dns",
-            ErrorKind::Tls => "tls",
-            ErrorKind::Read => "read",
-            ErrorKind::Protocol => "protocol",
-            ErrorKind::RedirectLimit => "redirect_limit",
-            ErrorKind::RedirectLoop => "redirect_loop",
-            ErrorKind::BodyTooLarge => "body_too_large",
-            ErrorKind::InvalidUrl => "invalid_url",
-            ErrorKind::RobotsDisallowed => "robots_disallowed",
-            ErrorKind::RobotsUnreachable => "robots_unreachable",
-            ErrorKind::BlockedAddress => "blocked_address",
-            ErrorKind::OutOfScope => "out_of_scope",
-            ErrorKind::HttpStatus => "http_status",
-        }
-    }
-
-    /// Whether another attempt may succeed: network conditions, not the
-    /// content. DNS failures count, as in Scrapy's default `RETRY_EXCEPTIONS`,
-    /// because resolvers fail transiently under load.
-    pub fn is_transient(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::Timeout
-                | ErrorKind::Connect
-                | ErrorKind::Dns
-                | ErrorKind::Read
-                | ErrorKind::RobotsUnreachable
-        )
-    }
-}
 
 /// The result of one attempt.
 #[derive(Debug)]

@@ -41,11 +41,12 @@ pub use rate::RateLimit;
 
 use crate::config::Scope;
 use crate::fetch::Refusal;
-use crate::fetch::{Attempt, Cleared, ConnectedHook, ErrorKind, Fetched, Fetcher};
+use crate::fetch::{Attempt, Cleared, ConnectedHook, Fetched, Fetcher};
+use crate::job::{ErrorKind, Job};
 use crate::links::in_scope;
 use crate::politeness::{HostSignal, Politeness};
 use crate::robots::Robots;
-use crate::store::{Backend, HopLease, HostLeases, Job, StoreError};
+use crate::store::{Backend, HopLease, HostLeases, StoreError};
 
 /// Everything a request is judged by, shared by the workers, the sitemap
 /// task and robots.txt.
@@ -499,8 +500,8 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::fetch::Pool;
+    use crate::job::Revisit;
     use crate::politeness::HostRules;
-    use crate::store::Revisit;
 
     fn gate_for(config: &Config) -> Gate {
         let pages = Fetcher::new(&config.fetch, false, false, Pool::for_politeness(1, [1], [])).unwrap();

@@ -21,10 +21,11 @@ use super::leases::HostLeases;
 use super::postgres::{HopLease, LeaseRound, PgStore, QueueHealth, SharedRobotsTxt};
 use super::sqlite::{Checkpoint, SqliteStore};
 use super::{
-    ArchivedAttempt, Claim, Committed, Completion, ExportFilter, InputError, LockWaits, NewUrl, PageLimits,
+    ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, NewUrl, PageLimits,
     RecrawlPolicy, ResultRow, StateCounts, StatsReport, Store, StoreError,
 };
 use crate::config::StoreConfig;
+use crate::job::Completion;
 
 /// A trawler database, on one of the engines trawler supports: SQLite, the
 /// embedded default, or PostgreSQL (`store.url`).

@@ -18,53 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use super::rules::{self, UrlChange, unix_ms};
-use super::{AttemptRecord, Committed, Completion, DropReason, Next, PageLimits};
-
-/// An attempt's `outcome` column: what the crawler decided after it, or
-/// that it came too late to decide anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// A final response; the URL is `done`.
-    Done,
-    /// A 304 to a conditional recrawl; the URL is `done` with its content.
-    NotModified,
-    /// A 2xx of a type `fetch.accept_content_types` leaves out; `done`.
-    Skipped,
-    /// A final error, or attempts ran out; the URL is `failed`.
-    Failed,
-    /// The URL is queued again (`attempts.retry_at`).
-    Retry,
-    /// Reported after the URL's lease ended (it was handed out again): the
-    /// attempt is kept and changes nothing else.
-    StaleLease,
-}
-
-impl Outcome {
-    /// The value stored in `attempts.outcome` (schema version 8).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Done => "done",
-            Outcome::NotModified => "not_modified",
-            Outcome::Skipped => "skipped",
-            Outcome::Failed => "failed",
-            Outcome::Retry => "retry",
-            Outcome::StaleLease => "stale_lease",
-        }
-    }
-
-    /// The outcome of an attempt whose completion says `next`, if it is
-    /// an attempt at all (a requeue is not).
-    pub(crate) fn of(next: Next) -> Option<Self> {
-        Some(match next {
-            Next::Done => Outcome::Done,
-            Next::NotModified => Outcome::NotModified,
-            Next::Skipped => Outcome::Skipped,
-            Next::Failed => Outcome::Failed,
-            Next::RetryAt(_) => Outcome::Retry,
-            Next::Requeue(_) => return None,
-        })
-    }
-}
+use super::{Committed, PageLimits};
+use crate::job::{AttemptRecord, Completion, DropReason, Outcome};
 
 /// One `attempts` row with its meaning resolved; the engine maps the types.
 pub(crate) struct AttemptRow<'a> {
@@ -192,7 +147,8 @@ pub(crate) fn attempt_rows<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewUrl, Revisit};
+    use crate::job::{Next, Revisit};
+    use crate::store::NewUrl;
 
     fn completion(url_id: i64, lease: i64, next: Next) -> Completion {
         Completion {

@@ -29,11 +29,11 @@ use super::faults::{Blocker, Kind, postgres_kind};
 use super::leases::HostLeases;
 use super::rules::{self, UrlChange, duration_ms, to_i64, unix_ms};
 use super::{
-    ArchivedAttempt, Claim, Committed, Completion, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl,
-    Outage, PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store,
-    StoreError, UrlState, Validators, Watch,
+    ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, NewUrl, Outage, PageLimits,
+    RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, Watch,
 };
-use crate::fetch::ErrorKind;
+
+use crate::job::{Completion, ErrorKind, Hop, Job, Revisit, UrlState, Validators};
 use crate::redact::ForLog;
 
 /// PostgreSQL's migrations. Their versions are the same public schema as

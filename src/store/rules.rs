@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Completion, DropReason, NewUrl, Next, UrlState, Validators};
+use super::NewUrl;
+use crate::job::{Completion, DropReason, Next, UrlState, Validators};
 
 /// "No queued URL" in `hosts.work_at_ms`.
 pub(crate) const NEVER: i64 = i64::MAX;
@@ -279,7 +280,8 @@ pub(crate) fn to_i64(n: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AdaptiveRecrawl, AttemptRecord, Revisit};
+    use crate::job::{AttemptRecord, Revisit};
+    use crate::store::AdaptiveRecrawl;
 
     fn visit(
         next: Next,

@@ -51,12 +51,11 @@ use super::batch::{self, AttemptRow, BatchWrites, LinksWritten};
 use super::faults::{Kind, sqlite_kind};
 use super::rules::{self, UrlChange, duration_ms, rfc3339, rfc3339_from_ms, to_i64, unix_ms};
 use super::{
-    ArchivedAttempt, Claim, Committed, Completion, ExportFilter, Hop, InputError, Job, LockWaits, NewUrl,
-    PageLimits, RecrawlPolicy, ResultRow, Revisit, StateCounts, StatsQueries, StatsReport, Store, StoreError,
-    UrlState, Validators, Watch,
+    ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, NewUrl, PageLimits,
+    RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, Watch,
 };
 use crate::config::{StoreConfig, Synchronous};
-use crate::fetch::ErrorKind;
+use crate::job::{Completion, ErrorKind, Hop, Job, Revisit, UrlState, Validators};
 
 static MIGRATOR: Migrator = sqlx::migrate!();
 
