@@ -8,8 +8,9 @@
 //!    one is kept with outcome [`Outcome::StaleLease`] and changes nothing
 //!    else, so `attempts` shows every request made;
 //! 3. the hosts' next work time and backoff ([`rules::host_changes`]);
-//! 4. the links of the live pages, with their page limits and depth
-//!    lowering.
+//! 4. the links of the live pages ([`write_links`]): enqueued under the
+//!    page limits, depths lowered where a link is a shorter path, the link
+//!    graph and the dropped-link counts.
 //!
 //! An engine implements [`BatchWrites`]: the SQL of each step and the
 //! mapping of its types, nothing of what the values mean.
@@ -17,9 +18,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use super::rules::{self, UrlChange, unix_ms};
-use super::{Committed, PageLimits};
-use crate::job::{AttemptRecord, Completion, DropReason, Outcome};
+use super::rules::{self, DroppedRow, UrlChange, unix_ms};
+use super::{Committed, NewUrl, PageLimits};
+use crate::job::{AttemptRecord, Completion, DropReason, Outcome, UrlState};
 
 /// One `attempts` row with its meaning resolved; the engine maps the types.
 pub(crate) struct AttemptRow<'a> {
@@ -73,8 +74,8 @@ impl<'a> AttemptRow<'a> {
     }
 }
 
-/// The links of the live pages: what [`BatchWrites::record_links`] returns
-/// (new URLs, dropped links by reason, finished URLs queued again).
+/// What the live pages' links made: new URLs, dropped links by reason,
+/// finished URLs queued again.
 pub(crate) type LinksWritten = (u64, BTreeMap<DropReason, u64>, u64);
 
 /// An engine's statements for one batch, called by [`write_batch`] in its
@@ -99,13 +100,53 @@ pub(crate) trait BatchWrites {
     /// Applies [`rules::host_changes`]: `(host, work_at_ms, backoff_until_ms)`.
     async fn update_hosts(&mut self, changes: &[(&str, i64, i64)]) -> Result<(), Self::Error>;
 
-    /// Records the links of the live `pages` under `limits`.
-    async fn record_links(
+    /// The current depth of each URL of `ids`, by id.
+    async fn page_depths(&mut self, ids: &[i64]) -> Result<BTreeMap<i64, u32>, Self::Error>;
+
+    /// Which of `urls` are stored already.
+    async fn stored_urls(&mut self, urls: &[&str]) -> Result<BTreeSet<String>, Self::Error>;
+
+    /// How many URLs are stored in all (when `total`, else 0) and for
+    /// each of `hosts` (`hosts.urls`; a host not stored is left out).
+    async fn url_counts(
         &mut self,
-        pages: &[&Completion],
-        limits: PageLimits,
-    ) -> Result<LinksWritten, Self::Error>;
+        total: bool,
+        hosts: &[&str],
+    ) -> Result<(i64, BTreeMap<String, i64>), Self::Error>;
+
+    /// Inserts the URLs not stored yet and marks their hosts as having
+    /// work. Returns how many were new.
+    async fn insert_urls(&mut self, urls: &[NewUrl]) -> Result<u64, Self::Error>;
+
+    /// The stored URLs that `candidates` (`(url, depth, page id)`, from
+    /// [`rules::shortest_paths`]) reach in fewer steps than their depth,
+    /// and their descendants through `links`, each once at its lowest
+    /// depth: [`Shorter`] rows.
+    async fn shorter_paths(
+        &mut self,
+        candidates: &[(&str, u32, Option<i64>)],
+    ) -> Result<Vec<Shorter>, Self::Error>;
+
+    /// Applies [`Lowered`] rows: the new depth and `found_on`; a URL to
+    /// fetch again goes back to the queue at once without its lease or
+    /// validators (a page fetched again for its links must not get a 304),
+    /// and its host is woken.
+    async fn lower_depths(&mut self, rows: &[Lowered]) -> Result<(), Self::Error>;
+
+    /// Inserts the link graph's edges `(page id, URL)` whose URL is stored,
+    /// once each.
+    async fn insert_links(&mut self, edges: &[(i64, &str)]) -> Result<(), Self::Error>;
+
+    /// Adds the dropped-link counts, one row per (page, reason).
+    async fn add_dropped_links(&mut self, rows: &[DroppedRow]) -> Result<(), Self::Error>;
 }
+
+/// A stored URL a shorter path reaches: `(id, new depth, the page giving
+/// it, depth before, state)`.
+pub(crate) type Shorter = (i64, u32, Option<i64>, u32, UrlState);
+
+/// What lowering does to a URL: `(id, depth, found_on, fetch again)`.
+pub(crate) type Lowered = (i64, u32, Option<i64>, bool);
 
 /// Writes `completions` through `engine` in the one order above, at `now`.
 ///
@@ -130,8 +171,107 @@ pub(crate) async fn write_batch<W: BatchWrites>(
     }
     let pages: Vec<&Completion> =
         completions.iter().filter(|c| c.has_links() && live.contains(&(c.url_id, c.lease))).collect();
-    let (new_urls, dropped_links, reopened) = engine.record_links(&pages, limits).await?;
+    let (new_urls, dropped_links, reopened) = write_links(engine, &pages, limits).await?;
     Ok(Committed { applied: live.len() as u64, live, reopened, new_urls, dropped_links })
+}
+
+/// Records what the live `pages` found: their links enqueued at their
+/// shortest depth under the page limits, depths lowered where a link is a
+/// shorter path, the link graph, and the dropped-link counts. Returns the
+/// new URLs, the links dropped by reason, and the `done` URLs queued again.
+async fn write_links<W: BatchWrites>(
+    engine: &mut W,
+    pages: &[&Completion],
+    limits: PageLimits,
+) -> Result<LinksWritten, W::Error> {
+    if pages.is_empty() {
+        return Ok((0, BTreeMap::new(), 0));
+    }
+    // Depth is the shortest distance from a seed: a page's links are one
+    // deeper than the page is now, which may be less than when it was
+    // claimed, and a link to a stored URL may be a shorter path to it.
+    let ids: Vec<i64> = pages.iter().map(|c| c.url_id).collect();
+    let page_depths = engine.page_depths(&ids).await?;
+    let discovered = rules::discovered(pages, &page_depths);
+    let discovered: Vec<&NewUrl> = discovered.iter().collect();
+    let (admitted, capped) = admit(engine, &discovered, limits).await?;
+    let new = if admitted.is_empty() { 0 } else { engine.insert_urls(&admitted).await? };
+    let reopened = lower_depths(engine, &admitted, limits.max_depth).await?;
+    let edges: Vec<(i64, &str)> =
+        pages.iter().flat_map(|c| c.links.iter().map(|l| (c.url_id, l.url.as_str()))).collect();
+    if !edges.is_empty() {
+        engine.insert_links(&edges).await?;
+    }
+    let (dropped, by_reason) = rules::dropped_links(pages, capped);
+    let mut folded: BTreeMap<(i64, DropReason), i64> = BTreeMap::new();
+    for (url_id, reason, n) in dropped {
+        *folded.entry((url_id, reason)).or_default() += n;
+    }
+    let dropped: Vec<DroppedRow> = folded.into_iter().map(|((id, reason), n)| (id, reason, n)).collect();
+    if !dropped.is_empty() {
+        engine.add_dropped_links(&dropped).await?;
+    }
+    Ok((new, by_reason, reopened))
+}
+
+/// Splits discovered `links` into those that may be inserted under
+/// `limits` and the page-limit drops ([`rules::admit`], given what is
+/// stored).
+async fn admit<W: BatchWrites>(
+    engine: &mut W,
+    links: &[&NewUrl],
+    limits: PageLimits,
+) -> Result<(Vec<NewUrl>, Vec<DroppedRow>), W::Error> {
+    if (limits.total.is_none() && limits.per_host.is_none()) || links.is_empty() {
+        return Ok((links.iter().map(|l| (*l).clone()).collect(), Vec::new()));
+    }
+    let urls: Vec<&str> = links.iter().map(|l| l.url.as_str()).collect();
+    let known = engine.stored_urls(&urls).await?;
+    let hosts: BTreeSet<&str> = links.iter().map(|l| l.host.as_str()).collect();
+    let hosts: Vec<&str> = if limits.per_host.is_some() { hosts.into_iter().collect() } else { Vec::new() };
+    let (total, per_host) = engine.url_counts(limits.total.is_some(), &hosts).await?;
+    let total_room = limits.total.map(|cap| cap.saturating_sub(total.max(0) as u64));
+    let host_room: BTreeMap<String, u64> = match limits.per_host {
+        Some(cap) => hosts
+            .iter()
+            .map(|h| {
+                (h.to_string(), cap.saturating_sub(per_host.get(*h).copied().unwrap_or(0).max(0) as u64))
+            })
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    Ok(rules::admit(links, &known, total_room, host_room))
+}
+
+/// Makes each URL's `depth` its shortest distance from a seed, given the
+/// just-recorded `links` (whose depths are their pages' plus one): a stored
+/// URL that a link reaches in fewer steps gets the lower depth and that page
+/// as `found_on`, and so do its descendants through the link graph. A page
+/// that was at `max_depth` (so not parsed) and is now above it is queued to
+/// be fetched again, its links now allowed; one in flight is taken back (its
+/// completion becomes stale) for the same reason. Returns how many `done`
+/// URLs it put back in the queue.
+async fn lower_depths<W: BatchWrites>(
+    engine: &mut W,
+    links: &[NewUrl],
+    max_depth: u32,
+) -> Result<u64, W::Error> {
+    if links.is_empty() {
+        return Ok(0);
+    }
+    let shorter = engine.shorter_paths(&rules::shortest_paths(links)).await?;
+    if shorter.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<Lowered> = shorter
+        .iter()
+        .map(|&(id, depth, via, before, state)| {
+            (id, depth, via, rules::refetch_when_lowered(before, depth, max_depth, state))
+        })
+        .collect();
+    engine.lower_depths(&rows).await?;
+    let reopened = shorter.iter().zip(&rows).filter(|(s, r)| r.3 && s.4 == UrlState::Done).count();
+    Ok(reopened as u64)
 }
 
 /// The `attempts` rows of `completions`, in their order: requeues make
@@ -148,7 +288,6 @@ pub(crate) fn attempt_rows<'a>(
 mod tests {
     use super::*;
     use crate::job::{Next, Revisit};
-    use crate::store::NewUrl;
 
     fn completion(url_id: i64, lease: i64, next: Next) -> Completion {
         Completion {
@@ -167,34 +306,51 @@ mod tests {
         }
     }
 
-    /// An engine that says which leases are live and notes what it is given.
+    /// A stored URL of the fake engine: `(id, depth, state)`.
+    type Row = (i64, u32, UrlState);
+
+    /// An engine in memory: it says which leases are live, keeps URLs by
+    /// name, and notes what it is asked in what order.
     #[derive(Default)]
-    struct Notes {
+    struct Fake {
         live: BTreeSet<(i64, i64)>,
+        urls: BTreeMap<String, Row>,
         calls: Vec<&'static str>,
         attempts: Vec<(i64, Outcome, Option<String>, bool)>,
-        pages: Vec<i64>,
+        edges: Vec<(i64, String)>,
+        dropped: Vec<DroppedRow>,
     }
 
-    impl BatchWrites for Notes {
+    impl Fake {
+        fn with_urls(urls: &[(&str, Row)]) -> Self {
+            let urls = urls.iter().map(|(u, row)| (format!("http://a.test/{u}"), *row)).collect();
+            Fake { urls, ..Default::default() }
+        }
+
+        fn row(&self, path: &str) -> Row {
+            self.urls[&format!("http://a.test/{path}")]
+        }
+    }
+
+    impl BatchWrites for Fake {
         type Error = ();
 
         async fn update_urls(
             &mut self,
-            completions: &[Completion],
+            c: &[Completion],
             changes: &[UrlChange],
         ) -> Result<BTreeSet<(i64, i64)>, ()> {
-            assert_eq!(completions.len(), changes.len());
+            assert_eq!(c.len(), changes.len());
             self.calls.push("urls");
             Ok(self.live.clone())
         }
 
         async fn insert_attempts(&mut self, rows: &[AttemptRow<'_>]) -> Result<(), ()> {
             self.calls.push("attempts");
-            self.attempts.extend(
-                rows.iter()
-                    .map(|r| (r.url_id, r.outcome, r.body_sha256.map(str::to_owned), r.inherits_content)),
-            );
+            let noted = rows
+                .iter()
+                .map(|r| (r.url_id, r.outcome, r.body_sha256.map(str::to_owned), r.inherits_content));
+            self.attempts.extend(noted);
             Ok(())
         }
 
@@ -203,21 +359,76 @@ mod tests {
             Ok(())
         }
 
-        async fn record_links(&mut self, pages: &[&Completion], _: PageLimits) -> Result<LinksWritten, ()> {
+        async fn page_depths(&mut self, ids: &[i64]) -> Result<BTreeMap<i64, u32>, ()> {
+            self.calls.push("page depths");
+            Ok(self.urls.values().filter(|r| ids.contains(&r.0)).map(|r| (r.0, r.1)).collect())
+        }
+
+        async fn stored_urls(&mut self, urls: &[&str]) -> Result<BTreeSet<String>, ()> {
+            Ok(urls.iter().filter(|u| self.urls.contains_key(**u)).map(|u| u.to_string()).collect())
+        }
+
+        async fn url_counts(&mut self, _: bool, hosts: &[&str]) -> Result<(i64, BTreeMap<String, i64>), ()> {
+            let n = self.urls.len() as i64;
+            Ok((n, hosts.iter().map(|h| (h.to_string(), n)).collect()))
+        }
+
+        async fn insert_urls(&mut self, urls: &[NewUrl]) -> Result<u64, ()> {
+            self.calls.push("insert urls");
+            let before = self.urls.len();
+            for u in urls {
+                let id = 100 + self.urls.len() as i64;
+                self.urls.entry(u.url.clone()).or_insert((id, u.depth, UrlState::Queued));
+            }
+            Ok((self.urls.len() - before) as u64)
+        }
+
+        async fn shorter_paths(
+            &mut self,
+            candidates: &[(&str, u32, Option<i64>)],
+        ) -> Result<Vec<Shorter>, ()> {
+            Ok(candidates
+                .iter()
+                .filter_map(|&(url, depth, via)| {
+                    let &(id, before, state) = self.urls.get(url)?;
+                    (depth < before).then_some((id, depth, via, before, state))
+                })
+                .collect())
+        }
+
+        async fn lower_depths(&mut self, rows: &[Lowered]) -> Result<(), ()> {
+            self.calls.push("lower depths");
+            for &(id, depth, _, refetch) in rows {
+                let row = self.urls.values_mut().find(|r| r.0 == id).unwrap();
+                row.1 = depth;
+                if refetch {
+                    row.2 = UrlState::Queued;
+                }
+            }
+            Ok(())
+        }
+
+        async fn insert_links(&mut self, edges: &[(i64, &str)]) -> Result<(), ()> {
             self.calls.push("links");
-            self.pages.extend(pages.iter().map(|c| c.url_id));
-            Ok((0, BTreeMap::new(), 0))
+            self.edges.extend(edges.iter().map(|(from, to)| (*from, to.to_string())));
+            Ok(())
+        }
+
+        async fn add_dropped_links(&mut self, rows: &[DroppedRow]) -> Result<(), ()> {
+            self.calls.push("dropped links");
+            self.dropped.extend_from_slice(rows);
+            Ok(())
         }
     }
 
-    fn with_link(mut c: Completion) -> Completion {
-        c.links.push(NewUrl {
-            url: "http://a.test/x".into(),
-            host: "a.test".into(),
-            depth: 1,
-            found_on: None,
-        });
+    fn with_link(mut c: Completion, path: &str, depth: u32) -> Completion {
+        let url = format!("http://a.test/{path}");
+        c.links.push(NewUrl { url, host: "a.test".into(), depth, found_on: Some(c.url_id) });
         c
+    }
+
+    async fn write(engine: &mut Fake, batch: &[Completion], limits: PageLimits) -> Committed {
+        write_batch(engine, batch, limits, SystemTime::now()).await.unwrap()
     }
 
     #[tokio::test]
@@ -225,36 +436,68 @@ mod tests {
         // URL 1: a stale and the live completion in one batch; URL 2 retries;
         // URL 3 is requeued (no attempt).
         let batch = [
-            with_link(completion(1, 10, Next::Done)),
-            with_link(completion(1, 11, Next::Done)),
+            with_link(completion(1, 10, Next::Done), "from-stale", 1),
+            with_link(completion(1, 11, Next::Done), "from-live", 1),
             completion(2, 20, Next::RetryAt(5)),
             completion(3, 30, Next::Requeue(5)),
         ];
-        let mut engine = Notes { live: [(1, 11), (2, 20), (3, 30)].into(), ..Default::default() };
-        let committed =
-            write_batch(&mut engine, &batch, PageLimits::default(), SystemTime::now()).await.unwrap();
+        let mut engine = Fake::with_urls(&[("page", (1, 0, UrlState::InFlight))]);
+        engine.live = [(1, 11), (2, 20), (3, 30)].into();
+        let committed = write(&mut engine, &batch, PageLimits::default()).await;
 
-        assert_eq!(engine.calls, ["urls", "attempts", "hosts", "links"]);
+        let calls = ["urls", "attempts", "hosts", "page depths", "insert urls", "links"];
+        assert_eq!(engine.calls, calls);
         let outcomes: Vec<(i64, Outcome)> = engine.attempts.iter().map(|a| (a.0, a.1)).collect();
         assert_eq!(outcomes, [(1, Outcome::StaleLease), (1, Outcome::Done), (2, Outcome::Retry)]);
-        assert_eq!(engine.pages, [1], "only the live page's links");
-        assert_eq!(committed.applied, 3);
+        assert_eq!(engine.edges, [(1, "http://a.test/from-live".to_owned())], "only the live page's links");
+        assert_eq!((committed.applied, committed.new_urls), (3, 1));
         assert!(committed.took_effect(&batch[1]) && !committed.took_effect(&batch[0]));
     }
 
     #[tokio::test]
     async fn a_live_304_inherits_the_urls_content_and_a_stale_one_nothing() {
         let batch = [completion(1, 10, Next::NotModified), completion(2, 20, Next::NotModified)];
-        let mut engine = Notes { live: [(1, 10)].into(), ..Default::default() };
-        write_batch(&mut engine, &batch, PageLimits::default(), SystemTime::now()).await.unwrap();
+        let mut engine = Fake { live: [(1, 10)].into(), ..Default::default() };
+        write(&mut engine, &batch, PageLimits::default()).await;
 
-        assert_eq!(
-            engine.attempts,
-            [
-                (1, Outcome::NotModified, Some("old".into()), true),
-                (2, Outcome::StaleLease, Some("new".into()), false),
-            ]
-        );
-        assert_eq!(engine.calls, ["urls", "attempts", "links"], "no host has news");
+        let inherited = (1, Outcome::NotModified, Some("old".into()), true);
+        assert_eq!(engine.attempts, [inherited, (2, Outcome::StaleLease, Some("new".into()), false)]);
+        assert_eq!(engine.calls, ["urls", "attempts"], "no host has news, no page links");
+    }
+
+    #[tokio::test]
+    async fn a_page_limit_drops_new_urls_but_never_a_link_to_a_stored_one() {
+        let page = (1, 0, UrlState::InFlight);
+        let mut engine = Fake::with_urls(&[("page", page), ("stored", (2, 1, UrlState::Done))]);
+        engine.live = [(1, 10)].into();
+        let mut c = completion(1, 10, Next::Done);
+        for path in ["stored", "new-a", "new-b"] {
+            c = with_link(c, path, 1);
+        }
+        // Two stored already: room for one more.
+        let limits = PageLimits { per_host: Some(3), ..PageLimits::default() };
+        let committed = write(&mut engine, &[c], limits).await;
+
+        assert_eq!(committed.new_urls, 1);
+        assert_eq!(committed.dropped_links, [(DropReason::MaxPagesPerHost, 1)].into());
+        assert_eq!(engine.dropped, [(1, DropReason::MaxPagesPerHost, 1)]);
+        let targets: Vec<&str> = engine.edges.iter().map(|e| e.1.as_str()).collect();
+        assert_eq!(targets, ["http://a.test/stored", "http://a.test/new-a", "http://a.test/new-b"]);
+    }
+
+    #[tokio::test]
+    async fn a_shorter_path_to_an_unparsed_page_fetches_it_again() {
+        // "deep" was fetched at max_depth 2, so not parsed; the seed's link
+        // makes it depth 1, where its links count.
+        let rows = [("seed", (1, 0, UrlState::InFlight)), ("deep", (2, 2, UrlState::Done))];
+        let mut engine = Fake::with_urls(&rows);
+        engine.live = [(1, 10)].into();
+        let limits = PageLimits { max_depth: 2, ..PageLimits::default() };
+        let committed =
+            write(&mut engine, &[with_link(completion(1, 10, Next::Done), "deep", 1)], limits).await;
+
+        assert_eq!(committed.reopened, 1);
+        assert_eq!(engine.row("deep"), (2, 1, UrlState::Queued));
+        assert!(engine.calls.contains(&"lower depths"));
     }
 }

@@ -24,10 +24,10 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{self, AttemptRow, BatchWrites, LinksWritten};
+use super::batch::{self, AttemptRow, BatchWrites, Lowered, Shorter};
 use super::faults::{Blocker, Kind, postgres_kind};
 use super::leases::HostLeases;
-use super::rules::{self, UrlChange, duration_ms, to_i64, unix_ms};
+use super::rules::{self, DroppedRow, UrlChange, duration_ms, to_i64, unix_ms};
 use super::{
     ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, NewUrl, Outage, PageLimits,
     RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, Watch,
@@ -1724,12 +1724,136 @@ impl BatchWrites for PgBatch<'_, '_> {
         Ok(())
     }
 
-    async fn record_links(
+    async fn page_depths(&mut self, ids: &[i64]) -> Result<BTreeMap<i64, u32>, sqlx::Error> {
+        Ok(sqlx::query_as::<_, (i64, i32)>("SELECT id, depth FROM urls WHERE id = ANY($1::int8[])")
+            .bind(ids)
+            .fetch_all(&mut **self.tx)
+            .await?
+            .into_iter()
+            .map(|(id, depth)| (id, u32::try_from(depth).unwrap_or(0)))
+            .collect())
+    }
+
+    async fn stored_urls(&mut self, urls: &[&str]) -> Result<BTreeSet<String>, sqlx::Error> {
+        Ok(sqlx::query_scalar("SELECT url FROM urls WHERE url = ANY($1::text[])")
+            .bind(urls)
+            .fetch_all(&mut **self.tx)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    async fn url_counts(
         &mut self,
-        pages: &[&Completion],
-        limits: PageLimits,
-    ) -> Result<LinksWritten, sqlx::Error> {
-        record_links(self.tx, pages, limits).await
+        total: bool,
+        hosts: &[&str],
+    ) -> Result<(i64, BTreeMap<String, i64>), sqlx::Error> {
+        let all = match total {
+            true => {
+                sqlx::query_scalar("SELECT coalesce(sum(urls), 0)::int8 FROM hosts")
+                    .fetch_one(&mut **self.tx)
+                    .await?
+            }
+            false => 0,
+        };
+        let per_host = sqlx::query_as("SELECT host, urls FROM hosts WHERE host = ANY($1::text[])")
+            .bind(hosts)
+            .fetch_all(&mut **self.tx)
+            .await?
+            .into_iter()
+            .collect();
+        Ok((all, per_host))
+    }
+
+    async fn insert_urls(&mut self, urls: &[NewUrl]) -> Result<u64, sqlx::Error> {
+        insert_urls(self.tx, urls).await
+    }
+
+    async fn shorter_paths(
+        &mut self,
+        candidates: &[(&str, u32, Option<i64>)],
+    ) -> Result<Vec<Shorter>, sqlx::Error> {
+        let rows: Vec<(i64, i32, Option<i64>, i32, String)> = sqlx::query_as(
+            "WITH RECURSIVE
+               found(url, depth, via) AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[])),
+               lowered(id, depth, via) AS (
+                 SELECT u.id, f.depth, f.via FROM found f JOIN urls u ON u.url = f.url WHERE f.depth < u.depth
+                 UNION
+                 SELECT l.to_id, p.depth + 1, p.id FROM lowered p
+                 JOIN links l ON l.from_id = p.id JOIN urls v ON v.id = l.to_id
+                 WHERE p.depth + 1 < v.depth)
+             SELECT l.id, min(l.depth), (array_agg(l.via ORDER BY l.depth))[1], u.depth, u.state
+             FROM lowered l JOIN urls u ON u.id = l.id
+             GROUP BY l.id, u.depth, u.state",
+        )
+        .bind(candidates.iter().map(|c| c.0).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| i32::try_from(c.1).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.2).collect::<Vec<_>>())
+        .fetch_all(&mut **self.tx)
+        .await?;
+        let depth = |d: i32| u32::try_from(d).unwrap_or(0);
+        Ok(rows
+            .into_iter()
+            .map(|(id, d, via, before, state)| {
+                (id, depth(d), via, depth(before), rules::stored_state(&state))
+            })
+            .collect())
+    }
+
+    async fn lower_depths(&mut self, rows: &[Lowered]) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE urls SET depth = v.depth, found_on = coalesce(v.via, urls.found_on),
+               state = CASE WHEN v.refetch THEN 'queued' ELSE urls.state END,
+               lease = CASE WHEN v.refetch THEN NULL ELSE urls.lease END,
+               leased_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.leased_at_ms END,
+               not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END,
+               etag = CASE WHEN v.refetch THEN NULL ELSE urls.etag END,
+               last_modified = CASE WHEN v.refetch THEN NULL ELSE urls.last_modified END
+             FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bool[]) AS v(id, depth, via, refetch)
+             WHERE urls.id = v.id",
+        )
+        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| i32::try_from(r.1).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+        .execute(&mut **self.tx)
+        .await?;
+        let woken: Vec<i64> = rows.iter().filter(|r| r.3).map(|r| r.0).collect();
+        if !woken.is_empty() {
+            sqlx::query("UPDATE hosts SET work_at_ms = 0 WHERE host IN (SELECT host FROM urls WHERE id = ANY($1::int8[]))")
+                .bind(&woken)
+                .execute(&mut **self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_links(&mut self, edges: &[(i64, &str)]) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO links (from_id, to_id)
+             SELECT v.from_id, u.id FROM unnest($1::int8[], $2::text[]) AS v(from_id, url)
+             JOIN urls AS u ON u.url = v.url
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(edges.iter().map(|e| e.0).collect::<Vec<_>>())
+        .bind(edges.iter().map(|e| e.1).collect::<Vec<_>>())
+        .execute(&mut **self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn add_dropped_links(&mut self, rows: &[DroppedRow]) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO dropped_links (url_id, reason, count)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[])
+             ON CONFLICT (url_id, reason) DO UPDATE SET count = dropped_links.count + excluded.count",
+        )
+        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+        .execute(&mut **self.tx)
+        .await?;
+        Ok(())
     }
 }
 
@@ -1885,182 +2009,6 @@ async fn insert_hops(
         .await?;
     }
     Ok(())
-}
-
-/// Enqueues the pages' discovered links, records the link graph and the
-/// dropped-link counts. Returns how many URLs were new, the links dropped
-/// by reason, and how many `done` URLs went back in the queue
-/// ([`lower_depths`]).
-async fn record_links(
-    tx: &mut Transaction<'_, Postgres>,
-    pages: &[&Completion],
-    limits: PageLimits,
-) -> Result<LinksWritten, sqlx::Error> {
-    if pages.is_empty() {
-        return Ok((0, BTreeMap::new(), 0));
-    }
-    let page_depths: BTreeMap<i64, u32> =
-        sqlx::query_as::<_, (i64, i32)>("SELECT id, depth FROM urls WHERE id = ANY($1::int8[])")
-            .bind(pages.iter().map(|c| c.url_id).collect::<Vec<_>>())
-            .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .map(|(id, depth)| (id, u32::try_from(depth).unwrap_or(0)))
-            .collect();
-    let discovered = rules::discovered(pages, &page_depths);
-    let discovered: Vec<&NewUrl> = discovered.iter().collect();
-    let (admitted, capped) = apply_page_limits(tx, &discovered, limits).await?;
-    let new = insert_urls(tx, &admitted).await?;
-    let reopened = lower_depths(tx, &admitted, limits.max_depth).await?;
-    let edges: Vec<(i64, &str)> =
-        pages.iter().flat_map(|c| c.links.iter().map(|l| (c.url_id, l.url.as_str()))).collect();
-    if !edges.is_empty() {
-        sqlx::query(
-            "INSERT INTO links (from_id, to_id)
-             SELECT v.from_id, u.id FROM unnest($1::int8[], $2::text[]) AS v(from_id, url)
-             JOIN urls AS u ON u.url = v.url
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(edges.iter().map(|e| e.0).collect::<Vec<_>>())
-        .bind(edges.iter().map(|e| e.1).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    }
-    let (dropped, by_reason) = rules::dropped_links(pages, capped);
-    // One row per (page, reason): ON CONFLICT DO UPDATE may not touch a row
-    // twice in one statement.
-    let mut folded: BTreeMap<(i64, &str), i64> = BTreeMap::new();
-    for (url_id, reason, n) in &dropped {
-        *folded.entry((*url_id, reason.as_str())).or_default() += n;
-    }
-    if !folded.is_empty() {
-        sqlx::query(
-            "INSERT INTO dropped_links (url_id, reason, count)
-             SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[])
-             ON CONFLICT (url_id, reason) DO UPDATE SET count = dropped_links.count + excluded.count",
-        )
-        .bind(folded.keys().map(|k| k.0).collect::<Vec<_>>())
-        .bind(folded.keys().map(|k| k.1).collect::<Vec<_>>())
-        .bind(folded.values().copied().collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok((new, by_reason, reopened))
-}
-
-/// Splits discovered links into those that may be inserted under `limits`
-/// and the page-limit drops ([`rules::admit`], given what is stored).
-async fn apply_page_limits(
-    tx: &mut Transaction<'_, Postgres>,
-    links: &[&NewUrl],
-    limits: PageLimits,
-) -> Result<(Vec<NewUrl>, Vec<rules::DroppedRow>), sqlx::Error> {
-    if (limits.total.is_none() && limits.per_host.is_none()) || links.is_empty() {
-        return Ok((links.iter().map(|l| (*l).clone()).collect(), Vec::new()));
-    }
-    let known: BTreeSet<String> = sqlx::query_scalar("SELECT url FROM urls WHERE url = ANY($1::text[])")
-        .bind(links.iter().map(|l| l.url.as_str()).collect::<Vec<_>>())
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .collect();
-    let total_room = match limits.total {
-        Some(cap) => {
-            let stored: i64 = sqlx::query_scalar("SELECT coalesce(sum(urls), 0)::int8 FROM hosts")
-                .fetch_one(&mut **tx)
-                .await?;
-            Some(cap.saturating_sub(stored as u64))
-        }
-        None => None,
-    };
-    let mut host_room = BTreeMap::new();
-    if let Some(cap) = limits.per_host {
-        let hosts: BTreeSet<&str> = links.iter().map(|l| l.host.as_str()).collect();
-        let stored: BTreeMap<String, i64> =
-            sqlx::query_as("SELECT host, urls FROM hosts WHERE host = ANY($1::text[])")
-                .bind(hosts.iter().copied().collect::<Vec<_>>())
-                .fetch_all(&mut **tx)
-                .await?
-                .into_iter()
-                .collect();
-        for host in hosts {
-            host_room
-                .insert(host.to_owned(), cap.saturating_sub(stored.get(host).copied().unwrap_or(0) as u64));
-        }
-    }
-    Ok(rules::admit(links, &known, total_room, host_room))
-}
-
-/// Makes each URL's `depth` its shortest distance from a seed given the
-/// just-recorded `links`, as SQLite's engine does (see there): lowered URLs
-/// and their descendants through the link graph get the lower depth, and a
-/// page that was not parsed at `max_depth` and now lies above it is queued
-/// to be fetched again. Returns how many `done` URLs it put back in the
-/// queue.
-async fn lower_depths(
-    tx: &mut Transaction<'_, Postgres>,
-    links: &[NewUrl],
-    max_depth: u32,
-) -> Result<u64, sqlx::Error> {
-    if links.is_empty() {
-        return Ok(0);
-    }
-    let candidates = rules::shortest_paths(links);
-    let lowered: Vec<(i64, i32, Option<i64>, i32, String)> = sqlx::query_as(
-        "WITH RECURSIVE
-           found(url, depth, via) AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[])),
-           lowered(id, depth, via) AS (
-             SELECT u.id, f.depth, f.via FROM found f JOIN urls u ON u.url = f.url WHERE f.depth < u.depth
-             UNION
-             SELECT l.to_id, p.depth + 1, p.id FROM lowered p
-             JOIN links l ON l.from_id = p.id JOIN urls v ON v.id = l.to_id
-             WHERE p.depth + 1 < v.depth)
-         SELECT l.id, min(l.depth), (array_agg(l.via ORDER BY l.depth))[1], u.depth, u.state
-         FROM lowered l JOIN urls u ON u.id = l.id
-         GROUP BY l.id, u.depth, u.state",
-    )
-    .bind(candidates.iter().map(|c| c.0).collect::<Vec<_>>())
-    .bind(candidates.iter().map(|c| i32::try_from(c.1).unwrap_or(i32::MAX)).collect::<Vec<_>>())
-    .bind(candidates.iter().map(|c| c.2).collect::<Vec<_>>())
-    .fetch_all(&mut **tx)
-    .await?;
-    if lowered.is_empty() {
-        return Ok(0);
-    }
-    let refetch: Vec<bool> = lowered
-        .iter()
-        .map(|(_, depth, _, before, state)| {
-            rules::refetch_when_lowered(i64::from(*before), i64::from(*depth), max_depth, state)
-        })
-        .collect();
-    let ids: Vec<i64> = lowered.iter().map(|l| l.0).collect();
-    sqlx::query(
-        "UPDATE urls SET depth = v.depth, found_on = coalesce(v.via, urls.found_on),
-           state = CASE WHEN v.refetch THEN 'queued' ELSE urls.state END,
-           lease = CASE WHEN v.refetch THEN NULL ELSE urls.lease END,
-           leased_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.leased_at_ms END,
-           not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END,
-           -- A page fetched again for its links must not get a 304.
-           etag = CASE WHEN v.refetch THEN NULL ELSE urls.etag END,
-           last_modified = CASE WHEN v.refetch THEN NULL ELSE urls.last_modified END
-         FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bool[]) AS v(id, depth, via, refetch)
-         WHERE urls.id = v.id",
-    )
-    .bind(&ids)
-    .bind(lowered.iter().map(|l| l.1).collect::<Vec<_>>())
-    .bind(lowered.iter().map(|l| l.2).collect::<Vec<_>>())
-    .bind(&refetch)
-    .execute(&mut **tx)
-    .await?;
-    let woken: Vec<i64> = ids.iter().zip(&refetch).filter(|(_, r)| **r).map(|(id, _)| *id).collect();
-    if !woken.is_empty() {
-        sqlx::query("UPDATE hosts SET work_at_ms = 0 WHERE host IN (SELECT host FROM urls WHERE id = ANY($1::int8[]))")
-            .bind(&woken)
-            .execute(&mut **tx)
-            .await?;
-    }
-    let reopened = lowered.iter().zip(&refetch).filter(|(l, refetch)| **refetch && l.4 == "done").count();
-    Ok(reopened as u64)
 }
 
 #[cfg(test)]

@@ -247,9 +247,14 @@ pub(crate) fn shortest_paths(links: &[NewUrl]) -> Vec<(&str, u32, Option<i64>)> 
 /// Whether a URL whose depth was lowered from `before` to `depth` must be
 /// fetched again: it was at `max_depth` or deeper, so its page was not
 /// parsed, is now above it, and was fetched or is being fetched (`state`).
-pub(crate) fn refetch_when_lowered(before: i64, depth: i64, max_depth: u32, state: &str) -> bool {
-    let max_depth = i64::from(max_depth);
-    before >= max_depth && depth < max_depth && (state == "done" || state == "in_flight")
+pub(crate) fn refetch_when_lowered(before: u32, depth: u32, max_depth: u32, state: UrlState) -> bool {
+    before >= max_depth && depth < max_depth && matches!(state, UrlState::Done | UrlState::InFlight)
+}
+
+/// The state a stored `urls.state` value names ([`UrlState::from_name`]);
+/// the schema's CHECK allows no other, so an unknown one reads as `failed`.
+pub(crate) fn stored_state(name: &str) -> UrlState {
+    UrlState::from_name(name).unwrap_or(UrlState::Failed)
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T03:57:54.123Z`.

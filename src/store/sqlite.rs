@@ -47,9 +47,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Arguments, Connection, QueryBuilder, Row, Sqlite};
 
-use super::batch::{self, AttemptRow, BatchWrites, LinksWritten};
+use super::batch::{self, AttemptRow, BatchWrites, Lowered, Shorter};
 use super::faults::{Kind, sqlite_kind};
-use super::rules::{self, UrlChange, duration_ms, rfc3339, rfc3339_from_ms, to_i64, unix_ms};
+use super::rules::{self, DroppedRow, UrlChange, duration_ms, rfc3339, rfc3339_from_ms, to_i64, unix_ms};
 use super::{
     ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, NewUrl, PageLimits,
     RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, Watch,
@@ -1036,12 +1036,144 @@ impl BatchWrites for SqliteBatch<'_, '_> {
         update_hosts(self.0, changes).await
     }
 
-    async fn record_links(
+    async fn page_depths(&mut self, ids: &[i64]) -> Result<BTreeMap<i64, u32>, StoreError> {
+        Ok(sqlx::query_as("SELECT id, depth FROM urls WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(json_array(ids))
+            .fetch_all(&mut **self.0)
+            .await
+            .map_err(db("look up page depths"))?
+            .into_iter()
+            .collect())
+    }
+
+    async fn stored_urls(&mut self, urls: &[&str]) -> Result<BTreeSet<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT url FROM urls WHERE url IN (SELECT value FROM json_each(?1))")
+            .bind(json_array(urls))
+            .fetch_all(&mut **self.0)
+            .await
+            .map_err(db("look up discovered URLs"))?
+            .into_iter()
+            .collect())
+    }
+
+    async fn url_counts(
         &mut self,
-        pages: &[&Completion],
-        limits: PageLimits,
-    ) -> Result<LinksWritten, StoreError> {
-        record_links(self.0, pages, limits).await
+        total: bool,
+        hosts: &[&str],
+    ) -> Result<(i64, BTreeMap<String, i64>), StoreError> {
+        let all = match total {
+            true => sqlx::query_scalar("SELECT coalesce(sum(urls), 0) FROM hosts")
+                .fetch_one(&mut **self.0)
+                .await
+                .map_err(db("count URLs"))?,
+            false => 0,
+        };
+        let per_host =
+            sqlx::query_as("SELECT host, urls FROM hosts WHERE host IN (SELECT value FROM json_each(?1))")
+                .bind(json_array(hosts))
+                .fetch_all(&mut **self.0)
+                .await
+                .map_err(db("count URLs per host"))?
+                .into_iter()
+                .collect();
+        Ok((all, per_host))
+    }
+
+    async fn insert_urls(&mut self, urls: &[NewUrl]) -> Result<u64, StoreError> {
+        insert_urls(self.0, urls).await
+    }
+
+    async fn shorter_paths(
+        &mut self,
+        candidates: &[(&str, u32, Option<i64>)],
+    ) -> Result<Vec<Shorter>, StoreError> {
+        let rows: Vec<(i64, u32, Option<i64>, u32, String)> = sqlx::query_as(
+            "WITH RECURSIVE
+               found(url, depth, via) AS (
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+                 FROM json_each(?1)),
+               lowered(id, depth, via) AS (
+                 SELECT u.id, f.depth, f.via FROM found f JOIN urls u ON u.url = f.url WHERE f.depth < u.depth
+                 UNION
+                 SELECT l.to_id, p.depth + 1, p.id FROM lowered p
+                 JOIN links l ON l.from_id = p.id JOIN urls v ON v.id = l.to_id
+                 WHERE p.depth + 1 < v.depth)
+             -- With min(), SQLite takes the bare column (via) from the row
+             -- that has the least depth.
+             SELECT l.id, min(l.depth), l.via, u.depth, u.state FROM lowered l JOIN urls u ON u.id = l.id
+             GROUP BY l.id",
+        )
+        .bind(json_array(candidates))
+        .fetch_all(&mut **self.0)
+        .await
+        .map_err(db("find shorter paths"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, depth, via, before, state)| (id, depth, via, before, rules::stored_state(&state)))
+            .collect())
+    }
+
+    async fn lower_depths(&mut self, rows: &[Lowered]) -> Result<(), StoreError> {
+        let rows_json = json_array(rows);
+        sqlx::query(
+            "WITH v(id, depth, via, refetch) AS (
+               SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+                      json_extract(value, '$[3]')
+               FROM json_each(?1))
+             UPDATE urls SET depth = v.depth, found_on = coalesce(v.via, urls.found_on),
+               state = CASE WHEN v.refetch THEN 'queued' ELSE urls.state END,
+               lease = CASE WHEN v.refetch THEN NULL ELSE urls.lease END,
+               leased_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.leased_at_ms END,
+               not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END,
+               etag = CASE WHEN v.refetch THEN NULL ELSE urls.etag END,
+               last_modified = CASE WHEN v.refetch THEN NULL ELSE urls.last_modified END
+             FROM v WHERE urls.id = v.id",
+        )
+        .bind(rows_json.as_str())
+        .execute(&mut **self.0)
+        .await
+        .map_err(db("lower depths"))?;
+        if rows.iter().any(|r| r.3) {
+            sqlx::query(
+                "UPDATE hosts SET work_at_ms = 0 WHERE host IN
+                   (SELECT host FROM urls WHERE id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1)
+                    WHERE json_extract(value, '$[3]')))",
+            )
+            .bind(rows_json.as_str())
+            .execute(&mut **self.0)
+            .await
+            .map_err(db("wake hosts of refetched pages"))?;
+        }
+        Ok(())
+    }
+
+    async fn insert_links(&mut self, edges: &[(i64, &str)]) -> Result<(), StoreError> {
+        for chunk in statement_chunks(edges) {
+            let mut q = QueryBuilder::<Sqlite>::new("WITH v(from_id, url) AS (");
+            q.push_values(chunk, |mut row, (from, url)| {
+                row.push_bind(*from).push_bind(*url);
+            });
+            q.push(
+                ") INSERT OR IGNORE INTO links (from_id, to_id)
+                   SELECT v.from_id, u.id FROM v JOIN urls AS u ON u.url = v.url",
+            );
+            q.build().execute(&mut **self.0).await.map_err(db("record links"))?;
+        }
+        Ok(())
+    }
+
+    async fn add_dropped_links(&mut self, rows: &[DroppedRow]) -> Result<(), StoreError> {
+        for chunk in statement_chunks(rows) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO dropped_links (url_id, reason, count) ");
+            q.push_values(chunk, |mut row, (url_id, reason, n)| {
+                row.push_bind(*url_id).push_bind(reason.as_str()).push_bind(*n);
+            });
+            q.push(
+                " ON CONFLICT (url_id, reason) DO UPDATE SET count = dropped_links.count + excluded.count",
+            );
+            q.build().execute(&mut **self.0).await.map_err(db("record dropped links"))?;
+        }
+        Ok(())
     }
 }
 
@@ -1237,191 +1369,6 @@ async fn insert_urls(tx: &mut sqlx::Transaction<'_, Sqlite>, urls: &[NewUrl]) ->
         q.build().execute(&mut **tx).await.map_err(db("enqueue hosts"))?;
     }
     Ok(new)
-}
-
-/// Enqueues the pages' discovered links, records the link graph and the
-/// dropped-link counts. Returns how many URLs were new, the links dropped
-/// by reason, and how many `done` URLs went back in the queue
-/// ([`lower_depths`]).
-async fn record_links(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    pages: &[&Completion],
-    limits: PageLimits,
-) -> Result<LinksWritten, StoreError> {
-    // Depth is the shortest distance from a seed: a page's links are one
-    // deeper than the page is now, which may be less than when it was
-    // claimed, and a link to a stored URL may be a shorter path to it.
-    let page_ids: Vec<i64> = pages.iter().map(|c| c.url_id).collect();
-    let page_depths: BTreeMap<i64, u32> =
-        sqlx::query_as("SELECT id, depth FROM urls WHERE id IN (SELECT value FROM json_each(?1))")
-            .bind(json_array(&page_ids))
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db("look up page depths"))?
-            .into_iter()
-            .collect();
-    let discovered = rules::discovered(pages, &page_depths);
-    let discovered: Vec<&NewUrl> = discovered.iter().collect();
-    let (admitted, capped) = apply_page_limits(tx, &discovered, limits).await?;
-    let new = insert_urls(tx, &admitted).await?;
-    let reopened = lower_depths(tx, &admitted, limits.max_depth).await?;
-    for page in pages.iter().filter(|c| !c.links.is_empty()) {
-        let targets: Vec<&str> = page.links.iter().map(|l| l.url.as_str()).collect();
-        sqlx::query(
-            "INSERT OR IGNORE INTO links (from_id, to_id)
-             SELECT ?1, id FROM urls WHERE url IN (SELECT value FROM json_each(?2))",
-        )
-        .bind(page.url_id)
-        .bind(json_array(&targets))
-        .execute(&mut **tx)
-        .await
-        .map_err(db("record links"))?;
-    }
-    let (dropped, by_reason) = rules::dropped_links(pages, capped);
-    for chunk in statement_chunks(&dropped) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO dropped_links (url_id, reason, count) ");
-        q.push_values(chunk, |mut row, (url_id, reason, n)| {
-            row.push_bind(*url_id).push_bind(reason.as_str()).push_bind(*n);
-        });
-        q.push(" ON CONFLICT (url_id, reason) DO UPDATE SET count = dropped_links.count + excluded.count");
-        q.build().execute(&mut **tx).await.map_err(db("record dropped links"))?;
-    }
-    Ok((new, by_reason, reopened))
-}
-
-/// Makes each URL's `depth` its shortest distance from a seed, given the
-/// just-recorded `links` (whose depths are their pages' plus one): a stored
-/// URL that a link reaches in fewer steps gets the lower depth and that page
-/// as `found_on`, and so do its descendants through the link graph. A page
-/// that was at `max_depth` (so not parsed) and is now above it is queued to
-/// be fetched again, its links now allowed; one in flight is taken back (its
-/// completion becomes stale) for the same reason. Returns how many `done`
-/// URLs it put back in the queue.
-async fn lower_depths(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    links: &[NewUrl],
-    max_depth: u32,
-) -> Result<u64, StoreError> {
-    if links.is_empty() {
-        return Ok(0);
-    }
-    let candidates = rules::shortest_paths(links);
-    // The lowered URLs and their descendants, each with its new depth, the
-    // page that gives it, and its depth and state before.
-    let lowered: Vec<(i64, i64, Option<i64>, i64, String)> = sqlx::query_as(
-        "WITH RECURSIVE
-           found(url, depth, via) AS (
-             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
-             FROM json_each(?1)),
-           lowered(id, depth, via) AS (
-             SELECT u.id, f.depth, f.via FROM found f JOIN urls u ON u.url = f.url WHERE f.depth < u.depth
-             UNION
-             SELECT l.to_id, p.depth + 1, p.id FROM lowered p
-             JOIN links l ON l.from_id = p.id JOIN urls v ON v.id = l.to_id
-             WHERE p.depth + 1 < v.depth)
-         SELECT l.id, min(l.depth), l.via, u.depth, u.state FROM lowered l JOIN urls u ON u.id = l.id
-         GROUP BY l.id",
-    )
-    .bind(json_array(&candidates))
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db("find shorter paths"))?;
-    if lowered.is_empty() {
-        return Ok(0);
-    }
-    let reopened = lowered
-        .iter()
-        .filter(|(_, depth, _, before, state)| {
-            rules::refetch_when_lowered(*before, *depth, max_depth, state) && state == "done"
-        })
-        .count() as u64;
-    let rows: Vec<(i64, i64, Option<i64>, bool)> = lowered
-        .into_iter()
-        .map(|(id, depth, via, before, state)| {
-            (id, depth, via, rules::refetch_when_lowered(before, depth, max_depth, &state))
-        })
-        .collect();
-    let rows_json = json_array(&rows);
-    sqlx::query(
-        "WITH v(id, depth, via, refetch) AS (
-           SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-                  json_extract(value, '$[3]')
-           FROM json_each(?1))
-         UPDATE urls SET depth = v.depth, found_on = coalesce(v.via, urls.found_on),
-           state = CASE WHEN v.refetch THEN 'queued' ELSE urls.state END,
-           lease = CASE WHEN v.refetch THEN NULL ELSE urls.lease END,
-           leased_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.leased_at_ms END,
-           not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END,
-           -- A page fetched again for its links must not get a 304.
-           etag = CASE WHEN v.refetch THEN NULL ELSE urls.etag END,
-           last_modified = CASE WHEN v.refetch THEN NULL ELSE urls.last_modified END
-         FROM v WHERE urls.id = v.id",
-    )
-    .bind(rows_json.as_str())
-    .execute(&mut **tx)
-    .await
-    .map_err(db("lower depths"))?;
-    if rows.iter().any(|r| r.3) {
-        sqlx::query(
-            "UPDATE hosts SET work_at_ms = 0 WHERE host IN
-               (SELECT host FROM urls WHERE id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1)
-                WHERE json_extract(value, '$[3]')))",
-        )
-        .bind(rows_json.as_str())
-        .execute(&mut **tx)
-        .await
-        .map_err(db("wake hosts of refetched pages"))?;
-    }
-    Ok(reopened)
-}
-
-/// Splits discovered links into those that may be inserted under `limits`
-/// and the page-limit drops ([`rules::admit`], given what is stored).
-async fn apply_page_limits(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    links: &[&NewUrl],
-    limits: PageLimits,
-) -> Result<(Vec<NewUrl>, Vec<rules::DroppedRow>), StoreError> {
-    if (limits.total.is_none() && limits.per_host.is_none()) || links.is_empty() {
-        return Ok((links.iter().map(|l| (*l).clone()).collect(), Vec::new()));
-    }
-    let urls: Vec<&str> = links.iter().map(|l| l.url.as_str()).collect();
-    let known: BTreeSet<String> =
-        sqlx::query_scalar("SELECT url FROM urls WHERE url IN (SELECT value FROM json_each(?1))")
-            .bind(json_array(&urls))
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db("look up discovered URLs"))?
-            .into_iter()
-            .collect();
-    let total_room = match limits.total {
-        Some(cap) => {
-            let stored: i64 = sqlx::query_scalar("SELECT coalesce(sum(urls), 0) FROM hosts")
-                .fetch_one(&mut **tx)
-                .await
-                .map_err(db("count URLs"))?;
-            Some(cap.saturating_sub(stored as u64))
-        }
-        None => None,
-    };
-    let mut host_room: BTreeMap<String, u64> = BTreeMap::new();
-    if let Some(cap) = limits.per_host {
-        let hosts: BTreeSet<&str> = links.iter().map(|l| l.host.as_str()).collect();
-        let hosts: Vec<&str> = hosts.into_iter().collect();
-        let stored: BTreeMap<String, i64> =
-            sqlx::query_as("SELECT host, urls FROM hosts WHERE host IN (SELECT value FROM json_each(?1))")
-                .bind(json_array(&hosts))
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(db("count URLs per host"))?
-                .into_iter()
-                .collect();
-        for host in hosts {
-            host_room
-                .insert(host.to_owned(), cap.saturating_sub(stored.get(host).copied().unwrap_or(0) as u64));
-        }
-    }
-    Ok(rules::admit(links, &known, total_room, host_room))
 }
 
 /// Moves hosts' `work_at_ms` earlier for retries and records host backoffs
