@@ -863,7 +863,7 @@ const RECRAWL_BATCH: u32 = 10_000;
 pub(crate) async fn requeue_due(store: &Backend) -> Result<u64, StoreError> {
     let mut requeued = 0;
     loop {
-        let n = store.requeue_recrawls(crate::frontier::now_ms(), RECRAWL_BATCH).await?;
+        let n = store.requeue_recrawls(crate::clock::now_ms(), RECRAWL_BATCH).await?;
         requeued += n;
         if n < u64::from(RECRAWL_BATCH) {
             return Ok(requeued);

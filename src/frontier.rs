@@ -16,12 +16,16 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// The wall-clock time in Unix ms: not-before times outlive the process, so
+/// they are wall-clock, not monotonic. Here too, for callers that know it
+/// as the frontier's.
+pub use crate::clock::now_ms;
 use crate::politeness::Politeness;
 use crate::sitemaps::SitemapQueue;
 use crate::stats::CrawlStats;
@@ -36,12 +40,6 @@ pub const MAX_IDLE: Duration = Duration::from_secs(1);
 /// sharing one database do not poll it in step.
 fn idle_poll() -> Duration {
     MAX_IDLE.mul_f64(0.75 + rand::random::<f64>() / 4.0)
-}
-
-/// The current wall-clock time in Unix ms: not-before times outlive the
-/// process, so they are wall-clock, not monotonic.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Whether the job channel is low enough that the producer should refill it:

@@ -14,6 +14,7 @@
 //! | [`listen`] | serving those within limits: connections, header and request timeouts |
 //! | [`cli`] | the command line (clap) |
 //! | [`config`] | layered settings: defaults, TOML, `TRAWLER_*` env, flags |
+//! | [`clock`] | the wall clock in Unix ms (stored times) and a monotonic ms count (ages) |
 //! | [`telemetry`] | `tracing` set-up (text or JSON, `log.level` / `RUST_LOG` filter, reloadable) |
 //! | [`shutdown`] | SIGINT/SIGTERM → stop, then abort |
 //! | [`reload`] | SIGHUP → load the config again, apply what can change while running |
@@ -42,6 +43,7 @@
 pub mod admin;
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crawl;
 pub mod descriptors;

@@ -133,7 +133,7 @@ async fn refresh_gauges(
         let backoff = politeness.hosts_in_backoff(tokio::time::Instant::now());
         metrics::gauge!("trawler_hosts_in_backoff").set(backoff as f64);
         let age = match store.oldest_lease_ms().await {
-            Ok(Some(at)) => (crate::frontier::now_ms() - at).max(0) as f64 / 1000.0,
+            Ok(Some(at)) => (crate::clock::now_ms() - at).max(0) as f64 / 1000.0,
             _ => 0.0,
         };
         metrics::gauge!("trawler_oldest_lease_seconds").set(age);

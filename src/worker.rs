@@ -20,9 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use url::Url;
 
+use crate::clock::now_ms;
 use crate::config::RetryConfig;
 use crate::fetch::{ErrorKind, Fetched, Fetcher};
-use crate::frontier::{now_ms, wants_refill};
+use crate::frontier::wants_refill;
 use crate::gate::{Errand, Gate, Interrupted, Stops, Walked};
 use crate::links::Discovery;
 use crate::politeness::HostSignal;

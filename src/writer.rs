@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::{Notify, mpsc};
 
 use crate::admin::{self, status_class};
-use crate::frontier::now_ms;
+use crate::clock::now_ms;
 use crate::politeness::Politeness;
 use crate::stats::{CrawlStats, latency_histogram};
 use crate::store::{Completion, Next, PageLimits, Store, StoreError};
