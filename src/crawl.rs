@@ -27,14 +27,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::error::CrawlError;
 use crate::fetch::{Fetcher, Pool};
-use crate::frontier::{Producer, ProducerError};
+use crate::frontier::{Producer, requeue_due};
 use crate::gate::{Credentials, Gate, Leasing, RateLimit};
 use crate::links::Discovery;
 use crate::politeness::{HostRules, Politeness};
 use crate::reload::{Live, Reloader};
 use crate::robots::Robots;
-use crate::seeds::{IngestError, IngestReport, SeedSource, ingest};
+use crate::seeds::{IngestReport, SeedSource, ingest};
 use crate::service::Service;
 use crate::shutdown::Shutdown;
 use crate::sitemaps::{MAX_SITEMAP_BYTES, Origin, SitemapQueue, SitemapTask};
@@ -51,37 +52,6 @@ const RESULTS_CAPACITY: usize = 8_192;
 /// The least room in the job channel: with one fast host (no delay), the
 /// producer claims up to this many per round.
 const CHANNEL_MIN: usize = 512;
-
-/// An operational failure: the crawl could not run or could not record.
-/// (Failed fetches are not errors: they are rows in `attempts`.)
-#[derive(Debug, thiserror::Error)]
-pub enum CrawlError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Input(#[from] IngestError),
-    #[error(transparent)]
-    Producer(#[from] ProducerError),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("setting up the HTTP client: {0}")]
-    Client(#[from] crate::fetch::ClientError),
-    #[error("invalid setting: {0}")]
-    Config(String),
-    #[error(transparent)]
-    Descriptors(#[from] crate::descriptors::TooFewDescriptors),
-    /// A task panicked: a bug, reported with the panic's message.
-    #[error("the {task} task panicked: {message}")]
-    Panicked { task: &'static str, message: String },
-    /// URLs were in flight but no result was committed for `quiet`
-    /// (`crawl.stall_timeout`): a bug or a fault nothing else reports.
-    #[error(
-        "stalled: {in_flight} URLs in flight and no result committed for {}; \
-         stopping so that a rerun (or systemd) starts afresh, the unfinished URLs queued again",
-        humantime::format_duration(*quiet)
-    )]
-    Stalled { quiet: std::time::Duration, in_flight: u64 },
-}
 
 /// Runs a crawl of the store at `config.store.path`, first adding the URLs in
 /// `seeds` (if any), until every URL is finished (returns the summary) or
@@ -851,22 +821,6 @@ async fn release_free_memory(done: CancellationToken) {
         // under their locks, so it is safe to call from any thread at any time.
         unsafe {
             libc::malloc_trim(0);
-        }
-    }
-}
-
-/// URLs put back for a recrawl per statement.
-const RECRAWL_BATCH: u32 = 10_000;
-
-/// Puts every URL due for a recrawl back in the frontier, in batches.
-/// Returns how many.
-pub(crate) async fn requeue_due(store: &Backend) -> Result<u64, StoreError> {
-    let mut requeued = 0;
-    loop {
-        let n = store.requeue_recrawls(crate::clock::now_ms(), RECRAWL_BATCH).await?;
-        requeued += n;
-        if n < u64::from(RECRAWL_BATCH) {
-            return Ok(requeued);
         }
     }
 }

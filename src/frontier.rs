@@ -207,6 +207,25 @@ impl Producer {
 /// How often idle hosts are dropped from the politeness state.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
+/// URLs put back for a recrawl per statement.
+const RECRAWL_BATCH: u32 = 10_000;
+
+/// Puts every URL due for a recrawl back in the frontier, in batches: at
+/// start (the crawl) and every second (the service's recrawl sweep).
+/// Returns how many.
+///
+/// Errors: a store failure.
+pub(crate) async fn requeue_due(store: &Backend) -> Result<u64, StoreError> {
+    let mut requeued = 0;
+    loop {
+        let n = store.requeue_recrawls(now_ms(), RECRAWL_BATCH).await?;
+        requeued += n;
+        if n < u64::from(RECRAWL_BATCH) {
+            return Ok(requeued);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@
 //! | [`shutdown`] | SIGINT/SIGTERM → stop, then abort |
 //! | [`reload`] | SIGHUP → load the config again, apply what can change while running |
 //! | [`crawl`] | one crawl: start the tasks, tear them down in order, summarise |
+//! | [`error`] | [`CrawlError`]: what ends a crawl (failed fetches are rows, not errors) |
 //! | [`tasks`] | every task on one tracker; the first failure or panic stops the crawl |
 //! | [`descriptors`] | the file-descriptor budget: raised and checked at start |
 //! | [`service`] | what only `trawler run` adds: endpoints, gauges, recrawl sweep, reloads, watchdog |
@@ -47,6 +48,7 @@ pub mod clock;
 pub mod config;
 pub mod crawl;
 pub mod descriptors;
+pub mod error;
 pub mod fetch;
 pub mod frontier;
 pub mod gate;
@@ -72,6 +74,7 @@ pub mod warc;
 pub mod worker;
 pub mod writer;
 
-pub use crawl::{CrawlError, crawl, enqueue, serve};
+pub use crawl::{crawl, enqueue, serve};
+pub use error::CrawlError;
 pub use shutdown::Shutdown;
 pub use stats::Summary;
