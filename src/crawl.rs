@@ -44,7 +44,8 @@ use crate::store::{Backend, LockWaits, Outage, PageLimits, PinnedWal, StateCount
 use crate::systemd::{Heartbeat, Notifier};
 use crate::tasks::Tasks;
 use crate::worker::WorkerContext;
-use crate::{progress, worker, writer};
+use crate::writer::Writer;
+use crate::{progress, worker};
 
 /// Completions buffered between workers and the writer.
 const RESULTS_CAPACITY: usize = 8_192;
@@ -268,18 +269,15 @@ async fn start(
         per_host: config.discovery.max_pages_per_host,
         max_depth: config.discovery.max_depth,
     };
-    let writer = tasks.spawn(
-        "writer",
-        writer::run(
-            store.clone(),
-            result_rx,
-            stats.clone(),
-            wake.clone(),
-            limits,
-            writer_beat.clone(),
-            politeness.clone(),
-        ),
-    );
+    let writer = Writer {
+        store: store.clone(),
+        stats: stats.clone(),
+        wake: wake.clone(),
+        limits,
+        heartbeat: writer_beat.clone(),
+        politeness: politeness.clone(),
+    };
+    let writer = tasks.spawn("writer", writer.run(result_rx));
     let sitemaps_done = CancellationToken::new();
     let sitemaps = {
         let task = SitemapTask {
