@@ -17,12 +17,12 @@
 //! panics) stops all the others this same way, and the crawl ends with its
 //! error.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -40,12 +40,24 @@ use crate::service::Service;
 use crate::shutdown::Shutdown;
 use crate::sitemaps::{MAX_SITEMAP_BYTES, Origin, SitemapQueue, SitemapTask};
 use crate::stats::{CrawlStats, Summary};
-use crate::store::{Backend, LockWaits, Outage, PageLimits, PinnedWal, StateCounts, Store, StoreError};
+use crate::store::{Backend, PageLimits, StateCounts, Store};
 use crate::systemd::{Heartbeat, Notifier};
 use crate::tasks::Tasks;
 use crate::worker::WorkerContext;
 use crate::writer::Writer;
 use crate::{progress, worker};
+
+use budget::Budget;
+use memory::release_free_memory;
+use stall::StallGuard;
+use stopping::{grace_timer, notify_stopping};
+use upkeep::{checkpoints, keep_leases, watch_lock_waits};
+
+mod budget;
+mod memory;
+mod stall;
+mod stopping;
+mod upkeep;
 
 /// Completions buffered between workers and the writer.
 const RESULTS_CAPACITY: usize = 8_192;
@@ -160,8 +172,9 @@ struct Running {
     /// on with its lease when the crawl ends.
     politeness: Arc<Politeness>,
     shutdown: Shutdown,
-    /// Why a budget stopped the crawl, once one has.
-    budget: Arc<std::sync::OnceLock<String>>,
+    /// Why a budget stopped the crawl, once one has (a batch crawl with a
+    /// budget).
+    budget: Option<Arc<OnceLock<String>>>,
 }
 
 /// Recovers the store, builds everything that can fail, then starts every
@@ -328,25 +341,8 @@ async fn start(
         "work notifications",
         async move { relay.relay_work_notifications(woken, done).await },
     );
-    // A reload that lengthens the waits (a slower rate, a longer delay or
-    // backoff) lengthens the timeout too.
-    let (stall_timeout, after) = watch::channel(config.stall_timeout());
-    if *after.borrow() > config.crawl.stall_timeout {
-        tracing::debug!(
-            stall_timeout = %humantime::format_duration(*after.borrow()),
-            "crawl.stall_timeout raised to the longest legitimate wait"
-        );
-    }
-    let guard = StallGuard { stats: stats.clone(), waits: store.lock_waits(), outage: store.outage(), after };
-    let (done, exit_after) = (side_done.clone(), config.shutdown.grace + STALL_EXIT_MARGIN);
-    tasks.spawn("stall guard", async move {
-        let stalled = guard.run(done).await;
-        if stalled.is_err() {
-            // The stop that follows may wait for the very task that is stuck.
-            exit_unless_stopped_within(exit_after);
-        }
-        stalled
-    });
+    let (guard, stall_timeout) = StallGuard::new(config, store, &stats);
+    tasks.spawn("stall guard", guard.run_or_exit(config.shutdown.grace, side_done.clone()));
     tasks.spawn_infallible(
         "grace timer",
         grace_timer(shutdown.clone(), config.shutdown.grace, store.clone(), side_done.clone()),
@@ -383,26 +379,12 @@ async fn start(
 
     // Start-up is over: the database is open and recovered, every task runs.
     notifier.ready();
-    let stopping = {
-        let (notifier, stop, done) = (notifier.clone(), stop.clone(), side_done.clone());
-        async move {
-            tokio::select! {
-                _ = done.cancelled() => {}
-                _ = stop.cancelled() => notifier.stopping(),
-            }
-        }
-    };
+    let stopping = notify_stopping(notifier.clone(), stop.clone(), side_done.clone());
     tasks.spawn_infallible("stop notification", stopping);
-    let budget = Arc::new(std::sync::OnceLock::new());
-    let budgeted = config.crawl.max_duration.is_some() || config.crawl.max_bytes.is_some();
-    if service_is_none && budgeted {
-        let watch = Budget {
-            max_duration: config.crawl.max_duration,
-            max_bytes: config.crawl.max_bytes,
-            stats: stats.clone(),
-            reached: budget.clone(),
-        };
-        tasks.spawn_infallible("budget", watch.run(Instant::now(), shutdown.clone(), side_done.clone()));
+    let budget = if service_is_none { Budget::of(config, &stats) } else { None };
+    let reached = budget.as_ref().map(|budget| budget.reached.clone());
+    if let Some(budget) = budget {
+        tasks.spawn_infallible("budget", budget.run(Instant::now(), shutdown.clone(), side_done.clone()));
     }
     Ok(Running {
         tasks: tasks.clone(),
@@ -416,7 +398,7 @@ async fn start(
         stats,
         politeness: kept_politeness,
         shutdown: shutdown.clone(),
-        budget,
+        budget: reached,
     })
 }
 
@@ -468,236 +450,9 @@ impl Running {
             latency_max_us: latency.max(),
             stopped: self.shutdown.is_stopping(),
             forced: self.shutdown.is_forced(),
-            budget: self.budget.get().cloned(),
+            budget: self.budget.and_then(|reached| reached.get().cloned()),
         })
     }
-}
-
-/// How soon a lease-keeping round that failed is tried again.
-const LEASE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Keeps this daemon's host leases (PostgreSQL) until `done`: a round of
-/// [`Backend::keep_leases`] every third of the lease, or a second after a
-/// round that failed. Says what it could not do: a failed round leaves
-/// requests to each host to stop at its deadline, and a lost lease means
-/// another daemon has the host now. Returns at once on SQLite.
-async fn keep_leases(store: Arc<Backend>, politeness: Arc<Politeness>, done: CancellationToken) {
-    let Some(leases) = store.host_leases() else { return };
-    let mut wait = leases.renew_every();
-    loop {
-        tokio::select! {
-            _ = done.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        let now = tokio::time::Instant::now();
-        let last_starts = politeness.last_starts(now);
-        match store.keep_leases(&last_starts, &politeness.hosts_to_keep(now)).await {
-            Ok(Some(round)) => {
-                wait = leases.renew_every();
-                if !round.lost.is_empty() {
-                    tracing::warn!(
-                        hosts = round.lost.len(),
-                        first = %round.lost[0],
-                        "host leases lapsed and were taken over by another daemon: requests to them stopped"
-                    );
-                }
-                if round.recovered_hosts > 0 {
-                    tracing::info!(
-                        hosts = round.recovered_hosts,
-                        urls = round.recovered_urls,
-                        "lapsed host leases ended (a daemon stopped renewing): their URLs are back in the frontier"
-                    );
-                }
-                tracing::debug!(renewed = round.renewed, released = round.released, "host leases kept");
-            }
-            Ok(None) => return,
-            Err(e) => {
-                wait = LEASE_RETRY;
-                tracing::warn!(
-                    "cannot renew host leases ({e}); no request starts to a host later than \
-                     {} after its last renewal",
-                    humantime::format_duration(leases.length().saturating_sub(leases.request_timeout()))
-                );
-            }
-        }
-    }
-}
-
-/// [`Backend::watch_lock_waits`] every [`LOCK_WATCH_EVERY`] until `done`
-/// (PostgreSQL; returns at once on SQLite). A failed look is logged at
-/// debug level and tried again: the loops that write report a database
-/// that cannot be reached.
-async fn watch_lock_waits(store: Arc<Backend>, done: CancellationToken) {
-    let mut tick = tokio::time::interval(LOCK_WATCH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = done.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match store.watch_lock_waits().await {
-            None => return,
-            Some(Ok(())) => {}
-            Some(Err(e)) => tracing::debug!("cannot look for lock waits: {e}"),
-        }
-    }
-}
-
-/// How often a PostgreSQL crawler looks for statements of its waiting on
-/// another session's lock: often enough that the warnings every
-/// `store.busy_warning` (at least 1 s) come on time.
-const LOCK_WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// How long a stalled crawl may take to stop gracefully beyond
-/// `shutdown.grace` before the process exits without finishing its stop.
-const STALL_EXIT_MARGIN: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Ends a crawl that has stopped making progress: URLs are in flight (claimed,
-/// not committed) but the writer has committed nothing for `after`, and
-/// neither another process's lock nor the database away explains it (the
-/// store reports those itself, and bounds an outage by
-/// `store.outage_grace`). A write of trawler's own that does not return is
-/// a stall.
-/// Every loop may still be beating, so systemd's watchdog alone cannot see
-/// this (a robots.txt cache that evicted what it still needed once kept every
-/// worker busy and nothing finished).
-struct StallGuard {
-    stats: Arc<CrawlStats>,
-    /// The store's lock waits: time blocked by another process's lock is
-    /// reported by the store, and is no stall.
-    waits: Arc<LockWaits>,
-    /// The database away: reported, and bounded, by the store.
-    outage: Arc<Outage>,
-    /// `crawl.stall_timeout`, raised to the longest legitimate wait
-    /// ([`Config::stall_timeout`]), as the last reload left it.
-    after: watch::Receiver<std::time::Duration>,
-}
-
-impl StallGuard {
-    /// Checks every tenth of `after` as it was at start (1 s to 1 min)
-    /// until `done`.
-    ///
-    /// Errors: [`CrawlError::Stalled`], which stops the crawl.
-    async fn run(self, done: CancellationToken) -> Result<(), CrawlError> {
-        let every = (*self.after.borrow() / 10)
-            .clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = (self.committed(), tokio::time::Instant::now());
-        loop {
-            tokio::select! {
-                _ = done.cancelled() => return Ok(()),
-                _ = tick.tick() => {}
-            }
-            let now = tokio::time::Instant::now();
-            let committed = self.committed();
-            let in_flight = self.stats.outstanding.load(Ordering::SeqCst);
-            let excused = self.waits.blocked_by_another().is_some() || self.outage.down_for().is_some();
-            if committed != last.0 || in_flight == 0 || excused {
-                last = (committed, now);
-                continue;
-            }
-            // Whole seconds: the error message shows it.
-            let quiet = std::time::Duration::from_secs((now - last.1).as_secs());
-            if quiet >= *self.after.borrow() {
-                return Err(CrawlError::Stalled { quiet, in_flight });
-            }
-        }
-    }
-
-    /// Completions committed so far: attempts and deferred requests.
-    fn committed(&self) -> u64 {
-        self.stats.attempts.load(Ordering::Relaxed) + self.stats.deferred.load(Ordering::Relaxed)
-    }
-}
-
-/// Exits the process with status 1 if it is still running after `limit`,
-/// from a thread of its own (the async runtime may be what is stuck).
-/// Committed results are durable; URLs left in flight are queued again by
-/// the next start.
-fn exit_unless_stopped_within(limit: std::time::Duration) {
-    std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        tracing::error!(
-            "the stalled crawl did not stop within {}: exiting without finishing the stop",
-            humantime::format_duration(limit)
-        );
-        std::process::exit(1);
-    });
-}
-
-/// A batch crawl's budgets (`crawl.max_duration`, `crawl.max_bytes`), as
-/// Scrapy's `CLOSESPIDER_TIMEOUT` and friends: the first one reached stops
-/// the crawl as the first SIGTERM does, and says which in `reached`.
-struct Budget {
-    max_duration: Option<std::time::Duration>,
-    /// Body bytes committed (`CrawlStats::bytes`).
-    max_bytes: Option<u64>,
-    stats: Arc<CrawlStats>,
-    reached: Arc<std::sync::OnceLock<String>>,
-}
-
-impl Budget {
-    /// How often committed bytes are looked at: a few pages' worth of
-    /// overshoot at most, for nothing measurable.
-    const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
-
-    /// Watches from `started` until a budget is reached (then stops
-    /// `shutdown`), the crawl stops, or `done`.
-    async fn run(self, started: Instant, shutdown: Shutdown, done: CancellationToken) {
-        let deadline = self.max_duration.map(|d| tokio::time::Instant::from_std(started) + d);
-        let mut look = tokio::time::interval(Self::LOOK_EVERY);
-        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let why = loop {
-            tokio::select! {
-                _ = done.cancelled() => return,
-                _ = shutdown.stop_token().cancelled() => return,
-                _ = sleep_until(deadline) => {
-                    let limit = humantime::format_duration(self.max_duration.unwrap_or_default());
-                    break format!("crawl.max_duration ({limit}) reached");
-                }
-                _ = look.tick(), if self.max_bytes.is_some() => {
-                    let read = self.stats.bytes.load(Ordering::Relaxed);
-                    if let Some(max) = self.max_bytes.filter(|max| read >= *max) {
-                        break format!("crawl.max_bytes ({max} bytes) reached");
-                    }
-                }
-            }
-        };
-        tracing::info!("{why}: stopping; fetches in flight may finish within the grace period");
-        let _ = self.reached.set(why);
-        shutdown.stop();
-    }
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// After the first stop, fetches in flight get `grace`, then are dropped
-/// (unless a second signal dropped them first); from then on the store stops
-/// waiting for a lock another process holds, so that no lock can keep the
-/// process from exiting. Ends early with `done`.
-async fn grace_timer(
-    shutdown: Shutdown,
-    grace: std::time::Duration,
-    store: Arc<Backend>,
-    done: CancellationToken,
-) {
-    tokio::select! {
-        _ = done.cancelled() => return,
-        _ = shutdown.stop_token().cancelled() => {}
-    }
-    tokio::select! {
-        _ = done.cancelled() => return,
-        _ = shutdown.abort_token().cancelled() => {}
-        _ = tokio::time::sleep(grace) => shutdown.abort(false),
-    }
-    store.give_up_waiting();
 }
 
 /// Adds the URLs read from `input` (named `source` in reports) to the
@@ -746,169 +501,3 @@ fn robots(
 }
 
 type Input = (SeedSource, Box<dyn tokio::io::AsyncRead + Send + Unpin>);
-
-/// Checkpoints and truncates the WAL every `every` until `done`, warning
-/// when a reader in another process keeps it from being truncated (at
-/// first, and again at each doubling of the WAL: [`PinnedWal`]), and
-/// reporting what is left as `trawler_wal_bytes`.
-///
-/// Errors: the database cannot be written (a lock is waited out).
-async fn checkpoints(
-    store: Arc<Backend>,
-    every: std::time::Duration,
-    done: CancellationToken,
-) -> Result<(), StoreError> {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let mut pinned = PinnedWal::default();
-    let mut was_pinned = false;
-    loop {
-        tokio::select! {
-            _ = done.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        let Some(checkpoint) = store.checkpoint().await? else {
-            return Ok(());
-        };
-        metrics::gauge!("trawler_wal_bytes").set(checkpoint.wal_bytes_left() as f64);
-        let warn = pinned.observe(&checkpoint);
-        if !checkpoint.pinned() {
-            if was_pinned {
-                tracing::info!("WAL checkpointed and truncated again");
-            }
-            was_pinned = false;
-            continue;
-        }
-        was_pinned = true;
-        metrics::counter!("trawler_wal_pinned_total").increment(1);
-        if warn {
-            tracing::warn!(
-                wal_mib = checkpoint.wal_bytes_left() / (1024 * 1024),
-                "a reader is keeping the WAL from being truncated (a long query or an open transaction in \
-                 another process): it grows until that reader finishes"
-            );
-        }
-    }
-}
-
-/// How often freed heap memory is handed back to the kernel.
-const RELEASE_MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Hands the whole free pages inside the allocator's heaps back to the
-/// kernel every [`RELEASE_MEMORY_EVERY`] until `done`. glibc gives back only
-/// the top of a heap (past `M_TRIM_THRESHOLD`, mallopt(3)) and keeps memory
-/// freed below it mapped; with thousands of hosts, connections (about
-/// 30 KiB each in hyper) come and go by the thousand, and peak RSS grew well
-/// past the live heap. malloc_trim(3) with no padding releases every whole
-/// free page. Measured on the many-hosts benchmark: peak RSS at 100,000
-/// hosts 126-133 -> 115-129 MiB, at 10,000 hosts 111 -> 104 MiB, CPU per
-/// page unchanged within noise (every second instead gave 92 MiB at 10,000
-/// hosts but cost 10 % more CPU). Elsewhere than glibc it only waits.
-async fn release_free_memory(done: CancellationToken) {
-    let mut tick = tokio::time::interval(RELEASE_MEMORY_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = done.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim takes no pointer; it walks glibc's own arenas
-        // under their locks, so it is safe to call from any thread at any time.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::store::Blocker;
-
-    fn guard(in_flight: u64) -> StallGuard {
-        let stats = Arc::new(CrawlStats::default());
-        stats.outstanding.store(in_flight, Ordering::SeqCst);
-        StallGuard {
-            stats,
-            waits: Arc::new(LockWaits::new(Duration::from_secs(5))),
-            outage: Arc::new(Outage::new(Duration::from_secs(120), Duration::from_secs(5))),
-            after: watch::channel(Duration::from_secs(60)).1,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn urls_in_flight_and_nothing_committed_is_a_stall() {
-        let started = tokio::time::Instant::now();
-        let stalled = guard(3).run(CancellationToken::new()).await;
-        let Err(CrawlError::Stalled { quiet, in_flight: 3 }) = stalled else { panic!("{stalled:?}") };
-        assert!(quiet >= Duration::from_secs(60), "{quiet:?}");
-        // Checked every tenth of the timeout: found within one check of it.
-        assert!(started.elapsed() <= Duration::from_secs(66), "{:?}", started.elapsed());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_reload_that_lengthens_the_waits_lengthens_the_timeout() {
-        let (timeout, after) = watch::channel(Duration::from_secs(60));
-        let guard = StallGuard { after, ..guard(3) };
-        let started = tokio::time::Instant::now();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            timeout.send_replace(Duration::from_secs(600));
-        });
-        let stalled = guard.run(CancellationToken::new()).await;
-        assert!(matches!(stalled, Err(CrawlError::Stalled { .. })), "{stalled:?}");
-        let waited = started.elapsed();
-        assert!(waited >= Duration::from_secs(600) && waited <= Duration::from_secs(606), "{waited:?}");
-    }
-
-    /// Runs `guard` for 10 minutes of (paused) time, or until it fails.
-    async fn run_for_ten_minutes(guard: StallGuard) -> Result<(), CrawlError> {
-        let done = CancellationToken::new();
-        let stop = done.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(600)).await;
-            stop.cancel();
-        });
-        guard.run(done).await
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn commits_nothing_in_flight_or_a_locked_database_are_no_stall() {
-        // A result every 50 s: slow, but never quiet for the 60 s.
-        let committing = guard(3);
-        let stats = committing.stats.clone();
-        let results = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(50)).await;
-                stats.attempts.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        assert!(run_for_ten_minutes(committing).await.is_ok());
-        results.abort();
-
-        // Nothing in flight: a service waiting for URLs.
-        assert!(run_for_ten_minutes(guard(0)).await.is_ok());
-
-        // Writes waiting for another process's lock, which the store reports.
-        let locked = guard(3);
-        locked.waits.busy(Blocker::AnotherProcess, "test");
-        assert!(run_for_ten_minutes(locked).await.is_ok());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_write_of_its_own_that_hangs_is_a_stall_and_an_outage_is_not() {
-        let hung = guard(3);
-        hung.waits.busy(Blocker::ThisProcess, "claim");
-        assert!(matches!(run_for_ten_minutes(hung).await, Err(CrawlError::Stalled { .. })));
-
-        // The store bounds an outage by its grace; the guard leaves it be.
-        let away = guard(3);
-        away.outage.failed("connection refused".into());
-        assert!(run_for_ten_minutes(away).await.is_ok());
-    }
-}
