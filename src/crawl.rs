@@ -50,7 +50,7 @@ use crate::stats::{CrawlStats, Summary};
 use crate::store::{Backend, Store};
 use crate::tasks::Tasks;
 
-use builder::Pieces;
+use builder::{Mode, Pieces};
 use input::Input;
 use running::Running;
 
@@ -96,13 +96,11 @@ pub async fn serve(
     run(config, None, shutdown, Mode::Service(reloader)).await
 }
 
-/// A batch crawl ends when the frontier is empty; the service waits for more
-/// work, serves its endpoints, recrawls and reloads.
-enum Mode {
-    Batch,
-    Service(Option<Reloader>),
-}
-
+/// Opens the store, starts the crawl and drains it; then, whatever
+/// happened, puts URLs still in flight back in the queue and hands this
+/// daemon's hosts on, and fills in the summary's end state.
+///
+/// Errors: as [`crawl`].
 async fn run(
     config: &Config,
     seeds: Option<SeedSource>,

@@ -18,7 +18,7 @@
 //! | [`telemetry`] | `tracing` set-up (text or JSON, `log.level` / `RUST_LOG` filter, reloadable) |
 //! | [`shutdown`] | SIGINT/SIGTERM → stop, then abort |
 //! | [`reload`] | SIGHUP → load the config again, apply what can change while running |
-//! | [`crawl`] | one crawl: start the tasks, tear them down in order, summarise |
+//! | [`crawl`] | one crawl: recover the frontier, build the pieces, spawn them, tear them down in order, summarise; its side tasks in `crawl/` |
 //! | [`error`] | [`CrawlError`]: what ends a crawl (failed fetches are rows, not errors) |
 //! | [`tasks`] | every task on one tracker; the first failure or panic stops the crawl |
 //! | [`descriptors`] | the file-descriptor budget: raised and checked at start |

@@ -9,7 +9,6 @@ use std::sync::atomic::AtomicBool;
 
 use tokio::sync::{Notify, mpsc};
 
-use super::Mode;
 use super::budget::Budget;
 use super::input::{Input, InputTask};
 use super::recovery::Recovered;
@@ -21,7 +20,7 @@ use crate::frontier::Producer;
 use crate::gate::{Credentials, Gate, Leasing, RateLimit};
 use crate::links::Discovery;
 use crate::politeness::Politeness;
-use crate::reload::Live;
+use crate::reload::{Live, Reloader};
 use crate::robots::Robots;
 use crate::service::Service;
 use crate::shutdown::Shutdown;
@@ -39,6 +38,14 @@ const RESULTS_CAPACITY: usize = 8_192;
 /// The least room in the job channel: with one fast host (no delay), the
 /// producer claims up to this many per round.
 const CHANNEL_MIN: usize = 512;
+
+/// A batch crawl ends when the frontier is empty; the service waits for more
+/// work, serves its endpoints, recrawls and reloads.
+pub(super) enum Mode {
+    Batch,
+    /// With a reloader, `SIGHUP` reloads the configuration.
+    Service(Option<Reloader>),
+}
 
 /// The handles that every task of a crawl shares.
 pub(super) struct Shared {

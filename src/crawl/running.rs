@@ -47,9 +47,9 @@ pub(super) struct Running {
     /// Commits completions; ends once every worker dropped its sender, with
     /// the latency histogram of what it committed.
     writer: JoinHandle<Option<Histogram<u64>>>,
-    /// Ends the side tasks once the pipeline has drained: the grace timer,
-    /// progress, stop notification, and the service's endpoints, gauges,
-    /// recrawl sweep, reloads and watchdog.
+    /// Ends the side tasks once the pipeline has drained: those of
+    /// [`spawn_side_tasks`], the stop notification, the budget, and the
+    /// service's endpoints, gauges, recrawl sweep, reloads and watchdog.
     side_done: CancellationToken,
     stats: Arc<CrawlStats>,
     /// Per-host politeness: when each host's last request started is handed
@@ -67,46 +67,32 @@ impl Running {
     /// then tells systemd the crawl is ready. `config` gives the side tasks
     /// their periods; `shutdown` is what they watch and what a budget stops.
     pub(super) fn spawn(pieces: Pieces, config: &Config, tasks: &Tasks, shutdown: &Shutdown) -> Self {
-        let Pieces {
-            shared,
-            notifier,
-            producer,
-            workers: ctx,
-            concurrency,
-            jobs,
-            completions,
-            writer,
-            results,
-            sitemaps,
-            sitemap_fetcher,
-            sitemap_rx,
-            input,
-            stall_guard,
-            budget,
-            service,
-        } = pieces;
         let side_done = CancellationToken::new();
-        let beats = [producer.heartbeat.clone(), writer.heartbeat.clone()];
-        let writer = tasks.spawn("writer", writer.run(results));
-        let sitemaps_done = sitemaps.done.clone();
-        let sitemaps = tasks.spawn("sitemaps", sitemaps.run(sitemap_fetcher, sitemap_rx));
-        let workers = (0..concurrency)
+        let beats = [pieces.producer.heartbeat.clone(), pieces.writer.heartbeat.clone()];
+        let writer = tasks.spawn("writer", pieces.writer.run(pieces.results));
+        let sitemaps_done = pieces.sitemaps.done.clone();
+        let sitemaps =
+            tasks.spawn("sitemaps", pieces.sitemaps.run(pieces.sitemap_fetcher, pieces.sitemap_rx));
+        let (ctx, jobs, completions) = (&pieces.workers, &pieces.jobs, &pieces.completions);
+        let workers = (0..pieces.concurrency)
             .map(|_| tasks.spawn("worker", worker::run(ctx.clone(), jobs.clone(), completions.clone())))
             .collect();
-        drop((jobs, completions));
-        let ingest = input.map(|input| tasks.spawn("input", input.run()));
-        spawn_side_tasks(config, tasks, shutdown, &shared, stall_guard, &side_done);
-        if let Some((service, live)) = service {
+        // The workers hold the only receivers of jobs and senders of results.
+        drop((pieces.jobs, pieces.completions));
+        let ingest = pieces.input.map(|input| tasks.spawn("input", input.run()));
+        let shared = pieces.shared;
+        spawn_side_tasks(config, tasks, shutdown, &shared, pieces.stall_guard, &side_done);
+        if let Some((service, live)) = pieces.service {
             service.spawn(tasks, live, &shared.stats, &shared.politeness, beats, &side_done);
         }
-        let producer = tasks.spawn("producer", producer.run());
+        let producer = tasks.spawn("producer", pieces.producer.run());
 
         // Start-up is over: the database is open and recovered, every task runs.
-        notifier.ready();
-        let stopping = notify_stopping(notifier, shutdown.stop_token().clone(), side_done.clone());
+        pieces.notifier.ready();
+        let stopping = notify_stopping(pieces.notifier, shutdown.stop_token().clone(), side_done.clone());
         tasks.spawn_infallible("stop notification", stopping);
-        let reached = budget.as_ref().map(|budget| budget.reached.clone());
-        if let Some(budget) = budget {
+        let reached = pieces.budget.as_ref().map(|budget| budget.reached.clone());
+        if let Some(budget) = pieces.budget {
             tasks.spawn_infallible("budget", budget.run(Instant::now(), shutdown.clone(), side_done.clone()));
         }
         Self {
