@@ -948,68 +948,134 @@ impl Config {
 
     /// Checks what the types cannot express: upper bounds, least durations
     /// and relations between keys (counts are `NonZero*`, so a zero is
-    /// already refused by serde with the key named). Errors:
-    /// [`ConfigError::Invalid`] naming the first offending key.
+    /// already refused by serde with the key named), section by section in
+    /// the order of the file. Errors: [`ConfigError::Invalid`] naming the
+    /// first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, reason: &str| {
-            Err(ConfigError::Invalid { key: key.to_owned(), reason: reason.to_owned() })
-        };
-        if self.crawl.concurrency.get() > 10_000 {
+        self.crawl.validate()?;
+        self.politeness.validate()?;
+        self.robots.validate()?;
+        validate_hosts(&self.hosts)?;
+        self.fetch.validate(&self.hosts)?;
+        self.retry.validate()?;
+        self.store.validate(self.fetch.timeout)
+    }
+
+    /// The effective configuration as TOML, for `trawler config`, with the
+    /// password of `store.url` replaced by `***`.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.store.url = shown.store.url.map(|url| crate::redact::ForLog(&url).to_string());
+        toml::to_string_pretty(&shown).expect("every config value has a TOML form")
+    }
+}
+
+/// A refusal of `key`'s value, for `reason`.
+fn invalid(key: &str, reason: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid { key: key.to_owned(), reason: reason.to_owned() })
+}
+
+impl CrawlConfig {
+    /// `[crawl]`: the worker count, the rate, and the recrawl intervals.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.concurrency.get() > 10_000 {
             return invalid("crawl.concurrency", "must be at most 10000");
         }
-        if let Some(rate) = self.crawl.rate
+        if let Some(rate) = self.rate
             && !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0)
         {
             return invalid("crawl.rate", "must be a number of requests/s above 0 and at most 1000000");
         }
-        if self.politeness.backoff_base.is_zero()
-            || self.politeness.backoff_max < self.politeness.backoff_base
-        {
+        if self.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER) {
+            return invalid("crawl.recrawl_after", "must be at least 1s");
+        }
+        if self.recrawl_min < MIN_RECRAWL_AFTER {
+            return invalid("crawl.recrawl_min", "must be at least 1s");
+        }
+        if self.recrawl_max < self.recrawl_min {
+            return invalid("crawl.recrawl_max", "must not be below crawl.recrawl_min");
+        }
+        Ok(())
+    }
+}
+
+impl PolitenessConfig {
+    /// `[politeness]`: a backoff that starts above zero and may grow.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.backoff_base.is_zero() || self.backoff_max < self.backoff_base {
             return invalid(
                 "politeness.backoff_max",
                 "backoff_base must be above zero and backoff_max not below it",
             );
         }
-        if self.crawl.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER) {
-            return invalid("crawl.recrawl_after", "must be at least 1s");
+        Ok(())
+    }
+}
+
+impl RobotsConfig {
+    /// `[robots]`: the product token that robots.txt groups are matched by.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let token = &self.user_agent_token;
+        if token.trim().is_empty()
+            || !token.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_')
+        {
+            return invalid("robots.user_agent_token", "must be letters, '-' and '_' only (RFC 9309 §2.2.1)");
         }
-        if self.hosts.values().any(|h| h.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER)) {
-            return invalid("hosts.<host>.recrawl_after", "must be at least 1s");
-        }
+        Ok(())
+    }
+}
+
+/// `[hosts."..."]`: each key and its settings ([`validate_host`]), and
+/// recrawl intervals of at least [`MIN_RECRAWL_AFTER`].
+fn validate_hosts(hosts: &BTreeMap<String, HostOverride>) -> Result<(), ConfigError> {
+    if hosts.values().any(|h| h.recrawl_after.is_some_and(|d| d < MIN_RECRAWL_AFTER)) {
+        return invalid("hosts.<host>.recrawl_after", "must be at least 1s");
+    }
+    for (key, host) in hosts {
+        validate_host(key, host)?;
+    }
+    Ok(())
+}
+
+impl FetchConfig {
+    /// `[fetch]`: media types, proxies (the hosts' too), `resolve` entries,
+    /// timeouts and the User-Agent.
+    fn validate(&self, hosts: &BTreeMap<String, HostOverride>) -> Result<(), ConfigError> {
         if let Some(bad) =
-            self.fetch.accept_content_types.iter().find(|t| crate::fetch::AcceptTypes::parse(t).is_none())
+            self.accept_content_types.iter().find(|t| crate::fetch::AcceptTypes::parse(t).is_none())
         {
             return invalid(
                 "fetch.accept_content_types",
                 &format!("{bad:?} is not a media type such as \"text/html\" or \"text/*\""),
             );
         }
-        for (key, host) in &self.hosts {
-            validate_host(key, host)?;
+        let mut proxies = hosts.values().filter_map(|h| h.proxy.as_ref()).chain(self.proxy.as_ref());
+        if proxies.any(|proxy| !is_proxy_url(proxy)) {
+            return invalid(
+                "fetch.proxy (or hosts.<host>.proxy)",
+                "an http://, https:// or socks5:// URL with a host and no credentials",
+            );
         }
-        let proxies = self.hosts.values().filter_map(|h| h.proxy.as_ref()).chain(self.fetch.proxy.as_ref());
-        for proxy in proxies {
-            match url::Url::parse(proxy) {
-                Ok(url)
-                    if matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h")
-                        && url.host_str().is_some()
-                        && url.username().is_empty()
-                        && url.password().is_none() => {}
-                _ => {
-                    return invalid(
-                        "fetch.proxy (or hosts.<host>.proxy)",
-                        "an http://, https:// or socks5:// URL with a host and no credentials",
-                    );
-                }
-            }
+        self.validate_resolve()?;
+        if self.timeout.is_zero() {
+            return invalid("fetch.timeout", "must be above zero");
         }
-        if self.crawl.recrawl_min < MIN_RECRAWL_AFTER {
-            return invalid("crawl.recrawl_min", "must be at least 1s");
+        if self.connect_timeout.is_zero() {
+            return invalid("fetch.connect_timeout", "must be above zero");
         }
-        if self.crawl.recrawl_max < self.crawl.recrawl_min {
-            return invalid("crawl.recrawl_max", "must not be below crawl.recrawl_min");
+        if self.user_agent.trim().is_empty() {
+            return invalid("fetch.user_agent", "must not be empty");
         }
-        for (name, addresses) in &self.fetch.resolve {
+        if reqwest_safe_header(&self.user_agent).is_err() {
+            return invalid("fetch.user_agent", "must be visible ASCII (an HTTP header value)");
+        }
+        Ok(())
+    }
+
+    /// `fetch.resolve`: lower-case names (or `*.` and a domain), each with
+    /// an address.
+    fn validate_resolve(&self) -> Result<(), ConfigError> {
+        for (name, addresses) in &self.resolve {
             let host = name.strip_prefix("*.").unwrap_or(name);
             if host.is_empty() || host.contains(['*', '/', ':', ' ']) || host != host.to_ascii_lowercase() {
                 return invalid(
@@ -1021,76 +1087,72 @@ impl Config {
                 return invalid("fetch.resolve", "each name needs at least one address");
             }
         }
-        if self.store.checkpoint_every < Duration::from_secs(1) {
-            return invalid("store.checkpoint_every", "must be at least 1s");
-        }
-        if self.store.busy_warning < Duration::from_secs(1) {
-            return invalid("store.busy_warning", "must be at least 1s");
-        }
-        if self.robots.user_agent_token.trim().is_empty()
-            || !self
-                .robots
-                .user_agent_token
-                .bytes()
-                .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_')
-        {
-            return invalid("robots.user_agent_token", "must be letters, '-' and '_' only (RFC 9309 §2.2.1)");
-        }
-        if self.fetch.timeout.is_zero() {
-            return invalid("fetch.timeout", "must be above zero");
-        }
-        if self.fetch.connect_timeout.is_zero() {
-            return invalid("fetch.connect_timeout", "must be above zero");
-        }
-        if self.fetch.user_agent.trim().is_empty() {
-            return invalid("fetch.user_agent", "must not be empty");
-        }
-        if reqwest_safe_header(&self.fetch.user_agent).is_err() {
-            return invalid("fetch.user_agent", "must be visible ASCII (an HTTP header value)");
-        }
-        if self.retry.max_attempts.get() > 100 {
+        Ok(())
+    }
+}
+
+/// Whether `proxy` is a proxy URL reqwest can use and the logs may show:
+/// http, https or socks5, with a host and no credentials.
+fn is_proxy_url(proxy: &str) -> bool {
+    url::Url::parse(proxy).is_ok_and(|url| {
+        matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h")
+            && url.host_str().is_some()
+            && url.username().is_empty()
+            && url.password().is_none()
+    })
+}
+
+impl RetryConfig {
+    /// `[retry]`: a bounded number of attempts and a backoff that may grow.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_attempts.get() > 100 {
             return invalid("retry.max_attempts", "must be at most 100");
         }
-        if self.retry.backoff_base.is_zero() {
+        if self.backoff_base.is_zero() {
             return invalid("retry.backoff_base", "must be above zero");
         }
-        if self.retry.backoff_max < self.retry.backoff_base {
+        if self.backoff_max < self.backoff_base {
             return invalid("retry.backoff_max", "must not be below retry.backoff_base");
         }
-        if self.store.path.as_os_str().is_empty() {
+        Ok(())
+    }
+}
+
+impl StoreConfig {
+    /// `[store]`: periods, the database's address, and on PostgreSQL a
+    /// lease and an outage grace long enough for `fetch_timeout`
+    /// (`fetch.timeout`).
+    fn validate(&self, fetch_timeout: Duration) -> Result<(), ConfigError> {
+        if self.checkpoint_every < Duration::from_secs(1) {
+            return invalid("store.checkpoint_every", "must be at least 1s");
+        }
+        if self.busy_warning < Duration::from_secs(1) {
+            return invalid("store.busy_warning", "must be at least 1s");
+        }
+        if self.path.as_os_str().is_empty() {
             return invalid("store.path", "must not be empty");
         }
-        if let Some(url) = &self.store.url
+        if let Some(url) = &self.url
             && !is_postgres_url(url)
         {
             return invalid("store.url", "must be a postgres:// or postgresql:// URL");
         }
-        if self.store.url.is_some()
-            && self.store.lease(self.fetch.timeout) < self.fetch.timeout.saturating_mul(2)
-        {
+        if self.url.is_some() && self.lease(fetch_timeout) < fetch_timeout.saturating_mul(2) {
             // Renewals a third of the lease apart must keep the deadline
             // (last renewal sent + lease - fetch.timeout) ahead of the next.
             return invalid("store.lease", "must be at least twice fetch.timeout (on PostgreSQL)");
         }
-        if let Some(grace) = self.store.outage_grace {
+        if let Some(grace) = self.outage_grace {
             if grace < Duration::from_secs(1) {
                 return invalid("store.outage_grace", "must be at least 1s");
             }
-            if self.store.url.is_some() && grace < self.store.lease(self.fetch.timeout).saturating_mul(2) {
+            if self.url.is_some() && grace < self.lease(fetch_timeout).saturating_mul(2) {
                 // Riding an outage out past its leases' lapse is what hands
                 // its hosts to the other daemons without losing its results.
                 return invalid("store.outage_grace", "must be at least twice store.lease (on PostgreSQL)");
             }
         }
         Ok(())
-    }
-
-    /// The effective configuration as TOML, for `trawler config`, with the
-    /// password of `store.url` replaced by `***`.
-    pub fn to_toml(&self) -> String {
-        let mut shown = self.clone();
-        shown.store.url = shown.store.url.map(|url| crate::redact::ForLog(&url).to_string());
-        toml::to_string_pretty(&shown).expect("every config value has a TOML form")
     }
 }
 

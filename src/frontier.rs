@@ -16,16 +16,21 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// The wall-clock time in Unix ms: not-before times outlive the process, so
+/// they are wall-clock, not monotonic. Here too, for callers that know it
+/// as the frontier's.
+pub use crate::clock::now_ms;
+use crate::job::Job;
 use crate::politeness::Politeness;
 use crate::sitemaps::SitemapQueue;
 use crate::stats::CrawlStats;
-use crate::store::{Backend, Claim, Job, Store, StoreError};
+use crate::store::{Backend, Claim, Store, StoreError};
 use crate::systemd::Heartbeat;
 
 /// The longest sleep between looks at the store when nothing is due.
@@ -36,12 +41,6 @@ pub const MAX_IDLE: Duration = Duration::from_secs(1);
 /// sharing one database do not poll it in step.
 fn idle_poll() -> Duration {
     MAX_IDLE.mul_f64(0.75 + rand::random::<f64>() / 4.0)
-}
-
-/// The current wall-clock time in Unix ms: not-before times outlive the
-/// process, so they are wall-clock, not monotonic.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Whether the job channel is low enough that the producer should refill it:
@@ -208,6 +207,25 @@ impl Producer {
 
 /// How often idle hosts are dropped from the politeness state.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+/// URLs put back for a recrawl per statement.
+const RECRAWL_BATCH: u32 = 10_000;
+
+/// Puts every URL due for a recrawl back in the frontier, in batches: at
+/// start (the crawl) and every second (the service's recrawl sweep).
+/// Returns how many.
+///
+/// Errors: a store failure.
+pub(crate) async fn requeue_due(store: &Backend) -> Result<u64, StoreError> {
+    let mut requeued = 0;
+    loop {
+        let n = store.requeue_recrawls(now_ms(), RECRAWL_BATCH).await?;
+        requeued += n;
+        if n < u64::from(RECRAWL_BATCH) {
+            return Ok(requeued);
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

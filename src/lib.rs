@@ -14,10 +14,12 @@
 //! | [`listen`] | serving those within limits: connections, header and request timeouts |
 //! | [`cli`] | the command line (clap) |
 //! | [`config`] | layered settings: defaults, TOML, `TRAWLER_*` env, flags |
+//! | [`clock`] | the wall clock in Unix ms (stored times) and a monotonic ms count (ages) |
 //! | [`telemetry`] | `tracing` set-up (text or JSON, `log.level` / `RUST_LOG` filter, reloadable) |
 //! | [`shutdown`] | SIGINT/SIGTERM → stop, then abort |
 //! | [`reload`] | SIGHUP → load the config again, apply what can change while running |
-//! | [`crawl`] | one crawl: start the tasks, tear them down in order, summarise |
+//! | [`crawl`] | one crawl: recover the frontier, build the pieces, spawn them, tear them down in order, summarise; its side tasks in `crawl/` |
+//! | [`error`] | [`CrawlError`]: what ends a crawl (failed fetches are rows, not errors) |
 //! | [`tasks`] | every task on one tracker; the first failure or panic stops the crawl |
 //! | [`descriptors`] | the file-descriptor budget: raised and checked at start |
 //! | [`service`] | what only `trawler run` adds: endpoints, gauges, recrawl sweep, reloads, watchdog |
@@ -32,7 +34,8 @@
 //! | [`fetch`] | one HTTP attempt; the only module that knows reqwest (address policy, proxies, redirects, bodies) |
 //! | [`retry`] | the pure retry/backoff decision |
 //! | [`writer`] | batching completions into transactions |
-//! | [`store`] | the frontier interface with lease semantics; [`store::Backend`] is what callers hold, one variant per database engine ([`store::sqlite`], [`store::postgres`]) |
+//! | [`job`] | the crawl's vocabulary: a job, its attempt record, the outcome, the completion |
+//! | [`store`] | the frontier interface with lease semantics; what a batch of completions writes is decided once (`store/batch.rs`) above the engines; [`store::Backend`] is what callers hold, one variant per database engine ([`store::sqlite`], [`store::postgres`]) |
 //! | [`report`] | `trawler stats` and `trawler export`, read-only |
 //! | [`warc`] | `trawler export --format warc`: WARC 1.1 records of the stored responses |
 //! | [`redact`] | no credentials, secret query values or control characters in logs |
@@ -42,9 +45,11 @@
 pub mod admin;
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crawl;
 pub mod descriptors;
+pub mod error;
 pub mod fetch;
 pub mod frontier;
 pub mod gate;
@@ -71,6 +76,7 @@ pub mod warc;
 pub mod worker;
 pub mod writer;
 
-pub use crawl::{CrawlError, crawl, enqueue, serve};
+pub use crawl::{crawl, enqueue, serve};
+pub use error::CrawlError;
 pub use shutdown::Shutdown;
 pub use stats::Summary;

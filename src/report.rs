@@ -12,7 +12,7 @@ use std::io::Write;
 use futures::StreamExt;
 
 use crate::CrawlError;
-use crate::frontier::now_ms;
+use crate::clock::now_ms;
 use crate::store::{Backend, ExportFilter, StatsReport};
 
 /// `trawler export --format`.

@@ -13,11 +13,13 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Health};
 use crate::api::{self, Api};
 use crate::config::Config;
-use crate::crawl::{CrawlError, requeue_due};
+use crate::error::CrawlError;
+use crate::frontier::requeue_due;
+use crate::job::UrlState;
 use crate::politeness::Politeness;
 use crate::reload::{Live, Reloader};
 use crate::stats::CrawlStats;
-use crate::store::{Backend, Store, StoreError, UrlState};
+use crate::store::{Backend, Store, StoreError};
 use crate::systemd::{self, Heartbeat};
 use crate::tasks::Tasks;
 
@@ -133,7 +135,7 @@ async fn refresh_gauges(
         let backoff = politeness.hosts_in_backoff(tokio::time::Instant::now());
         metrics::gauge!("trawler_hosts_in_backoff").set(backoff as f64);
         let age = match store.oldest_lease_ms().await {
-            Ok(Some(at)) => (crate::frontier::now_ms() - at).max(0) as f64 / 1000.0,
+            Ok(Some(at)) => (crate::clock::now_ms() - at).max(0) as f64 / 1000.0,
             _ => 0.0,
         };
         metrics::gauge!("trawler_oldest_lease_seconds").set(age);

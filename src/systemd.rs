@@ -7,12 +7,13 @@
 //! systemd) every call does nothing.
 
 use std::sync::Arc;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
+
+use crate::clock::monotonic_ms;
 
 /// Sends the service's state to systemd.
 pub struct Notifier {
@@ -79,9 +80,6 @@ fn watchdog_usec(usec: Option<&str>, pid: Option<&str>) -> Option<u64> {
     }
 }
 
-/// When the process's heartbeats count from.
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
 /// A loop's proof of life for [`watchdog`]: the loop calls
 /// [`beat`](Heartbeat::beat) each time round, including while it waits idle
 /// by design, so a beat that grows old means the loop is stuck.
@@ -89,7 +87,7 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 pub struct Heartbeat {
     /// The loop's name, for the log line when it stalls.
     name: &'static str,
-    /// When it last beat, in ms since [`EPOCH`].
+    /// When it last beat, in [`monotonic_ms`].
     last_ms: AtomicI64,
 }
 
@@ -103,17 +101,13 @@ impl Heartbeat {
 
     /// Records that the loop is alive now.
     pub fn beat(&self) {
-        self.last_ms.store(now_ms(), Ordering::Relaxed);
+        self.last_ms.store(monotonic_ms(), Ordering::Relaxed);
     }
 
     /// How long ago it last beat.
     pub fn age(&self) -> Duration {
-        Duration::from_millis((now_ms() - self.last_ms.load(Ordering::Relaxed)).max(0) as u64)
+        Duration::from_millis((monotonic_ms() - self.last_ms.load(Ordering::Relaxed)).max(0) as u64)
     }
-}
-
-fn now_ms() -> i64 {
-    EPOCH.elapsed().as_millis() as i64
 }
 
 /// The longest a heartbeat may be silent before the pipeline counts as
@@ -198,7 +192,7 @@ mod tests {
         let (producer, writer) = (Arc::new(Heartbeat::new("producer")), Arc::new(Heartbeat::new("writer")));
         let beats = [producer.clone(), writer.clone()];
         assert!(stalled_loop(&beats, Duration::from_secs(5), false).is_none(), "both just beat");
-        writer.last_ms.store(now_ms() - 60_000, Ordering::Relaxed);
+        writer.last_ms.store(monotonic_ms() - 60_000, Ordering::Relaxed);
         assert_eq!(writer.age().as_secs(), 60);
         assert_eq!(stalled_loop(&beats, Duration::from_secs(5), false).map(|b| b.name), Some("writer"));
         assert!(stalled_loop(&beats, Duration::from_secs(5), true).is_none(), "a known cause excuses it");

@@ -23,7 +23,7 @@ use futures::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use crate::crawl::CrawlError;
+use crate::error::CrawlError;
 use crate::shutdown::Shutdown;
 
 /// Spawns and supervises a crawl's tasks. Clones share the tracker and the

@@ -20,9 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use url::Url;
 
+use crate::clock::now_ms;
 use crate::config::RetryConfig;
 use crate::fetch::{Fetched, Fetcher};
-use crate::frontier::{now_ms, wants_refill};
+use crate::frontier::wants_refill;
 use crate::gate::{Errand, Gate, Interrupted, Stops, Walked};
 use crate::job::{AttemptRecord, Completion, DropReason, ErrorKind, Job, Next};
 use crate::links::Discovery;

@@ -18,8 +18,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use super::rules::{self, DroppedRow, UrlChange, unix_ms};
+use super::rules::{self, DroppedRow, UrlChange};
 use super::{Committed, NewUrl, PageLimits};
+use crate::clock::unix_ms;
 use crate::job::{AttemptRecord, Completion, DropReason, Outcome, UrlState};
 
 /// One `attempts` row with its meaning resolved; the engine maps the types.

@@ -27,11 +27,12 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{self, AttemptRow, BatchWrites, Lowered, Shorter};
 use super::faults::{Blocker, Kind, postgres_kind};
 use super::leases::HostLeases;
-use super::rules::{self, DroppedRow, UrlChange, duration_ms, to_i64, unix_ms};
+use super::rules::{self, DroppedRow, UrlChange, duration_ms, to_i64};
 use super::{
     ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, NewUrl, Outage, PageLimits,
     RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, Watch,
 };
+use crate::clock::unix_ms;
 
 use crate::job::{Completion, ErrorKind, Hop, Job, Revisit, UrlState, Validators};
 use crate::redact::ForLog;

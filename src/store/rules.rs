@@ -262,11 +262,6 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// `t` in Unix ms (0 before the epoch).
-pub(crate) fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// A duration in ms; an absurd one (over 146 million years) saturates far
 /// from overflowing when added to a time.
 pub(crate) fn duration_ms(d: Duration) -> i64 {

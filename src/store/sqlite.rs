@@ -49,11 +49,12 @@ use sqlx::{Arguments, Connection, QueryBuilder, Row, Sqlite};
 
 use super::batch::{self, AttemptRow, BatchWrites, Lowered, Shorter};
 use super::faults::{Kind, sqlite_kind};
-use super::rules::{self, DroppedRow, UrlChange, duration_ms, rfc3339, rfc3339_from_ms, to_i64, unix_ms};
+use super::rules::{self, DroppedRow, UrlChange, duration_ms, rfc3339, rfc3339_from_ms, to_i64};
 use super::{
     ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, NewUrl, PageLimits,
     RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, Watch,
 };
+use crate::clock::unix_ms;
 use crate::config::{StoreConfig, Synchronous};
 use crate::job::{Completion, ErrorKind, Hop, Job, Revisit, UrlState, Validators};
 
