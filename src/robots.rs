@@ -265,8 +265,8 @@ impl Robots {
     /// is shared and unexpired, else fetched with `fetch` (and shared).
     async fn fetch(&self, origin: &str, host: &str, fetch: &FetchRobotsTxt<'_>) -> Entry {
         let robots_url = &format!("{origin}/robots.txt");
-        if let Some(store) = &self.shared {
-            match store.shared_robots_txt(origin).await {
+        if let Some(coordination) = self.shared.as_ref().and_then(|store| store.coordination()) {
+            match coordination.shared_robots_txt(origin).await {
                 Ok(Some(shared)) => {
                     let (rules, _) = self.rules(robots_url, None, shared.http_status, &shared.body, false);
                     let crawl_delay = self.crawl_delay(robots_url, &rules);
@@ -290,10 +290,10 @@ impl Robots {
             failed.took = Duration::from_micros(fetched.record.elapsed_us);
             failed.name_not_found = fetched.name_not_found;
         }
-        if let (Some(store), None | Some(ErrorKind::BodyTooLarge), Some(status)) =
-            (&self.shared, fetched.error, status)
+        if let (Some(coordination), None | Some(ErrorKind::BodyTooLarge), Some(status)) =
+            (self.shared.as_ref().and_then(|store| store.coordination()), fetched.error, status)
             && !ttl.is_zero()
-            && let Err(e) = store.share_robots_txt(origin, status, body, ttl).await
+            && let Err(e) = coordination.share_robots_txt(origin, status, body, ttl).await
         {
             tracing::warn!(%robots_url, "cannot share robots.txt with the other daemons: {e}");
         }

@@ -139,7 +139,9 @@ async fn refresh_gauges(
             _ => 0.0,
         };
         metrics::gauge!("trawler_oldest_lease_seconds").set(age);
-        if let Ok(Some(health)) = store.queue_health().await {
+        if let Some(coordination) = store.coordination()
+            && let Ok(health) = coordination.queue_health().await
+        {
             for (table, dead) in health.dead_tuples {
                 metrics::gauge!("trawler_pg_dead_tuples", "table" => table).set(dead as f64);
             }

@@ -245,7 +245,7 @@ fn robots(
     let sitemaps = config.discovery.follow.then(|| sitemaps.clone());
     let robots = Robots::new(config.robots.clone(), politeness.clone(), sitemaps);
     // Daemons sharing a database share robots.txt too (PostgreSQL).
-    let robots = match store.host_leases() {
+    let robots = match store.coordination() {
         Some(_) => robots.sharing(store.clone()),
         None => robots,
     };

@@ -181,7 +181,12 @@ fn spawn_side_tasks(
     tasks.spawn_infallible("memory", release_free_memory(done.clone()));
     let (relay, woken, until) = (store.clone(), shared.wake.clone(), done.clone());
     tasks.spawn_infallible("work notifications", async move {
-        relay.relay_work_notifications(woken, until).await
+        // Another process's writes are news only where the database says
+        // so (PostgreSQL); on SQLite the producer's poll finds new URLs.
+        match relay.coordination() {
+            Some(coordination) => coordination.relay_work_notifications(woken, until).await,
+            None => until.cancelled().await,
+        }
     });
     tasks.spawn("stall guard", stall_guard.run_or_exit(config.shutdown.grace, done.clone()));
     tasks.spawn_infallible(

@@ -58,12 +58,13 @@ pub(super) async fn checkpoints(
 const LEASE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Keeps this daemon's host leases (PostgreSQL) until `done`: a round of
-/// [`Backend::keep_leases`] every third of the lease, or a second after a
+/// [`Coordination::keep_leases`] every third of the lease, or a second after a
 /// round that failed. Says what it could not do: a failed round leaves
 /// requests to each host to stop at its deadline, and a lost lease means
 /// another daemon has the host now. Returns at once on SQLite.
 pub(super) async fn keep_leases(store: Arc<Backend>, politeness: Arc<Politeness>, done: CancellationToken) {
-    let Some(leases) = store.host_leases() else { return };
+    let Some(coordination) = store.coordination() else { return };
+    let leases = coordination.host_leases();
     let mut wait = leases.renew_every();
     loop {
         tokio::select! {
@@ -72,8 +73,8 @@ pub(super) async fn keep_leases(store: Arc<Backend>, politeness: Arc<Politeness>
         }
         let now = tokio::time::Instant::now();
         let last_starts = politeness.last_starts(now);
-        match store.keep_leases(&last_starts, &politeness.hosts_to_keep(now)).await {
-            Ok(Some(round)) => {
+        match coordination.keep_leases(&last_starts, &politeness.hosts_to_keep(now)).await {
+            Ok(round) => {
                 wait = leases.renew_every();
                 if !round.lost.is_empty() {
                     tracing::warn!(
@@ -91,7 +92,6 @@ pub(super) async fn keep_leases(store: Arc<Backend>, politeness: Arc<Politeness>
                 }
                 tracing::debug!(renewed = round.renewed, released = round.released, "host leases kept");
             }
-            Ok(None) => return,
             Err(e) => {
                 wait = LEASE_RETRY;
                 tracing::warn!(
@@ -104,11 +104,12 @@ pub(super) async fn keep_leases(store: Arc<Backend>, politeness: Arc<Politeness>
     }
 }
 
-/// [`Backend::watch_lock_waits`] every [`LOCK_WATCH_EVERY`] until `done`
+/// [`Coordination::watch_lock_waits`] every [`LOCK_WATCH_EVERY`] until `done`
 /// (PostgreSQL; returns at once on SQLite). A failed look is logged at
 /// debug level and tried again: the loops that write report a database
 /// that cannot be reached.
 pub(super) async fn watch_lock_waits(store: Arc<Backend>, done: CancellationToken) {
+    let Some(coordination) = store.coordination() else { return };
     let mut tick = tokio::time::interval(LOCK_WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -116,10 +117,8 @@ pub(super) async fn watch_lock_waits(store: Arc<Backend>, done: CancellationToke
             _ = done.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store.watch_lock_waits().await {
-            None => return,
-            Some(Ok(())) => {}
-            Some(Err(e)) => tracing::debug!("cannot look for lock waits: {e}"),
+        if let Err(e) = coordination.watch_lock_waits().await {
+            tracing::debug!("cannot look for lock waits: {e}");
         }
     }
 }

@@ -221,21 +221,9 @@ impl Backend {
     /// `/healthz`, the stall guard and the watchdog: SQLite's database lock
     /// or its one write connection held by a write still running, or on
     /// PostgreSQL any lock (rows, a table) that this daemon's statements
-    /// wait for ([`Backend::watch_lock_waits`]).
+    /// wait for ([`Coordination::watch_lock_waits`]).
     pub fn lock_waits(&self) -> Arc<LockWaits> {
         self.watch().waits.clone()
-    }
-
-    /// One look for this daemon's statements waiting on another session's
-    /// locks ([`PgStore::watch_lock_waits`]); `None` on SQLite, whose store
-    /// sees its lock waits as they happen.
-    ///
-    /// Errors: the database cannot be read.
-    pub async fn watch_lock_waits(&self) -> Option<Result<(), StoreError>> {
-        match self {
-            Backend::Sqlite(_) => None,
-            Backend::Postgres(s) => Some(self.ride("look for lock waits", |_| s.watch_lock_waits()).await),
-        }
     }
 
     /// When the oldest claim still in flight was taken (Unix ms), if any.
@@ -245,96 +233,14 @@ impl Backend {
         ridden!(self, "oldest lease", s => s.oldest_lease_ms().await)
     }
 
-    /// The queue tables' health where the engine reports it (PostgreSQL:
-    /// [`PgStore::queue_health`]); `None` on SQLite, whose WAL is watched by
-    /// [`checkpoint`](Self::checkpoint) instead.
-    ///
-    /// Errors: the engine's statistics cannot be read.
-    pub async fn queue_health(&self) -> Result<Option<QueueHealth>, StoreError> {
-        match self {
-            Backend::Sqlite(_) => Ok(None),
-            Backend::Postgres(s) => self.ride("queue health", |_| s.queue_health()).await.map(Some),
-        }
-    }
-
-    /// Until `done`, wakes `wake` when another process adds work to the
-    /// database (PostgreSQL's LISTEN/NOTIFY: [`PgStore::relay_work_notifications`]).
-    /// On SQLite, which cannot tell one process of another's writes, it only
-    /// waits for `done`: the producer's poll finds new URLs.
-    pub async fn relay_work_notifications(&self, wake: Arc<Notify>, done: CancellationToken) {
-        match self {
-            Backend::Sqlite(_) => done.cancelled().await,
-            Backend::Postgres(s) => s.relay_work_notifications(wake, done).await,
-        }
-    }
-
-    /// The host leases this daemon holds, for workers to check before each
-    /// request; `None` on SQLite, whose one crawler needs none.
-    pub fn host_leases(&self) -> Option<Arc<HostLeases>> {
+    /// The protocol of a database several daemons share (PostgreSQL):
+    /// host leases, hop leases, shared robots.txt, work notifications,
+    /// lock waits, queue health. `None` for a database one process owns
+    /// (SQLite), which needs none of it: callers ask here once.
+    pub fn coordination(&self) -> Option<Coordination<'_>> {
         match self {
             Backend::Sqlite(_) => None,
-            Backend::Postgres(s) => Some(s.host_leases()),
-        }
-    }
-
-    /// One round of lease keeping ([`PgStore::keep_leases`]); `None` on
-    /// SQLite, which leases no hosts.
-    ///
-    /// Errors: the database cannot be written.
-    pub async fn keep_leases(
-        &self,
-        last_starts: &[(String, Duration)],
-        keeping: &[String],
-    ) -> Result<Option<LeaseRound>, StoreError> {
-        match self {
-            Backend::Sqlite(_) => Ok(None),
-            Backend::Postgres(s) => {
-                self.ride("keep host leases", |_| s.keep_leases(last_starts, keeping)).await.map(Some)
-            }
-        }
-    }
-
-    /// The unexpired robots.txt of `origin` another daemon fetched
-    /// (PostgreSQL's `robots_txt` table); always `None` on SQLite, whose one
-    /// crawler keeps robots.txt in memory.
-    ///
-    /// Errors: the database cannot be read.
-    pub async fn shared_robots_txt(&self, origin: &str) -> Result<Option<SharedRobotsTxt>, StoreError> {
-        match self {
-            Backend::Sqlite(_) => Ok(None),
-            Backend::Postgres(s) => {
-                self.ride("read a shared robots.txt", |_| s.shared_robots_txt(origin)).await
-            }
-        }
-    }
-
-    /// Shares a robots.txt this daemon fetched with the other daemons
-    /// ([`PgStore::share_robots_txt`]); nothing on SQLite.
-    ///
-    /// Errors: the database cannot be written.
-    pub async fn share_robots_txt(
-        &self,
-        origin: &str,
-        http_status: u16,
-        body: &[u8],
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        match self {
-            Backend::Sqlite(_) => Ok(()),
-            Backend::Postgres(s) => {
-                self.ride("share a robots.txt", |_| s.share_robots_txt(origin, http_status, body, ttl)).await
-            }
-        }
-    }
-
-    /// Leases `host` for a redirect hop to it ([`PgStore::lease_hop`]); on
-    /// SQLite, whose one crawler needs no lease, always held.
-    ///
-    /// Errors: the database cannot be written.
-    pub async fn lease_hop(&self, host: &str) -> Result<HopLease, StoreError> {
-        match self {
-            Backend::Sqlite(_) => Ok(HopLease::Held { last_start: None }),
-            Backend::Postgres(s) => self.ride("lease a redirect's host", |_| s.lease_hop(host)).await,
+            Backend::Postgres(pg) => Some(Coordination { backend: self, pg }),
         }
     }
 
@@ -422,5 +328,84 @@ impl Store for Backend {
 
     async fn requeue_recrawls(&self, now_ms: i64, limit: u32) -> Result<u64, StoreError> {
         ridden!(self, "requeue recrawls", s => s.requeue_recrawls(now_ms, limit).await)
+    }
+}
+
+/// What a daemon sharing its database with others does besides crawling
+/// ([`Backend::coordination`]). Each call rides out lock waits and outages
+/// as every store call does.
+#[derive(Clone, Copy)]
+pub struct Coordination<'a> {
+    backend: &'a Backend,
+    pg: &'a PgStore,
+}
+
+impl Coordination<'_> {
+    /// The host leases this daemon holds, for workers to check before each
+    /// request.
+    pub fn host_leases(&self) -> Arc<HostLeases> {
+        self.pg.host_leases()
+    }
+
+    /// One round of lease keeping ([`PgStore::keep_leases`]).
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn keep_leases(
+        &self,
+        last_starts: &[(String, Duration)],
+        keeping: &[String],
+    ) -> Result<LeaseRound, StoreError> {
+        self.backend.ride("keep host leases", |_| self.pg.keep_leases(last_starts, keeping)).await
+    }
+
+    /// Leases `host` for a redirect hop to it ([`PgStore::lease_hop`]).
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn lease_hop(&self, host: &str) -> Result<HopLease, StoreError> {
+        self.backend.ride("lease a redirect's host", |_| self.pg.lease_hop(host)).await
+    }
+
+    /// The unexpired robots.txt of `origin` another daemon fetched (the
+    /// `robots_txt` table).
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn shared_robots_txt(&self, origin: &str) -> Result<Option<SharedRobotsTxt>, StoreError> {
+        self.backend.ride("read a shared robots.txt", |_| self.pg.shared_robots_txt(origin)).await
+    }
+
+    /// Shares a robots.txt this daemon fetched with the other daemons
+    /// ([`PgStore::share_robots_txt`]).
+    ///
+    /// Errors: the database cannot be written.
+    pub async fn share_robots_txt(
+        &self,
+        origin: &str,
+        http_status: u16,
+        body: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let share = |_| self.pg.share_robots_txt(origin, http_status, body, ttl);
+        self.backend.ride("share a robots.txt", share).await
+    }
+
+    /// Until `done`, wakes `wake` when another process adds work to the
+    /// database ([`PgStore::relay_work_notifications`]).
+    pub async fn relay_work_notifications(&self, wake: Arc<Notify>, done: CancellationToken) {
+        self.pg.relay_work_notifications(wake, done).await
+    }
+
+    /// One look for this daemon's statements waiting on another session's
+    /// locks ([`PgStore::watch_lock_waits`]).
+    ///
+    /// Errors: the database cannot be read.
+    pub async fn watch_lock_waits(&self) -> Result<(), StoreError> {
+        self.backend.ride("look for lock waits", |_| self.pg.watch_lock_waits()).await
+    }
+
+    /// The queue tables' health ([`PgStore::queue_health`]).
+    ///
+    /// Errors: the engine's statistics cannot be read.
+    pub async fn queue_health(&self) -> Result<QueueHealth, StoreError> {
+        self.backend.ride("queue health", |_| self.pg.queue_health()).await
     }
 }

@@ -24,7 +24,7 @@ use std::future::Future;
 
 use std::time::Duration;
 
-pub use backend::Backend;
+pub use backend::{Backend, Coordination};
 // The vocabulary of what the store takes and hands out (`crate::job`).
 pub use crate::job::{
     AttemptRecord, Completion, DropReason, Hop, Job, Next, Outcome, Revisit, UrlState, Validators,
