@@ -36,7 +36,7 @@ CREATE TABLE attempts_v8 (
     -- NULL when the attempt got a final HTTP response; otherwise one of
     -- timeout, connect, dns, tls, read, protocol, redirect_limit, redirect_loop,
     -- body_too_large, invalid_url, http_status, robots_disallowed,
-    -- robots_unreachable, blocked_address.
+    -- robots_unreachable, blocked_address, out_of_scope.
     error_kind     TEXT,
     error_message  TEXT,
     -- For outcome = 'retry': when the URL becomes due again (RFC 3339 UTC).

@@ -58,7 +58,7 @@ pub(super) async fn checkpoints(
 const LEASE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Keeps this daemon's host leases (PostgreSQL) until `done`: a round of
-/// [`Coordination::keep_leases`] every third of the lease, or a second after a
+/// [`Coordination::keep_leases`](crate::store::Coordination::keep_leases) every third of the lease, or a second after a
 /// round that failed. Says what it could not do: a failed round leaves
 /// requests to each host to stop at its deadline, and a lost lease means
 /// another daemon has the host now. Returns at once on SQLite.
@@ -104,7 +104,7 @@ pub(super) async fn keep_leases(store: Arc<Backend>, politeness: Arc<Politeness>
     }
 }
 
-/// [`Coordination::watch_lock_waits`] every [`LOCK_WATCH_EVERY`] until `done`
+/// [`Coordination::watch_lock_waits`](crate::store::Coordination::watch_lock_waits) every [`LOCK_WATCH_EVERY`] until `done`
 /// (PostgreSQL; returns at once on SQLite). A failed look is logged at
 /// debug level and tried again: the loops that write report a database
 /// that cannot be reached.

@@ -451,7 +451,7 @@ impl Leasing {
     }
 
     /// Takes (or keeps) `host`'s lease for a request no claim put under one
-    /// (a redirect hop to another host, a sitemap; [`Coordination::lease_hop`]);
+    /// (a redirect hop to another host, a sitemap; [`Coordination::lease_hop`](crate::store::Coordination::lease_hop));
     /// a lease new here tells politeness when the host's last request may
     /// have started. Returns whether this daemon holds the host: `false`
     /// when another daemon does.

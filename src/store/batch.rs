@@ -6,7 +6,8 @@
 //!    decides the rest;
 //! 2. an `attempts` row per attempt, live or not ([`AttemptRow`]): a late
 //!    one is kept with outcome [`Outcome::StaleLease`] and changes nothing
-//!    else, so `attempts` shows every request made;
+//!    else, so `attempts` shows every request made; a 304 that took effect
+//!    stands for the content of its URL's last `done` attempt;
 //! 3. the hosts' next work time and backoff ([`rules::host_changes`]);
 //! 4. the links of the live pages ([`write_links`]): enqueued under the
 //!    page limits, depths lowered where a link is a shorter path, the link
@@ -21,7 +22,7 @@ use std::time::SystemTime;
 use super::rules::{self, DroppedRow, UrlChange};
 use super::{Committed, NewUrl, PageLimits};
 use crate::clock::unix_ms;
-use crate::job::{AttemptRecord, Completion, DropReason, Outcome, UrlState};
+use crate::job::{AttemptRecord, Completion, DropReason, Next, Outcome, UrlState};
 
 /// One `attempts` row with its meaning resolved; the engine maps the types.
 pub(crate) struct AttemptRow<'a> {
@@ -38,10 +39,11 @@ pub(crate) struct AttemptRow<'a> {
     /// The JSON array of the URLs before `final_url`; `None` without
     /// redirects.
     pub redirect_chain: Option<String>,
-    /// A live 304 confirms the content of the URL's last `done` attempt:
-    /// the engine takes `content_type` and `body_bytes` from that row, and
-    /// `body_sha256` below is the URL's (the job's `revisit`).
-    pub inherits_content: bool,
+    /// The content the attempt stands for: what it read, or, for a 304
+    /// that took effect, what its URL's last `done` attempt read (the
+    /// content it confirms; RFC 9110 §15.4.5).
+    pub content_type: Option<&'a str>,
+    pub body_bytes: Option<u64>,
     pub body_sha256: Option<&'a str>,
     /// The rest, as the fetch recorded it.
     pub record: &'a AttemptRecord,
@@ -49,30 +51,62 @@ pub(crate) struct AttemptRow<'a> {
 
 impl<'a> AttemptRow<'a> {
     /// The row of `completion`'s attempt, `None` for a requeue; `live`
-    /// says whether the completion took effect; `now` stands in for a
+    /// says whether the completion took effect; `confirmed` is the content
+    /// of its URL's last `done` attempt, for a 304; `now` stands in for a
     /// missing start or read time.
-    pub(crate) fn of(completion: &'a Completion, live: bool, now: SystemTime) -> Option<Self> {
+    pub(crate) fn of(
+        completion: &'a Completion,
+        live: bool,
+        confirmed: Option<&'a StoredContent>,
+        now: SystemTime,
+    ) -> Option<Self> {
         let decided = Outcome::of(completion.next)?;
         let outcome = if live { decided } else { Outcome::StaleLease };
         let r = &completion.record;
-        let inherits_content = outcome == Outcome::NotModified;
+        let (content_type, body_bytes, body_sha256) = match (outcome, confirmed) {
+            (Outcome::NotModified, Some(stored)) => {
+                (stored.content_type.as_deref(), stored.body_bytes, stored.body_sha256.as_deref())
+            }
+            (Outcome::NotModified, None) => (None, None, None),
+            _ => (r.content_type.as_deref(), r.body_bytes, r.body_sha256.as_deref()),
+        };
         Some(Self {
             url_id: completion.url_id,
             attempt: completion.attempt,
             outcome,
             started_ms: unix_ms(r.started_at.unwrap_or(now)),
             fetched_ms: unix_ms(r.fetched_at.unwrap_or(now)),
-            retry_ms: completion.next.due_at(),
+            retry_ms: completion.next.due_at().filter(|_| outcome == Outcome::Retry),
             redirect_chain: (!r.redirect_chain.is_empty())
                 .then(|| serde_json::to_string(&r.redirect_chain).unwrap_or_default()),
-            inherits_content,
-            body_sha256: match inherits_content {
-                true => completion.revisit.body_sha256.as_deref(),
-                false => r.body_sha256.as_deref(),
-            },
+            content_type,
+            body_bytes,
+            body_sha256,
             record: r,
         })
     }
+}
+
+/// The content a `done` attempt stored, which a later 304 confirms.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct StoredContent {
+    pub content_type: Option<String>,
+    /// Decoded length, bytes.
+    pub body_bytes: Option<u64>,
+    /// Lower-case hex.
+    pub body_sha256: Option<String>,
+}
+
+/// An `attempts` row's `(url_id, content_type, body_bytes, body_sha256)`.
+pub(crate) type ContentColumns = (i64, Option<String>, Option<i64>, Option<String>);
+
+/// The URL id and [`StoredContent`] of a row's columns (a negative length
+/// reads as none).
+pub(crate) fn stored(
+    (url_id, content_type, body_bytes, body_sha256): ContentColumns,
+) -> (i64, StoredContent) {
+    let body_bytes = body_bytes.and_then(|n| u64::try_from(n).ok());
+    (url_id, StoredContent { content_type, body_bytes, body_sha256 })
 }
 
 /// What the live pages' links made: new URLs, dropped links by reason,
@@ -94,6 +128,10 @@ pub(crate) trait BatchWrites {
         completions: &[Completion],
         changes: &[UrlChange],
     ) -> Result<BTreeSet<(i64, i64)>, Self::Error>;
+
+    /// The content of the last `done` attempt of each URL of `ids` that
+    /// has one, by URL id.
+    async fn stored_content(&mut self, ids: &[i64]) -> Result<BTreeMap<i64, StoredContent>, Self::Error>;
 
     /// Inserts the rows, with each attempt's redirect hops.
     async fn insert_attempts(&mut self, rows: &[AttemptRow<'_>]) -> Result<(), Self::Error>;
@@ -162,7 +200,16 @@ pub(crate) async fn write_batch<W: BatchWrites>(
     let now_ms = unix_ms(now);
     let changes: Vec<UrlChange> = completions.iter().map(|c| c.url_change(now_ms)).collect();
     let live = engine.update_urls(completions, &changes).await?;
-    let rows = attempt_rows(completions, &live, now);
+    let confirming: Vec<i64> = completions
+        .iter()
+        .filter(|c| c.next == Next::NotModified && live.contains(&(c.url_id, c.lease)))
+        .map(|c| c.url_id)
+        .collect();
+    let confirmed = match confirming.is_empty() {
+        true => BTreeMap::new(),
+        false => engine.stored_content(&confirming).await?,
+    };
+    let rows = attempt_rows(completions, &live, &confirmed, now);
     if !rows.is_empty() {
         engine.insert_attempts(&rows).await?;
     }
@@ -280,9 +327,13 @@ async fn lower_depths<W: BatchWrites>(
 pub(crate) fn attempt_rows<'a>(
     completions: &'a [Completion],
     live: &BTreeSet<(i64, i64)>,
+    confirmed: &'a BTreeMap<i64, StoredContent>,
     now: SystemTime,
 ) -> Vec<AttemptRow<'a>> {
-    completions.iter().filter_map(|c| AttemptRow::of(c, live.contains(&(c.url_id, c.lease)), now)).collect()
+    completions
+        .iter()
+        .filter_map(|c| AttemptRow::of(c, live.contains(&(c.url_id, c.lease)), confirmed.get(&c.url_id), now))
+        .collect()
 }
 
 #[cfg(test)]
@@ -317,7 +368,8 @@ mod tests {
         live: BTreeSet<(i64, i64)>,
         urls: BTreeMap<String, Row>,
         calls: Vec<&'static str>,
-        attempts: Vec<(i64, Outcome, Option<String>, bool)>,
+        attempts: Vec<(i64, Outcome, Option<String>, Option<u64>)>,
+        stored: BTreeMap<i64, StoredContent>,
         edges: Vec<(i64, String)>,
         dropped: Vec<DroppedRow>,
     }
@@ -348,11 +400,20 @@ mod tests {
 
         async fn insert_attempts(&mut self, rows: &[AttemptRow<'_>]) -> Result<(), ()> {
             self.calls.push("attempts");
-            let noted = rows
-                .iter()
-                .map(|r| (r.url_id, r.outcome, r.body_sha256.map(str::to_owned), r.inherits_content));
+            let noted =
+                rows.iter().map(|r| (r.url_id, r.outcome, r.body_sha256.map(str::to_owned), r.body_bytes));
             self.attempts.extend(noted);
             Ok(())
+        }
+
+        async fn stored_content(&mut self, ids: &[i64]) -> Result<BTreeMap<i64, StoredContent>, ()> {
+            self.calls.push("stored content");
+            Ok(self
+                .stored
+                .iter()
+                .filter(|(id, _)| ids.contains(id))
+                .map(|(id, c)| (*id, c.clone()))
+                .collect())
         }
 
         async fn update_hosts(&mut self, _: &[(&str, i64, i64)]) -> Result<(), ()> {
@@ -457,13 +518,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_live_304_inherits_the_urls_content_and_a_stale_one_nothing() {
-        let batch = [completion(1, 10, Next::NotModified), completion(2, 20, Next::NotModified)];
+        let mut batch = [completion(1, 10, Next::NotModified), completion(2, 20, Next::NotModified)];
+        batch[0].record.body_bytes = Some(0);
         let mut engine = Fake { live: [(1, 10)].into(), ..Default::default() };
+        let done = |sha: &str| StoredContent {
+            body_bytes: Some(5),
+            body_sha256: Some(sha.into()),
+            ..Default::default()
+        };
+        engine.stored = [(1, done("done-1")), (2, done("done-2"))].into();
         write(&mut engine, &batch, PageLimits::default()).await;
 
-        let inherited = (1, Outcome::NotModified, Some("old".into()), true);
-        assert_eq!(engine.attempts, [inherited, (2, Outcome::StaleLease, Some("new".into()), false)]);
-        assert_eq!(engine.calls, ["urls", "attempts"], "no host has news, no page links");
+        // The live one stands for its URL's last done attempt; the stale
+        // one confirms nothing and is recorded as it came.
+        let inherited = (1, Outcome::NotModified, Some("done-1".into()), Some(5));
+        assert_eq!(engine.attempts, [inherited, (2, Outcome::StaleLease, Some("new".into()), None)]);
+        assert_eq!(engine.calls, ["urls", "stored content", "attempts"], "no host has news, no page links");
     }
 
     #[tokio::test]

@@ -515,9 +515,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
     /// Records each completion's attempt, moves its URL to the next state and
-    /// enqueues the links it discovered, all in one transaction; stale
-    /// completions (lease mismatch) are skipped. Discovered URLs that would
-    /// pass `limits` are dropped (and counted as dropped links).
+    /// enqueues the links it discovered, all in one transaction (the order
+    /// and meaning: `store/batch.rs`). A stale completion (its URL no longer
+    /// carries its lease) changes nothing but its attempt, recorded as
+    /// `stale_lease`. Discovered URLs that would exceed `limits` are dropped
+    /// (and counted as dropped links).
     fn complete(
         &self,
         completions: &[Completion],

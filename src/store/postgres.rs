@@ -24,7 +24,7 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{self, AttemptRow, BatchWrites, Lowered, Shorter};
+use super::batch::{self, AttemptRow, BatchWrites, ContentColumns, Lowered, Shorter, StoredContent, stored};
 use super::faults::{Blocker, Kind, postgres_kind};
 use super::leases::HostLeases;
 use super::rules::{self, DroppedRow, UrlChange, duration_ms, to_i64};
@@ -1679,6 +1679,17 @@ impl BatchWrites for PgBatch<'_, '_> {
         update_urls(self.tx, completions, changes).await
     }
 
+    async fn stored_content(&mut self, ids: &[i64]) -> Result<BTreeMap<i64, StoredContent>, sqlx::Error> {
+        let rows: Vec<ContentColumns> = sqlx::query_as(
+            "SELECT DISTINCT ON (url_id) url_id, content_type, body_bytes, body_sha256 FROM attempts
+             WHERE url_id = ANY($1::int8[]) AND outcome = 'done' ORDER BY url_id, id DESC",
+        )
+        .bind(ids)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        Ok(rows.into_iter().map(stored).collect())
+    }
+
     async fn insert_attempts(&mut self, rows: &[AttemptRow<'_>]) -> Result<(), sqlx::Error> {
         let mut rows: Vec<&AttemptRow> = rows.iter().collect();
         if self.again {
@@ -1757,6 +1768,9 @@ impl BatchWrites for PgBatch<'_, '_> {
             }
             false => 0,
         };
+        if hosts.is_empty() {
+            return Ok((all, BTreeMap::new()));
+        }
         let per_host = sqlx::query_as("SELECT host, urls FROM hosts WHERE host = ANY($1::text[])")
             .bind(hosts)
             .fetch_all(&mut **self.tx)
@@ -1938,22 +1952,14 @@ async fn insert_attempts(
          SELECT coalesce(id, nextval(pg_get_serial_sequence('attempts', 'id'))), url_id, attempt, to_timestamp(started_ms / 1000.0), started_ms, to_timestamp(fetched_ms / 1000.0),
              elapsed_ms, dns_ms, ttfb_ms, outcome, http_status, error_kind, error_message,
              to_timestamp(retry_ms / 1000.0), final_url, redirects, redirect_chain::jsonb,
-             CASE WHEN v.inherits THEN c.content_type ELSE v.content_type END,
-             CASE WHEN v.inherits THEN c.body_bytes ELSE v.body_bytes END,
-             v.body_sha256, headers::jsonb, $20, noindex, canonical_url
+             content_type, body_bytes, body_sha256, headers::jsonb, $20, noindex, canonical_url
          FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
                      $8::text[], $9::int4[], $10::text[], $11::text[], $12::int8[], $13::text[], $14::int4[],
                      $15::text[], $16::text[], $17::int8[], $18::text[], $19::text[], $21::int8[],
-                     $22::bool[], $23::text[], $24::bool[])
+                     $22::bool[], $23::text[])
               AS v(url_id, attempt, started_ms, fetched_ms, elapsed_ms, dns_ms, ttfb_ms, outcome, http_status,
                    error_kind, error_message, retry_ms, final_url, redirects, redirect_chain, content_type,
-                   body_bytes, body_sha256, headers, id, noindex, canonical_url, inherits)
-         -- A 304 that took effect confirms the content of the URL's last
-         -- 'done' attempt (batch::AttemptRow::inherits_content).
-         LEFT JOIN LATERAL (
-             SELECT a.content_type, a.body_bytes FROM attempts AS a
-             WHERE v.inherits AND a.url_id = v.url_id AND a.outcome = 'done'
-             ORDER BY a.id DESC LIMIT 1) AS c ON true",
+                   body_bytes, body_sha256, headers, id, noindex, canonical_url)",
     )
     .bind(rows.iter().map(|r| r.url_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX)).collect::<Vec<_>>())
@@ -1970,15 +1976,14 @@ async fn insert_attempts(
     .bind(records().map(|r| r.final_url.as_deref()).collect::<Vec<_>>())
     .bind(records().map(|r| i32::try_from(r.redirect_chain.len()).unwrap_or(i32::MAX)).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.redirect_chain.as_deref()).collect::<Vec<_>>())
-    .bind(records().map(|r| r.content_type.as_deref()).collect::<Vec<_>>())
-    .bind(records().map(|r| r.body_bytes.map(to_i64)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.content_type).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.body_bytes.map(to_i64)).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.body_sha256).collect::<Vec<_>>())
     .bind(records().map(|r| r.headers.as_deref()).collect::<Vec<_>>())
     .bind(worker)
     .bind(ids)
     .bind(records().map(|r| r.noindex).collect::<Vec<_>>())
     .bind(records().map(|r| r.canonical_url.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.inherits_content).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -25,9 +25,10 @@
 //! the busy timeout (sqlite.org/wal.html, "Sometimes Queries Return SQLITE_BUSY
 //! In WAL Mode"). Single statements take the write lock when they start.
 //!
-//! Batches are written as multi-row statements (`WITH v(...) AS (VALUES ...)`),
-//! so committing N results costs two statements, not 2N round trips to sqlx's
-//! connection thread.
+//! Batches are written as multi-row statements (`WITH v(...) AS (VALUES ...)`,
+//! or one JSON array through `json_each`), so committing N results costs a
+//! few statements per table (`store/batch.rs` says which), not round trips
+//! per result to sqlx's connection thread.
 //!
 //! A process holds an advisory lock on `<database>.lock` for as long as the
 //! store is open, so a second crawler on the same file is refused; the lock is
@@ -47,7 +48,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Arguments, Connection, QueryBuilder, Row, Sqlite};
 
-use super::batch::{self, AttemptRow, BatchWrites, Lowered, Shorter};
+use super::batch::{self, AttemptRow, BatchWrites, ContentColumns, Lowered, Shorter, StoredContent, stored};
 use super::faults::{Kind, sqlite_kind};
 use super::rules::{self, DroppedRow, UrlChange, duration_ms, rfc3339, rfc3339_from_ms, to_i64};
 use super::{
@@ -1013,6 +1014,19 @@ impl BatchWrites for SqliteBatch<'_, '_> {
         Ok(live)
     }
 
+    async fn stored_content(&mut self, ids: &[i64]) -> Result<BTreeMap<i64, StoredContent>, StoreError> {
+        let rows: Vec<ContentColumns> = sqlx::query_as(
+            "SELECT url_id, content_type, body_bytes, body_sha256 FROM attempts WHERE id IN
+               (SELECT max(id) FROM attempts
+                WHERE outcome = 'done' AND url_id IN (SELECT value FROM json_each(?1)) GROUP BY url_id)",
+        )
+        .bind(json_array(ids))
+        .fetch_all(&mut **self.0)
+        .await
+        .map_err(db("look up confirmed content"))?;
+        Ok(rows.into_iter().map(stored).collect())
+    }
+
     async fn insert_attempts(&mut self, rows: &[AttemptRow<'_>]) -> Result<(), StoreError> {
         // Hops need their attempt's id, and a batch may hold two attempts
         // of one URL (a stale one and the live one): ids are given here,
@@ -1069,6 +1083,9 @@ impl BatchWrites for SqliteBatch<'_, '_> {
                 .map_err(db("count URLs"))?,
             false => 0,
         };
+        if hosts.is_empty() {
+            return Ok((all, BTreeMap::new()));
+        }
         let per_host =
             sqlx::query_as("SELECT host, urls FROM hosts WHERE host IN (SELECT value FROM json_each(?1))")
                 .bind(json_array(hosts))
@@ -1149,17 +1166,16 @@ impl BatchWrites for SqliteBatch<'_, '_> {
     }
 
     async fn insert_links(&mut self, edges: &[(i64, &str)]) -> Result<(), StoreError> {
-        for chunk in statement_chunks(edges) {
-            let mut q = QueryBuilder::<Sqlite>::new("WITH v(from_id, url) AS (");
-            q.push_values(chunk, |mut row, (from, url)| {
-                row.push_bind(*from).push_bind(*url);
-            });
-            q.push(
-                ") INSERT OR IGNORE INTO links (from_id, to_id)
-                   SELECT v.from_id, u.id FROM v JOIN urls AS u ON u.url = v.url",
-            );
-            q.build().execute(&mut **self.0).await.map_err(db("record links"))?;
-        }
+        // One statement whatever the count: the edges as one JSON array.
+        sqlx::query(
+            "INSERT OR IGNORE INTO links (from_id, to_id)
+             SELECT json_extract(e.value, '$[0]'), u.id FROM json_each(?1) AS e
+             JOIN urls AS u ON u.url = json_extract(e.value, '$[1]')",
+        )
+        .bind(json_array(edges))
+        .execute(&mut **self.0)
+        .await
+        .map_err(db("record links"))?;
         Ok(())
     }
 
@@ -1186,21 +1202,12 @@ async fn insert_attempts(
 ) -> Result<(), StoreError> {
     const HEAD: &str = "WITH v(id, url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms, dns_ms, ttfb_ms,
                 outcome, http_status, error_kind, error_message, retry_at, final_url, redirects, redirect_chain,
-                content_type, body_bytes, body_sha256, headers, noindex, canonical_url, inherits) AS (VALUES ";
-    // A 304 that took effect confirms the content of the URL's last 'done'
-    // attempt (batch::AttemptRow::inherits_content).
+                content_type, body_bytes, body_sha256, headers, noindex, canonical_url) AS (VALUES ";
     const TAIL: &str = ") INSERT INTO attempts (id, url_id, attempt, started_at, started_ms, fetched_at, elapsed_ms,
                 dns_ms, ttfb_ms, outcome, http_status, error_kind, error_message, retry_at, final_url, redirects,
                 redirect_chain, content_type, body_bytes, body_sha256, headers, noindex, canonical_url)
-          SELECT v.id, v.url_id, v.attempt, v.started_at, v.started_ms, v.fetched_at, v.elapsed_ms, v.dns_ms,
-                v.ttfb_ms, v.outcome, v.http_status, v.error_kind, v.error_message, v.retry_at, v.final_url,
-                v.redirects, v.redirect_chain,
-                CASE WHEN v.inherits THEN c.content_type ELSE v.content_type END,
-                CASE WHEN v.inherits THEN c.body_bytes ELSE v.body_bytes END,
-                v.body_sha256, v.headers, v.noindex, v.canonical_url
-          FROM v LEFT JOIN attempts AS c ON v.inherits AND c.id = (SELECT max(a.id) FROM attempts AS a
-                WHERE a.url_id = v.url_id AND a.outcome = 'done')";
-    static STATEMENT: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 24, TAIL));
+          SELECT * FROM v";
+    static STATEMENT: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 23, TAIL));
     let mut args = SqliteArguments::default();
     for (id, row) in chunk {
         let r = row.record;
@@ -1221,13 +1228,12 @@ async fn insert_attempts(
         add(&mut args, r.final_url.as_deref())?;
         add(&mut args, r.redirect_chain.len() as i64)?;
         add(&mut args, row.redirect_chain.as_deref())?;
-        add(&mut args, r.content_type.as_deref())?;
-        add(&mut args, r.body_bytes.map(to_i64))?;
+        add(&mut args, row.content_type)?;
+        add(&mut args, row.body_bytes.map(to_i64))?;
         add(&mut args, row.body_sha256)?;
         add(&mut args, r.headers.as_deref())?;
         add(&mut args, r.noindex)?;
         add(&mut args, r.canonical_url.as_deref())?;
-        add(&mut args, row.inherits_content)?;
     }
     sqlx::query_with(STATEMENT.sql(chunk.len()), args)
         .execute(&mut **tx)

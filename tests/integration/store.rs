@@ -287,6 +287,38 @@ async fn a_stale_completion_in_the_same_batch_as_the_live_one_adds_no_links() {
     store.close().await;
 }
 
+/// A stale and the live attempt of one URL in one batch, both with
+/// redirect hops: each hop names its own attempt.
+#[tokio::test]
+async fn hops_of_a_stale_and_a_live_attempt_in_one_batch_name_their_own_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let store = SqliteStore::open(&config.store).await.unwrap();
+    store.enqueue(&[new_url("moved")]).await.unwrap();
+    let first = claim(&store, i64::MAX, 1).await.remove(0);
+    store.requeue_abandoned().await.unwrap();
+    let second = claim(&store, i64::MAX, 1).await.remove(0);
+    let via = |job: &trawler::store::Job, hop: &str| {
+        let mut c = done(job, job.lease);
+        c.record.hops = vec![trawler::store::Hop {
+            url: format!("http://127.0.0.1/{hop}"),
+            host: "127.0.0.1".into(),
+            started_at: std::time::SystemTime::now(),
+            http_status: Some(301),
+        }];
+        c
+    };
+    let batch = [via(&first, "stale-hop"), via(&second, "live-hop")];
+    assert_eq!(store.complete(&batch, PageLimits::default()).await.unwrap().applied, 1);
+
+    let path = &config.store.path;
+    let hops = "SELECT a.outcome || ' ' || h.url FROM redirect_hops h JOIN attempts a ON a.id = h.attempt_id
+                ORDER BY h.attempt_id";
+    let expected = ["stale_lease http://127.0.0.1/stale-hop", "done http://127.0.0.1/live-hop"];
+    assert_eq!(crate::util::strings(path, hops).await, expected);
+    store.close().await;
+}
+
 /// A committed batch says what it did to the count of finished URLs, which
 /// the crawl's progress follows: which completions took effect, and how
 /// many `done` URLs went back in the queue. Here a shorter path to pages at
