@@ -1,42 +1,68 @@
-//! End-to-end crawl benchmark, trawler beside a bare client: for each case the
-//! real `trawler` binary crawls N URLs from a local server on 127.0.0.1 into
-//! a fresh SQLite database (every attempt and result committed, `synchronous
-//! = normal`), and a bare tokio + reqwest worker pool that stores nothing
-//! fetches the same URLs from the same server at the same concurrency. Both
-//! run as child processes of this one (the bare pool is this binary run again
-//! with `--bare-pool`), so pages/s, CPU seconds per 1,000 pages and peak RSS
-//! come from the same `wait4` rusage; the server runs in this process.
+//! End-to-end crawl benchmark, trawler beside two baselines: for each case
+//! the real `trawler` binary crawls N URLs from a local server on 127.0.0.1
+//! into a fresh SQLite database (every attempt and result committed,
+//! `synchronous = normal`), and, at the same concurrency from the same
+//! server, so do
+//!
+//! - the **storing pool** (issue 24): the bare pool below plus the least any
+//!   crawler that records its work must write per page, the URL row at
+//!   ingest, then one attempt row and the URL row's final state, written
+//!   plainly with rusqlite into a fresh database (WAL, `synchronous =
+//!   NORMAL`, prepared statements; `urls(url UNIQUE)` and an index on
+//!   `(state, id)`). Each batch of 256 input lines is inserted with one
+//!   `INSERT … ON CONFLICT DO NOTHING RETURNING id, url` before it is
+//!   fetched; completions go to the one database thread, up to 256 messages
+//!   a transaction. After each run this process checks the rows it stored
+//!   (every URL row done, one attempt row each) and stops if they are not.
+//! - the **bare pool**: the same tokio + reqwest worker pool (a bounded
+//!   `async-channel`, one shared client) that stores nothing.
+//!
+//! All three run as child processes of this one (the pools are this binary
+//! run again with `--storing-pool` or `--bare-pool`), so pages/s, CPU
+//! seconds per 1,000 pages and peak RSS come from the same `wait4` rusage;
+//! the server runs in this process.
 //!
 //! Absolute numbers drift by up to 2× on shared machines from hour to hour;
-//! the ratio to the bare pool, measured in the same run, is the figure of
-//! record (issue 10). Rounds alternate which of the two goes first, and the
-//! table shows the median of each column over the rounds.
+//! the ratios, measured in the same run, are the figures of record (issues
+//! 10 and 24): trawler ÷ storing pool, trawler ÷ bare pool and storing ÷
+//! bare pool, for pages/s and for CPU per page, on each round's line and in
+//! the table. Rounds rotate which of the three goes first, and the table
+//! shows the median of each column over the rounds (a ratio there is that
+//! of the medians).
 //!
 //! ```text
 //! cargo bench --bench crawl                      # the standard table
 //! cargo bench --bench crawl -- [--rounds N] [--urls N] [--workers N] [--latency-ms MS]
 //!                              [--page-bytes N] [--save-body] [--random-pages] [--tls]
 //!                              [--hosts N [--per-host N]]
+//! cargo bench --bench crawl -- --urls 20000 --latency-ms 0 --workers 64 --rounds 3   # issue 24's case
 //! ```
 //! With no case flag, the table has the standard cases: 20,000 URLs of 1 KiB
 //! at 0 ms with 64 in flight, and 5,000 URLs at 100 ms with 100 in flight
 //! (latency-bound; its ideal is 5.00 s), the first again over HTTPS (`--tls`)
-//! and the many-hosts cases (`--hosts N`). Any case flag runs one custom case
-//! instead, from those defaults. `--save-body` stores every body
-//! (`store.save_body`), and `--random-pages` makes them incompressible; the
-//! run then also prints the memory bound of issue 8 (64 MiB + 2 × workers ×
-//! `fetch.max_body_bytes`, 10 MiB) and whether peak RSS stayed under it, e.g.
+//! and the many-hosts cases (`--hosts N`, trawler alone, against the
+//! politeness ideal). Any case flag runs one custom case instead, from those
+//! defaults. `--save-body` stores every body (`store.save_body`; the storing
+//! pool still stores none), and `--random-pages` makes them incompressible;
+//! the run then also prints the memory bound of issue 8 (64 MiB + 2 ×
+//! workers × `fetch.max_body_bytes`, 10 MiB) and whether peak RSS stayed
+//! under it, e.g.
 //! `-- --urls 200 --workers 64 --page-bytes 10000000 --save-body --random-pages`.
 //!
 //! To profile, set `BENCH_WRAPPER` to a command that runs the one after it,
 //! e.g. `BENCH_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=cg.%p"`
 //! (instruction counts: repeatable on a noisy machine) or `"perf record -o
-//! perf.%p --"`: both trawler and the bare pool run under it, and the
-//! table's numbers then include the wrapper's cost.
+//! perf.%p --"`: trawler and both pools run under it, and the table's
+//! numbers then include the wrapper's cost.
 //!
-//! Targets (issue 10, 2-core machine): on 20,000 / 0 ms / 64, trawler at
-//! least 0.7× the bare pool's pages/s and at most 1.6× its CPU per page; on
-//! the latency-bound case, at most 1.03× the bare pool's wall time.
+//! Targets (2-core machine, SQLite): on 20,000 URLs / 0 ms / 64 in flight,
+//! trawler at least 0.7× the storing pool's pages/s and at most 1.6× its
+//! CPU per page (issue 10's targets, measured since issue 24 against the
+//! storing pool, not the bare one); on the latency-bound case, at most
+//! 1.03× the bare pool's wall time. The storing pool itself should cost
+//! about what the bare pool does (issue 24 measured 1.02× its pages/s and
+//! 0.97× its CPU per page): if it does not, find out why before blaming
+//! SQLite.
 
 #[path = "../tests/integration/server.rs"]
 mod server;
@@ -227,11 +253,17 @@ fn wrapped(program: &str) -> Command {
     }
 }
 
-fn run_trawler(case: &Case, input: &Path, dir: &Path, ca_file: &Path) -> (Measure, String) {
-    let db = dir.join("bench.db");
+/// `dir/name`, with no database there (nor its WAL and shared memory).
+fn fresh_db(dir: &Path, name: &str) -> std::path::PathBuf {
+    let db = dir.join(name);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
+    db
+}
+
+fn run_trawler(case: &Case, input: &Path, dir: &Path, ca_file: &Path) -> (Measure, String) {
+    let db = fresh_db(dir, "bench.db");
     let mut command = wrapped(env!("CARGO_BIN_EXE_trawler"));
     command
         .args(["crawl", input.to_str().unwrap(), "--db", db.to_str().unwrap()])
@@ -288,65 +320,332 @@ fn smallest_gap_ms(dir: &Path) -> Option<i64> {
     })
 }
 
-fn run_bare(case: &Case, input: &Path, ca_file: &Path) -> Measure {
+/// Who crawls in a round: trawler, or one of the baselines (this binary
+/// run again with `--storing-pool` or `--bare-pool`).
+#[derive(Clone, Copy)]
+enum Crawler {
+    Trawler,
+    Storing,
+    Bare,
+}
+
+/// Runs `baseline` (not trawler) on the case; for the storing pool, into a
+/// fresh `dir/storing.db`, then checks the rows it stored.
+fn run_baseline(baseline: Crawler, case: &Case, input: &Path, dir: &Path, ca_file: &Path) -> Measure {
     let mut command = wrapped(std::env::current_exe().expect("this benchmark's path").to_str().unwrap());
-    command.args(["--bare-pool", input.to_str().unwrap(), &case.workers.to_string()]);
+    let (input, workers) = (input.to_str().unwrap(), case.workers.to_string());
+    let db = fresh_db(dir, "storing.db");
+    let name = match baseline {
+        Crawler::Bare => {
+            command.args(["--bare-pool", input, &workers]);
+            "bare pool"
+        }
+        Crawler::Storing => {
+            command.args(["--storing-pool", input, db.to_str().unwrap(), &workers]);
+            "storing pool"
+        }
+        Crawler::Trawler => unreachable!("trawler is no baseline"),
+    };
     if case.tls {
         command.arg(ca_file);
     }
     let (measure, out) = measure(command);
-    assert_eq!(out.trim(), case.urls.to_string(), "the bare pool fetched a different count");
+    assert_eq!(out.trim(), case.urls.to_string(), "the {name} fetched a different count");
+    if let Crawler::Storing = baseline {
+        check_stored(&db, case.urls);
+    }
     measure
 }
 
-/// The baseline: the pipeline's shape with nothing stored. A producer task
-/// sends the URLs into a bounded `async-channel` (room for 4 × `concurrency`
-/// jobs, as trawler's), and `concurrency` tokio tasks share one reqwest
-/// client (the crate's defaults, with the features trawler builds it with):
-/// each takes a URL, reads the whole body, checks for a 2xx and stores
-/// nothing. Trusts the CA in `ca_file` too, if given. Prints how many pages
-/// it fetched.
-fn bare_pool(input: &Path, concurrency: usize, ca_file: Option<&Path>) {
-    let urls: Vec<String> = std::io::BufReader::new(std::fs::File::open(input).expect("URL list"))
+/// The URLs of the input file, one a line.
+fn read_urls(input: &Path) -> Vec<String> {
+    std::io::BufReader::new(std::fs::File::open(input).expect("URL list"))
         .lines()
         .map(|line| line.expect("a line"))
+        .collect()
+}
+
+/// The baselines' one HTTP client: reqwest's defaults, with the features
+/// trawler builds it with, trusting the CA in `ca_file` too, if given.
+fn http_client(ca_file: Option<&Path>) -> reqwest::Client {
+    let mut client = reqwest::Client::builder();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).expect("the CA file");
+        client = client.tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).expect("PEM"));
+    }
+    client.build().expect("client")
+}
+
+/// What a baseline learns from one fetch.
+struct Page {
+    /// The response's status code; always a 2xx (anything else panics).
+    status: u16,
+    /// The length of the whole body, in bytes.
+    body_bytes: usize,
+    /// When the request started, in ms since the Unix epoch.
+    started_ms: i64,
+    /// From the request's start to the body's end, in ms.
+    elapsed_ms: i64,
+}
+
+/// The baselines' worker pool: `concurrency` tokio tasks share `client`,
+/// each takes a job from `queue`, fetches `url(&job)`, reads the whole body,
+/// checks for a 2xx and hands the job and its page to `done`. Returns how
+/// many pages they fetched once `queue` is closed and empty.
+async fn fetch_all<J: Send + 'static>(
+    client: reqwest::Client,
+    queue: async_channel::Receiver<J>,
+    concurrency: usize,
+    url: fn(&J) -> &str,
+    done: impl Fn(J, Page) + Clone + Send + 'static,
+) -> usize {
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, queue, done) = (client.clone(), queue.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut fetched = 0;
+                while let Ok(job) = queue.recv().await {
+                    let (started_ms, start) = (unix_ms(), Instant::now());
+                    let response = client.get(url(&job)).send().await.expect("fetch");
+                    let status = response.status();
+                    assert!(status.is_success(), "{}: {status}", url(&job));
+                    let body_bytes = response.bytes().await.expect("body").len();
+                    let elapsed_ms = start.elapsed().as_millis() as i64;
+                    done(job, Page { status: status.as_u16(), body_bytes, started_ms, elapsed_ms });
+                    fetched += 1;
+                }
+                fetched
+            })
+        })
         .collect();
+    let mut fetched = 0;
+    for worker in workers {
+        fetched += worker.await.expect("worker");
+    }
+    fetched
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64
+}
+
+/// The first baseline, the bare pool: the pipeline's shape with nothing
+/// stored. A producer task sends the URLs into a bounded `async-channel`
+/// (room for 4 × `concurrency` jobs, as trawler's), and [`fetch_all`]'s
+/// workers fetch them and store nothing. Prints how many pages it fetched.
+fn bare_pool(input: &Path, concurrency: usize, ca_file: Option<&Path>) {
+    let urls = read_urls(input);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let fetched = runtime.block_on(async move {
-        let mut client = reqwest::Client::builder();
-        if let Some(path) = ca_file {
-            let pem = std::fs::read(path).expect("the CA file");
-            client = client.tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).expect("PEM"));
-        }
-        let client = client.build().expect("client");
         let (jobs, queue) = async_channel::bounded::<String>(concurrency * 4);
         tokio::spawn(async move {
             for url in urls {
                 jobs.send(url).await.expect("workers are running");
             }
         });
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let (client, queue) = (client.clone(), queue.clone());
-                tokio::spawn(async move {
-                    let mut fetched = 0;
-                    while let Ok(url) = queue.recv().await {
-                        let response = client.get(&url).send().await.expect("fetch");
-                        assert!(response.status().is_success(), "{url}: {}", response.status());
-                        response.bytes().await.expect("body");
-                        fetched += 1;
-                    }
-                    fetched
-                })
-            })
-            .collect();
-        let mut fetched = 0;
-        for worker in workers {
-            fetched += worker.await.expect("worker");
-        }
-        fetched
+        fetch_all(http_client(ca_file), queue, concurrency, String::as_str, |_, _| {}).await
     });
     println!("{fetched}");
+}
+
+/// How many input lines the storing pool inserts at once, and how many
+/// messages its database thread writes in one transaction.
+const STORE_BATCH: usize = 256;
+
+/// The storing pool's schema: the least a crawler that records its work
+/// keeps, a URL row (unique, with its state) and an attempt row per fetch.
+const STORE_SCHEMA: &str = "
+    PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = NORMAL;
+    CREATE TABLE urls (
+        id INTEGER PRIMARY KEY,
+        url TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL DEFAULT 'queued'
+    );
+    CREATE INDEX urls_state ON urls (state, id);
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        url_id INTEGER NOT NULL REFERENCES urls (id),
+        http_status INTEGER NOT NULL,
+        body_bytes INTEGER NOT NULL,
+        started_ms INTEGER NOT NULL,
+        elapsed_ms INTEGER NOT NULL
+    );
+";
+
+/// URL rows the storing pool inserted, as (id, URL).
+type UrlRows = Vec<(i64, String)>;
+
+/// A message to the storing pool's database thread.
+enum StoreOp {
+    /// Input lines to insert; the rows inserted go back on the reply once
+    /// their transaction has committed.
+    Ingest(Vec<String>, tokio::sync::oneshot::Sender<UrlRows>),
+    /// A finished fetch of the URL row with this id.
+    Complete(i64, Page),
+}
+
+/// The second baseline, the storing pool: the bare pool plus the least any
+/// crawler that records its work must write per page, written plainly
+/// (issue 24). The producer sends each batch of [`STORE_BATCH`] input lines
+/// to the database thread ([`write_loop`]), which inserts them into a fresh
+/// database at `db`; once committed, their rows are the jobs (the next batch
+/// is inserted while they are fetched). Each completion goes to the same
+/// thread, which writes its attempt row and its URL row's final state.
+/// Prints how many pages it fetched once all is committed.
+fn storing_pool(input: &Path, db: &Path, concurrency: usize, ca_file: Option<&Path>) {
+    let urls = read_urls(input);
+    let store = rusqlite::Connection::open(db).expect("open the storing pool's database");
+    store.execute_batch(STORE_SCHEMA).expect("the storing pool's schema");
+    let (writes, inbox) = std::sync::mpsc::channel();
+    let database = std::thread::spawn(move || write_loop(store, &inbox));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let fetched = runtime.block_on(async move {
+        let (jobs, queue) = async_channel::bounded(concurrency * 4);
+        let ingest = writes.clone();
+        tokio::spawn(async move {
+            let mut urls = urls.into_iter();
+            let mut ingest_next = || {
+                let batch: Vec<String> = urls.by_ref().take(STORE_BATCH).collect();
+                if batch.is_empty() {
+                    return None;
+                }
+                let (reply, inserted) = tokio::sync::oneshot::channel();
+                ingest.send(StoreOp::Ingest(batch, reply)).expect("the database thread is running");
+                Some(inserted)
+            };
+            let mut next = ingest_next();
+            while let Some(inserted) = next {
+                let inserted = inserted.await.expect("the batch's rows");
+                next = ingest_next();
+                for job in inserted {
+                    jobs.send(job).await.expect("workers are running");
+                }
+            }
+        });
+        let done = move |(id, _): (i64, String), page| {
+            writes.send(StoreOp::Complete(id, page)).expect("the database thread is running");
+        };
+        fetch_all(http_client(ca_file), queue, concurrency, |(_, url)| url, done).await
+    });
+    // Every sender is gone with the workers: the thread commits and ends.
+    database.join().expect("the database thread");
+    println!("{fetched}");
+}
+
+/// How long the database thread lets completions gather for one
+/// transaction, and how often it looks for more meanwhile.
+const STORE_LINGER: Duration = Duration::from_millis(10);
+const STORE_TICK: Duration = Duration::from_millis(1);
+
+/// The storing pool's database thread: gathers a transaction's messages
+/// ([`gather`]), writes them ([`write_batch`]), commits, then answers the
+/// ingests among them. Returns when every sender is gone; panics on any
+/// database error.
+fn write_loop(mut store: rusqlite::Connection, inbox: &std::sync::mpsc::Receiver<StoreOp>) {
+    let mut batch = Vec::with_capacity(STORE_BATCH);
+    while let Ok(first) = inbox.recv() {
+        batch.push(first);
+        gather(inbox, &mut batch);
+        let tx = store.transaction().expect("begin");
+        let replies = write_batch(&tx, batch.drain(..));
+        tx.commit().expect("commit");
+        for (reply, rows) in replies {
+            let _ = reply.send(rows);
+        }
+    }
+}
+
+/// Adds what waits in `inbox` to `batch`, up to [`STORE_BATCH`] messages,
+/// and, while no ingest is among them (the producer waits for its rows),
+/// looks again every [`STORE_TICK`] for up to [`STORE_LINGER`]. Without
+/// that wait the thread, faster than the workers, commits every few pages:
+/// ten times the commits (each a WAL append and its locks, and more
+/// checkpoints) for the same rows. Returns early once every sender is gone.
+fn gather(inbox: &std::sync::mpsc::Receiver<StoreOp>, batch: &mut Vec<StoreOp>) {
+    use std::sync::mpsc::TryRecvError;
+    let deadline = Instant::now() + STORE_LINGER;
+    let mut urgent = batch.iter().any(|op| matches!(op, StoreOp::Ingest(..)));
+    while batch.len() < STORE_BATCH {
+        match inbox.try_recv() {
+            Ok(op) => {
+                urgent |= matches!(op, StoreOp::Ingest(..));
+                batch.push(op);
+            }
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) if urgent || Instant::now() >= deadline => return,
+            Err(TryRecvError::Empty) => std::thread::sleep(STORE_TICK),
+        }
+    }
+}
+
+/// Writes one transaction's messages with prepared statements: an ingest's
+/// URL rows in one statement (returning the (id, URL) of those inserted,
+/// for the reply), a completion's attempt row and its URL row's final state.
+fn write_batch(
+    tx: &rusqlite::Transaction,
+    batch: impl Iterator<Item = StoreOp>,
+) -> Vec<(tokio::sync::oneshot::Sender<UrlRows>, UrlRows)> {
+    let mut insert_attempt = tx
+        .prepare_cached(
+            "INSERT INTO attempts (url_id, http_status, body_bytes, started_ms, elapsed_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .expect("prepare");
+    let mut finish = tx.prepare_cached("UPDATE urls SET state = 'done' WHERE id = ?1").expect("prepare");
+    let mut replies = Vec::new();
+    for op in batch {
+        match op {
+            StoreOp::Ingest(urls, reply) => {
+                // One statement for the batch: SQLite gathers RETURNING's
+                // rows in an ephemeral table, made and dropped at each
+                // execution, which per line cost as much as the insert.
+                // Their order is arbitrary, so each names its URL; a
+                // duplicate line returns none, being queued already.
+                let mut insert_urls = tx.prepare_cached(&insert_urls_sql(urls.len())).expect("prepare");
+                let rows = insert_urls
+                    .query_map(rusqlite::params_from_iter(&urls), |row| Ok((row.get(0)?, row.get(1)?)))
+                    .expect("insert the URLs")
+                    .collect::<Result<UrlRows, _>>()
+                    .expect("the inserted rows");
+                replies.push((reply, rows));
+            }
+            StoreOp::Complete(id, page) => {
+                let Page { status, body_bytes, started_ms, elapsed_ms } = page;
+                insert_attempt
+                    .execute((id, status, body_bytes as i64, started_ms, elapsed_ms))
+                    .expect("insert the attempt");
+                assert_eq!(finish.execute([id]).expect("update the URL"), 1, "URL row {id}");
+            }
+        }
+    }
+    replies
+}
+
+/// The storing pool's insert of `n` URL rows, returning the (id, URL) of
+/// each row inserted.
+fn insert_urls_sql(n: usize) -> String {
+    let values = vec!["(?)"; n].join(", ");
+    format!("INSERT INTO urls (url) VALUES {values} ON CONFLICT DO NOTHING RETURNING id, url")
+}
+
+/// Checks, from this process, that the storing pool stored what it should:
+/// `urls` rows, all done, each with exactly one attempt row. Panics if not.
+fn check_stored(db: &Path, urls: usize) {
+    let store = rusqlite::Connection::open(db).expect("open the storing pool's database");
+    let count = |sql: &str| -> usize {
+        store.query_row(sql, [], |row| row.get::<_, i64>(0)).expect(sql).try_into().expect("a count")
+    };
+    let counts = [
+        count("SELECT count(*) FROM urls"),
+        count("SELECT count(*) FROM urls WHERE state = 'done'"),
+        count("SELECT count(*) FROM attempts"),
+        count("SELECT count(DISTINCT url_id) FROM attempts"),
+    ];
+    assert_eq!(
+        counts, [urls; 4],
+        "the storing pool stored [URL rows, done, attempt rows, URLs attempted] = {counts:?}, not {urls} each"
+    );
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -355,33 +654,94 @@ fn median(mut values: Vec<f64>) -> f64 {
     if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 }
 }
 
+/// One value for each of the three crawlers of a round.
+#[derive(Default)]
+struct Three<T> {
+    trawler: T,
+    storing: T,
+    bare: T,
+}
+
+impl<T> Three<T> {
+    fn get_mut(&mut self, crawler: Crawler) -> &mut T {
+        match crawler {
+            Crawler::Trawler => &mut self.trawler,
+            Crawler::Storing => &mut self.storing,
+            Crawler::Bare => &mut self.bare,
+        }
+    }
+
+    fn map<U>(&self, f: impl Fn(&T) -> U) -> Three<U> {
+        Three { trawler: f(&self.trawler), storing: f(&self.storing), bare: f(&self.bare) }
+    }
+}
+
+impl Three<f64> {
+    /// Trawler ÷ storing pool, trawler ÷ bare pool, storing ÷ bare pool.
+    fn ratios(&self) -> [f64; 3] {
+        [self.trawler / self.storing, self.trawler / self.bare, self.storing / self.bare]
+    }
+}
+
+/// One round's line: each crawler's pages/s and CPU, and their ratios.
+fn print_round(case: &Case, round: usize, runs: &Three<Measure>) {
+    let n = case.urls;
+    let (rate, cpu) = (runs.map(|m| m.pages_per_s(n)), runs.map(|m| m.cpu_per_1000(n)));
+    let ([rt_s, rt_b, rs_b], [ct_s, ct_b, cs_b]) = (rate.ratios(), cpu.ratios());
+    println!(
+        "{} round {round}: trawler {:.0} pages/s {:.4} CPU-s/1000, storing pool {:.0} pages/s {:.4} CPU-s/1000, \
+         bare pool {:.0} pages/s {:.4} CPU-s/1000; pages/s ratios (CPU ratios): trawler ÷ storing {rt_s:.2}× \
+         ({ct_s:.2}×), trawler ÷ bare {rt_b:.2}× ({ct_b:.2}×), storing ÷ bare {rs_b:.2}× ({cs_b:.2}×)",
+        case.name(),
+        rate.trawler,
+        cpu.trawler,
+        rate.storing,
+        cpu.storing,
+        rate.bare,
+        cpu.bare,
+    );
+}
+
 /// One row of the table: medians over the rounds.
 struct Row {
     case: Case,
-    trawler: Vec<Measure>,
-    bare: Vec<Measure>,
+    runs: Three<Vec<Measure>>,
     summary: String,
 }
 
 impl Row {
-    fn column(runs: &[Measure], f: impl Fn(&Measure) -> f64) -> f64 {
-        median(runs.iter().map(f).collect())
+    fn column(&self, f: impl Fn(&Measure) -> f64) -> Three<f64> {
+        self.runs.map(|runs| median(runs.iter().map(&f).collect()))
     }
+
+    const HEADER: &str = "| case | trawler pages/s | storing pool pages/s | bare pool pages/s \
+        | trawler ÷ storing | trawler ÷ bare | storing ÷ bare \
+        | trawler CPU | storing pool CPU | bare pool CPU \
+        | CPU trawler ÷ storing | CPU trawler ÷ bare | CPU storing ÷ bare \
+        | trawler RSS | storing pool RSS | bare pool RSS |\n\
+        |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
     fn print(&self) {
         let n = self.case.urls;
-        let (t, b) = (&self.trawler, &self.bare);
-        let t_rate = Self::column(t, |m| m.pages_per_s(n));
-        let b_rate = Self::column(b, |m| m.pages_per_s(n));
-        let t_cpu = Self::column(t, |m| m.cpu_per_1000(n));
-        let b_cpu = Self::column(b, |m| m.cpu_per_1000(n));
+        let (rate, cpu, rss) = (
+            self.column(|m| m.pages_per_s(n)),
+            self.column(|m| m.cpu_per_1000(n)),
+            self.column(Measure::rss_mib),
+        );
+        let ([rt_s, rt_b, rs_b], [ct_s, ct_b, cs_b]) = (rate.ratios(), cpu.ratios());
         println!(
-            "| {} | {t_rate:.0} | {b_rate:.0} | {:.2}× | {t_cpu:.4} | {b_cpu:.4} | {:.2}× | {:.1} MiB | {:.1} MiB |",
+            "| {} | {:.0} | {:.0} | {:.0} | {rt_s:.2}× | {rt_b:.2}× | {rs_b:.2}× | {:.4} | {:.4} | {:.4} \
+             | {ct_s:.2}× | {ct_b:.2}× | {cs_b:.2}× | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
             self.case.name(),
-            t_rate / b_rate,
-            t_cpu / b_cpu,
-            Self::column(t, Measure::rss_mib),
-            Self::column(b, Measure::rss_mib),
+            rate.trawler,
+            rate.storing,
+            rate.bare,
+            cpu.trawler,
+            cpu.storing,
+            cpu.bare,
+            rss.trawler,
+            rss.storing,
+            rss.bare,
         );
     }
 
@@ -389,17 +749,19 @@ impl Row {
         let n = self.case.urls;
         if self.case.latency_ms > 0 {
             let ideal = (n as f64 / self.case.workers as f64).ceil() * self.case.latency_ms as f64 / 1000.0;
-            let t_wall = Self::column(&self.trawler, |m| m.wall.as_secs_f64());
-            let b_wall = Self::column(&self.bare, |m| m.wall.as_secs_f64());
+            let wall = self.column(|m| m.wall.as_secs_f64());
             println!(
-                "{}: trawler {t_wall:.2} s, bare pool {b_wall:.2} s ({:.3}× its wall time), ideal {ideal:.2} s",
+                "{}: trawler {:.2} s, storing pool {:.2} s, bare pool {:.2} s ({:.3}× its wall time), ideal {ideal:.2} s",
                 self.case.name(),
-                t_wall / b_wall
+                wall.trawler,
+                wall.storing,
+                wall.bare,
+                wall.trawler / wall.bare
             );
         }
         if self.case.save_body {
             let bound = 64.0 + 2.0 * self.case.workers as f64 * MAX_BODY_BYTES as f64 / (1024.0 * 1024.0);
-            let peak = self.trawler.iter().map(Measure::rss_mib).fold(0.0, f64::max);
+            let peak = self.runs.trawler.iter().map(Measure::rss_mib).fold(0.0, f64::max);
             let verdict = if peak <= bound { "within" } else { "OVER" };
             println!(
                 "{}: peak RSS {peak:.1} MiB, bound {bound:.0} MiB (64 MiB + 2 x workers x max_body_bytes): {verdict}",
@@ -407,6 +769,32 @@ impl Row {
             );
         }
     }
+}
+
+/// Runs the case `rounds` times, each round trawler and both baselines one
+/// after another, printing a line per round. Which goes first rotates: the
+/// bare pool, then the storing pool, then trawler.
+fn run_rounds(case: &Case, rounds: usize, input: &Path, dir: &Path, ca_file: &Path) -> Row {
+    let mut row = Row { case: case.clone(), runs: Three::default(), summary: String::new() };
+    let order = [Crawler::Bare, Crawler::Storing, Crawler::Trawler];
+    for round in 0..rounds {
+        let mut runs = Three::<Option<Measure>>::default();
+        for i in 0..order.len() {
+            let crawler = order[(round + i) % order.len()];
+            let measure = match crawler {
+                Crawler::Trawler => {
+                    let (measure, summary) = run_trawler(case, input, dir, ca_file);
+                    row.summary = summary;
+                    measure
+                }
+                baseline => run_baseline(baseline, case, input, dir, ca_file),
+            };
+            *runs.get_mut(crawler) = Some(measure);
+            row.runs.get_mut(crawler).push(measure);
+        }
+        print_round(case, round + 1, &runs.map(|m| m.expect("each crawler ran")));
+    }
+    row
 }
 
 /// A many-hosts run, against the politeness ideal.
@@ -450,11 +838,29 @@ fn write_input(case: &Case, server: &TestServer, input: &Path) {
     }
 }
 
+/// Runs this binary as one of the baselines when its first argument names
+/// one (`--bare-pool INPUT WORKERS [CA]`, `--storing-pool INPUT DB WORKERS
+/// [CA]`); returns whether it did.
+fn run_pool(argv: &[String]) -> bool {
+    match argv.first().map(String::as_str) {
+        Some("--bare-pool") => {
+            let concurrency = argv[2].parse().expect("a concurrency");
+            bare_pool(Path::new(&argv[1]), concurrency, argv.get(3).map(Path::new));
+        }
+        Some("--storing-pool") => {
+            let concurrency = argv[3].parse().expect("a concurrency");
+            let (input, db) = (Path::new(&argv[1]), Path::new(&argv[2]));
+            storing_pool(input, db, concurrency, argv.get(4).map(Path::new));
+        }
+        _ => return false,
+    }
+    true
+}
+
 fn main() {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.first().map(String::as_str) == Some("--bare-pool") {
-        let concurrency = argv[2].parse().expect("a concurrency");
-        return bare_pool(Path::new(&argv[1]), concurrency, argv.get(3).map(Path::new));
+    if run_pool(&argv) {
+        return;
     }
     let args = parse_args(std::mem::take(&mut argv));
     // The server in this process holds a connection per fetch in flight and
@@ -491,43 +897,14 @@ fn main() {
             hosts_rows.push(row);
             continue;
         }
-        let mut row =
-            Row { case: case.clone(), trawler: Vec::new(), bare: Vec::new(), summary: String::new() };
-        for round in 0..args.rounds {
-            let mut trawler = || {
-                let (measure, summary) = run_trawler(case, &input, dir.path(), &ca_file);
-                row.trawler.push(measure);
-                row.summary = summary;
-                measure
-            };
-            let (t, b) = if round % 2 == 0 {
-                let b = run_bare(case, &input, &ca_file);
-                (trawler(), b)
-            } else {
-                let t = trawler();
-                (t, run_bare(case, &input, &ca_file))
-            };
-            row.bare.push(b);
-            println!(
-                "{} round {}: trawler {:.0} pages/s {:.4} CPU-s/1000, bare pool {:.0} pages/s {:.4} CPU-s/1000",
-                case.name(),
-                round + 1,
-                t.pages_per_s(case.urls),
-                t.cpu_per_1000(case.urls),
-                b.pages_per_s(case.urls),
-                b.cpu_per_1000(case.urls),
-            );
-        }
+        let row = run_rounds(case, args.rounds, &input, dir.path(), &ca_file);
         rows.push(row);
     }
     if !rows.is_empty() {
         println!();
         println!("median of {} rounds; CPU is CPU-s per 1,000 pages; RSS is peak RSS", args.rounds);
         println!();
-        println!(
-            "| case | trawler pages/s | bare pool pages/s | ratio | trawler CPU | bare pool CPU | CPU ratio | trawler RSS | bare pool RSS |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("{}", Row::HEADER);
         for row in &rows {
             row.print();
         }
