@@ -82,13 +82,16 @@ macro_rules! results_select {
 /// a later one. The rows of this daemon's own hosts are most often locked
 /// by its own writer recording the host's results, whose commit is a moment
 /// away (skipping them would leave the host unclaimed, and the producer
-/// idle, until its next poll): those are waited for, up to
-/// [`OWN_LOCK_WAIT`] (another daemon's writer may hold one, recording a
-/// link to the host), and skipped if that runs out. Waiting cannot
-/// deadlock: its own rows are locked before any other (the first part of
-/// the union), by the first statement of the transaction, in host order as
-/// every writer locks them. A row waited for is checked again once free (a
-/// host another daemon took over meanwhile is left out).
+/// idle, until its next poll): those are waited for. No other daemon's
+/// claim locks them (its own part takes its hosts, its other part hosts
+/// free or lapsed), only another daemon's writer recording a link to the
+/// host, for the length of its transaction. A write of this daemon's own
+/// that hangs holds its claims up, as it should: that is what
+/// `watch_lock_waits` reports and systemd's watchdog restarts. Waiting
+/// cannot deadlock: its own rows are locked before any other (the first
+/// part of the union), by the first statement of the transaction, in host
+/// order as every writer locks them. A row waited for is checked again once
+/// free (a host another daemon took over meanwhile is left out).
 ///
 /// A host new to this daemon comes with how long ago its last request may
 /// have started: the time its last owner recorded on giving it up, or, for
@@ -131,10 +134,10 @@ macro_rules! lease_hosts_sql {
     };
 }
 
-/// The longest a lease statement waits for a host row another session has
-/// locked, where it waits at all ([`LeaseWait`]): PostgreSQL's
-/// `lock_timeout`, for that statement only. This daemon's own writer
-/// commits in milliseconds; past this, the holder is stuck.
+/// The longest a redirect hop's lease statement waits for its host's row
+/// ([`LeaseWait::AnyHost`]): PostgreSQL's `lock_timeout`, for that
+/// statement only. A writer commits in milliseconds; a row held longer is
+/// most likely another daemon's claim taking the host on.
 const OWN_LOCK_WAIT: &str = "SET LOCAL lock_timeout = '200ms'";
 
 /// What [`PgStore::queue_health`] reads.
@@ -1133,32 +1136,19 @@ impl PgStore {
         };
         let wanted: BTreeMap<&str, u32> = picks.iter().map(|(host, n)| (host.as_str(), *n)).collect();
         let _claiming = self.claiming.lock().await;
-        let (mut tries, mut wait) = (0, LeaseWait::OwnHosts);
+        let mut tries = 0;
         let mut claim = loop {
             tries += 1;
             let sent = self.leases.now();
             let claimed = match self.pool.begin().await {
                 Ok(tx) => {
-                    let claim = Claiming {
-                        worker: &self.worker,
-                        hosts: &hosts,
-                        wanted: &wanted,
-                        now_ms,
-                        again,
-                        wait,
-                    };
+                    let claim =
+                        Claiming { worker: &self.worker, hosts: &hosts, wanted: &wanted, now_ms, again };
                     claim_in(tx, claim, &self.leases, sent).await
                 }
                 Err(e) => Err(e),
             };
             match claimed {
-                Err(e) if wait == LeaseWait::OwnHosts && lock_timed_out(&e) => {
-                    // Nothing was done: the lease statement is the first.
-                    tracing::debug!(
-                        "a host row of this daemon's stayed locked: claiming again without waiting"
-                    );
-                    wait = LeaseWait::Never;
-                }
                 Err(e) if retry_conflict(&e, tries).await => {}
                 other => break other.map_err(db("claim"))?,
             }
@@ -1549,21 +1539,19 @@ pub enum HopLease {
 }
 
 /// Which host rows locked by another session a lease statement waits for
-/// (see [`lease_hosts_sql!`]); where it waits, for [`OWN_LOCK_WAIT`] at most.
+/// (see [`lease_hosts_sql!`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LeaseWait {
     /// Those of hosts this daemon holds; the others are skipped (a claim).
     OwnHosts,
-    /// None: all are skipped (a claim whose wait ran out).
-    Never,
-    /// Any (a redirect hop's one host).
+    /// Any, for [`OWN_LOCK_WAIT`] at most (a redirect hop's one host).
     AnyHost,
 }
 
 /// Leases `hosts` (sorted) to `worker` in `tx`, as [`lease_hosts_sql!`]
 /// says, waiting for locked rows as `wait` says. Fails with SQLSTATE 55P03
-/// ([`lock_timed_out`]) when a wait ran out; the transaction is aborted
-/// then.
+/// ([`lock_timed_out`]) when a hop's wait ran out; the transaction is
+/// aborted then.
 async fn lease_in(
     tx: &mut Transaction<'_, Postgres>,
     hosts: &[&str],
@@ -1573,10 +1561,9 @@ async fn lease_in(
 ) -> Result<Vec<Leased>, sqlx::Error> {
     let sql = match wait {
         LeaseWait::OwnHosts => lease_hosts_sql!("FOR UPDATE", "FOR UPDATE SKIP LOCKED"),
-        LeaseWait::Never => lease_hosts_sql!("FOR UPDATE SKIP LOCKED", "FOR UPDATE SKIP LOCKED"),
         LeaseWait::AnyHost => lease_hosts_sql!("FOR UPDATE", "FOR UPDATE"),
     };
-    let waits = wait != LeaseWait::Never;
+    let waits = wait == LeaseWait::AnyHost;
     if waits {
         sqlx::query(OWN_LOCK_WAIT).execute(&mut **tx).await?;
     }
@@ -1634,15 +1621,13 @@ struct Claiming<'a> {
     now_ms: i64,
     /// An earlier try of this claim may have committed ([`PgStore::claim_again`]).
     again: bool,
-    /// Which locked host rows to wait for.
-    wait: LeaseWait,
 }
 
 /// Claims, in `tx`, up to `wanted[host]` due URLs of each of `hosts`
 /// (sorted), under a lease of each host for `worker`: hosts no other daemon
 /// holds (or whose lease lapsed) are leased, and a host this daemon holds
-/// keeps its token; hosts whose rows another session has locked are left
-/// out (see [`lease_hosts_sql!`]). The leases are recorded in `leases` as
+/// keeps its token; a host it does not hold whose row another session has
+/// locked is left out (see [`lease_hosts_sql!`]). The leases are recorded in `leases` as
 /// confirmed at `sent`, when the transaction began, once it commits.
 async fn claim_in(
     mut tx: Transaction<'_, Postgres>,
@@ -1650,9 +1635,9 @@ async fn claim_in(
     leases: &HostLeases,
     sent: BootInstant,
 ) -> Result<Claim, sqlx::Error> {
-    let Claiming { worker, hosts, wanted, now_ms, again, wait } = claiming;
+    let Claiming { worker, hosts, wanted, now_ms, again } = claiming;
     // As its first statement: see lease_hosts_sql! on waiting for locks.
-    let leased = lease_in(&mut tx, hosts, worker, leases, wait).await?;
+    let leased = lease_in(&mut tx, hosts, worker, leases, LeaseWait::OwnHosts).await?;
     let taken_over: Vec<i64> = leased.iter().filter_map(|l| l.taken_from).collect();
     let requeued = requeue_taken_over(&mut tx, &taken_over).await?;
     if again {
