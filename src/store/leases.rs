@@ -5,33 +5,83 @@
 //! database ran the statement that took or renewed it. The daemon cannot
 //! read that clock, but it knows when it *sent* the statement: the database
 //! ran it later, so the lease lasts at least until `sent + length` on the
-//! daemon's own monotonic clock. A request started at `t` may run until
+//! daemon's own clock. A request started at `t` may run until
 //! `t + fetch.timeout`, so requests to a host start no later than
 //! `sent + length - fetch.timeout`: every request of an owner has ended
 //! before its lease can lapse and another daemon take the host. A daemon
 //! cut off from the database stops starting requests by itself.
+//!
+//! The daemon's clock here is [`BootInstant`], `CLOCK_BOOTTIME`: a clock
+//! that stops while the machine is suspended (`CLOCK_MONOTONIC`, which
+//! `Instant` reads) would let a daemon that slept through its leases' lapse
+//! wake up thinking it still held them, while the database's clock ran on
+//! and other daemons took the hosts over.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::Instant;
+/// Time since the machine booted, suspended time included
+/// (`clock_gettime(CLOCK_BOOTTIME)`, Linux; elsewhere `CLOCK_MONOTONIC`).
+/// Never goes back, and is not moved by setting the wall clock.
+pub fn boot_time() -> Duration {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const CLOCK: libc::clockid_t = libc::CLOCK_BOOTTIME;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec to write to; the clock exists on
+    // every kernel this runs on, so the call cannot fail (checked anyway).
+    let rc = unsafe { libc::clock_gettime(CLOCK, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime: {}", std::io::Error::last_os_error());
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// A moment on the clock leases are timed by ([`boot_time`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BootInstant(Duration);
+
+impl BootInstant {
+    /// Now, by [`boot_time`].
+    pub fn now() -> Self {
+        Self(boot_time())
+    }
+}
+
+/// A renewal on its way ([`HostLeases::renewal`]): when it was sent, and how
+/// many grants had been recorded by then.
+#[derive(Debug, Clone, Copy)]
+pub struct Renewal {
+    sent: BootInstant,
+    grants: u64,
+}
 
 /// The leases this daemon holds, by host: their fencing token and the
-/// monotonic time the statement that last confirmed them was sent.
+/// time ([`BootInstant`]) the statement that last confirmed them was sent.
 #[derive(Debug)]
 pub struct HostLeases {
     /// How long a lease lasts without renewal (`store.lease`).
     length: Duration,
     /// The longest a request may take (`fetch.timeout`).
     request_timeout: Duration,
-    held: Mutex<HashMap<String, Held>>,
+    /// The clock: [`BootInstant::now`] but in tests.
+    clock: fn() -> BootInstant,
+    held: Mutex<Held>,
+}
+
+/// The leases held, and how many grants were ever recorded.
+#[derive(Debug, Default)]
+struct Held {
+    by_host: HashMap<String, Lease>,
+    grants: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Held {
+struct Lease {
     token: i64,
-    confirmed: Instant,
+    confirmed: BootInstant,
+    /// Which grant recorded it ([`Held::grants`] then).
+    grant: u64,
 }
 
 impl HostLeases {
@@ -43,7 +93,11 @@ impl HostLeases {
     ///
     /// [`Config::validate`]: crate::config::Config::validate
     pub fn new(length: Duration, request_timeout: Duration) -> Self {
-        Self { length, request_timeout, held: Mutex::new(HashMap::new()) }
+        Self::with_clock(length, request_timeout, BootInstant::now)
+    }
+
+    fn with_clock(length: Duration, request_timeout: Duration, clock: fn() -> BootInstant) -> Self {
+        Self { length, request_timeout, clock, held: Mutex::new(Held::default()) }
     }
 
     /// How long a lease lasts without renewal.
@@ -62,29 +116,52 @@ impl HostLeases {
         self.length / 3
     }
 
-    /// Records leases taken or kept by a statement sent at `sent`.
-    pub fn granted<'a>(&self, sent: Instant, leases: impl IntoIterator<Item = (&'a str, i64)>) {
+    /// Now, on the clock leases are timed by: read it just before sending a
+    /// statement that takes leases, for [`granted`](Self::granted).
+    pub fn now(&self) -> BootInstant {
+        (self.clock)()
+    }
+
+    /// Records leases taken or kept by a statement sent at `sent`, once its
+    /// transaction has committed. A lease kept with its token keeps the
+    /// later of its confirmations.
+    pub fn granted<'a>(&self, sent: BootInstant, leases: impl IntoIterator<Item = (&'a str, i64)>) {
         let mut held = self.lock();
+        held.grants += 1;
+        let grant = held.grants;
         for (host, token) in leases {
-            held.insert(host.to_owned(), Held { token, confirmed: sent });
+            let confirmed = match held.by_host.get(host) {
+                Some(lease) if lease.token == token => lease.confirmed.max(sent),
+                _ => sent,
+            };
+            held.by_host.insert(host.to_owned(), Lease { token, confirmed, grant });
         }
     }
 
-    /// Records a renewal sent at `sent` that found `renewed` (host, token)
-    /// still held. Hosts held before `sent` that it did not find were lost
+    /// A renewal about to be sent: now, and which grants it will see.
+    /// Renewals run beside claims: a grant recorded before this (its
+    /// transaction committed) is in the renewal's snapshot; one recorded
+    /// later may not be.
+    pub fn renewal(&self) -> Renewal {
+        let grants = self.lock().grants;
+        Renewal { sent: self.now(), grants }
+    }
+
+    /// Records a `renewal` that found `renewed` (host, token) still held.
+    /// Hosts held before it was sent that it did not find were lost
     /// (another daemon took them over after they lapsed): they are forgotten
-    /// and returned. A host granted after `sent` is kept: the renewal could
-    /// not see it.
-    pub fn renewed(&self, sent: Instant, renewed: &[(String, i64)]) -> Vec<String> {
+    /// and returned. A host granted after it was sent is kept: the renewal
+    /// could not see it.
+    pub fn renewed(&self, renewal: Renewal, renewed: &[(String, i64)]) -> Vec<String> {
         let found: HashMap<&str, i64> = renewed.iter().map(|(h, t)| (h.as_str(), *t)).collect();
         let mut held = self.lock();
         let mut lost = Vec::new();
-        held.retain(|host, lease| match found.get(host.as_str()) {
+        held.by_host.retain(|host, lease| match found.get(host.as_str()) {
             Some(&token) if token == lease.token => {
-                lease.confirmed = lease.confirmed.max(sent);
+                lease.confirmed = lease.confirmed.max(renewal.sent);
                 true
             }
-            _ if lease.confirmed > sent => true,
+            _ if lease.grant > renewal.grants => true,
             _ => {
                 lost.push(host.clone());
                 false
@@ -97,84 +174,99 @@ impl HostLeases {
     pub fn released<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) {
         let mut held = self.lock();
         for host in hosts {
-            held.remove(host);
+            held.by_host.remove(host);
         }
     }
 
     /// Forgets every lease (all given up).
     pub fn released_all(&self) {
-        self.lock().clear();
+        self.lock().by_host.clear();
     }
 
     /// Whether a request to `host` under the lease `token` may start now:
-    /// the lease is held with that token and `now` is before its deadline
+    /// the lease is held with that token and now is before its deadline
     /// (confirmed + length - request timeout; see the module docs).
     pub fn may_start(&self, host: &str, token: i64) -> bool {
-        self.lock()
-            .get(host)
-            .is_some_and(|lease| lease.token == token && Instant::now() < self.deadline(lease))
+        let now = self.now();
+        self.lock().by_host.get(host).is_some_and(|lease| lease.token == token && now < self.deadline(lease))
     }
 
     /// Whether a request to `host` may start now under whichever lease this
     /// daemon holds on it (a redirect hop to a host other than its job's).
     pub fn may_start_any(&self, host: &str) -> bool {
-        self.lock().get(host).is_some_and(|lease| Instant::now() < self.deadline(lease))
+        let now = self.now();
+        self.lock().by_host.get(host).is_some_and(|lease| now < self.deadline(lease))
     }
 
-    fn deadline(&self, lease: &Held) -> Instant {
-        lease.confirmed + self.length.saturating_sub(self.request_timeout)
+    fn deadline(&self, lease: &Lease) -> BootInstant {
+        BootInstant(lease.confirmed.0 + self.length.saturating_sub(self.request_timeout))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
 
-    fn leases() -> HostLeases {
-        HostLeases::new(Duration::from_secs(60), Duration::from_secs(30))
+    thread_local! {
+        /// The fake clock's time: each test runs on a thread of its own.
+        static NOW: Cell<Duration> = const { Cell::new(Duration::from_secs(1_000)) };
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn requests_start_until_the_lease_could_lapse_less_a_request_timeout() {
+    fn fake_now() -> BootInstant {
+        BootInstant(NOW.get())
+    }
+
+    fn advance(by: Duration) {
+        NOW.set(NOW.get() + by);
+    }
+
+    fn leases() -> HostLeases {
+        HostLeases::with_clock(Duration::from_secs(60), Duration::from_secs(30), fake_now)
+    }
+
+    #[test]
+    fn requests_start_until_the_lease_could_lapse_less_a_request_timeout() {
         let leases = leases();
-        leases.granted(Instant::now(), [("a.test", 7)]);
+        leases.granted(leases.now(), [("a.test", 7)]);
         assert!(leases.may_start("a.test", 7));
         assert!(!leases.may_start("a.test", 6), "another token is another lease");
         assert!(!leases.may_start("b.test", 7), "not held");
-        tokio::time::advance(Duration::from_millis(29_999)).await;
+        advance(Duration::from_millis(29_999));
         assert!(leases.may_start("a.test", 7));
-        tokio::time::advance(Duration::from_millis(1)).await;
+        advance(Duration::from_millis(1));
         assert!(!leases.may_start("a.test", 7), "a request started now could outlive the lease");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_renewal_moves_the_deadline_to_when_it_was_sent() {
+    #[test]
+    fn a_renewal_moves_the_deadline_to_when_it_was_sent() {
         let leases = leases();
-        leases.granted(Instant::now(), [("a.test", 7)]);
-        tokio::time::advance(Duration::from_secs(20)).await;
-        let sent = Instant::now();
+        leases.granted(leases.now(), [("a.test", 7)]);
+        advance(Duration::from_secs(20));
+        let renewal = leases.renewal();
         // The answer comes back late: the deadline counts from the sending.
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(leases.renewed(sent, &[("a.test".to_owned(), 7)]).is_empty());
-        tokio::time::advance(Duration::from_millis(24_999)).await;
+        advance(Duration::from_secs(5));
+        assert!(leases.renewed(renewal, &[("a.test".to_owned(), 7)]).is_empty());
+        advance(Duration::from_millis(24_999));
         assert!(leases.may_start("a.test", 7));
-        tokio::time::advance(Duration::from_millis(1)).await;
+        advance(Duration::from_millis(1));
         assert!(!leases.may_start("a.test", 7));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_renewal_that_misses_a_host_loses_it_unless_granted_since() {
+    #[test]
+    fn a_renewal_that_misses_a_host_loses_it_unless_granted_since() {
         let leases = leases();
-        leases.granted(Instant::now(), [("a.test", 1), ("b.test", 2)]);
-        let sent = Instant::now();
-        tokio::time::advance(Duration::from_millis(1)).await;
+        leases.granted(leases.now(), [("a.test", 1), ("b.test", 2)]);
+        let renewal = leases.renewal();
+        advance(Duration::from_millis(1));
         // Claimed while the renewal was on its way: the renewal did not see it.
-        leases.granted(Instant::now(), [("c.test", 3)]);
-        let lost = leases.renewed(sent, &[("a.test".to_owned(), 1)]);
+        leases.granted(leases.now(), [("c.test", 3)]);
+        let lost = leases.renewed(renewal, &[("a.test".to_owned(), 1)]);
         assert_eq!(lost, ["b.test"]);
         assert!(leases.may_start("a.test", 1));
         assert!(!leases.may_start_any("b.test"));
@@ -184,5 +276,58 @@ mod tests {
         assert!(leases.may_start("c.test", 3), "the others are kept");
         leases.released_all();
         assert!(!leases.may_start_any("c.test"));
+    }
+
+    #[test]
+    fn a_claim_sent_before_a_renewal_but_committed_after_it_keeps_its_hosts() {
+        // Renewals run beside claims: this claim was sent first, the
+        // renewal's snapshot did not see its commit.
+        let leases = leases();
+        let claim_sent = leases.now();
+        advance(Duration::from_millis(5));
+        let renewal = leases.renewal();
+        leases.granted(claim_sent, [("c.test", 3)]);
+        assert!(leases.renewed(renewal, &[]).is_empty());
+        assert!(leases.may_start("c.test", 3));
+        // The next renewal sees it, or it was lost.
+        let renewal = leases.renewal();
+        assert_eq!(leases.renewed(renewal, &[]), ["c.test"]);
+    }
+
+    #[test]
+    fn a_late_claim_keeps_a_renewal_s_later_confirmation() {
+        let leases = leases();
+        let claim_sent = leases.now();
+        leases.granted(claim_sent, [("a.test", 7)]);
+        advance(Duration::from_secs(20));
+        let renewal = leases.renewal();
+        assert!(leases.renewed(renewal, &[("a.test".to_owned(), 7)]).is_empty());
+        // A claim that kept the lease, sent before that renewal, answers last.
+        leases.granted(claim_sent, [("a.test", 7)]);
+        advance(Duration::from_millis(29_999));
+        assert!(leases.may_start("a.test", 7), "the deadline counts from the renewal");
+    }
+
+    /// CLOCK_MONOTONIC now.
+    fn monotonic() -> Duration {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: as in `boot_time`.
+        assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) }, 0);
+        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+    }
+
+    #[test]
+    fn the_boot_clock_counts_what_the_monotonic_one_does_and_never_goes_back() {
+        // CLOCK_BOOTTIME is CLOCK_MONOTONIC plus the time suspended: never
+        // behind it, and as fast while the machine runs.
+        let (mono, boot) = (monotonic(), boot_time());
+        assert!(boot >= mono, "{boot:?} < {mono:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        let (mono_later, boot_later) = (monotonic(), boot_time());
+        assert!(boot_later >= boot + Duration::from_millis(100));
+        // Two readings apart each time, on a loaded machine: a margin.
+        let (ran, counted) = (mono_later - mono, boot_later - boot);
+        assert!(counted.abs_diff(ran) < Duration::from_millis(50), "{counted:?} against {ran:?}");
+        assert!(BootInstant::now() >= BootInstant(boot_later));
     }
 }

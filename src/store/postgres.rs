@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{self, AttemptRow, BatchWrites, ContentColumns, Lowered, Shorter, StoredContent, stored};
 use super::faults::{Blocker, Kind, postgres_kind};
-use super::leases::HostLeases;
+use super::leases::{BootInstant, HostLeases};
 use super::rules::{self, DroppedRow, UrlChange, duration_ms, to_i64};
 use super::{
     ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, NewUrl, Outage, PageLimits,
@@ -69,42 +69,76 @@ macro_rules! results_select {
 
 /// Leases the hosts `$1` (text[], sorted) to the worker `$2` for `$3`
 /// seconds, as [`Leased`] rows: those no other daemon holds (or whose lease
-/// lapsed); a host this daemon holds keeps its token. A host row another
-/// transaction has locked is waited for, not skipped: that is most often
-/// this daemon's own writer recording the host's results, whose commit is a
-/// moment away (skipping would leave the host unclaimed, and the producer
-/// idle, until its next poll). Waiting cannot deadlock as the first
-/// statement of a transaction (it holds no lock yet), and the row is
-/// checked again once free (a host another daemon leased meanwhile is left
-/// out).
+/// lapsed); a host this daemon holds keeps its token. `$own` and `$others`
+/// are the locking clauses of the rows of hosts this daemon holds and of
+/// the others ([`LeaseWait`] says which are used when).
+///
+/// Another daemon's claim locks the rows of the hosts it is taking on until
+/// it commits; one frozen right after this statement (SIGSTOP, a stall, its
+/// network cut) would hold them until the server ends its session, a whole
+/// lease later. So a claim never waits for the row of a host this daemon
+/// does not hold (`SKIP LOCKED`): another daemon is taking it on, or its
+/// lease is being ended, and the host is left out of this claim, ready for
+/// a later one. The rows of this daemon's own hosts are most often locked
+/// by its own writer recording the host's results, whose commit is a moment
+/// away (skipping them would leave the host unclaimed, and the producer
+/// idle, until its next poll): those are waited for. No other daemon's
+/// claim locks them (its own part takes its hosts, its other part hosts
+/// free or lapsed), only another daemon's writer recording a link to the
+/// host, for the length of its transaction. A write of this daemon's own
+/// that hangs holds its claims up, as it should: that is what
+/// `watch_lock_waits` reports and systemd's watchdog restarts. Waiting
+/// cannot deadlock: its own rows are locked before any other (the first
+/// part of the union), by the first statement of the transaction, in host
+/// order as every writer locks them. A row waited for is checked again once
+/// free (a host another daemon took over meanwhile is left out).
 ///
 /// A host new to this daemon comes with how long ago its last request may
 /// have started: the time its last owner recorded on giving it up, or, for
 /// a lapsed lease, the latest its owner could have started one (the lapse
 /// less `$4`, a request timeout in seconds: it starts none later).
 macro_rules! lease_hosts_sql {
-    () => {
-        "WITH p AS (
-             SELECT host, lease_owner AS old_owner, lease_token AS old_token,
-                    lease_expires_at AS old_expires, last_start_at
-             FROM hosts
-             WHERE host = ANY($1::text[])
-               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < now())
-             ORDER BY host FOR UPDATE)
-         UPDATE hosts SET
-             lease_token = CASE WHEN hosts.lease_owner = $2 THEN hosts.lease_token
-                                ELSE nextval('lease_tokens') END,
-             lease_owner = $2,
-             lease_expires_at = now() + make_interval(secs => $3)
-         FROM p WHERE hosts.host = p.host
-         RETURNING hosts.host, hosts.lease_token AS token,
-             CASE WHEN p.old_owner <> $2 THEN p.old_token END AS taken_from,
-             p.old_owner IS DISTINCT FROM $2 AS new,
-             extract(epoch FROM now() - greatest(p.last_start_at,
-                 CASE WHEN p.old_owner <> $2 THEN p.old_expires - make_interval(secs => $4) END))::float8
-                 AS last_start_s"
+    ($own:literal, $others:literal) => {
+        concat!(
+            "WITH own AS (
+                 SELECT host, lease_owner AS old_owner, lease_token AS old_token,
+                        lease_expires_at AS old_expires, last_start_at
+                 FROM hosts
+                 WHERE host = ANY($1::text[]) AND lease_owner = $2
+                 ORDER BY host ",
+            $own,
+            "),
+             others AS (
+                 SELECT host, lease_owner AS old_owner, lease_token AS old_token,
+                        lease_expires_at AS old_expires, last_start_at
+                 FROM hosts
+                 WHERE host = ANY($1::text[])
+                   AND (lease_owner IS NULL OR (lease_owner <> $2 AND lease_expires_at < now()))
+                 ORDER BY host ",
+            $others,
+            "),
+             p AS (SELECT * FROM own UNION ALL SELECT * FROM others)
+             UPDATE hosts SET
+                 lease_token = CASE WHEN hosts.lease_owner = $2 THEN hosts.lease_token
+                                    ELSE nextval('lease_tokens') END,
+                 lease_owner = $2,
+                 lease_expires_at = now() + make_interval(secs => $3)
+             FROM p WHERE hosts.host = p.host
+             RETURNING hosts.host, hosts.lease_token AS token,
+                 CASE WHEN p.old_owner <> $2 THEN p.old_token END AS taken_from,
+                 p.old_owner IS DISTINCT FROM $2 AS new,
+                 extract(epoch FROM now() - greatest(p.last_start_at,
+                     CASE WHEN p.old_owner <> $2 THEN p.old_expires - make_interval(secs => $4) END))::float8
+                     AS last_start_s"
+        )
     };
 }
+
+/// The longest a redirect hop's lease statement waits for its host's row
+/// ([`LeaseWait::AnyHost`]): PostgreSQL's `lock_timeout`, for that
+/// statement only. A writer commits in milliseconds; a row held longer is
+/// most likely another daemon's claim taking the host on.
+const OWN_LOCK_WAIT: &str = "SET LOCAL lock_timeout = '200ms'";
 
 /// What [`PgStore::queue_health`] reads.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -124,9 +158,12 @@ pub struct PgStore {
     /// This daemon's name in `hosts.lease_owner` and `attempts.worker`:
     /// host name, process id and a random suffix, unique per run.
     worker: String,
-    /// Taken by claims, redirect-hop leases and lease rounds in turn, so
-    /// that a round never gives up a host this daemon is claiming URLs of
-    /// or leasing for a hop at the same moment.
+    /// Taken by claims, redirect-hop leases and the giving up of idle hosts
+    /// in turn, so that an idle host is never given up while this daemon
+    /// is claiming URLs of it or leasing it for a hop (see
+    /// [`release_idle`](Self::release_idle)). Renewals do not take it: they
+    /// only extend this daemon's own leases, and must not queue behind a
+    /// claim.
     claiming: Mutex<()>,
     /// The host leases this daemon holds.
     leases: Arc<HostLeases>,
@@ -658,7 +695,10 @@ impl PgStore {
     /// if this daemon does. The lease is given up by the next round of
     /// [`keep_leases`](Self::keep_leases) once nothing of the host is in
     /// flight here. A host this daemon holds with its deadline ahead needs
-    /// no round trip: a renewal keeps that lease like any other.
+    /// no round trip: a renewal keeps that lease like any other. The host's
+    /// row is waited for if another session has it locked, up to
+    /// [`OWN_LOCK_WAIT`]: held longer, it is most likely another daemon's
+    /// claim taking the host on, and the host counts as held by another.
     ///
     /// Errors: the database cannot be written.
     pub async fn lease_hop(&self, host: &str) -> Result<HopLease, StoreError> {
@@ -666,7 +706,7 @@ impl PgStore {
             return Ok(HopLease::Held { last_start: None });
         }
         let claiming = self.claiming.lock().await;
-        let sent = tokio::time::Instant::now();
+        let sent = self.leases.now();
         let leased: Option<Leased> = self
             .writing("lease a redirect's host", || async {
                 let mut tx = self.pool.begin().await?;
@@ -677,13 +717,11 @@ impl PgStore {
                 .bind(host)
                 .execute(&mut *tx)
                 .await?;
-                let leased = sqlx::query_as(lease_hosts_sql!())
-                    .bind([host])
-                    .bind(&self.worker)
-                    .bind(self.leases.length().as_secs_f64())
-                    .bind(self.leases.request_timeout().as_secs_f64())
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let leased =
+                    match lease_in(&mut tx, &[host], &self.worker, &self.leases, LeaseWait::AnyHost).await {
+                        Err(e) if lock_timed_out(&e) => return Ok(None),
+                        leased => leased?.pop(),
+                    };
                 if let Some(Leased { taken_from: Some(token), .. }) = &leased {
                     requeue_taken_over(&mut tx, &[*token]).await?;
                 }
@@ -715,8 +753,10 @@ impl PgStore {
         keeping: &[String],
     ) -> Result<LeaseRound, StoreError> {
         let mut round = LeaseRound::default();
-        let claiming = self.claiming.lock().await;
-        let sent = tokio::time::Instant::now();
+        // Beside this daemon's claims, not after them: its rows are only
+        // ever locked for a moment by its own claims, which never wait for
+        // another daemon's locks (lease_hosts_sql!).
+        let renewal = self.leases.renewal();
         let renewed: Vec<(String, i64)> = self
             .writing("renew host leases", || {
                 sqlx::query_as(
@@ -730,9 +770,8 @@ impl PgStore {
                 .fetch_all(&self.pool)
             })
             .await?;
-        drop(claiming);
         round.renewed = renewed.len() as u64;
-        round.lost = self.leases.renewed(sent, &renewed);
+        round.lost = self.leases.renewed(renewal, &renewed);
         round.released = self.release_idle(last_starts, keeping).await?;
         let (hosts, urls) = self.recover_lapsed().await?;
         (round.recovered_hosts, round.recovered_urls) = (hosts, urls);
@@ -1100,7 +1139,7 @@ impl PgStore {
         let mut tries = 0;
         let mut claim = loop {
             tries += 1;
-            let sent = tokio::time::Instant::now();
+            let sent = self.leases.now();
             let claimed = match self.pool.begin().await {
                 Ok(tx) => {
                     let claim =
@@ -1499,6 +1538,55 @@ pub enum HopLease {
     HeldByAnother,
 }
 
+/// Which host rows locked by another session a lease statement waits for
+/// (see [`lease_hosts_sql!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseWait {
+    /// Those of hosts this daemon holds; the others are skipped (a claim).
+    OwnHosts,
+    /// Any, for [`OWN_LOCK_WAIT`] at most (a redirect hop's one host).
+    AnyHost,
+}
+
+/// Leases `hosts` (sorted) to `worker` in `tx`, as [`lease_hosts_sql!`]
+/// says, waiting for locked rows as `wait` says. Fails with SQLSTATE 55P03
+/// ([`lock_timed_out`]) when a hop's wait ran out; the transaction is
+/// aborted then.
+async fn lease_in(
+    tx: &mut Transaction<'_, Postgres>,
+    hosts: &[&str],
+    worker: &str,
+    leases: &HostLeases,
+    wait: LeaseWait,
+) -> Result<Vec<Leased>, sqlx::Error> {
+    let sql = match wait {
+        LeaseWait::OwnHosts => lease_hosts_sql!("FOR UPDATE", "FOR UPDATE SKIP LOCKED"),
+        LeaseWait::AnyHost => lease_hosts_sql!("FOR UPDATE", "FOR UPDATE"),
+    };
+    let waits = wait == LeaseWait::AnyHost;
+    if waits {
+        sqlx::query(OWN_LOCK_WAIT).execute(&mut **tx).await?;
+    }
+    let leased = sqlx::query_as(sql)
+        .bind(hosts)
+        .bind(worker)
+        .bind(leases.length().as_secs_f64())
+        .bind(leases.request_timeout().as_secs_f64())
+        .fetch_all(&mut **tx)
+        .await?;
+    if waits {
+        // The rest of the transaction waits as it did.
+        sqlx::query("SET LOCAL lock_timeout TO DEFAULT").execute(&mut **tx).await?;
+    }
+    Ok(leased)
+}
+
+/// Whether `e` is a lock wait that ran out (SQLSTATE 55P03
+/// lock_not_available: `lock_timeout`).
+fn lock_timed_out(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
+}
+
 /// A host a claim leased.
 #[derive(sqlx::FromRow)]
 struct Leased {
@@ -1538,23 +1626,18 @@ struct Claiming<'a> {
 /// Claims, in `tx`, up to `wanted[host]` due URLs of each of `hosts`
 /// (sorted), under a lease of each host for `worker`: hosts no other daemon
 /// holds (or whose lease lapsed) are leased, and a host this daemon holds
-/// keeps its token. The leases are recorded in `leases` as confirmed at
-/// `sent`, when the transaction began, once it commits.
+/// keeps its token; a host it does not hold whose row another session has
+/// locked is left out (see [`lease_hosts_sql!`]). The leases are recorded in `leases` as
+/// confirmed at `sent`, when the transaction began, once it commits.
 async fn claim_in(
     mut tx: Transaction<'_, Postgres>,
     claiming: Claiming<'_>,
     leases: &HostLeases,
-    sent: tokio::time::Instant,
+    sent: BootInstant,
 ) -> Result<Claim, sqlx::Error> {
     let Claiming { worker, hosts, wanted, now_ms, again } = claiming;
     // As its first statement: see lease_hosts_sql! on waiting for locks.
-    let leased: Vec<Leased> = sqlx::query_as(lease_hosts_sql!())
-        .bind(hosts)
-        .bind(worker)
-        .bind(leases.length().as_secs_f64())
-        .bind(leases.request_timeout().as_secs_f64())
-        .fetch_all(&mut *tx)
-        .await?;
+    let leased = lease_in(&mut tx, hosts, worker, leases, LeaseWait::OwnHosts).await?;
     let taken_over: Vec<i64> = leased.iter().filter_map(|l| l.taken_from).collect();
     let requeued = requeue_taken_over(&mut tx, &taken_over).await?;
     if again {

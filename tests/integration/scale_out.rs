@@ -14,6 +14,13 @@ use crate::postgres::TestDatabase;
 use crate::server::{Hit, TestServer};
 use crate::util::{Daemon, signal, spawn_trawler_with_env, wait_until, wait_within};
 
+/// How long the test freezes a daemon inside its claim.
+const FROZEN_FOR: Duration = Duration::from_secs(3);
+
+/// The longest a daemon may go without finishing a fetch while another is
+/// frozen inside its claim: hundreds finish per second otherwise.
+const LONGEST_LULL: Duration = Duration::from_secs(1);
+
 /// The per-host delay every daemon keeps.
 const DELAY: Duration = Duration::from_millis(50);
 
@@ -45,9 +52,22 @@ fn fleet_config(lease: &str) -> String {
 
 /// `hosts` x `per_host` URLs on `server`: `/{path}/{i}` of `h{n}.fleet.test`.
 fn fleet_urls(server: &TestServer, hosts: usize, per_host: usize, path: &str) -> Vec<String> {
+    named_fleet_urls(server, "h", hosts, per_host, path)
+}
+
+/// As [`fleet_urls`], on hosts `{prefix}{n}.fleet.test`.
+fn named_fleet_urls(
+    server: &TestServer,
+    prefix: &str,
+    hosts: usize,
+    per_host: usize,
+    path: &str,
+) -> Vec<String> {
     let port = server.addr.port();
     (0..hosts)
-        .flat_map(|h| (0..per_host).map(move |i| format!("http://h{h}.fleet.test:{port}/{path}/{h}-{i}")))
+        .flat_map(|h| {
+            (0..per_host).map(move |i| format!("http://{prefix}{h}.fleet.test:{port}/{path}/{prefix}{h}-{i}"))
+        })
         .collect()
 }
 
@@ -243,4 +263,106 @@ fn a_killed_and_a_frozen_daemon_lose_their_hosts_and_no_result_is_fetched_again(
            AND NOT EXISTS (SELECT 1 FROM attempts AS d WHERE d.url_id = s.url_id AND d.outcome = 'done')",
     ));
     assert_eq!(orphans, 0);
+}
+
+/// Makes the next lease daemon `pid` takes of a host new to it (inside a
+/// claim: no test page redirects) sleep `sleep_s` in the database, holding
+/// the row locks its claim took, so that the test can freeze it there.
+async fn sleep_in_next_claim_of(db: &mut PgConnection, pid: u32, sleep_s: f64) {
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE slow_once (at timestamptz);
+         CREATE FUNCTION slow_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NOT EXISTS (SELECT 1 FROM slow_once) THEN
+                 INSERT INTO slow_once VALUES (now());
+                 PERFORM pg_sleep({sleep_s});
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER slow_claim AFTER UPDATE ON hosts FOR EACH ROW
+             WHEN (OLD.lease_owner IS NULL AND NEW.lease_owner LIKE '%:{pid}:%')
+             EXECUTE FUNCTION slow_claim();"
+    ))
+    .execute(db)
+    .await
+    .unwrap();
+}
+
+/// The longest stretch of `between` (Unix seconds) in which `worker`
+/// finished no fetch (by its attempts' `fetched_at`).
+async fn longest_lull(db: &mut PgConnection, worker: &str, between: (f64, f64)) -> Duration {
+    let mut at: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM fetched_at)::float8 FROM attempts
+         WHERE worker = $1 AND fetched_at BETWEEN to_timestamp($2) AND to_timestamp($3)",
+    )
+    .bind(worker)
+    .bind(between.0)
+    .bind(between.1)
+    .fetch_all(db)
+    .await
+    .unwrap();
+    at.sort_by(f64::total_cmp);
+    let mut edges = vec![between.0];
+    edges.extend(at);
+    edges.push(between.1);
+    let longest = edges.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    Duration::from_secs_f64(longest)
+}
+
+/// Unix seconds of `t`.
+fn unix_s(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// A daemon frozen (SIGSTOP) inside a claim, after the statement that
+/// locked the host rows it is taking on, costs the others nothing: their
+/// claims pass those hosts by instead of waiting for its locks, and their
+/// lease renewals do not wait behind their claims. Before, both others
+/// stopped fetching until the frozen one woke (or its session ended).
+#[test]
+fn a_daemon_frozen_inside_its_claim_does_not_stall_the_others() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(pg) = runtime.block_on(TestDatabase::create("frozen_inside_a_claim")) else { return };
+    let server = TestServer::start();
+    // 10 s leases: the frozen daemon's session outlives the freeze.
+    let (_dirs, daemons) = start_fleet(&pg.url, &fleet_config("10s"));
+    let first = named_fleet_urls(&server, "a", 24, 300, "ok/first");
+    enqueue(&pg.url, &first);
+    wait_until(Duration::from_secs(30), "the crawl under way", || server.hits().len() >= 300);
+    // Every first host is leased by now; new hosts come next, and every
+    // daemon (its workers mostly waiting on delays) takes some on: too many
+    // for the others to take them all before the frozen one's claim.
+    let pid = daemons[0].child.id();
+    let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
+    runtime.block_on(sleep_in_next_claim_of(&mut db, pid, 0.5));
+    enqueue(&pg.url, &named_fleet_urls(&server, "b", 120, 40, "ok/second"));
+    let session = format!("trawler %:{pid}:%");
+    let sleeping =
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1 AND wait_event = 'PgSleep'";
+    wait_until(Duration::from_secs(20), "the frozen daemon's claim to sleep", || {
+        runtime.block_on(sqlx::query_scalar::<_, i64>(sleeping).bind(&session).fetch_one(&mut db)).unwrap()
+            > 0
+    });
+    signal(&daemons[0].child, libc::SIGSTOP);
+    let stopped = SystemTime::now();
+    std::thread::sleep(FROZEN_FOR);
+    let resumed = SystemTime::now();
+    signal(&daemons[0].child, libc::SIGCONT);
+    // Stopping flushes what each daemon fetched to the database.
+    for daemon in daemons {
+        daemon.stop();
+    }
+    let frozen_worker = format!("%:{pid}:%");
+    let others: Vec<String> = runtime
+        .block_on(
+            sqlx::query_scalar("SELECT DISTINCT worker FROM attempts WHERE worker NOT LIKE $1 ORDER BY 1")
+                .bind(&frozen_worker)
+                .fetch_all(&mut db),
+        )
+        .unwrap();
+    assert_eq!(others.len(), 2, "{others:?}");
+    for worker in &others {
+        let lull = runtime.block_on(longest_lull(&mut db, worker, (unix_s(stopped), unix_s(resumed))));
+        assert!(lull < LONGEST_LULL, "{worker} finished no fetch for {lull:?} of the {FROZEN_FOR:?} freeze");
+    }
 }
