@@ -17,10 +17,9 @@ async fn urls_posted_to_the_api_are_crawled_and_their_state_is_served() {
     for engine in engines("urls_posted_to_the_api_are_crawled_and_their_state_is_served").await {
         let server = TestServer::start_on("127.0.0.55");
         let dir = tempfile::tempdir().unwrap();
-        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-        let daemon = engine.start_daemon(dir.path(), &format!("[api]\nlisten = \"{listen}\"\n"), &[]);
+        let daemon = engine.start_daemon(dir.path(), "[api]\nlisten = \"127.0.0.1:0\"\n", &[]);
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let endpoint = format!("http://{listen}/urls");
+        let endpoint = format!("http://{}/urls", daemon.api());
 
         // JSON: valid URLs are added (a repeat counts as known), a bad one is
         // reported with its position and does not spoil the rest.
@@ -97,9 +96,9 @@ async fn slow_clients_cannot_starve_the_service() {
     for engine in engines("slow_clients_cannot_starve_the_service").await {
         let server = TestServer::start_on("127.0.0.56");
         let dir = tempfile::tempdir().unwrap();
-        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-        let toml = format!("[api]\nlisten = \"{listen}\"\nmax_connections = 8\nheader_timeout = \"1s\"\n");
-        let daemon = engine.start_daemon(dir.path(), &toml, &[]);
+        let toml = "[api]\nlisten = \"127.0.0.1:0\"\nmax_connections = 8\nheader_timeout = \"1s\"\n";
+        let daemon = engine.start_daemon(dir.path(), toml, &[]);
+        let listen = daemon.api();
         // Fewer descriptors than the slow clients below: without a connection
         // cap, accepting them would leave none for fetches.
         limit_descriptors(daemon.child.id(), 96);

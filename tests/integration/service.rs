@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    count_in, engines, next_notification, output_of, signal, spawn_trawler_with_env, wait_until, wait_within,
+    Stderr, count_in, engines, next_notification, output_of, signal, spawn_trawler_with_env, wait_until,
+    wait_within,
 };
 
 #[tokio::test]
@@ -20,16 +21,15 @@ async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
 
-        let admin = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().to_string()
-        };
+        // Port 0: the service binds a free port itself and logs it.
         let mut env =
-            vec![("NOTIFY_SOCKET", notify_path.to_str().unwrap()), ("TRAWLER_ADMIN__LISTEN", admin.as_str())];
+            vec![("NOTIFY_SOCKET", notify_path.to_str().unwrap()), ("TRAWLER_ADMIN__LISTEN", "127.0.0.1:0")];
         env.extend(engine.env());
         let mut daemon =
             spawn_trawler_with_env(&["run", "--db", db.to_str().unwrap(), "--grace", "2s"], &env);
+        let stderr = Stderr::collect(&mut daemon);
         assert!(next_notification(&notify).contains("READY=1"));
+        let admin = stderr.address("admin endpoints:");
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let get = |path: &str| {
             let (http, url) = (http.clone(), format!("http://{admin}{path}"));

@@ -338,28 +338,36 @@ pub fn signal(child: &Child, signal: i32) {
 }
 
 /// A running child's stderr, collected by a thread as it is written.
-pub struct Stderr(std::sync::Arc<std::sync::Mutex<String>>);
+pub struct Stderr(std::sync::Arc<(std::sync::Mutex<Written>, std::sync::Condvar)>);
+
+/// What a [`Stderr`] collected so far.
+#[derive(Default)]
+struct Written {
+    text: String,
+}
 
 impl Stderr {
     /// Takes `child`'s stderr pipe and starts collecting it.
     pub fn collect(child: &mut Child) -> Self {
         use std::io::BufRead;
         let pipe = child.stderr.take().expect("stderr is piped");
-        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = text.clone();
+        let shared =
+            std::sync::Arc::new((std::sync::Mutex::new(Written::default()), std::sync::Condvar::new()));
+        let sink = shared.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut text = sink.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
+                let mut written = sink.0.lock().unwrap();
+                written.text.push_str(&line);
+                written.text.push('\n');
+                sink.1.notify_all();
             }
         });
-        Self(text)
+        Self(shared)
     }
 
     /// Everything written so far.
     pub fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
+        self.0.0.lock().unwrap().text.clone()
     }
 
     /// Waits until the output contains `needle` (5 s at most) and returns
@@ -367,6 +375,36 @@ impl Stderr {
     pub fn wait_for(&self, needle: &str) -> String {
         wait_until(Duration::from_secs(5), needle, || self.text().contains(needle));
         self.text()
+    }
+
+    /// The first line that contains `needle`, once it is written (2 s at
+    /// most). Blocks the calling thread: for a line the child wrote before
+    /// something the test already saw (so that only this collector's
+    /// thread is waited for), such as an address bound before `READY=1`.
+    pub fn line_with(&self, needle: &str) -> String {
+        self.written_once(&format!("a line with {needle:?}"), |written| {
+            written.text.lines().find(|l| l.contains(needle)).map(str::to_owned)
+        })
+    }
+
+    /// What `found` finds in what was written, once it finds it: the
+    /// collector's thread tells each line as it adds it. 2 s at most, for
+    /// what the child has written already (see [`Stderr::line_with`]).
+    fn written_once<T>(&self, what: &str, found: impl Fn(&Written) -> Option<T>) -> T {
+        let (written, added) = (&self.0.0, &self.0.1);
+        let limit = Duration::from_secs(2);
+        let (written, _) =
+            added.wait_timeout_while(written.lock().unwrap(), limit, |w| found(w).is_none()).unwrap();
+        found(&written).unwrap_or_else(|| panic!("no {what} within {limit:?}:\n{}", written.text))
+    }
+
+    /// The address (`host:port`) a line with `needle` logged as its
+    /// `address` field: where the child bound a listener it was asked to
+    /// bind on port 0 (see [`Stderr::line_with`] for when it may be asked).
+    pub fn address(&self, needle: &str) -> String {
+        let line = self.line_with(needle);
+        let address = line.split_whitespace().find_map(|field| field.strip_prefix("address="));
+        address.unwrap_or_else(|| panic!("no address in {line:?}")).to_owned()
     }
 
     /// The last line written.
@@ -383,7 +421,8 @@ pub struct Daemon {
     notify: UnixDatagram,
     config: PathBuf,
     pub db: PathBuf,
-    /// The admin endpoints' `host:port`.
+    /// The admin endpoints' `host:port`: a free port the daemon bound (it
+    /// is given port 0) and logged.
     pub admin: String,
     /// The test's own environment variables, for `trawler enqueue` too.
     env: Vec<(String, String)>,
@@ -402,10 +441,10 @@ impl Daemon {
         let notify_path = dir.join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
         let mut vars = vec![
             ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
-            ("TRAWLER_ADMIN__LISTEN", admin.as_str()),
+            // Port 0: the daemon binds a free port itself and logs it.
+            ("TRAWLER_ADMIN__LISTEN", "127.0.0.1:0"),
             // The log level comes from the config file, as in production.
             ("RUST_LOG", ""),
         ];
@@ -416,9 +455,17 @@ impl Daemon {
         );
         let stderr = Stderr::collect(&mut child);
         let env = env.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect();
-        let daemon = Self { child, stderr, notify, config, db, admin, env };
+        let mut daemon = Self { child, stderr, notify, config, db, admin: String::new(), env };
         assert!(daemon.next_message().contains("READY=1"));
+        // Bound, and logged, before READY=1.
+        daemon.admin = daemon.stderr.address("admin endpoints:");
         daemon
+    }
+
+    /// The API's `host:port`, for a daemon whose config sets `api.listen`
+    /// (port 0 for a free one): where it bound, as it logged at start.
+    pub fn api(&self) -> String {
+        self.stderr.address("HTTP API:")
     }
 
     pub fn next_message(&self) -> String {
