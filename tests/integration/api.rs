@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::server::TestServer;
-use crate::util::{count_in, engines, limit_descriptors, wait_until};
+use crate::util::{count_in, engines, eventually, limit_descriptors};
 
 async fn json_of(response: reqwest::Response) -> Value {
     let text = response.text().await.unwrap();
@@ -44,16 +44,15 @@ async fn urls_posted_to_the_api_are_crawled_and_their_state_is_served() {
         assert_eq!(added["urls"][0]["url"], a.as_str());
         assert_eq!(added["urls"][2]["id"].as_i64(), Some(id_of_a), "a repeated URL has its stored id");
 
-        wait_until(Duration::from_secs(5), "the posted URLs to be fetched", || server.hits().len() == 2);
-        let mut state = Value::Null;
-        for _ in 0..100 {
-            state = json_of(http.get(format!("{endpoint}/{id_of_a}")).send().await.unwrap()).await;
-            if state["state"] == "done" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(state["state"], "done", "{state}");
+        eventually("the posted URLs to be fetched", Duration::from_secs(5), async || {
+            server.hits().len() == 2
+        })
+        .await;
+        let state = eventually("the first URL's state to be done", Duration::from_secs(5), async || {
+            let state = json_of(http.get(format!("{endpoint}/{id_of_a}")).send().await.unwrap()).await;
+            if state["state"] == "done" { Ok(state) } else { Err(state) }
+        })
+        .await;
         assert_eq!(state["http_status"], 200);
         assert_eq!(state["url"], a.as_str());
         assert_eq!(http.get(format!("{endpoint}/999999")).send().await.unwrap().status(), 404);
@@ -69,7 +68,7 @@ async fn urls_posted_to_the_api_are_crawled_and_their_state_is_served() {
             (Some(1), Some(4)),
             "{added}"
         );
-        wait_until(Duration::from_secs(5), "the third URL", || server.hits().len() == 3);
+        eventually("the third URL", Duration::from_secs(5), async || server.hits().len() == 3).await;
 
         // A body that says JSON and is not an array of strings adds nothing.
         let response = http
@@ -119,7 +118,7 @@ async fn slow_clients_cannot_starve_the_service() {
         let health = http.get(format!("http://{}/healthz", daemon.admin)).send().await.unwrap();
         assert_eq!(health.status(), 200);
         daemon.enqueue(&[server.url("/ok/under-attack")]);
-        wait_until(Duration::from_secs(10), "the URL to be fetched", || server.hits().len() == 1);
+        eventually("the URL to be fetched", Duration::from_secs(10), async || server.hits().len() == 1).await;
 
         // The first slow client is cut off once its header time is up.
         let mut first = slow.into_iter().next().unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    Stderr, count_in, engines, next_notification, output_of, signal, spawn_trawler_with_env, wait_until,
+    Stderr, count_in, engines, eventually, next_notification, output_of, signal, spawn_trawler_with_env,
     wait_within,
 };
 
@@ -55,19 +55,18 @@ async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
         assert_eq!(status.code(), Some(0));
         let (stdout, _) = output_of(enqueue);
         assert!(stdout.contains("2 new URLs (3 lines, 0 already known, 1 rejected)"), "{stdout}");
-        wait_until(Duration::from_secs(5), "the enqueued URLs to be fetched", || server.hits().len() == 2);
+        eventually("the enqueued URLs to be fetched", Duration::from_secs(5), async || {
+            server.hits().len() == 2
+        })
+        .await;
 
         // The metrics count what the database holds.
         let done_2xx = r#"trawler_fetches_total{outcome="done",status="2xx"} 2"#;
-        let mut metrics = String::new();
-        for _ in 0..50 {
-            metrics = get("/metrics").await.1;
-            if metrics.contains(done_2xx) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(metrics.contains(done_2xx), "{metrics}");
+        let metrics = eventually("two fetches done in /metrics", Duration::from_secs(5), async || {
+            let metrics = get("/metrics").await.1;
+            if metrics.contains(done_2xx) { Ok(metrics) } else { Err(metrics) }
+        })
+        .await;
         assert!(metrics.contains("trawler_fetch_duration_seconds_bucket"), "{metrics}");
         let db = engine.reading(&db);
         assert_eq!(

@@ -301,19 +301,30 @@ pub fn spawn_crawl_in(
     (spawn_crawl_with_env(input.to_str().unwrap(), &db, extra, env), db)
 }
 
-/// Waits for `child` at most `limit`; panics (after killing it) past that.
+/// Waits for `child` to exit, at most `limit`; panics (after killing it)
+/// past that. Returns its status and how long it took. Blocks the calling
+/// thread: use it where nothing of the test's own must run meanwhile.
+///
+/// A thread of its own waits for the exit itself (`waitid` with `WNOWAIT`,
+/// which leaves the child to be reaped here and its stdin open, unlike
+/// `Child::wait`), so the exit is seen at once, not at the next look.
 pub fn wait_within(child: &mut Child, limit: Duration) -> (ExitStatus, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status, start.elapsed());
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("trawler did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let (start, pid) = (Instant::now(), child.id());
+    let (exited_tx, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: waitid writes one siginfo_t through the pointer given.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let options = libc::WEXITED | libc::WNOWAIT;
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, options) };
+        let _ = exited_tx.send(rc);
+    });
+    if exited.recv_timeout(limit).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("trawler did not exit within {limit:?}");
     }
+    let status = child.try_wait().unwrap().expect("the child exited");
+    (status, start.elapsed())
 }
 
 /// Output of a finished child.
@@ -322,12 +333,65 @@ pub fn output_of(child: Child) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// Polls `condition` every 10 ms until it holds; panics after `limit`.
-pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
+/// What one look at a fact found, for [`eventually`]: `true`, `Some(value)`
+/// or `Ok(value)` once the fact holds; `false`, `None` or `Err(what stands
+/// instead)` until then (a timeout reports the last `Err`).
+pub trait Look {
+    /// What the fact gives once it holds.
+    type Value;
+    /// The value, or (the fact does not hold yet) what stands instead.
+    fn holds(self) -> Result<Self::Value, String>;
+}
+
+impl Look for bool {
+    type Value = ();
+    fn holds(self) -> Result<(), String> {
+        if self { Ok(()) } else { Err(String::new()) }
+    }
+}
+
+impl<T> Look for Option<T> {
+    type Value = T;
+    fn holds(self) -> Result<T, String> {
+        self.ok_or_else(String::new)
+    }
+}
+
+impl<T, E: std::fmt::Display> Look for Result<T, E> {
+    type Value = T;
+    fn holds(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// The first look at once, then a pause that doubles up to this, so that a
+/// look that costs a connection or a request does not load the machine.
+const LOOK_EVERY_AT_MOST: Duration = Duration::from_millis(100);
+
+/// Waits until `fact` holds, looking at once and then again after 10 ms,
+/// 20 ms... (at most [`LOOK_EVERY_AT_MOST`] apart); returns its value.
+/// Panics after `limit` naming `what` it waited for and, if the last look
+/// said, what stood instead; a look still running at the deadline counts
+/// as the fact not holding. Async, so that what the test runs on its own
+/// runtime (a crawl, a proxy, a database session) goes on meanwhile.
+pub async fn eventually<L: Look>(what: &str, limit: Duration, mut fact: impl AsyncFnMut() -> L) -> L::Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let last = match tokio::time::timeout_at(deadline, fact()).await {
+            Ok(look) => match look.holds() {
+                Ok(value) => return value,
+                Err(instead) => instead,
+            },
+            Err(_) => "the last look did not return".to_owned(),
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            let instead = if last.is_empty() { String::new() } else { format!(": {last}") };
+            panic!("timed out after {limit:?} waiting for {what}{instead}");
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(LOOK_EVERY_AT_MOST);
     }
 }
 
@@ -344,6 +408,8 @@ pub struct Stderr(std::sync::Arc<(std::sync::Mutex<Written>, std::sync::Condvar)
 #[derive(Default)]
 struct Written {
     text: String,
+    /// The pipe is closed (the child exited): `text` is all there is.
+    closed: bool,
 }
 
 impl Stderr {
@@ -361,6 +427,8 @@ impl Stderr {
                 written.text.push('\n');
                 sink.1.notify_all();
             }
+            sink.0.lock().unwrap().closed = true;
+            sink.1.notify_all();
         });
         Self(shared)
     }
@@ -370,10 +438,23 @@ impl Stderr {
         self.0.0.lock().unwrap().text.clone()
     }
 
+    /// Everything the child wrote, for a child that has exited: once this
+    /// collector has read to the end of the pipe (2 s at most), as the
+    /// last lines may still be on their way when the exit is seen.
+    pub fn all(&self) -> String {
+        self.written_once("end of the log", |written| written.closed.then(|| written.text.clone()))
+    }
+
     /// Waits until the output contains `needle` (5 s at most) and returns
     /// everything written so far.
-    pub fn wait_for(&self, needle: &str) -> String {
-        wait_until(Duration::from_secs(5), needle, || self.text().contains(needle));
+    pub async fn wait_for(&self, needle: &str) -> String {
+        self.wait_for_within(needle, Duration::from_secs(5)).await
+    }
+
+    /// [`Stderr::wait_for`], `limit` at most.
+    pub async fn wait_for_within(&self, needle: &str, limit: Duration) -> String {
+        let what = format!("{needle:?} in the log");
+        eventually(&what, limit, async || self.text().contains(needle)).await;
         self.text()
     }
 
@@ -492,7 +573,7 @@ impl Daemon {
     pub fn stop(mut self) {
         signal(&self.child, libc::SIGTERM);
         let (status, _) = wait_within(&mut self.child, Duration::from_secs(5));
-        assert_eq!(status.code(), Some(0), "{}", self.stderr.text());
+        assert_eq!(status.code(), Some(0), "{}", self.stderr.all());
     }
 }
 
