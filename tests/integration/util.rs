@@ -168,6 +168,33 @@ pub async fn strings_in(config: &Config, sql: &str) -> Vec<String> {
     column_in(config, sql).await
 }
 
+/// Moves every finished URL's last visit `by` into the past in `config`'s
+/// database, on either engine: `finished_ms`, and `recrawl_at_ms`, which a
+/// crawl sets from it. As if that much time had passed since, for a
+/// recrawl test that would otherwise sleep; `changed_ms` stays, being what
+/// a test compares across visits.
+pub async fn age_visits(config: &Config, by: Duration) {
+    let ms = by.as_millis();
+    let sql = format!(
+        "UPDATE urls SET finished_ms = finished_ms - {ms}, recrawl_at_ms = recrawl_at_ms - {ms}
+         WHERE finished_ms IS NOT NULL"
+    );
+    use sqlx::Connection;
+    match &config.store.url {
+        Some(url) => {
+            let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query(&sql).execute(&mut db).await.unwrap();
+            db.close().await.unwrap();
+        }
+        None => {
+            let options = SqliteConnectOptions::new().filename(&config.store.path);
+            let mut db = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+            sqlx::query(&sql).execute(&mut db).await.unwrap();
+            db.close().await.unwrap();
+        }
+    }
+}
+
 /// A config for tests: a database in `dir`, short timeouts and backoffs.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::default();
