@@ -1004,15 +1004,21 @@ async fn a_host_in_backoff_keeps_its_lease_through_lease_rounds() {
     let url = server.url("/status/503/busy");
     let (mut child, _) = spawn_crawl_in(dir.path(), std::slice::from_ref(&url), &flags, &env);
     eventually("the first 503", Duration::from_secs(10), async || server.hits().len() == 1).await;
-    // A 3 s lease is kept every second: two rounds at least pass within
-    // the backoff.
-    std::thread::sleep(Duration::from_millis(2500));
+    // A 3 s lease is kept every second: each round renews the host's lease
+    // (a later expiry), then would give it up if it counted as idle. Two
+    // rounds pass within the backoff.
     let mut db = PgConnection::connect(&pg.url).await.unwrap();
-    let owner: Option<String> =
-        sqlx::query_scalar("SELECT lease_owner FROM hosts WHERE host = '127.0.0.106'")
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
+    let lease = "SELECT lease_owner, CAST(extract(epoch FROM lease_expires_at) * 1000 AS BIGINT)
+                 FROM hosts WHERE host = '127.0.0.106'";
+    let mut expiries = std::collections::BTreeSet::new();
+    let owner = eventually("two lease rounds", Duration::from_secs(10), async || {
+        let (owner, expires): (Option<String>, Option<i64>) =
+            sqlx::query_as(lease).fetch_one(&mut db).await.unwrap();
+        expiries.extend(expires);
+        // Given up, or renewed twice since the first look.
+        (owner.is_none() || expiries.len() >= 3).then_some(owner)
+    })
+    .await;
     assert!(owner.is_some(), "the host in backoff was given up");
     let (status, _) = wait_within(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0));

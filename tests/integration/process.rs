@@ -62,9 +62,11 @@ async fn a_second_signal_cancels_fetches_and_exits_130() {
         let db = dir.path().join("crawl.db");
         let flags = ["--concurrency", "3", "--timeout", "60s", "--grace", "60s"];
         let mut child = spawn_crawl_with_env(input.to_str().unwrap(), &db, &flags, &engine.env());
+        let stderr = Stderr::collect(&mut child);
         eventually("3 fetches in flight", Duration::from_secs(20), async || server.hits().len() >= 3).await;
         signal(&child, libc::SIGINT);
-        std::thread::sleep(Duration::from_millis(200));
+        // The second signal once the first is taken, as a second.
+        stderr.wait_for("SIGINT: stopping").await;
         signal(&child, libc::SIGTERM);
         let (status, took) = wait_within(&mut child, Duration::from_secs(5));
         assert_eq!(status.code(), Some(130));

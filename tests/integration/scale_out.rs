@@ -230,8 +230,13 @@ fn a_killed_and_a_frozen_daemon_lose_their_hosts_and_no_result_is_fetched_again(
     let killed = daemons.remove(0);
     signal(&killed.child, libc::SIGKILL);
     signal(&daemons[0].child, libc::SIGSTOP);
-    // Past its lease and the round that ends it elsewhere.
-    std::thread::sleep(Duration::from_secs(6));
+    // Past its lease and the round that ends it elsewhere: neither holds a
+    // host, and what they had in flight is back in the queue.
+    let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
+    runtime.block_on(eventually("the silent daemons' leases to end", Duration::from_secs(30), async || {
+        let held = hosts_held_by(&mut db, &[killed.child.id(), daemons[0].child.id()]).await;
+        if held == 0 { Ok(()) } else { Err(format!("{held} hosts still held")) }
+    }));
     signal(&daemons[0].child, libc::SIGCONT);
     runtime.block_on(wait_for_results(&pg.url, urls.len() as i64, Duration::from_secs(60)));
     // Frozen between two statements of a transaction for longer than its
@@ -249,7 +254,6 @@ fn a_killed_and_a_frozen_daemon_lose_their_hosts_and_no_result_is_fetched_again(
     let stale: i64 = per_worker.iter().filter(|((_, o), _)| o == "stale_lease").map(|(_, n)| n).sum();
     // Its fetches in flight when frozen report late, as stale_lease.
     assert!(stale > 0, "the frozen daemon's late reports are kept as stale_lease: {per_worker:?}");
-    let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
     // A late report changed nothing: each of its URLs has its result from
     // another attempt, and results leave stale reports out.
     let orphans = runtime.block_on(scalar(

@@ -41,8 +41,10 @@ async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
         assert_eq!(get("/readyz").await.0, 200);
         assert_eq!(get("/healthz").await.0, 200);
 
-        // An empty frontier keeps the service running.
-        std::thread::sleep(Duration::from_millis(1500));
+        // An empty frontier keeps the service running: watched for a while,
+        // as an absence has no moment to wait for (an exit for want of work
+        // would come at once).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(daemon.try_wait().unwrap().is_none(), "the service exited with nothing to do");
 
         // URLs added from another process are fetched within a second or so.
