@@ -25,9 +25,8 @@ async fn sigterm_mid_crawl_exits_0_loses_nothing_and_a_rerun_completes() {
         let mut child = spawn_crawl_with_env(input, &db, &flags, &engine.env());
         eventually("20 fetches", Duration::from_secs(20), async || server.hits().len() >= 20).await;
         signal(&child, libc::SIGTERM);
-        let (status, took) = wait_within(&mut child, Duration::from_secs(4));
+        let (status, _) = wait_within(&mut child, Duration::from_secs(4));
         assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
-        assert!(took < Duration::from_secs(4), "took {took:?}");
         let (stdout, _) = output_of(child);
         assert!(stdout.contains("crawl stopped"), "{stdout}");
 
@@ -225,9 +224,8 @@ async fn sigterm_stops_a_crawl_fed_by_a_pipe_that_stays_open() {
         // start on PostgreSQL may take a while).
         stderr.wait_for_within("skipping input line", Duration::from_secs(20)).await;
         signal(&child, libc::SIGTERM);
-        let (status, took) = wait_within(&mut child, Duration::from_secs(3));
+        let (status, _) = wait_within(&mut child, Duration::from_secs(3));
         assert_eq!(status.code(), Some(0));
-        assert!(took < Duration::from_secs(3), "took {took:?}");
         drop(stdin);
         assert_eq!(
             count_in(&engine.reading(&db), "SELECT count(*) FROM urls WHERE state = 'queued'").await,

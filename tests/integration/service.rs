@@ -78,9 +78,8 @@ async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
 
         signal(&daemon, libc::SIGTERM);
         assert!(next_notification(&notify).contains("STOPPING=1"));
-        let (status, took) = wait_within(&mut daemon, Duration::from_secs(3));
+        let (status, _) = wait_within(&mut daemon, Duration::from_secs(3));
         assert_eq!(status.code(), Some(0));
-        assert!(took < Duration::from_secs(3));
         assert_eq!(count_in(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 2);
     }
 }
