@@ -84,15 +84,24 @@ async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
     }
 }
 
-/// `systemd-analyze verify` and the offline security check, where the tool
-/// exists (skipped, saying so, elsewhere). The bar is an exposure of
-/// 2.0 or lower.
+/// `systemd-analyze verify` and the offline security check. The bar
+/// is an exposure of 2.0 or lower. Without the tool the test is skipped,
+/// saying so, on a developer's machine; in CI (`CI` or
+/// `TRAWLER_REQUIRE_POSTGRES` set, as `.ci/run`, which installs the tool,
+/// sets it) it fails, so that the check cannot pass without running.
 #[test]
 fn the_unit_file_verifies_and_is_hardened() {
+    use std::io::Write;
     use std::process::Command;
-    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
-        println!("skipped: systemd-analyze is not installed");
-        return;
+    let version = match Command::new("systemd-analyze").arg("--version").output() {
+        Ok(version) => version,
+        Err(e) if ["CI", "TRAWLER_REQUIRE_POSTGRES"].iter().all(|v| std::env::var_os(v).is_none()) => {
+            // Straight to the process's stderr: the harness captures the
+            // output of passing tests, and a skip must be seen.
+            let _ = writeln!(std::io::stderr(), "the unit file's test: skipped: no systemd-analyze: {e}");
+            return;
+        }
+        Err(e) => panic!("in CI, systemd-analyze (package systemd) must be installed: {e}"),
     };
     assert!(version.status.success());
     let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/trawler.service");
