@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::server::TestServer;
-use crate::util::{count_in, engines, limit_descriptors, wait_until};
+use crate::util::{count_in, engines, eventually, limit_descriptors};
 
 async fn json_of(response: reqwest::Response) -> Value {
     let text = response.text().await.unwrap();
@@ -17,10 +17,9 @@ async fn urls_posted_to_the_api_are_crawled_and_their_state_is_served() {
     for engine in engines("urls_posted_to_the_api_are_crawled_and_their_state_is_served").await {
         let server = TestServer::start_on("127.0.0.55");
         let dir = tempfile::tempdir().unwrap();
-        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-        let daemon = engine.start_daemon(dir.path(), &format!("[api]\nlisten = \"{listen}\"\n"), &[]);
+        let daemon = engine.start_daemon(dir.path(), "[api]\nlisten = \"127.0.0.1:0\"\n", &[]);
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let endpoint = format!("http://{listen}/urls");
+        let endpoint = format!("http://{}/urls", daemon.api());
 
         // JSON: valid URLs are added (a repeat counts as known), a bad one is
         // reported with its position and does not spoil the rest.
@@ -45,16 +44,15 @@ async fn urls_posted_to_the_api_are_crawled_and_their_state_is_served() {
         assert_eq!(added["urls"][0]["url"], a.as_str());
         assert_eq!(added["urls"][2]["id"].as_i64(), Some(id_of_a), "a repeated URL has its stored id");
 
-        wait_until(Duration::from_secs(5), "the posted URLs to be fetched", || server.hits().len() == 2);
-        let mut state = Value::Null;
-        for _ in 0..100 {
-            state = json_of(http.get(format!("{endpoint}/{id_of_a}")).send().await.unwrap()).await;
-            if state["state"] == "done" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(state["state"], "done", "{state}");
+        eventually("the posted URLs to be fetched", Duration::from_secs(5), async || {
+            server.hits().len() == 2
+        })
+        .await;
+        let state = eventually("the first URL's state to be done", Duration::from_secs(5), async || {
+            let state = json_of(http.get(format!("{endpoint}/{id_of_a}")).send().await.unwrap()).await;
+            if state["state"] == "done" { Ok(state) } else { Err(state) }
+        })
+        .await;
         assert_eq!(state["http_status"], 200);
         assert_eq!(state["url"], a.as_str());
         assert_eq!(http.get(format!("{endpoint}/999999")).send().await.unwrap().status(), 404);
@@ -70,7 +68,7 @@ async fn urls_posted_to_the_api_are_crawled_and_their_state_is_served() {
             (Some(1), Some(4)),
             "{added}"
         );
-        wait_until(Duration::from_secs(5), "the third URL", || server.hits().len() == 3);
+        eventually("the third URL", Duration::from_secs(5), async || server.hits().len() == 3).await;
 
         // A body that says JSON and is not an array of strings adds nothing.
         let response = http
@@ -97,9 +95,9 @@ async fn slow_clients_cannot_starve_the_service() {
     for engine in engines("slow_clients_cannot_starve_the_service").await {
         let server = TestServer::start_on("127.0.0.56");
         let dir = tempfile::tempdir().unwrap();
-        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-        let toml = format!("[api]\nlisten = \"{listen}\"\nmax_connections = 8\nheader_timeout = \"1s\"\n");
-        let daemon = engine.start_daemon(dir.path(), &toml, &[]);
+        let toml = "[api]\nlisten = \"127.0.0.1:0\"\nmax_connections = 8\nheader_timeout = \"1s\"\n";
+        let daemon = engine.start_daemon(dir.path(), toml, &[]);
+        let listen = daemon.api();
         // Fewer descriptors than the slow clients below: without a connection
         // cap, accepting them would leave none for fetches.
         limit_descriptors(daemon.child.id(), 96);
@@ -120,7 +118,7 @@ async fn slow_clients_cannot_starve_the_service() {
         let health = http.get(format!("http://{}/healthz", daemon.admin)).send().await.unwrap();
         assert_eq!(health.status(), 200);
         daemon.enqueue(&[server.url("/ok/under-attack")]);
-        wait_until(Duration::from_secs(10), "the URL to be fetched", || server.hits().len() == 1);
+        eventually("the URL to be fetched", Duration::from_secs(10), async || server.hits().len() == 1).await;
 
         // The first slow client is cut off once its header time is up.
         let mut first = slow.into_iter().next().unwrap();

@@ -78,8 +78,8 @@ async fn a_warc_holds_responses_requests_and_revisits_that_a_reader_checks() {
             ("TRAWLER_CRAWL__RECRAWL_AFTER", "1s"),
         ];
         let db = dir.path().join("crawl.db");
-        engine.crawl_to_end_with_env(dir.path(), &lines, &[], &env);
-        std::thread::sleep(Duration::from_millis(1100));
+        let (first, _) = engine.crawl_to_end_with_env(dir.path(), &lines, &[], &env);
+        crate::util::age_visits(&first, Duration::from_millis(1100)).await;
         engine.crawl_to_end_with_env(dir.path(), &lines, &[], &env);
         env.extend(engine.env());
         let (records, _) = export(dir.path(), &db, &env);

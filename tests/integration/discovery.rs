@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    Daemon, count_in, crawl_lines, engines, output_of, spawn_crawl_with_env, spawn_trawler_with_env,
-    strings_in, wait_within, write_input,
+    Daemon, count_in, crawl_lines, engines, eventually, output_of, spawn_crawl_with_env,
+    spawn_trawler_with_env, strings_in, wait_within, write_input,
 };
 
 #[tokio::test]
@@ -295,15 +295,11 @@ async fn dropped_links_are_reported_in_the_summary_stats_and_metrics() {
     let metric = r#"trawler_links_dropped_total{reason="too_many_links"} 7"#;
     let url = format!("http://{}/metrics", daemon.admin);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut metrics = String::new();
-    for _ in 0..100 {
-        metrics = http.get(&url).send().await.unwrap().text().await.unwrap();
-        if metrics.contains(metric) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(metrics.contains(metric), "{metrics}");
+    eventually("the dropped links in /metrics", Duration::from_secs(10), async || {
+        let metrics = http.get(&url).send().await.unwrap().text().await.unwrap();
+        if metrics.contains(metric) { Ok(()) } else { Err(metrics) }
+    })
+    .await;
     daemon.stop();
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    Daemon, HeldLock, Stderr, count_in, engines, output_of, result_in, scalar, signal, spawn_crawl,
-    spawn_crawl_with_env, spawn_trawler_with_env, wait_until, wait_within, write_input,
+    Daemon, HeldLock, Stderr, count_in, engines, eventually, output_of, result_in, scalar, signal,
+    spawn_crawl, spawn_crawl_with_env, spawn_trawler_with_env, wait_within, write_input,
 };
 
 #[tokio::test]
@@ -26,17 +26,17 @@ async fn a_database_locked_by_another_writer_is_waited_out_and_the_crawl_goes_on
             &[&[("TRAWLER_STORE__BUSY_WARNING", "1s")], &engine.env()[..]].concat(),
         );
         let stderr = Stderr::collect(&mut child);
-        wait_until(Duration::from_secs(20), "a few results", || server.hits().len() >= 8);
+        eventually("a few results", Duration::from_secs(20), async || server.hits().len() >= 8).await;
 
         // An analyst's long write: the crawl must wait, say so, and go on after.
         let lock = engine.hold_write_lock(&db).await;
-        let log = stderr.wait_for("database locked by another writer for");
+        let log = stderr.wait_for("database locked by another writer for").await;
         assert!(child.try_wait().unwrap().is_none(), "the crawl ended under the lock:\n{log}");
-        stderr.wait_for("database locked by another writer for 2 s");
+        stderr.wait_for("database locked by another writer for 2 s").await;
         lock.release().await;
 
         let (status, _) = wait_within(&mut child, Duration::from_secs(30));
-        let log = stderr.text();
+        let log = stderr.all();
         assert_eq!(status.code(), Some(0), "{log}");
         assert!(log.contains("database writable again after"), "{log}");
         assert!(!log.contains("ERROR"), "{log}");
@@ -82,32 +82,33 @@ async fn healthz_and_the_watchdog_tell_a_lock_wait_from_a_stall() {
         assert!(health.contains("blocked by another process's lock"), "{health}");
         if let HeldLock::Postgres(_, pid) = &lock {
             // The warning names the session to end, if it must be.
-            daemon.stderr.wait_for(&format!("blocked by session {pid} (user postgres, idle in transaction"));
+            daemon
+                .stderr
+                .wait_for(&format!("blocked by session {pid} (user postgres, idle in transaction"))
+                .await;
         }
         // Waiting out a lock is a known, reported cause: no restart.
         assert!(daemon.next_message().contains("WATCHDOG=1"));
 
         lock.release().await;
         healthz_until(&healthz, 200).await;
-        daemon.stderr.wait_for("database writable again after");
+        daemon.stderr.wait_for("database writable again after").await;
         let db = engine.reading(&daemon.db);
-        wait_until(Duration::from_secs(10), "the URLs to be fetched", || server.hits().len() == 2);
+        eventually("the URLs to be fetched", Duration::from_secs(10), async || server.hits().len() == 2)
+            .await;
         daemon.stop();
         assert_eq!(count_in(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 2);
     }
 }
 
-/// Asks `/healthz` every 50 ms until it answers `status` (10 s at most) and
-/// returns the body.
+/// Waits until `/healthz` answers `status` (10 s at most) and returns the
+/// body.
 async fn healthz_until<F: Future<Output = (u16, String)>>(healthz: &impl Fn() -> F, status: u16) -> String {
-    for _ in 0..200 {
+    eventually(&format!("/healthz to answer {status}"), Duration::from_secs(10), async || {
         let (got, body) = healthz().await;
-        if got == status {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("/healthz never answered {status}");
+        if got == status { Ok(body) } else { Err(format!("{got} {body}")) }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -203,22 +204,22 @@ async fn the_wal_is_truncated_while_the_service_runs_unless_a_reader_pins_it() {
     let urls = |from: usize| (from..from + 30).map(|i| server.url(&format!("/ok/{i}"))).collect::<Vec<_>>();
 
     daemon.enqueue(&urls(0));
-    wait_until(Duration::from_secs(10), "30 fetches", || server.hits().len() == 30);
-    wait_until(Duration::from_secs(10), "the WAL to be truncated", || wal_size() == 0);
+    eventually("30 fetches", Duration::from_secs(10), async || server.hits().len() == 30).await;
+    eventually("the WAL to be truncated", Duration::from_secs(10), async || wal_size() == 0).await;
 
     // An analyst's open read transaction pins the WAL: it may not be reset.
     let analyst = crate::util::reader(&daemon.db).await;
     let mut snapshot = analyst.begin().await.unwrap();
     let _: i64 = sqlx::query_scalar("SELECT count(*) FROM urls").fetch_one(&mut *snapshot).await.unwrap();
     daemon.enqueue(&urls(30));
-    wait_until(Duration::from_secs(10), "30 more fetches", || server.hits().len() == 60);
-    daemon.stderr.wait_for("a reader is keeping the WAL from being truncated");
+    eventually("30 more fetches", Duration::from_secs(10), async || server.hits().len() == 60).await;
+    daemon.stderr.wait_for("a reader is keeping the WAL from being truncated").await;
     assert!(wal_size() > 0);
 
     snapshot.rollback().await.unwrap();
     analyst.close().await;
-    daemon.stderr.wait_for("WAL checkpointed and truncated again");
-    wait_until(Duration::from_secs(10), "the WAL to be truncated", || wal_size() == 0);
+    daemon.stderr.wait_for("WAL checkpointed and truncated again").await;
+    eventually("the WAL to be truncated", Duration::from_secs(10), async || wal_size() == 0).await;
     daemon.stop();
 }
 
@@ -282,7 +283,7 @@ async fn running_out_of_descriptors_defers_requests_without_blaming_the_host_or_
         crate::util::set_descriptor_limit(pid, crate::util::open_descriptors(pid) + 1, hard);
         let urls: Vec<String> = (0..12).map(|i| server.url(&format!("/slow/300/{i}"))).collect();
         daemon.enqueue(&urls);
-        daemon.stderr.wait_for("OUT OF FILE DESCRIPTORS");
+        daemon.stderr.wait_for("OUT OF FILE DESCRIPTORS").await;
 
         crate::util::set_descriptor_limit(pid, hard.min(4096), hard);
         wait_for_done(&db, 13, &daemon).await;
@@ -308,13 +309,11 @@ async fn running_out_of_descriptors_defers_requests_without_blaming_the_host_or_
 /// Waits (up to 30 s) until `n` URLs of the database are done; panics
 /// with what `daemon` logged otherwise.
 async fn wait_for_done(db: &trawler::config::Config, n: i64, daemon: &Daemon) {
-    for _ in 0..300 {
-        if count_in(db, "SELECT count(*) FROM urls WHERE state = 'done'").await >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("fewer than {n} URLs done after 30 s:\n{}", daemon.stderr.text());
+    eventually(&format!("{n} URLs done"), Duration::from_secs(30), async || {
+        let done = count_in(db, "SELECT count(*) FROM urls WHERE state = 'done'").await;
+        if done >= n { Ok(()) } else { Err(format!("{done} done; the log:\n{}", daemon.stderr.text())) }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -333,7 +332,7 @@ async fn an_idle_connection_is_kept_for_twice_its_hosts_delay_not_for_minutes() 
         // Kept for the host's next turn (4 s: hyper-util's reaper closes it
         // within one more period), not for 1 s, nor for reqwest's default 90 s.
         let idle = std::time::Instant::now();
-        wait_until(Duration::from_secs(15), "the idle connection closed", || open() == 0);
+        eventually("the idle connection closed", Duration::from_secs(15), async || open() == 0).await;
         assert!(idle.elapsed() >= Duration::from_secs(3), "closed after {:?}", idle.elapsed());
         daemon.stop();
     }
@@ -356,13 +355,13 @@ async fn a_stop_under_a_lock_gives_up_after_the_grace_period() {
         // The lock is taken while the page is on its way: its result waits.
         let url = server.url("/slow/1500/held-back");
         daemon.enqueue(std::slice::from_ref(&url));
-        wait_until(Duration::from_secs(10), "the request", || server.hits().len() == 1);
+        eventually("the request", Duration::from_secs(10), async || server.hits().len() == 1).await;
         let lock = engine.hold_write_lock(&daemon.db).await;
-        daemon.stderr.wait_for("database locked by another writer for");
+        daemon.stderr.wait_for("database locked by another writer for").await;
 
         signal(&daemon.child, libc::SIGTERM);
         let (status, took) = wait_within(&mut daemon.child, Duration::from_secs(15));
-        let log = daemon.stderr.text();
+        let log = daemon.stderr.all();
         assert_eq!(status.code(), Some(1), "{log}");
         assert!(took < Duration::from_secs(10), "took {took:?}");
         assert!(log.lines().last().unwrap_or_default().contains("gave up waiting to stop"), "{log}");

@@ -17,7 +17,7 @@ use trawler::store::{Completion, NewUrl, PageLimits, PgStore, Store};
 
 use crate::postgres::TestDatabase;
 use crate::server::TestServer;
-use crate::util::{Daemon, spawn_crawl_in, wait_until, wait_within};
+use crate::util::{Daemon, eventually, spawn_crawl_in, wait_within};
 
 /// A daemon's config for these tests: short requests, leases and
 /// warnings, so that an outage of a few seconds outlasts its leases.
@@ -50,18 +50,14 @@ async fn healthz(daemon: &Daemon) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-/// Asks `/healthz` every 50 ms until its answer satisfies `holds` (20 s at
-/// most) and returns its text.
-async fn healthz_until(daemon: &Daemon, holds: impl Fn(u16, &str) -> bool) -> String {
-    let start = Instant::now();
-    loop {
+/// Waits until the answer of `daemon`'s `/healthz` is `expected` (which
+/// `holds` tells; 20 s at most) and returns its text.
+async fn healthz_until(daemon: &Daemon, expected: &str, holds: impl Fn(u16, &str) -> bool) -> String {
+    eventually(&format!("/healthz to answer {expected}"), Duration::from_secs(20), async || {
         let (status, text) = healthz(daemon).await;
-        if holds(status, &text) {
-            return text;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "/healthz stayed {status}: {text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if holds(status, &text) { Ok(text) } else { Err(format!("it stayed {status}: {text}")) }
+    })
+    .await
 }
 
 /// Attempts recorded per URL (any outcome, `stale_lease` included) in
@@ -88,9 +84,8 @@ fn requests_per_url(server: &TestServer) -> BTreeMap<String, i64> {
 
 /// Waits until `daemon`'s log contains `needle` (30 s at most: a slow
 /// write on a loaded machine) and returns the log.
-fn wait_for_log(daemon: &Daemon, needle: &str) -> String {
-    wait_until(Duration::from_secs(30), needle, || daemon.stderr.text().contains(needle));
-    daemon.stderr.text()
+async fn wait_for_log(daemon: &Daemon, needle: &str) -> String {
+    daemon.stderr.wait_for_within(needle, Duration::from_secs(30)).await
 }
 
 /// Fills a table `burn` so that counting its three-way self-join (as the
@@ -131,7 +126,7 @@ async fn a_daemon_rides_out_ended_sessions_and_a_database_refusing_connections_a
     let mut daemon = Daemon::start_with_env(dir.path(), CONFIG, &[("TRAWLER_STORE__URL", &pg.url)]);
     let urls: Vec<String> = (0..300).map(|i| server.url(&format!("/slow/100/{i}"))).collect();
     daemon.enqueue(&urls);
-    wait_until(Duration::from_secs(20), "fetches under way", || server.hits().len() >= 20);
+    eventually("fetches under way", Duration::from_secs(20), async || server.hits().len() >= 20).await;
 
     // Its sessions ended again and again for 3 s (restarts, failovers,
     // pg_terminate_backend): every task rides it out.
@@ -147,27 +142,26 @@ async fn a_daemon_rides_out_ended_sessions_and_a_database_refusing_connections_a
     // Then the database refuses connections (maintenance), for longer than
     // the daemon's leases: /healthz says why meanwhile, and so does the log.
     pg.allow_connections(false).await;
-    let health = healthz_until(&daemon, |status, text| status == 503 && text.contains("for 5 s")).await;
+    let unreachable_5_s = |status, text: &str| status == 503 && text.contains("for 5 s");
+    let health = healthz_until(&daemon, "503 for 5 s", unreachable_5_s).await;
     assert!(health.contains("database unreachable for 5 s"), "{health}");
     assert!(health.contains("not currently accepting connections"), "{health}");
     // Blips (a session ended, its operation through at the next try) are
     // no news; an outage that lasts store.busy_warning is.
-    let log = daemon.stderr.wait_for("database unreachable for");
+    let log = daemon.stderr.wait_for("database unreachable for").await;
     assert!(log.contains("trying again until store.outage_grace (2m) is over"), "{log}");
     assert!(!log.contains("database unreachable for 0 s"), "{log}");
     assert!(daemon.child.try_wait().unwrap().is_none(), "exited:\n{}", daemon.stderr.text());
     pg.allow_connections(true).await;
-    healthz_until(&daemon, |status, _| status == 200).await;
-    daemon.stderr.wait_for("database reachable again after");
+    healthz_until(&daemon, "200", |status, _| status == 200).await;
+    daemon.stderr.wait_for("database reachable again after").await;
 
     let total = urls.len() as i64;
-    let mut done = 0;
-    let start = Instant::now();
-    while done < total {
-        assert!(start.elapsed() < Duration::from_secs(60), "{done} of {total} finished");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        done = finished(&pg.url).await;
-    }
+    eventually("every URL finished", Duration::from_secs(60), async || {
+        let done = finished(&pg.url).await;
+        if done >= total { Ok(()) } else { Err(format!("{done} of {total} finished")) }
+    })
+    .await;
     let log = daemon.stderr.text();
     daemon.stop();
     assert!(!log.contains("ERROR"), "{log}");
@@ -211,35 +205,29 @@ async fn a_daemon_frozen_inside_a_transaction_past_its_session_s_end_records_wha
     let session = format!("trawler %:{}:%", daemon.child.id());
     let sleeping =
         "SELECT pid FROM pg_stat_activity WHERE application_name LIKE $1 AND wait_event = 'PgSleep'";
-    let mut writer: Option<i32> = None;
-    let start = Instant::now();
-    while writer.is_none() {
-        assert!(start.elapsed() < Duration::from_secs(20), "the writer's transaction never slept");
-        writer = sqlx::query_scalar(sleeping).bind(&session).fetch_optional(&mut db).await.unwrap();
-    }
+    let writer: i32 = eventually("the writer's transaction to sleep", Duration::from_secs(20), async || {
+        sqlx::query_scalar(sleeping).bind(&session).fetch_optional(&mut db).await.unwrap()
+    })
+    .await;
     crate::util::signal(&daemon.child, libc::SIGSTOP);
     // Its statement ends; its session waits, idle in its transaction, until
     // the server ends it.
-    let start = Instant::now();
-    loop {
+    eventually("the server to end the session", Duration::from_secs(20), async || {
         let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
             .bind(writer)
             .fetch_one(&mut db)
             .await
             .unwrap();
-        if alive == 0 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "the server kept the session");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        alive == 0
+    })
+    .await;
     crate::util::signal(&daemon.child, libc::SIGCONT);
 
-    let start = Instant::now();
-    while finished(&pg.url).await < urls.len() as i64 {
-        assert!(start.elapsed() < Duration::from_secs(30), "{}", daemon.stderr.text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("every URL finished", Duration::from_secs(30), async || {
+        let done = finished(&pg.url).await;
+        if done >= urls.len() as i64 { Ok(()) } else { Err(daemon.stderr.text()) }
+    })
+    .await;
     let log = daemon.stderr.text();
     assert!(daemon.child.try_wait().unwrap().is_none(), "{log}");
     daemon.stop();
@@ -307,14 +295,14 @@ async fn past_the_outage_grace_the_daemon_exits_1_naming_the_cause() {
                   [log]\nlevel = \"info\"\n";
     let mut daemon = Daemon::start_with_env(dir.path(), config, &[("TRAWLER_STORE__URL", &pg.url)]);
     daemon.enqueue(&[server.url("/ok/before")]);
-    wait_until(Duration::from_secs(10), "the request", || server.hits().len() == 1);
+    eventually("the request", Duration::from_secs(10), async || server.hits().len() == 1).await;
 
     pg.allow_connections(false).await;
     let went = Instant::now();
     let (status, _) = wait_within(&mut daemon.child, Duration::from_secs(30));
     let waited = went.elapsed();
     pg.allow_connections(true).await;
-    let log = daemon.stderr.text();
+    let log = daemon.stderr.all();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(waited >= Duration::from_secs(4), "gave up after {waited:?}:\n{log}");
     assert!(log.contains("database unreachable for"), "warned while waiting:\n{log}");
@@ -375,15 +363,17 @@ async fn a_write_of_its_own_that_hangs_is_named_and_stops_the_watchdog() {
     let urls: Vec<String> = (0..40).map(|i| server.url(&format!("/slow/50/{i}"))).collect();
     daemon.enqueue(&urls);
 
-    let log = wait_for_log(&daemon, "a write of this process's own that is still running");
+    let log = wait_for_log(&daemon, "a write of this process's own that is still running").await;
     assert!(log.contains("held by this daemon's own session"), "{log}");
-    let health = healthz_until(&daemon, |status, _| status == 503).await;
+    let health = healthz_until(&daemon, "503", |status, _| status == 503).await;
     assert!(health.contains("write of this process's own"), "{health}");
     // Not excused: the silent loop stops WATCHDOG=1, so systemd restarts it.
-    wait_until(Duration::from_secs(15), "the watchdog to stop", || {
+    eventually("the watchdog to stop", Duration::from_secs(15), async || {
         daemon.stderr.text().contains("loop has not run for")
-    });
-    wait_until(Duration::from_secs(30), "the crawl to go on", || server.hits().len() == urls.len());
+    })
+    .await;
+    eventually("the crawl to go on", Duration::from_secs(30), async || server.hits().len() == urls.len())
+        .await;
     let log = daemon.stderr.text();
     assert!(!log.contains("locked by another writer"), "{log}");
     daemon.stop();
@@ -419,8 +409,9 @@ async fn a_slow_write_of_its_own_on_sqlite_is_not_called_another_writer_s_lock()
     }
     let urls: Vec<String> = (0..20).map(|i| server.url(&format!("/ok/{i}"))).collect();
     daemon.enqueue(&urls);
-    let log = wait_for_log(&daemon, "a write of this process's own that is still running");
+    let log = wait_for_log(&daemon, "a write of this process's own that is still running").await;
     assert!(!log.contains("locked by another writer"), "{log}");
-    wait_until(Duration::from_secs(60), "the crawl to go on", || server.hits().len() == urls.len());
+    eventually("the crawl to go on", Duration::from_secs(60), async || server.hits().len() == urls.len())
+        .await;
     daemon.stop();
 }

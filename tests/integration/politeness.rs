@@ -218,7 +218,7 @@ async fn a_job_waiting_for_its_turn_after_robots_txt_holds_no_worker() {
 /// fetches it next time.
 #[tokio::test]
 async fn a_stop_while_a_job_is_parked_requeues_its_url() {
-    use crate::util::{signal, spawn_crawl_in, wait_until, wait_within};
+    use crate::util::{eventually, signal, spawn_crawl_in, wait_within};
     for engine in engines("a_stop_while_a_job_is_parked_requeues_its_url").await {
         let server = TestServer::start_on("127.0.0.81");
         let dir = tempfile::tempdir().unwrap();
@@ -226,8 +226,15 @@ async fn a_stop_while_a_job_is_parked_requeues_its_url() {
         let mut env = vec![("TRAWLER_POLITENESS__PER_HOST_DELAY", "30s")];
         env.extend(engine.env());
         let (mut crawl, db) = spawn_crawl_in(dir.path(), std::slice::from_ref(&url), &[], &env);
-        wait_until(Duration::from_secs(10), "robots.txt is fetched", || !server.robots_hits().is_empty());
-        std::thread::sleep(Duration::from_millis(200));
+        eventually("robots.txt to be fetched", Duration::from_secs(10), async || {
+            !server.robots_hits().is_empty()
+        })
+        .await;
+        // Time for the answer to be read and the job parked. Nothing shows
+        // a parked job (it is neither logged nor stored), so this is a
+        // sleep; a stop that came before the parking would end the same
+        // way, so it can only weaken the test, not fail it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         signal(&crawl, libc::SIGTERM);
         let (status, took) = wait_within(&mut crawl, Duration::from_secs(10));
         assert_eq!(status.code(), Some(0));

@@ -19,8 +19,8 @@ use trawler::store::{HopLease, Job, NewUrl, PageLimits, PgStore, SqliteStore, St
 
 use crate::server::TestServer;
 use crate::util::{
-    Daemon, crawl_to_end, output_of, signal, spawn_crawl_in, spawn_trawler, spawn_trawler_with_env, strings,
-    test_config, wait_until, wait_within,
+    Daemon, crawl_to_end, eventually, output_of, signal, spawn_crawl_in, spawn_trawler,
+    spawn_trawler_with_env, strings, test_config, wait_within,
 };
 
 const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -478,10 +478,10 @@ fn the_service_on_postgres_crawls_what_is_enqueued_recrawls_and_stops_cleanly() 
     assert_eq!(wait_within(&mut enqueue, Duration::from_secs(10)).0.code(), Some(0));
 
     // Each URL fetched, then fetched again as a recrawl a second later.
-    wait_until(Duration::from_secs(10), "two visits of each URL", || {
+    runtime.block_on(eventually("two visits of each URL", Duration::from_secs(10), async || {
         let hits = server.hits_per_path();
         hits.get("/ok/a").copied().unwrap_or(0) >= 2 && hits.get("/ok/b").copied().unwrap_or(0) >= 2
-    });
+    }));
     daemon.stop();
     runtime.block_on(async {
         let mut db = PgConnection::connect(&pg.url).await.unwrap();
@@ -501,7 +501,7 @@ fn the_service_on_postgres_crawls_what_is_enqueued_recrawls_and_stops_cleanly() 
 fn after_kill_9_a_rerun_on_postgres_crawls_every_url_once_more_at_most() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Some(pg) = runtime.block_on(TestDatabase::create("after_kill_9_on_postgres")) else { return };
-    let (server, dir, lines, mut child) = short_lease_crawl_midway(&pg.url, 30, 30);
+    let (server, dir, lines, mut child) = runtime.block_on(short_lease_crawl_midway(&pg.url, 30, 30));
     signal(&child, libc::SIGKILL);
     wait_within(&mut child, Duration::from_secs(5));
 
@@ -522,18 +522,14 @@ fn after_kill_9_a_rerun_on_postgres_crawls_every_url_once_more_at_most() {
     assert!(twice <= 2 * 2 + 2, "{twice} URLs fetched twice");
 }
 
-/// `/metrics` at `url`, read until `holds` says yes (the gauges refresh
-/// every 5 s), for at most 15 s.
-async fn metrics_until(http: &reqwest::Client, url: &str, holds: impl Fn(&str) -> bool) -> String {
-    let mut metrics = String::new();
-    for _ in 0..150 {
-        metrics = http.get(url).send().await.unwrap().text().await.unwrap();
-        if holds(&metrics) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    metrics
+/// Reads `/metrics` at `url` until it shows what `holds` says it is
+/// `expected` to (the gauges refresh every 5 s), for at most 15 s.
+async fn metrics_until(http: &reqwest::Client, url: &str, expected: &str, holds: impl Fn(&str) -> bool) {
+    eventually(&format!("/metrics to show {expected}"), Duration::from_secs(15), async || {
+        let metrics = http.get(url).send().await.unwrap().text().await.unwrap();
+        if holds(&metrics) { Ok(()) } else { Err(metrics) }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -564,14 +560,12 @@ async fn metrics_show_dead_rows_and_a_transaction_that_holds_vacuum_back() {
     // keeps those dead versions from being vacuumed.
     let dead = |m: &str| gauge(m, "trawler_pg_dead_tuples{table=\"urls\"}");
     let held = |m: &str| oldest(m).is_some_and(|s| s >= 1.0) && dead(m).is_some_and(|n| n >= 2.0);
-    let metrics = metrics_until(&http, &url, held).await;
-    assert!(held(&metrics), "{metrics}");
+    metrics_until(&http, &url, "the transaction and the dead rows it holds back", held).await;
 
     // Once the analyst is done, the gauge says so.
     sqlx::raw_sql("ROLLBACK").execute(&mut analyst).await.unwrap();
     let released = |m: &str| oldest(m).is_some_and(|s| s < 1.0);
-    let metrics = metrics_until(&http, &url, released).await;
-    assert!(released(&metrics), "{metrics}");
+    metrics_until(&http, &url, "no transaction held open", released).await;
     daemon.stop();
 }
 
@@ -626,7 +620,7 @@ fn short_lease_crawl(url: &str) -> ([&'static str; 4], [(&'static str, &str); 2]
 /// URLs that answer after `ms` (a server on 127.0.0.102), returned once
 /// `fetched` have been requested: to act on midway. Also its server,
 /// directory and input lines, for a rerun.
-fn short_lease_crawl_midway(
+async fn short_lease_crawl_midway(
     url: &str,
     ms: u64,
     fetched: usize,
@@ -636,7 +630,7 @@ fn short_lease_crawl_midway(
     let dir = tempfile::tempdir().unwrap();
     let (flags, env) = short_lease_crawl(url);
     let (child, _) = spawn_crawl_in(dir.path(), &lines, &flags, &env);
-    wait_until(Duration::from_secs(20), "fetches midway", || server.hits().len() >= fetched);
+    eventually("fetches midway", Duration::from_secs(20), async || server.hits().len() >= fetched).await;
     (server, dir, lines, child)
 }
 
@@ -658,7 +652,7 @@ async fn end_trawler_sessions(url: &str) -> i64 {
 fn sessions_ended_mid_crawl_lose_no_url() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Some(pg) = runtime.block_on(TestDatabase::create("sessions_ended_mid_crawl")) else { return };
-    let (server, _dir, _lines, mut child) = short_lease_crawl_midway(&pg.url, 20, 10);
+    let (server, _dir, _lines, mut child) = runtime.block_on(short_lease_crawl_midway(&pg.url, 20, 10));
     assert!(runtime.block_on(end_trawler_sessions(&pg.url)) > 0);
     // Every task rides the ended sessions out (store.outage_grace): the
     // crawl goes on to its end, and a statement the ending cut short is
@@ -904,18 +898,18 @@ fn a_redirect_to_a_host_another_daemon_holds_is_handed_over_as_a_url_of_its_own(
     let env = [("TRAWLER_STORE__URL", pg.url.as_str())];
     let (mut child, _) = spawn_crawl_in(dir.path(), std::slice::from_ref(&source), &[], &env);
     let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
-    let state = |db: &mut PgConnection, url: &str| -> Option<String> {
-        runtime
-            .block_on(
-                sqlx::query_scalar("SELECT state FROM urls WHERE url = $1").bind(url).fetch_optional(db),
-            )
+    async fn state(db: &mut PgConnection, url: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT state FROM urls WHERE url = $1")
+            .bind(url)
+            .fetch_optional(db)
+            .await
             .unwrap()
-    };
-    wait_until(Duration::from_secs(20), "the source's result", || {
-        state(&mut db, &source).as_deref() == Some("done")
-    });
+    }
+    runtime.block_on(eventually("the source's result", Duration::from_secs(20), async || {
+        state(&mut db, &source).await.as_deref() == Some("done")
+    }));
     // Not requested by this daemon: queued for whoever holds its host.
-    assert_eq!(state(&mut db, &target).as_deref(), Some("queued"));
+    assert_eq!(runtime.block_on(state(&mut db, &target)).as_deref(), Some("queued"));
     assert!(to.hits().is_empty());
     // The other daemon gives the host up; the crawl then fetches it.
     runtime.block_on(other.release_idle(&[], &[])).unwrap();
@@ -1009,16 +1003,22 @@ async fn a_host_in_backoff_keeps_its_lease_through_lease_rounds() {
     env.extend([("TRAWLER_POLITENESS__BACKOFF_BASE", "10s"), ("TRAWLER_RETRY__MAX_ATTEMPTS", "2")]);
     let url = server.url("/status/503/busy");
     let (mut child, _) = spawn_crawl_in(dir.path(), std::slice::from_ref(&url), &flags, &env);
-    wait_until(Duration::from_secs(10), "the first 503", || server.hits().len() == 1);
-    // A 3 s lease is kept every second: two rounds at least pass within
-    // the backoff.
-    std::thread::sleep(Duration::from_millis(2500));
+    eventually("the first 503", Duration::from_secs(10), async || server.hits().len() == 1).await;
+    // A 3 s lease is kept every second: each round renews the host's lease
+    // (a later expiry), then would give it up if it counted as idle. Two
+    // rounds pass within the backoff.
     let mut db = PgConnection::connect(&pg.url).await.unwrap();
-    let owner: Option<String> =
-        sqlx::query_scalar("SELECT lease_owner FROM hosts WHERE host = '127.0.0.106'")
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
+    let lease = "SELECT lease_owner, CAST(extract(epoch FROM lease_expires_at) * 1000 AS BIGINT)
+                 FROM hosts WHERE host = '127.0.0.106'";
+    let mut expiries = std::collections::BTreeSet::new();
+    let owner = eventually("two lease rounds", Duration::from_secs(10), async || {
+        let (owner, expires): (Option<String>, Option<i64>) =
+            sqlx::query_as(lease).fetch_one(&mut db).await.unwrap();
+        expiries.extend(expires);
+        // Given up, or renewed twice since the first look.
+        (owner.is_none() || expiries.len() >= 3).then_some(owner)
+    })
+    .await;
     assert!(owner.is_some(), "the host in backoff was given up");
     let (status, _) = wait_within(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0));

@@ -1,12 +1,16 @@
 //! Conditional recrawls (RFC 9110 §13): a recrawl sends the validators of
 //! the URL's last response, a 304 is a visit with outcome `not_modified`
 //! that keeps the URL's content, and adaptive revisit stretches or shrinks
-//! each URL's interval. Every test runs the real binary on both engines.
+//! each URL's interval. Every test runs the real binary on both engines;
+//! the time between visits passes in the database ([`age_visits`]), not in
+//! sleeps.
 
 use std::time::Duration;
 
 use crate::server::TestServer;
-use crate::util::{count_in, engines, output_of, result_in, spawn_trawler_with_env, strings_in, wait_within};
+use crate::util::{
+    age_visits, count_in, engines, output_of, result_in, spawn_trawler_with_env, strings_in, wait_within,
+};
 
 /// Outcomes of `url`'s attempts in order, and the statuses.
 async fn visits(db: &trawler::config::Config, url: &str) -> Vec<String> {
@@ -34,7 +38,7 @@ async fn a_recrawl_sends_validators_and_a_304_keeps_the_content() {
         let first_changed = first.changed_at.clone().expect("a first visit changes the content");
 
         // Unchanged: each URL with validators gets a 304, the other a 200.
-        std::thread::sleep(Duration::from_millis(1100));
+        age_visits(&db, Duration::from_millis(1100)).await;
         let db = crawl();
         let hits = server.hits();
         let second_of =
@@ -66,7 +70,7 @@ async fn a_recrawl_sends_validators_and_a_304_keeps_the_content() {
 
         // Changed: a 200 with the new content, and its new validators next time.
         server.set_version(2);
-        std::thread::sleep(Duration::from_millis(1100));
+        age_visits(&db, Duration::from_millis(1100)).await;
         let db = crawl();
         assert_eq!(visits(&db, &tagged).await, ["done 200", "not_modified 304", "done 200"]);
         assert_eq!(visits(&db, &dated).await, ["done 200", "not_modified 304", "done 200"]);
@@ -116,18 +120,18 @@ async fn adaptive_revisit_waits_longer_for_unchanged_pages_and_less_for_changed_
 
         let db = crawl();
         assert_eq!(count_in(&db, interval).await, 1000, "a first visit starts at recrawl_after");
-        std::thread::sleep(Duration::from_millis(1100));
+        age_visits(&db, Duration::from_millis(1100)).await;
         let db = crawl();
         assert_eq!(count_in(&db, interval).await, 1400, "unchanged: 1.4 times as long");
         assert_eq!(count_in(&db, due_after).await, 1400);
-        std::thread::sleep(Duration::from_millis(1500));
+        age_visits(&db, Duration::from_millis(1500)).await;
         let db = crawl();
         assert_eq!(count_in(&db, interval).await, 1960);
-        std::thread::sleep(Duration::from_millis(2100));
+        age_visits(&db, Duration::from_millis(2100)).await;
         let db = crawl();
         assert_eq!(count_in(&db, interval).await, 2000, "capped at recrawl_max");
         server.set_version(2);
-        std::thread::sleep(Duration::from_millis(2100));
+        age_visits(&db, Duration::from_millis(2100)).await;
         let db = crawl();
         assert_eq!(count_in(&db, interval).await, 1600, "changed: 0.8 times as long");
         assert_eq!(count_in(&db, due_after).await, 1600);
@@ -220,7 +224,7 @@ async fn only_redirects_are_followed_and_a_304_without_validators_is_no_content(
 
         // An error page's validators are not kept, so its recrawl is not
         // conditional and the 404 stays a 404.
-        std::thread::sleep(Duration::from_millis(1100));
+        age_visits(&db, Duration::from_millis(1100)).await;
         let db = crawl();
         let requests = server.hits().into_iter().filter(|h| h.path == "/etag404/a").collect::<Vec<_>>();
         assert_eq!(requests.len(), 2);

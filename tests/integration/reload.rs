@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::server::TestServer;
-use crate::util::{count_in, engines, output_of, spawn_trawler_with_env, wait_until, wait_within};
+use crate::util::{count_in, engines, eventually, output_of, spawn_trawler_with_env, wait_within};
 
 #[tokio::test]
 async fn sighup_applies_rate_and_log_level_and_rejects_a_bad_config() {
@@ -15,19 +15,21 @@ async fn sighup_applies_rate_and_log_level_and_rejects_a_bad_config() {
         daemon.enqueue(&urls);
 
         // At 1 request/s the first requests are a second apart.
-        wait_until(Duration::from_secs(5), "two fetches at the old rate", || server.hits().len() >= 2);
+        eventually("two fetches at the old rate", Duration::from_secs(5), async || server.hits().len() >= 2)
+            .await;
         let hits = server.hits();
         assert!(hits[1].at - hits[0].at >= Duration::from_millis(900), "{hits:?}");
         assert!(!daemon.stderr.text().contains("fetched"), "debug events are off at level info");
 
         // A faster rate, debug logging, and a setting that needs a restart.
         daemon.reload("[crawl]\nrate = 1000.0\nconcurrency = 4\n[log]\nlevel = \"info,trawler=debug\"\n");
-        let log = daemon.stderr.wait_for("configuration reloaded");
+        let log = daemon.stderr.wait_for("configuration reloaded").await;
         assert!(log.contains("changed=crawl.rate, log.level"), "{log}");
         assert!(log.contains("`crawl.concurrency` changed; it takes effect after a restart"), "{log}");
-        wait_until(Duration::from_secs(5), "the rest at the new rate", || server.hits().len() == 30);
+        eventually("the rest at the new rate", Duration::from_secs(5), async || server.hits().len() == 30)
+            .await;
         // One span per fetch, with the URL's id, host and attempt.
-        let log = daemon.stderr.wait_for("fetched");
+        let log = daemon.stderr.wait_for("fetched").await;
         let fetch_line = log.lines().find(|l| l.contains("fetched")).unwrap();
         for field in ["fetch{", "url_id=", "host=127.0.0.52", "attempt=1"] {
             assert!(fetch_line.contains(field), "{field} missing in {fetch_line}");
@@ -36,22 +38,24 @@ async fn sighup_applies_rate_and_log_level_and_rejects_a_bad_config() {
         // A config that does not validate, then one that does not parse: both
         // rejected, and the running settings stay (the fast rate keeps working).
         daemon.reload("[crawl]\nrate = -5.0\n");
-        let log = daemon.stderr.wait_for("configuration rejected");
+        let log = daemon.stderr.wait_for("configuration rejected").await;
         assert!(log.contains("crawl.rate"), "{log}");
         daemon.reload("[crawl\nrate = 1\n");
-        wait_until(Duration::from_secs(5), "the second rejection", || {
+        eventually("the second rejection", Duration::from_secs(5), async || {
             daemon.stderr.text().matches("configuration rejected").count() == 2
-        });
+        })
+        .await;
         let more: Vec<String> = (30..40).map(|i| server.url(&format!("/ok/{i}"))).collect();
         daemon.enqueue(&more);
-        wait_until(Duration::from_secs(5), "new URLs at the kept rate", || server.hits().len() == 40);
+        eventually("new URLs at the kept rate", Duration::from_secs(5), async || server.hits().len() == 40)
+            .await;
         assert!(daemon.child.try_wait().unwrap().is_none(), "a bad config must not stop the service");
 
         // A much slower rate is a longer legitimate wait: the stall guard waits
         // longer before it calls the crawl stalled (12 requests at 1,000 s each,
         // two 30 s timeouts and a minute: 3h 22m).
         daemon.reload("[crawl]\nrate = 0.001\n");
-        let log = daemon.stderr.wait_for("stall timeout is now");
+        let log = daemon.stderr.wait_for("stall timeout is now").await;
         assert!(log.contains("the stall timeout is now 3h 22m"), "{log}");
 
         daemon.stop();
@@ -68,7 +72,7 @@ async fn finished_urls_are_fetched_again_when_recrawl_after_says_so() {
         daemon.enqueue(&[often.url("/ok/page"), never.url("/ok/page")]);
 
         // Only the host with a recrawl_after is fetched again, as a new visit.
-        wait_until(Duration::from_secs(8), "a recrawl of 127.0.0.53", || often.hits().len() >= 3);
+        eventually("a recrawl of 127.0.0.53", Duration::from_secs(8), async || often.hits().len() >= 3).await;
         assert_eq!(never.hits().len(), 1);
         let file = daemon.db.clone();
         let db = engine.reading(&file);
@@ -84,7 +88,7 @@ async fn finished_urls_are_fetched_again_when_recrawl_after_says_so() {
 
         // A reload that sets the default recrawls the other host too.
         daemon.reload(&format!("[crawl]\nrecrawl_after = \"1s\"\n{per_host}"));
-        wait_until(Duration::from_secs(8), "a recrawl of 127.0.0.54", || never.hits().len() >= 2);
+        eventually("a recrawl of 127.0.0.54", Duration::from_secs(8), async || never.hits().len() >= 2).await;
         daemon.stop();
         let states = "SELECT count(*) FROM results WHERE state IN ('done', 'queued')";
         assert_eq!(count_in(&db, states).await, 2, "a stop between visits loses nothing");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::server::{Options, TestCa, TestServer};
 use crate::util::{
-    Daemon, engines, output_of, result_in, spawn_crawl_in, spawn_trawler_with_env, wait_until, wait_within,
+    Daemon, engines, eventually, output_of, result_in, spawn_crawl_in, spawn_trawler_with_env, wait_within,
 };
 
 #[tokio::test]
@@ -249,8 +249,8 @@ async fn the_environments_proxy_is_used_only_when_the_config_says_so() {
     }
 }
 
-#[test]
-fn a_reload_whose_secret_vanished_keeps_the_running_one_and_says_so() {
+#[tokio::test]
+async fn a_reload_whose_secret_vanished_keeps_the_running_one_and_says_so() {
     let server = TestServer::start_on("127.0.0.68");
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
@@ -263,13 +263,14 @@ fn a_reload_whose_secret_vanished_keeps_the_running_one_and_says_so() {
     let daemon = Daemon::start_with_env(dir.path(), &toml, &[]);
     std::fs::remove_file(&token).unwrap();
     daemon.reload(&toml);
-    let log = daemon.stderr.wait_for("the next start will fail");
+    let log = daemon.stderr.wait_for("the next start will fail").await;
     assert!(log.contains("hosts.\"http://127.0.0.68:") && log.contains(".bearer_token"), "{log}");
     assert!(log.contains(token.to_str().unwrap()), "names the file: {log}");
 
     // The running value is still sent.
     daemon.enqueue(&[server.url("/ok/after-reload")]);
-    wait_until(Duration::from_secs(10), "the page after the reload", || !server.hits().is_empty());
+    eventually("the page after the reload", Duration::from_secs(10), async || !server.hits().is_empty())
+        .await;
     assert_eq!(server.hits()[0].header("authorization"), Some("Bearer tok-2236-secret"));
     daemon.stop();
 }

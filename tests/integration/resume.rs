@@ -8,7 +8,7 @@ use trawler::Shutdown;
 use trawler::seeds::SeedSource;
 
 use crate::server::TestServer;
-use crate::util::{count_in, crawl_lines, engines, result_in, strings_in, write_input};
+use crate::util::{count_in, crawl_lines, engines, eventually, result_in, strings_in, write_input};
 
 #[tokio::test]
 async fn malformed_lines_are_reported_and_the_rest_is_crawled() {
@@ -86,9 +86,7 @@ async fn a_stopped_crawl_resumes_without_fetching_finished_urls_again() {
                 async move { trawler::crawl(&config, Some(SeedSource::File(input)), &shutdown).await },
             )
         };
-        while server.hits().len() < 20 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually("20 fetches", Duration::from_secs(20), async || server.hits().len() >= 20).await;
         shutdown.stop();
         let first = run.await.unwrap().unwrap();
         assert!(first.stopped);

@@ -12,7 +12,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::postgres::TestDatabase;
 use crate::server::{Hit, TestServer};
-use crate::util::{Daemon, signal, spawn_trawler_with_env, wait_until, wait_within};
+use crate::util::{Daemon, eventually, signal, spawn_trawler_with_env, wait_within};
 
 /// How long the test freezes a daemon inside its claim.
 const FROZEN_FOR: Duration = Duration::from_secs(3);
@@ -98,13 +98,24 @@ async fn scalar(db: &mut PgConnection, sql: &str) -> i64 {
 }
 
 /// Waits until every one of `n` URLs has a final result.
-fn wait_for_results(runtime: &tokio::runtime::Runtime, url: &str, n: i64, limit: Duration) {
-    let mut db = runtime.block_on(PgConnection::connect(url)).unwrap();
-    wait_until(limit, "every URL's result", || {
-        let finished =
-            runtime.block_on(scalar(&mut db, "SELECT count(*) FROM urls WHERE state IN ('done', 'failed')"));
-        finished >= n
-    });
+async fn wait_for_results(url: &str, n: i64, limit: Duration) {
+    let mut db = PgConnection::connect(url).await.unwrap();
+    eventually("every URL's result", limit, async || {
+        let finished = scalar(&mut db, "SELECT count(*) FROM urls WHERE state IN ('done', 'failed')").await;
+        if finished >= n { Ok(()) } else { Err(format!("{finished} of {n}")) }
+    })
+    .await;
+}
+
+/// Hosts leased to the daemons whose process ids are `pids` (a worker
+/// name is `host:pid:random`).
+async fn hosts_held_by(db: &mut PgConnection, pids: &[u32]) -> i64 {
+    let owners: Vec<String> = pids.iter().map(|pid| format!("%:{pid}:%")).collect();
+    sqlx::query_scalar("SELECT count(*) FROM hosts WHERE lease_owner LIKE ANY($1)")
+        .bind(owners)
+        .fetch_one(db)
+        .await
+        .unwrap()
 }
 
 /// The smallest gap between two request arrivals to one host, and the host.
@@ -193,19 +204,22 @@ fn three_daemons_share_a_crawl_and_a_stopping_one_hands_its_hosts_over_at_once()
     let (_dirs, mut daemons) = start_fleet(&pg.url, &fleet_config("60s"));
     let urls = fleet_urls(&server, 40, 50, "ok/fleet");
     enqueue(&pg.url, &urls);
-    wait_until(Duration::from_secs(30), "a quarter of the crawl", || server.hits().len() >= urls.len() / 4);
-    // The daemon that stops holds hosts (its worker name is host:pid:...);
-    // once it has exited, it holds none: they were handed over, not left
-    // to lapse in a minute.
+    let quarter = async || server.hits().len() >= urls.len() / 4;
+    runtime.block_on(eventually("a quarter of the crawl", Duration::from_secs(30), quarter));
+    // The daemon that stops holds hosts; once it has exited, it holds none:
+    // they were handed over, not left to lapse in a minute.
     let leaving = daemons.remove(0);
+    let pid = leaving.child.id();
     let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
-    let held_by = format!("SELECT count(*) FROM hosts WHERE lease_owner LIKE '%:{}:%'", leaving.child.id());
-    wait_until(Duration::from_secs(5), "hosts leased to the daemon that stops", || {
-        runtime.block_on(scalar(&mut db, &held_by)) > 0
-    });
+    runtime.block_on(eventually(
+        "hosts leased to the daemon that stops",
+        Duration::from_secs(5),
+        async || hosts_held_by(&mut db, &[pid]).await > 0,
+    ));
     leaving.stop();
-    assert_eq!(runtime.block_on(scalar(&mut db, &held_by)), 0, "its hosts were given up at the stop");
-    wait_for_results(&runtime, &pg.url, urls.len() as i64, Duration::from_secs(30));
+    let held = runtime.block_on(hosts_held_by(&mut db, &[pid]));
+    assert_eq!(held, 0, "its hosts were given up at the stop");
+    runtime.block_on(wait_for_results(&pg.url, urls.len() as i64, Duration::from_secs(30)));
     for daemon in daemons {
         daemon.stop();
     }
@@ -231,14 +245,20 @@ fn a_killed_and_a_frozen_daemon_lose_their_hosts_and_no_result_is_fetched_again(
     let (_dirs, mut daemons) = start_fleet(&pg.url, &fleet_config("3s"));
     let urls = fleet_urls(&server, 30, 20, "slow/200/fleet");
     enqueue(&pg.url, &urls);
-    wait_until(Duration::from_secs(30), "a sixth of the crawl", || server.hits().len() >= urls.len() / 6);
+    let sixth = async || server.hits().len() >= urls.len() / 6;
+    runtime.block_on(eventually("a sixth of the crawl", Duration::from_secs(30), sixth));
     let killed = daemons.remove(0);
     signal(&killed.child, libc::SIGKILL);
     signal(&daemons[0].child, libc::SIGSTOP);
-    // Past its lease and the round that ends it elsewhere.
-    std::thread::sleep(Duration::from_secs(6));
+    // Past its lease and the round that ends it elsewhere: neither holds a
+    // host, and what they had in flight is back in the queue.
+    let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
+    runtime.block_on(eventually("the silent daemons' leases to end", Duration::from_secs(30), async || {
+        let held = hosts_held_by(&mut db, &[killed.child.id(), daemons[0].child.id()]).await;
+        if held == 0 { Ok(()) } else { Err(format!("{held} hosts still held")) }
+    }));
     signal(&daemons[0].child, libc::SIGCONT);
-    wait_for_results(&runtime, &pg.url, urls.len() as i64, Duration::from_secs(60));
+    runtime.block_on(wait_for_results(&pg.url, urls.len() as i64, Duration::from_secs(60)));
     // Frozen between two statements of a transaction for longer than its
     // lease, the daemon finds its session ended by the server on waking and
     // tries the transaction again; frozen elsewhere, it carries on. Either
@@ -246,7 +266,7 @@ fn a_killed_and_a_frozen_daemon_lose_their_hosts_and_no_result_is_fetched_again(
     let mut frozen = daemons.remove(0);
     signal(&frozen.child, libc::SIGTERM);
     let (status, _) = wait_within(&mut frozen.child, Duration::from_secs(10));
-    let log = frozen.stderr.text();
+    let log = frozen.stderr.all();
     assert_eq!(status.code(), Some(0), "{log}");
     daemons.remove(0).stop();
     drop(killed);
@@ -254,7 +274,6 @@ fn a_killed_and_a_frozen_daemon_lose_their_hosts_and_no_result_is_fetched_again(
     let stale: i64 = per_worker.iter().filter(|((_, o), _)| o == "stale_lease").map(|(_, n)| n).sum();
     // Its fetches in flight when frozen report late, as stale_lease.
     assert!(stale > 0, "the frozen daemon's late reports are kept as stale_lease: {per_worker:?}");
-    let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
     // A late report changed nothing: each of its URLs has its result from
     // another attempt, and results leave stale reports out.
     let orphans = runtime.block_on(scalar(

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    count_in, engines, next_notification, output_of, signal, spawn_trawler_with_env, wait_until, wait_within,
+    Stderr, count_in, engines, eventually, next_notification, output_of, signal, spawn_trawler_with_env,
+    wait_within,
 };
 
 #[tokio::test]
@@ -20,16 +21,15 @@ async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
 
-        let admin = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().to_string()
-        };
+        // Port 0: the service binds a free port itself and logs it.
         let mut env =
-            vec![("NOTIFY_SOCKET", notify_path.to_str().unwrap()), ("TRAWLER_ADMIN__LISTEN", admin.as_str())];
+            vec![("NOTIFY_SOCKET", notify_path.to_str().unwrap()), ("TRAWLER_ADMIN__LISTEN", "127.0.0.1:0")];
         env.extend(engine.env());
         let mut daemon =
             spawn_trawler_with_env(&["run", "--db", db.to_str().unwrap(), "--grace", "2s"], &env);
+        let stderr = Stderr::collect(&mut daemon);
         assert!(next_notification(&notify).contains("READY=1"));
+        let admin = stderr.address("admin endpoints:");
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let get = |path: &str| {
             let (http, url) = (http.clone(), format!("http://{admin}{path}"));
@@ -41,8 +41,10 @@ async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
         assert_eq!(get("/readyz").await.0, 200);
         assert_eq!(get("/healthz").await.0, 200);
 
-        // An empty frontier keeps the service running.
-        std::thread::sleep(Duration::from_millis(1500));
+        // An empty frontier keeps the service running: watched for a while,
+        // as an absence has no moment to wait for (an exit for want of work
+        // would come at once).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(daemon.try_wait().unwrap().is_none(), "the service exited with nothing to do");
 
         // URLs added from another process are fetched within a second or so.
@@ -55,19 +57,18 @@ async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
         assert_eq!(status.code(), Some(0));
         let (stdout, _) = output_of(enqueue);
         assert!(stdout.contains("2 new URLs (3 lines, 0 already known, 1 rejected)"), "{stdout}");
-        wait_until(Duration::from_secs(5), "the enqueued URLs to be fetched", || server.hits().len() == 2);
+        eventually("the enqueued URLs to be fetched", Duration::from_secs(5), async || {
+            server.hits().len() == 2
+        })
+        .await;
 
         // The metrics count what the database holds.
         let done_2xx = r#"trawler_fetches_total{outcome="done",status="2xx"} 2"#;
-        let mut metrics = String::new();
-        for _ in 0..50 {
-            metrics = get("/metrics").await.1;
-            if metrics.contains(done_2xx) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(metrics.contains(done_2xx), "{metrics}");
+        let metrics = eventually("two fetches done in /metrics", Duration::from_secs(5), async || {
+            let metrics = get("/metrics").await.1;
+            if metrics.contains(done_2xx) { Ok(metrics) } else { Err(metrics) }
+        })
+        .await;
         assert!(metrics.contains("trawler_fetch_duration_seconds_bucket"), "{metrics}");
         let db = engine.reading(&db);
         assert_eq!(
@@ -77,22 +78,30 @@ async fn the_service_notifies_systemd_waits_for_work_and_takes_enqueued_urls() {
 
         signal(&daemon, libc::SIGTERM);
         assert!(next_notification(&notify).contains("STOPPING=1"));
-        let (status, took) = wait_within(&mut daemon, Duration::from_secs(3));
+        let (status, _) = wait_within(&mut daemon, Duration::from_secs(3));
         assert_eq!(status.code(), Some(0));
-        assert!(took < Duration::from_secs(3));
         assert_eq!(count_in(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 2);
     }
 }
 
-/// `systemd-analyze verify` and the offline security check, where the tool
-/// exists (skipped, saying so, elsewhere). The issue's bar is an exposure of
-/// 2.0 or lower.
+/// `systemd-analyze verify` and the offline security check. The issue's bar
+/// is an exposure of 2.0 or lower. Without the tool the test is skipped,
+/// saying so, on a developer's machine; in CI (`CI` or
+/// `TRAWLER_REQUIRE_POSTGRES` set, as `.ci/run`, which installs the tool,
+/// sets it) it fails, so that the check cannot pass without running.
 #[test]
 fn the_unit_file_verifies_and_is_hardened() {
+    use std::io::Write;
     use std::process::Command;
-    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
-        println!("skipped: systemd-analyze is not installed");
-        return;
+    let version = match Command::new("systemd-analyze").arg("--version").output() {
+        Ok(version) => version,
+        Err(e) if ["CI", "TRAWLER_REQUIRE_POSTGRES"].iter().all(|v| std::env::var_os(v).is_none()) => {
+            // Straight to the process's stderr: the harness captures the
+            // output of passing tests, and a skip must be seen.
+            let _ = writeln!(std::io::stderr(), "the unit file's test: skipped: no systemd-analyze: {e}");
+            return;
+        }
+        Err(e) => panic!("in CI, systemd-analyze (package systemd) must be installed: {e}"),
     };
     assert!(version.status.success());
     let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/trawler.service");

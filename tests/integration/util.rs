@@ -168,6 +168,33 @@ pub async fn strings_in(config: &Config, sql: &str) -> Vec<String> {
     column_in(config, sql).await
 }
 
+/// Moves every finished URL's last visit `by` into the past in `config`'s
+/// database, on either engine: `finished_ms`, and `recrawl_at_ms`, which a
+/// crawl sets from it. As if that much time had passed since, for a
+/// recrawl test that would otherwise sleep; `changed_ms` stays, being what
+/// a test compares across visits.
+pub async fn age_visits(config: &Config, by: Duration) {
+    let ms = by.as_millis();
+    let sql = format!(
+        "UPDATE urls SET finished_ms = finished_ms - {ms}, recrawl_at_ms = recrawl_at_ms - {ms}
+         WHERE finished_ms IS NOT NULL"
+    );
+    use sqlx::Connection;
+    match &config.store.url {
+        Some(url) => {
+            let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query(&sql).execute(&mut db).await.unwrap();
+            db.close().await.unwrap();
+        }
+        None => {
+            let options = SqliteConnectOptions::new().filename(&config.store.path);
+            let mut db = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+            sqlx::query(&sql).execute(&mut db).await.unwrap();
+            db.close().await.unwrap();
+        }
+    }
+}
+
 /// A config for tests: a database in `dir`, short timeouts and backoffs.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::default();
@@ -301,19 +328,30 @@ pub fn spawn_crawl_in(
     (spawn_crawl_with_env(input.to_str().unwrap(), &db, extra, env), db)
 }
 
-/// Waits for `child` at most `limit`; panics (after killing it) past that.
+/// Waits for `child` to exit, at most `limit`; panics (after killing it)
+/// past that. Returns its status and how long it took. Blocks the calling
+/// thread: use it where nothing of the test's own must run meanwhile.
+///
+/// A thread of its own waits for the exit itself (`waitid` with `WNOWAIT`,
+/// which leaves the child to be reaped here and its stdin open, unlike
+/// `Child::wait`), so the exit is seen at once, not at the next look.
 pub fn wait_within(child: &mut Child, limit: Duration) -> (ExitStatus, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status, start.elapsed());
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("trawler did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let (start, pid) = (Instant::now(), child.id());
+    let (exited_tx, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: waitid writes one siginfo_t through the pointer given.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let options = libc::WEXITED | libc::WNOWAIT;
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, options) };
+        let _ = exited_tx.send(rc);
+    });
+    if exited.recv_timeout(limit).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("trawler did not exit within {limit:?}");
     }
+    let status = child.try_wait().unwrap().expect("the child exited");
+    (status, start.elapsed())
 }
 
 /// Output of a finished child.
@@ -322,12 +360,65 @@ pub fn output_of(child: Child) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// Polls `condition` every 10 ms until it holds; panics after `limit`.
-pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
+/// What one look at a fact found, for [`eventually`]: `true`, `Some(value)`
+/// or `Ok(value)` once the fact holds; `false`, `None` or `Err(what stands
+/// instead)` until then (a timeout reports the last `Err`).
+pub trait Look {
+    /// What the fact gives once it holds.
+    type Value;
+    /// The value, or (the fact does not hold yet) what stands instead.
+    fn holds(self) -> Result<Self::Value, String>;
+}
+
+impl Look for bool {
+    type Value = ();
+    fn holds(self) -> Result<(), String> {
+        if self { Ok(()) } else { Err(String::new()) }
+    }
+}
+
+impl<T> Look for Option<T> {
+    type Value = T;
+    fn holds(self) -> Result<T, String> {
+        self.ok_or_else(String::new)
+    }
+}
+
+impl<T, E: std::fmt::Display> Look for Result<T, E> {
+    type Value = T;
+    fn holds(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// The first look at once, then a pause that doubles up to this, so that a
+/// look that costs a connection or a request does not load the machine.
+const LOOK_EVERY_AT_MOST: Duration = Duration::from_millis(100);
+
+/// Waits until `fact` holds, looking at once and then again after 10 ms,
+/// 20 ms... (at most [`LOOK_EVERY_AT_MOST`] apart); returns its value.
+/// Panics after `limit` naming `what` it waited for and, if the last look
+/// said, what stood instead; a look still running at the deadline counts
+/// as the fact not holding. Async, so that what the test runs on its own
+/// runtime (a crawl, a proxy, a database session) goes on meanwhile.
+pub async fn eventually<L: Look>(what: &str, limit: Duration, mut fact: impl AsyncFnMut() -> L) -> L::Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let last = match tokio::time::timeout_at(deadline, fact()).await {
+            Ok(look) => match look.holds() {
+                Ok(value) => return value,
+                Err(instead) => instead,
+            },
+            Err(_) => "the last look did not return".to_owned(),
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            let instead = if last.is_empty() { String::new() } else { format!(": {last}") };
+            panic!("timed out after {limit:?} waiting for {what}{instead}");
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(LOOK_EVERY_AT_MOST);
     }
 }
 
@@ -338,35 +429,90 @@ pub fn signal(child: &Child, signal: i32) {
 }
 
 /// A running child's stderr, collected by a thread as it is written.
-pub struct Stderr(std::sync::Arc<std::sync::Mutex<String>>);
+pub struct Stderr(std::sync::Arc<(std::sync::Mutex<Written>, std::sync::Condvar)>);
+
+/// What a [`Stderr`] collected so far.
+#[derive(Default)]
+struct Written {
+    text: String,
+    /// The pipe is closed (the child exited): `text` is all there is.
+    closed: bool,
+}
 
 impl Stderr {
     /// Takes `child`'s stderr pipe and starts collecting it.
     pub fn collect(child: &mut Child) -> Self {
         use std::io::BufRead;
         let pipe = child.stderr.take().expect("stderr is piped");
-        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = text.clone();
+        let shared =
+            std::sync::Arc::new((std::sync::Mutex::new(Written::default()), std::sync::Condvar::new()));
+        let sink = shared.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut text = sink.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
+                let mut written = sink.0.lock().unwrap();
+                written.text.push_str(&line);
+                written.text.push('\n');
+                sink.1.notify_all();
             }
+            sink.0.lock().unwrap().closed = true;
+            sink.1.notify_all();
         });
-        Self(text)
+        Self(shared)
     }
 
     /// Everything written so far.
     pub fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
+        self.0.0.lock().unwrap().text.clone()
+    }
+
+    /// Everything the child wrote, for a child that has exited: once this
+    /// collector has read to the end of the pipe (2 s at most), as the
+    /// last lines may still be on their way when the exit is seen.
+    pub fn all(&self) -> String {
+        self.written_once("end of the log", |written| written.closed.then(|| written.text.clone()))
     }
 
     /// Waits until the output contains `needle` (5 s at most) and returns
     /// everything written so far.
-    pub fn wait_for(&self, needle: &str) -> String {
-        wait_until(Duration::from_secs(5), needle, || self.text().contains(needle));
+    pub async fn wait_for(&self, needle: &str) -> String {
+        self.wait_for_within(needle, Duration::from_secs(5)).await
+    }
+
+    /// [`Stderr::wait_for`], `limit` at most.
+    pub async fn wait_for_within(&self, needle: &str, limit: Duration) -> String {
+        let what = format!("{needle:?} in the log");
+        eventually(&what, limit, async || self.text().contains(needle)).await;
         self.text()
+    }
+
+    /// The first line that contains `needle`, once it is written (2 s at
+    /// most). Blocks the calling thread: for a line the child wrote before
+    /// something the test already saw (so that only this collector's
+    /// thread is waited for), such as an address bound before `READY=1`.
+    pub fn line_with(&self, needle: &str) -> String {
+        self.written_once(&format!("a line with {needle:?}"), |written| {
+            written.text.lines().find(|l| l.contains(needle)).map(str::to_owned)
+        })
+    }
+
+    /// What `found` finds in what was written, once it finds it: the
+    /// collector's thread tells each line as it adds it. 2 s at most, for
+    /// what the child has written already (see [`Stderr::line_with`]).
+    fn written_once<T>(&self, what: &str, found: impl Fn(&Written) -> Option<T>) -> T {
+        let (written, added) = (&self.0.0, &self.0.1);
+        let limit = Duration::from_secs(2);
+        let (written, _) =
+            added.wait_timeout_while(written.lock().unwrap(), limit, |w| found(w).is_none()).unwrap();
+        found(&written).unwrap_or_else(|| panic!("no {what} within {limit:?}:\n{}", written.text))
+    }
+
+    /// The address (`host:port`) a line with `needle` logged as its
+    /// `address` field: where the child bound a listener it was asked to
+    /// bind on port 0 (see [`Stderr::line_with`] for when it may be asked).
+    pub fn address(&self, needle: &str) -> String {
+        let line = self.line_with(needle);
+        let address = line.split_whitespace().find_map(|field| field.strip_prefix("address="));
+        address.unwrap_or_else(|| panic!("no address in {line:?}")).to_owned()
     }
 
     /// The last line written.
@@ -383,7 +529,8 @@ pub struct Daemon {
     notify: UnixDatagram,
     config: PathBuf,
     pub db: PathBuf,
-    /// The admin endpoints' `host:port`.
+    /// The admin endpoints' `host:port`: a free port the daemon bound (it
+    /// is given port 0) and logged.
     pub admin: String,
     /// The test's own environment variables, for `trawler enqueue` too.
     env: Vec<(String, String)>,
@@ -402,10 +549,10 @@ impl Daemon {
         let notify_path = dir.join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
         let mut vars = vec![
             ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
-            ("TRAWLER_ADMIN__LISTEN", admin.as_str()),
+            // Port 0: the daemon binds a free port itself and logs it.
+            ("TRAWLER_ADMIN__LISTEN", "127.0.0.1:0"),
             // The log level comes from the config file, as in production.
             ("RUST_LOG", ""),
         ];
@@ -416,9 +563,17 @@ impl Daemon {
         );
         let stderr = Stderr::collect(&mut child);
         let env = env.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect();
-        let daemon = Self { child, stderr, notify, config, db, admin, env };
+        let mut daemon = Self { child, stderr, notify, config, db, admin: String::new(), env };
         assert!(daemon.next_message().contains("READY=1"));
+        // Bound, and logged, before READY=1.
+        daemon.admin = daemon.stderr.address("admin endpoints:");
         daemon
+    }
+
+    /// The API's `host:port`, for a daemon whose config sets `api.listen`
+    /// (port 0 for a free one): where it bound, as it logged at start.
+    pub fn api(&self) -> String {
+        self.stderr.address("HTTP API:")
     }
 
     pub fn next_message(&self) -> String {
@@ -445,7 +600,7 @@ impl Daemon {
     pub fn stop(mut self) {
         signal(&self.child, libc::SIGTERM);
         let (status, _) = wait_within(&mut self.child, Duration::from_secs(5));
-        assert_eq!(status.code(), Some(0), "{}", self.stderr.text());
+        assert_eq!(status.code(), Some(0), "{}", self.stderr.all());
     }
 }
 
