@@ -347,7 +347,8 @@ fn a_daemon_frozen_inside_its_claim_does_not_stall_the_others() {
     let (_dirs, daemons) = start_fleet(&pg.url, &fleet_config("10s"));
     let first = named_fleet_urls(&server, "a", 24, 300, "ok/first");
     enqueue(&pg.url, &first);
-    wait_until(Duration::from_secs(30), "the crawl under way", || server.hits().len() >= 300);
+    let under_way = async || server.hits().len() >= 300;
+    runtime.block_on(eventually("the crawl under way", Duration::from_secs(30), under_way));
     // Every first host is leased by now; new hosts come next, and every
     // daemon (its workers mostly waiting on delays) takes some on: too many
     // for the others to take them all before the frozen one's claim.
@@ -358,10 +359,9 @@ fn a_daemon_frozen_inside_its_claim_does_not_stall_the_others() {
     let session = format!("trawler %:{pid}:%");
     let sleeping =
         "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1 AND wait_event = 'PgSleep'";
-    wait_until(Duration::from_secs(20), "the frozen daemon's claim to sleep", || {
-        runtime.block_on(sqlx::query_scalar::<_, i64>(sleeping).bind(&session).fetch_one(&mut db)).unwrap()
-            > 0
-    });
+    runtime.block_on(eventually("the frozen daemon's claim to sleep", Duration::from_secs(20), async || {
+        sqlx::query_scalar::<_, i64>(sleeping).bind(&session).fetch_one(&mut db).await.unwrap() > 0
+    }));
     signal(&daemons[0].child, libc::SIGSTOP);
     let stopped = SystemTime::now();
     std::thread::sleep(FROZEN_FOR);
