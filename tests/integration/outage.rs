@@ -232,7 +232,19 @@ async fn a_daemon_frozen_inside_a_transaction_past_its_session_s_end_records_wha
     assert!(daemon.child.try_wait().unwrap().is_none(), "{log}");
     daemon.stop();
     assert!(!log.contains("ERROR"), "{log}");
-    assert_eq!(attempts_per_url(&pg.url).await, requests_per_url(&server));
+    let (attempts, requests) = (attempts_per_url(&pg.url).await, requests_per_url(&server));
+    if attempts != requests {
+        let mut db = PgConnection::connect(&pg.url).await.unwrap();
+        type Row = (String, String, Option<String>, Option<String>, i64, i32);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT u.url, a.outcome, a.error_kind, a.error_message, a.started_ms, a.attempt
+             FROM attempts a JOIN urls u ON u.id = a.url_id ORDER BY u.url, a.id",
+        )
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        panic!("attempts {attempts:?}\nrequests {requests:?}\n{rows:#?}\n{log}");
+    }
 }
 
 /// A claim or a commit whose answer was lost with its connection (it may
