@@ -34,10 +34,11 @@ use tokio_util::sync::CancellationToken;
 use tower::limit::ConcurrencyLimitLayer;
 
 use crate::config::ApiConfig;
+use crate::job::NewUrl;
 use crate::listen::{self, ListenLimits};
 use crate::seeds::{self, SeedError, parse_seed};
 use crate::stats::CrawlStats;
-use crate::store::{Backend, InputError, NewUrl, StoreError};
+use crate::store::{Backend, InputError, StoreError};
 
 /// The largest request body accepted: 16 MiB, about 100,000 typical URLs.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;

@@ -1,18 +1,17 @@
 //! A job and what becomes of it: the crawl's vocabulary, shared by the
 //! fetch, the worker, the writer and the store.
 //!
-//! A [`Job`] is a URL handed to a worker under a lease. Each try at it is
-//! an attempt, whose observations are an [`AttemptRecord`] (an
-//! [`ErrorKind`] when it got no final response); the worker decides what
+//! A [`NewUrl`] enters the frontier; a [`Job`] is a URL handed to a
+//! worker under a lease. Each try at it is an attempt, whose observations
+//! are an [`AttemptRecord`] (an [`ErrorKind`] when it got no final
+//! response); the worker decides what
 //! comes [`Next`], and sends the [`Completion`] to the writer. The store
 //! writes it as an `attempts` row with its [`Outcome`] and moves the URL
 //! to its [`UrlState`]; links a page could not follow are counted by
 //! [`DropReason`]. The column values these stand for are the public
 //! schema (`migrations/`, README "The database").
 
-use std::time::SystemTime;
-
-use crate::store::{AdaptiveRecrawl, NewUrl};
+use std::time::{Duration, SystemTime};
 
 /// Why an attempt did not end with a final HTTP response: the fixed set
 /// stored in `attempts.error_kind`, by [`ErrorKind::as_str`] only.
@@ -148,6 +147,19 @@ impl DropReason {
             DropReason::PageNofollow => "page_nofollow",
         }
     }
+}
+
+/// A URL to enqueue: already parsed and checked to be absolute http(s).
+#[derive(Debug, Clone)]
+pub struct NewUrl {
+    /// The URL's serialization (`url::Url::as_str`), the de-duplication key.
+    pub url: String,
+    /// Its host (lower-case), kept for per-host queries and scheduling.
+    pub host: String,
+    /// Links followed from a seed to reach it (seeds are 0).
+    pub depth: u32,
+    /// The page it was found on (`urls.id`); `None` for seeds.
+    pub found_on: Option<i64>,
 }
 
 /// A claimed URL, handed from the producer to a worker.
@@ -416,4 +428,29 @@ pub struct Completion {
     pub revisit: Revisit,
     /// `crawl.adaptive_recrawl`'s bounds, when it is on.
     pub adaptive: Option<AdaptiveRecrawl>,
+}
+
+/// Adaptive revisit, after Nutch's `AdaptiveFetchSchedule`: a URL found
+/// unchanged waits `1 + INCREASE` times longer next time, a changed one
+/// `1 - DECREASE` times as long, between `min` and `max`. The rates are
+/// Nutch's defaults (`db.fetch.schedule.adaptive.inc_rate` 0.4,
+/// `dec_rate` 0.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveRecrawl {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl AdaptiveRecrawl {
+    pub const INCREASE: f64 = 0.4;
+    pub const DECREASE: f64 = 0.2;
+
+    /// The next interval after one of `interval`, given whether the visit
+    /// found the content `changed`, within `min..=max`.
+    pub fn next(self, interval: Duration, changed: bool) -> Duration {
+        let factor = if changed { 1.0 - Self::DECREASE } else { 1.0 + Self::INCREASE };
+        Duration::try_from_secs_f64(interval.as_secs_f64() * factor)
+            .unwrap_or(self.max)
+            .clamp(self.min, self.max)
+    }
 }

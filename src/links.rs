@@ -26,9 +26,8 @@ use lol_html::{element, send, text};
 use url::Url;
 
 use crate::config::{DiscoveryConfig, Scope};
-use crate::job::DropReason;
+use crate::job::{DropReason, NewUrl};
 use crate::redact::ForLog;
-use crate::store::NewUrl;
 
 pub use directives::Directives;
 

@@ -23,7 +23,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{Config, HostOverride, PolitenessConfig};
-use crate::store::{AdaptiveRecrawl, RecrawlPolicy};
+use crate::job::AdaptiveRecrawl;
+use crate::store::RecrawlPolicy;
 
 mod backoff;
 

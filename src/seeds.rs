@@ -16,10 +16,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::fetch::parse_http_url;
+use crate::job::NewUrl;
 use crate::links;
 use crate::redact::{self, ForLog};
 use crate::stats::CrawlStats;
-use crate::store::{InputError, NewUrl, Store, StoreError};
+use crate::store::{InputError, Store, StoreError};
 
 /// The longest line accepted, in bytes. Longer lines are rejected as a whole;
 /// 8 KiB is the request-line limit of common servers (nginx's

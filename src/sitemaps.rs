@@ -48,11 +48,11 @@ use url::Url;
 
 use crate::fetch::{Fetcher, parse_http_url};
 use crate::gate::{Errand, Gate, Interrupted, Stops};
-use crate::job::{DropReason, ErrorKind};
+use crate::job::{DropReason, ErrorKind, NewUrl};
 use crate::links::Discovery;
 use crate::redact::ForLog;
 use crate::stats::CrawlStats;
-use crate::store::{NewUrl, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 pub use feed::parse_feed;
 

@@ -25,12 +25,12 @@ use crate::config::RetryConfig;
 use crate::fetch::{Fetched, Fetcher};
 use crate::frontier::wants_refill;
 use crate::gate::{Errand, Gate, Interrupted, Stops, Walked};
-use crate::job::{AttemptRecord, Completion, DropReason, ErrorKind, Job, Next};
+use crate::job::{AttemptRecord, Completion, DropReason, ErrorKind, Job, NewUrl, Next};
 use crate::links::Discovery;
 use crate::politeness::HostSignal;
 use crate::redact::ForLog;
 use crate::retry::{Decision, decide_fetched};
-use crate::store::{Backend, NewUrl, Store, StoreError};
+use crate::store::{Backend, Store, StoreError};
 
 /// What every worker shares.
 pub struct WorkerContext {

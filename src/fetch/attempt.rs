@@ -18,8 +18,7 @@ use super::content::{header_text, headers_json, parse_retry_after};
 use super::errors::{Failure, classify, closed_before_response, lookup_failure, out_of_descriptors};
 use super::sending::{Cleared, SENDING, Sending};
 use super::{Fetched, Fetcher, Refusal, check_http};
-use crate::job::ErrorKind;
-use crate::job::{AttemptRecord, Hop, Validators};
+use crate::job::{AttemptRecord, ErrorKind, Hop, Validators};
 use crate::links::{Directives, Found, LinkExtractor, is_html};
 use crate::redact::ForLog;
 

@@ -21,11 +21,11 @@ use super::leases::HostLeases;
 use super::postgres::{HopLease, LeaseRound, PgStore, QueueHealth, SharedRobotsTxt};
 use super::sqlite::{Checkpoint, SqliteStore};
 use super::{
-    ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, NewUrl, PageLimits,
-    RecrawlPolicy, ResultRow, StateCounts, StatsReport, Store, StoreError,
+    ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, PageLimits, RecrawlPolicy,
+    ResultRow, StateCounts, StatsReport, Store, StoreError,
 };
 use crate::config::StoreConfig;
-use crate::job::Completion;
+use crate::job::{Completion, NewUrl};
 
 /// A trawler database, on one of the engines trawler supports: SQLite, the
 /// embedded default, or PostgreSQL (`store.url`).

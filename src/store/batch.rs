@@ -20,9 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use super::rules::{self, DroppedRow, UrlChange};
-use super::{Committed, NewUrl, PageLimits};
+use super::{Committed, PageLimits};
 use crate::clock::unix_ms;
-use crate::job::{AttemptRecord, Completion, DropReason, Next, Outcome, UrlState};
+use crate::job::{AttemptRecord, Completion, DropReason, NewUrl, Next, Outcome, UrlState};
 
 /// One `attempts` row with its meaning resolved; the engine maps the types.
 pub(crate) struct AttemptRow<'a> {

@@ -27,7 +27,8 @@ use std::time::Duration;
 pub use backend::{Backend, Coordination};
 // The vocabulary of what the store takes and hands out (`crate::job`).
 pub use crate::job::{
-    AttemptRecord, Completion, DropReason, Hop, Job, Next, Outcome, Revisit, UrlState, Validators,
+    AdaptiveRecrawl, AttemptRecord, Completion, DropReason, Hop, Job, NewUrl, Next, Outcome, Revisit,
+    UrlState, Validators,
 };
 pub use faults::{Blocker, Fault, LockWaits, Outage, Watch};
 pub use leases::HostLeases;
@@ -129,19 +130,6 @@ impl StoreError {
     }
 }
 
-/// A URL to enqueue: already parsed and checked to be absolute http(s).
-#[derive(Debug, Clone)]
-pub struct NewUrl {
-    /// The URL's serialization (`url::Url::as_str`), the de-duplication key.
-    pub url: String,
-    /// Its host (lower-case), kept for per-host queries and scheduling.
-    pub host: String,
-    /// Links followed from a seed to reach it (seeds are 0).
-    pub depth: u32,
-    /// The page it was found on (`urls.id`); `None` for seeds.
-    pub found_on: Option<i64>,
-}
-
 /// An input line that was not a crawlable URL.
 #[derive(Debug, Clone)]
 pub struct InputError {
@@ -166,31 +154,6 @@ pub struct Claim {
     /// empty on SQLite, whose one crawler keeps every host's politeness
     /// itself.
     pub handed_over: Vec<(String, Duration)>,
-}
-
-/// Adaptive revisit, after Nutch's `AdaptiveFetchSchedule`: a URL found
-/// unchanged waits `1 + INCREASE` times longer next time, a changed one
-/// `1 - DECREASE` times as long, between `min` and `max`. The rates are
-/// Nutch's defaults (`db.fetch.schedule.adaptive.inc_rate` 0.4,
-/// `dec_rate` 0.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AdaptiveRecrawl {
-    pub min: Duration,
-    pub max: Duration,
-}
-
-impl AdaptiveRecrawl {
-    pub const INCREASE: f64 = 0.4;
-    pub const DECREASE: f64 = 0.2;
-
-    /// The next interval after one of `interval`, given whether the visit
-    /// found the content `changed`, within `min..=max`.
-    pub fn next(self, interval: Duration, changed: bool) -> Duration {
-        let factor = if changed { 1.0 - Self::DECREASE } else { 1.0 + Self::INCREASE };
-        Duration::try_from_secs_f64(interval.as_secs_f64() * factor)
-            .unwrap_or(self.max)
-            .clamp(self.min, self.max)
-    }
 }
 
 /// When finished URLs are fetched again: `crawl.recrawl_after`, and the hosts

@@ -29,12 +29,12 @@ use super::faults::{Blocker, Kind, postgres_kind};
 use super::leases::{BootInstant, HostLeases};
 use super::rules::{self, DroppedRow, UrlChange, duration_ms, to_i64};
 use super::{
-    ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, NewUrl, Outage, PageLimits,
+    ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, Outage, PageLimits,
     RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, Watch,
 };
 use crate::clock::unix_ms;
+use crate::job::{Completion, ErrorKind, Hop, Job, NewUrl, Revisit, UrlState, Validators};
 
-use crate::job::{Completion, ErrorKind, Hop, Job, Revisit, UrlState, Validators};
 use crate::redact::ForLog;
 
 /// PostgreSQL's migrations. Their versions are the same public schema as

@@ -6,8 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::NewUrl;
-use crate::job::{Completion, DropReason, Next, UrlState, Validators};
+use crate::job::{Completion, DropReason, NewUrl, Next, UrlState, Validators};
 
 /// "No queued URL" in `hosts.work_at_ms`.
 pub(crate) const NEVER: i64 = i64::MAX;
@@ -280,8 +279,7 @@ pub(crate) fn to_i64(n: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{AttemptRecord, Revisit};
-    use crate::store::AdaptiveRecrawl;
+    use crate::job::{AdaptiveRecrawl, AttemptRecord, Revisit};
 
     fn visit(
         next: Next,

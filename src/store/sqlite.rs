@@ -52,12 +52,12 @@ use super::batch::{self, AttemptRow, BatchWrites, ContentColumns, Lowered, Short
 use super::faults::{Kind, sqlite_kind};
 use super::rules::{self, DroppedRow, UrlChange, duration_ms, rfc3339, rfc3339_from_ms, to_i64};
 use super::{
-    ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, NewUrl, PageLimits,
-    RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, Watch,
+    ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, PageLimits, RecrawlPolicy,
+    ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, Watch,
 };
 use crate::clock::unix_ms;
 use crate::config::{StoreConfig, Synchronous};
-use crate::job::{Completion, ErrorKind, Hop, Job, Revisit, UrlState, Validators};
+use crate::job::{Completion, ErrorKind, Hop, Job, NewUrl, Revisit, UrlState, Validators};
 
 static MIGRATOR: Migrator = sqlx::migrate!();
 
