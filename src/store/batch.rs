@@ -251,11 +251,6 @@ async fn write_links<W: BatchWrites>(
         engine.insert_links(&edges).await?;
     }
     let (dropped, by_reason) = rules::dropped_links(pages, capped);
-    let mut folded: BTreeMap<(i64, DropReason), i64> = BTreeMap::new();
-    for (url_id, reason, n) in dropped {
-        *folded.entry((url_id, reason)).or_default() += n;
-    }
-    let dropped: Vec<DroppedRow> = folded.into_iter().map(|((id, reason), n)| (id, reason, n)).collect();
     if !dropped.is_empty() {
         engine.add_dropped_links(&dropped).await?;
     }

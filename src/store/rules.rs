@@ -212,22 +212,22 @@ pub(crate) fn admit(
     (admitted, dropped.into_iter().map(|((url_id, reason), n)| (url_id, reason, n)).collect())
 }
 
-/// The dropped-link rows of `pages` (`(url_id, reason, n)`) with the
-/// page-limit drops `capped` added, and their totals by reason.
+/// The dropped-link rows of `pages` with the page-limit drops `capped`
+/// added, one row per (page, reason) as `(url_id, reason, n)` (an upsert
+/// may touch a row once per statement), and their totals by reason.
 pub(crate) fn dropped_links(
     pages: &[&Completion],
-    mut capped: Vec<DroppedRow>,
+    capped: Vec<DroppedRow>,
 ) -> (Vec<DroppedRow>, BTreeMap<DropReason, u64>) {
-    let mut dropped: Vec<DroppedRow> = pages
-        .iter()
-        .flat_map(|c| c.dropped_links.iter().map(|(reason, n)| (c.url_id, *reason, to_i64(*n))))
-        .collect();
-    dropped.append(&mut capped);
+    let found =
+        pages.iter().flat_map(|c| c.dropped_links.iter().map(|(reason, n)| (c.url_id, *reason, to_i64(*n))));
+    let mut folded: BTreeMap<(i64, DropReason), i64> = BTreeMap::new();
     let mut by_reason = BTreeMap::new();
-    for (_, reason, n) in &dropped {
-        *by_reason.entry(*reason).or_default() += *n as u64;
+    for (url_id, reason, n) in found.chain(capped) {
+        *folded.entry((url_id, reason)).or_default() += n;
+        *by_reason.entry(reason).or_default() += n as u64;
     }
-    (dropped, by_reason)
+    (folded.into_iter().map(|((url_id, reason), n)| (url_id, reason, n)).collect(), by_reason)
 }
 
 /// Per URL among `links`, the shortest: `(url, depth, found_on)`, the
@@ -393,5 +393,21 @@ mod tests {
         assert_eq!(host_changes(&batch), [("a.test", 500, 1_200)]);
         // Nothing to change: no row.
         assert_eq!(host_changes(&[with(Next::Done, None)]), []);
+    }
+
+    #[test]
+    fn dropped_links_are_one_row_per_page_and_reason() {
+        let mut page = visit(Next::Done, None, Revisit::default(), None);
+        page.dropped_links = vec![(DropReason::Depth, 2), (DropReason::Nofollow, 1)];
+        let capped = vec![(1, DropReason::Depth, 3), (1, DropReason::MaxPages, 4)];
+        let (rows, by_reason) = dropped_links(&[&page], capped);
+        let rows: BTreeSet<DroppedRow> = rows.into_iter().collect();
+        let expected =
+            [(1, DropReason::Nofollow, 1), (1, DropReason::Depth, 5), (1, DropReason::MaxPages, 4)];
+        assert_eq!(rows, expected.into());
+        assert_eq!(
+            by_reason,
+            [(DropReason::Nofollow, 1), (DropReason::Depth, 5), (DropReason::MaxPages, 4)].into()
+        );
     }
 }
