@@ -15,7 +15,7 @@ use sqlx::{Connection, PgConnection};
 
 use trawler::store::{Completion, NewUrl, PageLimits, PgStore, Store};
 
-use crate::postgres::TestDatabase;
+use crate::postgres::{TestDatabase, sleep_once_in};
 use crate::server::TestServer;
 use crate::util::{Daemon, eventually, spawn_crawl_in, wait_within};
 
@@ -184,21 +184,7 @@ async fn a_daemon_frozen_inside_a_transaction_past_its_session_s_end_records_wha
     let mut db = PgConnection::connect(&pg.url).await.unwrap();
     // The writer's first transaction sleeps in its middle, for the test to
     // freeze the daemon there.
-    sqlx::raw_sql(
-        "CREATE TABLE slow_once (at timestamptz);
-         CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NOT EXISTS (SELECT 1 FROM slow_once) THEN
-                 INSERT INTO slow_once VALUES (now());
-                 PERFORM pg_sleep(2);
-             END IF;
-             RETURN NULL;
-         END $$;
-         CREATE TRIGGER slow_write AFTER INSERT ON attempts FOR EACH STATEMENT EXECUTE FUNCTION slow_write();",
-    )
-    .execute(&mut db)
-    .await
-    .unwrap();
+    sleep_once_in(&mut db, "AFTER INSERT ON attempts FOR EACH STATEMENT", "", 2.0).await;
     let urls: Vec<String> = (0..30).map(|i| server.url(&format!("/slow/50/{i}"))).collect();
     daemon.enqueue(&urls);
 
@@ -356,22 +342,14 @@ async fn a_write_of_its_own_that_hangs_is_named_and_stops_the_watchdog() {
         &[("TRAWLER_STORE__URL", &pg.url), ("WATCHDOG_USEC", "2000000")],
     );
     let mut db = PgConnection::connect(&pg.url).await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE slow_once (at timestamptz);
-         CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NOT EXISTS (SELECT 1 FROM slow_once) THEN
-                 INSERT INTO slow_once VALUES (now());
-                 PERFORM 1 FROM hosts FOR UPDATE;
-                 PERFORM pg_sleep(8);
-             END IF;
-             RETURN NULL;
-         END $$;
-         CREATE TRIGGER slow_write AFTER INSERT ON attempts FOR EACH STATEMENT EXECUTE FUNCTION slow_write();",
+    // ... holding every host row, as a hung write of its own would.
+    sleep_once_in(
+        &mut db,
+        "AFTER INSERT ON attempts FOR EACH STATEMENT",
+        "PERFORM 1 FROM hosts FOR UPDATE;",
+        8.0,
     )
-    .execute(&mut db)
-    .await
-    .unwrap();
+    .await;
     let urls: Vec<String> = (0..40).map(|i| server.url(&format!("/slow/50/{i}"))).collect();
     daemon.enqueue(&urls);
 

@@ -87,6 +87,29 @@ impl TestDatabase {
     }
 }
 
+/// Makes the first statement that fires `trigger` (for example `AFTER
+/// INSERT ON attempts FOR EACH STATEMENT`) run `first` and then sleep
+/// `sleep_s` in the database, once: for a test to freeze or hold a daemon
+/// right there.
+pub async fn sleep_once_in(db: &mut PgConnection, trigger: &str, first: &str, sleep_s: f64) {
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE slow_once (at timestamptz);
+         CREATE FUNCTION sleep_once() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NOT EXISTS (SELECT 1 FROM slow_once) THEN
+                 INSERT INTO slow_once VALUES (now());
+                 {first}
+                 PERFORM pg_sleep({sleep_s});
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER sleep_once {trigger} EXECUTE FUNCTION sleep_once();"
+    ))
+    .execute(db)
+    .await
+    .unwrap();
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let (server, name) = (self.server.clone(), self.name.clone());

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use sqlx::{Connection, PgConnection};
 
-use crate::postgres::TestDatabase;
+use crate::postgres::{TestDatabase, sleep_once_in};
 use crate::server::{Hit, TestServer};
 use crate::util::{Daemon, eventually, signal, spawn_trawler_with_env, wait_within};
 
@@ -288,23 +288,10 @@ fn a_killed_and_a_frozen_daemon_lose_their_hosts_and_no_result_is_fetched_again(
 /// claim: no test page redirects) sleep `sleep_s` in the database, holding
 /// the row locks its claim took, so that the test can freeze it there.
 async fn sleep_in_next_claim_of(db: &mut PgConnection, pid: u32, sleep_s: f64) {
-    sqlx::raw_sql(&format!(
-        "CREATE TABLE slow_once (at timestamptz);
-         CREATE FUNCTION slow_claim() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NOT EXISTS (SELECT 1 FROM slow_once) THEN
-                 INSERT INTO slow_once VALUES (now());
-                 PERFORM pg_sleep({sleep_s});
-             END IF;
-             RETURN NULL;
-         END $$;
-         CREATE TRIGGER slow_claim AFTER UPDATE ON hosts FOR EACH ROW
-             WHEN (OLD.lease_owner IS NULL AND NEW.lease_owner LIKE '%:{pid}:%')
-             EXECUTE FUNCTION slow_claim();"
-    ))
-    .execute(db)
-    .await
-    .unwrap();
+    let trigger = format!(
+        "AFTER UPDATE ON hosts FOR EACH ROW WHEN (OLD.lease_owner IS NULL AND NEW.lease_owner LIKE '%:{pid}:%')"
+    );
+    sleep_once_in(db, &trigger, "", sleep_s).await;
 }
 
 /// The longest stretch of `between` (Unix seconds) in which `worker`
