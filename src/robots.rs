@@ -43,7 +43,7 @@ use crate::job::ErrorKind;
 use crate::links::normalize_path_pattern;
 use crate::politeness::Politeness;
 use crate::sitemaps::{Origin, SitemapQueue};
-use crate::store::Backend;
+use crate::store::Coordination;
 
 /// Origins whose rules are kept in memory; past this the least recently
 /// checked one is dropped (and fetched again if it is needed again). The
@@ -180,7 +180,7 @@ pub struct Robots {
     origins: Mutex<lru::LruCache<String, Slot>>,
     /// Where robots.txt is shared with other daemons (PostgreSQL's
     /// `robots_txt` table): read before fetching, written after.
-    shared: Option<Arc<Backend>>,
+    shared: Option<Coordination>,
 }
 
 impl Robots {
@@ -212,8 +212,8 @@ impl Robots {
     /// 4xx or a 5xx); a fetch that got no response, or broke off, is this
     /// daemon's alone. The daemon that fetched a file reads its `Sitemap:`
     /// lines; the others do not.
-    pub fn sharing(mut self, store: Arc<Backend>) -> Self {
-        self.shared = Some(store);
+    pub fn sharing(mut self, coordination: Coordination) -> Self {
+        self.shared = Some(coordination);
         self
     }
 
@@ -265,7 +265,7 @@ impl Robots {
     /// is shared and unexpired, else fetched with `fetch` (and shared).
     async fn fetch(&self, origin: &str, host: &str, fetch: &FetchRobotsTxt<'_>) -> Entry {
         let robots_url = &format!("{origin}/robots.txt");
-        if let Some(coordination) = self.shared.as_ref().and_then(|store| store.coordination()) {
+        if let Some(coordination) = &self.shared {
             match coordination.shared_robots_txt(origin).await {
                 Ok(Some(shared)) => {
                     let (rules, _) = self.rules(robots_url, None, shared.http_status, &shared.body, false);
@@ -291,7 +291,7 @@ impl Robots {
             failed.name_not_found = fetched.name_not_found;
         }
         if let (Some(coordination), None | Some(ErrorKind::BodyTooLarge), Some(status)) =
-            (self.shared.as_ref().and_then(|store| store.coordination()), fetched.error, status)
+            (&self.shared, fetched.error, status)
             && !ttl.is_zero()
             && let Err(e) = coordination.share_robots_txt(origin, status, body, ttl).await
         {

@@ -246,7 +246,7 @@ fn robots(
     let robots = Robots::new(config.robots.clone(), politeness.clone(), sitemaps);
     // Daemons sharing a database share robots.txt too (PostgreSQL).
     let robots = match store.coordination() {
-        Some(_) => robots.sharing(store.clone()),
+        Some(coordination) => robots.sharing(coordination),
         None => robots,
     };
     Some(Arc::new(robots))

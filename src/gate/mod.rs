@@ -46,7 +46,7 @@ use crate::job::{ErrorKind, Job};
 use crate::links::in_scope;
 use crate::politeness::{HostSignal, Politeness};
 use crate::robots::Robots;
-use crate::store::{Backend, HopLease, HostLeases, StoreError};
+use crate::store::{Backend, Coordination, HopLease, HostLeases, StoreError};
 
 /// Everything a request is judged by, shared by the workers, the sitemap
 /// task and robots.txt.
@@ -436,31 +436,29 @@ impl Gate {
 }
 
 /// Where hosts are leased (PostgreSQL): the store that leases them and the
-/// leases this daemon holds (the store's own, [`Coordination::host_leases`](crate::store::Coordination::host_leases)).
+/// leases this daemon holds (the store's own, [`Coordination::host_leases`]).
 #[derive(Clone)]
 pub struct Leasing {
-    pub store: Arc<Backend>,
+    pub coordination: Coordination,
     pub leases: Arc<HostLeases>,
 }
 
 impl Leasing {
     /// `store`'s leasing, if it leases hosts.
     pub fn of(store: &Arc<Backend>) -> Option<Self> {
-        let leases = store.coordination()?.host_leases();
-        Some(Self { store: store.clone(), leases })
+        let coordination = store.coordination()?;
+        Some(Self { leases: coordination.host_leases(), coordination })
     }
 
     /// Takes (or keeps) `host`'s lease for a request no claim put under one
-    /// (a redirect hop to another host, a sitemap; [`Coordination::lease_hop`](crate::store::Coordination::lease_hop));
+    /// (a redirect hop to another host, a sitemap; [`Coordination::lease_hop`]);
     /// a lease new here tells politeness when the host's last request may
     /// have started. Returns whether this daemon holds the host: `false`
     /// when another daemon does.
     ///
     /// Errors: the database could not be asked.
     pub async fn for_request(&self, politeness: &Politeness, host: &str) -> Result<bool, StoreError> {
-        // A store that leases hosts made this leasing (`Leasing::of`).
-        let Some(coordination) = self.store.coordination() else { return Ok(true) };
-        match coordination.lease_hop(host).await? {
+        match self.coordination.lease_hop(host).await? {
             HopLease::Held { last_start } => {
                 if let Some(ago) = last_start {
                     politeness.handed_over(host, ago);

@@ -236,11 +236,12 @@ impl Backend {
     /// The protocol of a database several daemons share (PostgreSQL):
     /// host leases, hop leases, shared robots.txt, work notifications,
     /// lock waits, queue health. `None` for a database one process owns
-    /// (SQLite), which needs none of it: callers ask here once.
-    pub fn coordination(&self) -> Option<Coordination<'_>> {
-        match self {
+    /// (SQLite), which needs none of it: callers ask here once and keep
+    /// the answer.
+    pub fn coordination(self: &Arc<Self>) -> Option<Coordination> {
+        match &**self {
             Backend::Sqlite(_) => None,
-            Backend::Postgres(pg) => Some(Coordination { backend: self, pg }),
+            Backend::Postgres(_) => Some(Coordination { backend: self.clone() }),
         }
     }
 
@@ -334,17 +335,26 @@ impl Store for Backend {
 /// What a daemon sharing its database with others does besides crawling
 /// ([`Backend::coordination`]). Each call rides out lock waits and outages
 /// as every store call does.
-#[derive(Clone, Copy)]
-pub struct Coordination<'a> {
-    backend: &'a Backend,
-    pg: &'a PgStore,
+#[derive(Clone)]
+pub struct Coordination {
+    /// Always [`Backend::Postgres`]: only [`Backend::coordination`] makes one.
+    backend: Arc<Backend>,
 }
 
-impl Coordination<'_> {
+impl Coordination {
+    fn pg(&self) -> &PgStore {
+        match &*self.backend {
+            Backend::Postgres(pg) => pg,
+            Backend::Sqlite(_) => {
+                unreachable!("Backend::coordination makes a Coordination for PostgreSQL only")
+            }
+        }
+    }
+
     /// The host leases this daemon holds, for workers to check before each
     /// request.
     pub fn host_leases(&self) -> Arc<HostLeases> {
-        self.pg.host_leases()
+        self.pg().host_leases()
     }
 
     /// One round of lease keeping ([`PgStore::keep_leases`]).
@@ -355,14 +365,14 @@ impl Coordination<'_> {
         last_starts: &[(String, Duration)],
         keeping: &[String],
     ) -> Result<LeaseRound, StoreError> {
-        self.backend.ride("keep host leases", |_| self.pg.keep_leases(last_starts, keeping)).await
+        self.backend.ride("keep host leases", |_| self.pg().keep_leases(last_starts, keeping)).await
     }
 
     /// Leases `host` for a redirect hop to it ([`PgStore::lease_hop`]).
     ///
     /// Errors: the database cannot be written.
     pub async fn lease_hop(&self, host: &str) -> Result<HopLease, StoreError> {
-        self.backend.ride("lease a redirect's host", |_| self.pg.lease_hop(host)).await
+        self.backend.ride("lease a redirect's host", |_| self.pg().lease_hop(host)).await
     }
 
     /// The unexpired robots.txt of `origin` another daemon fetched (the
@@ -370,7 +380,7 @@ impl Coordination<'_> {
     ///
     /// Errors: the database cannot be read.
     pub async fn shared_robots_txt(&self, origin: &str) -> Result<Option<SharedRobotsTxt>, StoreError> {
-        self.backend.ride("read a shared robots.txt", |_| self.pg.shared_robots_txt(origin)).await
+        self.backend.ride("read a shared robots.txt", |_| self.pg().shared_robots_txt(origin)).await
     }
 
     /// Shares a robots.txt this daemon fetched with the other daemons
@@ -384,14 +394,14 @@ impl Coordination<'_> {
         body: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let share = |_| self.pg.share_robots_txt(origin, http_status, body, ttl);
+        let share = |_| self.pg().share_robots_txt(origin, http_status, body, ttl);
         self.backend.ride("share a robots.txt", share).await
     }
 
     /// Until `done`, wakes `wake` when another process adds work to the
     /// database ([`PgStore::relay_work_notifications`]).
     pub async fn relay_work_notifications(&self, wake: Arc<Notify>, done: CancellationToken) {
-        self.pg.relay_work_notifications(wake, done).await
+        self.pg().relay_work_notifications(wake, done).await
     }
 
     /// One look for this daemon's statements waiting on another session's
@@ -399,13 +409,13 @@ impl Coordination<'_> {
     ///
     /// Errors: the database cannot be read.
     pub async fn watch_lock_waits(&self) -> Result<(), StoreError> {
-        self.backend.ride("look for lock waits", |_| self.pg.watch_lock_waits()).await
+        self.backend.ride("look for lock waits", |_| self.pg().watch_lock_waits()).await
     }
 
     /// The queue tables' health ([`PgStore::queue_health`]).
     ///
     /// Errors: the engine's statistics cannot be read.
     pub async fn queue_health(&self) -> Result<QueueHealth, StoreError> {
-        self.backend.ride("queue health", |_| self.pg.queue_health()).await
+        self.backend.ride("queue health", |_| self.pg().queue_health()).await
     }
 }
