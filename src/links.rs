@@ -408,12 +408,6 @@ impl Discovery {
         Some(url.into())
     }
 
-    /// Whether `to` is within the crawl's scope (`discovery.scope`) from
-    /// `from`, the page or robots.txt that led to it.
-    pub fn in_scope(&self, from: &Url, to: &Url) -> bool {
-        in_scope(self.config.scope, from, to)
-    }
-
     /// A URL listed in a sitemap judged from `anchor` (the robots.txt that
     /// named the sitemap, or the user's sitemap itself), normalized into a
     /// seed (depth 0), or why it is not crawled: it passes the rules a link

@@ -108,13 +108,9 @@ impl Verdict {
     pub fn refusal(self) -> Option<Refusal> {
         match self {
             Verdict::Allowed { .. } => None,
-            Verdict::Disallowed { robots_url } => Some(Refusal {
-                kind: ErrorKind::RobotsDisallowed,
-                message: format!("disallowed by {robots_url}"),
-                retry_after: None,
-                took: Duration::ZERO,
-                name_not_found: false,
-            }),
+            Verdict::Disallowed { robots_url } => {
+                Some(Refusal::new(ErrorKind::RobotsDisallowed, format!("disallowed by {robots_url}")))
+            }
             // No answer from the host to go by: the attempt fails as the
             // fetch of robots.txt did, and is retried like one.
             Verdict::Unreachable { robots_url, why: Unreachable::Failed(failed), .. } => {
