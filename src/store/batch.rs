@@ -220,7 +220,7 @@ pub(crate) async fn write_batch<W: BatchWrites>(
     let pages: Vec<&Completion> =
         completions.iter().filter(|c| c.has_links() && live.contains(&(c.url_id, c.lease))).collect();
     let (new_urls, dropped_links, reopened) = write_links(engine, &pages, limits).await?;
-    Ok(Committed { applied: live.len() as u64, live, reopened, new_urls, dropped_links })
+    Ok(Committed { live, reopened, new_urls, dropped_links })
 }
 
 /// Records what the live `pages` found: their links enqueued at their
@@ -356,11 +356,12 @@ mod tests {
     /// A stored URL of the fake engine: `(id, depth, state)`.
     type Row = (i64, u32, UrlState);
 
-    /// An engine in memory: it says which leases are live, keeps URLs by
+    /// An engine in memory: it keeps the leases URLs carry, keeps URLs by
     /// name, and notes what it is asked in what order.
     #[derive(Default)]
     struct Fake {
-        live: BTreeSet<(i64, i64)>,
+        /// The lease each in-flight URL carries: `(url_id, lease)`.
+        leases: BTreeSet<(i64, i64)>,
         urls: BTreeMap<String, Row>,
         calls: Vec<&'static str>,
         attempts: Vec<(i64, Outcome, Option<String>, Option<u64>)>,
@@ -390,7 +391,12 @@ mod tests {
         ) -> Result<BTreeSet<(i64, i64)>, ()> {
             assert_eq!(c.len(), changes.len());
             self.calls.push("urls");
-            Ok(self.live.clone())
+            // A completion applies where its URL carries its lease, which
+            // the update then ends.
+            let applied: BTreeSet<(i64, i64)> =
+                c.iter().map(|c| (c.url_id, c.lease)).filter(|l| self.leases.contains(l)).collect();
+            self.leases.retain(|l| !applied.contains(l));
+            Ok(applied)
         }
 
         async fn insert_attempts(&mut self, rows: &[AttemptRow<'_>]) -> Result<(), ()> {
@@ -499,7 +505,7 @@ mod tests {
             completion(3, 30, Next::Requeue(5)),
         ];
         let mut engine = Fake::with_urls(&[("page", (1, 0, UrlState::InFlight))]);
-        engine.live = [(1, 11), (2, 20), (3, 30)].into();
+        engine.leases = [(1, 11), (2, 20), (3, 30)].into();
         let committed = write(&mut engine, &batch, PageLimits::default()).await;
 
         let calls = ["urls", "attempts", "hosts", "page depths", "insert urls", "links"];
@@ -507,15 +513,17 @@ mod tests {
         let outcomes: Vec<(i64, Outcome)> = engine.attempts.iter().map(|a| (a.0, a.1)).collect();
         assert_eq!(outcomes, [(1, Outcome::StaleLease), (1, Outcome::Done), (2, Outcome::Retry)]);
         assert_eq!(engine.edges, [(1, "http://a.test/from-live".to_owned())], "only the live page's links");
-        assert_eq!((committed.applied, committed.new_urls), (3, 1));
+        assert_eq!(committed.live, [(1, 11), (2, 20), (3, 30)].into());
+        assert_eq!(committed.new_urls, 1);
         assert!(committed.took_effect(&batch[1]) && !committed.took_effect(&batch[0]));
+        assert!(engine.leases.is_empty(), "every lease of the batch ended");
     }
 
     #[tokio::test]
     async fn a_live_304_inherits_the_urls_content_and_a_stale_one_nothing() {
         let mut batch = [completion(1, 10, Next::NotModified), completion(2, 20, Next::NotModified)];
         batch[0].record.body_bytes = Some(0);
-        let mut engine = Fake { live: [(1, 10)].into(), ..Default::default() };
+        let mut engine = Fake { leases: [(1, 10)].into(), ..Default::default() };
         let done = |sha: &str| StoredContent {
             body_bytes: Some(5),
             body_sha256: Some(sha.into()),
@@ -535,7 +543,7 @@ mod tests {
     async fn a_page_limit_drops_new_urls_but_never_a_link_to_a_stored_one() {
         let page = (1, 0, UrlState::InFlight);
         let mut engine = Fake::with_urls(&[("page", page), ("stored", (2, 1, UrlState::Done))]);
-        engine.live = [(1, 10)].into();
+        engine.leases = [(1, 10)].into();
         let mut c = completion(1, 10, Next::Done);
         for path in ["stored", "new-a", "new-b"] {
             c = with_link(c, path, 1);
@@ -557,7 +565,7 @@ mod tests {
         // makes it depth 1, where its links count.
         let rows = [("seed", (1, 0, UrlState::InFlight)), ("deep", (2, 2, UrlState::Done))];
         let mut engine = Fake::with_urls(&rows);
-        engine.live = [(1, 10)].into();
+        engine.leases = [(1, 10)].into();
         let limits = PageLimits { max_depth: 2, ..PageLimits::default() };
         let committed =
             write(&mut engine, &[with_link(completion(1, 10, Next::Done), "deep", 1)], limits).await;

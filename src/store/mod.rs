@@ -189,8 +189,6 @@ pub struct PageLimits {
 /// What committing a batch of completions did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Committed {
-    /// Completions applied (the rest were stale).
-    pub applied: u64,
     /// The (URL id, lease) of each completion applied: a stale one (its URL
     /// was taken back, or leased again, meanwhile) changed no URL's state.
     pub live: BTreeSet<(i64, i64)>,
@@ -206,6 +204,11 @@ pub struct Committed {
 }
 
 impl Committed {
+    /// How many completions took effect (the rest were stale).
+    pub fn applied(&self) -> u64 {
+        self.live.len() as u64
+    }
+
     /// Whether `completion` took effect: its URL moved to the state it says.
     pub fn took_effect(&self, completion: &Completion) -> bool {
         self.live.contains(&(completion.url_id, completion.lease))

@@ -266,7 +266,7 @@ async fn a_claim_or_commit_tried_again_after_its_answer_was_lost_strands_and_dou
         })
         .collect();
     let limits = PageLimits { total: None, per_host: None, max_depth: 3 };
-    assert_eq!(store.complete(&completions, limits).await.unwrap().applied, 3);
+    assert_eq!(store.complete(&completions, limits).await.unwrap().applied(), 3);
     // The first try committed; its answer never came.
     store.complete_again(&completions, limits, true).await.unwrap();
     let mut db = PgConnection::connect(&pg.url).await.unwrap();

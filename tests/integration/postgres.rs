@@ -471,10 +471,10 @@ async fn a_late_completion_on_postgres_is_kept_as_stale_lease_and_changes_nothin
     assert_ne!(second.lease, first.lease, "a new lease token");
 
     let done = |job: &Job| crate::store::done(job, job.lease);
-    assert_eq!(store.complete(&[done(&first)], PageLimits::default()).await.unwrap().applied, 0);
+    assert_eq!(store.complete(&[done(&first)], PageLimits::default()).await.unwrap().applied(), 0);
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.in_flight, counts.done), (1, 0), "the late completion changed nothing");
-    assert_eq!(store.complete(&[done(&second)], PageLimits::default()).await.unwrap().applied, 1);
+    assert_eq!(store.complete(&[done(&second)], PageLimits::default()).await.unwrap().applied(), 1);
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.in_flight, counts.done), (0, 1));
 
@@ -737,7 +737,7 @@ async fn a_stale_and_a_live_completion_of_one_url_in_one_batch_are_told_apart() 
     let committed = store
         .complete(&[report(&first, "from-stale"), report(&second, "from-live")], PageLimits::default())
         .await;
-    assert_eq!(committed.unwrap().applied, 1);
+    assert_eq!(committed.unwrap().applied(), 1);
 
     let mut db = PgConnection::connect(&pg.url).await.unwrap();
     let outcomes: Vec<String> =

@@ -57,12 +57,15 @@ async fn a_completion_with_a_stale_lease_changes_nothing() {
     assert_ne!(second.lease, first.lease);
 
     // The first claim's completion arrives late: ignored.
-    assert_eq!(store.complete(&[done(&first, first.lease)], PageLimits::default()).await.unwrap().applied, 0);
+    assert_eq!(
+        store.complete(&[done(&first, first.lease)], PageLimits::default()).await.unwrap().applied(),
+        0
+    );
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.in_flight, counts.done, counts.queued), (1, 0, 1));
 
     assert_eq!(
-        store.complete(&[done(&second, second.lease)], PageLimits::default()).await.unwrap().applied,
+        store.complete(&[done(&second, second.lease)], PageLimits::default()).await.unwrap().applied(),
         1
     );
     let counts = store.counts().await.unwrap();
@@ -278,7 +281,7 @@ async fn a_stale_completion_in_the_same_batch_as_the_live_one_adds_no_links() {
         ..done(job, job.lease)
     };
     let batch = [with_link(&first, "from-stale"), with_link(&second, "from-live")];
-    assert_eq!(store.complete(&batch, PageLimits::default()).await.unwrap().applied, 1);
+    assert_eq!(store.complete(&batch, PageLimits::default()).await.unwrap().applied(), 1);
     let urls = crate::util::strings(&config.store.path, "SELECT url FROM urls ORDER BY id").await;
     assert_eq!(urls, ["http://127.0.0.1/page", "http://127.0.0.1/from-live"]);
     // Both requests were made: the late one is kept, and changed nothing.
@@ -309,7 +312,7 @@ async fn hops_of_a_stale_and_a_live_attempt_in_one_batch_name_their_own_attempts
         c
     };
     let batch = [via(&first, "stale-hop"), via(&second, "live-hop")];
-    assert_eq!(store.complete(&batch, PageLimits::default()).await.unwrap().applied, 1);
+    assert_eq!(store.complete(&batch, PageLimits::default()).await.unwrap().applied(), 1);
 
     let path = &config.store.path;
     let hops = "SELECT a.outcome || ' ' || h.url FROM redirect_hops h JOIN attempts a ON a.id = h.attempt_id
@@ -351,7 +354,7 @@ async fn a_batch_reports_completions_that_took_effect_and_urls_queued_again() {
         let late = done(&flying_deep, flying_deep.lease);
         let committed = store.complete(std::slice::from_ref(&late), limits).await.unwrap();
         assert!(!committed.took_effect(&late), "flying-deep was taken back: its completion is stale");
-        assert_eq!(committed.applied, 0);
+        assert_eq!(committed.applied(), 0);
         let counts = store.counts().await.unwrap();
         assert_eq!((counts.done, counts.queued, counts.in_flight), (1, 2, 0));
         store.close().await;
