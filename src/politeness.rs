@@ -289,15 +289,19 @@ impl Politeness {
     /// reservation stays taken, which only spaces later requests more).
     pub async fn wait_turn(&self, host: &str) -> Instant {
         let mut at = self.reserve(host, Instant::now());
-        let cuts = self.cuts(host);
-        loop {
-            let cut = cuts.notified();
-            tokio::pin!(cut);
-            cut.as_mut().enable();
-            tokio::select! {
-                _ = tokio::time::sleep_until(at) => break,
-                // A backoff that held this turn back may have been cut.
-                _ = cut => at = self.reserve_earlier(host, at, Instant::now()),
+        // A turn that is due needs no watch for cuts (most requests, with
+        // no delay to keep): no second look at the host's state.
+        if at > Instant::now() {
+            let cuts = self.cuts(host);
+            loop {
+                let cut = cuts.notified();
+                tokio::pin!(cut);
+                cut.as_mut().enable();
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => break,
+                    // A backoff that held this turn back may have been cut.
+                    _ = cut => at = self.reserve_earlier(host, at, Instant::now()),
+                }
             }
         }
         loop {
