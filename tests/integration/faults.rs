@@ -61,15 +61,7 @@ async fn healthz_and_the_watchdog_tell_a_lock_wait_from_a_stall() {
             "[store]\nbusy_warning = \"1s\"\n",
             &[("WATCHDOG_USEC", "2000000")],
         );
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let healthz = || {
-            let (http, url) = (http.clone(), format!("http://{}/healthz", daemon.admin));
-            async move {
-                let response = http.get(url).send().await.unwrap();
-                (response.status().as_u16(), response.text().await.unwrap())
-            }
-        };
-        assert_eq!(healthz().await.0, 200);
+        assert_eq!(daemon.healthz().await.0, 200);
         // Idle by design (nothing queued): the watchdog is still fed.
         assert!(daemon.next_message().contains("WATCHDOG=1"));
         assert!(daemon.next_message().contains("WATCHDOG=1"));
@@ -78,7 +70,7 @@ async fn healthz_and_the_watchdog_tell_a_lock_wait_from_a_stall() {
         // even with nothing to fetch; add work too.
         daemon.enqueue(&[server.url("/ok/before"), server.url("/ok/during")]);
         let lock = engine.hold_write_lock(&daemon.db).await;
-        let health = healthz_until(&healthz, 503).await;
+        let health = daemon.healthz_until("503", |status, _| status == 503).await;
         assert!(health.contains("blocked by another process's lock"), "{health}");
         if let HeldLock::Postgres(_, pid) = &lock {
             // The warning names the session to end, if it must be.
@@ -91,7 +83,7 @@ async fn healthz_and_the_watchdog_tell_a_lock_wait_from_a_stall() {
         assert!(daemon.next_message().contains("WATCHDOG=1"));
 
         lock.release().await;
-        healthz_until(&healthz, 200).await;
+        daemon.healthz_until("200", |status, _| status == 200).await;
         daemon.stderr.wait_for("database writable again after").await;
         let db = engine.reading(&daemon.db);
         eventually("the URLs to be fetched", Duration::from_secs(10), async || server.hits().len() == 2)
@@ -99,16 +91,6 @@ async fn healthz_and_the_watchdog_tell_a_lock_wait_from_a_stall() {
         daemon.stop();
         assert_eq!(count_in(&db, "SELECT count(*) FROM results WHERE state = 'done'").await, 2);
     }
-}
-
-/// Waits until `/healthz` answers `status` (10 s at most) and returns the
-/// body.
-async fn healthz_until<F: Future<Output = (u16, String)>>(healthz: &impl Fn() -> F, status: u16) -> String {
-    eventually(&format!("/healthz to answer {status}"), Duration::from_secs(10), async || {
-        let (got, body) = healthz().await;
-        if got == status { Ok(body) } else { Err(format!("{got} {body}")) }
-    })
-    .await
 }
 
 #[tokio::test]

@@ -43,23 +43,6 @@ async fn end_sessions_of(url: &str, pid: u32) -> i64 {
     ended
 }
 
-/// `/healthz` of `daemon`: its status and text.
-async fn healthz(daemon: &Daemon) -> (u16, String) {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let response = http.get(format!("http://{}/healthz", daemon.admin)).send().await.unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
-/// Waits until the answer of `daemon`'s `/healthz` is `expected` (which
-/// `holds` tells; 20 s at most) and returns its text.
-async fn healthz_until(daemon: &Daemon, expected: &str, holds: impl Fn(u16, &str) -> bool) -> String {
-    eventually(&format!("/healthz to answer {expected}"), Duration::from_secs(20), async || {
-        let (status, text) = healthz(daemon).await;
-        if holds(status, &text) { Ok(text) } else { Err(format!("it stayed {status}: {text}")) }
-    })
-    .await
-}
-
 /// Attempts recorded per URL (any outcome, `stale_lease` included) in
 /// `url`'s database, for URLs with any.
 async fn attempts_per_url(url: &str) -> BTreeMap<String, i64> {
@@ -143,7 +126,7 @@ async fn a_daemon_rides_out_ended_sessions_and_a_database_refusing_connections_a
     // the daemon's leases: /healthz says why meanwhile, and so does the log.
     pg.allow_connections(false).await;
     let unreachable_5_s = |status, text: &str| status == 503 && text.contains("for 5 s");
-    let health = healthz_until(&daemon, "503 for 5 s", unreachable_5_s).await;
+    let health = daemon.healthz_until("503 for 5 s", unreachable_5_s).await;
     assert!(health.contains("database unreachable for 5 s"), "{health}");
     assert!(health.contains("not currently accepting connections"), "{health}");
     // Blips (a session ended, its operation through at the next try) are
@@ -153,7 +136,7 @@ async fn a_daemon_rides_out_ended_sessions_and_a_database_refusing_connections_a
     assert!(!log.contains("database unreachable for 0 s"), "{log}");
     assert!(daemon.child.try_wait().unwrap().is_none(), "exited:\n{}", daemon.stderr.text());
     pg.allow_connections(true).await;
-    healthz_until(&daemon, "200", |status, _| status == 200).await;
+    daemon.healthz_until("200", |status, _| status == 200).await;
     daemon.stderr.wait_for("database reachable again after").await;
 
     let total = urls.len() as i64;
@@ -355,7 +338,7 @@ async fn a_write_of_its_own_that_hangs_is_named_and_stops_the_watchdog() {
 
     let log = wait_for_log(&daemon, "a write of this process's own that is still running").await;
     assert!(log.contains("held by this daemon's own session"), "{log}");
-    let health = healthz_until(&daemon, "503", |status, _| status == 503).await;
+    let health = daemon.healthz_until("503", |status, _| status == 503).await;
     assert!(health.contains("write of this process's own"), "{health}");
     // Not excused: the silent loop stops WATCHDOG=1, so systemd restarts it.
     eventually("the watchdog to stop", Duration::from_secs(15), async || {

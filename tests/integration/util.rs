@@ -537,6 +537,23 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// `/healthz` of the daemon: its status and text.
+    pub async fn healthz(&self) -> (u16, String) {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let response = http.get(format!("http://{}/healthz", self.admin)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// Waits until the answer of the daemon's `/healthz` is `expected`
+    /// (which `holds` tells; 20 s at most) and returns its text.
+    pub async fn healthz_until(&self, expected: &str, holds: impl Fn(u16, &str) -> bool) -> String {
+        eventually(&format!("/healthz to answer {expected}"), Duration::from_secs(20), async || {
+            let (status, text) = self.healthz().await;
+            if holds(status, &text) { Ok(text) } else { Err(format!("it stayed {status}: {text}")) }
+        })
+        .await
+    }
+
     /// Starts the service with `toml` as its config file and waits for `READY=1`.
     pub fn start(dir: &Path, toml: &str) -> Self {
         Self::start_with_env(dir, toml, &[])
