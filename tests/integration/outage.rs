@@ -382,9 +382,15 @@ async fn a_slow_write_of_its_own_on_sqlite_is_not_called_another_writer_s_lock()
     }
     let urls: Vec<String> = (0..20).map(|i| server.url(&format!("/ok/{i}"))).collect();
     daemon.enqueue(&urls);
-    let log = wait_for_log(&daemon, "a write of this process's own that is still running").await;
+    wait_for_log(&daemon, "a write of this process's own that is still running").await;
+    // Once the slow write is over, every result is written; at no moment
+    // was the wait called another writer's lock.
+    eventually("every result written", Duration::from_secs(60), async || {
+        crate::util::scalar(&daemon.db, "SELECT count(*) FROM urls WHERE state = 'done'").await
+            == urls.len() as i64
+    })
+    .await;
+    let log = daemon.stderr.text();
     assert!(!log.contains("locked by another writer"), "{log}");
-    eventually("the crawl to go on", Duration::from_secs(60), async || server.hits().len() == urls.len())
-        .await;
     daemon.stop();
 }
