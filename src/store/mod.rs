@@ -13,6 +13,7 @@
 
 mod backend;
 mod batch;
+mod claims;
 mod faults;
 mod leases;
 pub mod postgres;

@@ -34,7 +34,7 @@
 //! store is open, so a second crawler on the same file is refused; the lock is
 //! released by the kernel when the process dies, even by `kill -9`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -49,6 +49,7 @@ use sqlx::sqlite::{
 use sqlx::{Arguments, Connection, QueryBuilder, Row, Sqlite};
 
 use super::batch::{self, AttemptRow, BatchWrites, ContentColumns, Lowered, Shorter, StoredContent, stored};
+use super::claims::Claims;
 use super::faults::{Kind, sqlite_kind};
 use super::rules::{self, DroppedRow, UrlChange, duration_ms, rfc3339, rfc3339_from_ms, to_i64};
 use super::{
@@ -61,15 +62,16 @@ use crate::job::{Completion, ErrorKind, Hop, Job, NewUrl, Revisit, UrlState, Val
 
 static MIGRATOR: Migrator = sqlx::migrate!();
 
-/// A claim: the URLs whose ids `$ids` selects go in flight under lease `?1`
-/// at `?2` (Unix ms), returning what a [`Job`] is read from, in this order.
-/// Both forms of the claim are written through it, so they cannot drift.
+/// A claim's query: the URLs whose ids `$ids` selects, as a [`Job`] is
+/// read from them, in this order. Both forms of the claim are written
+/// through it, so they cannot drift.
 macro_rules! claim_sql {
     ($ids:literal) => {
         concat!(
-            "UPDATE urls SET state = 'in_flight', lease = ?1, leased_at_ms = ?2 WHERE id IN (",
+            "SELECT id, url, attempts - attempts_before, depth, host, etag, last_modified, body_sha256, recrawl_interval_ms
+             FROM urls WHERE id IN (",
             $ids,
-            ") RETURNING id, url, attempts - attempts_before, depth, host, etag, last_modified, body_sha256, recrawl_interval_ms"
+            ")"
         )
     };
 }
@@ -130,13 +132,12 @@ where
 /// Read connections of the crawl's own pool (producer, gauges, API).
 const READ_CONNECTIONS: u32 = 4;
 
-/// Rows a write statement (a claim's `RETURNING`) may stream back before
-/// SQLite's thread waits for the caller to take them. sqlx's default, 50,
-/// made a claim of a few hundred URLs stop and wake across threads every 50
-/// rows. Write statements return small rows (ids, URLs), so a claim's
-/// worth costs little; the read pool keeps the default, as an export's rows
-/// may carry bodies.
-const WRITE_ROW_BUFFER: usize = 2_048;
+/// Rows a statement of the crawl's own pools (a claim's query) may stream
+/// back before SQLite's thread waits for the caller to take them. sqlx's
+/// default, 50, made a claim of a few hundred URLs stop and wake across
+/// threads every 50 rows. These pools' rows are small (ids, URLs, counts;
+/// a body is read alone, by `body`), so a claim's worth costs little.
+const ROW_BUFFER: usize = 2_048;
 
 /// How long a reader waits for a lock (readers are only blocked by WAL
 /// recovery or a checkpoint that truncates, and briefly).
@@ -229,6 +230,14 @@ pub struct SqliteStore {
     /// Held open for the store's lifetime: dropping it releases the lock.
     /// `None` for a store opened with [`SqliteStore::open_shared`].
     _lock: Option<File>,
+    /// The URLs this crawler holds in flight: their rows stay `queued`
+    /// (`store/claims.rs`).
+    claims: Claims,
+    /// Taken by every write that reads or settles [`Self::claims`]
+    /// (completions, a host's next work time after a claim, requeues), so
+    /// that none reads the claims between another's commit and its
+    /// settling of them.
+    claim_writes: tokio::sync::Mutex<()>,
 }
 
 impl SqliteStore {
@@ -273,7 +282,14 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db_at("open read-only", path))?;
-        Ok(Self { write: read.clone(), read, watch: Watch::default(), _lock: None })
+        Ok(Self {
+            write: read.clone(),
+            read,
+            watch: Watch::default(),
+            _lock: None,
+            claims: Claims::default(),
+            claim_writes: Default::default(),
+        })
     }
 
     /// The `results` view's rows matching `filter`, in `url_id` order, as a
@@ -404,8 +420,8 @@ impl SqliteStore {
             // too, which costs a reconnect after an error but no round trip
             // after every commit.
             .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
-            .connect_lazy_with(options.clone().create_if_missing(true).row_buffer_size(WRITE_ROW_BUFFER));
-        let read_options = options.read_only(true).busy_timeout(BUSY_TIMEOUT);
+            .connect_lazy_with(options.clone().create_if_missing(true).row_buffer_size(ROW_BUFFER));
+        let read_options = options.read_only(true).busy_timeout(BUSY_TIMEOUT).row_buffer_size(ROW_BUFFER);
         let store = Self {
             // Every read connection is opened now and kept: the database's
             // descriptors are all taken at start, so running out of them
@@ -420,6 +436,8 @@ impl SqliteStore {
             write,
             watch: Watch::new(config.busy_warning, config.outage_grace(Duration::ZERO)),
             _lock: lock,
+            claims: Claims::default(),
+            claim_writes: tokio::sync::Mutex::new(()),
         };
         // Opening sets WAL mode and migrating writes: both may have to wait
         // for another process's lock, like any write.
@@ -487,14 +505,30 @@ impl SqliteStore {
         self.watch.waits.clone()
     }
 
-    /// When the oldest claim still in flight was taken (Unix ms), if any.
-    ///
-    /// Errors: the read failed.
+    /// When the oldest claim still in flight was taken (Unix ms), if any:
+    /// claims are this process's memory, so this cannot fail.
     pub async fn oldest_lease_ms(&self) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar("SELECT min(leased_at_ms) FROM urls WHERE state = 'in_flight'")
-            .fetch_one(&self.read)
-            .await
-            .map_err(db("oldest lease"))
+        Ok(self.claims.oldest_ms())
+    }
+
+    /// Records a claim of `n` URLs (`claims_held`, so that a crash is
+    /// known at the next start) and moves each of the `dry` hosts' next
+    /// work time to its soonest queued URL not held: the claim took every
+    /// due URL they had. One transaction.
+    async fn count_claims(&self, n: i64, dry: &[&str]) -> Result<(), StoreError> {
+        let dry_json = json_array(dry);
+        self.writing("record a claim", || async {
+            let _settling = self.claim_writes.lock().await;
+            let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
+            if n > 0 {
+                add_claims_held(&mut tx, n).await?;
+            }
+            if !dry.is_empty() {
+                work_at_next_unheld(&mut tx, &dry_json, &self.claims.ids_on(dry)).await?;
+            }
+            tx.commit().await.map_err(db("commit claim"))
+        })
+        .await
     }
 
     /// Closes both pools. The owner of the database (a store opened with
@@ -735,78 +769,91 @@ impl Store for SqliteStore {
     }
 
     async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Claim, StoreError> {
-        self.writing("claim", move || async move {
-            let lease: i64 = rand::random();
-            let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-            let rows = match picks {
-                // One host (one fast site, or a trickle): its due URLs
-                // straight from `urls_host_due`, without the ranking below,
-                // whose temporary tables cost more than the claim itself
-                // (SQLite has no LIMIT that refers to the outer row).
-                [(host, n)] => sqlx::query(claim_sql!(
-                    "SELECT id FROM urls
-                     WHERE host = ?3 AND state = 'queued' AND not_before_ms <= ?2
-                     ORDER BY not_before_ms, id LIMIT ?4"
-                ))
-                .bind(lease)
-                .bind(now_ms)
-                .bind(host)
-                .bind(n),
-                // One statement for every picked host: each host's due URLs
-                // are looked up through `urls_host_due` (at most the largest
-                // pick per host), ranked, and cut to that host's own count.
-                _ => sqlx::query(claim_sql!(
-                    "SELECT id FROM (
-                         SELECT u.id, p.value ->> 1 AS n,
-                                row_number() OVER (PARTITION BY p.key ORDER BY u.not_before_ms, u.id) AS rank
-                         FROM json_each(?3) AS p
-                         JOIN urls AS u ON u.id IN (
-                             SELECT id FROM urls
-                             WHERE host = p.value ->> 0 AND state = 'queued' AND not_before_ms <= ?2
-                             ORDER BY not_before_ms, id LIMIT ?4))
-                     WHERE rank <= n"
-                ))
-                .bind(lease)
-                .bind(now_ms)
-                .bind(json_array(picks))
-                .bind(picks.iter().map(|(_, n)| *n).max().unwrap_or(0)),
-            }
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("claim"))?;
-            let mut jobs: Vec<Job> = rows
-                .into_iter()
-                .map(|row| Job {
-                    url_id: row.get(0),
-                    url: row.get(1),
-                    attempt: row.get::<u32, _>(2) + 1,
-                    depth: row.get(3),
-                    host: row.get(4),
-                    lease,
-                    revisit: Revisit {
-                        validators: Validators { etag: row.get(5), last_modified: row.get(6) },
-                        body_sha256: row.get(7),
-                        recrawl_interval_ms: row.get(8),
-                    },
-                })
-                .collect();
-            // Across hosts too, the URLs queued first go first.
-            jobs.sort_unstable_by_key(|job| job.url_id);
-            let hosts: Vec<&String> = picks.iter().map(|(host, _)| host).collect();
-            sqlx::query(
-                "UPDATE hosts SET work_at_ms = coalesce(
-                     (SELECT min(not_before_ms) FROM urls WHERE urls.host = hosts.host AND urls.state = 'queued'),
-                     9223372036854775807)
-                 WHERE host IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(json_array(&hosts))
-            .execute(&mut *tx)
-            .await
-            .map_err(db("update hosts after claim"))?;
-            tx.commit().await.map_err(db("commit claim"))?;
-            Ok(Claim { jobs, handed_over: Vec::new() })
-        })
+        // A claim writes nothing to `urls`: it is held in memory
+        // (`store/claims.rs`), and the query leaves out the URLs held. The
+        // list is read before the query starts its snapshot, so a URL
+        // whose completion commits meanwhile is either in the list or no
+        // longer queued in the query's view.
+        let hosts: Vec<&str> = picks.iter().map(|(host, _)| host.as_str()).collect();
+        let held = json_array(&self.claims.ids_on(&hosts));
+        let rows = match picks {
+            // One host (one fast site, or a trickle): its due URLs
+            // straight from `urls_host_due`, without the ranking below,
+            // whose temporary tables cost more than the claim itself
+            // (SQLite has no LIMIT that refers to the outer row).
+            [(host, n)] => sqlx::query(claim_sql!(
+                "SELECT id FROM urls
+                 WHERE host = ?2 AND state = 'queued' AND not_before_ms <= ?1
+                   AND id NOT IN (SELECT value FROM json_each(?4))
+                 ORDER BY not_before_ms, id LIMIT ?3"
+            ))
+            .bind(now_ms)
+            .bind(host)
+            .bind(n),
+            // One statement for every picked host: each host's due URLs
+            // are looked up through `urls_host_due` (at most the largest
+            // pick per host), ranked, and cut to that host's own count.
+            _ => sqlx::query(claim_sql!(
+                "SELECT id FROM (
+                     SELECT u.id, p.value ->> 1 AS n,
+                            row_number() OVER (PARTITION BY p.key ORDER BY u.not_before_ms, u.id) AS rank
+                     FROM json_each(?2) AS p
+                     JOIN urls AS u ON u.id IN (
+                         SELECT id FROM urls
+                         WHERE host = p.value ->> 0 AND state = 'queued' AND not_before_ms <= ?1
+                           AND id NOT IN (SELECT value FROM json_each(?4))
+                         ORDER BY not_before_ms, id LIMIT ?3))
+                 WHERE rank <= n"
+            ))
+            .bind(now_ms)
+            .bind(json_array(picks))
+            .bind(picks.iter().map(|(_, n)| *n).max().unwrap_or(0)),
+        }
+        .bind(held)
+        .fetch_all(&self.read)
         .await
+        .map_err(db("claim"))?;
+        let lease: i64 = rand::random();
+        let mut jobs: Vec<Job> = rows
+            .into_iter()
+            .map(|row| Job {
+                url_id: row.get(0),
+                url: row.get(1),
+                attempt: row.get::<u32, _>(2) + 1,
+                depth: row.get(3),
+                host: row.get(4),
+                lease,
+                revisit: Revisit {
+                    validators: Validators { etag: row.get(5), last_modified: row.get(6) },
+                    body_sha256: row.get(7),
+                    recrawl_interval_ms: row.get(8),
+                },
+            })
+            .collect();
+        // Across hosts too, the URLs queued first go first.
+        jobs.sort_unstable_by_key(|job| job.url_id);
+        self.claims.hold(&jobs, now_ms);
+        // A host that had fewer due URLs than picked has none left to
+        // claim: its next work is its next URL not held. The others still
+        // have work now, and their rows stay as they are.
+        let mut taken: HashMap<&str, u32> = HashMap::new();
+        for job in &jobs {
+            *taken.entry(job.host.as_str()).or_default() += 1;
+        }
+        let dry: Vec<&str> = picks
+            .iter()
+            .filter(|(host, n)| taken.get(host.as_str()).copied().unwrap_or(0) < *n)
+            .map(|(host, _)| host.as_str())
+            .collect();
+        if jobs.is_empty() && dry.is_empty() {
+            return Ok(Claim::default());
+        }
+        if let Err(e) = self.count_claims(jobs.len() as i64, &dry).await {
+            let ids: Vec<i64> = jobs.iter().map(|job| job.url_id).collect();
+            self.claims.settle(&BTreeSet::new(), &ids);
+            return Err(e);
+        }
+        Ok(Claim { jobs, handed_over: Vec::new() })
     }
 
     async fn complete(
@@ -815,10 +862,18 @@ impl Store for SqliteStore {
         limits: PageLimits,
     ) -> Result<Committed, StoreError> {
         self.writing("record results", move || async move {
+            let _settling = self.claim_writes.lock().await;
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-            let committed =
-                batch::write_batch(&mut SqliteBatch(&mut tx), completions, limits, SystemTime::now()).await?;
+            let mut batch = SqliteBatch { tx: &mut tx, claims: &self.claims, revoked: Vec::new() };
+            let committed = batch::write_batch(&mut batch, completions, limits, SystemTime::now()).await?;
+            let mut revoked = batch.revoked;
+            revoked.retain(|id| !committed.live.iter().any(|(url_id, _)| url_id == id));
+            let let_go = committed.live.len() + revoked.len();
+            if let_go > 0 {
+                add_claims_held(&mut tx, -(let_go as i64)).await?;
+            }
             tx.commit().await.map_err(db("commit results"))?;
+            self.claims.settle(&committed.live, &revoked);
             Ok(committed)
         })
         .await
@@ -826,31 +881,68 @@ impl Store for SqliteStore {
 
     async fn requeue_abandoned(&self) -> Result<u64, StoreError> {
         self.writing("requeue in-flight URLs", move || async move {
+            let _settling = self.claim_writes.lock().await;
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-            sqlx::query(
-                "UPDATE hosts SET work_at_ms = 0
-                 WHERE host IN (SELECT DISTINCT host FROM urls WHERE state = 'in_flight')",
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(db("requeue hosts"))?;
-            let result = sqlx::query(
+            // Rows left in flight by a trawler that wrote its claims to the
+            // database (schema 8 and before).
+            let legacy = sqlx::query(
                 "UPDATE urls SET state = 'queued', lease = NULL, leased_at_ms = NULL
                  WHERE state = 'in_flight'",
             )
             .execute(&mut *tx)
             .await
-            .map_err(db("requeue in-flight URLs"))?;
+            .map_err(db("requeue in-flight URLs"))?
+            .rows_affected();
+            let held: i64 = sqlx::query_scalar("SELECT urls FROM claims_held")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("count claims held"))?;
+            if held > 0 || legacy > 0 {
+                // Claims that were never let go of (a crash): their URLs
+                // are queued, but a claim that took a host's last due URLs
+                // left the host with no work. Each host's next work is its
+                // soonest queued URL.
+                sqlx::query(
+                    "UPDATE hosts SET work_at_ms = (SELECT min(not_before_ms) FROM urls
+                                                    WHERE urls.host = hosts.host AND urls.state = 'queued')
+                     WHERE work_at_ms > (SELECT coalesce(min(not_before_ms), 9223372036854775807) FROM urls
+                                         WHERE urls.host = hosts.host AND urls.state = 'queued')",
+                )
+                .execute(&mut *tx)
+                .await
+                .map_err(db("requeue hosts"))?;
+                sqlx::query("UPDATE claims_held SET urls = 0")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("count claims held"))?;
+            }
             tx.commit().await.map_err(db("commit requeue"))?;
-            Ok(result.rows_affected())
+            self.claims.clear();
+            Ok(legacy + u64::try_from(held).unwrap_or(0))
         })
         .await
     }
 
     async fn release(&self, _last_starts: &[(String, Duration)]) -> Result<u64, StoreError> {
         // The owner is the only crawler: what is in flight is its own, and
-        // no other crawler takes its hosts over.
-        self.requeue_abandoned().await
+        // no other crawler takes its hosts over. Its claims' rows are
+        // queued already; their hosts have work again.
+        self.writing("release claims", move || async move {
+            let _settling = self.claim_writes.lock().await;
+            let hosts: BTreeSet<String> = self.claims.hosts();
+            let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
+            if !hosts.is_empty() {
+                work_at_next_unheld(&mut tx, &json_array(&hosts), &[]).await?;
+            }
+            sqlx::query("UPDATE claims_held SET urls = 0")
+                .execute(&mut *tx)
+                .await
+                .map_err(db("count claims held"))?;
+            tx.commit().await.map_err(db("commit release"))?;
+            Ok(self.claims.clear())
+        })
+        .await
     }
 
     async fn next_ready(&self) -> Result<Option<i64>, StoreError> {
@@ -888,6 +980,11 @@ impl Store for SqliteStore {
                 None => {}
             }
         }
+        // Claims are held in memory: their rows are queued in the
+        // database (another process's `trawler stats` counts them so).
+        let held = self.claims.len();
+        counts.queued = counts.queued.saturating_sub(held);
+        counts.in_flight += held;
         let invalid: i64 = sqlx::query_scalar("SELECT count(*) FROM input_errors")
             .fetch_one(&self.read)
             .await
@@ -993,8 +1090,49 @@ impl Store for SqliteStore {
     }
 }
 
-/// [`BatchWrites`] on an SQLite write transaction.
-struct SqliteBatch<'t, 'c>(&'t mut sqlx::Transaction<'c, Sqlite>);
+/// Adds `n` (negative: takes away) to the URLs held in flight that
+/// `claims_held` counts.
+async fn add_claims_held(tx: &mut sqlx::Transaction<'_, Sqlite>, n: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE claims_held SET urls = max(urls + ?1, 0)")
+        .bind(n)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("count claims held"))?;
+    Ok(())
+}
+
+/// Sets each host of `hosts_json` (a JSON array) to have work when its
+/// soonest queued URL not in `held` is due (`hosts.work_at_ms`): never,
+/// without one.
+async fn work_at_next_unheld(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    hosts_json: &str,
+    held: &[i64],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE hosts SET work_at_ms = coalesce(
+             (SELECT min(not_before_ms) FROM urls
+              WHERE urls.host = hosts.host AND urls.state = 'queued'
+                AND urls.id NOT IN (SELECT value FROM json_each(?2))),
+             9223372036854775807)
+         WHERE host IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(hosts_json)
+    .bind(json_array(held))
+    .execute(&mut **tx)
+    .await
+    .map_err(db("update hosts after claim"))?;
+    Ok(())
+}
+
+/// [`BatchWrites`] on an SQLite write transaction: which completions are
+/// live is `claims`' to say; `revoked` collects the claims the batch takes
+/// back (pages to fetch again at a lower depth), let go of once it commits.
+struct SqliteBatch<'t, 'c> {
+    tx: &'t mut sqlx::Transaction<'c, Sqlite>,
+    claims: &'t Claims,
+    revoked: Vec<i64>,
+}
 
 impl BatchWrites for SqliteBatch<'_, '_> {
     type Error = StoreError;
@@ -1004,12 +1142,16 @@ impl BatchWrites for SqliteBatch<'_, '_> {
         completions: &[Completion],
         changes: &[UrlChange],
     ) -> Result<BTreeSet<(i64, i64)>, StoreError> {
-        // Read before the updates clear the leases: SQLite's RETURNING
-        // cannot name the lease a row had.
-        let live = live_completions(self.0, completions).await?;
-        let rows: Vec<(&Completion, &UrlChange)> = completions.iter().zip(changes).collect();
+        // Live: the claim is still held, under the completion's lease.
+        let live: BTreeSet<(i64, i64)> = completions
+            .iter()
+            .filter(|c| self.claims.is_live(c.url_id, c.lease))
+            .map(|c| (c.url_id, c.lease))
+            .collect();
+        let rows: Vec<(&Completion, &UrlChange)> =
+            completions.iter().zip(changes).filter(|(c, _)| live.contains(&(c.url_id, c.lease))).collect();
         for chunk in statement_chunks(&rows) {
-            update_urls(self.0, chunk).await?;
+            update_urls(self.tx, chunk).await?;
         }
         Ok(live)
     }
@@ -1021,7 +1163,7 @@ impl BatchWrites for SqliteBatch<'_, '_> {
                 WHERE outcome = 'done' AND url_id IN (SELECT value FROM json_each(?1)) GROUP BY url_id)",
         )
         .bind(json_array(ids))
-        .fetch_all(&mut **self.0)
+        .fetch_all(&mut **self.tx)
         .await
         .map_err(db("look up confirmed content"))?;
         Ok(rows.into_iter().map(stored).collect())
@@ -1033,7 +1175,7 @@ impl BatchWrites for SqliteBatch<'_, '_> {
         // after the largest, under the write lock the transaction holds.
         let ids: Vec<Option<i64>> = if rows.iter().any(|r| !r.record.hops.is_empty()) {
             let last: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM attempts")
-                .fetch_one(&mut **self.0)
+                .fetch_one(&mut **self.tx)
                 .await
                 .map_err(db("record attempts"))?;
             (1..=rows.len() as i64).map(|n| Some(last + n)).collect()
@@ -1042,19 +1184,19 @@ impl BatchWrites for SqliteBatch<'_, '_> {
         };
         let rows: Vec<(Option<i64>, &AttemptRow)> = ids.iter().copied().zip(rows).collect();
         for chunk in statement_chunks(&rows) {
-            insert_attempts(self.0, chunk).await?;
+            insert_attempts(self.tx, chunk).await?;
         }
-        insert_hops(self.0, &rows).await
+        insert_hops(self.tx, &rows).await
     }
 
     async fn update_hosts(&mut self, changes: &[(&str, i64, i64)]) -> Result<(), StoreError> {
-        update_hosts(self.0, changes).await
+        update_hosts(self.tx, changes).await
     }
 
     async fn page_depths(&mut self, ids: &[i64]) -> Result<BTreeMap<i64, u32>, StoreError> {
         Ok(sqlx::query_as("SELECT id, depth FROM urls WHERE id IN (SELECT value FROM json_each(?1))")
             .bind(json_array(ids))
-            .fetch_all(&mut **self.0)
+            .fetch_all(&mut **self.tx)
             .await
             .map_err(db("look up page depths"))?
             .into_iter()
@@ -1064,7 +1206,7 @@ impl BatchWrites for SqliteBatch<'_, '_> {
     async fn stored_urls(&mut self, urls: &[&str]) -> Result<BTreeSet<String>, StoreError> {
         Ok(sqlx::query_scalar("SELECT url FROM urls WHERE url IN (SELECT value FROM json_each(?1))")
             .bind(json_array(urls))
-            .fetch_all(&mut **self.0)
+            .fetch_all(&mut **self.tx)
             .await
             .map_err(db("look up discovered URLs"))?
             .into_iter()
@@ -1078,7 +1220,7 @@ impl BatchWrites for SqliteBatch<'_, '_> {
     ) -> Result<(i64, BTreeMap<String, i64>), StoreError> {
         let all = match total {
             true => sqlx::query_scalar("SELECT coalesce(sum(urls), 0) FROM hosts")
-                .fetch_one(&mut **self.0)
+                .fetch_one(&mut **self.tx)
                 .await
                 .map_err(db("count URLs"))?,
             false => 0,
@@ -1089,7 +1231,7 @@ impl BatchWrites for SqliteBatch<'_, '_> {
         let per_host =
             sqlx::query_as("SELECT host, urls FROM hosts WHERE host IN (SELECT value FROM json_each(?1))")
                 .bind(json_array(hosts))
-                .fetch_all(&mut **self.0)
+                .fetch_all(&mut **self.tx)
                 .await
                 .map_err(db("count URLs per host"))?
                 .into_iter()
@@ -1098,7 +1240,7 @@ impl BatchWrites for SqliteBatch<'_, '_> {
     }
 
     async fn insert_urls(&mut self, urls: &[NewUrl]) -> Result<u64, StoreError> {
-        insert_urls(self.0, urls).await
+        insert_urls(self.tx, urls).await
     }
 
     async fn shorter_paths(
@@ -1122,16 +1264,27 @@ impl BatchWrites for SqliteBatch<'_, '_> {
              GROUP BY l.id",
         )
         .bind(json_array(candidates))
-        .fetch_all(&mut **self.0)
+        .fetch_all(&mut **self.tx)
         .await
         .map_err(db("find shorter paths"))?;
         Ok(rows
             .into_iter()
-            .map(|(id, depth, via, before, state)| (id, depth, via, before, rules::stored_state(&state)))
+            .map(|(id, depth, via, before, state)| {
+                // A claimed URL's row stays queued: it is being fetched.
+                let state = match rules::stored_state(&state) {
+                    UrlState::Queued if self.claims.holds(id) => UrlState::InFlight,
+                    state => state,
+                };
+                (id, depth, via, before, state)
+            })
             .collect())
     }
 
     async fn lower_depths(&mut self, rows: &[Lowered]) -> Result<(), StoreError> {
+        // A page being fetched at its old depth is fetched again: its
+        // claim goes, so its completion is stale.
+        let claims = self.claims;
+        self.revoked.extend(rows.iter().filter(|r| r.3 && claims.holds(r.0)).map(|r| r.0));
         let rows_json = json_array(rows);
         sqlx::query(
             "WITH v(id, depth, via, refetch) AS (
@@ -1148,7 +1301,7 @@ impl BatchWrites for SqliteBatch<'_, '_> {
              FROM v WHERE urls.id = v.id",
         )
         .bind(rows_json.as_str())
-        .execute(&mut **self.0)
+        .execute(&mut **self.tx)
         .await
         .map_err(db("lower depths"))?;
         if rows.iter().any(|r| r.3) {
@@ -1158,7 +1311,7 @@ impl BatchWrites for SqliteBatch<'_, '_> {
                     WHERE json_extract(value, '$[3]')))",
             )
             .bind(rows_json.as_str())
-            .execute(&mut **self.0)
+            .execute(&mut **self.tx)
             .await
             .map_err(db("wake hosts of refetched pages"))?;
         }
@@ -1173,7 +1326,7 @@ impl BatchWrites for SqliteBatch<'_, '_> {
              JOIN urls AS u ON u.url = json_extract(e.value, '$[1]')",
         )
         .bind(json_array(edges))
-        .execute(&mut **self.0)
+        .execute(&mut **self.tx)
         .await
         .map_err(db("record links"))?;
         Ok(())
@@ -1188,7 +1341,7 @@ impl BatchWrites for SqliteBatch<'_, '_> {
             q.push(
                 " ON CONFLICT (url_id, reason) DO UPDATE SET count = dropped_links.count + excluded.count",
             );
-            q.build().execute(&mut **self.0).await.map_err(db("record dropped links"))?;
+            q.build().execute(&mut **self.tx).await.map_err(db("record dropped links"))?;
         }
         Ok(())
     }
@@ -1269,41 +1422,16 @@ async fn insert_hops(
     Ok(())
 }
 
-/// The (URL id, lease) of the `completions` whose URL still carries their
-/// lease and is in flight: the ones that will take effect. Read before the
-/// batch's updates clear the leases, and by (URL, lease): a batch may hold
-/// a stale and the live completion of one URL.
-async fn live_completions(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    completions: &[Completion],
-) -> Result<BTreeSet<(i64, i64)>, StoreError> {
-    if completions.is_empty() {
-        return Ok(BTreeSet::new());
-    }
-    let ids: Vec<i64> = completions.iter().map(|c| c.url_id).collect();
-    let leases: BTreeSet<(i64, i64)> = sqlx::query_as(
-        "SELECT id, lease FROM urls WHERE id IN (SELECT value FROM json_each(?1)) AND lease IS NOT NULL
-           AND state = 'in_flight'",
-    )
-    .bind(json_array(&ids))
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db("look up leases"))?
-    .into_iter()
-    .collect();
-    Ok(completions.iter().map(|c| (c.url_id, c.lease)).filter(|l| leases.contains(l)).collect())
-}
-
-/// Applies each change to its completion's URL if the URL still carries
-/// the completion's lease and is in flight.
+/// Applies each change to its completion's URL: live completions only,
+/// whose URLs are queued (a claim leaves its row as it was).
 async fn update_urls(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     chunk: &[(&Completion, &UrlChange)],
 ) -> Result<(), StoreError> {
-    const HEAD: &str = "WITH v(url_id, lease, state, attempt, not_before_ms, finished_ms, recrawl_after_ms,
+    const HEAD: &str = "WITH v(url_id, state, attempt, not_before_ms, finished_ms, recrawl_after_ms,
                 done, etag, last_modified, body_sha256, changed_ms, recrawl_interval_ms) AS (VALUES ";
     const TAIL: &str = ") UPDATE urls SET state = v.state, attempts = urls.attempts_before + v.attempt,
-                not_before_ms = v.not_before_ms, lease = NULL, leased_at_ms = NULL,
+                not_before_ms = v.not_before_ms,
                 finished_ms = coalesce(v.finished_ms, urls.finished_ms),
                 recrawl_at_ms = v.finished_ms + v.recrawl_after_ms,
                 etag = CASE WHEN v.done THEN v.etag ELSE urls.etag END,
@@ -1311,12 +1439,11 @@ async fn update_urls(
                 body_sha256 = CASE WHEN v.done THEN v.body_sha256 ELSE urls.body_sha256 END,
                 changed_ms = coalesce(v.changed_ms, urls.changed_ms),
                 recrawl_interval_ms = CASE WHEN v.done THEN v.recrawl_interval_ms ELSE urls.recrawl_interval_ms END
-          FROM v WHERE urls.id = v.url_id AND urls.lease = v.lease AND urls.state = 'in_flight'";
-    static STATEMENT: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 13, TAIL));
+          FROM v WHERE urls.id = v.url_id AND urls.state = 'queued'";
+    static STATEMENT: LazyLock<MultiRow> = LazyLock::new(|| MultiRow::new(HEAD, 12, TAIL));
     let mut args = SqliteArguments::default();
     for (c, change) in chunk {
         add(&mut args, c.url_id)?;
-        add(&mut args, c.lease)?;
         add(&mut args, change.state.as_str())?;
         add(&mut args, change.attempts)?;
         add(&mut args, change.not_before_ms)?;

@@ -146,7 +146,7 @@ async fn pg_columns(db: &mut PgConnection, relation: &str) -> Vec<String> {
 
 /// The public relations (README, "The database"), each with the columns
 /// only PostgreSQL has: what several daemons sharing a crawl need.
-const PUBLIC: [(&str, &[&str]); 11] = [
+const PUBLIC: [(&str, &[&str]); 12] = [
     ("urls", &[]),
     ("hosts", &["lease_owner", "lease_token", "lease_expires_at", "last_start_at"]),
     ("attempts", &["worker"]),
@@ -157,6 +157,7 @@ const PUBLIC: [(&str, &[&str]); 11] = [
     ("bodies", &[]),
     ("results", &[]),
     ("host_politeness", &[]),
+    ("claims_held", &[]),
     ("_sqlx_migrations", &[]),
 ];
 
@@ -263,13 +264,13 @@ async fn postgres_reopens_without_migrating_and_refuses_a_newer_schema() {
     let (a, b, c) =
         tokio::join!(PgStore::open(&pg.url, 1), PgStore::open(&pg.url, 1), PgStore::open(&pg.url, 1));
     for store in [a.unwrap(), b.unwrap(), c.unwrap()] {
-        assert_eq!(store.schema_version().await.unwrap(), 8);
+        assert_eq!(store.schema_version().await.unwrap(), 9);
         store.close().await;
     }
     let mut db = PgConnection::connect(&pg.url).await.unwrap();
     let applied: i64 =
         sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&mut db).await.unwrap();
-    assert_eq!(applied, 4, "versions 5 to 8");
+    assert_eq!(applied, 5, "versions 5 to 9");
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
          VALUES (999999, 'from the future', true, '\\x00', 0)",
@@ -278,7 +279,7 @@ async fn postgres_reopens_without_migrating_and_refuses_a_newer_schema() {
     .await
     .unwrap();
     let err = PgStore::open(&pg.url, 1).await.err().expect("refused");
-    assert!(matches!(err, StoreError::NewerSchema { found: 999999, known: 8, .. }), "{err}");
+    assert!(matches!(err, StoreError::NewerSchema { found: 999999, known: 9, .. }), "{err}");
     assert!(err.to_string().contains("newer than this trawler knows"), "{err}");
 }
 

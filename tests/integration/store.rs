@@ -80,6 +80,43 @@ async fn a_completion_with_a_stale_lease_changes_nothing() {
     store.close().await;
 }
 
+/// SQLite writes no claim: a crawler that dies holding every due URL of a
+/// host leaves the rows queued, and the next run knows how many it held
+/// and gives the host its work back.
+#[tokio::test]
+async fn claims_a_crashed_sqlite_crawler_held_are_due_again_at_the_next_start() {
+    const NOW: i64 = 1_000_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let store = SqliteStore::open(&config.store).await.unwrap();
+    store.enqueue(&[new_url("a"), new_url("b"), new_url("c")]).await.unwrap();
+    let jobs = claim(&store, NOW, 10).await;
+    assert_eq!(jobs.len(), 3);
+    assert!(claim(&store, NOW, 10).await.is_empty(), "a held URL is not claimed twice");
+    assert!(store.ready_hosts(NOW, &[], 10, 10).await.unwrap().is_empty(), "no work left");
+    store.complete(&[done(&jobs[0], jobs[0].lease)], PageLimits::default()).await.unwrap();
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.queued, counts.in_flight, counts.done), (0, 2, 1));
+    let path = &config.store.path;
+    assert_eq!(
+        crate::util::strings(path, "SELECT state FROM urls ORDER BY id").await,
+        ["done", "queued", "queued"]
+    );
+    // The crash: the process ends without letting go of its claims.
+    drop(store);
+
+    let store = SqliteStore::open(&config.store).await.unwrap();
+    assert_eq!(store.requeue_abandoned().await.unwrap(), 2);
+    assert_eq!(store.ready_hosts(NOW, &[], 10, 10).await.unwrap(), ["127.0.0.1"]);
+    let again: Vec<i64> = claim(&store, NOW, 10).await.iter().map(|job| job.url_id).collect();
+    assert_eq!(again, [jobs[1].url_id, jobs[2].url_id]);
+    // A clean stop lets go of them and gives the host its work back.
+    assert_eq!(store.release(&[]).await.unwrap(), 2);
+    assert_eq!(store.ready_hosts(NOW, &[], 10, 10).await.unwrap(), ["127.0.0.1"]);
+    assert_eq!(store.requeue_abandoned().await.unwrap(), 0, "nothing held after a clean stop");
+    store.close().await;
+}
+
 #[tokio::test]
 async fn a_retry_waits_for_its_not_before_time() {
     for engine in engines("a_retry_waits_for_its_not_before_time").await {
