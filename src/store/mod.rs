@@ -5,8 +5,9 @@
 //! A URL moves `queued` → (claim, with a lease token) `in_flight` → `done` |
 //! `failed` | back to `queued` with a not-before time (retry). Every transition
 //! out of `in_flight` is a [`Completion`] that carries the claim's lease token;
-//! a completion whose token no longer matches the row is stale and changes
-//! nothing. Only the engines' modules (`sqlite.rs`, `postgres.rs`) and the
+//! a completion whose claim no longer holds that token is stale and changes
+//! nothing. On SQLite the claim is held in the crawler's memory and the row
+//! stays `queued` (`claims.rs`); on PostgreSQL it is the row's `lease`. Only the engines' modules (`sqlite.rs`, `postgres.rs`) and the
 //! classification of their errors (`faults.rs`) know sqlx: no sqlx type
 //! crosses this boundary. What a failed operation means, and how it is
 //! waited out, is `faults.rs`.
@@ -473,8 +474,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Claims, for each `(host, n)` in `picks`, up to `n` of the host's queued
-    /// URLs due at `now_ms` (oldest due first), marking them in flight under a
-    /// lease token.
+    /// URLs due at `now_ms` (oldest due first), in flight under a lease token:
+    /// held in memory on SQLite, written to the rows on PostgreSQL.
     fn claim(
         &self,
         now_ms: i64,

@@ -185,6 +185,42 @@ async fn a_version_5_database_is_upgraded_keeping_every_attempt_and_hop() {
     assert_eq!(count_in(&db, "SELECT max(version) FROM _sqlx_migrations").await, 9);
 }
 
+/// A database left by a trawler that wrote its claims to `urls` (schema 8)
+/// and was killed: its URLs in flight are fetched by the next run.
+#[tokio::test]
+async fn urls_a_schema_8_crawler_left_in_flight_are_crawled_after_the_upgrade() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crawl.db");
+    let url = server.url("/ok/left");
+    {
+        let mut migrator = sqlx::migrate!("./migrations");
+        migrator.migrations = migrator.migrations.iter().filter(|m| m.version <= 8).cloned().collect();
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        migrator.run(&pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO urls (url, host, state, lease, leased_at_ms, added_at)
+             VALUES (?1, '127.0.0.1', 'in_flight', 42, 1000, '2026-01-01T00:00:00.000Z')",
+        )
+        .bind(&url)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO hosts (host, work_at_ms, urls) VALUES ('127.0.0.1', 9223372036854775807, 1)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let (file, log) = crate::util::crawl_to_end(dir.path(), &[], &[], &[]);
+    assert!(log.contains("requeued URLs left in flight"), "{log}");
+    let mut config = crate::util::test_config(dir.path());
+    config.store.path = file;
+    assert_eq!(result_in(&config, &url).await.http_status, Some(200));
+    assert_eq!(count_in(&config, "SELECT urls FROM claims_held").await, 0);
+}
+
 #[tokio::test]
 async fn only_redirects_are_followed_and_a_304_without_validators_is_no_content() {
     for engine in engines("only_redirects_are_followed_and_a_304_without_validators_is_no_content").await {
