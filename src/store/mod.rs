@@ -16,7 +16,6 @@ mod backend;
 mod batch;
 mod claims;
 mod faults;
-mod leases;
 pub mod postgres;
 mod rules;
 pub mod sqlite;
@@ -33,8 +32,7 @@ pub use crate::job::{
     UrlState, Validators,
 };
 pub use faults::{Blocker, Fault, LockWaits, Outage, Watch};
-pub use leases::HostLeases;
-pub use postgres::{HopLease, LeaseRound, PgStore, QueueHealth, SharedRobotsTxt};
+pub use postgres::{HopLease, HostLeases, LeaseRound, PgStore, QueueHealth, SharedRobotsTxt};
 pub use sqlite::{Checkpoint, PinnedWal, SqliteStore};
 
 /// A store operation that failed. What it means for the caller, whether to

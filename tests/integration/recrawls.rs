@@ -207,10 +207,12 @@ async fn urls_a_schema_8_crawler_left_in_flight_are_crawled_after_the_upgrade() 
         .execute(&pool)
         .await
         .unwrap();
-        sqlx::query("INSERT INTO hosts (host, work_at_ms, urls) VALUES ('127.0.0.1', 9223372036854775807, 1)")
-            .execute(&pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO hosts (host, work_at_ms, urls) VALUES ('127.0.0.1', 9223372036854775807, 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
         pool.close().await;
     }
     let (file, log) = crate::util::crawl_to_end(dir.path(), &[], &[], &[]);
