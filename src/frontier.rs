@@ -95,8 +95,9 @@ pub struct Producer {
 
 impl Producer {
     /// Runs until stopped or, in batch mode, until the frontier is exhausted.
-    /// Claimed jobs not yet sent when stopped stay in flight in the store; the
-    /// crawl requeues them on its way out.
+    /// Claimed jobs not yet sent when stopped stay claimed (in the store's
+    /// memory on SQLite, rows in flight on PostgreSQL); the crawl lets go of
+    /// them on its way out.
     ///
     /// Errors: a store failure while claiming, or no worker left to take
     /// the jobs.

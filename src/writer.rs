@@ -61,7 +61,8 @@ impl<S: Store> Writer<S> {
     ///
     /// Errors: the first store failure (an outage past its grace is one);
     /// completions not yet committed are lost from memory, and their URLs
-    /// stay in flight, to be requeued.
+    /// stay claimed until the crawl lets go of them (or, after a crash, the
+    /// next start does).
     pub async fn run(self, mut results: mpsc::Receiver<Completion>) -> Result<Histogram<u64>, StoreError> {
         let mut latency = latency_histogram();
         let mut batch = Vec::with_capacity(MAX_BATCH);

@@ -1,8 +1,9 @@
 //! What a batch of completions writes, decided once and written in one
 //! order whatever the engine. [`write_batch`] sequences the writes:
 //!
-//! 1. the URL rows, each only if its URL still carries the completion's
-//!    lease and is in flight: which completions took effect (are *live*)
+//! 1. the URL rows, each only if the completion's claim is still held
+//!    under its lease (SQLite: in the crawler's memory; PostgreSQL: the
+//!    row's lease, in flight): which completions took effect (are *live*)
 //!    decides the rest;
 //! 2. an `attempts` row per attempt, live or not ([`AttemptRow`]): a late
 //!    one is kept with outcome [`Outcome::StaleLease`] and changes nothing
@@ -119,8 +120,8 @@ pub(crate) type LinksWritten = (u64, BTreeMap<DropReason, u64>, u64);
 pub(crate) trait BatchWrites {
     type Error;
 
-    /// Applies `changes[i]` to `completions[i]`'s URL where the URL still
-    /// carries that completion's lease and is in flight. Returns the
+    /// Applies `changes[i]` to `completions[i]`'s URL where that
+    /// completion's claim is still held under its lease. Returns the
     /// (URL id, lease) of those it applied: a batch may hold a stale and
     /// the live completion of one URL.
     async fn update_urls(

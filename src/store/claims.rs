@@ -9,8 +9,9 @@
 //! in-memory `beingProcessed` works the same way).
 //!
 //! What outside readers of the database used to see as `in_flight` is the
-//! running crawler's to report: [`Claims::len`] is `trawler_frontier_urls
-//! {state="in_flight"}` and the `in_flight` of `/stats`.
+//! running crawler's to report: [`Claims::len`] is in its counts
+//! (`trawler_frontier_urls{state="in_flight"}`); `claims_held` in the
+//! database has the same number, for the next start after a crash.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -41,9 +42,7 @@ impl Claims {
         self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The ids claimed on `hosts`, as the list a claim leaves out (read
-    /// before the claim's query, so that a URL whose completion commits
-    /// meanwhile is either left out here or finished in the query's view).
+    /// The ids claimed on `hosts`: the URLs a claim leaves out.
     pub(crate) fn ids_on(&self, hosts: &[&str]) -> Vec<i64> {
         let held = self.held();
         held.iter().filter(|(_, h)| hosts.contains(&h.host.as_str())).map(|(id, _)| *id).collect()

@@ -482,8 +482,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records each completion's attempt, moves its URL to the next state and
     /// enqueues the links it discovered, all in one transaction (the order
-    /// and meaning: `store/batch.rs`). A stale completion (its URL no longer
-    /// carries its lease) changes nothing but its attempt, recorded as
+    /// and meaning: `store/batch.rs`). A stale completion (its claim is no
+    /// longer held under its lease) changes nothing but its attempt, recorded as
     /// `stale_lease`. Discovered URLs that would exceed `limits` are dropped
     /// (and counted as dropped links).
     fn complete(

@@ -514,11 +514,11 @@ impl SqliteStore {
     /// Records a claim of `n` URLs (`claims_held`, so that a crash is
     /// known at the next start) and moves each of the `dry` hosts' next
     /// work time to its soonest queued URL not held: the claim took every
-    /// due URL they had. One transaction.
+    /// due URL they had. One transaction; the caller holds
+    /// [`Self::claim_writes`].
     async fn count_claims(&self, n: i64, dry: &[&str]) -> Result<(), StoreError> {
         let dry_json = json_array(dry);
         self.writing("record a claim", || async {
-            let _settling = self.claim_writes.lock().await;
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
             if n > 0 {
                 add_claims_held(&mut tx, n).await?;
@@ -770,10 +770,13 @@ impl Store for SqliteStore {
 
     async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Claim, StoreError> {
         // A claim writes nothing to `urls`: it is held in memory
-        // (`store/claims.rs`), and the query leaves out the URLs held. The
-        // list is read before the query starts its snapshot, so a URL
-        // whose completion commits meanwhile is either in the list or no
-        // longer queued in the query's view.
+        // (`store/claims.rs`), and the query leaves out the URLs held. It
+        // takes its turn with the batches that settle claims: what it
+        // reads (a URL's depth, whether it is still queued) cannot change
+        // before it holds what it read, so a batch that commits later sees
+        // the claim (a shorter path to a held page fetches it again), and
+        // the count of claims held moves with the claims.
+        let _settling = self.claim_writes.lock().await;
         let hosts: Vec<&str> = picks.iter().map(|(host, _)| host.as_str()).collect();
         let held = json_array(&self.claims.ids_on(&hosts));
         let rows = match picks {
@@ -864,7 +867,12 @@ impl Store for SqliteStore {
         self.writing("record results", move || async move {
             let _settling = self.claim_writes.lock().await;
             let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-            let mut batch = SqliteBatch { tx: &mut tx, claims: &self.claims, revoked: Vec::new() };
+            let mut batch = SqliteBatch {
+                tx: &mut tx,
+                claims: &self.claims,
+                finished: BTreeSet::new(),
+                revoked: Vec::new(),
+            };
             let committed = batch::write_batch(&mut batch, completions, limits, SystemTime::now()).await?;
             let mut revoked = batch.revoked;
             revoked.retain(|id| !committed.live.iter().any(|(url_id, _)| url_id == id));
@@ -1131,6 +1139,9 @@ async fn work_at_next_unheld(
 struct SqliteBatch<'t, 'c> {
     tx: &'t mut sqlx::Transaction<'c, Sqlite>,
     claims: &'t Claims,
+    /// The URLs of the batch's live completions: no longer being fetched,
+    /// though their claims are let go only once the batch commits.
+    finished: BTreeSet<i64>,
     revoked: Vec<i64>,
 }
 
@@ -1148,6 +1159,7 @@ impl BatchWrites for SqliteBatch<'_, '_> {
             .filter(|c| self.claims.is_live(c.url_id, c.lease))
             .map(|c| (c.url_id, c.lease))
             .collect();
+        self.finished = live.iter().map(|(url_id, _)| *url_id).collect();
         let rows: Vec<(&Completion, &UrlChange)> =
             completions.iter().zip(changes).filter(|(c, _)| live.contains(&(c.url_id, c.lease))).collect();
         for chunk in statement_chunks(&rows) {
@@ -1270,9 +1282,12 @@ impl BatchWrites for SqliteBatch<'_, '_> {
         Ok(rows
             .into_iter()
             .map(|(id, depth, via, before, state)| {
-                // A claimed URL's row stays queued: it is being fetched.
+                // A claimed URL's row stays queued: it is being fetched,
+                // unless this batch finished it (a retry stays queued).
                 let state = match rules::stored_state(&state) {
-                    UrlState::Queued if self.claims.holds(id) => UrlState::InFlight,
+                    UrlState::Queued if self.claims.holds(id) && !self.finished.contains(&id) => {
+                        UrlState::InFlight
+                    }
                     state => state,
                 };
                 (id, depth, via, before, state)
@@ -1296,6 +1311,7 @@ impl BatchWrites for SqliteBatch<'_, '_> {
                lease = CASE WHEN v.refetch THEN NULL ELSE urls.lease END,
                leased_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.leased_at_ms END,
                not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END,
+               recrawl_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.recrawl_at_ms END,
                etag = CASE WHEN v.refetch THEN NULL ELSE urls.etag END,
                last_modified = CASE WHEN v.refetch THEN NULL ELSE urls.last_modified END
              FROM v WHERE urls.id = v.id",

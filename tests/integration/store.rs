@@ -397,3 +397,29 @@ async fn a_batch_reports_completions_that_took_effect_and_urls_queued_again() {
         store.close().await;
     }
 }
+
+/// A page retried in the batch that also finds a shorter path to it is no
+/// longer being fetched: it keeps its retry time (and is parsed when it is
+/// fetched then), as on PostgreSQL.
+#[tokio::test]
+async fn a_page_retried_in_the_batch_that_lowers_it_keeps_its_retry_time() {
+    for engine in engines("a_page_retried_in_the_batch_that_lowers_it_keeps_its_retry_time").await {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&engine, dir.path()).await;
+        store.enqueue(&[NewUrl { depth: 2, ..new_url("deep") }, new_url("seed")]).await.unwrap();
+        let jobs = claim(&store, 1_000, 10).await;
+        let job = |path: &str| jobs.iter().find(|j| j.url.ends_with(path)).unwrap().clone();
+        let (deep, seed) = (job("deep"), job("seed"));
+        let limits = PageLimits { max_depth: 2, ..PageLimits::default() };
+        let retry = Completion { next: Next::RetryAt(5_000), ..done(&deep, deep.lease) };
+        let links = vec![NewUrl { found_on: Some(seed.url_id), depth: 1, ..new_url("deep") }];
+        let seed_done = Completion { links, ..done(&seed, seed.lease) };
+        let committed = store.complete(&[retry.clone(), seed_done], limits).await.unwrap();
+        assert!(committed.took_effect(&retry));
+        assert_eq!(committed.reopened, 0);
+        assert!(claim(&store, 4_999, 10).await.is_empty(), "not due before its retry time");
+        let again = claim(&store, 5_000, 10).await;
+        assert_eq!((again.len(), again[0].depth, again[0].attempt), (1, 1, 2));
+        store.close().await;
+    }
+}

@@ -166,6 +166,7 @@ impl BatchWrites for PgBatch<'_, '_> {
                lease = CASE WHEN v.refetch THEN NULL ELSE urls.lease END,
                leased_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.leased_at_ms END,
                not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END,
+               recrawl_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.recrawl_at_ms END,
                etag = CASE WHEN v.refetch THEN NULL ELSE urls.etag END,
                last_modified = CASE WHEN v.refetch THEN NULL ELSE urls.last_modified END
              FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bool[]) AS v(id, depth, via, refetch)
