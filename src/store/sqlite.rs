@@ -511,6 +511,69 @@ impl SqliteStore {
         Ok(self.claims.oldest_ms())
     }
 
+    /// Up to `n` queued URLs due at `now_ms` of each `(host, n)` of
+    /// `picks` that no claim holds, oldest due first, as jobs under one
+    /// new lease token. A read: the caller holds them.
+    async fn due_unheld(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Vec<Job>, StoreError> {
+        let hosts: Vec<&str> = picks.iter().map(|(host, _)| host.as_str()).collect();
+        let held = json_array(&self.claims.ids_on(&hosts));
+        let rows = match picks {
+            // One host (one fast site, or a trickle): its due URLs
+            // straight from `urls_host_due`, without the ranking below,
+            // whose temporary tables cost more than the claim itself
+            // (SQLite has no LIMIT that refers to the outer row).
+            [(host, n)] => sqlx::query(claim_sql!(
+                "SELECT id FROM urls
+                 WHERE host = ?2 AND state = 'queued' AND not_before_ms <= ?1
+                   AND id NOT IN (SELECT value FROM json_each(?4))
+                 ORDER BY not_before_ms, id LIMIT ?3"
+            ))
+            .bind(now_ms)
+            .bind(host)
+            .bind(n),
+            // One statement for every picked host: each host's due URLs
+            // are looked up through `urls_host_due` (at most the largest
+            // pick per host), ranked, and cut to that host's own count.
+            _ => sqlx::query(claim_sql!(
+                "SELECT id FROM (
+                     SELECT u.id, p.value ->> 1 AS n,
+                            row_number() OVER (PARTITION BY p.key ORDER BY u.not_before_ms, u.id) AS rank
+                     FROM json_each(?2) AS p
+                     JOIN urls AS u ON u.id IN (
+                         SELECT id FROM urls
+                         WHERE host = p.value ->> 0 AND state = 'queued' AND not_before_ms <= ?1
+                           AND id NOT IN (SELECT value FROM json_each(?4))
+                         ORDER BY not_before_ms, id LIMIT ?3))
+                 WHERE rank <= n"
+            ))
+            .bind(now_ms)
+            .bind(json_array(picks))
+            .bind(picks.iter().map(|(_, n)| *n).max().unwrap_or(0)),
+        }
+        .bind(held)
+        .fetch_all(&self.read)
+        .await
+        .map_err(db("claim"))?;
+        let lease: i64 = rand::random();
+        let jobs: Vec<Job> = rows
+            .into_iter()
+            .map(|row| Job {
+                url_id: row.get(0),
+                url: row.get(1),
+                attempt: row.get::<u32, _>(2) + 1,
+                depth: row.get(3),
+                host: row.get(4),
+                lease,
+                revisit: Revisit {
+                    validators: Validators { etag: row.get(5), last_modified: row.get(6) },
+                    body_sha256: row.get(7),
+                    recrawl_interval_ms: row.get(8),
+                },
+            })
+            .collect();
+        Ok(jobs)
+    }
+
     /// Records a claim of `n` URLs (`claims_held`, so that a crash is
     /// known at the next start) and moves each of the `dry` hosts' next
     /// work time to its soonest queued URL not held: the claim took every
@@ -777,62 +840,7 @@ impl Store for SqliteStore {
         // the claim (a shorter path to a held page fetches it again), and
         // the count of claims held moves with the claims.
         let _settling = self.claim_writes.lock().await;
-        let hosts: Vec<&str> = picks.iter().map(|(host, _)| host.as_str()).collect();
-        let held = json_array(&self.claims.ids_on(&hosts));
-        let rows = match picks {
-            // One host (one fast site, or a trickle): its due URLs
-            // straight from `urls_host_due`, without the ranking below,
-            // whose temporary tables cost more than the claim itself
-            // (SQLite has no LIMIT that refers to the outer row).
-            [(host, n)] => sqlx::query(claim_sql!(
-                "SELECT id FROM urls
-                 WHERE host = ?2 AND state = 'queued' AND not_before_ms <= ?1
-                   AND id NOT IN (SELECT value FROM json_each(?4))
-                 ORDER BY not_before_ms, id LIMIT ?3"
-            ))
-            .bind(now_ms)
-            .bind(host)
-            .bind(n),
-            // One statement for every picked host: each host's due URLs
-            // are looked up through `urls_host_due` (at most the largest
-            // pick per host), ranked, and cut to that host's own count.
-            _ => sqlx::query(claim_sql!(
-                "SELECT id FROM (
-                     SELECT u.id, p.value ->> 1 AS n,
-                            row_number() OVER (PARTITION BY p.key ORDER BY u.not_before_ms, u.id) AS rank
-                     FROM json_each(?2) AS p
-                     JOIN urls AS u ON u.id IN (
-                         SELECT id FROM urls
-                         WHERE host = p.value ->> 0 AND state = 'queued' AND not_before_ms <= ?1
-                           AND id NOT IN (SELECT value FROM json_each(?4))
-                         ORDER BY not_before_ms, id LIMIT ?3))
-                 WHERE rank <= n"
-            ))
-            .bind(now_ms)
-            .bind(json_array(picks))
-            .bind(picks.iter().map(|(_, n)| *n).max().unwrap_or(0)),
-        }
-        .bind(held)
-        .fetch_all(&self.read)
-        .await
-        .map_err(db("claim"))?;
-        let lease: i64 = rand::random();
-        let mut jobs: Vec<Job> = rows
-            .into_iter()
-            .map(|row| Job {
-                url_id: row.get(0),
-                url: row.get(1),
-                attempt: row.get::<u32, _>(2) + 1,
-                depth: row.get(3),
-                host: row.get(4),
-                lease,
-                revisit: Revisit {
-                    validators: Validators { etag: row.get(5), last_modified: row.get(6) },
-                    body_sha256: row.get(7),
-                    recrawl_interval_ms: row.get(8),
-                },
-            })
-            .collect();
+        let mut jobs = self.due_unheld(now_ms, picks).await?;
         // Across hosts too, the URLs queued first go first.
         jobs.sort_unstable_by_key(|job| job.url_id);
         self.claims.hold(&jobs, now_ms);
