@@ -164,12 +164,34 @@ async fn done_on_postgres(url: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM results WHERE state = 'done'").fetch_one(&mut db).await.unwrap()
 }
 
-fn print_row(case: &Case, engine: &str, daemons: usize, run: &Run, base: Option<f64>) {
+/// Of the updates of `urls` in the database at `url` since it was made,
+/// how many were HOT (heap-only tuple: no index changed, the row stayed on
+/// its page), from `pg_stat_user_tables` (issue 24 reports this ratio).
+async fn hot_updates(url: &str) -> (i64, i64) {
+    let mut db = PgConnection::connect(url).await.unwrap();
+    sqlx::query_as("SELECT n_tup_hot_upd, n_tup_upd FROM pg_stat_user_tables WHERE relname = 'urls'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+/// `hot`: the HOT updates of `urls` and all its updates (PostgreSQL).
+fn print_row(
+    case: &Case,
+    engine: &str,
+    daemons: usize,
+    run: &Run,
+    base: Option<f64>,
+    hot: Option<(i64, i64)>,
+) {
     let n = case.urls() as f64;
     let pages = n / run.wall.as_secs_f64();
     let scaling = base.map_or("".to_owned(), |b| format!("{:.2}x", pages / b));
+    let hot = hot.map_or("".to_owned(), |(hot, all)| {
+        format!("{hot} of {all} ({:.0} %)", hot as f64 * 100.0 / all.max(1) as f64)
+    });
     println!(
-        "| {} | {engine} | {daemons} | {:.2} s | {:.0} | {scaling} | {:.3} | {:.3} |",
+        "| {} | {engine} | {daemons} | {:.2} s | {:.0} | {scaling} | {:.3} | {:.3} | {hot} |",
         case.name,
         run.wall.as_secs_f64(),
         pages,
@@ -258,9 +280,9 @@ fn main() {
     ];
     let only = args.iter().position(|a| a == "--case").and_then(|i| args.get(i + 1));
     println!(
-        "| case | engine | daemons | wall | pages/s | vs 1 daemon | daemons' CPU-s/1000 | server CPU-s/1000 |"
+        "| case | engine | daemons | wall | pages/s | vs 1 daemon | daemons' CPU-s/1000 | server CPU-s/1000 | urls updates HOT |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for case in cases.iter().filter(|c| only.is_none_or(|o| c.name.starts_with(o.as_str()))) {
         let server = TestServer::with_options(Options {
             latency: Duration::from_millis(case.latency_ms),
@@ -272,7 +294,7 @@ fn main() {
         if case.unlimited {
             let db = dir.path().join("bench.db");
             let run = run(case, 1, db.to_str().unwrap(), &input, &config);
-            print_row(case, "SQLite", 1, &run, None);
+            print_row(case, "SQLite", 1, &run, None, None);
         }
         let mut one = None;
         for daemons in [1, 3] {
@@ -280,9 +302,10 @@ fn main() {
             let url = runtime.block_on(fresh_database(&admin_url, &name));
             let run = run(case, daemons, &url, &input, &config);
             assert_eq!(runtime.block_on(done_on_postgres(&url)), case.urls() as i64, "every URL done");
+            let hot = runtime.block_on(hot_updates(&url));
             runtime.block_on(drop_database(&admin_url, &name));
             let pages = case.urls() as f64 / run.wall.as_secs_f64();
-            print_row(case, "PostgreSQL", daemons, &run, one);
+            print_row(case, "PostgreSQL", daemons, &run, one, Some(hot));
             one.get_or_insert(pages);
         }
     }
