@@ -101,11 +101,8 @@ impl Service {
         if let Some(reloader) = self.reloader {
             tasks.spawn_infallible("reload", reloader.run(live, done.clone()));
         }
-        // Known, reported pauses a restart would not end: another process's
-        // lock, and the database away (bounded by store.outage_grace). A
-        // write of this process's own that does not return is no excuse.
-        let (waits, outage) = (store.lock_waits(), store.outage());
-        let excused = move || waits.blocked_by_another().is_some() || outage.down_for().is_some();
+        let pause = store.known_pause();
+        let excused = move || pause.now();
         tasks.spawn_infallible("watchdog", systemd::watchdog(notifier, beats.into(), excused, done.clone()));
         self.health.ready.store(true, Ordering::SeqCst);
     }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::error::CrawlError;
 use crate::stats::CrawlStats;
-use crate::store::{Backend, LockWaits, Outage};
+use crate::store::{Backend, KnownPause};
 
 /// How long a stalled crawl may take to stop gracefully beyond
 /// `shutdown.grace` before the process exits without finishing its stop.
@@ -29,11 +29,9 @@ const STALL_EXIT_MARGIN: std::time::Duration = std::time::Duration::from_secs(30
 /// worker busy and nothing finished).
 pub(super) struct StallGuard {
     stats: Arc<CrawlStats>,
-    /// The store's lock waits: time blocked by another process's lock is
-    /// reported by the store, and is no stall.
-    waits: Arc<LockWaits>,
-    /// The database away: reported, and bounded, by the store.
-    outage: Arc<Outage>,
+    /// Another process's lock, or the database away: reported (and an
+    /// outage bounded) by the store, and no stall.
+    pause: KnownPause,
     /// `crawl.stall_timeout`, raised to the longest legitimate wait
     /// ([`Config::stall_timeout`]), as the last reload left it.
     after: watch::Receiver<std::time::Duration>,
@@ -56,7 +54,7 @@ impl StallGuard {
                 "crawl.stall_timeout raised to the longest legitimate wait"
             );
         }
-        let guard = Self { stats: stats.clone(), waits: store.lock_waits(), outage: store.outage(), after };
+        let guard = Self { stats: stats.clone(), pause: store.known_pause(), after };
         (guard, stall_timeout)
     }
 
@@ -96,8 +94,7 @@ impl StallGuard {
             let now = tokio::time::Instant::now();
             let committed = self.committed();
             let in_flight = self.stats.outstanding.load(Ordering::SeqCst);
-            let excused = self.waits.blocked_by_another().is_some() || self.outage.down_for().is_some();
-            if committed != last.0 || in_flight == 0 || excused {
+            if committed != last.0 || in_flight == 0 || self.pause.now() {
                 last = (committed, now);
                 continue;
             }
@@ -135,15 +132,17 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::Blocker;
+    use crate::store::{Blocker, LockWaits, Outage};
 
     fn guard(in_flight: u64) -> StallGuard {
         let stats = Arc::new(CrawlStats::default());
         stats.outstanding.store(in_flight, Ordering::SeqCst);
         StallGuard {
             stats,
-            waits: Arc::new(LockWaits::new(Duration::from_secs(5))),
-            outage: Arc::new(Outage::new(Duration::from_secs(120), Duration::from_secs(5))),
+            pause: KnownPause::new(
+                Arc::new(LockWaits::new(Duration::from_secs(5))),
+                Arc::new(Outage::new(Duration::from_secs(120), Duration::from_secs(5))),
+            ),
             after: watch::channel(Duration::from_secs(60)).1,
         }
     }
@@ -203,19 +202,19 @@ mod tests {
 
         // Writes waiting for another process's lock, which the store reports.
         let locked = guard(3);
-        locked.waits.busy(Blocker::AnotherProcess, "test");
+        locked.pause.waits.busy(Blocker::AnotherProcess, "test");
         assert!(run_for_ten_minutes(locked).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_of_its_own_that_hangs_is_a_stall_and_an_outage_is_not() {
         let hung = guard(3);
-        hung.waits.busy(Blocker::ThisProcess, "claim");
+        hung.pause.waits.busy(Blocker::ThisProcess, "claim");
         assert!(matches!(run_for_ten_minutes(hung).await, Err(CrawlError::Stalled { .. })));
 
         // The store bounds an outage by its grace; the guard leaves it be.
         let away = guard(3);
-        away.outage.failed("connection refused".into());
+        away.pause.outage.failed("connection refused".into());
         assert!(run_for_ten_minutes(away).await.is_ok());
     }
 }

@@ -16,7 +16,7 @@ use futures::stream::BoxStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::faults::{self, Outage, Watch};
+use super::faults::{self, KnownPause, Outage, Watch};
 use super::postgres::HostLeases;
 use super::postgres::{HopLease, LeaseRound, PgStore, QueueHealth, SharedRobotsTxt};
 use super::sqlite::{Checkpoint, SqliteStore};
@@ -224,6 +224,12 @@ impl Backend {
     /// wait for ([`Coordination::watch_lock_waits`]).
     pub fn lock_waits(&self) -> Arc<LockWaits> {
         self.watch().waits.clone()
+    }
+
+    /// The pauses of this store that excuse a crawl committing nothing
+    /// ([`KnownPause`]).
+    pub fn known_pause(&self) -> KnownPause {
+        KnownPause::new(self.lock_waits(), self.outage())
     }
 
     /// When the oldest claim still in flight was taken (Unix ms), if any.

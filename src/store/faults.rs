@@ -170,6 +170,29 @@ impl Default for LockWaits {
     }
 }
 
+/// A pause the store knows of and reports, which a restart would not end:
+/// its writes wait for another process's lock ([`LockWaits`]), or the
+/// database is away ([`Outage`], bounded by `store.outage_grace`). It
+/// excuses a crawl that commits nothing, for systemd's watchdog and the
+/// stall guard alike; a write of this process's own that does not return
+/// ([`Blocker::ThisProcess`]) excuses nothing.
+#[derive(Clone)]
+pub struct KnownPause {
+    pub(crate) waits: Arc<LockWaits>,
+    pub(crate) outage: Arc<Outage>,
+}
+
+impl KnownPause {
+    pub fn new(waits: Arc<LockWaits>, outage: Arc<Outage>) -> Self {
+        Self { waits, outage }
+    }
+
+    /// Whether the store is in such a pause now.
+    pub fn now(&self) -> bool {
+        self.waits.blocked_by_another().is_some() || self.outage.down_for().is_some()
+    }
+}
+
 /// The database away: since when, why, and until when the store waits for
 /// it to come back (`store.outage_grace`). Every operation that finds it
 /// away records it here ([`Outage::failed`]); the first that gets through

@@ -31,7 +31,7 @@ pub use crate::job::{
     AdaptiveRecrawl, AttemptRecord, Completion, DropReason, Hop, Job, NewUrl, Next, Outcome, Revisit,
     UrlState, Validators,
 };
-pub use faults::{Blocker, Fault, LockWaits, Outage, Watch};
+pub use faults::{Blocker, Fault, KnownPause, LockWaits, Outage, Watch};
 pub use postgres::{HopLease, HostLeases, LeaseRound, PgStore, QueueHealth, SharedRobotsTxt};
 pub use sqlite::{Checkpoint, PinnedWal, SqliteStore};
 
