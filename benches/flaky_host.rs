@@ -23,6 +23,8 @@
 //! took 37 to more than 180 s. The floor is about 5 s: a URL that times out
 //! takes three 1 s attempts and two retry backoffs (0.5-1 s, then 1-2 s).
 
+#[path = "../tests/integration/logs.rs"]
+mod logs;
 #[path = "../tests/integration/server.rs"]
 mod server;
 
@@ -106,21 +108,8 @@ fn crawl(input: &Path, dir: &Path) -> (Duration, String, String) {
 /// The host's backoffs in the order logged: `+ms` for one that began,
 /// `~ms` (left) for one a success cut short.
 fn backoffs(log: &str) -> Vec<String> {
-    let ms = |line: &str| -> String {
-        let value = line.split("backoff_ms=").nth(1).and_then(|v| v.split_whitespace().next());
-        value.unwrap_or("?").to_owned()
-    };
-    log.lines()
-        .filter_map(|line| {
-            if line.contains("host backs off") {
-                Some(format!("+{}", ms(line)))
-            } else if line.contains("host backoff cut short") {
-                Some(format!("~{}", ms(line)))
-            } else {
-                None
-            }
-        })
-        .collect()
+    let sign = |began: bool| if began { '+' } else { '~' };
+    logs::backoff_changes(log).into_iter().map(|(began, ms)| format!("{}{ms}", sign(began))).collect()
 }
 
 fn main() {

@@ -25,6 +25,7 @@
 //! - `tls`: HTTPS with a private CA (`fetch.ca_file`)
 //! - `dns`: a DNS server on loopback (`fetch.nameservers`), for names that do not exist
 //! - `socks`: a SOCKS5 proxy on loopback whose connections take a while to set up
+//! - `logs`: reading what trawler logged (shared with the benches)
 //! - `postgres`: the PostgreSQL engine's schema and versions, each test in a
 //!   database of its own (skipped, and saying so, without a server)
 //! - `scale_out`: three daemons sharing one crawl on PostgreSQL, one of them
@@ -37,6 +38,7 @@ mod crawl;
 mod discovery;
 mod dns;
 mod faults;
+mod logs;
 mod outage;
 mod peers;
 mod politeness;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use trawler::config::{Config, HostOverride};
 
+use crate::logs::backoff_changes;
 use crate::server::TestServer;
 use crate::util::{count_in, crawl_lines, engines, result_in};
 
@@ -135,18 +136,11 @@ async fn a_burst_of_concurrent_503s_backs_the_host_off_once() {
             ],
         );
         assert_eq!(server.max_concurrent(), 20, "the burst was not concurrent");
-        let backoffs: Vec<&str> = stderr.lines().filter(|l| l.contains("host backs off")).collect();
+        let backoffs: Vec<(bool, u64)> =
+            backoff_changes(&stderr).into_iter().filter(|(began, _)| *began).collect();
         assert_eq!(backoffs.len(), 1, "{backoffs:#?}");
-        let backoff_ms: u64 = backoffs[0]
-            .split("backoff_ms=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!((1000..=2000).contains(&backoff_ms), "{}", backoffs[0]);
+        let backoff_ms = backoffs[0].1;
+        assert!((1000..=2000).contains(&backoff_ms), "{backoffs:?}");
         assert_eq!(
             count_in(&db, "SELECT count(*) FROM results WHERE state = 'failed' AND http_status = 503").await,
             20
@@ -283,24 +277,6 @@ async fn the_gap_the_site_sees_holds_when_connections_take_long_to_set_up() {
         let gaps = "SELECT min(min_gap_ms) FROM host_politeness";
         assert!(count_in(&config, gaps).await >= 300 - JITTER.as_millis() as i64);
     }
-}
-
-/// The host backoffs a crawl logged, in order: `(began, backoff_ms)`, with
-/// `began` false for one a success cut short (`backoff_ms` is what was left).
-fn backoff_changes(log: &str) -> Vec<(bool, u64)> {
-    log.lines()
-        .filter_map(|line| {
-            let began = if line.contains("host backs off") {
-                true
-            } else if line.contains("host backoff cut short") {
-                false
-            } else {
-                return None;
-            };
-            let ms = line.split("backoff_ms=").nth(1)?.split_whitespace().next()?.parse().ok()?;
-            Some((began, ms))
-        })
-        .collect()
 }
 
 /// A 503 for one path backs the host off; a request in flight beside it then
