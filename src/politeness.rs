@@ -265,9 +265,7 @@ impl Politeness {
         let limits = inner.rules.limits(host);
         let state = inner.hosts.entry(host.to_owned()).or_default();
         state.unstarted = state.unstarted.saturating_sub(1);
-        let at = state.next_start.map_or(now, |t| t.max(now));
-        state.next_start = Some(at + effective_delay(state, limits));
-        at
+        take_turn(state, limits, now)
     }
 
     /// Records that a dispatched job for `host` will make no request (robots.txt
@@ -328,11 +326,7 @@ impl Politeness {
         let limits = inner.rules.limits(host);
         let Some(state) = inner.hosts.get_mut(host) else { return reserved };
         match state.next_start {
-            Some(next) if next < reserved => {
-                let at = next.max(now);
-                state.next_start = Some(at + effective_delay(state, limits));
-                at
-            }
+            Some(next) if next < reserved => take_turn(state, limits, now),
             _ => reserved,
         }
     }
@@ -524,6 +518,14 @@ impl Politeness {
 }
 
 /// The configured delay, or the host's Crawl-delay when that is larger.
+/// Takes `state`'s next turn at or after `now` and returns it; the turn
+/// after it is the host's delay later.
+fn take_turn(state: &mut HostState, limits: HostLimits, now: Instant) -> Instant {
+    let at = state.next_start.map_or(now, |t| t.max(now));
+    state.next_start = Some(at + effective_delay(state, limits));
+    at
+}
+
 fn effective_delay(state: &HostState, limits: HostLimits) -> Duration {
     state.crawl_delay.map_or(limits.delay, |d| d.max(limits.delay))
 }
