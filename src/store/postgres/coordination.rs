@@ -727,23 +727,14 @@ impl PgStore {
         };
         let wanted: BTreeMap<&str, u32> = picks.iter().map(|(host, n)| (host.as_str(), *n)).collect();
         let _claiming = self.claiming.lock().await;
-        let mut tries = 0;
-        let mut claim = loop {
-            tries += 1;
-            let sent = self.leases.now();
-            let claimed = match self.pool.begin().await {
-                Ok(tx) => {
-                    let claim =
-                        Claiming { worker: &self.worker, hosts: &hosts, wanted: &wanted, now_ms, again };
-                    claim_in(tx, claim, &self.leases, sent).await
-                }
-                Err(e) => Err(e),
-            };
-            match claimed {
-                Err(e) if retry_conflict(&e, tries).await => {}
-                other => break other.map_err(db("claim"))?,
-            }
-        };
+        let mut claim = self
+            .writing("claim", || async {
+                let sent = self.leases.now();
+                let tx = self.pool.begin().await?;
+                let claim = Claiming { worker: &self.worker, hosts: &hosts, wanted: &wanted, now_ms, again };
+                claim_in(tx, claim, &self.leases, sent).await
+            })
+            .await?;
         // Across hosts too, the URLs queued first go first.
         claim.jobs.sort_unstable_by_key(|job| job.url_id);
         Ok(claim)
