@@ -405,12 +405,14 @@ pub struct Completion {
     pub url_id: i64,
     pub lease: i64,
     pub host: String,
-    /// When the host's backoff ends (Unix ms), if this attempt's answer
-    /// began one or cut it short (politeness decides; see
-    /// [`crate::politeness::BackoffChange`]): replaces the stored end, so
-    /// that a cut one lets the host be claimed again sooner. The writer sets
-    /// it to politeness' end at the commit, so that the last commit stores
-    /// the latest decision whatever order completions arrive in.
+    /// Whether this attempt's answer began the host's backoff or cut it
+    /// short (politeness decides; see [`crate::politeness::BackoffChange`]).
+    pub host_backoff_changed: bool,
+    /// For a completion that changed the host's backoff, when the backoff
+    /// ends (Unix ms): replaces the stored end, so that a cut one lets the
+    /// host be claimed again sooner. Set by the writer only, to politeness'
+    /// end at the commit, so that the last commit stores the latest decision
+    /// whatever order completions arrive in; `None` until then.
     pub host_backoff_until_ms: Option<i64>,
     /// The attempt's number within the URL's current visit (1 = first; a
     /// recrawl starts again at 1). The URL's `attempts` counts all visits.

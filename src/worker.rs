@@ -211,8 +211,7 @@ async fn attempt(ctx: &WorkerContext, job: Job, jobs: &async_channel::Receiver<J
     if let Some(change) = host_backoff {
         change.log(&job.host);
     }
-    let host_backoff_until_ms = host_backoff.map(|change| now_ms() + change.left().as_millis() as i64);
-    Attempted::Completed(completion(ctx, job, page, next, host_backoff_until_ms))
+    Attempted::Completed(completion(ctx, job, page, next, host_backoff.is_some()))
 }
 
 /// What a job's requests brought.
@@ -281,7 +280,7 @@ fn completion(
     job: Job,
     page: Page,
     next: Next,
-    host_backoff_until_ms: Option<i64>,
+    host_backoff_changed: bool,
 ) -> Completion {
     let Page { fetched, handed_over, .. } = page;
     let (mut links, dropped_links, canonical) = match (&ctx.discovery, next) {
@@ -319,7 +318,8 @@ fn completion(
         url_id: job.url_id,
         lease: job.lease,
         host: job.host,
-        host_backoff_until_ms,
+        host_backoff_changed,
+        host_backoff_until_ms: None,
         attempt: job.attempt,
         record,
         next,
@@ -343,6 +343,7 @@ fn lease_ended(ctx: &WorkerContext, job: Job) -> Attempted {
         url_id: job.url_id,
         lease: job.lease,
         host: job.host,
+        host_backoff_changed: false,
         host_backoff_until_ms: None,
         attempt: job.attempt,
         record: AttemptRecord::default(),

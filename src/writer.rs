@@ -94,7 +94,7 @@ impl<S: Store> Writer<S> {
         let retried = self.count_completions(batch, &committed, latency);
         let stats = &self.stats;
         let before = stats.outstanding.fetch_sub(batch.len() as u64, Ordering::SeqCst);
-        let backoff_changed = batch.iter().any(|c| c.host_backoff_until_ms.is_some());
+        let backoff_changed = batch.iter().any(|c| c.host_backoff_changed);
         if retried || committed.new_urls > 0 || before == batch.len() as u64 || backoff_changed {
             // A retry may be due before the producer's next look, a host's
             // backoff cut short lets its URLs be claimed now, or the
@@ -104,13 +104,14 @@ impl<S: Store> Writer<S> {
         Ok(())
     }
 
-    /// Sets each changed host backoff's end as politeness has it now, not
-    /// as it was when each completion was made: a success that cut a
-    /// backoff short may reach the writer before the throttle that began
-    /// it, and the later commit must store the later decision.
+    /// Sets the end of each host backoff a completion changed as
+    /// politeness has it now, not as it was when the completion was made:
+    /// a success that cut a backoff short may reach the writer before the
+    /// throttle that began it, and the later commit must store the later
+    /// decision. The one place a stored backoff end is computed.
     fn stamp_backoffs(&self, batch: &mut [Completion]) {
         let (now, now_ms) = (tokio::time::Instant::now(), now_ms());
-        for c in batch.iter_mut().filter(|c| c.host_backoff_until_ms.is_some()) {
+        for c in batch.iter_mut().filter(|c| c.host_backoff_changed) {
             let left = self.politeness.backoff_left(&c.host, now);
             c.host_backoff_until_ms = Some(now_ms + left.as_millis() as i64);
         }

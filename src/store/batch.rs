@@ -342,6 +342,7 @@ mod tests {
             url_id,
             lease,
             host: "a.test".into(),
+            host_backoff_changed: false,
             host_backoff_until_ms: None,
             attempt: 2,
             record: AttemptRecord { body_sha256: Some("new".into()), ..Default::default() },

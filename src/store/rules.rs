@@ -291,6 +291,7 @@ mod tests {
             url_id: 1,
             lease: 1,
             host: "a.test".into(),
+            host_backoff_changed: false,
             host_backoff_until_ms: None,
             attempt: 1,
             record: AttemptRecord {
@@ -379,7 +380,8 @@ mod tests {
 
     #[test]
     fn the_last_backoff_change_of_a_batch_is_the_hosts() {
-        let with = |next, backoff_until_ms| Completion {
+        let with = |next, backoff_until_ms: Option<i64>| Completion {
+            host_backoff_changed: backoff_until_ms.is_some(),
             host_backoff_until_ms: backoff_until_ms,
             ..visit(next, None, Revisit::default(), None)
         };

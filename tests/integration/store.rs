@@ -30,6 +30,7 @@ pub fn done(job: &trawler::store::Job, lease: i64) -> Completion {
         url_id: job.url_id,
         lease,
         host: job.host.clone(),
+        host_backoff_changed: false,
         host_backoff_until_ms: None,
         attempt: job.attempt,
         record: AttemptRecord { http_status: Some(200), ..Default::default() },
