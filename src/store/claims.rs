@@ -33,6 +33,9 @@ struct Held {
 #[derive(Debug, Default)]
 pub(crate) struct Claims {
     held: Mutex<HashMap<i64, Held>>,
+    /// Hosts a claim took every due URL of: their next work time is to be
+    /// moved to their next URL not held, by the next write.
+    dry: Mutex<BTreeSet<String>>,
 }
 
 impl Claims {
@@ -88,12 +91,34 @@ impl Claims {
         self.held().values().map(|h| h.host.clone()).collect()
     }
 
-    /// Lets go of every claim; returns how many there were.
+    /// Lets go of every claim; returns how many there were. A dry host's
+    /// next work time has not moved yet, or is moved back by the caller.
     pub(crate) fn clear(&self) -> u64 {
+        self.dry.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
         let mut held = self.held();
         let n = held.len() as u64;
         held.clear();
         n
+    }
+
+    /// Notes that a claim took every due URL `hosts` had.
+    pub(crate) fn mark_dry(&self, hosts: &[&str]) {
+        let mut dry = self.dry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        dry.extend(hosts.iter().map(|host| (*host).to_owned()));
+    }
+
+    /// The hosts [`mark_dry`](Self::mark_dry) noted, which stay noted until
+    /// [`written`](Self::written).
+    pub(crate) fn dry(&self) -> Vec<String> {
+        self.dry.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect()
+    }
+
+    /// Forgets `hosts` as dry: their next work time was written.
+    pub(crate) fn written(&self, hosts: &[String]) {
+        let mut dry = self.dry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for host in hosts {
+            dry.remove(host);
+        }
     }
 
     /// Claims held.

@@ -574,24 +574,36 @@ impl SqliteStore {
         Ok(jobs)
     }
 
-    /// Records a claim of `n` URLs (`claims_held`, so that a crash is
-    /// known at the next start) and moves each of the `dry` hosts' next
-    /// work time to its soonest queued URL not held: the claim took every
-    /// due URL they had. One transaction; the caller holds
+    /// Writes, in a batch's transaction `tx`, what the claims are once
+    /// the batch lets go of those it settles (`live` completions) and
+    /// `revoked`: how many are held (`claims_held`, so that a crash is known
+    /// at the next start) and, for each host a claim found dry, its next
+    /// work time, its soonest queued URL still held by none. Both in one
+    /// transaction: a host whose work was moved on always has a count
+    /// above 0 behind it. Returns the dry hosts written. The caller holds
     /// [`Self::claim_writes`].
-    async fn count_claims(&self, n: i64, dry: &[&str]) -> Result<(), StoreError> {
-        let dry_json = json_array(dry);
-        self.writing("record a claim", || async {
-            let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin"))?;
-            if n > 0 {
-                add_claims_held(&mut tx, n).await?;
-            }
-            if !dry.is_empty() {
-                work_at_next_unheld(&mut tx, &dry_json, &self.claims.ids_on(dry)).await?;
-            }
-            tx.commit().await.map_err(db("commit claim"))
-        })
-        .await
+    async fn write_claims(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        live: &BTreeSet<(i64, i64)>,
+        revoked: &[i64],
+    ) -> Result<Vec<String>, StoreError> {
+        let settled: BTreeSet<i64> =
+            live.iter().map(|(url_id, _)| *url_id).chain(revoked.iter().copied()).collect();
+        let dry = self.claims.dry();
+        if !dry.is_empty() {
+            let hosts: Vec<&str> = dry.iter().map(String::as_str).collect();
+            let still_held: Vec<i64> =
+                self.claims.ids_on(&hosts).into_iter().filter(|id| !settled.contains(id)).collect();
+            work_at_next_unheld(tx, &json_array(&hosts), &still_held).await?;
+        }
+        let held = self.claims.len().saturating_sub(settled.len() as u64);
+        sqlx::query("UPDATE claims_held SET urls = ?1 WHERE urls <> ?1")
+            .bind(i64::try_from(held).unwrap_or(i64::MAX))
+            .execute(&mut **tx)
+            .await
+            .map_err(db("count claims held"))?;
+        Ok(dry)
     }
 
     /// Closes both pools. The owner of the database (a store opened with
@@ -832,21 +844,22 @@ impl Store for SqliteStore {
     }
 
     async fn claim(&self, now_ms: i64, picks: &[(String, u32)]) -> Result<Claim, StoreError> {
-        // A claim writes nothing to `urls`: it is held in memory
-        // (`store/claims.rs`), and the query leaves out the URLs held. It
-        // takes its turn with the batches that settle claims: what it
-        // reads (a URL's depth, whether it is still queued) cannot change
-        // before it holds what it read, so a batch that commits later sees
-        // the claim (a shorter path to a held page fetches it again), and
-        // the count of claims held moves with the claims.
+        // A claim writes nothing: it is held in memory (`store/claims.rs`),
+        // and the query leaves out the URLs held. It takes its turn with
+        // the batches that settle claims: what it reads (a URL's depth,
+        // whether it is still queued) cannot change before it holds what it
+        // read, so a batch that commits later sees the claim (a shorter
+        // path to a held page fetches it again). The batches write how
+        // many claims are held, and the dry hosts' next work time.
         let _settling = self.claim_writes.lock().await;
         let mut jobs = self.due_unheld(now_ms, picks).await?;
         // Across hosts too, the URLs queued first go first.
         jobs.sort_unstable_by_key(|job| job.url_id);
         self.claims.hold(&jobs, now_ms);
         // A host that had fewer due URLs than picked has none left to
-        // claim: its next work is its next URL not held. The others still
-        // have work now, and their rows stay as they are.
+        // claim: its next work is its next URL not held, which the next
+        // batch writes (a claim writes nothing). Until then the host may
+        // be picked again, and its claim finds nothing.
         let mut taken: HashMap<&str, u32> = HashMap::new();
         for job in &jobs {
             *taken.entry(job.host.as_str()).or_default() += 1;
@@ -856,14 +869,7 @@ impl Store for SqliteStore {
             .filter(|(host, n)| taken.get(host.as_str()).copied().unwrap_or(0) < *n)
             .map(|(host, _)| host.as_str())
             .collect();
-        if jobs.is_empty() && dry.is_empty() {
-            return Ok(Claim::default());
-        }
-        if let Err(e) = self.count_claims(jobs.len() as i64, &dry).await {
-            let ids: Vec<i64> = jobs.iter().map(|job| job.url_id).collect();
-            self.claims.settle(&BTreeSet::new(), &ids);
-            return Err(e);
-        }
+        self.claims.mark_dry(&dry);
         Ok(Claim { jobs, handed_over: Vec::new() })
     }
 
@@ -884,12 +890,10 @@ impl Store for SqliteStore {
             let committed = batch::write_batch(&mut batch, completions, limits, SystemTime::now()).await?;
             let mut revoked = batch.revoked;
             revoked.retain(|id| !committed.live.iter().any(|(url_id, _)| url_id == id));
-            let let_go = committed.live.len() + revoked.len();
-            if let_go > 0 {
-                add_claims_held(&mut tx, -(let_go as i64)).await?;
-            }
+            let dry = self.write_claims(&mut tx, &committed.live, &revoked).await?;
             tx.commit().await.map_err(db("commit results"))?;
             self.claims.settle(&committed.live, &revoked);
+            self.claims.written(&dry);
             Ok(committed)
         })
         .await
@@ -933,8 +937,11 @@ impl Store for SqliteStore {
                     .map_err(db("count claims held"))?;
             }
             tx.commit().await.map_err(db("commit requeue"))?;
-            self.claims.clear();
-            Ok(legacy + u64::try_from(held).unwrap_or(0))
+            // The count is the last batch's view of this process's claims
+            // (at start-up, of a crashed run's): this process's own, if it
+            // holds any, are the ones to count.
+            let own = self.claims.clear();
+            Ok(legacy + own.max(u64::try_from(held).unwrap_or(0)))
         })
         .await
     }
@@ -1104,17 +1111,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-}
-
-/// Adds `n` (negative: takes away) to the URLs held in flight that
-/// `claims_held` counts.
-async fn add_claims_held(tx: &mut sqlx::Transaction<'_, Sqlite>, n: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE claims_held SET urls = max(urls + ?1, 0)")
-        .bind(n)
-        .execute(&mut **tx)
-        .await
-        .map_err(db("count claims held"))?;
-    Ok(())
 }
 
 /// Sets each host of `hosts_json` (a JSON array) to have work when its

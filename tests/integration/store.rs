@@ -94,8 +94,9 @@ async fn claims_a_crashed_sqlite_crawler_held_are_due_again_at_the_next_start() 
     let jobs = claim(&store, NOW, 10).await;
     assert_eq!(jobs.len(), 3);
     assert!(claim(&store, NOW, 10).await.is_empty(), "a held URL is not claimed twice");
-    assert!(store.ready_hosts(NOW, &[], 10, 10).await.unwrap().is_empty(), "no work left");
+    // The next batch moves the host's work past what is held: none left.
     store.complete(&[done(&jobs[0], jobs[0].lease)], PageLimits::default()).await.unwrap();
+    assert!(store.ready_hosts(NOW, &[], 10, 10).await.unwrap().is_empty(), "no work left");
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.queued, counts.in_flight, counts.done), (0, 2, 1));
     let path = &config.store.path;
