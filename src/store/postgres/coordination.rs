@@ -74,6 +74,7 @@ macro_rules! lease_hosts_sql {
         )
     };
 }
+
 /// The longest a redirect hop's lease statement waits for its host's row
 /// ([`LeaseWait::AnyHost`]): PostgreSQL's `lock_timeout`, for that
 /// statement only. A writer commits in milliseconds; a row held longer is
@@ -88,6 +89,7 @@ pub struct QueueHealth {
     /// been open (0 when none is).
     pub oldest_transaction_s: f64,
 }
+
 /// What one round of [`PgStore::keep_leases`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseRound {
@@ -103,6 +105,7 @@ pub struct LeaseRound {
     pub recovered_hosts: u64,
     pub recovered_urls: u64,
 }
+
 /// Wakes `wake` at every notification on [`WORK_CHANNEL`] until listening
 /// fails; returns why.
 async fn relay_until_lost(pool: &PgPool, wake: &Notify) -> sqlx::Error {
@@ -120,6 +123,7 @@ async fn relay_until_lost(pool: &PgPool, wake: &Notify) -> sqlx::Error {
         }
     }
 }
+
 /// Lapsed leases ended per statement of [`PgStore::keep_leases`].
 pub(super) const RECOVER_BATCH: i64 = 1000;
 /// A lapsed lease taken over: what its owner had in flight under the
@@ -375,6 +379,7 @@ impl PgStore {
     pub fn lock_waits(&self) -> Arc<LockWaits> {
         self.watch.waits.clone()
     }
+
     /// Looks once for statements of this daemon's sessions (by
     /// `application_name`) that have waited [`LOCK_WAIT_NOTICED`] or more
     /// for a lock: an analyst's transaction left open after an `UPDATE`, a
@@ -439,6 +444,7 @@ impl PgStore {
         }
         Ok(())
     }
+
     /// The queue tables' health: dead row versions per table
     /// (`pg_stat_user_tables.n_dead_tup`, which autovacuum clears) and how
     /// long the oldest transaction holding a snapshot in this database has
@@ -465,6 +471,7 @@ impl PgStore {
         .map_err(db("queue health"))?;
         Ok(QueueHealth { dead_tuples, oldest_transaction_s })
     }
+
     /// Until `done`, wakes `wake` whenever a process notifies
     /// [`WORK_CHANNEL`] (it added URLs or put some back in the queue), so
     /// that an idle daemon looks for work at once instead of at its next
@@ -493,6 +500,7 @@ impl PgStore {
             }
         }
     }
+
     /// The unexpired robots.txt of `origin` another daemon fetched (the
     /// `robots_txt` table), if there is one.
     ///
@@ -512,6 +520,7 @@ impl PgStore {
             expires_in: Duration::from_secs_f64(left_s.max(0.0)),
         }))
     }
+
     /// Shares the robots.txt of `origin` this daemon fetched, answered with
     /// `http_status` and `body`, for `ttl` (by the database's clock).
     ///
@@ -538,6 +547,7 @@ impl PgStore {
         .map_err(db("share a robots.txt"))?;
         Ok(())
     }
+
     /// Leases `host` for a redirect hop to it from another host's URL: the
     /// hop is a request to `host`, so it needs the lease as a claim does.
     /// Takes the lease if no other daemon holds it (or it lapsed), keeps it
@@ -583,6 +593,7 @@ impl PgStore {
         self.leases.granted(sent, [(host, leased.token)]);
         Ok(HopLease::Held { last_start: leased.handed_over().map(|(_, ago)| ago) })
     }
+
     /// One round of lease keeping, every [`HostLeases::renew_every`] while
     /// the daemon crawls: renews this daemon's leases (and learns which it
     /// lost); gives up the idle ones, hosts with nothing of theirs in
@@ -625,6 +636,7 @@ impl PgStore {
         (round.recovered_hosts, round.recovered_urls) = (hosts, urls);
         Ok(round)
     }
+
     /// Gives up this daemon's leases on hosts with nothing of theirs in
     /// flight, except the hosts it is `keeping`: those it has a redirect
     /// hop in flight to (which holds a lease without a URL of the host's),
@@ -668,6 +680,7 @@ impl PgStore {
         self.leases.released(released.iter().map(String::as_str));
         Ok(released.len() as u64)
     }
+
     /// Ends up to [`RECOVER_BATCH`] lapsed leases of any daemon: their
     /// in-flight URLs go back to the queue (due at once), and the host's
     /// last start is taken as the latest its owner could have started a
@@ -704,6 +717,7 @@ impl PgStore {
         })
         .await
     }
+
     /// [`Store::claim`]; `again` when an earlier try of this very claim
     /// (the same `now_ms` and `picks`) found the database away: that try
     /// may have committed before its answer was lost, leaving URLs in
