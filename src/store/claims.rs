@@ -13,7 +13,7 @@
 //! (`trawler_frontier_urls{state="in_flight"}`); `claims_held` in the
 //! database has the same number, for the next start after a crash.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::job::Job;
@@ -28,32 +28,38 @@ struct Held {
     claimed_ms: i64,
 }
 
-/// The claims of one crawler, by URL id. Every method takes a short lock
-/// and no `await` happens under it.
+/// The claims of one crawler, by URL id, and the hosts a claim found dry.
+/// Every method takes one short lock and no `await` happens under it.
 #[derive(Debug, Default)]
 pub(crate) struct Claims {
-    held: Mutex<HashMap<i64, Held>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    held: HashMap<i64, Held>,
     /// Hosts a claim took every due URL of: their next work time is to be
     /// moved to their next URL not held, by the next write.
-    dry: Mutex<BTreeSet<String>>,
+    dry: BTreeSet<String>,
 }
 
 impl Claims {
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Held>> {
-        // A panic under this lock leaves the map whole: every change is
-        // one insert or remove.
-        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic under this lock leaves it whole: every change is one
+        // insert or remove.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The ids claimed on `hosts`: the URLs a claim leaves out.
     pub(crate) fn ids_on(&self, hosts: &[&str]) -> Vec<i64> {
-        let held = self.held();
-        held.iter().filter(|(_, h)| hosts.contains(&h.host.as_str())).map(|(id, _)| *id).collect()
+        let hosts: HashSet<&str> = hosts.iter().copied().collect();
+        let inner = self.inner();
+        inner.held.iter().filter(|(_, h)| hosts.contains(h.host.as_str())).map(|(id, _)| *id).collect()
     }
 
     /// Holds `jobs`, claimed at `now_ms` (Unix ms).
     pub(crate) fn hold(&self, jobs: &[Job], now_ms: i64) {
-        let mut held = self.held();
+        let held = &mut self.inner().held;
         for job in jobs {
             held.insert(job.url_id, Held { lease: job.lease, host: job.host.clone(), claimed_ms: now_ms });
         }
@@ -62,12 +68,12 @@ impl Claims {
     /// Whether URL `url_id` is held under `lease`: a completion that
     /// carries it takes effect.
     pub(crate) fn is_live(&self, url_id: i64, lease: i64) -> bool {
-        self.held().get(&url_id).is_some_and(|h| h.lease == lease)
+        self.inner().held.get(&url_id).is_some_and(|h| h.lease == lease)
     }
 
     /// Whether any claim holds URL `url_id`.
     pub(crate) fn holds(&self, url_id: i64) -> bool {
-        self.held().contains_key(&url_id)
+        self.inner().held.contains_key(&url_id)
     }
 
     /// Lets go of the claims `(url id, lease)` in `settled` (their
@@ -75,7 +81,7 @@ impl Claims {
     /// `revoked` (taken back by the batch, e.g. a page to fetch again at a
     /// lower depth: a completion still to come for it is stale).
     pub(crate) fn settle(&self, settled: &BTreeSet<(i64, i64)>, revoked: &[i64]) {
-        let mut held = self.held();
+        let held = &mut self.inner().held;
         for (url_id, lease) in settled {
             if held.get(url_id).is_some_and(|h| h.lease == *lease) {
                 held.remove(url_id);
@@ -88,34 +94,33 @@ impl Claims {
 
     /// The hosts of the claims held, each once.
     pub(crate) fn hosts(&self) -> BTreeSet<String> {
-        self.held().values().map(|h| h.host.clone()).collect()
+        self.inner().held.values().map(|h| h.host.clone()).collect()
     }
 
-    /// Lets go of every claim; returns how many there were. A dry host's
-    /// next work time has not moved yet, or is moved back by the caller.
+    /// Lets go of every claim, and forgets the dry hosts (their next work
+    /// time has not moved yet, or the caller moves it back); returns how
+    /// many claims there were.
     pub(crate) fn clear(&self) -> u64 {
-        self.dry.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
-        let mut held = self.held();
-        let n = held.len() as u64;
-        held.clear();
+        let mut inner = self.inner();
+        let n = inner.held.len() as u64;
+        *inner = Inner::default();
         n
     }
 
     /// Notes that a claim took every due URL `hosts` had.
     pub(crate) fn mark_dry(&self, hosts: &[&str]) {
-        let mut dry = self.dry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        dry.extend(hosts.iter().map(|host| (*host).to_owned()));
+        self.inner().dry.extend(hosts.iter().map(|host| (*host).to_owned()));
     }
 
     /// The hosts [`mark_dry`](Self::mark_dry) noted, which stay noted until
     /// [`written`](Self::written).
     pub(crate) fn dry(&self) -> Vec<String> {
-        self.dry.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect()
+        self.inner().dry.iter().cloned().collect()
     }
 
     /// Forgets `hosts` as dry: their next work time was written.
     pub(crate) fn written(&self, hosts: &[String]) {
-        let mut dry = self.dry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dry = &mut self.inner().dry;
         for host in hosts {
             dry.remove(host);
         }
@@ -123,12 +128,12 @@ impl Claims {
 
     /// Claims held.
     pub(crate) fn len(&self) -> u64 {
-        self.held().len() as u64
+        self.inner().held.len() as u64
     }
 
     /// When the oldest claim held was made, Unix ms.
     pub(crate) fn oldest_ms(&self) -> Option<i64> {
-        self.held().values().map(|h| h.claimed_ms).min()
+        self.inner().held.values().map(|h| h.claimed_ms).min()
     }
 }
 

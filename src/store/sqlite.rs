@@ -888,8 +888,9 @@ impl Store for SqliteStore {
                 revoked: Vec::new(),
             };
             let committed = batch::write_batch(&mut batch, completions, limits, SystemTime::now()).await?;
-            let mut revoked = batch.revoked;
-            revoked.retain(|id| !committed.live.iter().any(|(url_id, _)| url_id == id));
+            // A page can be both finished and revoked by one batch (a
+            // shorter path to it): `write_claims` counts it once.
+            let revoked = batch.revoked;
             let dry = self.write_claims(&mut tx, &committed.live, &revoked).await?;
             tx.commit().await.map_err(db("commit results"))?;
             self.claims.settle(&committed.live, &revoked);
@@ -1312,8 +1313,6 @@ impl BatchWrites for SqliteBatch<'_, '_> {
                FROM json_each(?1))
              UPDATE urls SET depth = v.depth, found_on = coalesce(v.via, urls.found_on),
                state = CASE WHEN v.refetch THEN 'queued' ELSE urls.state END,
-               lease = CASE WHEN v.refetch THEN NULL ELSE urls.lease END,
-               leased_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.leased_at_ms END,
                not_before_ms = CASE WHEN v.refetch THEN 0 ELSE urls.not_before_ms END,
                recrawl_at_ms = CASE WHEN v.refetch THEN NULL ELSE urls.recrawl_at_ms END,
                etag = CASE WHEN v.refetch THEN NULL ELSE urls.etag END,
