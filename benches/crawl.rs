@@ -14,6 +14,9 @@
 //!   fetched; completions go to the one database thread, up to 256 messages
 //!   a transaction. After each run this process checks the rows it stored
 //!   (every URL row done, one attempt row each) and stops if they are not.
+//!   With `--storing-sqlx` it writes through sqlx, trawler's SQLite driver,
+//!   set-based as trawler writes (one multi-row statement per table and
+//!   chunk): what the driver costs beside rusqlite.
 //! - the **bare pool**: the same tokio + reqwest worker pool (a bounded
 //!   `async-channel`, one shared client) that stores nothing.
 //!
@@ -34,7 +37,7 @@
 //! cargo bench --bench crawl                      # the standard table
 //! cargo bench --bench crawl -- [--rounds N] [--urls N] [--workers N] [--latency-ms MS]
 //!                              [--page-bytes N] [--save-body] [--random-pages] [--tls]
-//!                              [--hosts N [--per-host N]]
+//!                              [--hosts N [--per-host N]] [--storing-sqlx]
 //! cargo bench --bench crawl -- --urls 20000 --latency-ms 0 --workers 64 --rounds 3   # issue 24's case
 //! ```
 //! With no case flag, the table has the standard cases: 20,000 URLs of 1 KiB
@@ -97,6 +100,11 @@ struct Case {
     /// CA made for the run, which trawler trusts through `fetch.ca_file`
     /// and the bare pool through the same file.
     tls: bool,
+    /// The storing pool writes through sqlx (trawler's SQLite driver: a
+    /// thread per connection, each statement a message to it) instead of
+    /// rusqlite, the same statements in the same transactions: what the
+    /// driver alone costs.
+    storing_via_sqlx: bool,
 }
 
 impl Case {
@@ -152,6 +160,9 @@ impl Case {
         if self.tls {
             name += " / HTTPS";
         }
+        if self.storing_via_sqlx {
+            name += " / storing via sqlx";
+        }
         name
     }
 }
@@ -167,6 +178,7 @@ impl Default for Case {
             random_pages: false,
             hosts: 0,
             tls: false,
+            storing_via_sqlx: false,
         }
     }
 }
@@ -201,6 +213,7 @@ fn parse_args(args: Vec<String>) -> Args {
             "--save-body" => case.save_body = true,
             "--random-pages" => case.random_pages = true,
             "--tls" => case.tls = true,
+            "--storing-sqlx" => case.storing_via_sqlx = true,
             // First, as it sets the rest of the case to the many-hosts defaults.
             "--hosts" => *case = Case::many_hosts(value() as usize),
             "--per-host" => case.urls = case.hosts.max(1) * value() as usize,
@@ -341,7 +354,8 @@ fn run_baseline(baseline: Crawler, case: &Case, input: &Path, dir: &Path, ca_fil
             "bare pool"
         }
         Crawler::Storing => {
-            command.args(["--storing-pool", input, db.to_str().unwrap(), &workers]);
+            let mode = if case.storing_via_sqlx { "--storing-pool-sqlx" } else { "--storing-pool" };
+            command.args([mode, input, db.to_str().unwrap(), &workers]);
             "storing pool"
         }
         Crawler::Trawler => unreachable!("trawler is no baseline"),
@@ -493,12 +507,19 @@ enum StoreOp {
 /// is inserted while they are fetched). Each completion goes to the same
 /// thread, which writes its attempt row and its URL row's final state.
 /// Prints how many pages it fetched once all is committed.
-fn storing_pool(input: &Path, db: &Path, concurrency: usize, ca_file: Option<&Path>) {
+fn storing_pool(input: &Path, db: &Path, concurrency: usize, ca_file: Option<&Path>, via_sqlx: bool) {
     let urls = read_urls(input);
     let store = rusqlite::Connection::open(db).expect("open the storing pool's database");
     store.execute_batch(STORE_SCHEMA).expect("the storing pool's schema");
     let (writes, inbox) = std::sync::mpsc::channel();
-    let database = std::thread::spawn(move || write_loop(store, &inbox));
+    let database = match via_sqlx {
+        false => std::thread::spawn(move || write_loop(store, &inbox)),
+        true => {
+            drop(store);
+            let db = db.to_owned();
+            std::thread::spawn(move || write_loop_sqlx(&db, &inbox))
+        }
+    };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let fetched = runtime.block_on(async move {
         let (jobs, queue) = async_channel::bounded(concurrency * 4);
@@ -550,6 +571,66 @@ fn write_loop(mut store: rusqlite::Connection, inbox: &std::sync::mpsc::Receiver
         let tx = store.transaction().expect("begin");
         let replies = write_batch(&tx, batch.drain(..));
         tx.commit().expect("commit");
+        for (reply, rows) in replies {
+            let _ = reply.send(rows);
+        }
+    }
+}
+
+/// [`write_loop`] through sqlx instead of rusqlite (`--storing-sqlx`): one
+/// `SqliteConnection` (WAL, `synchronous = NORMAL`, sqlx's statement
+/// cache), driven from this thread by a runtime of its own, the same
+/// batches and transactions. Each statement is a message to sqlx's thread
+/// for the connection, so a transaction's completions are written as
+/// trawler writes them, set-based: their attempt rows in one multi-row
+/// `INSERT` and their URL rows in one `UPDATE`, for each chunk of 256, 64,
+/// 16 or 1 (a few statement texts, which sqlx prepares once).
+fn write_loop_sqlx(db: &Path, inbox: &std::sync::mpsc::Receiver<StoreOp>) {
+    use sqlx::Connection;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
+    let mut store = runtime.block_on(sqlx::SqliteConnection::connect_with(&options)).expect("open");
+    let mut batch = Vec::with_capacity(STORE_BATCH);
+    while let Ok(first) = inbox.recv() {
+        batch.push(first);
+        gather(inbox, &mut batch);
+        let replies = runtime.block_on(async {
+            let mut tx = store.begin().await.expect("begin");
+            let (mut replies, mut done) = (Vec::new(), Vec::new());
+            for op in batch.drain(..) {
+                match op {
+                    StoreOp::Ingest(urls, reply) => {
+                        let sql = insert_urls_sql(urls.len());
+                        let insert = urls.iter().fold(sqlx::query_as(&sql), |q, url| q.bind(url));
+                        replies.push((reply, insert.fetch_all(&mut *tx).await.expect("insert the URLs")));
+                    }
+                    StoreOp::Complete(id, page) => done.push((id, page)),
+                }
+            }
+            let mut rest = &done[..];
+            while !rest.is_empty() {
+                let n = [256, 64, 16, 1].into_iter().find(|&n| n <= rest.len()).expect("1 fits");
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
+                let values = vec!["(?, ?, ?, ?, ?)"; n].join(", ");
+                let sql = format!(
+                    "INSERT INTO attempts (url_id, http_status, body_bytes, started_ms, elapsed_ms) VALUES {values}"
+                );
+                let insert = chunk.iter().fold(sqlx::query(&sql), |q, (id, page)| {
+                    q.bind(id).bind(page.status).bind(page.body_bytes as i64).bind(page.started_ms).bind(page.elapsed_ms)
+                });
+                insert.execute(&mut *tx).await.expect("insert the attempts");
+                let sql = format!("UPDATE urls SET state = 'done' WHERE id IN ({})", vec!["?"; n].join(", "));
+                let update = chunk.iter().fold(sqlx::query(&sql), |q, (id, _)| q.bind(id));
+                let updated = update.execute(&mut *tx).await.expect("update the URLs");
+                assert_eq!(updated.rows_affected(), n as u64, "URL rows");
+            }
+            tx.commit().await.expect("commit");
+            replies
+        });
         for (reply, rows) in replies {
             let _ = reply.send(rows);
         }
@@ -840,17 +921,18 @@ fn write_input(case: &Case, server: &TestServer, input: &Path) {
 
 /// Runs this binary as one of the baselines when its first argument names
 /// one (`--bare-pool INPUT WORKERS [CA]`, `--storing-pool INPUT DB WORKERS
-/// [CA]`); returns whether it did.
+/// [CA]`, or `--storing-pool-sqlx`, its arguments alike); returns whether it
+/// did.
 fn run_pool(argv: &[String]) -> bool {
     match argv.first().map(String::as_str) {
         Some("--bare-pool") => {
             let concurrency = argv[2].parse().expect("a concurrency");
             bare_pool(Path::new(&argv[1]), concurrency, argv.get(3).map(Path::new));
         }
-        Some("--storing-pool") => {
+        Some(mode @ ("--storing-pool" | "--storing-pool-sqlx")) => {
             let concurrency = argv[3].parse().expect("a concurrency");
             let (input, db) = (Path::new(&argv[1]), Path::new(&argv[2]));
-            storing_pool(input, db, concurrency, argv.get(4).map(Path::new));
+            storing_pool(input, db, concurrency, argv.get(4).map(Path::new), mode == "--storing-pool-sqlx");
         }
         _ => return false,
     }
