@@ -374,6 +374,20 @@ impl Coordination {
         self.backend.ride("keep host leases", |_| self.pg().keep_leases(last_starts, keeping)).await
     }
 
+    /// Between lease rounds: hands over this daemon's hosts beyond its
+    /// share when a daemon holds none, and gives up those handed over that
+    /// are idle ([`PgStore::rebalance`]). Returns how many it still holds
+    /// of those it is handing over.
+    ///
+    /// Errors: the database cannot be read or written.
+    pub async fn rebalance(
+        &self,
+        last_starts: &[(String, Duration)],
+        keeping: &[String],
+    ) -> Result<usize, StoreError> {
+        self.backend.ride("rebalance host leases", |_| self.pg().rebalance(last_starts, keeping)).await
+    }
+
     /// Leases `host` for a redirect hop to it ([`PgStore::lease_hop`]).
     ///
     /// Errors: the database cannot be written.

@@ -75,6 +75,12 @@ fn named_fleet_urls(
 /// `url`, with `config`.
 fn start_fleet(url: &str, config: &str) -> (Vec<tempfile::TempDir>, Vec<Daemon>) {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let daemons = dirs.iter().map(|d| start_daemon(url, config, d.path())).collect();
+    (dirs, daemons)
+}
+
+/// One daemon of a fleet, in `dir`, on the database at `url`.
+fn start_daemon(url: &str, config: &str, dir: &std::path::Path) -> Daemon {
     // The config file's politeness, over what spawned test daemons default to.
     let delay = format!("{}ms", DELAY.as_millis());
     let env = [
@@ -82,8 +88,7 @@ fn start_fleet(url: &str, config: &str) -> (Vec<tempfile::TempDir>, Vec<Daemon>)
         ("TRAWLER_POLITENESS__PER_HOST_CONCURRENCY", "1"),
         ("TRAWLER_POLITENESS__PER_HOST_DELAY", delay.as_str()),
     ];
-    let daemons = dirs.iter().map(|d| Daemon::start_with_env(d.path(), config, &env)).collect();
-    (dirs, daemons)
+    Daemon::start_with_env(dir, config, &env)
 }
 
 fn enqueue(url: &str, urls: &[String]) {
@@ -232,6 +237,46 @@ fn three_daemons_share_a_crawl_and_a_stopping_one_hands_its_hosts_over_at_once()
     let leased =
         runtime.block_on(scalar(&mut db, "SELECT count(*) FROM hosts WHERE lease_owner IS NOT NULL"));
     assert_eq!(leased, 0, "every daemon gave its hosts up");
+}
+
+/// Issue 24: a daemon that joined a running crawl made 466 of 10,200
+/// requests, as the first kept every busy host (its next URL always in
+/// flight, waiting for its turn). Now the first hands over its hosts
+/// beyond its share, and the second has them within about a lease.
+#[test]
+fn a_daemon_that_joins_a_running_crawl_gets_its_share_of_the_hosts_within_a_lease() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(pg) = runtime.block_on(TestDatabase::create("a_daemon_joins_a_running_crawl")) else { return };
+    let server = TestServer::start();
+    // Busy to the end of the test: 200 URLs a host, DELAY apart, 10 s.
+    let (hosts, lease) = (12, Duration::from_secs(3));
+    let urls = fleet_urls(&server, hosts, 200, "ok/join");
+    enqueue(&pg.url, &urls);
+    let config = fleet_config(&format!("{}s", lease.as_secs()));
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let first = start_daemon(&pg.url, &config, dirs[0].path());
+    let mut db = runtime.block_on(PgConnection::connect(&pg.url)).unwrap();
+    let (first_pid, all) = (first.child.id(), hosts as i64);
+    runtime.block_on(eventually("the first daemon holds every host", Duration::from_secs(10), async || {
+        let held = hosts_held_by(&mut db, &[first_pid]).await;
+        if held == all { Ok(()) } else { Err(format!("{held} of {all}")) }
+    }));
+    let second = start_daemon(&pg.url, &config, dirs[1].path());
+    let second_pid = second.child.id();
+    // A lease round of the first (a third of a lease) finds the second,
+    // its hosts handed over are given up once what they have in flight has
+    // finished (a DELAY), and the second's intake takes them: a lease,
+    // and the second's start-up, which a loaded machine slows.
+    runtime.block_on(eventually("the second daemon's share of the hosts", 2 * lease, async || {
+        let (theirs, its) =
+            (hosts_held_by(&mut db, &[first_pid]).await, hosts_held_by(&mut db, &[second_pid]).await);
+        if its >= all / 2 - 1 { Ok(()) } else { Err(format!("the first holds {theirs}, the second {its}")) }
+    }));
+    first.stop();
+    second.stop();
+    let twice = "SELECT count(*) FROM (SELECT url_id FROM attempts WHERE outcome = 'done' GROUP BY url_id
+                 HAVING count(*) > 1) AS t";
+    assert_eq!(runtime.block_on(scalar(&mut db, twice)), 0, "one result per URL");
 }
 
 #[test]

@@ -100,6 +100,9 @@ pub struct LeaseRound {
     pub lost: Vec<String>,
     /// Idle hosts given up (nothing of theirs in flight here).
     pub released: u64,
+    /// Hosts this daemon is handing over to others and still holds (a
+    /// rebalance: see [`PgStore::rebalance`]), to be given up once idle.
+    pub handing_over: usize,
     /// Lapsed leases of any daemon (a crashed one's) ended, and how many
     /// URLs they held in flight went back to the queue.
     pub recovered_hosts: u64,
@@ -418,7 +421,7 @@ impl PgStore {
              ORDER BY b.application_name IS NOT DISTINCT FROM $1, w.state_change, b.xact_start NULLS LAST
              LIMIT 1",
         )
-        .bind(session_name(&self.worker))
+        .bind(&self.session)
         .bind(LOCK_WAIT_NOTICED.as_secs_f64())
         .fetch_optional(&self.pool)
         .await
@@ -602,7 +605,10 @@ impl PgStore {
     /// next owner keeps the delay, except the hosts it is `keeping` (see
     /// [`release_idle`](Self::release_idle)); and ends leases of any daemon that
     /// lapsed (a crashed daemon's), putting what they held in flight back
-    /// in the queue.
+    /// in the queue. Before giving idle hosts up, it hands over its hosts
+    /// beyond its share, when it holds more than that and another daemon
+    /// holds none ([`hand_over_surplus`](Self::hand_over_surplus)); between
+    /// rounds, [`rebalance`](Self::rebalance) does that sooner.
     ///
     /// Errors: the database cannot be written; requests to this daemon's
     /// hosts then stop at their deadline unless a later round renews them.
@@ -631,10 +637,67 @@ impl PgStore {
             .await?;
         round.renewed = renewed.len() as u64;
         round.lost = self.leases.renewed(renewal, &renewed);
+        self.hand_over_surplus(keeping).await?;
         round.released = self.release_idle(last_starts, keeping).await?;
+        round.handing_over = self.leases.handing_over().len();
         let (hosts, urls) = self.recover_lapsed().await?;
         (round.recovered_hosts, round.recovered_urls) = (hosts, urls);
         Ok(round)
+    }
+
+    /// What a daemon does between its lease rounds so that one that joins
+    /// a running crawl gets its share of the hosts soon: begins to hand
+    /// over the hosts it holds beyond its share when a daemon holds none
+    /// ([`hand_over_surplus`](Self::hand_over_surplus)), and gives up
+    /// those of the hosts it is handing over that are idle now, recording
+    /// their last request starts (`last_starts`, as for
+    /// [`release_idle`](Self::release_idle)). Returns how many hosts it
+    /// still holds of those it is handing over.
+    ///
+    /// Errors: the database cannot be read or written.
+    pub async fn rebalance(
+        &self,
+        last_starts: &[(String, Duration)],
+        keeping: &[String],
+    ) -> Result<usize, StoreError> {
+        self.hand_over_surplus(keeping).await?;
+        let handing_over = self.leases.handing_over();
+        if !handing_over.is_empty() {
+            self.give_up_idle(last_starts, keeping, Some(&handing_over)).await?;
+        }
+        Ok(self.leases.handing_over().len())
+    }
+
+    /// Begins to hand over the hosts this daemon holds beyond its share of
+    /// the leased hosts (their count over the trawler daemons connected,
+    /// rounded up; see `Share::surplus`) when a connected daemon holds
+    /// none, except those it is `keeping`. A busy host is never idle for
+    /// long (its next URL most often waits in flight for its turn), so
+    /// without this a daemon that joined a running crawl would get few
+    /// hosts or none. A host handed over gets no new claim here; once what
+    /// it has in flight has finished, it is given up for another daemon to
+    /// take ([`HostLeases::hand_over`]).
+    ///
+    /// Errors: the database cannot be read.
+    async fn hand_over_surplus(&self, keeping: &[String]) -> Result<(), StoreError> {
+        let surplus = self.share().await?.surplus();
+        let more = surplus.saturating_sub(self.leases.handing_over().len());
+        if more == 0 {
+            return Ok(());
+        }
+        let kept = self.leases.kept();
+        let candidates: Vec<&String> = kept.iter().filter(|host| !keeping.contains(host)).collect();
+        let chosen: Vec<&str> =
+            rand::seq::IndexedRandom::choose_multiple(&candidates[..], &mut rand::rng(), more)
+                .map(|host| host.as_str())
+                .collect();
+        tracing::info!(
+            hosts = chosen.len(),
+            held = kept.len(),
+            "handing hosts over to a daemon that holds none: this one holds more than its share"
+        );
+        self.leases.hand_over(chosen);
+        Ok(())
     }
 
     /// Gives up this daemon's leases on hosts with nothing of theirs in
@@ -643,8 +706,9 @@ impl PgStore {
     /// and those in backoff, whose escalation (backoffs in a row) lives in
     /// this daemon's politeness and would start over with another owner.
     /// Each host's last request start (`last_starts`, how long ago, from
-    /// politeness) is recorded for the next owner. Returns how many it gave
-    /// up.
+    /// politeness) is recorded for the next owner. When one given up has
+    /// URLs queued (a host handed over), the daemons waiting for work are
+    /// notified ([`WORK_CHANNEL`]). Returns how many it gave up.
     ///
     /// Errors: the database cannot be written.
     pub async fn release_idle(
@@ -652,32 +716,54 @@ impl PgStore {
         last_starts: &[(String, Duration)],
         keeping: &[String],
     ) -> Result<u64, StoreError> {
+        self.give_up_idle(last_starts, keeping, None).await
+    }
+
+    /// [`release_idle`](Self::release_idle), of the hosts `among` these
+    /// only, when given.
+    async fn give_up_idle(
+        &self,
+        last_starts: &[(String, Duration)],
+        keeping: &[String],
+        among: Option<&[String]>,
+    ) -> Result<u64, StoreError> {
         // In turn with this daemon's claims: a claim that puts URLs of a
         // host in flight has committed before this looks for them (a
         // concurrent one could not be seen: a row's re-check after a lock
         // wait does not run NOT EXISTS again).
         let _claiming = self.claiming.lock().await;
         let (hosts, agos) = last_start_arrays(last_starts);
-        let released: Vec<String> = self
+        let released: Vec<(String, bool)> = self
             .writing("give up idle host leases", || {
-                sqlx::query_scalar(
+                sqlx::query_as(
                     "WITH v AS (SELECT * FROM unnest($2::text[], $3::float8[]) AS v(host, ago_s))
                      UPDATE hosts SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
                          last_start_at = greatest(hosts.last_start_at,
                              now() - make_interval(secs => (SELECT ago_s FROM v WHERE v.host = hosts.host)))
                      WHERE lease_owner = $1 AND host <> ALL($4::text[])
+                       AND ($6::text[] IS NULL OR host = ANY($6::text[]))
                        AND NOT EXISTS (SELECT 1 FROM urls
                                        WHERE urls.lease = hosts.lease_token AND urls.state = 'in_flight')
-                     RETURNING host",
+                     RETURNING host, work_at_ms < $5",
                 )
                 .bind(&self.worker)
                 .bind(&hosts)
                 .bind(&agos)
                 .bind(keeping)
+                .bind(i64::MAX)
+                .bind(among)
                 .fetch_all(&self.pool)
             })
             .await?;
-        self.leases.released(released.iter().map(String::as_str));
+        self.leases.released(released.iter().map(|(host, _)| host.as_str()));
+        // A host given up with URLs queued (one handed over): the daemons
+        // waiting for work may take it now, not at their next poll.
+        if released.iter().any(|(_, queued)| *queued) {
+            self.writing("notify the daemons of work", || {
+                sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&self.pool)
+            })
+            .await?;
+        }
         Ok(released.len() as u64)
     }
 

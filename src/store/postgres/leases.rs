@@ -48,6 +48,13 @@ impl BootInstant {
     }
 }
 
+/// How long a host handed over ([`HostLeases::hand_over`]) and given up is
+/// left for the daemon that holds none to take, before its old owner may
+/// take it back: a few of that daemon's polls for work (it is notified
+/// too). Longer, and two daemons that each hand the other hosts would
+/// leave them idle between them.
+const OFFERED_FOR: Duration = Duration::from_secs(5);
+
 /// A renewal on its way ([`HostLeases::renewal`]): when it was sent, and how
 /// many grants had been recorded by then.
 #[derive(Debug, Clone, Copy)]
@@ -69,11 +76,22 @@ pub struct HostLeases {
     held: Mutex<Held>,
 }
 
-/// The leases held, and how many grants were ever recorded.
+/// The leases held, how many grants were ever recorded, and the hosts
+/// being handed over to other daemons.
 #[derive(Debug, Default)]
 struct Held {
     by_host: HashMap<String, Lease>,
     grants: u64,
+    /// Hosts this daemon is handing over ([`HostLeases::hand_over`]).
+    handing_over: HashMap<String, HandOver>,
+}
+
+/// A host being handed over: when this daemon began to, and when it gave
+/// the host up, once it has.
+#[derive(Debug, Clone, Copy)]
+struct HandOver {
+    since: BootInstant,
+    given_up: Option<BootInstant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,15 +190,53 @@ impl HostLeases {
 
     /// Forgets the leases of `hosts` (released).
     pub fn released<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) {
+        let now = self.now();
         let mut held = self.lock();
         for host in hosts {
             held.by_host.remove(host);
+            if let Some(hand_over) = held.handing_over.get_mut(host) {
+                hand_over.given_up = Some(now);
+            }
         }
     }
 
     /// Forgets every lease (all given up).
     pub fn released_all(&self) {
         self.lock().by_host.clear();
+    }
+
+    /// The hosts held that are not being handed over: those a rebalance
+    /// may hand over.
+    pub fn kept(&self) -> Vec<String> {
+        let held = self.lock_pruned();
+        held.by_host.keys().filter(|host| !held.handing_over.contains_key(*host)).cloned().collect()
+    }
+
+    /// Begins to hand `hosts` over to other daemons (a rebalance): this
+    /// daemon claims none of their URLs ([`held_back`](Self::held_back)),
+    /// so that their queued URLs wait for another daemon while the ones in
+    /// flight here finish; the idle host is then given up, and left to the
+    /// others for [`OFFERED_FOR`]. A host not given up within a lease's
+    /// length is kept after all.
+    pub fn hand_over<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) {
+        let since = self.now();
+        let mut held = self.lock();
+        for host in hosts {
+            held.handing_over.insert(host.to_owned(), HandOver { since, given_up: None });
+        }
+    }
+
+    /// The hosts being handed over ([`hand_over`](Self::hand_over)): not to
+    /// be claimed by this daemon.
+    pub fn held_back(&self) -> Vec<String> {
+        self.lock_pruned().handing_over.keys().cloned().collect()
+    }
+
+    /// The hosts this daemon still holds of those it is handing over: to
+    /// be given up once idle.
+    pub fn handing_over(&self) -> Vec<String> {
+        let held = self.lock_pruned();
+        held.handing_over.keys().filter(|host| held.by_host.contains_key(*host)).cloned().collect()
     }
 
     /// Whether a request to `host` under the lease `token` may start now:
@@ -205,6 +261,19 @@ impl HostLeases {
     fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// [`lock`](Self::lock), having forgotten the hand-overs that are
+    /// over: given up [`OFFERED_FOR`] ago, or begun a lease's length ago.
+    fn lock_pruned(&self) -> std::sync::MutexGuard<'_, Held> {
+        let now = self.now();
+        let since = |t: BootInstant| now.0.saturating_sub(t.0);
+        let mut held = self.lock();
+        held.handing_over.retain(|_, hand_over| match hand_over.given_up {
+            Some(given_up) => since(given_up) < OFFERED_FOR,
+            None => since(hand_over.since) < self.length,
+        });
+        held
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +297,29 @@ mod tests {
 
     fn leases() -> HostLeases {
         HostLeases::with_clock(Duration::from_secs(60), Duration::from_secs(30), fake_now)
+    }
+
+    #[test]
+    fn a_host_handed_over_is_held_back_until_offered_for_a_while_or_kept_after_a_lease() {
+        let leases = leases();
+        leases.granted(leases.now(), [("a.test", 1), ("b.test", 2), ("c.test", 3)]);
+        leases.hand_over(["b.test", "c.test"]);
+        assert_eq!(leases.kept(), ["a.test"]);
+        let mut held_back = leases.held_back();
+        held_back.sort();
+        assert_eq!(held_back, ["b.test", "c.test"]);
+        // b.test is given up once idle, and offered to the others a while.
+        advance(Duration::from_secs(10));
+        leases.released(["b.test"]);
+        assert_eq!(leases.handing_over(), ["c.test"]);
+        advance(OFFERED_FOR - Duration::from_millis(1));
+        assert!(leases.held_back().contains(&"b.test".to_owned()));
+        advance(Duration::from_millis(1));
+        assert_eq!(leases.held_back(), ["c.test"], "no other daemon took b.test: it may be taken back");
+        // c.test never went idle: kept after a lease.
+        advance(Duration::from_secs(60) - Duration::from_secs(10) - OFFERED_FOR);
+        assert!(leases.held_back().is_empty());
+        assert!(leases.handing_over().is_empty());
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub struct PgStore {
     /// This daemon's name in `hosts.lease_owner` and `attempts.worker`:
     /// host name, process id and a random suffix, unique per run.
     worker: String,
+    /// Its sessions' `application_name` ([`session_name`]).
+    session: String,
     /// Taken by claims, redirect-hop leases and the giving up of idle hosts
     /// in turn, so that an idle host is never given up while this daemon
     /// is claiming URLs of it or leasing it for a hop (see
@@ -121,7 +123,7 @@ impl PgStore {
     /// the URL is malformed, the server cannot be reached or refuses, or a
     /// migration fails. Messages name the URL without its password.
     pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let store = Self::connect(url, max_connections, None).await?;
+        let store = Self::connect(url, max_connections, None, Role::Tool).await?;
         migrate(&store.pool, &store.shown).await?;
         Ok(store)
     }
@@ -134,7 +136,7 @@ impl PgStore {
     /// the database holds no trawler schema; [`StoreError::NewerSchema`]
     /// when a newer trawler wrote it.
     pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
-        let store = Self::connect(url, 2, None).await?;
+        let store = Self::connect(url, 2, None, Role::Tool).await?;
         let found: Result<Option<i64>, sqlx::Error> =
             sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
                 .fetch_one(&store.pool)
@@ -152,13 +154,15 @@ impl PgStore {
         Err(error)
     }
 
-    /// Connects, without migrating. With `idle_in_transaction`, the server
-    /// ends a session of this store's that stays that long in a transaction
+    /// Connects, without migrating, with sessions named for `role`
+    /// ([`session_name`]). With `idle_in_transaction`, the server ends a
+    /// session of this store's that stays that long in a transaction
     /// without a statement (PostgreSQL's `idle_in_transaction_session_timeout`).
     async fn connect(
         url: &str,
         max_connections: u32,
         idle_in_transaction: Option<Duration>,
+        role: Role,
     ) -> Result<Self, StoreError> {
         let shown = ForLog(url).to_string();
         let options: PgConnectOptions = url.parse().map_err(|e| StoreError::Database {
@@ -166,7 +170,8 @@ impl PgStore {
             source: format!("{shown}: not a PostgreSQL URL: {e}").into(),
         })?;
         let worker = worker_name();
-        let mut options = options.application_name(&session_name(&worker));
+        let session = session_name(role, &worker);
+        let mut options = options.application_name(&session);
         if let Some(limit) = idle_in_transaction {
             let ms = limit.as_millis().to_string();
             options = options.options([("idle_in_transaction_session_timeout", ms.as_str())]);
@@ -203,7 +208,7 @@ impl PgStore {
         // The default length; `open_crawler` sets the configured one.
         let leases = Arc::new(HostLeases::new(crate::config::DEFAULT_LEASE, Duration::ZERO));
         let watch = Watch::default();
-        Ok(Self { pool, shown, worker, claiming: Mutex::new(()), leases, watch })
+        Ok(Self { pool, shown, worker, session, claiming: Mutex::new(()), leases, watch })
     }
 
     /// Waits `grace` for the database to come back when it goes away
@@ -252,7 +257,7 @@ impl PgStore {
         request_timeout: Duration,
         busy_warning: Duration,
     ) -> Result<Self, StoreError> {
-        let mut store = Self::connect(url, max_connections, Some(lease)).await?;
+        let mut store = Self::connect(url, max_connections, Some(lease), Role::Crawler).await?;
         migrate(&store.pool, &store.shown).await?;
         let opened =
             futures::future::try_join_all((0..max_connections).map(|_| store.pool.acquire())).await.map_err(
@@ -278,7 +283,7 @@ impl PgStore {
             return;
         }
         self.watch.give_up.cancel();
-        let (pool, name) = (self.pool.clone(), session_name(&self.worker));
+        let (pool, name) = (self.pool.clone(), self.session.clone());
         tokio::spawn(async move {
             // A connection of its own: the pool's may all be waiting.
             use sqlx::Connection;
@@ -302,24 +307,31 @@ impl PgStore {
         });
     }
 
-    /// What a claim round knows of the other daemons when new hosts are
-    /// few: how many trawler processes are connected to the database
-    /// (`session_name`s in `pg_stat_activity`), how many hosts are leased,
-    /// and how many of them to this daemon.
+    /// What this daemon knows of the others when new hosts are few (a
+    /// claim round) and when it rebalances (a lease round): how many
+    /// crawling daemons are connected to the database (their
+    /// `session_name`s in `pg_stat_activity`), how many hosts are leased,
+    /// to how many daemons, and how many to this one.
     ///
     /// Errors: the database cannot be read.
     async fn share(&self) -> Result<Share, StoreError> {
-        let (processes, leased, mine): (i64, i64, i64) = sqlx::query_as(
+        let (processes, leased, owners, mine): (i64, i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(DISTINCT application_name) FROM pg_stat_activity
                      WHERE datname = current_database() AND application_name LIKE 'trawler %'),
-                    count(*), count(*) FILTER (WHERE lease_owner = $1)
+                    count(*), count(DISTINCT lease_owner), count(*) FILTER (WHERE lease_owner = $1)
              FROM hosts WHERE lease_owner IS NOT NULL AND lease_expires_at >= now()",
         )
         .bind(&self.worker)
         .fetch_one(&self.pool)
         .await
         .map_err(db("count daemons and leases"))?;
-        Ok(Share { processes: processes as usize, leased: leased as usize, mine: mine as usize })
+        let count = |n: i64| n as usize;
+        Ok(Share {
+            processes: count(processes),
+            leased: count(leased),
+            owners: count(owners),
+            mine: count(mine),
+        })
     }
 
     /// The schema version the database is at: its newest applied migration.
@@ -438,13 +450,28 @@ impl PgStore {
 }
 
 /// This run's worker name: `host:pid:random`.
-/// The `application_name` of a worker's sessions: `trawler`, then its
-/// worker name, as PostgreSQL keeps it (at most 63 bytes, NAMEDATALEN - 1;
-/// printable ASCII, as the server would replace the rest). What
-/// [`PgStore::watch_lock_waits`] knows its own sessions by, and what an
-/// operator sees in `pg_stat_activity`.
-fn session_name(worker: &str) -> String {
-    let mut name: String = format!("trawler {worker}")
+/// What a store's sessions are for, which their names say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A crawling daemon's ([`PgStore::open_crawler`]).
+    Crawler,
+    /// Any other command's: enqueue, stats, export.
+    Tool,
+}
+
+/// The `application_name` of a worker's sessions: `trawler` for a crawling
+/// daemon's, `trawler-cli` for another command's, then its worker name,
+/// as PostgreSQL keeps it (at most 63 bytes, NAMEDATALEN - 1; printable
+/// ASCII, as the server would replace the rest). What
+/// [`PgStore::watch_lock_waits`] knows its own sessions by, what daemons
+/// count each other by (`trawler %`: only crawling daemons take hosts), and
+/// what an operator sees in `pg_stat_activity`.
+fn session_name(role: Role, worker: &str) -> String {
+    let prefix = match role {
+        Role::Crawler => "trawler",
+        Role::Tool => "trawler-cli",
+    };
+    let mut name: String = format!("{prefix} {worker}")
         .chars()
         .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
         .collect();
@@ -456,12 +483,13 @@ fn session_name(worker: &str) -> String {
 /// when it picks new hosts.
 #[derive(Debug, Clone, Copy)]
 struct Share {
-    /// Trawler processes connected to the database, this one included.
-    /// Enqueue, stats and export sessions count too, which only makes a
-    /// round take fewer: the rest stay ready for the next.
+    /// Crawling daemons connected to the database, this one included
+    /// (enqueue, stats and export sessions are named otherwise).
     processes: usize,
     /// Hosts leased (unlapsed), to any daemon.
     leased: usize,
+    /// Daemons holding those leases.
+    owners: usize,
     /// Of those, this daemon's.
     mine: usize,
 }
@@ -483,6 +511,19 @@ impl Share {
         let of_window = window.div_ceil(processes);
         let to_even = (self.leased + window).div_ceil(processes).saturating_sub(self.mine);
         wanted.min(window).min(of_window.max(to_even))
+    }
+
+    /// How many hosts this daemon holds beyond its share of the leased
+    /// ones (their count over the daemons connected, rounded up), when a
+    /// connected daemon holds none: one that joined a running crawl, whose
+    /// intake finds no host free while the others keep theirs busy. 0 when
+    /// every daemon holds some, so daemons that took uneven shares as their
+    /// own workers allowed are not made to trade hosts back and forth.
+    fn surplus(self) -> usize {
+        if self.processes <= self.owners {
+            return 0;
+        }
+        self.mine.saturating_sub(self.leased.div_ceil(self.processes))
     }
 }
 
@@ -782,6 +823,13 @@ impl Store for PgStore {
         // the longest-waiting, NEW_HOST_WINDOW times as many as wanted:
         // daemons that all took the oldest would all pick the same ones,
         // and all but one would come away empty until their next poll.
+        // Neither the hosts busy here nor those being handed over to
+        // another daemon (`rebalance`).
+        let held_back = self.leases.held_back();
+        let skipped = match held_back.is_empty() {
+            true => std::borrow::Cow::Borrowed(busy),
+            false => std::borrow::Cow::Owned([busy, &held_back[..]].concat()),
+        };
         let rows: Vec<(String, i64, bool)> = sqlx::query_as(
             "(SELECT host, ready_at_ms, true FROM hosts
               WHERE lease_owner = $4 AND ready_at_ms <= $1 AND host <> ALL($2::text[])
@@ -793,7 +841,7 @@ impl Store for PgStore {
               ORDER BY ready_at_ms LIMIT $5)",
         )
         .bind(now_ms)
-        .bind(busy)
+        .bind(&*skipped)
         .bind(i64::from(limit))
         .bind(&self.worker)
         .bind(i64::from(new_limit) * NEW_HOST_WINDOW)
@@ -1008,7 +1056,7 @@ mod tests {
 
     #[test]
     fn a_round_takes_its_share_of_new_hosts_and_never_none_of_some() {
-        let share = |processes, leased, mine| Share { processes, leased, mine };
+        let share = |processes, leased, mine| Share { processes, leased, owners: 1, mine };
         // Three daemons, six new hosts: two each, not six to the first up.
         assert_eq!(share(3, 0, 0).take(32, 6), 2);
         assert_eq!(share(3, 2, 2).take(32, 4), 2, "its share of the window, though it has its share");
@@ -1027,10 +1075,25 @@ mod tests {
     }
 
     #[test]
-    fn session_names_fit_postgresql() {
-        let name = session_name(&format!("{}:123:abcdef01", "h".repeat(80)));
+    fn a_daemon_hands_over_its_hosts_beyond_its_share_only_to_one_that_holds_none() {
+        let share = |processes, leased, owners, mine| Share { processes, leased, owners, mine };
+        // One daemon holds all 200; a second joined: 100 each.
+        assert_eq!(share(2, 200, 1, 200).surplus(), 100);
+        // Three daemons, two hold 150 and 50; the third joined.
+        assert_eq!(share(3, 200, 2, 150).surplus(), 150 - 67);
+        assert_eq!(share(3, 200, 2, 50).surplus(), 0, "under its share");
+        // Every daemon holds some: no trading back and forth.
+        assert_eq!(share(2, 200, 2, 190).surplus(), 0);
+        assert_eq!(share(1, 200, 1, 200).surplus(), 0, "alone");
+        assert_eq!(share(0, 0, 0, 0).surplus(), 0, "nothing leased");
+    }
+
+    #[test]
+    fn session_names_fit_postgresql_and_name_what_the_session_is_for() {
+        let name = session_name(Role::Crawler, &format!("{}:123:abcdef01", "h".repeat(80)));
         assert_eq!(name.len(), 63);
         assert!(name.starts_with("trawler hhh"));
-        assert_eq!(session_name("héte:1:2"), "trawler h?te:1:2");
+        assert_eq!(session_name(Role::Crawler, "héte:1:2"), "trawler h?te:1:2");
+        assert_eq!(session_name(Role::Tool, "h:1:2"), "trawler-cli h:1:2");
     }
 }
