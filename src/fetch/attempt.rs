@@ -55,12 +55,21 @@ pub struct Attempt<'f> {
     pub(super) spent: Duration,
     /// How the attempt ended, once it has.
     pub(super) outcome: Option<Result<(), Failure>>,
+    /// Its last request was withheld ([`Cleared::may_send`]).
+    pub(super) withheld: bool,
 }
 
 impl Attempt<'_> {
     /// The URL the next request goes to, or `None` when the attempt is over.
     pub fn next_url(&self) -> Option<&Url> {
         self.next.as_ref()
+    }
+
+    /// Whether the last request was withheld, not sent: its clearance
+    /// ([`Cleared::may_send`]) no longer held when it was about to go out.
+    /// The attempt is then to be abandoned: nothing of it was sent.
+    pub fn withheld(&self) -> bool {
+        self.withheld
     }
 
     /// Requests made so far (redirects followed plus one, once started).
@@ -122,8 +131,8 @@ impl Attempt<'_> {
         let limit = fetcher.config.timeout;
         let start = Instant::now();
         let name = url.host_str().filter(|_| literal.is_none());
-        let mut dns = None;
-        let (extract, headers) = (self.extract, cleared.headers);
+        let (mut dns, mut withheld) = (None, false);
+        let (extract, headers, may_send) = (self.extract, cleared.headers, cleared.may_send);
         let progress = &mut self.progress;
         let request = async {
             if let Some(name) = name {
@@ -132,12 +141,20 @@ impl Attempt<'_> {
                 dns = Some(resolving.elapsed());
                 resolved.map_err(|e| lookup_failure(&*e, progress))?;
             }
+            if may_send.is_some_and(|may| !may()) {
+                withheld = true;
+                return Ok(None);
+            }
             fetcher.request_once(&url, extract, headers, progress).await
         };
         let sent =
             tokio::time::timeout(limit.saturating_sub(self.spent), SENDING.scope(sending.clone(), request))
                 .await;
         self.spent += start.elapsed();
+        if withheld {
+            self.withheld = true;
+            return;
+        }
         if let Some(dns) = dns {
             let total = self.progress.record.dns_ms.unwrap_or(0) + dns.as_millis() as u64;
             self.progress.record.dns_ms = Some(total);

@@ -45,7 +45,7 @@ pub use content::{AcceptTypes, parse_retry_after, reason_phrase};
 pub use outcome::{Fetched, Refusal};
 // What a fetch fails with is the crawl's vocabulary (`crate::job`).
 pub use crate::job::ErrorKind;
-pub use sending::{Cleared, ConnectedHook};
+pub use sending::{Cleared, ConnectedHook, SendCheck};
 
 use addresses::Resolver;
 use attempt::Progress;
@@ -142,6 +142,7 @@ impl Fetcher {
             started_at: None,
             spent: Duration::ZERO,
             outcome,
+            withheld: false,
         }
     }
 }
@@ -182,6 +183,22 @@ mod tests {
         assert_eq!((fetched.record.elapsed_ms, fetched.record.http_status), (30, None));
         let started = fetched.record.started_at.unwrap();
         assert!(fetched.record.fetched_at.unwrap().duration_since(started).unwrap() >= took);
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_clearance_no_longer_holds_is_withheld_and_nothing_is_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/a", listener.local_addr().unwrap());
+        let fetcher =
+            Fetcher::new(&FetchConfig::default(), false, false, Pool::for_politeness(1, [1], [])).unwrap();
+        let mut attempt = fetcher.begin(&url, false);
+        let lapsed: SendCheck = std::sync::Arc::new(|| false);
+        attempt.request(Cleared { may_send: Some(lapsed), ..Cleared::default() }).await;
+        assert!(attempt.withheld());
+        // Had it been sent, its connection would be waiting to be accepted
+        // by now: the request is made before `request` returns.
+        let accepted = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
+        assert!(accepted.is_err(), "no connection was opened");
     }
 
     #[test]

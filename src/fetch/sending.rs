@@ -30,6 +30,10 @@ use tokio::time::Instant;
 /// host's politeness turn as sent).
 pub type ConnectedHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// Whether a request cleared earlier may still be sent now (its host's
+/// lease still allows it).
+pub type SendCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// What the crawl's gate cleared one request with.
 #[derive(Default)]
 pub struct Cleared {
@@ -39,6 +43,14 @@ pub struct Cleared {
     /// Called when a new connection for the request is ready: returns once
     /// the request may be sent. `None`: sent at once.
     pub on_connected: Option<ConnectedHook>,
+    /// Asked once more just before the request is handed to the HTTP
+    /// client, its name resolved: `false` withholds it
+    /// ([`Attempt::withheld`](super::Attempt::withheld)). A process frozen
+    /// after its turn was cleared (SIGSTOP, a stall) wakes with its
+    /// attempt's time run out; without this its request would go out past
+    /// the host lease's deadline, and be recorded as a timeout. `None`:
+    /// always sent.
+    pub may_send: Option<SendCheck>,
 }
 
 /// The request this task is sending.

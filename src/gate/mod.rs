@@ -16,7 +16,9 @@
 //!    the global rate limit, and the host's turn, which is taken again once
 //!    a new connection is set up, so the gap the site sees is never under
 //!    the delay ([`Politeness::connected`]);
-//! 5. **the lease again** at the turn: no request starts past its deadline;
+//! 5. **the lease again** at the turn, and once more just before the
+//!    request is handed to the HTTP client: no request starts past its
+//!    deadline, even from a process that froze in between;
 //! 6. **credentials by origin** ([`Credentials`]): secrets go to the origin
 //!    they were configured for, and nowhere else;
 //! 7. **address policy**, applied by the fetch itself on the addresses it
@@ -41,7 +43,7 @@ pub use rate::RateLimit;
 
 use crate::config::Scope;
 use crate::fetch::Refusal;
-use crate::fetch::{Attempt, Cleared, ConnectedHook, Fetched, Fetcher};
+use crate::fetch::{Attempt, Cleared, ConnectedHook, Fetched, Fetcher, SendCheck};
 use crate::job::{ErrorKind, Job};
 use crate::links::in_scope;
 use crate::politeness::{HostSignal, Politeness};
@@ -210,16 +212,14 @@ impl Gate {
                 return Err(Interrupted::Park(turn));
             }
             let turn = self.turn(errand, &host, stops).await?;
-            if !matches!(self.lease(errand, &host, hop, true).await, Ok(true)) {
-                self.release(errand, &host, turn);
-                return Err(match errand {
-                    Errand::Sitemap { .. } => Interrupted::HostHeld(host),
-                    _ => Interrupted::LeaseEnded,
-                });
+            let may_send = self.may_send(errand, &host, hop);
+            if may_send.as_ref().is_some_and(|may| !may()) {
+                return Err(self.lease_lost(errand, host, turn));
             }
             let cleared = Cleared {
                 headers: self.credentials.for_request(&url),
                 on_connected: Some(self.paced(&host, turn)),
+                may_send,
             };
             tokio::select! {
                 biased;
@@ -228,6 +228,9 @@ impl Gate {
                     return Err(Interrupted::Stopped);
                 }
                 _ = attempt.request(cleared) => {}
+            }
+            if attempt.withheld() {
+                return Err(self.lease_lost(errand, host, turn));
             }
             let port = url.port_or_known_default().unwrap_or_default();
             last = Some((host, port, turn));
@@ -271,7 +274,7 @@ impl Gate {
                 self.politeness.skip_start(&job.host);
             }
         };
-        match self.lease(errand, host, hop, false).await {
+        match self.lease(errand, host, hop).await {
             Ok(true) => {}
             Ok(false) => match errand {
                 Errand::Page(_) if hop => return Ok(Checked::Ended { handed_over: attempt.hand_over() }),
@@ -332,23 +335,42 @@ impl Gate {
 
     /// Whether this daemon holds `host` for the request, taking its lease if
     /// it is free where the request has none yet (a hop to another host, a
-    /// sitemap, a hop of robots.txt); at the request's turn, `at_turn`,
-    /// whether the lease held still allows it. Always, where hosts are not
-    /// leased.
-    async fn lease(
-        &self,
-        errand: &Errand<'_>,
-        host: &str,
-        hop: bool,
-        at_turn: bool,
-    ) -> Result<bool, StoreError> {
+    /// sitemap, a hop of robots.txt). Always, where hosts are not leased.
+    async fn lease(&self, errand: &Errand<'_>, host: &str, hop: bool) -> Result<bool, StoreError> {
         let Some(leasing) = &self.leasing else { return Ok(true) };
         match errand {
             Errand::Page(job) if host == job.host => Ok(leasing.leases.may_start(host, job.lease)),
             // robots.txt is fetched for a request whose host is held.
             Errand::RobotsTxt if !hop => Ok(true),
-            _ if at_turn => Ok(leasing.leases.may_start_any(host)),
             _ => leasing.for_request(&self.politeness, host).await,
+        }
+    }
+
+    /// Whether the lease held on `host` still allows the request, asked at
+    /// its turn and again just before it is sent ([`Cleared::may_send`]):
+    /// the job's own lease for a page's request to its host, whichever this
+    /// daemon holds for any other. `None` where hosts are not leased, and
+    /// for robots.txt, fetched for a request whose host is held.
+    fn may_send(&self, errand: &Errand<'_>, host: &str, hop: bool) -> Option<SendCheck> {
+        let leases = self.leasing.as_ref()?.leases.clone();
+        let host = host.to_owned();
+        match errand {
+            Errand::Page(job) if host == job.host => {
+                let token = job.lease;
+                Some(Arc::new(move || leases.may_start(&host, token)))
+            }
+            Errand::RobotsTxt if !hop => None,
+            _ => Some(Arc::new(move || leases.may_start_any(&host))),
+        }
+    }
+
+    /// Gives back what the request to `host` at `turn` took, its lease no
+    /// longer allowing it: why the walk ends.
+    fn lease_lost(&self, errand: &Errand<'_>, host: String, turn: Instant) -> Interrupted {
+        self.release(errand, &host, turn);
+        match errand {
+            Errand::Sitemap { .. } => Interrupted::HostHeld(host),
+            _ => Interrupted::LeaseEnded,
         }
     }
 
