@@ -374,6 +374,61 @@ pub(crate) trait StatsQueries: Store {
     fn recrawl_rounds(&self) -> impl Future<Output = Result<Vec<(i64, i64, i64, i64)>, StoreError>> + Send;
 }
 
+/// Implements [`StatsQueries`] for the engine `$engine`, whose reads go to
+/// its pool `$pool`: the same SQL on both engines (`$n` placeholders, which
+/// sqlx takes on SQLite too), written once.
+macro_rules! stats_queries {
+    ($engine:ty, $pool:ident) => {
+        impl $crate::store::StatsQueries for $engine {
+            async fn pairs(&self, sql: &'static str) -> Result<Vec<(String, u64)>, StoreError> {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as(sql).fetch_all(&self.$pool).await.map_err(db("stats"))?;
+                Ok(rows.into_iter().map(|(k, n)| (k, n as u64)).collect())
+            }
+
+            async fn attempts_since(&self, since_ms: i64) -> Result<u64, StoreError> {
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM attempts WHERE started_ms >= $1")
+                    .bind(since_ms)
+                    .fetch_one(&self.$pool)
+                    .await
+                    .map(|n| n as u64)
+                    .map_err(db("stats"))
+            }
+
+            async fn latency_quantile(&self, since_ms: i64, q: f64) -> Result<Option<i64>, StoreError> {
+                // The offset in integers (q in thousandths), so that both
+                // engines round it down: PostgreSQL rounds a float cast to
+                // an integer to the nearest, past the last row for a p95
+                // of five attempts.
+                sqlx::query_scalar(
+                    "SELECT elapsed_ms FROM attempts WHERE started_ms >= $1 ORDER BY elapsed_ms
+                     LIMIT 1 OFFSET (SELECT count(*) * $2 / 1000 FROM attempts WHERE started_ms >= $1)",
+                )
+                .bind(since_ms)
+                .bind((q.clamp(0.0, 1.0) * 1000.0).round() as i64)
+                .fetch_optional(&self.$pool)
+                .await
+                .map_err(db("stats"))
+            }
+
+            async fn recrawls(&self) -> Result<(u64, Option<i64>), StoreError> {
+                let (n, next): (i64, Option<i64>) = sqlx::query_as(
+                    "SELECT count(*), min(recrawl_at_ms) FROM urls WHERE recrawl_at_ms IS NOT NULL",
+                )
+                .fetch_one(&self.$pool)
+                .await
+                .map_err(db("stats"))?;
+                Ok((n as u64, next))
+            }
+
+            async fn recrawl_rounds(&self) -> Result<Vec<(i64, i64, i64, i64)>, StoreError> {
+                sqlx::query_as($crate::store::RECRAWL_ROUNDS_SQL).fetch_all(&self.$pool).await.map_err(db("stats"))
+            }
+        }
+    };
+}
+pub(crate) use stats_queries;
+
 /// The `(key, count)` queries of `trawler stats`, in SQL that SQLite and
 /// PostgreSQL both take: outcomes, dropped links, top hosts, top failing
 /// hosts.

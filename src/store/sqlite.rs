@@ -54,7 +54,7 @@ use super::faults::{Kind, sqlite_kind};
 use super::rules::{self, DroppedRow, UrlChange, duration_ms, rfc3339, rfc3339_from_ms, to_i64};
 use super::{
     ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, PageLimits, RecrawlPolicy,
-    ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, Watch,
+    ResultRow, StateCounts, StatsReport, Store, StoreError, Watch,
 };
 use crate::clock::unix_ms;
 use crate::config::{StoreConfig, Synchronous};
@@ -748,47 +748,7 @@ fn db_at(context: &'static str, path: &Path) -> impl FnOnce(sqlx::Error) -> Stor
     }
 }
 
-impl StatsQueries for SqliteStore {
-    async fn pairs(&self, sql: &'static str) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as(sql).fetch_all(&self.read).await.map_err(db("stats"))?;
-        Ok(rows.into_iter().map(|(k, n)| (k, n as u64)).collect())
-    }
-
-    async fn attempts_since(&self, since_ms: i64) -> Result<u64, StoreError> {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM attempts WHERE started_ms >= ?1")
-            .bind(since_ms)
-            .fetch_one(&self.read)
-            .await
-            .map(|n| n as u64)
-            .map_err(db("stats"))
-    }
-
-    async fn latency_quantile(&self, since_ms: i64, q: f64) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT elapsed_ms FROM attempts WHERE started_ms >= ?1 ORDER BY elapsed_ms
-             LIMIT 1 OFFSET (SELECT CAST(count(*) * ?2 AS INTEGER) FROM attempts WHERE started_ms >= ?1)",
-        )
-        .bind(since_ms)
-        .bind(q)
-        .fetch_optional(&self.read)
-        .await
-        .map_err(db("stats"))
-    }
-
-    async fn recrawls(&self) -> Result<(u64, Option<i64>), StoreError> {
-        let (n, next): (i64, Option<i64>) =
-            sqlx::query_as("SELECT count(*), min(recrawl_at_ms) FROM urls WHERE recrawl_at_ms IS NOT NULL")
-                .fetch_one(&self.read)
-                .await
-                .map_err(db("stats"))?;
-        Ok((n as u64, next))
-    }
-
-    async fn recrawl_rounds(&self) -> Result<Vec<(i64, i64, i64, i64)>, StoreError> {
-        sqlx::query_as(super::RECRAWL_ROUNDS_SQL).fetch_all(&self.read).await.map_err(db("stats"))
-    }
-}
+super::stats_queries!(SqliteStore, read);
 
 impl Store for SqliteStore {
     async fn enqueue(&self, urls: &[NewUrl]) -> Result<u64, StoreError> {

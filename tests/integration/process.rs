@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use crate::server::TestServer;
 use crate::util::{
-    Stderr, count_in, engines, eventually, output_of, scalar, signal, spawn_crawl, spawn_crawl_with_env,
-    spawn_trawler_with_env, wait_within, write_input,
+    Stderr, column_in, count_in, engines, eventually, output_of, scalar, signal, spawn_crawl,
+    spawn_crawl_with_env, spawn_trawler_with_env, wait_within, write_input,
 };
 
 fn slow_urls(server: &TestServer, n: usize, ms: u64) -> Vec<String> {
@@ -265,6 +265,17 @@ async fn stats_and_export_match_the_database() {
         assert_eq!(
             report["attempts_last_hour"].as_i64(),
             Some(count_in(&engine.reading(&db), "SELECT count(*) FROM attempts").await)
+        );
+        // The quantiles are the attempts' elapsed times at n × q, rounded
+        // down, on both engines (PostgreSQL's p95 of five was none).
+        let mut elapsed: Vec<i64> = column_in(&engine.reading(&db), "SELECT elapsed_ms FROM attempts").await;
+        elapsed.sort();
+        let at = |q: f64| elapsed.get((elapsed.len() as f64 * q) as usize).copied();
+        assert!(elapsed.len() >= 4, "{elapsed:?}");
+        assert_eq!(
+            (report["latency_p50_ms"].as_i64(), report["latency_p95_ms"].as_i64()),
+            (at(0.5), at(0.95)),
+            "{elapsed:?}"
         );
 
         let mut csv = spawn_trawler_with_env(&["export", "--format", "csv", "--db", db_arg], &engine.env());

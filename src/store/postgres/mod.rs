@@ -36,7 +36,7 @@ use super::faults::{Blocker, Kind, postgres_kind};
 use super::rules::{self, DroppedRow, UrlChange, duration_ms, to_i64};
 use super::{
     ArchivedAttempt, Claim, Committed, ExportFilter, InputError, LockWaits, Outage, PageLimits,
-    RecrawlPolicy, ResultRow, StateCounts, StatsQueries, StatsReport, Store, StoreError, Watch,
+    RecrawlPolicy, ResultRow, StateCounts, StatsReport, Store, StoreError, Watch,
 };
 use crate::clock::unix_ms;
 use crate::job::{Completion, ErrorKind, Hop, Job, NewUrl, Revisit, UrlState, Validators};
@@ -739,47 +739,7 @@ impl PgStore {
     }
 }
 
-impl StatsQueries for PgStore {
-    async fn pairs(&self, sql: &'static str) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as(sql).fetch_all(&self.pool).await.map_err(db("stats"))?;
-        Ok(rows.into_iter().map(|(k, n)| (k, n as u64)).collect())
-    }
-
-    async fn attempts_since(&self, since_ms: i64) -> Result<u64, StoreError> {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM attempts WHERE started_ms >= $1")
-            .bind(since_ms)
-            .fetch_one(&self.pool)
-            .await
-            .map(|n| n as u64)
-            .map_err(db("stats"))
-    }
-
-    async fn latency_quantile(&self, since_ms: i64, q: f64) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT elapsed_ms FROM attempts WHERE started_ms >= $1 ORDER BY elapsed_ms
-             LIMIT 1 OFFSET (SELECT (count(*) * $2)::int8 FROM attempts WHERE started_ms >= $1)",
-        )
-        .bind(since_ms)
-        .bind(q)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("stats"))
-    }
-
-    async fn recrawls(&self) -> Result<(u64, Option<i64>), StoreError> {
-        let (n, next): (i64, Option<i64>) =
-            sqlx::query_as("SELECT count(*), min(recrawl_at_ms) FROM urls WHERE recrawl_at_ms IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db("stats"))?;
-        Ok((n as u64, next))
-    }
-
-    async fn recrawl_rounds(&self) -> Result<Vec<(i64, i64, i64, i64)>, StoreError> {
-        sqlx::query_as(super::RECRAWL_ROUNDS_SQL).fetch_all(&self.pool).await.map_err(db("stats"))
-    }
-}
+super::stats_queries!(PgStore, pool);
 
 impl Store for PgStore {
     async fn enqueue(&self, urls: &[NewUrl]) -> Result<u64, StoreError> {
