@@ -676,12 +676,15 @@ impl PgStore {
     /// without this a daemon that joined a running crawl would get few
     /// hosts or none. A host handed over gets no new claim here; once what
     /// it has in flight has finished, it is given up for another daemon to
-    /// take ([`HostLeases::hand_over`]).
+    /// take ([`HostLeases::hand_over`]). At most one hand-over a lease
+    /// ([`HostLeases::may_hand_over`]).
     ///
     /// Errors: the database cannot be read.
     async fn hand_over_surplus(&self, keeping: &[String]) -> Result<(), StoreError> {
-        let surplus = self.share().await?.surplus();
-        let more = surplus.saturating_sub(self.leases.handing_over().len());
+        if !self.leases.may_hand_over() {
+            return Ok(());
+        }
+        let more = self.share().await?.surplus();
         if more == 0 {
             return Ok(());
         }

@@ -84,6 +84,8 @@ struct Held {
     grants: u64,
     /// Hosts this daemon is handing over ([`HostLeases::hand_over`]).
     handing_over: HashMap<String, HandOver>,
+    /// When this daemon last began a hand-over.
+    handed_over_at: Option<BootInstant>,
 }
 
 /// A host being handed over: when this daemon began to, and when it gave
@@ -221,9 +223,21 @@ impl HostLeases {
     pub fn hand_over<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) {
         let since = self.now();
         let mut held = self.lock();
+        held.handed_over_at = Some(since);
         for host in hosts {
             held.handing_over.insert(host.to_owned(), HandOver { since, given_up: None });
         }
+    }
+
+    /// Whether this daemon may begin a hand-over: its last began a lease's
+    /// length ago or more, if ever. One batch hands over all it should;
+    /// a daemon that still holds no host after it cannot take any (one
+    /// frozen, its sessions still connected), and handing it more would
+    /// only move hosts between the daemons that can, idle for a moment at
+    /// each move, for as long as it stays.
+    pub fn may_hand_over(&self) -> bool {
+        let now = self.now();
+        self.lock().handed_over_at.is_none_or(|at| now.0.saturating_sub(at.0) >= self.length)
     }
 
     /// The hosts being handed over ([`hand_over`](Self::hand_over)): not to
@@ -320,6 +334,18 @@ mod tests {
         advance(Duration::from_secs(60) - Duration::from_secs(10) - OFFERED_FOR);
         assert!(leases.held_back().is_empty());
         assert!(leases.handing_over().is_empty());
+    }
+
+    #[test]
+    fn a_daemon_begins_one_hand_over_a_lease() {
+        let leases = leases();
+        leases.granted(leases.now(), [("a.test", 1), ("b.test", 2)]);
+        assert!(leases.may_hand_over());
+        leases.hand_over(["a.test"]);
+        advance(Duration::from_secs(59));
+        assert!(!leases.may_hand_over());
+        advance(Duration::from_secs(1));
+        assert!(leases.may_hand_over());
     }
 
     #[test]
