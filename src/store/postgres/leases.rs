@@ -82,18 +82,13 @@ pub struct HostLeases {
 struct Held {
     by_host: HashMap<String, Lease>,
     grants: u64,
-    /// Hosts this daemon is handing over ([`HostLeases::hand_over`]).
-    handing_over: HashMap<String, HandOver>,
+    /// Hosts this daemon is handing over ([`HostLeases::hand_over`]), and
+    /// when it gave each up, once it has. All of one hand-over: a daemon
+    /// begins one a lease at most, and a host not given up within a lease
+    /// is kept.
+    handing_over: HashMap<String, Option<BootInstant>>,
     /// When this daemon last began a hand-over.
     handed_over_at: Option<BootInstant>,
-}
-
-/// A host being handed over: when this daemon began to, and when it gave
-/// the host up, once it has.
-#[derive(Debug, Clone, Copy)]
-struct HandOver {
-    since: BootInstant,
-    given_up: Option<BootInstant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,8 +191,8 @@ impl HostLeases {
         let mut held = self.lock();
         for host in hosts {
             held.by_host.remove(host);
-            if let Some(hand_over) = held.handing_over.get_mut(host) {
-                hand_over.given_up = Some(now);
+            if let Some(given_up) = held.handing_over.get_mut(host) {
+                *given_up = Some(now);
             }
         }
     }
@@ -221,11 +216,11 @@ impl HostLeases {
     /// others for [`OFFERED_FOR`]. A host not given up within a lease's
     /// length is kept after all.
     pub fn hand_over<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) {
-        let since = self.now();
-        let mut held = self.lock();
-        held.handed_over_at = Some(since);
+        let now = self.now();
+        let mut held = self.lock_pruned();
+        held.handed_over_at = Some(now);
         for host in hosts {
-            held.handing_over.insert(host.to_owned(), HandOver { since, given_up: None });
+            held.handing_over.insert(host.to_owned(), None);
         }
     }
 
@@ -282,9 +277,10 @@ impl HostLeases {
         let now = self.now();
         let since = |t: BootInstant| now.0.saturating_sub(t.0);
         let mut held = self.lock();
-        held.handing_over.retain(|_, hand_over| match hand_over.given_up {
-            Some(given_up) => since(given_up) < OFFERED_FOR,
-            None => since(hand_over.since) < self.length,
+        let begun = held.handed_over_at.map_or(Duration::MAX, since);
+        held.handing_over.retain(|_, given_up| match given_up {
+            Some(given_up) => since(*given_up) < OFFERED_FOR,
+            None => begun < self.length,
         });
         held
     }
